@@ -1,0 +1,2 @@
+//! faultline
+pub mod api;
