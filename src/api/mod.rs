@@ -1,1 +1,143 @@
+//! The faultline API: the custom resources users write and the controller and agent exchange.
+//!
+//! This module is the contract. It holds types, constants and tiny accessors only: no client,
+//! no tokio, no IO. Every doc comment on a field becomes `kubectl explain` text, so write them
+//! for an SRE reading a terminal. Validation that one field cannot express alone lives next to
+//! the field as a CEL rule (`x-kubernetes-validations`), so the API server, `faultline
+//! validate` and the sandbox all enforce the same rules.
 
+mod common;
+mod experiment;
+mod fault;
+mod gameday;
+mod injection;
+mod probe;
+mod schedule;
+mod selector;
+mod status;
+
+pub use common::{Condition, ConditionStatus, GoDuration, ObjectRef, PodRef};
+pub use experiment::{AbortPolicy, ChaosExperiment, ChaosExperimentSpec, SteadyState};
+pub use fault::{
+    BandwidthFault, Direction, Fault, FaultKind, LatencyFault, LossFault, NetworkScope,
+    PartitionFault, PodKillFault, PodKillMethod,
+};
+pub use gameday::{
+    GameDay, GameDaySpec, GameDayStage, GameDayStageStatus, GameDayStatus, OnFailure,
+    StageExperiment,
+};
+pub use injection::{
+    FaultInjection, FaultInjectionSpec, FaultInjectionStatus, InjectionPhase, NetworkFault,
+    NetworkFaultKind,
+};
+pub use probe::{
+    ComparisonOperator, ConditionCheck, EmptyResultPolicy, FieldCheck, HttpProbe, KubernetesProbe,
+    Probe, ProbeCheck, ProbePhase, PrometheusProbe, ReadyPodsCheck,
+};
+pub use schedule::{
+    AllowedWindow, ChaosSchedule, ChaosScheduleSpec, ChaosScheduleStatus, ConcurrencyPolicy,
+    ExperimentTemplate, TemplateMetadata, Weekday,
+};
+pub use selector::{SelectionMode, TargetSelector};
+pub use status::{
+    ChaosExperimentStatus, Phase, ProbeSample, ProbeStatus, TargetRecord, TargetState,
+    TimelineEntry, Verdict,
+};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group of every faultline resource.
+pub const API_GROUP: &str = "faultline.dev";
+/// The one served and stored version.
+pub const API_VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const GROUP_VERSION: &str = "faultline.dev/v1alpha1";
+/// Held by the controller on experiments until every fault is confirmed reverted.
+pub const EXPERIMENT_FINALIZER: &str = "faultline.dev/revert";
+/// Held by the node agent on a FaultInjection until its rules are gone from the kernel.
+pub const AGENT_FINALIZER: &str = "faultline.dev/agent-cleanup";
+/// The field manager for every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "faultline-controller";
+/// Namespace label that opts a namespace in to chaos (unless `--allow-all-namespaces`).
+pub const NAMESPACE_OPT_IN_LABEL: &str = "faultline.dev/chaos";
+/// The value of [`NAMESPACE_OPT_IN_LABEL`] that opts in.
+pub const NAMESPACE_OPT_IN_VALUE: &str = "enabled";
+/// Pods with this label set to `"true"` are never targets.
+pub const PROTECTED_LABEL: &str = "faultline.dev/protected";
+/// Setting this annotation (any value) on an experiment asks the controller to abort it.
+pub const ABORT_ANNOTATION: &str = "faultline.dev/abort";
+/// FaultInjections carry the node they must be applied on in this label, so that each agent
+/// can watch only its own work.
+pub const NODE_LABEL: &str = "faultline.dev/node";
+/// Label on objects created for an experiment, pointing back to it by name.
+pub const EXPERIMENT_LABEL: &str = "faultline.dev/experiment";
+/// Category every faultline CRD belongs to: `kubectl get chaos` lists them all.
+pub const CATEGORY: &str = "chaos";
+
+/// Every CRD faultline defines, in a stable order (the order `faultline crds` prints).
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        ChaosExperiment::crd(),
+        ChaosSchedule::crd(),
+        GameDay::crd(),
+        FaultInjection::crd(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_crd_generates_with_status_subresource_and_chaos_category() {
+        for crd in all_crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            assert!(name.ends_with(".faultline.dev"), "{name}");
+            let names = &crd.spec.names;
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&[CATEGORY.to_string()][..]),
+                "{name}"
+            );
+            assert!(
+                names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
+                "{name}"
+            );
+            let version = &crd.spec.versions[0];
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
+            assert!(
+                version
+                    .additional_printer_columns
+                    .as_ref()
+                    .is_some_and(|c| c.len() >= 2)
+            );
+        }
+    }
+
+    #[test]
+    fn short_names_do_not_collide_with_chaos_mesh_or_litmus() {
+        // Chaos Mesh and LitmusChaos CRDs either declare no short names or use these; a user
+        // with both installed must still get ours unambiguously.
+        let taken = [
+            "podchaos",
+            "networkchaos",
+            "chaosengine",
+            "ce",
+            "chaosresult",
+            "cr",
+            "ces",
+        ];
+        for crd in all_crds() {
+            for short in crd.spec.names.short_names.unwrap_or_default() {
+                assert!(!taken.contains(&short.as_str()), "{short} is taken");
+            }
+        }
+    }
+}

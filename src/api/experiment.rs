@@ -1,0 +1,156 @@
+//! `ChaosExperiment`: one fault campaign against a set of pods under a steady-state hypothesis.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    common::GoDuration, fault::Fault, probe::Probe, selector::TargetSelector,
+    status::ChaosExperimentStatus,
+};
+
+/// A chaos experiment: select targets, check the steady-state hypothesis, inject the faults for
+/// `duration` while the probes keep watching, revert, and check that the system recovers.
+/// The experiment aborts and reverts everything the moment the hypothesis breaks.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "faultline.dev",
+    version = "v1alpha1",
+    kind = "ChaosExperiment",
+    doc = "A chaos experiment: faults injected into selected pods for a duration, under a steady-state hypothesis that aborts and reverts them when it breaks.",
+    plural = "chaosexperiments",
+    singular = "chaosexperiment",
+    shortname = "fex",
+    category = "chaos",
+    namespaced,
+    status = "ChaosExperimentStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the experiment is in its lifecycle"
+    ),
+    printcolumn(
+        name = "Verdict",
+        type_ = "string",
+        json_path = ".status.verdict",
+        description = "Passed, Failed, Aborted, Error or DryRun"
+    ),
+    printcolumn(
+        name = "Targets",
+        type_ = "integer",
+        json_path = ".status.targetCount",
+        description = "Pods selected as targets"
+    ),
+    printcolumn(
+        name = "Duration",
+        type_ = "string",
+        json_path = ".spec.duration",
+        description = "How long faults stay injected"
+    ),
+    printcolumn(
+        name = "Abort-Latency",
+        type_ = "string",
+        json_path = ".status.abortLatency",
+        priority = 1,
+        description = "From the hypothesis violation to every fault confirmed reverted"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.reason",
+        priority = 1,
+        description = "Why the experiment ended as it did"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.steadyState) || self.steadyState.probes.all(p, self.steadyState.probes.exists_one(q, q.name == p.name))").message("steadyState.probes: probe names must be unique"))]
+pub struct ChaosExperimentSpec {
+    /// How long the faults stay injected, e.g. `60s` or `5m`. The node agent enforces this
+    /// deadline by itself even if the controller is gone.
+    pub duration: GoDuration,
+    /// Which pods to target.
+    #[serde(default)]
+    pub target: TargetSelector,
+    /// The faults to inject into every target, at the same time. At least one.
+    #[schemars(length(min = 1, max = 16))]
+    pub faults: Vec<Fault>,
+    /// The steady-state hypothesis: probes that must hold before, during and after the faults.
+    /// Without it the experiment only injects and reverts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_state: Option<SteadyState>,
+    /// When and how to abort.
+    #[serde(default)]
+    pub abort: AbortPolicy,
+    /// Resolve targets, run preflight checks and the before-hypothesis, record what would be
+    /// done, and inject nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Succeed without injecting when no pod matches, instead of failing preflight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty_targets: bool,
+}
+
+/// The steady-state hypothesis (Chaos Toolkit's term): what "healthy" means, as probes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SteadyState {
+    /// The probes; every one must hold in the phases it runs in.
+    #[schemars(length(min = 1, max = 32))]
+    pub probes: Vec<Probe>,
+    /// After the faults are reverted, how long the after-probes have to hold again before the
+    /// experiment fails. Default 60s.
+    #[serde(default = "default_recovery_timeout")]
+    pub recovery_timeout: GoDuration,
+}
+
+fn default_recovery_timeout() -> GoDuration {
+    GoDuration::from("60s")
+}
+
+/// When the experiment aborts (AWS FIS calls these stop conditions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortPolicy {
+    /// Abort and revert as soon as a during-probe exceeds its failure threshold. Default true;
+    /// false records the violation and keeps the faults in until the duration ends.
+    #[serde(default = "yes")]
+    pub on_hypothesis_failure: bool,
+    /// How long reverting may take before the experiment is marked Error and every remaining
+    /// fault is reported by name. Default 30s.
+    #[serde(default = "default_revert_timeout")]
+    pub revert_timeout: GoDuration,
+}
+
+impl Default for AbortPolicy {
+    fn default() -> Self {
+        AbortPolicy {
+            on_hypothesis_failure: true,
+            revert_timeout: default_revert_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_revert_timeout() -> GoDuration {
+    GoDuration::from("30s")
+}
+
+impl ChaosExperiment {
+    /// Whether someone asked for this experiment to stop (`faultline abort`).
+    pub fn abort_requested(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(super::ABORT_ANNOTATION))
+    }
+}

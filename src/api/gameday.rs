@@ -1,0 +1,153 @@
+//! `GameDay`: ordered stages of experiments under one steady-state hypothesis.
+
+use chrono::{DateTime, Utc};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    common::{Condition, GoDuration},
+    experiment::{ChaosExperimentSpec, SteadyState},
+    status::Verdict,
+};
+
+/// A game day: stages run one after another; the experiments of a stage run in parallel. A
+/// global steady-state hypothesis is checked before the first stage, between stages and at the
+/// end, in addition to each experiment's own.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "faultline.dev",
+    version = "v1alpha1",
+    kind = "GameDay",
+    doc = "Ordered stages of chaos experiments under one steady-state hypothesis.",
+    plural = "gamedays",
+    singular = "gameday",
+    shortname = "fgd",
+    category = "chaos",
+    namespaced,
+    status = "GameDayStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Stage",
+        type_ = "string",
+        json_path = ".status.currentStage",
+        description = "The stage running now"
+    ),
+    printcolumn(name = "Verdict", type_ = "string", json_path = ".status.verdict"),
+    printcolumn(name = "Start", type_ = "string", json_path = ".spec.startAt"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.startAt) && has(self.schedule))").message("set startAt or schedule, not both"))]
+#[x_kube(validation = kube::core::Rule::new("self.stages.all(s, self.stages.exists_one(t, t.name == s.name))").message("stage names must be unique"))]
+pub struct GameDaySpec {
+    /// When to start, as an RFC 3339 time. Unset (and no schedule) starts at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<DateTime<Utc>>,
+    /// A cron expression to repeat the game day on, instead of `startAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: Option<String>,
+    /// The IANA time zone for `schedule`. Default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// The hypothesis for the whole day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_state: Option<SteadyState>,
+    /// The stages, in order. At least one.
+    #[schemars(length(min = 1, max = 32))]
+    pub stages: Vec<GameDayStage>,
+    /// `Abort` (default): a failed stage stops the day. `Continue`: record it and go on.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// What a failed stage does to the rest of the day.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OnFailure {
+    #[default]
+    Abort,
+    Continue,
+}
+
+/// One stage: its experiments run in parallel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.experiments.all(e, self.experiments.exists_one(f, f.name == e.name))").message("experiment names must be unique within a stage"))]
+pub struct GameDayStage {
+    /// The stage's name, unique in the game day.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The experiments of this stage. At least one.
+    #[schemars(length(min = 1, max = 16))]
+    pub experiments: Vec<StageExperiment>,
+    /// Wait this long after the stage ends before the next one starts, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after: Option<GoDuration>,
+    /// Wait before starting this stage until someone approves it by annotating the GameDay with
+    /// `faultline.dev/approve-stage=<stage name>`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_approval: bool,
+}
+
+/// An experiment in a stage; it is created as `<gameday>-<stage>-<name>`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageExperiment {
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The ChaosExperiment spec.
+    pub spec: ChaosExperimentSpec,
+}
+
+/// Where one stage is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GameDayStageStatus {
+    pub name: String,
+    /// Pending, WaitingForApproval, Running, Paused, Succeeded, Failed or Skipped.
+    pub phase: String,
+    /// The experiments created for this stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The status of a GameDay.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GameDayStatus {
+    /// Pending, Running, Succeeded, Failed or Aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<GameDayStageStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

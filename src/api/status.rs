@@ -1,0 +1,199 @@
+//! What an experiment did and saw: `ChaosExperiment.status`.
+//!
+//! `phase` is what the experiment should be doing (only the lifecycle decision changes it);
+//! `targets[]` records what is actually injected, per target (only the acting step changes
+//! them). A record left in `Injecting` by a crash counts as injected and is reverted.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, GoDuration};
+use super::probe::ProbePhase;
+
+/// Where an experiment is in its lifecycle:
+/// `Pending -> Verifying -> Injecting -> Running -> Recovering -> Verifying -> Succeeded | Failed`,
+/// with `Aborting -> Aborted` from Injecting and Running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    /// Checking the hypothesis, before injection or (once `injectedAt` is set) after recovery.
+    Verifying,
+    Injecting,
+    Running,
+    Recovering,
+    Aborting,
+    Succeeded,
+    Failed,
+    Aborted,
+}
+
+impl Phase {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Aborted)
+    }
+}
+
+/// The outcome, once there is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Verdict {
+    /// The hypothesis held before, during and after the faults.
+    Passed,
+    /// The hypothesis did not hold (before injection, or after recovery).
+    Failed,
+    /// Stopped early: a during-probe failed, someone asked, the experiment was deleted or chaos
+    /// was paused cluster-wide.
+    Aborted,
+    /// faultline itself could not carry out the experiment (invalid spec, a fault that failed to
+    /// apply or revert); the reason says what.
+    Error,
+    /// A dry run completed; status lists what would have been done.
+    DryRun,
+}
+
+/// Where one target's fault is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TargetState {
+    /// Selected, nothing done yet.
+    #[default]
+    Selected,
+    /// Recorded as about to be injected; counts as injected until reverted.
+    Injecting,
+    Injected,
+    Reverted,
+    /// Not injected on purpose, e.g. an eviction a PodDisruptionBudget refused.
+    Skipped,
+    /// Injecting or reverting failed; `message` says why.
+    Failed,
+}
+
+/// One target pod and the fault applied to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRecord {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    /// The index into `spec.faults` this record is for.
+    pub fault_index: i32,
+    /// The fault kind, e.g. `networkLatency`.
+    pub fault: String,
+    pub state: TargetState,
+    /// The FaultInjection carrying a network fault to the node agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_at: Option<DateTime<Utc>>,
+    /// How the agent applied it (e.g. `netem`, `nfqueue`, `nftables`), or the skip reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One probe check, kept for the report's timeline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSample {
+    pub time: DateTime<Utc>,
+    pub ok: bool,
+    /// The measured value (status code, latency, query result), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// What one probe has seen so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStatus {
+    pub name: String,
+    /// The phase of the last check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ProbePhase>,
+    /// Whether the probe currently holds (within its tolerance).
+    pub holding: bool,
+    pub passes: i64,
+    pub failures: i64,
+    pub consecutive_failures: i32,
+    pub consecutive_successes: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checked_at: Option<DateTime<Utc>>,
+    /// When the probe first exceeded its failure threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_violation_at: Option<DateTime<Utc>>,
+    /// The most recent checks, oldest first (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<ProbeSample>,
+}
+
+/// Something that happened, for the bounded timeline in status and the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub time: DateTime<Utc>,
+    /// A PascalCase reason, the same as the Kubernetes Event's, e.g. `FaultInjected`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// The status of a ChaosExperiment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChaosExperimentStatus {
+    /// Where the experiment is in its lifecycle.
+    #[serde(default)]
+    pub phase: Phase,
+    /// The outcome, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// A PascalCase reason for the verdict, e.g. `SteadyStateNotMet` or `ProbeFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The verdict in a sentence, naming the probe and value that decided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Complete` (set on every terminal state, reason = verdict), `Injected`,
+    /// `HypothesisHolding`, `Reverted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The seed of the random target choice, so a run can be reproduced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// How many pods were selected.
+    #[serde(default)]
+    pub target_count: i32,
+    /// Every target and what was done to it, recorded before any fault is injected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetRecord>,
+    /// What every probe has seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
+    /// What happened, oldest first (bounded; the oldest entries are dropped first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<TimelineEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// From the hypothesis violation (or abort request) to every fault confirmed reverted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_latency: Option<GoDuration>,
+    /// From every fault reverted to the hypothesis holding again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_time: Option<GoDuration>,
+}

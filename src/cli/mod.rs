@@ -1,0 +1,65 @@
+//! The `faultline` command line. Each subcommand lives in its own module; this one only parses
+//! and dispatches.
+
+mod crds;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// faultline: chaos experiments for Kubernetes whose faults never outlive the experiment.
+#[derive(Debug, Parser)]
+#[command(name = "faultline", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter, e.g. `faultline=debug,kube=info`.
+    #[arg(
+        long,
+        global = true,
+        env = "FAULTLINE_LOG",
+        default_value = "faultline=info,warn"
+    )]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print every faultline CustomResourceDefinition as YAML (or write one file per CRD).
+    Crds(crds::CrdsArgs),
+}
+
+impl Cli {
+    /// Runs the command; the exit code is the command's own (see each command's help).
+    pub fn run(self) -> ExitCode {
+        let Cli { log, command } = self;
+        init_tracing(&log);
+        install_crypto_provider();
+        let result = match command {
+            Command::Crds(args) => args.run(),
+        };
+        match result {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(3)
+            }
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("faultline=info,warn"));
+    // Logs go to stderr so that commands whose stdout is data (`crds`, `report`) stay pipeable.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// kube pulls in rustls with the ring provider and reqwest brings aws-lc-rs; with both present
+/// rustls cannot pick one and the kube client panics. Choosing ring explicitly settles it.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
