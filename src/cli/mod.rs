@@ -1,7 +1,7 @@
 //! The `faultline` command line. Each subcommand lives in its own module; this one only parses
 //! and dispatches.
 
-mod crds;
+pub mod crds;
 
 use std::process::ExitCode;
 

