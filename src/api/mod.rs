@@ -6,6 +6,10 @@
 //! the field as a CEL rule (`x-kubernetes-validations`), so the API server, `faultline
 //! validate` and the sandbox all enforce the same rules.
 
+// kube's `printcolumn(name = .., type_ = ..)` repeats keys across columns by design; clippy
+// reads the repeats as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 mod common;
 mod experiment;
 mod fault;
