@@ -6,3 +6,5 @@
 //! - [`cli`]: the `faultline` command line.
 pub mod api;
 pub mod cli;
+pub mod manifest;
+pub mod selection;
