@@ -6,5 +6,6 @@
 //! - [`cli`]: the `faultline` command line.
 pub mod api;
 pub mod cli;
+pub mod lifecycle;
 pub mod manifest;
 pub mod selection;

@@ -1,0 +1,346 @@
+//! `decide`: one step of the experiment state machine.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::api::{Phase, Verdict};
+
+/// What the probes say for the phase being checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HypothesisView {
+    /// Every probe of this phase holds (or the experiment has no probes for it).
+    Holding,
+    /// Not enough checks yet to say.
+    Undecided,
+    /// A probe exceeded its failure threshold; the message names the probe and the value.
+    Violated {
+        probe: String,
+        message: String,
+        since: DateTime<Utc>,
+    },
+}
+
+/// Whether every fault has reached the state asked of it (applied, or reverted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProgressView {
+    Done,
+    InProgress,
+    /// It will not get there; the message names the pod and the agent's words.
+    Failed {
+        message: String,
+    },
+}
+
+/// Why an experiment is being stopped early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AbortCause {
+    HypothesisViolated { probe: String, message: String },
+    Requested,
+    Deleted,
+    Paused,
+    InjectFailed { message: String },
+}
+
+impl AbortCause {
+    /// The PascalCase reason written to status and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AbortCause::HypothesisViolated { .. } => "ProbeFailed",
+            AbortCause::Requested => "AbortRequested",
+            AbortCause::Deleted => "ExperimentDeleted",
+            AbortCause::Paused => "ChaosPaused",
+            AbortCause::InjectFailed { .. } => "InjectFailed",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            AbortCause::HypothesisViolated { message, .. } => message.clone(),
+            AbortCause::Requested => "aborted on request (faultline.dev/abort annotation)".into(),
+            AbortCause::Deleted => "the experiment was deleted while faults were in".into(),
+            AbortCause::Paused => "chaos is paused cluster-wide (faultline pause)".into(),
+            AbortCause::InjectFailed { message } => message.clone(),
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        match self {
+            AbortCause::InjectFailed { .. } => Verdict::Error,
+            _ => Verdict::Aborted,
+        }
+    }
+}
+
+/// Everything `decide` looks at. The controller fills it from the object, the cluster and the
+/// probe runner; tests fill it by hand.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub now: DateTime<Utc>,
+    pub phase: Phase,
+    /// When faults were first asked for (set on entering Injecting).
+    pub injected_at: Option<DateTime<Utc>>,
+    /// When every fault was confirmed gone.
+    pub reverted_at: Option<DateTime<Utc>>,
+    /// `Err` names the invalid field: the spec bypassed the schema.
+    pub spec_valid: Result<(), String>,
+    /// Parsed `spec.duration`.
+    pub duration: Duration,
+    /// Parsed `spec.steadyState.recoveryTimeout`.
+    pub recovery_timeout: Duration,
+    pub dry_run: bool,
+    pub abort_on_hypothesis_failure: bool,
+    /// Targets are recorded in status.
+    pub targets_recorded: bool,
+    /// The recorded selection is empty (and `allowEmptyTargets` decides what that means).
+    pub no_targets: bool,
+    pub allow_empty_targets: bool,
+    /// A preflight problem that forbids injecting (over the cap, a fault the node cannot do).
+    pub preflight_error: Option<String>,
+    pub deleting: bool,
+    pub abort_requested: bool,
+    pub paused: bool,
+    /// The hypothesis for the phase being checked (before, during or after).
+    pub hypothesis: HypothesisView,
+    /// Progress of applying faults (meaningful in Injecting).
+    pub injection: ProgressView,
+    /// Progress of reverting faults (meaningful in Recovering and Aborting).
+    pub revert: ProgressView,
+    /// Why the experiment is Aborting (recorded in status when the abort began).
+    pub abort_cause: Option<AbortCause>,
+}
+
+/// What to do next. `Transition` writes the new phase (and, for terminal phases, the verdict);
+/// the acting step carries out the side effect that the new phase implies (inject, revert).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Select the targets and record them (with the seed) before anything else.
+    RecordTargets,
+    /// Move to another phase.
+    Transition {
+        to: Phase,
+        reason: &'static str,
+        message: String,
+    },
+    /// Stop early: revert everything, then end as Aborted (or Error).
+    Abort(AbortCause),
+    /// End, with this verdict. Only reached when nothing is (or was) injected, or after the
+    /// revert is confirmed.
+    Finish {
+        verdict: Verdict,
+        reason: &'static str,
+        message: String,
+    },
+    /// Nothing to do until this time (or until something changes).
+    WaitUntil(DateTime<Utc>),
+    /// Nothing to do until the world changes (probe result, injection status).
+    Wait,
+}
+
+fn finish(verdict: Verdict, reason: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Finish {
+        verdict,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn to(phase: Phase, reason: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Transition {
+        to: phase,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn after(start: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    start + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Decides the next step. Pure: the same `Observed` always gives the same `Decision`.
+pub fn decide(o: &Observed) -> Decision {
+    if o.phase.is_terminal() {
+        return Decision::Wait;
+    }
+    let faults_may_be_in = matches!(o.phase, Phase::Injecting | Phase::Running);
+
+    // Stop requests come first, from every phase. Before injection there is nothing to revert.
+    let stop = if o.deleting {
+        Some(AbortCause::Deleted)
+    } else if o.abort_requested {
+        Some(AbortCause::Requested)
+    } else if o.paused {
+        Some(AbortCause::Paused)
+    } else {
+        None
+    };
+    if let Some(cause) = stop {
+        return match o.phase {
+            _ if faults_may_be_in => Decision::Abort(cause),
+            Phase::Aborting | Phase::Recovering => revert_progress(o),
+            _ if o.injected_at.is_some() => finish(
+                Verdict::Aborted,
+                cause.reason(),
+                format!("{}; every fault had already been reverted", cause.message()),
+            ),
+            _ => finish(
+                Verdict::Aborted,
+                cause.reason(),
+                format!("{} before any fault was injected", cause.message()),
+            ),
+        };
+    }
+
+    match o.phase {
+        Phase::Pending => {
+            if let Err(field) = &o.spec_valid {
+                return finish(
+                    Verdict::Error,
+                    "InvalidSpec",
+                    format!("the experiment is invalid and nothing was injected: {field}"),
+                );
+            }
+            if !o.targets_recorded {
+                return Decision::RecordTargets;
+            }
+            if let Some(problem) = &o.preflight_error {
+                return finish(
+                    Verdict::Failed,
+                    "PreflightFailed",
+                    format!("preflight failed, nothing was injected: {problem}"),
+                );
+            }
+            if o.no_targets && !o.allow_empty_targets {
+                return finish(
+                    Verdict::Failed,
+                    "NoTargets",
+                    "no pod matched spec.target; nothing was injected (set allowEmptyTargets to accept this)",
+                );
+            }
+            to(
+                Phase::Verifying,
+                "VerifyingSteadyState",
+                "checking the steady-state hypothesis before injecting",
+            )
+        }
+        Phase::Verifying if o.injected_at.is_none() => match &o.hypothesis {
+            HypothesisView::Undecided => Decision::Wait,
+            HypothesisView::Violated { message, .. } => finish(
+                Verdict::Failed,
+                "SteadyStateNotMet",
+                format!(
+                    "the hypothesis did not hold before injection, so nothing was injected: {message}"
+                ),
+            ),
+            HypothesisView::Holding if o.dry_run => finish(
+                Verdict::DryRun,
+                "DryRun",
+                "dry run: targets resolved, preflight and the before-hypothesis passed; nothing was injected",
+            ),
+            HypothesisView::Holding if o.no_targets => finish(
+                Verdict::Passed,
+                "NoTargets",
+                "no pod matched and allowEmptyTargets is set; nothing was injected",
+            ),
+            HypothesisView::Holding => to(
+                Phase::Injecting,
+                "Injecting",
+                "the hypothesis holds; injecting faults",
+            ),
+        },
+        Phase::Injecting => {
+            if let Some(cause) = violation(o) {
+                return Decision::Abort(cause);
+            }
+            match &o.injection {
+                ProgressView::Done => to(Phase::Running, "FaultsInjected", "every fault is in"),
+                ProgressView::InProgress => Decision::Wait,
+                ProgressView::Failed { message } => Decision::Abort(AbortCause::InjectFailed {
+                    message: message.clone(),
+                }),
+            }
+        }
+        Phase::Running => {
+            if let Some(cause) = violation(o) {
+                return Decision::Abort(cause);
+            }
+            let end = after(o.injected_at.unwrap_or(o.now), o.duration);
+            if o.now >= end {
+                to(
+                    Phase::Recovering,
+                    "DurationElapsed",
+                    "the duration is over; reverting every fault",
+                )
+            } else {
+                Decision::WaitUntil(end)
+            }
+        }
+        Phase::Recovering | Phase::Aborting => revert_progress(o),
+        Phase::Verifying => {
+            // After the revert: the hypothesis must hold again within the recovery timeout.
+            let reverted_at = o.reverted_at.unwrap_or(o.now);
+            let deadline = after(reverted_at, o.recovery_timeout);
+            match &o.hypothesis {
+                HypothesisView::Holding => finish(
+                    Verdict::Passed,
+                    "Passed",
+                    "the hypothesis held before, during and after the faults",
+                ),
+                _ if o.now >= deadline => {
+                    let detail = match &o.hypothesis {
+                        HypothesisView::Violated { message, .. } => message.clone(),
+                        _ => "the probes did not report in time".into(),
+                    };
+                    finish(
+                        Verdict::Failed,
+                        "NotRecovered",
+                        format!("the system did not recover within the recovery timeout: {detail}"),
+                    )
+                }
+                _ => Decision::WaitUntil(deadline),
+            }
+        }
+        Phase::Succeeded | Phase::Failed | Phase::Aborted => Decision::Wait,
+    }
+}
+
+fn violation(o: &Observed) -> Option<AbortCause> {
+    match &o.hypothesis {
+        HypothesisView::Violated { probe, message, .. } if o.abort_on_hypothesis_failure => {
+            Some(AbortCause::HypothesisViolated {
+                probe: probe.clone(),
+                message: message.clone(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Recovering and Aborting wait for the revert to be confirmed, and only then move on.
+fn revert_progress(o: &Observed) -> Decision {
+    match (&o.revert, o.phase) {
+        (ProgressView::InProgress, _) => Decision::Wait,
+        (ProgressView::Failed { message }, _) => finish(
+            Verdict::Error,
+            "RevertFailed",
+            format!("reverting failed; these faults may still be in place: {message}"),
+        ),
+        (ProgressView::Done, Phase::Recovering) => to(
+            Phase::Verifying,
+            "FaultsReverted",
+            "every fault is reverted; checking that the system recovers",
+        ),
+        (ProgressView::Done, _) => {
+            let cause = o.abort_cause.clone().unwrap_or(AbortCause::Requested);
+            finish(
+                cause.verdict(),
+                cause.reason(),
+                format!("{}; every fault is confirmed reverted", cause.message()),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

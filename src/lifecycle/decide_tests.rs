@@ -1,0 +1,313 @@
+//! Table tests for every edge of the lifecycle.
+
+use chrono::TimeZone;
+
+use super::*;
+
+fn t(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + seconds, 0).unwrap()
+}
+
+/// A healthy experiment at time 0 in `phase`: valid, targets recorded, hypothesis holding.
+fn observed(phase: Phase) -> Observed {
+    Observed {
+        now: t(0),
+        phase,
+        injected_at: None,
+        reverted_at: None,
+        spec_valid: Ok(()),
+        duration: Duration::from_secs(60),
+        recovery_timeout: Duration::from_secs(30),
+        dry_run: false,
+        abort_on_hypothesis_failure: true,
+        targets_recorded: true,
+        no_targets: false,
+        allow_empty_targets: false,
+        preflight_error: None,
+        deleting: false,
+        abort_requested: false,
+        paused: false,
+        hypothesis: HypothesisView::Holding,
+        injection: ProgressView::InProgress,
+        revert: ProgressView::InProgress,
+        abort_cause: None,
+    }
+}
+
+fn violated() -> HypothesisView {
+    HypothesisView::Violated {
+        probe: "http".into(),
+        message: "probe http: status 503".into(),
+        since: t(0),
+    }
+}
+
+fn phase_of(d: &Decision) -> Option<Phase> {
+    match d {
+        Decision::Transition { to, .. } => Some(*to),
+        _ => None,
+    }
+}
+
+fn verdict_of(d: &Decision) -> Option<(Verdict, &'static str)> {
+    match d {
+        Decision::Finish {
+            verdict, reason, ..
+        } => Some((*verdict, *reason)),
+        _ => None,
+    }
+}
+
+#[test]
+fn pending_records_targets_first_then_verifies() {
+    let mut o = observed(Phase::Pending);
+    o.targets_recorded = false;
+    assert_eq!(decide(&o), Decision::RecordTargets);
+    o.targets_recorded = true;
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Verifying));
+}
+
+#[test]
+fn pending_fails_without_injecting_on_invalid_spec_preflight_or_no_targets() {
+    let mut o = observed(Phase::Pending);
+    o.spec_valid = Err("spec.duration: \"fast\" is not a duration".into());
+    let d = decide(&o);
+    assert_eq!(verdict_of(&d), Some((Verdict::Error, "InvalidSpec")));
+    assert!(matches!(d, Decision::Finish { message, .. } if message.contains("spec.duration")));
+
+    let mut o = observed(Phase::Pending);
+    o.preflight_error = Some("node-1 cannot do networkLatency (no netem, no NFQUEUE)".into());
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Failed, "PreflightFailed"))
+    );
+
+    let mut o = observed(Phase::Pending);
+    o.no_targets = true;
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Failed, "NoTargets"))
+    );
+    o.allow_empty_targets = true;
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Verifying));
+}
+
+#[test]
+fn before_hypothesis_decides_whether_anything_is_injected() {
+    let mut o = observed(Phase::Verifying);
+    o.hypothesis = HypothesisView::Undecided;
+    assert_eq!(decide(&o), Decision::Wait);
+    o.hypothesis = violated();
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Failed, "SteadyStateNotMet"))
+    );
+    o.hypothesis = HypothesisView::Holding;
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Injecting));
+}
+
+#[test]
+fn dry_run_and_accepted_empty_selections_end_before_injecting() {
+    let mut o = observed(Phase::Verifying);
+    o.dry_run = true;
+    assert_eq!(verdict_of(&decide(&o)), Some((Verdict::DryRun, "DryRun")));
+    let mut o = observed(Phase::Verifying);
+    o.no_targets = true;
+    o.allow_empty_targets = true;
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Passed, "NoTargets"))
+    );
+}
+
+#[test]
+fn injecting_waits_for_every_fault_then_runs() {
+    let mut o = observed(Phase::Injecting);
+    o.injected_at = Some(t(0));
+    assert_eq!(decide(&o), Decision::Wait);
+    o.injection = ProgressView::Done;
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Running));
+}
+
+#[test]
+fn a_fault_that_cannot_be_applied_aborts_with_an_error() {
+    let mut o = observed(Phase::Injecting);
+    o.injected_at = Some(t(0));
+    o.injection = ProgressView::Failed {
+        message: "pod web-0: agent timed out".into(),
+    };
+    assert_eq!(
+        decide(&o),
+        Decision::Abort(AbortCause::InjectFailed {
+            message: "pod web-0: agent timed out".into()
+        })
+    );
+}
+
+#[test]
+fn running_waits_for_the_duration_then_recovers() {
+    let mut o = observed(Phase::Running);
+    o.injected_at = Some(t(0));
+    o.now = t(10);
+    assert_eq!(decide(&o), Decision::WaitUntil(t(60)));
+    o.now = t(60);
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Recovering));
+}
+
+#[test]
+fn a_during_violation_aborts_from_injecting_and_running() {
+    for phase in [Phase::Injecting, Phase::Running] {
+        let mut o = observed(phase);
+        o.injected_at = Some(t(0));
+        o.hypothesis = violated();
+        assert_eq!(
+            decide(&o),
+            Decision::Abort(AbortCause::HypothesisViolated {
+                probe: "http".into(),
+                message: "probe http: status 503".into()
+            }),
+            "{phase:?}"
+        );
+    }
+}
+
+#[test]
+fn a_violation_is_only_recorded_when_abort_on_failure_is_off() {
+    let mut o = observed(Phase::Running);
+    o.injected_at = Some(t(0));
+    o.hypothesis = violated();
+    o.abort_on_hypothesis_failure = false;
+    assert_eq!(decide(&o), Decision::WaitUntil(t(60)));
+}
+
+#[test]
+fn stop_requests_abort_once_faults_may_be_in() {
+    for (set, cause) in [
+        ((true, false, false), AbortCause::Deleted),
+        ((false, true, false), AbortCause::Requested),
+        ((false, false, true), AbortCause::Paused),
+    ] {
+        for phase in [Phase::Injecting, Phase::Running] {
+            let mut o = observed(phase);
+            o.injected_at = Some(t(0));
+            (o.deleting, o.abort_requested, o.paused) = set;
+            assert_eq!(decide(&o), Decision::Abort(cause.clone()), "{phase:?}");
+        }
+    }
+}
+
+#[test]
+fn stop_requests_before_injection_end_without_reverting() {
+    for phase in [Phase::Pending, Phase::Verifying] {
+        let mut o = observed(phase);
+        o.abort_requested = true;
+        let d = decide(&o);
+        assert_eq!(
+            verdict_of(&d),
+            Some((Verdict::Aborted, "AbortRequested")),
+            "{phase:?}"
+        );
+        assert!(
+            matches!(d, Decision::Finish { message, .. } if message.contains("before any fault was injected"))
+        );
+    }
+}
+
+#[test]
+fn stop_requests_during_a_revert_still_wait_for_the_revert() {
+    for phase in [Phase::Recovering, Phase::Aborting] {
+        let mut o = observed(phase);
+        o.injected_at = Some(t(0));
+        o.deleting = true;
+        assert_eq!(
+            decide(&o),
+            Decision::Wait,
+            "{phase:?}: never finish while faults may be in"
+        );
+    }
+}
+
+#[test]
+fn recovering_moves_on_only_when_the_revert_is_confirmed() {
+    let mut o = observed(Phase::Recovering);
+    o.injected_at = Some(t(0));
+    assert_eq!(decide(&o), Decision::Wait);
+    o.revert = ProgressView::Done;
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Verifying));
+    o.revert = ProgressView::Failed {
+        message: "web-0: 2 rules left".into(),
+    };
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Error, "RevertFailed"))
+    );
+}
+
+#[test]
+fn aborting_ends_with_the_cause_once_everything_is_reverted() {
+    let mut o = observed(Phase::Aborting);
+    o.injected_at = Some(t(0));
+    o.abort_cause = Some(AbortCause::HypothesisViolated {
+        probe: "http".into(),
+        message: "probe http: status 503".into(),
+    });
+    assert_eq!(decide(&o), Decision::Wait);
+    o.revert = ProgressView::Done;
+    let d = decide(&o);
+    assert_eq!(verdict_of(&d), Some((Verdict::Aborted, "ProbeFailed")));
+    assert!(matches!(d, Decision::Finish { message, .. } if message.contains("status 503")));
+
+    o.abort_cause = Some(AbortCause::InjectFailed {
+        message: "x".into(),
+    });
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Error, "InjectFailed"))
+    );
+}
+
+#[test]
+fn after_the_revert_the_hypothesis_must_hold_within_the_recovery_timeout() {
+    let mut o = observed(Phase::Verifying);
+    o.injected_at = Some(t(0));
+    o.reverted_at = Some(t(60));
+    o.now = t(70);
+    o.hypothesis = violated();
+    assert_eq!(decide(&o), Decision::WaitUntil(t(90)));
+    o.hypothesis = HypothesisView::Holding;
+    assert_eq!(verdict_of(&decide(&o)), Some((Verdict::Passed, "Passed")));
+    o.hypothesis = violated();
+    o.now = t(90);
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Failed, "NotRecovered"))
+    );
+    o.hypothesis = HypothesisView::Undecided;
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Failed, "NotRecovered"))
+    );
+}
+
+#[test]
+fn a_stop_request_after_the_revert_ends_as_aborted_without_reinjecting() {
+    let mut o = observed(Phase::Verifying);
+    o.injected_at = Some(t(0));
+    o.reverted_at = Some(t(60));
+    o.paused = true;
+    let d = decide(&o);
+    assert_eq!(verdict_of(&d), Some((Verdict::Aborted, "ChaosPaused")));
+    assert!(
+        matches!(d, Decision::Finish { message, .. } if message.contains("already been reverted"))
+    );
+}
+
+#[test]
+fn terminal_phases_do_nothing_whatever_happens() {
+    for phase in [Phase::Succeeded, Phase::Failed, Phase::Aborted] {
+        let mut o = observed(phase);
+        o.deleting = true;
+        o.hypothesis = violated();
+        assert_eq!(decide(&o), Decision::Wait);
+    }
+}

@@ -1,0 +1,21 @@
+//! The experiment lifecycle as a pure function: given what the controller observed (and the
+//! clock, as an input), what should happen next.
+//!
+//! ```text
+//! Pending -> Verifying(before) -> Injecting -> Running -> Recovering -> Verifying(after) -> Succeeded | Failed
+//!                                    |            |
+//!                                    +--> Aborting --> Aborted
+//! ```
+//!
+//! Guarantees:
+//! - nothing is injected unless the targets are recorded and the before-hypothesis holds;
+//! - once anything may be injected (Injecting and later), every path to a terminal phase goes
+//!   through a revert that the world confirms (`faults_reverted`), so a fault never outlives
+//!   its experiment;
+//! - a deletion, an abort request or a cluster-wide pause is obeyed from every phase.
+//!
+//! This module never talks to the cluster; `decide` is tested with plain tables.
+
+mod decide;
+
+pub use decide::{AbortCause, Decision, HypothesisView, Observed, ProgressView, decide};
