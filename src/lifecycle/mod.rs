@@ -17,5 +17,6 @@
 //! This module never talks to the cluster; `decide` is tested with plain tables.
 
 mod decide;
+pub mod record;
 
 pub use decide::{AbortCause, Decision, HypothesisView, Observed, ProgressView, decide};
