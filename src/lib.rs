@@ -1,2 +1,3 @@
 //! faultline
 pub mod api;
+pub mod sandbox;
