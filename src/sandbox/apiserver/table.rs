@@ -4,7 +4,8 @@
 //! `.a[0].b`), framed by NAME and, unless a column already shows it, AGE. Built-ins get a
 //! reasonable default (NAME, AGE; pods NAME/READY/STATUS/RESTARTS/AGE; namespaces NAME/STATUS/AGE;
 //! deployments NAME/READY/UP-TO-DATE/AVAILABLE/AGE), simpler than the real server's printers.
-//! AGE cells carry the creationTimestamp with column type `date`, which kubectl renders as an age.
+//! Like the real server, `date` cells (AGE and CRD columns of type date) are rendered as a human
+//! age (`5m`, `3h2m`) at the time of the response.
 
 use super::resources::{PrinterColumn, ResourceDef};
 use serde_json::{Value, json};
@@ -31,6 +32,40 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
         }
     }
     Some(cur)
+}
+
+/// kubectl's short human duration (the shape of apimachinery's `HumanDuration`).
+pub fn human_age(secs: i64) -> String {
+    if secs < 0 {
+        return "0s".into();
+    }
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    let with = |a: i64, ua: &str, b: i64, ub: &str| if b == 0 { format!("{a}{ua}") } else { format!("{a}{ua}{b}{ub}") };
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        with(m, "m", secs % 60, "s")
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        with(h, "h", m % 60, "m")
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        with(d, "d", h % 24, "h")
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else {
+        with(d / 365, "y", d % 365, "d")
+    }
+}
+
+fn age_cell(v: Option<&Value>) -> Value {
+    let Some(ts) = v.and_then(Value::as_str) else { return Value::Null };
+    match chrono::DateTime::parse_from_rfc3339(ts) {
+        Ok(t) => json!(human_age((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())),
+        Err(_) => json!("<invalid>"),
+    }
 }
 
 fn cell(v: Option<&Value>) -> Value {
@@ -79,7 +114,14 @@ fn columns(def: &ResourceDef, version: &str) -> (Vec<Value>, bool) {
 
 fn cells(def: &ResourceDef, version: &str, obj: &Value) -> Vec<Value> {
     if let Some(v) = def.crd_version(version) {
-        return v.printer_columns.iter().map(|c| cell(json_path(obj, &c.json_path))).collect();
+        return v
+            .printer_columns
+            .iter()
+            .map(|c| {
+                let raw = json_path(obj, &c.json_path);
+                if c.type_ == "date" { age_cell(raw) } else { cell(raw) }
+            })
+            .collect();
     }
     match (def.group.as_str(), def.plural.as_str()) {
         ("", "pods") => pod_cells(obj),
@@ -127,7 +169,7 @@ pub fn table(def: &ResourceDef, version: &str, objs: &[Value], rv: &str, cont: O
             let mut cs = vec![cell(o["metadata"].get("name"))];
             cs.extend(cells(def, version, o));
             if !has_age {
-                cs.push(cell(o["metadata"].get("creationTimestamp")));
+                cs.push(age_cell(o["metadata"].get("creationTimestamp")));
             }
             json!({
                 "cells": cs,
@@ -154,5 +196,16 @@ mod tests {
         assert_eq!(json_path(&o, "{.spec.items[0].b}"), Some(&json!(1)));
         assert_eq!(json_path(&o, ".spec.nope"), None);
         assert_eq!(json_path(&o, ".spec.items[x]"), None);
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(125), "2m5s");
+        assert_eq!(human_age(600), "10m");
+        assert_eq!(human_age(3 * 3600 + 120), "3h2m");
+        assert_eq!(human_age(10 * 3600), "10h");
+        assert_eq!(human_age(3 * 86400), "3d");
+        assert_eq!(human_age(800 * 86400), "2y70d");
     }
 }
