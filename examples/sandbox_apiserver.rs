@@ -4,7 +4,9 @@ use faultline::sandbox::apiserver::ApiServer;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let mut args = std::env::args().skip(1);
     let port = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let srv = ApiServer::start(port).await?;

@@ -46,12 +46,17 @@ spec:
               phase: {type: string}
 "#;
 
-const CR: &str = "apiVersion: test.faultline.dev/v1\nkind: Gadget\nmetadata:\n  name: g1\nspec:\n  color: red\n";
+const CR: &str =
+    "apiVersion: test.faultline.dev/v1\nkind: Gadget\nmetadata:\n  name: g1\nspec:\n  color: red\n";
 const BAD_CR: &str = "apiVersion: test.faultline.dev/v1\nkind: Gadget\nmetadata:\n  name: g2\nspec:\n  color: blue\n  size: 50\n";
 
 fn kubectl_path() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/kubectl");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-tools.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-tools.sh",
+        p.display()
+    );
     p
 }
 
@@ -81,7 +86,10 @@ impl Kubectl {
             .await
             .expect("kubectl finished in time")
             .expect("kubectl runs");
-        let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
         (out.status.success(), so, se)
     }
 
@@ -102,33 +110,65 @@ impl Kubectl {
 async fn kubectl_apply_get_watch_delete() {
     let bin = kubectl_path();
     let srv = server().await;
-    let k = Kubectl { bin, dir: tempfile::tempdir().unwrap() };
+    let k = Kubectl {
+        bin,
+        dir: tempfile::tempdir().unwrap(),
+    };
     std::fs::write(k.dir.path().join("kubeconfig"), srv.kubeconfig_yaml()).unwrap();
 
     let crd = k.file("crd.yaml", CRD);
     let out = k.ok(&["apply", "-f", &crd]).await;
-    assert!(out.contains("customresourcedefinition.apiextensions.k8s.io/gadgets.test.faultline.dev created"), "{out}");
+    assert!(
+        out.contains(
+            "customresourcedefinition.apiextensions.k8s.io/gadgets.test.faultline.dev created"
+        ),
+        "{out}"
+    );
     let cr = k.file("cr.yaml", CR);
     let out = k.ok(&["apply", "-f", &cr]).await;
-    assert!(out.contains("gadget.test.faultline.dev/g1 created"), "{out}");
+    assert!(
+        out.contains("gadget.test.faultline.dev/g1 created"),
+        "{out}"
+    );
     let out = k.ok(&["apply", "-f", &cr]).await;
     assert!(out.contains("unchanged"), "{out}");
 
     let out = k.ok(&["get", "gdg"]).await;
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].split_whitespace().eq(["NAME", "COLOR", "AGE"]), "{out}");
-    assert!(lines[1].starts_with("g1") && lines[1].contains("red"), "{out}");
+    assert!(
+        lines[0].split_whitespace().eq(["NAME", "COLOR", "AGE"]),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("g1") && lines[1].contains("red"),
+        "{out}"
+    );
 
     let yaml = k.ok(&["get", "gadget", "g1", "-o", "yaml"]).await;
-    assert!(yaml.contains("color: red") && yaml.contains("size: 1"), "schema default applied:\n{yaml}");
+    assert!(
+        yaml.contains("color: red") && yaml.contains("size: 1"),
+        "schema default applied:\n{yaml}"
+    );
     assert!(yaml.contains("generation: 1"), "{yaml}");
 
     // get -w sees a change made through the kube client
-    let mut watch = k.command(&["get", "gdg", "-w"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut watch = k
+        .command(&["get", "gdg", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(first.contains("NAME"), "{first}");
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.faultline.dev", "v1", "Gadget"), "gadgets");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("test.faultline.dev", "v1", "Gadget"),
+        "gadgets",
+    );
     let api: Api<DynamicObject> = Api::namespaced_with(srv.client().await, "default", &ar);
     let mut seen = Vec::new();
     let saw_update = tokio::time::timeout(Duration::from_secs(10), async {
@@ -136,7 +176,13 @@ async fn kubectl_apply_get_watch_delete() {
         while let Ok(Some(l)) = lines.next_line().await {
             seen.push(l.clone());
             if l.contains("red") {
-                api.patch("g1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"color": "purple"}}))).await.unwrap();
+                api.patch(
+                    "g1",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"color": "purple"}})),
+                )
+                .await
+                .unwrap();
             }
             if l.contains("purple") {
                 return true;
@@ -152,16 +198,28 @@ async fn kubectl_apply_get_watch_delete() {
     let bad = k.file("bad.yaml", BAD_CR);
     let (ok, _, err) = k.run(&["apply", "-f", &bad]).await;
     assert!(!ok);
-    assert!(err.contains("The Gadget \"g2\" is invalid") && err.contains("size must be at most 10"), "{err}");
+    assert!(
+        err.contains("The Gadget \"g2\" is invalid") && err.contains("size must be at most 10"),
+        "{err}"
+    );
     // and a type error
-    let typed = k.file("typed.yaml", &CR.replace("color: red", "color: 7").replace("g1", "g3"));
+    let typed = k.file(
+        "typed.yaml",
+        &CR.replace("color: red", "color: 7").replace("g1", "g3"),
+    );
     let (ok, _, err) = k.run(&["apply", "-f", &typed]).await;
     assert!(!ok);
-    assert!(err.contains("spec.color: Invalid value: \"integer\""), "{err}");
+    assert!(
+        err.contains("spec.color: Invalid value: \"integer\""),
+        "{err}"
+    );
 
     let out = k.ok(&["delete", "gdg", "g1"]).await;
     assert!(out.contains("deleted"), "{out}");
     let (_, out, err) = k.run(&["get", "gdg"]).await;
-    assert!(out.is_empty() && err.contains("No resources found"), "{out} {err}");
+    assert!(
+        out.is_empty() && err.contains("No resources found"),
+        "{out} {err}"
+    );
     srv.shutdown().await;
 }

@@ -5,10 +5,10 @@
 //! Simplification: a CRD is Established at once (the real server takes a moment); name conflicts
 //! between CRDs are not detected.
 
+use super::State;
 use super::errors::{ApiError, ApiResult, Cause};
 use super::meta;
 use super::resources::{ResourceDef, def_from_crd};
-use super::State;
 use serde_json::{Value, json};
 
 pub fn is_crd(def: &ResourceDef) -> bool {
@@ -17,13 +17,25 @@ pub fn is_crd(def: &ResourceDef) -> bool {
 
 /// Validate a CRD and fill in its status.
 pub fn prepare(crd: &mut Value) -> ApiResult<()> {
-    let name = crd["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = crd["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let def = def_from_crd(crd).map_err(|errs| {
         let causes = errs
             .into_iter()
-            .map(|(field, message)| Cause { field, message, reason: "FieldValueInvalid".into() })
+            .map(|(field, message)| Cause {
+                field,
+                message,
+                reason: "FieldValueInvalid".into(),
+            })
             .collect();
-        ApiError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", &name, causes)
+        ApiError::invalid(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            &name,
+            causes,
+        )
     })?;
     let now = meta::now();
     let keep_time = |t: &str| {
@@ -46,7 +58,10 @@ pub fn prepare(crd: &mut Value) -> ApiResult<()> {
         accepted["categories"] = json!(def.categories);
     }
     let storage = def.versions.first().cloned().unwrap_or_default();
-    let mut stored: Vec<Value> = crd["status"]["storedVersions"].as_array().cloned().unwrap_or_default();
+    let mut stored: Vec<Value> = crd["status"]["storedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if !stored.contains(&json!(storage)) {
         stored.push(json!(storage));
     }
@@ -78,7 +93,11 @@ pub fn register(st: &mut State, crd: &Value) {
 pub fn unregister(st: &mut State, crd: &Value) {
     let Ok(def) = def_from_crd(crd) else { return };
     let key = def.key();
-    let objects: Vec<(String, String)> = st.store.list(&key, None).map(super::store::obj_key).collect();
+    let objects: Vec<(String, String)> = st
+        .store
+        .list(&key, None)
+        .map(super::store::obj_key)
+        .collect();
     for (ns, name) in objects {
         super::gc::remove_now(st, &key, &ns, &name);
     }

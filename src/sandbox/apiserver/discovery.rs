@@ -36,7 +36,10 @@ pub fn core_versions(server_address: &str) -> Value {
 }
 
 fn group_json(name: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
     json!({
         "name": name,
         "versions": vs,
@@ -45,7 +48,11 @@ fn group_json(name: &str, versions: &[String]) -> Value {
 }
 
 pub fn groups(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg.groups().iter().map(|(g, vs)| group_json(g, vs)).collect();
+    let groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .map(|(g, vs)| group_json(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -58,7 +65,9 @@ pub fn group(reg: &Registry, name: &str) -> Option<Value> {
 }
 
 fn verbs(def: &ResourceDef) -> Vec<&'static str> {
-    let mut v = vec!["create", "delete", "get", "list", "patch", "update", "watch"];
+    let mut v = vec![
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ];
     if def.namespaced {
         v.push("deletecollection");
     }
@@ -96,8 +105,14 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
             }));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 /// A hash of the registry so that kubectl's OpenAPI cache is invalidated when CRDs change.
@@ -136,11 +151,20 @@ pub fn openapi_v3_doc(reg: &Registry, group: &str, version: &str) -> Option<Valu
     }
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    let prefix = if group.is_empty() { "/api/v1".to_string() } else { format!("/apis/{group}/{version}") };
+    let prefix = if group.is_empty() {
+        "/api/v1".to_string()
+    } else {
+        format!("/apis/{group}/{version}")
+    };
     let param = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
     for d in defs {
         let gvk = json!({"group": d.group, "version": version, "kind": d.kind});
-        let schema_name = format!("{}.{}.{}", if d.group.is_empty() { "core" } else { &d.group }, version, d.kind);
+        let schema_name = format!(
+            "{}.{}.{}",
+            if d.group.is_empty() { "core" } else { &d.group },
+            version,
+            d.kind
+        );
         let path = if d.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", d.plural)
         } else {
@@ -162,7 +186,9 @@ pub fn openapi_v3_doc(reg: &Registry, group: &str, version: &str) -> Option<Valu
         let mut schema = d
             .crd_version(version)
             .and_then(|v| v.schema.clone())
-            .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+            .unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
         schema["x-kubernetes-group-version-kind"] = json!([gvk]);
         schemas.insert(schema_name, schema);
     }

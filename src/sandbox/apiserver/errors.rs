@@ -17,6 +17,16 @@ pub struct Cause {
     pub reason: String,
 }
 
+/// `details` of a Status.
+#[derive(Debug, Clone, Default)]
+pub struct Details {
+    pub name: Option<String>,
+    pub group: Option<String>,
+    /// The plural resource for NotFound/AlreadyExists/Conflict, the Kind for Invalid.
+    pub kind: Option<String>,
+    pub causes: Vec<Cause>,
+}
+
 /// A failed request, convertible into a `Status` response.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code} {reason}: {message}")]
@@ -24,11 +34,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub name: Option<String>,
-    pub group: Option<String>,
-    /// `details.kind`: the plural resource for NotFound/AlreadyExists/Conflict, the Kind for Invalid.
-    pub kind: Option<String>,
-    pub causes: Vec<Cause>,
+    /// Boxed to keep `Result<_, ApiError>` small.
+    pub details: Box<Details>,
 }
 
 /// `plural` or `plural.group`, the way the real server names resources in messages.
@@ -46,17 +53,14 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
+            details: Box::default(),
         }
     }
 
     fn with_target(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.group = (!group.is_empty()).then(|| group.to_string());
-        self.kind = Some(kind.to_string());
-        self.name = (!name.is_empty()).then(|| name.to_string());
+        self.details.group = (!group.is_empty()).then(|| group.to_string());
+        self.details.kind = (!kind.is_empty()).then(|| kind.to_string());
+        self.details.name = (!name.is_empty()).then(|| name.to_string());
         self
     }
 
@@ -98,7 +102,7 @@ impl ApiError {
         };
         let msg = format!("{} \"{name}\" is invalid: {joined}", qualified(kind, group));
         let mut e = Self::new(422, "Invalid", msg).with_target(group, kind, name);
-        e.causes = causes;
+        e.details.causes = causes;
         e
     }
 
@@ -133,7 +137,11 @@ impl ApiError {
     /// A plain 404 for a URL that names no resource at all (the real server answers
     /// `404 page not found` there, but a Status is friendlier and kube-rs parses it).
     pub fn no_route(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     /// The `Status` object as JSON.
@@ -148,17 +156,18 @@ impl ApiError {
             "code": self.code,
         });
         let mut details = serde_json::Map::new();
-        if let Some(n) = &self.name {
+        let d = &self.details;
+        if let Some(n) = &d.name {
             details.insert("name".into(), json!(n));
         }
-        if let Some(g) = &self.group {
+        if let Some(g) = &d.group {
             details.insert("group".into(), json!(g));
         }
-        if let Some(k) = &self.kind {
+        if let Some(k) = &d.kind {
             details.insert("kind".into(), json!(k));
         }
-        if !self.causes.is_empty() {
-            let causes: Vec<Value> = self
+        if !d.causes.is_empty() {
+            let causes: Vec<Value> = d
                 .causes
                 .iter()
                 .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
@@ -176,7 +185,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = self.to_status().to_string();
-        (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -192,9 +206,16 @@ mod tests {
             "chaos.example.dev",
             "Exp",
             "x",
-            vec![Cause { field: "spec.a".into(), message: "Required value".into(), reason: "FieldValueRequired".into() }],
+            vec![Cause {
+                field: "spec.a".into(),
+                message: "Required value".into(),
+                reason: "FieldValueRequired".into(),
+            }],
         );
-        assert_eq!(e.message, "Exp.chaos.example.dev \"x\" is invalid: spec.a: Required value");
+        assert_eq!(
+            e.message,
+            "Exp.chaos.example.dev \"x\" is invalid: spec.a: Required value"
+        );
         let s = e.to_status();
         assert_eq!(s["code"], 422);
         assert_eq!(s["details"]["causes"][0]["field"], "spec.a");

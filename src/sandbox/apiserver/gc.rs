@@ -39,7 +39,11 @@ pub struct DeleteOpts {
 }
 
 impl DeleteOpts {
-    pub fn from_request(query_policy: Option<&str>, query_dry_run: bool, body: Option<&Value>) -> ApiResult<Self> {
+    pub fn from_request(
+        query_policy: Option<&str>,
+        query_dry_run: bool,
+        body: Option<&Value>,
+    ) -> ApiResult<Self> {
         let body_policy = body.and_then(|b| b["propagationPolicy"].as_str());
         let orphan_flag = body.and_then(|b| b["orphanDependents"].as_bool());
         let policy = query_policy.filter(|p| !p.is_empty()).or(body_policy);
@@ -53,21 +57,35 @@ impl DeleteOpts {
             }
         };
         let dry_run = query_dry_run
-            || body.and_then(|b| b["dryRun"].as_array()).is_some_and(|a| a.iter().any(|v| v == "All"));
+            || body
+                .and_then(|b| b["dryRun"].as_array())
+                .is_some_and(|a| a.iter().any(|v| v == "All"));
         let pre = body.map(|b| &b["preconditions"]);
         Ok(DeleteOpts {
             propagation,
             dry_run,
             precondition_uid: pre.and_then(|p| p["uid"].as_str()).map(String::from),
-            precondition_rv: pre.and_then(|p| p["resourceVersion"].as_str()).map(String::from),
+            precondition_rv: pre
+                .and_then(|p| p["resourceVersion"].as_str())
+                .map(String::from),
         })
     }
 }
 
 /// Delete one object. Returns the object (marked for deletion, or as it was when removed).
-pub fn delete(st: &mut State, key: &ResKey, ns: &str, name: &str, opts: &DeleteOpts) -> ApiResult<Value> {
+pub fn delete(
+    st: &mut State,
+    key: &ResKey,
+    ns: &str,
+    name: &str,
+    opts: &DeleteOpts,
+) -> ApiResult<Value> {
     let (group, plural) = (key.group.clone(), key.plural.clone());
-    let old = st.store.get(key, ns, name).cloned().ok_or_else(|| ApiError::not_found(&group, &plural, name))?;
+    let old = st
+        .store
+        .get(key, ns, name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&group, &plural, name))?;
     if let Some(uid) = &opts.precondition_uid
         && uid != meta::uid(&old)
     {
@@ -84,7 +102,9 @@ pub fn delete(st: &mut State, key: &ResKey, ns: &str, name: &str, opts: &DeleteO
         let mut e = ApiError::conflict(&group, &plural, name);
         e.message = format!(
             "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-            old["metadata"]["resourceVersion"].as_str().unwrap_or_default()
+            old["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
         );
         return Err(e);
     }
@@ -133,7 +153,11 @@ pub fn remove_now(st: &mut State, key: &ResKey, ns: &str, name: &str) -> Option<
 fn owner_uids(obj: &Value) -> Vec<String> {
     obj["metadata"]["ownerReferences"]
         .as_array()
-        .map(|refs| refs.iter().filter_map(|r| r["uid"].as_str().map(String::from)).collect())
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r["uid"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -15,13 +15,16 @@ pub fn now() -> String {
 pub fn name_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -89,7 +92,11 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
 pub fn finalizers(obj: &Value) -> Vec<String> {
     obj["metadata"]["finalizers"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -118,7 +125,10 @@ pub fn record_managed_fields(
     if let Some(s) = subresource {
         entry["subresource"] = json!(s);
     }
-    let mut list: Vec<Value> = obj["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    let mut list: Vec<Value> = obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     list.retain(|e| {
         !(e["manager"] == manager
             && e["operation"] == operation
@@ -168,7 +178,14 @@ mod tests {
         let mut o = json!({"metadata": {}});
         record_managed_fields(&mut o, "m", "Apply", "v1", None, &json!({"spec": {"a": 1}}));
         record_managed_fields(&mut o, "m", "Apply", "v1", None, &json!({"spec": {"b": 1}}));
-        record_managed_fields(&mut o, "m", "Apply", "v1", Some("status"), &json!({"status": {}}));
+        record_managed_fields(
+            &mut o,
+            "m",
+            "Apply",
+            "v1",
+            Some("status"),
+            &json!({"status": {}}),
+        );
         let mf = o["metadata"]["managedFields"].as_array().unwrap();
         assert_eq!(mf.len(), 2);
         assert_eq!(mf[0]["fieldsV1"], json!({"f:spec": {"f:b": {}}}));

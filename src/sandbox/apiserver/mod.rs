@@ -8,7 +8,7 @@
 //! schema validation and CEL, and Table output for `kubectl get`.
 //!
 //! Module map (each module documents where it simplifies):
-//! `request` (URL, query, body parsing), `read` (get/list), `write` (create/update/patch),
+//! `routes` (HTTP dispatch), `request` (URL, query, body parsing), `read` (get/list), `write` (create/update/patch),
 //! `gc` (delete, finalizers, garbage collection), `watch`, `store` (objects, resourceVersion,
 //! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table`,
 //! `discovery`, `errors`.
@@ -25,6 +25,7 @@ mod patch;
 mod read;
 mod request;
 mod resources;
+mod routes;
 mod schema;
 mod selectors;
 mod store;
@@ -35,21 +36,14 @@ mod write;
 pub use errors::{ApiError, Cause};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::State as AxState;
-use axum::http::{HeaderMap, Method, Uri};
-use axum::response::{IntoResponse, Response};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use request::{Format, Params, Route, Target};
+use request::Target;
 use resources::{Registry, ResKey};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use store::Store;
-
-/// Largest request body accepted (the real server's limit is 3 MiB).
-const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Tunables; [`ApiServer::start`] uses the defaults.
 #[derive(Debug, Clone)]
@@ -64,7 +58,11 @@ pub struct ApiServerOptions {
 
 impl Default for ApiServerOptions {
     fn default() -> Self {
-        ApiServerOptions { port: 0, event_history: 10_000, bookmark_interval: Duration::from_secs(5) }
+        ApiServerOptions {
+            port: 0,
+            event_history: 10_000,
+            bookmark_interval: Duration::from_secs(5),
+        }
     }
 }
 
@@ -89,7 +87,10 @@ impl Shared {
 }
 
 pub(crate) fn namespace_key() -> ResKey {
-    ResKey { group: String::new(), plural: "namespaces".into() }
+    ResKey {
+        group: String::new(),
+        plural: "namespaces".into(),
+    }
 }
 
 /// The running server.
@@ -103,14 +104,21 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds 127.0.0.1:port (0 = ephemeral) and serves in a tokio task.
     pub async fn start(port: u16) -> std::io::Result<ApiServer> {
-        Self::start_with_options(ApiServerOptions { port, ..Default::default() }).await
+        Self::start_with_options(ApiServerOptions {
+            port,
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn start_with_options(opts: ApiServerOptions) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port)).await?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let mut state = State { registry: Registry::with_builtins(), store: Store::new(opts.event_history) };
+        let mut state = State {
+            registry: Registry::with_builtins(),
+            store: Store::new(opts.event_history),
+        };
         for ns in ["default", "kube-system", "kube-public"] {
             let obj = json!({
                 "apiVersion": "v1", "kind": "Namespace",
@@ -127,18 +135,28 @@ impl ApiServer {
             bookmark_interval: opts.bookmark_interval,
             address: addr.to_string(),
         });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let app = Router::new()
+            .fallback(routes::handle)
+            .with_state(shared.clone());
         let mut stop = shutdown_rx;
         let task = tokio::spawn(async move {
             let graceful = async move {
                 let _ = stop.wait_for(|v| *v).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+            {
                 tracing::error!(error = %e, "sandbox API server stopped with an error");
             }
         });
         tracing::info!(%addr, "sandbox API server listening");
-        Ok(ApiServer { addr, shared, shutdown_tx, task })
+        Ok(ApiServer {
+            addr,
+            shared,
+            shutdown_tx,
+            task,
+        })
     }
 
     /// `http://127.0.0.1:PORT`
@@ -156,7 +174,8 @@ impl ApiServer {
     }
 
     pub async fn client(&self) -> kube::Client {
-        kube::Client::try_from(self.client_config()).expect("a plain-HTTP client config is always valid")
+        kube::Client::try_from(self.client_config())
+            .expect("a plain-HTTP client config is always valid")
     }
 
     /// A kubeconfig for this server: cluster `faultline-sandbox`, a user without credentials.
@@ -174,15 +193,25 @@ impl ApiServer {
     /// already exists is replaced (so `sandbox up` can be re-run).
     pub async fn install_crds(&self, crds: &[CustomResourceDefinition]) -> Result<(), ApiError> {
         for crd in crds {
-            let body = serde_json::to_value(crd).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let body =
+                serde_json::to_value(crd).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let mut st = self.shared.lock();
             let def = st
                 .registry
                 .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
                 .cloned()
                 .ok_or_else(|| ApiError::internal("CRD resource missing"))?;
-            let mut t = Target { def, version: "v1".into(), namespace: None, name: None, sub: None };
+            let mut t = Target {
+                def,
+                version: "v1".into(),
+                namespace: None,
+                name: None,
+                sub: None,
+            };
             let mut ctx = write::WriteCtx {
                 dry_run: false,
                 validation: request::FieldValidation::Strict,
@@ -223,200 +252,5 @@ impl ApiServer {
         if let Err(e) = self.task.await {
             tracing::warn!(error = %e, "sandbox API server task ended abnormally");
         }
-    }
-}
-
-fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
-    let mut resp = Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-cache, private");
-    for w in warnings {
-        resp = resp.header("warning", format!("299 - {w:?}"));
-    }
-    resp.body(Body::from(body.to_string())).unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
-}
-
-async fn handle(
-    AxState(shared): AxState<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => return ApiError::too_large("the request body is too large").into_response(),
-    };
-    let path = uri.path().to_string();
-    let result = dispatch(shared, &method, &uri, &headers, bytes);
-    match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(%method, %path, code = e.code, reason = e.reason, message = %e.message, "request failed");
-            e.into_response()
-        }
-    }
-}
-
-fn dispatch(shared: Arc<Shared>, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let params = Params::parse(uri.query());
-    let format = request::format_of(headers);
-    let route = {
-        let st = shared.lock();
-        request::route(uri.path(), &st.registry)?
-    };
-    let read_only = |v: Option<Value>| -> Result<Response, ApiError> {
-        if method != Method::GET {
-            return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})")));
-        }
-        v.map(|v| json_response(200, &v, &[])).ok_or_else(|| ApiError::no_route(uri.path()))
-    };
-    match route {
-        Route::Version => read_only(Some(discovery::version())),
-        Route::Health => {
-            if method != Method::GET {
-                return Err(ApiError::method_not_allowed("only GET is allowed"));
-            }
-            Ok((axum::http::StatusCode::OK, "ok").into_response())
-        }
-        Route::CoreVersions => read_only(Some(discovery::core_versions(&shared.address))),
-        Route::Groups => read_only(Some(discovery::groups(&shared.lock().registry))),
-        Route::Group(g) => read_only(discovery::group(&shared.lock().registry, &g)),
-        Route::ResourceList { group, version } => read_only(discovery::resource_list(&shared.lock().registry, &group, &version)),
-        Route::OpenApiV2 => Err(ApiError::no_route(uri.path())),
-        Route::OpenApiV3Index => read_only(Some(discovery::openapi_v3_index(&shared.lock().registry))),
-        Route::OpenApiV3 { group, version } => {
-            read_only(discovery::openapi_v3_doc(&shared.lock().registry, &group, &version))
-        }
-        Route::Resource(t) => resource(shared, method, headers, &params, format, *t, body),
-    }
-}
-
-fn resource(
-    shared: Arc<Shared>,
-    method: &Method,
-    headers: &HeaderMap,
-    params: &Params,
-    format: Format,
-    t: Target,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let content_type = header("content-type");
-    let ctx = || -> Result<write::WriteCtx, ApiError> {
-        Ok(write::WriteCtx {
-            dry_run: params.dry_run()?,
-            validation: params.field_validation()?,
-            manager: meta::update_manager(params.get("fieldManager"), Some(&header("user-agent"))),
-            apply: false,
-            warnings: vec![],
-        })
-    };
-    let is_item = t.name.is_some();
-    let not_allowed = || {
-        Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource ({method} {})",
-            t.def.plural
-        )))
-    };
-    match (method.as_str(), is_item) {
-        ("GET", false) if params.flag("watch") => watch::watch(shared, t, params, format),
-        ("GET", true) if params.flag("watch") => {
-            // `watch` on a single object: a watch with a metadata.name field selector.
-            let mut p = params.clone();
-            let name = t.name.clone().unwrap_or_default();
-            let mut list_t = t.clone();
-            list_t.name = None;
-            p = Params::parse(Some(&format!(
-                "{}&fieldSelector=metadata.name%3D{name}",
-                form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(["watch", "resourceVersion", "timeoutSeconds", "allowWatchBookmarks"].iter().filter_map(|k| p.get(k).map(|v| (*k, v.to_string()))))
-                    .finish()
-            )));
-            watch::watch(shared, list_t, &p, format)
-        }
-        ("GET", false) => {
-            let v = read::list(&shared.lock(), &t, params, format)?;
-            Ok(json_response(200, &v, &[]))
-        }
-        ("GET", true) => {
-            let v = read::get(&shared.lock(), &t, format)?;
-            Ok(json_response(200, &v, &[]))
-        }
-        ("POST", false) => {
-            let mut c = ctx()?;
-            let obj = request::decode_body(&body, &content_type)?;
-            let (code, v) = write::create(&mut shared.lock(), &t, obj, &mut c)?;
-            Ok(json_response(code, &read::present(&t, v), &c.warnings))
-        }
-        ("PUT", true) => {
-            let mut c = ctx()?;
-            let obj = request::decode_body(&body, &content_type)?;
-            let (code, v) = write::update(&mut shared.lock(), &t, obj, &mut c)?;
-            Ok(json_response(code, &read::present(&t, v), &c.warnings))
-        }
-        ("PATCH", true) => {
-            let mut c = ctx()?;
-            let is_apply = content_type.starts_with("application/apply-patch");
-            if is_apply {
-                match params.get("fieldManager") {
-                    Some(m) if !m.is_empty() => c.manager = m.to_string(),
-                    _ => {
-                        return Err(ApiError::invalid(
-                            "meta.k8s.io",
-                            "PatchOptions",
-                            "",
-                            vec![Cause {
-                                field: "fieldManager".into(),
-                                message: "Required value: is required for apply patch".into(),
-                                reason: "FieldValueRequired".into(),
-                            }],
-                        ));
-                    }
-                }
-            }
-            let (code, v) = write::patch(&mut shared.lock(), &t, &body, &content_type, &mut c)?;
-            Ok(json_response(code, &read::present(&t, v), &c.warnings))
-        }
-        ("DELETE", true) => {
-            if t.is_status() {
-                return not_allowed();
-            }
-            let opts_body = if body.is_empty() { None } else { Some(request::decode_body(&body, "application/json")?) };
-            let opts = gc::DeleteOpts::from_request(params.get("propagationPolicy"), params.dry_run()?, opts_body.as_ref())?;
-            let ns = t.namespace.clone().unwrap_or_default();
-            let name = t.name.clone().unwrap_or_default();
-            let v = gc::delete(&mut shared.lock(), &t.def.key(), &ns, &name, &opts)?;
-            Ok(json_response(200, &read::present(&t, v), &[]))
-        }
-        ("DELETE", false) if t.def.namespaced || t.def.is_custom() => {
-            let opts_body = if body.is_empty() { None } else { Some(request::decode_body(&body, "application/json")?) };
-            let opts = gc::DeleteOpts::from_request(params.get("propagationPolicy"), params.dry_run()?, opts_body.as_ref())?;
-            let filter = read::Filter::from_params(&t, params)?;
-            let mut st = shared.lock();
-            let targets: Vec<(String, String)> = st
-                .store
-                .list(&t.def.key(), t.namespace.as_deref())
-                .filter(|o| filter.matches(o))
-                .map(store::obj_key)
-                .collect();
-            let mut items = Vec::new();
-            for (ns, name) in targets {
-                match gc::delete(&mut st, &t.def.key(), &ns, &name, &opts) {
-                    Ok(v) => items.push(read::present(&t, v)),
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            let list = json!({
-                "kind": format!("{}List", t.def.kind),
-                "apiVersion": t.def.api_version(&t.version),
-                "metadata": {"resourceVersion": st.store.current_rv().to_string()},
-                "items": items,
-            });
-            Ok(json_response(200, &list, &[]))
-        }
-        _ => not_allowed(),
     }
 }

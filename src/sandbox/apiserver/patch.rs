@@ -40,7 +40,10 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
     for op in ops {
         let is_lenient_test = op.get("op").and_then(Value::as_str) == Some("test")
             && op.get("value").is_some_and(Value::is_null)
-            && op.get("path").and_then(Value::as_str).is_some_and(|p| doc.pointer(p).is_none());
+            && op
+                .get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| doc.pointer(p).is_none());
         if is_lenient_test {
             continue;
         }
@@ -54,7 +57,12 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
 /// Merge key of a list field, by field name (and, for `ports`, by what the elements carry).
 fn merge_key(field: &str, sample: &[Value]) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
         | "resourceClaims" => "name",
         "ports" => {
             if sample.iter().any(|p| p.get("containerPort").is_some()) {
@@ -92,14 +100,22 @@ pub fn apply_merge(target: &mut Value, applied: &Value, use_keys: bool) -> Resul
 fn strip_nulls(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect(),
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
         other => other.clone(),
     }
 }
 
-fn smp_value(target: &mut Value, patch: &Value, field: &str, use_keys: bool) -> Result<(), PatchError> {
+fn smp_value(
+    target: &mut Value,
+    patch: &Value,
+    field: &str,
+    use_keys: bool,
+) -> Result<(), PatchError> {
     match patch {
         Value::Object(pm) => {
             match pm.get("$patch").and_then(Value::as_str) {
@@ -113,7 +129,11 @@ fn smp_value(target: &mut Value, patch: &Value, field: &str, use_keys: bool) -> 
                     *target = Value::Null;
                     return Ok(());
                 }
-                Some(other) => return Err(PatchError::Malformed(format!("unknown patch type: {other}"))),
+                Some(other) => {
+                    return Err(PatchError::Malformed(format!(
+                        "unknown patch type: {other}"
+                    )));
+                }
                 None => {}
             }
             if !target.is_object() {
@@ -127,7 +147,9 @@ fn smp_value(target: &mut Value, patch: &Value, field: &str, use_keys: bool) -> 
                     continue;
                 }
                 if let Some(list_field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-                    if let (Some(Value::Array(cur)), Some(del)) = (tm.get_mut(list_field), pv.as_array()) {
+                    if let (Some(Value::Array(cur)), Some(del)) =
+                        (tm.get_mut(list_field), pv.as_array())
+                    {
                         cur.retain(|x| !del.contains(x));
                     }
                     continue;
@@ -169,7 +191,8 @@ fn smp_value(target: &mut Value, patch: &Value, field: &str, use_keys: bool) -> 
                             )));
                         };
                         let pos = cur.iter().position(|c| c.get(key) == Some(kv));
-                        let is_delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+                        let is_delete =
+                            item.get("$patch").and_then(Value::as_str) == Some("delete");
                         match (pos, is_delete) {
                             (Some(i), true) => {
                                 cur.remove(i);
@@ -257,9 +280,18 @@ mod tests {
         assert_eq!(doc["metadata"]["finalizers"], json!(["a"]));
         // A failing test on an existing path still fails.
         let bad = json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]);
-        assert!(matches!(json_patch(&mut doc, &bad), Err(PatchError::Failed(_))));
-        assert!(matches!(json_patch(&mut doc, &json!({"op": "x"})), Err(PatchError::Malformed(_))));
-        assert!(matches!(json_patch(&mut doc, &json!([{"op": "nope"}])), Err(PatchError::Malformed(_))));
+        assert!(matches!(
+            json_patch(&mut doc, &bad),
+            Err(PatchError::Failed(_))
+        ));
+        assert!(matches!(
+            json_patch(&mut doc, &json!({"op": "x"})),
+            Err(PatchError::Malformed(_))
+        ));
+        assert!(matches!(
+            json_patch(&mut doc, &json!([{"op": "nope"}])),
+            Err(PatchError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -311,21 +343,40 @@ mod tests {
         assert_eq!(obj["spec"]["tolerations"], json!([{"key": "y"}]));
         assert_eq!(obj["spec"]["sel"], json!({"b": "2"}));
         let mut o2 = json!({"metadata": {"finalizers": ["a", "b"]}});
-        strategic_merge(&mut o2, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}})).unwrap();
+        strategic_merge(
+            &mut o2,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+        )
+        .unwrap();
         assert_eq!(o2["metadata"]["finalizers"], json!(["b"]));
-        assert!(strategic_merge(&mut o2, &json!({"spec": {"containers": [{"image": "x"}]}})).is_err());
+        assert!(
+            strategic_merge(&mut o2, &json!({"spec": {"containers": [{"image": "x"}]}})).is_err()
+        );
     }
 
     #[test]
     fn apply_keeps_unmentioned_fields_and_ignores_null() {
         let mut obj = json!({"spec": {"a": 1, "list": [1, 2]}, "status": {"phase": "x"}});
-        apply_merge(&mut obj, &json!({"spec": {"b": 2, "a": null, "list": [3]}}), false).unwrap();
-        assert_eq!(obj, json!({"spec": {"a": 1, "b": 2, "list": [3]}, "status": {"phase": "x"}}));
+        apply_merge(
+            &mut obj,
+            &json!({"spec": {"b": 2, "a": null, "list": [3]}}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            obj,
+            json!({"spec": {"a": 1, "b": 2, "list": [3]}, "status": {"phase": "x"}})
+        );
     }
 
     #[test]
     fn fields_v1_shape() {
-        let f = fields_v1(&json!({"apiVersion": "v1", "metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"n": 1}}));
-        assert_eq!(f, json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:n": {}}}));
+        let f = fields_v1(
+            &json!({"apiVersion": "v1", "metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"n": 1}}),
+        );
+        assert_eq!(
+            f,
+            json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:n": {}}})
+        );
     }
 }

@@ -4,11 +4,11 @@
 //! page starts, and each page reads the latest state (the real server serves all pages from one
 //! snapshot). `remainingItemCount` is reported.
 
+use super::State;
 use super::errors::{ApiError, ApiResult};
 use super::request::{Format, Params, Target};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::table;
-use super::State;
 use serde_json::{Value, json};
 
 /// Set the `apiVersion` a client asked for (custom resources may be read through any served version).
@@ -36,7 +36,11 @@ impl Filter {
                 "field label not supported: {bad}"
             )));
         }
-        Ok(Filter { namespace: t.namespace.clone(), labels, fields })
+        Ok(Filter {
+            namespace: t.namespace.clone(),
+            labels,
+            fields,
+        })
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
@@ -60,7 +64,10 @@ pub fn get(st: &State, t: &Target, format: Format) -> ApiResult<Value> {
     let obj = present(t, obj);
     Ok(match format {
         Format::Table => {
-            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             table::table(&t.def, &t.version, &[obj], &rv, None)
         }
         Format::Json => obj,
@@ -81,11 +88,27 @@ pub fn list(st: &State, t: &Target, p: &Params, format: Format) -> ApiResult<Val
         .filter(|o| after.as_ref().is_none_or(|a| super::store::obj_key(o) > *a))
         .collect();
     let total = matching.len();
-    let page: Vec<Value> = matching.into_iter().take(limit.unwrap_or(usize::MAX)).cloned().map(|o| present(t, o)).collect();
+    let page: Vec<Value> = matching
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .cloned()
+        .map(|o| present(t, o))
+        .collect();
     let rv = st.store.current_rv().to_string();
-    let cont = (page.len() < total).then(|| page.last().map(|o| encode_continue(&super::store::obj_key(o)))).flatten();
+    let cont = (page.len() < total)
+        .then(|| {
+            page.last()
+                .map(|o| encode_continue(&super::store::obj_key(o)))
+        })
+        .flatten();
     if format == Format::Table {
-        return Ok(table::table(&t.def, &t.version, &page, &rv, cont.as_deref()));
+        return Ok(table::table(
+            &t.def,
+            &t.version,
+            &page,
+            &rv,
+            cont.as_deref(),
+        ));
     }
     let mut md = json!({"resourceVersion": rv});
     if let Some(c) = &cont {

@@ -19,7 +19,10 @@ impl Params {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -74,10 +77,17 @@ pub enum Format {
 }
 
 pub fn format_of(headers: &HeaderMap) -> Format {
-    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     // kubectl lists Table first and plain JSON as a fallback; honour the first preference.
     let first = accept.split(',').next().unwrap_or_default();
-    if first.contains("as=Table") { Format::Table } else { Format::Json }
+    if first.contains("as=Table") {
+        Format::Table
+    } else {
+        Format::Json
+    }
 }
 
 /// A resource request's target.
@@ -116,7 +126,11 @@ fn valid_segment(s: &str) -> bool {
 }
 
 pub fn route(path: &str, reg: &Registry) -> ApiResult<Route> {
-    let segs: Vec<&str> = path.trim_end_matches('/').trim_start_matches('/').split('/').collect();
+    let segs: Vec<&str> = path
+        .trim_end_matches('/')
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
     if segs.iter().any(|s| !valid_segment(s)) {
         return Err(ApiError::no_route(path));
     }
@@ -125,15 +139,33 @@ pub fn route(path: &str, reg: &Registry) -> ApiResult<Route> {
         ["healthz" | "livez" | "readyz", ..] => return Ok(Route::Health),
         ["openapi", "v2"] => return Ok(Route::OpenApiV2),
         ["openapi", "v3"] => return Ok(Route::OpenApiV3Index),
-        ["openapi", "v3", "api", v] => return Ok(Route::OpenApiV3 { group: String::new(), version: v.to_string() }),
+        ["openapi", "v3", "api", v] => {
+            return Ok(Route::OpenApiV3 {
+                group: String::new(),
+                version: v.to_string(),
+            });
+        }
         ["openapi", "v3", "apis", g, v] => {
-            return Ok(Route::OpenApiV3 { group: g.to_string(), version: v.to_string() });
+            return Ok(Route::OpenApiV3 {
+                group: g.to_string(),
+                version: v.to_string(),
+            });
         }
         ["api"] => return Ok(Route::CoreVersions),
         ["apis"] => return Ok(Route::Groups),
         ["apis", g] => return Ok(Route::Group(g.to_string())),
-        ["api", v] => return Ok(Route::ResourceList { group: String::new(), version: v.to_string() }),
-        ["apis", g, v] => return Ok(Route::ResourceList { group: g.to_string(), version: v.to_string() }),
+        ["api", v] => {
+            return Ok(Route::ResourceList {
+                group: String::new(),
+                version: v.to_string(),
+            });
+        }
+        ["apis", g, v] => {
+            return Ok(Route::ResourceList {
+                group: g.to_string(),
+                version: v.to_string(),
+            });
+        }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(ApiError::no_route(path)),
@@ -192,7 +224,9 @@ pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
         Err(json_err) if content_type.contains("yaml") => serde_yaml::from_slice::<Value>(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e} (as JSON: {json_err})"))),
+            .map_err(|e| {
+                ApiError::bad_request(format!("error decoding YAML: {e} (as JSON: {json_err})"))
+            }),
         Err(e) => Err(ApiError::bad_request(format!(
             "error decoding request body as JSON: {e}"
         ))),

@@ -89,7 +89,10 @@ impl ResourceDef {
 
     /// Storage key, independent of the version the request used.
     pub fn key(&self) -> ResKey {
-        ResKey { group: self.group.clone(), plural: self.plural.clone() }
+        ResKey {
+            group: self.group.clone(),
+            plural: self.plural.clone(),
+        }
     }
 
     pub fn crd_version(&self, version: &str) -> Option<&CrdVersion> {
@@ -128,7 +131,9 @@ impl ResourceDef {
             ("", "secrets") => path == "type",
             ("", "namespaces") => path == "status.phase",
             ("", "nodes") => path == "spec.unschedulable",
-            ("events.k8s.io", "events") => path.starts_with("regarding.") || matches!(path, "reason" | "type"),
+            ("events.k8s.io", "events") => {
+                path.starts_with("regarding.") || matches!(path, "reason" | "type")
+            }
             _ => false,
         }
     }
@@ -149,21 +154,44 @@ pub struct Registry {
 impl Registry {
     pub fn with_builtins() -> Self {
         let defs = vec![
-            ResourceDef::builtin("", "v1", "namespaces", "Namespace", false).short(&["ns"]).status(),
-            ResourceDef::builtin("", "v1", "nodes", "Node", false).short(&["no"]).status(),
-            ResourceDef::builtin("", "v1", "pods", "Pod", true).short(&["po"]).status().all(),
-            ResourceDef::builtin("", "v1", "services", "Service", true).short(&["svc"]).status().all(),
+            ResourceDef::builtin("", "v1", "namespaces", "Namespace", false)
+                .short(&["ns"])
+                .status(),
+            ResourceDef::builtin("", "v1", "nodes", "Node", false)
+                .short(&["no"])
+                .status(),
+            ResourceDef::builtin("", "v1", "pods", "Pod", true)
+                .short(&["po"])
+                .status()
+                .all(),
+            ResourceDef::builtin("", "v1", "services", "Service", true)
+                .short(&["svc"])
+                .status()
+                .all(),
             ResourceDef::builtin("", "v1", "configmaps", "ConfigMap", true).short(&["cm"]),
             ResourceDef::builtin("", "v1", "secrets", "Secret", true),
             ResourceDef::builtin("", "v1", "events", "Event", true).short(&["ev"]),
-            ResourceDef::builtin("", "v1", "serviceaccounts", "ServiceAccount", true).short(&["sa"]),
-            ResourceDef::builtin("apps", "v1", "deployments", "Deployment", true).short(&["deploy"]).status().all(),
-            ResourceDef::builtin("apps", "v1", "replicasets", "ReplicaSet", true).short(&["rs"]).status().all(),
+            ResourceDef::builtin("", "v1", "serviceaccounts", "ServiceAccount", true)
+                .short(&["sa"]),
+            ResourceDef::builtin("apps", "v1", "deployments", "Deployment", true)
+                .short(&["deploy"])
+                .status()
+                .all(),
+            ResourceDef::builtin("apps", "v1", "replicasets", "ReplicaSet", true)
+                .short(&["rs"])
+                .status()
+                .all(),
             ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true).short(&["ev"]),
             ResourceDef::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
-            ResourceDef::builtin("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true)
-                .short(&["pdb"])
-                .status(),
+            ResourceDef::builtin(
+                "policy",
+                "v1",
+                "poddisruptionbudgets",
+                "PodDisruptionBudget",
+                true,
+            )
+            .short(&["pdb"])
+            .status(),
             ResourceDef::builtin(
                 "apiextensions.k8s.io",
                 "v1",
@@ -179,13 +207,15 @@ impl Registry {
 
     /// The resource served at `group/version/plural`.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
-        self.defs
-            .iter()
-            .find(|d| d.group == group && d.plural == plural && d.versions.iter().any(|v| v == version))
+        self.defs.iter().find(|d| {
+            d.group == group && d.plural == plural && d.versions.iter().any(|v| v == version)
+        })
     }
 
     pub fn by_key(&self, key: &ResKey) -> Option<&ResourceDef> {
-        self.defs.iter().find(|d| d.group == key.group && d.plural == key.plural)
+        self.defs
+            .iter()
+            .find(|d| d.group == key.group && d.plural == key.plural)
     }
 
     /// Groups in registration order, each with its versions (preferred first).
@@ -219,12 +249,14 @@ impl Registry {
 
     /// Register (or replace) a custom resource.
     pub fn upsert(&mut self, def: ResourceDef) {
-        self.defs.retain(|d| !(d.group == def.group && d.plural == def.plural));
+        self.defs
+            .retain(|d| !(d.group == def.group && d.plural == def.plural));
         self.defs.push(def);
     }
 
     pub fn remove(&mut self, key: &ResKey) {
-        self.defs.retain(|d| !(d.group == key.group && d.plural == key.plural));
+        self.defs
+            .retain(|d| !(d.group == key.group && d.plural == key.plural));
     }
 }
 
@@ -258,17 +290,25 @@ pub fn def_from_crd(crd: &Value) -> Result<ResourceDef, Vec<(String, String)>> {
     if scope != "Namespaced" && scope != "Cluster" {
         errs.push((
             "spec.scope".into(),
-            format!("Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""),
+            format!(
+                "Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""
+            ),
         ));
     }
     let mut versions = Vec::new();
     let mut per_version = BTreeMap::new();
     let list = spec["versions"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        errs.push(("spec.versions".into(), "Invalid value: null: must have exactly one version marked as storage version".into()));
+        errs.push((
+            "spec.versions".into(),
+            "Invalid value: null: must have exactly one version marked as storage version".into(),
+        ));
     }
     // Storage version first so that it is the preferred one in discovery.
-    let mut ordered: Vec<&Value> = list.iter().filter(|v| v["storage"] == Value::Bool(true)).collect();
+    let mut ordered: Vec<&Value> = list
+        .iter()
+        .filter(|v| v["storage"] == Value::Bool(true))
+        .collect();
     ordered.extend(list.iter().filter(|v| v["storage"] != Value::Bool(true)));
     for v in ordered {
         let vname = s(&v["name"]);
@@ -308,9 +348,18 @@ pub fn def_from_crd(crd: &Value) -> Result<ResourceDef, Vec<(String, String)>> {
         return Err(errs);
     }
     let strs = |v: &Value| -> Vec<String> {
-        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    let singular = names["singular"].as_str().map(String::from).unwrap_or_else(|| kind.to_lowercase());
+    let singular = names["singular"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| kind.to_lowercase());
     let status_subresource = per_version.values().any(|v| v.status_subresource);
     Ok(ResourceDef {
         group,

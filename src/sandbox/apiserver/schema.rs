@@ -26,7 +26,11 @@ pub struct Outcome {
 }
 
 fn cause(field: &str, reason: &str, message: String) -> Cause {
-    Cause { field: field.to_string(), message, reason: reason.to_string() }
+    Cause {
+        field: field.to_string(),
+        message,
+        reason: reason.to_string(),
+    }
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -88,7 +92,9 @@ impl Walker {
             self.out.causes.push(cause(
                 path,
                 "FieldValueTypeInvalid",
-                format!("Invalid value: \"{actual}\": {path} in body must be of type {ty}: \"{actual}\""),
+                format!(
+                    "Invalid value: \"{actual}\": {path} in body must be of type {ty}: \"{actual}\""
+                ),
             ));
             return;
         }
@@ -99,7 +105,11 @@ impl Walker {
             self.out.causes.push(cause(
                 path,
                 "FieldValueNotSupported",
-                format!("Unsupported value: {}: supported values: {}", render(v), list.join(", ")),
+                format!(
+                    "Unsupported value: {}: supported values: {}",
+                    render(v),
+                    list.join(", ")
+                ),
             ));
         }
         match v {
@@ -121,7 +131,9 @@ impl Walker {
                     self.out.causes.push(cause(
                         path,
                         "FieldValueInvalid",
-                        format!("Invalid value: {n}: {path} in body should have at least {min} items"),
+                        format!(
+                            "Invalid value: {n}: {path} in body should have at least {min} items"
+                        ),
                     ));
                 }
                 if let Some(items) = schema.get("items") {
@@ -155,11 +167,16 @@ impl Walker {
         if let Some(req) = schema.get("required").and_then(Value::as_array) {
             for r in req.iter().filter_map(Value::as_str) {
                 if !m.contains_key(r) {
-                    self.out.causes.push(cause(&join(path, r), "FieldValueRequired", "Required value".into()));
+                    self.out.causes.push(cause(
+                        &join(path, r),
+                        "FieldValueRequired",
+                        "Required value".into(),
+                    ));
                 }
             }
         }
-        let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        let preserve =
+            schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
         let additional = schema.get("additionalProperties");
         let keys: Vec<String> = m.keys().cloned().collect();
         for k in keys {
@@ -198,7 +215,11 @@ impl Walker {
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
             && len > max
         {
-            self.out.causes.push(cause(path, "FieldValueTooLong", format!("Too long: may not be more than {max} bytes")));
+            self.out.causes.push(cause(
+                path,
+                "FieldValueTooLong",
+                format!("Too long: may not be more than {max} bytes"),
+            ));
         }
         if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
             && len < min
@@ -206,7 +227,9 @@ impl Walker {
             self.out.causes.push(cause(
                 path,
                 "FieldValueInvalid",
-                format!("Invalid value: {st:?}: {path} in body should be at least {min} chars long"),
+                format!(
+                    "Invalid value: {st:?}: {path} in body should be at least {min} chars long"
+                ),
             ));
         }
         if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
@@ -217,7 +240,9 @@ impl Walker {
                     format!("Invalid value: {st:?}: {path} in body should match '{p}'"),
                 )),
                 Ok(_) => {}
-                Err(_) => tracing::warn!(pattern = p, "schema pattern does not compile; not checked"),
+                Err(_) => {
+                    tracing::warn!(pattern = p, "schema pattern does not compile; not checked")
+                }
             }
         }
     }
@@ -228,21 +253,37 @@ impl Walker {
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
             && (f < min || (excl_min && f == min))
         {
-            let op = if excl_min { "greater than" } else { "greater than or equal to" };
+            let op = if excl_min {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
             self.out.causes.push(cause(
                 path,
                 "FieldValueInvalid",
-                format!("Invalid value: {}: {path} in body should be {op} {}", render(v), fmt_num(min)),
+                format!(
+                    "Invalid value: {}: {path} in body should be {op} {}",
+                    render(v),
+                    fmt_num(min)
+                ),
             ));
         }
         if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
             && (f > max || (excl_max && f == max))
         {
-            let op = if excl_max { "less than" } else { "less than or equal to" };
+            let op = if excl_max {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
             self.out.causes.push(cause(
                 path,
                 "FieldValueInvalid",
-                format!("Invalid value: {}: {path} in body should be {op} {}", render(v), fmt_num(max)),
+                format!(
+                    "Invalid value: {}: {path} in body should be {op} {}",
+                    render(v),
+                    fmt_num(max)
+                ),
             ));
         }
     }
@@ -250,7 +291,10 @@ impl Walker {
     /// `oneOf` / `anyOf` / `allOf` / `not`: value checks only (branches never prune).
     fn combinators(&mut self, v: &Value, schema: &Map<String, Value>, path: &str) {
         let passes = |branch: &Value| {
-            let mut w = Walker { prune: false, out: Outcome::default() };
+            let mut w = Walker {
+                prune: false,
+                out: Outcome::default(),
+            };
             let mut copy = v.clone();
             w.walk(&mut copy, branch, path);
             w.out.causes.is_empty()
@@ -267,17 +311,23 @@ impl Walker {
             }
         }
         if let Some(branches) = schema.get("anyOf").and_then(Value::as_array)
-            && !branches.iter().any(|b| passes(b))
+            && !branches.iter().any(&passes)
         {
             self.out.causes.push(cause(
                 path,
                 "FieldValueInvalid",
-                format!("Invalid value: {}: {shown} in body must validate at least one schema (anyOf)", render(v)),
+                format!(
+                    "Invalid value: {}: {shown} in body must validate at least one schema (anyOf)",
+                    render(v)
+                ),
             ));
         }
         if let Some(branches) = schema.get("allOf").and_then(Value::as_array) {
             for b in branches {
-                let mut w = Walker { prune: false, out: Outcome::default() };
+                let mut w = Walker {
+                    prune: false,
+                    out: Outcome::default(),
+                };
                 let mut copy = v.clone();
                 w.walk(&mut copy, b, path);
                 self.out.causes.extend(w.out.causes);
@@ -296,17 +346,28 @@ impl Walker {
 }
 
 fn fmt_num(f: f64) -> String {
-    if f.fract() == 0.0 { format!("{}", f as i64) } else { f.to_string() }
+    if f.fract() == 0.0 {
+        format!("{}", f as i64)
+    } else {
+        f.to_string()
+    }
 }
 
 fn join(path: &str, k: &str) -> String {
-    if path.is_empty() { k.to_string() } else { format!("{path}.{k}") }
+    if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}.{k}")
+    }
 }
 
 /// Default, prune and validate `obj` in place against `schema` (a CRD version's
 /// `openAPIV3Schema`), then evaluate its CEL rules. `old` enables transition rules on update.
 pub fn process(schema: &Value, obj: &mut Value, old: Option<&Value>) -> Outcome {
-    let mut w = Walker { prune: true, out: Outcome::default() };
+    let mut w = Walker {
+        prune: true,
+        out: Outcome::default(),
+    };
     w.walk(obj, schema, "");
     let mut out = w.out;
     // CEL only runs on structurally valid objects, as in the real server (its rules assume types).
@@ -327,11 +388,24 @@ fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
             .iter()
             .map(|e| {
                 let field = e.field_path.trim_start_matches('.').to_string();
-                let value = obj_at(obj, &field).map(render).unwrap_or_else(|| "\"object\"".into());
-                let reason = e.reason.clone().unwrap_or_else(|| "FieldValueInvalid".into());
-                let shown = if field.is_empty() { "<nil>".to_string() } else { field.clone() };
+                let value = obj_at(obj, &field)
+                    .map(render)
+                    .unwrap_or_else(|| "\"object\"".into());
+                let reason = e
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "FieldValueInvalid".into());
+                let shown = if field.is_empty() {
+                    "<nil>".to_string()
+                } else {
+                    field.clone()
+                };
                 tracing::debug!(field = %shown, rule = %e.rule, "CEL rule rejected object");
-                cause(&field, &reason, format!("Invalid value: {value}: {}", e.message))
+                cause(
+                    &field,
+                    &reason,
+                    format!("Invalid value: {value}: {}", e.message),
+                )
             })
             .collect(),
     }
@@ -382,8 +456,10 @@ mod tests {
 
     #[test]
     fn defaults_and_pruning() {
-        let (o, out) = run(json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"},
-            "spec": {"target": "abc", "foo": 1, "extra": {"any": [1]}, "labels": {"a": "b"}, "maybe": null, "port": "http"}}));
+        let (o, out) = run(
+            json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"},
+            "spec": {"target": "abc", "foo": 1, "extra": {"any": [1]}, "labels": {"a": "b"}, "maybe": null, "port": "http"}}),
+        );
         assert!(out.causes.is_empty(), "{:?}", out.causes);
         assert_eq!(out.unknown_fields, vec![".spec.foo"]);
         assert_eq!(o["spec"]["duration"], "30s");
@@ -406,7 +482,9 @@ mod tests {
 
     #[test]
     fn value_checks() {
-        let (_, out) = run(json!({"spec": {"target": "ABCDEFGHIJKL", "replicas": 0, "mode": "x", "tags": ["a", "b", "c"]}}));
+        let (_, out) = run(
+            json!({"spec": {"target": "ABCDEFGHIJKL", "replicas": 0, "mode": "x", "tags": ["a", "b", "c"]}}),
+        );
         let fields: Vec<&str> = out.causes.iter().map(|c| c.field.as_str()).collect();
         assert!(fields.contains(&"spec.target"));
         assert!(fields.contains(&"spec.replicas"));
@@ -423,7 +501,11 @@ mod tests {
     fn cel_rule_rejects() {
         let (_, out) = run(json!({"spec": {"target": "abc", "replicas": 7}}));
         assert_eq!(out.causes.len(), 1, "{:?}", out.causes);
-        assert!(out.causes[0].message.contains("too many replicas"), "{:?}", out.causes);
+        assert!(
+            out.causes[0].message.contains("too many replicas"),
+            "{:?}",
+            out.causes
+        );
     }
 
     #[test]
@@ -433,6 +515,10 @@ mod tests {
         let mut ok = json!({"a": "x"});
         assert!(process(&s, &mut ok, None).causes.is_empty());
         let mut both = json!({"a": "x", "b": "y"});
-        assert!(process(&s, &mut both, None).causes[0].message.contains("oneOf"));
+        assert!(
+            process(&s, &mut both, None).causes[0]
+                .message
+                .contains("oneOf")
+        );
     }
 }

@@ -61,11 +61,14 @@ fn split_terms(s: &str) -> Result<Vec<&str>, SelectorError> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn key(k: &str) -> Result<String, SelectorError> {
@@ -86,7 +89,10 @@ fn value(v: &str) -> Result<String, SelectorError> {
     }
 }
 
-fn parse_set_term(term: &str, op: &str) -> Result<Option<(String, BTreeSet<String>)>, SelectorError> {
+fn parse_set_term(
+    term: &str,
+    op: &str,
+) -> Result<Option<(String, BTreeSet<String>)>, SelectorError> {
     // `key in (a,b)`: find ` op ` followed by `(`.
     let needle = format!(" {op} ");
     let Some(pos) = term.find(&needle).or_else(|| term.find(&format!(" {op}("))) else {
@@ -187,7 +193,11 @@ impl FieldSelector {
             if path.is_empty() || !path.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
                 return Err(SelectorError(format!("invalid field selector: {term:?}")));
             }
-            reqs.push(FieldReq { path: path.to_string(), value: val.trim().to_string(), negate });
+            reqs.push(FieldReq {
+                path: path.to_string(),
+                value: val.trim().to_string(),
+                negate,
+            });
         }
         Ok(FieldSelector(reqs))
     }
@@ -264,7 +274,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["a in (b", "a in b)", "=x", "a=b=c", ",", "a,,b", "a in (", "a!=(x)", "a b"] {
+        for bad in [
+            "a in (b", "a in b)", "=x", "a=b=c", ",", "a,,b", "a in (", "a!=(x)", "a b",
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad} should fail");
         }
         assert!(LabelSelector::parse(&"a".repeat(MAX_SELECTOR_LEN + 1)).is_err());
@@ -280,6 +292,12 @@ mod tests {
         assert!(!f("status.phase=Pending"));
         assert!(f("spec.missing="));
         assert!(FieldSelector::parse("nope").is_err());
-        assert_eq!(FieldSelector::parse("a.b=c").unwrap().paths().collect::<Vec<_>>(), vec!["a.b"]);
+        assert_eq!(
+            FieldSelector::parse("a.b=c")
+                .unwrap()
+                .paths()
+                .collect::<Vec<_>>(),
+            vec!["a.b"]
+        );
     }
 }

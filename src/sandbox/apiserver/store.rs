@@ -56,7 +56,14 @@ pub fn obj_key(obj: &Value) -> ObjKey {
 impl Store {
     pub fn new(history: usize) -> Self {
         let (tx, _) = broadcast::channel(4096);
-        Store { rv: 1, objects: HashMap::new(), log: VecDeque::new(), history: history.max(1), compacted: 0, tx }
+        Store {
+            rv: 1,
+            objects: HashMap::new(),
+            log: VecDeque::new(),
+            history: history.max(1),
+            compacted: 0,
+            tx,
+        }
     }
 
     pub fn current_rv(&self) -> u64 {
@@ -64,11 +71,17 @@ impl Store {
     }
 
     pub fn get(&self, key: &ResKey, ns: &str, name: &str) -> Option<&Value> {
-        self.objects.get(key)?.get(&(ns.to_string(), name.to_string()))
+        self.objects
+            .get(key)?
+            .get(&(ns.to_string(), name.to_string()))
     }
 
     /// Objects of a resource, optionally restricted to one namespace, in (namespace, name) order.
-    pub fn list<'a>(&'a self, key: &ResKey, ns: Option<&'a str>) -> impl Iterator<Item = &'a Value> + 'a {
+    pub fn list<'a>(
+        &'a self,
+        key: &ResKey,
+        ns: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
         self.objects
             .get(key)
             .into_iter()
@@ -79,7 +92,10 @@ impl Store {
 
     /// All objects of every resource (for garbage collection and namespace deletion).
     pub fn all_objects(&self) -> Vec<(ResKey, Value)> {
-        self.objects.iter().flat_map(|(k, m)| m.values().map(move |v| (k.clone(), v.clone()))).collect()
+        self.objects
+            .iter()
+            .flat_map(|(k, m)| m.values().map(move |v| (k.clone(), v.clone())))
+            .collect()
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -104,18 +120,41 @@ impl Store {
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         let k = obj_key(&obj);
-        let old = self.objects.entry(key.clone()).or_default().insert(k, obj.clone());
-        let type_ = if old.is_some() { EventType::Modified } else { EventType::Added };
-        self.record(Event { rv, key: key.clone(), type_, object: obj.clone(), old });
+        let old = self
+            .objects
+            .entry(key.clone())
+            .or_default()
+            .insert(k, obj.clone());
+        let type_ = if old.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        self.record(Event {
+            rv,
+            key: key.clone(),
+            type_,
+            object: obj.clone(),
+            old,
+        });
         obj
     }
 
     /// Remove an object; the DELETED event carries the deletion's resourceVersion.
     pub fn remove(&mut self, key: &ResKey, ns: &str, name: &str) -> Option<Value> {
-        let mut obj = self.objects.get_mut(key)?.remove(&(ns.to_string(), name.to_string()))?;
+        let mut obj = self
+            .objects
+            .get_mut(key)?
+            .remove(&(ns.to_string(), name.to_string()))?;
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.record(Event { rv, key: key.clone(), type_: EventType::Deleted, object: obj.clone(), old: None });
+        self.record(Event {
+            rv,
+            key: key.clone(),
+            type_: EventType::Deleted,
+            object: obj.clone(),
+            old: None,
+        });
         Some(obj)
     }
 
@@ -124,7 +163,12 @@ impl Store {
         if rv < self.compacted {
             return Err(self.compacted);
         }
-        Ok(self.log.iter().filter(|e| e.rv > rv && &e.key == key).cloned().collect())
+        Ok(self
+            .log
+            .iter()
+            .filter(|e| e.rv > rv && &e.key == key)
+            .cloned()
+            .collect())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -141,7 +185,10 @@ mod tests {
     use super::*;
 
     fn key() -> ResKey {
-        ResKey { group: String::new(), plural: "configmaps".into() }
+        ResKey {
+            group: String::new(),
+            plural: "configmaps".into(),
+        }
     }
 
     #[test]

@@ -16,7 +16,11 @@ fn col(name: &str, type_: &str, format: &str, description: &str, priority: i64) 
 
 /// Evaluate the simple JSONPath subset printer columns use.
 pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
-    let path = path.trim().trim_start_matches('{').trim_end_matches('}').trim_start_matches('$');
+    let path = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
     let mut cur = obj;
     for part in path.split('.').filter(|p| !p.is_empty()) {
         let (field, indexes) = match part.find('[') {
@@ -40,7 +44,13 @@ pub fn human_age(secs: i64) -> String {
         return "0s".into();
     }
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
-    let with = |a: i64, ua: &str, b: i64, ub: &str| if b == 0 { format!("{a}{ua}") } else { format!("{a}{ua}{b}{ub}") };
+    let with = |a: i64, ua: &str, b: i64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua}{b}{ub}")
+        }
+    };
     if secs < 120 {
         format!("{secs}s")
     } else if m < 10 {
@@ -61,9 +71,13 @@ pub fn human_age(secs: i64) -> String {
 }
 
 fn age_cell(v: Option<&Value>) -> Value {
-    let Some(ts) = v.and_then(Value::as_str) else { return Value::Null };
+    let Some(ts) = v.and_then(Value::as_str) else {
+        return Value::Null;
+    };
     match chrono::DateTime::parse_from_rfc3339(ts) {
-        Ok(t) => json!(human_age((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())),
+        Ok(t) => json!(human_age(
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()
+        )),
         Err(_) => json!("<invalid>"),
     }
 }
@@ -78,22 +92,47 @@ fn cell(v: Option<&Value>) -> Value {
 }
 
 fn custom_columns(cols: &[PrinterColumn]) -> (Vec<Value>, bool) {
-    let has_age = cols.iter().any(|c| c.json_path.trim() == ".metadata.creationTimestamp");
-    let defs = cols.iter().map(|c| col(&c.name, &c.type_, &c.format, &c.description, c.priority)).collect();
+    let has_age = cols
+        .iter()
+        .any(|c| c.json_path.trim() == ".metadata.creationTimestamp");
+    let defs = cols
+        .iter()
+        .map(|c| col(&c.name, &c.type_, &c.format, &c.description, c.priority))
+        .collect();
     (defs, has_age)
 }
 
 fn pod_cells(obj: &Value) -> Vec<Value> {
-    let containers = obj["spec"]["containers"].as_array().map(Vec::len).unwrap_or(0);
-    let statuses = obj["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
-    let ready = statuses.iter().filter(|s| s["ready"] == json!(true)).count();
-    let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
+    let containers = obj["spec"]["containers"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    let statuses = obj["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ready = statuses
+        .iter()
+        .filter(|s| s["ready"] == json!(true))
+        .count();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|s| s["restartCount"].as_i64())
+        .sum();
     let status = if obj["metadata"].get("deletionTimestamp").is_some() {
         "Terminating".to_string()
     } else {
-        obj["status"]["reason"].as_str().or(obj["status"]["phase"].as_str()).unwrap_or("Unknown").to_string()
+        obj["status"]["reason"]
+            .as_str()
+            .or(obj["status"]["phase"].as_str())
+            .unwrap_or("Unknown")
+            .to_string()
     };
-    vec![json!(format!("{ready}/{containers}")), json!(status), json!(restarts)]
+    vec![
+        json!(format!("{ready}/{containers}")),
+        json!(status),
+        json!(restarts),
+    ]
 }
 
 /// Column definitions and per-object cells (excluding NAME and AGE) for a resource.
@@ -103,9 +142,17 @@ fn columns(def: &ResourceDef, version: &str) -> (Vec<Value>, bool) {
     }
     let c = |n: &str, t: &str| col(n, t, "", "", 0);
     let cols = match (def.group.as_str(), def.plural.as_str()) {
-        ("", "pods") => vec![c("Ready", "string"), c("Status", "string"), c("Restarts", "integer")],
+        ("", "pods") => vec![
+            c("Ready", "string"),
+            c("Status", "string"),
+            c("Restarts", "integer"),
+        ],
         ("", "namespaces") | ("", "nodes") => vec![c("Status", "string")],
-        ("apps", "deployments") => vec![c("Ready", "string"), c("Up-to-date", "integer"), c("Available", "integer")],
+        ("apps", "deployments") => vec![
+            c("Ready", "string"),
+            c("Up-to-date", "integer"),
+            c("Available", "integer"),
+        ],
         ("", "configmaps") | ("", "secrets") => vec![c("Data", "integer")],
         _ => vec![],
     };
@@ -119,7 +166,11 @@ fn cells(def: &ResourceDef, version: &str, obj: &Value) -> Vec<Value> {
             .iter()
             .map(|c| {
                 let raw = json_path(obj, &c.json_path);
-                if c.type_ == "date" { age_cell(raw) } else { cell(raw) }
+                if c.type_ == "date" {
+                    age_cell(raw)
+                } else {
+                    cell(raw)
+                }
             })
             .collect();
     }
@@ -141,7 +192,10 @@ fn cells(def: &ResourceDef, version: &str, obj: &Value) -> Vec<Value> {
             let s = &obj["status"];
             let want = obj["spec"]["replicas"].as_i64().unwrap_or(1);
             vec![
-                json!(format!("{}/{want}", s["readyReplicas"].as_i64().unwrap_or(0))),
+                json!(format!(
+                    "{}/{want}",
+                    s["readyReplicas"].as_i64().unwrap_or(0)
+                )),
                 json!(s["updatedReplicas"].as_i64().unwrap_or(0)),
                 json!(s["availableReplicas"].as_i64().unwrap_or(0)),
             ]
@@ -156,12 +210,30 @@ fn cells(def: &ResourceDef, version: &str, obj: &Value) -> Vec<Value> {
 }
 
 /// Render objects as a Table.
-pub fn table(def: &ResourceDef, version: &str, objs: &[Value], rv: &str, cont: Option<&str>) -> Value {
+pub fn table(
+    def: &ResourceDef,
+    version: &str,
+    objs: &[Value],
+    rv: &str,
+    cont: Option<&str>,
+) -> Value {
     let (mid, has_age) = columns(def, version);
-    let mut defs = vec![col("Name", "string", "name", "Name must be unique within a namespace.", 0)];
+    let mut defs = vec![col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    )];
     defs.extend(mid);
     if !has_age {
-        defs.push(col("Age", "date", "", "CreationTimestamp of the object.", 0));
+        defs.push(col(
+            "Age",
+            "date",
+            "",
+            "CreationTimestamp of the object.",
+            0,
+        ));
     }
     let rows: Vec<Value> = objs
         .iter()

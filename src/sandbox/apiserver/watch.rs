@@ -11,12 +11,12 @@
 //! * `allowWatchBookmarks=true`: periodic BOOKMARK events with the latest resourceVersion.
 //! * `timeoutSeconds` ends the stream; server shutdown ends all streams.
 
+use super::Shared;
 use super::errors::{ApiError, ApiResult};
 use super::read::{Filter, present};
 use super::request::{Format, Params, Target};
 use super::store::{Event, EventType};
 use super::table;
-use super::Shared;
 use axum::body::Body;
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -35,7 +35,10 @@ impl Ctx {
         let obj = present(&self.t, obj);
         let object = match self.format {
             Format::Table => {
-                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 table::table(&self.t.def, &self.t.version, &[obj], &rv, None)
             }
             Format::Json => obj,
@@ -74,12 +77,21 @@ impl Ctx {
 
 pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiResult<Response> {
     let filter = Filter::from_params(&t, p)?;
-    let timeout = p.int("timeoutSeconds")?.map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
+    let timeout = p
+        .int("timeoutSeconds")?
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
     let bookmarks = p.flag("allowWatchBookmarks");
     let send_initial = p.flag("sendInitialEvents");
-    let requested = match p.get("resourceVersion").filter(|r| !r.is_empty() && *r != "0") {
+    let requested = match p
+        .get("resourceVersion")
+        .filter(|r| !r.is_empty() && *r != "0")
+    {
         None => None,
-        Some(r) => Some(r.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {r}")))?),
+        Some(r) => Some(
+            r.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {r}")))?,
+        ),
     };
     let ctx = Ctx { t, filter, format };
     let mut first: Vec<String> = Vec::new();
@@ -102,8 +114,12 @@ pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiR
             Some(rv) => match st.store.events_since(&ctx.t.def.key(), rv) {
                 Ok(events) => first.extend(events.iter().filter_map(|e| ctx.translate(e))),
                 Err(compacted) => {
-                    let e = ApiError::expired(format!("too old resource version: {rv} ({compacted})"));
-                    first.push(format!("{}\n", json!({"type": "ERROR", "object": e.to_status()})));
+                    let e =
+                        ApiError::expired(format!("too old resource version: {rv} ({compacted})"));
+                    first.push(format!(
+                        "{}\n",
+                        json!({"type": "ERROR", "object": e.to_status()})
+                    ));
                     gone = true;
                 }
             },

@@ -6,6 +6,7 @@
 //! generation bumps on spec changes, finalizer rules, CRD schema processing, dryRun, and
 //! "nothing changed, nothing written" (no new resourceVersion, no watch event).
 
+use super::State;
 use super::crd;
 use super::errors::{ApiError, ApiResult, Cause};
 use super::gc;
@@ -13,7 +14,6 @@ use super::meta;
 use super::patch::{self, PatchError};
 use super::request::{FieldValidation, Target};
 use super::schema;
-use super::State;
 use serde_json::{Value, json};
 
 /// Per-request write options.
@@ -32,7 +32,9 @@ pub struct WriteCtx {
 /// Check `kind`/`apiVersion` of a body against the target (filling them in when absent).
 fn check_type_meta(t: &Target, body: Value) -> ApiResult<Value> {
     let Value::Object(mut m) = body else {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     };
     let want_kind = &t.def.kind;
     let want_av = t.def.api_version(&t.version);
@@ -82,7 +84,9 @@ fn check_namespace(t: &Target, obj: &mut Value) -> ApiResult<()> {
                 Ok(())
             }
         },
-        (None, true) => Err(ApiError::bad_request("a namespace is required for this resource")),
+        (None, true) => Err(ApiError::bad_request(
+            "a namespace is required for this resource",
+        )),
         (_, false) => {
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.remove("namespace");
@@ -93,12 +97,20 @@ fn check_namespace(t: &Target, obj: &mut Value) -> ApiResult<()> {
 }
 
 /// Schema processing for custom resources (defaults, pruning, validation, CEL).
-fn process_custom(t: &Target, obj: &mut Value, old: Option<&Value>, ctx: &mut WriteCtx) -> ApiResult<()> {
+fn process_custom(
+    t: &Target,
+    obj: &mut Value,
+    old: Option<&Value>,
+    ctx: &mut WriteCtx,
+) -> ApiResult<()> {
     let Some(schema) = t.def.crd_version(&t.version).and_then(|v| v.schema.clone()) else {
         return Ok(());
     };
     let out = schema::process(&schema, obj, old);
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if !out.unknown_fields.is_empty() {
         match ctx.validation {
             FieldValidation::Strict => {
@@ -114,27 +126,49 @@ fn process_custom(t: &Target, obj: &mut Value, old: Option<&Value>, ctx: &mut Wr
                 return Err(ApiError::invalid(&t.def.group, &t.def.kind, &name, causes));
             }
             FieldValidation::Warn => {
-                ctx.warnings.extend(out.unknown_fields.iter().map(|f| format!("unknown field \"{}\"", &f[1..])));
+                ctx.warnings.extend(
+                    out.unknown_fields
+                        .iter()
+                        .map(|f| format!("unknown field \"{}\"", &f[1..])),
+                );
             }
             FieldValidation::Ignore => {}
         }
     }
     if !out.causes.is_empty() {
-        return Err(ApiError::invalid(&t.def.group, &t.def.kind, &name, out.causes));
+        return Err(ApiError::invalid(
+            &t.def.group,
+            &t.def.kind,
+            &name,
+            out.causes,
+        ));
     }
     Ok(())
 }
 
 /// POST: create a new object.
-pub fn create(st: &mut State, t: &Target, body: Value, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+pub fn create(
+    st: &mut State,
+    t: &Target,
+    body: Value,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     let obj = check_type_meta(t, body)?;
     commit_create(st, t, obj, ctx)
 }
 
-pub fn commit_create(st: &mut State, t: &Target, mut obj: Value, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+pub fn commit_create(
+    st: &mut State,
+    t: &Target,
+    mut obj: Value,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     check_namespace(t, &mut obj)?;
     let md = &obj["metadata"];
-    let name = match (md["name"].as_str().filter(|n| !n.is_empty()), md["generateName"].as_str()) {
+    let name = match (
+        md["name"].as_str().filter(|n| !n.is_empty()),
+        md["generateName"].as_str(),
+    ) {
         (Some(n), _) => n.to_string(),
         (None, Some(prefix)) if !prefix.is_empty() => {
             // Retry a few times on the (unlikely) collision, as the real server does.
@@ -164,7 +198,10 @@ pub fn commit_create(st: &mut State, t: &Target, mut obj: Value, ctx: &mut Write
     if let Some(c) = meta::validate_name(&t.def, &name) {
         return Err(ApiError::invalid(&t.def.group, &t.def.kind, &name, vec![c]));
     }
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+    let ns = obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if t.def.namespaced && st.store.get(&super::namespace_key(), "", &ns).is_none() {
         return Err(ApiError::not_found("", "namespaces", &ns));
     }
@@ -179,7 +216,13 @@ pub fn commit_create(st: &mut State, t: &Target, mut obj: Value, ctx: &mut Write
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(meta::now()));
         m.insert("generation".into(), json!(1));
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
             m.remove(k);
         }
     }
@@ -206,7 +249,14 @@ pub fn commit_create(st: &mut State, t: &Target, mut obj: Value, ctx: &mut Write
     }
     let body = obj.clone();
     let op = if ctx.apply { "Apply" } else { "Update" };
-    meta::record_managed_fields(&mut obj, &ctx.manager, op, &t.def.api_version(&t.version), None, &body);
+    meta::record_managed_fields(
+        &mut obj,
+        &ctx.manager,
+        op,
+        &t.def.api_version(&t.version),
+        None,
+        &body,
+    );
     if ctx.dry_run {
         return Ok((201, obj));
     }
@@ -219,7 +269,12 @@ pub fn commit_create(st: &mut State, t: &Target, mut obj: Value, ctx: &mut Write
 }
 
 /// PUT: replace an object (or its status).
-pub fn update(st: &mut State, t: &Target, body: Value, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+pub fn update(
+    st: &mut State,
+    t: &Target,
+    body: Value,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     let name = t.name.clone().unwrap_or_default();
     let new = check_type_meta(t, body)?;
     if let Some(n) = new["metadata"]["name"].as_str()
@@ -249,7 +304,9 @@ pub fn commit_update(
 ) -> ApiResult<(u16, Value)> {
     let name = t.name.clone().unwrap_or_default();
     check_namespace(t, &mut new)?;
-    let old_rv = old["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    let old_rv = old["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
     if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
         && !rv.is_empty()
         && rv != old_rv
@@ -286,7 +343,14 @@ pub fn commit_update(
         let Some(m) = new["metadata"].as_object_mut() else {
             return Err(ApiError::bad_request("metadata must be an object"));
         };
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "managedFields",
+        ] {
             match old["metadata"].get(k) {
                 Some(v) => m.insert(k.into(), v.clone()),
                 None => m.remove(k),
@@ -297,7 +361,10 @@ pub fn commit_update(
     }
     if old["metadata"].get("deletionTimestamp").is_some() {
         let before = meta::finalizers(old);
-        let added: Vec<String> = meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
+        let added: Vec<String> = meta::finalizers(&new)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .collect();
         if !added.is_empty() {
             let msg = format!(
                 "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
@@ -306,7 +373,11 @@ pub fn commit_update(
                 &t.def.group,
                 &t.def.kind,
                 &name,
-                vec![Cause { field: "metadata.finalizers".into(), message: msg, reason: "FieldValueForbidden".into() }],
+                vec![Cause {
+                    field: "metadata.finalizers".into(),
+                    message: msg,
+                    reason: "FieldValueForbidden".into(),
+                }],
             ));
         }
     }
@@ -324,7 +395,14 @@ pub fn commit_update(
         return Ok((200, old.clone()));
     }
     let op = if ctx.apply { "Apply" } else { "Update" };
-    meta::record_managed_fields(&mut new, &ctx.manager, op, &t.def.api_version(&t.version), t.sub.as_deref(), fields_body);
+    meta::record_managed_fields(
+        &mut new,
+        &ctx.manager,
+        op,
+        &t.def.api_version(&t.version),
+        t.sub.as_deref(),
+        fields_body,
+    );
     if ctx.dry_run {
         return Ok((200, new));
     }
@@ -333,7 +411,9 @@ pub fn commit_update(
         let ns = t.namespace.clone().unwrap_or_default();
         st.store.put(&t.def.key(), new);
         let removed = gc::finish_deletion(st, &t.def.key(), &ns, &name);
-        return removed.map(|r| (200, r)).ok_or_else(|| ApiError::not_found(&t.def.group, &t.def.plural, &name));
+        return removed
+            .map(|r| (200, r))
+            .ok_or_else(|| ApiError::not_found(&t.def.group, &t.def.plural, &name));
     }
     let stored = st.store.put(&t.def.key(), new);
     if crd::is_crd(&t.def) {
@@ -343,7 +423,13 @@ pub fn commit_update(
 }
 
 /// PATCH in all four flavours.
-pub fn patch(st: &mut State, t: &Target, body: &[u8], content_type: &str, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+pub fn patch(
+    st: &mut State,
+    t: &Target,
+    body: &[u8],
+    content_type: &str,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     let name = t.name.clone().unwrap_or_default();
     let ctype = content_type.split(';').next().unwrap_or_default().trim();
     let kind = match ctype {
@@ -355,7 +441,11 @@ pub fn patch(st: &mut State, t: &Target, body: &[u8], content_type: &str, ctx: &
             return Err(ApiError::unsupported_media_type(format!(
                 "the body of the request was in an unknown format - accepted media types include: \
                  application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{}",
-                if t.def.is_custom() { "" } else { ", application/strategic-merge-patch+json" }
+                if t.def.is_custom() {
+                    ""
+                } else {
+                    ", application/strategic-merge-patch+json"
+                }
             )));
         }
     };
@@ -411,9 +501,8 @@ fn patch_failed(e: PatchError) -> ApiError {
         PatchError::Malformed(m) => ApiError::bad_request(m),
         PatchError::Failed(m) => {
             let mut err = ApiError::invalid("", "", "", vec![]);
-            err.message = format!("the server rejected our request due to an error in our request: {m}");
-            err.name = None;
-            err.kind = None;
+            err.message =
+                format!("the server rejected our request due to an error in our request: {m}");
             err
         }
     }
