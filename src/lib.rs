@@ -6,3 +6,4 @@
 //! - [`cli`]: the `faultline` command line.
 pub mod api;
 pub mod cli;
+pub mod validate;

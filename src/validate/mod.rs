@@ -1,0 +1,3 @@
+//! `faultline validate`: offline checks of faultline manifests. Pure: text in, problems out.
+
+pub mod yaml_lines;
