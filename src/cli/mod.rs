@@ -2,6 +2,7 @@
 //! and dispatches.
 
 mod crds;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,8 @@ pub struct Cli {
 enum Command {
     /// Print every faultline CustomResourceDefinition as YAML (or write one file per CRD).
     Crds(crds::CrdsArgs),
+    /// Check manifests offline: CRD schema, CEL rules and semantic checks (exit 0 valid, 1 invalid, 3 usage).
+    Validate(validate::ValidateArgs),
 }
 
 impl Cli {
@@ -37,6 +40,7 @@ impl Cli {
         install_crypto_provider();
         let result = match command {
             Command::Crds(args) => args.run(),
+            Command::Validate(args) => args.run(),
         };
         match result {
             Ok(code) => code,

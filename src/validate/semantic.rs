@@ -86,16 +86,23 @@ fn check_game_day(day: &GameDay, out: &mut Vec<Finding>) {
     for (i, stage) in spec.stages.iter().enumerate() {
         let stage_path = join_index("spec.stages", i);
         if let Some(pause) = &stage.pause_after {
-            duration(pause, &join_key(&stage_path, "pauseAfter"), out);
+            duration(pause, &sub(&stage_path, "pauseAfter"), out);
         }
-        let experiments_path = join_key(&stage_path, "experiments");
+        let experiments_path = sub(&stage_path, "experiments");
         let names = stage.experiments.iter().map(|e| e.name.as_str());
         duplicates(names, &experiments_path, "experiment", out);
         for (j, experiment) in stage.experiments.iter().enumerate() {
-            let path = join_key(&join_index(&experiments_path, j), "spec");
+            let path = sub(&join_index(&experiments_path, j), "spec");
             check_experiment(&experiment.spec, &path, out);
         }
     }
+}
+
+/// `base` joined with a relative dotted path of plain field names (`http.bodyRegex`).
+fn sub(base: &str, relative: &str) -> String {
+    relative
+        .split('.')
+        .fold(base.to_string(), |path, key| join_key(&path, key))
 }
 
 /// Reports every entry whose `name` an earlier entry of `list` already uses.
@@ -109,7 +116,7 @@ fn duplicates<'a>(
     for (i, name) in names.enumerate() {
         if let Some(first) = seen.get(name) {
             out.push(Finding::new(
-                &join_key(&join_index(list, i), "name"),
+                &sub(&join_index(list, i), "name"),
                 format!("{what} name {name:?} is already used by {list}[{first}]; {what} names must be unique"),
             ));
         } else {
@@ -119,36 +126,36 @@ fn duplicates<'a>(
 }
 
 fn check_experiment(spec: &ChaosExperimentSpec, path: &str, out: &mut Vec<Finding>) {
-    let total = duration(&spec.duration, &join_key(path, "duration"), out);
+    let total = duration(&spec.duration, &sub(path, "duration"), out);
     if total == Some(Duration::ZERO) {
         out.push(Finding::new(
-            &join_key(path, "duration"),
+            &sub(path, "duration"),
             "is zero: the faults would be reverted as soon as they are in (try 60s)",
         ));
     }
     duration(
         &spec.abort.revert_timeout,
-        &join_key(path, "abort.revertTimeout"),
+        &sub(path, "abort.revertTimeout"),
         out,
     );
-    let target = join_key(path, "target");
+    let target = sub(path, "target");
     for (i, namespace) in spec.target.namespaces.iter().enumerate() {
         if let Some(problem) = dns_label_problem(namespace) {
             out.push(Finding::new(
-                &join_index(&join_key(&target, "namespaces"), i),
+                &join_index(&sub(&target, "namespaces"), i),
                 problem,
             ));
         }
     }
     if let Some(selector) = &spec.target.label_selector {
-        check_selector(selector, &join_key(&target, "labelSelector"), out);
+        check_selector(selector, &sub(&target, "labelSelector"), out);
     }
     for (i, fault) in spec.faults.iter().enumerate() {
-        let fault_path = join_index(&join_key(path, "faults"), i);
+        let fault_path = join_index(&sub(path, "faults"), i);
         if let Some(kill) = &fault.pod_kill
             && let Some(interval) = &kill.interval
         {
-            let at = join_key(&fault_path, "podKill.interval");
+            let at = sub(&fault_path, "podKill.interval");
             if duration(interval, &at, out) == Some(Duration::ZERO) {
                 out.push(Finding::new(
                     &at,
@@ -157,17 +164,17 @@ fn check_experiment(spec: &ChaosExperimentSpec, path: &str, out: &mut Vec<Findin
             }
         }
         if let Some(latency) = &fault.network_latency {
-            let at = join_key(&fault_path, "networkLatency");
-            let delay = duration(&latency.latency, &join_key(&at, "latency"), out);
+            let at = sub(&fault_path, "networkLatency");
+            let delay = duration(&latency.latency, &sub(&at, "latency"), out);
             let jitter = latency
                 .jitter
                 .as_ref()
-                .and_then(|j| duration(j, &join_key(&at, "jitter"), out));
+                .and_then(|j| duration(j, &sub(&at, "jitter"), out));
             if let (Some(delay), Some(jitter)) = (delay, jitter)
                 && jitter > delay
             {
                 out.push(Finding::new(
-                    &join_key(&at, "jitter"),
+                    &sub(&at, "jitter"),
                     format!(
                         "jitter {} is larger than latency {}: delays would go below zero; use a jitter of at most the latency",
                         latency.jitter.as_ref().map_or("", GoDuration::as_str),
@@ -175,38 +182,34 @@ fn check_experiment(spec: &ChaosExperimentSpec, path: &str, out: &mut Vec<Findin
                     ),
                 ));
             }
-            check_scope(latency.to.as_ref(), &join_key(&at, "to"), out);
+            check_scope(latency.to.as_ref(), &sub(&at, "to"), out);
         }
         if let Some(loss) = &fault.network_loss {
-            check_scope(
-                loss.to.as_ref(),
-                &join_key(&fault_path, "networkLoss.to"),
-                out,
-            );
+            check_scope(loss.to.as_ref(), &sub(&fault_path, "networkLoss.to"), out);
         }
         if let Some(bandwidth) = &fault.network_bandwidth {
-            let to = join_key(&fault_path, "networkBandwidth.to");
+            let to = sub(&fault_path, "networkBandwidth.to");
             check_scope(bandwidth.to.as_ref(), &to, out);
         }
         if let Some(partition) = &fault.network_partition {
-            let peers = join_key(&fault_path, "networkPartition.peers");
+            let peers = sub(&fault_path, "networkPartition.peers");
             check_scope(Some(&partition.peers), &peers, out);
         }
     }
     if let Some(steady) = &spec.steady_state {
-        check_steady_state(steady, total, &join_key(path, "steadyState"), out);
+        check_steady_state(steady, total, &sub(path, "steadyState"), out);
     }
 }
 
 fn check_scope(scope: Option<&NetworkScope>, path: &str, out: &mut Vec<Finding>) {
     let Some(scope) = scope else { return };
     if let Some(selector) = &scope.selector {
-        check_selector(selector, &join_key(path, "selector"), out);
+        check_selector(selector, &sub(path, "selector"), out);
     }
     for (i, namespace) in scope.namespaces.iter().enumerate() {
         if let Some(problem) = dns_label_problem(namespace) {
             out.push(Finding::new(
-                &join_index(&join_key(path, "namespaces"), i),
+                &join_index(&sub(path, "namespaces"), i),
                 problem,
             ));
         }
@@ -220,12 +223,8 @@ fn check_steady_state(
     path: &str,
     out: &mut Vec<Finding>,
 ) {
-    duration(
-        &steady.recovery_timeout,
-        &join_key(path, "recoveryTimeout"),
-        out,
-    );
-    let probes_path = join_key(path, "probes");
+    duration(&steady.recovery_timeout, &sub(path, "recoveryTimeout"), out);
+    let probes_path = sub(path, "probes");
     duplicates(
         steady.probes.iter().map(|p| p.name.as_str()),
         &probes_path,
@@ -238,11 +237,11 @@ fn check_steady_state(
 }
 
 fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec<Finding>) {
-    let interval = duration(&probe.interval, &join_key(path, "interval"), out);
-    let timeout = duration(&probe.timeout, &join_key(path, "timeout"), out);
+    let interval = duration(&probe.interval, &sub(path, "interval"), out);
+    let timeout = duration(&probe.timeout, &sub(path, "timeout"), out);
     if interval == Some(Duration::ZERO) {
         out.push(Finding::new(
-            &join_key(path, "interval"),
+            &sub(path, "interval"),
             "is zero; probes need a pause between checks (try 5s)",
         ));
     }
@@ -251,7 +250,7 @@ fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec
         && interval > Duration::ZERO
     {
         out.push(Finding::new(
-            &join_key(path, "timeout"),
+            &sub(path, "timeout"),
             format!(
                 "timeout {} is not shorter than interval {}: checks would overlap; make the timeout shorter than the interval",
                 probe.timeout, probe.interval
@@ -263,7 +262,7 @@ fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec
         && interval > total
     {
         out.push(Finding::new(
-            &join_key(path, "interval"),
+            &sub(path, "interval"),
             format!(
                 "interval {} is longer than the experiment's duration ({}): this during-probe would never run while the faults are in; shorten the interval or lengthen the duration",
                 probe.interval,
@@ -273,7 +272,7 @@ fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec
     }
     if let Some(http) = &probe.http {
         if let Some(max) = &http.max_latency {
-            duration(max, &join_key(path, "http.maxLatency"), out);
+            duration(max, &sub(path, "http.maxLatency"), out);
         }
         if let Some(pattern) = &http.body_regex
             && let Err(err) = regex::Regex::new(pattern)
@@ -281,16 +280,16 @@ fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec
             let reason = err.to_string();
             let reason = reason.lines().last().unwrap_or("invalid").trim();
             out.push(Finding::new(
-                &join_key(path, "http.bodyRegex"),
+                &sub(path, "http.bodyRegex"),
                 format!("{pattern:?} is not a regular expression ({reason})"),
             ));
         }
     }
     if let Some(kube) = &probe.kubernetes {
-        let at = join_key(path, "kubernetes");
+        let at = sub(path, "kubernetes");
         if !api_version_ok(&kube.api_version) {
             out.push(Finding::new(
-                &join_key(&at, "apiVersion"),
+                &sub(&at, "apiVersion"),
                 format!(
                     "{:?} is not an apiVersion (try apps/v1, or v1 for core kinds)",
                     kube.api_version
@@ -299,7 +298,7 @@ fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec
         }
         if let Some(field) = &kube.field {
             if let Some(problem) = field_path_problem(&field.path) {
-                out.push(Finding::new(&join_key(&at, "field.path"), problem));
+                out.push(Finding::new(&sub(&at, "field.path"), problem));
             }
             let ordering = !matches!(
                 field.operator,
@@ -307,7 +306,7 @@ fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec
             );
             if ordering && field.value.trim().parse::<f64>().is_err() {
                 out.push(Finding::new(
-                    &join_key(&at, "field.value"),
+                    &sub(&at, "field.value"),
                     format!(
                         "{:?} is not a number, but operator {} compares numbers",
                         field.value,
