@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{Finding, semantic::duration_problem};
 
 /// The message the CRDs give every duration field's rule (src/api/common.rs).
-const DURATION_MESSAGE_PREFIX: &str = "must be a duration such as";
+pub(crate) const DURATION_MESSAGE_PREFIX: &str = "must be a duration such as";
 
 thread_local! {
     // Compiling the ~100 rules of a CRD costs more than evaluating them; a CLI run checks many

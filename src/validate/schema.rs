@@ -50,7 +50,15 @@ impl SchemaChecker {
         }
         let expected = schema_type(schema);
         if !type_matches(expected, value) {
-            out.push(Finding::new(path, type_mismatch(expected, value)));
+            let message = match value {
+                // `duration: 60` is a number to YAML; say what the user needs to hear.
+                Value::Number(n) if is_duration(schema) => {
+                    let field = path.rsplit(['.', '[']).next().unwrap_or(path);
+                    super::semantic::duration_problem(&n.to_string(), field)
+                }
+                _ => type_mismatch(expected, value),
+            };
+            out.push(Finding::new(path, message));
             return;
         }
         if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
@@ -172,6 +180,20 @@ impl SchemaChecker {
             ));
         }
     }
+}
+
+/// Whether `schema` is a faultline duration (it carries the duration CEL rule).
+fn is_duration(schema: &Value) -> bool {
+    schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .is_some_and(|rules| {
+            rules.iter().any(|r| {
+                r.get("message")
+                    .and_then(Value::as_str)
+                    .is_some_and(|m| m.starts_with(super::cel::DURATION_MESSAGE_PREFIX))
+            })
+        })
 }
 
 fn check_count(schema: &Value, len: usize, path: &str, out: &mut Vec<Finding>) {
