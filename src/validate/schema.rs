@@ -161,7 +161,7 @@ impl SchemaChecker {
             let regex = self
                 .patterns
                 .entry(pattern.to_string())
-                .or_insert_with(|| Regex::new(pattern).ok());
+                .or_insert_with(|| compiled_pattern(pattern));
             if let Some(regex) = regex
                 && !regex.is_match(text)
             {
@@ -194,6 +194,21 @@ fn is_duration(schema: &Value) -> bool {
                     .is_some_and(|m| m.starts_with(super::cel::DURATION_MESSAGE_PREFIX))
             })
         })
+}
+
+/// CRD patterns compiled once per thread (compiling is far dearer than matching).
+fn compiled_pattern(pattern: &str) -> Option<Regex> {
+    thread_local! {
+        static PATTERNS: std::cell::RefCell<HashMap<String, Option<Regex>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    PATTERNS.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(pattern.to_string())
+            .or_insert_with(|| Regex::new(pattern).ok())
+            .clone()
+    })
 }
 
 fn check_count(schema: &Value, len: usize, path: &str, out: &mut Vec<Finding>) {
