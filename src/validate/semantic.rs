@@ -351,7 +351,9 @@ pub fn field_path_problem(path: &str) -> Option<String> {
             }
             rest = &after[end..];
         } else if let Some(after) = rest.strip_prefix('[') {
-            let close = after.find(']')?;
+            let Some(close) = after.find(']') else {
+                return bad();
+            };
             let inner = &after[..close];
             let quoted = inner.len() >= 2
                 && ((inner.starts_with('\'') && inner.ends_with('\''))
