@@ -258,3 +258,18 @@ fn game_day_stages_and_their_experiments_are_checked() {
 fn other_kinds_have_no_semantic_checks() {
     assert_eq!(findings("Deployment", json!({})), ["<no semantic checks>"]);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+    /// Cron, time zone, field path and duration parsing see user text; none may panic.
+    #[test]
+    fn text_checks_never_panic(text in "[0-9*/,LW#?@A-Za-z\\-\\[\\]'. ]{0,40}") {
+        let mut out = Vec::new();
+        check_cron(&text, "spec.schedule", &mut out);
+        check_time_zone(Some(&text), "spec.timeZone", &mut out);
+        let _ = field_path_problem(&text);
+        let _ = duration_problem(&text, "latency");
+        proptest::prop_assert!(out.len() <= 3);
+    }
+}
