@@ -14,3 +14,4 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod sandbox;
 pub mod selection;
+pub mod validate;

@@ -3,6 +3,7 @@
 
 pub mod crds;
 mod sandbox;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Crds(crds::CrdsArgs),
     /// A local Kubernetes API server with faultline's CRDs, to try faultline without a cluster.
     Sandbox(sandbox::SandboxArgs),
+    /// Check manifests offline: CRD schema, CEL rules and semantic checks (exit 0 valid, 1 invalid, 3 usage).
+    Validate(validate::ValidateArgs),
 }
 
 impl Cli {
@@ -41,6 +44,7 @@ impl Cli {
         let result = match command {
             Command::Crds(args) => args.run(),
             Command::Sandbox(args) => args.run(),
+            Command::Validate(args) => args.run(),
         };
         match result {
             Ok(code) => code,
@@ -56,9 +60,12 @@ fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("faultline=info,warn"));
     // Logs go to stderr so that commands whose stdout is data (`crds`, `report`) stay pipeable.
+    // Colours only on a terminal: a log file or CI output must stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 

@@ -1,0 +1,191 @@
+//! The CEL rules (`x-kubernetes-validations`) of the CRDs, evaluated locally with kube-cel, after
+//! applying the schema's defaults as the API server does. Pure; no IO.
+//!
+//! Two adjustments to the raw results, both about messages, never about verdicts:
+//! - the duration rule's generic message is replaced by one that names the value and suggests a
+//!   fix (`"fast" is not a duration (try 200ms)`);
+//! - a rule the local evaluator cannot run is reported as such (it is either a faultline bug or
+//!   a gap in kube-cel), so that nobody mistakes it for a problem in the manifest.
+
+use std::{cell::RefCell, collections::HashMap, rc::Rc};
+
+use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
+use serde_json::Value;
+
+use super::{Finding, semantic::duration_problem};
+
+/// The message the CRDs give every duration field's rule (src/api/common.rs).
+pub(crate) const DURATION_MESSAGE_PREFIX: &str = "must be a duration such as";
+
+thread_local! {
+    // Compiling the ~100 rules of a CRD costs more than evaluating them; a CLI run checks many
+    // documents of few kinds. `CompiledSchema` is not `Sync`, hence per thread.
+    static COMPILED: RefCell<HashMap<String, Rc<CompiledSchema>>> = RefCell::new(HashMap::new());
+    static VALIDATOR: Validator = Validator::new();
+}
+
+/// Runs the CEL rules of `schema` (the kind's `openAPIV3Schema`) against `object`.
+pub fn check(kind: &str, schema: &Value, object: &Value) -> Vec<Finding> {
+    let compiled = COMPILED.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(kind.to_string())
+            .or_insert_with(|| Rc::new(compile_schema(schema)))
+            .clone()
+    });
+    let result = VALIDATOR.with(|validator| validator.validate_compiled(&compiled, object, None));
+    let Err(errors) = result else {
+        return Vec::new();
+    };
+    errors
+        .into_iter()
+        .map(|error| {
+            let path = error.field_path.clone();
+            let message = match error.kind {
+                ErrorKind::ValidationFailure
+                    if error.message.starts_with(DURATION_MESSAGE_PREFIX) =>
+                {
+                    lookup(object, &path)
+                        .and_then(Value::as_str)
+                        .map_or(error.message.clone(), |text| {
+                            duration_problem(text, last_segment(&path))
+                        })
+                }
+                ErrorKind::ValidationFailure => error.message.clone(),
+                _ => format!(
+                    "could not evaluate the CRD rule `{}` locally ({}); this is a faultline bug, \
+                     please report it; the API server may still accept the object",
+                    error.rule, error.message
+                ),
+            };
+            let mut finding = Finding::new(&path, message);
+            finding.evaluation_failed = error.kind != ErrorKind::ValidationFailure;
+            finding
+        })
+        .collect()
+}
+
+fn last_segment(path: &str) -> &str {
+    path.rsplit(['.', '[']).next().unwrap_or(path)
+}
+
+/// Follows a kube-cel field path (`spec.faults[0].networkLatency.latency`) into `object`.
+fn lookup<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut current = object;
+    for part in path.split('.') {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            current = current.get(name)?;
+        }
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            let index: usize = index.trim_end_matches(']').parse().ok()?;
+            current = current.get(index)?;
+        }
+    }
+    Some(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::validate::kind_schema;
+
+    fn experiment_spec(spec: Value) -> Vec<String> {
+        let Some(schema) = kind_schema("ChaosExperiment") else {
+            panic!("no ChaosExperiment schema");
+        };
+        let mut found: Vec<String> = check("ChaosExperiment", schema, &json!({ "spec": spec }))
+            .into_iter()
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_valid_spec_passes_every_rule() {
+        let found = experiment_spec(json!({
+            "duration": "60s",
+            "target": {"mode": "Fixed", "value": 2, "maxTargets": 3},
+            "faults": [
+                {"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"], "ports": [80]}}},
+                {"networkPartition": {"peers": {"cidrs": ["10.1.0.0/16"]}}},
+            ],
+        }));
+        assert_eq!(found, Vec::<String>::new());
+    }
+
+    #[test]
+    fn cross_field_rules_fail_with_their_message_and_path() {
+        let found = experiment_spec(json!({
+            "duration": "60s",
+            "target": {"mode": "Fixed", "value": 5, "maxTargets": 3},
+            "faults": [{"podKill": {}, "networkLoss": {"percent": 5}}],
+        }));
+        assert_eq!(
+            found,
+            [
+                "spec.faults[0]: each fault must set exactly one of podKill, networkLatency, networkLoss, networkBandwidth or networkPartition",
+                "spec.target: target.value asks for more pods than target.maxTargets allows",
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_are_applied_before_the_rules_run() {
+        // `mode` defaults to All, for which no value is needed; `Fixed` without value fails.
+        assert_eq!(
+            experiment_spec(json!({"duration": "1m", "faults": [{"podKill": {}}]})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            experiment_spec(
+                json!({"duration": "1m", "target": {"mode": "Fixed"}, "faults": [{"podKill": {}}]})
+            ),
+            [
+                "spec.target: target.value is required when mode is Fixed, FixedPercent or RandomMaxPercent"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_durations_name_the_value_and_suggest_a_fix() {
+        let found = experiment_spec(json!({
+            "duration": "5 min",
+            "faults": [{"networkLatency": {"latency": "fast"}}],
+        }));
+        assert_eq!(
+            found,
+            [
+                "spec.duration: \"5 min\" is not a duration (try 5m)",
+                "spec.faults[0].networkLatency.latency: \"fast\" is not a duration (try 200ms)",
+            ]
+        );
+    }
+
+    #[test]
+    fn cidr_rule_rejects_non_cidrs() {
+        let found = experiment_spec(json!({
+            "duration": "60s",
+            "faults": [{"networkLoss": {"percent": 5, "to": {"cidrs": ["10.0.0.0/8", "nope"]}}}],
+        }));
+        assert_eq!(
+            found,
+            [
+                "spec.faults[0].networkLoss.to.cidrs: every entry must be a CIDR such as 10.0.0.0/8 or 192.168.1.10/32"
+            ]
+        );
+    }
+
+    #[test]
+    fn lookup_follows_names_and_indexes() {
+        let v = json!({"spec": {"faults": [{"a": {"b": "x"}}]}});
+        assert_eq!(lookup(&v, "spec.faults[0].a.b"), Some(&json!("x")));
+        assert_eq!(lookup(&v, "spec.faults[3]"), None);
+    }
+}

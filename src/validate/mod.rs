@@ -1,0 +1,336 @@
+//! `faultline validate`: offline checks of faultline manifests, the same ones the API server
+//! makes (the CRD schema and its CEL rules) plus semantic checks the schema cannot express.
+//!
+//! Pure: text in, problems out; no file system, no cluster. The CLI (`cli::validate`) does the
+//! reading and printing.
+//!
+//! Per document, in order:
+//! 1. `apiVersion` / `kind`: a document that is not a faultline resource is skipped with a note;
+//! 2. `metadata` (name, namespace, labels, annotations) as the API server checks it;
+//! 3. the structural schema ([`schema`]);
+//! 4. the CEL rules ([`cel`]), with schema defaults applied;
+//! 5. semantic checks on the typed object ([`semantic`]), once the structure is right.
+//!
+//! Guarantees: never panics, whatever the input (parsing has a budget and a depth limit; see
+//! [`yaml_lines`]); every problem carries the 1-based line of the node it is about.
+
+mod cel;
+mod labels;
+mod metadata;
+mod schema;
+mod semantic;
+pub mod yaml_lines;
+
+use std::{fmt, sync::OnceLock};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::{API_GROUP, API_VERSION, GROUP_VERSION, all_crds};
+
+/// How bad a problem is. Only errors make a document invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Note,
+}
+
+/// One thing wrong with a manifest, located in its file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub file: String,
+    /// 1-based line in the file (counting across all documents of the file).
+    pub line: usize,
+    /// The field path, like `spec.faults[0].networkLatency.latency`; empty for the document.
+    pub path: String,
+    pub message: String,
+    pub severity: Severity,
+    /// 0-based index of the document in the file (empty documents not counted).
+    pub document: usize,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if self.severity == Severity::Note {
+            f.write_str("note: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// The outcome for one file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileReport {
+    pub documents: usize,
+    pub invalid: usize,
+    pub skipped: usize,
+    pub problems: Vec<Problem>,
+}
+
+/// A problem found by a check, before it is placed on a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Finding {
+    pub path: String,
+    pub message: String,
+    pub severity: Severity,
+    /// A CEL rule that could not be evaluated (not a verdict on the manifest).
+    pub evaluation_failed: bool,
+}
+
+impl Finding {
+    pub fn new(path: &str, message: impl Into<String>) -> Self {
+        Self {
+            path: path.to_string(),
+            message: message.into(),
+            severity: Severity::Error,
+            evaluation_failed: false,
+        }
+    }
+
+    fn note(message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Note,
+            ..Self::new("", message)
+        }
+    }
+}
+
+/// Checks every document of `text`; the problems of the whole file, in line order.
+pub fn validate_documents(file_name: &str, text: &str) -> Vec<Problem> {
+    check_text(file_name, text).problems
+}
+
+/// Like [`validate_documents`], for bytes that may not be UTF-8.
+pub fn check_bytes(file_name: &str, bytes: &[u8]) -> FileReport {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => check_text(file_name, text),
+        Err(err) => {
+            let valid = bytes.get(..err.valid_up_to()).unwrap_or_default();
+            let line = 1 + valid.iter().filter(|b| **b == b'\n').count();
+            FileReport {
+                documents: 1,
+                invalid: 1,
+                skipped: 0,
+                problems: vec![Problem {
+                    file: file_name.to_string(),
+                    line,
+                    path: String::new(),
+                    message: "not UTF-8 text; save the file as UTF-8".into(),
+                    severity: Severity::Error,
+                    document: 0,
+                }],
+            }
+        }
+    }
+}
+
+/// Checks every document of `text`, counting documents for the summary.
+pub fn check_text(file_name: &str, text: &str) -> FileReport {
+    let problem = |line, path: &str, message: String, document| Problem {
+        file: file_name.to_string(),
+        line,
+        path: path.to_string(),
+        message,
+        severity: Severity::Error,
+        document,
+    };
+    let docs = match yaml_lines::parse_documents(text) {
+        Ok(docs) => docs,
+        Err(err) => {
+            return FileReport {
+                documents: 1,
+                invalid: 1,
+                skipped: 0,
+                problems: vec![problem(err.line, "", err.message, 0)],
+            };
+        }
+    };
+    if docs.is_empty() {
+        return FileReport {
+            documents: 1,
+            invalid: 1,
+            skipped: 0,
+            problems: vec![problem(
+                1,
+                "",
+                "no documents found: the file is empty or holds only comments".into(),
+                0,
+            )],
+        };
+    }
+    let mut report = FileReport {
+        documents: docs.len(),
+        ..FileReport::default()
+    };
+    for (index, doc) in docs.iter().enumerate() {
+        let findings = check_document(&doc.value);
+        if findings.iter().any(|f| f.severity == Severity::Error) {
+            report.invalid += 1;
+        } else if !findings.is_empty() {
+            report.skipped += 1;
+        }
+        report
+            .problems
+            .extend(findings.into_iter().map(|finding| Problem {
+                line: if finding.path.is_empty() {
+                    doc.lines.root()
+                } else {
+                    doc.lines.line_of(&finding.path)
+                },
+                severity: finding.severity,
+                ..problem(0, &finding.path, finding.message, index)
+            }));
+    }
+    report
+        .problems
+        .sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
+    report
+}
+
+/// The `openAPIV3Schema` of a faultline kind, as JSON.
+pub(crate) fn kind_schema(kind: &str) -> Option<&'static Value> {
+    static SCHEMAS: OnceLock<Vec<(String, Value)>> = OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            all_crds()
+                .into_iter()
+                .filter_map(|crd| {
+                    let version = crd.spec.versions.first()?;
+                    let schema = version.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+                    Some((
+                        crd.spec.names.kind.clone(),
+                        serde_json::to_value(schema).ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .iter()
+        .find(|(k, _)| k == kind)
+        .map(|(_, schema)| schema)
+}
+
+fn known_kinds() -> Vec<&'static str> {
+    vec![
+        "ChaosExperiment",
+        "ChaosSchedule",
+        "GameDay",
+        "FaultInjection",
+    ]
+}
+
+/// All findings of one document, in no particular order.
+fn check_document(value: &Value) -> Vec<Finding> {
+    let Some(object) = value.as_object() else {
+        return vec![Finding::new(
+            "",
+            "a manifest must be a mapping with apiVersion, kind, metadata and spec",
+        )];
+    };
+    let api_version = object.get("apiVersion").and_then(Value::as_str);
+    let kind = object.get("kind").and_then(Value::as_str);
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        let mut found = Vec::new();
+        for (field, example) in [("apiVersion", GROUP_VERSION), ("kind", "ChaosExperiment")] {
+            match object.get(field) {
+                None => found.push(Finding::new(
+                    "",
+                    format!("{field} is missing; every manifest needs apiVersion and kind (e.g. {field}: {example})"),
+                )),
+                Some(v) if !v.is_string() => {
+                    found.push(Finding::new(field, format!("must be a string such as {example}")));
+                }
+                Some(_) => {}
+            }
+        }
+        return found;
+    };
+    let group = api_version.split_once('/').map_or("", |(group, _)| group);
+    if group != API_GROUP {
+        return vec![Finding::note(format!(
+            "skipping kind {kind} ({api_version}): not a faultline resource"
+        ))];
+    }
+    let mut found = Vec::new();
+    if api_version != GROUP_VERSION {
+        found.push(Finding::new(
+            "apiVersion",
+            format!(
+                "{API_GROUP} serves only version {API_VERSION}; write apiVersion: {GROUP_VERSION}"
+            ),
+        ));
+    }
+    let Some(schema) = kind_schema(kind) else {
+        let kinds = known_kinds();
+        let hint = schema::closest(kind, &kinds)
+            .map_or_else(String::new, |k| format!(" (did you mean {k}?)"));
+        found.push(Finding::new(
+            "kind",
+            format!(
+                "{GROUP_VERSION} has no kind {kind}{hint}; it has {}",
+                kinds.join(", ")
+            ),
+        ));
+        return found;
+    };
+    found.extend(metadata::check(object.get("metadata")));
+
+    // The API server checks apiVersion, kind and metadata itself; the CRD schema covers the
+    // rest. `status` belongs to the controller: the server ignores it on create and apply.
+    let mut body = object.clone();
+    for field in ["apiVersion", "kind", "metadata"] {
+        body.remove(field);
+    }
+    if body.remove("status").is_some() {
+        let mut note = Finding::note("status is ignored: the controller writes it");
+        note.path = "status".into();
+        found.push(note);
+    }
+    let body = Value::Object(body);
+    let mut structural = Vec::new();
+    schema::SchemaChecker::new().check(schema, &body, "", &mut structural);
+    let structure_ok = structural.is_empty();
+    let typed = if structure_ok {
+        semantic::check(kind, value)
+    } else {
+        None
+    };
+    let superseded = typed.as_ref().map_or(&[][..], |s| s.superseded_rules);
+    for finding in cel::check(kind, schema, &body) {
+        // A rule that fails on a field the schema already rejected adds noise, not news; one
+        // that cannot be evaluated on a malformed object says nothing at all.
+        let overlaps = structural
+            .iter()
+            .any(|s| is_within(&finding.path, &s.path) || is_within(&s.path, &finding.path));
+        if (finding.evaluation_failed && !structure_ok)
+            || overlaps
+            || superseded.iter().any(|m| finding.message == *m)
+        {
+            continue;
+        }
+        found.push(finding);
+    }
+    found.extend(structural);
+    if let Some(semantic) = typed {
+        // A semantic finding on a path a CEL rule already reported (a bad duration) repeats it.
+        for finding in semantic.findings {
+            if !found.iter().any(|f| f.path == finding.path) {
+                found.push(finding);
+            }
+        }
+    }
+    found
+}
+
+/// Whether `path` is `ancestor` or below it.
+fn is_within(path: &str, ancestor: &str) -> bool {
+    ancestor.is_empty()
+        || path == ancestor
+        || path
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+}
