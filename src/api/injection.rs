@@ -67,6 +67,7 @@ pub struct FaultInjectionSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("[has(self.latency), has(self.loss), has(self.bandwidth), has(self.partition)].filter(x, x).size() == 1").message("a fault injection sets exactly one of latency, loss, bandwidth or partition"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.partition) || (has(self.peerCidrs) && size(self.peerCidrs) > 0)").message("a partition needs at least one peer CIDR; a partition from everything would cut the pod off from its node"))]
 pub struct NetworkFault {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyFault>,
