@@ -6,6 +6,7 @@
 //! - [`cli`]: the `faultline` command line.
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod lifecycle;
 pub mod manifest;
 pub mod selection;

@@ -1,0 +1,191 @@
+//! Drives ChaosExperiments through their lifecycle: observe -> decide -> act -> record.
+//!
+//! Only `observe`, `act` and `status` talk to the cluster; `lifecycle::decide` is pure.
+//!
+//! Guarantees:
+//! - targets are recorded in status before any fault is injected, and each target record is
+//!   marked `Injecting` before its fault is attempted, so a crash never loses track of a fault;
+//! - the experiment finalizer is removed only when no FaultInjection of the experiment is left;
+//! - a violation seen by a probe triggers a reconcile at once (not at the next requeue).
+
+mod act;
+mod injections;
+mod observe;
+mod podkill;
+pub mod spec_check;
+mod status;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+use tracing::{info, instrument, warn};
+
+use crate::{
+    api::{ChaosExperiment, FaultInjection, ProbePhase, ProbeStatus},
+    lifecycle::{HypothesisView, decide},
+    selection::SafetyPolicy,
+};
+
+/// The ConfigMap (in the controller's namespace) whose `paused: "true"` stops all chaos.
+pub const PAUSE_CONFIGMAP: &str = "faultline-pause";
+
+/// What the controller needs to know about the probes. The probe hub implements it; tests can
+/// script it.
+pub trait HypothesisSource: Send + Sync + 'static {
+    /// Starts checking (or keeps checking) the probes of `phase` for this experiment.
+    fn watch(&self, experiment: &ChaosExperiment, phase: ProbePhase);
+    /// What the probes of `phase` say now.
+    fn view(&self, experiment_uid: &str, phase: ProbePhase) -> HypothesisView;
+    /// Every probe's status, for the experiment's status.
+    fn statuses(&self, experiment_uid: &str) -> Vec<ProbeStatus>;
+    /// Stops every probe of the experiment.
+    fn forget(&self, experiment_uid: &str);
+}
+
+/// Settings that are not per experiment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub policy: SafetyPolicy,
+    /// How long the agents get to report a FaultInjection Applied.
+    pub injection_timeout: Duration,
+    /// Added to the experiment's duration for a FaultInjection's `expiresAt`, so the agent's own
+    /// deadline never cuts an experiment short but still fires if the controller is gone.
+    pub expiry_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: SafetyPolicy {
+                controller_namespace: "faultline-system".into(),
+                ..Default::default()
+            },
+            injection_timeout: Duration::from_secs(30),
+            expiry_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub hypotheses: Arc<dyn HypothesisSource>,
+    /// The clock, injectable so tests can reason about deadlines.
+    pub now: fn() -> DateTime<Utc>,
+}
+
+/// What can go wrong in one reconcile. Each variant names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read the cluster state for the experiment: {0}")]
+    Observe(#[source] kube::Error),
+    #[error("failed to {action} for the experiment: {source}")]
+    Act {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to write the experiment's status: {0}")]
+    Record(#[source] kube::Error),
+}
+
+impl Error {
+    /// PascalCase; used as the Event reason and the `error` metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Observe(_) => "ObserveFailed",
+            Error::Act { .. } => "ActFailed",
+            Error::Record(_) => "StatusWriteFailed",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One reconcile of one experiment.
+#[instrument(skip(experiment, ctx), fields(experiment = %experiment.name_any(), namespace = experiment.namespace().unwrap_or_default()))]
+pub async fn reconcile(experiment: Arc<ChaosExperiment>, ctx: Arc<Context>) -> Result<Action> {
+    act::ensure_finalizer(&ctx, &experiment).await?;
+    let world = observe::observe(&ctx, &experiment).await?;
+    let decision = decide(&world.observed);
+    act::perform(&ctx, &experiment, world, decision).await
+}
+
+fn error_policy(experiment: Arc<ChaosExperiment>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(experiment = %experiment.name_any(), reason = error.reason(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the controller until `shutdown` resolves. `triggers` receives experiments the probe hub
+/// wants reconciled now (a violation, a recovery).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    hypotheses: Arc<dyn HypothesisSource>,
+    triggers: mpsc::UnboundedReceiver<ObjectRef<ChaosExperiment>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let experiments: Api<ChaosExperiment> = Api::all(client.clone());
+    let injections: Api<FaultInjection> = Api::all(client.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "faultline-controller".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        recorder,
+        settings,
+        hypotheses,
+        now: Utc::now,
+    });
+    let triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
+    info!("faultline controller starting");
+    Controller::new(experiments, watcher::Config::default())
+        .owns(injections, watcher::Config::default())
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile error");
+            }
+        })
+        .await;
+    info!("faultline controller stopped");
+}
+
+/// Whether chaos is paused cluster-wide.
+pub async fn is_paused(client: &Client, namespace: &str) -> Result<bool> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let map = maps
+        .get_opt(PAUSE_CONFIGMAP)
+        .await
+        .map_err(Error::Observe)?;
+    Ok(map
+        .and_then(|m| m.data)
+        .and_then(|d| d.get("paused").cloned())
+        .is_some_and(|v| v == "true"))
+}
+
+/// The reference Events are attached to.
+fn object_reference(experiment: &ChaosExperiment) -> k8s_openapi::api::core::v1::ObjectReference {
+    experiment.object_ref(&())
+}
