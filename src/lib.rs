@@ -3,10 +3,15 @@
 //!
 //! Module map:
 //! - [`api`]: the custom resource types (the contract with users); no IO.
+//! - [`selection`]: which pods an experiment may touch (pure).
+//! - [`lifecycle`]: the experiment state machine (pure; the clock is an input).
+//! - [`manifest`]: applying YAML manifests through the kube client.
+//! - [`sandbox`]: the embedded Kubernetes API server and `faultline sandbox`.
 //! - [`cli`]: the `faultline` command line.
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod lifecycle;
 pub mod manifest;
+pub mod sandbox;
 pub mod selection;

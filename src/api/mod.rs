@@ -81,12 +81,55 @@ pub const CATEGORY: &str = "chaos";
 
 /// Every CRD faultline defines, in a stable order (the order `faultline crds` prints).
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         ChaosExperiment::crd(),
         ChaosSchedule::crd(),
         GameDay::crd(),
         FaultInjection::crd(),
     ]
+    .into_iter()
+    .map(unwrap_descriptions)
+    .collect()
+}
+
+/// Doc comments are wrapped at 100 columns in the source; `kubectl explain` wraps text itself,
+/// so a source line break inside a paragraph would show up as a ragged break. Paragraph breaks
+/// (blank lines) stay.
+fn unwrap_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = unwrap_paragraphs(text);
+                        }
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+fn unwrap_paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .split('\n')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 #[cfg(test)]
@@ -123,6 +166,16 @@ mod tests {
                     .is_some_and(|c| c.len() >= 2)
             );
         }
+    }
+
+    #[test]
+    fn descriptions_are_unwrapped_paragraphs() {
+        assert_eq!(
+            unwrap_paragraphs("one\ntwo\n\nthree\n four"),
+            "one two\n\nthree four"
+        );
+        let text = serde_json::to_string(&all_crds()).unwrap();
+        assert!(text.contains("Supported keys: `spec.nodeName`, `status.phase`, `metadata.name`."));
     }
 
     #[test]

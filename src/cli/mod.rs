@@ -2,6 +2,7 @@
 //! and dispatches.
 
 pub mod crds;
+mod sandbox;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,8 @@ pub struct Cli {
 enum Command {
     /// Print every faultline CustomResourceDefinition as YAML (or write one file per CRD).
     Crds(crds::CrdsArgs),
+    /// A local Kubernetes API server with faultline's CRDs, to try faultline without a cluster.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 impl Cli {
@@ -37,6 +40,7 @@ impl Cli {
         install_crypto_provider();
         let result = match command {
             Command::Crds(args) => args.run(),
+            Command::Sandbox(args) => args.run(),
         };
         match result {
             Ok(code) => code,

@@ -1,0 +1,299 @@
+//! `faultline sandbox up | down | status`: a local Kubernetes API with faultline's CRDs, for
+//! trying faultline without a cluster and for the tests.
+//!
+//! `up` runs in the foreground until Ctrl-C (or SIGTERM), or with `--detach` re-runs itself in
+//! the background and returns once the API answers. The state file in the state directory
+//! (`.faultline/sandbox.json`) tells `down` and `status` where the sandbox is.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command as Process, ExitCode, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{api::all_crds, manifest, sandbox::apiserver::ApiServer};
+
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    #[command(subcommand)]
+    command: SandboxCommand,
+    /// Where the sandbox keeps its state file, log and default kubeconfig.
+    #[arg(long, global = true, default_value = ".faultline")]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SandboxCommand {
+    /// Start the sandbox API server with faultline's CRDs installed.
+    Up(UpArgs),
+    /// Stop a sandbox started with `up --detach`.
+    Down,
+    /// Say whether a sandbox is running, and where.
+    Status,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct UpArgs {
+    /// Port on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Where to write the kubeconfig. Default: STATE_DIR/kubeconfig.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Run in the background and return once the API answers; `sandbox down` stops it.
+    #[arg(long)]
+    detach: bool,
+    /// Manifests (files or directories) to apply once the API is up.
+    #[arg(long, value_name = "PATH")]
+    apply: Vec<PathBuf>,
+}
+
+/// What `down` and `status` need to find a running sandbox.
+#[derive(Debug, Serialize, Deserialize)]
+struct SandboxState {
+    pid: u32,
+    url: String,
+    kubeconfig: PathBuf,
+}
+
+impl SandboxArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let Self { command, state_dir } = self;
+        match command {
+            SandboxCommand::Up(args) if args.detach => up_detached(&state_dir, args),
+            SandboxCommand::Up(args) => {
+                let runtime = tokio::runtime::Runtime::new()?;
+                runtime.block_on(up_foreground(&state_dir, args))
+            }
+            SandboxCommand::Down => down(&state_dir),
+            SandboxCommand::Status => status(&state_dir),
+        }
+    }
+}
+
+fn state_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("sandbox.json")
+}
+
+fn read_state(state_dir: &Path) -> Option<SandboxState> {
+    let text = std::fs::read_to_string(state_file(state_dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+}
+
+async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let UpArgs {
+        port,
+        kubeconfig,
+        detach: _,
+        apply,
+    } = args;
+    if let Some(existing) = read_state(state_dir).filter(|s| process_alive(s.pid)) {
+        bail!(
+            "a sandbox is already running (pid {}, {}); stop it with `faultline sandbox down`",
+            existing.pid,
+            existing.url
+        );
+    }
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let server = ApiServer::start(port)
+        .await
+        .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
+    server
+        .install_crds(&all_crds())
+        .await
+        .context("installing faultline's CRDs")?;
+
+    let kubeconfig = kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
+    if let Some(parent) = kubeconfig.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&kubeconfig, server.kubeconfig_yaml())
+        .with_context(|| format!("writing kubeconfig {}", kubeconfig.display()))?;
+    let state = SandboxState {
+        pid: std::process::id(),
+        url: server.url(),
+        kubeconfig: kubeconfig.clone(),
+    };
+    std::fs::write(state_file(state_dir), serde_json::to_string_pretty(&state)?)?;
+
+    let client = server.client().await;
+    for path in &apply {
+        for (name, text) in read_manifests(path)? {
+            let objects = manifest::parse_documents(&name, &text)?;
+            for applied in manifest::apply_all(&client, &name, &objects, "default").await? {
+                println!("applied {applied} ({name})");
+            }
+        }
+    }
+
+    println!("faultline sandbox is up at {}", server.url());
+    println!("  kubeconfig: {}", kubeconfig.display());
+    println!("  try:        export KUBECONFIG={}", kubeconfig.display());
+    println!("              kubectl get chaos            # every faultline resource");
+    println!("              kubectl get fex -o wide      # ChaosExperiments");
+    println!("  stop:       Ctrl-C (or `faultline sandbox down` when started with --detach)");
+
+    wait_for_shutdown_signal().await;
+    println!("stopping the sandbox");
+    server.shutdown().await;
+    let _ = std::fs::remove_file(state_file(state_dir));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// Every manifest under `path`: the file itself, or the `.yaml`/`.yml` files of a directory
+/// (recursively, sorted, so the order is stable).
+pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    collect_yaml_files(path, &mut files)?;
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Ok((file.display().to_string(), text))
+        })
+        .collect()
+}
+
+fn collect_yaml_files(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?.path();
+            let is_yaml = entry.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            if entry.is_dir() || is_yaml {
+                collect_yaml_files(&entry, files)?;
+            }
+        }
+    } else {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(state_dir)?;
+    let log_path = state_dir.join("sandbox.log");
+    let log = std::fs::File::create(&log_path)?;
+    let exe = std::env::current_exe().context("finding the faultline binary")?;
+    let mut command = Process::new(exe);
+    command
+        .arg("sandbox")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("up");
+    command.arg("--port").arg(args.port.to_string());
+    if let Some(kubeconfig) = &args.kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    for path in &args.apply {
+        command.arg("--apply").arg(path);
+    }
+    // Its own process group, so the Ctrl-C of the shell that started it does not reach it.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the background sandbox")?;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exit) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the sandbox exited at start ({exit}):\n{log}");
+        }
+        if let Some(state) = read_state(state_dir).filter(|s| s.pid == child.id()) {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("faultline sandbox is up") {
+                print!("{log}");
+                println!(
+                    "  (running in the background as pid {}, log: {})",
+                    state.pid,
+                    log_path.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the sandbox did not come up within 30s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let Some(state) = read_state(state_dir) else {
+        println!(
+            "no sandbox is running (no {})",
+            state_file(state_dir).display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    if process_alive(state.pid) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(state.pid)?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process_alive(state.pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if process_alive(state.pid) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(state_file(state_dir));
+    println!("sandbox stopped (pid {})", state.pid);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    match read_state(state_dir) {
+        Some(state) if process_alive(state.pid) => {
+            println!("sandbox running: pid {} at {}", state.pid, state.url);
+            println!("kubeconfig: {}", state.kubeconfig.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(state) => {
+            println!(
+                "sandbox not running (stale state for pid {}; `faultline sandbox down` clears it)",
+                state.pid
+            );
+            Ok(ExitCode::from(1))
+        }
+        None => {
+            println!("sandbox not running");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

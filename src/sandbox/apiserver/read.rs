@@ -1,0 +1,136 @@
+//! GET of one object and LIST (with selectors and pagination).
+//!
+//! Pagination is simple: the `continue` token is the (namespace, name) key after which the next
+//! page starts, and each page reads the latest state (the real server serves all pages from one
+//! snapshot). `remainingItemCount` is reported.
+
+use super::State;
+use super::errors::{ApiError, ApiResult};
+use super::request::{Format, Params, Target};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::table;
+use serde_json::{Value, json};
+
+/// Set the `apiVersion` a client asked for (custom resources may be read through any served version).
+pub fn present(t: &Target, mut obj: Value) -> Value {
+    obj["apiVersion"] = json!(t.def.api_version(&t.version));
+    obj["kind"] = json!(t.def.kind);
+    obj
+}
+
+/// Label and field selectors of a list or watch, validated against the resource.
+pub struct Filter {
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_params(t: &Target, p: &Params) -> ApiResult<Self> {
+        let labels = LabelSelector::parse(p.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?;
+        let fields = FieldSelector::parse(p.get("fieldSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(format!("invalid fieldSelector: {e}")))?;
+        if let Some(bad) = fields.paths().find(|f| !t.def.field_selectable(f)) {
+            return Err(ApiError::bad_request(format!(
+                "field label not supported: {bad}"
+            )));
+        }
+        Ok(Filter {
+            namespace: t.namespace.clone(),
+            labels,
+            fields,
+        })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        if let Some(ns) = &self.namespace
+            && obj["metadata"]["namespace"].as_str() != Some(ns.as_str())
+        {
+            return false;
+        }
+        self.labels.matches(obj["metadata"].get("labels")) && self.fields.matches(obj)
+    }
+}
+
+pub fn get(st: &State, t: &Target, format: Format) -> ApiResult<Value> {
+    let name = t.name.clone().unwrap_or_default();
+    let ns = t.namespace.clone().unwrap_or_default();
+    let obj = st
+        .store
+        .get(&t.def.key(), &ns, &name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&t.def.group, &t.def.plural, &name))?;
+    let obj = present(t, obj);
+    Ok(match format {
+        Format::Table => {
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            table::table(&t.def, &t.version, &[obj], &rv, None)
+        }
+        Format::Json => obj,
+    })
+}
+
+pub fn list(st: &State, t: &Target, p: &Params, format: Format) -> ApiResult<Value> {
+    let filter = Filter::from_params(t, p)?;
+    let limit = p.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
+    let after = match p.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => Some(decode_continue(c)?),
+        None => None,
+    };
+    let matching: Vec<&Value> = st
+        .store
+        .list(&t.def.key(), t.namespace.as_deref())
+        .filter(|o| filter.matches(o))
+        .filter(|o| after.as_ref().is_none_or(|a| super::store::obj_key(o) > *a))
+        .collect();
+    let total = matching.len();
+    let page: Vec<Value> = matching
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .cloned()
+        .map(|o| present(t, o))
+        .collect();
+    let rv = st.store.current_rv().to_string();
+    let cont = (page.len() < total)
+        .then(|| {
+            page.last()
+                .map(|o| encode_continue(&super::store::obj_key(o)))
+        })
+        .flatten();
+    if format == Format::Table {
+        return Ok(table::table(
+            &t.def,
+            &t.version,
+            &page,
+            &rv,
+            cont.as_deref(),
+        ));
+    }
+    let mut md = json!({"resourceVersion": rv});
+    if let Some(c) = &cont {
+        md["continue"] = json!(c);
+        md["remainingItemCount"] = json!(total - page.len());
+    }
+    Ok(json!({
+        "kind": format!("{}List", t.def.kind),
+        "apiVersion": t.def.api_version(&t.version),
+        "metadata": md,
+        "items": page,
+    }))
+}
+
+fn encode_continue(key: &(String, String)) -> String {
+    // Names and namespaces cannot contain '/', so this is unambiguous.
+    format!("{}/{}", key.0, key.1)
+}
+
+fn decode_continue(token: &str) -> ApiResult<(String, String)> {
+    token
+        .split_once('/')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| ApiError::bad_request(format!("invalid continue token {token:?}")))
+}

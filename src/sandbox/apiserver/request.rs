@@ -1,0 +1,234 @@
+//! Parsing of what a request asks for: the URL into a [`Route`], the query into [`Params`], the
+//! `Accept` header into a [`Format`] and the body into JSON.
+
+use super::errors::{ApiError, ApiResult};
+use super::resources::{Registry, ResourceDef};
+use axum::http::HeaderMap;
+use serde_json::Value;
+
+/// Query parameters (repeated keys: the first wins, as in Go's `url.Values.Get`).
+#[derive(Debug, Default, Clone)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn parse(query: Option<&str>) -> Self {
+        let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Params(pairs)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true") | Some("1"))
+    }
+
+    /// A non-negative integer parameter; garbage is a 400 like in the real server.
+    pub fn int(&self, key: &str) -> ApiResult<Option<u64>> {
+        match self.get(key) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("invalid value for {key}: {v:?}"))),
+        }
+    }
+
+    pub fn dry_run(&self) -> ApiResult<bool> {
+        match self.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "Invalid dryRun: {other:?}: supported values: \"All\""
+            ))),
+        }
+    }
+
+    pub fn field_validation(&self) -> ApiResult<FieldValidation> {
+        match self.get("fieldValidation") {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, got {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+/// How to render objects: plain JSON or a `meta.k8s.io/v1` Table (kubectl get).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Table,
+}
+
+pub fn format_of(headers: &HeaderMap) -> Format {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // kubectl lists Table first and plain JSON as a fallback; honour the first preference.
+    let first = accept.split(',').next().unwrap_or_default();
+    if first.contains("as=Table") {
+        Format::Table
+    } else {
+        Format::Json
+    }
+}
+
+/// A resource request's target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub def: ResourceDef,
+    pub version: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+impl Target {
+    pub fn is_status(&self) -> bool {
+        self.sub.as_deref() == Some("status")
+    }
+}
+
+/// What a URL designates.
+#[derive(Debug, Clone)]
+pub enum Route {
+    CoreVersions,
+    Groups,
+    Group(String),
+    ResourceList { group: String, version: String },
+    Version,
+    Health,
+    OpenApiV2,
+    OpenApiV3Index,
+    OpenApiV3 { group: String, version: String },
+    Resource(Box<Target>),
+}
+
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && !s.chars().any(|c| c.is_control())
+}
+
+pub fn route(path: &str, reg: &Registry) -> ApiResult<Route> {
+    let segs: Vec<&str> = path
+        .trim_end_matches('/')
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    if segs.iter().any(|s| !valid_segment(s)) {
+        return Err(ApiError::no_route(path));
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["version"] => return Ok(Route::Version),
+        ["healthz" | "livez" | "readyz", ..] => return Ok(Route::Health),
+        ["openapi", "v2"] => return Ok(Route::OpenApiV2),
+        ["openapi", "v3"] => return Ok(Route::OpenApiV3Index),
+        ["openapi", "v3", "api", v] => {
+            return Ok(Route::OpenApiV3 {
+                group: String::new(),
+                version: v.to_string(),
+            });
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return Ok(Route::OpenApiV3 {
+                group: g.to_string(),
+                version: v.to_string(),
+            });
+        }
+        ["api"] => return Ok(Route::CoreVersions),
+        ["apis"] => return Ok(Route::Groups),
+        ["apis", g] => return Ok(Route::Group(g.to_string())),
+        ["api", v] => {
+            return Ok(Route::ResourceList {
+                group: String::new(),
+                version: v.to_string(),
+            });
+        }
+        ["apis", g, v] => {
+            return Ok(Route::ResourceList {
+                group: g.to_string(),
+                version: v.to_string(),
+            });
+        }
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route(path)),
+    };
+    let find = |plural: &str| reg.find(group, version, plural).cloned();
+    let target = |def: ResourceDef, ns: Option<&str>, rest: &[&str]| -> ApiResult<Route> {
+        let (name, sub) = match rest {
+            [] => (None, None),
+            [n] => (Some(n.to_string()), None),
+            [n, s] => (Some(n.to_string()), Some(s.to_string())),
+            _ => return Err(ApiError::no_route(path)),
+        };
+        if let Some(s) = &sub
+            && !(s == "status" && def.has_status(version))
+        {
+            return Err(ApiError::no_route(path));
+        }
+        if ns.is_some() && !def.namespaced {
+            return Err(ApiError::no_route(path));
+        }
+        if ns.is_none() && def.namespaced && name.is_some() {
+            return Err(ApiError::no_route(path));
+        }
+        Ok(Route::Resource(Box::new(Target {
+            def,
+            version: version.to_string(),
+            namespace: ns.map(String::from),
+            name,
+            sub,
+        })))
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if find(plural).is_some_and(|d| d.namespaced) => {
+            let def = find(plural).ok_or_else(|| ApiError::no_route(path))?;
+            target(def, Some(ns), tail)
+        }
+        [plural, tail @ ..] => {
+            let def = find(plural).ok_or_else(|| ApiError::no_route(path))?;
+            target(def, None, tail)
+        }
+        [] => Err(ApiError::no_route(path)),
+    }
+}
+
+/// Decode a request body. JSON always; YAML too for apply patches (`application/apply-patch+yaml`).
+pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json, application/yaml (got {content_type})"
+        )));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(json_err) if content_type.contains("yaml") => serde_yaml::from_slice::<Value>(body)
+            .map_err(|e| {
+                ApiError::bad_request(format!("error decoding YAML: {e} (as JSON: {json_err})"))
+            }),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error decoding request body as JSON: {e}"
+        ))),
+    }
+}
