@@ -28,15 +28,22 @@ fn act_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
 }
 
 /// Adds the experiment finalizer before anything else, so a deletion always passes through
-/// our revert.
-pub async fn ensure_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
-    if experiment
+/// our revert. A finished experiment does not get it back. Returns the object's new
+/// resourceVersion when it changed it.
+pub async fn ensure_finalizer(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+) -> Result<Option<String>> {
+    let finished = experiment
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase.is_terminal());
+    let has_finalizer = experiment
         .finalizers()
         .iter()
-        .any(|f| f == EXPERIMENT_FINALIZER)
-        || experiment.metadata.deletion_timestamp.is_some()
-    {
-        return Ok(());
+        .any(|f| f == EXPERIMENT_FINALIZER);
+    if finished || has_finalizer || experiment.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
     }
     let api: Api<ChaosExperiment> = Api::namespaced(
         ctx.client.clone(),
@@ -44,52 +51,71 @@ pub async fn ensure_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Re
     );
     let mut finalizers = experiment.finalizers().to_vec();
     finalizers.push(EXPERIMENT_FINALIZER.into());
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": experiment.resource_version() } });
-    api.patch(
-        &experiment.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .map_err(act_error("add the finalizer"))?;
-    Ok(())
-}
-
-async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
-    if !experiment
-        .finalizers()
-        .iter()
-        .any(|f| f == EXPERIMENT_FINALIZER)
-    {
-        return Ok(());
-    }
-    let api: Api<ChaosExperiment> = Api::namespaced(
-        ctx.client.clone(),
-        &experiment.namespace().unwrap_or_default(),
-    );
-    let finalizers: Vec<&String> = experiment
-        .finalizers()
-        .iter()
-        .filter(|f| *f != EXPERIMENT_FINALIZER)
-        .collect();
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": experiment.resource_version() } });
-    match api
+    let patch = json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": experiment.resource_version() }
+    });
+    let updated = api
         .patch(
             &experiment.name_any(),
             &PatchParams::default(),
             &Patch::Merge(patch),
         )
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(act_error("remove the finalizer")(e)),
+        .map_err(act_error("add the finalizer"))?;
+    Ok(updated.resource_version())
+}
+
+/// Releases the experiment finalizer. Reads the object afresh: by now our own status writes
+/// have moved its resourceVersion past the one this reconcile started from.
+async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
+    let api: Api<ChaosExperiment> = Api::namespaced(
+        ctx.client.clone(),
+        &experiment.namespace().unwrap_or_default(),
+    );
+    for _ in 0..3 {
+        let Some(current) = api
+            .get_opt(&experiment.name_any())
+            .await
+            .map_err(Error::Observe)?
+        else {
+            return Ok(());
+        };
+        if current.uid() != experiment.uid()
+            || !current
+                .finalizers()
+                .iter()
+                .any(|f| f == EXPERIMENT_FINALIZER)
+        {
+            return Ok(());
+        }
+        let finalizers: Vec<&String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != EXPERIMENT_FINALIZER)
+            .collect();
+        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() } });
+        match api
+            .patch(
+                &experiment.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(act_error("remove the finalizer")(e)),
+        }
     }
+    Err(act_error("remove the finalizer")(kube::Error::Api(
+        kube::core::Status::failure("the experiment kept changing", "Conflict").boxed(),
+    )))
 }
 
 pub async fn perform(
     ctx: &Context,
-    experiment: &ChaosExperiment,
+    experiment: &mut ChaosExperiment,
     world: World,
     decision: Decision,
 ) -> Result<Action> {
@@ -98,6 +124,9 @@ pub async fn perform(
         mut status,
         injections,
     } = world;
+    // Status writes carry the resourceVersion this decision was made from (see
+    // `status::write`), so a decision made on a stale cached object fails with a conflict
+    // instead of rolling the status back.
     let now = observed.now;
     let uid = experiment.uid().unwrap_or_default();
     status.observed_generation = experiment.metadata.generation;
@@ -217,7 +246,9 @@ pub async fn perform(
         }
         Decision::Wait => {
             if status.phase.is_terminal() {
-                if experiment.metadata.deletion_timestamp.is_some() && injections.is_empty() {
+                // The finalizer only guards faults; a finished experiment with none left lets
+                // go of it (this also completes a release that failed in the finishing step).
+                if injections.is_empty() {
                     remove_finalizer(ctx, experiment).await?;
                 }
                 return Ok(Action::await_change());
@@ -236,7 +267,7 @@ pub async fn perform(
 /// Selects the targets and records one record per target and fault, with the seed.
 async fn record_targets(
     ctx: &Context,
-    experiment: &ChaosExperiment,
+    experiment: &mut ChaosExperiment,
     status: &mut ChaosExperimentStatus,
 ) -> Result<()> {
     let namespace = experiment.namespace().unwrap_or_default();
@@ -341,7 +372,7 @@ fn records_for(
 /// their agent reports.
 async fn inject_all(
     ctx: &Context,
-    experiment: &ChaosExperiment,
+    experiment: &mut ChaosExperiment,
     status: &mut ChaosExperimentStatus,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -495,7 +526,7 @@ fn mark_reverted(
 
 async fn finish(
     ctx: &Context,
-    experiment: &ChaosExperiment,
+    experiment: &mut ChaosExperiment,
     status: &mut ChaosExperimentStatus,
     verdict: Verdict,
     reason: &str,

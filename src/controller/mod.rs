@@ -120,13 +120,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// One reconcile of one experiment.
 #[instrument(skip(experiment, ctx), fields(experiment = %experiment.name_any(), namespace = experiment.namespace().unwrap_or_default()))]
 pub async fn reconcile(experiment: Arc<ChaosExperiment>, ctx: Arc<Context>) -> Result<Action> {
-    act::ensure_finalizer(&ctx, &experiment).await?;
+    let mut experiment = Arc::unwrap_or_clone(experiment);
+    if let Some(rv) = act::ensure_finalizer(&ctx, &experiment).await? {
+        experiment.metadata.resource_version = Some(rv);
+    }
     let world = observe::observe(&ctx, &experiment).await?;
     let decision = decide(&world.observed);
-    act::perform(&ctx, &experiment, world, decision).await
+    tracing::debug!(phase = ?world.status.phase, ?decision, "decided");
+    act::perform(&ctx, &mut experiment, world, decision).await
 }
 
 fn error_policy(experiment: Arc<ChaosExperiment>, error: &Error, _ctx: Arc<Context>) -> Action {
+    // A conflict means our cached copy was stale; the fresh one is already on its way.
+    if let Error::Record(kube::Error::Api(status)) = error
+        && status.code == 409
+    {
+        return Action::requeue(Duration::from_millis(20));
+    }
     warn!(experiment = %experiment.name_any(), reason = error.reason(), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }

@@ -15,24 +15,30 @@ use crate::api::{
 };
 use crate::lifecycle::record::push_timeline;
 
-/// Replaces the status with `status` (we own every status field).
+/// Replaces the status with `status` (we own every status field). The write is conditional on
+/// `experiment`'s resourceVersion, which it then advances, so that several writes in one
+/// reconcile chain correctly while a write based on a stale object gets a 409.
 pub async fn write(
     ctx: &Context,
-    experiment: &ChaosExperiment,
+    experiment: &mut ChaosExperiment,
     status: &ChaosExperimentStatus,
 ) -> Result<()> {
     let api: Api<ChaosExperiment> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
     );
-    let patch = json!({ "apiVersion": GROUP_VERSION, "kind": "ChaosExperiment", "status": status });
-    api.patch_status(
-        &experiment.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map_err(Error::Record)?;
+    let patch = json!({
+        "apiVersion": GROUP_VERSION,
+        "kind": "ChaosExperiment",
+        "metadata": { "resourceVersion": experiment.resource_version() },
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let updated = api
+        .patch_status(&experiment.name_any(), &params, &Patch::Apply(patch))
+        .await
+        .map_err(Error::Record)?;
+    experiment.metadata.resource_version = updated.metadata.resource_version;
     Ok(())
 }
 
