@@ -85,6 +85,7 @@ impl Harness {
             settings,
             probes.clone(),
             triggers,
+            Default::default(),
             async {
                 let _ = stopped.await;
             },
@@ -546,5 +547,52 @@ async fn pod_kill_by_delete_kills_each_target_once() {
         "only one pod killed"
     );
     assert!(status.timeline.iter().any(|e| e.reason == "PodKilled"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiments() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "annotated", latency_spec("10m")).await;
+    h.wait_phase("shop", "annotated", Phase::Running).await;
+    let patch = json!({"metadata": {"annotations": {"faultline.dev/abort": "game over"}}});
+    h.experiments("shop")
+        .patch("annotated", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let aborted = h.wait_phase("shop", "annotated", Phase::Aborted).await;
+    assert_eq!(
+        aborted.status.unwrap().reason.as_deref(),
+        Some("AbortRequested")
+    );
+
+    h.create("shop", "paused", latency_spec("10m")).await;
+    h.wait_phase("shop", "paused", Phase::Running).await;
+    h.namespace("faultline-system", false).await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(h.client.clone(), "faultline-system");
+    let pause: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "faultline-pause"}, "data": {"paused": "true"}}),
+    )
+    .unwrap();
+    maps.create(&PostParams::default(), &pause).await.unwrap();
+    let aborted = h.wait_phase("shop", "paused", Phase::Aborted).await;
+    let status = aborted.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("ChaosPaused"));
+    assert!(status.abort_latency.is_some());
+    assert!(
+        h.injections("shop")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // While paused, a new experiment injects nothing.
+    h.create("shop", "while-paused", latency_spec("10m")).await;
+    let ended = h.wait_phase("shop", "while-paused", Phase::Aborted).await;
+    assert!(ended.status.unwrap().injected_at.is_none());
     h.stop().await;
 }

@@ -3,6 +3,7 @@
 
 pub mod crds;
 mod sandbox;
+mod stop;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,12 @@ enum Command {
     Crds(crds::CrdsArgs),
     /// A local Kubernetes API server with faultline's CRDs, to try faultline without a cluster.
     Sandbox(sandbox::SandboxArgs),
+    /// Abort an experiment (or every running one): its faults are reverted at once.
+    Abort(stop::AbortArgs),
+    /// Emergency stop for the whole cluster: running experiments abort, nothing new injects.
+    Pause(stop::PauseArgs),
+    /// Lift `faultline pause`.
+    Resume(stop::PauseArgs),
 }
 
 impl Cli {
@@ -41,6 +48,9 @@ impl Cli {
         let result = match command {
             Command::Crds(args) => args.run(),
             Command::Sandbox(args) => args.run(),
+            Command::Abort(args) => args.run(),
+            Command::Pause(args) => args.run(true),
+            Command::Resume(args) => args.run(false),
         };
         match result {
             Ok(code) => code,

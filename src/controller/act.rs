@@ -14,6 +14,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{Context, Error, Result, injections, observe::World, podkill, spec_check, status};
+use crate::metrics::{ReasonLabel, VerdictLabel};
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, ConditionStatus, EXPERIMENT_FINALIZER,
@@ -533,20 +534,33 @@ async fn finish(
     message: String,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let metrics = &ctx.metrics;
     if matches!(status.phase, Phase::Aborting) {
         mark_reverted(status, now, experiment);
         if let Some(started) = status.abort_started_at {
-            status.abort_latency = Some(GoDuration::from_duration(
-                (now - started).to_std().unwrap_or_default(),
-            ));
+            let latency = (now - started).to_std().unwrap_or_default();
+            status.abort_latency = Some(GoDuration::from_duration(latency));
+            metrics.abort_latency.observe(latency.as_secs_f64());
         }
+        metrics
+            .experiments_aborted
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     } else if verdict == Verdict::Passed
         && let Some(reverted) = status.reverted_at
     {
-        status.recovery_time = Some(GoDuration::from_duration(
-            (now - reverted).to_std().unwrap_or_default(),
-        ));
+        let recovery = (now - reverted).to_std().unwrap_or_default();
+        status.recovery_time = Some(GoDuration::from_duration(recovery));
+        metrics.recovery_time.observe(recovery.as_secs_f64());
     }
+    metrics
+        .experiments_finished
+        .get_or_create(&VerdictLabel {
+            verdict: format!("{verdict:?}"),
+        })
+        .inc();
     status.phase = match verdict {
         Verdict::Passed | Verdict::DryRun => Phase::Succeeded,
         Verdict::Aborted => Phase::Aborted,

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Recorder, Reporter},
         reflector::ObjectRef,
@@ -34,8 +34,10 @@ use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
 use crate::{
+    admin::Readiness,
     api::{ChaosExperiment, FaultInjection, ProbePhase, ProbeStatus},
     lifecycle::{HypothesisView, decide},
+    metrics::{Metrics, ReasonLabel},
     selection::SafetyPolicy,
 };
 
@@ -87,6 +89,7 @@ pub struct Context {
     pub hypotheses: Arc<dyn HypothesisSource>,
     /// The clock, injectable so tests can reason about deadlines.
     pub now: fn() -> DateTime<Utc>,
+    pub metrics: Metrics,
 }
 
 /// What can go wrong in one reconcile. Each variant names the step that failed.
@@ -120,17 +123,34 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// One reconcile of one experiment.
 #[instrument(skip(experiment, ctx), fields(experiment = %experiment.name_any(), namespace = experiment.namespace().unwrap_or_default()))]
 pub async fn reconcile(experiment: Arc<ChaosExperiment>, ctx: Arc<Context>) -> Result<Action> {
-    let mut experiment = Arc::unwrap_or_clone(experiment);
-    if let Some(rv) = act::ensure_finalizer(&ctx, &experiment).await? {
-        experiment.metadata.resource_version = Some(rv);
-    }
-    let world = observe::observe(&ctx, &experiment).await?;
-    let decision = decide(&world.observed);
-    tracing::debug!(phase = ?world.status.phase, ?decision, "decided");
-    act::perform(&ctx, &mut experiment, world, decision).await
+    ctx.metrics.reconciliations.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(experiment, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
-fn error_policy(experiment: Arc<ChaosExperiment>, error: &Error, _ctx: Arc<Context>) -> Action {
+async fn reconcile_inner(experiment: Arc<ChaosExperiment>, ctx: &Arc<Context>) -> Result<Action> {
+    let ctx = ctx.as_ref();
+    let mut experiment = Arc::unwrap_or_clone(experiment);
+    if let Some(rv) = act::ensure_finalizer(ctx, &experiment).await? {
+        experiment.metadata.resource_version = Some(rv);
+    }
+    let world = observe::observe(ctx, &experiment).await?;
+    let decision = decide(&world.observed);
+    tracing::debug!(phase = ?world.status.phase, ?decision, "decided");
+    act::perform(ctx, &mut experiment, world, decision).await
+}
+
+fn error_policy(experiment: Arc<ChaosExperiment>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_failures
+        .get_or_create(&ReasonLabel {
+            reason: error.reason().into(),
+        })
+        .inc();
     // A conflict means our cached copy was stale; the fresh one is already on its way.
     if let Error::Record(kube::Error::Api(status)) = error
         && status.code == 409
@@ -141,6 +161,13 @@ fn error_policy(experiment: Arc<ChaosExperiment>, error: &Error, _ctx: Arc<Conte
     Action::requeue(Duration::from_secs(2))
 }
 
+/// What the controller shares with the process around it.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub readiness: Arc<Readiness>,
+}
+
 /// Runs the controller until `shutdown` resolves. `triggers` receives experiments the probe hub
 /// wants reconciled now (a violation, a recovery).
 pub async fn run(
@@ -148,6 +175,7 @@ pub async fn run(
     settings: Settings,
     hypotheses: Arc<dyn HypothesisSource>,
     triggers: mpsc::UnboundedReceiver<ObjectRef<ChaosExperiment>>,
+    telemetry: Telemetry,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let experiments: Api<ChaosExperiment> = Api::all(client.clone());
@@ -159,18 +187,40 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let Telemetry { metrics, readiness } = telemetry;
     let ctx = Arc::new(Context {
         client,
         recorder,
         settings,
         hypotheses,
         now: Utc::now,
+        metrics,
     });
     let triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
+    // Flipping the pause switch must reach every running experiment at once, not at its next
+    // requeue.
+    let pause_maps: Api<ConfigMap> = Api::namespaced(
+        ctx.client.clone(),
+        &ctx.settings.policy.controller_namespace,
+    );
+    let pause_changes = watcher(
+        pause_maps,
+        watcher::Config::default().fields(&format!("metadata.name={PAUSE_CONFIGMAP}")),
+    )
+    .touched_objects()
+    .filter_map(|event| async move { event.ok().map(|_| ()) });
     info!("faultline controller starting");
-    Controller::new(experiments, watcher::Config::default())
-        .owns(injections, watcher::Config::default())
+    let controller = Controller::new(experiments, watcher::Config::default())
+        .owns(injections, watcher::Config::default());
+    let store = controller.store();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            readiness.set_caches_synced(true);
+        }
+    });
+    controller
         .reconcile_on(triggers)
+        .reconcile_all_on(pause_changes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
