@@ -596,3 +596,65 @@ async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiment
     assert!(ended.status.unwrap().injected_at.is_none());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_experiment_is_reported_and_does_not_stall_the_others() {
+    let h = Harness::start().await;
+    // An older or hand-edited CRD that no longer checks the spec: the controller is the last line.
+    let mut crd = all_crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "ChaosExperiment")
+        .unwrap();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_mut()
+        .unwrap()
+        .open_api_v3_schema
+        .as_mut()
+        .unwrap();
+    let props = schema.properties.as_mut().unwrap();
+    props.insert(
+        "spec".into(),
+        serde_json::from_value(
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        )
+        .unwrap(),
+    );
+    h.server.install_crds(&[crd]).await.unwrap();
+    shop_with_web_pods(&h, 1).await;
+
+    let raw = kube::api::ApiResource::erase::<ChaosExperiment>(&());
+    let dynamic: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(h.client.clone(), "shop", &raw);
+    let broken: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
+        "metadata": {"name": "broken"}, "spec": {"duration": "30s", "faults": "oops"}
+    }))
+    .unwrap();
+    dynamic
+        .create(&PostParams::default(), &broken)
+        .await
+        .unwrap();
+    h.create("shop", "healthy", latency_spec("10m")).await;
+
+    h.wait_phase("shop", "healthy", Phase::Running).await;
+    let status = wait_for(
+        "the unreadable experiment's status",
+        Duration::from_secs(15),
+        || async {
+            let object = dynamic.get("broken").await.ok()?;
+            let status = object.data.get("status")?.clone();
+            (status["reason"] == "InvalidSpec").then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status["verdict"], "Error");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("faultline validate"),
+        "{status}"
+    );
+    h.stop().await;
+}

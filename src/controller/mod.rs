@@ -10,6 +10,7 @@
 
 mod act;
 mod injections;
+mod invalid;
 mod observe;
 mod podkill;
 pub mod spec_check;
@@ -22,6 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -121,11 +123,17 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One reconcile of one experiment.
-#[instrument(skip(experiment, ctx), fields(experiment = %experiment.name_any(), namespace = experiment.namespace().unwrap_or_default()))]
-pub async fn reconcile(experiment: Arc<ChaosExperiment>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip(guarded, ctx), fields(experiment = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
+pub async fn reconcile(
+    guarded: Arc<DeserializeGuard<ChaosExperiment>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
     ctx.metrics.reconciliations.inc();
     let started = std::time::Instant::now();
-    let result = reconcile_inner(experiment, &ctx).await;
+    let result = match &guarded.0 {
+        Ok(experiment) => reconcile_inner(Arc::new(experiment.clone()), &ctx).await,
+        Err(invalid) => invalid::reconcile_invalid(&ctx, invalid).await,
+    };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -144,7 +152,11 @@ async fn reconcile_inner(experiment: Arc<ChaosExperiment>, ctx: &Arc<Context>) -
     act::perform(ctx, &mut experiment, world, decision).await
 }
 
-fn error_policy(experiment: Arc<ChaosExperiment>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    experiment: Arc<DeserializeGuard<ChaosExperiment>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     ctx.metrics
         .reconcile_failures
         .get_or_create(&ReasonLabel {
@@ -178,7 +190,9 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let experiments: Api<ChaosExperiment> = Api::all(client.clone());
+    // Through DeserializeGuard, so that one object that cannot be read does not stall the
+    // watcher for every other experiment.
+    let experiments: Api<DeserializeGuard<ChaosExperiment>> = Api::all(client.clone());
     let injections: Api<FaultInjection> = Api::all(client.clone());
     let recorder = Recorder::new(
         client.clone(),
@@ -196,7 +210,11 @@ pub async fn run(
         now: Utc::now,
         metrics,
     });
-    let triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
+    let triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers).map(|r| {
+        let mut guarded = ObjectRef::<DeserializeGuard<ChaosExperiment>>::new(&r.name);
+        guarded.namespace = r.namespace;
+        guarded
+    });
     // Flipping the pause switch must reach every running experiment at once, not at its next
     // requeue.
     let pause_maps: Api<ConfigMap> = Api::namespaced(
