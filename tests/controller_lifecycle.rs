@@ -62,8 +62,32 @@ struct Harness {
     client: Client,
     probes: Arc<ScriptedProbes>,
     trigger: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
+    controller: tokio::task::JoinHandle<()>,
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn spawn_controller(
+    client: &Client,
+    probes: &Arc<ScriptedProbes>,
+) -> (
+    mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (trigger, triggers) = mpsc::unbounded_channel();
+    let settings = Settings {
+        injection_timeout: Duration::from_secs(5),
+        ..Settings::default()
+    };
+    let task = tokio::spawn(controller::run(
+        client.clone(),
+        settings,
+        probes.clone(),
+        triggers,
+        Default::default(),
+        std::future::pending(),
+    ));
+    (trigger, task)
 }
 
 impl Harness {
@@ -73,32 +97,28 @@ impl Harness {
         server.install_crds(&all_crds()).await.unwrap();
         let client = server.client().await;
         let probes = Arc::new(ScriptedProbes::default());
-        let (trigger, triggers) = mpsc::unbounded_channel();
-        let (stop_controller, stopped) = oneshot::channel::<()>();
+        let (trigger, controller) = spawn_controller(&client, &probes);
         let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-        let settings = Settings {
-            injection_timeout: Duration::from_secs(5),
-            ..Settings::default()
-        };
-        let controller = tokio::spawn(controller::run(
-            client.clone(),
-            settings,
-            probes.clone(),
-            triggers,
-            Default::default(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
         let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
         Harness {
             server,
             client,
             probes,
             trigger,
-            stop: vec![stop_controller, stop_agent],
-            tasks: vec![controller, agent],
+            controller,
+            stop: vec![stop_agent],
+            tasks: vec![agent],
         }
+    }
+
+    /// Kills the controller where it stands (its task is dropped mid-flight, as a crash would)
+    /// and starts a fresh one.
+    async fn crash_and_restart_controller(&mut self) {
+        self.controller.abort();
+        let _ = (&mut self.controller).await;
+        let (trigger, controller) = spawn_controller(&self.client, &self.probes);
+        self.trigger = trigger;
+        self.controller = controller;
     }
 
     async fn namespace(&self, name: &str, opted_in: bool) {
@@ -165,6 +185,7 @@ impl Harness {
     }
 
     async fn stop(mut self) {
+        self.controller.abort();
         for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
@@ -655,6 +676,60 @@ async fn an_unreadable_experiment_is_reported_and_does_not_stall_the_others() {
             .unwrap()
             .contains("faultline validate"),
         "{status}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_controller_crash_mid_experiment_neither_kills_twice_nor_loses_a_revert() {
+    let mut h = Harness::start().await;
+    shop_with_web_pods(&h, 3).await;
+    h.create("shop", "crashy", json!({
+        "duration": "2s",
+        "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "Fixed", "value": 2},
+        "faults": [
+            {"podKill": {"method": "delete", "gracePeriodSeconds": 0}},
+            {"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}
+        ]
+    }))
+    .await;
+    let running = h.wait_phase("shop", "crashy", Phase::Running).await;
+    let killed: Vec<String> = running
+        .status
+        .unwrap()
+        .targets
+        .iter()
+        .filter(|t| t.fault == "podKill")
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(killed.len(), 2);
+
+    h.crash_and_restart_controller().await;
+    let done = h.wait_phase("shop", "crashy", Phase::Succeeded).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Passed));
+    let kills = status
+        .timeline
+        .iter()
+        .filter(|e| e.reason == "PodKilled")
+        .count();
+    assert_eq!(
+        kills, 2,
+        "each target killed exactly once across the restart"
+    );
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "shop");
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    assert!(
+        h.injections("shop")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no revert lost"
     );
     h.stop().await;
 }
