@@ -8,10 +8,13 @@
 //! - [`manifest`]: applying YAML manifests through the kube client.
 //! - [`sandbox`]: the embedded Kubernetes API server and `faultline sandbox`.
 //! - [`cli`]: the `faultline` command line.
+pub mod admin;
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod lifecycle;
 pub mod manifest;
+pub mod metrics;
 pub mod sandbox;
 pub mod selection;
 pub mod validate;

@@ -190,6 +190,9 @@ pub struct ChaosExperimentStatus {
     pub reverted_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the abort began: the hypothesis violation, or the abort request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_started_at: Option<DateTime<Utc>>,
     /// From the hypothesis violation (or abort request) to every fault confirmed reverted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_latency: Option<GoDuration>,

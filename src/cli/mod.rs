@@ -3,6 +3,7 @@
 
 pub mod crds;
 mod sandbox;
+mod stop;
 mod validate;
 
 use std::process::ExitCode;
@@ -33,6 +34,12 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Check manifests offline: CRD schema, CEL rules and semantic checks (exit 0 valid, 1 invalid, 3 usage).
     Validate(validate::ValidateArgs),
+    /// Abort an experiment (or every running one): its faults are reverted at once.
+    Abort(stop::AbortArgs),
+    /// Emergency stop for the whole cluster: running experiments abort, nothing new injects.
+    Pause(stop::PauseArgs),
+    /// Lift `faultline pause`.
+    Resume(stop::PauseArgs),
 }
 
 impl Cli {
@@ -45,6 +52,9 @@ impl Cli {
             Command::Crds(args) => args.run(),
             Command::Sandbox(args) => args.run(),
             Command::Validate(args) => args.run(),
+            Command::Abort(args) => args.run(),
+            Command::Pause(args) => args.run(true),
+            Command::Resume(args) => args.run(false),
         };
         match result {
             Ok(code) => code,

@@ -1,0 +1,595 @@
+//! Carries out a decision: select and record targets, inject, revert, finish. Every step that
+//! touches a fault first records what it is about to do. (client required)
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::info;
+
+use super::{Context, Error, Result, injections, observe::World, podkill, spec_check, status};
+use crate::metrics::{ReasonLabel, VerdictLabel};
+use crate::{
+    api::{
+        ChaosExperiment, ChaosExperimentStatus, ConditionStatus, EXPERIMENT_FINALIZER,
+        FaultInjection, FaultKind, GoDuration, Phase, TargetRecord, TargetState, Verdict,
+    },
+    lifecycle::{AbortCause, Decision, HypothesisView, record::set_condition},
+    selection::{self, select_targets, target_namespaces},
+};
+
+fn act_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Act { action, source }
+}
+
+/// Adds the experiment finalizer before anything else, so a deletion always passes through
+/// our revert. A finished experiment does not get it back. Returns the object's new
+/// resourceVersion when it changed it.
+pub async fn ensure_finalizer(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+) -> Result<Option<String>> {
+    let finished = experiment
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase.is_terminal());
+    let has_finalizer = experiment
+        .finalizers()
+        .iter()
+        .any(|f| f == EXPERIMENT_FINALIZER);
+    if finished || has_finalizer || experiment.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
+    }
+    let api: Api<ChaosExperiment> = Api::namespaced(
+        ctx.client.clone(),
+        &experiment.namespace().unwrap_or_default(),
+    );
+    let mut finalizers = experiment.finalizers().to_vec();
+    finalizers.push(EXPERIMENT_FINALIZER.into());
+    let patch = json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": experiment.resource_version() }
+    });
+    let updated = api
+        .patch(
+            &experiment.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(act_error("add the finalizer"))?;
+    Ok(updated.resource_version())
+}
+
+/// Releases the experiment finalizer. Reads the object afresh: by now our own status writes
+/// have moved its resourceVersion past the one this reconcile started from.
+async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
+    let api: Api<ChaosExperiment> = Api::namespaced(
+        ctx.client.clone(),
+        &experiment.namespace().unwrap_or_default(),
+    );
+    for _ in 0..3 {
+        let Some(current) = api
+            .get_opt(&experiment.name_any())
+            .await
+            .map_err(Error::Observe)?
+        else {
+            return Ok(());
+        };
+        if current.uid() != experiment.uid()
+            || !current
+                .finalizers()
+                .iter()
+                .any(|f| f == EXPERIMENT_FINALIZER)
+        {
+            return Ok(());
+        }
+        let finalizers: Vec<&String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != EXPERIMENT_FINALIZER)
+            .collect();
+        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() } });
+        match api
+            .patch(
+                &experiment.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(act_error("remove the finalizer")(e)),
+        }
+    }
+    Err(act_error("remove the finalizer")(kube::Error::Api(
+        kube::core::Status::failure("the experiment kept changing", "Conflict").boxed(),
+    )))
+}
+
+pub async fn perform(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    world: World,
+    decision: Decision,
+) -> Result<Action> {
+    let World {
+        observed,
+        mut status,
+        injections,
+    } = world;
+    // Status writes carry the resourceVersion this decision was made from (see
+    // `status::write`), so a decision made on a stale cached object fails with a conflict
+    // instead of rolling the status back.
+    let now = observed.now;
+    let uid = experiment.uid().unwrap_or_default();
+    status.observed_generation = experiment.metadata.generation;
+    if status.started_at.is_none() {
+        status.started_at = Some(now);
+    }
+    let probes = ctx.hypotheses.statuses(&uid);
+    if !probes.is_empty() {
+        status.probes = probes;
+    }
+
+    let action = match decision {
+        Decision::RecordTargets => {
+            record_targets(ctx, experiment, &mut status).await?;
+            Action::requeue(Duration::ZERO)
+        }
+        Decision::Transition {
+            to,
+            reason,
+            message,
+        } => {
+            let from = status.phase;
+            status.phase = to;
+            status.reason = Some(reason.into());
+            status.message = Some(message.clone());
+            status::note(
+                ctx,
+                experiment,
+                &mut status,
+                false,
+                reason,
+                "Transition",
+                message,
+            )
+            .await;
+            match (from, to) {
+                (_, Phase::Injecting) => {
+                    status.injected_at = Some(now);
+                    inject_all(ctx, experiment, &mut status, now).await?;
+                }
+                (_, Phase::Running) => {
+                    for record in status
+                        .targets
+                        .iter_mut()
+                        .filter(|r| r.state == TargetState::Injecting)
+                    {
+                        record.state = TargetState::Injected;
+                        record.injected_at.get_or_insert(now);
+                    }
+                    set_condition(
+                        &mut status.conditions,
+                        "Injected",
+                        ConditionStatus::True,
+                        reason,
+                        "every fault is in",
+                        experiment.metadata.generation,
+                        now,
+                    );
+                }
+                (_, Phase::Recovering) => {
+                    status::write(ctx, experiment, &status).await?;
+                    revert_all(ctx, experiment, &injections).await?;
+                }
+                (Phase::Recovering, Phase::Verifying) => {
+                    mark_reverted(&mut status, now, experiment)
+                }
+                _ => {}
+            }
+            status::write(ctx, experiment, &status).await?;
+            Action::requeue(Duration::ZERO)
+        }
+        Decision::Abort(cause) => {
+            let started = match &observed.hypothesis {
+                HypothesisView::Violated { since, .. }
+                    if matches!(cause, AbortCause::HypothesisViolated { .. }) =>
+                {
+                    *since
+                }
+                _ => now,
+            };
+            status.phase = Phase::Aborting;
+            status.abort_started_at = Some(started);
+            status.reason = Some(cause.reason().into());
+            status.message = Some(cause.message());
+            status::note(
+                ctx,
+                experiment,
+                &mut status,
+                true,
+                cause.reason(),
+                "Abort",
+                format!("aborting: {}", cause.message()),
+            )
+            .await;
+            // Record first: a crash from here on still ends in a revert.
+            status::write(ctx, experiment, &status).await?;
+            revert_all(ctx, experiment, &injections).await?;
+            Action::requeue(Duration::ZERO)
+        }
+        Decision::Finish {
+            verdict,
+            reason,
+            message,
+        } => {
+            finish(ctx, experiment, &mut status, verdict, reason, message, now).await?;
+            ctx.hypotheses.forget(&uid);
+            remove_finalizer(ctx, experiment).await?;
+            Action::await_change()
+        }
+        Decision::WaitUntil(at) => {
+            status::write(ctx, experiment, &status).await?;
+            let wait = (at - now)
+                .to_std()
+                .unwrap_or_default()
+                .max(Duration::from_millis(50));
+            Action::requeue(wait.min(Duration::from_secs(30)))
+        }
+        Decision::Wait => {
+            if status.phase.is_terminal() {
+                // The finalizer only guards faults; a finished experiment with none left lets
+                // go of it (this also completes a release that failed in the finishing step).
+                if injections.is_empty() {
+                    remove_finalizer(ctx, experiment).await?;
+                }
+                return Ok(Action::await_change());
+            }
+            if matches!(status.phase, Phase::Recovering | Phase::Aborting) {
+                // Re-asking is idempotent and covers a delete lost to a crash.
+                revert_all(ctx, experiment, &injections).await?;
+            }
+            status::write(ctx, experiment, &status).await?;
+            Action::requeue(Duration::from_secs(1))
+        }
+    };
+    Ok(action)
+}
+
+/// Selects the targets and records one record per target and fault, with the seed.
+async fn record_targets(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+) -> Result<()> {
+    let namespace = experiment.namespace().unwrap_or_default();
+    let spec = &experiment.spec.target;
+    let wanted = target_namespaces(spec, &namespace);
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let mut namespace_objects = Vec::new();
+    let mut pods = Vec::new();
+    for ns in &wanted {
+        if let Some(object) = namespaces.get_opt(ns).await.map_err(Error::Observe)? {
+            namespace_objects.push(object);
+        }
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        pods.extend(
+            api.list(&ListParams::default())
+                .await
+                .map_err(Error::Observe)?
+                .items,
+        );
+    }
+    let seed = status.seed.map(|s| s as u64).unwrap_or_else(rand::random);
+    let now = (ctx.now)();
+    match select_targets(
+        spec,
+        &namespace,
+        &namespace_objects,
+        &pods,
+        &ctx.settings.policy,
+        seed,
+    ) {
+        Ok(selection) => {
+            status.seed = Some(seed as i64);
+            status.target_count = selection.targets.len() as i32;
+            status.targets = records_for(experiment, &selection);
+            let names: Vec<String> = selection
+                .targets
+                .iter()
+                .map(|t| format!("{}/{}", t.namespace, t.name))
+                .collect();
+            let message = format!(
+                "selected {} of {} matching pods: {}",
+                names.len(),
+                selection.matched,
+                names.join(", ")
+            );
+            status::note(
+                ctx,
+                experiment,
+                status,
+                false,
+                "TargetsSelected",
+                "Select",
+                message,
+            )
+            .await;
+            status::write(ctx, experiment, status).await
+        }
+        Err(error) => {
+            let (verdict, reason) = match error {
+                selection::SelectionError::InvalidSelector(_)
+                | selection::SelectionError::InvalidFieldSelector(_)
+                | selection::SelectionError::MissingValue { .. } => (Verdict::Error, "InvalidSpec"),
+                _ => (Verdict::Failed, "SelectionRefused"),
+            };
+            status.seed = Some(seed as i64);
+            let message = format!("nothing was injected: {error}");
+            finish(ctx, experiment, status, verdict, reason, message, now).await?;
+            remove_finalizer(ctx, experiment).await
+        }
+    }
+}
+
+fn records_for(
+    experiment: &ChaosExperiment,
+    selection: &selection::Selection,
+) -> Vec<TargetRecord> {
+    let mut records = Vec::new();
+    for (index, fault) in experiment.spec.faults.iter().enumerate() {
+        let Some(kind) = fault.kind() else { continue };
+        for target in &selection.targets {
+            records.push(TargetRecord {
+                namespace: target.namespace.clone(),
+                name: target.name.clone(),
+                uid: target.uid.clone(),
+                node_name: target.node_name.clone(),
+                pod_ip: target.pod_ip.clone(),
+                fault_index: index as i32,
+                fault: kind.name().into(),
+                state: TargetState::Selected,
+                injection: kind.is_network().then(|| {
+                    injections::injection_name(&experiment.name_any(), index as i32, &target.uid)
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    records
+}
+
+/// Injects every recorded fault. Records go to `Injecting` (and are written) before any fault
+/// is attempted; pod kills end `Injected` or `Skipped`, network faults stay `Injecting` until
+/// their agent reports.
+async fn inject_all(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let resuming: Vec<bool> = status
+        .targets
+        .iter()
+        .map(|r| r.state == TargetState::Injecting)
+        .collect();
+    for record in status
+        .targets
+        .iter_mut()
+        .filter(|r| r.state == TargetState::Selected)
+    {
+        record.state = TargetState::Injecting;
+    }
+    status::write(ctx, experiment, status).await?;
+
+    let duration = spec_check::check_spec(&experiment.spec)
+        .map(|t| t.duration)
+        .unwrap_or_default();
+    let expires_at =
+        now + chrono::Duration::from_std(duration + ctx.settings.expiry_grace).unwrap_or_default();
+    let namespace = experiment.namespace().unwrap_or_default();
+    let injection_api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut notes = Vec::new();
+    for (i, record) in status.targets.iter_mut().enumerate() {
+        if record.state != TargetState::Injecting {
+            continue;
+        }
+        let Some(kind) = experiment
+            .spec
+            .faults
+            .get(record.fault_index as usize)
+            .and_then(|f| f.kind())
+        else {
+            continue;
+        };
+        match kind {
+            FaultKind::PodKill(fault) => {
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
+                // A record already Injecting when we got here was being killed when the
+                // controller stopped: kill only if that kill did not happen.
+                if resuming[i]
+                    && podkill::already_killed(&pods, record)
+                        .await
+                        .map_err(Error::Observe)?
+                {
+                    record.state = TargetState::Injected;
+                    record.injected_at.get_or_insert(now);
+                    continue;
+                }
+                let outcome = podkill::kill(&pods, record, fault)
+                    .await
+                    .map_err(act_error("kill a pod"))?;
+                info!(pod = %record.name, ?outcome, "pod kill");
+                match outcome {
+                    podkill::KillOutcome::Killed => {
+                        record.state = TargetState::Injected;
+                        record.injected_at = Some(now);
+                        notes.push((
+                            "PodKilled",
+                            format!(
+                                "{:?} pod {}/{}",
+                                fault.method, record.namespace, record.name
+                            )
+                            .to_lowercase(),
+                        ));
+                    }
+                    podkill::KillOutcome::Skipped(why) => {
+                        record.state = TargetState::Skipped;
+                        record.message = Some(why.clone());
+                        notes.push((
+                            "PodKillSkipped",
+                            format!("pod {}/{} not killed: {why}", record.namespace, record.name),
+                        ));
+                    }
+                    podkill::KillOutcome::Gone => {
+                        record.state = TargetState::Skipped;
+                        record.message = Some("the pod was gone before it could be killed".into());
+                    }
+                }
+            }
+            kind => {
+                let peers = match injections::scope_of(kind) {
+                    Some(scope) => injections::resolve_peers(&ctx.client, scope, &namespace)
+                        .await
+                        .map_err(Error::Observe)?,
+                    None => Vec::new(),
+                };
+                let Some(fault) = injections::network_fault(kind, peers) else {
+                    continue;
+                };
+                injections::create(&injection_api, experiment, record, fault, expires_at)
+                    .await
+                    .map_err(act_error("create a FaultInjection"))?;
+                notes.push((
+                    "FaultInjectionCreated",
+                    format!(
+                        "{} for pod {}/{} on node {}",
+                        record.fault,
+                        record.namespace,
+                        record.name,
+                        record.node_name.as_deref().unwrap_or("?")
+                    ),
+                ));
+            }
+        }
+    }
+    for (reason, message) in notes {
+        status::note(ctx, experiment, status, false, reason, "Inject", message).await;
+    }
+    Ok(())
+}
+
+async fn revert_all(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+    existing: &[FaultInjection],
+) -> Result<()> {
+    let api: Api<FaultInjection> = Api::namespaced(
+        ctx.client.clone(),
+        &experiment.namespace().unwrap_or_default(),
+    );
+    injections::delete_all(&api, existing)
+        .await
+        .map_err(act_error("delete FaultInjections"))
+}
+
+fn mark_reverted(
+    status: &mut ChaosExperimentStatus,
+    now: DateTime<Utc>,
+    experiment: &ChaosExperiment,
+) {
+    status.reverted_at = Some(now);
+    for record in status.targets.iter_mut() {
+        if matches!(record.state, TargetState::Injected | TargetState::Injecting) {
+            record.state = TargetState::Reverted;
+            record.reverted_at = Some(now);
+        }
+    }
+    set_condition(
+        &mut status.conditions,
+        "Reverted",
+        ConditionStatus::True,
+        "FaultsReverted",
+        "every fault is confirmed reverted",
+        experiment.metadata.generation,
+        now,
+    );
+}
+
+async fn finish(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    verdict: Verdict,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let metrics = &ctx.metrics;
+    if matches!(status.phase, Phase::Aborting) {
+        mark_reverted(status, now, experiment);
+        if let Some(started) = status.abort_started_at {
+            let latency = (now - started).to_std().unwrap_or_default();
+            status.abort_latency = Some(GoDuration::from_duration(latency));
+            metrics.abort_latency.observe(latency.as_secs_f64());
+        }
+        metrics
+            .experiments_aborted
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    } else if verdict == Verdict::Passed
+        && let Some(reverted) = status.reverted_at
+    {
+        let recovery = (now - reverted).to_std().unwrap_or_default();
+        status.recovery_time = Some(GoDuration::from_duration(recovery));
+        metrics.recovery_time.observe(recovery.as_secs_f64());
+    }
+    metrics
+        .experiments_finished
+        .get_or_create(&VerdictLabel {
+            verdict: format!("{verdict:?}"),
+        })
+        .inc();
+    status.phase = match verdict {
+        Verdict::Passed | Verdict::DryRun => Phase::Succeeded,
+        Verdict::Aborted => Phase::Aborted,
+        Verdict::Failed | Verdict::Error => Phase::Failed,
+    };
+    status.verdict = Some(verdict);
+    status.reason = Some(reason.into());
+    status.message = Some(message.clone());
+    status.finished_at = Some(now);
+    let generation = experiment.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        "Complete",
+        ConditionStatus::True,
+        &format!("{verdict:?}"),
+        &message,
+        generation,
+        now,
+    );
+    let warning = !matches!(verdict, Verdict::Passed | Verdict::DryRun);
+    status::note(
+        ctx,
+        experiment,
+        status,
+        warning,
+        &format!("Experiment{verdict:?}"),
+        "Finish",
+        message,
+    )
+    .await;
+    status::write(ctx, experiment, status).await
+}

@@ -1,0 +1,171 @@
+//! FaultInjections: the controller's side of network faults. One object per target pod and
+//! fault, owned by the experiment, labelled with the node, peers resolved to addresses.
+//! (client required)
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+};
+
+use crate::{
+    api::{
+        ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, FaultInjectionSpec, FaultKind,
+        NODE_LABEL, NetworkFault, NetworkScope, ObjectRef, PodRef, TargetRecord,
+    },
+    selection::{LabelMatcher, is_running_and_ready},
+};
+
+/// The FaultInjection name for a record: stable, so a retry after a crash finds the same object.
+pub fn injection_name(experiment: &str, fault_index: i32, pod_uid: &str) -> String {
+    let uid: String = pod_uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
+    let mut name = format!("{experiment}-{fault_index}-{uid}").to_lowercase();
+    name.truncate(253);
+    name
+}
+
+/// Resolves a scope's selector to the current IPs of the pods it matches, as /32 CIDRs, plus the
+/// scope's own CIDRs.
+pub async fn resolve_peers(
+    client: &kube::Client,
+    scope: &NetworkScope,
+    experiment_namespace: &str,
+) -> Result<Vec<String>, kube::Error> {
+    let mut cidrs = scope.cidrs.clone();
+    if let Some(selector) = &scope.selector {
+        let Ok(matcher) = LabelMatcher::new(selector) else {
+            return Ok(cidrs);
+        };
+        let namespaces = if scope.namespaces.is_empty() {
+            vec![experiment_namespace.to_string()]
+        } else {
+            scope.namespaces.clone()
+        };
+        for namespace in namespaces {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+            for pod in pods.list(&ListParams::default()).await?.items {
+                if matcher.matches(pod.metadata.labels.as_ref())
+                    && is_running_and_ready(&pod)
+                    && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref())
+                {
+                    cidrs.push(format!("{ip}/32"));
+                }
+            }
+        }
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    Ok(cidrs)
+}
+
+/// The network fault an injection carries for `fault`, with peers resolved.
+pub fn network_fault(kind: FaultKind<'_>, peer_cidrs: Vec<String>) -> Option<NetworkFault> {
+    let mut fault = NetworkFault {
+        peer_cidrs,
+        ..Default::default()
+    };
+    match kind {
+        FaultKind::PodKill(_) => return None,
+        FaultKind::NetworkLatency(f) => {
+            fault.ports = f.to.as_ref().map(|t| t.ports.clone()).unwrap_or_default();
+            fault.latency = Some(f.clone());
+        }
+        FaultKind::NetworkLoss(f) => {
+            fault.ports = f.to.as_ref().map(|t| t.ports.clone()).unwrap_or_default();
+            fault.loss = Some(f.clone());
+        }
+        FaultKind::NetworkBandwidth(f) => {
+            fault.ports = f.to.as_ref().map(|t| t.ports.clone()).unwrap_or_default();
+            fault.bandwidth = Some(f.clone());
+        }
+        FaultKind::NetworkPartition(f) => {
+            fault.ports = f.peers.ports.clone();
+            fault.partition = Some(f.direction);
+        }
+    }
+    Some(fault)
+}
+
+/// The scope whose selector must be resolved for `kind`.
+pub fn scope_of(kind: FaultKind<'_>) -> Option<&NetworkScope> {
+    match kind {
+        FaultKind::PodKill(_) => None,
+        FaultKind::NetworkLatency(f) => f.to.as_ref(),
+        FaultKind::NetworkLoss(f) => f.to.as_ref(),
+        FaultKind::NetworkBandwidth(f) => f.to.as_ref(),
+        FaultKind::NetworkPartition(f) => Some(&f.peers),
+    }
+}
+
+/// Creates the injection for one record; an existing one (a retry) is left as it is.
+pub async fn create(
+    api: &Api<FaultInjection>,
+    experiment: &ChaosExperiment,
+    record: &TargetRecord,
+    fault: NetworkFault,
+    expires_at: DateTime<Utc>,
+) -> Result<(), kube::Error> {
+    let name = record.injection.clone().unwrap_or_default();
+    let node = record.node_name.clone().unwrap_or_default();
+    let injection = FaultInjection {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: experiment.namespace(),
+            labels: Some(BTreeMap::from([
+                (NODE_LABEL.to_string(), node.clone()),
+                (EXPERIMENT_LABEL.to_string(), experiment.name_any()),
+            ])),
+            owner_references: experiment.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: FaultInjectionSpec {
+            experiment: ObjectRef {
+                name: experiment.name_any(),
+                uid: experiment.uid(),
+            },
+            target: PodRef {
+                namespace: record.namespace.clone(),
+                name: record.name.clone(),
+                uid: record.uid.clone(),
+            },
+            node_name: node,
+            fault,
+            expires_at,
+        },
+        status: None,
+    };
+    match api.create(&PostParams::default(), &injection).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(other) => Err(other),
+    }
+}
+
+/// Asks for every injection of the experiment to be removed. Idempotent: the agents hold
+/// finalizers until their rules are gone, so "deleted" here means "revert requested".
+pub async fn delete_all(
+    api: &Api<FaultInjection>,
+    injections: &[FaultInjection],
+) -> Result<(), kube::Error> {
+    for injection in injections
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none())
+    {
+        match api
+            .delete(&injection.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}

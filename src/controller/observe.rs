@@ -1,0 +1,203 @@
+//! Reads what `decide` needs: the experiment's own status, its FaultInjections, the pause
+//! switch and the probes. (client required)
+
+use kube::{Api, ResourceExt, api::ListParams};
+
+use super::{Context, Error, Result, is_paused, spec_check};
+use crate::{
+    api::{
+        ChaosExperiment, ChaosExperimentStatus, EXPERIMENT_LABEL, FaultInjection, InjectionPhase,
+        Phase, ProbePhase, TargetState,
+    },
+    lifecycle::{AbortCause, HypothesisView, Observed, ProgressView},
+};
+
+/// What observe found, kept for the acting step.
+pub struct World {
+    pub observed: Observed,
+    pub status: ChaosExperimentStatus,
+    /// The experiment's FaultInjections that still exist.
+    pub injections: Vec<FaultInjection>,
+}
+
+/// The probe phase that matters in each lifecycle phase, if any.
+pub fn probe_phase(status: &ChaosExperimentStatus) -> Option<ProbePhase> {
+    match status.phase {
+        Phase::Verifying if status.injected_at.is_none() => Some(ProbePhase::Before),
+        Phase::Injecting | Phase::Running => Some(ProbePhase::During),
+        Phase::Verifying => Some(ProbePhase::After),
+        _ => None,
+    }
+}
+
+pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<World> {
+    let now = (ctx.now)();
+    let status = experiment.status.clone().unwrap_or_default();
+    let namespace = experiment.namespace().unwrap_or_default();
+    let uid = experiment.uid().unwrap_or_default();
+    let times = spec_check::check_spec(&experiment.spec);
+
+    let injections = list_injections(ctx, &namespace, &experiment.name_any(), &uid).await?;
+    let paused = is_paused(&ctx.client, &ctx.settings.policy.controller_namespace).await?;
+
+    let hypothesis = match probe_phase(&status) {
+        Some(phase) if experiment.spec.steady_state.is_some() => {
+            ctx.hypotheses.watch(experiment, phase);
+            ctx.hypotheses.view(&uid, phase)
+        }
+        _ => HypothesisView::Holding,
+    };
+
+    let injection = injection_progress(&status, &injections, ctx, now);
+    // Everything is reverted once no FaultInjection of the experiment is left; pod kills need
+    // no revert (the pods' own controllers replace them).
+    let revert = if injections.is_empty() {
+        ProgressView::Done
+    } else {
+        let failed: Vec<String> = injections
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == InjectionPhase::Failed)
+            })
+            .filter(|i| i.metadata.deletion_timestamp.is_some())
+            .map(|i| {
+                format!(
+                    "{}: {}",
+                    i.spec.target.name,
+                    i.status
+                        .as_ref()
+                        .and_then(|s| s.message.clone())
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        if failed.is_empty() {
+            ProgressView::InProgress
+        } else {
+            ProgressView::Failed {
+                message: failed.join("; "),
+            }
+        }
+    };
+
+    let (duration, recovery_timeout) = match &times {
+        Ok(t) => (t.duration, t.recovery_timeout),
+        Err(_) => Default::default(),
+    };
+    let abort_cause = (status.phase == Phase::Aborting).then(|| abort_cause_from_status(&status));
+    let observed = Observed {
+        now,
+        phase: status.phase,
+        injected_at: status.injected_at,
+        reverted_at: status.reverted_at,
+        spec_valid: times.map(|_| ()),
+        duration,
+        recovery_timeout,
+        dry_run: experiment.spec.dry_run,
+        abort_on_hypothesis_failure: experiment.spec.abort.on_hypothesis_failure,
+        targets_recorded: status.seed.is_some(),
+        no_targets: status.seed.is_some() && status.targets.is_empty(),
+        allow_empty_targets: experiment.spec.allow_empty_targets,
+        preflight_error: None,
+        deleting: experiment.metadata.deletion_timestamp.is_some(),
+        abort_requested: experiment.abort_requested(),
+        paused,
+        hypothesis,
+        injection,
+        revert,
+        abort_cause,
+    };
+    Ok(World {
+        observed,
+        status,
+        injections,
+    })
+}
+
+async fn list_injections(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Vec<FaultInjection>> {
+    let api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={name}"));
+    let list = api.list(&params).await.map_err(Error::Observe)?;
+    // The label is a name; the UID tells this experiment from an earlier one of the same name.
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|i| i.spec.experiment.uid.as_deref().is_none_or(|u| u == uid))
+        .collect())
+}
+
+/// Whether every network fault is applied: each record that carries one needs its
+/// FaultInjection reported Applied.
+fn injection_progress(
+    status: &ChaosExperimentStatus,
+    injections: &[FaultInjection],
+    ctx: &Context,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ProgressView {
+    let mut pending = Vec::new();
+    for record in status.targets.iter().filter(|r| r.injection.is_some()) {
+        if record.state == TargetState::Skipped {
+            continue;
+        }
+        let name = record.injection.as_deref().unwrap_or_default();
+        match injections
+            .iter()
+            .find(|i| i.name_any() == name)
+            .and_then(|i| i.status.as_ref())
+        {
+            Some(s) if s.phase == InjectionPhase::Applied => {}
+            Some(s) if s.phase == InjectionPhase::Failed => {
+                return ProgressView::Failed {
+                    message: format!(
+                        "the agent on {} could not apply {} to pod {}: {}",
+                        record.node_name.as_deref().unwrap_or("its node"),
+                        record.fault,
+                        record.name,
+                        s.message.as_deref().unwrap_or("no reason given")
+                    ),
+                };
+            }
+            _ => pending.push(record),
+        }
+    }
+    let Some(first) = pending.first() else {
+        return ProgressView::Done;
+    };
+    let started = status.injected_at.unwrap_or(now);
+    let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
+    if now - started > timeout {
+        ProgressView::Failed {
+            message: format!(
+                "no agent reported {} applied to pod {} on node {} within {}s; is the faultline agent running on that node?",
+                first.fault,
+                first.name,
+                first.node_name.as_deref().unwrap_or("?"),
+                timeout.num_seconds()
+            ),
+        }
+    } else {
+        ProgressView::InProgress
+    }
+}
+
+/// The abort cause recorded in status when the abort began.
+pub fn abort_cause_from_status(status: &ChaosExperimentStatus) -> AbortCause {
+    let message = status.message.clone().unwrap_or_default();
+    match status.reason.as_deref() {
+        Some("ProbeFailed") => AbortCause::HypothesisViolated {
+            probe: String::new(),
+            message,
+        },
+        Some("ExperimentDeleted") => AbortCause::Deleted,
+        Some("ChaosPaused") => AbortCause::Paused,
+        Some("InjectFailed") => AbortCause::InjectFailed { message },
+        _ => AbortCause::Requested,
+    }
+}
