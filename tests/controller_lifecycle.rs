@@ -42,7 +42,10 @@ impl ScriptedProbes {
 }
 
 impl HypothesisSource for ScriptedProbes {
-    fn watch(&self, _: &ChaosExperiment, _: ProbePhase) {}
+    fn preflight(&self, _: &ChaosExperiment) -> Result<(), String> {
+        Ok(())
+    }
+    fn watch(&self, _: &ChaosExperiment, _: Option<ProbePhase>) {}
     fn view(&self, _: &str, phase: ProbePhase) -> HypothesisView {
         self.views
             .lock()

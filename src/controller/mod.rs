@@ -49,8 +49,12 @@ pub const PAUSE_CONFIGMAP: &str = "faultline-pause";
 /// What the controller needs to know about the probes. The probe hub implements it; tests can
 /// script it.
 pub trait HypothesisSource: Send + Sync + 'static {
-    /// Starts checking (or keeps checking) the probes of `phase` for this experiment.
-    fn watch(&self, experiment: &ChaosExperiment, phase: ProbePhase);
+    /// Why the experiment's probes cannot run at all, if they cannot (checked before anything
+    /// is injected).
+    fn preflight(&self, experiment: &ChaosExperiment) -> Result<(), String>;
+    /// Checks the probes of `phase` for this experiment from now on; `None` pauses them (while
+    /// faults are being reverted).
+    fn watch(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>);
     /// What the probes of `phase` say now.
     fn view(&self, experiment_uid: &str, phase: ProbePhase) -> HypothesisView;
     /// Every probe's status, for the experiment's status.

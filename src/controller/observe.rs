@@ -40,12 +40,18 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     let injections = list_injections(ctx, &namespace, &experiment.name_any(), &uid).await?;
     let paused = is_paused(&ctx.client, &ctx.settings.policy.controller_namespace).await?;
 
+    let has_probes = experiment.spec.steady_state.is_some() && !status.phase.is_terminal();
+    if has_probes {
+        ctx.hypotheses.watch(experiment, probe_phase(&status));
+    }
     let hypothesis = match probe_phase(&status) {
-        Some(phase) if experiment.spec.steady_state.is_some() => {
-            ctx.hypotheses.watch(experiment, phase);
-            ctx.hypotheses.view(&uid, phase)
-        }
+        Some(phase) if has_probes => ctx.hypotheses.view(&uid, phase),
         _ => HypothesisView::Holding,
+    };
+    let preflight_error = if has_probes && status.phase == Phase::Pending {
+        ctx.hypotheses.preflight(experiment).err()
+    } else {
+        None
     };
 
     let injection = injection_progress(&status, &injections, ctx, now);
@@ -100,7 +106,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         targets_recorded: status.seed.is_some(),
         no_targets: status.seed.is_some() && status.targets.is_empty(),
         allow_empty_targets: experiment.spec.allow_empty_targets,
-        preflight_error: None,
+        preflight_error,
         deleting: experiment.metadata.deletion_timestamp.is_some(),
         abort_requested: experiment.abort_requested(),
         paused,
