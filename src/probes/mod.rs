@@ -8,11 +8,13 @@
 //! - [`hypothesis`] is pure: it folds outcomes (with their time and phase) into
 //!   [`ProbeStatus`](crate::api::ProbeStatus) and a
 //!   [`HypothesisView`](crate::lifecycle::HypothesisView) for the lifecycle.
+//! - [`scheduler`] runs every probe at its interval and sends the outcomes on a channel.
 //!
 //! Kubernetes probes are not implemented here yet; [`ProbeRunner::new`] says so with
 //! [`ProbeError::Unsupported`] rather than pretending to check anything.
 
 pub mod hypothesis;
+pub mod scheduler;
 
 mod http;
 mod prometheus;
@@ -24,6 +26,7 @@ use crate::api::{GoDuration, Probe, ProbeCheck, ProbePhase};
 pub use self::http::HttpCheck;
 pub use self::hypothesis::{Hypothesis, ProbeTracker};
 pub use self::prometheus::PrometheusCheck;
+pub use self::scheduler::{ProbeReport, run_probes};
 
 /// What one check found. `error` is set exactly when `ok` is false and is a whole sentence
 /// naming the probe, what failed and the value, e.g.
