@@ -11,7 +11,7 @@ use reqwest::{
     header::{HeaderMap, HeaderName, HeaderValue},
 };
 
-use super::{Check, CheckContext, CheckOutcome, http_client, millis, root_cause};
+use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client, millis};
 use crate::api::{GoDuration, HttpProbe};
 
 /// At most this much of a response body is read; enough for any health page, and a
@@ -105,19 +105,8 @@ impl HttpCheck {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
-    /// `connection refused (http://...)`, `reading the body failed: ... (http://...)`.
     fn describe(&self, error: &reqwest::Error) -> String {
-        let cause = root_cause(error);
-        let what = if cause.contains("Connection refused") {
-            "connection refused".to_string()
-        } else if error.is_body() || error.is_decode() {
-            format!("reading the body failed: {cause}")
-        } else if error.is_redirect() {
-            format!("redirect failed: {cause}")
-        } else {
-            format!("request failed: {cause}")
-        };
-        format!("{what} ({})", self.url)
+        describe_request_error(error, self.url.as_str())
     }
 
     fn status_ok(&self, status: u16) -> bool {

@@ -269,6 +269,29 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     inner.to_string()
 }
 
+/// Why a request got no answer, ending with the URL it went to: `connection refused (http://..)`,
+/// `TLS certificate rejected: invalid peer certificate: UnknownIssuer (https://..)`.
+pub(crate) fn describe_request_error(error: &reqwest::Error, url: &str) -> String {
+    let mut io_kind = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        source = e.source();
+    }
+    let cause = root_cause(error);
+    let what = match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
+        Some(std::io::ErrorKind::ConnectionReset) => format!("connection reset: {cause}"),
+        _ if cause.contains("certificate") => format!("TLS certificate rejected: {cause}"),
+        _ if error.is_body() || error.is_decode() => format!("reading the answer failed: {cause}"),
+        _ if error.is_redirect() => format!("redirect failed: {cause}"),
+        _ => format!("request failed: {cause}"),
+    };
+    format!("{what} ({url})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

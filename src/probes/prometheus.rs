@@ -17,7 +17,7 @@ use std::{
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::{Check, CheckContext, CheckOutcome, http_client, root_cause};
+use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client};
 use crate::api::{ComparisonOperator, EmptyResultPolicy, PrometheusProbe};
 
 /// A ready-to-run [`PrometheusProbe`].
@@ -105,23 +105,12 @@ impl PrometheusCheck {
             .get(self.url.clone())
             .send()
             .await
-            .map_err(|e| {
-                let cause = root_cause(&e);
-                let what = if cause.contains("Connection refused") {
-                    "connection refused".to_string()
-                } else {
-                    format!("request failed: {cause}")
-                };
-                format!("{what} ({})", self.server())
-            })?;
+            .map_err(|e| describe_request_error(&e, &self.server()))?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| {
-            format!(
-                "reading the answer failed: {} ({})",
-                root_cause(&e),
-                self.server()
-            )
-        })?;
+        let body = response
+            .text()
+            .await
+            .map_err(|e| describe_request_error(&e, &self.server()))?;
         match serde_json::from_str::<ApiResponse>(&body) {
             Ok(ApiResponse {
                 status: s,
