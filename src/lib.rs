@@ -5,8 +5,12 @@
 //! - [`api`]: the custom resource types (the contract with users); no IO.
 //! - [`selection`]: which pods an experiment may touch (pure).
 //! - [`lifecycle`]: the experiment state machine (pure; the clock is an input).
+//! - [`probes`]: HTTP and Prometheus checks and the steady-state hypothesis built from them.
+//! - [`controller`]: reconciles ChaosExperiments: observe, decide, act, record.
+//! - [`validate`]: offline checks behind `faultline validate` (pure).
 //! - [`manifest`]: applying YAML manifests through the kube client.
 //! - [`sandbox`]: the embedded Kubernetes API server and `faultline sandbox`.
+//! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
 //! - [`cli`]: the `faultline` command line.
 pub mod admin;
 pub mod api;
@@ -15,6 +19,7 @@ pub mod controller;
 pub mod lifecycle;
 pub mod manifest;
 pub mod metrics;
+pub mod probes;
 pub mod sandbox;
 pub mod selection;
 pub mod validate;

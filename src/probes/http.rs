@@ -1,0 +1,225 @@
+//! The HTTP check: send one request, judge status, latency and body.
+//!
+//! Everything that can be wrong with the spec (URL, method, headers, regex, durations) is
+//! found when the check is built; a check itself only fails because of what the service did.
+
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use reqwest::{
+    Method, Url,
+    header::{HeaderMap, HeaderName, HeaderValue},
+};
+
+use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client, millis};
+use crate::api::{GoDuration, HttpProbe};
+
+/// At most this much of a response body is read; enough for any health page, and a
+/// misbehaving service cannot make the controller buffer gigabytes.
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// How much of a body a failure message quotes.
+const BODY_QUOTE_CHARS: usize = 120;
+
+/// A ready-to-send [`HttpProbe`].
+#[derive(Clone, Debug)]
+pub struct HttpCheck {
+    client: reqwest::Client,
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Option<String>,
+    expected_status: Vec<u16>,
+    body_regex: Option<Regex>,
+    max_latency: Option<Duration>,
+}
+
+impl HttpCheck {
+    /// Parses the spec; the error names the field that is wrong.
+    pub fn new(spec: &HttpProbe) -> Result<Self, String> {
+        let url = Url::parse(&spec.url).map_err(|e| format!("http.url {:?}: {e}", spec.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("http.url {:?}: must be http or https", spec.url));
+        }
+        let method = Method::from_bytes(spec.method.as_bytes())
+            .map_err(|_| format!("http.method {:?} is not an HTTP method", spec.method))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &spec.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("http.headers: {name:?} is not a valid header name"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("http.headers: the value of {name:?} is not valid"))?;
+            headers.insert(header, value);
+        }
+        let expected_status = spec
+            .expected_status
+            .iter()
+            .map(|&code| {
+                u16::try_from(code)
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| format!("http.expectedStatus: {code} is not an HTTP status"))
+            })
+            .collect::<Result<_, _>>()?;
+        let body_regex = spec
+            .body_regex
+            .as_deref()
+            .map(|re| Regex::new(re).map_err(|e| format!("http.bodyRegex /{re}/: {e}")))
+            .transpose()?;
+        let max_latency = spec
+            .max_latency
+            .as_ref()
+            .map(|d| d.parse().map_err(|e| format!("http.maxLatency {e}")))
+            .transpose()?;
+        Ok(HttpCheck {
+            client: http_client(spec.insecure_skip_verify)?,
+            method,
+            url,
+            headers,
+            body: spec.body.clone(),
+            expected_status,
+            body_regex,
+            max_latency,
+        })
+    }
+
+    /// The response, or the reason there is none.
+    async fn exchange(&self) -> Result<(u16, String), String> {
+        let mut request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone());
+        if let Some(body) = &self.body {
+            request = request.body(body.clone());
+        }
+        let mut response = request.send().await.map_err(|e| self.describe(&e))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while body.len() < MAX_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return Err(format!("status {status}, {}", self.describe(&e))),
+            }
+        }
+        body.truncate(MAX_BODY_BYTES);
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    fn describe(&self, error: &reqwest::Error) -> String {
+        describe_request_error(error, self.url.as_str())
+    }
+
+    fn status_ok(&self, status: u16) -> bool {
+        if self.expected_status.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expected_status.contains(&status)
+        }
+    }
+
+    fn expected_status_text(&self) -> String {
+        if self.expected_status.is_empty() {
+            "2xx".into()
+        } else {
+            let codes: Vec<String> = self.expected_status.iter().map(u16::to_string).collect();
+            codes.join(" or ")
+        }
+    }
+}
+
+impl Check for HttpCheck {
+    fn target(&self) -> String {
+        format!("{} {}", self.method, self.url)
+    }
+
+    async fn check(&self, _ctx: &CheckContext<'_>) -> CheckOutcome {
+        let started = Instant::now();
+        let result = self.exchange().await;
+        let latency = started.elapsed();
+        let (status, body) = match result {
+            Ok(answer) => answer,
+            Err(error) => return CheckOutcome::fail(error, None, latency),
+        };
+        let value = format!("{status} in {}", millis(latency));
+        // Every expectation is judged, so one message lists everything that was wrong.
+        let mut problems = Vec::new();
+        if !self.status_ok(status) {
+            problems.push(format!(
+                "status {status}, expected {}",
+                self.expected_status_text()
+            ));
+        }
+        if let Some(max) = self.max_latency
+            && latency > max
+        {
+            problems.push(format!(
+                "latency {} over maxLatency {}",
+                millis(latency),
+                GoDuration::from_duration(max)
+            ));
+        }
+        if let Some(re) = &self.body_regex
+            && !re.is_match(&body)
+        {
+            problems.push(format!(
+                "body did not match /{}/ (body: {:?})",
+                re.as_str(),
+                quote(&body)
+            ));
+        }
+        if problems.is_empty() {
+            CheckOutcome::pass(value, latency)
+        } else {
+            CheckOutcome::fail(problems.join("; "), Some(value), latency)
+        }
+    }
+}
+
+/// The start of a body, for a message.
+fn quote(body: &str) -> String {
+    let mut quoted: String = body.chars().take(BODY_QUOTE_CHARS).collect();
+    if quoted.len() < body.len() {
+        quoted.push('…');
+    }
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> HttpCheck {
+        crate::cli::install_crypto_provider();
+        HttpCheck::new(&serde_yaml::from_str(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn empty_expected_status_means_any_2xx() {
+        let c = check("{url: 'http://x/'}");
+        assert!(c.status_ok(200) && c.status_ok(204) && c.status_ok(299));
+        assert!(!c.status_ok(301) && !c.status_ok(503));
+        assert_eq!(c.expected_status_text(), "2xx");
+    }
+
+    #[test]
+    fn listed_statuses_are_the_only_successes() {
+        let c = check("{url: 'http://x/', expectedStatus: [200, 301]}");
+        assert!(c.status_ok(301));
+        assert!(!c.status_ok(204));
+        assert_eq!(c.expected_status_text(), "200 or 301");
+    }
+
+    #[test]
+    fn out_of_range_status_is_rejected() {
+        crate::cli::install_crypto_provider();
+        let spec = serde_yaml::from_str("{url: 'http://x/', expectedStatus: [99]}").unwrap();
+        assert!(HttpCheck::new(&spec).unwrap_err().contains("99"));
+    }
+
+    #[test]
+    fn long_bodies_are_quoted_shortened() {
+        let body = "x".repeat(500);
+        assert_eq!(quote(&body).chars().count(), BODY_QUOTE_CHARS + 1);
+        assert_eq!(quote("ok"), "ok");
+    }
+}
