@@ -88,3 +88,70 @@ async fn detached_sandbox_serves_the_crds_and_applied_examples_until_down() {
         "status after down says not running"
     );
 }
+
+#[tokio::test]
+async fn sandbox_up_runs_workloads_on_the_requested_nodes() {
+    faultline::cli::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let manifest = state.join("web.yaml");
+    let deployment =
+        faultline::sandbox::workloads::deployment("default", "web", 2, &[("app", "web")]);
+    std::fs::write(&manifest, serde_yaml::to_string(&deployment).unwrap()).unwrap();
+
+    let up = faultline(
+        state,
+        &[
+            "up",
+            "--detach",
+            "--nodes",
+            "2",
+            "--apply",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let _down = Down(state);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let kubeconfig = Kubeconfig::read_from(state.join("kubeconfig")).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    assert_eq!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "default");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap();
+        let running = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        if running == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "2 running pods within 10s, got {running}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(faultline(state, &["down"]).status.success());
+}

@@ -14,7 +14,12 @@ use std::{
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{api::all_crds, manifest, sandbox::apiserver::ApiServer};
+use crate::{
+    api::all_crds,
+    manifest,
+    sandbox::apiserver::ApiServer,
+    sandbox::workloads::{WorkloadOptions, Workloads},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
@@ -49,6 +54,9 @@ struct UpArgs {
     /// Manifests (files or directories) to apply once the API is up.
     #[arg(long, value_name = "PATH")]
     apply: Vec<PathBuf>,
+    /// How many simulated nodes run the sandbox's workloads (Deployments get pods on them).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    nodes: u8,
 }
 
 /// What `down` and `status` need to find a running sandbox.
@@ -95,6 +103,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
         kubeconfig,
         detach: _,
         apply,
+        nodes,
     } = args;
     if let Some(existing) = read_state(state_dir).filter(|s| process_alive(s.pid)) {
         bail!(
@@ -112,6 +121,15 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
         .install_crds(&all_crds())
         .await
         .context("installing faultline's CRDs")?;
+    let workloads = Workloads::start(
+        server.client().await,
+        WorkloadOptions {
+            nodes,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting the workload simulator")?;
 
     let kubeconfig = kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
     if let Some(parent) = kubeconfig.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -138,6 +156,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
 
     println!("faultline sandbox is up at {}", server.url());
     println!("  kubeconfig: {}", kubeconfig.display());
+    println!("  nodes:      {nodes} simulated (Deployments get Running, Ready pods on them)");
     println!("  try:        export KUBECONFIG={}", kubeconfig.display());
     println!("              kubectl get chaos            # every faultline resource");
     println!("              kubectl get fex -o wide      # ChaosExperiments");
@@ -145,6 +164,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
 
     wait_for_shutdown_signal().await;
     println!("stopping the sandbox");
+    workloads.shutdown().await;
     server.shutdown().await;
     let _ = std::fs::remove_file(state_file(state_dir));
     Ok(ExitCode::SUCCESS)
@@ -209,6 +229,7 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         .arg(state_dir)
         .arg("up");
     command.arg("--port").arg(args.port.to_string());
+    command.arg("--nodes").arg(args.nodes.to_string());
     if let Some(kubeconfig) = &args.kubeconfig {
         command.arg("--kubeconfig").arg(kubeconfig);
     }

@@ -25,6 +25,8 @@ pub struct Details {
     /// The plural resource for NotFound/AlreadyExists/Conflict, the Kind for Invalid.
     pub kind: Option<String>,
     pub causes: Vec<Cause>,
+    /// `retryAfterSeconds`, also sent as a `Retry-After` header (429 and friends).
+    pub retry_after_seconds: Option<u32>,
 }
 
 /// A failed request, convertible into a `Status` response.
@@ -134,6 +136,28 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
+    /// A 500 without a reason: what the real server answers when a handler returns a failure
+    /// `Status` of its own (e.g. an eviction of a pod with several disruption budgets).
+    pub fn failure(code: u16, message: impl Into<String>) -> Self {
+        Self::new(code, "", message)
+    }
+
+    /// 429 TooManyRequests (`errors.NewTooManyRequests`): `retry_after` of 0 sends none.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: u32) -> Self {
+        let mut e = Self::new(429, "TooManyRequests", message);
+        e.details.retry_after_seconds = (retry_after > 0).then_some(retry_after);
+        e
+    }
+
+    /// 403 Forbidden: `plural.group "name" is forbidden: why`.
+    pub fn forbidden(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        let msg = format!(
+            "{} \"{name}\" is forbidden: {why}",
+            qualified(plural, group)
+        );
+        Self::new(403, "Forbidden", msg).with_target(group, plural, name)
+    }
+
     /// A plain 404 for a URL that names no resource at all (the real server answers
     /// `404 page not found` there, but a Status is friendlier and kube-rs parses it).
     pub fn no_route(path: &str) -> Self {
@@ -152,9 +176,11 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         });
+        if !self.reason.is_empty() {
+            status["reason"] = json!(self.reason);
+        }
         let mut details = serde_json::Map::new();
         let d = &self.details;
         if let Some(n) = &d.name {
@@ -170,9 +196,25 @@ impl ApiError {
             let causes: Vec<Value> = d
                 .causes
                 .iter()
-                .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                .map(|c| {
+                    // Empty members are omitted, as Go's `omitempty` does.
+                    let mut cause = serde_json::Map::new();
+                    for (k, v) in [
+                        ("reason", &c.reason),
+                        ("message", &c.message),
+                        ("field", &c.field),
+                    ] {
+                        if !v.is_empty() {
+                            cause.insert(k.into(), json!(v));
+                        }
+                    }
+                    Value::Object(cause)
+                })
                 .collect();
             details.insert("causes".into(), Value::Array(causes));
+        }
+        if let Some(s) = d.retry_after_seconds {
+            details.insert("retryAfterSeconds".into(), json!(s));
         }
         if !details.is_empty() {
             status["details"] = Value::Object(details);
@@ -185,12 +227,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = self.to_status().to_string();
-        (
+        let mut resp = (
             code,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Some(s) = self.details.retry_after_seconds {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 

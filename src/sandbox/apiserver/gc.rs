@@ -14,7 +14,11 @@
 //!   only the reference to the deleted owner is dropped.
 //! * Namespace deletion is immediate: every object in the namespace is removed, ignoring its
 //!   finalizers, then the namespace itself (no `Terminating` phase).
-//! * Pods are deleted at once (no kubelet, so no graceful termination period).
+//! * Pods are deleted at once (no kubelet, so no graceful termination period), unless they carry
+//!   finalizers: then, as in the real server, a scheduled, non-terminal pod gets
+//!   `deletionTimestamp = now + grace` and `deletionGracePeriodSeconds = grace` (from the
+//!   DeleteOptions, else `spec.terminationGracePeriodSeconds`, else 30), which a kubelet (the
+//!   sandbox's workload simulator) honours before it confirms the deletion.
 
 use super::errors::{ApiError, ApiResult};
 use super::meta;
@@ -36,6 +40,8 @@ pub struct DeleteOpts {
     pub dry_run: bool,
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
+    /// `gracePeriodSeconds` (body or query); only pods use it.
+    pub grace_period_seconds: Option<i64>,
 }
 
 impl DeleteOpts {
@@ -68,6 +74,7 @@ impl DeleteOpts {
             precondition_rv: pre
                 .and_then(|p| p["resourceVersion"].as_str())
                 .map(String::from),
+            grace_period_seconds: body.and_then(|b| b["gracePeriodSeconds"].as_i64()),
         })
     }
 }
@@ -116,17 +123,54 @@ pub fn delete(
     }
     if !meta::finalizers(&old).is_empty() {
         if old["metadata"].get("deletionTimestamp").is_some() {
-            return Ok(old);
+            // A second DELETE may shorten a pod's grace period (never lengthen it); a kubelet
+            // confirms a finished termination this way with a grace period of 0.
+            let current = old["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0);
+            let wanted = grace_period(key, &old, opts.grace_period_seconds);
+            if wanted >= current {
+                return Ok(old);
+            }
+            let mut shortened = old.clone();
+            let at = chrono::Utc::now() + chrono::Duration::seconds(wanted);
+            shortened["metadata"]["deletionTimestamp"] =
+                json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            shortened["metadata"]["deletionGracePeriodSeconds"] = json!(wanted);
+            return Ok(st.store.put(key, shortened));
         }
         let mut marked = old.clone();
-        marked["metadata"]["deletionTimestamp"] = json!(meta::now());
-        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        let grace = grace_period(key, &old, opts.grace_period_seconds);
+        let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+        marked["metadata"]["deletionTimestamp"] =
+            json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
         marked["metadata"]["generation"] = json!(g + 1);
         tracing::debug!(resource = %plural, namespace = %ns, name = %name, "deletion pending on finalizers");
         return Ok(st.store.put(key, marked));
     }
     finish_deletion(st, key, ns, name).ok_or_else(|| ApiError::not_found(&group, &plural, name))
+}
+
+/// The graceful deletion period the real pod strategy (`CheckGracefulDelete`) picks: pods that
+/// were never scheduled or have finished go at once; other kinds have no grace period.
+fn grace_period(key: &ResKey, obj: &Value, requested: Option<i64>) -> i64 {
+    if !(key.group.is_empty() && key.plural == "pods") {
+        return 0;
+    }
+    let unscheduled = obj["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+    let finished = matches!(
+        obj["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if unscheduled || finished {
+        return 0;
+    }
+    requested
+        .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30)
+        .max(0)
 }
 
 /// Remove an object whose deletion may proceed, with the cascades its kind implies
@@ -204,6 +248,7 @@ fn collect_dependents(st: &mut State, owner_uid: String) {
             dry_run: false,
             precondition_uid: None,
             precondition_rv: None,
+            grace_period_seconds: None,
         };
         // The dependent may already be gone (removed by an earlier step of this cascade).
         if let Err(e) = delete(st, &key, &ns, &name, &opts) {

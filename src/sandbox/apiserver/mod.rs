@@ -9,7 +9,8 @@
 //!
 //! Module map (each module documents where it simplifies):
 //! `routes` (HTTP dispatch), `request` (URL, query, body parsing), `read` (get/list), `write` (create/update/patch),
-//! `gc` (delete, finalizers, garbage collection), `watch`, `store` (objects, resourceVersion,
+//! `gc` (delete, finalizers, garbage collection), `eviction` (the pods/eviction subresource),
+//! `disruption` (PodDisruptionBudget status, kept current after every relevant write), `watch`, `store` (objects, resourceVersion,
 //! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table`,
 //! `discovery`, `errors`.
 //!
@@ -18,7 +19,9 @@
 
 mod crd;
 mod discovery;
+mod disruption;
 mod errors;
+mod eviction;
 mod gc;
 mod meta;
 mod patch;

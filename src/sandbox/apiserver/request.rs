@@ -104,6 +104,10 @@ impl Target {
     pub fn is_status(&self) -> bool {
         self.sub.as_deref() == Some("status")
     }
+
+    pub fn is_eviction(&self) -> bool {
+        self.sub.as_deref() == Some("eviction")
+    }
 }
 
 /// What a URL designates.
@@ -178,8 +182,10 @@ pub fn route(path: &str, reg: &Registry) -> ApiResult<Route> {
             [n, s] => (Some(n.to_string()), Some(s.to_string())),
             _ => return Err(ApiError::no_route(path)),
         };
+        let is_pod = def.group.is_empty() && def.plural == "pods";
         if let Some(s) = &sub
             && !(s == "status" && def.has_status(version))
+            && !(s == "eviction" && is_pod)
         {
             return Err(ApiError::no_route(path));
         }

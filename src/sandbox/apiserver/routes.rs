@@ -3,7 +3,7 @@
 
 use super::errors::{ApiError, Cause};
 use super::request::{self, Format, Params, Route, Target};
-use super::{Shared, discovery, gc, meta, read, store, watch, write};
+use super::{Shared, State, discovery, disruption, eviction, gc, meta, read, store, watch, write};
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, Method, Uri};
@@ -132,6 +132,23 @@ fn resource(
             t.def.plural
         )))
     };
+    if t.is_eviction() {
+        if method != Method::POST {
+            return not_allowed();
+        }
+        let obj = request::decode_body(&body, &content_type)?;
+        let ns = t.namespace.clone().unwrap_or_default();
+        let name = t.name.clone().unwrap_or_default();
+        let (v, warnings) = eviction::evict(
+            &mut shared.lock(),
+            &ns,
+            &name,
+            &obj,
+            params.dry_run()?,
+            params.field_validation()?,
+        )?;
+        return Ok(json_response(201, &v, &warnings));
+    }
     match (method.as_str(), is_item) {
         ("GET", false) if params.flag("watch") => watch::watch(shared, t, params, format),
         ("GET", true) if params.flag("watch") => {
@@ -168,13 +185,17 @@ fn resource(
         ("POST", false) => {
             let mut c = ctx()?;
             let obj = request::decode_body(&body, &content_type)?;
-            let (code, v) = write::create(&mut shared.lock(), &t, obj, &mut c)?;
+            let mut st = shared.lock();
+            let (code, v) = write::create(&mut st, &t, obj, &mut c)?;
+            after_write(&mut st, &t);
             Ok(json_response(code, &read::present(&t, v), &c.warnings))
         }
         ("PUT", true) => {
             let mut c = ctx()?;
             let obj = request::decode_body(&body, &content_type)?;
-            let (code, v) = write::update(&mut shared.lock(), &t, obj, &mut c)?;
+            let mut st = shared.lock();
+            let (code, v) = write::update(&mut st, &t, obj, &mut c)?;
+            after_write(&mut st, &t);
             Ok(json_response(code, &read::present(&t, v), &c.warnings))
         }
         ("PATCH", true) => {
@@ -197,7 +218,9 @@ fn resource(
                     }
                 }
             }
-            let (code, v) = write::patch(&mut shared.lock(), &t, &body, &content_type, &mut c)?;
+            let mut st = shared.lock();
+            let (code, v) = write::patch(&mut st, &t, &body, &content_type, &mut c)?;
+            after_write(&mut st, &t);
             Ok(json_response(code, &read::present(&t, v), &c.warnings))
         }
         ("DELETE", true) => {
@@ -209,14 +232,12 @@ fn resource(
             } else {
                 Some(request::decode_body(&body, "application/json")?)
             };
-            let opts = gc::DeleteOpts::from_request(
-                params.get("propagationPolicy"),
-                params.dry_run()?,
-                opts_body.as_ref(),
-            )?;
+            let opts = delete_opts(params, opts_body.as_ref())?;
             let ns = t.namespace.clone().unwrap_or_default();
             let name = t.name.clone().unwrap_or_default();
-            let v = gc::delete(&mut shared.lock(), &t.def.key(), &ns, &name, &opts)?;
+            let mut st = shared.lock();
+            let v = gc::delete(&mut st, &t.def.key(), &ns, &name, &opts)?;
+            after_write(&mut st, &t);
             Ok(json_response(200, &read::present(&t, v), &[]))
         }
         ("DELETE", false) if t.def.namespaced || t.def.is_custom() => {
@@ -225,11 +246,7 @@ fn resource(
             } else {
                 Some(request::decode_body(&body, "application/json")?)
             };
-            let opts = gc::DeleteOpts::from_request(
-                params.get("propagationPolicy"),
-                params.dry_run()?,
-                opts_body.as_ref(),
-            )?;
+            let opts = delete_opts(params, opts_body.as_ref())?;
             let filter = read::Filter::from_params(&t, params)?;
             let mut st = shared.lock();
             let targets: Vec<(String, String)> = st
@@ -246,6 +263,7 @@ fn resource(
                     Err(e) => return Err(e),
                 }
             }
+            after_write(&mut st, &t);
             let list = json!({
                 "kind": format!("{}List", t.def.kind),
                 "apiVersion": t.def.api_version(&t.version),
@@ -255,5 +273,37 @@ fn resource(
             Ok(json_response(200, &list, &[]))
         }
         _ => not_allowed(),
+    }
+}
+
+/// DeleteOptions from the query and the optional body (the query's `gracePeriodSeconds` wins).
+fn delete_opts(params: &Params, body: Option<&Value>) -> Result<gc::DeleteOpts, ApiError> {
+    let mut opts =
+        gc::DeleteOpts::from_request(params.get("propagationPolicy"), params.dry_run()?, body)?;
+    if let Some(grace) = params.int("gracePeriodSeconds")? {
+        opts.grace_period_seconds = Some(i64::try_from(grace).unwrap_or(i64::MAX));
+    }
+    Ok(opts)
+}
+
+/// Keep what depends on the written resource current (PodDisruptionBudget status).
+fn after_write(st: &mut State, t: &Target) {
+    let key = t.def.key();
+    if !disruption::affects_budgets(&key) {
+        return;
+    }
+    match &t.namespace {
+        Some(ns) => disruption::sync_namespace(st, ns),
+        None => {
+            // A cluster-wide deletecollection: every namespace may have changed.
+            let namespaces: std::collections::BTreeSet<String> = st
+                .store
+                .list(&disruption::pdb_key(), None)
+                .map(|b| store::obj_key(b).0)
+                .collect();
+            for ns in namespaces {
+                disruption::sync_namespace(st, &ns);
+            }
+        }
     }
 }

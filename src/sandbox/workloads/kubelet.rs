@@ -1,0 +1,233 @@
+//! Scheduler and kubelet in one: places each unscheduled pod on a simulated node (round robin,
+//! `spec.nodeName` set by a patch), then, after `start_delay`, "starts" it through the
+//! [`PodRuntime`](super::runtime::PodRuntime) and reports it Running and Ready with a pod IP
+//! from the node's 10.244.<node>.0/24. A pod being deleted (only visible when finalizers hold
+//! it: the API server removes other pods at once) is stopped when its grace period is over,
+//! reported terminated and confirmed with a delete of grace period 0. Pods removed from the API
+//! are stopped by [`reap`].
+//!
+//! Simplifications: no binding subresource (a patch of `spec.nodeName`), no resource fit,
+//! taints, affinity or `schedulerName` other than the default; no probes (a started container
+//! is ready at once), no restarts, no init containers, no image pulls, no node heartbeats.
+
+use super::naming::{node_index, node_ip};
+use super::runtime::Placement;
+use super::{Context, Error, lock, now, patch_params};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch};
+use kube::runtime::controller::Action;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn is_ours(ctx: &Context, node: &str) -> bool {
+    ctx.nodes.iter().any(|n| n == node)
+}
+
+fn conditions(ready: bool) -> serde_json::Value {
+    let t = now();
+    let ready = if ready { "True" } else { "False" };
+    json!([
+        {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": t},
+        {"type": "Initialized", "status": "True", "lastTransitionTime": t},
+        {"type": "Ready", "status": ready, "lastTransitionTime": t},
+        {"type": "ContainersReady", "status": ready, "lastTransitionTime": t},
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+    ])
+}
+
+pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pod.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+    let finished = matches!(phase.as_deref(), Some("Succeeded" | "Failed"));
+
+    if let Some(deleted_at) = &pod.metadata.deletion_timestamp {
+        let Some(node) = node.filter(|n| is_ours(&ctx, n)) else {
+            return Ok(Action::await_change());
+        };
+        return terminate(&api, &pod, &node, deleted_at.0, finished, &ctx).await;
+    }
+    if finished {
+        return Ok(Action::await_change());
+    }
+    match node {
+        None => schedule(&api, &pod, &ctx).await,
+        Some(node) if is_ours(&ctx, &node) => start(&api, &pod, &node, &ctx).await,
+        Some(_) => Ok(Action::await_change()),
+    }
+}
+
+/// The scheduler's part: pick a node and bind the pod to it.
+async fn schedule(api: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<Action, Error> {
+    let scheduler = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref());
+    if !matches!(scheduler, None | Some("default-scheduler")) {
+        return Ok(Action::await_change());
+    }
+    let Some(node) = lock(&ctx.placement).round_robin.pick(&ctx.nodes).cloned() else {
+        return Ok(Action::await_change());
+    };
+    let name = pod.name_any();
+    api.patch(
+        &name,
+        &patch_params(),
+        &Patch::Merge(json!({"spec": {"nodeName": node}})),
+    )
+    .await
+    .map_err(|source| Error::kube("bind", &name, source))?;
+    let scheduled = json!({"status": {"conditions": [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}
+    ]}});
+    api.patch_status(&name, &patch_params(), &Patch::Merge(scheduled))
+        .await
+        .map_err(|source| Error::kube("mark scheduled", &name, source))?;
+    tracing::debug!(pod = %name, node = %node, "pod scheduled");
+    Ok(Action::await_change())
+}
+
+/// The kubelet's part: after the start delay, start the pod and report it Running and Ready.
+async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<Action, Error> {
+    let uid = pod.uid().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    if status.phase.as_deref() == Some("Running") && status.pod_ip.is_some() {
+        return Ok(Action::await_change());
+    }
+    let seen = *lock(&ctx.starting)
+        .entry(uid.clone())
+        .or_insert_with(Instant::now);
+    if seen.elapsed() < ctx.options.start_delay {
+        return Ok(Action::requeue(ctx.options.start_delay - seen.elapsed()));
+    }
+    let index =
+        node_index(node).ok_or_else(|| Error::Invalid(format!("{node} is not a sandbox node")))?;
+    // Addresses of existing pods count as taken (they may predate this simulator).
+    let pods = Api::<Pod>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::kube("list pods for", "IP allocation", source))?;
+    let in_use: HashSet<Ipv4Addr> = pods
+        .iter()
+        .filter(|p| p.uid().as_deref() != Some(uid.as_str()))
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .collect();
+    let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
+    let pod_ip = {
+        let mut placement = lock(&ctx.placement);
+        placement.ips.retain(&live);
+        placement.ips.allocate(&uid, index, &in_use)
+    }
+    .ok_or_else(|| Error::Invalid(format!("no pod IP left on {node}")))?;
+    let placement = Placement {
+        node: node.to_string(),
+        pod_ip,
+        host_ip: node_ip(index),
+    };
+    let containers = ctx.options.runtime.start(pod, &placement).await;
+    let name = pod.name_any();
+    let running = json!({"status": {
+        "phase": "Running",
+        "conditions": conditions(true),
+        "hostIP": placement.host_ip.to_string(),
+        "hostIPs": [{"ip": placement.host_ip.to_string()}],
+        "podIP": pod_ip.to_string(),
+        "podIPs": [{"ip": pod_ip.to_string()}],
+        "startTime": now(),
+        "qosClass": "BestEffort",
+        "containerStatuses": containers,
+    }});
+    api.patch_status(&name, &patch_params(), &Patch::Merge(running))
+        .await
+        .map_err(|source| Error::kube("report running", &name, source))?;
+    lock(&ctx.starting).remove(&uid);
+    tracing::debug!(pod = %name, node = %node, ip = %pod_ip, "pod running");
+    Ok(Action::await_change())
+}
+
+/// Graceful termination of a pod held by finalizers: wait out the grace period, stop it,
+/// report it terminated, and confirm the deletion (grace period 0).
+async fn terminate(
+    api: &Api<Pod>,
+    pod: &Pod,
+    node: &str,
+    deadline: k8s_openapi::jiff::Timestamp,
+    finished: bool,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let name = pod.name_any();
+    let left = deadline.as_millisecond() - k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    if !finished && left > 0 {
+        return Ok(Action::requeue(Duration::from_millis(left.unsigned_abs())));
+    }
+    if !finished {
+        let uid = pod.uid().unwrap_or_default();
+        ctx.options
+            .runtime
+            .stop(&pod.namespace().unwrap_or_default(), &name, &uid)
+            .await;
+        let containers: Vec<serde_json::Value> = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .map(|c| json!({
+                "name": c.name, "image": c.image, "imageID": "", "ready": false, "started": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now()}},
+            }))
+            .collect();
+        let stopped = json!({"status": {
+            "phase": "Succeeded",
+            "conditions": conditions(false),
+            "containerStatuses": containers,
+        }});
+        api.patch_status(&name, &patch_params(), &Patch::Merge(stopped))
+            .await
+            .map_err(|source| Error::kube("report terminated", &name, source))?;
+        tracing::debug!(pod = %name, node = %node, "pod terminated");
+    }
+    if pod.metadata.deletion_grace_period_seconds != Some(0) {
+        match api
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(source) => return Err(Error::kube("confirm the deletion of", &name, source)),
+        }
+    }
+    Ok(Action::await_change())
+}
+
+pub fn retry_after(_pod: Arc<Pod>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "kubelet pass failed");
+    Action::requeue(Duration::from_millis(300))
+}
+
+/// Stop the runtime's copy of every pod that leaves the API, and forget its address.
+pub async fn reap(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    loop {
+        tokio::select! {
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+            event = events.next() => match event {
+                Some(Ok(watcher::Event::Delete(pod))) => {
+                    let on_our_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| is_ours(&ctx, n));
+                    let uid = pod.uid().unwrap_or_default();
+                    lock(&ctx.placement).ips.release(&uid);
+                    lock(&ctx.starting).remove(&uid);
+                    if on_our_node {
+                        ctx.options.runtime.stop(&pod.namespace().unwrap_or_default(), &pod.name_any(), &uid).await;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::debug!(error = %e, "pod watch for the kubelet's reaper failed; retrying"),
+                None => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The simulated Nodes: created (or refreshed) at start, Ready, with a pod CIDR each.
+
+use super::Error;
+use super::naming::{node_ip, node_name, pod_cidr};
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+/// The Node object for the `index`-th simulated node, status included.
+pub fn node(index: u8) -> Value {
+    let name = node_name(index);
+    let now = super::now();
+    let resources =
+        json!({"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "50Gi"});
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "faultline.dev/sandbox": "true",
+            },
+        },
+        "spec": {"podCIDR": pod_cidr(index), "podCIDRs": [pod_cidr(index)]},
+        "status": {
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }],
+            "addresses": [
+                {"type": "InternalIP", "address": node_ip(index).to_string()},
+                {"type": "Hostname", "address": name},
+            ],
+            "capacity": resources,
+            "allocatable": resources,
+            "nodeInfo": {
+                "architecture": "amd64", "operatingSystem": "linux",
+                "osImage": "faultline sandbox", "kernelVersion": "simulated",
+                "kubeletVersion": "v1.33.0-sandbox", "kubeProxyVersion": "",
+                "containerRuntimeVersion": "sandbox://simulated",
+                "machineID": "", "systemUUID": "", "bootID": "",
+            },
+        },
+    })
+}
+
+/// Create nodes 1..=count (a node that already exists keeps its spec) and mark them Ready.
+pub async fn ensure(client: &Client, count: u8) -> Result<Vec<String>, Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for index in 1..=count {
+        let body = node(index);
+        let name = node_name(index);
+        let typed: Node = serde_json::from_value(body.clone()).map_err(Error::Encode)?;
+        match api.create(&PostParams::default(), &typed).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(source) => return Err(Error::kube("create", &name, source)),
+        }
+        let status = json!({"status": body["status"]});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(|source| Error::kube("mark Ready", &name, source))?;
+        names.push(name);
+    }
+    tracing::info!(nodes = count, "simulated nodes ready");
+    Ok(names)
+}
