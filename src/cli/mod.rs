@@ -1,6 +1,7 @@
 //! The `faultline` command line. Each subcommand lives in its own module; this one only parses
 //! and dispatches.
 
+mod controller;
 pub mod crds;
 mod sandbox;
 mod stop;
@@ -28,6 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the controller: reconciles ChaosExperiments (leader-elected; admin port for health and
+    /// metrics).
+    Controller(controller::ControllerArgs),
     /// Print every faultline CustomResourceDefinition as YAML (or write one file per CRD).
     Crds(crds::CrdsArgs),
     /// A local Kubernetes API server with faultline's CRDs, to try faultline without a cluster.
@@ -49,6 +53,7 @@ impl Cli {
         init_tracing(&log);
         install_crypto_provider();
         let result = match command {
+            Command::Controller(args) => args.run(),
             Command::Crds(args) => args.run(),
             Command::Sandbox(args) => args.run(),
             Command::Validate(args) => args.run(),

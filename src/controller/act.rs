@@ -425,7 +425,7 @@ async fn inject_all(
                     record.injected_at.get_or_insert(now);
                     continue;
                 }
-                let outcome = podkill::kill(&pods, record, fault)
+                let outcome = podkill::kill(&ctx.no_retry, record, fault)
                     .await
                     .map_err(act_error("kill a pod"))?;
                 info!(pod = %record.name, ?outcome, "pod kill");

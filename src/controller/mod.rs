@@ -13,6 +13,7 @@ mod injections;
 mod invalid;
 mod observe;
 mod podkill;
+pub mod probe_hub;
 pub mod spec_check;
 mod status;
 
@@ -87,9 +88,29 @@ impl Default for Settings {
     }
 }
 
+/// The controller's two API clients: the usual one, and one without kube's retry layer for
+/// calls whose "try again later" answer is itself the result (an eviction a budget refuses).
+#[derive(Clone)]
+pub struct Clients {
+    pub main: Client,
+    pub no_retry: Client,
+}
+
+impl Clients {
+    pub fn from_config(config: kube::Config) -> Result<Clients, kube::Error> {
+        let mut no_retry = config.clone();
+        no_retry.default_retry = false;
+        Ok(Clients {
+            main: Client::try_from(config)?,
+            no_retry: Client::try_from(no_retry)?,
+        })
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    pub no_retry: Client,
     pub recorder: Recorder,
     pub settings: Settings,
     pub hypotheses: Arc<dyn HypothesisSource>,
@@ -187,7 +208,7 @@ pub struct Telemetry {
 /// Runs the controller until `shutdown` resolves. `triggers` receives experiments the probe hub
 /// wants reconciled now (a violation, a recovery).
 pub async fn run(
-    client: Client,
+    clients: Clients,
     settings: Settings,
     hypotheses: Arc<dyn HypothesisSource>,
     triggers: mpsc::UnboundedReceiver<ObjectRef<ChaosExperiment>>,
@@ -196,6 +217,10 @@ pub async fn run(
 ) {
     // Through DeserializeGuard, so that one object that cannot be read does not stall the
     // watcher for every other experiment.
+    let Clients {
+        main: client,
+        no_retry,
+    } = clients;
     let experiments: Api<DeserializeGuard<ChaosExperiment>> = Api::all(client.clone());
     let injections: Api<FaultInjection> = Api::all(client.clone());
     let recorder = Recorder::new(
@@ -208,6 +233,7 @@ pub async fn run(
     let Telemetry { metrics, readiness } = telemetry;
     let ctx = Arc::new(Context {
         client,
+        no_retry,
         recorder,
         settings,
         hypotheses,

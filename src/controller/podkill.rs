@@ -1,11 +1,18 @@
 //! Pod kill through the Eviction API (honouring PodDisruptionBudgets) or by deletion.
 //! (client required)
+//!
+//! Two kube-rs 5 behaviours shape this module: `Api::evict` sends its delete options under a
+//! field name the API server ignores (so the UID precondition and grace period would be lost),
+//! and the default client retries a 429 (a budget refusing the eviction) for minutes. So the
+//! Eviction is POSTed here by hand, through a client built without retries.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api,
-    api::{DeleteParams, EvictParams, Preconditions},
+    Api, Client,
+    api::{DeleteParams, Preconditions},
+    core::Status,
 };
+use serde_json::json;
 
 use crate::api::{PodKillFault, PodKillMethod, TargetRecord};
 
@@ -31,8 +38,9 @@ pub async fn already_killed(pods: &Api<Pod>, record: &TargetRecord) -> Result<bo
     })
 }
 
+/// Kills one target. `no_retry` must be a client without kube's default retry layer.
 pub async fn kill(
-    pods: &Api<Pod>,
+    no_retry: &Client,
     record: &TargetRecord,
     fault: &PodKillFault,
 ) -> Result<KillOutcome, kube::Error> {
@@ -49,31 +57,77 @@ pub async fn kill(
         ..Default::default()
     };
     let result = match fault.method {
-        PodKillMethod::Evict => pods
-            .evict(
-                &record.name,
-                &EvictParams {
-                    delete_options: Some(delete_options),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(|_| ()),
-        PodKillMethod::Delete => pods.delete(&record.name, &delete_options).await.map(|_| ()),
+        PodKillMethod::Evict => evict(no_retry, record, &delete_options).await,
+        PodKillMethod::Delete => {
+            let pods: Api<Pod> = Api::namespaced(no_retry.clone(), &record.namespace);
+            pods.delete(&record.name, &delete_options).await.map(|_| ())
+        }
     };
     match result {
         Ok(()) => Ok(KillOutcome::Killed),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(KillOutcome::Gone),
+        // A failed UID precondition: the pod was replaced under the same name.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(KillOutcome::Gone),
         Err(kube::Error::Api(status)) if status.code == 429 => {
-            let budget = status
-                .details
-                .as_ref()
-                .and_then(|d| d.causes.iter().find(|c| c.reason == "DisruptionBudget"))
-                .map(|c| c.message.clone())
-                .unwrap_or_else(|| status.message.clone());
-            Ok(KillOutcome::Skipped(format!("eviction refused: {budget}")))
+            Ok(KillOutcome::Skipped(refusal(&status)))
         }
         Err(other) => Err(other),
+    }
+}
+
+/// The budget's own words when it refused, e.g. "The disruption budget web-pdb needs 2 healthy
+/// pods and has 2 currently".
+fn refusal(status: &Status) -> String {
+    let budget = status
+        .details
+        .as_ref()
+        .and_then(|d| d.causes.iter().find(|c| c.reason == "DisruptionBudget"))
+        .map(|c| c.message.clone())
+        .unwrap_or_else(|| status.message.clone());
+    format!("eviction refused: {budget}")
+}
+
+async fn evict(
+    client: &Client,
+    record: &TargetRecord,
+    options: &DeleteParams,
+) -> Result<(), kube::Error> {
+    let url = format!(
+        "/api/v1/namespaces/{}/pods/{}/eviction",
+        record.namespace, record.name
+    );
+    let body = json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": { "name": record.name, "namespace": record.namespace },
+        "deleteOptions": options,
+    });
+    let request = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?)
+        .map_err(kube::Error::HttpError)?;
+    client
+        .request::<serde_json::Value>(request)
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_quotes_the_budget() {
+        let status: Status = serde_json::from_value(json!({
+            "code": 429, "reason": "TooManyRequests",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "details": {"causes": [{"reason": "DisruptionBudget",
+                "message": "The disruption budget web-pdb needs 2 healthy pods and has 2 currently"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            refusal(&status),
+            "eviction refused: The disruption budget web-pdb needs 2 healthy pods and has 2 currently"
+        );
     }
 }

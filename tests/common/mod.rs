@@ -44,3 +44,4 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+pub mod harness;

@@ -1,0 +1,151 @@
+//! `faultline controller`: the controller process, with leader election so that several
+//! replicas are safe (only the lease holder reconciles) and an admin port.
+
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    admin,
+    controller::{self, Clients, Settings, Telemetry, probe_hub::ProbeHub},
+    selection::SafetyPolicy,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// The namespace the controller runs in: never a target, and home of its Lease and the
+    /// pause switch (ConfigMap `faultline-pause`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "faultline-system")]
+    namespace: String,
+    /// Allow targets in namespaces without the `faultline.dev/chaos=enabled` label.
+    #[arg(long, env = "FAULTLINE_ALLOW_ALL_NAMESPACES")]
+    allow_all_namespaces: bool,
+    /// A cap on targets per experiment, on top of each experiment's own `maxTargets`.
+    #[arg(long, env = "FAULTLINE_MAX_TARGETS")]
+    max_targets: Option<usize>,
+    /// How long node agents get to report a network fault applied before the experiment is
+    /// reverted and fails.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    injection_timeout: Duration,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Lease name for leader election.
+    #[arg(long, default_value = "faultline-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease (defaults to the pod name, or a random id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::api::GoDuration::from(text).parse()
+}
+
+impl ControllerArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(self.run_async())
+    }
+
+    async fn run_async(self) -> anyhow::Result<ExitCode> {
+        let Self {
+            namespace,
+            allow_all_namespaces,
+            max_targets,
+            injection_timeout,
+            admin_addr,
+            lease_name,
+            identity,
+        } = self;
+        let config = kube::Config::infer().await.context(
+            "no Kubernetes API to talk to: set KUBECONFIG (or run inside a cluster), e.g. `faultline sandbox up` and use its kubeconfig",
+        )?;
+        let clients = Clients::from_config(config).context("building the Kubernetes client")?;
+        let client = clients.main.clone();
+        let telemetry = Telemetry::default();
+        let bound = admin::serve(
+            admin_addr,
+            telemetry.readiness.clone(),
+            telemetry.metrics.clone(),
+        )
+        .await
+        .with_context(|| format!("binding the admin port {admin_addr}"))?;
+        info!(%bound, "admin endpoints at /healthz /readyz /metrics");
+        let settings = Settings {
+            policy: SafetyPolicy {
+                allow_all_namespaces,
+                controller_namespace: namespace.clone(),
+                max_targets,
+            },
+            injection_timeout,
+            ..Settings::default()
+        };
+
+        let mut builder =
+            LeaseManagerBuilder::new(client.clone(), lease_name).with_namespace(namespace);
+        if let Some(identity) = identity {
+            builder = builder.with_identity(identity);
+        }
+        let manager = builder
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut leadership, lease_task) = manager.watch().await;
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let leader = *leadership.borrow_and_update();
+            telemetry.readiness.set_leader(leader);
+            telemetry.metrics.is_leader.set(i64::from(leader));
+            if leader {
+                info!("this replica holds the lease: reconciling");
+                // A fresh probe hub per term: probes run only on the leader.
+                let (trigger, triggers) = mpsc::unbounded_channel();
+                let hub = Arc::new(ProbeHub::new(trigger, telemetry.metrics.clone()));
+                let mut lost = leadership.clone();
+                let stop = async move {
+                    while lost.changed().await.is_ok() {
+                        if !*lost.borrow() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = controller::run(clients.clone(), settings.clone(), hub, triggers, telemetry.clone(), stop) => {
+                        warn!("lost the lease: stopped reconciling");
+                    }
+                    _ = &mut shutdown => break,
+                }
+            } else {
+                info!("standby: another replica holds the lease");
+                tokio::select! {
+                    changed = leadership.changed() => if changed.is_err() { break },
+                    _ = &mut shutdown => break,
+                }
+            }
+        }
+        // Dropping the receiver makes the lease manager release the lease for a fast handover.
+        drop(leadership);
+        let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+        info!("controller stopped");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}

@@ -1,0 +1,179 @@
+//! The probe hub: runs every experiment's probes in the background and answers the controller's
+//! questions about them. A change of verdict (violated, or decided) triggers that experiment's
+//! reconcile at once through the controller's trigger channel: an abort never waits for a
+//! requeue.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::HypothesisSource;
+use crate::{
+    api::{ChaosExperiment, ProbePhase, ProbeStatus},
+    lifecycle::HypothesisView,
+    metrics::{Metrics, ProbeLabel},
+    probes::{ProbeRunner, hypothesis::Hypothesis, scheduler::run_probes},
+};
+
+struct Running {
+    phase: watch::Sender<Option<ProbePhase>>,
+    hypothesis: Arc<Mutex<Hypothesis>>,
+    cancel: CancellationToken,
+}
+
+/// Probes of every experiment this controller is driving, keyed by experiment UID.
+pub struct ProbeHub {
+    running: Mutex<HashMap<String, Running>>,
+    triggers: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
+    metrics: Metrics,
+}
+
+impl ProbeHub {
+    /// `triggers` is the sending side of the controller's `reconcile_on` channel.
+    pub fn new(
+        triggers: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
+        metrics: Metrics,
+    ) -> Self {
+        ProbeHub {
+            running: Mutex::default(),
+            triggers,
+            metrics,
+        }
+    }
+
+    fn runners(experiment: &ChaosExperiment) -> Result<Vec<ProbeRunner>, String> {
+        let namespace = experiment.namespace().unwrap_or_default();
+        let probes = experiment
+            .spec
+            .steady_state
+            .as_ref()
+            .map(|s| s.probes.as_slice())
+            .unwrap_or_default();
+        probes
+            .iter()
+            .map(|p| ProbeRunner::new(p, &namespace).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    fn start(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>) -> Option<Running> {
+        let runners = Self::runners(experiment).ok()?;
+        let probes = experiment
+            .spec
+            .steady_state
+            .as_ref()
+            .map(|s| s.probes.clone())
+            .unwrap_or_default();
+        let hypothesis = Arc::new(Mutex::new(Hypothesis::new(&probes)));
+        let (phase_tx, phase_rx) = watch::channel(phase);
+        let (reports_tx, mut reports) = mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        tokio::spawn(run_probes(
+            runners,
+            phase_rx.clone(),
+            reports_tx,
+            cancel.clone(),
+        ));
+
+        let target = ObjectRef::from_obj(experiment);
+        let triggers = self.triggers.clone();
+        let metrics = self.metrics.clone();
+        let shared = hypothesis.clone();
+        tokio::spawn(async move {
+            while let Some(report) = reports.recv().await {
+                let result = if report.outcome.ok { "pass" } else { "fail" };
+                metrics
+                    .probe_checks
+                    .get_or_create(&ProbeLabel {
+                        probe: report.probe.clone(),
+                        result: result.into(),
+                    })
+                    .inc();
+                let changed = {
+                    let mut hypothesis = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = hypothesis.view(report.phase);
+                    hypothesis.record(&report.probe, &report.outcome, report.at, report.phase);
+                    let after = hypothesis.view(report.phase);
+                    std::mem::discriminant(&before) != std::mem::discriminant(&after)
+                };
+                // Only the current phase's verdict matters to the controller.
+                let current = *phase_rx.borrow();
+                if changed && current == Some(report.phase) {
+                    debug!(experiment = %target.name, probe = %report.probe, "hypothesis changed; reconciling now");
+                    let _ = triggers.send(target.clone());
+                }
+            }
+        });
+        Some(Running {
+            phase: phase_tx,
+            hypothesis,
+            cancel,
+        })
+    }
+}
+
+impl HypothesisSource for ProbeHub {
+    fn preflight(&self, experiment: &ChaosExperiment) -> Result<(), String> {
+        Self::runners(experiment).map(|_| ())
+    }
+
+    fn watch(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>) {
+        let uid = experiment.uid().unwrap_or_default();
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get(&uid) {
+            Some(probes) => {
+                probes.phase.send_if_modified(|current| {
+                    let changed = *current != phase;
+                    *current = phase;
+                    changed
+                });
+            }
+            None => {
+                if let Some(probes) = self.start(experiment, phase) {
+                    running.insert(uid, probes);
+                }
+            }
+        }
+    }
+
+    fn view(&self, experiment_uid: &str, phase: ProbePhase) -> HypothesisView {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get(experiment_uid) {
+            Some(probes) => probes
+                .hypothesis
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .view(phase),
+            None => HypothesisView::Undecided,
+        }
+    }
+
+    fn statuses(&self, experiment_uid: &str) -> Vec<ProbeStatus> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .get(experiment_uid)
+            .map(|p| {
+                p.hypothesis
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .statuses()
+            })
+            .unwrap_or_default()
+    }
+
+    fn forget(&self, experiment_uid: &str) {
+        if let Some(probes) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(experiment_uid)
+        {
+            probes.cancel.cancel();
+        }
+    }
+}

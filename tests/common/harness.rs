@@ -1,0 +1,286 @@
+//! A controller test bed: the embedded API server, the controller as it runs in production
+//! (kube-runtime Controller, real kube client), a stand-in node agent, and either scripted
+//! probes or the real probe hub.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use faultline::{
+    api::{
+        AGENT_FINALIZER, ChaosExperiment, ChaosExperimentSpec, FaultInjection,
+        FaultInjectionStatus, InjectionPhase, Phase, ProbePhase, ProbeStatus, all_crds,
+    },
+    controller::{self, Clients, HypothesisSource, Settings, probe_hub::ProbeHub},
+    lifecycle::HypothesisView,
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
+};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ApiServer, wait_for};
+
+/// Probes whose verdict the test sets per phase; unset phases hold.
+#[derive(Default)]
+pub struct ScriptedProbes {
+    views: Mutex<HashMap<ProbePhase, HypothesisView>>,
+}
+
+impl ScriptedProbes {
+    pub fn set(&self, phase: ProbePhase, view: HypothesisView) {
+        self.views.lock().unwrap().insert(phase, view);
+    }
+}
+
+impl HypothesisSource for ScriptedProbes {
+    fn preflight(&self, _: &ChaosExperiment) -> Result<(), String> {
+        Ok(())
+    }
+    fn watch(&self, _: &ChaosExperiment, _: Option<ProbePhase>) {}
+    fn view(&self, _: &str, phase: ProbePhase) -> HypothesisView {
+        self.views
+            .lock()
+            .unwrap()
+            .get(&phase)
+            .cloned()
+            .unwrap_or(HypothesisView::Holding)
+    }
+    fn statuses(&self, _: &str) -> Vec<ProbeStatus> {
+        vec![]
+    }
+    fn forget(&self, _: &str) {}
+}
+
+pub struct Harness {
+    pub server: ApiServer,
+    pub client: Client,
+    pub probes: Arc<ScriptedProbes>,
+    pub trigger: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
+    /// Set when the controller runs with the real probe hub instead of scripted probes.
+    pub real_probes: bool,
+    controller: tokio::task::JoinHandle<()>,
+    stop: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn spawn_controller(
+    server: &ApiServer,
+    scripted: &Arc<ScriptedProbes>,
+    real_probes: bool,
+) -> (
+    mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (trigger, triggers) = mpsc::unbounded_channel();
+    let hypotheses: Arc<dyn HypothesisSource> = if real_probes {
+        Arc::new(ProbeHub::new(trigger.clone(), Default::default()))
+    } else {
+        scripted.clone()
+    };
+    let settings = Settings {
+        injection_timeout: Duration::from_secs(5),
+        ..Settings::default()
+    };
+    let clients = Clients::from_config(server.client_config()).expect("clients");
+    let task = tokio::spawn(controller::run(
+        clients,
+        settings,
+        hypotheses,
+        triggers,
+        Default::default(),
+        std::future::pending(),
+    ));
+    (trigger, task)
+}
+
+impl Harness {
+    /// The controller with scripted probes (set them with `probes.set`).
+    pub async fn start() -> Harness {
+        Self::start_with(false).await
+    }
+
+    /// The controller with the real probe hub: probes make real HTTP / PromQL checks.
+    pub async fn start_with_real_probes() -> Harness {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(real_probes: bool) -> Harness {
+        faultline::cli::install_crypto_provider();
+        let server = super::server().await;
+        server.install_crds(&all_crds()).await.unwrap();
+        let client = server.client().await;
+        let probes = Arc::new(ScriptedProbes::default());
+        let (trigger, controller) = spawn_controller(&server, &probes, real_probes);
+        let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+        let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
+        Harness {
+            server,
+            client,
+            probes,
+            trigger,
+            real_probes,
+            controller,
+            stop: vec![stop_agent],
+            tasks: vec![agent],
+        }
+    }
+
+    /// Kills the controller where it stands (its task is dropped mid-flight, as a crash would)
+    /// and starts a fresh one.
+    pub async fn crash_and_restart_controller(&mut self) {
+        self.controller.abort();
+        let _ = (&mut self.controller).await;
+        let (trigger, controller) = spawn_controller(&self.server, &self.probes, self.real_probes);
+        self.trigger = trigger;
+        self.controller = controller;
+    }
+
+    pub async fn namespace(&self, name: &str, opted_in: bool) {
+        let labels = opted_in
+            .then(|| BTreeMap::from([("faultline.dev/chaos".to_string(), "enabled".to_string())]));
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+
+    /// A Running, Ready pod on `node` with `ip`.
+    pub async fn pod(&self, namespace: &str, name: &str, app: &str, ip: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "demo"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let status = json!({"status": {"phase": "Running", "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap();
+    }
+
+    pub async fn create(&self, namespace: &str, name: &str, spec: serde_json::Value) {
+        let spec: ChaosExperimentSpec = serde_json::from_value(spec).unwrap();
+        let experiment = ChaosExperiment::new(name, spec);
+        self.experiments(namespace)
+            .create(&PostParams::default(), &experiment)
+            .await
+            .unwrap();
+    }
+
+    pub fn experiments(&self, namespace: &str) -> Api<ChaosExperiment> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub fn injections(&self, namespace: &str) -> Api<FaultInjection> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub async fn wait_phase(&self, namespace: &str, name: &str, phase: Phase) -> ChaosExperiment {
+        let api = self.experiments(namespace);
+        wait_for(
+            &format!("{name} to reach {phase:?}"),
+            Duration::from_secs(15),
+            || async {
+                let e = api.get_opt(name).await.ok().flatten()?;
+                (e.status.as_ref()?.phase == phase).then_some(e)
+            },
+        )
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        self.controller.abort();
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.server.shutdown().await;
+    }
+}
+
+/// Plays the node agent: holds its finalizer, reports Applied, and lets go on deletion.
+pub async fn stand_in_agent(client: Client, stop: oneshot::Receiver<()>) {
+    let all: Api<FaultInjection> = Api::all(client.clone());
+    let events = watcher(all, watcher::Config::default()).applied_objects();
+    let work = events.for_each(|event| {
+        let client = client.clone();
+        async move {
+            let Ok(injection) = event else { return };
+            let api: Api<FaultInjection> =
+                Api::namespaced(client, &injection.namespace().unwrap_or_default());
+            let name = injection.name_any();
+            let has_finalizer = injection.finalizers().iter().any(|f| f == AGENT_FINALIZER);
+            if injection.metadata.deletion_timestamp.is_some() {
+                let patch = json!({"metadata": {"finalizers": null}});
+                let _ = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            } else if !has_finalizer {
+                let patch = json!({"metadata": {"finalizers": [AGENT_FINALIZER]}});
+                let _ = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            } else if injection
+                .status
+                .as_ref()
+                .is_none_or(|s| s.phase != InjectionPhase::Applied)
+            {
+                let status = FaultInjectionStatus {
+                    phase: InjectionPhase::Applied,
+                    mechanism: Some("stand-in".into()),
+                    ..Default::default()
+                };
+                let patch = json!({"status": status});
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            }
+        }
+    });
+    tokio::select! {
+        _ = work => {}
+        _ = stop => {}
+    }
+}
+
+pub fn latency_spec(duration: &str) -> serde_json::Value {
+    json!({
+        "duration": duration,
+        "target": {"labelSelector": {"matchLabels": {"app": "web"}}},
+        "faults": [{"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
+        "steadyState": {"probes": [{"name": "web", "http": {"url": "http://127.0.0.1:1/"}}]}
+    })
+}
+
+pub async fn shop_with_web_pods(h: &Harness, n: usize) {
+    h.namespace("shop", true).await;
+    for i in 0..n {
+        h.pod(
+            "shop",
+            &format!("web-{i}"),
+            "web",
+            &format!("10.244.0.{}", i + 10),
+        )
+        .await;
+    }
+}
