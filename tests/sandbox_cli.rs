@@ -155,3 +155,69 @@ async fn sandbox_up_runs_workloads_on_the_requested_nodes() {
     }
     assert!(faultline(state, &["down"]).status.success());
 }
+
+#[tokio::test]
+async fn the_sandbox_controller_runs_an_experiment_applied_with_its_targets() {
+    faultline::cli::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let manifest = state.join("shop.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: checkout, namespace: default}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: checkout}}
+  template:
+    metadata: {labels: {app: checkout}}
+    spec: {containers: [{name: app, image: demo}]}
+---
+apiVersion: faultline.dev/v1alpha1
+kind: ChaosExperiment
+metadata: {name: kill-one, namespace: default}
+spec:
+  duration: 1s
+  target: {labelSelector: {matchLabels: {app: checkout}}, mode: One}
+  faults: [{podKill: {}}]
+"#,
+    )
+    .unwrap();
+    let up = faultline(
+        state,
+        &["up", "--detach", "--apply", manifest.to_str().unwrap()],
+    );
+    let _down = Down(state);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let kubeconfig = Kubeconfig::read_from(state.join("kubeconfig")).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let experiments: Api<ChaosExperiment> =
+        Api::namespaced(Client::try_from(config).unwrap(), "default");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let status = experiments
+            .get("kill-one")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        if status.phase.is_terminal() || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status.verdict,
+        Some(faultline::api::Verdict::Passed),
+        "{status:?}"
+    );
+    assert_eq!(status.target_count, 1);
+}

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::all_crds,
+    api::{NAMESPACE_OPT_IN_LABEL, NAMESPACE_OPT_IN_VALUE},
+    controller::{self, probe_hub::ProbeHub},
     manifest,
     sandbox::apiserver::ApiServer,
     sandbox::workloads::{WorkloadOptions, Workloads},
@@ -130,6 +132,11 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     )
     .await
     .context("starting the workload simulator")?;
+    prepare_namespaces(&server.client().await).await?;
+    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run_controller(server.client_config(), async {
+        let _ = controller_stopped.await;
+    })?);
 
     let kubeconfig = kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
     if let Some(parent) = kubeconfig.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -145,18 +152,12 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     std::fs::write(state_file(state_dir), serde_json::to_string_pretty(&state)?)?;
 
     let client = server.client().await;
-    for path in &apply {
-        for (name, text) in read_manifests(path)? {
-            let objects = manifest::parse_documents(&name, &text)?;
-            for applied in manifest::apply_all(&client, &name, &objects, "default").await? {
-                println!("applied {applied} ({name})");
-            }
-        }
-    }
+    apply_in_order(&client, &apply).await?;
 
     println!("faultline sandbox is up at {}", server.url());
     println!("  kubeconfig: {}", kubeconfig.display());
     println!("  nodes:      {nodes} simulated (Deployments get Running, Ready pods on them)");
+    println!("  controller: running (namespace `default` is opted in to chaos)");
     println!("  try:        export KUBECONFIG={}", kubeconfig.display());
     println!("              kubectl get chaos            # every faultline resource");
     println!("              kubectl get fex -o wide      # ChaosExperiments");
@@ -164,10 +165,101 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
 
     wait_for_shutdown_signal().await;
     println!("stopping the sandbox");
+    let _ = stop_controller.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
     workloads.shutdown().await;
     server.shutdown().await;
     let _ = std::fs::remove_file(state_file(state_dir));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies the manifests: workloads first, then, once their Deployments are Ready (30 s at
+/// most), the chaos resources, so that an experiment applied together with its targets finds
+/// them.
+async fn apply_in_order(client: &kube::Client, paths: &[PathBuf]) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, ListParams};
+    let mut chaos = Vec::new();
+    for path in paths {
+        for (name, text) in read_manifests(path)? {
+            let objects = manifest::parse_documents(&name, &text)?;
+            let (faultline, others): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| {
+                o.types
+                    .as_ref()
+                    .is_some_and(|t| t.api_version.starts_with("faultline.dev/"))
+            });
+            for applied in manifest::apply_all(client, &name, &others, "default").await? {
+                println!("applied {applied} ({name})");
+            }
+            chaos.push((name, faultline));
+        }
+    }
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = deployments.list(&ListParams::default()).await?;
+        let ready = list.items.iter().all(|d| {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                >= want
+        });
+        if ready || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (name, objects) in chaos {
+        for applied in manifest::apply_all(client, &name, &objects, "default").await? {
+            println!("applied {applied} ({name})");
+        }
+    }
+    Ok(())
+}
+
+/// The sandbox's `default` namespace is opted in to chaos so that the examples run as they are;
+/// `faultline-system` holds the controller's pause switch.
+async fn prepare_namespaces(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, Patch, PatchParams};
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let opt_in = serde_json::json!({"metadata": {"labels": {NAMESPACE_OPT_IN_LABEL: NAMESPACE_OPT_IN_VALUE}}});
+    namespaces
+        .patch("default", &PatchParams::default(), &Patch::Merge(&opt_in))
+        .await
+        .context("opting the default namespace in to chaos")?;
+    let system = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "faultline-system"}});
+    namespaces
+        .patch(
+            "faultline-system",
+            &PatchParams::apply(manifest::CLI_FIELD_MANAGER),
+            &Patch::Apply(&system),
+        )
+        .await
+        .context("creating the faultline-system namespace")?;
+    Ok(())
+}
+
+/// The controller, in process, with the real probe hub.
+fn run_controller(
+    config: kube::Config,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let clients =
+        controller::Clients::from_config(config).context("building the controller's client")?;
+    let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+    let telemetry = controller::Telemetry::default();
+    let hub = std::sync::Arc::new(ProbeHub::new(trigger, telemetry.metrics.clone()));
+    Ok(controller::run(
+        clients,
+        controller::Settings::default(),
+        hub,
+        triggers,
+        telemetry,
+        stop,
+    ))
 }
 
 async fn wait_for_shutdown_signal() {
