@@ -36,6 +36,13 @@ pub struct ControllerArgs {
     /// Lease name for leader election.
     #[arg(long, default_value = "faultline-controller")]
     lease_name: String,
+    /// How long a leader's lease lasts without renewal: the longest a crashed leader's
+    /// experiments wait for the standby to take over.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How early before expiry the leader renews.
+    #[arg(long, default_value_t = 5)]
+    lease_grace_seconds: u64,
     /// This replica's identity in the Lease (defaults to the pod name, or a random id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -59,6 +66,8 @@ impl ControllerArgs {
             injection_timeout,
             admin_addr,
             lease_name,
+            lease_duration_seconds,
+            lease_grace_seconds,
             identity,
         } = self;
         let config = kube::Config::infer().await.context(
@@ -85,8 +94,10 @@ impl ControllerArgs {
             ..Settings::default()
         };
 
-        let mut builder =
-            LeaseManagerBuilder::new(client.clone(), lease_name).with_namespace(namespace);
+        let mut builder = LeaseManagerBuilder::new(client.clone(), lease_name)
+            .with_namespace(namespace)
+            .with_duration(lease_duration_seconds)
+            .with_grace(lease_grace_seconds.min(lease_duration_seconds.saturating_sub(1)));
         if let Some(identity) = identity {
             builder = builder.with_identity(identity);
         }

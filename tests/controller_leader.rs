@@ -1,0 +1,176 @@
+//! Two `faultline controller` processes against one API server: only the lease holder
+//! reconciles, and when it dies the standby takes over.
+
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::wait_for;
+use faultline::api::{ChaosExperiment, ChaosExperimentSpec, Phase, all_crds};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Namespace, Pod},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+/// A controller process, killed (SIGKILL) when dropped.
+struct Replica(Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
+    let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args([
+            "controller",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--namespace",
+            "faultline-system",
+        ])
+        .args([
+            "--lease-duration-seconds",
+            "3",
+            "--lease-grace-seconds",
+            "1",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAME", identity)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start faultline controller");
+    Replica(child)
+}
+
+async fn namespace(client: &Client, name: &str, opted_in: bool) {
+    let labels = if opted_in {
+        json!({"faultline.dev/chaos": "enabled"})
+    } else {
+        json!({})
+    };
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+async fn ready_pod(client: &Client, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let pod: Pod =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "demo"}]}}))
+        .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+}
+
+async fn run_experiment(client: &Client, name: &str) -> String {
+    let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), "shop");
+    let spec: ChaosExperimentSpec = serde_json::from_value(json!({
+        "duration": "1s",
+        "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},
+        "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0}}]
+    }))
+    .unwrap();
+    experiments
+        .create(&PostParams::default(), &ChaosExperiment::new(name, spec))
+        .await
+        .unwrap();
+    wait_for(
+        &format!("{name} to succeed"),
+        Duration::from_secs(30),
+        || async {
+            let e = experiments.get(name).await.ok()?;
+            (e.status?.phase == Phase::Succeeded).then_some(())
+        },
+    )
+    .await;
+    // Who acted: every Event about the experiment names the replica that wrote it.
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    let mut writers: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    writers.sort();
+    writers.dedup();
+    assert_eq!(
+        writers.len(),
+        1,
+        "events about {name} came from {writers:?}"
+    );
+    writers.remove(0)
+}
+
+async fn holder(client: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "faultline-system");
+    leases
+        .get_opt("faultline-controller")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+// Multi-threaded: the controllers are separate processes talking to this runtime's server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
+    faultline::cli::install_crypto_provider();
+    let server = common::server().await;
+    server.install_crds(&all_crds()).await.unwrap();
+    let client = server.client().await;
+    namespace(&client, "faultline-system", false).await;
+    namespace(&client, "shop", true).await;
+    for i in 0..3 {
+        ready_pod(&client, &format!("web-{i}")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig_yaml()).unwrap();
+
+    let mut replicas = vec![
+        ("replica-a", replica(&kubeconfig, "replica-a")),
+        ("replica-b", replica(&kubeconfig, "replica-b")),
+    ];
+    let leader = wait_for("a leader", Duration::from_secs(15), || holder(&client)).await;
+    assert!(leader == "replica-a" || leader == "replica-b", "{leader}");
+
+    let writer = run_experiment(&client, "first").await;
+    assert_eq!(writer, leader, "only the lease holder acted");
+
+    // Kill the leader outright: no lease release, so the standby waits for it to expire.
+    replicas.retain(|(name, _)| *name != leader.as_str());
+    let standby = replicas[0].0;
+    let new_leader = wait_for(
+        "the standby to take the lease",
+        Duration::from_secs(20),
+        || async { holder(&client).await.filter(|h| h == standby) },
+    )
+    .await;
+    let writer = run_experiment(&client, "second").await;
+    assert_eq!(writer, new_leader);
+    drop(replicas);
+    server.shutdown().await;
+}
