@@ -265,3 +265,48 @@ async fn a_probe_that_fails_during_the_run_aborts_and_reverts_everything() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_kill_with_an_interval_kills_again_each_round_selecting_afresh() {
+    let h = Harness::start_with_real_probes().await;
+    let workloads = web_deployment(&h, 3).await;
+    h.create("shop", "repeat", json!({
+        "duration": "1500ms",
+        "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},
+        "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0, "interval": "400ms"}}],
+    }))
+    .await;
+    let done = h.wait_phase("shop", "repeat", Phase::Succeeded).await;
+    let status = done.status.unwrap();
+    let kills: Vec<&str> = status
+        .timeline
+        .iter()
+        .filter(|e| e.reason == "PodKilled")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert!(
+        kills.len() >= 3,
+        "expected a kill at 0, 400, 800 and 1200ms: {kills:?}"
+    );
+    let mut distinct = kills.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        kills.len(),
+        "every round killed a live pod, never the same one twice: {kills:?}"
+    );
+    assert!(
+        status
+            .timeline
+            .iter()
+            .any(|e| e.reason == "PodKillRound" && e.message.contains("seed"))
+    );
+    assert_eq!(
+        status.targets.len(),
+        1,
+        "status keeps the latest round only"
+    );
+    workloads.shutdown().await;
+    h.stop().await;
+}

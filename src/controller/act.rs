@@ -4,27 +4,27 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     runtime::controller::Action,
 };
 use serde_json::json;
-use tracing::info;
 
-use super::{Context, Error, Result, injections, observe::World, podkill, spec_check, status};
+use super::{
+    Context, Error, Result, injections, observe::World, podkill, spec_check, status, targets,
+};
 use crate::metrics::{ReasonLabel, VerdictLabel};
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, ConditionStatus, EXPERIMENT_FINALIZER,
-        FaultInjection, FaultKind, GoDuration, Phase, TargetRecord, TargetState, Verdict,
+        FaultInjection, FaultKind, GoDuration, Phase, TargetState, Verdict,
     },
     lifecycle::{AbortCause, Decision, HypothesisView, record::set_condition},
-    selection::{self, select_targets, target_namespaces},
 };
 
-fn act_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+pub(super) fn act_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Act { action, source }
 }
 
@@ -68,7 +68,7 @@ pub async fn ensure_finalizer(
 
 /// Releases the experiment finalizer. Reads the object afresh: by now our own status writes
 /// have moved its resourceVersion past the one this reconcile started from.
-async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
+pub(super) async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
     let api: Api<ChaosExperiment> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
@@ -141,7 +141,7 @@ pub async fn perform(
 
     let action = match decision {
         Decision::RecordTargets => {
-            record_targets(ctx, experiment, &mut status).await?;
+            targets::record_targets(ctx, experiment, &mut status).await?;
             Action::requeue(Duration::ZERO)
         }
         Decision::Transition {
@@ -237,6 +237,10 @@ pub async fn perform(
             remove_finalizer(ctx, experiment).await?;
             Action::await_change()
         }
+        Decision::KillAgain => {
+            targets::kill_again(ctx, experiment, &mut status, now).await?;
+            Action::requeue(Duration::ZERO)
+        }
         Decision::WaitUntil(at) => {
             status::write(ctx, experiment, &status).await?;
             let wait = (at - now)
@@ -263,109 +267,6 @@ pub async fn perform(
         }
     };
     Ok(action)
-}
-
-/// Selects the targets and records one record per target and fault, with the seed.
-async fn record_targets(
-    ctx: &Context,
-    experiment: &mut ChaosExperiment,
-    status: &mut ChaosExperimentStatus,
-) -> Result<()> {
-    let namespace = experiment.namespace().unwrap_or_default();
-    let spec = &experiment.spec.target;
-    let wanted = target_namespaces(spec, &namespace);
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let mut namespace_objects = Vec::new();
-    let mut pods = Vec::new();
-    for ns in &wanted {
-        if let Some(object) = namespaces.get_opt(ns).await.map_err(Error::Observe)? {
-            namespace_objects.push(object);
-        }
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-        pods.extend(
-            api.list(&ListParams::default())
-                .await
-                .map_err(Error::Observe)?
-                .items,
-        );
-    }
-    let seed = status.seed.map(|s| s as u64).unwrap_or_else(rand::random);
-    let now = (ctx.now)();
-    match select_targets(
-        spec,
-        &namespace,
-        &namespace_objects,
-        &pods,
-        &ctx.settings.policy,
-        seed,
-    ) {
-        Ok(selection) => {
-            status.seed = Some(seed as i64);
-            status.target_count = selection.targets.len() as i32;
-            status.targets = records_for(experiment, &selection);
-            let names: Vec<String> = selection
-                .targets
-                .iter()
-                .map(|t| format!("{}/{}", t.namespace, t.name))
-                .collect();
-            let message = format!(
-                "selected {} of {} matching pods: {}",
-                names.len(),
-                selection.matched,
-                names.join(", ")
-            );
-            status::note(
-                ctx,
-                experiment,
-                status,
-                false,
-                "TargetsSelected",
-                "Select",
-                message,
-            )
-            .await;
-            status::write(ctx, experiment, status).await
-        }
-        Err(error) => {
-            let (verdict, reason) = match error {
-                selection::SelectionError::InvalidSelector(_)
-                | selection::SelectionError::InvalidFieldSelector(_)
-                | selection::SelectionError::MissingValue { .. } => (Verdict::Error, "InvalidSpec"),
-                _ => (Verdict::Failed, "SelectionRefused"),
-            };
-            status.seed = Some(seed as i64);
-            let message = format!("nothing was injected: {error}");
-            finish(ctx, experiment, status, verdict, reason, message, now).await?;
-            remove_finalizer(ctx, experiment).await
-        }
-    }
-}
-
-fn records_for(
-    experiment: &ChaosExperiment,
-    selection: &selection::Selection,
-) -> Vec<TargetRecord> {
-    let mut records = Vec::new();
-    for (index, fault) in experiment.spec.faults.iter().enumerate() {
-        let Some(kind) = fault.kind() else { continue };
-        for target in &selection.targets {
-            records.push(TargetRecord {
-                namespace: target.namespace.clone(),
-                name: target.name.clone(),
-                uid: target.uid.clone(),
-                node_name: target.node_name.clone(),
-                pod_ip: target.pod_ip.clone(),
-                fault_index: index as i32,
-                fault: kind.name().into(),
-                state: TargetState::Selected,
-                injection: kind.is_network().then(|| {
-                    injections::injection_name(&experiment.name_any(), index as i32, &target.uid)
-                }),
-                ..Default::default()
-            });
-        }
-    }
-    records
 }
 
 /// Injects every recorded fault. Records go to `Injecting` (and are written) before any fault
@@ -425,35 +326,11 @@ async fn inject_all(
                     record.injected_at.get_or_insert(now);
                     continue;
                 }
-                let outcome = podkill::kill(&ctx.no_retry, record, fault)
+                if let Some(note) = podkill::apply(&ctx.no_retry, record, fault, now)
                     .await
-                    .map_err(act_error("kill a pod"))?;
-                info!(pod = %record.name, ?outcome, "pod kill");
-                match outcome {
-                    podkill::KillOutcome::Killed => {
-                        record.state = TargetState::Injected;
-                        record.injected_at = Some(now);
-                        notes.push((
-                            "PodKilled",
-                            format!(
-                                "{:?} pod {}/{}",
-                                fault.method, record.namespace, record.name
-                            )
-                            .to_lowercase(),
-                        ));
-                    }
-                    podkill::KillOutcome::Skipped(why) => {
-                        record.state = TargetState::Skipped;
-                        record.message = Some(why.clone());
-                        notes.push((
-                            "PodKillSkipped",
-                            format!("pod {}/{} not killed: {why}", record.namespace, record.name),
-                        ));
-                    }
-                    podkill::KillOutcome::Gone => {
-                        record.state = TargetState::Skipped;
-                        record.message = Some("the pod was gone before it could be killed".into());
-                    }
+                    .map_err(act_error("kill a pod"))?
+                {
+                    notes.push(note);
                 }
             }
             kind => {
@@ -525,7 +402,7 @@ fn mark_reverted(
     );
 }
 
-async fn finish(
+pub(super) async fn finish(
     ctx: &Context,
     experiment: &mut ChaosExperiment,
     status: &mut ChaosExperimentStatus,

@@ -16,6 +16,7 @@ mod podkill;
 pub mod probe_hub;
 pub mod spec_check;
 mod status;
+mod targets;
 
 use std::{sync::Arc, time::Duration};
 

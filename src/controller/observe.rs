@@ -1,6 +1,7 @@
 //! Reads what `decide` needs: the experiment's own status, its FaultInjections, the pause
 //! switch and the probes. (client required)
 
+use chrono::{DateTime, Utc};
 use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{Context, Error, Result, is_paused, spec_check};
@@ -114,6 +115,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         injection,
         revert,
         abort_cause,
+        next_kill_at: next_kill_at(experiment, &status),
     };
     Ok(World {
         observed,
@@ -206,4 +208,58 @@ pub fn abort_cause_from_status(status: &ChaosExperimentStatus) -> AbortCause {
         Some("InjectFailed") => AbortCause::InjectFailed { message },
         _ => AbortCause::Requested,
     }
+}
+
+/// For each `podKill` with an `interval`: its fault index and when its next round is due (one
+/// interval after its last round, or after injection).
+fn kill_schedule(
+    experiment: &ChaosExperiment,
+    status: &ChaosExperimentStatus,
+) -> Vec<(usize, DateTime<Utc>)> {
+    let Some(injected) = status.injected_at else {
+        return vec![];
+    };
+    let last_round = |index: usize| {
+        status
+            .targets
+            .iter()
+            .filter(|r| r.fault_index == index as i32)
+            .filter_map(|r| r.injected_at)
+            .max()
+    };
+    experiment
+        .spec
+        .faults
+        .iter()
+        .enumerate()
+        .filter_map(|(index, fault)| {
+            let interval = fault.pod_kill.as_ref()?.interval.as_ref()?.parse().ok()?;
+            let interval = chrono::Duration::from_std(interval).ok()?;
+            Some((index, last_round(index).unwrap_or(injected) + interval))
+        })
+        .collect()
+}
+
+/// When the next round of a repeating pod kill is due, if the experiment has one.
+pub fn next_kill_at(
+    experiment: &ChaosExperiment,
+    status: &ChaosExperimentStatus,
+) -> Option<DateTime<Utc>> {
+    kill_schedule(experiment, status)
+        .into_iter()
+        .map(|(_, at)| at)
+        .min()
+}
+
+/// The fault indexes whose repeating kill is due at `now`.
+pub fn due_kills(
+    experiment: &ChaosExperiment,
+    status: &ChaosExperimentStatus,
+    now: DateTime<Utc>,
+) -> Vec<usize> {
+    kill_schedule(experiment, status)
+        .into_iter()
+        .filter(|(_, at)| *at <= now)
+        .map(|(index, _)| index)
+        .collect()
 }

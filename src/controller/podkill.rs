@@ -14,7 +14,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::api::{PodKillFault, PodKillMethod, TargetRecord};
+use crate::api::{PodKillFault, PodKillMethod, TargetRecord, TargetState};
 
 /// What happened to one kill.
 #[derive(Debug, PartialEq)]
@@ -73,6 +73,40 @@ pub async fn kill(
         }
         Err(other) => Err(other),
     }
+}
+
+/// Kills the target of `record` and records the outcome in it; returns the timeline note
+/// (reason, message) to publish.
+pub async fn apply(
+    no_retry: &Client,
+    record: &mut TargetRecord,
+    fault: &PodKillFault,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<(&'static str, String)>, kube::Error> {
+    let outcome = kill(no_retry, record, fault).await?;
+    tracing::info!(pod = %record.name, namespace = %record.namespace, ?outcome, "pod kill");
+    let target = format!("{}/{}", record.namespace, record.name);
+    Ok(match outcome {
+        KillOutcome::Killed => {
+            record.state = TargetState::Injected;
+            record.injected_at = Some(now);
+            let how = match fault.method {
+                PodKillMethod::Evict => "evicted",
+                PodKillMethod::Delete => "deleted",
+            };
+            Some(("PodKilled", format!("{how} pod {target}")))
+        }
+        KillOutcome::Skipped(why) => {
+            record.state = TargetState::Skipped;
+            record.message = Some(why.clone());
+            Some(("PodKillSkipped", format!("pod {target} not killed: {why}")))
+        }
+        KillOutcome::Gone => {
+            record.state = TargetState::Skipped;
+            record.message = Some("the pod was gone before it could be killed".into());
+            None
+        }
+    })
 }
 
 /// The budget's own words when it refused, e.g. "The disruption budget web-pdb needs 2 healthy

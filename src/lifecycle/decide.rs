@@ -108,6 +108,8 @@ pub struct Observed {
     pub revert: ProgressView,
     /// Why the experiment is Aborting (recorded in status when the abort began).
     pub abort_cause: Option<AbortCause>,
+    /// When a repeating pod kill (`podKill.interval`) is due next, if the experiment has one.
+    pub next_kill_at: Option<DateTime<Utc>>,
 }
 
 /// What to do next. `Transition` writes the new phase (and, for terminal phases, the verdict);
@@ -131,6 +133,8 @@ pub enum Decision {
         reason: &'static str,
         message: String,
     },
+    /// A repeating pod kill is due: select targets afresh and kill them.
+    KillAgain,
     /// Nothing to do until this time (or until something changes).
     WaitUntil(DateTime<Utc>),
     /// Nothing to do until the world changes (probe result, injection status).
@@ -266,13 +270,16 @@ pub fn decide(o: &Observed) -> Decision {
             }
             let end = after(o.injected_at.unwrap_or(o.now), o.duration);
             if o.now >= end {
-                to(
+                return to(
                     Phase::Recovering,
                     "DurationElapsed",
                     "the duration is over; reverting every fault",
-                )
-            } else {
-                Decision::WaitUntil(end)
+                );
+            }
+            match o.next_kill_at.filter(|next| *next < end) {
+                Some(next) if o.now >= next => Decision::KillAgain,
+                Some(next) => Decision::WaitUntil(next),
+                None => Decision::WaitUntil(end),
             }
         }
         Phase::Recovering | Phase::Aborting => revert_progress(o),

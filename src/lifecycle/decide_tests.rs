@@ -31,6 +31,7 @@ fn observed(phase: Phase) -> Observed {
         injection: ProgressView::InProgress,
         revert: ProgressView::InProgress,
         abort_cause: None,
+        next_kill_at: None,
     }
 }
 
@@ -310,4 +311,29 @@ fn terminal_phases_do_nothing_whatever_happens() {
         o.hypothesis = violated();
         assert_eq!(decide(&o), Decision::Wait);
     }
+}
+
+#[test]
+fn a_repeating_pod_kill_fires_on_its_interval_but_never_past_the_end() {
+    let mut o = observed(Phase::Running);
+    o.injected_at = Some(t(0));
+    o.next_kill_at = Some(t(20));
+    o.now = t(10);
+    assert_eq!(decide(&o), Decision::WaitUntil(t(20)));
+    o.now = t(20);
+    assert_eq!(decide(&o), Decision::KillAgain);
+    o.next_kill_at = Some(t(60));
+    o.now = t(59);
+    assert_eq!(
+        decide(&o),
+        Decision::WaitUntil(t(60)),
+        "the end comes first"
+    );
+    o.now = t(60);
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Recovering));
+    // A violation still wins over a due kill.
+    o.now = t(20);
+    o.next_kill_at = Some(t(20));
+    o.hypothesis = violated();
+    assert!(matches!(decide(&o), Decision::Abort(_)));
 }

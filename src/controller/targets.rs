@@ -1,0 +1,233 @@
+//! Choosing targets: the first selection (recorded, with its seed, before anything is
+//! injected) and the fresh selections of a repeating pod kill. (client required)
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{Api, ResourceExt, api::ListParams};
+
+use super::{
+    Context, Error, Result,
+    act::{act_error, finish, remove_finalizer},
+    injections, podkill, status,
+};
+use crate::{
+    api::{ChaosExperiment, ChaosExperimentStatus, FaultKind, TargetRecord, TargetState, Verdict},
+    selection::{self, select_targets, target_namespaces},
+};
+
+/// Selects the targets and records one record per target and fault, with the seed.
+pub(super) async fn record_targets(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+) -> Result<()> {
+    let namespace = experiment.namespace().unwrap_or_default();
+    let spec = &experiment.spec.target;
+    let (namespace_objects, pods) = candidates(ctx, experiment).await?;
+    let seed = status.seed.map(|s| s as u64).unwrap_or_else(rand::random);
+    let now = (ctx.now)();
+    match select_targets(
+        spec,
+        &namespace,
+        &namespace_objects,
+        &pods,
+        &ctx.settings.policy,
+        seed,
+    ) {
+        Ok(selection) => {
+            status.seed = Some(seed as i64);
+            status.target_count = selection.targets.len() as i32;
+            status.targets = records_for(experiment, &selection);
+            let names: Vec<String> = selection
+                .targets
+                .iter()
+                .map(|t| format!("{}/{}", t.namespace, t.name))
+                .collect();
+            let message = format!(
+                "selected {} of {} matching pods: {}",
+                names.len(),
+                selection.matched,
+                names.join(", ")
+            );
+            status::note(
+                ctx,
+                experiment,
+                status,
+                false,
+                "TargetsSelected",
+                "Select",
+                message,
+            )
+            .await;
+            status::write(ctx, experiment, status).await
+        }
+        Err(error) => {
+            let (verdict, reason) = match error {
+                selection::SelectionError::InvalidSelector(_)
+                | selection::SelectionError::InvalidFieldSelector(_)
+                | selection::SelectionError::MissingValue { .. } => (Verdict::Error, "InvalidSpec"),
+                _ => (Verdict::Failed, "SelectionRefused"),
+            };
+            status.seed = Some(seed as i64);
+            let message = format!("nothing was injected: {error}");
+            finish(ctx, experiment, status, verdict, reason, message, now).await?;
+            remove_finalizer(ctx, experiment).await
+        }
+    }
+}
+
+/// The target namespaces' objects and their pods: what selection chooses from.
+async fn candidates(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+) -> Result<(Vec<Namespace>, Vec<Pod>)> {
+    let namespace = experiment.namespace().unwrap_or_default();
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let mut namespace_objects = Vec::new();
+    let mut pods = Vec::new();
+    for ns in target_namespaces(&experiment.spec.target, &namespace) {
+        if let Some(object) = namespaces.get_opt(&ns).await.map_err(Error::Observe)? {
+            namespace_objects.push(object);
+        }
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        pods.extend(
+            api.list(&ListParams::default())
+                .await
+                .map_err(Error::Observe)?
+                .items,
+        );
+    }
+    Ok((namespace_objects, pods))
+}
+
+/// A repeating pod kill is due: select afresh (a new seed each round, written in the
+/// timeline), record the new round as `Injecting`, then kill. The previous round's records of
+/// that fault are replaced, so status stays bounded however long the experiment runs.
+pub(super) async fn kill_again(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let namespace = experiment.namespace().unwrap_or_default();
+    let (namespace_objects, pods) = candidates(ctx, experiment).await?;
+    let round_seed = status.seed.unwrap_or_default() as u64 ^ now.timestamp_millis() as u64;
+    let due = super::observe::due_kills(experiment, status, now);
+    let selection = match select_targets(
+        &experiment.spec.target,
+        &namespace,
+        &namespace_objects,
+        &pods,
+        &ctx.settings.policy,
+        round_seed,
+    ) {
+        Ok(selection) => selection,
+        Err(error) => {
+            // The world changed under the experiment (e.g. more pods than the cap now): record
+            // it and kill nothing this round.
+            for index in &due {
+                for record in status
+                    .targets
+                    .iter_mut()
+                    .filter(|r| r.fault_index == *index as i32)
+                {
+                    record.injected_at = Some(now);
+                }
+            }
+            status::note(
+                ctx,
+                experiment,
+                status,
+                true,
+                "PodKillRoundSkipped",
+                "Select",
+                format!("this round kills nothing: {error}"),
+            )
+            .await;
+            return status::write(ctx, experiment, status).await;
+        }
+    };
+    let fresh: Vec<TargetRecord> = records_for(experiment, &selection)
+        .into_iter()
+        .filter(|r| due.contains(&(r.fault_index as usize)))
+        .map(|mut r| {
+            r.state = TargetState::Injecting;
+            r
+        })
+        .collect();
+    status
+        .targets
+        .retain(|r| !due.contains(&(r.fault_index as usize)));
+    status.targets.extend(fresh);
+    let names: Vec<String> = selection
+        .targets
+        .iter()
+        .map(|t| format!("{}/{}", t.namespace, t.name))
+        .collect();
+    status::note(
+        ctx,
+        experiment,
+        status,
+        false,
+        "PodKillRound",
+        "Select",
+        format!("kill round (seed {round_seed}): {}", names.join(", ")),
+    )
+    .await;
+    status::write(ctx, experiment, status).await?;
+
+    let mut notes = Vec::new();
+    for record in status
+        .targets
+        .iter_mut()
+        .filter(|r| r.state == TargetState::Injecting && due.contains(&(r.fault_index as usize)))
+    {
+        let Some(FaultKind::PodKill(fault)) = experiment
+            .spec
+            .faults
+            .get(record.fault_index as usize)
+            .and_then(|f| f.kind())
+        else {
+            continue;
+        };
+        if let Some(note) = podkill::apply(&ctx.no_retry, record, fault, now)
+            .await
+            .map_err(act_error("kill a pod"))?
+        {
+            notes.push(note);
+        }
+        // A skipped or vanished target still marks the round as done.
+        record.injected_at.get_or_insert(now);
+    }
+    for (reason, message) in notes {
+        status::note(ctx, experiment, status, false, reason, "Inject", message).await;
+    }
+    status::write(ctx, experiment, status).await
+}
+
+pub(super) fn records_for(
+    experiment: &ChaosExperiment,
+    selection: &selection::Selection,
+) -> Vec<TargetRecord> {
+    let mut records = Vec::new();
+    for (index, fault) in experiment.spec.faults.iter().enumerate() {
+        let Some(kind) = fault.kind() else { continue };
+        for target in &selection.targets {
+            records.push(TargetRecord {
+                namespace: target.namespace.clone(),
+                name: target.name.clone(),
+                uid: target.uid.clone(),
+                node_name: target.node_name.clone(),
+                pod_ip: target.pod_ip.clone(),
+                fault_index: index as i32,
+                fault: kind.name().into(),
+                state: TargetState::Selected,
+                injection: kind.is_network().then(|| {
+                    injections::injection_name(&experiment.name_any(), index as i32, &target.uid)
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    records
+}
