@@ -493,3 +493,49 @@ async fn a_controller_crash_mid_experiment_neither_kills_twice_nor_loses_a_rever
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_fault_the_node_cannot_do_fails_preflight_and_names_the_node() {
+    let h = Harness::start().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(h.client.clone());
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-1", "annotations": {"faultline.dev/capabilities": "nftables,tbf"}}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    shop_with_web_pods(&h, 1).await;
+    h.create("shop", "slow", latency_spec("30s")).await;
+    let failed = h.wait_phase("shop", "slow", Phase::Failed).await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("PreflightFailed"));
+    let message = status.message.unwrap();
+    assert!(
+        message.contains("node node-1")
+            && message.contains("networkLatency")
+            && message.contains("netem or nfqueue"),
+        "{message}"
+    );
+    assert!(
+        h.injections("shop")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // A partition is within what the node offers.
+    h.create(
+        "shop",
+        "cut",
+        json!({
+            "duration": "1s",
+            "target": {"labelSelector": {"matchLabels": {"app": "web"}}},
+            "faults": [{"networkPartition": {"peers": {"cidrs": ["10.0.0.0/8"]}}}]
+        }),
+    )
+    .await;
+    let done = h.wait_phase("shop", "cut", Phase::Succeeded).await;
+    assert_eq!(done.status.unwrap().verdict, Some(Verdict::Passed));
+    h.stop().await;
+}

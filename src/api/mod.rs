@@ -74,6 +74,10 @@ pub const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 /// FaultInjections carry the node they must be applied on in this label, so that each agent
 /// can watch only its own work.
 pub const NODE_LABEL: &str = "faultline.dev/node";
+/// Annotation the node agent writes on its Node: the mechanisms the node's kernel offers, comma
+/// separated, from `netem`, `nfqueue`, `tbf`, `nftables`, `iptables`. The controller refuses a
+/// fault the target's node cannot do before injecting anything.
+pub const NODE_CAPABILITIES_ANNOTATION: &str = "faultline.dev/capabilities";
 /// Label on objects created for an experiment, pointing back to it by name.
 pub const EXPERIMENT_LABEL: &str = "faultline.dev/experiment";
 /// Category every faultline CRD belongs to: `kubectl get chaos` lists them all.

@@ -2,7 +2,7 @@
 //! injected) and the fresh selections of a repeating pod kill. (client required)
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{
@@ -11,7 +11,10 @@ use super::{
     injections, podkill, status,
 };
 use crate::{
-    api::{ChaosExperiment, ChaosExperimentStatus, FaultKind, TargetRecord, TargetState, Verdict},
+    api::{
+        ChaosExperiment, ChaosExperimentStatus, FaultKind, NODE_CAPABILITIES_ANNOTATION,
+        TargetRecord, TargetState, Verdict,
+    },
     selection::{self, select_targets, target_namespaces},
 };
 
@@ -59,6 +62,20 @@ pub(super) async fn record_targets(
                 message,
             )
             .await;
+            if let Some(problem) = node_preflight(ctx, experiment, &selection).await? {
+                let message = format!("preflight failed, nothing was injected: {problem}");
+                finish(
+                    ctx,
+                    experiment,
+                    status,
+                    Verdict::Failed,
+                    "PreflightFailed",
+                    message,
+                    now,
+                )
+                .await?;
+                return remove_finalizer(ctx, experiment).await;
+            }
             status::write(ctx, experiment, status).await
         }
         Err(error) => {
@@ -230,4 +247,57 @@ pub(super) fn records_for(
         }
     }
     records
+}
+
+/// What a fault needs from the node's kernel, as alternatives: any one will do.
+pub(super) fn required_capabilities(kind: FaultKind<'_>) -> &'static [&'static str] {
+    match kind {
+        FaultKind::PodKill(_) => &[],
+        FaultKind::NetworkLatency(_) | FaultKind::NetworkLoss(_) => &["netem", "nfqueue"],
+        FaultKind::NetworkBandwidth(_) => &["tbf"],
+        FaultKind::NetworkPartition(_) => &["nftables", "iptables"],
+    }
+}
+
+/// Refuses a network fault whose target's node has said (through its agent's
+/// `faultline.dev/capabilities` annotation) that it cannot do it. A node without the
+/// annotation has no agent report yet; the injection timeout covers that case.
+async fn node_preflight(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+    selection: &selection::Selection,
+) -> Result<Option<String>> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let mut checked = std::collections::BTreeMap::new();
+    for target in &selection.targets {
+        let Some(node_name) = &target.node_name else {
+            continue;
+        };
+        if !checked.contains_key(node_name) {
+            let node = nodes.get_opt(node_name).await.map_err(Error::Observe)?;
+            let capabilities = node
+                .and_then(|n| n.metadata.annotations)
+                .and_then(|a| a.get(NODE_CAPABILITIES_ANNOTATION).cloned());
+            checked.insert(node_name.clone(), capabilities);
+        }
+        let Some(Some(capabilities)) = checked.get(node_name) else {
+            continue;
+        };
+        let offered: Vec<&str> = capabilities.split(',').map(str::trim).collect();
+        for fault in &experiment.spec.faults {
+            let Some(kind) = fault.kind() else { continue };
+            let needs = required_capabilities(kind);
+            if !needs.is_empty() && !needs.iter().any(|n| offered.contains(n)) {
+                return Ok(Some(format!(
+                    "node {node_name} (pod {}/{}) cannot do {}: it needs {} and the node's agent reports only [{}]",
+                    target.namespace,
+                    target.name,
+                    kind.name(),
+                    needs.join(" or "),
+                    capabilities
+                )));
+            }
+        }
+    }
+    Ok(None)
 }
