@@ -539,3 +539,41 @@ async fn a_fault_the_node_cannot_do_fails_preflight_and_names_the_node() {
     assert_eq!(done.status.unwrap().verdict, Some(Verdict::Passed));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn peers_chosen_by_selector_are_kept_current_while_the_fault_runs() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 1).await;
+    h.pod("shop", "db-0", "db", "10.244.9.1").await;
+    h.create("shop", "split", json!({
+        "duration": "10m",
+        "target": {"labelSelector": {"matchLabels": {"app": "web"}}},
+        "faults": [{"networkPartition": {"peers": {"selector": {"matchLabels": {"app": "db"}}}}}]
+    }))
+    .await;
+    h.wait_phase("shop", "split", Phase::Running).await;
+    let injections = h.injections("shop");
+    let first = injections.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(first[0].spec.fault.peer_cidrs, ["10.244.9.1/32"]);
+
+    h.pod("shop", "db-1", "db", "10.244.9.2").await;
+    wait_for(
+        "the new peer to reach the injection",
+        Duration::from_secs(10),
+        || async {
+            let list = injections.list(&ListParams::default()).await.ok()?.items;
+            (list[0].spec.fault.peer_cidrs == ["10.244.9.1/32", "10.244.9.2/32"]).then_some(())
+        },
+    )
+    .await;
+    let experiment = h.experiments("shop").get("split").await.unwrap();
+    assert!(
+        experiment
+            .status
+            .unwrap()
+            .timeline
+            .iter()
+            .any(|e| e.reason == "PeersUpdated")
+    );
+    h.stop().await;
+}

@@ -80,6 +80,8 @@ pub const NODE_LABEL: &str = "faultline.dev/node";
 pub const NODE_CAPABILITIES_ANNOTATION: &str = "faultline.dev/capabilities";
 /// Label on objects created for an experiment, pointing back to it by name.
 pub const EXPERIMENT_LABEL: &str = "faultline.dev/experiment";
+/// Label on a FaultInjection: the index of the experiment's fault it carries.
+pub const FAULT_INDEX_LABEL: &str = "faultline.dev/fault-index";
 /// Category every faultline CRD belongs to: `kubectl get chaos` lists them all.
 pub const CATEGORY: &str = "chaos";
 

@@ -24,6 +24,9 @@ use crate::{
     lifecycle::{AbortCause, Decision, HypothesisView, record::set_condition},
 };
 
+/// How often the peers of selector-scoped network faults are resolved again while they run.
+const PEER_REFRESH: Duration = Duration::from_secs(3);
+
 pub(super) fn act_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Act { action, source }
 }
@@ -242,12 +245,36 @@ pub async fn perform(
             Action::requeue(Duration::ZERO)
         }
         Decision::WaitUntil(at) => {
+            let mut longest = Duration::from_secs(30);
+            if status.phase == Phase::Running && injections::has_selector_scopes(experiment) {
+                // Peer pods come and go; keep every injection's peer list current.
+                for (pod, peers) in injections::refresh_peers(&ctx.client, experiment, &injections)
+                    .await
+                    .map_err(act_error("update FaultInjection peers"))?
+                {
+                    let message = format!(
+                        "peers of the fault on pod {pod} are now [{}]",
+                        peers.join(", ")
+                    );
+                    status::note(
+                        ctx,
+                        experiment,
+                        &mut status,
+                        false,
+                        "PeersUpdated",
+                        "Inject",
+                        message,
+                    )
+                    .await;
+                }
+                longest = PEER_REFRESH;
+            }
             status::write(ctx, experiment, &status).await?;
             let wait = (at - now)
                 .to_std()
                 .unwrap_or_default()
                 .max(Duration::from_millis(50));
-            Action::requeue(wait.min(Duration::from_secs(30)))
+            Action::requeue(wait.min(longest))
         }
         Decision::Wait => {
             if status.phase.is_terminal() {

@@ -13,8 +13,8 @@ use kube::{
 
 use crate::{
     api::{
-        ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, FaultInjectionSpec, FaultKind,
-        NODE_LABEL, NetworkFault, NetworkScope, ObjectRef, PodRef, TargetRecord,
+        ChaosExperiment, EXPERIMENT_LABEL, FAULT_INDEX_LABEL, FaultInjection, FaultInjectionSpec,
+        FaultKind, NODE_LABEL, NetworkFault, NetworkScope, ObjectRef, PodRef, TargetRecord,
     },
     selection::{LabelMatcher, is_running_and_ready},
 };
@@ -121,6 +121,10 @@ pub async fn create(
             labels: Some(BTreeMap::from([
                 (NODE_LABEL.to_string(), node.clone()),
                 (EXPERIMENT_LABEL.to_string(), experiment.name_any()),
+                (
+                    FAULT_INDEX_LABEL.to_string(),
+                    record.fault_index.to_string(),
+                ),
             ])),
             owner_references: experiment.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
@@ -168,4 +172,73 @@ pub async fn delete_all(
         }
     }
     Ok(())
+}
+
+/// Whether any network fault of the experiment names peers by a pod selector.
+pub fn has_selector_scopes(experiment: &ChaosExperiment) -> bool {
+    experiment
+        .spec
+        .faults
+        .iter()
+        .filter_map(|f| f.kind())
+        .filter_map(scope_of)
+        .any(|scope| scope.selector.is_some())
+}
+
+/// Resolves every injection's peers again and updates those whose peer list changed. Returns
+/// the pods whose injections changed, with their new peers.
+pub async fn refresh_peers(
+    client: &kube::Client,
+    experiment: &ChaosExperiment,
+    existing: &[FaultInjection],
+) -> Result<Vec<(String, Vec<String>)>, kube::Error> {
+    let namespace = experiment.namespace().unwrap_or_default();
+    let api: Api<FaultInjection> = Api::namespaced(client.clone(), &namespace);
+    let mut changed = Vec::new();
+    let mut resolved: std::collections::HashMap<usize, Vec<String>> = Default::default();
+    for injection in existing
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none())
+    {
+        let Some((index, kind)) = fault_of(experiment, injection) else {
+            continue;
+        };
+        let Some(scope) = scope_of(kind).filter(|s| s.selector.is_some()) else {
+            continue;
+        };
+        let peers = match resolved.get(&index) {
+            Some(peers) => peers.clone(),
+            None => {
+                let peers = resolve_peers(client, scope, &namespace).await?;
+                resolved.insert(index, peers.clone());
+                peers
+            }
+        };
+        if peers != injection.spec.fault.peer_cidrs {
+            let patch = serde_json::json!({ "spec": { "fault": { "peerCidrs": peers } } });
+            api.patch(
+                &injection.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await?;
+            changed.push((
+                format!(
+                    "{}/{}",
+                    injection.spec.target.namespace, injection.spec.target.name
+                ),
+                peers,
+            ));
+        }
+    }
+    Ok(changed)
+}
+
+/// The experiment fault an injection carries (its index is in the fault-index label).
+fn fault_of<'a>(
+    experiment: &'a ChaosExperiment,
+    injection: &FaultInjection,
+) -> Option<(usize, FaultKind<'a>)> {
+    let index: usize = injection.labels().get(FAULT_INDEX_LABEL)?.parse().ok()?;
+    Some((index, experiment.spec.faults.get(index)?.kind()?))
 }
