@@ -288,6 +288,19 @@ async fn a_dry_run_lists_the_targets_and_injects_nothing() {
     assert_eq!(status.verdict, Some(Verdict::DryRun));
     let names: Vec<_> = status.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["web-0", "web-1"]);
+    let plan: Vec<&str> = status
+        .timeline
+        .iter()
+        .filter(|e| e.reason == "WouldInject")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(
+        plan[0].starts_with(
+            "networkLatency on pod shop/web-0 (node node-1) through FaultInjection dry-0-"
+        ),
+        "{plan:?}"
+    );
     assert!(
         h.injections("shop")
             .list(&ListParams::default())

@@ -439,6 +439,22 @@ pub(super) async fn finish(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let metrics = &ctx.metrics;
+    if verdict == Verdict::DryRun {
+        // The plan, one line per target and fault, exactly as a real run would act on it.
+        let plan: Vec<String> = status.targets.iter().map(planned_action).collect();
+        for line in plan {
+            status::note(
+                ctx,
+                experiment,
+                status,
+                false,
+                "WouldInject",
+                "DryRun",
+                line,
+            )
+            .await;
+        }
+    }
     if matches!(status.phase, Phase::Aborting) {
         mark_reverted(status, now, experiment);
         if let Some(started) = status.abort_started_at {
@@ -496,4 +512,17 @@ pub(super) async fn finish(
     )
     .await;
     status::write(ctx, experiment, status).await
+}
+
+/// What a real run would do to one target, for a dry run's plan.
+fn planned_action(record: &crate::api::TargetRecord) -> String {
+    let target = format!("{}/{}", record.namespace, record.name);
+    let node = record.node_name.as_deref().unwrap_or("an unscheduled node");
+    match &record.injection {
+        Some(injection) => format!(
+            "{} on pod {target} (node {node}) through FaultInjection {injection}",
+            record.fault
+        ),
+        None => format!("{} of pod {target} (node {node})", record.fault),
+    }
 }
