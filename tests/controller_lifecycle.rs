@@ -273,6 +273,39 @@ async fn selections_outside_the_safety_rules_are_refused_before_anything_happens
             .items
             .is_empty()
     );
+
+    // kube-system is never a target, opted in or not.
+    let mut system = latency_spec("30s");
+    system["target"]["namespaces"] = json!(["kube-system"]);
+    h.create("shop", "system", system).await;
+    let failed = h.wait_phase("shop", "system", Phase::Failed).await;
+    assert!(
+        failed
+            .status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("kube-system is never a chaos target")
+    );
+
+    // A protected pod is skipped silently by selection: only the unprotected ones are targets.
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "shop");
+    let protect = json!({"metadata": {"labels": {"faultline.dev/protected": "true"}}});
+    pods.patch("web-0", &PatchParams::default(), &Patch::Merge(protect))
+        .await
+        .unwrap();
+    let mut dry = latency_spec("30s");
+    dry["dryRun"] = json!(true);
+    h.create("shop", "protected", dry).await;
+    let done = h.wait_phase("shop", "protected", Phase::Succeeded).await;
+    let names: Vec<String> = done
+        .status
+        .unwrap()
+        .targets
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(names, ["web-1", "web-2"]);
     h.stop().await;
 }
 
