@@ -73,7 +73,7 @@ async fn serve() -> String {
 fn runner(yaml: &str) -> ProbeRunner {
     faultline::cli::install_crypto_provider();
     let probe: Probe = serde_yaml::from_str(yaml).unwrap();
-    ProbeRunner::new(&probe, "shop").unwrap()
+    ProbeRunner::new(&probe, "shop", None).unwrap()
 }
 
 /// Runs one check of an HTTP probe named `checkout-healthy` with a 10s timeout; `extra` is

@@ -139,7 +139,7 @@ impl Prometheus {
             self.url
         ))
         .unwrap();
-        ProbeRunner::new(&probe, "shop").unwrap()
+        ProbeRunner::new(&probe, "shop", None).unwrap()
     }
 
     /// Waits until `query` (which must return one sample) returns `value`: the next scrape
@@ -300,7 +300,10 @@ async fn an_unreachable_prometheus_fails_naming_the_server() {
          operator: '==', value: 1}}}}"
     ))
     .unwrap();
-    let outcome = ProbeRunner::new(&probe, "shop").unwrap().run_once().await;
+    let outcome = ProbeRunner::new(&probe, "shop", None)
+        .unwrap()
+        .run_once()
+        .await;
     assert_eq!(
         error(&outcome),
         format!("probe checkout-errors: connection refused (http://127.0.0.1:{port}/api/v1/query)")

@@ -116,7 +116,11 @@ impl ControllerArgs {
                 info!("this replica holds the lease: reconciling");
                 // A fresh probe hub per term: probes run only on the leader.
                 let (trigger, triggers) = mpsc::unbounded_channel();
-                let hub = Arc::new(ProbeHub::new(trigger, telemetry.metrics.clone()));
+                let hub = Arc::new(ProbeHub::new(
+                    clients.main.clone(),
+                    trigger,
+                    telemetry.metrics.clone(),
+                ));
                 let mut lost = leadership.clone();
                 let stop = async move {
                     while lost.changed().await.is_ok() {

@@ -251,7 +251,11 @@ fn run_controller(
         controller::Clients::from_config(config).context("building the controller's client")?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let telemetry = controller::Telemetry::default();
-    let hub = std::sync::Arc::new(ProbeHub::new(trigger, telemetry.metrics.clone()));
+    let hub = std::sync::Arc::new(ProbeHub::new(
+        clients.main.clone(),
+        trigger,
+        telemetry.metrics.clone(),
+    ));
     Ok(controller::run(
         clients,
         controller::Settings::default(),

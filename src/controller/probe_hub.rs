@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::{Client, ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -29,25 +29,30 @@ struct Running {
 
 /// Probes of every experiment this controller is driving, keyed by experiment UID.
 pub struct ProbeHub {
+    /// What Kubernetes probes read the cluster with.
+    client: Client,
     running: Mutex<HashMap<String, Running>>,
     triggers: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
     metrics: Metrics,
 }
 
 impl ProbeHub {
+    /// `client` is what Kubernetes probes read the cluster with (the controller's own);
     /// `triggers` is the sending side of the controller's `reconcile_on` channel.
     pub fn new(
+        client: Client,
         triggers: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
         metrics: Metrics,
     ) -> Self {
         ProbeHub {
+            client,
             running: Mutex::default(),
             triggers,
             metrics,
         }
     }
 
-    fn runners(experiment: &ChaosExperiment) -> Result<Vec<ProbeRunner>, String> {
+    fn runners(&self, experiment: &ChaosExperiment) -> Result<Vec<ProbeRunner>, String> {
         let namespace = experiment.namespace().unwrap_or_default();
         let probes = experiment
             .spec
@@ -57,12 +62,12 @@ impl ProbeHub {
             .unwrap_or_default();
         probes
             .iter()
-            .map(|p| ProbeRunner::new(p, &namespace).map_err(|e| e.to_string()))
+            .map(|p| ProbeRunner::new(p, &namespace, Some(&self.client)).map_err(|e| e.to_string()))
             .collect()
     }
 
     fn start(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>) -> Option<Running> {
-        let runners = Self::runners(experiment).ok()?;
+        let runners = self.runners(experiment).ok()?;
         let probes = experiment
             .spec
             .steady_state
@@ -119,7 +124,7 @@ impl ProbeHub {
 
 impl HypothesisSource for ProbeHub {
     fn preflight(&self, experiment: &ChaosExperiment) -> Result<(), String> {
-        Self::runners(experiment).map(|_| ())
+        self.runners(experiment).map(|_| ())
     }
 
     fn watch(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>) {

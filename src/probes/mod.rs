@@ -1,7 +1,8 @@
 //! Probes: the checks behind the steady-state hypothesis.
 //!
-//! - [`Check`] is one check of one probe (an HTTP request, a PromQL query); it talks to the
-//!   world and reports a [`CheckOutcome`]. It never decides whether the hypothesis holds.
+//! - [`Check`] is one check of one probe (an HTTP request, a PromQL query, a read of Kubernetes
+//!   objects); it talks to the world and reports a [`CheckOutcome`]. It never decides whether
+//!   the hypothesis holds.
 //! - [`ProbeRunner`] turns an [`api::Probe`](crate::api::Probe) into the right checker, once
 //!   (URLs, regexes, headers and durations are parsed up front, so a bad spec is an error
 //!   before any check runs), and applies the probe's `timeout` to every check.
@@ -10,13 +11,15 @@
 //!   [`HypothesisView`](crate::lifecycle::HypothesisView) for the lifecycle.
 //! - [`scheduler`] runs every probe at its interval and sends the outcomes on a channel.
 //!
-//! Kubernetes probes are not implemented here yet; [`ProbeRunner::new`] says so with
-//! [`ProbeError::Unsupported`] rather than pretending to check anything.
+//! Kubernetes probes need a [`kube::Client`]; [`ProbeRunner::new`] refuses one without it
+//! ([`ProbeError::NoClient`]) rather than pretending to check anything.
 
 pub mod hypothesis;
 pub mod scheduler;
 
+mod field_path;
 mod http;
+mod kubernetes;
 mod prometheus;
 
 use std::{future::Future, time::Duration};
@@ -25,6 +28,7 @@ use crate::api::{GoDuration, Probe, ProbeCheck, ProbePhase};
 
 pub use self::http::HttpCheck;
 pub use self::hypothesis::{Hypothesis, ProbeTracker};
+pub use self::kubernetes::KubernetesCheck;
 pub use self::prometheus::PrometheusCheck;
 pub use self::scheduler::{ProbeReport, run_probes};
 
@@ -83,6 +87,7 @@ pub trait Check {
 #[derive(Clone, Debug)]
 pub enum Checker {
     Http(HttpCheck),
+    Kubernetes(KubernetesCheck),
     Prometheus(PrometheusCheck),
 }
 
@@ -90,6 +95,7 @@ impl Check for Checker {
     fn target(&self) -> String {
         match self {
             Checker::Http(c) => c.target(),
+            Checker::Kubernetes(c) => c.target(),
             Checker::Prometheus(c) => c.target(),
         }
     }
@@ -97,6 +103,7 @@ impl Check for Checker {
     async fn check(&self, ctx: &CheckContext<'_>) -> CheckOutcome {
         match self {
             Checker::Http(c) => c.check(ctx).await,
+            Checker::Kubernetes(c) => c.check(ctx).await,
             Checker::Prometheus(c) => c.check(ctx).await,
         }
     }
@@ -107,8 +114,10 @@ impl Check for Checker {
 pub enum ProbeError {
     #[error("probe {probe}: set exactly one of http, kubernetes or prometheus")]
     NoSingleCheck { probe: String },
-    #[error("probe {probe}: {kind} probes are not supported by this build of faultline yet")]
-    Unsupported { probe: String, kind: &'static str },
+    #[error(
+        "probe {probe}: kubernetes probes read the cluster, but no Kubernetes client was given"
+    )]
+    NoClient { probe: String },
     #[error("probe {probe}: {field} {message}")]
     InvalidDuration {
         probe: String,
@@ -123,7 +132,7 @@ impl ProbeError {
     /// PascalCase; for the status condition and the Event reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProbeError::Unsupported { .. } => "ProbeUnsupported",
+            ProbeError::NoClient { .. } => "ProbeUnsupported",
             _ => "InvalidProbe",
         }
     }
@@ -142,8 +151,13 @@ pub struct ProbeRunner {
 
 impl ProbeRunner {
     /// Builds the checker for `probe`; `namespace` (the experiment's) is the default namespace
-    /// for checks that need one.
-    pub fn new(probe: &Probe, namespace: &str) -> Result<Self, ProbeError> {
+    /// for checks that need one. `client` is what Kubernetes probes read the cluster with;
+    /// other probes do not need it.
+    pub fn new(
+        probe: &Probe,
+        namespace: &str,
+        client: Option<&kube::Client>,
+    ) -> Result<Self, ProbeError> {
         let name = probe.name.clone();
         let invalid = |message: String| ProbeError::InvalidSpec {
             probe: name.clone(),
@@ -151,11 +165,11 @@ impl ProbeRunner {
         };
         let checker = match probe.check() {
             None => return Err(ProbeError::NoSingleCheck { probe: name }),
-            Some(ProbeCheck::Kubernetes(_)) => {
-                return Err(ProbeError::Unsupported {
-                    probe: name,
-                    kind: "kubernetes",
-                });
+            Some(ProbeCheck::Kubernetes(spec)) => {
+                let Some(client) = client else {
+                    return Err(ProbeError::NoClient { probe: name });
+                };
+                Checker::Kubernetes(KubernetesCheck::new(spec, client.clone()).map_err(invalid)?)
             }
             Some(ProbeCheck::Http(spec)) => Checker::Http(HttpCheck::new(spec).map_err(invalid)?),
             Some(ProbeCheck::Prometheus(spec)) => {
@@ -308,6 +322,7 @@ mod tests {
                  http: {url: 'http://x/'}}",
             ),
             "shop",
+            None,
         )
         .unwrap();
         assert_eq!(runner.interval(), Duration::from_secs(10));
@@ -324,7 +339,7 @@ mod tests {
             ("{name: p}", "set exactly one of"),
             (
                 "{name: p, kubernetes: {apiVersion: v1, kind: Pod, name: x, readyPods: {min: 1}}}",
-                "kubernetes probes are not supported",
+                "no Kubernetes client was given",
             ),
             (
                 "{name: p, timeout: soon, http: {url: 'http://x/'}}",
@@ -357,10 +372,63 @@ mod tests {
             ),
         ];
         for (yaml, expected) in rows {
-            let err = ProbeRunner::new(&probe(yaml), "shop").unwrap_err();
+            let err = ProbeRunner::new(&probe(yaml), "shop", None).unwrap_err();
             assert!(
                 err.to_string().contains(expected),
                 "{yaml}: {err} does not mention {expected:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn kubernetes_probes_are_checked_when_built() {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
+                .unwrap();
+        let ok = "{name: p, kubernetes: {apiVersion: apps/v1, kind: Deployment, name: web, \
+                  field: {path: .status.readyReplicas, operator: '>=', value: '2'}}}";
+        let runner = ProbeRunner::new(&probe(ok), "shop", Some(&client)).unwrap();
+        assert!(matches!(runner.checker(), Checker::Kubernetes(_)));
+        assert_eq!(runner.checker().target(), "apps/v1 Deployment web");
+        // Each row: the kubernetes part of a probe, and a piece of the error message.
+        let rows = [
+            (
+                "{apiVersion: apps/v1/x, kind: Deployment, name: web, readyPods: {min: 1}}",
+                "apiVersion",
+            ),
+            (
+                "{apiVersion: /v1, kind: Deployment, name: web, readyPods: {min: 1}}",
+                "apiVersion",
+            ),
+            (
+                "{apiVersion: apps/v1, kind: Deployment, name: web, \
+                  field: {path: status.readyReplicas, value: '1'}}",
+                "must start with '.'",
+            ),
+            (
+                "{apiVersion: v1, kind: ConfigMap, name: c, readyPods: {min: 1}}",
+                "not a ConfigMap",
+            ),
+            (
+                "{apiVersion: apps/v1, kind: Deployment, name: web, readyPods: {min: -1}}",
+                "negative",
+            ),
+            (
+                "{apiVersion: apps/v1, kind: Deployment, name: web, labelSelector: app=web, \
+                  readyPods: {min: 1}}",
+                "exactly one of name or labelSelector",
+            ),
+            (
+                "{apiVersion: apps/v1, kind: Deployment, name: web}",
+                "at least one check",
+            ),
+        ];
+        for (kubernetes, expected) in rows {
+            let yaml = format!("{{name: p, kubernetes: {kubernetes}}}");
+            let err = ProbeRunner::new(&probe(&yaml), "shop", Some(&client)).unwrap_err();
+            assert!(
+                err.to_string().contains(expected),
+                "{kubernetes}: {err} does not mention {expected:?}"
             );
         }
     }

@@ -80,8 +80,13 @@ fn spawn_controller(
     tokio::task::JoinHandle<()>,
 ) {
     let (trigger, triggers) = mpsc::unbounded_channel();
+    let clients = Clients::from_config(server.client_config()).expect("clients");
     let hypotheses: Arc<dyn HypothesisSource> = if real_probes {
-        Arc::new(ProbeHub::new(trigger.clone(), Default::default()))
+        Arc::new(ProbeHub::new(
+            clients.main.clone(),
+            trigger.clone(),
+            Default::default(),
+        ))
     } else {
         scripted.clone()
     };
@@ -89,7 +94,6 @@ fn spawn_controller(
         injection_timeout: Duration::from_secs(5),
         ..Settings::default()
     };
-    let clients = Clients::from_config(server.client_config()).expect("clients");
     let task = tokio::spawn(controller::run(
         clients,
         settings,

@@ -10,6 +10,7 @@
 //! Module map (each module documents where it simplifies):
 //! `routes` (HTTP dispatch), `request` (URL, query, body parsing), `read` (get/list), `write` (create/update/patch),
 //! `gc` (delete, finalizers, garbage collection), `eviction` (the pods/eviction subresource),
+//! `events` (core/v1 and events.k8s.io/v1 Events: one store, converted per version),
 //! `disruption` (PodDisruptionBudget status, kept current after every relevant write), `watch`, `store` (objects, resourceVersion,
 //! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table`,
 //! `discovery`, `errors`.
@@ -21,6 +22,7 @@ mod crd;
 mod discovery;
 mod disruption;
 mod errors;
+mod events;
 mod eviction;
 mod gc;
 mod meta;

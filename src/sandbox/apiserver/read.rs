@@ -6,13 +6,15 @@
 
 use super::State;
 use super::errors::{ApiError, ApiResult};
+use super::events;
 use super::request::{Format, Params, Target};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::table;
 use serde_json::{Value, json};
 
 /// Set the `apiVersion` a client asked for (custom resources may be read through any served version).
-pub fn present(t: &Target, mut obj: Value) -> Value {
+pub fn present(t: &Target, obj: Value) -> Value {
+    let mut obj = events::from_storage(&t.def, obj);
     obj["apiVersion"] = json!(t.def.api_version(&t.version));
     obj["kind"] = json!(t.def.kind);
     obj
@@ -23,23 +25,35 @@ pub struct Filter {
     pub namespace: Option<String>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
+    /// Events: field labels are read through `events::field` (they are core labels by now).
+    events: bool,
 }
 
 impl Filter {
     pub fn from_params(t: &Target, p: &Params) -> ApiResult<Self> {
         let labels = LabelSelector::parse(p.get("labelSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?;
-        let fields = FieldSelector::parse(p.get("fieldSelector").unwrap_or_default())
+        let mut fields = FieldSelector::parse(p.get("fieldSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("invalid fieldSelector: {e}")))?;
         if let Some(bad) = fields.paths().find(|f| !t.def.field_selectable(f)) {
             return Err(ApiError::bad_request(format!(
                 "field label not supported: {bad}"
             )));
         }
+        let events = events::is_event(&t.def);
+        if events {
+            // `regarding.name` and friends are core labels on the stored (core) objects.
+            for req in &mut fields.0 {
+                if let Some(label) = events::selector_label(&t.def, &req.path) {
+                    req.path = label;
+                }
+            }
+        }
         Ok(Filter {
             namespace: t.namespace.clone(),
             labels,
             fields,
+            events,
         })
     }
 
@@ -49,7 +63,12 @@ impl Filter {
         {
             return false;
         }
-        self.labels.matches(obj["metadata"].get("labels")) && self.fields.matches(obj)
+        let fields = if self.events {
+            self.fields.matches_with(|label| events::field(obj, label))
+        } else {
+            self.fields.matches(obj)
+        };
+        self.labels.matches(obj["metadata"].get("labels")) && fields
     }
 }
 

@@ -87,8 +87,12 @@ impl ResourceDef {
         self.crd.is_some()
     }
 
-    /// Storage key, independent of the version the request used.
+    /// Storage key, independent of the version the request used. events.k8s.io Events are
+    /// core Events in another shape, stored once (see `events`).
     pub fn key(&self) -> ResKey {
+        if super::events::is_events_v1(self) {
+            return super::events::storage_key();
+        }
         ResKey {
             group: self.group.clone(),
             plural: self.plural.clone(),
@@ -109,6 +113,9 @@ impl ResourceDef {
 
     /// Field selector paths the real server accepts for this resource.
     pub fn field_selectable(&self, path: &str) -> bool {
+        if super::events::is_event(self) {
+            return super::events::selector_label(self, path).is_some();
+        }
         if matches!(path, "metadata.name" | "metadata.namespace") {
             return true;
         }
@@ -124,16 +131,9 @@ impl ResourceDef {
                     | "status.podIP"
                     | "status.nominatedNodeName"
             ),
-            ("", "events") => {
-                path.starts_with("involvedObject.")
-                    || matches!(path, "reason" | "reportingComponent" | "source" | "type")
-            }
             ("", "secrets") => path == "type",
             ("", "namespaces") => path == "status.phase",
             ("", "nodes") => path == "spec.unschedulable",
-            ("events.k8s.io", "events") => {
-                path.starts_with("regarding.") || matches!(path, "reason" | "type")
-            }
             _ => false,
         }
     }

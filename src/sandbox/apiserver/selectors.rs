@@ -208,10 +208,15 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|r| {
-            let actual = field_value(obj, &r.path);
-            (actual == r.value) != r.negate
-        })
+        self.matches_with(|path| field_value(obj, path))
+    }
+
+    /// Like [`FieldSelector::matches`], with the value of each field label from `value` (for
+    /// resources whose labels are not plain paths, e.g. an Event's `source`).
+    pub fn matches_with(&self, value: impl Fn(&str) -> String) -> bool {
+        self.0
+            .iter()
+            .all(|r| (value(&r.path) == r.value) != r.negate)
     }
 }
 

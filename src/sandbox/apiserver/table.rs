@@ -217,6 +217,9 @@ pub fn table(
     rv: &str,
     cont: Option<&str>,
 ) -> Value {
+    if super::events::is_event(def) {
+        return super::events::table(objs, rv, cont);
+    }
     let (mid, has_age) = columns(def, version);
     let mut defs = vec![col(
         "Name",

@@ -9,6 +9,7 @@
 use super::State;
 use super::crd;
 use super::errors::{ApiError, ApiResult, Cause};
+use super::events;
 use super::gc;
 use super::meta;
 use super::patch::{self, PatchError};
@@ -154,7 +155,7 @@ pub fn create(
     ctx: &mut WriteCtx,
 ) -> ApiResult<(u16, Value)> {
     let obj = check_type_meta(t, body)?;
-    commit_create(st, t, obj, ctx)
+    commit_create(st, t, events::to_storage(&t.def, obj), ctx)
 }
 
 pub fn commit_create(
@@ -276,7 +277,7 @@ pub fn update(
     ctx: &mut WriteCtx,
 ) -> ApiResult<(u16, Value)> {
     let name = t.name.clone().unwrap_or_default();
-    let new = check_type_meta(t, body)?;
+    let new = events::to_storage(&t.def, check_type_meta(t, body)?);
     if let Some(n) = new["metadata"]["name"].as_str()
         && n != name
     {
@@ -472,11 +473,12 @@ pub fn patch(
             patch::apply_merge(&mut fresh, &obj, !t.def.is_custom()).map_err(patch_failed)?;
             obj = fresh;
             obj["metadata"]["name"] = json!(name);
-            return commit_create(st, t, obj, ctx);
+            return commit_create(st, t, events::to_storage(&t.def, obj), ctx);
         }
         return Err(ApiError::not_found(&t.def.group, &t.def.plural, &name));
     };
-    let mut doc = old.clone();
+    // The patch applies to the object as this version shows it.
+    let mut doc = events::from_storage(&t.def, old.clone());
     match kind {
         "json" => patch::json_patch(&mut doc, &patch_body).map_err(patch_failed)?,
         "merge" => {
@@ -492,7 +494,7 @@ pub fn patch(
             // An apply never carries a precondition of its own unless it names a resourceVersion.
         }
     }
-    let doc = check_type_meta(t, doc)?;
+    let doc = events::to_storage(&t.def, check_type_meta(t, doc)?);
     commit_update(st, t, &old, doc, &patch_body, ctx)
 }
 

@@ -1,0 +1,106 @@
+//! The controller with its real probe hub and a Kubernetes probe: `readyPods` on a Deployment
+//! of the workload simulator while a pod kill takes one of its pods away.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{harness::Harness, wait_for};
+use faultline::{
+    api::{Phase, TargetState, Verdict},
+    sandbox::workloads::{WorkloadOptions, Workloads, deployment},
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// `web` in `shop` with `replicas` Ready pods; a killed pod is replaced after
+/// `replacement_delay`.
+async fn web(h: &Harness, replicas: i32, replacement_delay: Duration) -> Workloads {
+    let options = WorkloadOptions {
+        nodes: 2,
+        replacement_delay,
+        start_delay: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let workloads = Workloads::start(h.client.clone(), options).await.unwrap();
+    h.namespace("shop", true).await;
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "shop");
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("shop", "web", replicas, &[("app", "web")]),
+        )
+        .await
+        .unwrap();
+    wait_for("web to be Ready", Duration::from_secs(10), || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.status?.ready_replicas == Some(replicas)).then_some(())
+    })
+    .await;
+    workloads
+}
+
+fn ready_pods_hypothesis(min: i32) -> serde_json::Value {
+    json!({"recoveryTimeout": "10s", "probes": [{
+        "name": "web-ready",
+        "kubernetes": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                       "readyPods": {"min": min}},
+        "interval": "100ms", "timeout": "2s", "failureThreshold": 1
+    }]})
+}
+
+fn kill_one(min: i32) -> serde_json::Value {
+    json!({
+        "duration": "1s",
+        "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},
+        "faults": [{"podKill": {}}],
+        "steadyState": ready_pods_hypothesis(min),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_kill_that_leaves_enough_ready_pods_passes() {
+    let h = Harness::start_with_real_probes().await;
+    let workloads = web(&h, 3, Duration::from_millis(100)).await;
+    h.create("shop", "kill-one", kill_one(2)).await;
+    let done = h.wait_phase("shop", "kill-one", Phase::Succeeded).await;
+    let status = done.status.unwrap();
+    assert_eq!(
+        status.verdict,
+        Some(Verdict::Passed),
+        "{:?}",
+        status.message
+    );
+    assert_eq!(status.targets[0].state, TargetState::Reverted);
+    let probe = &status.probes[0];
+    assert_eq!(probe.name, "web-ready");
+    assert!(probe.passes >= 2 && probe.failures == 0, "{probe:?}");
+    workloads.shutdown().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_kill_below_the_ready_minimum_aborts_with_the_count_in_the_reason() {
+    let h = Harness::start_with_real_probes().await;
+    // Slow replacement: the Deployment stays one pod short long enough for the probe to see.
+    let workloads = web(&h, 3, Duration::from_secs(3)).await;
+    let mut spec = kill_one(3);
+    spec["duration"] = json!("20s");
+    h.create("shop", "too-few", spec).await;
+    let aborted = h.wait_phase("shop", "too-few", Phase::Aborted).await;
+    let status = aborted.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Aborted));
+    assert_eq!(status.reason.as_deref(), Some("ProbeFailed"));
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message
+            .contains("probe web-ready: deployments/web: 2 of 2 pods Ready, expected at least 3")
+            || message.contains(
+                "probe web-ready: deployments/web: 2 of 3 pods Ready, expected at least 3"
+            ),
+        "{message}"
+    );
+    workloads.shutdown().await;
+    h.stop().await;
+}
