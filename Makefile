@@ -19,7 +19,7 @@ build: ## Build the faultline binary (debug)
 
 .PHONY: sandbox
 sandbox: build ## Start the embedded API server with the CRDs and the examples applied (Ctrl-C stops it)
-	$(BIN) sandbox up $(addprefix --apply ,$(wildcard experiments/*.yaml))
+	$(BIN) sandbox up --apply experiments/sandbox/
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types in src/api
