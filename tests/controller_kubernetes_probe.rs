@@ -5,41 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{harness::Harness, wait_for};
-use faultline::{
-    api::{Phase, TargetState, Verdict},
-    sandbox::workloads::{WorkloadOptions, Workloads, deployment},
-};
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
+use common::harness::Harness;
+use faultline::api::{Phase, TargetState, Verdict};
 use serde_json::json;
-
-/// `web` in `shop` with `replicas` Ready pods; a killed pod is replaced after
-/// `replacement_delay`.
-async fn web(h: &Harness, replicas: i32, replacement_delay: Duration) -> Workloads {
-    let options = WorkloadOptions {
-        nodes: 2,
-        replacement_delay,
-        start_delay: Duration::from_millis(50),
-        ..Default::default()
-    };
-    let workloads = Workloads::start(h.client.clone(), options).await.unwrap();
-    h.namespace("shop", true).await;
-    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "shop");
-    deployments
-        .create(
-            &PostParams::default(),
-            &deployment("shop", "web", replicas, &[("app", "web")]),
-        )
-        .await
-        .unwrap();
-    wait_for("web to be Ready", Duration::from_secs(10), || async {
-        let d = deployments.get("web").await.ok()?;
-        (d.status?.ready_replicas == Some(replicas)).then_some(())
-    })
-    .await;
-    workloads
-}
 
 fn ready_pods_hypothesis(min: i32) -> serde_json::Value {
     json!({"recoveryTimeout": "10s", "probes": [{
@@ -62,7 +30,7 @@ fn kill_one(min: i32) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_kill_that_leaves_enough_ready_pods_passes() {
     let h = Harness::start_with_real_probes().await;
-    let workloads = web(&h, 3, Duration::from_millis(100)).await;
+    let workloads = h.web_deployment(3, Duration::from_millis(100)).await;
     h.create("shop", "kill-one", kill_one(2)).await;
     let done = h.wait_phase("shop", "kill-one", Phase::Succeeded).await;
     let status = done.status.unwrap();
@@ -84,7 +52,7 @@ async fn a_pod_kill_that_leaves_enough_ready_pods_passes() {
 async fn a_pod_kill_below_the_ready_minimum_aborts_with_the_count_in_the_reason() {
     let h = Harness::start_with_real_probes().await;
     // Slow replacement: the Deployment stays one pod short long enough for the probe to see.
-    let workloads = web(&h, 3, Duration::from_secs(3)).await;
+    let workloads = h.web_deployment(3, Duration::from_secs(3)).await;
     let mut spec = kill_one(3);
     spec["duration"] = json!("20s");
     h.create("shop", "too-few", spec).await;

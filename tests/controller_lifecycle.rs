@@ -84,14 +84,7 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
             .iter()
             .any(|c| c.type_ == "Complete" && c.reason == "Passed")
     );
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
     // The verdict is written before the finalizer is released.
     let api = h.experiments("shop");
     wait_for(
@@ -150,14 +143,7 @@ async fn a_before_hypothesis_that_fails_injects_nothing() {
         "nothing injected"
     );
     assert!(status.injected_at.is_none());
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 
@@ -167,15 +153,7 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
     shop_with_web_pods(&h, 3).await;
     h.create("shop", "abortme", latency_spec("10m")).await;
     let running = h.wait_phase("shop", "abortme", Phase::Running).await;
-    assert_eq!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        3
-    );
+    assert_eq!(h.injection_count("shop").await, 3);
 
     h.probes.set(
         ProbePhase::During,
@@ -197,14 +175,7 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
             .iter()
             .all(|t| t.state == TargetState::Reverted)
     );
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 
@@ -225,14 +196,7 @@ async fn deleting_a_running_experiment_reverts_before_it_disappears() {
         || async { api.get_opt("deleteme").await.ok()?.is_none().then_some(()) },
     )
     .await;
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 
@@ -265,14 +229,7 @@ async fn selections_outside_the_safety_rules_are_refused_before_anything_happens
             .unwrap()
             .contains("over the cap of 2")
     );
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
 
     // kube-system is never a target, opted in or not.
     let mut system = latency_spec("30s");
@@ -334,14 +291,7 @@ async fn a_dry_run_lists_the_targets_and_injects_nothing() {
         ),
         "{plan:?}"
     );
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 
@@ -408,14 +358,7 @@ async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiment
     let status = aborted.status.unwrap();
     assert_eq!(status.reason.as_deref(), Some("ChaosPaused"));
     assert!(status.abort_latency.is_some());
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
 
     // While paused, a new experiment injects nothing.
     h.create("shop", "while-paused", latency_spec("10m")).await;
@@ -528,15 +471,7 @@ async fn a_controller_crash_mid_experiment_neither_kills_twice_nor_loses_a_rever
         pods.list(&ListParams::default()).await.unwrap().items.len(),
         1
     );
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
-        "no revert lost"
-    );
+    assert_eq!(h.injection_count("shop").await, 0, "no revert lost");
     h.stop().await;
 }
 
@@ -561,14 +496,7 @@ async fn a_fault_the_node_cannot_do_fails_preflight_and_names_the_node() {
             && message.contains("netem or nfqueue"),
         "{message}"
     );
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
 
     // A partition is within what the node offers.
     h.create(

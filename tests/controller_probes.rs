@@ -18,10 +18,9 @@ use common::{
 };
 use faultline::{
     api::{Phase, TargetState, Verdict},
-    sandbox::workloads::{WorkloadOptions, Workloads, deployment},
     selection::is_running_and_ready,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, policy::v1::PodDisruptionBudget};
+use k8s_openapi::api::{core::v1::Pod, policy::v1::PodDisruptionBudget};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
@@ -70,35 +69,11 @@ async fn ready_pods(h: &Harness, namespace: &str) -> Vec<Pod> {
     list.into_iter().filter(is_running_and_ready).collect()
 }
 
-async fn web_deployment(h: &Harness, replicas: i32) -> Workloads {
-    let options = WorkloadOptions {
-        nodes: 2,
-        replacement_delay: Duration::from_millis(100),
-        start_delay: Duration::from_millis(50),
-        ..Default::default()
-    };
-    let workloads = Workloads::start(h.client.clone(), options).await.unwrap();
-    h.namespace("shop", true).await;
-    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "shop");
-    deployments
-        .create(
-            &PostParams::default(),
-            &deployment("shop", "web", replicas, &[("app", "web")]),
-        )
-        .await
-        .unwrap();
-    wait_for("web pods to be Ready", Duration::from_secs(10), || async {
-        (ready_pods(h, "shop").await.len() == replicas as usize).then_some(())
-    })
-    .await;
-    workloads
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_kill_under_an_http_hypothesis_passes_and_the_pod_comes_back() {
     let h = Harness::start_with_real_probes().await;
     let service = Service::start().await;
-    let workloads = web_deployment(&h, 3).await;
+    let workloads = h.web_deployment(3, Duration::from_millis(100)).await;
     h.create(
         "shop",
         "kill-one",
@@ -144,7 +119,7 @@ async fn a_pod_kill_under_an_http_hypothesis_passes_and_the_pod_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_that_forbids_the_eviction_makes_the_kill_a_recorded_skip() {
     let h = Harness::start_with_real_probes().await;
-    let workloads = web_deployment(&h, 2).await;
+    let workloads = h.web_deployment(2, Duration::from_millis(100)).await;
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(h.client.clone(), "shop");
     let budget: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": {"name": "web-pdb"},
@@ -204,14 +179,7 @@ async fn an_unhealthy_service_before_injection_means_nothing_is_injected() {
         status.message
     );
     assert!(status.injected_at.is_none());
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 
@@ -224,15 +192,7 @@ async fn a_probe_that_fails_during_the_run_aborts_and_reverts_everything() {
     spec["steadyState"] = http_hypothesis(&service.url);
     h.create("shop", "breaks", spec).await;
     h.wait_phase("shop", "breaks", Phase::Running).await;
-    assert_eq!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        3
-    );
+    assert_eq!(h.injection_count("shop").await, 3);
 
     service.set(500);
     let aborted = h.wait_phase("shop", "breaks", Phase::Aborted).await;
@@ -255,21 +215,14 @@ async fn a_probe_that_fails_during_the_run_aborts_and_reverts_everything() {
             .iter()
             .all(|t| t.state == TargetState::Reverted)
     );
-    assert!(
-        h.injections("shop")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_kill_with_an_interval_kills_again_each_round_selecting_afresh() {
     let h = Harness::start_with_real_probes().await;
-    let workloads = web_deployment(&h, 3).await;
+    let workloads = h.web_deployment(3, Duration::from_millis(100)).await;
     h.create("shop", "repeat", json!({
         "duration": "1500ms",
         "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},

@@ -15,12 +15,16 @@ use faultline::{
     },
     controller::{self, Clients, HypothesisSource, Settings, probe_hub::ProbeHub},
     lifecycle::HypothesisView,
+    sandbox::workloads::{WorkloadOptions, Workloads, deployment},
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Pod},
+};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
 };
 use serde_json::json;
@@ -208,6 +212,43 @@ impl Harness {
             },
         )
         .await
+    }
+
+    /// How many FaultInjections exist in `namespace`.
+    pub async fn injection_count(&self, namespace: &str) -> usize {
+        self.injections(namespace)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
+
+    /// A `web` Deployment in the opted-in namespace `shop` on the workload simulator, with
+    /// `replicas` Ready pods; a killed pod is replaced after `replacement_delay`.
+    pub async fn web_deployment(&self, replicas: i32, replacement_delay: Duration) -> Workloads {
+        let options = WorkloadOptions {
+            nodes: 2,
+            replacement_delay,
+            start_delay: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let workloads = Workloads::start(self.client.clone(), options)
+            .await
+            .unwrap();
+        self.namespace("shop", true).await;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), "shop");
+        let web = deployment("shop", "web", replicas, &[("app", "web")]);
+        deployments
+            .create(&PostParams::default(), &web)
+            .await
+            .unwrap();
+        wait_for("web to be Ready", Duration::from_secs(10), || async {
+            let d = deployments.get("web").await.ok()?;
+            (d.status?.ready_replicas == Some(replicas)).then_some(())
+        })
+        .await;
+        workloads
     }
 
     pub async fn stop(mut self) {
