@@ -223,3 +223,87 @@ async fn kubectl_apply_get_watch_delete() {
     );
     srv.shutdown().await;
 }
+
+/// The same flow with faultline's own files: `kubectl apply -f crds/`, an example from
+/// `experiments/`, the short name, `-o yaml`, `explain`, a rejected manifest, delete.
+#[tokio::test]
+async fn kubectl_works_with_faultlines_crds_and_examples() {
+    let bin = kubectl_path();
+    let srv = server().await;
+    let k = Kubectl {
+        bin,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(k.dir.path().join("kubeconfig"), srv.kubeconfig_yaml()).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+
+    let out = k
+        .ok(&["apply", "-f", repo.join("crds").to_str().unwrap()])
+        .await;
+    for crd in [
+        "chaosexperiments",
+        "chaosschedules",
+        "gamedays",
+        "faultinjections",
+    ] {
+        assert!(
+            out.contains(&format!("{crd}.faultline.dev created")),
+            "{out}"
+        );
+    }
+    let example = repo.join("experiments/pod-kill-http.yaml");
+    let out = k.ok(&["apply", "-f", example.to_str().unwrap()]).await;
+    assert!(
+        out.contains("chaosexperiment.faultline.dev/checkout-pod-kill created"),
+        "{out}"
+    );
+
+    let table = k.ok(&["get", "fex"]).await;
+    assert!(
+        table.starts_with("NAME") && table.contains("PHASE") && table.contains("VERDICT"),
+        "{table}"
+    );
+    assert!(
+        table.contains("checkout-pod-kill") && table.contains("30s"),
+        "{table}"
+    );
+    let yaml = k
+        .ok(&["get", "fex", "checkout-pod-kill", "-o", "yaml"])
+        .await;
+    assert!(
+        yaml.contains("method: evict") && yaml.contains("name: checkout-healthy"),
+        "{yaml}"
+    );
+    let all = k.ok(&["get", "chaos"]).await;
+    assert!(
+        all.contains("chaosexperiment.faultline.dev/checkout-pod-kill"),
+        "{all}"
+    );
+    let explain = k.ok(&["explain", "chaosexperiment.spec.target.mode"]).await;
+    assert!(
+        explain.contains("How many of the matching pods to target")
+            && explain.contains("RandomMaxPercent"),
+        "{explain}"
+    );
+
+    let bad = k.file(
+        "bad.yaml",
+        "apiVersion: faultline.dev/v1alpha1\nkind: ChaosExperiment\nmetadata:\n  name: bad\nspec:\n  duration: fast\n  faults:\n  - podKill: {}\n    networkLoss: {percent: 5}\n",
+    );
+    let (ok, _, stderr) = k.run(&["apply", "-f", &bad]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("spec.duration: Invalid value: \"fast\": must be a duration such as 500ms"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("each fault must set exactly one of podKill"),
+        "{stderr}"
+    );
+
+    let out = k.ok(&["delete", "fex", "checkout-pod-kill"]).await;
+    assert!(out.contains("deleted"), "{out}");
+    let (_, table, _) = k.run(&["get", "fex"]).await;
+    assert!(!table.contains("checkout-pod-kill"), "{table}");
+    srv.shutdown().await;
+}
