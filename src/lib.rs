@@ -9,7 +9,8 @@
 //! - [`controller`]: reconciles ChaosExperiments: observe, decide, act, record.
 //! - [`validate`]: offline checks behind `faultline validate` (pure).
 //! - [`manifest`]: applying YAML manifests through the kube client.
-//! - [`sandbox`]: the embedded Kubernetes API server and `faultline sandbox`.
+//! - [`sandbox`]: the embedded Kubernetes API server, `faultline sandbox`, and stand-ins for
+//!   probes and the node agent (`sandbox::testkit`) used by tests and benchmarks.
 //! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
 //! - [`cli`]: the `faultline` command line.
 pub mod admin;

@@ -1,2 +1,3 @@
 pub mod apiserver;
+pub mod testkit;
 pub mod workloads;

@@ -2,66 +2,29 @@
 //! (kube-runtime Controller, real kube client), a stand-in node agent, and either scripted
 //! probes or the real probe hub.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use faultline::{
-    api::{
-        AGENT_FINALIZER, ChaosExperiment, ChaosExperimentSpec, FaultInjection,
-        FaultInjectionStatus, InjectionPhase, Phase, ProbePhase, ProbeStatus, all_crds,
-    },
+    api::{ChaosExperiment, ChaosExperimentSpec, FaultInjection, Phase, all_crds},
     controller::{self, Clients, HypothesisSource, Settings, probe_hub::ProbeHub},
-    lifecycle::HypothesisView,
-    sandbox::workloads::{WorkloadOptions, Workloads, deployment},
+    sandbox::{
+        testkit::{ScriptedProbes, stand_in_agent},
+        workloads::{WorkloadOptions, Workloads, deployment},
+    },
 };
-use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Namespace, Pod},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
+    runtime::reflector::ObjectRef,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ApiServer, wait_for};
-
-/// Probes whose verdict the test sets per phase; unset phases hold.
-#[derive(Default)]
-pub struct ScriptedProbes {
-    views: Mutex<HashMap<ProbePhase, HypothesisView>>,
-}
-
-impl ScriptedProbes {
-    pub fn set(&self, phase: ProbePhase, view: HypothesisView) {
-        self.views.lock().unwrap().insert(phase, view);
-    }
-}
-
-impl HypothesisSource for ScriptedProbes {
-    fn preflight(&self, _: &ChaosExperiment) -> Result<(), String> {
-        Ok(())
-    }
-    fn watch(&self, _: &ChaosExperiment, _: Option<ProbePhase>) {}
-    fn view(&self, _: &str, phase: ProbePhase) -> HypothesisView {
-        self.views
-            .lock()
-            .unwrap()
-            .get(&phase)
-            .cloned()
-            .unwrap_or(HypothesisView::Holding)
-    }
-    fn statuses(&self, _: &str) -> Vec<ProbeStatus> {
-        vec![]
-    }
-    fn forget(&self, _: &str) {}
-}
 
 pub struct Harness {
     pub server: ApiServer,
@@ -260,51 +223,6 @@ impl Harness {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         self.server.shutdown().await;
-    }
-}
-
-/// Plays the node agent: holds its finalizer, reports Applied, and lets go on deletion.
-pub async fn stand_in_agent(client: Client, stop: oneshot::Receiver<()>) {
-    let all: Api<FaultInjection> = Api::all(client.clone());
-    let events = watcher(all, watcher::Config::default()).applied_objects();
-    let work = events.for_each(|event| {
-        let client = client.clone();
-        async move {
-            let Ok(injection) = event else { return };
-            let api: Api<FaultInjection> =
-                Api::namespaced(client, &injection.namespace().unwrap_or_default());
-            let name = injection.name_any();
-            let has_finalizer = injection.finalizers().iter().any(|f| f == AGENT_FINALIZER);
-            if injection.metadata.deletion_timestamp.is_some() {
-                let patch = json!({"metadata": {"finalizers": null}});
-                let _ = api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await;
-            } else if !has_finalizer {
-                let patch = json!({"metadata": {"finalizers": [AGENT_FINALIZER]}});
-                let _ = api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await;
-            } else if injection
-                .status
-                .as_ref()
-                .is_none_or(|s| s.phase != InjectionPhase::Applied)
-            {
-                let status = FaultInjectionStatus {
-                    phase: InjectionPhase::Applied,
-                    mechanism: Some("stand-in".into()),
-                    ..Default::default()
-                };
-                let patch = json!({"status": status});
-                let _ = api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await;
-            }
-        }
-    });
-    tokio::select! {
-        _ = work => {}
-        _ = stop => {}
     }
 }
 

@@ -1,0 +1,275 @@
+//! The controller's peak memory with 1,000 experiments over 10,000 pods.
+//!
+//! The API server and the controller would share a process in-process, so the controller runs
+//! as the real binary (`faultline controller`, built in this profile by `cargo bench`) against
+//! an embedded API server that this process hosts, together with the stand-in node agent.
+//! Its peak resident set is `VmHWM` in `/proc/PID/status`, read once every experiment is
+//! terminal.
+//!
+//! Layout: 10 opted-in namespaces of 1,000 Running pods each; 100 experiments per namespace,
+//! each a one-second network latency fault on its own pod (so 1,000 FaultInjections come and go).
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    io::{BufRead, BufReader, Write},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    PodSpec, create_experiments, create_pods, machine, metric, namespace, pod_ip, print_table,
+    start_server,
+};
+use faultline::{api::ChaosExperiment, sandbox::testkit::stand_in_agent};
+use futures::StreamExt;
+use kube::{
+    Api, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::oneshot;
+
+const NAMESPACES: usize = 10;
+
+/// Pods per namespace: `FAULTLINE_BENCH_PODS` / 10, by default 1,000.
+fn pods_per_namespace() -> usize {
+    env_or("FAULTLINE_BENCH_PODS", 10_000) / NAMESPACES
+}
+
+/// Experiments per namespace: `FAULTLINE_BENCH_EXPERIMENTS` / 10, by default 100.
+fn experiments_per_namespace() -> usize {
+    env_or("FAULTLINE_BENCH_EXPERIMENTS", 1_000) / NAMESPACES
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+const CONTROLLER_NAMESPACE: &str = "faultline-system";
+
+#[tokio::main]
+async fn main() {
+    faultline::cli::install_crypto_provider();
+    let binary = env!("CARGO_BIN_EXE_faultline");
+    let server = start_server().await;
+    let client = server.client().await;
+    namespace(&client, CONTROLLER_NAMESPACE, false).await;
+
+    let setup = Instant::now();
+    for n in 0..NAMESPACES {
+        let ns = format!("team-{n}");
+        namespace(&client, &ns, true).await;
+        let pods = (0..pods_per_namespace())
+            .map(|i| PodSpec {
+                namespace: ns.clone(),
+                name: format!("pod-{i}"),
+                app: format!("app-{i}"),
+                ip: pod_ip(n * pods_per_namespace() + i),
+            })
+            .collect();
+        create_pods(&client, pods).await;
+    }
+    let setup = setup.elapsed();
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
+
+    let kubeconfig = tempfile::NamedTempFile::new().expect("a temporary kubeconfig");
+    kubeconfig
+        .as_file()
+        .write_all(server.kubeconfig_yaml().as_bytes())
+        .expect("write the kubeconfig");
+    let (mut controller, admin) = spawn_controller(binary, kubeconfig.path());
+    let pid = controller.id();
+    let metrics_url = format!("http://{admin}/metrics");
+    let http = reqwest::Client::new();
+    // Reconciling starts once the lease is held and the caches are synced.
+    wait_ready(&http, &format!("http://{admin}/readyz")).await;
+    let idle = read_status(pid);
+
+    let experiments_api: Api<ChaosExperiment> = Api::all(client.clone());
+    let mut events = watcher(experiments_api, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let experiments = (0..NAMESPACES)
+        .flat_map(|n| {
+            (0..experiments_per_namespace()).map(move |i| {
+                let app = format!("app-{i}");
+                (
+                    format!("team-{n}"),
+                    format!("exp-{i}"),
+                    common::latency_spec(&app, "1s"),
+                )
+            })
+        })
+        .collect::<Vec<_>>();
+    let total = experiments.len();
+    let started = Instant::now();
+    let creating = tokio::spawn(create_experiments(client.clone(), experiments));
+    let mut terminal = HashSet::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(600));
+    let mut progress = tokio::time::interval(Duration::from_secs(15));
+    tokio::pin!(deadline);
+    while terminal.len() < total {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { panic!("the experiment watch ended") };
+                let Ok(e) = event else { continue };
+                if e.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
+                    terminal.insert(format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()));
+                }
+            }
+            _ = progress.tick() => eprintln!("controller_rss: {} of {total} terminal after {:.0?}", terminal.len(), started.elapsed()),
+            _ = &mut deadline => panic!("only {} of {total} experiments finished in 10 minutes", terminal.len()),
+        }
+    }
+    let run = started.elapsed();
+    creating.await.expect("creating experiments");
+    let after = read_status(pid);
+    let metrics = http
+        .get(&metrics_url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status());
+    let reconciles = match metrics {
+        Ok(r) => metric(
+            &r.text().await.unwrap_or_default(),
+            "faultline_reconciliations_total",
+        )
+        .to_string(),
+        Err(error) => format!("? ({error})"),
+    };
+    let own = read_status(std::process::id());
+
+    let _ = controller.kill();
+    let _ = controller.wait();
+    let _ = stop_agent.send(());
+    let _ = agent.await;
+    server.shutdown().await;
+
+    let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
+    print_table(
+        &format!(
+            "controller_rss: {total} experiments over {} pods in {NAMESPACES} namespaces ({})",
+            NAMESPACES * pods_per_namespace(),
+            machine()
+        ),
+        &["measured", "value"],
+        &[
+            vec![
+                "controller VmRSS, idle after the caches synced (MiB)".into(),
+                mib(idle.rss),
+            ],
+            vec![
+                "controller VmHWM (peak RSS) once all are terminal (MiB)".into(),
+                mib(after.hwm),
+            ],
+            vec![
+                "controller VmRSS once all are terminal (MiB)".into(),
+                mib(after.rss),
+            ],
+            vec![
+                "API server process VmHWM, for reference: server + stand-in agent + bench (MiB)"
+                    .into(),
+                mib(own.hwm),
+            ],
+            vec![
+                "API server process VmRSS at the end (MiB)".into(),
+                mib(own.rss),
+            ],
+            vec![
+                "create -> all terminal (s)".into(),
+                format!("{:.1}", run.as_secs_f64()),
+            ],
+            vec!["controller reconciles".into(), reconciles],
+            vec![
+                "setup: creating the pods (s)".into(),
+                format!("{:.1}", setup.as_secs_f64()),
+            ],
+        ],
+    );
+}
+
+/// Starts `faultline controller` against the kubeconfig and returns it with the address its
+/// admin port bound (read from its log).
+fn spawn_controller(binary: &str, kubeconfig: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(binary)
+        .args([
+            "controller",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--namespace",
+            CONTROLLER_NAMESPACE,
+            "--injection-timeout",
+            "5m",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env("FAULTLINE_LOG", "faultline=info,warn")
+        .env_remove("POD_NAMESPACE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {binary}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining its log so that a full pipe never blocks it.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .contains("admin endpoints")
+                .then(|| line.split("bound=").nth(1))
+                .flatten()
+                .and_then(|rest| rest.split_whitespace().next())
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.to_string());
+            }
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("controller: {line}");
+            }
+        }
+    });
+    let admin = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the controller logs its admin address within 30s");
+    (child, admin)
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the controller was not ready within 60s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Memory {
+    /// VmRSS, KiB.
+    rss: u64,
+    /// VmHWM (peak RSS), KiB.
+    hwm: u64,
+}
+
+fn read_status(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Memory {
+        rss: field("VmRSS:"),
+        hwm: field("VmHWM:"),
+    }
+}

@@ -1,0 +1,115 @@
+//! Stand-ins for the parts of a cluster the controller talks to but that need root or real
+//! services: scripted probes and a node agent that only pretends to apply faults. Shared by the
+//! integration tests and the benchmarks; also usable against the sandbox API server.
+//!
+//! Caveats: [`stand_in_agent`] applies nothing. It plays the agent's protocol (finalizer on,
+//! status `Applied`, finalizer off once deleted) for every FaultInjection on every node, one
+//! watch event at a time.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+
+use crate::{
+    api::{
+        AGENT_FINALIZER, ChaosExperiment, FaultInjection, FaultInjectionStatus, InjectionPhase,
+        ProbePhase, ProbeStatus,
+    },
+    controller::HypothesisSource,
+    lifecycle::HypothesisView,
+};
+
+/// Probes whose verdict is set per phase by whoever drives the controller; unset phases hold.
+#[derive(Default)]
+pub struct ScriptedProbes {
+    views: Mutex<HashMap<ProbePhase, HypothesisView>>,
+}
+
+impl ScriptedProbes {
+    pub fn set(&self, phase: ProbePhase, view: HypothesisView) {
+        self.views().insert(phase, view);
+    }
+
+    /// Forgets every scripted view: all phases hold again.
+    pub fn clear(&self) {
+        self.views().clear();
+    }
+
+    /// A panic elsewhere cannot leave the map half-written; a poisoned lock is taken over.
+    fn views(&self) -> MutexGuard<'_, HashMap<ProbePhase, HypothesisView>> {
+        self.views.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl HypothesisSource for ScriptedProbes {
+    fn preflight(&self, _: &ChaosExperiment) -> Result<(), String> {
+        Ok(())
+    }
+    fn watch(&self, _: &ChaosExperiment, _: Option<ProbePhase>) {}
+    fn view(&self, _: &str, phase: ProbePhase) -> HypothesisView {
+        self.views()
+            .get(&phase)
+            .cloned()
+            .unwrap_or(HypothesisView::Holding)
+    }
+    fn statuses(&self, _: &str) -> Vec<ProbeStatus> {
+        vec![]
+    }
+    fn forget(&self, _: &str) {}
+}
+
+/// Plays the node agent for every node until `stop` resolves: holds its finalizer on each
+/// FaultInjection, reports it Applied, and lets go once it is deleted. Failed writes are
+/// dropped; the next watch event for the object retries.
+pub async fn stand_in_agent(client: Client, stop: impl std::future::Future) {
+    let all: Api<FaultInjection> = Api::all(client.clone());
+    let events = watcher(all, watcher::Config::default()).applied_objects();
+    let work = events.for_each(|event| {
+        let client = client.clone();
+        async move {
+            let Ok(injection) = event else { return };
+            let api: Api<FaultInjection> =
+                Api::namespaced(client, &injection.namespace().unwrap_or_default());
+            let name = injection.name_any();
+            let has_finalizer = injection.finalizers().iter().any(|f| f == AGENT_FINALIZER);
+            if injection.metadata.deletion_timestamp.is_some() {
+                let patch = json!({"metadata": {"finalizers": null}});
+                let _ = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            } else if !has_finalizer {
+                let patch = json!({"metadata": {"finalizers": [AGENT_FINALIZER]}});
+                let _ = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            } else if injection
+                .status
+                .as_ref()
+                .is_none_or(|s| s.phase != InjectionPhase::Applied)
+            {
+                let status = FaultInjectionStatus {
+                    phase: InjectionPhase::Applied,
+                    mechanism: Some("stand-in".into()),
+                    ..Default::default()
+                };
+                let patch = json!({"status": status});
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            }
+        }
+    });
+    tokio::select! {
+        _ = work => {}
+        _ = stop => {}
+    }
+}
