@@ -12,8 +12,8 @@ mod common;
 use std::{collections::HashSet, time::Instant};
 
 use common::{
-    ApiCalls, Bed, Calls, PodSpec, create_experiments, create_pods, machine, namespace, percentiles,
-    pod_ip, print_table,
+    ApiCalls, Bed, Calls, PodSpec, create_experiments, create_pods, machine, namespace,
+    percentiles, pod_ip, print_table,
 };
 use faultline::{
     api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, Phase, ProbePhase},
@@ -60,7 +60,11 @@ async fn main() {
         let name = format!("abort-{run}");
         let (live, watching) = watch_injections(&bed, &name);
         let created = Instant::now();
-        create_experiments(bed.client.clone(), vec![(NAMESPACE.into(), name.clone(), spec())]).await;
+        create_experiments(
+            bed.client.clone(),
+            vec![(NAMESPACE.into(), name.clone(), spec())],
+        )
+        .await;
         let running = wait_experiment(&bed, &name, |p| p == Phase::Running).await;
         let mut live_rx = live.clone();
         live_rx
@@ -141,24 +145,25 @@ async fn main() {
         &["measured (ms)", "p50", "p90", "p99", "max"],
         &[
             row("flip -> every FaultInjection gone (watch)", &external),
-            row("  of which: flip -> the last one marked for deletion", &requested),
+            row(
+                "  of which: flip -> the last one marked for deletion",
+                &requested,
+            ),
             row("status.abortLatency (recorded)", &recorded),
             row("flip -> verdict Aborted seen (watch)", &to_verdict),
             row("create -> Running, 100 injected (for scale)", &to_running),
         ],
     );
     let runs = RUNS as f64;
-    let mut rows = vec![
-        vec![
-            "reconciles".to_string(),
-            format!("{:.1}", abort_reconciles as f64 / runs),
-            format!("{:.1}", abort_reconcile_seconds * 1e3 / runs),
-            format!(
-                "{:.1}",
-                abort_reconcile_seconds * 1e3 / abort_reconciles.max(1) as f64
-            ),
-        ],
-    ];
+    let mut rows = vec![vec![
+        "reconciles".to_string(),
+        format!("{:.1}", abort_reconciles as f64 / runs),
+        format!("{:.1}", abort_reconcile_seconds * 1e3 / runs),
+        format!(
+            "{:.1}",
+            abort_reconcile_seconds * 1e3 / abort_reconciles.max(1) as f64
+        ),
+    ]];
     rows.extend(abort_calls.into_iter().map(|(kind, c)| {
         vec![
             kind,
@@ -178,7 +183,8 @@ async fn main() {
 fn spec() -> serde_json::Value {
     let mut spec = common::latency_spec("web", "10m");
     // With no probe the hypothesis is never consulted.
-    spec["steadyState"] = json!({"probes": [{"name": "web", "http": {"url": "http://127.0.0.1:1/"}}]});
+    spec["steadyState"] =
+        json!({"probes": [{"name": "web", "http": {"url": "http://127.0.0.1:1/"}}]});
     spec
 }
 

@@ -246,7 +246,10 @@ async fn wait_ready(http: &reqwest::Client, url: &str) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "the controller was not ready within 60s");
+        assert!(
+            Instant::now() < deadline,
+            "the controller was not ready within 60s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

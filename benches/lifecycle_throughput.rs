@@ -14,8 +14,8 @@ use common::{
     ApiCalls, Bed, Calls, PodSpec, create_experiments, create_pods, machine, metric, namespace,
     percentiles, pod_ip, print_table,
 };
-use futures::StreamExt;
 use faultline::api::ChaosExperiment;
+use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
     runtime::{WatchStreamExt, watcher},

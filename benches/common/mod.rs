@@ -94,7 +94,10 @@ impl Bed {
 
     /// `faultline_reconciliations_total` from the controller's metrics.
     pub fn reconciliations(&self) -> u64 {
-        metric(&self.telemetry.metrics.render(), "faultline_reconciliations_total")
+        metric(
+            &self.telemetry.metrics.render(),
+            "faultline_reconciliations_total",
+        )
     }
 
     /// Total seconds spent in reconciles so far.
@@ -188,7 +191,10 @@ pub fn pod_ip(i: usize) -> String {
     format!("10.{}.{}.{}", 100 + i / 65_536, (i / 256) % 256, i % 256)
 }
 
-pub async fn create_experiments(client: Client, experiments: Vec<(String, String, serde_json::Value)>) {
+pub async fn create_experiments(
+    client: Client,
+    experiments: Vec<(String, String, serde_json::Value)>,
+) {
     futures::stream::iter(experiments)
         .map(|(namespace, name, spec)| {
             let client = client.clone();
@@ -245,8 +251,11 @@ pub fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("nproc={cores}, {model}")
@@ -432,6 +441,10 @@ fn request_kind(method: &str, url: &str) -> String {
         [plural, _name, sub, ..] => format!("{plural}/{sub}"),
         [] => path.to_string(),
     };
-    let method = if query.contains("watch=true") { "WATCH" } else { method };
+    let method = if query.contains("watch=true") {
+        "WATCH"
+    } else {
+        method
+    };
     format!("{method} {kind}")
 }
