@@ -106,7 +106,7 @@ impl ControllerArgs {
             .await
             .context("setting up leader election")?;
         let (mut leadership, lease_task) = manager.watch().await;
-        let shutdown = shutdown_signal();
+        let shutdown = super::shutdown_signal();
         tokio::pin!(shutdown);
         loop {
             let leader = *leadership.borrow_and_update();
@@ -148,19 +148,5 @@ impl ControllerArgs {
         let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
         info!("controller stopped");
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
     }
 }

@@ -163,7 +163,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     println!("              kubectl get fex -o wide      # ChaosExperiments");
     println!("  stop:       Ctrl-C (or `faultline sandbox down` when started with --detach)");
 
-    wait_for_shutdown_signal().await;
+    super::shutdown_signal().await;
     println!("stopping the sandbox");
     let _ = stop_controller.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
@@ -264,20 +264,6 @@ fn run_controller(
         telemetry,
         stop,
     ))
-}
-
-async fn wait_for_shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }
 
 /// Every manifest under `path`: the file itself, or the `.yaml`/`.yml` files of a directory
