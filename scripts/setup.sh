@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use. Installed only when missing, so a warm machine does no apt work.
-packages=(unzip)
+# nftables, iptables, iproute2: the agent's mechanisms and the root tests' namespaces.
+packages=(unzip nftables iptables iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

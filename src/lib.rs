@@ -14,6 +14,7 @@
 //! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
 //! - [`cli`]: the `faultline` command line.
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod controller;

@@ -1,0 +1,22 @@
+//! The node agent (`faultline agent --node NAME`): carries out FaultInjections inside pod
+//! network namespaces on its node and keeps the promise that no fault outlives its experiment.
+//!
+//! Module map:
+//! - [`tag`]: the name every kernel object faultline creates carries, so the agent can recognise
+//!   its own rules (and never touches anyone else's).
+//! - [`netns`]: entering a network namespace on a dedicated thread.
+//! - [`podfind`]: finding a pod's network namespace from its UID through `/proc/*/cgroup`.
+//! - [`nft`], [`iptables`]: partitions (and kernel-side loss) with nftables, iptables as fallback.
+//! - [`nfqueue`]: the userspace delay/loss path for kernels without `sch_netem`.
+//! - [`tc`]: qdiscs through rtnetlink: tbf (bandwidth) and netem (latency, loss).
+//! - [`residual`]: snapshots of a namespace's rules before a fault and the difference after.
+//! - [`testnet`]: throwaway network namespaces for root tests and benchmarks.
+pub mod iptables;
+pub mod netns;
+pub mod nfqueue;
+pub mod nft;
+pub mod podfind;
+pub mod residual;
+pub mod tag;
+pub mod tc;
+pub mod testnet;
