@@ -10,13 +10,24 @@
 //! - [`nfqueue`]: the userspace delay/loss path for kernels without `sch_netem`.
 //! - [`tc`]: qdiscs through rtnetlink: tbf (bandwidth) and netem (latency, loss).
 //! - [`residual`]: snapshots of a namespace's rules before a fault and the difference after.
+//! - [`converge`]: what to apply and revert, decided from live injections, the journal and the
+//!   clock (pure).
+//! - [`journal`]: the on-disk record that lets a restarted agent revert without the API server.
+//! - [`kernel`]: the seam between decisions and the kernel (a trait; the Linux implementation
+//!   dispatches to the mechanisms).
+//! - [`runner`]: the agent process: watches FaultInjections, executes plans, reports status.
 //! - [`testnet`]: throwaway network namespaces for root tests and benchmarks.
+pub mod converge;
 pub mod iptables;
+pub mod journal;
+pub mod kernel;
 pub mod netns;
 pub mod nfqueue;
 pub mod nft;
 pub mod podfind;
 pub mod residual;
+pub mod runner;
 pub mod tag;
 pub mod tc;
+pub mod telemetry;
 pub mod testnet;

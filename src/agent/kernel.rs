@@ -1,0 +1,399 @@
+//! The seam between the agent's decisions and the kernel.
+//!
+//! [`Kernel`] is what the runner calls (blocking; the runner calls it from blocking threads).
+//! The Linux implementation lives in [`super::linux`]; [`RecordingKernel`] keeps rules in memory
+//! so the runner's wiring (finalizers, status, journal, deadlines, restarts) is tested without
+//! root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use super::tag::InjectionTag;
+use crate::api::{NetworkFault, NetworkFaultKind};
+
+/// What this node's kernel can do, detected at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub netem: bool,
+    pub nfqueue: bool,
+    pub tbf: bool,
+    pub nftables: bool,
+    pub iptables: bool,
+}
+
+impl Capabilities {
+    /// The value of the Node annotation `faultline.dev/capabilities`: the names present.
+    pub fn annotation(&self) -> String {
+        [
+            (self.netem, "netem"),
+            (self.nfqueue, "nfqueue"),
+            (self.tbf, "tbf"),
+            (self.nftables, "nftables"),
+            (self.iptables, "iptables"),
+        ]
+        .iter()
+        .filter(|(present, _)| *present)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+
+    /// The mechanism this node uses for a fault, or why it cannot do it.
+    pub fn mechanism_for(&self, fault: &NetworkFault) -> Result<Mechanism, String> {
+        let present = self.annotation();
+        let present = if present.is_empty() {
+            "nothing".to_string()
+        } else {
+            present
+        };
+        match fault.kind() {
+            None => Err(
+                "the injection sets none or several of latency, loss, bandwidth, partition".into(),
+            ),
+            Some(NetworkFaultKind::Latency(_)) | Some(NetworkFaultKind::Loss(_)) => {
+                if self.netem {
+                    Ok(Mechanism::Netem)
+                } else if self.nfqueue {
+                    Ok(Mechanism::Nfqueue)
+                } else {
+                    Err(format!(
+                        "this node's kernel has neither sch_netem nor the iptables NFQUEUE target (it offers {present}); load sch_netem or run the agent where iptables' NFQUEUE works"
+                    ))
+                }
+            }
+            Some(NetworkFaultKind::Bandwidth(_)) => {
+                if self.tbf {
+                    Ok(Mechanism::Tbf)
+                } else {
+                    Err(format!(
+                        "this node's kernel has no sch_tbf (it offers {present})"
+                    ))
+                }
+            }
+            Some(NetworkFaultKind::Partition(_)) => {
+                if self.nftables {
+                    Ok(Mechanism::Nftables)
+                } else if self.iptables {
+                    Ok(Mechanism::Iptables)
+                } else {
+                    Err(format!(
+                        "this node has neither nftables nor iptables (it offers {present}); install nftables in the agent image"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// How a fault is carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mechanism {
+    Netem,
+    Nfqueue,
+    Tbf,
+    Nftables,
+    Iptables,
+}
+
+impl Mechanism {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mechanism::Netem => "netem",
+            Mechanism::Nfqueue => "nfqueue",
+            Mechanism::Tbf => "tbf",
+            Mechanism::Nftables => "nftables",
+            Mechanism::Iptables => "iptables",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Mechanism::Netem,
+            Mechanism::Nfqueue,
+            Mechanism::Tbf,
+            Mechanism::Nftables,
+            Mechanism::Iptables,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
+}
+
+/// Why the kernel could not do what was asked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KernelError {
+    /// No process of the target pod on this node (gone, replaced, or not started yet).
+    TargetGone(String),
+    /// The fault cannot be done here, or would replace something that is not ours.
+    Refused(String),
+    /// Applying or reverting failed.
+    Failed(String),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::TargetGone(m) | KernelError::Refused(m) | KernelError::Failed(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// A fault in the kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppliedFault {
+    pub mechanism: Mechanism,
+    /// What was applied, in words, for the injection's status.
+    pub message: String,
+    /// The namespace's rules before the fault (see `residual`), kept in the journal.
+    pub baseline: Option<String>,
+}
+
+/// A fault removed from the kernel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RevertedFault {
+    /// Rules left behind compared with the baseline; empty when clean.
+    pub residual: Vec<String>,
+}
+
+/// Something faultline owns in the kernel, found by scanning (orphan cleanup).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedRule {
+    pub tag: InjectionTag,
+    /// The pod whose namespace holds it; `None` for the node's own namespace.
+    pub pod_uid: Option<String>,
+    /// Where and what, for logs.
+    pub description: String,
+}
+
+/// The kernel side of the agent. Every method is idempotent.
+pub trait Kernel: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+    /// Converges the pod's namespace (and the node's, for host-side rules) to this fault.
+    fn apply(
+        &self,
+        pod_uid: &str,
+        tag: &InjectionTag,
+        fault: &NetworkFault,
+        mechanism: Mechanism,
+    ) -> Result<AppliedFault, KernelError>;
+    /// Removes the fault; `baseline` is what `apply` returned, to compute the residue.
+    fn revert(
+        &self,
+        pod_uid: &str,
+        tag: &InjectionTag,
+        mechanism: Option<Mechanism>,
+        baseline: Option<&str>,
+    ) -> Result<RevertedFault, KernelError>;
+    /// Whether a process of the pod runs on this node.
+    fn pod_present(&self, pod_uid: &str) -> bool;
+    /// Everything faultline owns in these pods' namespaces and in the node's own.
+    fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule>;
+    /// Removes one orphan found by [`Kernel::owned`].
+    fn remove_orphan(&self, rule: &OwnedRule) -> Result<(), KernelError>;
+    /// Packets that passed without the fault (NFQUEUE queue full), when the mechanism counts.
+    fn bypassed_packets(&self, tag: &InjectionTag) -> Option<u64>;
+}
+
+/// An in-memory kernel: rules are map entries. Shared state (clone it) survives a "restart" of
+/// the runner, like the real kernel's rules survive an agent crash.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingKernel {
+    state: Arc<Mutex<RecordingState>>,
+    capabilities: Capabilities,
+}
+
+#[derive(Debug, Default)]
+struct RecordingState {
+    /// (pod uid, tag) → mechanism; a BTreeMap so "present exactly once" is structural, and
+    /// `apply_count` shows re-applies.
+    rules: BTreeMap<(String, InjectionTag), Mechanism>,
+    pods: BTreeSet<String>,
+    apply_count: usize,
+}
+
+impl RecordingKernel {
+    pub fn new(capabilities: Capabilities) -> Self {
+        Self {
+            state: Arc::default(),
+            capabilities,
+        }
+    }
+
+    /// Every capability, as on a node with netem and nftables.
+    pub fn full() -> Self {
+        Self::new(Capabilities {
+            netem: true,
+            nfqueue: true,
+            tbf: true,
+            nftables: true,
+            iptables: true,
+        })
+    }
+
+    pub fn add_pod(&self, uid: &str) {
+        self.state.lock().unwrap().pods.insert(uid.to_string());
+    }
+
+    pub fn remove_pod(&self, uid: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.pods.remove(uid);
+        // The pod's namespace goes, and its rules with it.
+        state.rules.retain(|(pod, _), _| pod != uid);
+    }
+
+    /// Leaves a rule as a crashed agent would have (for orphan tests).
+    pub fn plant(&self, pod_uid: &str, tag: &InjectionTag, mechanism: Mechanism) {
+        let mut state = self.state.lock().unwrap();
+        state
+            .rules
+            .insert((pod_uid.to_string(), tag.clone()), mechanism);
+    }
+
+    pub fn rules(&self) -> Vec<(String, InjectionTag, Mechanism)> {
+        let state = self.state.lock().unwrap();
+        state
+            .rules
+            .iter()
+            .map(|((pod, tag), m)| (pod.clone(), tag.clone(), *m))
+            .collect()
+    }
+
+    pub fn apply_count(&self) -> usize {
+        self.state.lock().unwrap().apply_count
+    }
+}
+
+impl Kernel for RecordingKernel {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    fn apply(
+        &self,
+        pod_uid: &str,
+        tag: &InjectionTag,
+        _fault: &NetworkFault,
+        mechanism: Mechanism,
+    ) -> Result<AppliedFault, KernelError> {
+        let mut state = self.state.lock().unwrap();
+        if !state.pods.contains(pod_uid) {
+            return Err(KernelError::TargetGone(format!(
+                "no process of pod {pod_uid} on this node"
+            )));
+        }
+        state
+            .rules
+            .insert((pod_uid.to_string(), tag.clone()), mechanism);
+        state.apply_count += 1;
+        Ok(AppliedFault {
+            mechanism,
+            message: format!("{} rules for {tag}", mechanism.name()),
+            baseline: Some(String::new()),
+        })
+    }
+
+    fn revert(
+        &self,
+        pod_uid: &str,
+        tag: &InjectionTag,
+        _mechanism: Option<Mechanism>,
+        _baseline: Option<&str>,
+    ) -> Result<RevertedFault, KernelError> {
+        let mut state = self.state.lock().unwrap();
+        state.rules.remove(&(pod_uid.to_string(), tag.clone()));
+        Ok(RevertedFault::default())
+    }
+
+    fn pod_present(&self, pod_uid: &str) -> bool {
+        self.state.lock().unwrap().pods.contains(pod_uid)
+    }
+
+    fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {
+        let state = self.state.lock().unwrap();
+        state
+            .rules
+            .iter()
+            .filter(|((pod, _), _)| pod_uids.contains(pod))
+            .map(|((pod, tag), m)| OwnedRule {
+                tag: tag.clone(),
+                pod_uid: Some(pod.clone()),
+                description: format!("{} rules in pod {pod}", m.name()),
+            })
+            .collect()
+    }
+
+    fn remove_orphan(&self, rule: &OwnedRule) -> Result<(), KernelError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(pod) = &rule.pod_uid {
+            state.rules.remove(&(pod.clone(), rule.tag.clone()));
+        }
+        Ok(())
+    }
+
+    fn bypassed_packets(&self, _tag: &InjectionTag) -> Option<u64> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Direction, LatencyFault};
+
+    #[test]
+    fn the_annotation_lists_what_is_present_in_a_fixed_order() {
+        let caps = Capabilities {
+            nfqueue: true,
+            tbf: true,
+            nftables: true,
+            iptables: true,
+            ..Default::default()
+        };
+        assert_eq!(caps.annotation(), "nfqueue,tbf,nftables,iptables");
+    }
+
+    #[test]
+    fn latency_prefers_netem_and_falls_back_to_nfqueue_and_says_why_when_neither() {
+        let fault = NetworkFault {
+            latency: Some(LatencyFault::default()),
+            ..Default::default()
+        };
+        let mut caps = Capabilities {
+            netem: true,
+            nfqueue: true,
+            ..Default::default()
+        };
+        assert_eq!(caps.mechanism_for(&fault), Ok(Mechanism::Netem));
+        caps.netem = false;
+        assert_eq!(caps.mechanism_for(&fault), Ok(Mechanism::Nfqueue));
+        caps.nfqueue = false;
+        let why = caps.mechanism_for(&fault).unwrap_err();
+        assert!(
+            why.contains("sch_netem") && why.contains("NFQUEUE"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn partitions_prefer_nftables_over_iptables() {
+        let fault = NetworkFault {
+            partition: Some(Direction::Both),
+            peer_cidrs: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        };
+        let caps = Capabilities {
+            nftables: true,
+            iptables: true,
+            ..Default::default()
+        };
+        assert_eq!(caps.mechanism_for(&fault), Ok(Mechanism::Nftables));
+        let caps = Capabilities {
+            iptables: true,
+            ..Default::default()
+        };
+        assert_eq!(caps.mechanism_for(&fault), Ok(Mechanism::Iptables));
+    }
+}
