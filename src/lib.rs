@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod metrics;
 pub mod probes;
+pub mod reference;
 pub mod sandbox;
 pub mod selection;
 pub mod validate;

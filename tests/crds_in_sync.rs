@@ -32,3 +32,13 @@ fn checked_in_crds_match_the_rust_types() {
         "crds/ holds a file no type generates: run `make crds`"
     );
 }
+
+#[test]
+fn checked_in_reference_matches_the_rust_types() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == faultline::reference::markdown(&all_crds()),
+        "docs/reference.md is out of date with src/api: run `make crds` and commit the result"
+    );
+}

@@ -12,11 +12,19 @@ pub struct CrdsArgs {
     /// Write one `<name>.yaml` file per CRD into this directory instead of printing them.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also write the field reference (Markdown, every field of every resource) to this file.
+    #[arg(long)]
+    reference: Option<PathBuf>,
 }
 
 impl CrdsArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let Self { dir } = self;
+        let Self { dir, reference } = self;
+        if let Some(path) = reference {
+            std::fs::write(&path, crate::reference::markdown(&all_crds()))
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
         match dir {
             None => {
                 let mut out = std::io::stdout().lock();
