@@ -22,8 +22,9 @@ sandbox: build ## Start the embedded API server with the CRDs and the examples a
 	$(BIN) sandbox up --apply experiments/sandbox/
 
 .PHONY: crds
-crds: ## Regenerate crds/ and docs/reference.md from the Rust types in src/api
+crds: ## Regenerate crds/, the chart's copy and docs/reference.md from the Rust types in src/api
 	$(CARGO) run -q -- crds --dir crds --reference docs/reference.md
+	$(MAKE) --no-print-directory chart-crds
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with -D warnings

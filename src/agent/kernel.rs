@@ -161,7 +161,9 @@ pub struct RevertedFault {
 /// Something faultline owns in the kernel, found by scanning (orphan cleanup).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OwnedRule {
-    pub tag: InjectionTag,
+    /// The injection it belongs to; `None` for what carries no name (a qdisc is known as ours
+    /// by its handle only): it is then backed by any live injection for the same pod.
+    pub tag: Option<InjectionTag>,
     /// The pod whose namespace holds it; `None` for the node's own namespace.
     pub pod_uid: Option<String>,
     /// Where and what, for logs.
@@ -318,7 +320,7 @@ impl Kernel for RecordingKernel {
             .iter()
             .filter(|((pod, _), _)| pod_uids.contains(pod))
             .map(|((pod, tag), m)| OwnedRule {
-                tag: tag.clone(),
+                tag: Some(tag.clone()),
                 pod_uid: Some(pod.clone()),
                 description: format!("{} rules in pod {pod}", m.name()),
             })
@@ -327,8 +329,8 @@ impl Kernel for RecordingKernel {
 
     fn remove_orphan(&self, rule: &OwnedRule) -> Result<(), KernelError> {
         let mut state = self.state.lock().unwrap();
-        if let Some(pod) = &rule.pod_uid {
-            state.rules.remove(&(pod.clone(), rule.tag.clone()));
+        if let (Some(pod), Some(tag)) = (&rule.pod_uid, &rule.tag) {
+            state.rules.remove(&(pod.clone(), tag.clone()));
         }
         Ok(())
     }

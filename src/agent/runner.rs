@@ -481,11 +481,22 @@ impl<K: Kernel> Agent<K> {
             .filter_map(|i| tag_of(i))
             .chain(self.journal.entries().filter_map(JournalEntry::tag))
             .collect();
+        let backed_pods: BTreeSet<String> = live
+            .iter()
+            .filter(|i| i.metadata.deletion_timestamp.is_none())
+            .map(|i| i.spec.target.uid.clone())
+            .chain(self.journal.entries().map(|e| e.pod_uid.clone()))
+            .collect();
         let kernel = self.kernel.clone();
         let removed = tokio::task::spawn_blocking(move || {
             let mut removed = Vec::new();
             for rule in kernel.owned(&uids) {
-                if backed.contains(&rule.tag) {
+                let is_backed = match (&rule.tag, &rule.pod_uid) {
+                    (Some(tag), _) => backed.contains(tag),
+                    (None, Some(pod)) => backed_pods.contains(pod),
+                    (None, None) => true,
+                };
+                if is_backed {
                     continue;
                 }
                 match kernel.remove_orphan(&rule) {
