@@ -14,6 +14,7 @@
 //! Kubernetes probes need a [`kube::Client`]; [`ProbeRunner::new`] refuses one without it
 //! ([`ProbeError::NoClient`]) rather than pretending to check anything.
 
+pub mod hosts;
 pub mod hypothesis;
 pub mod scheduler;
 
@@ -22,7 +23,7 @@ mod http;
 mod kubernetes;
 mod prometheus;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use crate::api::{GoDuration, Probe, ProbeCheck, ProbePhase};
 
@@ -266,9 +267,13 @@ pub(crate) fn http_client(accept_invalid_certs: bool) -> Result<reqwest::Client,
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
-        .danger_accept_invalid_certs(accept_invalid_certs)
+        .danger_accept_invalid_certs(accept_invalid_certs);
+    if let Some(hosts) = hosts::installed() {
+        builder = builder.dns_resolver(Arc::new(hosts));
+    }
+    builder
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }

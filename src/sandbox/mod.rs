@@ -1,3 +1,4 @@
 pub mod apiserver;
+pub mod services;
 pub mod testkit;
 pub mod workloads;
