@@ -9,6 +9,7 @@
 //! - [`controller`]: reconciles ChaosExperiments: observe, decide, act, record.
 //! - [`validate`]: offline checks behind `faultline validate` (pure).
 //! - [`manifest`]: applying YAML manifests through the kube client.
+//! - [`report`]: Markdown, HTML, JSON and JUnit reports of experiments (pure).
 //! - [`sandbox`]: the embedded Kubernetes API server, `faultline sandbox`, and stand-ins for
 //!   probes and the node agent (`sandbox::testkit`) used by tests and benchmarks.
 //! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
@@ -22,6 +23,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod metrics;
 pub mod probes;
+pub mod report;
 pub mod sandbox;
 pub mod selection;
 pub mod validate;
