@@ -206,9 +206,13 @@ fn failure_sentence(status: &ChaosExperimentStatus, probes: &[ProbeSummary]) -> 
         .min_by_key(|p| p.first_violation_at);
     Some(match culprit {
         Some(p) => format!(
-            "probe {} failed with value {}: {message}",
+            "probe {} failed with value {}: {}",
             p.name,
-            text::or_dash(p.violation_value.as_deref().or(p.last_value.as_deref()))
+            text::or_dash(p.violation_value.as_deref().or(p.last_value.as_deref())),
+            // The controller's message often starts by naming the probe too.
+            message
+                .strip_prefix(&format!("probe {}: ", p.name))
+                .unwrap_or(&message)
         ),
         None => format!(
             "{verdict:?} ({}): {message}",
