@@ -106,11 +106,11 @@ pub fn timeline(s: &ExperimentSummary, status: &ChaosExperimentStatus) -> String
     let bottom = lanes_top + LANE_HEIGHT * s.probes.len() as f64;
     let height = bottom + 34.0;
     let mut out = String::new();
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {height}\" \
          width=\"100%\" role=\"img\" aria-labelledby=\"timeline-title-{id}\" font-family=\"sans-serif\" font-size=\"11\">\
-         <title id=\"timeline-title-{id}\">Timeline of {name}: phases, events and probe checks</title>\n",
+         <title id=\"timeline-title-{id}\">Timeline of {name}: phases, events and probe checks</title>",
         id = esc(&s.name),
         name = esc(&format!("{}/{}", s.namespace, s.name)),
     );
@@ -130,9 +130,9 @@ pub fn timeline(s: &ExperimentSummary, status: &ChaosExperimentStatus) -> String
         write_probe_lane(&mut out, &probe.name, samples, &axis, top, origin);
         if let Some(at) = probe.first_violation_at {
             let x = axis.x(at);
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<path class=\"violation\" d=\"M{:.1} {:.1} l-5 -7 h10 z\" fill=\"#b91c1c\"><title>{} first violated at {}</title></path>\n",
+                "<path class=\"violation\" d=\"M{:.1} {:.1} l-5 -7 h10 z\" fill=\"#b91c1c\"><title>{} first violated at {}</title></path>",
                 x,
                 top + 6.0,
                 esc(&probe.name),
@@ -151,10 +151,10 @@ pub fn timeline(s: &ExperimentSummary, status: &ChaosExperimentStatus) -> String
         } else {
             ("start", 4.0)
         };
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<g class=\"abort\"><line x1=\"{x:.1}\" y1=\"16\" x2=\"{x:.1}\" y2=\"{bottom:.1}\" stroke=\"#dc2626\" stroke-width=\"2\" stroke-dasharray=\"6 3\"/>\
-             <text x=\"{:.1}\" y=\"26\" fill=\"#b91c1c\" font-weight=\"bold\" text-anchor=\"{anchor}\">abort {}{}</text></g>\n",
+             <text x=\"{:.1}\" y=\"26\" fill=\"#b91c1c\" font-weight=\"bold\" text-anchor=\"{anchor}\">abort {}{}</text></g>",
             x + dx,
             offset(origin, at),
             esc(&latency)
@@ -187,10 +187,10 @@ fn write_fault_window(
         ),
         None => format!("faults in since {}", offset(origin, from)),
     };
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<g class=\"fault-window\"><rect x=\"{x1:.1}\" y=\"{AXIS_Y}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#f59e0b\" fill-opacity=\"0.18\" stroke=\"#d97706\" stroke-opacity=\"0.5\"/>\
-         <text x=\"{x1:.1}\" y=\"12\" fill=\"#92400e\">{}</text></g>\n",
+         <text x=\"{x1:.1}\" y=\"12\" fill=\"#92400e\">{}</text></g>",
         (x2 - x1).max(1.0),
         bottom - AXIS_Y,
         esc(&label)
@@ -213,25 +213,25 @@ fn write_axis(out: &mut String, axis: &Axis, origin: DateTime<Utc>, bottom: f64)
             break;
         }
         let x = axis.x(at);
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<line x1=\"{x:.1}\" y1=\"{AXIS_Y}\" x2=\"{x:.1}\" y2=\"{bottom:.1}\" stroke=\"#e5e7eb\"/>\
-             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#6b7280\">{}</text>\n",
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#6b7280\">{}</text>",
             AXIS_Y - 3.0,
             offset(origin, at)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<line x1=\"{LEFT}\" y1=\"{AXIS_Y}\" x2=\"{:.1}\" y2=\"{AXIS_Y}\" stroke=\"#9ca3af\"/>\n",
+        "<line x1=\"{LEFT}\" y1=\"{AXIS_Y}\" x2=\"{:.1}\" y2=\"{AXIS_Y}\" stroke=\"#9ca3af\"/>",
         WIDTH - RIGHT
     );
 }
 
 fn write_phases(out: &mut String, s: &ExperimentSummary, axis: &Axis, end: DateTime<Utc>) {
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-weight=\"bold\">phases</text>\n",
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-weight=\"bold\">phases</text>",
         LEFT - 8.0,
         PHASE_TOP + 13.0
     );
@@ -274,37 +274,61 @@ fn write_events(
     axis: &Axis,
     origin: DateTime<Utc>,
 ) {
-    // Two rows of markers, so that events close in time do not hide each other.
-    let mut row_end = [f64::MIN; 2];
+    // Events closer than a marker's width share one marker ("3-5"), whose tooltip lists them
+    // all; neighbouring markers alternate between two rows so that none hides another.
+    let mut clusters: Vec<(f64, Vec<usize>)> = Vec::new();
     for (i, entry) in status.timeline.iter().enumerate() {
         let x = axis.x(entry.time);
-        let row = if row_end[0] + 14.0 <= x {
-            0
-        } else if row_end[1] + 14.0 <= x {
-            1
-        } else if row_end[0] <= row_end[1] {
-            0
+        match clusters.last_mut() {
+            Some((start, members)) if x - *start < 12.0 => members.push(i),
+            _ => clusters.push((x, vec![i])),
+        }
+    }
+    let mut row_end = [f64::MIN; 2];
+    for (x, members) in clusters {
+        let (first, last) = (members[0], members[members.len() - 1]);
+        let label = if first == last {
+            format!("{}", first + 1)
         } else {
-            1
+            format!("{}-{}", first + 1, last + 1)
         };
-        row_end[row] = x;
+        let half = if first == last {
+            6.0
+        } else {
+            label.len() as f64 * 2.6 + 4.0
+        };
+        let row = usize::from(row_end[0] + 2.0 > x - half && row_end[1] < row_end[0]);
+        row_end[row] = x + half;
         let y = PHASE_TOP + 28.0 + 12.0 * row as f64;
-        let colour = if is_trouble(&entry.reason) {
+        let entries = &status.timeline[first..=last];
+        let colour = if entries.iter().any(|e| is_trouble(&e.reason)) {
             "#dc2626"
         } else {
             "#4b5563"
         };
-        let _ = write!(
+        let tip: Vec<String> = members
+            .iter()
+            .zip(entries)
+            .map(|(i, e)| {
+                format!(
+                    "#{} {} {}: {}",
+                    i + 1,
+                    offset(origin, e.time),
+                    e.reason,
+                    e.message
+                )
+            })
+            .collect();
+        let _ = writeln!(
             out,
-            "<g class=\"event\"><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"6\" fill=\"{colour}\"/>\
-             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"8\" fill=\"#fff\">{}</text>\
-             <title>#{} {} {}: {}</title></g>\n",
+            "<g class=\"event\"><rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"12\" rx=\"6\" fill=\"{colour}\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"8\" fill=\"#fff\">{label}</text>\
+             <title>{}</title></g>",
+            x - half,
+            y - 6.0,
+            2.0 * half,
             y + 3.0,
-            i + 1,
-            i + 1,
-            offset(origin, entry.time),
-            esc(&entry.reason),
-            esc(&entry.message)
+            esc(&tip.join("\n"))
         );
     }
 }
@@ -318,10 +342,10 @@ fn write_probe_lane(
     origin: DateTime<Utc>,
 ) {
     let mid = top + LANE_HEIGHT / 2.0;
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<g class=\"probe-lane\"><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
-         <line x1=\"{LEFT}\" y1=\"{mid:.1}\" x2=\"{:.1}\" y2=\"{mid:.1}\" stroke=\"#d1d5db\"/>\n",
+         <line x1=\"{LEFT}\" y1=\"{mid:.1}\" x2=\"{:.1}\" y2=\"{mid:.1}\" stroke=\"#d1d5db\"/>",
         LEFT - 8.0,
         mid + 4.0,
         esc(name),
@@ -336,15 +360,15 @@ fn write_probe_lane(
             offset(origin, sample.time)
         );
         if sample.ok {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<circle class=\"pass\" cx=\"{x:.1}\" cy=\"{mid:.1}\" r=\"4\" fill=\"#16a34a\"><title>{}</title></circle>\n",
+                "<circle class=\"pass\" cx=\"{x:.1}\" cy=\"{mid:.1}\" r=\"4\" fill=\"#16a34a\"><title>{}</title></circle>",
                 esc(&tip)
             );
         } else {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<rect class=\"fail\" x=\"{:.1}\" y=\"{:.1}\" width=\"5\" height=\"16\" fill=\"#dc2626\"><title>{}</title></rect>\n",
+                "<rect class=\"fail\" x=\"{:.1}\" y=\"{:.1}\" width=\"5\" height=\"16\" fill=\"#dc2626\"><title>{}</title></rect>",
                 x - 2.5,
                 mid - 8.0,
                 esc(&tip)

@@ -8,7 +8,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Write,
     time::Duration,
 };
 
@@ -26,42 +25,15 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::exit_code_for;
+use super::{
+    create::{Created, TrackedKind},
+    exit_code_for,
+    print::{Printer, Seen, news, short},
+};
 use crate::{
     api::{ChaosExperiment, GameDay, GoDuration, Phase, Verdict},
     cli::stop::request_abort,
 };
-
-/// What kind of object a run created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(in crate::cli) enum TrackedKind {
-    Experiment,
-    GameDay,
-}
-
-impl TrackedKind {
-    pub fn of<K: Resource<DynamicType = ()>>() -> Self {
-        if K::kind(&()) == "GameDay" {
-            TrackedKind::GameDay
-        } else {
-            TrackedKind::Experiment
-        }
-    }
-
-    pub fn noun(self) -> &'static str {
-        match self {
-            TrackedKind::Experiment => "chaosexperiment",
-            TrackedKind::GameDay => "gameday",
-        }
-    }
-}
-
-/// An object the run created.
-pub(in crate::cli) struct Created {
-    pub kind: TrackedKind,
-    pub namespace: String,
-    pub name: String,
-}
 
 pub(super) struct Options {
     pub timeout: Duration,
@@ -111,17 +83,6 @@ enum Update {
     WatchError(String),
 }
 
-/// What has been printed about one experiment.
-struct Seen {
-    namespace: String,
-    name: String,
-    latest: Option<ChaosExperiment>,
-    phase: Option<Phase>,
-    events: HashSet<(DateTime<Utc>, String, String)>,
-    last_sample: HashMap<String, DateTime<Utc>>,
-    targets_printed: bool,
-}
-
 struct GameDaySeen {
     namespace: String,
     name: String,
@@ -134,58 +95,6 @@ impl GameDaySeen {
         self.latest
             .as_ref()
             .is_some_and(|g| g.status.as_ref().is_some_and(|s| s.verdict.is_some()))
-    }
-}
-
-impl Seen {
-    fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    fn done(&self) -> bool {
-        self.phase.is_some_and(|p| p.is_terminal())
-    }
-}
-
-/// Writes lines, and keeps the progress bar under them on a terminal.
-struct Printer {
-    tty: bool,
-    bar: String,
-}
-
-impl Printer {
-    fn line(&mut self, text: &str) {
-        let now = Utc::now();
-        let mut out = std::io::stdout().lock();
-        let _ = if self.tty {
-            write!(
-                out,
-                "\r\x1b[2K{} {text}\n{}",
-                now.format("%H:%M:%S"),
-                self.bar
-            )
-        } else {
-            writeln!(out, "{} {text}", now.format("%Y-%m-%dT%H:%M:%SZ"))
-        };
-        let _ = out.flush();
-    }
-
-    fn bar(&mut self, bar: String) {
-        if !self.tty {
-            return;
-        }
-        self.bar = bar;
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "\r\x1b[2K{}", self.bar);
-        let _ = out.flush();
-    }
-
-    fn clear(&mut self) {
-        if self.tty && !self.bar.is_empty() {
-            self.bar.clear();
-            print!("\r\x1b[2K");
-            let _ = std::io::stdout().flush();
-        }
     }
 }
 
@@ -389,93 +298,6 @@ impl Follower<'_> {
     }
 }
 
-/// Whole seconds, as a Go duration.
-fn short(duration: Duration) -> String {
-    GoDuration::from_duration(Duration::from_secs(duration.as_secs())).0
-}
-
-/// What is new in `experiment` since `seen`, as lines; updates `seen`.
-fn news(seen: &mut Seen, experiment: &ChaosExperiment) -> Vec<String> {
-    let key = seen.key();
-    let mut lines = Vec::new();
-    let Some(status) = &experiment.status else {
-        return lines;
-    };
-    if seen.phase != Some(status.phase) {
-        let from = seen.phase.map_or_else(|| "-".into(), |p| format!("{p:?}"));
-        lines.push(format!("{key} phase {from} -> {:?}", status.phase));
-        seen.phase = Some(status.phase);
-    }
-    for entry in &status.timeline {
-        let id = (entry.time, entry.reason.clone(), entry.message.clone());
-        if seen.events.insert(id) {
-            lines.push(format!("{key} {}: {}", entry.reason, entry.message));
-        }
-    }
-    if !seen.targets_printed && !status.targets.is_empty() {
-        seen.targets_printed = true;
-        let mut names: Vec<String> = status
-            .targets
-            .iter()
-            .take(10)
-            .map(|t| {
-                let node = t.node_name.as_deref().unwrap_or("no node");
-                format!("{}/{} ({node}, {})", t.namespace, t.name, t.fault)
-            })
-            .collect();
-        if status.targets.len() > 10 {
-            names.push(format!("and {} more", status.targets.len() - 10));
-        }
-        lines.push(format!(
-            "{key} targets ({}): {}",
-            status.target_count,
-            names.join(", ")
-        ));
-    }
-    for probe in &status.probes {
-        let last = seen.last_sample.get(&probe.name).copied();
-        let fresh: Vec<_> = probe
-            .samples
-            .iter()
-            .filter(|s| last.is_none_or(|l| s.time > l))
-            .collect();
-        for (i, sample) in fresh.iter().enumerate() {
-            let value = sample.value.as_deref().unwrap_or("-");
-            let mut line = format!(
-                "{key} probe {} {} {value}",
-                probe.name,
-                if sample.ok { "pass" } else { "FAIL" }
-            );
-            if !sample.ok
-                && i + 1 == fresh.len()
-                && let Some(error) = &probe.last_error
-            {
-                line.push_str(&format!(" ({error})"));
-            }
-            lines.push(line);
-        }
-        if let Some(newest) = fresh.last() {
-            seen.last_sample.insert(probe.name.clone(), newest.time);
-        }
-    }
-    if status.phase.is_terminal()
-        && seen
-            .latest
-            .as_ref()
-            .is_none_or(|l| !l.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
-    {
-        lines.push(format!(
-            "{key} finished: {} ({}): {}",
-            status
-                .verdict
-                .map_or_else(|| "no verdict".into(), |v| format!("{v:?}")),
-            status.reason.as_deref().unwrap_or("-"),
-            status.message.as_deref().unwrap_or("")
-        ));
-    }
-    lines
-}
-
 async fn received(signal: &mut Option<Signal>) {
     match signal {
         Some(signal) => {
@@ -502,13 +324,15 @@ pub(super) async fn follow(client: &Client, created: Vec<Created>, options: &Opt
     for c in &created {
         f.track(c.kind, &c.namespace, &c.name);
     }
+    // From here on Ctrl-C and SIGTERM abort instead of killing the process: the line below
+    // tells the user (and tests) so.
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+    let mut sigterm = signal(SignalKind::terminate()).ok();
     f.printer.line(&format!(
         "waiting up to {} for a verdict (Ctrl-C aborts the experiments)",
         GoDuration::from_duration(options.timeout)
     ));
     let deadline = tokio::time::Instant::now() + options.timeout;
-    let mut sigint = signal(SignalKind::interrupt()).ok();
-    let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     let mut interrupted = false;
     let mut warned = false;
@@ -527,19 +351,17 @@ pub(super) async fn follow(client: &Client, created: Vec<Created>, options: &Opt
                         }
                     }
                 }
-                Some(Update::Deleted(key)) => {
-                    if f.experiments.iter().any(|s| s.key() == key && !s.done()) {
-                        break End::Deleted(key);
-                    }
+                Some(Update::Deleted(key))
+                    if f.experiments.iter().any(|s| s.key() == key && !s.done()) =>
+                {
+                    break End::Deleted(key);
                 }
-                Some(Update::WatchError(message)) => {
-                    // The watcher retries with backoff; say so once, not on every retry.
-                    if !warned {
-                        warned = true;
-                        f.printer.line(&format!("warning: {message} (retrying)"));
-                    }
+                // The watcher retries with backoff; say so once, not on every retry.
+                Some(Update::WatchError(message)) if !warned => {
+                    warned = true;
+                    f.printer.line(&format!("warning: {message} (retrying)"));
                 }
-                None => {}
+                Some(Update::Deleted(_) | Update::WatchError(_)) | None => {}
             },
             _ = ticker.tick() => {
                 let bar = f.progress(Utc::now());
@@ -626,77 +448,15 @@ fn explain_end(end: &End, f: &Follower<'_>, timeout: Duration) {
             }
             for g in f.gamedays.iter().filter(|g| !g.done()) {
                 eprintln!(
-                    "timed out after {} waiting for gameday {}/{}; it keeps running (is the GameDay controller installed?)",
+                    "timed out after {} waiting for gameday {ns}/{name}; it keeps running: kubectl get gameday {name} -n {ns}",
                     GoDuration::from_duration(timeout),
-                    g.namespace,
-                    g.name
+                    ns = g.namespace,
+                    name = g.name
                 );
             }
         }
         End::Deleted(key) => {
             eprintln!("{key} was deleted before it finished; there is no verdict to wait for");
-        }
-    }
-}
-
-/// The closing lines: each experiment's verdict, numbers, and for a dry run the plan.
-pub(super) fn print_results(experiments: &[ChaosExperiment], dry_run: bool) {
-    for experiment in experiments {
-        let s = crate::report::summarize(experiment);
-        let verdict = s.verdict.map_or_else(
-            || format!("no verdict ({:?})", s.phase),
-            |v| format!("{v:?}"),
-        );
-        println!(
-            "{}/{}: {verdict} ({}) {}",
-            s.namespace,
-            s.name,
-            s.reason.as_deref().unwrap_or("-"),
-            s.message.as_deref().unwrap_or("")
-        );
-        if let Some(failure) = &s.failure {
-            println!("  {failure}");
-        }
-        for (label, value) in [
-            ("elapsed", &s.elapsed),
-            ("abort latency", &s.abort_latency),
-            ("recovery time", &s.recovery_time),
-        ] {
-            if let Some(value) = value {
-                println!("  {label}: {value}");
-            }
-        }
-        if dry_run || s.dry_run {
-            let status = experiment.status.clone().unwrap_or_default();
-            println!("  targets ({}):", status.target_count);
-            for t in &status.targets {
-                println!(
-                    "    {}/{} node {} ip {} fault {}",
-                    t.namespace,
-                    t.name,
-                    t.node_name.as_deref().unwrap_or("-"),
-                    t.pod_ip.as_deref().unwrap_or("-"),
-                    t.fault
-                );
-            }
-            for entry in status.timeline.iter().filter(|e| e.reason == "WouldInject") {
-                println!("  would inject: {}", entry.message);
-            }
-            for p in &s.probes {
-                println!(
-                    "  preflight probe {}: {} passes, {} failures, last value {}",
-                    p.name,
-                    p.passes,
-                    p.failures,
-                    p.last_value.as_deref().unwrap_or("-")
-                );
-            }
-        }
-        if !matches!(s.verdict, Some(Verdict::Passed | Verdict::DryRun)) {
-            println!(
-                "  the full story: faultline report {} -n {} -o html --output report.html",
-                s.name, s.namespace
-            );
         }
     }
 }
