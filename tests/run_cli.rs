@@ -131,8 +131,8 @@ spec:
         http:
           url: {url}
           expectedStatus: [200]
-        interval: 250ms
-        timeout: 200ms
+        interval: 500ms
+        timeout: 450ms
         failureThreshold: 2
 "#
     )
@@ -411,13 +411,14 @@ async fn a_timeout_exits_3_and_says_how_to_abort() {
             "shop",
             "--wait",
             "--timeout",
-            "3s",
+            // Ample time to reach Running even on a loaded machine; the point is the message.
+            "8s",
         ])
         .await;
     let (_, stderr) = assert_exit(&out, 3);
     assert!(
         stderr.contains(
-            "timed out after 3s waiting for shop/long in phase Running; the experiment keeps running: faultline abort long -n shop"
+            "timed out after 8s waiting for shop/long in phase Running; the experiment keeps running: faultline abort long -n shop"
         ),
         "{stderr}"
     );
