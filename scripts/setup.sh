@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use. Installed only when missing, so a warm machine does no apt work.
 # nftables, iptables, iproute2: the agent's mechanisms and the root tests' namespaces.
-packages=(unzip nftables iptables iproute2)
+# chromium: tests/report_chromium.rs looks at the HTML report in headless Chromium.
+packages=(unzip nftables iptables iproute2 chromium)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -9,6 +9,9 @@
 //! - [`controller`]: reconciles ChaosExperiments: observe, decide, act, record.
 //! - [`validate`]: offline checks behind `faultline validate` (pure).
 //! - [`manifest`]: applying YAML manifests through the kube client.
+//! - [`agent`]: the node agent: faults in pod network namespaces, journal, deadlines.
+//! - [`reference`]: the generated field reference (`docs/reference.md`).
+//! - [`report`]: Markdown, HTML, JSON and JUnit reports of experiments (pure).
 //! - [`sandbox`]: the embedded Kubernetes API server, `faultline sandbox`, and stand-ins for
 //!   probes and the node agent (`sandbox::testkit`) used by tests and benchmarks.
 //! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
@@ -23,6 +26,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod probes;
 pub mod reference;
+pub mod report;
 pub mod sandbox;
 pub mod selection;
 pub mod validate;

@@ -3,7 +3,10 @@
 
 mod controller;
 pub mod crds;
+mod report;
+mod run;
 mod sandbox;
+mod status;
 mod stop;
 mod validate;
 
@@ -44,6 +47,12 @@ enum Command {
     Pause(stop::PauseArgs),
     /// Lift `faultline pause`.
     Resume(stop::PauseArgs),
+    /// Create the experiments of a manifest and (--wait) follow them to a verdict (exit 0 passed, 1 failed, 2 aborted, 3 usage/cluster/timeout).
+    Run(run::RunArgs),
+    /// Write an experiment's report (Markdown, HTML, JSON or JUnit) from its status.
+    Report(report::ReportArgs),
+    /// List experiments, those still going first.
+    Status(status::StatusArgs),
 }
 
 impl Cli {
@@ -60,6 +69,9 @@ impl Cli {
             Command::Abort(args) => args.run(),
             Command::Pause(args) => args.run(true),
             Command::Resume(args) => args.run(false),
+            Command::Run(args) => args.run(),
+            Command::Report(args) => args.run(),
+            Command::Status(args) => args.run(),
         };
         match result {
             Ok(code) => code,

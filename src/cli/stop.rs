@@ -81,16 +81,9 @@ impl AbortArgs {
                     .with_context(|| format!("experiment {namespace}/{name}"))?,
             ]
         };
-        let patch = json!({ "metadata": { "annotations": { ABORT_ANNOTATION: reason } } });
         for experiment in &targets {
-            let api: Api<ChaosExperiment> =
-                Api::namespaced(client.clone(), &experiment.namespace().unwrap_or_default());
-            api.patch(
-                &experiment.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+            let namespace = experiment.namespace().unwrap_or_default();
+            request_abort(&client, &namespace, &experiment.name_any(), &reason).await?;
             println!(
                 "abort requested: {}/{}",
                 experiment.namespace().unwrap_or_default(),
@@ -102,6 +95,21 @@ impl AbortArgs {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Asks the controller to abort one experiment: sets the abort annotation to `reason`. Also
+/// used by `faultline run` when it is interrupted.
+pub(super) async fn request_abort(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({ "metadata": { "annotations": { ABORT_ANNOTATION: reason } } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
 }
 
 impl PauseArgs {

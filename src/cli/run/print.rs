@@ -1,0 +1,225 @@
+//! What `faultline run` prints while it follows a run and when it ends.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+
+use crate::api::{ChaosExperiment, GoDuration, Phase, Verdict};
+
+/// What has been printed about one experiment.
+pub(super) struct Seen {
+    pub namespace: String,
+    pub name: String,
+    pub latest: Option<ChaosExperiment>,
+    pub phase: Option<Phase>,
+    pub events: HashSet<(DateTime<Utc>, String, String)>,
+    pub last_sample: HashMap<String, DateTime<Utc>>,
+    pub targets_printed: bool,
+}
+
+impl Seen {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn done(&self) -> bool {
+        self.phase.is_some_and(|p| p.is_terminal())
+    }
+}
+
+/// Writes lines, and keeps the progress bar under them on a terminal.
+pub(super) struct Printer {
+    pub tty: bool,
+    pub bar: String,
+}
+
+impl Printer {
+    pub fn line(&mut self, text: &str) {
+        let now = Utc::now();
+        let mut out = std::io::stdout().lock();
+        let _ = if self.tty {
+            write!(
+                out,
+                "\r\x1b[2K{} {text}\n{}",
+                now.format("%H:%M:%S"),
+                self.bar
+            )
+        } else {
+            writeln!(out, "{} {text}", now.format("%Y-%m-%dT%H:%M:%SZ"))
+        };
+        let _ = out.flush();
+    }
+
+    pub fn bar(&mut self, bar: String) {
+        if !self.tty {
+            return;
+        }
+        self.bar = bar;
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\r\x1b[2K{}", self.bar);
+        let _ = out.flush();
+    }
+
+    pub fn clear(&mut self) {
+        if self.tty && !self.bar.is_empty() {
+            self.bar.clear();
+            print!("\r\x1b[2K");
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+/// Whole seconds, as a Go duration.
+pub(super) fn short(duration: Duration) -> String {
+    GoDuration::from_duration(Duration::from_secs(duration.as_secs())).0
+}
+
+/// What is new in `experiment` since `seen`, as lines; updates `seen`.
+pub(super) fn news(seen: &mut Seen, experiment: &ChaosExperiment) -> Vec<String> {
+    let key = seen.key();
+    let mut lines = Vec::new();
+    let Some(status) = &experiment.status else {
+        return lines;
+    };
+    if seen.phase != Some(status.phase) {
+        lines.push(match seen.phase {
+            Some(from) => format!("{key} phase {from:?} -> {:?}", status.phase),
+            None => format!("{key} phase {:?}", status.phase),
+        });
+        seen.phase = Some(status.phase);
+    }
+    for entry in &status.timeline {
+        let id = (entry.time, entry.reason.clone(), entry.message.clone());
+        if seen.events.insert(id) {
+            lines.push(format!("{key} {}: {}", entry.reason, entry.message));
+        }
+    }
+    if !seen.targets_printed && !status.targets.is_empty() {
+        seen.targets_printed = true;
+        let mut names: Vec<String> = status
+            .targets
+            .iter()
+            .take(10)
+            .map(|t| {
+                let node = t.node_name.as_deref().unwrap_or("no node");
+                format!("{}/{} ({node}, {})", t.namespace, t.name, t.fault)
+            })
+            .collect();
+        if status.targets.len() > 10 {
+            names.push(format!("and {} more", status.targets.len() - 10));
+        }
+        lines.push(format!(
+            "{key} targets ({}): {}",
+            status.target_count,
+            names.join(", ")
+        ));
+    }
+    for probe in &status.probes {
+        let last = seen.last_sample.get(&probe.name).copied();
+        let fresh: Vec<_> = probe
+            .samples
+            .iter()
+            .filter(|s| last.is_none_or(|l| s.time > l))
+            .collect();
+        for (i, sample) in fresh.iter().enumerate() {
+            let value = sample.value.as_deref().unwrap_or("-");
+            let mut line = format!(
+                "{key} probe {} {} {value}",
+                probe.name,
+                if sample.ok { "pass" } else { "FAIL" }
+            );
+            if !sample.ok
+                && i + 1 == fresh.len()
+                && let Some(error) = &probe.last_error
+            {
+                line.push_str(&format!(" ({error})"));
+            }
+            lines.push(line);
+        }
+        if let Some(newest) = fresh.last() {
+            seen.last_sample.insert(probe.name.clone(), newest.time);
+        }
+    }
+    if status.phase.is_terminal()
+        && seen
+            .latest
+            .as_ref()
+            .is_none_or(|l| !l.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+    {
+        lines.push(format!(
+            "{key} finished: {} ({}): {}",
+            status
+                .verdict
+                .map_or_else(|| "no verdict".into(), |v| format!("{v:?}")),
+            status.reason.as_deref().unwrap_or("-"),
+            status.message.as_deref().unwrap_or("")
+        ));
+    }
+    lines
+}
+
+/// The closing lines: each experiment's verdict, numbers, and for a dry run the plan.
+pub(super) fn print_results(experiments: &[ChaosExperiment], dry_run: bool) {
+    for experiment in experiments {
+        let s = crate::report::summarize(experiment);
+        let verdict = s.verdict.map_or_else(
+            || format!("no verdict ({:?})", s.phase),
+            |v| format!("{v:?}"),
+        );
+        println!(
+            "{}/{}: {verdict} ({}) {}",
+            s.namespace,
+            s.name,
+            s.reason.as_deref().unwrap_or("-"),
+            s.message.as_deref().unwrap_or("")
+        );
+        if let Some(failure) = &s.failure {
+            println!("  {failure}");
+        }
+        for (label, value) in [
+            ("elapsed", &s.elapsed),
+            ("abort latency", &s.abort_latency),
+            ("recovery time", &s.recovery_time),
+        ] {
+            if let Some(value) = value {
+                println!("  {label}: {value}");
+            }
+        }
+        if dry_run || s.dry_run {
+            let status = experiment.status.clone().unwrap_or_default();
+            println!("  targets ({}):", status.target_count);
+            for t in &status.targets {
+                println!(
+                    "    {}/{} node {} ip {} fault {}",
+                    t.namespace,
+                    t.name,
+                    t.node_name.as_deref().unwrap_or("-"),
+                    t.pod_ip.as_deref().unwrap_or("-"),
+                    t.fault
+                );
+            }
+            for entry in status.timeline.iter().filter(|e| e.reason == "WouldInject") {
+                println!("  would inject: {}", entry.message);
+            }
+            for p in &s.probes {
+                println!(
+                    "  preflight probe {}: {} passes, {} failures, last value {}",
+                    p.name,
+                    p.passes,
+                    p.failures,
+                    p.last_value.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        if !matches!(s.verdict, Some(Verdict::Passed | Verdict::DryRun)) {
+            println!(
+                "  the full story: faultline report {} -n {} -o html --output report.html",
+                s.name, s.namespace
+            );
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The Markdown report: the HTML report's content as text tables (for a PR comment, a CI job
+//! summary, a terminal).
+
+use std::fmt::Write;
+
+use super::{
+    ExperimentSummary, summarize,
+    text::{clock, escape_cell, offset, or_dash, phases_text, time},
+};
+use crate::api::{ChaosExperiment, ChaosExperimentStatus};
+
+/// The report of one experiment.
+pub fn render(experiment: &ChaosExperiment) -> String {
+    let mut out = String::new();
+    write_experiment(&mut out, experiment, "#");
+    out
+}
+
+/// The report of several experiments (one run): an overview table, then each experiment.
+pub fn render_all(experiments: &[ChaosExperiment]) -> String {
+    if let [one] = experiments {
+        return render(one);
+    }
+    let mut out = String::from("# faultline run\n\n");
+    let _ = writeln!(
+        out,
+        "| Experiment | Verdict | Reason |\n| --- | --- | --- |"
+    );
+    for experiment in experiments {
+        let s = summarize(experiment);
+        let _ = writeln!(
+            out,
+            "| {}/{} | {} | {} |",
+            cell(&s.namespace),
+            cell(&s.name),
+            verdict_text(&s),
+            cell(or_dash(s.reason.as_deref()))
+        );
+    }
+    out.push('\n');
+    for experiment in experiments {
+        write_experiment(&mut out, experiment, "##");
+    }
+    out
+}
+
+fn cell(text: &str) -> String {
+    escape_cell(text)
+}
+
+/// `**Passed**`, or the phase while there is no verdict yet.
+fn verdict_text(s: &ExperimentSummary) -> String {
+    match s.verdict {
+        Some(v) => format!("**{v:?}**"),
+        None => format!("{:?} (no verdict yet)", s.phase),
+    }
+}
+
+fn write_experiment(out: &mut String, experiment: &ChaosExperiment, h: &str) {
+    let s = summarize(experiment);
+    let _ = writeln!(
+        out,
+        "{h} {}/{}: {}\n",
+        s.namespace,
+        s.name,
+        verdict_text(&s)
+    );
+    if let Some(message) = &s.message {
+        let _ = writeln!(out, "> {}\n", message.replace('\n', " "));
+    }
+    write_summary(out, &s);
+    let status = experiment.status.clone().unwrap_or_default();
+    let origin = s.started_at;
+    write_probes(out, &s, h);
+    write_targets(out, &status, h);
+    let _ = writeln!(out, "{h}# Timeline\n");
+    if status.timeline.is_empty() {
+        out.push_str("No events recorded.\n\n");
+    } else {
+        out.push_str("| # | Time | Offset | Reason | Message |\n| --- | --- | --- | --- | --- |\n");
+        for (i, entry) in status.timeline.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                i + 1,
+                clock(entry.time),
+                origin.map_or_else(|| "-".into(), |o| offset(o, entry.time)),
+                cell(&entry.reason),
+                cell(&entry.message)
+            );
+        }
+        out.push('\n');
+    }
+}
+
+fn write_summary(out: &mut String, s: &ExperimentSummary) {
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "-".into(), time);
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Verdict", verdict_text(s)),
+        ("Reason", or_dash(s.reason.as_deref()).into()),
+        ("Phase", format!("{:?}", s.phase)),
+        ("Duration", s.duration.clone()),
+        (
+            "Targets",
+            format!(
+                "{} selected, {} injected, {} skipped, {} failed",
+                s.target_count, s.targets_injected, s.targets_skipped, s.targets_failed
+            ),
+        ),
+        ("Started", when(s.started_at)),
+        ("Faults injected", when(s.injected_at)),
+        ("Faults reverted", when(s.reverted_at)),
+        ("Finished", when(s.finished_at)),
+        ("Elapsed", or_dash(s.elapsed.as_deref()).into()),
+        ("Fault window", or_dash(s.fault_window.as_deref()).into()),
+        ("Abort started", when(s.abort_started_at)),
+        ("Abort latency", or_dash(s.abort_latency.as_deref()).into()),
+        ("Recovery time", or_dash(s.recovery_time.as_deref()).into()),
+    ];
+    if s.dry_run {
+        rows.insert(1, ("Dry run", "yes: nothing was injected".into()));
+    }
+    if let Some(failure) = &s.failure {
+        rows.insert(1, ("Failure", failure.clone()));
+    }
+    out.push_str("| | |\n| --- | --- |\n");
+    for (key, value) in rows {
+        let _ = writeln!(out, "| {key} | {} |", cell(&value));
+    }
+    out.push('\n');
+}
+
+fn write_probes(out: &mut String, s: &ExperimentSummary, h: &str) {
+    let _ = writeln!(out, "{h}# Probes\n");
+    if s.probes.is_empty() {
+        out.push_str("No probes: the experiment had no steady-state hypothesis.\n\n");
+        return;
+    }
+    out.push_str(
+        "| Probe | Kind | Phases | Passes | Failures | Last value | Last error | First violation |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for p in &s.probes {
+        let violation = match p.first_violation_at {
+            Some(at) => format!(
+                "{} (value {})",
+                s.started_at.map_or_else(|| time(at), |o| offset(o, at)),
+                or_dash(p.violation_value.as_deref())
+            ),
+            None => "-".into(),
+        };
+        let name = if p.violated {
+            format!("**{}** ✗", p.name)
+        } else {
+            p.name.clone()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(&name),
+            cell(&p.kind),
+            phases_text(&p.phases),
+            p.passes,
+            p.failures,
+            cell(or_dash(p.last_value.as_deref())),
+            cell(or_dash(p.last_error.as_deref())),
+            cell(&violation)
+        );
+    }
+    out.push('\n');
+}
+
+fn write_targets(out: &mut String, status: &ChaosExperimentStatus, h: &str) {
+    let _ = writeln!(out, "{h}# Targets\n");
+    if status.targets.is_empty() {
+        out.push_str("No targets recorded.\n\n");
+        return;
+    }
+    out.push_str(
+        "| Pod | Node | Fault | State | Injected | Reverted | Message |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for t in &status.targets {
+        let _ = writeln!(
+            out,
+            "| {}/{} | {} | {} | {:?} | {} | {} | {} |",
+            cell(&t.namespace),
+            cell(&t.name),
+            cell(or_dash(t.node_name.as_deref())),
+            cell(&t.fault),
+            t.state,
+            t.injected_at.map_or_else(|| "-".into(), clock),
+            t.reverted_at.map_or_else(|| "-".into(), clock),
+            cell(or_dash(t.message.as_deref()))
+        );
+    }
+    out.push('\n');
+}

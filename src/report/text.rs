@@ -1,0 +1,119 @@
+//! Small formatting helpers every renderer shares: escaping, times, durations.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::api::{GoDuration, ProbePhase};
+
+/// Escapes text for HTML and XML content and attribute values (both quote styles).
+pub fn escape_xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            // XML 1.0 forbids most control characters even as references; a probe's error text
+            // may carry them (a binary body), so they become spaces.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes a Markdown table cell: pipes would end the cell, newlines the row.
+pub fn escape_cell(text: &str) -> String {
+    text.replace('|', "\\|")
+        .replace("\r\n", " ")
+        .replace(['\n', '\r'], " ")
+}
+
+/// `2025-05-01T12:00:03.120Z`: UTC, milliseconds, the same in every format.
+pub fn time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// `12:00:03.120`: the time of day, for tables where the date is in the summary.
+pub fn clock(at: DateTime<Utc>) -> String {
+    at.format("%H:%M:%S%.3f").to_string()
+}
+
+/// The span between two times as a Go duration (`1.5s`, `2m0s`); negative spans are zero.
+pub fn span(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    GoDuration::from_duration(positive(from, to)).0
+}
+
+/// `+12.3s` relative to `origin` (one decimal), for offsets in tables and the timeline.
+pub fn offset(origin: DateTime<Utc>, at: DateTime<Utc>) -> String {
+    let millis = (at - origin).num_milliseconds();
+    let sign = if millis < 0 { "-" } else { "+" };
+    let millis = millis.unsigned_abs();
+    if millis >= 60_000 {
+        format!("{sign}{}m{:02}s", millis / 60_000, (millis % 60_000) / 1000)
+    } else {
+        format!("{sign}{}.{}s", millis / 1000, (millis % 1000) / 100)
+    }
+}
+
+/// Seconds between two times, never negative, for JUnit `time` attributes.
+pub fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    positive(from, to).as_secs_f64()
+}
+
+fn positive(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+    (to - from).to_std().unwrap_or_default()
+}
+
+/// `-` for a missing value, so table cells are never empty.
+pub fn or_dash(value: Option<&str>) -> &str {
+    match value {
+        Some(v) if !v.is_empty() => v,
+        _ => "-",
+    }
+}
+
+/// `before, during, after`.
+pub fn phases_text(phases: &[ProbePhase]) -> String {
+    if phases.is_empty() {
+        return "-".into();
+    }
+    phases
+        .iter()
+        .map(|p| format!("{p:?}").to_lowercase())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_control_characters() {
+        assert_eq!(
+            escape_xml("a<b & \"c\" 'd'\u{1}"),
+            "a&lt;b &amp; &quot;c&quot; &#39;d&#39; "
+        );
+        assert_eq!(escape_cell("a|b\nc"), "a\\|b c");
+    }
+
+    #[test]
+    fn offsets_read_as_seconds_then_minutes() {
+        let t0 = Utc.with_ymd_and_hms(2025, 5, 1, 12, 0, 0).unwrap();
+        assert_eq!(
+            offset(t0, t0 + chrono::Duration::milliseconds(1250)),
+            "+1.2s"
+        );
+        assert_eq!(offset(t0, t0 + chrono::Duration::seconds(75)), "+1m15s");
+        assert_eq!(offset(t0, t0 - chrono::Duration::seconds(2)), "-2.0s");
+        assert_eq!(span(t0, t0 + chrono::Duration::seconds(90)), "1m30s");
+        assert_eq!(span(t0, t0 - chrono::Duration::seconds(90)), "0s");
+        assert_eq!(time(t0), "2025-05-01T12:00:00.000Z");
+    }
+}

@@ -1,0 +1,521 @@
+//! `faultline run`, `report` and `status` run as a user (or CI) runs them: the binary, a
+//! kubeconfig pointing at the embedded API server, and the controller with its real probe hub
+//! in this test process, probing HTTP servers on 127.0.0.1.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    sync::{
+        Arc,
+        atomic::{AtomicU16, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use common::harness::{Harness, shop_with_web_pods};
+use faultline::api::{Phase, Verdict};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A service whose health the test controls.
+struct Service {
+    status: Arc<AtomicU16>,
+    url: String,
+}
+
+impl Service {
+    async fn start(code: u16) -> Service {
+        let status = Arc::new(AtomicU16::new(code));
+        let app = Router::new()
+            .route(
+                "/healthz",
+                get(|State(s): State<Arc<AtomicU16>>| async move {
+                    StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+                }),
+            )
+            .with_state(status.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Service { status, url }
+    }
+
+    fn set(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+}
+
+/// The harness, two web pods in the opted-in namespace `shop`, and a kubeconfig for the CLI.
+struct Bed {
+    h: Harness,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Bed {
+    async fn start() -> Bed {
+        let h = Harness::start_with_real_probes().await;
+        shop_with_web_pods(&h, 2).await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, h.server.kubeconfig_yaml()).unwrap();
+        Bed { h, dir, kubeconfig }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn manifest(&self, file: &str, text: &str) -> String {
+        let path = self.path(file);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline"));
+        command
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("FAULTLINE_LOG", "warn")
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn faultline(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.expect("faultline runs")
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_exit(out: &Output, code: i32) -> (String, String) {
+    let (stdout, stderr) = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// A pod kill of one web pod for `duration` under an HTTP hypothesis on `url`.
+fn pod_kill(name: &str, duration: &str, url: &str) -> String {
+    format!(
+        r#"apiVersion: faultline.dev/v1alpha1
+kind: ChaosExperiment
+metadata:
+  name: {name}
+spec:
+  duration: {duration}
+  target:
+    labelSelector:
+      matchLabels:
+        app: web
+    mode: One
+  faults:
+    - podKill:
+        method: delete
+        gracePeriodSeconds: 0
+  steadyState:
+    recoveryTimeout: 10s
+    probes:
+      - name: web-healthy
+        http:
+          url: {url}
+          expectedStatus: [200]
+        interval: 500ms
+        timeout: 450ms
+        failureThreshold: 2
+"#
+    )
+}
+
+fn junit(path: &Path) -> String {
+    let xml = std::fs::read_to_string(path).expect("the JUnit file is written");
+    roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+    xml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_pod_kill_exits_0_with_junit_and_report_and_shows_in_status_and_report() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest("kill.yaml", &pod_kill("kill-one", "1s", &service.url));
+    let junit_path = bed.path("out.xml");
+    let html_path = bed.path("report.html");
+    let out = bed
+        .faultline(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--wait",
+            "--junit",
+            junit_path.to_str().unwrap(),
+            "--report",
+            html_path.to_str().unwrap(),
+        ])
+        .await;
+    let (stdout, _) = assert_exit(&out, 0);
+    assert!(
+        stdout.contains("created chaosexperiment shop/kill-one"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("shop/kill-one phase Verifying -> Injecting"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("shop/kill-one probe web-healthy pass 200"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("shop/kill-one finished: Passed (Passed)"),
+        "{stdout}"
+    );
+    // Not a terminal: plain lines, each with a UTC timestamp.
+    assert!(!stdout.contains('\r'));
+    let waiting = stdout
+        .lines()
+        .find(|l| l.contains("waiting up to"))
+        .unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(waiting.split(' ').next().unwrap()).is_ok(),
+        "{waiting}"
+    );
+    let xml = junit(&junit_path);
+    assert!(xml.contains("name=\"kill-one\"") && xml.contains("name=\"probe web-healthy\""));
+    assert!(!xml.contains("<failure"), "{xml}");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(html.contains("<svg class=\"timeline\"") && html.contains("v-passed"));
+
+    // The same manifest again: the finished run keeps its name, the new one gets a fresh one.
+    let out = bed.faultline(&["run", "-f", &manifest, "-n", "shop"]).await;
+    let (stdout, _) = assert_exit(&out, 0);
+    assert!(
+        stdout.contains("exists from an earlier run (phase Succeeded)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("created chaosexperiment shop/kill-one-"),
+        "{stdout}"
+    );
+    let out = bed.faultline(&["status", "-n", "shop"]).await;
+    let (table, _) = assert_exit(&out, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("ELAPSED/REMAINING"),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("kill-one ") && l.contains("Passed")),
+        "{table}"
+    );
+
+    let out = bed
+        .faultline(&["report", "kill-one", "-n", "shop", "-o", "json"])
+        .await;
+    let (json, _) = assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["summary"]["verdict"], "Passed");
+    assert!(json["summary"]["probes"][0]["passes"].as_i64().unwrap() >= 2);
+    let out = bed.faultline(&["report", "kill-one", "-n", "shop"]).await;
+    let (markdown, _) = assert_exit(&out, 0);
+    assert!(
+        markdown.starts_with("# shop/kill-one: **Passed**"),
+        "{markdown}"
+    );
+    let page = bed.path("kill-one.html");
+    let out = bed
+        .faultline(&[
+            "report",
+            "kill-one",
+            "-n",
+            "shop",
+            "--output",
+            page.to_str().unwrap(),
+        ])
+        .await;
+    assert_exit(&out, 0);
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<svg"));
+    let out = bed.faultline(&["report", "nope", "-n", "shop"]).await;
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(
+        stderr.contains("experiment shop/nope not found: `faultline status -n shop`"),
+        "{stderr}"
+    );
+    bed.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_fails_mid_run_aborts_and_exits_2_with_the_probe_in_junit() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest("breaks.yaml", &pod_kill("breaks", "30s", &service.url));
+    let junit_path = bed.path("out.xml");
+    let run = bed
+        .command(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--wait",
+            "--junit",
+            junit_path.to_str().unwrap(),
+        ])
+        .output();
+    let breaker = async {
+        bed.h.wait_phase("shop", "breaks", Phase::Running).await;
+        service.set(500);
+    };
+    let (out, ()) = tokio::join!(run, breaker);
+    let (stdout, _) = assert_exit(&out.unwrap(), 2);
+    assert!(
+        stdout.contains("shop/breaks probe web-healthy FAIL 500"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("shop/breaks finished: Aborted (ProbeFailed)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("abort latency: "), "{stdout}");
+    let xml = junit(&junit_path);
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let failures: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("failure"))
+        .filter_map(|n| n.attribute("message"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{xml}");
+    for message in failures {
+        assert!(
+            message.starts_with("probe web-healthy failed with value 500"),
+            "{message}"
+        );
+    }
+    bed.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_manifest_exits_3_with_the_problems_and_creates_nothing() {
+    let bed = Bed::start().await;
+    let manifest = bed.manifest(
+        "bad.yaml",
+        "apiVersion: faultline.dev/v1alpha1\nkind: ChaosExperiment\nmetadata:\n  name: bad\nspec:\n  duration: soon\n  faults: []\n",
+    );
+    let out = bed
+        .faultline(&["run", "-f", &manifest, "-n", "shop", "--wait"])
+        .await;
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(stderr.contains("bad.yaml:6: spec.duration:"), "{stderr}");
+    assert!(
+        stderr.contains("is invalid (1 of 1 documents): fix the problems above"),
+        "{stderr}"
+    );
+    let list = bed
+        .h
+        .experiments("shop")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(list.items.is_empty());
+
+    let out = bed.faultline(&["run", "-f", "/no/such/file.yaml"]).await;
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(
+        stderr.contains("cannot read /no/such/file.yaml"),
+        "{stderr}"
+    );
+    bed.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hypothesis_that_fails_before_injection_exits_1() {
+    let bed = Bed::start().await;
+    let service = Service::start(503).await;
+    let manifest = bed.manifest("sick.yaml", &pod_kill("sick", "30s", &service.url));
+    let junit_path = bed.path("out.xml");
+    let out = bed
+        .faultline(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--junit",
+            junit_path.to_str().unwrap(),
+        ])
+        .await;
+    let (stdout, _) = assert_exit(&out, 1);
+    assert!(
+        stdout.contains("finished: Failed (SteadyStateNotMet)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("faultline report sick -n shop -o html"),
+        "{stdout}"
+    );
+    assert!(junit(&junit_path).contains("probe web-healthy failed with value 503"));
+    bed.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_prints_the_targets_and_exits_0_without_injecting() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest("kill.yaml", &pod_kill("rehearse", "30s", &service.url));
+    let out = bed
+        .faultline(&["run", "-f", &manifest, "-n", "shop", "--dry-run"])
+        .await;
+    let (stdout, _) = assert_exit(&out, 0);
+    assert!(
+        stdout.contains("shop/rehearse: DryRun (DryRun)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  targets (1):"), "{stdout}");
+    assert!(stdout.contains("    shop/web-"), "{stdout}");
+    assert!(
+        stdout.contains("would inject: podKill of pod shop/web-"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("preflight probe web-healthy:"), "{stdout}");
+    let experiment = bed.h.experiments("shop").get("rehearse").await.unwrap();
+    assert!(experiment.spec.dry_run);
+    assert!(experiment.status.unwrap().injected_at.is_none());
+    bed.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_exits_3_and_says_how_to_abort() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest("long.yaml", &pod_kill("long", "1m", &service.url));
+    let out = bed
+        .faultline(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--wait",
+            "--timeout",
+            // Ample time to reach Running even on a loaded machine; the point is the message.
+            "8s",
+        ])
+        .await;
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(
+        stderr.contains(
+            "timed out after 8s waiting for shop/long in phase Running; the experiment keeps running: faultline abort long -n shop"
+        ),
+        "{stderr}"
+    );
+    let experiment = bed.h.experiments("shop").get("long").await.unwrap();
+    assert_eq!(experiment.status.unwrap().phase, Phase::Running);
+    // A second run of it while it runs is refused.
+    let out = bed.faultline(&["run", "-f", &manifest, "-n", "shop"]).await;
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(
+        stderr.contains("already exists and is still going (phase Running)"),
+        "{stderr}"
+    );
+    bed.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_aborts_the_experiment_waits_for_the_revert_and_exits_2() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest("long.yaml", &pod_kill("stopped", "1m", &service.url));
+    let mut child = bed
+        .command(&["run", "-f", &manifest, "-n", "shop", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read its output as it comes; "waiting up to" says it now handles Ctrl-C.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    while !stdout.contains("waiting up to") {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("faultline keeps running");
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    bed.h.wait_phase("shop", "stopped", Phase::Running).await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let rest = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+    };
+    let (out, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(child.wait_with_output(), rest)
+    })
+    .await
+    .expect("faultline exits after the abort");
+    let out = out.unwrap();
+    let (_, stderr) = assert_exit(&out, 2);
+    assert!(stdout.contains("abort requested: shop/stopped"), "{stdout}");
+    assert!(
+        stdout.contains("finished: Aborted (AbortRequested)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("interrupted: every experiment has finished and its faults are reverted")
+    );
+    let experiment = bed.h.experiments("shop").get("stopped").await.unwrap();
+    let status = experiment.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Aborted));
+    assert!(status.reverted_at.is_some());
+    bed.h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_exits_3_and_says_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    // Port 9 (discard) on loopback: nothing listens there.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {}\n",
+    )
+    .unwrap();
+    let manifest = dir.path().join("kill.yaml");
+    std::fs::write(&manifest, pod_kill("x", "1s", "http://127.0.0.1:1/")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["run", "-f", manifest.to_str().unwrap(), "--wait"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(
+        stderr.contains("cannot reach the cluster at http://127.0.0.1:9/: is your kubeconfig right? (kubectl cluster-info)"),
+        "{stderr}"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["status", "-A"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&out, 3);
+}
