@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -72,6 +73,16 @@ pub fn virtual_services(services: &[Arc<Service>], pods: &[Arc<Pod>]) -> Vec<Vir
                 .cluster_ip
                 .as_deref()
                 .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+            let ready: Vec<&Arc<Pod>> = pods
+                .iter()
+                .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+                .filter(|pod| {
+                    let labels = pod.labels();
+                    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
+                .filter(|pod| is_ready(pod))
+                .collect();
             let ports = spec
                 .ports
                 .iter()
@@ -81,25 +92,14 @@ pub fn virtual_services(services: &[Arc<Service>], pods: &[Arc<Pod>]) -> Vec<Vir
                     let port = u16::try_from(p.port).ok()?;
                     let target = match &p.target_port {
                         None => port,
-                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(t)) => {
-                            u16::try_from(*t).ok()?
-                        }
-                        Some(
-                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_),
-                        ) => return None,
+                        Some(IntOrString::Int(t)) => u16::try_from(*t).ok()?,
+                        Some(IntOrString::String(name)) => named_port(&ready, name)?,
                     };
                     Some((port, target))
                 })
                 .collect();
-            let mut endpoints: Vec<Ipv4Addr> = pods
+            let mut endpoints: Vec<Ipv4Addr> = ready
                 .iter()
-                .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
-                .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-                .filter(|pod| {
-                    let labels = pod.labels();
-                    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-                })
-                .filter(|pod| is_ready(pod))
                 .filter_map(|pod| pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
                 .collect();
             endpoints.sort();
@@ -114,6 +114,15 @@ pub fn virtual_services(services: &[Arc<Service>], pods: &[Arc<Pod>]) -> Vec<Vir
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
+}
+
+/// A named `targetPort`, looked up in the endpoint pods' container ports.
+fn named_port(pods: &[&Arc<Pod>], name: &str) -> Option<u16> {
+    pods.iter()
+        .flat_map(|pod| pod.spec.iter().flat_map(|s| &s.containers))
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(name))
+        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 fn is_ready(pod: &Pod) -> bool {
