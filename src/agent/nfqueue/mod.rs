@@ -47,6 +47,7 @@ pub mod hostveth;
 pub mod impair;
 pub mod netlink;
 pub mod rules;
+pub mod traffic;
 mod worker;
 
 pub use hostveth::{HostPort, host_veth};
@@ -193,6 +194,7 @@ struct Injection {
 #[derive(Debug, Default)]
 pub struct NfqueueEngine {
     injections: Mutex<HashMap<InjectionTag, Arc<Mutex<Injection>>>>,
+    max_queue_len: Option<u32>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,6 +210,21 @@ fn invalid(message: String) -> io::Error {
 impl NfqueueEngine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Caps every queue's length (packets held in the kernel at once) below what the delay
+    /// needs: beyond it packets bypass. For memory-tight nodes, and for tests of the bypass.
+    pub fn with_max_queue_len(mut self, max_len: u32) -> Self {
+        self.max_queue_len = Some(max_len.max(1));
+        self
+    }
+
+    fn queue_config(&self, impairment: &Impairment) -> QueueConfig {
+        let mut config = QueueConfig::for_delay(impairment.max_delay());
+        if let Some(cap) = self.max_queue_len {
+            config.max_len = config.max_len.min(cap);
+        }
+        config
     }
 
     fn entry(&self, tag: &InjectionTag) -> Arc<Mutex<Injection>> {
@@ -247,6 +264,7 @@ impl NfqueueEngine {
             };
             let queue = apply_side(
                 &mut injection,
+                &self.queue_config(&impairment),
                 side,
                 ns,
                 tag,
@@ -329,6 +347,7 @@ impl NfqueueEngine {
 #[allow(clippy::too_many_arguments)]
 fn apply_side(
     injection: &mut Injection,
+    config: &QueueConfig,
     side: Side,
     ns: &Netns,
     tag: &InjectionTag,
@@ -351,26 +370,23 @@ fn apply_side(
             let state = occupied.into_mut();
             if state.worker.impairment() != *impairment {
                 state.worker.set_impairment(impairment.clone());
-                state
-                    .worker
-                    .configure(&QueueConfig::for_delay(impairment.max_delay()))?;
+                state.worker.configure(config)?;
             }
             state
         }
         std::collections::btree_map::Entry::Vacant(vacant) => {
-            let config = QueueConfig::for_delay(impairment.max_delay());
             let recovered = saved.values().find_map(|s| s.queue_of(&chain));
             let socket = match recovered {
                 Some(queue) => {
                     applied.recovered = true;
-                    QueueSocket::open_in(ns, queue, &config).map_err(|e| {
+                    QueueSocket::open_in(ns, queue, config).map_err(|e| {
                         io::Error::new(
                             e.kind(),
                             format!("cannot bind nfqueue {queue} found in chain {chain}: {e}"),
                         )
                     })?
                 }
-                None => bind_free_queue(ns, tag, &config)?,
+                None => bind_free_queue(ns, tag, config)?,
             };
             let worker = Worker::start(socket, impairment.clone())?;
             let queued = saved.values().map(|s| s.queued_packets(&chain)).sum();
