@@ -173,7 +173,10 @@ fn main() {
                 format!("RTT {:.3}", row.p99_ms),
             )
         } else {
-            (format!("{:.3}", row.median_ms), format!("{:.3}", row.p99_ms))
+            (
+                format!("{:.3}", row.median_ms),
+                format!("{:.3}", row.p99_ms),
+            )
         };
         println!(
             "| {} | {median} | {p99} | {} | {:.0} | {:.0} | {} |",

@@ -4,6 +4,7 @@
 //! Delay follows netem without a distribution table: uniform in `delay ± jitter`, where the
 //! uniform value is correlated with the previous one (netem's `get_crandom`):
 //! `u = (1 - ρ)·fresh + ρ·last`. Correlation narrows the spread around `delay`, as in netem.
+//! With jitter larger than the delay, packets drawn below zero go at once, as in netem.
 //!
 //! Loss is a two-state Markov chain: after a kept packet the next is lost with probability
 //! `(1 - ρ)·p`, after a lost one with `ρ + (1 - ρ)·p`. Its long-run loss rate is exactly `p`

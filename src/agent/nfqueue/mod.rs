@@ -234,6 +234,14 @@ impl NfqueueEngine {
     /// Makes the kernel and our workers carry out `fault` (latency or loss) for the pod, as
     /// described in the module documentation. Blocking (runs `iptables`): call it from
     /// `spawn_blocking`.
+    ///
+    /// `fault.peer_cidrs` and `fault.ports` name the peers' end of the traffic (empty: all):
+    /// egress matches destination address and port, ingress source address and port, so `both`
+    /// affects both halves of the same connections. Ports match TCP and UDP only.
+    ///
+    /// Changing the fault of an applied injection changes it in place: new parameters apply to
+    /// packets from then on, the rules are rewritten only if they differ, and a side no longer
+    /// wanted (direction `to` after `both`) is removed.
     pub fn apply(
         &self,
         tag: &InjectionTag,
@@ -380,9 +388,16 @@ fn apply_side(
                 Some(queue) => {
                     applied.recovered = true;
                     QueueSocket::open_in(ns, queue, config).map_err(|e| {
+                        let hint = if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                            " (another process holds it: is a previous agent still running?)"
+                        } else {
+                            ""
+                        };
                         io::Error::new(
                             e.kind(),
-                            format!("cannot bind nfqueue {queue} found in chain {chain}: {e}"),
+                            format!(
+                                "cannot bind nfqueue {queue} found in chain {chain}: {e}{hint}"
+                            ),
                         )
                     })?
                 }

@@ -101,12 +101,12 @@ impl Worker {
         let releaser = Arc::clone(&shared);
         worker.threads.push(
             std::thread::Builder::new()
-                .name(format!("nfq{queue}-release"))
+                .name(format!("nfq{queue}-rel"))
                 .spawn(move || release_loop(&releaser))?,
         );
         worker.threads.push(
             std::thread::Builder::new()
-                .name(format!("nfq{queue}-read"))
+                .name(format!("nfq{queue}-rd"))
                 .spawn(move || read_loop(&shared))?,
         );
         Ok(worker)
