@@ -1,0 +1,195 @@
+//! The NFQUEUE latency path, end to end between two pods of a TestNode (root only): how close
+//! the added delay is to the requested one (median and p99 of UDP round trips minus the
+//! baseline) and what TCP bulk throughput survives, at 0, 10, 50 and 200 ms of egress delay on
+//! the sending pod; and the same without any fault as a baseline.
+//!
+//! `FAULTLINE_BENCH_SECS` sets each TCP transfer's length (default 5 s), `FAULTLINE_BENCH_RTTS`
+//! the round trips per row (default 400, one every 5 ms).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use faultline::agent::netns::Netns;
+use faultline::agent::nfqueue::traffic::{UdpEcho, quantile, tcp_throughput, udp_rtts};
+use faultline::agent::nfqueue::{NfqueueEngine, PodNet};
+use faultline::agent::tag::InjectionTag;
+use faultline::agent::testnet::TestNode;
+use faultline::api::{Direction, GoDuration, LatencyFault, NetworkFault};
+
+const ECHO_PORT: u16 = 7007;
+const TCP_PORT: u16 = 7100;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Row {
+    label: String,
+    median_ms: f64,
+    p99_ms: f64,
+    lost: usize,
+    mbit: f64,
+    mbit_large: f64,
+    bypassed: Option<u64>,
+}
+
+/// Writes a sysctl under /proc/sys/net of `ns` (tcp_rmem and tcp_wmem are per namespace).
+fn sysctl(ns: &Netns, path: &str, value: &str) {
+    ns.run(|| std::fs::write(path, value))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+}
+
+fn tcp_buffers(namespaces: &[&Netns], large: bool) {
+    let (rmem, wmem) = if large {
+        ("4096 131072 67108864", "4096 16384 67108864")
+    } else {
+        ("4096 131072 6291456", "4096 16384 4194304")
+    };
+    for ns in namespaces {
+        sysctl(ns, "/proc/sys/net/ipv4/tcp_rmem", rmem);
+        sysctl(ns, "/proc/sys/net/ipv4/tcp_wmem", wmem);
+    }
+}
+
+/// Round trips, unanswered requests, TCP Mbit/s with default and with large buffers.
+fn measure(
+    client: &Netns,
+    server_ns: &Netns,
+    echo: SocketAddr,
+    tcp: SocketAddr,
+    rtts: usize,
+    secs: u64,
+) -> (Vec<Duration>, usize, f64, f64) {
+    let all = udp_rtts(
+        client,
+        echo,
+        rtts,
+        Duration::from_millis(5),
+        Duration::from_secs(2),
+    )
+    .expect("round trips");
+    let lost = all.iter().filter(|r| r.is_none()).count();
+    let answered: Vec<Duration> = all.into_iter().flatten().collect();
+    let transfer = Duration::from_secs(secs);
+    tcp_buffers(&[client, server_ns], false);
+    let mbit = tcp_throughput(client, server_ns, tcp, transfer).expect("tcp");
+    tcp_buffers(&[client, server_ns], true);
+    let large_port = SocketAddr::new(tcp.ip(), tcp.port() + 100);
+    let mbit_large = tcp_throughput(client, server_ns, large_port, transfer).expect("tcp");
+    tcp_buffers(&[client, server_ns], false);
+    (answered, lost, mbit, mbit_large)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: the agent_nfqueue bench needs root (network namespaces, iptables)");
+        return;
+    }
+    let secs = env_or("FAULTLINE_BENCH_SECS", 5);
+    let rtts = usize::try_from(env_or("FAULTLINE_BENCH_RTTS", 400)).unwrap_or(400);
+    let node = TestNode::new(2).expect("test node");
+    let net = PodNet {
+        pod: node.pods[0].ns.netns().unwrap(),
+        host: node.host.netns().unwrap(),
+    };
+    let server_ns = node.pods[1].ns.netns().unwrap();
+    let echo = SocketAddr::from((node.pods[1].ip, ECHO_PORT));
+    let _echo = UdpEcho::start(&server_ns, echo).unwrap();
+    let tag = InjectionTag::from_uid("be7c0ffe-0000-4000-8000-000000000001").unwrap();
+    let engine = NfqueueEngine::new();
+
+    let (base, lost, mbit, mbit_large) = measure(
+        &net.pod,
+        &server_ns,
+        echo,
+        SocketAddr::from((node.pods[1].ip, TCP_PORT)),
+        rtts,
+        secs,
+    );
+    let base_median = ms(quantile(&base, 0.5));
+    let mut rows = vec![Row {
+        label: "no fault".into(),
+        median_ms: base_median,
+        p99_ms: ms(quantile(&base, 0.99)),
+        lost,
+        mbit,
+        mbit_large,
+        bypassed: None,
+    }];
+    for (i, delay) in [0u64, 10, 50, 200].into_iter().enumerate() {
+        let fault = NetworkFault {
+            latency: Some(LatencyFault {
+                latency: GoDuration(format!("{delay}ms")),
+                direction: Direction::To,
+                ..LatencyFault::default()
+            }),
+            ..NetworkFault::default()
+        };
+        engine.apply(&tag, &net, &fault).expect("apply");
+        let port = TCP_PORT + 1 + u16::try_from(i).unwrap();
+        let (during, lost, mbit, mbit_large) = measure(
+            &net.pod,
+            &server_ns,
+            echo,
+            SocketAddr::from((node.pods[1].ip, port)),
+            rtts,
+            secs,
+        );
+        let bypassed = engine.stats(&tag).map(|s| s.bypassed);
+        engine.remove(&tag, &net).expect("remove");
+        rows.push(Row {
+            label: format!("{delay} ms"),
+            median_ms: ms(quantile(&during, 0.5)) - base_median,
+            p99_ms: ms(quantile(&during, 0.99)) - base_median,
+            lost,
+            mbit,
+            mbit_large,
+            bypassed,
+        });
+    }
+
+    println!(
+        "\n## NFQUEUE egress latency: accuracy and TCP throughput ({}; {rtts} UDP round trips \
+         per row, {secs} s TCP transfer)\n",
+        machine()
+    );
+    println!(
+        "| requested delay | added RTT median (ms) | added RTT p99 (ms) | unanswered | TCP, default buffers (Mbit/s) | TCP, 64 MiB buffers (Mbit/s) | bypassed |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for row in &rows {
+        let (median, p99) = if row.bypassed.is_none() {
+            // The baseline row shows the raw RTT, not an addition.
+            (
+                format!("RTT {:.3}", row.median_ms),
+                format!("RTT {:.3}", row.p99_ms),
+            )
+        } else {
+            (
+                format!("{:.3}", row.median_ms),
+                format!("{:.3}", row.p99_ms),
+            )
+        };
+        println!(
+            "| {} | {median} | {p99} | {} | {:.0} | {:.0} | {} |",
+            row.label,
+            row.lost,
+            row.mbit,
+            row.mbit_large,
+            row.bypassed.map_or("-".into(), |b| b.to_string())
+        );
+    }
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("nproc={cores}")
+}

@@ -1,0 +1,444 @@
+//! The NFQUEUE latency and loss path for real, in throwaway namespaces (root only): delays and
+//! losses measured with UDP between pods of a TestNode, scoping, the bypass when no worker
+//! runs, recovery by a new engine, and clean removal.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use faultline::agent::netns::Netns;
+use faultline::agent::nfqueue::traffic::{UdpEcho, UdpSink, quantile, udp_rtts, udp_send};
+use faultline::agent::nfqueue::{self, HostPort, NfqueueEngine, PodNet, Side};
+use faultline::agent::tag::InjectionTag;
+use faultline::agent::testnet::{TestNode, TestNs, root_or_skip};
+use faultline::api::{Direction, GoDuration, LatencyFault, LossFault, NetworkFault};
+
+const ECHO_PORT: u16 = 7007;
+const OTHER_PORT: u16 = 7008;
+
+fn tag(n: u8) -> InjectionTag {
+    InjectionTag::from_uid(&format!("{n:02x}3c2a9e-7b1d-4c55-9a0e-2b6f8d4e1a37")).unwrap()
+}
+
+fn pod_net(node: &TestNode, pod: usize) -> PodNet {
+    PodNet {
+        pod: node.pods[pod].ns.netns().unwrap(),
+        host: node.host.netns().unwrap(),
+    }
+}
+
+fn latency(delay: &str, jitter: Option<&str>, direction: Direction) -> NetworkFault {
+    NetworkFault {
+        latency: Some(LatencyFault {
+            latency: GoDuration::from(delay),
+            jitter: jitter.map(GoDuration::from),
+            correlation: None,
+            direction,
+            to: None,
+        }),
+        ..NetworkFault::default()
+    }
+}
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+/// Round trips from `client` to an echo server; panics if more than 2% go unanswered.
+fn rtts(client: &Netns, server: SocketAddr, count: usize) -> Vec<Duration> {
+    let all = udp_rtts(
+        client,
+        server,
+        count,
+        Duration::from_millis(5),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let answered: Vec<Duration> = all.into_iter().flatten().collect();
+    assert!(
+        answered.len() * 50 >= count * 49,
+        "only {} of {count} requests answered",
+        answered.len()
+    );
+    answered
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median_ms(values: &[Duration]) -> f64 {
+    ms(quantile(values, 0.5))
+}
+
+/// `iptables-save` and `ip6tables-save` of a namespace.
+fn saved(ns: &TestNs) -> String {
+    let v4 = ns.exec("iptables-save", &[]).unwrap();
+    let v6 = ns.exec("ip6tables-save", &[]).unwrap();
+    String::from_utf8_lossy(&v4.stdout).into_owned() + &String::from_utf8_lossy(&v6.stdout)
+}
+
+#[test]
+fn the_nfqueue_path_is_available_on_this_machine() {
+    if !root_or_skip("agent_nfqueue::the_nfqueue_path_is_available_on_this_machine") {
+        return;
+    }
+    assert!(nfqueue::available());
+}
+
+#[test]
+fn host_veth_is_the_peer_of_the_pods_eth0() {
+    if !root_or_skip("agent_nfqueue::host_veth_is_the_peer_of_the_pods_eth0") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    for (i, pod) in node.pods.iter().enumerate() {
+        let net = pod_net(&node, i);
+        assert_eq!(
+            nfqueue::host_veth(&net.pod, &net.host).unwrap(),
+            pod.host_veth
+        );
+    }
+}
+
+#[test]
+fn egress_latency_adds_the_requested_delay() {
+    if !root_or_skip("agent_nfqueue::egress_latency_adds_the_requested_delay") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let server = addr(node.pods[1].ip, ECHO_PORT);
+    let _echo = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), server).unwrap();
+    let before = median_ms(&rtts(&net.pod, server, 100));
+
+    let engine = NfqueueEngine::new();
+    let applied = engine
+        .apply(&tag(1), &net, &latency("50ms", None, Direction::To))
+        .unwrap();
+    assert!(applied.rules_written);
+    assert!(!applied.recovered);
+    // TestNode's veths are bridge ports: matched with physdev through br_netfilter.
+    assert_eq!(applied.queues.len(), 1);
+    assert_eq!(applied.queues[0].side, Side::Node);
+    assert_eq!(
+        applied.queues[0].port,
+        Some(HostPort::Bridged {
+            veth: node.pods[0].host_veth.clone(),
+            bridge: "br0".into()
+        })
+    );
+
+    let during = rtts(&net.pod, server, 200);
+    let added = median_ms(&during) - before;
+    eprintln!("baseline median RTT {before:.3} ms, added by 50ms egress latency {added:.3} ms");
+    assert!(
+        (added - 50.0).abs() <= 2.0,
+        "median RTT grew by {added:.2} ms, not 50 ± 2 ms"
+    );
+    let stats = engine.stats(&tag(1)).unwrap();
+    eprintln!("{stats:?}");
+    assert!(stats.delayed >= 200, "{stats:?}");
+    assert_eq!(stats.dropped, 0);
+    assert!(stats.bypassed < 5, "{stats:?}");
+
+    assert!(engine.remove(&tag(1), &net).unwrap());
+    let after = median_ms(&rtts(&net.pod, server, 50));
+    assert!(
+        after < before + 5.0,
+        "still delayed after remove: {after:.2} ms"
+    );
+}
+
+#[test]
+fn jitter_spreads_the_delay_within_its_range() {
+    if !root_or_skip("agent_nfqueue::jitter_spreads_the_delay_within_its_range") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let server = addr(node.pods[1].ip, ECHO_PORT);
+    let _echo = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), server).unwrap();
+    let before = median_ms(&rtts(&net.pod, server, 50));
+
+    let engine = NfqueueEngine::new();
+    engine
+        .apply(&tag(2), &net, &latency("30ms", Some("10ms"), Direction::To))
+        .unwrap();
+    let during = rtts(&net.pod, server, 200);
+    let added: Vec<f64> = during.iter().map(|d| ms(*d) - before).collect();
+    let (low, high) = added
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &a| (l.min(a), h.max(a)));
+    // Uniform in [20, 40] ms; slack for scheduling on a busy machine at the top.
+    assert!(low >= 19.0, "a packet was delayed only {low:.2} ms");
+    assert!(high <= 45.0, "a packet was delayed {high:.2} ms");
+    let p10 = ms(quantile(&during, 0.1)) - before;
+    let p90 = ms(quantile(&during, 0.9)) - before;
+    assert!(
+        p90 - p10 >= 8.0,
+        "delays do not spread: p10 {p10:.2} ms, p90 {p90:.2} ms"
+    );
+    let median = median_ms(&during) - before;
+    eprintln!(
+        "30ms ± 10ms: added min {low:.2} p10 {p10:.2} median {median:.2} p90 {p90:.2} max {high:.2} ms"
+    );
+    assert!((median - 30.0).abs() <= 3.0, "median added {median:.2} ms");
+}
+
+#[test]
+fn ingress_and_both_directions_delay_the_pod() {
+    if !root_or_skip("agent_nfqueue::ingress_and_both_directions_delay_the_pod") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let server = addr(node.pods[1].ip, ECHO_PORT);
+    let _echo = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), server).unwrap();
+    let before = median_ms(&rtts(&net.pod, server, 50));
+    let engine = NfqueueEngine::new();
+
+    // From: queued in the pod's own namespace.
+    let applied = engine
+        .apply(&tag(3), &net, &latency("30ms", None, Direction::From))
+        .unwrap();
+    assert_eq!(applied.queues.len(), 1);
+    assert_eq!(applied.queues[0].side, Side::Pod);
+    let added = median_ms(&rtts(&net.pod, server, 100)) - before;
+    assert!((added - 30.0).abs() <= 2.0, "from: added {added:.2} ms");
+    assert!(saved(&node.pods[0].ns).contains(&tag(3).iptables_chain()));
+    assert!(!saved(&node.host).contains(&tag(3).iptables_chain()));
+
+    // Both: the same injection changed in place; each way is delayed.
+    let applied = engine
+        .apply(&tag(3), &net, &latency("30ms", None, Direction::Both))
+        .unwrap();
+    assert_eq!(applied.queues.len(), 2);
+    let added = median_ms(&rtts(&net.pod, server, 100)) - before;
+    assert!((added - 60.0).abs() <= 3.0, "both: added {added:.2} ms");
+
+    // To: the pod side goes away.
+    engine
+        .apply(&tag(3), &net, &latency("30ms", None, Direction::To))
+        .unwrap();
+    assert!(!saved(&node.pods[0].ns).contains(&tag(3).iptables_chain()));
+    let added = median_ms(&rtts(&net.pod, server, 100)) - before;
+    assert!((added - 30.0).abs() <= 2.0, "to: added {added:.2} ms");
+    assert!(engine.remove(&tag(3), &net).unwrap());
+}
+
+#[test]
+fn loss_drops_about_the_requested_share() {
+    if !root_or_skip("agent_nfqueue::loss_drops_about_the_requested_share") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let dest = addr(node.pods[1].ip, ECHO_PORT);
+    let sink = UdpSink::start(&node.pods[1].ns.netns().unwrap(), dest).unwrap();
+    // Resolve ARP before the count, so no datagram waits on it.
+    udp_send(&net.pod, dest, 5, Duration::from_millis(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let warmup = sink.received();
+
+    let engine = NfqueueEngine::new();
+    let fault = NetworkFault {
+        loss: Some(LossFault {
+            percent: 20.0,
+            correlation: None,
+            direction: Direction::To,
+            to: None,
+        }),
+        ..NetworkFault::default()
+    };
+    engine.apply(&tag(4), &net, &fault).unwrap();
+    let sent = 1000;
+    udp_send(&net.pod, dest, sent, Duration::from_micros(500)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let received = sink.received() - warmup;
+    eprintln!("20% loss: {received} of {sent} arrived");
+    // Binomial(1000, 0.8): mean 800, sd 12.6; ±6 sd.
+    assert!(
+        (724..=876).contains(&received),
+        "{received} of {sent} datagrams arrived at 20% loss"
+    );
+    let stats = engine.stats(&tag(4)).unwrap();
+    let lost = sent as u64 - received;
+    // Other packets of the pod (IPv6 neighbour discovery) may be dropped too.
+    assert!(
+        stats.dropped >= lost && stats.dropped <= lost + 10,
+        "{stats:?}, {lost} lost"
+    );
+    assert_eq!(stats.delayed, 0);
+    engine.remove(&tag(4), &net).unwrap();
+}
+
+#[test]
+fn only_traffic_to_the_peers_and_ports_is_delayed() {
+    if !root_or_skip("agent_nfqueue::only_traffic_to_the_peers_and_ports_is_delayed") {
+        return;
+    }
+    let node = TestNode::new(3).unwrap();
+    let net = pod_net(&node, 0);
+    let peer = addr(node.pods[1].ip, ECHO_PORT);
+    let peer_other_port = addr(node.pods[1].ip, OTHER_PORT);
+    let non_peer = addr(node.pods[2].ip, ECHO_PORT);
+    let _echo1 = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), peer).unwrap();
+    let _echo2 = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), peer_other_port).unwrap();
+    let _echo3 = UdpEcho::start(&node.pods[2].ns.netns().unwrap(), non_peer).unwrap();
+    let before = median_ms(&rtts(&net.pod, peer, 50));
+
+    let engine = NfqueueEngine::new();
+    let mut fault = latency("40ms", None, Direction::To);
+    fault.peer_cidrs = vec![format!("{}/32", node.pods[1].ip)];
+    fault.ports = vec![i32::from(ECHO_PORT)];
+    engine.apply(&tag(5), &net, &fault).unwrap();
+
+    let to_peer = median_ms(&rtts(&net.pod, peer, 100)) - before;
+    assert!((to_peer - 40.0).abs() <= 2.0, "peer: added {to_peer:.2} ms");
+    let other_port = median_ms(&rtts(&net.pod, peer_other_port, 100)) - before;
+    assert!(
+        other_port < 5.0,
+        "another port of the peer: {other_port:.2} ms"
+    );
+    let to_non_peer = median_ms(&rtts(&net.pod, non_peer, 100)) - before;
+    assert!(to_non_peer < 5.0, "a non-peer: {to_non_peer:.2} ms");
+    engine.remove(&tag(5), &net).unwrap();
+}
+
+#[test]
+fn traffic_flows_undelayed_without_a_worker_and_a_new_engine_takes_the_rules_over() {
+    if !root_or_skip(
+        "agent_nfqueue::traffic_flows_undelayed_without_a_worker_and_a_new_engine_takes_the_rules_over",
+    ) {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let server = addr(node.pods[1].ip, ECHO_PORT);
+    let _echo = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), server).unwrap();
+    let before = median_ms(&rtts(&net.pod, server, 50));
+    let fault = latency("50ms", None, Direction::Both);
+
+    let first = NfqueueEngine::new();
+    let applied = first.apply(&tag(6), &net, &fault).unwrap();
+    let queues: Vec<u16> = applied.queues.iter().map(|q| q.queue).collect();
+    let added = median_ms(&rtts(&net.pod, server, 50)) - before;
+    assert!((added - 100.0).abs() <= 3.0, "added {added:.2} ms");
+
+    // The agent dies: its workers stop, its rules stay. Nothing is queued any more.
+    drop(first);
+    let chain = tag(6).iptables_chain();
+    assert!(saved(&node.host).contains(&chain));
+    assert!(saved(&node.pods[0].ns).contains(&chain));
+    let answered = rtts(&net.pod, server, 100);
+    let added = median_ms(&answered) - before;
+    assert!(added < 5.0, "without a worker: added {added:.2} ms");
+
+    // A new agent applies the same injection: same queues, rules untouched, delayed again.
+    let second = NfqueueEngine::new();
+    let applied = second.apply(&tag(6), &net, &fault).unwrap();
+    assert!(applied.recovered);
+    assert!(!applied.rules_written);
+    assert_eq!(
+        applied.queues.iter().map(|q| q.queue).collect::<Vec<_>>(),
+        queues
+    );
+    let added = median_ms(&rtts(&net.pod, server, 50)) - before;
+    assert!(
+        (added - 100.0).abs() <= 3.0,
+        "after recovery: added {added:.2} ms"
+    );
+    assert!(second.remove(&tag(6), &net).unwrap());
+}
+
+#[test]
+fn packets_beyond_a_full_queue_bypass_and_are_counted() {
+    if !root_or_skip("agent_nfqueue::packets_beyond_a_full_queue_bypass_and_are_counted") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let dest = addr(node.pods[1].ip, ECHO_PORT);
+    let sink = UdpSink::start(&node.pods[1].ns.netns().unwrap(), dest).unwrap();
+    udp_send(&net.pod, dest, 5, Duration::from_millis(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let warmup = sink.received();
+
+    // Room for 20 packets, each held 300 ms: a burst of 200 mostly bypasses.
+    let engine = NfqueueEngine::new().with_max_queue_len(20);
+    engine
+        .apply(&tag(7), &net, &latency("300ms", None, Direction::To))
+        .unwrap();
+    udp_send(&net.pod, dest, 200, Duration::from_micros(200)).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // Fail-open: nothing is lost.
+    assert_eq!(sink.received() - warmup, 200);
+    let stats = engine.stats(&tag(7)).unwrap();
+    eprintln!("queue of 20, burst of 200: {stats:?}");
+    assert!(stats.delayed >= 20 && stats.delayed < 100, "{stats:?}");
+    assert!(stats.bypassed >= 100, "{stats:?}");
+    let total = stats.delayed + stats.bypassed;
+    assert!((200..=210).contains(&total), "{stats:?}");
+    engine.remove(&tag(7), &net).unwrap();
+}
+
+#[test]
+fn applying_twice_keeps_one_set_of_rules_and_remove_leaves_none() {
+    if !root_or_skip("agent_nfqueue::applying_twice_keeps_one_set_of_rules_and_remove_leaves_none")
+    {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let engine = NfqueueEngine::new();
+    let chain = tag(8).iptables_chain();
+    let mut fault = latency("10ms", None, Direction::Both);
+    fault.peer_cidrs = vec!["10.77.0.0/24".into(), "fd00::/8".into()];
+    fault.ports = vec![80, 443];
+
+    let first = engine.apply(&tag(8), &net, &fault).unwrap();
+    assert!(first.rules_written);
+    let second = engine.apply(&tag(8), &net, &fault).unwrap();
+    assert!(!second.rules_written, "{second:?}");
+    assert_eq!(first.queues, second.queues);
+    for ns in [&node.host, &node.pods[0].ns] {
+        let text = saved(ns);
+        let jumps = text
+            .lines()
+            .filter(|l| l.starts_with("-A PREROUTING") && l.ends_with(&format!("-j {chain}")))
+            .count();
+        // One jump per family.
+        assert_eq!(jumps, 2, "{text}");
+        // tcp and udp for one CIDR in each family.
+        let queued = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("NFQUEUE"))
+            .count();
+        assert_eq!(queued, 4, "{text}");
+        assert!(
+            text.lines()
+                .filter(|l| l.contains("NFQUEUE"))
+                .all(|l| l.contains("--queue-bypass")),
+            "{text}"
+        );
+        assert_eq!(nfqueue::owned(&ns.netns().unwrap()).unwrap(), vec![tag(8)]);
+    }
+    assert_eq!(engine.active(), vec![tag(8)]);
+
+    // A different scope rewrites in place, still once.
+    fault.ports = vec![8080];
+    assert!(engine.apply(&tag(8), &net, &fault).unwrap().rules_written);
+    let text = saved(&node.host);
+    assert!(text.contains("--dports 8080 "), "{text}");
+    assert!(!text.contains("--dports 80,443"), "{text}");
+
+    assert!(engine.remove(&tag(8), &net).unwrap());
+    for ns in [&node.host, &node.pods[0].ns] {
+        let text = saved(ns);
+        assert!(!text.contains("FL-"), "{text}");
+        assert!(nfqueue::owned(&ns.netns().unwrap()).unwrap().is_empty());
+    }
+    assert!(engine.stats(&tag(8)).is_none());
+    assert!(engine.active().is_empty());
+    assert!(!engine.remove(&tag(8), &net).unwrap());
+}
