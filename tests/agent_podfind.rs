@@ -74,8 +74,7 @@ fn uid(n: u32) -> String {
 
 #[test]
 fn finds_a_pod_in_a_v1_cgroupfs_cgroup_and_opens_its_namespace() {
-    if !root_or_skip("agent_podfind::finds_a_pod_in_a_v1_cgroupfs_cgroup_and_opens_its_namespace")
-    {
+    if !root_or_skip("agent_podfind::finds_a_pod_in_a_v1_cgroupfs_cgroup_and_opens_its_namespace") {
         return;
     }
     let ns = TestNs::new("podfind").unwrap();
@@ -110,7 +109,10 @@ fn finds_a_pod_in_a_v2_systemd_slice() {
 
     let found = pod_netns(Path::new("/proc"), &uid).unwrap();
     assert_eq!(found.id().unwrap(), ns.netns().unwrap().id().unwrap());
-    assert_eq!(find_pod_pid(Path::new("/proc"), &uid).unwrap(), Some(pod.pid()));
+    assert_eq!(
+        find_pod_pid(Path::new("/proc"), &uid).unwrap(),
+        Some(pod.pid())
+    );
 }
 
 #[test]
@@ -153,5 +155,8 @@ fn a_pod_whose_processes_are_gone_is_not_found() {
     drop(pod);
     assert_eq!(find_pod_pid(Path::new("/proc"), &uid).unwrap(), None);
     let err = pod_netns(Path::new("/proc"), &uid).unwrap_err();
-    assert!(err.to_string().contains("is the pod running on this node?"), "{err}");
+    assert!(
+        err.to_string().contains("is the pod running on this node?"),
+        "{err}"
+    );
 }

@@ -15,12 +15,14 @@
 //! - [`journal`]: the on-disk record that lets a restarted agent revert without the API server.
 //! - [`kernel`]: the seam between decisions and the kernel (a trait; the Linux implementation
 //!   dispatches to the mechanisms).
+//! - [`linux`]: the Linux kernel behind the seam: pod namespaces, mechanisms, residue.
 //! - [`runner`]: the agent process: watches FaultInjections, executes plans, reports status.
 //! - [`testnet`]: throwaway network namespaces for root tests and benchmarks.
 pub mod converge;
 pub mod iptables;
 pub mod journal;
 pub mod kernel;
+pub mod linux;
 pub mod netns;
 pub mod nfqueue;
 pub mod nft;

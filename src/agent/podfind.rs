@@ -93,7 +93,9 @@ fn pod_uid_in_cgroup_path(path: &str) -> Option<String> {
         // cgroupfs: `pod<uid>` below a `kubepods` ancestor (so a stray "pod..." directory
         // elsewhere is not mistaken for a pod).
         if under_kubepods
-            && let Some(uid) = segment.strip_prefix("pod").and_then(|u| canonical_uid(u, '-'))
+            && let Some(uid) = segment
+                .strip_prefix("pod")
+                .and_then(|u| canonical_uid(u, '-'))
         {
             return Some(uid);
         }
@@ -161,7 +163,11 @@ fn pod_processes(proc_root: &Path) -> Result<Vec<(u32, String)>, PodNetnsError> 
     })?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(uid) = pod_of_process(proc_root, pid) {
@@ -305,7 +311,9 @@ mod tests {
                 "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_SYSTEMD}.slice/cri-containerd-4f5e.scope"
             ),
             // the pod slice itself (pause process under crio-conmon or the slice)
-            format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_SYSTEMD}.slice"),
+            format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_SYSTEMD}.slice"
+            ),
         ] {
             assert_eq!(uid_of(&line).as_deref(), Some(UID), "{line}");
         }
@@ -417,10 +425,17 @@ mod tests {
                 v1(&format!("/kubepods/besteffort/pod{UID}/pause")),
                 "pod-a",
             ),
-            (201, v1(&format!("/kubepods/besteffort/pod{UID}/app")), "pod-a"),
+            (
+                201,
+                v1(&format!("/kubepods/besteffort/pod{UID}/app")),
+                "pod-a",
+            ),
             (
                 300,
-                format!("0::/kubepods.slice/kubepods-pod{}.slice/x\n", host_uid.replace('-', "_")),
+                format!(
+                    "0::/kubepods.slice/kubepods-pod{}.slice/x\n",
+                    host_uid.replace('-', "_")
+                ),
                 "host",
             ),
         ]);
@@ -464,11 +479,7 @@ mod tests {
 
     #[test]
     fn a_process_without_a_namespace_file_is_skipped() {
-        let proc = fake_proc(&[(
-            500,
-            v1(&format!("/kubepods/pod{UID}/app")),
-            "pod-b",
-        )]);
+        let proc = fake_proc(&[(500, v1(&format!("/kubepods/pod{UID}/app")), "pod-b")]);
         // Process 400 of the same pod has exited: its ns link is gone.
         let gone = proc.path().join("400");
         fs::create_dir(&gone).unwrap();

@@ -159,6 +159,82 @@ impl Drop for TestNode {
     }
 }
 
+/// A process that a kubelet would have started for a pod: `sleep` inside a test namespace, in a
+/// cgroupfs-style pod cgroup `/sys/fs/cgroup/pids/fltest-<pid>-<n>/kubepods/besteffort/pod<uid>`
+/// (the v1 `pids` hierarchy this machine mounts), so the agent finds it through `/proc/*/cgroup`
+/// as in production. Killed and its cgroups removed on drop.
+#[derive(Debug)]
+pub struct PodProcess {
+    child: std::process::Child,
+    ns: String,
+    cgroup: std::path::PathBuf,
+    created: Vec<std::path::PathBuf>,
+}
+
+impl PodProcess {
+    pub fn start(ns: &TestNs, pod_uid: &str) -> io::Result<Self> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let top = std::path::Path::new("/sys/fs/cgroup/pids")
+            .join(format!("fltest-{}-{n}", std::process::id()));
+        let mut created = vec![top.clone()];
+        let mut dir = top;
+        for part in [
+            "kubepods".to_string(),
+            "besteffort".into(),
+            format!("pod{pod_uid}"),
+        ] {
+            dir = dir.join(part);
+            created.push(dir.clone());
+        }
+        std::fs::create_dir_all(&dir)?;
+        let child = Self::spawn(ns.name(), &dir)?;
+        Ok(Self {
+            child,
+            ns: ns.name().to_string(),
+            cgroup: dir,
+            created,
+        })
+    }
+
+    fn spawn(ns: &str, cgroup: &std::path::Path) -> io::Result<std::process::Child> {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "sleep", "600"])
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        // `ip netns exec` execs the program: the child's PID is the sleep's.
+        std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string())?;
+        Ok(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A container restart: the process dies and a new one starts in the same namespace and
+    /// cgroup (new PID).
+    pub fn restart(&mut self) -> io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.ns, &self.cgroup)?;
+        Ok(())
+    }
+
+    /// The pod goes away: its process ends (its namespace stays while the test holds it).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        self.stop();
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The `faultline` command line. Each subcommand lives in its own module; this one only parses
 //! and dispatches.
 
+mod agent;
 mod controller;
 pub mod crds;
 mod report;
@@ -35,6 +36,9 @@ enum Command {
     /// Run the controller: reconciles ChaosExperiments (leader-elected; admin port for health and
     /// metrics).
     Controller(controller::ControllerArgs),
+    /// Run the node agent: applies and reverts network faults in pod network namespaces on
+    /// this node (a DaemonSet in production; needs root).
+    Agent(agent::AgentArgs),
     /// Print every faultline CustomResourceDefinition as YAML (or write one file per CRD).
     Crds(crds::CrdsArgs),
     /// A local Kubernetes API server with faultline's CRDs, to try faultline without a cluster.
@@ -63,6 +67,7 @@ impl Cli {
         install_crypto_provider();
         let result = match command {
             Command::Controller(args) => args.run(),
+            Command::Agent(args) => args.run(),
             Command::Crds(args) => args.run(),
             Command::Sandbox(args) => args.run(),
             Command::Validate(args) => args.run(),

@@ -1,0 +1,89 @@
+//! `faultline agent`: the node agent (a DaemonSet in production; the sandbox runs it itself).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{Router, routing::get};
+
+use crate::agent::linux::LinuxKernel;
+use crate::agent::runner::{self, AgentConfig};
+use crate::agent::telemetry::AgentMetrics;
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The node this agent serves (the DaemonSet passes spec.nodeName). Repeat it, or separate
+    /// names with commas, for several simulated nodes on one machine.
+    #[arg(
+        long = "node",
+        env = "NODE_NAME",
+        required = true,
+        value_delimiter = ','
+    )]
+    nodes: Vec<String>,
+    /// Where the journal of applied faults lives: a hostPath, so a restarted agent (even a new
+    /// pod) reverts what the previous one applied.
+    #[arg(long, default_value = "/var/lib/faultline")]
+    journal_dir: PathBuf,
+    /// /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    admin_addr: SocketAddr,
+    /// The host's /proc (hostPID: true), where pods' processes and namespaces are found.
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
+    /// How often to re-check targets and counters without an event.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    resync: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::api::GoDuration::from(text).parse()
+}
+
+impl AgentArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        if !nix::unistd::geteuid().is_root() {
+            anyhow::bail!(
+                "the agent needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to enter pod network namespaces; run it as the Helm chart's DaemonSet or with sudo"
+            );
+        }
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async move {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!("cannot build a Kubernetes client: {e} (in a pod: is the ServiceAccount mounted? elsewhere: KUBECONFIG)")
+            })?;
+            let proc_root = self.proc_root.clone();
+            let kernel = tokio::task::spawn_blocking(move || LinuxKernel::detect(proc_root)).await?;
+            let metrics = AgentMetrics::new();
+            let listener = tokio::net::TcpListener::bind(self.admin_addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} for /healthz and /metrics: {e}", self.admin_addr)
+            })?;
+            tokio::spawn(serve_admin(listener, metrics.clone()));
+            let config = AgentConfig {
+                nodes: self.nodes,
+                journal_dir: self.journal_dir,
+                resync: self.resync,
+            };
+            runner::run(client, Arc::new(kernel), config, metrics, crate::cli::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+async fn serve_admin(listener: tokio::net::TcpListener, metrics: AgentMetrics) {
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+    if let Err(error) = axum::serve(listener, router).await {
+        tracing::error!(%error, "agent admin server stopped");
+    }
+}

@@ -1,0 +1,271 @@
+//! Root tests of the agent's Linux kernel: real pods (processes in real pod cgroups and network
+//! namespaces), real rules, real traffic. A partition blocks TCP both ways including an
+//! established connection and heals exactly; reverts leave `residual` empty; a container
+//! restart keeps the fault and its revert; a stray faultline table is removed and a foreign one
+//! survives.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use faultline::agent::kernel::{Kernel, Mechanism};
+use faultline::agent::linux::LinuxKernel;
+use faultline::agent::nft;
+use faultline::agent::tag::InjectionTag;
+use faultline::agent::testnet::{PodProcess, TestNode, root_or_skip};
+use faultline::api::{Direction, LatencyFault, NetworkFault};
+
+fn uid(n: u32) -> String {
+    format!("{:08x}-a9e7-4000-8000-{:012x}", std::process::id(), n)
+}
+
+fn tag(n: u32) -> InjectionTag {
+    InjectionTag::from_uid(&uid(100 + n)).unwrap()
+}
+
+fn partition(peer: Ipv4Addr) -> NetworkFault {
+    NetworkFault {
+        partition: Some(Direction::Both),
+        peer_cidrs: vec![format!("{peer}/32")],
+        ..Default::default()
+    }
+}
+
+/// An echo server in pod 1 and a connected client in pod 0.
+fn connection(node: &TestNode) -> TcpStream {
+    let server_ip = node.pods[1].ip;
+    let listener = node.pods[1]
+        .ns
+        .netns()
+        .unwrap()
+        .run(|| TcpListener::bind((server_ip, 7000)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let stream = node.pods[0]
+        .ns
+        .netns()
+        .unwrap()
+        .run(|| TcpStream::connect_timeout(&(server_ip, 7000).into(), Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream
+}
+
+fn echo(stream: &mut TcpStream, byte: u8) -> std::io::Result<u8> {
+    stream.write_all(&[byte])?;
+    let mut buf = [0u8; 1];
+    stream.read_exact(&mut buf)?;
+    Ok(buf[0])
+}
+
+#[test]
+fn a_partition_cuts_an_established_connection_both_ways_and_heals_exactly() {
+    if !root_or_skip(
+        "agent_linux::a_partition_cuts_an_established_connection_both_ways_and_heals_exactly",
+    ) {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(1)).unwrap();
+    let kernel = LinuxKernel::detect("/proc");
+    assert!(
+        kernel.capabilities().nftables,
+        "nft is installed by scripts/setup.sh"
+    );
+    let mut stream = connection(&node);
+    assert_eq!(echo(&mut stream, b'a').unwrap(), b'a');
+
+    let applied = kernel
+        .apply(
+            &uid(1),
+            &tag(1),
+            &partition(node.pods[1].ip),
+            Mechanism::Nftables,
+        )
+        .unwrap();
+    assert!(applied.message.contains("partition"), "{}", applied.message);
+    let cut = echo(&mut stream, b'b');
+    assert!(
+        cut.is_err(),
+        "the established connection still works: {cut:?}"
+    );
+    // Nothing from pod 1 gets in either: a new connection from pod 1 to pod 0 fails.
+    let target = node.pods[0].ip;
+    let _listener = node.pods[0]
+        .ns
+        .netns()
+        .unwrap()
+        .run(|| TcpListener::bind((target, 7001)))
+        .unwrap()
+        .unwrap();
+    let inbound = node.pods[1]
+        .ns
+        .netns()
+        .unwrap()
+        .run(|| TcpStream::connect_timeout(&(target, 7001).into(), Duration::from_secs(2)))
+        .unwrap();
+    assert!(
+        inbound.is_err(),
+        "pod 1 reached pod 0 through the partition"
+    );
+
+    let reverted = kernel
+        .revert(
+            &uid(1),
+            &tag(1),
+            Some(Mechanism::Nftables),
+            applied.baseline.as_deref(),
+        )
+        .unwrap();
+    assert_eq!(reverted.residual, Vec::<String>::new());
+    // The same connection heals: TCP retransmits "b" and the echo arrives.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(buf[0], b'b');
+    assert_eq!(echo(&mut stream, b'c').unwrap(), b'c');
+}
+
+#[test]
+fn a_container_restart_keeps_the_fault_and_its_revert_leaves_nothing() {
+    if !root_or_skip(
+        "agent_linux::a_container_restart_keeps_the_fault_and_its_revert_leaves_nothing",
+    ) {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let mut pod = PodProcess::start(&node.pods[0].ns, &uid(2)).unwrap();
+    let kernel = LinuxKernel::detect("/proc");
+    let applied = kernel
+        .apply(
+            &uid(2),
+            &tag(2),
+            &partition(node.pods[1].ip),
+            Mechanism::Nftables,
+        )
+        .unwrap();
+    let pid_before = pod.pid();
+    pod.restart().unwrap();
+    assert_ne!(pod.pid(), pid_before);
+    assert!(kernel.pod_present(&uid(2)));
+    let ns = node.pods[0].ns.netns().unwrap();
+    assert_eq!(
+        nft::owned(&ns).unwrap(),
+        vec![tag(2)],
+        "the fault is still there"
+    );
+    let reverted = kernel
+        .revert(
+            &uid(2),
+            &tag(2),
+            Some(Mechanism::Nftables),
+            applied.baseline.as_deref(),
+        )
+        .unwrap();
+    assert_eq!(reverted.residual, Vec::<String>::new());
+    assert!(nft::owned(&ns).unwrap().is_empty());
+}
+
+#[test]
+fn latency_through_the_userspace_queue_reverts_without_residue() {
+    if !root_or_skip("agent_linux::latency_through_the_userspace_queue_reverts_without_residue") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(3)).unwrap();
+    let kernel = LinuxKernel::detect("/proc");
+    assert!(kernel.capabilities().nfqueue);
+    let fault = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: "30ms".into(),
+            direction: Direction::To,
+            ..Default::default()
+        }),
+        peer_cidrs: vec![format!("{}/32", node.pods[1].ip)],
+        ..Default::default()
+    };
+    // The test node's host namespace stands for the node: the agent runs there.
+    let host = node.host.netns().unwrap();
+    let result = host
+        .run(|| {
+            let applied = kernel.apply(&uid(3), &tag(3), &fault, Mechanism::Nfqueue)?;
+            kernel.revert(
+                &uid(3),
+                &tag(3),
+                Some(Mechanism::Nfqueue),
+                applied.baseline.as_deref(),
+            )
+        })
+        .unwrap();
+    assert_eq!(result.unwrap().residual, Vec::<String>::new());
+}
+
+#[test]
+fn stray_faultline_tables_are_found_and_removed_and_foreign_ones_survive() {
+    if !root_or_skip(
+        "agent_linux::stray_faultline_tables_are_found_and_removed_and_foreign_ones_survive",
+    ) {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(4)).unwrap();
+    let ns = node.pods[0].ns.netns().unwrap();
+    ns.command("nft", &["add", "table", "inet", "someone_else"], None)
+        .unwrap();
+    let kernel = LinuxKernel::detect("/proc");
+    kernel
+        .apply(
+            &uid(4),
+            &tag(4),
+            &partition(node.pods[1].ip),
+            Mechanism::Nftables,
+        )
+        .unwrap();
+    let owned = kernel.owned(&BTreeSet::from([uid(4)]));
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    assert_eq!(owned[0].tag, Some(tag(4)));
+    kernel.remove_orphan(&owned[0]).unwrap();
+    assert!(kernel.owned(&BTreeSet::from([uid(4)])).is_empty());
+    let tables = ns.command("nft", &["list", "tables"], None).unwrap();
+    assert!(String::from_utf8_lossy(&tables.stdout).contains("table inet someone_else"));
+}
+
+#[test]
+fn a_pod_that_is_gone_fails_with_that_reason() {
+    if !root_or_skip("agent_linux::a_pod_that_is_gone_fails_with_that_reason") {
+        return;
+    }
+    let kernel = LinuxKernel::detect("/proc");
+    let error = kernel
+        .apply(
+            &uid(5),
+            &tag(5),
+            &partition(Ipv4Addr::new(10, 77, 0, 9)),
+            Mechanism::Nftables,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(error, faultline::agent::kernel::KernelError::TargetGone(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&uid(5)), "{error}");
+}
