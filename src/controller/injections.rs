@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ObjectMeta, PostParams},
 };
 
 use crate::{
@@ -18,6 +18,8 @@ use crate::{
     },
     selection::{LabelMatcher, is_running_and_ready},
 };
+
+use super::targets::pod_list_params;
 
 /// The FaultInjection name for a record: stable, so a retry after a crash finds the same object.
 pub fn injection_name(experiment: &str, fault_index: i32, pod_uid: &str) -> String {
@@ -48,9 +50,11 @@ pub async fn resolve_peers(
         } else {
             scope.namespaces.clone()
         };
+        // Peers must be Running and Ready: the API server filters on the selector and the phase.
+        let params = pod_list_params(Some(selector), &BTreeMap::new(), true);
         for namespace in namespaces {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-            for pod in pods.list(&ListParams::default()).await?.items {
+            for pod in pods.list(&params).await?.items {
                 if matcher.matches(pod.metadata.labels.as_ref())
                     && is_running_and_ready(&pod)
                     && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref())
