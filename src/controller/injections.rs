@@ -2,13 +2,13 @@
 //! fault, owned by the experiment, labelled with the node, peers resolved to addresses.
 //! (client required)
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
 };
 
 use crate::{
@@ -156,26 +156,16 @@ pub async fn create(
     }
 }
 
-/// Asks for every injection of the experiment to be removed. Idempotent: the agents hold
-/// finalizers until their rules are gone, so "deleted" here means "revert requested".
-pub async fn delete_all(
-    api: &Api<FaultInjection>,
-    injections: &[FaultInjection],
-) -> Result<(), kube::Error> {
-    for injection in injections
-        .iter()
-        .filter(|i| i.metadata.deletion_timestamp.is_none())
-    {
-        match api
-            .delete(&injection.name_any(), &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(other) => return Err(other),
-        }
-    }
-    Ok(())
+/// Asks for every injection of the experiment to be removed, in one request: a
+/// deletecollection on the experiment label, so nothing depends on what a cache has seen.
+/// Idempotent: the agents hold finalizers until their rules are gone, so "deleted" here means
+/// "revert requested". (The label is the experiment's name: it also matches leftovers of an
+/// earlier experiment of that name, which are orphans the garbage collector deletes anyway.)
+pub async fn delete_all(api: &Api<FaultInjection>, experiment: &str) -> Result<(), kube::Error> {
+    let params = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={experiment}"));
+    api.delete_collection(&DeleteParams::background(), &params)
+        .await
+        .map(|_| ())
 }
 
 /// Whether any network fault of the experiment names peers by a pod selector.
@@ -194,7 +184,7 @@ pub fn has_selector_scopes(experiment: &ChaosExperiment) -> bool {
 pub async fn refresh_peers(
     client: &kube::Client,
     experiment: &ChaosExperiment,
-    existing: &[FaultInjection],
+    existing: &[Arc<FaultInjection>],
 ) -> Result<Vec<(String, Vec<String>)>, kube::Error> {
     let namespace = experiment.namespace().unwrap_or_default();
     let api: Api<FaultInjection> = Api::namespaced(client.clone(), &namespace);
