@@ -52,6 +52,7 @@ async fn main() {
     let mut to_verdict = Vec::new();
     let mut recorded = Vec::new();
     let mut requested = Vec::new();
+    let mut to_aborting = Vec::new();
     let mut abort_reconciles = 0;
     let mut abort_reconcile_seconds = 0.0;
     let mut abort_calls = std::collections::BTreeMap::<String, Calls>::new();
@@ -73,6 +74,7 @@ async fn main() {
             .expect("the injection watch runs");
         to_running.push(created.elapsed().as_secs_f64() * 1e3);
 
+        let aborting = phase_seen(&bed, &name, Phase::Aborting).await;
         calls.take();
         let reconciles_before = bed.reconciliations();
         let reconcile_seconds_before = bed.reconcile_seconds();
@@ -94,6 +96,8 @@ async fn main() {
             .expect("the injection watch runs")
             .at;
         requested.push(all_marked.duration_since(flipped).as_secs_f64() * 1e3);
+        let recorded_at = aborting.await.expect("the phase watch runs");
+        to_aborting.push(recorded_at.duration_since(flipped).as_secs_f64() * 1e3);
         let gone = live_rx
             .wait_for(|l| l.count == 0)
             .await
@@ -145,6 +149,10 @@ async fn main() {
         &["measured (ms)", "p50", "p90", "p99", "max"],
         &[
             row("flip -> every FaultInjection gone (watch)", &external),
+            row(
+                "  of which: flip -> phase Aborting written (watch)",
+                &to_aborting,
+            ),
             row(
                 "  of which: flip -> the last one marked for deletion",
                 &requested,
@@ -247,6 +255,36 @@ fn watch_injections(
         }
     });
     (rx, task)
+}
+
+/// When the experiment is first seen in `phase`, on a watch that has listed by the time this
+/// returns (so that a change made next cannot be missed).
+async fn phase_seen(bed: &Bed, name: &str, phase: Phase) -> tokio::task::JoinHandle<Instant> {
+    let api = bed.experiments(NAMESPACE);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let (listed, is_listed) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut listed = Some(listed);
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(listed) = listed.take() {
+                        let _ = listed.send(());
+                    }
+                }
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))
+                    if o.status.as_ref().is_some_and(|s| s.phase == phase) =>
+                {
+                    return Instant::now();
+                }
+                _ => {}
+            }
+        }
+        panic!("the watch ended before phase {phase:?}");
+    });
+    is_listed.await.expect("the phase watch lists");
+    task
 }
 
 /// Waits (on a watch) until the experiment's phase satisfies `done`.
