@@ -236,7 +236,7 @@ impl Walker {
             ));
         }
         if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-            match Regex::new(p) {
+            match pattern(p) {
                 Ok(re) if !re.is_match(st) => self.out.causes.push(cause(
                     path,
                     "FieldValueInvalid",
@@ -378,6 +378,25 @@ pub fn process(schema: &Value, obj: &mut Value, old: Option<&Value>) -> Outcome 
         out.causes.extend(cel_causes(schema, obj, old));
     }
     out
+}
+
+/// A schema `pattern`, compiled once per thread (it used to be compiled for every string value
+/// it checks, on every write).
+fn pattern(p: &str) -> Result<Regex, regex::Error> {
+    thread_local! {
+        static PATTERNS: std::cell::RefCell<HashMap<String, Result<Regex, regex::Error>>> =
+            std::cell::RefCell::default();
+    }
+    PATTERNS.with(|patterns| {
+        let mut patterns = patterns.borrow_mut();
+        if patterns.len() >= 256 {
+            patterns.clear();
+        }
+        patterns
+            .entry(p.to_string())
+            .or_insert_with(|| Regex::new(p))
+            .clone()
+    })
 }
 
 /// CEL rules compiled once per schema (and a validator per thread): compiling every rule of a
