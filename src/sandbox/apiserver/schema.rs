@@ -429,7 +429,15 @@ fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         return Vec::new();
     }
     let compiled = compiled(schema, text);
-    match VALIDATOR.with(|validator| validator.validate_compiled(&compiled, obj, old)) {
+    // kube-cel converts every node it walks (and everything under it) to CEL values, rules or
+    // not: hand it only the parts a rule can see. A ChaosExperiment's status (hundreds of
+    // target records, no rules) made every status write spend most of its time there.
+    let mut with_rules = HashMap::new();
+    let obj_view = rule_view(schema, obj, &mut with_rules);
+    let old_view = old.map(|o| rule_view(schema, o, &mut with_rules));
+    match VALIDATOR
+        .with(|validator| validator.validate_compiled(&compiled, &obj_view, old_view.as_ref()))
+    {
         Ok(()) => Vec::new(),
         Err(errs) => errs
             .iter()
@@ -456,6 +464,55 @@ fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
             })
             .collect(),
     }
+}
+
+/// `obj` without the properties whose schema has no CEL rule anywhere below it. A node with a
+/// rule keeps everything under it (its rules see the whole of `self`); so does one whose
+/// schema is more than plain `properties` / `items` (combinators, additionalProperties).
+fn rule_view(schema: &Value, obj: &Value, with_rules: &mut HashMap<*const Value, bool>) -> Value {
+    let plain = ["allOf", "anyOf", "oneOf", "not", "additionalProperties"]
+        .iter()
+        .all(|k| schema.get(k).is_none());
+    if schema.get("x-kubernetes-validations").is_some() || !plain {
+        return obj.clone();
+    }
+    match (obj, schema.get("properties"), schema.get("items")) {
+        (Value::Object(fields), Some(Value::Object(properties)), _) => Value::Object(
+            fields
+                .iter()
+                .filter_map(|(key, value)| {
+                    let child = properties.get(key)?;
+                    has_rules(child, with_rules)
+                        .then(|| (key.clone(), rule_view(child, value, with_rules)))
+                })
+                .collect(),
+        ),
+        (Value::Array(items), _, Some(child)) if has_rules(child, with_rules) => Value::Array(
+            items
+                .iter()
+                .map(|item| rule_view(child, item, with_rules))
+                .collect(),
+        ),
+        (Value::Array(_), _, Some(_)) => Value::Array(Vec::new()),
+        _ => obj.clone(),
+    }
+}
+
+/// Whether a CEL rule appears anywhere in `schema` (memoized by node for one write).
+fn has_rules(schema: &Value, memo: &mut HashMap<*const Value, bool>) -> bool {
+    let key = schema as *const Value;
+    if let Some(known) = memo.get(&key) {
+        return *known;
+    }
+    let found = match schema {
+        Value::Object(m) => {
+            m.contains_key("x-kubernetes-validations") || m.values().any(|v| has_rules(v, memo))
+        }
+        Value::Array(a) => a.iter().any(|v| has_rules(v, memo)),
+        _ => false,
+    };
+    memo.insert(key, found);
+    found
 }
 
 fn obj_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
@@ -550,6 +607,34 @@ mod tests {
         assert_eq!(out.causes.len(), 1, "{:?}", out.causes);
         assert!(
             out.causes[0].message.contains("too many replicas"),
+            "{:?}",
+            out.causes
+        );
+    }
+
+    #[test]
+    fn cel_sees_only_what_rules_cover_and_still_reports_nested_rules_at_their_path() {
+        let s = json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {
+                "items": {"type": "array", "items": {"type": "object",
+                    "x-kubernetes-validations": [{"rule": "self.n < 3", "message": "n too big"}],
+                    "properties": {"n": {"type": "integer"}}}},
+                "note": {"type": "string"}}},
+            "status": {"type": "object", "properties": {"records": {"type": "array",
+                "items": {"type": "object", "properties": {"n": {"type": "integer"}}}}}}}});
+        let obj = json!({"spec": {"items": [{"n": 1}, {"n": 5}], "note": "x"},
+                         "status": {"records": [{"n": 9}]}});
+        let mut memo = HashMap::new();
+        assert_eq!(
+            rule_view(&s, &obj, &mut memo),
+            json!({"spec": {"items": [{"n": 1}, {"n": 5}]}})
+        );
+        let mut o = obj.clone();
+        let out = process(&s, &mut o, None);
+        assert_eq!(out.causes.len(), 1, "{:?}", out.causes);
+        assert_eq!(out.causes[0].field, "spec.items[1]");
+        assert!(
+            out.causes[0].message.contains("n too big"),
             "{:?}",
             out.causes
         );
