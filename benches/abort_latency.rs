@@ -60,6 +60,9 @@ async fn main() {
     for run in 0..RUNS {
         let name = format!("abort-{run}");
         let (live, watching) = watch_injections(&bed, &name);
+        // Started with the injection watch, before the experiment exists: a watch started
+        // later would first have to catch up, and that would be what it measured.
+        let aborting = phase_seen(&bed, &name, Phase::Aborting);
         let created = Instant::now();
         create_experiments(
             bed.client.clone(),
@@ -74,7 +77,6 @@ async fn main() {
             .expect("the injection watch runs");
         to_running.push(created.elapsed().as_secs_f64() * 1e3);
 
-        let aborting = phase_seen(&bed, &name, Phase::Aborting).await;
         calls.take();
         let reconciles_before = bed.reconciliations();
         let reconcile_seconds_before = bed.reconcile_seconds();
@@ -257,34 +259,21 @@ fn watch_injections(
     (rx, task)
 }
 
-/// When the experiment is first seen in `phase`, on a watch that has listed by the time this
-/// returns (so that a change made next cannot be missed).
-async fn phase_seen(bed: &Bed, name: &str, phase: Phase) -> tokio::task::JoinHandle<Instant> {
+/// When the experiment is first seen in `phase`, on a watch started now.
+fn phase_seen(bed: &Bed, name: &str, phase: Phase) -> tokio::task::JoinHandle<Instant> {
     let api = bed.experiments(NAMESPACE);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let (listed, is_listed) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut listed = Some(listed);
+    tokio::spawn(async move {
         let mut events = std::pin::pin!(watcher(api, config).default_backoff());
         while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(listed) = listed.take() {
-                        let _ = listed.send(());
-                    }
-                }
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))
-                    if o.status.as_ref().is_some_and(|s| s.phase == phase) =>
-                {
-                    return Instant::now();
-                }
-                _ => {}
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event
+                && o.status.as_ref().is_some_and(|s| s.phase == phase)
+            {
+                return Instant::now();
             }
         }
         panic!("the watch ended before phase {phase:?}");
-    });
-    is_listed.await.expect("the phase watch lists");
-    task
+    })
 }
 
 /// Waits (on a watch) until the experiment's phase satisfies `done`.
