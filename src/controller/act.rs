@@ -239,10 +239,15 @@ pub async fn perform(
             // Record first: a crash from here on still ends in a revert. The Event waits
             // until the revert is asked for: it is not on the way to the abort.
             status::write(ctx, experiment, &status).await?;
-            if may_have_injections(&status, &injections) {
-                revert_all(ctx, experiment).await?;
-            }
+            let reverting = if may_have_injections(&status, &injections) {
+                revert_all(ctx, experiment).await
+            } else {
+                Ok(())
+            };
+            // The abort is recorded: its Event goes out even if the revert request failed
+            // (the next reconcile repeats that, not the abort).
             status::publish(ctx, experiment, vec![event]).await;
+            reverting?;
             Action::requeue(Duration::ZERO)
         }
         Decision::Finish {
