@@ -52,6 +52,7 @@ async fn main() {
     let mut to_verdict = Vec::new();
     let mut recorded = Vec::new();
     let mut requested = Vec::new();
+    let mut to_aborting = Vec::new();
     let mut abort_reconciles = 0;
     let mut abort_reconcile_seconds = 0.0;
     let mut abort_calls = std::collections::BTreeMap::<String, Calls>::new();
@@ -59,6 +60,9 @@ async fn main() {
     for run in 0..RUNS {
         let name = format!("abort-{run}");
         let (live, watching) = watch_injections(&bed, &name);
+        // Started with the injection watch, before the experiment exists: a watch started
+        // later would first have to catch up, and that would be what it measured.
+        let aborting = phase_seen(&bed, &name, Phase::Aborting);
         let created = Instant::now();
         create_experiments(
             bed.client.clone(),
@@ -94,6 +98,8 @@ async fn main() {
             .expect("the injection watch runs")
             .at;
         requested.push(all_marked.duration_since(flipped).as_secs_f64() * 1e3);
+        let recorded_at = aborting.await.expect("the phase watch runs");
+        to_aborting.push(recorded_at.duration_since(flipped).as_secs_f64() * 1e3);
         let gone = live_rx
             .wait_for(|l| l.count == 0)
             .await
@@ -145,6 +151,10 @@ async fn main() {
         &["measured (ms)", "p50", "p90", "p99", "max"],
         &[
             row("flip -> every FaultInjection gone (watch)", &external),
+            row(
+                "  of which: flip -> phase Aborting written (watch)",
+                &to_aborting,
+            ),
             row(
                 "  of which: flip -> the last one marked for deletion",
                 &requested,
@@ -247,6 +257,23 @@ fn watch_injections(
         }
     });
     (rx, task)
+}
+
+/// When the experiment is first seen in `phase`, on a watch started now.
+fn phase_seen(bed: &Bed, name: &str, phase: Phase) -> tokio::task::JoinHandle<Instant> {
+    let api = bed.experiments(NAMESPACE);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event
+                && o.status.as_ref().is_some_and(|s| s.phase == phase)
+            {
+                return Instant::now();
+            }
+        }
+        panic!("the watch ended before phase {phase:?}");
+    })
 }
 
 /// Waits (on a watch) until the experiment's phase satisfies `done`.

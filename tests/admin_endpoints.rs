@@ -54,3 +54,45 @@ async fn health_readiness_and_metrics_answer_as_their_state_changes() {
         "{text}"
     );
 }
+
+/// `/readyz` on a leader turns 200 once the running controller's watch caches have listed
+/// (it used to wait on `Store::wait_until_ready`, which never woke it: the controller's own
+/// runner waits on the same store, and only the last waiter is woken).
+#[tokio::test]
+async fn a_running_leader_becomes_ready_once_its_caches_have_listed() {
+    use std::time::Duration;
+
+    use faultline::{
+        api::all_crds,
+        controller::{self, Clients, HypothesisSource, Settings, Telemetry},
+        sandbox::{apiserver::ApiServer, testkit::ScriptedProbes},
+    };
+
+    faultline::cli::install_crypto_provider();
+    let server = ApiServer::start(0).await.unwrap();
+    server.install_crds(&all_crds()).await.unwrap();
+    let telemetry = Telemetry::default();
+    telemetry.readiness.set_leader(true);
+    assert!(telemetry.readiness.check().is_err(), "not listed yet");
+    let (_trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+    let hypotheses: Arc<dyn HypothesisSource> = Arc::new(ScriptedProbes::default());
+    let controller = tokio::spawn(controller::run(
+        Clients::from_config(server.client_config()).unwrap(),
+        Settings::default(),
+        hypotheses,
+        triggers,
+        telemetry.clone(),
+        std::future::pending(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while telemetry.readiness.check() != Ok("leader") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {:?} after 15s",
+            telemetry.readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    controller.abort();
+    server.shutdown().await;
+}

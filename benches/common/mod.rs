@@ -58,9 +58,15 @@ impl Bed {
         let probes = Arc::new(ScriptedProbes::default());
         let (trigger, triggers) = mpsc::unbounded_channel();
         let telemetry = Telemetry::default();
+        let defaults = Settings::default();
         let settings = Settings {
             injection_timeout: Duration::from_secs(60),
-            ..Settings::default()
+            // `FAULTLINE_BENCH_CONCURRENCY`: reconciles at once (the controller's default if unset).
+            concurrency: std::env::var("FAULTLINE_BENCH_CONCURRENCY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.concurrency),
+            ..defaults
         };
         let clients = Clients::from_config(server.client_config()).expect("clients");
         let (stop_controller, controller_stopped) = oneshot::channel::<()>();

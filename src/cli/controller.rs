@@ -30,6 +30,9 @@ pub struct ControllerArgs {
     /// reverted and fails.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     injection_timeout: Duration,
+    /// How many experiments are reconciled at once (0: no limit).
+    #[arg(long, env = "FAULTLINE_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     admin_addr: SocketAddr,
@@ -64,6 +67,7 @@ impl ControllerArgs {
             allow_all_namespaces,
             max_targets,
             injection_timeout,
+            concurrency,
             admin_addr,
             lease_name,
             lease_duration_seconds,
@@ -91,6 +95,7 @@ impl ControllerArgs {
                 max_targets,
             },
             injection_timeout,
+            concurrency,
             ..Settings::default()
         };
 

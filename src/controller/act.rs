@@ -1,7 +1,7 @@
 //! Carries out a decision: select and record targets, inject, revert, finish. Every step that
 //! touches a fault first records what it is about to do. (client required)
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
@@ -32,12 +32,12 @@ pub(super) fn act_error(action: &'static str) -> impl FnOnce(kube::Error) -> Err
 }
 
 /// Adds the experiment finalizer before anything else, so a deletion always passes through
-/// our revert. A finished experiment does not get it back. Returns the object's new
-/// resourceVersion when it changed it.
+/// our revert. A finished experiment does not get it back. Returns the object as written when
+/// it changed it.
 pub async fn ensure_finalizer(
     ctx: &Context,
     experiment: &ChaosExperiment,
-) -> Result<Option<String>> {
+) -> Result<Option<ChaosExperiment>> {
     let finished = experiment
         .status
         .as_ref()
@@ -66,30 +66,38 @@ pub async fn ensure_finalizer(
         )
         .await
         .map_err(act_error("add the finalizer"))?;
-    Ok(updated.resource_version())
+    Ok(Some(updated))
 }
 
-/// Releases the experiment finalizer. Reads the object afresh: by now our own status writes
-/// have moved its resourceVersion past the one this reconcile started from.
+/// Releases the experiment finalizer. The first attempt goes from our own copy (our writes in
+/// this reconcile have kept its resourceVersion current); if someone else changed the object
+/// since, it is read afresh.
 pub(super) async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
     let api: Api<ChaosExperiment> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
     );
-    for _ in 0..3 {
-        let Some(current) = api
-            .get_opt(&experiment.name_any())
-            .await
-            .map_err(Error::Observe)?
-        else {
-            return Ok(());
-        };
-        if current.uid() != experiment.uid()
-            || !current
-                .finalizers()
-                .iter()
-                .any(|f| f == EXPERIMENT_FINALIZER)
-        {
+    let mut current = experiment.clone();
+    for attempt in 0..4 {
+        if attempt > 0 {
+            match api
+                .get_opt(&experiment.name_any())
+                .await
+                .map_err(Error::Observe)?
+            {
+                Some(fresh) => current = fresh,
+                None => return Ok(()),
+            }
+        }
+        let ours = current
+            .finalizers()
+            .iter()
+            .any(|f| f == EXPERIMENT_FINALIZER);
+        if attempt == 0 && !ours {
+            // Our copy may predate the finalizer: ask.
+            continue;
+        }
+        if current.uid() != experiment.uid() || !ours {
             return Ok(());
         }
         let finalizers: Vec<&String> = current
@@ -106,7 +114,10 @@ pub(super) async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment
             )
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                ctx.caches.versions.replaced(&current);
+                return Ok(());
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => return Err(act_error("remove the finalizer")(e)),
@@ -192,7 +203,9 @@ pub async fn perform(
                 }
                 (_, Phase::Recovering) => {
                     status::write(ctx, experiment, &status).await?;
-                    revert_all(ctx, experiment, &injections).await?;
+                    if may_have_injections(&status, &injections) {
+                        revert_all(ctx, experiment).await?;
+                    }
                 }
                 (Phase::Recovering, Phase::Verifying) => {
                     mark_reverted(&mut status, now, experiment)
@@ -215,19 +228,26 @@ pub async fn perform(
             status.abort_started_at = Some(started);
             status.reason = Some(cause.reason().into());
             status.message = Some(cause.message());
-            status::note(
+            let event = status::record(
                 ctx,
-                experiment,
                 &mut status,
                 true,
                 cause.reason(),
                 "Abort",
                 format!("aborting: {}", cause.message()),
-            )
-            .await;
-            // Record first: a crash from here on still ends in a revert.
+            );
+            // Record first: a crash from here on still ends in a revert. The Event waits
+            // until the revert is asked for: it is not on the way to the abort.
             status::write(ctx, experiment, &status).await?;
-            revert_all(ctx, experiment, &injections).await?;
+            let reverting = if may_have_injections(&status, &injections) {
+                revert_all(ctx, experiment).await
+            } else {
+                Ok(())
+            };
+            // The abort is recorded: its Event goes out even if the revert request failed
+            // (the next reconcile repeats that, not the abort).
+            status::publish(ctx, experiment, vec![event]).await;
+            reverting?;
             Action::requeue(Duration::ZERO)
         }
         Decision::Finish {
@@ -237,6 +257,7 @@ pub async fn perform(
         } => {
             finish(ctx, experiment, &mut status, verdict, reason, message, now).await?;
             ctx.hypotheses.forget(&uid);
+            ctx.caches.reverts.remove(&uid);
             remove_finalizer(ctx, experiment).await?;
             Action::await_change()
         }
@@ -280,14 +301,23 @@ pub async fn perform(
             if status.phase.is_terminal() {
                 // The finalizer only guards faults; a finished experiment with none left lets
                 // go of it (this also completes a release that failed in the finishing step).
-                if injections.is_empty() {
+                let held = experiment
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == EXPERIMENT_FINALIZER);
+                if held && injections.is_empty() {
                     remove_finalizer(ctx, experiment).await?;
                 }
                 return Ok(Action::await_change());
             }
-            if matches!(status.phase, Phase::Recovering | Phase::Aborting) {
+            if matches!(status.phase, Phase::Recovering | Phase::Aborting)
+                && !ctx.caches.reverts.contains(&uid)
+                && injections
+                    .iter()
+                    .any(|i| i.metadata.deletion_timestamp.is_none())
+            {
                 // Re-asking is idempotent and covers a delete lost to a crash.
-                revert_all(ctx, experiment, &injections).await?;
+                revert_all(ctx, experiment).await?;
             }
             status::write(ctx, experiment, &status).await?;
             Action::requeue(Duration::from_secs(1))
@@ -392,18 +422,29 @@ async fn inject_all(
     Ok(())
 }
 
-async fn revert_all(
-    ctx: &Context,
-    experiment: &ChaosExperiment,
-    existing: &[FaultInjection],
-) -> Result<()> {
+/// Whether the experiment may have FaultInjections: one is cached, or a record names one
+/// (records are written before their injection is created, so an injection the cache has not
+/// seen yet still has its record).
+pub(super) fn may_have_injections(
+    status: &ChaosExperimentStatus,
+    cached: &[Arc<FaultInjection>],
+) -> bool {
+    !cached.is_empty() || status.targets.iter().any(|r| r.injection.is_some())
+}
+
+/// Asks for every FaultInjection of the experiment to be deleted (one request).
+async fn revert_all(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
     let api: Api<FaultInjection> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
     );
-    injections::delete_all(&api, existing)
+    injections::delete_all(&api, &experiment.name_any())
         .await
-        .map_err(act_error("delete FaultInjections"))
+        .map_err(act_error("delete FaultInjections"))?;
+    ctx.caches
+        .reverts
+        .insert(&experiment.uid().unwrap_or_default());
+    Ok(())
 }
 
 fn mark_reverted(
@@ -438,49 +479,38 @@ pub(super) async fn finish(
     message: String,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let metrics = &ctx.metrics;
+    let mut events = Vec::new();
     if verdict == Verdict::DryRun {
         // The plan, one line per target and fault, exactly as a real run would act on it.
         let plan: Vec<String> = status.targets.iter().map(planned_action).collect();
         for line in plan {
-            status::note(
+            events.push(status::record(
                 ctx,
-                experiment,
                 status,
                 false,
                 "WouldInject",
                 "DryRun",
                 line,
-            )
-            .await;
+            ));
         }
     }
-    if matches!(status.phase, Phase::Aborting) {
+    let aborted = matches!(status.phase, Phase::Aborting);
+    let mut abort_latency = None;
+    let mut recovery_time = None;
+    if aborted {
         mark_reverted(status, now, experiment);
         if let Some(started) = status.abort_started_at {
             let latency = (now - started).to_std().unwrap_or_default();
             status.abort_latency = Some(GoDuration::from_duration(latency));
-            metrics.abort_latency.observe(latency.as_secs_f64());
+            abort_latency = Some(latency);
         }
-        metrics
-            .experiments_aborted
-            .get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            })
-            .inc();
     } else if verdict == Verdict::Passed
         && let Some(reverted) = status.reverted_at
     {
         let recovery = (now - reverted).to_std().unwrap_or_default();
         status.recovery_time = Some(GoDuration::from_duration(recovery));
-        metrics.recovery_time.observe(recovery.as_secs_f64());
+        recovery_time = Some(recovery);
     }
-    metrics
-        .experiments_finished
-        .get_or_create(&VerdictLabel {
-            verdict: format!("{verdict:?}"),
-        })
-        .inc();
     status.phase = match verdict {
         Verdict::Passed | Verdict::DryRun => Phase::Succeeded,
         Verdict::Aborted => Phase::Aborted,
@@ -501,17 +531,41 @@ pub(super) async fn finish(
         now,
     );
     let warning = !matches!(verdict, Verdict::Passed | Verdict::DryRun);
-    status::note(
+    events.push(status::record(
         ctx,
-        experiment,
         status,
         warning,
         &format!("Experiment{verdict:?}"),
         "Finish",
         message,
-    )
-    .await;
-    status::write(ctx, experiment, status).await
+    ));
+    status::write(ctx, experiment, status).await?;
+    // Counted once the verdict is written, so once per experiment: the write is conditional
+    // on the version the verdict was decided from, and a retry after a failed write counts
+    // nothing twice.
+    let metrics = &ctx.metrics;
+    if aborted {
+        if let Some(latency) = abort_latency {
+            metrics.abort_latency.observe(latency.as_secs_f64());
+        }
+        metrics
+            .experiments_aborted
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+    if let Some(recovery) = recovery_time {
+        metrics.recovery_time.observe(recovery.as_secs_f64());
+    }
+    metrics
+        .experiments_finished
+        .get_or_create(&VerdictLabel {
+            verdict: format!("{verdict:?}"),
+        })
+        .inc();
+    status::publish(ctx, experiment, events).await;
+    Ok(())
 }
 
 /// What a real run would do to one target, for a dry run's plan.

@@ -2,7 +2,7 @@
 //! fault, owned by the experiment, labelled with the node, peers resolved to addresses.
 //! (client required)
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
@@ -18,6 +18,8 @@ use crate::{
     },
     selection::{LabelMatcher, is_running_and_ready},
 };
+
+use super::targets::pod_list_params;
 
 /// The FaultInjection name for a record: stable, so a retry after a crash finds the same object.
 pub fn injection_name(experiment: &str, fault_index: i32, pod_uid: &str) -> String {
@@ -48,9 +50,11 @@ pub async fn resolve_peers(
         } else {
             scope.namespaces.clone()
         };
+        // Peers must be Running and Ready: the API server filters on the selector and the phase.
+        let params = pod_list_params(Some(selector), &BTreeMap::new(), true);
         for namespace in namespaces {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-            for pod in pods.list(&ListParams::default()).await?.items {
+            for pod in pods.list(&params).await?.items {
                 if matcher.matches(pod.metadata.labels.as_ref())
                     && is_running_and_ready(&pod)
                     && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref())
@@ -152,26 +156,16 @@ pub async fn create(
     }
 }
 
-/// Asks for every injection of the experiment to be removed. Idempotent: the agents hold
-/// finalizers until their rules are gone, so "deleted" here means "revert requested".
-pub async fn delete_all(
-    api: &Api<FaultInjection>,
-    injections: &[FaultInjection],
-) -> Result<(), kube::Error> {
-    for injection in injections
-        .iter()
-        .filter(|i| i.metadata.deletion_timestamp.is_none())
-    {
-        match api
-            .delete(&injection.name_any(), &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(other) => return Err(other),
-        }
-    }
-    Ok(())
+/// Asks for every injection of the experiment to be removed, in one request: a
+/// deletecollection on the experiment label, so nothing depends on what a cache has seen.
+/// Idempotent: the agents hold finalizers until their rules are gone, so "deleted" here means
+/// "revert requested". (The label is the experiment's name: it also matches leftovers of an
+/// earlier experiment of that name, which are orphans the garbage collector deletes anyway.)
+pub async fn delete_all(api: &Api<FaultInjection>, experiment: &str) -> Result<(), kube::Error> {
+    let params = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={experiment}"));
+    api.delete_collection(&DeleteParams::background(), &params)
+        .await
+        .map(|_| ())
 }
 
 /// Whether any network fault of the experiment names peers by a pod selector.
@@ -190,7 +184,7 @@ pub fn has_selector_scopes(experiment: &ChaosExperiment) -> bool {
 pub async fn refresh_peers(
     client: &kube::Client,
     experiment: &ChaosExperiment,
-    existing: &[FaultInjection],
+    existing: &[Arc<FaultInjection>],
 ) -> Result<Vec<(String, Vec<String>)>, kube::Error> {
     let namespace = experiment.namespace().unwrap_or_default();
     let api: Api<FaultInjection> = Api::namespaced(client.clone(), &namespace);

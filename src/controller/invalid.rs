@@ -31,12 +31,14 @@ pub async fn reconcile_invalid(ctx: &Context, invalid: &InvalidObject) -> Result
         .into_iter()
         .filter(|i| i.spec.experiment.uid == invalid.metadata.uid)
         .collect();
-    injections::delete_all(&fault_api, &left)
-        .await
-        .map_err(|source| Error::Act {
-            action: "delete FaultInjections",
-            source,
-        })?;
+    if left.iter().any(|i| i.metadata.deletion_timestamp.is_none()) {
+        injections::delete_all(&fault_api, &name)
+            .await
+            .map_err(|source| Error::Act {
+                action: "delete FaultInjections",
+                source,
+            })?;
+    }
 
     let resource = ApiResource::erase::<ChaosExperiment>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &resource);

@@ -7,8 +7,14 @@
 //!   marked `Injecting` before its fault is attempted, so a crash never loses track of a fault;
 //! - the experiment finalizer is removed only when no FaultInjection of the experiment is left;
 //! - a violation seen by a probe triggers a reconcile at once (not at the next requeue).
+//!
+//! Cost: at most `Settings::concurrency` experiments are reconciled at once; FaultInjections
+//! and the pause switch are read from watch caches (see `caches`); pods are listed filtered by
+//! the API server; a status that would not change is not written; a reconcile never runs on a
+//! cached copy that our own writes have already replaced.
 
 mod act;
+mod caches;
 mod injections;
 mod invalid;
 mod observe;
@@ -28,9 +34,9 @@ use kube::{
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
-        controller::Action,
+        controller::{self as runtime_controller, Action},
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -74,6 +80,10 @@ pub struct Settings {
     /// Added to the experiment's duration for a FaultInjection's `expiresAt`, so the agent's own
     /// deadline never cuts an experiment short but still fires if the controller is gone.
     pub expiry_grace: Duration,
+    /// How many experiments are reconciled at once (one experiment is never reconciled twice
+    /// at once). Bounds the API calls in flight and the memory they hold when many experiments
+    /// start together; 0 means no limit.
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -85,6 +95,7 @@ impl Default for Settings {
             },
             injection_timeout: Duration::from_secs(30),
             expiry_grace: Duration::from_secs(30),
+            concurrency: 16,
         }
     }
 }
@@ -118,6 +129,8 @@ pub struct Context {
     /// The clock, injectable so tests can reason about deadlines.
     pub now: fn() -> DateTime<Utc>,
     pub metrics: Metrics,
+    /// What the watches know: FaultInjections, the pause switch, our own superseded versions.
+    pub(crate) caches: caches::Caches,
 }
 
 /// What can go wrong in one reconcile. Each variant names the step that failed.
@@ -154,6 +167,17 @@ pub async fn reconcile(
     guarded: Arc<DeserializeGuard<ChaosExperiment>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
+    // Decisions read the FaultInjection and pause caches: never decide on a cache that has not
+    // listed yet (that would look like "no faults, not paused").
+    ctx.caches.synced().await;
+    if let Ok(experiment) = &guarded.0
+        && ctx.caches.versions.is_superseded(experiment)
+    {
+        // A write of ours has moved the experiment past this cached copy; deciding on it would
+        // only repeat a step and fail its status write with a conflict. The watch event of that
+        // write is on its way and triggers the reconcile that counts.
+        return Ok(Action::await_change());
+    }
     ctx.metrics.reconciliations.inc();
     let started = std::time::Instant::now();
     let result = match &guarded.0 {
@@ -169,13 +193,23 @@ pub async fn reconcile(
 async fn reconcile_inner(experiment: Arc<ChaosExperiment>, ctx: &Arc<Context>) -> Result<Action> {
     let ctx = ctx.as_ref();
     let mut experiment = Arc::unwrap_or_clone(experiment);
-    if let Some(rv) = act::ensure_finalizer(ctx, &experiment).await? {
-        experiment.metadata.resource_version = Some(rv);
+    let read_version = experiment.resource_version();
+    if let Some(updated) = act::ensure_finalizer(ctx, &experiment).await? {
+        ctx.caches.versions.replaced(&experiment);
+        experiment.metadata.resource_version = updated.metadata.resource_version;
+        experiment.metadata.finalizers = updated.metadata.finalizers;
     }
     let world = observe::observe(ctx, &experiment).await?;
     let decision = decide(&world.observed);
     tracing::debug!(phase = ?world.status.phase, ?decision, "decided");
-    act::perform(ctx, &mut experiment, world, decision).await
+    let action = act::perform(ctx, &mut experiment, world, decision).await?;
+    // "Go on at once" after a write of ours: the watch event of that write triggers the next
+    // reconcile, with the object as written. Requeueing as well would run one on the cached
+    // copy from before the write.
+    if action == Action::requeue(Duration::ZERO) && experiment.resource_version() != read_version {
+        return Ok(Action::await_change());
+    }
+    Ok(action)
 }
 
 fn error_policy(
@@ -189,11 +223,12 @@ fn error_policy(
             reason: error.reason().into(),
         })
         .inc();
-    // A conflict means our cached copy was stale; the fresh one is already on its way.
+    // A conflict means our cached copy was stale: the change that made it stale comes through
+    // the watch and triggers the next reconcile, so there is nothing to wait for here.
     if let Error::Record(kube::Error::Api(status)) = error
         && status.code == 409
     {
-        return Action::requeue(Duration::from_millis(20));
+        return Action::await_change();
     }
     warn!(experiment = %experiment.name_any(), reason = error.reason(), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
@@ -216,14 +251,10 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    // Through DeserializeGuard, so that one object that cannot be read does not stall the
-    // watcher for every other experiment.
     let Clients {
         main: client,
         no_retry,
     } = clients;
-    let experiments: Api<DeserializeGuard<ChaosExperiment>> = Api::all(client.clone());
-    let injections: Api<FaultInjection> = Api::all(client.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -232,8 +263,40 @@ pub async fn run(
         },
     );
     let Telemetry { metrics, readiness } = telemetry;
+    let listed = caches::Listed::default();
+
+    // Every FaultInjection, cached: observe reads them from here, and a change to one triggers
+    // its experiment's reconcile (what `owns` would do, but `owns` keeps no copy to read).
+    let (injection_store, injection_writer) = reflector::store();
+    let injection_events = watcher(
+        Api::<FaultInjection>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .reflect(injection_writer)
+    .inspect(listed.marker(caches::Watch::Injections))
+    .touched_objects();
+    // The pause switch, cached; flipping it must reach every running experiment at once, not
+    // at its next requeue.
+    let (pause_store, pause_writer) = reflector::store();
+    let pause_changes = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &settings.policy.controller_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={PAUSE_CONFIGMAP}")),
+    )
+    .default_backoff()
+    .reflect(pause_writer)
+    .inspect(listed.marker(caches::Watch::Pause))
+    .touched_objects()
+    .filter_map(|event| async move { event.ok().map(|_| ()) });
+
+    let concurrency = settings.concurrency;
     let ctx = Arc::new(Context {
-        client,
+        caches: caches::Caches::new(
+            injection_store,
+            pause_store,
+            settings.policy.controller_namespace.clone(),
+            &listed,
+        ),
+        client: client.clone(),
         no_retry,
         recorder,
         settings,
@@ -241,33 +304,42 @@ pub async fn run(
         now: Utc::now,
         metrics,
     });
+    // Through DeserializeGuard, so that one object that cannot be read does not stall the
+    // watcher for every other experiment.
+    let (experiment_store, experiment_writer) = reflector::store();
+    let forget_ctx = ctx.clone();
+    let experiment_events = watcher(
+        Api::<DeserializeGuard<ChaosExperiment>>::all(client),
+        watcher::Config::default(),
+    )
+    .reflect(experiment_writer)
+    .inspect(listed.marker(caches::Watch::Experiments))
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(experiment)) = event {
+            forget_ctx.caches.versions.forget(experiment);
+            forget_ctx
+                .caches
+                .reverts
+                .remove(&experiment.uid().unwrap_or_default());
+        }
+    })
+    .applied_objects();
     let triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers).map(|r| {
         let mut guarded = ObjectRef::<DeserializeGuard<ChaosExperiment>>::new(&r.name);
         guarded.namespace = r.namespace;
         guarded
     });
-    // Flipping the pause switch must reach every running experiment at once, not at its next
-    // requeue.
-    let pause_maps: Api<ConfigMap> = Api::namespaced(
-        ctx.client.clone(),
-        &ctx.settings.policy.controller_namespace,
-    );
-    let pause_changes = watcher(
-        pause_maps,
-        watcher::Config::default().fields(&format!("metadata.name={PAUSE_CONFIGMAP}")),
-    )
-    .touched_objects()
-    .filter_map(|event| async move { event.ok().map(|_| ()) });
-    info!("faultline controller starting");
-    let controller = Controller::new(experiments, watcher::Config::default())
-        .owns(injections, watcher::Config::default());
-    let store = controller.store();
+    let mut synced = listed.subscribe();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
+        if synced.wait_for(caches::Listed::all).await.is_ok() {
             readiness.set_caches_synced(true);
         }
     });
-    controller
+    info!(concurrency, "faultline controller starting");
+    // No debounce: it would delay the reconcile a probe's violation triggers, i.e. every abort.
+    Controller::for_stream(experiment_events, experiment_store)
+        .owns_stream(injection_events)
+        .with_config(runtime_controller::Config::default().concurrency(concurrency))
         .reconcile_on(triggers)
         .reconcile_all_on(pause_changes)
         .graceful_shutdown_on(shutdown)
@@ -279,19 +351,6 @@ pub async fn run(
         })
         .await;
     info!("faultline controller stopped");
-}
-
-/// Whether chaos is paused cluster-wide.
-pub async fn is_paused(client: &Client, namespace: &str) -> Result<bool> {
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let map = maps
-        .get_opt(PAUSE_CONFIGMAP)
-        .await
-        .map_err(Error::Observe)?;
-    Ok(map
-        .and_then(|m| m.data)
-        .and_then(|d| d.get("paused").cloned())
-        .is_some_and(|v| v == "true"))
 }
 
 /// The reference Events are attached to.

@@ -1,10 +1,13 @@
 //! Reads what `decide` needs: the experiment's own status, its FaultInjections, the pause
-//! switch and the probes. (client required)
+//! switch and the probes. FaultInjections and the pause switch come from the watch caches;
+//! the API server is asked only to confirm that a revert is complete. (client required)
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use kube::{Api, ResourceExt, api::ListParams};
 
-use super::{Context, Error, Result, is_paused, spec_check};
+use super::{Context, Error, Result, spec_check};
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, EXPERIMENT_LABEL, FaultInjection, InjectionPhase,
@@ -17,8 +20,8 @@ use crate::{
 pub struct World {
     pub observed: Observed,
     pub status: ChaosExperimentStatus,
-    /// The experiment's FaultInjections that still exist.
-    pub injections: Vec<FaultInjection>,
+    /// The experiment's FaultInjections that still exist (as the watch cache has them).
+    pub injections: Vec<Arc<FaultInjection>>,
 }
 
 /// The probe phase that matters in each lifecycle phase, if any.
@@ -38,8 +41,17 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     let uid = experiment.uid().unwrap_or_default();
     let times = spec_check::check_spec(&experiment.spec);
 
-    let injections = list_injections(ctx, &namespace, &experiment.name_any(), &uid).await?;
-    let paused = is_paused(&ctx.client, &ctx.settings.policy.controller_namespace).await?;
+    let name = experiment.name_any();
+    let mut injections = ctx.caches.injections_of(&namespace, &name, &uid);
+    if matches!(status.phase, Phase::Recovering | Phase::Aborting)
+        && injections.is_empty()
+        && super::act::may_have_injections(&status, &injections)
+    {
+        // "None left" ends the revert, and the cache may not have seen an injection created a
+        // moment ago: confirm with the API server before believing it.
+        injections = list_injections(ctx, &namespace, &name, &uid).await?;
+    }
+    let paused = ctx.caches.paused();
 
     let has_probes = experiment.spec.steady_state.is_some() && !status.phase.is_terminal();
     if has_probes {
@@ -124,12 +136,13 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     })
 }
 
+/// The experiment's FaultInjections, read from the API server.
 async fn list_injections(
     ctx: &Context,
     namespace: &str,
     name: &str,
     uid: &str,
-) -> Result<Vec<FaultInjection>> {
+) -> Result<Vec<Arc<FaultInjection>>> {
     let api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), namespace);
     let params = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={name}"));
     let list = api.list(&params).await.map_err(Error::Observe)?;
@@ -138,6 +151,7 @@ async fn list_injections(
         .items
         .into_iter()
         .filter(|i| i.spec.experiment.uid.as_deref().is_none_or(|u| u == uid))
+        .map(Arc::new)
         .collect())
 }
 
@@ -145,7 +159,7 @@ async fn list_injections(
 /// FaultInjection reported Applied.
 fn injection_progress(
     status: &ChaosExperimentStatus,
-    injections: &[FaultInjection],
+    injections: &[Arc<FaultInjection>],
     ctx: &Context,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ProgressView {

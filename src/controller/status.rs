@@ -18,11 +18,19 @@ use crate::lifecycle::record::push_timeline;
 /// Replaces the status with `status` (we own every status field). The write is conditional on
 /// `experiment`'s resourceVersion, which it then advances, so that several writes in one
 /// reconcile chain correctly while a write based on a stale object gets a 409.
+///
+/// A status equal to the one `experiment` already has is not written: every field that must
+/// move (timeline entries, probe results, timestamps) is part of the comparison, so only a
+/// patch that would change nothing is skipped. (It would still cost a request, and on a real
+/// API server, one more watch event and reconcile.)
 pub async fn write(
     ctx: &Context,
     experiment: &mut ChaosExperiment,
     status: &ChaosExperimentStatus,
 ) -> Result<()> {
+    if unchanged(experiment.status.as_ref(), status) {
+        return Ok(());
+    }
     let api: Api<ChaosExperiment> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
@@ -38,12 +46,82 @@ pub async fn write(
         .patch_status(&experiment.name_any(), &params, &Patch::Apply(patch))
         .await
         .map_err(Error::Record)?;
+    ctx.caches.versions.replaced(experiment);
     experiment.metadata.resource_version = updated.metadata.resource_version;
+    experiment.status = Some(status.clone());
     Ok(())
 }
 
-/// Adds a timeline entry and publishes the matching Event. An Event that cannot be published is
-/// logged, never fatal: the status timeline holds the same facts.
+/// Whether writing `new` over `current` would change nothing. Compared as JSON, the form the
+/// API server stores, so that fields that serialize alike compare alike.
+fn unchanged(current: Option<&ChaosExperimentStatus>, new: &ChaosExperimentStatus) -> bool {
+    current.is_some_and(|current| {
+        current == new || serde_json::to_value(current).ok() == serde_json::to_value(new).ok()
+    })
+}
+
+/// An Event to publish once the status that records it is written.
+pub struct PendingEvent {
+    warning: bool,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+/// Adds a timeline entry now and returns its Event for [`publish`], for the steps where the
+/// write (and the revert) must not wait for the Event: an abort, a verdict.
+pub fn record(
+    ctx: &Context,
+    status: &mut ChaosExperimentStatus,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    message: String,
+) -> PendingEvent {
+    push_timeline(
+        &mut status.timeline,
+        TimelineEntry {
+            time: (ctx.now)(),
+            reason: reason.into(),
+            message: message.clone(),
+        },
+    );
+    let mut note = message;
+    note.truncate(1024);
+    PendingEvent {
+        warning,
+        reason: reason.into(),
+        action: action.into(),
+        note,
+    }
+}
+
+/// Publishes Events. One that cannot be published is logged, never fatal: the status timeline
+/// holds the same facts.
+pub async fn publish(ctx: &Context, experiment: &ChaosExperiment, events: Vec<PendingEvent>) {
+    for pending in events {
+        let event = Event {
+            type_: if pending.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: pending.reason.clone(),
+            note: Some(pending.note),
+            action: pending.action,
+            secondary: None,
+        };
+        if let Err(error) = ctx
+            .recorder
+            .publish(&event, &object_reference(experiment))
+            .await
+        {
+            warn!(%error, reason = pending.reason, "could not publish event");
+        }
+    }
+}
+
+/// Adds a timeline entry and publishes the matching Event.
 pub async fn note(
     ctx: &Context,
     experiment: &ChaosExperiment,
@@ -53,33 +131,6 @@ pub async fn note(
     action: &str,
     message: String,
 ) {
-    let now = (ctx.now)();
-    push_timeline(
-        &mut status.timeline,
-        TimelineEntry {
-            time: now,
-            reason: reason.into(),
-            message: message.clone(),
-        },
-    );
-    let mut note = message;
-    note.truncate(1024);
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &object_reference(experiment))
-        .await
-    {
-        warn!(%error, reason, "could not publish event");
-    }
+    let event = record(ctx, status, warning, reason, action, message);
+    publish(ctx, experiment, vec![event]).await;
 }

@@ -1,9 +1,14 @@
 //! Choosing targets: the first selection (recorded, with its seed, before anything is
 //! injected) and the fresh selections of a repeating pod kill. (client required)
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::{Api, ResourceExt, api::ListParams};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Node, Pod},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+use kube::{Api, ResourceExt, api::ListParams, core::Selector};
 
 use super::{
     Context, Error, Result,
@@ -15,7 +20,7 @@ use crate::{
         ChaosExperiment, ChaosExperimentStatus, FaultKind, NODE_CAPABILITIES_ANNOTATION,
         TargetRecord, TargetState, Verdict,
     },
-    selection::{self, select_targets, target_namespaces},
+    selection::{self, LabelMatcher, select_targets, target_namespaces},
 };
 
 /// Selects the targets and records one record per target and fault, with the seed.
@@ -99,22 +104,94 @@ async fn candidates(
     experiment: &ChaosExperiment,
 ) -> Result<(Vec<Namespace>, Vec<Pod>)> {
     let namespace = experiment.namespace().unwrap_or_default();
+    let target = &experiment.spec.target;
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let params = pod_list_params(
+        target.label_selector.as_ref(),
+        &target.field_selectors,
+        !target.include_not_ready,
+    );
     let mut namespace_objects = Vec::new();
     let mut pods = Vec::new();
-    for ns in target_namespaces(&experiment.spec.target, &namespace) {
+    for ns in target_namespaces(target, &namespace) {
         if let Some(object) = namespaces.get_opt(&ns).await.map_err(Error::Observe)? {
             namespace_objects.push(object);
         }
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        pods.extend(
-            api.list(&ListParams::default())
-                .await
-                .map_err(Error::Observe)?
-                .items,
-        );
+        pods.extend(api.list(&params).await.map_err(Error::Observe)?.items);
     }
     Ok((namespace_objects, pods))
+}
+
+/// List parameters that have the API server filter pods the way selection will: by the label
+/// selector, the field selectors, and `status.phase=Running` when only running pods count.
+/// Selection still applies every rule itself; the server only keeps the pods it would reject
+/// off the wire and out of memory, so its filter must never be narrower than selection's.
+/// Whatever the server might refuse with a 400 (a label value no label can have, which then
+/// simply matches nothing) is left to selection alone.
+pub(super) fn pod_list_params(
+    labels: Option<&LabelSelector>,
+    fields: &BTreeMap<String, String>,
+    running_only: bool,
+) -> ListParams {
+    let mut params = ListParams::default();
+    if let Some(selector) = labels
+        && LabelMatcher::new(selector).is_ok()
+        && plain_label_selector(selector)
+        && let Ok(selector) = Selector::try_from(selector.clone())
+        && !selector.selects_all()
+    {
+        params = params.labels_from(&selector);
+    }
+    // An unsupported field fails the selection whatever is listed: filter on none then.
+    let supported = |key: &str| matches!(key, "spec.nodeName" | "status.phase" | "metadata.name");
+    let mut terms: Vec<String> = Vec::new();
+    if fields.keys().all(|k| supported(k)) {
+        terms.extend(
+            fields
+                .iter()
+                .filter(|(_, value)| !value.is_empty() && plain(value, 253))
+                .map(|(key, value)| format!("{key}={value}")),
+        );
+    }
+    if running_only && !fields.contains_key("status.phase") {
+        terms.push("status.phase=Running".into());
+    }
+    if !terms.is_empty() {
+        params = params.fields(&terms.join(","));
+    }
+    params
+}
+
+/// Every key and value is one the selector syntax carries as is.
+fn plain_label_selector(selector: &LabelSelector) -> bool {
+    let key = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 317
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    };
+    let labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| key(k) && plain(v, 63));
+    let expressions = selector.match_expressions.iter().flatten().all(|e| {
+        key(&e.key)
+            && e.values
+                .iter()
+                .flatten()
+                .all(|v| !v.is_empty() && plain(v, 63))
+    });
+    labels && expressions
+}
+
+/// At most `max` characters, each a letter, digit, `.`, `_` or `-`.
+fn plain(value: &str, max: usize) -> bool {
+    value.len() <= max
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// A repeating pod kill is due: select afresh (a new seed each round, written in the
@@ -300,4 +377,77 @@ async fn node_preflight(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(json: serde_json::Value) -> LabelSelector {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_api_server_filters_on_the_selector_the_fields_and_the_running_phase() {
+        let labels = selector(serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}],
+        }));
+        let params = pod_list_params(Some(&labels), &fields(&[("spec.nodeName", "node-1")]), true);
+        assert_eq!(
+            params.label_selector.as_deref(),
+            Some("app=web,tier notin (db)")
+        );
+        assert_eq!(
+            params.field_selector.as_deref(),
+            Some("spec.nodeName=node-1,status.phase=Running")
+        );
+    }
+
+    #[test]
+    fn a_phase_the_experiment_names_is_not_overridden_and_not_ready_pods_are_listed_when_wanted() {
+        let params = pod_list_params(None, &fields(&[("status.phase", "Pending")]), true);
+        assert_eq!(
+            params.field_selector.as_deref(),
+            Some("status.phase=Pending")
+        );
+        let params = pod_list_params(None, &BTreeMap::new(), false);
+        assert_eq!(params.label_selector, None);
+        assert_eq!(params.field_selector, None);
+    }
+
+    #[test]
+    fn what_the_api_server_could_refuse_is_left_to_selection() {
+        // Not a valid label value: it matches no pod, but the server would answer 400.
+        let odd = selector(serde_json::json!({"matchLabels": {"app": "web shop"}}));
+        assert_eq!(
+            pod_list_params(Some(&odd), &BTreeMap::new(), false).label_selector,
+            None
+        );
+        // An invalid expression fails selection whatever is listed.
+        let invalid = selector(serde_json::json!({
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": []}],
+        }));
+        assert_eq!(
+            pod_list_params(Some(&invalid), &BTreeMap::new(), false).label_selector,
+            None
+        );
+        // An unsupported field fails selection: no field is sent then (but the phase still is).
+        let params = pod_list_params(
+            None,
+            &fields(&[("spec.nodeName", "node-1"), ("spec.hostname", "x")]),
+            true,
+        );
+        assert_eq!(
+            params.field_selector.as_deref(),
+            Some("status.phase=Running")
+        );
+    }
 }

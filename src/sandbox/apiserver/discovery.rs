@@ -197,7 +197,7 @@ pub fn openapi_v3_doc(reg: &Registry, group: &str, version: &str) -> Option<Valu
         );
         let mut schema = d
             .crd_version(version)
-            .and_then(|v| v.schema.clone())
+            .and_then(|v| v.schema.as_deref().cloned())
             .unwrap_or_else(
                 || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
             );

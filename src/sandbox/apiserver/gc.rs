@@ -231,13 +231,28 @@ fn collect_dependents(st: &mut State, owner_uid: String) {
     if owner_uid.is_empty() {
         return;
     }
-    let all = st.store.all_objects();
-    let live: HashSet<String> = all.iter().map(|(_, o)| meta::uid(o).to_string()).collect();
-    for (key, obj) in all {
+    // Every removal lands here: find the dependents by reference and copy only them (copying
+    // the whole store per removal made each deletion cost as much as the cluster is big).
+    let dependents: Vec<(ResKey, Value)> = st
+        .store
+        .iter_all()
+        .filter(|(_, o)| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(&owner_uid)))
+        })
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect();
+    if dependents.is_empty() {
+        return;
+    }
+    let live: HashSet<String> = st
+        .store
+        .iter_all()
+        .map(|(_, o)| meta::uid(o).to_string())
+        .collect();
+    for (key, obj) in dependents {
         let owners = owner_uids(&obj);
-        if !owners.contains(&owner_uid) {
-            continue;
-        }
         let (ns, name) = super::store::obj_key(&obj);
         if owners.iter().any(|u| *u != owner_uid && live.contains(u)) {
             st.store.put(&key, without_owner(&obj, &owner_uid));

@@ -8,6 +8,7 @@
 
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// `additionalPrinterColumns` entry of a CRD version.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +24,8 @@ pub struct PrinterColumn {
 /// Per-version data of a custom resource.
 #[derive(Debug, Clone, Default)]
 pub struct CrdVersion {
-    pub schema: Option<Value>,
+    /// Shared: every request on the resource carries its definition, and a schema is large.
+    pub schema: Option<Arc<Value>>,
     pub printer_columns: Vec<PrinterColumn>,
     pub status_subresource: bool,
 }
@@ -337,7 +339,7 @@ pub fn def_from_crd(crd: &Value) -> Result<ResourceDef, Vec<(String, String)>> {
         per_version.insert(
             vname.clone(),
             CrdVersion {
-                schema: v["schema"].get("openAPIV3Schema").cloned(),
+                schema: v["schema"].get("openAPIV3Schema").cloned().map(Arc::new),
                 printer_columns: columns,
                 status_subresource: v["subresources"].get("status").is_some(),
             },

@@ -90,6 +90,13 @@ impl Store {
             .map(|(_, v)| v)
     }
 
+    /// Every object of every resource, by reference (a scan that copies nothing).
+    pub fn iter_all(&self) -> impl Iterator<Item = (&ResKey, &Value)> {
+        self.objects
+            .iter()
+            .flat_map(|(k, m)| m.values().map(move |v| (k, v)))
+    }
+
     /// All objects of every resource (for garbage collection and namespace deletion).
     pub fn all_objects(&self) -> Vec<(ResKey, Value)> {
         self.objects

@@ -1,0 +1,247 @@
+//! What the controller's watches know, besides the experiments themselves: every
+//! FaultInjection, the pause switch, whether each watch has listed once, and which cached
+//! experiment versions our own writes have already replaced. (no client; fed by `run`)
+//!
+//! Reconciles read FaultInjections and the pause switch from here instead of asking the API
+//! server each time. A watch cache lags the server by one event's delivery, so each reader
+//! must know which way a lag can mislead it:
+//! - the pause switch: a flip reaches every experiment through its own watch event, after the
+//!   cache has it;
+//! - FaultInjections: a lag can hide one we just created, never invent one; the one decision
+//!   that "none left" would make unsafe (revert confirmed) is checked with a fresh list, see
+//!   `observe`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    ResourceExt,
+    core::DeserializeGuard,
+    runtime::{reflector::Store, watcher},
+};
+use tokio::sync::watch;
+
+use super::PAUSE_CONFIGMAP;
+use crate::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection};
+
+/// The watches whose first list must be in before anything is decided.
+#[derive(Clone, Copy, Debug)]
+pub enum Watch {
+    Experiments = 1,
+    Injections = 2,
+    Pause = 4,
+}
+
+const ALL_LISTED: u8 = Watch::Experiments as u8 | Watch::Injections as u8 | Watch::Pause as u8;
+
+/// Shared by every reconcile.
+pub struct Caches {
+    pub injections: Store<FaultInjection>,
+    pause: Store<ConfigMap>,
+    controller_namespace: String,
+    pub versions: Versions,
+    pub reverts: RevertsAsked,
+    listed: watch::Receiver<u8>,
+}
+
+impl Caches {
+    pub fn new(
+        injections: Store<FaultInjection>,
+        pause: Store<ConfigMap>,
+        controller_namespace: String,
+        listed: &Listed,
+    ) -> Caches {
+        Caches {
+            injections,
+            pause,
+            controller_namespace,
+            versions: Versions::default(),
+            reverts: RevertsAsked::default(),
+            listed: listed.0.subscribe(),
+        }
+    }
+
+    /// Resolves once every watch has delivered its first complete list. (Our own signal rather
+    /// than `Store::wait_until_ready`: that one wakes only the last of several concurrent
+    /// waiters, and the controller's runner is always one of them.)
+    pub async fn synced(&self) {
+        let mut listed = self.listed.clone();
+        // An error means the watches are gone (shutdown): nothing left to wait for.
+        let _ = listed.wait_for(|l| *l == ALL_LISTED).await;
+    }
+
+    /// Whether chaos is paused cluster-wide (`paused: "true"` in the pause ConfigMap).
+    pub fn paused(&self) -> bool {
+        let key = kube::runtime::reflector::ObjectRef::new(PAUSE_CONFIGMAP)
+            .within(&self.controller_namespace);
+        self.pause.get(&key).is_some_and(|map| {
+            map.data
+                .as_ref()
+                .and_then(|d| d.get("paused"))
+                .is_some_and(|v| v == "true")
+        })
+    }
+
+    /// The experiment's FaultInjections as the watch last saw them. The label is a name; the
+    /// UID tells this experiment from an earlier one of the same name.
+    pub fn injections_of(
+        &self,
+        namespace: &str,
+        experiment: &str,
+        uid: &str,
+    ) -> Vec<Arc<FaultInjection>> {
+        self.injections.state_filter(|i| {
+            i.metadata.namespace.as_deref() == Some(namespace)
+                && i.labels().get(EXPERIMENT_LABEL).map(String::as_str) == Some(experiment)
+                && i.spec.experiment.uid.as_deref().is_none_or(|u| u == uid)
+        })
+    }
+}
+
+/// Which watches have listed, shared between the watch streams and the readers.
+#[derive(Clone)]
+pub struct Listed(Arc<watch::Sender<u8>>);
+
+impl Default for Listed {
+    fn default() -> Self {
+        Listed(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Listed {
+    /// For `inspect` on a watch stream: marks `which` listed at its first `InitDone`.
+    pub fn marker<K>(
+        &self,
+        which: Watch,
+    ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+        let listed = self.0.clone();
+        move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                listed.send_if_modified(|l| {
+                    let before = *l;
+                    *l |= which as u8;
+                    *l != before
+                });
+            }
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u8> {
+        self.0.subscribe()
+    }
+
+    pub fn all(listed: &u8) -> bool {
+        *listed == ALL_LISTED
+    }
+}
+
+/// Experiment versions that a write of ours has replaced, by experiment UID.
+///
+/// A reconcile often writes the experiment more than once (finalizer, status, status again).
+/// The watch delivers each version in turn, and a reconcile triggered by an intermediate one
+/// would decide on a copy that is already out of date. Each entry lists versions that are
+/// provably old (a later one exists on the server because we wrote it), so skipping a
+/// reconcile of one of them never loses a wakeup: the newer version's event is still to come.
+/// Versions are compared for equality only, never ordered (they are opaque).
+#[derive(Default)]
+pub struct Versions {
+    superseded: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Versions {
+    /// A write of ours has just replaced `experiment`'s current version.
+    pub fn replaced(&self, experiment: &ChaosExperiment) {
+        let (Some(uid), Some(old)) = (experiment.uid(), experiment.resource_version()) else {
+            return;
+        };
+        let mut superseded = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        superseded.entry(uid).or_default().push(old);
+    }
+
+    /// Whether this cached copy is one our writes have replaced. A copy that is not ends the
+    /// entry: the cache has caught up, and a watch never goes back in time.
+    pub fn is_superseded(&self, experiment: &ChaosExperiment) -> bool {
+        let (Some(uid), Some(version)) = (experiment.uid(), experiment.resource_version()) else {
+            return false;
+        };
+        let mut superseded = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        match superseded.get(&uid) {
+            Some(old) if old.contains(&version) => true,
+            Some(_) => {
+                superseded.remove(&uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The experiment is gone: drop what was kept for it.
+    pub fn forget(&self, experiment: &DeserializeGuard<ChaosExperiment>) {
+        if let Some(uid) = experiment.uid() {
+            self.superseded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid);
+        }
+    }
+}
+
+/// Experiments (by UID) whose FaultInjections this process has asked to delete. A
+/// deletecollection that succeeded marked every injection there was, and none is created once
+/// a revert has begun, so the request needs repeating only after a restart (when this set
+/// starts empty), not because the cache still shows an injection unmarked.
+#[derive(Default)]
+pub struct RevertsAsked(Mutex<HashSet<String>>);
+
+impl RevertsAsked {
+    pub fn insert(&self, uid: &str) {
+        self.lock().insert(uid.to_string());
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.lock().contains(uid)
+    }
+
+    pub fn remove(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(uid: &str, version: &str) -> ChaosExperiment {
+        let mut e = ChaosExperiment::new(
+            "e",
+            serde_json::from_value(serde_json::json!({
+                "duration": "1s", "target": {}, "faults": [{"podKill": {}}]
+            }))
+            .unwrap(),
+        );
+        e.metadata.uid = Some(uid.into());
+        e.metadata.resource_version = Some(version.into());
+        e
+    }
+
+    #[test]
+    fn versions_our_writes_replaced_are_skipped_until_the_cache_catches_up() {
+        let versions = Versions::default();
+        versions.replaced(&experiment("u", "1"));
+        versions.replaced(&experiment("u", "2"));
+        // The watch delivers 2 (an intermediate write of ours): out of date.
+        assert!(versions.is_superseded(&experiment("u", "2")));
+        assert!(versions.is_superseded(&experiment("u", "1")));
+        // Another experiment is not affected.
+        assert!(!versions.is_superseded(&experiment("v", "1")));
+        // 3 (or anything newer) is current and ends the entry.
+        assert!(!versions.is_superseded(&experiment("u", "3")));
+    }
+}
