@@ -523,7 +523,15 @@ fn the_controller_may_do_exactly_what_its_code_does() {
             ("faultline.dev/chaosexperiments/finalizers", &["update"]),
             (
                 "faultline.dev/faultinjections",
-                &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
+                &[
+                    "get",
+                    "list",
+                    "watch",
+                    "create",
+                    "patch",
+                    "delete",
+                    "deletecollection"
+                ]
             ),
             ("/pods", &["get", "list", "delete"]),
             ("/pods/eviction", &["create"]),
