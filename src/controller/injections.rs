@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, PostParams},
@@ -54,19 +54,52 @@ pub async fn resolve_peers(
         let params = pod_list_params(Some(selector), &BTreeMap::new(), true);
         for namespace in namespaces {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+            let mut peer_labels = Vec::new();
             for pod in pods.list(&params).await?.items {
                 if matcher.matches(pod.metadata.labels.as_ref())
                     && is_running_and_ready(&pod)
                     && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref())
                 {
                     cidrs.push(format!("{ip}/32"));
+                    peer_labels.push(pod.metadata.labels.clone().unwrap_or_default());
                 }
+            }
+            // Traffic to a Service leaves the pod addressed to its ClusterIP (kube-proxy
+            // translates it on the node, outside the pod's namespace), so a peer is also every
+            // ClusterIP that leads to one of the peer pods.
+            if !peer_labels.is_empty() {
+                let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+                let list = services.list(&Default::default()).await?;
+                cidrs.extend(service_ips_leading_to(&list.items, &peer_labels));
             }
         }
     }
     cidrs.sort();
     cidrs.dedup();
     Ok(cidrs)
+}
+
+/// The ClusterIPs (as /32 or /128) of the Services whose selector matches one of these pods'
+/// label sets. Headless Services have none: their names lead to the pod IPs already listed.
+pub fn service_ips_leading_to(
+    services: &[Service],
+    pods: &[BTreeMap<String, String>],
+) -> Vec<String> {
+    services
+        .iter()
+        .filter_map(|service| {
+            let spec = service.spec.as_ref()?;
+            let selector = spec.selector.as_ref().filter(|s| !s.is_empty())?;
+            let leads_to_a_peer = pods
+                .iter()
+                .any(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+            let ip: std::net::IpAddr = spec.cluster_ip.as_deref()?.parse().ok()?;
+            leads_to_a_peer.then(|| match ip {
+                std::net::IpAddr::V4(_) => format!("{ip}/32"),
+                std::net::IpAddr::V6(_) => format!("{ip}/128"),
+            })
+        })
+        .collect()
 }
 
 /// The network fault an injection carries for `fault`, with peers resolved.
@@ -235,4 +268,33 @@ fn fault_of<'a>(
 ) -> Option<(usize, FaultKind<'a>)> {
     let index: usize = injection.labels().get(FAULT_INDEX_LABEL)?.parse().ok()?;
     Some((index, experiment.spec.faults.get(index)?.kind()?))
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ips_of_services_that_lead_to_a_peer_are_peers_too() {
+        let service = |name: &str, app: &str, ip: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": app}, "clusterIP": ip}
+            }))
+            .unwrap()
+        };
+        let services = [
+            service("api", "api", "10.96.0.10"),
+            service("db", "db", "10.96.0.11"),
+            service("api-headless", "api", "None"),
+        ];
+        let peers = [BTreeMap::from([
+            ("app".to_string(), "api".to_string()),
+            ("tier".to_string(), "backend".to_string()),
+        ])];
+        assert_eq!(
+            service_ips_leading_to(&services, &peers),
+            vec!["10.96.0.10/32".to_string()]
+        );
+    }
 }
