@@ -73,10 +73,11 @@ fn probe(kind: &'static str) -> io::Result<bool> {
                 ..Netem::default()
             }
             .write_options(&mut msg),
+            // A bucket above lo's 64 KiB MTU, or the kernel logs that it is too small.
             "tbf" => Tbf {
                 rate: 125_000,
-                burst: 16_384,
-                limit: 32_768,
+                burst: 128 * 1024,
+                limit: 256 * 1024,
             }
             .write_options(&mut msg, &Psched::read()),
             "htb" => write_root_options(&mut msg, 1),

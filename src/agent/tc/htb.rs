@@ -1,6 +1,11 @@
-//! htb, the hierarchical token bucket, as the root of a scoped fault: two classes that are
-//! effectively unlimited, one for unmatched traffic (the default) and one that u32 filters
-//! steer the matched destinations into, with the fault's qdisc (tbf, netem) as its leaf.
+//! htb, the hierarchical token bucket, as the root of a scoped fault: one class for unmatched
+//! traffic (the default, effectively unlimited) and one that u32 filters steer the matched
+//! peers into: capped for a bandwidth fault (with a bfifo of the fault's queue limit as its
+//! leaf), or unlimited with netem as its leaf.
+//!
+//! The cap sits in the htb class rather than in a tbf leaf because htb expects its leaves to
+//! send whenever they hold packets: a tbf leaf works, but the kernel logs "htb: tbf qdisc 2: is
+//! non-work-conserving?" for each one. netem leaves have no alternative (and get that line).
 //!
 //! Options are encoded as `tc qdisc add ... htb default 1` and `tc class add ... htb rate R
 //! ceil C burst B cburst CB quantum Q` encode them.
@@ -57,6 +62,17 @@ impl HtbClass {
         quantum: 200_000,
     };
 
+    /// A class capped at `rate` bytes/s with a bucket of `burst` bytes, borrowing nothing.
+    pub(crate) fn capped(rate: u64, burst: u32) -> Self {
+        HtbClass {
+            rate,
+            ceil: rate,
+            burst,
+            cburst: burst,
+            quantum: Self::UNLIMITED.quantum,
+        }
+    }
+
     /// Appends `TCA_OPTIONS` as tc does.
     pub(crate) fn write_options(&self, msg: &mut Message, psched: &Psched) {
         let (rate_spec, rtab) = rate_table(psched, self.rate, HTB_MTU);
@@ -87,10 +103,10 @@ impl HtbClass {
     }
 }
 
-/// Appends a pfifo's `TCA_OPTIONS` (`struct tc_fifo_qopt`, not nested): at most `limit`
-/// packets queued. The unmatched class gets one explicitly, because htb's implicit leaf
-/// queues only `txqueuelen` packets, and some CNIs set that to 0 on veths (a queue of one).
-pub(crate) fn write_pfifo_options(msg: &mut Message, limit: u32) {
+/// Appends a pfifo's or bfifo's `TCA_OPTIONS` (`struct tc_fifo_qopt`, not nested): at most
+/// `limit` packets (pfifo) or bytes (bfifo) queued. Both classes get one explicitly, because
+/// htb's implicit leaf queues `txqueuelen` packets, and some CNIs set that to 0 on veths.
+pub(crate) fn write_fifo_options(msg: &mut Message, limit: u32) {
     msg.attr(TCA_OPTIONS, &limit.to_ne_bytes());
 }
 
@@ -141,7 +157,33 @@ mod tests {
             ..TcHeader::default()
         };
         let mut msg = Message::new_qdisc(Verb::Add, tcm, "pfifo", "t".into());
-        write_pfifo_options(&mut msg, 1000);
+        write_fifo_options(&mut msg, 1000);
+        assert_same_request(&fixture, &msg);
+    }
+
+    #[test]
+    fn a_capped_class_and_its_byte_queue_are_encoded_as_tc_encodes_them() {
+        // tc class add dev lo parent fa17: classid fa17:2 htb rate 8mbit ceil 8mbit
+        //   burst 16384 cburst 16384 quantum 200000
+        let fixture = load("htb_class_capped");
+        let tcm = TcHeader {
+            handle: 0xfa17_0002,
+            parent: 0xfa17_0000,
+            ..TcHeader::default()
+        };
+        let mut msg = Message::new_class(Verb::Add, tcm, "htb", "t".into());
+        HtbClass::capped(1_000_000, 16_384).write_options(&mut msg, &fixture.psched);
+        assert_same_request(&fixture, &msg);
+
+        // tc qdisc add dev lo parent fa17:2 handle 2: bfifo limit 116384
+        let fixture = load("bfifo_leaf");
+        let tcm = TcHeader {
+            handle: 0x0002_0000,
+            parent: 0xfa17_0002,
+            ..TcHeader::default()
+        };
+        let mut msg = Message::new_qdisc(Verb::Add, tcm, "bfifo", "t".into());
+        write_fifo_options(&mut msg, 116_384);
         assert_same_request(&fixture, &msg);
     }
 }

@@ -1,5 +1,5 @@
 //! Qdiscs through rtnetlink: tbf for bandwidth caps, netem for latency and loss, htb with u32
-//! filters when a fault is scoped to some destinations. We speak netlink ourselves over a
+//! filters when a fault is scoped to some peers. We speak netlink ourselves over a
 //! `NETLINK_ROUTE` socket opened inside the target namespace; no `tc` process runs on the
 //! apply path. Every request is encoded byte for byte as iproute2's `tc` encodes it (checked
 //! against captured requests in `tests/fixtures/tc/`).
@@ -9,8 +9,9 @@
 //! ```text
 //! unscoped:  fa17: tbf | netem
 //! scoped:    fa17: htb default 1
-//!            ├── fa17:1 htb, unlimited ── 1: pfifo            (everything else)
-//!            └── fa17:2 htb, unlimited ── 2: tbf | netem      (u32 filters: the peers)
+//!            ├── fa17:1 htb, unlimited ──────── 1: pfifo   (everything else)
+//!            └── fa17:2 htb, capped ─────────── 2: bfifo   (u32 filters: the peers)
+//!                     or htb, unlimited ─────── 2: netem
 //! ```
 //!
 //! Direction: a qdisc shapes what an interface *sends*. Traffic leaving a pod ([`Flow::Egress`])
@@ -129,7 +130,7 @@ pub fn root_qdisc(ns: &Netns, ifname: &str) -> io::Result<Option<QdiscInfo>> {
 }
 
 /// Caps the bandwidth of `ifname` in `ns` as `fault.bandwidth` says: tbf as the root, or, when
-/// the fault names peers or ports, tbf under htb for the matching traffic only. Idempotent.
+/// the fault names peers or ports, an htb class with that cap for the matching traffic only.
 pub fn apply_bandwidth(
     ns: &Netns,
     ifname: &str,
@@ -208,7 +209,7 @@ pub fn owned(ns: &Netns) -> io::Result<Vec<String>> {
     })?
 }
 
-/// The qdisc doing the work: the root when unscoped, the leaf of `fa17:2` when scoped.
+/// What a fault does: the root qdisc when unscoped; class `fa17:2` and its leaf when scoped.
 enum Shaper {
     Tbf(Tbf),
     Netem(Netem),
@@ -222,10 +223,35 @@ impl Shaper {
         }
     }
 
-    fn message(&self, verb: Verb, tcm: TcHeader, what: String, psched: &Psched) -> Message {
-        let mut msg = Message::new_qdisc(verb, tcm, self.kind(), what);
+    /// The unscoped root qdisc.
+    fn root(&self, tcm: TcHeader, ifname: &str, psched: &Psched) -> Message {
+        let what = format!("replace {} root qdisc fa17: on {ifname}", self.kind());
+        let mut msg = Message::new_qdisc(Verb::Replace, tcm, self.kind(), what);
         match self {
             Shaper::Tbf(tbf) => tbf.write_options(&mut msg, psched),
+            Shaper::Netem(netem) => netem.write_options(&mut msg),
+        }
+        msg
+    }
+
+    /// The scoped class `fa17:2`: capped for bandwidth (the bucket's rate and size).
+    fn scoped_class(&self) -> HtbClass {
+        match self {
+            Shaper::Tbf(tbf) => HtbClass::capped(tbf.rate, tbf.burst),
+            Shaper::Netem(_) => HtbClass::UNLIMITED,
+        }
+    }
+
+    /// The leaf of `fa17:2`: the bucket's queue (bytes), or netem.
+    fn scoped_leaf(&self, tcm: TcHeader, ifname: &str) -> Message {
+        let kind = match self {
+            Shaper::Tbf(_) => "bfifo",
+            Shaper::Netem(_) => "netem",
+        };
+        let what = format!("add {kind} qdisc 2: under fa17:2 on {ifname}");
+        let mut msg = Message::new_qdisc(Verb::Add, tcm, kind, what);
+        match self {
+            Shaper::Tbf(tbf) => htb::write_fifo_options(&mut msg, tbf.limit),
             Shaper::Netem(netem) => netem.write_options(&mut msg),
         }
         msg
@@ -310,9 +336,8 @@ fn apply(ns: &Netns, ifname: &str, shaper: Shaper, scope: Option<Vec<Selector>>)
                     parent: TC_H_ROOT,
                     info: 0,
                 };
-                let what = format!("replace {} root qdisc fa17: on {ifname}", shaper.kind());
                 socket
-                    .execute(&[shaper.message(Verb::Replace, tcm, what, &psched)])
+                    .execute(&[shaper.root(tcm, ifname, &psched)])
                     .map_err(|e| shaper.explain(e))
             }
             Some(selectors) => {
@@ -358,14 +383,17 @@ fn scoped_tree(
     );
     htb::write_root_options(&mut root, DEFAULT_CLASS & 0xffff);
     out.push(root);
-    for (class, name) in [(DEFAULT_CLASS, "fa17:1"), (SCOPED_CLASS, "fa17:2")] {
+    for (class, name, options) in [
+        (DEFAULT_CLASS, "fa17:1", HtbClass::UNLIMITED),
+        (SCOPED_CLASS, "fa17:2", shaper.scoped_class()),
+    ] {
         let mut msg = Message::new_class(
             Verb::Add,
             tcm(class, HANDLE),
             "htb",
             format!("add htb class {name} on {ifname}"),
         );
-        HtbClass::UNLIMITED.write_options(&mut msg, psched);
+        options.write_options(&mut msg, psched);
         out.push(msg);
     }
     let mut fifo = Message::new_qdisc(
@@ -374,14 +402,9 @@ fn scoped_tree(
         "pfifo",
         format!("add pfifo qdisc 1: under fa17:1 on {ifname}"),
     );
-    htb::write_pfifo_options(&mut fifo, DEFAULT_LEAF_LIMIT);
+    htb::write_fifo_options(&mut fifo, DEFAULT_LEAF_LIMIT);
     out.push(fifo);
-    out.push(shaper.message(
-        Verb::Add,
-        tcm(SCOPED_LEAF, SCOPED_CLASS),
-        format!("add {} qdisc 2: under fa17:2 on {ifname}", shaper.kind()),
-        psched,
-    ));
+    out.push(shaper.scoped_leaf(tcm(SCOPED_LEAF, SCOPED_CLASS), ifname));
     let total = selectors.len();
     for (i, selector) in selectors.iter().enumerate() {
         out.push(selector.message(
@@ -472,9 +495,8 @@ mod tests {
     }
 
     #[test]
-    fn the_scoped_tree_leaf_is_encoded_as_tc_encodes_it() {
-        // tc qdisc add dev lo parent fa17:2 handle 2: tbf rate 8mbit burst 16384 limit 116384
-        let fixture = load("tbf_leaf");
+    fn a_scoped_bandwidth_tree_is_made_of_tc_s_requests() {
+        let fixture = load("htb_class_capped");
         let shaper = Shaper::Tbf(Tbf {
             rate: 1_000_000,
             burst: 16_384,
@@ -495,17 +517,34 @@ mod tests {
                 "add htb class fa17:1 on lo",
                 "add htb class fa17:2 on lo",
                 "add pfifo qdisc 1: under fa17:1 on lo",
-                "add tbf qdisc 2: under fa17:2 on lo",
+                "add bfifo qdisc 2: under fa17:2 on lo",
                 "add u32 filter 1 of 1 (to fa17:2) on lo",
             ]
         );
-        // Each request of the tree is tc's (the others are pinned in htb.rs and u32.rs).
+        // Each request of the tree is the one tc sends.
         assert_same_request(&load("htb_root"), &tree[0]);
         assert_same_request(&load("htb_class_unlimited"), &tree[1]);
-        assert_same_request(&load("htb_class_scoped"), &tree[2]);
+        assert_same_request(&fixture, &tree[2]);
         assert_same_request(&load("pfifo_leaf"), &tree[3]);
-        assert_same_request(&fixture, &tree[4]);
+        assert_same_request(&load("bfifo_leaf"), &tree[4]);
         assert_same_request(&load("u32_ip_dst"), &tree[5]);
+    }
+
+    #[test]
+    fn a_scoped_netem_tree_is_made_of_tc_s_requests() {
+        let fixture = load("netem_leaf");
+        let fault = NetworkFault {
+            latency: Some(crate::api::LatencyFault {
+                latency: "20ms".into(),
+                ..Default::default()
+            }),
+            ..NetworkFault::default()
+        };
+        let shaper = Shaper::Netem(Netem::from_fault(&fault).unwrap());
+        let tree = scoped_tree(1, "lo", &shaper, &[], &fixture.psched);
+        assert_eq!(tree.len(), 5);
+        assert_same_request(&load("htb_class_scoped"), &tree[2]);
+        assert_same_request(&fixture, &tree[4]);
     }
 
     #[test]
