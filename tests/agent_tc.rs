@@ -315,6 +315,30 @@ fn reapplying_leaves_one_tree_and_changes_it_to_the_latest_fault() {
 }
 
 #[test]
+fn a_scope_of_many_peers_and_ports_is_applied_in_full() {
+    if !root_or_skip("agent_tc::a_scope_of_many_peers_and_ports_is_applied_in_full") {
+        return;
+    }
+    let node = TestNode::new(1).unwrap();
+    let pod = &node.pods[0];
+    let ns = pod.ns.netns().unwrap();
+    // 1024 peers x 2 ports: 2048 filters, several datagrams of requests.
+    let peers: Vec<String> = (0..1024)
+        .map(|i| format!("10.{}.{}.0/24", 100 + i / 256, i % 256))
+        .collect();
+    let fault = bandwidth("8mbit", &peers, &[80, 443]);
+    let start = Instant::now();
+    tc::apply_bandwidth(&ns, "eth0", Flow::Egress, &fault).unwrap();
+    eprintln!("applied 2048 u32 filters in {:?}", start.elapsed());
+    let filters = tc_show(&pod.ns, &["filter", "show", "dev", "eth0"]);
+    assert_eq!(filters.matches("flowid fa17:2").count(), 2048);
+    let start = Instant::now();
+    assert!(tc::remove(&ns, "eth0").unwrap());
+    eprintln!("removed them in {:?}", start.elapsed());
+    assert!(tc_show(&pod.ns, &["filter", "show", "dev", "eth0"]).is_empty());
+}
+
+#[test]
 fn a_foreign_root_qdisc_is_reported_and_left_alone() {
     if !root_or_skip("agent_tc::a_foreign_root_qdisc_is_reported_and_left_alone") {
         return;

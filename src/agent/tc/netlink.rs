@@ -49,6 +49,10 @@ const IFINFOMSG_LEN: usize = 16;
 
 /// Datagrams we send hold at most this much; a batch larger than that goes in several.
 const SEND_CHUNK: usize = 32 * 1024;
+/// ... and at most this many requests: the kernel queues one acknowledgement per request on
+/// our socket before we read any, each costing about a kilobyte of the receive buffer
+/// (208 KiB by default); more would overflow it (ENOBUFS) and lose acknowledgements.
+const SEND_CHUNK_MESSAGES: usize = 64;
 /// Large enough for any datagram the kernel sends us (dump parts are at most 32 KiB).
 const RECV_BUFFER: usize = 64 * 1024;
 /// The kernel answers rtnetlink at once; a silent socket for this long is a bug, not load.
@@ -343,7 +347,10 @@ impl RouteSocket {
             while index < messages.len() {
                 let seq = self.seq.wrapping_add(1);
                 let bytes = messages[index].encode(seq);
-                if !datagram.is_empty() && datagram.len() + bytes.len() > SEND_CHUNK {
+                if !datagram.is_empty()
+                    && (datagram.len() + bytes.len() > SEND_CHUNK
+                        || pending.len() == SEND_CHUNK_MESSAGES)
+                {
                     break;
                 }
                 self.seq = seq;
