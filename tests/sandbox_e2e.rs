@@ -68,7 +68,10 @@ struct Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let out = faultline(self.state.path(), &["sandbox", "--state-dir", &self.dir(), "down"]);
+        let out = faultline(
+            self.state.path(),
+            &["sandbox", "--state-dir", &self.dir(), "down"],
+        );
         eprintln!("sandbox down: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -112,7 +115,12 @@ fn the_kind_e2e_expectations_hold_in_the_sandbox() {
     let up = faultline(
         &state,
         &[
-            "sandbox", "--state-dir", &sandbox.dir(), "up", "--detach", "--apply",
+            "sandbox",
+            "--state-dir",
+            &sandbox.dir(),
+            "up",
+            "--detach",
+            "--apply",
             "experiments/workloads/",
         ],
     );
@@ -129,7 +137,13 @@ fn the_kind_e2e_expectations_hold_in_the_sandbox() {
         let run = faultline(
             &state,
             &[
-                "run", "-f", &example.file, "--wait", "--timeout", "4m", "--junit",
+                "run",
+                "-f",
+                &example.file,
+                "--wait",
+                "--timeout",
+                "4m",
+                "--junit",
                 junit.to_str().unwrap(),
             ],
         );
@@ -150,11 +164,18 @@ fn the_kind_e2e_expectations_hold_in_the_sandbox() {
         );
         let junit = std::fs::read_to_string(&junit).unwrap();
         if let Some(verdict) = &example.verdict {
-            assert!(junit.contains(verdict.as_str()) || verdict == "Passed", "{junit}");
+            assert!(
+                junit.contains(verdict.as_str()) || verdict == "Passed",
+                "{junit}"
+            );
         }
         // After every run: no fault left in any pod.
         let left = faultline_tables_in_pods();
-        assert!(left.is_empty(), "{} left rules behind: {left:?}", example.file);
+        assert!(
+            left.is_empty(),
+            "{} left rules behind: {left:?}",
+            example.file
+        );
         let out = faultline(&state, &["status", "-A"]);
         eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     }

@@ -137,34 +137,42 @@ impl Kernel for LinuxKernel {
                 notes = Some(applied.summary());
             }
             Mechanism::Netem | Mechanism::Tbf => {
-                let (ns, ifname) =
-                    if mechanism == Mechanism::Netem && direction_of(fault) == Direction::From {
-                        let host = host_netns()?;
-                        let veth = nfqueue::host_veth(&pod, &host)
-                            .map_err(failed("cannot find the pod's host-side interface"))?;
-                        (host, veth)
-                    } else {
-                        (
-                            pod.try_clone().map_err(failed("pod namespace"))?,
-                            POD_INTERFACE.to_string(),
-                        )
-                    };
-                if let Some(existing) = tc::root_qdisc(&ns, &ifname)
-                    .map_err(failed("cannot read the interface's root qdisc"))?
-                    && !existing.is_default()
-                    && !existing.is_ours()
-                {
-                    return Err(KernelError::Refused(format!(
-                        "{ifname} already has a root qdisc ({} {}) that faultline did not install; refusing to replace it",
-                        existing.kind, existing.handle
-                    )));
-                }
-                let result = if mechanism == Mechanism::Netem {
-                    tc::apply_netem(&ns, &ifname, fault)
-                } else {
-                    tc::apply_bandwidth(&ns, &ifname, fault)
+                // Egress acts on the pod's eth0; ingress on the host side of its veth, whose
+                // egress is the pod's ingress.
+                let direction = match mechanism {
+                    Mechanism::Netem => direction_of(fault),
+                    _ => Direction::To,
                 };
-                result.map_err(failed(mechanism.name()))?;
+                let mut places = Vec::new();
+                if matches!(direction, Direction::To | Direction::Both) {
+                    let pod_side = pod.try_clone().map_err(failed("pod namespace"))?;
+                    places.push((pod_side, POD_INTERFACE.to_string(), tc::Flow::Egress));
+                }
+                if matches!(direction, Direction::From | Direction::Both) {
+                    let host = host_netns()?;
+                    let veth = nfqueue::host_veth(&pod, &host)
+                        .map_err(failed("cannot find the pod's host-side interface"))?;
+                    places.push((host, veth, tc::Flow::Ingress));
+                }
+                for (ns, ifname, _) in &places {
+                    if let Some(existing) = tc::root_qdisc(ns, ifname)
+                        .map_err(failed("cannot read the interface's root qdisc"))?
+                        && !existing.is_default()
+                        && !existing.is_ours()
+                    {
+                        return Err(KernelError::Refused(format!(
+                            "{ifname} already has a root qdisc ({existing}) that faultline did not install; refusing to replace it"
+                        )));
+                    }
+                }
+                for (ns, ifname, flow) in &places {
+                    let result = if mechanism == Mechanism::Netem {
+                        tc::apply_netem(ns, ifname, *flow, fault)
+                    } else {
+                        tc::apply_bandwidth(ns, ifname, *flow, fault)
+                    };
+                    result.map_err(failed(mechanism.name()))?;
+                }
             }
         }
         Ok(AppliedFault {

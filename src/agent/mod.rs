@@ -8,7 +8,8 @@
 //! - [`podfind`]: finding a pod's network namespace from its UID through `/proc/*/cgroup`.
 //! - [`nft`], [`iptables`]: partitions (and kernel-side loss) with nftables, iptables as fallback.
 //! - [`nfqueue`]: the userspace delay/loss path for kernels without `sch_netem`.
-//! - [`tc`]: qdiscs through rtnetlink: tbf (bandwidth) and netem (latency, loss).
+//! - [`tc`]: qdiscs through rtnetlink (our own messages): tbf (bandwidth), netem (latency,
+//!   loss), and htb with u32 filters when a fault is scoped to destinations.
 //! - [`residual`]: snapshots of a namespace's rules before a fault and the difference after.
 //! - [`converge`]: what to apply and revert, decided from live injections, the journal and the
 //!   clock (pure).
