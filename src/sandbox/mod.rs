@@ -1,4 +1,5 @@
 pub mod apiserver;
+pub mod node_agent;
 pub mod services;
 pub mod testkit;
 pub mod workloads;
