@@ -49,7 +49,11 @@ pub async fn start(
         }}});
         for node in &nodes {
             let _ = api
-                .patch(node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                .patch(
+                    node,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
                 .await;
         }
     }
