@@ -14,6 +14,7 @@
 //! - [`report`]: Markdown, HTML, JSON and JUnit reports of experiments (pure).
 //! - [`sandbox`]: the embedded Kubernetes API server, `faultline sandbox`, and stand-ins for
 //!   probes and the node agent (`sandbox::testkit`) used by tests and benchmarks.
+//! - [`demo_app`]: the small HTTP service the sandbox's real pods run.
 //! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
 //! - [`cli`]: the `faultline` command line.
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod demo_app;
 pub mod lifecycle;
 pub mod manifest;
 pub mod metrics;

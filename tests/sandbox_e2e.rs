@@ -37,9 +37,9 @@ fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn faultline_tables_in_pods() -> Vec<String> {
+fn faultline_tables_in_pods(prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
-    for ns in netns_with_prefix("flsbx-") {
+    for ns in netns_with_prefix(prefix) {
         let out = Command::new("ip")
             .args(["netns", "exec", &ns, "nft", "list", "tables"])
             .output()
@@ -130,6 +130,18 @@ fn the_kind_e2e_expectations_hold_in_the_sandbox() {
         String::from_utf8_lossy(&up.stderr)
     );
     wait_for_ready_pods(&state, 9);
+    // The real-pod slot this sandbox got decides its names (slot 0: `flsbx-`, bridge `flsbx0`).
+    let sandbox_state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("sandbox.json")).unwrap())
+            .unwrap();
+    let slot = sandbox_state["pod_slot"]
+        .as_u64()
+        .expect("as root the sandbox runs real pods");
+    let (prefix, bridge) = if slot == 0 {
+        ("flsbx-".to_string(), "flsbx0".to_string())
+    } else {
+        (format!("flsbx{slot}-"), format!("flsbx{slot}"))
+    };
 
     for example in expectations.examples.iter().filter(|e| e.run) {
         let junit = state.join(format!("{}.xml", example.file.replace('/', "_")));
@@ -170,7 +182,7 @@ fn the_kind_e2e_expectations_hold_in_the_sandbox() {
             );
         }
         // After every run: no fault left in any pod.
-        let left = faultline_tables_in_pods();
+        let left = faultline_tables_in_pods(&prefix);
         assert!(
             left.is_empty(),
             "{} left rules behind: {left:?}",
@@ -182,11 +194,11 @@ fn the_kind_e2e_expectations_hold_in_the_sandbox() {
 
     drop(sandbox);
     assert!(
-        netns_with_prefix("flsbx-").is_empty(),
+        netns_with_prefix(&prefix).is_empty(),
         "sandbox down left pod namespaces behind"
     );
     assert!(
-        !Path::new("/sys/class/net/flsbx0").exists(),
+        !Path::new("/sys/class/net").join(&bridge).exists(),
         "sandbox down left the bridge behind"
     );
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod controller;
 pub mod crds;
+mod demo_app;
 mod report;
 mod run;
 mod sandbox;
@@ -43,6 +44,8 @@ enum Command {
     Crds(crds::CrdsArgs),
     /// A local Kubernetes API server with faultline's CRDs, to try faultline without a cluster.
     Sandbox(sandbox::SandboxArgs),
+    /// The sandbox's demo HTTP service (/healthz, /work calling downstreams, /metrics).
+    DemoApp(demo_app::DemoAppArgs),
     /// Check manifests offline: CRD schema, CEL rules and semantic checks (exit 0 valid, 1 invalid, 3 usage).
     Validate(validate::ValidateArgs),
     /// Abort an experiment (or every running one): its faults are reverted at once.
@@ -70,6 +73,7 @@ impl Cli {
             Command::Agent(args) => args.run(),
             Command::Crds(args) => args.run(),
             Command::Sandbox(args) => args.run(),
+            Command::DemoApp(args) => args.run(),
             Command::Validate(args) => args.run(),
             Command::Abort(args) => args.run(),
             Command::Pause(args) => args.run(true),

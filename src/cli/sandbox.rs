@@ -4,6 +4,13 @@
 //! `up` runs in the foreground until Ctrl-C (or SIGTERM), or with `--detach` re-runs itself in
 //! the background and returns once the API answers. The state file in the state directory
 //! (`.faultline/sandbox.json`) tells `down` and `status` where the sandbox is.
+//!
+//! Pods: as root, every pod is a real `faultline demo-app` process in its own network namespace
+//! on a bridge (see [`realpod`]), unless `--simulated-pods`; without root pods are simulated
+//! (nothing runs, network faults cannot be injected). Real pods use one of the machine's
+//! sandbox slots (slot 0: bridge `flsbx0`, 10.244.0.0/16, namespaces `flsbx-*`, cgroup
+//! `faultline-sandbox`), held with a lock for the life of `up`; `down` removes whatever an
+//! unheld slot left behind, so a crashed `up` leaves nothing once `down` ran.
 
 use std::{
     path::{Path, PathBuf},
@@ -20,7 +27,10 @@ use crate::{
     controller::{self, probe_hub::ProbeHub},
     manifest,
     sandbox::apiserver::ApiServer,
-    sandbox::workloads::{WorkloadOptions, Workloads},
+    sandbox::workloads::{
+        PodRuntime, WorkloadOptions, Workloads,
+        realpod::{self, RealPodConfig, RealPods, SlotLease},
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +69,9 @@ struct UpArgs {
     /// How many simulated nodes run the sandbox's workloads (Deployments get pods on them).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
     nodes: u8,
+    /// Keep pods simulated even as root: no processes, no network namespaces.
+    #[arg(long)]
+    simulated_pods: bool,
 }
 
 /// What `down` and `status` need to find a running sandbox.
@@ -67,6 +80,9 @@ struct SandboxState {
     pid: u32,
     url: String,
     kubeconfig: PathBuf,
+    /// The real-pod slot the sandbox holds; none when its pods are simulated.
+    #[serde(default)]
+    pod_slot: Option<u8>,
 }
 
 impl SandboxArgs {
@@ -106,6 +122,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
         detach: _,
         apply,
         nodes,
+        simulated_pods,
     } = args;
     if let Some(existing) = read_state(state_dir).filter(|s| process_alive(s.pid)) {
         bail!(
@@ -116,6 +133,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     }
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let pods = choose_pods(state_dir, simulated_pods).await?;
     let server = ApiServer::start(port)
         .await
         .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
@@ -127,11 +145,22 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
         server.client().await,
         WorkloadOptions {
             nodes,
+            runtime: pods.runtime(),
             ..Default::default()
         },
     )
     .await
     .context("starting the workload simulator")?;
+    let _agents = crate::sandbox::node_agent::start(
+        server.client().await,
+        (1..=nodes)
+            .map(|n| format!("{}{n}", crate::sandbox::workloads::naming::NODE_PREFIX))
+            .collect(),
+        state_dir,
+        pods.netns_prefix(),
+    )
+    .await
+    .context("starting the node agent")?;
     prepare_namespaces(&server.client().await).await?;
     let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(run_controller(server.client_config(), async {
@@ -148,6 +177,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
         pid: std::process::id(),
         url: server.url(),
         kubeconfig: kubeconfig.clone(),
+        pod_slot: pods.slot(),
     };
     std::fs::write(state_file(state_dir), serde_json::to_string_pretty(&state)?)?;
 
@@ -157,6 +187,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     println!("faultline sandbox is up at {}", server.url());
     println!("  kubeconfig: {}", kubeconfig.display());
     println!("  nodes:      {nodes} simulated (Deployments get Running, Ready pods on them)");
+    println!("  pods:       {}", pods.describe(state_dir));
     println!("  controller: running (namespace `default` is opted in to chaos)");
     println!("  try:        export KUBECONFIG={}", kubeconfig.display());
     println!("              kubectl get chaos            # every faultline resource");
@@ -167,10 +198,115 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     println!("stopping the sandbox");
     let _ = stop_controller.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+    // Stops every pod first, then removes the bridge and cgroups the pods shared.
     workloads.shutdown().await;
+    pods.clean_up().await;
     server.shutdown().await;
     let _ = std::fs::remove_file(state_file(state_dir));
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the sandbox runs its pods.
+enum Pods {
+    Simulated {
+        why: &'static str,
+    },
+    Real {
+        pods: std::sync::Arc<RealPods>,
+        /// Held until the sandbox ends: the slot's names are ours meanwhile.
+        lease: SlotLease,
+    },
+}
+
+/// Real pods as root unless asked otherwise (and a slot is free); simulated ones otherwise.
+async fn choose_pods(state_dir: &Path, simulated: bool) -> anyhow::Result<Pods> {
+    if simulated {
+        return Ok(Pods::Simulated {
+            why: "--simulated-pods",
+        });
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(Pods::Simulated { why: "not root" });
+    }
+    let Some(lease) = realpod::claim_slot().context("claiming a sandbox slot")? else {
+        return Ok(Pods::Simulated {
+            why: "every real-pod slot of this machine is in use",
+        });
+    };
+    let mut config = RealPodConfig::slot(
+        lease.slot(),
+        std::env::current_exe().context("finding the faultline binary")?,
+    );
+    config.log_dir = Some(state_dir.join("pods"));
+    config.hosts_file = Some(crate::sandbox::node_agent::hosts_file(state_dir));
+    // Whatever is left under our slot's names is from a sandbox that crashed: nobody held it.
+    let leftover = config.clone();
+    let cleaned = tokio::task::spawn_blocking(move || realpod::cleanup(&leftover))
+        .await?
+        .context("removing what an earlier sandbox left behind")?;
+    if !cleaned.is_empty() {
+        println!("removed what an earlier sandbox left behind: {cleaned}");
+    }
+    let pods = RealPods::new(config).context("starting the pod runtime")?;
+    Ok(Pods::Real { pods, lease })
+}
+
+impl Pods {
+    /// The prefix of the real pods' network namespaces; `None` for simulated pods.
+    fn netns_prefix(&self) -> Option<String> {
+        match self {
+            Pods::Simulated { .. } => None,
+            Pods::Real { pods, .. } => Some(pods.config().netns_prefix.clone()),
+        }
+    }
+
+    fn runtime(&self) -> PodRuntime {
+        match self {
+            Pods::Simulated { .. } => PodRuntime::Simulated,
+            Pods::Real { pods, .. } => PodRuntime::Real(pods.clone()),
+        }
+    }
+
+    fn slot(&self) -> Option<u8> {
+        match self {
+            Pods::Simulated { .. } => None,
+            Pods::Real { lease, .. } => Some(lease.slot()),
+        }
+    }
+
+    fn describe(&self, state_dir: &Path) -> String {
+        match self {
+            Pods::Simulated { why } => format!(
+                "simulated ({why}): nothing runs in them, and network faults will be refused \
+                 (no node agent runs); run as root for real pods"
+            ),
+            Pods::Real { pods, .. } => {
+                let config = pods.config();
+                format!(
+                    "real: `faultline demo-app` processes in network namespaces {}*, on bridge \
+                     {} ({}; logs in {}); the node agent applies network faults in them",
+                    config.netns_prefix,
+                    config.bridge,
+                    config.pod_cidr(),
+                    state_dir.join("pods").display()
+                )
+            }
+        }
+    }
+
+    /// Removes the bridge and cgroups (the pods themselves are stopped by the simulator).
+    async fn clean_up(self) {
+        let Pods::Real { pods, lease } = self else {
+            return;
+        };
+        let config = pods.config().clone();
+        match tokio::task::spawn_blocking(move || realpod::cleanup(&config)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("warning: the pod network was not fully removed: {e}"),
+            Err(e) => eprintln!("warning: removing the pod network failed: {e}"),
+        }
+        drop(lease);
+    }
 }
 
 /// Applies the manifests: workloads first, then, once their Deployments are Ready (30 s at
@@ -312,6 +448,9 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         .arg("up");
     command.arg("--port").arg(args.port.to_string());
     command.arg("--nodes").arg(args.nodes.to_string());
+    if args.simulated_pods {
+        command.arg("--simulated-pods");
+    }
     if let Some(kubeconfig) = &args.kubeconfig {
         command.arg("--kubeconfig").arg(kubeconfig);
     }
@@ -362,6 +501,7 @@ fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
             "no sandbox is running (no {})",
             state_file(state_dir).display()
         );
+        remove_leftover_pods()?;
         return Ok(ExitCode::SUCCESS);
     };
     if process_alive(state.pid) {
@@ -377,7 +517,22 @@ fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_file(state_file(state_dir));
     println!("sandbox stopped (pid {})", state.pid);
+    remove_leftover_pods()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// As root: removes the namespaces, veths, bridges and cgroups of every slot no running sandbox
+/// holds (a sandbox that was killed, or crashed, leaves them). Idempotent.
+fn remove_leftover_pods() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    for (slot, cleaned) in
+        realpod::cleanup_unclaimed_slots().context("removing leftover sandbox pods")?
+    {
+        println!("removed leftovers of sandbox slot {slot}: {cleaned}");
+    }
+    Ok(())
 }
 
 fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -385,6 +540,18 @@ fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
         Some(state) if process_alive(state.pid) => {
             println!("sandbox running: pid {} at {}", state.pid, state.url);
             println!("kubeconfig: {}", state.kubeconfig.display());
+            match state.pod_slot {
+                Some(slot) => {
+                    let config = RealPodConfig::slot(slot, PathBuf::new());
+                    println!(
+                        "pods: real (slot {slot}: bridge {}, {}, namespaces {}*)",
+                        config.bridge,
+                        config.pod_cidr(),
+                        config.netns_prefix
+                    );
+                }
+                None => println!("pods: simulated"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(state) => {

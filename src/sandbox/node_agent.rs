@@ -17,9 +17,6 @@ use crate::probes::hosts::StaticHosts;
 pub const SIMULATED_CAPABILITIES: &str =
     "none (sandbox pods are simulated; run the sandbox as root for network faults)";
 
-/// Prefix of the sandbox pods' network namespaces (`flsbx-<uid>`).
-pub const POD_NETNS_PREFIX: &str = "flsbx-";
-
 /// Starts the Services stand-in (always: probes resolve Service names through it) and, when pods
 /// are real, the node agent for every sandbox node (one process serves them all: they share this
 /// machine). Returns the tasks; dropping the sandbox runtime stops them.
@@ -27,15 +24,16 @@ pub async fn start(
     client: Client,
     nodes: Vec<String>,
     state_dir: &Path,
-    real_pods: bool,
+    pod_netns_prefix: Option<String>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let real_pods = pod_netns_prefix.is_some();
     let hosts = StaticHosts::default();
     // The controller's probes in this process resolve `name.ns.svc` through the sandbox.
     let _ = crate::probes::hosts::install(hosts.clone());
     let mut tasks = vec![tokio::spawn(services::run(
         client.clone(),
         ServiceOptions {
-            netns_prefix: real_pods.then(|| POD_NETNS_PREFIX.to_string()),
+            netns_prefix: pod_netns_prefix,
             hosts_file: Some(hosts_file(state_dir)),
             hosts,
         },

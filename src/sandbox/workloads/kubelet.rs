@@ -7,8 +7,10 @@
 //! are stopped by [`reap`].
 //!
 //! Simplifications: no binding subresource (a patch of `spec.nodeName`), no resource fit,
-//! taints, affinity or `schedulerName` other than the default; no probes (a started container
-//! is ready at once), no restarts, no init containers, no image pulls, no node heartbeats.
+//! taints, affinity or `schedulerName` other than the default; no probes of its own (a
+//! container is ready when the runtime says so: at once when simulated), restarts only as the
+//! runtime reports them ([`container_updates`](super::container_updates)), no init containers,
+//! no image pulls, no node heartbeats.
 
 use super::naming::{node_index, node_ip};
 use super::runtime::Placement;
@@ -29,7 +31,7 @@ fn is_ours(ctx: &Context, node: &str) -> bool {
     ctx.nodes.iter().any(|n| n == node)
 }
 
-fn conditions(ready: bool) -> serde_json::Value {
+pub(super) fn conditions(ready: bool) -> serde_json::Value {
     let t = now();
     let ready = if ready { "True" } else { "False" };
     json!([
@@ -115,24 +117,27 @@ async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<A
         .iter()
         .filter(|p| p.uid().as_deref() != Some(uid.as_str()))
         .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .filter_map(|ip| ctx.options.runtime.allocated_ip(ip))
         .collect();
     let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
-    let pod_ip = {
+    let allocated = {
         let mut placement = lock(&ctx.placement);
         placement.ips.retain(&live);
         placement.ips.allocate(&uid, index, &in_use)
     }
     .ok_or_else(|| Error::Invalid(format!("no pod IP left on {node}")))?;
+    let pod_ip = ctx.options.runtime.pod_ip(allocated);
     let placement = Placement {
         node: node.to_string(),
         pod_ip,
         host_ip: node_ip(index),
     };
-    let containers = ctx.options.runtime.start(pod, &placement).await;
+    let containers = ctx.options.runtime.start(pod, &placement).await?;
+    let ready = containers.iter().all(|c| c.ready);
     let name = pod.name_any();
     let running = json!({"status": {
         "phase": "Running",
-        "conditions": conditions(true),
+        "conditions": conditions(ready),
         "hostIP": placement.host_ip.to_string(),
         "hostIPs": [{"ip": placement.host_ip.to_string()}],
         "podIP": pod_ip.to_string(),

@@ -9,15 +9,20 @@
 //! ```
 //!
 //! Modules: `nodes` (the simulated Nodes), `deployments`, `replicasets`, `kubelet` (scheduler +
-//! kubelet), `runtime` (how a pod is "started": [`PodRuntime`]), `naming` (pure helpers).
+//! kubelet), `runtime` (how a pod is "started": [`PodRuntime`]), `realpod` (the runtime of real
+//! processes in network namespaces), `container_updates` (the kubelet reporting restarts and
+//! readiness the runtime notices), `naming` (pure helpers).
 //! Each documents where it simplifies. Across all of them: no leader election (one simulator
 //! per API server), no Events, no node heartbeats or node lifecycle, no Services/endpoints, and
-//! a pod is only as real as its [`PodRuntime`] (today: nothing runs).
+//! a pod is only as real as its [`PodRuntime`] (simulated: nothing runs; real: demo-app
+//! processes, as root).
 
+mod container_updates;
 mod deployments;
 mod kubelet;
 pub mod naming;
 mod nodes;
+pub mod realpod;
 mod replicasets;
 pub mod runtime;
 
@@ -75,6 +80,8 @@ pub enum Error {
     Encode(#[source] serde_json::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
 }
 
 impl Error {
@@ -202,6 +209,7 @@ fn drain<T, E: std::fmt::Display>(
 pub struct Workloads {
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    runtime: PodRuntime,
 }
 
 impl Workloads {
@@ -251,12 +259,18 @@ impl Workloads {
             tokio::spawn(replicasets),
             tokio::spawn(kubelet),
             tokio::spawn(kubelet::reap(ctx.clone(), rx.clone())),
+            tokio::spawn(container_updates::report(ctx.clone(), rx.clone())),
         ];
         tracing::info!(nodes = ctx.nodes.len(), "workload simulator running");
-        Ok(Workloads { shutdown, tasks })
+        Ok(Workloads {
+            shutdown,
+            tasks,
+            runtime: ctx.options.runtime.clone(),
+        })
     }
 
-    /// Stop every controller (running reconciles finish first) and wait for them.
+    /// Stop every controller (running reconciles finish first) and wait for them, then stop
+    /// every pod the runtime still runs.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -264,6 +278,7 @@ impl Workloads {
                 tracing::warn!(error = %e, "a workload simulator task ended abnormally");
             }
         }
+        self.runtime.shutdown().await;
         tracing::info!("workload simulator stopped");
     }
 }

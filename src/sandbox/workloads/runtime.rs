@@ -1,14 +1,20 @@
 //! How the kubelet starts and stops a pod's containers: the seam between "the kubelet decided
 //! this pod runs on this node with this IP" and "something actually runs".
 //!
-//! Only [`PodRuntime::Simulated`] exists: nothing runs, containers are reported as started and
-//! ready. A runtime that starts real processes in network namespaces becomes another variant;
-//! the kubelet only talks to this enum.
+//! - [`PodRuntime::Simulated`]: nothing runs; containers are reported as started and ready.
+//! - [`PodRuntime::Real`]: each pod is a network namespace on a bridge and each container a
+//!   `faultline demo-app` process in a kubelet-style pod cgroup (root only; see
+//!   [`realpod`](super::realpod)).
+//!
+//! The kubelet only talks to this enum.
 
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use super::realpod::{PodUpdate, RealPods};
 
 /// Where the kubelet placed a pod.
 #[derive(Debug, Clone)]
@@ -18,16 +24,62 @@ pub struct Placement {
     pub host_ip: Ipv4Addr,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("failed to {step} for pod {pod}: {source}")]
+    Setup {
+        step: &'static str,
+        pod: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {0} was stopped; it is not started again")]
+    Stopped(String),
+}
+
 #[derive(Debug, Clone, Default)]
 pub enum PodRuntime {
     /// Containers exist only in the pod's status.
     #[default]
     Simulated,
+    /// Real processes in real network namespaces.
+    Real(Arc<RealPods>),
 }
 
 impl PodRuntime {
-    /// Start the pod's containers; returns their statuses (all running and ready).
-    pub async fn start(&self, pod: &Pod, placement: &Placement) -> Vec<ContainerStatus> {
+    /// The address a pod gets, from the one the IP allocator handed out (always in
+    /// 10.244.0.0/16): the same for simulated pods, moved into the runtime's own /16 for real
+    /// ones (each real runtime on a machine needs its own subnet).
+    pub fn pod_ip(&self, allocated: Ipv4Addr) -> Ipv4Addr {
+        match self {
+            PodRuntime::Simulated => allocated,
+            PodRuntime::Real(pods) => {
+                let [a, b] = pods.config().subnet;
+                let [_, _, node, host] = allocated.octets();
+                Ipv4Addr::new(a, b, node, host)
+            }
+        }
+    }
+
+    /// The inverse of [`PodRuntime::pod_ip`] for an address seen on a pod: the allocator's
+    /// address it stands for, `None` when it is none of this runtime's.
+    pub fn allocated_ip(&self, pod_ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        match self {
+            PodRuntime::Simulated => Some(pod_ip),
+            PodRuntime::Real(pods) => {
+                let [a, b, node, host] = pod_ip.octets();
+                ([a, b] == pods.config().subnet).then(|| Ipv4Addr::new(10, 244, node, host))
+            }
+        }
+    }
+
+    /// Start the pod's containers; returns their statuses (for real pods: ready once they
+    /// answer, see [`RealPods::start`]).
+    pub async fn start(
+        &self,
+        pod: &Pod,
+        placement: &Placement,
+    ) -> Result<Vec<ContainerStatus>, RuntimeError> {
         match self {
             PodRuntime::Simulated => {
                 tracing::debug!(
@@ -36,8 +88,9 @@ impl PodRuntime {
                     ip = %placement.pod_ip,
                     "simulated pod started"
                 );
-                simulated_statuses(pod, Timestamp::now())
+                Ok(simulated_statuses(pod, Timestamp::now()))
             }
+            PodRuntime::Real(pods) => pods.start(pod, placement.pod_ip).await,
         }
     }
 
@@ -47,6 +100,24 @@ impl PodRuntime {
             PodRuntime::Simulated => {
                 tracing::debug!(namespace, pod = name, uid, "simulated pod stopped");
             }
+            PodRuntime::Real(pods) => pods.stop(uid).await,
+        }
+    }
+
+    /// Changes to containers after they started (restarts, readiness), for the kubelet to
+    /// report; `None` when containers never change on their own.
+    pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<PodUpdate>> {
+        match self {
+            PodRuntime::Simulated => None,
+            PodRuntime::Real(pods) => Some(pods.subscribe()),
+        }
+    }
+
+    /// Stop every pod (the simulator is shutting down).
+    pub async fn shutdown(&self) {
+        match self {
+            PodRuntime::Simulated => {}
+            PodRuntime::Real(pods) => pods.shutdown().await,
         }
     }
 }
