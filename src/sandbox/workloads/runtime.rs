@@ -149,3 +149,26 @@ fn simulated_statuses(pod: &Pod, now: Timestamp) -> Vec<ContainerStatus> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::workloads::realpod::RealPodConfig;
+
+    #[test]
+    fn real_pods_get_addresses_in_their_slot_subnet_and_back() {
+        let simulated = PodRuntime::Simulated;
+        let allocated = Ipv4Addr::new(10, 244, 2, 7);
+        assert_eq!(simulated.pod_ip(allocated), allocated);
+        let real =
+            PodRuntime::Real(RealPods::new(RealPodConfig::slot(3, "faultline".into())).unwrap());
+        let ip = real.pod_ip(allocated);
+        assert_eq!(ip, Ipv4Addr::new(10, 247, 2, 7));
+        assert_eq!(real.allocated_ip(ip), Some(allocated));
+        assert_eq!(
+            real.allocated_ip(allocated),
+            None,
+            "not one of this runtime's"
+        );
+    }
+}
