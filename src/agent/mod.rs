@@ -17,7 +17,8 @@
 //! - [`kernel`]: the seam between decisions and the kernel (a trait; the Linux implementation
 //!   dispatches to the mechanisms).
 //! - [`linux`]: the Linux kernel behind the seam: pod namespaces, mechanisms, residue.
-//! - [`runner`]: the agent process: watches FaultInjections, executes plans, reports status.
+//! - [`runner`]: the agent process: watches FaultInjections, executes plans, reports status
+//!   (through `writeback`).
 //! - [`testnet`]: throwaway network namespaces for root tests and benchmarks.
 pub mod converge;
 pub mod iptables;
@@ -34,3 +35,4 @@ pub mod tag;
 pub mod tc;
 pub mod telemetry;
 pub mod testnet;
+mod writeback;

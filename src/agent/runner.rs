@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -25,10 +25,8 @@ use super::journal::{Journal, JournalEntry};
 use super::kernel::{Kernel, KernelError, Mechanism};
 use super::tag::InjectionTag;
 use super::telemetry::AgentMetrics;
-use crate::api::{
-    AGENT_FINALIZER, FaultInjection, FaultInjectionStatus, InjectionPhase,
-    NODE_CAPABILITIES_ANNOTATION, NODE_LABEL,
-};
+use super::writeback::{self, key_of, live_injection, tag_of};
+use crate::api::{FaultInjection, InjectionPhase, NODE_LABEL};
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -75,7 +73,7 @@ pub async fn run<K: Kernel>(
     // Deadlines first, before anything that needs the API server.
     agent.step(None).await;
 
-    tokio::spawn(publish_capabilities(
+    tokio::spawn(writeback::publish_capabilities(
         client.clone(),
         config.nodes.clone(),
         agent.kernel.capabilities().annotation(),
@@ -151,28 +149,6 @@ async fn watch_injections(
 }
 
 /// Writes the node's capabilities where the controller reads them, retrying until it works.
-async fn publish_capabilities(client: Client, nodes: Vec<String>, capabilities: String) {
-    let api: Api<Node> = Api::all(client);
-    let patch = json!({"metadata": {"annotations": {NODE_CAPABILITIES_ANNOTATION: capabilities}}});
-    for node in nodes {
-        loop {
-            match api
-                .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(%node, %capabilities, "published node capabilities");
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%node, %error, "cannot publish node capabilities yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            }
-        }
-    }
-}
-
 struct Agent<K> {
     client: Client,
     api: Api<FaultInjection>,
@@ -227,7 +203,7 @@ impl<K: Kernel> Agent<K> {
                 }
                 Action::AddFinalizer { key } => {
                     if let Some(injection) = by_key.get(&key) {
-                        self.set_finalizer(injection, true).await;
+                        writeback::set_finalizer(&self.client, injection, true).await;
                     }
                 }
                 Action::Apply { key } => {
@@ -250,12 +226,13 @@ impl<K: Kernel> Agent<K> {
                                 reason.describe()
                             ),
                         };
-                        self.write_status(injection, phase, message, |_| {}).await;
+                        writeback::write_status(&self.client, injection, phase, message, |_| {})
+                            .await;
                     }
                 }
                 Action::RemoveFinalizer { key } => {
                     if let Some(injection) = by_key.get(&key) {
-                        self.set_finalizer(injection, false).await;
+                        writeback::set_finalizer(&self.client, injection, false).await;
                     }
                 }
             }
@@ -295,8 +272,14 @@ impl<K: Kernel> Agent<K> {
         let mechanism = match self.kernel.capabilities().mechanism_for(&fault) {
             Ok(m) => m,
             Err(why) => {
-                self.write_status(injection, InjectionPhase::Failed, why, |_| {})
-                    .await;
+                writeback::write_status(
+                    &self.client,
+                    injection,
+                    InjectionPhase::Failed,
+                    why,
+                    |_| {},
+                )
+                .await;
                 return;
             }
         };
@@ -317,8 +300,14 @@ impl<K: Kernel> Agent<K> {
         if let Err(error) = self.journal.record(entry.clone()) {
             let message =
                 format!("cannot write the agent journal, so the fault is not applied: {error}");
-            self.write_status(injection, InjectionPhase::Failed, message, |_| {})
-                .await;
+            writeback::write_status(
+                &self.client,
+                injection,
+                InjectionPhase::Failed,
+                message,
+                |_| {},
+            )
+            .await;
             return;
         }
         let kernel = self.kernel.clone();
@@ -345,13 +334,19 @@ impl<K: Kernel> Agent<K> {
                 self.confirmed.insert(tag.clone());
                 tracing::info!(injection = %key_of(injection), %tag, mechanism = applied.mechanism.name(), "fault applied");
                 let mechanism = applied.mechanism.name().to_string();
-                self.write_status(injection, InjectionPhase::Applied, applied.message, |s| {
-                    s.mechanism = Some(mechanism);
-                    s.applied_at = Some(applied_at);
-                    s.reverted_at = None;
-                    s.residual_rules = None;
-                    s.residual.clear();
-                })
+                writeback::write_status(
+                    &self.client,
+                    injection,
+                    InjectionPhase::Applied,
+                    applied.message,
+                    |s| {
+                        s.mechanism = Some(mechanism);
+                        s.applied_at = Some(applied_at);
+                        s.reverted_at = None;
+                        s.residual_rules = None;
+                        s.residual.clear();
+                    },
+                )
                 .await;
             }
             Err(error) => {
@@ -375,9 +370,15 @@ impl<K: Kernel> Agent<K> {
                     ),
                     other => other.to_string(),
                 };
-                self.write_status(injection, InjectionPhase::Failed, message, |s| {
-                    s.mechanism = Some(mechanism.name().to_string());
-                })
+                writeback::write_status(
+                    &self.client,
+                    injection,
+                    InjectionPhase::Failed,
+                    message,
+                    |s| {
+                        s.mechanism = Some(mechanism.name().to_string());
+                    },
+                )
                 .await;
             }
         }
@@ -413,8 +414,14 @@ impl<K: Kernel> Agent<K> {
                 tracing::error!(%tag, %error, "revert failed; retrying at the next resync");
                 if let Some(injection) = injection {
                     let message = format!("revert failed, retrying: {error}");
-                    self.write_status(injection, InjectionPhase::Failed, message, |_| {})
-                        .await;
+                    writeback::write_status(
+                        &self.client,
+                        injection,
+                        InjectionPhase::Failed,
+                        message,
+                        |_| {},
+                    )
+                    .await;
                 }
                 return;
             }
@@ -442,14 +449,14 @@ impl<K: Kernel> Agent<K> {
             )
         };
         let count = i32::try_from(residual.len()).unwrap_or(i32::MAX);
-        self.write_status(injection, phase, message, |s| {
+        writeback::write_status(&self.client, injection, phase, message, |s| {
             s.reverted_at = Some(Utc::now());
             s.residual_rules = Some(count);
             s.residual = residual;
         })
         .await;
         if injection.metadata.deletion_timestamp.is_some() {
-            self.set_finalizer(injection, false).await;
+            writeback::set_finalizer(&self.client, injection, false).await;
         }
     }
 
@@ -532,8 +539,7 @@ impl<K: Kernel> Agent<K> {
             }
             let status = injection.status.clone().unwrap_or_default();
             let patch = json!({"status": {"bypassedPackets": bypassed, "phase": status.phase}});
-            if self
-                .api_for(injection)
+            if writeback::api_for(&self.client, injection)
                 .patch_status(
                     &injection.name_any(),
                     &PatchParams::default(),
@@ -546,94 +552,4 @@ impl<K: Kernel> Agent<K> {
             }
         }
     }
-
-    fn api_for(&self, injection: &FaultInjection) -> Api<FaultInjection> {
-        Api::namespaced(
-            self.client.clone(),
-            &injection.namespace().unwrap_or_default(),
-        )
-    }
-
-    async fn write_status(
-        &self,
-        injection: &FaultInjection,
-        phase: InjectionPhase,
-        message: String,
-        edit: impl FnOnce(&mut FaultInjectionStatus),
-    ) {
-        let mut status = injection.status.clone().unwrap_or_default();
-        status.phase = phase;
-        status.message = Some(message);
-        status.observed_generation = injection.metadata.generation;
-        edit(&mut status);
-        let patch = json!({"status": status});
-        if let Err(error) = self
-            .api_for(injection)
-            .patch_status(
-                &injection.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            tracing::warn!(injection = %key_of(injection), %error, "cannot write injection status");
-        }
-    }
-
-    async fn set_finalizer(&self, injection: &FaultInjection, present: bool) {
-        let mut finalizers: Vec<String> = injection.finalizers().to_vec();
-        let has = finalizers.iter().any(|f| f == AGENT_FINALIZER);
-        if has == present {
-            return;
-        }
-        if present {
-            finalizers.push(AGENT_FINALIZER.to_string());
-        } else {
-            finalizers.retain(|f| f != AGENT_FINALIZER);
-        }
-        // The resourceVersion makes this a compare-and-swap: finalizers are a list that other
-        // writers (the controller) may change at the same time.
-        let patch = json!({"metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": injection.resource_version(),
-        }});
-        if let Err(error) = self
-            .api_for(injection)
-            .patch(
-                &injection.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            tracing::debug!(injection = %key_of(injection), %error, "finalizer update lost a race; the next event retries");
-        }
-    }
-}
-
-fn key_of(injection: &FaultInjection) -> String {
-    format!(
-        "{}/{}",
-        injection.namespace().unwrap_or_default(),
-        injection.name_any()
-    )
-}
-
-fn tag_of(injection: &FaultInjection) -> Option<InjectionTag> {
-    InjectionTag::from_uid(injection.metadata.uid.as_deref()?)
-}
-
-fn live_injection(injection: &FaultInjection) -> Option<LiveInjection> {
-    let status = injection.status.clone().unwrap_or_default();
-    Some(LiveInjection {
-        key: key_of(injection),
-        tag: tag_of(injection)?,
-        pod_uid: injection.spec.target.uid.clone(),
-        expires_at: injection.spec.expires_at,
-        generation: injection.metadata.generation,
-        deleting: injection.metadata.deletion_timestamp.is_some(),
-        has_finalizer: injection.finalizers().iter().any(|f| f == AGENT_FINALIZER),
-        phase: status.phase,
-        observed_generation: status.observed_generation,
-    })
 }
