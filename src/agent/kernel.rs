@@ -191,6 +191,15 @@ pub trait Kernel: Send + Sync + 'static {
     ) -> Result<RevertedFault, KernelError>;
     /// Whether a process of the pod runs on this node.
     fn pod_present(&self, pod_uid: &str) -> bool;
+    /// The pods of `pod_uids` with no process on this node. A kernel that can answer for many
+    /// pods at once (one scan of `/proc`) overrides this.
+    fn absent_pods(&self, pod_uids: &BTreeSet<String>) -> BTreeSet<String> {
+        pod_uids
+            .iter()
+            .filter(|uid| !self.pod_present(uid))
+            .cloned()
+            .collect()
+    }
     /// Everything faultline owns in these pods' namespaces and in the node's own.
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule>;
     /// Removes one orphan found by [`Kernel::owned`].

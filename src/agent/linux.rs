@@ -254,6 +254,19 @@ impl Kernel for LinuxKernel {
         matches!(podfind::find_pod_pid(&self.proc_root, pod_uid), Ok(Some(_)))
     }
 
+    fn absent_pods(&self, pod_uids: &BTreeSet<String>) -> BTreeSet<String> {
+        // One scan of /proc for all of them; when it fails, call nobody gone (reverting a
+        // fault because /proc could not be read would be worse than waiting a resync).
+        match podfind::pods_on_host(&self.proc_root) {
+            Ok(present) => pod_uids
+                .iter()
+                .filter(|uid| !present.contains_key(*uid))
+                .cloned()
+                .collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {
         let mut found = Vec::new();
         let pods = podfind::pods_on_host(&self.proc_root).unwrap_or_default();

@@ -256,14 +256,13 @@ impl<K: Kernel> Agent<K> {
                 .filter(|i| !i.deleting && self.journal.get(&i.tag).is_none())
                 .map(|i| i.pod_uid.clone()),
         );
+        if uids.is_empty() {
+            return uids;
+        }
         let kernel = self.kernel.clone();
-        tokio::task::spawn_blocking(move || {
-            uids.into_iter()
-                .filter(|uid| !kernel.pod_present(uid))
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
+        tokio::task::spawn_blocking(move || kernel.absent_pods(&uids))
+            .await
+            .unwrap_or_default()
     }
 
     async fn apply(&mut self, injection: &FaultInjection) {

@@ -34,12 +34,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
     /// How often to re-check targets and counters without an event.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
     resync: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::api::GoDuration::from(text).parse()
 }
 
 impl AgentArgs {

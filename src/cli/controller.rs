@@ -28,7 +28,7 @@ pub struct ControllerArgs {
     max_targets: Option<usize>,
     /// How long node agents get to report a network fault applied before the experiment is
     /// reverted and fails.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     injection_timeout: Duration,
     /// How many experiments are reconciled at once (0: no limit).
     #[arg(long, env = "FAULTLINE_CONCURRENCY", default_value_t = 16)]
@@ -49,10 +49,6 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (defaults to the pod name, or a random id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::api::GoDuration::from(text).parse()
 }
 
 impl ControllerArgs {

@@ -112,6 +112,11 @@ pub fn install_crypto_provider() {
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends a pod it stops).
+/// A command-line duration in Go's notation (`30s`, `1m30s`), as manifests write them.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::api::GoDuration::from(text).parse()
+}
+
 pub(crate) async fn shutdown_signal() {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

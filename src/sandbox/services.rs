@@ -248,15 +248,22 @@ pub async fn run(client: Client, options: ServiceOptions) {
     }
     let _ = services.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
-    let mut last = None;
+    let mut synced = Synced::default();
     loop {
-        sync(&client, &services, &pods, &options, &mut last).await;
+        sync(&client, &services, &pods, &options, &mut synced).await;
         tokio::select! {
             _ = changed.notified() => {}
             // New pod namespaces appear without a Service or pod event worth waking for.
-            _ = tokio::time::sleep(Duration::from_secs(2)) => { last = None; }
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
+}
+
+/// What the last sync established: the Services, and the pod namespaces that hold their rules.
+#[derive(Default)]
+struct Synced {
+    services: Option<Vec<VirtualService>>,
+    programmed: BTreeSet<String>,
 }
 
 async fn sync(
@@ -264,7 +271,7 @@ async fn sync(
     services: &Store<Service>,
     pods: &Store<Pod>,
     options: &ServiceOptions,
-    last: &mut Option<Vec<VirtualService>>,
+    synced: &mut Synced,
 ) {
     let all = services.state();
     let taken: BTreeSet<Ipv4Addr> = all
@@ -296,38 +303,56 @@ async fn sync(
         }
     }
     let current = virtual_services(&all, &pods.state());
-    if last.as_ref() == Some(&current) {
-        return;
-    }
-    options.hosts.replace(probe_hosts(&current));
-    if let Some(path) = &options.hosts_file {
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, pod_hosts_file(&current)).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
+    if synced.services.as_ref() != Some(&current) {
+        options.hosts.replace(probe_hosts(&current));
+        if let Some(path) = &options.hosts_file {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, pod_hosts_file(&current)).is_ok() {
+                let _ = std::fs::rename(&tmp, path);
+            }
         }
+        // Every namespace needs the new rules.
+        synced.programmed.clear();
     }
     if let Some(prefix) = options.netns_prefix.clone() {
         let ruleset = nft_ruleset(&current);
-        let _ = tokio::task::spawn_blocking(move || program_namespaces(&prefix, &ruleset)).await;
+        let done = std::mem::take(&mut synced.programmed);
+        synced.programmed =
+            tokio::task::spawn_blocking(move || program_namespaces(&prefix, &ruleset, done))
+                .await
+                .unwrap_or_default();
     }
-    *last = Some(current);
+    synced.services = Some(current);
 }
 
-fn program_namespaces(prefix: &str, ruleset: &str) {
+/// Writes the rules into the pod namespaces that do not hold them yet; returns the namespaces
+/// (still there) that hold them now.
+fn program_namespaces(prefix: &str, ruleset: &str, done: BTreeSet<String>) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(Path::new("/run/netns")) else {
-        return;
+        return BTreeSet::new();
     };
+    let mut programmed = BTreeSet::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if !name.starts_with(prefix) {
             continue;
         }
+        if done.contains(&name) {
+            programmed.insert(name);
+            continue;
+        }
         let result = crate::agent::netns::Netns::named(&name)
             .and_then(|ns| ns.command("nft", &["-f", "-"], Some(ruleset)));
-        if let Err(error) = result {
-            tracing::debug!(netns = %name, %error, "cannot program Services into a pod namespace");
+        match result {
+            Ok(_) => {
+                programmed.insert(name);
+            }
+            Err(error) => {
+                tracing::debug!(netns = %name, %error, "cannot program Services into a pod namespace yet");
+            }
         }
     }
+    programmed
 }
 
 #[cfg(test)]
