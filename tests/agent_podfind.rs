@@ -2,71 +2,11 @@
 //! makes them (cgroupfs driver on a v1 hierarchy, systemd-style slice names on the v2 one), with
 //! a real process inside a test namespace.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use faultline::agent::netns::Netns;
 use faultline::agent::podfind::{PodNetnsError, find_pod_pid, pod_netns, pods_on_host};
-use faultline::agent::testnet::{TestNs, root_or_skip};
-
-/// A `sleep` moved into a pod cgroup `hierarchy/fltest-<pid>-<name>/<pod path>`; killed and the
-/// cgroups removed on drop.
-struct PodProcess {
-    child: Child,
-    /// The directories we created, outermost first.
-    created: Vec<PathBuf>,
-}
-
-impl PodProcess {
-    /// Starts `sleep` inside `ns` (or in the test's own namespace when `None`) and moves it into
-    /// the cgroup `pod_path` below a fresh top-level directory of `hierarchy`.
-    fn start(hierarchy: &str, name: &str, pod_path: &str, ns: Option<&TestNs>) -> Self {
-        let top = Path::new(hierarchy).join(format!("fltest-{}-{name}", std::process::id()));
-        assert!(
-            Path::new(hierarchy).join("cgroup.procs").exists(),
-            "{hierarchy} is not a mounted cgroup hierarchy"
-        );
-        let mut created = vec![top.clone()];
-        let mut dir = top;
-        for part in pod_path.split('/').filter(|p| !p.is_empty()) {
-            dir = dir.join(part);
-            created.push(dir.clone());
-        }
-        fs::create_dir_all(&dir).unwrap();
-        let mut command = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns.name(), "sleep", "300"]);
-                c
-            }
-            None => {
-                let mut c = Command::new("sleep");
-                c.arg("300");
-                c
-            }
-        };
-        let child = command.stdin(Stdio::null()).spawn().unwrap();
-        let process = Self { child, created };
-        // `ip netns exec` execs the program itself: the child's PID is the sleep's.
-        fs::write(dir.join("cgroup.procs"), process.pid().to_string()).unwrap();
-        process
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for PodProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for dir in self.created.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
-}
+use faultline::agent::testnet::{PodProcess, TestNs, root_or_skip};
 
 fn uid(n: u32) -> String {
     format!("{:08x}-f17e-4000-8000-{:012x}", std::process::id(), n)
@@ -79,12 +19,12 @@ fn finds_a_pod_in_a_v1_cgroupfs_cgroup_and_opens_its_namespace() {
     }
     let ns = TestNs::new("podfind").unwrap();
     let uid = uid(1);
-    let pod = PodProcess::start(
-        "/sys/fs/cgroup/pids",
-        "v1",
+    let pod = PodProcess::in_cgroup(
+        Path::new("/sys/fs/cgroup/pids"),
         &format!("kubepods/besteffort/pod{uid}"),
         Some(&ns),
-    );
+    )
+    .unwrap();
 
     let proc_root = Path::new("/proc");
     assert_eq!(find_pod_pid(proc_root, &uid).unwrap(), Some(pod.pid()));
@@ -105,7 +45,8 @@ fn finds_a_pod_in_a_v2_systemd_slice() {
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
         uid.replace('-', "_")
     );
-    let pod = PodProcess::start("/sys/fs/cgroup/unified", "v2", &slice, Some(&ns));
+    let pod =
+        PodProcess::in_cgroup(Path::new("/sys/fs/cgroup/unified"), &slice, Some(&ns)).unwrap();
 
     let found = pod_netns(Path::new("/proc"), &uid).unwrap();
     assert_eq!(found.id().unwrap(), ns.netns().unwrap().id().unwrap());
@@ -122,12 +63,12 @@ fn a_pod_in_the_host_network_namespace_is_refused() {
     }
     let uid = uid(3);
     // The sleep stays in the test's own namespace: to the agent, that is the node's.
-    let pod = PodProcess::start(
-        "/sys/fs/cgroup/pids",
-        "host",
+    let pod = PodProcess::in_cgroup(
+        Path::new("/sys/fs/cgroup/pids"),
         &format!("kubepods/pod{uid}"),
         None,
-    );
+    )
+    .unwrap();
 
     let err = find_pod_pid(Path::new("/proc"), &uid).unwrap_err();
     assert!(err.to_string().contains("uses the host network"), "{err}");
@@ -145,12 +86,12 @@ fn a_pod_whose_processes_are_gone_is_not_found() {
     }
     let ns = TestNs::new("podfind4").unwrap();
     let uid = uid(4);
-    let pod = PodProcess::start(
-        "/sys/fs/cgroup/pids",
-        "gone",
+    let pod = PodProcess::in_cgroup(
+        Path::new("/sys/fs/cgroup/pids"),
         &format!("kubepods/burstable/pod{uid}"),
         Some(&ns),
-    );
+    )
+    .unwrap();
     assert!(find_pod_pid(Path::new("/proc"), &uid).unwrap().is_some());
     drop(pod);
     assert_eq!(find_pod_pid(Path::new("/proc"), &uid).unwrap(), None);

@@ -166,43 +166,72 @@ impl Drop for TestNode {
 #[derive(Debug)]
 pub struct PodProcess {
     child: std::process::Child,
-    ns: String,
+    netns: Option<Netns>,
     cgroup: std::path::PathBuf,
     created: Vec<std::path::PathBuf>,
 }
 
 impl PodProcess {
     pub fn start(ns: &TestNs, pod_uid: &str) -> io::Result<Self> {
+        Self::in_cgroup(
+            std::path::Path::new("/sys/fs/cgroup/pids"),
+            &format!("kubepods/besteffort/pod{pod_uid}"),
+            Some(ns),
+        )
+    }
+
+    /// `sleep` in the cgroup `pod_path` below a fresh top-level directory of the mounted
+    /// hierarchy `hierarchy`, inside `ns` (or in the test's own namespace, as a hostNetwork pod
+    /// would be, when `None`).
+    pub fn in_cgroup(
+        hierarchy: &std::path::Path,
+        pod_path: &str,
+        ns: Option<&TestNs>,
+    ) -> io::Result<Self> {
+        if !hierarchy.join("cgroup.procs").exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a mounted cgroup hierarchy", hierarchy.display()),
+            ));
+        }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let top = std::path::Path::new("/sys/fs/cgroup/pids")
-            .join(format!("fltest-{}-{n}", std::process::id()));
+        let top = hierarchy.join(format!("fltest-{}-{n}", std::process::id()));
         let mut created = vec![top.clone()];
         let mut dir = top;
-        for part in [
-            "kubepods".to_string(),
-            "besteffort".into(),
-            format!("pod{pod_uid}"),
-        ] {
+        for part in pod_path.split('/').filter(|p| !p.is_empty()) {
             dir = dir.join(part);
             created.push(dir.clone());
         }
         std::fs::create_dir_all(&dir)?;
-        let child = Self::spawn(ns.name(), &dir)?;
+        let netns = ns.map(TestNs::netns).transpose()?;
+        let child = Self::spawn(netns.as_ref(), &dir)?;
         Ok(Self {
             child,
-            ns: ns.name().to_string(),
+            netns,
             cgroup: dir,
             created,
         })
     }
 
-    fn spawn(ns: &str, cgroup: &std::path::Path) -> io::Result<std::process::Child> {
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, "sleep", "600"])
-            .stdin(std::process::Stdio::null())
-            .spawn()?;
-        // `ip netns exec` execs the program: the child's PID is the sleep's.
-        std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string())?;
+    /// Forked from a thread already inside the namespace, so the process is in it from its first
+    /// instruction (with `ip netns exec` there is a moment when a scan sees it in the host's
+    /// namespace, a hostNetwork pod to the agent). Moved into its cgroup before this returns.
+    fn spawn(netns: Option<&Netns>, cgroup: &std::path::Path) -> io::Result<std::process::Child> {
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("600")
+                .stdin(std::process::Stdio::null())
+                .spawn()
+        };
+        let mut child = match netns {
+            Some(netns) => netns.run(spawn)??,
+            None => spawn()?,
+        };
+        if let Err(err) = std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err);
+        }
         Ok(child)
     }
 
@@ -213,9 +242,8 @@ impl PodProcess {
     /// A container restart: the process dies and a new one starts in the same namespace and
     /// cgroup (new PID).
     pub fn restart(&mut self) -> io::Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(&self.ns, &self.cgroup)?;
+        self.stop();
+        self.child = Self::spawn(self.netns.as_ref(), &self.cgroup)?;
         Ok(())
     }
 

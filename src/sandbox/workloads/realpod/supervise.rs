@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 
 use super::super::lock;
 use super::{RealPods, RunningPod, cgroup};
+use crate::agent::netns::Netns;
 
 /// The port a container listens on when its spec names none.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -251,9 +252,9 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// `ip netns exec <netns> <faultline> demo-app --listen 0.0.0.0:<port>` with the container's
-/// environment only, moved into the pod's cgroups right away. `ip netns exec` execs the program
-/// in place, so the pid is the container's process from the first instruction on.
+/// `<faultline> demo-app --listen 0.0.0.0:<port>` with the container's environment only, forked
+/// from a thread inside the pod's network namespace (so no scan ever sees it in the node's, as a
+/// hostNetwork pod) and moved into the pod's cgroups before anything waits on it.
 fn spawn(
     pods: &RealPods,
     pod: &RunningPod,
@@ -271,12 +272,8 @@ fn spawn(
         }
         None => (Stdio::null(), Stdio::null()),
     };
-    let mut command = tokio::process::Command::new("ip");
+    let mut command = tokio::process::Command::new(&config.exe);
     command
-        .arg("netns")
-        .arg("exec")
-        .arg(&pod.netns)
-        .arg(&config.exe)
         .arg("demo-app")
         .arg("--listen")
         .arg(format!("0.0.0.0:{}", container.port))
@@ -297,7 +294,13 @@ fn spawn(
         .stderr(stderr)
         // If the sandbox itself goes away without stopping its pods, so do they.
         .kill_on_drop(true);
-    let mut child = command.spawn()?;
+    let netns = Netns::named(&pod.netns)?;
+    // tokio reaps children through the runtime's signal driver: the thread needs its handle.
+    let runtime = tokio::runtime::Handle::current();
+    let mut child = netns.run(|| {
+        let _runtime = runtime.enter();
+        command.spawn()
+    })??;
     let Some(pid) = child.id() else {
         return Err(std::io::Error::other("the container process ended at once"));
     };
