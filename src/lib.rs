@@ -7,6 +7,9 @@
 //! - [`lifecycle`]: the experiment state machine (pure; the clock is an input).
 //! - [`probes`]: HTTP and Prometheus checks and the steady-state hypothesis built from them.
 //! - [`controller`]: reconciles ChaosExperiments: observe, decide, act, record.
+//! - [`gameday`], [`schedule`]: run GameDays (stages of experiments) and ChaosSchedules (cron);
+//!   [`owned_experiments`] is what both do to the experiments they own, [`calendar`] the cron
+//!   and window arithmetic (pure).
 //! - [`validate`]: offline checks behind `faultline validate` (pure).
 //! - [`manifest`]: applying YAML manifests through the kube client.
 //! - [`agent`]: the node agent: faults in pod network namespaces, journal, deadlines.
@@ -20,12 +23,15 @@
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod calendar;
 pub mod cli;
 pub mod controller;
 pub mod demo_app;
+pub mod gameday;
 pub mod lifecycle;
 pub mod manifest;
 pub mod metrics;
+pub mod owned_experiments;
 pub mod probes;
 pub mod reference;
 pub mod report;

@@ -50,7 +50,9 @@ pub struct GameDaySpec {
     /// When to start, as an RFC 3339 time. Unset (and no schedule) starts at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at: Option<DateTime<Utc>>,
-    /// A cron expression to repeat the game day on, instead of `startAt`.
+    /// A cron expression to repeat the game day on, instead of `startAt`. A run that cannot
+    /// start within 5 minutes of its time (the controller was down) is skipped, not started
+    /// late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub schedule: Option<String>,
@@ -113,12 +115,17 @@ pub struct StageExperiment {
     pub spec: ChaosExperimentSpec,
 }
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 /// Where one stage is.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GameDayStageStatus {
     pub name: String,
-    /// Pending, WaitingForApproval, Running, Paused, Succeeded, Failed or Skipped.
+    /// Pending, Paused (waiting out the previous stage's `pauseAfter`), WaitingForApproval,
+    /// Running, Succeeded, Failed or Skipped.
     pub phase: String,
     /// The experiments created for this stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -129,15 +136,33 @@ pub struct GameDayStageStatus {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why the stage ended as it did, naming the experiments that decided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The status of a GameDay.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GameDayStatus {
-    /// Pending, Running, Succeeded, Failed or Aborted.
+    /// Pending (waiting for its start time), Running, Aborting, Succeeded, Failed or Aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Which run this is: 1 for a one-off game day, counting up for a scheduled one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: i64,
+    /// When the current (or last) run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the current (or last) run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The last scheduled time skipped because its run could not start in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_missed_time: Option<DateTime<Utc>>,
+    /// When the next run starts (`startAt`, or the schedule's next time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_time: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_stage: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

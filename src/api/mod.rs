@@ -82,6 +82,20 @@ pub const NODE_CAPABILITIES_ANNOTATION: &str = "faultline.dev/capabilities";
 pub const EXPERIMENT_LABEL: &str = "faultline.dev/experiment";
 /// Label on a FaultInjection: the index of the experiment's fault it carries.
 pub const FAULT_INDEX_LABEL: &str = "faultline.dev/fault-index";
+/// Label on experiments a GameDay created: the GameDay's name.
+pub const GAMEDAY_LABEL: &str = "faultline.dev/gameday";
+/// Label on experiments a GameDay created: the stage they belong to.
+pub const STAGE_LABEL: &str = "faultline.dev/stage";
+/// Label on experiments a GameDay created: which run of the GameDay (1, 2, ... for a scheduled
+/// one) they belong to.
+pub const GAMEDAY_RUN_LABEL: &str = "faultline.dev/gameday-run";
+/// Annotation on a GameDay that approves the stage it names (`requireApproval`).
+pub const APPROVE_STAGE_ANNOTATION: &str = "faultline.dev/approve-stage";
+/// Label on experiments a ChaosSchedule created: the schedule's name.
+pub const SCHEDULE_LABEL: &str = "faultline.dev/schedule";
+/// Annotation on experiments a ChaosSchedule created: the scheduled time (RFC 3339) they ran
+/// for.
+pub const SCHEDULED_AT_ANNOTATION: &str = "faultline.dev/scheduled-at";
 /// Category every faultline CRD belongs to: `kubectl get chaos` lists them all.
 pub const CATEGORY: &str = "chaos";
 

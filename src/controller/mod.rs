@@ -27,7 +27,7 @@ mod targets;
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -336,8 +336,15 @@ pub async fn run(
         }
     });
     info!(concurrency, "faultline controller starting");
+    // GameDays and ChaosSchedules only create experiments; they run in the same process, on
+    // the same lease, and stop with it.
+    let shutdown = shutdown.shared();
+    let owners = futures::future::join(
+        crate::gameday::run(ctx.client.clone(), shutdown.clone()),
+        std::future::ready(()),
+    );
     // No debounce: it would delay the reconcile a probe's violation triggers, i.e. every abort.
-    Controller::for_stream(experiment_events, experiment_store)
+    let experiments = Controller::for_stream(experiment_events, experiment_store)
         .owns_stream(injection_events)
         .with_config(runtime_controller::Config::default().concurrency(concurrency))
         .reconcile_on(triggers)
@@ -348,8 +355,8 @@ pub async fn run(
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile error");
             }
-        })
-        .await;
+        });
+    futures::future::join(experiments, owners).await;
     info!("faultline controller stopped");
 }
 

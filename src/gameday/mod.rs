@@ -1,0 +1,243 @@
+//! Runs GameDays: observe the GameDay and the experiments it owns, `plan::plan` (pure), then
+//! create, abort or delete experiments and record the status. The experiments do the chaos
+//! (and their own reverts); a GameDay only orders them. Deleting a GameDay deletes its
+//! experiments, whose finalizers revert whatever they injected.
+
+pub mod plan;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{Controller, WatchStreamExt, controller::Action, events::Recorder, watcher},
+};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::api::{
+    ABORT_ANNOTATION, APPROVE_STAGE_ANNOTATION, ChaosExperiment, GAMEDAY_LABEL, GAMEDAY_RUN_LABEL,
+    GameDay, STAGE_LABEL,
+};
+use crate::owned_experiments as owned;
+use plan::{Child, Observed, Plan};
+
+/// How often a GameDay is looked at when nothing changes (a safety net; changes to it and to
+/// its experiments trigger a reconcile at once).
+const RESYNC: Duration = Duration::from_secs(300);
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("failed to {action} for the game day: {source}")]
+    Api {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Api { action, source }
+}
+
+/// Runs the GameDay controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context {
+        recorder: owned::recorder(&client),
+        client: client.clone(),
+    });
+    // Only the experiments GameDays created, each change mapped to its GameDay (reconcile lists
+    // them fresh). Guarded: one unreadable experiment must not stall the stream.
+    let children = watcher(
+        Api::<DeserializeGuard<ChaosExperiment>>::all(client.clone()),
+        watcher::Config::default().labels(GAMEDAY_LABEL),
+    )
+    .default_backoff()
+    .touched_objects();
+    info!("game day controller starting");
+    Controller::new(
+        Api::<DeserializeGuard<GameDay>>::all(client),
+        watcher::Config::default(),
+    )
+    .owns_stream(children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+    info!("game day controller stopped");
+}
+
+#[instrument(skip(guarded, ctx), fields(gameday = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
+async fn reconcile(
+    guarded: Arc<DeserializeGuard<GameDay>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let gameday = match &guarded.0 {
+        Ok(gameday) => gameday,
+        Err(invalid) => return report_unreadable(&ctx.client, invalid).await,
+    };
+    let namespace = gameday.namespace().unwrap_or_default();
+    let name = gameday.name_any();
+    let (mine, strays) = owned::list(
+        &ctx.client,
+        &namespace,
+        GAMEDAY_LABEL,
+        &name,
+        &gameday.uid().unwrap_or_default(),
+    )
+    .await
+    .map_err(api_error("list its experiments"))?;
+    let annotations = gameday.annotations();
+    let mut children: Vec<Child> = mine.iter().map(child).collect();
+    // Left by an earlier GameDay of the same name: in the way of this one's names.
+    children.extend(strays.iter().map(|e| Child {
+        run: -1,
+        ..child(e)
+    }));
+    let observed = Observed {
+        name: &name,
+        spec: &gameday.spec,
+        status: gameday.status.clone().unwrap_or_default(),
+        generation: gameday.metadata.generation,
+        created_at: gameday
+            .creation_timestamp()
+            .map_or_else(Utc::now, |t| convert_time(&t)),
+        abort_requested: annotations.get(ABORT_ANNOTATION).map(String::as_str),
+        approved_stage: annotations
+            .get(APPROVE_STAGE_ANNOTATION)
+            .map(String::as_str),
+        children,
+        now: Utc::now(),
+    };
+    let plan = plan::plan(&observed);
+    tracing::debug!(?plan, "planned");
+    act(&ctx, gameday, &plan).await?;
+    Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC)))
+}
+
+fn convert_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
+        .unwrap_or_else(Utc::now)
+}
+
+fn child(experiment: &ChaosExperiment) -> Child {
+    let labels = experiment.labels();
+    let status = experiment.status.as_ref();
+    Child {
+        name: experiment.name_any(),
+        stage: labels.get(STAGE_LABEL).cloned().unwrap_or_default(),
+        run: labels
+            .get(GAMEDAY_RUN_LABEL)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0),
+        verdict: status.and_then(|s| s.verdict),
+        message: status.and_then(|s| s.message.clone()),
+        abort_requested: experiment.annotations().contains_key(ABORT_ANNOTATION),
+    }
+}
+
+async fn act(ctx: &Context, gameday: &GameDay, plan: &Plan) -> Result<(), Error> {
+    let namespace = gameday.namespace().unwrap_or_default();
+    let name = gameday.name_any();
+    for stale in &plan.delete {
+        owned::delete(&ctx.client, &namespace, stale)
+            .await
+            .map_err(api_error("delete an experiment of an earlier run"))?;
+    }
+    for experiment in &plan.abort {
+        let reason = format!("game day {name} is aborting");
+        owned::request_abort(&ctx.client, &namespace, experiment, &reason)
+            .await
+            .map_err(api_error("ask an experiment to abort"))?;
+    }
+    let owner = gameday
+        .controller_owner_ref(&())
+        .expect("a GameDay read from the API server has a name and uid");
+    for new in &plan.create {
+        let labels = BTreeMap::from([
+            (GAMEDAY_LABEL.to_string(), name.clone()),
+            (STAGE_LABEL.to_string(), new.stage.clone()),
+            (GAMEDAY_RUN_LABEL.to_string(), plan.status.run.to_string()),
+        ]);
+        let experiment = owned::experiment(
+            owner.clone(),
+            &namespace,
+            &new.name,
+            labels,
+            BTreeMap::new(),
+            new.spec.clone(),
+        );
+        if let Err(source) = owned::create(&ctx.client, &experiment).await {
+            // Retried with backoff; the Event says what the API server objected to.
+            let note = format!("could not create experiment {}: {source}", new.name);
+            owned::publish(&ctx.recorder, gameday, true, "CreateFailed", &note).await;
+            return Err(Error::Api {
+                action: "create a stage's experiment",
+                source,
+            });
+        }
+    }
+    owned::write_status(&ctx.client, gameday, gameday.status.as_ref(), &plan.status)
+        .await
+        .map_err(api_error("write the status"))?;
+    for note in &plan.notes {
+        info!(reason = note.reason, message = %note.message, "game day");
+        owned::publish(
+            &ctx.recorder,
+            gameday,
+            note.warning,
+            note.reason,
+            &note.message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// A GameDay that bypassed the schema: say so in its status; nothing is started.
+async fn report_unreadable(
+    client: &Client,
+    invalid: &kube::core::error_boundary::InvalidObject,
+) -> Result<Action, Error> {
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
+    warn!(gameday = %name, %namespace, error = %invalid.error, "game day cannot be read");
+    let resource = ApiResource::erase::<GameDay>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let message = format!(
+        "the game day cannot be read, so nothing is started: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
+        invalid.error
+    );
+    let status = json!({ "status": {
+        "phase": "Failed", "verdict": "Error", "message": message,
+        "conditions": [{ "type": "Complete", "status": "True", "reason": "Error",
+                          "message": message, "lastTransitionTime": Utc::now() }],
+    }});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .map_err(api_error("report that it cannot be read"))?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(gameday: Arc<DeserializeGuard<GameDay>>, error: &Error, _: Arc<Context>) -> Action {
+    let Error::Api { source, .. } = error;
+    if let kube::Error::Api(status) = source
+        && status.code == 409
+    {
+        // Decided on a stale copy; the newer one is on its way through the watch.
+        return Action::await_change();
+    }
+    warn!(gameday = %gameday.name_any(), %error, "game day reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,179 @@
+//! What GameDays and ChaosSchedules do through the API to the ChaosExperiments they own:
+//! create them (owned, so deleting the parent deletes them and their faults), ask them to
+//! abort, delete old ones, and write the parent's status and Events. (client required)
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{
+        DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, PropagationPolicy,
+    },
+    core::NamespaceResourceScope,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tracing::warn;
+
+use crate::api::{ABORT_ANNOTATION, ChaosExperiment, ChaosExperimentSpec, FIELD_MANAGER};
+
+/// The experiments of `namespace` carrying `label=value` and owned by the object `owner_uid`.
+/// Ones with the label but another owner (left by a deleted parent of the same name) come back
+/// separately, so the caller can clear them out of the way.
+pub async fn list(
+    client: &Client,
+    namespace: &str,
+    label: &str,
+    value: &str,
+    owner_uid: &str,
+) -> Result<(Vec<ChaosExperiment>, Vec<ChaosExperiment>), kube::Error> {
+    let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), namespace);
+    let all = api
+        .list(&ListParams::default().labels(&format!("{label}={value}")))
+        .await?
+        .items;
+    Ok(all.into_iter().partition(|e| {
+        e.owner_references()
+            .iter()
+            .any(|o| o.uid == owner_uid && o.controller == Some(true))
+    }))
+}
+
+/// A ChaosExperiment owned (as controller) by `owner`.
+pub fn experiment(
+    owner: OwnerReference,
+    namespace: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    spec: ChaosExperimentSpec,
+) -> ChaosExperiment {
+    ChaosExperiment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+/// Creates `experiment`; one that already exists (an earlier attempt got through) is fine.
+pub async fn create(client: &Client, experiment: &ChaosExperiment) -> Result<(), kube::Error> {
+    let api: Api<ChaosExperiment> =
+        Api::namespaced(client.clone(), &experiment.namespace().unwrap_or_default());
+    match api.create(&PostParams::default(), experiment).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Sets the abort annotation on an experiment, the way `faultline abort` does.
+pub async fn request_abort(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({ "metadata": { "annotations": { ABORT_ANNOTATION: reason } } });
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Deletes a finished experiment (its finalizer still makes sure nothing is left behind).
+pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), namespace);
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Writes `status` over `object`'s (server-side apply, our field manager), conditional on the
+/// resourceVersion we decided on: a decision made on a stale copy gets a 409 instead of
+/// overwriting a newer status. A status that would not change is not written.
+pub async fn write_status<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned,
+    K: std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current.is_some_and(|c| {
+        c == status || serde_json::to_value(c).ok() == serde_json::to_value(status).ok()
+    }) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "resourceVersion": object.resource_version() },
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The Events recorder of the controllers that own experiments.
+pub fn recorder(client: &Client) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "faultline-controller".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    )
+}
+
+/// Publishes an Event on `object`; one that cannot be published is logged, never fatal (status
+/// holds the same facts).
+pub async fn publish<K>(recorder: &Recorder, object: &K, warning: bool, reason: &str, note: &str)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut note = note.to_string();
+    note.truncate(1024);
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &object.object_ref(&())).await {
+        warn!(%error, reason, "could not publish event");
+    }
+}
