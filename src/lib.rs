@@ -36,5 +36,6 @@ pub mod probes;
 pub mod reference;
 pub mod report;
 pub mod sandbox;
+pub mod schedule;
 pub mod selection;
 pub mod validate;

@@ -17,7 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use tracing::warn;
 
-use crate::api::{ABORT_ANNOTATION, ChaosExperiment, ChaosExperimentSpec, FIELD_MANAGER};
+use crate::api::{ABORT_ANNOTATION, ChaosExperiment, ChaosExperimentSpec};
 
 /// The experiments of `namespace` carrying `label=value` and owned by the object `owner_uid`.
 /// Ones with the label but another owner (left by a deleted parent of the same name) come back
@@ -108,9 +108,11 @@ pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), 
     }
 }
 
-/// Writes `status` over `object`'s (server-side apply, our field manager), conditional on the
-/// resourceVersion we decided on: a decision made on a stale copy gets a 409 instead of
-/// overwriting a newer status. A status that would not change is not written.
+/// Replaces `object`'s status with `status` (a PUT of the status subresource: fields that are
+/// gone from `status` go from the object too, which an apply would only do on a server that
+/// tracks field ownership). Conditional on the resourceVersion we decided on: a decision made on
+/// a stale copy gets a 409 instead of overwriting a newer status. A status that would not
+/// change is not written.
 pub async fn write_status<K, S>(
     client: &Client,
     object: &K,
@@ -119,7 +121,7 @@ pub async fn write_status<K, S>(
 ) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned,
-    K: std::fmt::Debug,
+    K: Serialize + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if current.is_some_and(|c| {
@@ -128,18 +130,11 @@ where
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": { "resourceVersion": object.resource_version() },
-        "status": status,
-    });
-    api.patch_status(
-        &object.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
+    let mut body = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    body["status"] = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+    let body: K = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+    api.replace_status(&object.name_any(), &PostParams::default(), &body)
+        .await?;
     Ok(())
 }
 
@@ -176,4 +171,12 @@ where
     if let Err(error) = recorder.publish(&event, &object.object_ref(&())).await {
         warn!(%error, reason, "could not publish event");
     }
+}
+
+/// A Kubernetes timestamp as chrono's.
+pub fn to_chrono(
+    t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().unsigned_abs())
+        .unwrap_or_else(chrono::Utc::now)
 }

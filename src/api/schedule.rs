@@ -32,7 +32,7 @@ use super::{common::Condition, experiment::ChaosExperimentSpec, status::Verdict}
         name = "Last",
         type_ = "date",
         json_path = ".status.lastScheduleTime",
-        description = "When an experiment was last started"
+        description = "The last scheduled time handled (run or skipped)"
     ),
     printcolumn(
         name = "Next",
@@ -70,8 +70,9 @@ pub struct ChaosScheduleSpec {
     /// Pause the schedule without deleting it.
     #[serde(default)]
     pub suspend: bool,
-    /// A run that could not start within this many seconds of its time is skipped and
-    /// recorded as missed.
+    /// A run that could not start within this many seconds of its time (the controller was
+    /// down, the schedule was suspended) is skipped and recorded as missed, never started late.
+    /// Default 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub starting_deadline_seconds: Option<i64>,
@@ -87,8 +88,8 @@ pub struct ChaosScheduleSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub allowed_windows: Vec<AllowedWindow>,
-    /// Suspend the schedule after this many failed runs in a row, with a condition saying so.
-    /// Unset never stops.
+    /// Stop starting runs after this many failed runs in a row, with a `Stopped` condition
+    /// saying so; any edit of the spec resumes. Unset never stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub stop_after_consecutive_failures: Option<i32>,
@@ -162,6 +163,8 @@ pub struct ExperimentTemplate {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChaosScheduleStatus {
+    /// The last scheduled time handled: a run started, or skipped (and counted in
+    /// `missedRuns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,8 +172,14 @@ pub struct ChaosScheduleStatus {
     /// Experiments of this schedule that are still running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active: Vec<String>,
+    /// The verdict of the latest finished run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verdict: Option<Verdict>,
+    /// The scheduled time of the latest finished run counted in `lastVerdict` and
+    /// `consecutiveFailures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_finished_schedule_time: Option<DateTime<Utc>>,
+    /// Finished runs in a row whose verdict was not Passed. Editing the spec resets it.
     #[serde(default)]
     pub consecutive_failures: i32,
     /// Runs skipped because they fell outside every window or missed their starting deadline.
@@ -178,7 +187,8 @@ pub struct ChaosScheduleStatus {
     pub missed_runs: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Active`, and `Stopped` when stopAfterConsecutiveFailures tripped.
+    /// `Active` (False while suspended, stopped or invalid, with the reason), and `Stopped`
+    /// when stopAfterConsecutiveFailures tripped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -339,9 +339,14 @@ pub async fn run(
     // GameDays and ChaosSchedules only create experiments; they run in the same process, on
     // the same lease, and stop with it.
     let shutdown = shutdown.shared();
+    let paused_ctx = ctx.clone();
     let owners = futures::future::join(
         crate::gameday::run(ctx.client.clone(), shutdown.clone()),
-        std::future::ready(()),
+        crate::schedule::run(
+            ctx.client.clone(),
+            Arc::new(move || paused_ctx.caches.paused()),
+            shutdown.clone(),
+        ),
     );
     // No debounce: it would delay the reconcile a probe's violation triggers, i.e. every abort.
     let experiments = Controller::for_stream(experiment_events, experiment_store)

@@ -112,7 +112,7 @@ async fn reconcile(
         generation: gameday.metadata.generation,
         created_at: gameday
             .creation_timestamp()
-            .map_or_else(Utc::now, |t| convert_time(&t)),
+            .map_or_else(Utc::now, |t| owned::to_chrono(&t)),
         abort_requested: annotations.get(ABORT_ANNOTATION).map(String::as_str),
         approved_stage: annotations
             .get(APPROVE_STAGE_ANNOTATION)
@@ -124,11 +124,6 @@ async fn reconcile(
     tracing::debug!(?plan, "planned");
     act(&ctx, gameday, &plan).await?;
     Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC)))
-}
-
-fn convert_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> chrono::DateTime<Utc> {
-    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
-        .unwrap_or_else(Utc::now)
 }
 
 fn child(experiment: &ChaosExperiment) -> Child {

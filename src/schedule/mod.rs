@@ -1,0 +1,232 @@
+//! Runs ChaosSchedules: observe the schedule and the experiments it owns, `plan::plan` (pure),
+//! then create, abort or prune experiments and record the status.
+
+pub mod plan;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{Controller, WatchStreamExt, controller::Action, events::Recorder, watcher},
+};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::api::{
+    ABORT_ANNOTATION, ChaosExperiment, ChaosSchedule, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION,
+};
+use crate::owned_experiments as owned;
+use plan::{Child, Observed, Plan};
+
+/// Whether chaos is paused cluster-wide, as the experiment controller's cache sees it.
+pub type PausedSwitch = Arc<dyn Fn() -> bool + Send + Sync>;
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    paused: PausedSwitch,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action} for the schedule: {source}")]
+struct Error {
+    action: &'static str,
+    #[source]
+    source: kube::Error,
+}
+
+fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error { action, source }
+}
+
+/// Runs the ChaosSchedule controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    paused: PausedSwitch,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context {
+        recorder: owned::recorder(&client),
+        client: client.clone(),
+        paused,
+    });
+    // A run that finishes triggers its schedule at once (history, failure count).
+    let children = watcher(
+        Api::<DeserializeGuard<ChaosExperiment>>::all(client.clone()),
+        watcher::Config::default().labels(SCHEDULE_LABEL),
+    )
+    .default_backoff()
+    .touched_objects();
+    info!("schedule controller starting");
+    Controller::new(
+        Api::<DeserializeGuard<ChaosSchedule>>::all(client),
+        watcher::Config::default(),
+    )
+    .owns_stream(children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+    info!("schedule controller stopped");
+}
+
+#[instrument(skip(guarded, ctx), fields(schedule = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
+async fn reconcile(
+    guarded: Arc<DeserializeGuard<ChaosSchedule>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let schedule = match &guarded.0 {
+        Ok(schedule) => schedule,
+        Err(invalid) => return report_unreadable(&ctx.client, invalid).await,
+    };
+    let namespace = schedule.namespace().unwrap_or_default();
+    let name = schedule.name_any();
+    let (mine, _strays) = owned::list(
+        &ctx.client,
+        &namespace,
+        SCHEDULE_LABEL,
+        &name,
+        &schedule.uid().unwrap_or_default(),
+    )
+    .await
+    .map_err(api_error("list its experiments"))?;
+    let observed = Observed {
+        name: &name,
+        spec: &schedule.spec,
+        status: schedule.status.clone().unwrap_or_default(),
+        generation: schedule.metadata.generation,
+        created_at: schedule
+            .creation_timestamp()
+            .map_or_else(Utc::now, |t| owned::to_chrono(&t)),
+        children: mine.iter().map(child).collect(),
+        paused: (ctx.paused)(),
+        now: Utc::now(),
+    };
+    let plan = plan::plan(&observed);
+    tracing::debug!(?plan, "planned");
+    act(&ctx, schedule, &plan).await?;
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+fn child(experiment: &ChaosExperiment) -> Child {
+    let scheduled_at = experiment
+        .annotations()
+        .get(SCHEDULED_AT_ANNOTATION)
+        .and_then(|t| t.parse().ok())
+        .or_else(|| {
+            experiment
+                .creation_timestamp()
+                .map(|t| owned::to_chrono(&t))
+        })
+        .unwrap_or_else(Utc::now);
+    Child {
+        name: experiment.name_any(),
+        scheduled_at,
+        verdict: experiment.status.as_ref().and_then(|s| s.verdict),
+        abort_requested: experiment.annotations().contains_key(ABORT_ANNOTATION),
+    }
+}
+
+async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(), Error> {
+    let namespace = schedule.namespace().unwrap_or_default();
+    let name = schedule.name_any();
+    for experiment in &plan.abort {
+        let reason =
+            format!("replaced by the next run of schedule {name} (concurrencyPolicy Replace)");
+        owned::request_abort(&ctx.client, &namespace, experiment, &reason)
+            .await
+            .map_err(api_error("abort the previous run"))?;
+    }
+    if let Some(new) = &plan.create {
+        let owner = schedule
+            .controller_owner_ref(&())
+            .expect("a ChaosSchedule read from the API server has a name and uid");
+        let experiment = owned::experiment(
+            owner,
+            &namespace,
+            &new.name,
+            new.labels.clone(),
+            new.annotations.clone(),
+            new.spec.clone(),
+        );
+        if let Err(source) = owned::create(&ctx.client, &experiment).await {
+            let note = format!("could not create experiment {}: {source}", new.name);
+            owned::publish(&ctx.recorder, schedule, true, "CreateFailed", &note).await;
+            return Err(Error {
+                action: "create the run's experiment",
+                source,
+            });
+        }
+    }
+    owned::write_status(
+        &ctx.client,
+        schedule,
+        schedule.status.as_ref(),
+        &plan.status,
+    )
+    .await
+    .map_err(api_error("write the status"))?;
+    // Pruned only once the status that stopped counting on them is written.
+    for old in &plan.delete {
+        owned::delete(&ctx.client, &namespace, old)
+            .await
+            .map_err(api_error("delete a run beyond the history limit"))?;
+    }
+    for note in &plan.notes {
+        info!(reason = note.reason, message = %note.message, "schedule");
+        owned::publish(
+            &ctx.recorder,
+            schedule,
+            note.warning,
+            note.reason,
+            &note.message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// A schedule that bypassed the schema: say so in its status; nothing runs.
+async fn report_unreadable(
+    client: &Client,
+    invalid: &kube::core::error_boundary::InvalidObject,
+) -> Result<Action, Error> {
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
+    warn!(schedule = %name, %namespace, error = %invalid.error, "schedule cannot be read");
+    let resource = ApiResource::erase::<ChaosSchedule>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let message = format!(
+        "the schedule cannot be read, so no run starts: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
+        invalid.error
+    );
+    let status = json!({ "status": {
+        "conditions": [{ "type": "Active", "status": "False", "reason": "InvalidSpec",
+                          "message": message, "lastTransitionTime": Utc::now() }],
+    }});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .map_err(api_error("report that it cannot be read"))?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(
+    schedule: Arc<DeserializeGuard<ChaosSchedule>>,
+    error: &Error,
+    _: Arc<Context>,
+) -> Action {
+    if let kube::Error::Api(status) = &error.source
+        && status.code == 409
+    {
+        return Action::await_change();
+    }
+    warn!(schedule = %schedule.name_any(), %error, "schedule reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
