@@ -19,6 +19,9 @@ use tracing::warn;
 
 use crate::api::{ABORT_ANNOTATION, ChaosExperiment, ChaosExperimentSpec};
 
+/// Whether chaos is paused cluster-wide, as the experiment controller's cache sees it.
+pub type PausedSwitch = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// The experiments of `namespace` carrying `label=value` and owned by the object `owner_uid`.
 /// Ones with the label but another owner (left by a deleted parent of the same name) come back
 /// separately, so the caller can clear them out of the way.
@@ -75,14 +78,19 @@ pub async fn create(client: &Client, experiment: &ChaosExperiment) -> Result<(),
     }
 }
 
-/// Sets the abort annotation on an experiment, the way `faultline abort` does.
-pub async fn request_abort(
+/// Sets the abort annotation on an experiment or a GameDay (what `faultline abort` does). One
+/// that is gone already is fine.
+pub async fn request_abort<K>(
     client: &Client,
     namespace: &str,
     name: &str,
     reason: &str,
-) -> Result<(), kube::Error> {
-    let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), namespace);
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned,
+    K: std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let patch = json!({ "metadata": { "annotations": { ABORT_ANNOTATION: reason } } });
     match api
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -369,11 +369,11 @@ fn runnable_examples_probe_and_select_what_the_workloads_define() {
         let file = &example.file;
         let documents = parse_documents(&read(file), file);
         assert!(!documents.is_empty(), "{file} is empty");
-        for experiment in &documents {
-            assert_eq!(
-                experiment["kind"], "ChaosExperiment",
-                "{file}: `faultline run` runs ChaosExperiments"
-            );
+        let experiments: Vec<Value> = documents
+            .iter()
+            .flat_map(|d| as_experiments(d, file))
+            .collect();
+        for experiment in &experiments {
             let namespace = namespace_of(experiment);
             assert!(
                 opted_in.contains(namespace),
@@ -463,6 +463,38 @@ fn runnable_examples_probe_and_select_what_the_workloads_define() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The experiments a document makes: itself, or a GameDay's stage experiments each with the
+/// day's probes added (as the controller creates them).
+fn as_experiments(document: &Value, file: &str) -> Vec<Value> {
+    match document["kind"].as_str() {
+        Some("ChaosExperiment") => vec![document.clone()],
+        Some("GameDay") => {
+            let day_probes = document["spec"]["steadyState"]["probes"].clone();
+            let mut out = Vec::new();
+            for stage in document["spec"]["stages"].as_array().unwrap() {
+                for experiment in stage["experiments"].as_array().unwrap() {
+                    let mut spec = experiment["spec"].clone();
+                    let mut probes = spec["steadyState"]["probes"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    probes.extend(day_probes.as_array().cloned().unwrap_or_default());
+                    spec["steadyState"] = serde_json::json!({ "probes": probes });
+                    out.push(serde_json::json!({
+                        "kind": "ChaosExperiment",
+                        "metadata": document["metadata"].clone(),
+                        "spec": spec,
+                    }));
+                }
+            }
+            out
+        }
+        other => {
+            panic!("{file}: `faultline run` runs ChaosExperiments and GameDays, not {other:?}")
         }
     }
 }

@@ -517,8 +517,14 @@ fn the_controller_may_do_exactly_what_its_code_does() {
         perms(&[
             (
                 "faultline.dev/chaosexperiments",
-                &["get", "list", "watch", "patch"]
+                &["get", "list", "watch", "create", "patch", "delete"]
             ),
+            ("faultline.dev/gamedays", &["get", "list", "watch"]),
+            ("faultline.dev/chaosschedules", &["get", "list", "watch"]),
+            ("faultline.dev/gamedays/status", &["update"]),
+            ("faultline.dev/chaosschedules/status", &["update"]),
+            ("faultline.dev/gamedays/finalizers", &["update"]),
+            ("faultline.dev/chaosschedules/finalizers", &["update"]),
             ("faultline.dev/chaosexperiments/status", &["patch"]),
             ("faultline.dev/chaosexperiments/finalizers", &["update"]),
             (

@@ -1,7 +1,7 @@
 //! `faultline abort`, `faultline pause` and `faultline resume`: the emergency stops.
 //!
-//! `abort` annotates experiments with `faultline.dev/abort`; the controller reverts their faults
-//! and ends them as Aborted. `pause` sets the cluster-wide switch (ConfigMap `faultline-pause`
+//! `abort` annotates experiments (and with `--all`, game days) with `faultline.dev/abort`; the
+//! controller reverts their faults and ends them as Aborted. `pause` sets the cluster-wide switch (ConfigMap `faultline-pause`
 //! in the controller's namespace): every running experiment aborts and no new one injects until
 //! `resume`.
 
@@ -13,12 +13,12 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, ObjectMeta, Patch, PatchParams},
 };
-use serde_json::json;
 
 use crate::{
-    api::{ABORT_ANNOTATION, ChaosExperiment},
+    api::{ChaosExperiment, GameDay},
     controller::PAUSE_CONFIGMAP,
     manifest::CLI_FIELD_MANAGER,
+    owned_experiments::request_abort,
 };
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ pub struct AbortArgs {
     /// Its namespace. Default: the kubeconfig's namespace.
     #[arg(short, long)]
     namespace: Option<String>,
-    /// Abort every experiment that has not finished, in every namespace.
+    /// Abort every experiment and game day that has not finished, in every namespace.
     #[arg(long)]
     all: bool,
     /// Why (recorded in the annotation and shown in the experiment's status).
@@ -83,33 +83,35 @@ impl AbortArgs {
         };
         for experiment in &targets {
             let namespace = experiment.namespace().unwrap_or_default();
-            request_abort(&client, &namespace, &experiment.name_any(), &reason).await?;
+            request_abort::<ChaosExperiment>(&client, &namespace, &experiment.name_any(), &reason)
+                .await?;
+            println!("abort requested: {namespace}/{}", experiment.name_any());
+        }
+        // An emergency stop also stops game days from starting their next stage.
+        let gamedays = if all {
+            Api::<GameDay>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|g| g.status.as_ref().is_none_or(|s| s.verdict.is_none()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for gameday in &gamedays {
+            let namespace = gameday.namespace().unwrap_or_default();
+            request_abort::<GameDay>(&client, &namespace, &gameday.name_any(), &reason).await?;
             println!(
-                "abort requested: {}/{}",
-                experiment.namespace().unwrap_or_default(),
-                experiment.name_any()
+                "abort requested: gameday {namespace}/{}",
+                gameday.name_any()
             );
         }
-        if targets.is_empty() {
+        if targets.is_empty() && gamedays.is_empty() {
             println!("no running experiment to abort");
         }
         Ok(ExitCode::SUCCESS)
     }
-}
-
-/// Asks the controller to abort one experiment: sets the abort annotation to `reason`. Also
-/// used by `faultline run` when it is interrupted.
-pub(super) async fn request_abort(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    reason: &str,
-) -> Result<(), kube::Error> {
-    let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), namespace);
-    let patch = json!({ "metadata": { "annotations": { ABORT_ANNOTATION: reason } } });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(drop)
 }
 
 impl PauseArgs {

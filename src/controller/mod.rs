@@ -340,13 +340,11 @@ pub async fn run(
     // the same lease, and stop with it.
     let shutdown = shutdown.shared();
     let paused_ctx = ctx.clone();
+    let paused: crate::owned_experiments::PausedSwitch =
+        Arc::new(move || paused_ctx.caches.paused());
     let owners = futures::future::join(
-        crate::gameday::run(ctx.client.clone(), shutdown.clone()),
-        crate::schedule::run(
-            ctx.client.clone(),
-            Arc::new(move || paused_ctx.caches.paused()),
-            shutdown.clone(),
-        ),
+        crate::gameday::run(ctx.client.clone(), paused.clone(), shutdown.clone()),
+        crate::schedule::run(ctx.client.clone(), paused, shutdown.clone()),
     );
     // No debounce: it would delay the reconcile a probe's violation triggers, i.e. every abort.
     let experiments = Controller::for_stream(experiment_events, experiment_store)

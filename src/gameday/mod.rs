@@ -32,6 +32,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 struct Context {
     client: Client,
     recorder: Recorder,
+    paused: owned::PausedSwitch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +52,13 @@ fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
 /// Runs the GameDay controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
+    paused: owned::PausedSwitch,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context {
         recorder: owned::recorder(&client),
         client: client.clone(),
+        paused,
     });
     // Only the experiments GameDays created, each change mapped to its GameDay (reconcile lists
     // them fresh). Guarded: one unreadable experiment must not stall the stream.
@@ -118,6 +121,7 @@ async fn reconcile(
             .get(APPROVE_STAGE_ANNOTATION)
             .map(String::as_str),
         children,
+        paused: (ctx.paused)(),
         now: Utc::now(),
     };
     let plan = plan::plan(&observed);
@@ -152,7 +156,7 @@ async fn act(ctx: &Context, gameday: &GameDay, plan: &Plan) -> Result<(), Error>
     }
     for experiment in &plan.abort {
         let reason = format!("game day {name} is aborting");
-        owned::request_abort(&ctx.client, &namespace, experiment, &reason)
+        owned::request_abort::<ChaosExperiment>(&ctx.client, &namespace, experiment, &reason)
             .await
             .map_err(api_error("ask an experiment to abort"))?;
     }

@@ -68,8 +68,13 @@ pub struct Observed<'a> {
     /// The approve-stage annotation's value, when set.
     pub approved_stage: Option<&'a str>,
     pub children: Vec<Child>,
+    /// Chaos is paused cluster-wide: no stage starts.
+    pub paused: bool,
     pub now: DateTime<Utc>,
 }
+
+/// How often a paused GameDay looks whether chaos was resumed.
+const PAUSED_RECHECK: Duration = Duration::from_secs(10);
 
 /// An experiment to create.
 #[derive(Clone, Debug, PartialEq)]
@@ -404,6 +409,29 @@ fn start_stage(o: &Observed, p: &mut Plan, index: usize) -> bool {
             });
         }
         return false;
+    }
+    if o.paused {
+        let message = format!(
+            "chaos is paused cluster-wide: stage {} starts after `faultline resume`",
+            stage.name
+        );
+        if p.status.message.as_deref() != Some(message.as_str()) {
+            p.notes.push(Note {
+                warning: true,
+                reason: "StageHeld",
+                message: message.clone(),
+            });
+            p.status.message = Some(message);
+        }
+        p.requeue_after = Some(PAUSED_RECHECK);
+        return false;
+    }
+    if p.status
+        .message
+        .as_deref()
+        .is_some_and(|m| m.starts_with("chaos is paused"))
+    {
+        p.status.message = None;
     }
     let mut experiments = Vec::new();
     let mut problems = Vec::new();

@@ -49,6 +49,7 @@ struct Day {
     children: Vec<Child>,
     abort: Option<&'static str>,
     approved: Option<&'static str>,
+    paused: bool,
 }
 
 impl Day {
@@ -59,6 +60,7 @@ impl Day {
             children: Vec::new(),
             abort: None,
             approved: None,
+            paused: false,
         }
     }
 
@@ -74,6 +76,7 @@ impl Day {
             abort_requested: self.abort,
             approved_stage: self.approved,
             children: self.children.clone(),
+            paused: self.paused,
             now,
         };
         let plan = plan(&observed);
@@ -434,4 +437,23 @@ fn worst_verdict_ranks_like_the_exit_codes() {
     assert_eq!(worst([Passed, Failed, Aborted]), Aborted);
     assert_eq!(worst([Aborted, Error]), Error);
     assert_eq!(worst([]), Passed);
+}
+
+#[test]
+fn no_stage_starts_while_chaos_is_paused() {
+    let mut day = Day::new(three_stages("Abort"));
+    day.paused = true;
+    let plan = day.step(t(0));
+    assert!(plan.create.is_empty());
+    assert_eq!(reasons(&plan), ["GameDayStarted", "StageHeld"]);
+    assert_eq!(plan.requeue_after, Some(PAUSED_RECHECK));
+    assert_eq!(
+        day.status.message.as_deref(),
+        Some("chaos is paused cluster-wide: stage kill starts after `faultline resume`")
+    );
+    // Said once.
+    assert!(day.step(t(10)).notes.is_empty());
+    day.paused = false;
+    assert_eq!(names(&day.step(t(20))), ["shop-kill-checkout"]);
+    assert_eq!(day.status.message, None);
 }

@@ -22,13 +22,10 @@ use crate::api::{
 use crate::owned_experiments as owned;
 use plan::{Child, Observed, Plan};
 
-/// Whether chaos is paused cluster-wide, as the experiment controller's cache sees it.
-pub type PausedSwitch = Arc<dyn Fn() -> bool + Send + Sync>;
-
 struct Context {
     client: Client,
     recorder: Recorder,
-    paused: PausedSwitch,
+    paused: owned::PausedSwitch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +43,7 @@ fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
 /// Runs the ChaosSchedule controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
-    paused: PausedSwitch,
+    paused: owned::PausedSwitch,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context {
@@ -140,7 +137,7 @@ async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(),
     for experiment in &plan.abort {
         let reason =
             format!("replaced by the next run of schedule {name} (concurrencyPolicy Replace)");
-        owned::request_abort(&ctx.client, &namespace, experiment, &reason)
+        owned::request_abort::<ChaosExperiment>(&ctx.client, &namespace, experiment, &reason)
             .await
             .map_err(api_error("abort the previous run"))?;
     }

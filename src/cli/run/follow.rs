@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     api::{ChaosExperiment, GameDay, GoDuration, Phase, Verdict},
-    cli::stop::request_abort,
+    owned_experiments::request_abort,
 };
 
 pub(super) struct Options {
@@ -183,6 +183,14 @@ impl Follower<'_> {
             .iter()
             .filter(|s| !s.done())
             .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect()
+    }
+
+    fn unfinished_gamedays(&self) -> Vec<(String, String)> {
+        self.gamedays
+            .iter()
+            .filter(|g| !g.done())
+            .map(|g| (g.namespace.clone(), g.name.clone()))
             .collect()
     }
 
@@ -379,6 +387,15 @@ pub(super) async fn follow(client: &Client, created: Vec<Created>, options: &Opt
             f.printer.line(
                 "interrupted: aborting every experiment still going and waiting for its faults to be reverted (again to stop waiting)",
             );
+            // Game days first, so that none starts its next stage meanwhile.
+            for (ns, name) in f.unfinished_gamedays() {
+                let reason = "interrupted: faultline run got Ctrl-C or SIGTERM";
+                if let Err(e) = request_abort::<GameDay>(f.client, &ns, &name, reason).await {
+                    f.printer.line(&format!(
+                        "could not request the abort of gameday {ns}/{name}: {e}; run `kubectl annotate gameday {name} -n {ns} faultline.dev/abort=stop`"
+                    ));
+                }
+            }
             for (ns, name) in f.unfinished() {
                 abort(&mut f, &ns, &name).await;
             }
@@ -409,7 +426,7 @@ pub(super) async fn follow(client: &Client, created: Vec<Created>, options: &Opt
 
 async fn abort(f: &mut Follower<'_>, namespace: &str, name: &str) {
     let reason = "interrupted: faultline run got Ctrl-C or SIGTERM";
-    match request_abort(f.client, namespace, name, reason).await {
+    match request_abort::<ChaosExperiment>(f.client, namespace, name, reason).await {
         Ok(()) => f.printer.line(&format!("abort requested: {namespace}/{name}")),
         Err(e) => f.printer.line(&format!(
             "could not request the abort of {namespace}/{name}: {e}; run `faultline abort {name} -n {namespace}`"
