@@ -113,7 +113,7 @@ fn a_run_starts_at_each_occurrence_with_the_templates_labels_and_its_time() {
         "2026-11-23T10:00:00+00:00"
     );
     assert_eq!(s.status.last_schedule_time, Some(at(10, 0)));
-    assert_eq!(s.status.active, [new.name.clone()]);
+    assert_eq!(s.status.active, std::slice::from_ref(&new.name));
     assert_eq!(s.status.next_schedule_time, Some(at(10, 10)));
     // Looking again within the same minute starts nothing more.
     assert!(s.step(at(10, 0)).create.is_none());

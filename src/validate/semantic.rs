@@ -45,6 +45,18 @@ pub fn check(kind: &str, object: &Value) -> Option<SemanticReport> {
         "ChaosSchedule" => match serde_json::from_value::<ChaosSchedule>(object.clone()) {
             Ok(schedule) => {
                 let spec = &schedule.spec;
+                let name = schedule.metadata.name.as_deref().unwrap_or_default();
+                let example = crate::schedule::plan::run_name(name, chrono::Utc::now());
+                if example.len() > 63 {
+                    out.push(Finding::new(
+                        "metadata.name",
+                        format!(
+                            "its runs would be named like {example} ({} characters, over Kubernetes' 63): shorten the name to at most {} characters",
+                            example.len(),
+                            63 - (example.len() - name.len())
+                        ),
+                    ));
+                }
                 check_cron(&spec.schedule, "spec.schedule", &mut out);
                 check_time_zone(spec.time_zone.as_deref(), "spec.timeZone", &mut out);
                 check_experiment(
@@ -92,7 +104,28 @@ fn check_game_day(day: &GameDay, out: &mut Vec<Finding>) {
         let names = stage.experiments.iter().map(|e| e.name.as_str());
         duplicates(names, &experiments_path, "experiment", out);
         for (j, experiment) in stage.experiments.iter().enumerate() {
-            let path = sub(&join_index(&experiments_path, j), "spec");
+            let experiment_path = join_index(&experiments_path, j);
+            let created = crate::gameday::plan::experiment_name(
+                day.metadata.name.as_deref().unwrap_or_default(),
+                &stage.name,
+                &experiment.name,
+            );
+            if created.len() > 63 {
+                out.push(Finding::new(
+                    &sub(&experiment_path, "name"),
+                    format!(
+                        "the experiment would be named {created} ({} characters, over Kubernetes' 63): shorten the game day, stage or experiment name",
+                        created.len()
+                    ),
+                ));
+            }
+            if let Err(problem) = crate::gameday::plan::experiment_spec(spec, &experiment.spec) {
+                out.push(Finding::new(
+                    &sub(&experiment_path, "spec.steadyState"),
+                    problem,
+                ));
+            }
+            let path = sub(&experiment_path, "spec");
             check_experiment(&experiment.spec, &path, out);
         }
     }

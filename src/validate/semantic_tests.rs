@@ -255,6 +255,46 @@ fn game_day_stages_and_their_experiments_are_checked() {
 }
 
 #[test]
+fn names_the_controller_would_create_must_fit_and_day_probes_must_not_clash() {
+    let probe = json!({"name": "up", "http": {"url": "http://shop/"}});
+    let found = findings(
+        "GameDay",
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "GameDay",
+        "metadata": {"name": "a-game-day-with-quite-a-long-name"},
+        "spec": {"steadyState": {"probes": [probe]}, "stages": [
+            {"name": "first-stage-of-the-long-day", "experiments": [
+                {"name": "kill", "spec": {"duration": "1m", "faults": [{"podKill": {}}],
+                                          "steadyState": {"probes": [probe]}}}]},
+        ]}}),
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("spec.stages[0].experiments[0].name: the experiment would be named a-game-day-with-quite-a-long-name-first-stage-of-the-long-day-kill (66 characters"),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[1].starts_with("spec.stages[0].experiments[0].spec.steadyState: the game day's probe \"up\" has the same name"),
+        "{}",
+        found[1]
+    );
+
+    let long = "s".repeat(60);
+    let found = findings(
+        "ChaosSchedule",
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosSchedule", "metadata": {"name": long},
+               "spec": {"schedule": "@daily",
+                        "experimentTemplate": {"spec": {"duration": "1m", "faults": [{"podKill": {}}]}}}}),
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("shorten the name to at most 52 characters"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
 fn other_kinds_have_no_semantic_checks() {
     assert_eq!(findings("Deployment", json!({})), ["<no semantic checks>"]);
 }
