@@ -442,3 +442,41 @@ fn applying_twice_keeps_one_set_of_rules_and_remove_leaves_none() {
     assert!(engine.active().is_empty());
     assert!(!engine.remove(&tag(8), &net).unwrap());
 }
+
+#[test]
+fn node_side_chains_of_another_agents_pods_are_not_this_agents_orphans() {
+    if !root_or_skip(
+        "agent_nfqueue::node_side_chains_of_another_agents_pods_are_not_this_agents_orphans",
+    ) {
+        return;
+    }
+    // A node namespace shared by two agents (several sandboxes on one machine): one veth of a
+    // pod of ours, one of someone else's, and one whose pod is gone.
+    let host = TestNs::new("nfqown").unwrap();
+    for ifname in ["fl-ours", "fl-theirs"] {
+        let peer = format!("{ifname}-p");
+        host.ip(&["link", "add", ifname, "type", "veth", "peer", "name", &peer])
+            .unwrap();
+    }
+    let mut script = String::from("*mangle\n");
+    for n in 1u8..=3 {
+        script.push_str(&format!(":{} - [0:0]\n", tag(n).iptables_chain()));
+    }
+    for (n, ifname) in [(1u8, "fl-ours"), (2, "fl-theirs"), (3, "fl-gone")] {
+        let chain = tag(n).iptables_chain();
+        script.push_str(&format!(
+            "-A PREROUTING -m physdev --physdev-in {ifname} -j {chain}\n-A {chain} -j NFQUEUE --queue-num {n} --queue-bypass\n"
+        ));
+    }
+    script.push_str("COMMIT\n");
+    host.netns()
+        .unwrap()
+        .command("iptables-restore", &["--noflush"], Some(&script))
+        .unwrap();
+
+    let ours = std::collections::BTreeSet::from(["fl-ours".to_string()]);
+    let found = nfqueue::owned_on_node(&host.netns().unwrap(), &ours).unwrap();
+    assert_eq!(found, [tag(1), tag(3)]);
+    // Everything is faultline's, whoever runs it.
+    assert_eq!(nfqueue::owned(&host.netns().unwrap()).unwrap().len(), 3);
+}

@@ -269,6 +269,8 @@ impl Kernel for LinuxKernel {
 
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {
         let mut found = Vec::new();
+        let host = Netns::current().ok();
+        let mut our_veths = BTreeSet::new();
         let pods = podfind::pods_on_host(&self.proc_root).unwrap_or_default();
         for (uid, pid) in pods {
             if !pod_uids.contains(&uid) {
@@ -277,6 +279,11 @@ impl Kernel for LinuxKernel {
             let Ok(ns) = Netns::of_pid(&self.proc_root, pid) else {
                 continue;
             };
+            if let Some(host) = &host
+                && let Ok(veth) = nfqueue::hostveth::host_veth(&ns, host)
+            {
+                our_veths.insert(veth);
+            }
             for tag in nft::owned(&ns).unwrap_or_default() {
                 found.push(OwnedRule {
                     description: format!("nftables table {} in pod {uid}", tag.nft_table()),
@@ -306,8 +313,8 @@ impl Kernel for LinuxKernel {
                 });
             }
         }
-        if let Ok(host) = Netns::current() {
-            for tag in nfqueue::owned(&host).unwrap_or_default() {
+        if let Some(host) = &host {
+            for tag in nfqueue::owned_on_node(host, &our_veths).unwrap_or_default() {
                 found.push(OwnedRule {
                     description: format!("NFQUEUE chain {} on the node", tag.iptables_chain()),
                     tag: Some(tag),

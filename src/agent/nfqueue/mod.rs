@@ -539,6 +539,38 @@ pub fn owned(net_ns: &Netns) -> io::Result<Vec<InjectionTag>> {
     Ok(tags.into_iter().collect())
 }
 
+/// The faultline NFQUEUE chains in the node's namespace that may be this agent's: those whose
+/// jumps name only `our_veths` (the host sides of this node's pods) or interfaces that no longer
+/// exist (their pod is gone). A chain that jumps from an interface of someone else's pod (a
+/// second agent on the same kernel, as with several sandboxes on one machine) is left alone.
+pub fn owned_on_node(host: &Netns, our_veths: &BTreeSet<String>) -> io::Result<Vec<InjectionTag>> {
+    let saved = read_all(host)?;
+    let existing: BTreeSet<String> = host
+        .run(|| {
+            nix::net::if_::if_nameindex().map(|names| {
+                names
+                    .iter()
+                    .map(|i| i.name().to_string_lossy().into_owned())
+                    .collect()
+            })
+        })?
+        .map_err(io::Error::from)?;
+    let mut tags = BTreeSet::new();
+    for tables in saved.values() {
+        for tag in tables.nfqueue_tags() {
+            let foreign = tables
+                .jumps_to(&tag.iptables_chain())
+                .iter()
+                .flat_map(|rule| rules::interfaces(&rule.line))
+                .any(|ifname| existing.contains(&ifname) && !our_veths.contains(&ifname));
+            if !foreign {
+                tags.insert(tag);
+            }
+        }
+    }
+    Ok(tags.into_iter().collect())
+}
+
 /// Whether this node can run the NFQUEUE path: in a throwaway network namespace, an iptables
 /// NFQUEUE rule can be added and deleted and a queue bound. Needs root (CAP_NET_ADMIN and
 /// CAP_SYS_ADMIN).

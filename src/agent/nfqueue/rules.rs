@@ -255,6 +255,16 @@ pub struct SavedRule {
     pub packets: u64,
 }
 
+/// The interfaces a saved rule matches on (`-i`, `-o`, `--physdev-in`, `--physdev-out`).
+pub fn interfaces(line: &str) -> Vec<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| matches!(w[0], "-i" | "-o" | "--physdev-in" | "--physdev-out"))
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
 /// The parts of one table's iptables-save output we need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Saved {
