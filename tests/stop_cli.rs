@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use faultline::api::{ChaosExperiment, ChaosExperimentSpec, all_crds};
+use faultline::api::{ChaosExperiment, ChaosExperimentSpec, GameDay, all_crds};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     Api, ResourceExt,
@@ -91,9 +91,44 @@ async fn abort_annotates_and_pause_resume_flip_the_switch() {
             .is_none()
     );
 
+    // A game day still going is stopped too: no next stage may start after an emergency stop.
+    let gamedays: Api<GameDay> = Api::namespaced(client.clone(), "default");
+    let day: GameDay = serde_json::from_value(serde_json::json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "GameDay",
+        "metadata": {"name": "drill"},
+        "spec": {"stages": [{"name": "kill", "experiments": [
+            {"name": "x", "spec": {"duration": "1m", "faults": [{"podKill": {}}]}}]}]},
+    }))
+    .unwrap();
+    gamedays.create(&PostParams::default(), &day).await.unwrap();
+
     let out = faultline(&kubeconfig, &["abort", "--all"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("abort requested: default/two"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("abort requested: default/two"), "{stdout}");
+    assert!(
+        stdout.contains("abort requested: gameday default/drill"),
+        "{stdout}"
+    );
+    assert!(
+        gamedays
+            .get("drill")
+            .await
+            .unwrap()
+            .annotations()
+            .contains_key("faultline.dev/abort")
+    );
+
+    // `status` lists the game day under the experiments.
+    let out = faultline(&kubeconfig, &["status", "-A"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("drill") && l.contains("Pending")),
+        "{stdout}"
+    );
 
     let out = faultline(&kubeconfig, &["abort", "missing", "-n", "default"]);
     assert!(

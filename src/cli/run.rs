@@ -35,7 +35,7 @@ use crate::{
     validate::{Severity, check_bytes},
 };
 
-pub(super) use create::{Created, connect, explain};
+pub(super) use create::{Cluster, Created, connect, explain};
 use create::{create, with_created};
 
 /// Usage, validation, cluster errors and timeouts.

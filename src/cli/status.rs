@@ -1,13 +1,18 @@
-//! `faultline status`: a table of experiments, those still going first.
+//! `faultline status`: a table of experiments, those still going first, then game days and
+//! schedules when there are any.
 //!
 //! Exit codes: 0 listed (also when there is nothing to list); 3 cluster errors.
 
 use std::process::ExitCode;
 
-use kube::{Api, api::ListParams};
+use kube::{Api, Resource, api::ListParams, core::NamespaceResourceScope};
+use serde::de::DeserializeOwned;
 
-use super::run::{connect, explain};
-use crate::{api::ChaosExperiment, report::table::status_table};
+use super::run::{Cluster, connect, explain};
+use crate::{
+    api::{ChaosExperiment, ChaosSchedule, GameDay},
+    report::table::{gameday_table, schedule_table, status_table},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -37,25 +42,51 @@ impl StatusArgs {
             all_namespaces,
         } = self;
         let cluster = connect().await?;
-        let (api, scope): (Api<ChaosExperiment>, String) = if all_namespaces {
-            (Api::all(cluster.client.clone()), "any namespace".into())
-        } else {
-            let namespace = namespace.unwrap_or_else(|| cluster.namespace.clone());
-            (
-                Api::namespaced(cluster.client.clone(), &namespace),
-                format!("namespace {namespace}"),
-            )
-        };
-        let experiments = api
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| explain(&e, &cluster, &format!("listing experiments in {scope}")))?
-            .items;
+        let namespace =
+            (!all_namespaces).then(|| namespace.unwrap_or_else(|| cluster.namespace.clone()));
+        let scope = namespace
+            .as_ref()
+            .map_or_else(|| "any namespace".into(), |ns| format!("namespace {ns}"));
+        let experiments: Vec<ChaosExperiment> =
+            list(&cluster, namespace.as_deref(), "experiments", &scope).await?;
+        let gamedays: Vec<GameDay> =
+            list(&cluster, namespace.as_deref(), "game days", &scope).await?;
+        let schedules: Vec<ChaosSchedule> =
+            list(&cluster, namespace.as_deref(), "schedules", &scope).await?;
+        let now = chrono::Utc::now();
         if experiments.is_empty() {
             println!("no experiments in {scope}");
-            return Ok(());
+        } else {
+            print!("{}", status_table(&experiments, now));
         }
-        print!("{}", status_table(&experiments, chrono::Utc::now()));
+        if !gamedays.is_empty() {
+            print!("\n{}", gameday_table(&gamedays, now));
+        }
+        if !schedules.is_empty() {
+            print!("\n{}", schedule_table(&schedules, now));
+        }
         Ok(())
     }
+}
+
+async fn list<K>(
+    cluster: &Cluster,
+    namespace: Option<&str>,
+    what: &str,
+    scope: &str,
+) -> Result<Vec<K>, String>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(cluster.client.clone(), ns),
+        None => Api::all(cluster.client.clone()),
+    };
+    api.list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|e| explain(&e, cluster, &format!("listing {what} in {scope}")))
 }
