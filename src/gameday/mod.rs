@@ -4,6 +4,7 @@
 //! experiments, whose finalizers revert whatever they injected.
 
 pub mod plan;
+pub mod stage;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 

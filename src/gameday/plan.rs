@@ -10,17 +10,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::stage::{skip_pending_stages, stage_finished, start_stage};
 use crate::api::{
-    ChaosExperimentSpec, ConditionStatus, GameDaySpec, GameDayStage, GameDayStageStatus,
-    GameDayStatus, OnFailure, Verdict,
+    ChaosExperimentSpec, ConditionStatus, GameDaySpec, GameDayStageStatus, GameDayStatus,
+    OnFailure, Verdict,
 };
 use crate::calendar::Calendar;
 use crate::lifecycle::record::set_condition;
 
 /// How late a scheduled run may start; a later one is skipped (nobody planned to be there).
 pub const SCHEDULED_START_DEADLINE: Duration = Duration::from_secs(300);
-/// Kubernetes label values (the experiment's name is one on its FaultInjections) hold 63.
-const NAME_LIMIT: usize = 63;
 /// The longest wait between two looks at a GameDay that waits for a time.
 const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 
@@ -73,9 +72,6 @@ pub struct Observed<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// How often a paused GameDay looks whether chaos was resumed.
-const PAUSED_RECHECK: Duration = Duration::from_secs(10);
-
 /// An experiment to create.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewExperiment {
@@ -104,46 +100,6 @@ pub struct Plan {
     pub notes: Vec<Note>,
     /// When to look again if nothing changes before.
     pub requeue_after: Option<Duration>,
-}
-
-/// The name of the experiment created for `experiment` of `stage`.
-pub fn experiment_name(gameday: &str, stage: &str, experiment: &str) -> String {
-    format!("{gameday}-{stage}-{experiment}")
-}
-
-/// The spec of a stage's experiment: its own, with the day's probes added (the day's recovery
-/// timeout applies when the experiment has no hypothesis of its own).
-pub fn experiment_spec(
-    day: &GameDaySpec,
-    own: &ChaosExperimentSpec,
-) -> Result<ChaosExperimentSpec, String> {
-    let mut spec = own.clone();
-    let Some(global) = &day.steady_state else {
-        return Ok(spec);
-    };
-    let merged = match spec.steady_state.take() {
-        None => global.clone(),
-        Some(mut own_state) => {
-            for probe in &global.probes {
-                if own_state.probes.iter().any(|p| p.name == probe.name) {
-                    return Err(format!(
-                        "the game day's probe {:?} has the same name as one of the experiment's own; rename one of them",
-                        probe.name
-                    ));
-                }
-            }
-            own_state.probes.extend(global.probes.iter().cloned());
-            own_state
-        }
-    };
-    if merged.probes.len() > 32 {
-        return Err(format!(
-            "with the game day's probes the experiment would have {} probes; at most 32 fit",
-            merged.probes.len()
-        ));
-    }
-    spec.steady_state = Some(merged);
-    Ok(spec)
 }
 
 pub fn plan(o: &Observed) -> Plan {
@@ -280,7 +236,7 @@ fn late(now: DateTime<Utc>, due: DateTime<Utc>) -> bool {
     (now - due).to_std().unwrap_or_default() > SCHEDULED_START_DEADLINE
 }
 
-fn until(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
+pub(super) fn until(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     (then - now)
         .to_std()
         .unwrap_or_default()
@@ -298,7 +254,7 @@ fn fresh_stages(spec: &GameDaySpec) -> Vec<GameDayStageStatus> {
         .collect()
 }
 
-fn current_run<'a>(o: &'a Observed, run: i64) -> impl Iterator<Item = &'a Child> {
+pub(super) fn current_run<'a>(o: &'a Observed, run: i64) -> impl Iterator<Item = &'a Child> {
     o.children.iter().filter(move |c| c.run == run)
 }
 
@@ -378,169 +334,6 @@ fn running(o: &Observed, p: &mut Plan) {
     finish(o, p, verdict, message);
 }
 
-/// Starts stage `index` if its pause and approval allow. Returns false while it has to wait.
-fn start_stage(o: &Observed, p: &mut Plan, index: usize) -> bool {
-    let stage: &GameDayStage = &o.spec.stages[index];
-    if index > 0
-        && let Some(pause) = &o.spec.stages[index - 1].pause_after
-        && let Ok(pause) = pause.parse()
-        && let Some(previous_end) = p.status.stages[index - 1].finished_at
-    {
-        let ready = previous_end + chrono::Duration::from_std(pause).unwrap_or_default();
-        if o.now < ready {
-            p.status.stages[index].phase = stage_phase::PAUSED.into();
-            p.requeue_after = Some(until(o.now, ready));
-            return false;
-        }
-    }
-    if stage.require_approval && o.approved_stage != Some(stage.name.as_str()) {
-        if p.status.stages[index].phase != stage_phase::WAITING_FOR_APPROVAL {
-            p.status.stages[index].phase = stage_phase::WAITING_FOR_APPROVAL.into();
-            p.notes.push(Note {
-                warning: false,
-                reason: "StageAwaitingApproval",
-                message: format!(
-                    "stage {} waits for approval: kubectl annotate gameday {} {}={} --overwrite",
-                    stage.name,
-                    o.name,
-                    crate::api::APPROVE_STAGE_ANNOTATION,
-                    stage.name
-                ),
-            });
-        }
-        return false;
-    }
-    if o.paused {
-        let message = format!(
-            "chaos is paused cluster-wide: stage {} starts after `faultline resume`",
-            stage.name
-        );
-        if p.status.message.as_deref() != Some(message.as_str()) {
-            p.notes.push(Note {
-                warning: true,
-                reason: "StageHeld",
-                message: message.clone(),
-            });
-            p.status.message = Some(message);
-        }
-        p.requeue_after = Some(PAUSED_RECHECK);
-        return false;
-    }
-    if p.status
-        .message
-        .as_deref()
-        .is_some_and(|m| m.starts_with("chaos is paused"))
-    {
-        p.status.message = None;
-    }
-    let mut experiments = Vec::new();
-    let mut problems = Vec::new();
-    for experiment in &stage.experiments {
-        let name = experiment_name(o.name, &stage.name, &experiment.name);
-        if name.len() > NAME_LIMIT {
-            problems.push(format!(
-                "experiment name {name} is {} characters, over Kubernetes' {NAME_LIMIT}: shorten the game day, stage or experiment name",
-                name.len()
-            ));
-            continue;
-        }
-        match experiment_spec(o.spec, &experiment.spec) {
-            Ok(spec) => experiments.push(NewExperiment {
-                name,
-                stage: stage.name.clone(),
-                spec,
-            }),
-            Err(problem) => problems.push(format!("experiment {}: {problem}", experiment.name)),
-        }
-    }
-    let record = &mut p.status.stages[index];
-    record.started_at = Some(o.now);
-    if !problems.is_empty() {
-        record.phase = stage_phase::FAILED.into();
-        record.verdict = Some(Verdict::Error);
-        record.finished_at = Some(o.now);
-        record.message = Some(problems.join("; "));
-        p.notes.push(Note {
-            warning: true,
-            reason: "StageFailed",
-            message: format!("stage {} cannot start: {}", stage.name, problems.join("; ")),
-        });
-        return true;
-    }
-    record.phase = stage_phase::RUNNING.into();
-    record.experiments = experiments.iter().map(|e| e.name.clone()).collect();
-    p.notes.push(Note {
-        warning: false,
-        reason: "StageStarted",
-        message: format!(
-            "stage {} started: {}",
-            stage.name,
-            record.experiments.join(", ")
-        ),
-    });
-    let existing: Vec<&str> = current_run(o, p.status.run)
-        .map(|c| c.name.as_str())
-        .collect();
-    p.create.extend(
-        experiments
-            .into_iter()
-            .filter(|e| !existing.contains(&e.name.as_str())),
-    );
-    true
-}
-
-/// Records stage `index` as finished if every experiment has a verdict; false while it runs.
-fn stage_finished(o: &Observed, p: &mut Plan, index: usize, run: i64) -> bool {
-    let record = &p.status.stages[index];
-    let mut verdicts = Vec::new();
-    let mut problems = Vec::new();
-    for name in &record.experiments {
-        match current_run(o, run).find(|c| &c.name == name) {
-            None => {
-                verdicts.push(Verdict::Error);
-                problems.push(format!("{name} was deleted before it finished"));
-            }
-            Some(Child { verdict: None, .. }) => return false,
-            Some(Child {
-                verdict: Some(verdict),
-                message,
-                ..
-            }) => {
-                verdicts.push(*verdict);
-                if !passed(*verdict) {
-                    problems.push(format!(
-                        "{name} {verdict:?}: {}",
-                        message.as_deref().unwrap_or("no reason recorded")
-                    ));
-                }
-            }
-        }
-    }
-    let verdict = worst(verdicts);
-    let name = o.spec.stages[index].name.clone();
-    let record = &mut p.status.stages[index];
-    record.verdict = Some(verdict);
-    record.finished_at = Some(o.now);
-    if passed(verdict) {
-        record.phase = stage_phase::SUCCEEDED.into();
-        record.message = None;
-        p.notes.push(Note {
-            warning: false,
-            reason: "StageSucceeded",
-            message: format!("stage {name}: every experiment {verdict:?}"),
-        });
-    } else {
-        record.phase = stage_phase::FAILED.into();
-        record.message = Some(problems.join("; "));
-        p.notes.push(Note {
-            warning: true,
-            reason: "StageFailed",
-            message: format!("stage {name} {verdict:?}: {}", problems.join("; ")),
-        });
-    }
-    true
-}
-
 fn aborting(o: &Observed, p: &mut Plan) {
     let run = p.status.run;
     let going: Vec<&Child> = current_run(o, run)
@@ -564,17 +357,6 @@ fn aborting(o: &Observed, p: &mut Plan) {
         .abort_requested
         .map_or_else(|| "abort requested".to_string(), str::to_string);
     finish(o, p, Verdict::Aborted, format!("aborted: {reason}"));
-}
-
-fn skip_pending_stages(p: &mut Plan) {
-    for stage in &mut p.status.stages {
-        if !matches!(
-            stage.phase.as_str(),
-            stage_phase::SUCCEEDED | stage_phase::FAILED
-        ) {
-            stage.phase = stage_phase::SKIPPED.into();
-        }
-    }
 }
 
 fn finish(o: &Observed, p: &mut Plan, verdict: Verdict, message: String) {
@@ -616,13 +398,13 @@ fn finish(o: &Observed, p: &mut Plan, verdict: Verdict, message: String) {
     }
 }
 
-fn passed(verdict: Verdict) -> bool {
+pub(super) fn passed(verdict: Verdict) -> bool {
     matches!(verdict, Verdict::Passed | Verdict::DryRun)
 }
 
 /// The verdict of several: the one `faultline run` would exit with the highest code for
 /// (Error, then Aborted, then Failed); all dry runs stay a dry run.
-fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+pub(super) fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
     let rank = |v: &Verdict| match v {
         Verdict::DryRun => 0,
         Verdict::Passed => 1,

@@ -2,6 +2,7 @@ use chrono::TimeZone;
 
 use super::*;
 use crate::api::GameDaySpec;
+use crate::gameday::stage::PAUSED_RECHECK;
 
 fn t(seconds: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_795_000_000 + seconds, 0).unwrap()

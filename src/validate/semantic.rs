@@ -105,7 +105,7 @@ fn check_game_day(day: &GameDay, out: &mut Vec<Finding>) {
         duplicates(names, &experiments_path, "experiment", out);
         for (j, experiment) in stage.experiments.iter().enumerate() {
             let experiment_path = join_index(&experiments_path, j);
-            let created = crate::gameday::plan::experiment_name(
+            let created = crate::gameday::stage::experiment_name(
                 day.metadata.name.as_deref().unwrap_or_default(),
                 &stage.name,
                 &experiment.name,
@@ -119,7 +119,7 @@ fn check_game_day(day: &GameDay, out: &mut Vec<Finding>) {
                     ),
                 ));
             }
-            if let Err(problem) = crate::gameday::plan::experiment_spec(spec, &experiment.spec) {
+            if let Err(problem) = crate::gameday::stage::experiment_spec(spec, &experiment.spec) {
                 out.push(Finding::new(
                     &sub(&experiment_path, "spec.steadyState"),
                     problem,
