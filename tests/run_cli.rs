@@ -519,3 +519,66 @@ async fn an_unreachable_cluster_exits_3_and_says_what_to_check() {
         .unwrap();
     assert_exit(&out, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_day_runs_its_stages_and_the_report_leads_with_them() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    // Two one-second pod-kill stages; the day's probe is the service's health.
+    let stage = |name: &str| {
+        format!(
+            "    - name: {name}\n      experiments:\n        - name: kill\n          spec:\n            duration: 1s\n            target: {{labelSelector: {{matchLabels: {{app: web}}}}, mode: One}}\n            faults: [{{podKill: {{method: delete, gracePeriodSeconds: 0}}}}]\n"
+        )
+    };
+    let manifest = bed.manifest(
+        "day.yaml",
+        &format!(
+            "apiVersion: faultline.dev/v1alpha1\nkind: GameDay\nmetadata:\n  name: drill\nspec:\n  steadyState:\n    recoveryTimeout: 10s\n    probes:\n      - name: web-healthy\n        http: {{url: \"{url}\"}}\n        interval: 500ms\n        timeout: 450ms\n  stages:\n{}{}",
+            stage("first"),
+            stage("second"),
+            url = service.url
+        ),
+    );
+    let report = bed.path("day.md");
+    let out = bed
+        .faultline(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--wait",
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .await;
+    let (stdout, _) = assert_exit(&out, 0);
+    assert!(stdout.contains("created gameday shop/drill"), "{stdout}");
+    assert!(
+        stdout.contains("gameday shop/drill stage first: Running"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("gameday shop/drill stage second: Succeeded"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("shop/drill-second-kill probe web-healthy pass 200"),
+        "the day's probe runs in the stage's experiment: {stdout}"
+    );
+    assert!(
+        stdout.contains("gameday shop/drill finished: Passed: 2 of 2 stages passed"),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(md.contains("## Game day shop/drill: **Passed**"), "{md}");
+    assert!(
+        md.contains("| first | Succeeded | Passed | drill-first-kill | - |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| second | Succeeded | Passed | drill-second-kill | - |"),
+        "{md}"
+    );
+    bed.h.stop().await;
+}

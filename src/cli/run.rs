@@ -164,7 +164,7 @@ impl RunArgs {
             ),
         ] {
             if let (Some(path), Some(format)) = (path, format) {
-                let text = format.render(&title, &outcome.experiments, now);
+                let text = format.render_run(&title, &outcome.experiments, &outcome.gamedays, now);
                 std::fs::write(path, text)
                     .map_err(|e| Usage(format!("cannot write {}: {e}", path.display())))?;
                 println!("wrote {}", path.display());

@@ -10,7 +10,7 @@ use super::{
     ExperimentSummary, summarize, svg,
     text::{clock, escape_xml as esc, offset, or_dash, phases_text, time},
 };
-use crate::api::{ChaosExperiment, ChaosExperimentStatus, Verdict};
+use crate::api::{ChaosExperiment, ChaosExperimentStatus, GameDay, Verdict};
 
 const STYLE: &str = "
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;padding:24px 32px;color:#111827;background:#fff;max-width:1200px}
@@ -46,10 +46,22 @@ pub fn render_all(
     experiments: &[ChaosExperiment],
     generated_at: DateTime<Utc>,
 ) -> String {
-    if let [one] = experiments {
+    render_run(title, experiments, &[], generated_at)
+}
+
+/// [`render_all`] for a run with game days: each day and its stages come first.
+pub fn render_run(
+    title: &str,
+    experiments: &[ChaosExperiment],
+    gamedays: &[GameDay],
+    generated_at: DateTime<Utc>,
+) -> String {
+    if let ([one], []) = (experiments, gamedays) {
         return render(one, generated_at);
     }
-    let mut body = format!(
+    let mut body = super::gameday::html(gamedays, badge);
+    let _ = write!(
+        body,
         "<h1>{}</h1>\n<table class=\"overview\"><thead><tr><th>Experiment</th><th>Verdict</th><th>Reason</th><th>Message</th></tr></thead><tbody>\n",
         esc(title)
     );

@@ -7,7 +7,7 @@ use super::{
     ExperimentSummary, summarize,
     text::{clock, escape_cell, offset, or_dash, phases_text, time},
 };
-use crate::api::{ChaosExperiment, ChaosExperimentStatus};
+use crate::api::{ChaosExperiment, ChaosExperimentStatus, GameDay};
 
 /// The report of one experiment.
 pub fn render(experiment: &ChaosExperiment) -> String {
@@ -18,10 +18,16 @@ pub fn render(experiment: &ChaosExperiment) -> String {
 
 /// The report of several experiments (one run): an overview table, then each experiment.
 pub fn render_all(experiments: &[ChaosExperiment]) -> String {
-    if let [one] = experiments {
+    render_run(experiments, &[])
+}
+
+/// [`render_all`] for a run with game days: each day and its stages come first.
+pub fn render_run(experiments: &[ChaosExperiment], gamedays: &[GameDay]) -> String {
+    if let ([one], []) = (experiments, gamedays) {
         return render(one);
     }
     let mut out = String::from("# faultline run\n\n");
+    out.push_str(&super::gameday::markdown(gamedays));
     let _ = writeln!(
         out,
         "| Experiment | Verdict | Reason |\n| --- | --- | --- |"

@@ -8,6 +8,7 @@
 //! Every renderer reads the same [`ExperimentSummary`], so the formats never disagree about
 //! what happened.
 
+pub mod gameday;
 pub mod html;
 pub mod json;
 pub mod junit;
@@ -21,7 +22,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use crate::api::ChaosExperiment;
+use crate::api::{ChaosExperiment, GameDay};
 
 pub use summary::{ExperimentSummary, ProbeSummary, summarize};
 
@@ -55,9 +56,22 @@ impl Format {
         experiments: &[ChaosExperiment],
         generated_at: DateTime<Utc>,
     ) -> String {
+        self.render_run(title, experiments, &[], generated_at)
+    }
+
+    /// [`Format::render`] for a run that included game days: Markdown and HTML lead with each
+    /// day and its stages; JSON and JUnit list the experiments (a game day's verdict is the
+    /// exit code's business).
+    pub fn render_run(
+        self,
+        title: &str,
+        experiments: &[ChaosExperiment],
+        gamedays: &[GameDay],
+        generated_at: DateTime<Utc>,
+    ) -> String {
         match self {
-            Format::Markdown => markdown::render_all(experiments),
-            Format::Html => html::render_all(title, experiments, generated_at),
+            Format::Markdown => markdown::render_run(experiments, gamedays),
+            Format::Html => html::render_run(title, experiments, gamedays, generated_at),
             // Always the list, even for one experiment: a run's file has one shape.
             Format::Json => json::to_text(&json::report_list(experiments)),
             Format::Junit => junit::render(title, experiments, generated_at),

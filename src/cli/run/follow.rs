@@ -31,7 +31,7 @@ use super::{
     print::{Printer, Seen, news, short},
 };
 use crate::{
-    api::{ChaosExperiment, GameDay, GoDuration, Phase, Verdict},
+    api::{ChaosExperiment, GameDay, GoDuration, Phase},
     owned_experiments::request_abort,
 };
 
@@ -57,7 +57,8 @@ pub(super) enum End {
 pub(super) struct Outcome {
     /// The last state seen of every experiment, in the order they were created.
     pub experiments: Vec<ChaosExperiment>,
-    pub gameday_verdicts: Vec<Option<Verdict>>,
+    /// The last state seen of every game day (a day never seen has no status).
+    pub gamedays: Vec<GameDay>,
     pub end: End,
 }
 
@@ -68,7 +69,11 @@ impl Outcome {
                 self.experiments
                     .iter()
                     .map(|e| e.status.as_ref().and_then(|s| s.verdict))
-                    .chain(self.gameday_verdicts.iter().copied()),
+                    .chain(
+                        self.gamedays
+                            .iter()
+                            .map(|g| g.status.as_ref().and_then(|s| s.verdict)),
+                    ),
             ),
             End::Interrupted | End::StoppedWaiting => 2,
             End::TimedOut | End::Deleted(_) => 3,
@@ -415,10 +420,16 @@ pub(super) async fn follow(client: &Client, created: Vec<Created>, options: &Opt
             .iter()
             .filter_map(|s| s.latest.clone())
             .collect(),
-        gameday_verdicts: f
+        gamedays: f
             .gamedays
             .iter()
-            .map(|g| g.latest.as_ref().and_then(|g| g.status.as_ref()?.verdict))
+            .map(|g| {
+                g.latest.clone().unwrap_or_else(|| {
+                    let mut unseen = GameDay::new(&g.name, Default::default());
+                    unseen.metadata.namespace = Some(g.namespace.clone());
+                    unseen
+                })
+            })
             .collect(),
         end,
     }
