@@ -2,22 +2,99 @@
 //! create them (owned, so deleting the parent deletes them and their faults), ask them to
 //! abort, delete old ones, and write the parent's status and Events. (client required)
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
+use futures::Stream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{
-        DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, PropagationPolicy,
+        ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams,
+        PostParams, PropagationPolicy,
     },
-    core::NamespaceResourceScope,
-    runtime::events::{Event, EventType, Recorder, Reporter},
+    core::{DeserializeGuard, NamespaceResourceScope, error_boundary::InvalidObject},
+    runtime::{
+        WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use tracing::warn;
 
 use crate::api::{ABORT_ANNOTATION, ChaosExperiment, ChaosExperimentSpec};
+
+/// A step of a GameDay's or ChaosSchedule's reconcile that the API server refused.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action}: {source}")]
+pub struct StepError {
+    pub action: &'static str,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// For `map_err`: the API error of `action`.
+pub fn failed(action: &'static str) -> impl FnOnce(kube::Error) -> StepError {
+    move |source| StepError { action, source }
+}
+
+/// What to do after a failed reconcile: a conflict means we decided on a stale copy and the
+/// newer one is on its way through the watch; anything else is retried shortly.
+pub fn retry_after(error: &StepError) -> Action {
+    if let kube::Error::Api(status) = &error.source
+        && status.code == 409
+    {
+        return Action::await_change();
+    }
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Something worth an Event on the owner, decided by a pure planner.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Changes to the experiments carrying `label` (any value): what GameDays and schedules watch
+/// to react at once when one of theirs moves. Guarded: one unreadable experiment must not stall
+/// the stream.
+pub fn changes_of_labelled(
+    client: &Client,
+    label: &str,
+) -> impl Stream<Item = Result<DeserializeGuard<ChaosExperiment>, watcher::Error>> + Send + 'static
+{
+    watcher(
+        Api::<DeserializeGuard<ChaosExperiment>>::all(client.clone()),
+        watcher::Config::default().labels(label),
+    )
+    .default_backoff()
+    .touched_objects()
+}
+
+/// An owner that bypassed the schema: `status` (a merge patch of the status) says why, nothing
+/// is started.
+pub async fn report_unreadable<K>(
+    client: &Client,
+    invalid: &InvalidObject,
+    status: serde_json::Value,
+) -> Result<Action, StepError>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
+    warn!(kind = %K::kind(&()), %name, %namespace, error = %invalid.error, "cannot be read");
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .map_err(failed("report that it cannot be read"))?;
+    Ok(Action::await_change())
+}
 
 /// Whether chaos is paused cluster-wide, as the experiment controller's cache sees it.
 pub type PausedSwitch = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
@@ -155,6 +232,17 @@ pub fn recorder(client: &Client) -> Recorder {
             instance: std::env::var("POD_NAME").ok(),
         },
     )
+}
+
+/// Logs and publishes the planner's notes as Events on `object`.
+pub async fn publish_notes<K>(recorder: &Recorder, object: &K, notes: &[Note])
+where
+    K: Resource<DynamicType = ()>,
+{
+    for note in notes {
+        tracing::info!(kind = %K::kind(&()), reason = note.reason, message = %note.message, "note");
+        publish(recorder, object, note.warning, note.reason, &note.message).await;
+    }
 }
 
 /// Publishes an Event on `object`; one that cannot be published is logged, never fatal (status

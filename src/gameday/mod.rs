@@ -12,9 +12,8 @@ use chrono::Utc;
 use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::{Controller, WatchStreamExt, controller::Action, events::Recorder, watcher},
+    runtime::{Controller, controller::Action, events::Recorder, watcher},
 };
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -36,20 +35,6 @@ struct Context {
     paused: owned::PausedSwitch,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum Error {
-    #[error("failed to {action} for the game day: {source}")]
-    Api {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Api { action, source }
-}
-
 /// Runs the GameDay controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -63,12 +48,7 @@ pub async fn run(
     });
     // Only the experiments GameDays created, each change mapped to its GameDay (reconcile lists
     // them fresh). Guarded: one unreadable experiment must not stall the stream.
-    let children = watcher(
-        Api::<DeserializeGuard<ChaosExperiment>>::all(client.clone()),
-        watcher::Config::default().labels(GAMEDAY_LABEL),
-    )
-    .default_backoff()
-    .touched_objects();
+    let children = owned::changes_of_labelled(&client, GAMEDAY_LABEL);
     info!("game day controller starting");
     Controller::new(
         Api::<DeserializeGuard<GameDay>>::all(client),
@@ -86,10 +66,21 @@ pub async fn run(
 async fn reconcile(
     guarded: Arc<DeserializeGuard<GameDay>>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Action, owned::StepError> {
     let gameday = match &guarded.0 {
         Ok(gameday) => gameday,
-        Err(invalid) => return report_unreadable(&ctx.client, invalid).await,
+        Err(invalid) => {
+            let message = format!(
+                "the game day cannot be read, so nothing is started: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
+                invalid.error
+            );
+            let status = json!({ "status": {
+                "phase": "Failed", "verdict": "Error", "message": message,
+                "conditions": [{ "type": "Complete", "status": "True", "reason": "Error",
+                                  "message": message, "lastTransitionTime": Utc::now() }],
+            }});
+            return owned::report_unreadable::<GameDay>(&ctx.client, invalid, status).await;
+        }
     };
     let namespace = gameday.namespace().unwrap_or_default();
     let name = gameday.name_any();
@@ -101,7 +92,7 @@ async fn reconcile(
         &gameday.uid().unwrap_or_default(),
     )
     .await
-    .map_err(api_error("list its experiments"))?;
+    .map_err(owned::failed("list its experiments"))?;
     let annotations = gameday.annotations();
     let mut children: Vec<Child> = mine.iter().map(child).collect();
     // Left by an earlier GameDay of the same name: in the way of this one's names.
@@ -147,19 +138,19 @@ fn child(experiment: &ChaosExperiment) -> Child {
     }
 }
 
-async fn act(ctx: &Context, gameday: &GameDay, plan: &Plan) -> Result<(), Error> {
+async fn act(ctx: &Context, gameday: &GameDay, plan: &Plan) -> Result<(), owned::StepError> {
     let namespace = gameday.namespace().unwrap_or_default();
     let name = gameday.name_any();
     for stale in &plan.delete {
         owned::delete(&ctx.client, &namespace, stale)
             .await
-            .map_err(api_error("delete an experiment of an earlier run"))?;
+            .map_err(owned::failed("delete an experiment of an earlier run"))?;
     }
     for experiment in &plan.abort {
         let reason = format!("game day {name} is aborting");
         owned::request_abort::<ChaosExperiment>(&ctx.client, &namespace, experiment, &reason)
             .await
-            .map_err(api_error("ask an experiment to abort"))?;
+            .map_err(owned::failed("ask an experiment to abort"))?;
     }
     let owner = gameday
         .controller_owner_ref(&())
@@ -182,7 +173,7 @@ async fn act(ctx: &Context, gameday: &GameDay, plan: &Plan) -> Result<(), Error>
             // Retried with backoff; the Event says what the API server objected to.
             let note = format!("could not create experiment {}: {source}", new.name);
             owned::publish(&ctx.recorder, gameday, true, "CreateFailed", &note).await;
-            return Err(Error::Api {
+            return Err(owned::StepError {
                 action: "create a stage's experiment",
                 source,
             });
@@ -190,54 +181,16 @@ async fn act(ctx: &Context, gameday: &GameDay, plan: &Plan) -> Result<(), Error>
     }
     owned::write_status(&ctx.client, gameday, gameday.status.as_ref(), &plan.status)
         .await
-        .map_err(api_error("write the status"))?;
-    for note in &plan.notes {
-        info!(reason = note.reason, message = %note.message, "game day");
-        owned::publish(
-            &ctx.recorder,
-            gameday,
-            note.warning,
-            note.reason,
-            &note.message,
-        )
-        .await;
-    }
+        .map_err(owned::failed("write the status"))?;
+    owned::publish_notes(&ctx.recorder, gameday, &plan.notes).await;
     Ok(())
 }
 
-/// A GameDay that bypassed the schema: say so in its status; nothing is started.
-async fn report_unreadable(
-    client: &Client,
-    invalid: &kube::core::error_boundary::InvalidObject,
-) -> Result<Action, Error> {
-    let name = invalid.metadata.name.clone().unwrap_or_default();
-    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
-    warn!(gameday = %name, %namespace, error = %invalid.error, "game day cannot be read");
-    let resource = ApiResource::erase::<GameDay>(&());
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
-    let message = format!(
-        "the game day cannot be read, so nothing is started: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
-        invalid.error
-    );
-    let status = json!({ "status": {
-        "phase": "Failed", "verdict": "Error", "message": message,
-        "conditions": [{ "type": "Complete", "status": "True", "reason": "Error",
-                          "message": message, "lastTransitionTime": Utc::now() }],
-    }});
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .map_err(api_error("report that it cannot be read"))?;
-    Ok(Action::await_change())
-}
-
-fn error_policy(gameday: Arc<DeserializeGuard<GameDay>>, error: &Error, _: Arc<Context>) -> Action {
-    let Error::Api { source, .. } = error;
-    if let kube::Error::Api(status) = source
-        && status.code == 409
-    {
-        // Decided on a stale copy; the newer one is on its way through the watch.
-        return Action::await_change();
-    }
+fn error_policy(
+    gameday: Arc<DeserializeGuard<GameDay>>,
+    error: &owned::StepError,
+    _: Arc<Context>,
+) -> Action {
     warn!(gameday = %gameday.name_any(), %error, "game day reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    owned::retry_after(error)
 }

@@ -17,6 +17,7 @@ use crate::api::{
 };
 use crate::calendar::Calendar;
 use crate::lifecycle::record::set_condition;
+pub use crate::owned_experiments::Note;
 
 /// How late a scheduled run may start; a later one is skipped (nobody planned to be there).
 pub const SCHEDULED_START_DEADLINE: Duration = Duration::from_secs(300);
@@ -78,14 +79,6 @@ pub struct NewExperiment {
     pub name: String,
     pub stage: String,
     pub spec: ChaosExperimentSpec,
-}
-
-/// Something worth an Event on the GameDay.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Note {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub message: String,
 }
 
 /// What to do.

@@ -3,15 +3,14 @@
 
 pub mod plan;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use chrono::Utc;
 use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::{Controller, WatchStreamExt, controller::Action, events::Recorder, watcher},
+    runtime::{Controller, controller::Action, events::Recorder, watcher},
 };
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -28,18 +27,6 @@ struct Context {
     paused: owned::PausedSwitch,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("failed to {action} for the schedule: {source}")]
-struct Error {
-    action: &'static str,
-    #[source]
-    source: kube::Error,
-}
-
-fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error { action, source }
-}
-
 /// Runs the ChaosSchedule controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -52,12 +39,7 @@ pub async fn run(
         paused,
     });
     // A run that finishes triggers its schedule at once (history, failure count).
-    let children = watcher(
-        Api::<DeserializeGuard<ChaosExperiment>>::all(client.clone()),
-        watcher::Config::default().labels(SCHEDULE_LABEL),
-    )
-    .default_backoff()
-    .touched_objects();
+    let children = owned::changes_of_labelled(&client, SCHEDULE_LABEL);
     info!("schedule controller starting");
     Controller::new(
         Api::<DeserializeGuard<ChaosSchedule>>::all(client),
@@ -75,10 +57,20 @@ pub async fn run(
 async fn reconcile(
     guarded: Arc<DeserializeGuard<ChaosSchedule>>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Action, owned::StepError> {
     let schedule = match &guarded.0 {
         Ok(schedule) => schedule,
-        Err(invalid) => return report_unreadable(&ctx.client, invalid).await,
+        Err(invalid) => {
+            let message = format!(
+                "the schedule cannot be read, so no run starts: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
+                invalid.error
+            );
+            let status = json!({ "status": {
+                "conditions": [{ "type": "Active", "status": "False", "reason": "InvalidSpec",
+                                  "message": message, "lastTransitionTime": Utc::now() }],
+            }});
+            return owned::report_unreadable::<ChaosSchedule>(&ctx.client, invalid, status).await;
+        }
     };
     let namespace = schedule.namespace().unwrap_or_default();
     let name = schedule.name_any();
@@ -90,7 +82,7 @@ async fn reconcile(
         &schedule.uid().unwrap_or_default(),
     )
     .await
-    .map_err(api_error("list its experiments"))?;
+    .map_err(owned::failed("list its experiments"))?;
     let observed = Observed {
         name: &name,
         spec: &schedule.spec,
@@ -131,7 +123,7 @@ fn child(experiment: &ChaosExperiment) -> Child {
     }
 }
 
-async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(), Error> {
+async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(), owned::StepError> {
     let namespace = schedule.namespace().unwrap_or_default();
     let name = schedule.name_any();
     for experiment in &plan.abort {
@@ -139,7 +131,7 @@ async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(),
             format!("replaced by the next run of schedule {name} (concurrencyPolicy Replace)");
         owned::request_abort::<ChaosExperiment>(&ctx.client, &namespace, experiment, &reason)
             .await
-            .map_err(api_error("abort the previous run"))?;
+            .map_err(owned::failed("abort the previous run"))?;
     }
     if let Some(new) = &plan.create {
         let owner = schedule
@@ -156,7 +148,7 @@ async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(),
         if let Err(source) = owned::create(&ctx.client, &experiment).await {
             let note = format!("could not create experiment {}: {source}", new.name);
             owned::publish(&ctx.recorder, schedule, true, "CreateFailed", &note).await;
-            return Err(Error {
+            return Err(owned::StepError {
                 action: "create the run's experiment",
                 source,
             });
@@ -169,61 +161,22 @@ async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(),
         &plan.status,
     )
     .await
-    .map_err(api_error("write the status"))?;
+    .map_err(owned::failed("write the status"))?;
     // Pruned only once the status that stopped counting on them is written.
     for old in &plan.delete {
         owned::delete(&ctx.client, &namespace, old)
             .await
-            .map_err(api_error("delete a run beyond the history limit"))?;
+            .map_err(owned::failed("delete a run beyond the history limit"))?;
     }
-    for note in &plan.notes {
-        info!(reason = note.reason, message = %note.message, "schedule");
-        owned::publish(
-            &ctx.recorder,
-            schedule,
-            note.warning,
-            note.reason,
-            &note.message,
-        )
-        .await;
-    }
+    owned::publish_notes(&ctx.recorder, schedule, &plan.notes).await;
     Ok(())
-}
-
-/// A schedule that bypassed the schema: say so in its status; nothing runs.
-async fn report_unreadable(
-    client: &Client,
-    invalid: &kube::core::error_boundary::InvalidObject,
-) -> Result<Action, Error> {
-    let name = invalid.metadata.name.clone().unwrap_or_default();
-    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
-    warn!(schedule = %name, %namespace, error = %invalid.error, "schedule cannot be read");
-    let resource = ApiResource::erase::<ChaosSchedule>(&());
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
-    let message = format!(
-        "the schedule cannot be read, so no run starts: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
-        invalid.error
-    );
-    let status = json!({ "status": {
-        "conditions": [{ "type": "Active", "status": "False", "reason": "InvalidSpec",
-                          "message": message, "lastTransitionTime": Utc::now() }],
-    }});
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .map_err(api_error("report that it cannot be read"))?;
-    Ok(Action::await_change())
 }
 
 fn error_policy(
     schedule: Arc<DeserializeGuard<ChaosSchedule>>,
-    error: &Error,
+    error: &owned::StepError,
     _: Arc<Context>,
 ) -> Action {
-    if let kube::Error::Api(status) = &error.source
-        && status.code == 409
-    {
-        return Action::await_change();
-    }
     warn!(schedule = %schedule.name_any(), %error, "schedule reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    owned::retry_after(error)
 }

@@ -15,6 +15,7 @@ use crate::api::{
 };
 use crate::calendar::Calendar;
 use crate::lifecycle::record::set_condition;
+pub use crate::owned_experiments::Note;
 
 /// How late a run may start when `startingDeadlineSeconds` is not set.
 pub const DEFAULT_STARTING_DEADLINE: Duration = Duration::from_secs(300);
@@ -52,13 +53,6 @@ pub struct NewExperiment {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub spec: ChaosExperimentSpec,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Note {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub message: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
