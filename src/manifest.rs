@@ -114,3 +114,41 @@ pub async fn apply_all(
     }
     Ok(applied)
 }
+
+/// Installs (or updates) CRDs with server-side apply and waits until the API server serves
+/// each one (`Established`), at most `timeout`.
+pub async fn install_crds(
+    client: &Client,
+    crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+    timeout: std::time::Duration,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(CLI_FIELD_MANAGER).force();
+    for crd in crds {
+        let mut crd = crd.clone();
+        crd.metadata.managed_fields = None;
+        api.patch(&crd.name_any(), &params, &Patch::Apply(&crd))
+            .await?;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    for crd in crds {
+        let name = crd.name_any();
+        loop {
+            let current = api.get(&name).await?;
+            let established = current
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if established || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}

@@ -70,7 +70,6 @@ use super::{
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("!has(self.steadyState) || self.steadyState.probes.all(p, self.steadyState.probes.exists_one(q, q.name == p.name))").message("steadyState.probes: probe names must be unique"))]
 pub struct ChaosExperimentSpec {
     /// How long the faults stay injected, e.g. `60s` or `5m`. The node agent enforces this
     /// deadline by itself even if the controller is gone.
@@ -101,8 +100,8 @@ pub struct ChaosExperimentSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SteadyState {
-    /// The probes; every one must hold in the phases it runs in.
-    #[schemars(length(min = 1, max = 32))]
+    /// The probes; every one must hold in the phases it runs in. Names are unique.
+    #[schemars(length(min = 1, max = 32), transform = super::bounds::list_map_by_name)]
     pub probes: Vec<Probe>,
     /// After the faults are reverted, how long the after-probes have to hold again before the
     /// experiment fails. Default 60s.

@@ -143,8 +143,7 @@ pub enum Direction {
 pub struct NetworkScope {
     /// Destination networks in CIDR notation, e.g. `10.0.0.0/8` or `192.168.1.10/32`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR such as 10.0.0.0/8 or 192.168.1.10/32"))]
+    #[schemars(length(max = 64), transform = super::bounds::cidr_items)]
     pub cidrs: Vec<String>,
     /// Pods selected by labels; the controller resolves them to their IPs and keeps the list up
     /// to date while the fault lasts.
@@ -152,12 +151,11 @@ pub struct NetworkScope {
     pub selector: Option<LabelSelector>,
     /// Namespaces the selector looks in. Empty means the experiment's namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), transform = super::bounds::namespace_items)]
     pub namespaces: Vec<String>,
     /// Destination ports (TCP and UDP). Empty means every port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(p, p >= 1 && p <= 65535)").message("ports must be between 1 and 65535"))]
+    #[schemars(length(max = 64), transform = super::bounds::port_items)]
     pub ports: Vec<i32>,
 }
 

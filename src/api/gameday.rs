@@ -45,7 +45,6 @@ use super::{
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.startAt) && has(self.schedule))").message("set startAt or schedule, not both"))]
-#[x_kube(validation = kube::core::Rule::new("self.stages.all(s, self.stages.exists_one(t, t.name == s.name))").message("stage names must be unique"))]
 pub struct GameDaySpec {
     /// When to start, as an RFC 3339 time. Unset (and no schedule) starts at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,8 +62,8 @@ pub struct GameDaySpec {
     /// The hypothesis for the whole day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steady_state: Option<SteadyState>,
-    /// The stages, in order. At least one.
-    #[schemars(length(min = 1, max = 32))]
+    /// The stages, in order: 1 to 16, names unique.
+    #[schemars(length(min = 1, max = 16), transform = super::bounds::list_map_by_name)]
     pub stages: Vec<GameDayStage>,
     /// `Abort` (default): a failed stage stops the day. `Continue`: record it and go on.
     #[serde(default)]
@@ -82,7 +81,6 @@ pub enum OnFailure {
 /// One stage: its experiments run in parallel.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("self.experiments.all(e, self.experiments.exists_one(f, f.name == e.name))").message("experiment names must be unique within a stage"))]
 pub struct GameDayStage {
     /// The stage's name, unique in the game day.
     #[schemars(
@@ -90,8 +88,8 @@ pub struct GameDayStage {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// The experiments of this stage. At least one.
-    #[schemars(length(min = 1, max = 16))]
+    /// The experiments of this stage. At least one; names are unique within the stage.
+    #[schemars(length(min = 1, max = 16), transform = super::bounds::list_map_by_name)]
     pub experiments: Vec<StageExperiment>,
     /// Wait this long after the stage ends before the next one starts, e.g. `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

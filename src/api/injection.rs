@@ -82,11 +82,11 @@ pub struct NetworkFault {
     /// IPs of the pods its selector matches. Empty means all traffic (not allowed for a
     /// partition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = 1024), transform = super::bounds::cidr_items)]
     pub peer_cidrs: Vec<String>,
     /// Destination ports the fault applies to. Empty means every port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), transform = super::bounds::port_items)]
     pub ports: Vec<i32>,
 }
 

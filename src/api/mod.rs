@@ -10,6 +10,7 @@
 // reads the repeats as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+mod bounds;
 mod common;
 mod experiment;
 mod fault;

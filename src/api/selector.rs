@@ -40,7 +40,7 @@ pub enum SelectionMode {
 pub struct TargetSelector {
     /// Namespaces to select pods from. Empty means the experiment's own namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), transform = super::bounds::namespace_items)]
     pub namespaces: Vec<String>,
     /// Pods must match this label selector (`matchLabels` and `matchExpressions`, as in a
     /// Deployment). Empty matches every pod in the namespaces.
@@ -50,7 +50,7 @@ pub struct TargetSelector {
     /// `metadata.name`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[x_kube(validation = kube::core::Rule::new("self.all(k, k in ['spec.nodeName', 'status.phase', 'metadata.name'])").message("fieldSelectors supports only spec.nodeName, status.phase and metadata.name"))]
-    #[schemars(length(max = 3))]
+    #[schemars(transform = super::bounds::field_selector_map)]
     pub field_selectors: BTreeMap<String, String>,
     /// How many of the matching pods to target: One, All, Fixed, FixedPercent or
     /// RandomMaxPercent.

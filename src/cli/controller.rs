@@ -74,6 +74,7 @@ impl ControllerArgs {
             "no Kubernetes API to talk to: set KUBECONFIG (or run inside a cluster), e.g. `faultline sandbox up` and use its kubeconfig",
         )?;
         let clients = Clients::from_config(config).context("building the Kubernetes client")?;
+        crate::probes::hosts::install_from_env();
         let client = clients.main.clone();
         let telemetry = Telemetry::default();
         let bound = admin::serve(

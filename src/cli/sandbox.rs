@@ -28,7 +28,7 @@ use crate::{
     manifest,
     sandbox::apiserver::ApiServer,
     sandbox::workloads::{
-        PodRuntime, WorkloadOptions, Workloads,
+        ControlPlane, PodRuntime, WorkloadOptions, Workloads,
         realpod::{self, RealPodConfig, RealPods, SlotLease},
     },
 };
@@ -72,6 +72,21 @@ struct UpArgs {
     /// Keep pods simulated even as root: no processes, no network namespaces.
     #[arg(long)]
     simulated_pods: bool,
+    /// Attach to a running control plane instead of starting the embedded API server: the
+    /// kubeconfig of a real kube-apiserver with kube-controller-manager and kube-scheduler
+    /// (`scripts/cluster.sh up` starts one). The sandbox then installs the CRDs, plays the
+    /// kubelets of its nodes and runs the node agent and the controller as usual; the real
+    /// controllers run Deployments and scheduling.
+    #[arg(long, value_name = "KUBECONFIG")]
+    cluster: Option<PathBuf>,
+    /// Do not run the controller in the sandbox (run `faultline controller` yourself, e.g. with
+    /// the chart's ServiceAccount).
+    #[arg(long)]
+    no_controller: bool,
+    /// Do not run the node agent in the sandbox (run `faultline agent --node sandbox-node-1,...`
+    /// yourself, as root).
+    #[arg(long)]
+    no_agent: bool,
 }
 
 /// What `down` and `status` need to find a running sandbox.
@@ -123,6 +138,9 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
         apply,
         nodes,
         simulated_pods,
+        cluster,
+        no_controller,
+        no_agent,
     } = args;
     if let Some(existing) = read_state(state_dir).filter(|s| process_alive(s.pid)) {
         bail!(
@@ -134,61 +152,97 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let pods = choose_pods(state_dir, simulated_pods).await?;
-    let server = ApiServer::start(port)
-        .await
-        .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
-    server
-        .install_crds(&all_crds())
+    let api = match &cluster {
+        Some(path) => Api::attach(path).await?,
+        None => Api::embedded(port).await?,
+    };
+    let client = api.client().await?;
+    crate::manifest::install_crds(&client, &all_crds(), Duration::from_secs(30))
         .await
         .context("installing faultline's CRDs")?;
     let workloads = Workloads::start(
-        server.client().await,
+        client.clone(),
         WorkloadOptions {
             nodes,
             runtime: pods.runtime(),
+            control_plane: api.control_plane(),
             ..Default::default()
         },
     )
     .await
     .context("starting the workload simulator")?;
+    let node_names: Vec<String> = (1..=nodes)
+        .map(|n| format!("{}{n}", crate::sandbox::workloads::naming::NODE_PREFIX))
+        .collect();
     let _agents = crate::sandbox::node_agent::start(
-        server.client().await,
-        (1..=nodes)
-            .map(|n| format!("{}{n}", crate::sandbox::workloads::naming::NODE_PREFIX))
-            .collect(),
+        client.clone(),
+        node_names.clone(),
         state_dir,
         pods.netns_prefix(),
+        !no_agent,
     )
     .await
     .context("starting the node agent")?;
-    prepare_namespaces(&server.client().await).await?;
+    prepare_namespaces(&client).await?;
     let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run_controller(server.client_config(), async {
-        let _ = controller_stopped.await;
-    })?);
+    let controller = if no_controller {
+        None
+    } else {
+        Some(tokio::spawn(run_controller(api.client_config()?, async {
+            let _ = controller_stopped.await;
+        })?))
+    };
 
-    let kubeconfig = kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
-    if let Some(parent) = kubeconfig.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&kubeconfig, server.kubeconfig_yaml())
-        .with_context(|| format!("writing kubeconfig {}", kubeconfig.display()))?;
+    let kubeconfig = match (&cluster, kubeconfig) {
+        (Some(path), _) => path.clone(),
+        (None, path) => {
+            let path = path.unwrap_or_else(|| state_dir.join("kubeconfig"));
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            let Api::Embedded(server) = &api else {
+                unreachable!("no cluster given: the API server is embedded")
+            };
+            std::fs::write(&path, server.kubeconfig_yaml())
+                .with_context(|| format!("writing kubeconfig {}", path.display()))?;
+            path
+        }
+    };
     let state = SandboxState {
         pid: std::process::id(),
-        url: server.url(),
+        url: api.url(),
         kubeconfig: kubeconfig.clone(),
         pod_slot: pods.slot(),
     };
     std::fs::write(state_file(state_dir), serde_json::to_string_pretty(&state)?)?;
 
-    let client = server.client().await;
     apply_in_order(&client, &apply).await?;
 
-    println!("faultline sandbox is up at {}", server.url());
+    println!("faultline sandbox is up at {}", api.url());
     println!("  kubeconfig: {}", kubeconfig.display());
-    println!("  nodes:      {nodes} simulated (Deployments get Running, Ready pods on them)");
+    match api.control_plane() {
+        ControlPlane::Simulated => println!(
+            "  nodes:      {nodes} simulated (Deployments get Running, Ready pods on them)"
+        ),
+        ControlPlane::Real => println!(
+            "  nodes:      {} (this sandbox plays their kubelets; the cluster's own controllers and scheduler do the rest)",
+            node_names.join(", ")
+        ),
+    }
     println!("  pods:       {}", pods.describe(state_dir));
-    println!("  controller: running (namespace `default` is opted in to chaos)");
+    if no_agent {
+        println!(
+            "  agent:      not started here (--no-agent): run `faultline agent --node {}` as root",
+            node_names.join(",")
+        );
+    }
+    if no_controller {
+        println!(
+            "  controller: not started here (--no-controller); namespace `default` is opted in to chaos"
+        );
+    } else {
+        println!("  controller: running (namespace `default` is opted in to chaos)");
+    }
     println!("  try:        export KUBECONFIG={}", kubeconfig.display());
     println!("              kubectl get chaos            # every faultline resource");
     println!("              kubectl get fex -o wide      # ChaosExperiments");
@@ -197,13 +251,81 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     super::shutdown_signal().await;
     println!("stopping the sandbox");
     let _ = stop_controller.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+    if let Some(controller) = controller {
+        let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+    }
     // Stops every pod first, then removes the bridge and cgroups the pods shared.
     workloads.shutdown().await;
     pods.clean_up().await;
-    server.shutdown().await;
+    if let Api::Embedded(server) = api {
+        server.shutdown().await;
+    }
     let _ = std::fs::remove_file(state_file(state_dir));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Kubernetes API the sandbox serves or attaches to.
+enum Api {
+    /// The embedded API server, started by the sandbox.
+    Embedded(ApiServer),
+    /// A running control plane, reached through its kubeconfig.
+    Attached { config: kube::Config },
+}
+
+impl Api {
+    async fn embedded(port: u16) -> anyhow::Result<Api> {
+        let server = ApiServer::start(port)
+            .await
+            .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
+        Ok(Api::Embedded(server))
+    }
+
+    async fn attach(kubeconfig: &Path) -> anyhow::Result<Api> {
+        let kubeconfig_file =
+            kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| {
+                format!("reading the cluster's kubeconfig {}", kubeconfig.display())
+            })?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig_file, &Default::default())
+            .await
+            .with_context(|| format!("using the kubeconfig {}", kubeconfig.display()))?;
+        let client = kube::Client::try_from(config.clone())?;
+        let version = client.apiserver_version().await.with_context(|| {
+            format!(
+                "no API server answers at {} (is the cluster up? `scripts/cluster.sh up`)",
+                config.cluster_url
+            )
+        })?;
+        tracing::info!(version = %version.git_version, "attached to a running control plane");
+        Ok(Api::Attached { config })
+    }
+
+    fn control_plane(&self) -> ControlPlane {
+        match self {
+            Api::Embedded(_) => ControlPlane::Simulated,
+            Api::Attached { .. } => ControlPlane::Real,
+        }
+    }
+
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        match self {
+            Api::Embedded(server) => Ok(server.client().await),
+            Api::Attached { config } => Ok(kube::Client::try_from(config.clone())?),
+        }
+    }
+
+    fn client_config(&self) -> anyhow::Result<kube::Config> {
+        match self {
+            Api::Embedded(server) => Ok(server.client_config()),
+            Api::Attached { config } => Ok(config.clone()),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Api::Embedded(server) => server.url(),
+            Api::Attached { config } => config.cluster_url.to_string(),
+        }
+    }
 }
 
 /// How the sandbox runs its pods.
@@ -453,6 +575,15 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(kubeconfig) = &args.kubeconfig {
         command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    if let Some(cluster) = &args.cluster {
+        command.arg("--cluster").arg(cluster);
+    }
+    if args.no_controller {
+        command.arg("--no-controller");
+    }
+    if args.no_agent {
+        command.arg("--no-agent");
     }
     for path in &args.apply {
         command.arg("--apply").arg(path);

@@ -18,13 +18,14 @@ pub const SIMULATED_CAPABILITIES: &str =
     "none (sandbox pods are simulated; run the sandbox as root for network faults)";
 
 /// Starts the Services stand-in (always: probes resolve Service names through it) and, when pods
-/// are real, the node agent for every sandbox node (one process serves them all: they share this
-/// machine). Returns the tasks; dropping the sandbox runtime stops them.
+/// are real and `run_agent`, the node agent for every sandbox node (one process serves them all:
+/// they share this machine). Returns the tasks; dropping the sandbox runtime stops them.
 pub async fn start(
     client: Client,
     nodes: Vec<String>,
     state_dir: &Path,
     pod_netns_prefix: Option<String>,
+    run_agent: bool,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let real_pods = pod_netns_prefix.is_some();
     let hosts = StaticHosts::default();
@@ -35,6 +36,7 @@ pub async fn start(
         ServiceOptions {
             netns_prefix: pod_netns_prefix,
             hosts_file: Some(hosts_file(state_dir)),
+            probe_hosts_file: Some(probe_hosts_file(state_dir)),
             hosts,
         },
     ))];
@@ -55,7 +57,7 @@ pub async fn start(
                 .await;
         }
     }
-    if real_pods {
+    if real_pods && run_agent {
         let kernel = tokio::task::spawn_blocking(|| LinuxKernel::detect("/proc")).await?;
         tracing::info!(
             capabilities = %crate::agent::kernel::Kernel::capabilities(&kernel).annotation(),
@@ -81,6 +83,14 @@ pub async fn start(
         }));
     }
     Ok(tasks)
+}
+
+/// Service names → ready endpoints' IPs, for a controller that runs outside the sandbox process
+/// on this machine (`FAULTLINE_PROBE_HOSTS_FILE`; it stands in for cluster DNS).
+pub fn probe_hosts_file(state_dir: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(state_dir)
+        .unwrap_or_else(|_| state_dir.to_path_buf())
+        .join("probe-hosts")
 }
 
 /// The hosts file sandbox pods read (`DEMO_HOSTS_FILE`): Service names → ClusterIPs.

@@ -216,6 +216,9 @@ pub struct ServiceOptions {
     pub netns_prefix: Option<String>,
     /// The hosts file pods read (`DEMO_HOSTS_FILE`).
     pub hosts_file: Option<PathBuf>,
+    /// The same names → ready endpoints, for a controller outside this process
+    /// (`FAULTLINE_PROBE_HOSTS_FILE`).
+    pub probe_hosts_file: Option<PathBuf>,
     pub hosts: StaticHosts,
 }
 
@@ -304,12 +307,13 @@ async fn sync(
     }
     let current = virtual_services(&all, &pods.state());
     if synced.services.as_ref() != Some(&current) {
-        options.hosts.replace(probe_hosts(&current));
+        let names = probe_hosts(&current);
+        if let Some(path) = &options.probe_hosts_file {
+            write_atomically(path, &crate::probes::hosts::render(&names));
+        }
+        options.hosts.replace(names);
         if let Some(path) = &options.hosts_file {
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, pod_hosts_file(&current)).is_ok() {
-                let _ = std::fs::rename(&tmp, path);
-            }
+            write_atomically(path, &pod_hosts_file(&current));
         }
         // Every namespace needs the new rules.
         synced.programmed.clear();
@@ -323,6 +327,14 @@ async fn sync(
                 .unwrap_or_default();
     }
     synced.services = Some(current);
+}
+
+/// Replaces `path` with `text` in one step, so a reader never sees half a file.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
 }
 
 /// Writes the rules into the pod namespaces that do not hold them yet; returns the namespaces

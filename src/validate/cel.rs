@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(
             found,
             [
-                "spec.faults[0].networkLoss.to.cidrs: every entry must be a CIDR such as 10.0.0.0/8 or 192.168.1.10/32"
+                "spec.faults[0].networkLoss.to.cidrs[1]: must be a CIDR such as 10.0.0.0/8 or 192.168.1.10/32 (no leading zeros)"
             ]
         );
     }

@@ -299,17 +299,13 @@ fn check_document(value: &Value) -> Vec<Finding> {
     } else {
         None
     };
-    let superseded = typed.as_ref().map_or(&[][..], |s| s.superseded_rules);
     for finding in cel::check(kind, schema, &body) {
         // A rule that fails on a field the schema already rejected adds noise, not news; one
         // that cannot be evaluated on a malformed object says nothing at all.
         let overlaps = structural
             .iter()
             .any(|s| is_within(&finding.path, &s.path) || is_within(&s.path, &finding.path));
-        if (finding.evaluation_failed && !structure_ok)
-            || overlaps
-            || superseded.iter().any(|m| finding.message == *m)
-        {
+        if (finding.evaluation_failed && !structure_ok) || overlaps {
             continue;
         }
         found.push(finding);

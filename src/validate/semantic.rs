@@ -17,18 +17,10 @@ use crate::api::{
     GameDay, GoDuration, NetworkScope, Probe, ProbePhase, SteadyState,
 };
 
-/// What the semantic pass found, and which CEL messages its own findings make redundant (it
-/// points at the exact duplicate where the rule can only point at the list).
+/// What the semantic pass found.
 pub struct SemanticReport {
     pub findings: Vec<Finding>,
-    pub superseded_rules: &'static [&'static str],
 }
-
-const SUPERSEDED: &[&str] = &[
-    "steadyState.probes: probe names must be unique",
-    "stage names must be unique",
-    "experiment names must be unique within a stage",
-];
 
 /// Deserializes the whole object as `kind` and checks it. `None` for a kind without semantic
 /// checks.
@@ -78,10 +70,7 @@ pub fn check(kind: &str, object: &Value) -> Option<SemanticReport> {
         }
         _ => return None,
     }
-    Some(SemanticReport {
-        findings: out,
-        superseded_rules: SUPERSEDED,
-    })
+    Some(SemanticReport { findings: out })
 }
 
 fn check_game_day(day: &GameDay, out: &mut Vec<Finding>) {

@@ -8,7 +8,7 @@
 //! real ones (`spec.x: Invalid value: "integer": spec.x in body must be of type string: "integer"`).
 //!
 //! Simplifications: `metadata` is not pruned or validated beyond what the handlers do; `format`
-//! is not checked; list-type (`set`/`map`) uniqueness is not enforced; CEL cost limits are not
+//! is not checked; CEL cost limits are not
 //! computed. Transition rules (`oldSelf`) are evaluated on updates when kube-cel can, and skipped
 //! on create as the real server does.
 
@@ -144,6 +144,7 @@ impl Walker {
                         self.walk(item, items, &format!("{path}[{i}]"));
                     }
                 }
+                self.list_type(a, schema, path);
             }
             Value::String(st) => self.string(st, schema, path),
             Value::Number(n) => {
@@ -154,6 +155,43 @@ impl Walker {
             _ => {}
         }
         self.combinators(v, schema, path);
+    }
+
+    /// `x-kubernetes-list-type`: `map` lists hold one entry per key, `set` lists no value twice
+    /// (the real server's words: `Duplicate value: {"name":"a"}`).
+    fn list_type(&mut self, items: &[Value], schema: &Map<String, Value>, path: &str) {
+        let keys: Vec<&str> = match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("map") => schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default(),
+            Some("set") => Vec::new(),
+            _ => return,
+        };
+        let mut seen: Vec<Value> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let identity = if keys.is_empty() {
+                item.clone()
+            } else {
+                let mut key = Map::new();
+                for k in &keys {
+                    if let Some(v) = item.get(*k) {
+                        key.insert((*k).to_string(), v.clone());
+                    }
+                }
+                Value::Object(key)
+            };
+            if seen.contains(&identity) {
+                self.out.causes.push(cause(
+                    &format!("{path}[{i}]"),
+                    "FieldValueDuplicate",
+                    format!("Duplicate value: {identity}"),
+                ));
+            } else {
+                seen.push(identity);
+            }
+        }
     }
 
     fn object(&mut self, m: &mut Map<String, Value>, schema: &Map<String, Value>, path: &str) {

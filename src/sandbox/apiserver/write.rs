@@ -230,7 +230,7 @@ pub fn commit_create(
     if t.def.has_status(&t.version) {
         // As in the real strategies' PrepareForCreate: status is not user-settable on create.
         let initial = match (t.def.group.as_str(), t.def.plural.as_str()) {
-            ("", "pods") => Some(json!({"phase": "Pending"})),
+            ("", "pods") => Some(json!({"phase": "Pending", "qosClass": qos_class(&obj)})),
             ("", "namespaces") => Some(json!({"phase": "Active"})),
             _ => None,
         };
@@ -507,5 +507,34 @@ fn patch_failed(e: PatchError) -> ApiError {
                 format!("the server rejected our request due to an error in our request: {m}");
             err
         }
+    }
+}
+
+/// A pod's QoS class, as the real API server sets it on create (and never lets change):
+/// Guaranteed when every container's requests equal its limits for cpu and memory, BestEffort
+/// when no container asks for either, Burstable otherwise.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| pod["spec"][k].as_array())
+        .flatten()
+        .collect();
+    let resource =
+        |c: &Value, kind: &str, name: &str| c["resources"][kind][name].as_str().map(str::to_owned);
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in &containers {
+        for name in ["cpu", "memory"] {
+            let limit = resource(c, "limits", name);
+            // A limit without a request makes the request equal to the limit.
+            let request = resource(c, "requests", name).or_else(|| limit.clone());
+            any |= request.is_some() || limit.is_some();
+            guaranteed &= limit.is_some() && request == limit;
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }

@@ -14,7 +14,7 @@
 
 use super::naming::{node_index, node_ip};
 use super::runtime::Placement;
-use super::{Context, Error, lock, now, patch_params};
+use super::{Context, ControlPlane, Error, lock, now, patch_params};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -60,6 +60,8 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     match node {
+        // A real kube-scheduler binds pods itself; the kubelet waits for that.
+        None if ctx.options.control_plane == ControlPlane::Real => Ok(Action::await_change()),
         None => schedule(&api, &pod, &ctx).await,
         Some(node) if is_ours(&ctx, &node) => start(&api, &pod, &node, &ctx).await,
         Some(_) => Ok(Action::await_change()),
@@ -143,7 +145,6 @@ async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<A
         "podIP": pod_ip.to_string(),
         "podIPs": [{"ip": pod_ip.to_string()}],
         "startTime": now(),
-        "qosClass": "BestEffort",
         "containerStatuses": containers,
     }});
     api.patch_status(&name, &patch_params(), &Patch::Merge(running))
@@ -166,7 +167,12 @@ async fn terminate(
 ) -> Result<Action, Error> {
     let name = pod.name_any();
     let left = deadline.as_millisecond() - k8s_openapi::jiff::Timestamp::now().as_millisecond();
-    if !finished && left > 0 {
+    // The embedded server only shows deleted pods that finalizers hold, and the simulation
+    // keeps them until their grace period ends. A real server shows every deleted pod of a node
+    // to its kubelet, which stops the containers at once (the demo app exits on SIGTERM) and
+    // confirms: that is what a pod kill looks like on a cluster.
+    let wait_out_grace = ctx.options.control_plane == ControlPlane::Simulated;
+    if wait_out_grace && !finished && left > 0 {
         return Ok(Action::requeue(Duration::from_millis(left.unsigned_abs())));
     }
     if !finished {

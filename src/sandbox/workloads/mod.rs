@@ -13,9 +13,15 @@
 //! processes in network namespaces), `container_updates` (the kubelet reporting restarts and
 //! readiness the runtime notices), `naming` (pure helpers).
 //! Each documents where it simplifies. Across all of them: no leader election (one simulator
-//! per API server), no Events, no node heartbeats or node lifecycle, no Services/endpoints, and
-//! a pod is only as real as its [`PodRuntime`] (simulated: nothing runs; real: demo-app
-//! processes, as root).
+//! per API server), no Events, no Services/endpoints, and a pod is only as real as its
+//! [`PodRuntime`] (simulated: nothing runs; real: demo-app processes, as root).
+//!
+//! Against a real control plane ([`ControlPlane::Real`]: kube-controller-manager and
+//! kube-scheduler run) the simulator plays the kubelets only: it registers its Nodes and keeps
+//! them alive (a Lease in `kube-node-lease` and a Ready condition, as a kubelet does, so the
+//! node lifecycle controller never taints them), runs the pods the real scheduler binds to them,
+//! reports their status, and confirms their deletion. Deployments, ReplicaSets, scheduling,
+//! EndpointSlices, PodDisruptionBudget status and garbage collection are the real controllers'.
 
 mod container_updates;
 mod deployments;
@@ -54,6 +60,8 @@ pub struct WorkloadOptions {
     /// How long a scheduled pod takes to become Running and Ready.
     pub start_delay: Duration,
     pub runtime: PodRuntime,
+    /// Who runs Deployments, ReplicaSets and scheduling: the simulator, or a real control plane.
+    pub control_plane: ControlPlane,
 }
 
 impl Default for WorkloadOptions {
@@ -63,8 +71,20 @@ impl Default for WorkloadOptions {
             replacement_delay: Duration::from_secs(1),
             start_delay: Duration::from_millis(500),
             runtime: PodRuntime::Simulated,
+            control_plane: ControlPlane::Simulated,
         }
     }
+}
+
+/// What the API server has around it besides the simulator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ControlPlane {
+    /// Nothing (the embedded API server): the simulator also plays kube-controller-manager's
+    /// Deployment and ReplicaSet controllers and kube-scheduler.
+    #[default]
+    Simulated,
+    /// A real kube-controller-manager and kube-scheduler: the simulator plays the kubelets only.
+    Real,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +230,9 @@ pub struct Workloads {
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     runtime: PodRuntime,
+    client: Client,
+    nodes: Vec<String>,
+    control_plane: ControlPlane,
 }
 
 impl Workloads {
@@ -232,40 +255,58 @@ impl Workloads {
             }
         };
         let config = watcher::Config::default();
-        let deployments = Controller::new(Api::<Deployment>::all(client.clone()), config.clone())
-            .owns(Api::<ReplicaSet>::all(client.clone()), config.clone())
-            .graceful_shutdown_on(stop())
-            .run(
-                deployments::reconcile,
-                deployments::retry_after,
-                ctx.clone(),
-            )
-            .for_each(drain("deployments"));
-        let replicasets = Controller::new(Api::<ReplicaSet>::all(client.clone()), config.clone())
-            .owns(Api::<Pod>::all(client.clone()), config.clone())
-            .graceful_shutdown_on(stop())
-            .run(
-                replicasets::reconcile,
-                replicasets::retry_after,
-                ctx.clone(),
-            )
-            .for_each(drain("replicasets"));
+        let mut tasks = Vec::new();
+        match ctx.options.control_plane {
+            ControlPlane::Simulated => {
+                let deployments =
+                    Controller::new(Api::<Deployment>::all(client.clone()), config.clone())
+                        .owns(Api::<ReplicaSet>::all(client.clone()), config.clone())
+                        .graceful_shutdown_on(stop())
+                        .run(
+                            deployments::reconcile,
+                            deployments::retry_after,
+                            ctx.clone(),
+                        )
+                        .for_each(drain("deployments"));
+                let replicasets =
+                    Controller::new(Api::<ReplicaSet>::all(client.clone()), config.clone())
+                        .owns(Api::<Pod>::all(client.clone()), config.clone())
+                        .graceful_shutdown_on(stop())
+                        .run(
+                            replicasets::reconcile,
+                            replicasets::retry_after,
+                            ctx.clone(),
+                        )
+                        .for_each(drain("replicasets"));
+                tasks.push(tokio::spawn(deployments));
+                tasks.push(tokio::spawn(replicasets));
+            }
+            ControlPlane::Real => {
+                tasks.push(tokio::spawn(nodes::heartbeat(
+                    client.clone(),
+                    ctx.nodes.clone(),
+                    rx.clone(),
+                )));
+            }
+        }
         let kubelet = Controller::new(Api::<Pod>::all(client.clone()), config)
             .graceful_shutdown_on(stop())
             .run(kubelet::reconcile, kubelet::retry_after, ctx.clone())
             .for_each(drain("kubelet"));
-        let tasks = vec![
-            tokio::spawn(deployments),
-            tokio::spawn(replicasets),
-            tokio::spawn(kubelet),
-            tokio::spawn(kubelet::reap(ctx.clone(), rx.clone())),
-            tokio::spawn(container_updates::report(ctx.clone(), rx.clone())),
-        ];
+        tasks.push(tokio::spawn(kubelet));
+        tasks.push(tokio::spawn(kubelet::reap(ctx.clone(), rx.clone())));
+        tasks.push(tokio::spawn(container_updates::report(
+            ctx.clone(),
+            rx.clone(),
+        )));
         tracing::info!(nodes = ctx.nodes.len(), "workload simulator running");
         Ok(Workloads {
             shutdown,
             tasks,
             runtime: ctx.options.runtime.clone(),
+            client,
+            nodes: ctx.nodes.clone(),
+            control_plane: ctx.options.control_plane,
         })
     }
 
@@ -279,6 +320,11 @@ impl Workloads {
             }
         }
         self.runtime.shutdown().await;
+        if self.control_plane == ControlPlane::Real {
+            // A kubelet that is gone for good: its Nodes go too, so the real scheduler does not
+            // bind pods to them (and the pod garbage collector removes what was left on them).
+            nodes::remove(&self.client, &self.nodes).await;
+        }
         tracing::info!("workload simulator stopped");
     }
 }

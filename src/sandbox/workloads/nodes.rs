@@ -71,3 +71,65 @@ pub async fn ensure(client: &Client, count: u8) -> Result<Vec<String>, Error> {
     tracing::info!(nodes = count, "simulated nodes ready");
     Ok(names)
 }
+
+/// How often a kubelet renews its node Lease (the kubelet's default), and how long the Lease
+/// says it holds.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+const LEASE_SECONDS: i32 = 40;
+
+/// What a kubelet does to stay in the cluster: renew the node's Lease in `kube-node-lease`
+/// and post a Ready condition with a fresh heartbeat, every 10 seconds until `shutdown`. A real
+/// node lifecycle controller marks a node that stops doing this NotReady (50 s) and evicts its
+/// pods.
+pub async fn heartbeat(
+    client: Client,
+    nodes: Vec<String>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-node-lease");
+    let api: Api<Node> = Api::all(client);
+    let params = PatchParams::apply(super::FIELD_MANAGER).force();
+    loop {
+        let now = chrono::Utc::now();
+        for node in &nodes {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease"},
+                "spec": {
+                    "holderIdentity": node,
+                    "leaseDurationSeconds": LEASE_SECONDS,
+                    "renewTime": now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                },
+            });
+            if let Err(error) = leases.patch(node, &params, &Patch::Apply(&lease)).await {
+                tracing::warn!(%node, %error, "node lease not renewed");
+            }
+            let ready = json!({"status": {"conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }]}});
+            if let Err(error) = api
+                .patch_status(node, &PatchParams::default(), &Patch::Strategic(&ready))
+                .await
+            {
+                tracing::warn!(%node, %error, "node status not posted");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Deletes the Nodes (a simulator that stops for good takes its nodes with it).
+pub async fn remove(client: &Client, nodes: &[String]) {
+    let api: Api<Node> = Api::all(client.clone());
+    for node in nodes {
+        if let Err(error) = api.delete(node, &Default::default()).await {
+            tracing::debug!(%node, %error, "node not deleted");
+        }
+    }
+}
