@@ -10,11 +10,7 @@ use std::{
 
 use common::wait_for;
 use faultline::api::{ChaosExperiment, ChaosExperimentSpec, Phase, all_crds};
-use k8s_openapi::api::{
-    coordination::v1::Lease,
-    core::v1::{Namespace, Pod},
-    events::v1::Event,
-};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
 use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -53,20 +49,6 @@ fn replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
         .spawn()
         .expect("start faultline controller");
     Replica(child)
-}
-
-async fn namespace(client: &Client, name: &str, opted_in: bool) {
-    let labels = if opted_in {
-        json!({"faultline.dev/chaos": "enabled"})
-    } else {
-        json!({})
-    };
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
 }
 
 async fn ready_pod(client: &Client, name: &str) {
@@ -137,18 +119,20 @@ async fn holder(client: &Client) -> Option<String> {
 // Multi-threaded: the controllers are separate processes talking to this runtime's server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
-    faultline::cli::install_crypto_provider();
-    let server = common::server().await;
-    server.install_crds(&all_crds()).await.unwrap();
-    let client = server.client().await;
-    namespace(&client, "faultline-system", false).await;
-    namespace(&client, "shop", true).await;
+    let cluster = common::TestCluster::start().await;
+    cluster.install_crds(&all_crds()).await;
+    let client = cluster.client().await;
+    common::cluster::apply_namespace(&client, "faultline-system", false).await;
+    common::cluster::apply_namespace(&client, "shop", true).await;
+    if cluster.is_real() {
+        common::cluster::cordoned_node(&client, "node-1").await;
+    }
     for i in 0..3 {
         ready_pod(&client, &format!("web-{i}")).await;
     }
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig_yaml()).unwrap();
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
 
     let mut replicas = vec![
         ("replica-a", replica(&kubeconfig, "replica-a")),
@@ -172,5 +156,5 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     let writer = run_experiment(&client, "second").await;
     assert_eq!(writer, new_leader);
     drop(replicas);
-    server.shutdown().await;
+    cluster.shutdown().await;
 }

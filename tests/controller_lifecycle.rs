@@ -390,7 +390,7 @@ async fn an_unreadable_experiment_is_reported_and_does_not_stall_the_others() {
         )
         .unwrap(),
     );
-    h.server.install_crds(&[crd]).await.unwrap();
+    h.cluster.install_crds(&[crd]).await;
     shop_with_web_pods(&h, 1).await;
 
     let raw = kube::api::ApiResource::erase::<ChaosExperiment>(&());
@@ -540,14 +540,20 @@ async fn peers_chosen_by_selector_are_kept_current_while_the_fault_runs() {
         },
     )
     .await;
-    let experiment = h.experiments("shop").get("split").await.unwrap();
-    assert!(
-        experiment
-            .status
-            .unwrap()
-            .timeline
-            .iter()
-            .any(|e| e.reason == "PeersUpdated")
-    );
+    // The injection is updated first, the experiment's timeline right after.
+    let experiments = h.experiments("shop");
+    wait_for(
+        "PeersUpdated in the timeline",
+        Duration::from_secs(10),
+        || async {
+            let status = experiments.get("split").await.ok()?.status?;
+            status
+                .timeline
+                .iter()
+                .any(|e| e.reason == "PeersUpdated")
+                .then_some(())
+        },
+    )
+    .await;
     h.stop().await;
 }

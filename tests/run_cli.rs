@@ -60,7 +60,7 @@ impl Bed {
         shop_with_web_pods(&h, 2).await;
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, h.server.kubeconfig_yaml()).unwrap();
+        std::fs::write(&kubeconfig, h.cluster.kubeconfig_yaml()).unwrap();
         Bed { h, dir, kubeconfig }
     }
 

@@ -1,33 +1,31 @@
-//! A controller test bed: the embedded API server, the controller as it runs in production
-//! (kube-runtime Controller, real kube client), a stand-in node agent, and either scripted
-//! probes or the real probe hub.
+//! A controller test bed: the cluster (the embedded API server, or the real control plane with
+//! `FAULTLINE_TEST_CLUSTER=real`), the controller as it runs in production (kube-runtime
+//! Controller, real kube client), a stand-in node agent, and either scripted probes or the real
+//! probe hub.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use faultline::{
     api::{ChaosExperiment, ChaosExperimentSpec, FaultInjection, Phase, all_crds},
     controller::{self, Clients, HypothesisSource, Settings, probe_hub::ProbeHub},
     sandbox::{
         testkit::{ScriptedProbes, stand_in_agent},
-        workloads::{WorkloadOptions, Workloads, deployment},
+        workloads::{ControlPlane, WorkloadOptions, Workloads, deployment},
     },
 };
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Namespace, Pod},
-};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
     Api, Client,
-    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     runtime::reflector::ObjectRef,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ApiServer, wait_for};
+use super::{TestCluster, wait_for};
 
 pub struct Harness {
-    pub server: ApiServer,
+    pub cluster: TestCluster,
     pub client: Client,
     pub probes: Arc<ScriptedProbes>,
     pub trigger: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
@@ -39,7 +37,7 @@ pub struct Harness {
 }
 
 fn spawn_controller(
-    server: &ApiServer,
+    cluster: &TestCluster,
     scripted: &Arc<ScriptedProbes>,
     real_probes: bool,
 ) -> (
@@ -47,7 +45,7 @@ fn spawn_controller(
     tokio::task::JoinHandle<()>,
 ) {
     let (trigger, triggers) = mpsc::unbounded_channel();
-    let clients = Clients::from_config(server.client_config()).expect("clients");
+    let clients = Clients::from_config(cluster.client_config()).expect("clients");
     let hypotheses: Arc<dyn HypothesisSource> = if real_probes {
         Arc::new(ProbeHub::new(
             clients.main.clone(),
@@ -84,16 +82,15 @@ impl Harness {
     }
 
     async fn start_with(real_probes: bool) -> Harness {
-        faultline::cli::install_crypto_provider();
-        let server = super::server().await;
-        server.install_crds(&all_crds()).await.unwrap();
-        let client = server.client().await;
+        let cluster = TestCluster::start().await;
+        cluster.install_crds(&all_crds()).await;
+        let client = cluster.client().await;
         let probes = Arc::new(ScriptedProbes::default());
-        let (trigger, controller) = spawn_controller(&server, &probes, real_probes);
+        let (trigger, controller) = spawn_controller(&cluster, &probes, real_probes);
         let (stop_agent, agent_stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
         Harness {
-            server,
+            cluster,
             client,
             probes,
             trigger,
@@ -109,30 +106,21 @@ impl Harness {
     pub async fn crash_and_restart_controller(&mut self) {
         self.controller.abort();
         let _ = (&mut self.controller).await;
-        let (trigger, controller) = spawn_controller(&self.server, &self.probes, self.real_probes);
+        let (trigger, controller) = spawn_controller(&self.cluster, &self.probes, self.real_probes);
         self.trigger = trigger;
         self.controller = controller;
     }
 
     pub async fn namespace(&self, name: &str, opted_in: bool) {
-        let labels = opted_in
-            .then(|| BTreeMap::from([("faultline.dev/chaos".to_string(), "enabled".to_string())]));
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(self.client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
+        super::cluster::apply_namespace(&self.client, name, opted_in).await;
     }
 
-    /// A Running, Ready pod on `node` with `ip`.
+    /// A Running, Ready pod on `node-1` with `ip`, reported as a kubelet would (none runs: on a
+    /// real cluster `node-1` is registered unschedulable, so the scheduler never uses it).
     pub async fn pod(&self, namespace: &str, name: &str, app: &str, ip: &str) {
+        if self.cluster.is_real() {
+            super::cluster::cordoned_node(&self.client, "node-1").await;
+        }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"app": app}},
@@ -188,12 +176,24 @@ impl Harness {
     }
 
     /// A `web` Deployment in the opted-in namespace `shop` on the workload simulator, with
-    /// `replicas` Ready pods; a killed pod is replaced after `replacement_delay`.
+    /// `replicas` Ready pods; a killed pod is replaced after `replacement_delay`. (On a real
+    /// control plane the ReplicaSet controller replaces a pod at once; the replacement then takes
+    /// `replacement_delay` to start, as an image pull and a readiness probe would.)
     pub async fn web_deployment(&self, replicas: i32, replacement_delay: Duration) -> Workloads {
+        let start_delay = if self.cluster.is_real() {
+            replacement_delay.max(Duration::from_millis(50))
+        } else {
+            Duration::from_millis(50)
+        };
         let options = WorkloadOptions {
             nodes: 2,
             replacement_delay,
-            start_delay: Duration::from_millis(50),
+            start_delay,
+            control_plane: if self.cluster.is_real() {
+                ControlPlane::Real
+            } else {
+                ControlPlane::Simulated
+            },
             ..Default::default()
         };
         let workloads = Workloads::start(self.client.clone(), options)
@@ -216,13 +216,14 @@ impl Harness {
 
     pub async fn stop(mut self) {
         self.controller.abort();
+        let _ = (&mut self.controller).await;
         for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        self.server.shutdown().await;
+        self.cluster.shutdown().await;
     }
 }
 

@@ -44,4 +44,7 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+pub mod cluster;
 pub mod harness;
+
+pub use cluster::TestCluster;
