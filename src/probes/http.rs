@@ -12,7 +12,7 @@ use reqwest::{
 };
 
 use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client, millis};
-use crate::api::{GoDuration, HttpProbe};
+use crate::api::{GoDuration, HttpProbe, duration_bounds::HTTP_MAX_LATENCY};
 
 /// At most this much of a response body is read; enough for any health page, and a
 /// misbehaving service cannot make the controller buffer gigabytes.
@@ -68,7 +68,11 @@ impl HttpCheck {
         let max_latency = spec
             .max_latency
             .as_ref()
-            .map(|d| d.parse().map_err(|e| format!("http.maxLatency {e}")))
+            .map(|d| {
+                HTTP_MAX_LATENCY
+                    .check(d.as_str())
+                    .map_err(|e| format!("http.maxLatency {e}"))
+            })
             .transpose()?;
         Ok(HttpCheck {
             client: http_client(spec.insecure_skip_verify)?,
