@@ -210,10 +210,12 @@ pub fn format_go_duration(duration: Duration) -> String {
         return "0s".into();
     }
     if nanos < 1_000_000_000 {
-        let (unit, digits) = match nanos {
-            ..1_000 => ("ns", 0),
-            ..1_000_000 => ("µs", 3),
-            _ => ("ms", 6),
+        let (unit, digits) = if nanos < 1_000 {
+            ("ns", 0)
+        } else if nanos < 1_000_000 {
+            ("µs", 3)
+        } else {
+            ("ms", 6)
         };
         return format!("{}{unit}", decimal(nanos, digits));
     }
