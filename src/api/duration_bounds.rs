@@ -178,7 +178,9 @@ fn rule_bounds(rule: &str) -> Option<Option<&'static DurationBounds>> {
     if rule == format_rule() {
         return Some(None);
     }
-    let (_, _, bounds) = BOUNDED_FIELDS.iter().find(|(_, _, b)| b.cel_rule() == rule)?;
+    let (_, _, bounds) = BOUNDED_FIELDS
+        .iter()
+        .find(|(_, _, b)| b.cel_rule() == rule)?;
     Some(Some(*bounds))
 }
 

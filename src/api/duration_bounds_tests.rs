@@ -63,7 +63,15 @@ fn fields_are_found_by_path() {
 
 #[test]
 fn the_pattern_is_what_the_rules_match() {
-    for ok in ["0", "1h30m", "5µs", "5μs", "1.5s", "99999h", "999999999999999999ns"] {
+    for ok in [
+        "0",
+        "1h30m",
+        "5µs",
+        "5μs",
+        "1.5s",
+        "99999h",
+        "999999999999999999ns",
+    ] {
         assert!(written_as_crd_expects(ok), "{ok}");
     }
     for bad in ["", "-1s", "+1s", ".5s", "5.s", "100000h", "1 h", "1d", "00"] {
@@ -96,8 +104,8 @@ fn duration_fields() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for crd in all_crds() {
         let version = &crd.spec.versions[0];
-        let schema = serde_json::to_value(&version.schema.as_ref().unwrap().open_api_v3_schema)
-            .unwrap();
+        let schema =
+            serde_json::to_value(&version.schema.as_ref().unwrap().open_api_v3_schema).unwrap();
         walk(&crd.spec.names.kind, &schema, &mut out);
     }
     out

@@ -127,6 +127,9 @@ mod tests {
             Some("\"5 minutes\" is not a duration (try 5m)")
         );
         assert_eq!(problem("spec.duration", "1440m"), None);
-        assert_eq!(problem("spec.faults[0].networkLatency.latency", "5µs"), None);
+        assert_eq!(
+            problem("spec.faults[0].networkLatency.latency", "5µs"),
+            None
+        );
     }
 }

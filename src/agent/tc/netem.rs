@@ -241,8 +241,8 @@ mod tests {
             error.to_string(),
             "latency.latency: \"5m\" is longer than the maximum of 1m"
         );
-        let error = Netem::from_fault(&latency("10ms", Some("999999999999999999999h"), None))
-            .unwrap_err();
+        let error =
+            Netem::from_fault(&latency("10ms", Some("999999999999999999999h"), None)).unwrap_err();
         assert!(error.to_string().starts_with("latency.jitter: "), "{error}");
     }
 
