@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod hypothesis;
 pub mod scheduler;
 
+mod body;
 mod field_path;
 mod http;
 mod kubernetes;
@@ -30,10 +31,10 @@ use crate::api::{
     duration_bounds::{DurationBounds, PROBE_INTERVAL, PROBE_TIMEOUT},
 };
 
-pub use self::http::HttpCheck;
+pub use self::http::{HttpCheck, MAX_BODY_BYTES};
 pub use self::hypothesis::{Hypothesis, ProbeTracker};
 pub use self::kubernetes::KubernetesCheck;
-pub use self::prometheus::PrometheusCheck;
+pub use self::prometheus::{MAX_ANSWER_BYTES, PrometheusCheck};
 pub use self::scheduler::{ProbeReport, run_probes};
 
 /// What one check found. `error` is set exactly when `ok` is false and is a whole sentence

@@ -44,4 +44,5 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+pub mod endless;
 pub mod harness;
