@@ -19,6 +19,7 @@
 //!   probes and the node agent (`sandbox::testkit`) used by tests and benchmarks.
 //! - [`demo_app`]: the small HTTP service the sandbox's real pods run.
 //! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
+//! - [`panics`]: keeps a panic inside the reconcile of the object that caused it.
 //! - [`cli`]: the `faultline` command line.
 pub mod admin;
 pub mod agent;
@@ -32,6 +33,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod metrics;
 pub mod owned_experiments;
+pub mod panics;
 pub mod probes;
 pub mod reference;
 pub mod report;

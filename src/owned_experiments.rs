@@ -24,7 +24,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use tracing::warn;
 
-use crate::api::{ABORT_ANNOTATION, ChaosExperiment, ChaosExperimentSpec};
+use crate::api::{ABORT_ANNOTATION, ChaosExperiment, ChaosExperimentSpec, Condition};
+use crate::panics::{PANICKED_REASON, Panic};
 
 /// A step of a GameDay's or ChaosSchedule's reconcile that the API server refused.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,45 @@ where
         .await
         .map_err(failed("report that it cannot be read"))?;
     Ok(Action::await_change())
+}
+
+/// Whether an earlier reconcile of this generation of the owner panicked (a condition with
+/// [`PANICKED_REASON`] says so): it is not run again until the spec is edited, since it would
+/// only panic again.
+pub fn panicked_before(conditions: &[Condition], generation: Option<i64>) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.reason == PANICKED_REASON && c.observed_generation == generation)
+}
+
+/// Reports on the owner that its reconcile panicked: `status` (a merge patch of the status)
+/// says so, in a condition carrying [`PANICKED_REASON`] and the generation. Nothing else is
+/// done for it until the spec is edited; every other object goes on.
+pub async fn report_panicked<K>(
+    client: &Client,
+    object: &K,
+    panic: &Panic,
+    status: serde_json::Value,
+) -> Result<Action, StepError>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    tracing::error!(kind = %K::kind(&()), %name, %namespace, %panic, "reconcile panicked; the object is quarantined");
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .map_err(failed("report that its reconcile panicked"))?;
+    Ok(Action::await_change())
+}
+
+/// The sentence a panicked owner's status carries: what happened, where, and what it means.
+pub fn panic_message(what: &str, panic: &Panic, consequence: &str) -> String {
+    format!(
+        "the controller failed on this {what} ({panic}), so it stopped acting on it: {consequence}. This is a faultline bug: please report it with this message. Editing the spec tries again"
+    )
 }
 
 /// Whether chaos is paused cluster-wide, as the experiment controller's cache sees it.

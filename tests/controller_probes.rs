@@ -224,9 +224,10 @@ async fn a_pod_kill_with_an_interval_kills_again_each_round_selecting_afresh() {
     let h = Harness::start_with_real_probes().await;
     let workloads = h.web_deployment(3, Duration::from_millis(100)).await;
     h.create("shop", "repeat", json!({
-        "duration": "1500ms",
+        "duration": "3500ms",
         "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},
-        "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0, "interval": "400ms"}}],
+        // 1s: the shortest interval a pod kill allows.
+        "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0, "interval": "1s"}}],
     }))
     .await;
     let done = h.wait_phase("shop", "repeat", Phase::Succeeded).await;
@@ -239,7 +240,7 @@ async fn a_pod_kill_with_an_interval_kills_again_each_round_selecting_afresh() {
         .collect();
     assert!(
         kills.len() >= 3,
-        "expected a kill at 0, 400, 800 and 1200ms: {kills:?}"
+        "expected a kill at 0, 1, 2 and 3s: {kills:?}"
     );
     let mut distinct = kills.clone();
     distinct.sort();

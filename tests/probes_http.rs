@@ -5,6 +5,8 @@
 //! Time limits here are wide on purpose (a route sleeping 1s against a 200ms maxLatency), so a
 //! busy machine does not make the tests flaky.
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -15,7 +17,7 @@ use axum::{
 };
 use faultline::{
     api::{Probe, ProbePhase},
-    probes::{CheckOutcome, ProbeReport, ProbeRunner, run_probes},
+    probes::{CheckOutcome, MAX_BODY_BYTES, ProbeReport, ProbeRunner, run_probes},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -160,6 +162,60 @@ async fn the_body_must_match_the_regex() {
         error(&outcome),
         r#"probe checkout-healthy: body did not match /^ok$/ (body: "checkout: green\nqueue: 3")"#
     );
+}
+
+#[tokio::test]
+async fn an_endless_body_fails_the_regex_at_1_mib_within_the_timeout_and_is_not_read_further() {
+    let server = common::endless::serve_endless("/stream", "", |i| format!("line {i}\n")).await;
+    let started = std::time::Instant::now();
+    let outcome = check(
+        &format!("{}/stream", server.url),
+        "bodyRegex: 'never there'",
+    )
+    .await;
+    assert_eq!(
+        error(&outcome),
+        format!(
+            "probe checkout-healthy: status 200, response body exceeds 1 MiB; bodyRegex is only \
+             matched against bodies up to 1 MiB ({}/stream)",
+            server.url
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    common::endless::assert_reading_stopped(&server, MAX_BODY_BYTES).await;
+}
+
+#[tokio::test]
+async fn without_a_regex_an_endless_body_is_read_up_to_the_cap_and_the_status_decides() {
+    let server = common::endless::serve_endless("/stream", "", |i| format!("line {i}\n")).await;
+    let outcome = check(&format!("{}/stream", server.url), "").await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert!(outcome.value.unwrap().starts_with("200 in "));
+    common::endless::assert_reading_stopped(&server, MAX_BODY_BYTES).await;
+}
+
+#[tokio::test]
+async fn a_body_announced_over_the_cap_is_refused_before_it_is_read() {
+    let app = Router::new().route("/big", get(|| async { "x".repeat(MAX_BODY_BYTES + 1) }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let outcome = check(&format!("http://{addr}/big"), "bodyRegex: x").await;
+    assert!(
+        error(&outcome).contains("response body exceeds 1 MiB"),
+        "{outcome:?}"
+    );
+    // One byte under the cap is matched as usual.
+    let app = Router::new().route("/fits", get(|| async { "x".repeat(MAX_BODY_BYTES) }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let outcome = check(&format!("http://{addr}/fits"), "bodyRegex: 'x$'").await;
+    assert!(outcome.ok, "{:?}", outcome.error);
 }
 
 #[tokio::test]

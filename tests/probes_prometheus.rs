@@ -5,6 +5,8 @@
 //! directory, and kills it by PID when the test ends, pass or fail. A missing `prometheus`
 //! binary fails the test: CI installs it, so a skip would only hide a broken setup.
 
+mod common;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -18,7 +20,7 @@ use std::{
 use axum::{Router, extract::State, routing::get};
 use faultline::{
     api::Probe,
-    probes::{CheckOutcome, ProbeRunner},
+    probes::{CheckOutcome, MAX_ANSWER_BYTES, ProbeRunner},
 };
 use tokio::net::TcpListener;
 
@@ -308,4 +310,41 @@ async fn an_unreachable_prometheus_fails_naming_the_server() {
         error(&outcome),
         format!("probe checkout-errors: connection refused (http://127.0.0.1:{port}/api/v1/query)")
     );
+}
+
+#[tokio::test]
+async fn an_endless_answer_fails_at_4_mib_within_the_timeout_and_is_not_read_further() {
+    faultline::cli::install_crypto_provider();
+    // A "Prometheus" whose instant vector never ends.
+    let server = common::endless::serve_endless(
+        "/api/v1/query",
+        r#"{"status":"success","data":{"resultType":"vector","result":["#,
+        |i| format!(r#"{{"metric":{{"__name__":"up","pod":"p{i}"}},"value":[1700000000,"1"]}},"#),
+    )
+    .await;
+    let probe: Probe = serde_yaml::from_str(&format!(
+        "{{name: checkout-errors, timeout: 10s, prometheus: {{url: '{}', query: up, \
+         operator: '==', value: 1}}}}",
+        server.url
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let outcome = ProbeRunner::new(&probe, "shop", None)
+        .unwrap()
+        .run_once()
+        .await;
+    assert_eq!(
+        error(&outcome),
+        format!(
+            "probe checkout-errors: Prometheus's answer to query \"up\" exceeds 4 MiB ({}/api/v1/query); \
+             make the query return fewer series, e.g. aggregate with sum, max or topk",
+            server.url
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    common::endless::assert_reading_stopped(&server, MAX_ANSWER_BYTES).await;
 }

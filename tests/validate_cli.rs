@@ -137,7 +137,7 @@ fn a_directory_is_searched_recursively_and_summarised() {
         "{summary}"
     );
     assert!(
-        summary.contains("19 documents checked, 11 invalid"),
+        summary.contains("21 documents checked, 13 invalid"),
         "{summary}"
     );
 }
@@ -195,4 +195,18 @@ fn bytes_that_are_not_utf8_are_an_error_not_a_crash() {
         stdout(&output),
         "bin.yaml:2: not UTF-8 text; save the file as UTF-8\n"
     );
+}
+
+#[test]
+fn the_poison_durations_exit_1_naming_each_field_and_its_limit_instead_of_panicking() {
+    let output = faultline(&fixtures().join("invalid"), &["poison-durations.yaml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with(
+            "poison-durations.yaml:8: spec.duration: \"999999999999999999999h\" is longer than the maximum of 24h\n"
+        ),
+        "{}",
+        stdout(&output)
+    );
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
 }

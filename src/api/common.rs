@@ -1,37 +1,48 @@
 //! Small value types shared by every faultline resource.
 
-use std::{borrow::Cow, fmt, str::FromStr, time::Duration};
+use std::{borrow::Cow, fmt, time::Duration};
 
 use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-/// The CEL rule every duration field carries. Kept in one place so the CRD, `faultline validate`
-/// and the tests agree on what a duration is.
-pub(crate) const DURATION_RULE: &str =
-    r"self.matches('^(0|([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$')";
-pub(crate) const DURATION_MESSAGE: &str =
-    "must be a duration such as 500ms, 30s, 5m or 1h30m (units ns, us, ms, s, m, h)";
+use super::duration::{format_go_duration, parse_go_duration};
+use super::duration_bounds::{self, DurationBounds};
 
 /// A duration written the way Kubernetes writes them (`metav1.Duration`, Go's
 /// `time.ParseDuration`): `500ms`, `30s`, `5m`, `1h30m`.
 ///
 /// It is kept as the user's string so that an object with a malformed duration still
 /// deserializes: the controller can then report *which* field is wrong in a status condition
-/// instead of failing to read the object at all. Use [`GoDuration::parse`] at the point of use.
+/// instead of failing to read the object at all. Use [`GoDuration::parse`] (or
+/// [`GoDuration::parse_within`] for a bounded field) at the point of use.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct GoDuration(pub String);
 
 impl GoDuration {
-    /// Parses the duration; the error says what was wrong and what a valid value looks like.
+    /// Parses the duration (never panics); the error names the value and says what was wrong.
     pub fn parse(&self) -> Result<Duration, String> {
-        parse_go_duration(&self.0)
+        parse_go_duration(&self.0).map_err(|e| e.to_string())
     }
 
-    /// Formats a duration the way Go prints it (`1m30s`, `250ms`), for status fields.
+    /// Parses the duration and checks the field's limits; the error is prefixed with `field`
+    /// (`spec.duration: "25h" is longer than the maximum of 24h`).
+    pub fn parse_within(&self, field: &str, bounds: &DurationBounds) -> Result<Duration, String> {
+        bounds
+            .check(&self.0)
+            .map_err(|problem| format!("{field}: {problem}"))
+    }
+
+    /// Formats a duration the way Go prints it (`1m30s`, `250ms`), to millisecond precision
+    /// (microseconds below one millisecond), for status fields and reports.
     pub fn from_duration(duration: Duration) -> Self {
-        GoDuration(format_go_duration(duration))
+        let nanos = duration.as_nanos();
+        let unit = if nanos >= 1_000_000 { 1_000_000 } else { 1_000 };
+        let rounded = (nanos / unit) * unit;
+        GoDuration(format_go_duration(Duration::from_nanos(
+            u64::try_from(rounded).unwrap_or(u64::MAX),
+        )))
     }
 
     pub fn as_str(&self) -> &str {
@@ -51,48 +62,6 @@ impl From<&str> for GoDuration {
     }
 }
 
-/// Parses a Go duration string; negative durations are rejected because no faultline field
-/// means anything with one.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let parsed = kube::core::Duration::from_str(text)
-        .map_err(|_| format!("{text:?} is not a duration (try 30s, 5m or 1h30m)"))?;
-    if parsed.is_negative() {
-        return Err(format!(
-            "{text:?} is negative; durations must be zero or more"
-        ));
-    }
-    Ok(parsed.into())
-}
-
-/// Formats like Go's `time.Duration.String()`, to millisecond precision: `250ms`, `1.5s`,
-/// `1m30s`, `2h0m0s`.
-pub fn format_go_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if millis == 0 {
-        return if duration.is_zero() {
-            "0s".into()
-        } else {
-            format!("{}µs", duration.as_micros())
-        };
-    }
-    if millis < 1000 {
-        return format!("{millis}ms");
-    }
-    let (hours, rest) = (millis / 3_600_000, millis % 3_600_000);
-    let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let (seconds, frac) = (rest / 1000, rest % 1000);
-    let seconds = if frac == 0 {
-        format!("{seconds}s")
-    } else {
-        format!("{seconds}.{}s", format!("{frac:03}").trim_end_matches('0'))
-    };
-    match (hours, minutes) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
-    }
-}
-
 impl JsonSchema for GoDuration {
     fn schema_name() -> Cow<'static, str> {
         "GoDuration".into()
@@ -106,7 +75,11 @@ impl JsonSchema for GoDuration {
         json_schema!({
             "type": "string",
             "maxLength": 32,
-            "x-kubernetes-validations": [{ "rule": DURATION_RULE, "message": DURATION_MESSAGE }],
+            // Bounded fields replace this with their own rule (`DurationBounds::in_schema`).
+            "x-kubernetes-validations": [{
+                "rule": duration_bounds::format_rule(),
+                "message": duration_bounds::format_message(),
+            }],
         })
     }
 }
@@ -175,12 +148,28 @@ mod tests {
 
     #[test]
     fn parses_go_durations_and_explains_bad_ones() {
-        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
-        let err = parse_go_duration("fast").unwrap_err();
+        let parse = |text: &str| GoDuration::from(text).parse();
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("0"), Ok(Duration::ZERO));
+        let err = parse("fast").unwrap_err();
         assert!(err.contains("\"fast\" is not a duration (try 30s"), "{err}");
-        assert!(parse_go_duration("-5s").unwrap_err().contains("negative"));
+        assert!(parse("-5s").unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn parse_within_names_the_field_and_the_limit() {
+        let bounds = &super::super::duration_bounds::EXPERIMENT_DURATION;
+        let parse = |text: &str| GoDuration::from(text).parse_within("spec.duration", bounds);
+        assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(
+            parse("999999999999999999999h").unwrap_err(),
+            "spec.duration: \"999999999999999999999h\" is longer than the maximum of 24h"
+        );
+        assert_eq!(
+            parse("0").unwrap_err(),
+            "spec.duration: \"0\" is shorter than the minimum of 1s"
+        );
     }
 
     #[test]
@@ -206,5 +195,13 @@ mod tests {
             "1m1.05s"
         );
         assert_eq!(GoDuration::from_duration(Duration::ZERO).0, "0s");
+        assert_eq!(
+            GoDuration::from_duration(Duration::from_nanos(812_400)).0,
+            "812µs"
+        );
+        assert_eq!(
+            GoDuration::from_duration(Duration::from_nanos(1_234_567_891)).0,
+            "1.234s"
+        );
     }
 }

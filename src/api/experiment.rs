@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    common::GoDuration, fault::Fault, probe::Probe, selector::TargetSelector,
+    common::GoDuration, duration_bounds, fault::Fault, probe::Probe, selector::TargetSelector,
     status::ChaosExperimentStatus,
 };
 
@@ -71,8 +71,10 @@ use super::{
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChaosExperimentSpec {
-    /// How long the faults stay injected, e.g. `60s` or `5m`. The node agent enforces this
-    /// deadline by itself even if the controller is gone.
+    /// How long the faults stay injected, e.g. `60s` or `5m`: at least 1s, at most 24h (run
+    /// longer campaigns as a ChaosSchedule). The node agent enforces this deadline by itself
+    /// even if the controller is gone.
+    #[schemars(transform = duration_bounds::EXPERIMENT_DURATION.in_schema())]
     pub duration: GoDuration,
     /// Which pods to target.
     #[serde(default)]
@@ -104,8 +106,9 @@ pub struct SteadyState {
     #[schemars(length(min = 1, max = 32), transform = super::bounds::list_map_by_name)]
     pub probes: Vec<Probe>,
     /// After the faults are reverted, how long the after-probes have to hold again before the
-    /// experiment fails. Default 60s.
+    /// experiment fails. Default 60s; at least 1s, at most 1h.
     #[serde(default = "default_recovery_timeout")]
+    #[schemars(transform = duration_bounds::RECOVERY_TIMEOUT.in_schema())]
     pub recovery_timeout: GoDuration,
 }
 
@@ -122,8 +125,9 @@ pub struct AbortPolicy {
     #[serde(default = "yes")]
     pub on_hypothesis_failure: bool,
     /// How long reverting may take before the experiment is marked Error and every remaining
-    /// fault is reported by name. Default 30s.
+    /// fault is reported by name. Default 30s; at least 1s, at most 1h.
     #[serde(default = "default_revert_timeout")]
+    #[schemars(transform = duration_bounds::REVERT_TIMEOUT.in_schema())]
     pub revert_timeout: GoDuration,
 }
 

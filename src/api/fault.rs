@@ -5,7 +5,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::GoDuration;
+use super::{common::GoDuration, duration_bounds};
 
 /// One fault. Set exactly one of `podKill`, `networkLatency`, `networkLoss`,
 /// `networkBandwidth` or `networkPartition`; it applies to every selected target.
@@ -116,8 +116,9 @@ pub struct PodKillFault {
     #[schemars(range(min = 0))]
     pub grace_period_seconds: Option<i64>,
     /// Kill again every interval during the experiment's duration, selecting targets afresh
-    /// each time. Unset kills once.
+    /// each time: at least 1s, at most 24h. Unset kills once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_bounds::POD_KILL_INTERVAL.in_schema())]
     pub interval: Option<GoDuration>,
 }
 
@@ -170,10 +171,14 @@ impl NetworkScope {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LatencyFault {
-    /// The added delay, e.g. `100ms`.
+    /// The added delay, e.g. `100ms`: more than 0s, at most 1m (a longer delay is a dead
+    /// link: use networkLoss or networkPartition).
+    #[schemars(transform = duration_bounds::LATENCY.in_schema())]
     pub latency: GoDuration,
-    /// Random variation added to or subtracted from the delay, e.g. `10ms`.
+    /// Random variation added to or subtracted from the delay, e.g. `10ms`: at most 1m, and
+    /// at most the latency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_bounds::JITTER.in_schema())]
     pub jitter: Option<GoDuration>,
     /// How much each packet's jitter depends on the previous one's, in percent (0-100).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     common::{Condition, GoDuration},
+    duration_bounds,
     experiment::{ChaosExperimentSpec, SteadyState},
     status::Verdict,
 };
@@ -91,8 +92,9 @@ pub struct GameDayStage {
     /// The experiments of this stage. At least one; names are unique within the stage.
     #[schemars(length(min = 1, max = 16), transform = super::bounds::list_map_by_name)]
     pub experiments: Vec<StageExperiment>,
-    /// Wait this long after the stage ends before the next one starts, e.g. `5m`.
+    /// Wait this long after the stage ends before the next one starts, e.g. `5m`: at most 24h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_bounds::PAUSE_AFTER.in_schema())]
     pub pause_after: Option<GoDuration>,
     /// Wait before starting this stage until someone approves it by annotating the GameDay with
     /// `faultline.dev/approve-stage=<stage name>`.

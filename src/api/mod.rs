@@ -12,6 +12,8 @@
 
 mod bounds;
 mod common;
+mod duration;
+pub mod duration_bounds;
 mod experiment;
 mod fault;
 mod gameday;
@@ -22,6 +24,9 @@ mod selector;
 mod status;
 
 pub use common::{Condition, ConditionStatus, GoDuration, ObjectRef, PodRef};
+pub use duration::{
+    DurationError, LONGEST_GO_DURATION, format_go_duration, format_short, parse_go_duration,
+};
 pub use experiment::{AbortPolicy, ChaosExperiment, ChaosExperimentSpec, SteadyState};
 pub use fault::{
     BandwidthFault, Direction, Fault, FaultKind, LatencyFault, LossFault, NetworkScope,

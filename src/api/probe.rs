@@ -6,7 +6,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::GoDuration;
+use super::{common::GoDuration, duration_bounds};
 
 /// When a probe runs, in the words of Litmus probe modes: `before` is the start-of-test check,
 /// `during` is continuous while faults are in, `after` is the end-of-test check (after revert,
@@ -47,11 +47,14 @@ pub struct Probe {
     /// A PromQL query compared with a number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusProbe>,
-    /// Time between two checks. Default 5s.
+    /// Time between two checks. Default 5s; at least 100ms, at most 1h.
     #[serde(default = "default_interval")]
+    #[schemars(transform = duration_bounds::PROBE_INTERVAL.in_schema())]
     pub interval: GoDuration,
-    /// How long one check may take before it counts as failed. Default 2s.
+    /// How long one check may take before it counts as failed. Default 2s; more than 0s, at
+    /// most 5m.
     #[serde(default = "default_timeout")]
+    #[schemars(transform = duration_bounds::PROBE_TIMEOUT.in_schema())]
     pub timeout: GoDuration,
     /// Consecutive failed checks before the probe counts as failing (the tolerance). Default 1.
     #[serde(default = "one")]
@@ -126,8 +129,10 @@ pub struct HttpProbe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub body_regex: Option<String>,
-    /// The answer must arrive within this time, e.g. `300ms`, or the check fails.
+    /// The answer must arrive within this time, e.g. `300ms`, or the check fails: more than
+    /// 0s, at most 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = duration_bounds::HTTP_MAX_LATENCY.in_schema())]
     pub max_latency: Option<GoDuration>,
     /// Accept any TLS certificate (self-signed test services).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -268,8 +268,9 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
 enum Api {
     /// The embedded API server, started by the sandbox.
     Embedded(ApiServer),
-    /// A running control plane, reached through its kubeconfig.
-    Attached { config: kube::Config },
+    /// A running control plane, reached through its kubeconfig (boxed: a kube::Config is
+    /// over a kilobyte, the embedded server a handle).
+    Attached { config: Box<kube::Config> },
 }
 
 impl Api {
@@ -296,7 +297,9 @@ impl Api {
             )
         })?;
         tracing::info!(version = %version.git_version, "attached to a running control plane");
-        Ok(Api::Attached { config })
+        Ok(Api::Attached {
+            config: Box::new(config),
+        })
     }
 
     fn control_plane(&self) -> ControlPlane {
@@ -309,14 +312,14 @@ impl Api {
     async fn client(&self) -> anyhow::Result<kube::Client> {
         match self {
             Api::Embedded(server) => Ok(server.client().await),
-            Api::Attached { config } => Ok(kube::Client::try_from(config.clone())?),
+            Api::Attached { config } => Ok(kube::Client::try_from(config.as_ref().clone())?),
         }
     }
 
     fn client_config(&self) -> anyhow::Result<kube::Config> {
         match self {
             Api::Embedded(server) => Ok(server.client_config()),
-            Api::Attached { config } => Ok(config.clone()),
+            Api::Attached { config } => Ok(config.as_ref().clone()),
         }
     }
 

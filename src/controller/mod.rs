@@ -6,7 +6,10 @@
 //! - targets are recorded in status before any fault is injected, and each target record is
 //!   marked `Injecting` before its fault is attempted, so a crash never loses track of a fault;
 //! - the experiment finalizer is removed only when no FaultInjection of the experiment is left;
-//! - a violation seen by a probe triggers a reconcile at once (not at the next requeue).
+//! - a violation seen by a probe triggers a reconcile at once (not at the next requeue);
+//! - a panic in one experiment's reconcile quarantines that experiment (`invalid`): its status
+//!   says what happened and where, its faults are reverted, its finalizer released; every
+//!   other experiment goes on.
 //!
 //! Cost: at most `Settings::concurrency` experiments are reconciled at once; FaultInjections
 //! and the pause switch are read from watch caches (see `caches`); pods are listed filtered by
@@ -48,6 +51,7 @@ use crate::{
     api::{ChaosExperiment, FaultInjection, ProbePhase, ProbeStatus},
     lifecycle::{HypothesisView, decide},
     metrics::{Metrics, ReasonLabel},
+    panics,
     selection::SafetyPolicy,
 };
 
@@ -181,7 +185,16 @@ pub async fn reconcile(
     ctx.metrics.reconciliations.inc();
     let started = std::time::Instant::now();
     let result = match &guarded.0 {
-        Ok(experiment) => reconcile_inner(Arc::new(experiment.clone()), &ctx).await,
+        Ok(experiment) => match invalid::panicked_before(experiment) {
+            Some(problem) => invalid::reconcile_quarantined(&ctx, experiment, &problem).await,
+            // A panic stays with this experiment: it is quarantined, the others go on.
+            None => {
+                match panics::catch(reconcile_inner(Arc::new(experiment.clone()), &ctx)).await {
+                    Ok(result) => result,
+                    Err(panic) => invalid::reconcile_panicked(&ctx, experiment, &panic).await,
+                }
+            }
+        },
         Err(invalid) => invalid::reconcile_invalid(&ctx, invalid).await,
     };
     ctx.metrics

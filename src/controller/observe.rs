@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{Context, Error, Result, spec_check};
+use crate::api::duration_bounds::POD_KILL_INTERVAL;
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, EXPERIMENT_LABEL, FaultInjection, InjectionPhase,
@@ -247,7 +248,10 @@ fn kill_schedule(
         .iter()
         .enumerate()
         .filter_map(|(index, fault)| {
-            let interval = fault.pod_kill.as_ref()?.interval.as_ref()?.parse().ok()?;
+            // Out of bounds (a spec that bypassed the schema) never schedules a kill; the
+            // spec check fails the experiment before it injects.
+            let interval = fault.pod_kill.as_ref()?.interval.as_ref()?;
+            let interval = POD_KILL_INTERVAL.check(interval.as_str()).ok()?;
             let interval = chrono::Duration::from_std(interval).ok()?;
             Some((index, last_round(index).unwrap_or(injected) + interval))
         })

@@ -6,7 +6,13 @@
 use std::time::Duration;
 
 use crate::{
-    api::{ChaosExperimentSpec, FaultKind, GoDuration},
+    api::{
+        ChaosExperimentSpec, FaultKind, SteadyState,
+        duration_bounds::{
+            EXPERIMENT_DURATION, HTTP_MAX_LATENCY, JITTER, LATENCY, POD_KILL_INTERVAL,
+            PROBE_INTERVAL, PROBE_TIMEOUT, RECOVERY_TIMEOUT, REVERT_TIMEOUT,
+        },
+    },
     selection::LabelMatcher,
 };
 
@@ -18,43 +24,45 @@ pub struct ParsedTimes {
     pub revert_timeout: Duration,
 }
 
-fn parse(field: &str, value: &GoDuration) -> Result<Duration, String> {
-    value.parse().map_err(|e| format!("{field}: {e}"))
-}
-
 /// Checks the spec; the error names the field and says what is wrong.
 pub fn check_spec(spec: &ChaosExperimentSpec) -> Result<ParsedTimes, String> {
-    let duration = parse("spec.duration", &spec.duration)?;
-    if duration.is_zero() {
-        return Err("spec.duration: must be more than 0s".into());
-    }
+    check_spec_at(spec, "spec")
+}
+
+/// [`check_spec`] for a spec found at `path` (a GameDay's stage experiment, a schedule's
+/// template), so that the error names the field where the user wrote it.
+pub fn check_spec_at(spec: &ChaosExperimentSpec, path: &str) -> Result<ParsedTimes, String> {
+    let duration = spec
+        .duration
+        .parse_within(&format!("{path}.duration"), &EXPERIMENT_DURATION)?;
     if spec.faults.is_empty() {
-        return Err("spec.faults: at least one fault is required".into());
+        return Err(format!("{path}.faults: at least one fault is required"));
     }
     for (i, fault) in spec.faults.iter().enumerate() {
+        let at = format!("{path}.faults[{i}]");
         let Some(kind) = fault.kind() else {
             return Err(format!(
-                "spec.faults[{i}]: set exactly one of podKill, networkLatency, networkLoss, networkBandwidth or networkPartition"
+                "{at}: set exactly one of podKill, networkLatency, networkLoss, networkBandwidth or networkPartition"
             ));
         };
         match kind {
             FaultKind::PodKill(kill) => {
                 if let Some(interval) = &kill.interval {
-                    parse(&format!("spec.faults[{i}].podKill.interval"), interval)?;
+                    interval.parse_within(&format!("{at}.podKill.interval"), &POD_KILL_INTERVAL)?;
                 }
             }
             FaultKind::NetworkLatency(latency) => {
-                parse(
-                    &format!("spec.faults[{i}].networkLatency.latency"),
-                    &latency.latency,
-                )?;
+                let at = format!("{at}.networkLatency");
+                latency
+                    .latency
+                    .parse_within(&format!("{at}.latency"), &LATENCY)?;
                 if let Some(jitter) = &latency.jitter {
-                    parse(&format!("spec.faults[{i}].networkLatency.jitter"), jitter)?;
+                    jitter.parse_within(&format!("{at}.jitter"), &JITTER)?;
                 }
             }
             FaultKind::NetworkLoss(loss) if !(0.0..=100.0).contains(&loss.percent) => {
                 return Err(format!(
-                    "spec.faults[{i}].networkLoss.percent: {} is not a percentage (0-100)",
+                    "{at}.networkLoss.percent: {} is not a percentage (0-100)",
                     loss.percent
                 ));
             }
@@ -62,7 +70,7 @@ pub fn check_spec(spec: &ChaosExperimentSpec) -> Result<ParsedTimes, String> {
                 if partition.peers.cidrs.is_empty() && partition.peers.selector.is_none() =>
             {
                 return Err(format!(
-                    "spec.faults[{i}].networkPartition.peers: name CIDRs or a pod selector"
+                    "{at}.networkPartition.peers: name CIDRs or a pod selector"
                 ));
             }
             _ => {}
@@ -71,36 +79,44 @@ pub fn check_spec(spec: &ChaosExperimentSpec) -> Result<ParsedTimes, String> {
     if let Some(selector) = &spec.target.label_selector {
         LabelMatcher::new(selector).map_err(|e| e.to_string())?;
     }
-    let mut recovery_timeout = Duration::from_secs(60);
-    if let Some(steady) = &spec.steady_state {
-        recovery_timeout = parse("spec.steadyState.recoveryTimeout", &steady.recovery_timeout)?;
-        for (i, probe) in steady.probes.iter().enumerate() {
-            if probe.check().is_none() {
-                return Err(format!(
-                    "spec.steadyState.probes[{i}]: set exactly one of http, kubernetes or prometheus"
-                ));
-            }
-            let interval = parse(
-                &format!("spec.steadyState.probes[{i}].interval"),
-                &probe.interval,
-            )?;
-            if interval.is_zero() {
-                return Err(format!(
-                    "spec.steadyState.probes[{i}].interval: must be more than 0s"
-                ));
-            }
-            parse(
-                &format!("spec.steadyState.probes[{i}].timeout"),
-                &probe.timeout,
-            )?;
-        }
-    }
-    let revert_timeout = parse("spec.abort.revertTimeout", &spec.abort.revert_timeout)?;
+    let recovery_timeout = match &spec.steady_state {
+        Some(steady) => check_steady_state(steady, &format!("{path}.steadyState"))?,
+        None => Duration::from_secs(60),
+    };
+    let revert_timeout = spec
+        .abort
+        .revert_timeout
+        .parse_within(&format!("{path}.abort.revertTimeout"), &REVERT_TIMEOUT)?;
     Ok(ParsedTimes {
         duration,
         recovery_timeout,
         revert_timeout,
     })
+}
+
+/// Checks a steady-state hypothesis found at `path`; returns its recovery timeout.
+pub fn check_steady_state(steady: &SteadyState, path: &str) -> Result<Duration, String> {
+    let recovery_timeout = steady
+        .recovery_timeout
+        .parse_within(&format!("{path}.recoveryTimeout"), &RECOVERY_TIMEOUT)?;
+    for (i, probe) in steady.probes.iter().enumerate() {
+        let at = format!("{path}.probes[{i}]");
+        if probe.check().is_none() {
+            return Err(format!(
+                "{at}: set exactly one of http, kubernetes or prometheus"
+            ));
+        }
+        probe
+            .interval
+            .parse_within(&format!("{at}.interval"), &PROBE_INTERVAL)?;
+        probe
+            .timeout
+            .parse_within(&format!("{at}.timeout"), &PROBE_TIMEOUT)?;
+        if let Some(max) = probe.http.as_ref().and_then(|h| h.max_latency.as_ref()) {
+            max.parse_within(&format!("{at}.http.maxLatency"), &HTTP_MAX_LATENCY)?;
+        }
+    }
+    Ok(recovery_timeout)
 }
 
 #[cfg(test)]
@@ -133,6 +149,25 @@ mod tests {
         assert_eq!(
             check_spec(&bad).unwrap_err(),
             "spec.duration: \"fast\" is not a duration (try 30s, 5m or 1h30m)"
+        );
+
+        // What used to panic the controller, and what used to run for 11,400 years.
+        for poison in ["999999999999999999999h", "100000000h"] {
+            let mut bad = spec();
+            bad.duration = poison.into();
+            assert_eq!(
+                check_spec(&bad).unwrap_err(),
+                format!("spec.duration: {poison:?} is longer than the maximum of 24h")
+            );
+        }
+        let mut bad = spec();
+        bad.faults[0].pod_kill = Some(PodKillFault {
+            interval: Some("1ms".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            check_spec_at(&bad, "spec.experimentTemplate.spec").unwrap_err(),
+            "spec.experimentTemplate.spec.faults[0].podKill.interval: \"1ms\" is shorter than the minimum of 1s"
         );
 
         let mut bad = spec();

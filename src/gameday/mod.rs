@@ -23,6 +23,7 @@ use crate::api::{
     GameDay, STAGE_LABEL,
 };
 use crate::owned_experiments as owned;
+use crate::panics::{self, PANICKED_REASON};
 use plan::{Child, Observed, Plan};
 
 /// How often a GameDay is looked at when nothing changes (a safety net; changes to it and to
@@ -82,6 +83,33 @@ async fn reconcile(
             return owned::report_unreadable::<GameDay>(&ctx.client, invalid, status).await;
         }
     };
+    let generation = gameday.metadata.generation;
+    let conditions = gameday.status.as_ref().map(|s| &s.conditions[..]);
+    if owned::panicked_before(conditions.unwrap_or_default(), generation) {
+        return Ok(Action::await_change());
+    }
+    // A panic stays with this GameDay: it is reported on it, the others go on.
+    match panics::catch(reconcile_readable(gameday, &ctx)).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = owned::panic_message(
+                "game day",
+                &panic,
+                "no further stage starts; experiments it created run to their end under their own hypothesis (faultline abort stops them)",
+            );
+            let status = json!({ "status": {
+                "phase": "Failed", "verdict": "Error", "message": message,
+                "observedGeneration": generation,
+                "conditions": [{ "type": "Complete", "status": "True", "reason": PANICKED_REASON,
+                                  "message": message, "lastTransitionTime": Utc::now(),
+                                  "observedGeneration": generation }],
+            }});
+            owned::report_panicked(&ctx.client, gameday, &panic, status).await
+        }
+    }
+}
+
+async fn reconcile_readable(gameday: &GameDay, ctx: &Context) -> Result<Action, owned::StepError> {
     let namespace = gameday.namespace().unwrap_or_default();
     let name = gameday.name_any();
     let (mine, strays) = owned::list(
@@ -118,7 +146,7 @@ async fn reconcile(
     };
     let plan = plan::plan(&observed);
     tracing::debug!(?plan, "planned");
-    act(&ctx, gameday, &plan).await?;
+    act(ctx, gameday, &plan).await?;
     Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC)))
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::stage::{skip_pending_stages, stage_finished, start_stage};
+use super::stage::{check_spec, skip_pending_stages, stage_finished, start_stage};
 use crate::api::{
     ChaosExperimentSpec, ConditionStatus, GameDaySpec, GameDayStageStatus, GameDayStatus,
     OnFailure, Verdict,
@@ -129,7 +129,7 @@ fn waiting(o: &Observed, p: &mut Plan) {
         p.status.next_start_time = None;
         return;
     }
-    let start = match next_start(o) {
+    let start = match check_spec(o.spec).and_then(|()| next_start(o)) {
         Ok(start) => start,
         Err(message) => {
             if !finished {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use super::plan::{Child, NewExperiment, Note, Observed, Plan, current_run, stage_phase, until};
 use super::plan::{passed, worst};
-use crate::api::{ChaosExperimentSpec, GameDaySpec, GameDayStage, Verdict};
+use crate::api::{
+    ChaosExperimentSpec, GameDaySpec, GameDayStage, Verdict, duration_bounds::PAUSE_AFTER,
+};
+use crate::controller::spec_check;
 
 /// Kubernetes label values (the experiment's name is one on its FaultInjections) hold 63.
 const NAME_LIMIT: usize = 63;
@@ -14,6 +17,25 @@ pub(super) const PAUSED_RECHECK: Duration = Duration::from_secs(10);
 /// The name of the experiment created for `experiment` of `stage`.
 pub fn experiment_name(gameday: &str, stage: &str, experiment: &str) -> String {
     format!("{gameday}-{stage}-{experiment}")
+}
+
+/// Checks what the API server's schema checks and the controller relies on: every pause, the
+/// day's hypothesis and every stage's experiments. The error names the field, so a GameDay that
+/// bypassed the schema fails before it starts anything.
+pub(super) fn check_spec(day: &GameDaySpec) -> Result<(), String> {
+    if let Some(steady) = &day.steady_state {
+        spec_check::check_steady_state(steady, "spec.steadyState")?;
+    }
+    for (i, stage) in day.stages.iter().enumerate() {
+        if let Some(pause) = &stage.pause_after {
+            pause.parse_within(&format!("spec.stages[{i}].pauseAfter"), &PAUSE_AFTER)?;
+        }
+        for (j, experiment) in stage.experiments.iter().enumerate() {
+            let path = format!("spec.stages[{i}].experiments[{j}].spec");
+            spec_check::check_spec_at(&experiment.spec, &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// The spec of a stage's experiment: its own, with the day's probes added (the day's recovery
@@ -56,7 +78,7 @@ pub(super) fn start_stage(o: &Observed, p: &mut Plan, index: usize) -> bool {
     let stage: &GameDayStage = &o.spec.stages[index];
     if index > 0
         && let Some(pause) = &o.spec.stages[index - 1].pause_after
-        && let Ok(pause) = pause.parse()
+        && let Ok(pause) = PAUSE_AFTER.check(pause.as_str())
         && let Some(previous_end) = p.status.stages[index - 1].finished_at
     {
         let ready = previous_end + chrono::Duration::from_std(pause).unwrap_or_default();

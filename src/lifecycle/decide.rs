@@ -157,8 +157,12 @@ fn to(phase: Phase, reason: &'static str, message: impl Into<String>) -> Decisio
     }
 }
 
+/// `start + duration`; a time past chrono's range is "never" (it cannot panic).
 fn after(start: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
-    start + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|d| start.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides the next step. Pure: the same `Observed` always gives the same `Decision`.

@@ -11,12 +11,15 @@ use reqwest::{
     header::{HeaderMap, HeaderName, HeaderValue},
 };
 
+use super::body::{self, BodyError};
 use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client, millis};
-use crate::api::{GoDuration, HttpProbe};
+use crate::api::{GoDuration, HttpProbe, duration_bounds::HTTP_MAX_LATENCY};
 
-/// At most this much of a response body is read; enough for any health page, and a
-/// misbehaving service cannot make the controller buffer gigabytes.
-const MAX_BODY_BYTES: usize = 1 << 20;
+/// The longest body `bodyRegex` is matched against: far more than any health page, and the
+/// most a service that streams without end can make the controller hold for one check. A
+/// longer body fails the check (the regex cannot be judged on part of it); without
+/// `bodyRegex` the body is read up to this much, for the latency, and not kept.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// How much of a body a failure message quotes.
 const BODY_QUOTE_CHARS: usize = 120;
 
@@ -68,7 +71,11 @@ impl HttpCheck {
         let max_latency = spec
             .max_latency
             .as_ref()
-            .map(|d| d.parse().map_err(|e| format!("http.maxLatency {e}")))
+            .map(|d| {
+                HTTP_MAX_LATENCY
+                    .check(d.as_str())
+                    .map_err(|e| format!("http.maxLatency {e}"))
+            })
             .transpose()?;
         Ok(HttpCheck {
             client: http_client(spec.insecure_skip_verify)?,
@@ -82,8 +89,8 @@ impl HttpCheck {
         })
     }
 
-    /// The response, or the reason there is none.
-    async fn exchange(&self) -> Result<(u16, String), String> {
+    /// The status and, when `bodyRegex` needs it, the body; or the reason there is none.
+    async fn exchange(&self) -> Result<(u16, Option<String>), String> {
         let mut request = self
             .client
             .request(self.method.clone(), self.url.clone())
@@ -91,18 +98,24 @@ impl HttpCheck {
         if let Some(body) = &self.body {
             request = request.body(body.clone());
         }
-        let mut response = request.send().await.map_err(|e| self.describe(&e))?;
+        let response = request.send().await.map_err(|e| self.describe(&e))?;
         let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while body.len() < MAX_BODY_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(e) => return Err(format!("status {status}, {}", self.describe(&e))),
-            }
+        if self.body_regex.is_none() {
+            body::drain_capped(response, MAX_BODY_BYTES)
+                .await
+                .map_err(|e| format!("status {status}, {}", self.describe(&e)))?;
+            return Ok((status, None));
         }
-        body.truncate(MAX_BODY_BYTES);
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        match body::read_capped(response, MAX_BODY_BYTES).await {
+            Ok(body) => Ok((status, Some(String::from_utf8_lossy(&body).into_owned()))),
+            Err(BodyError::TooLarge { cap }) => Err(format!(
+                "status {status}, response body exceeds {}; bodyRegex is only matched against bodies up to {} ({})",
+                body::size(cap),
+                body::size(cap),
+                self.url
+            )),
+            Err(BodyError::Read(e)) => Err(format!("status {status}, {}", self.describe(&e))),
+        }
     }
 
     fn describe(&self, error: &reqwest::Error) -> String {
@@ -158,13 +171,13 @@ impl Check for HttpCheck {
                 GoDuration::from_duration(max)
             ));
         }
-        if let Some(re) = &self.body_regex
-            && !re.is_match(&body)
+        if let (Some(re), Some(body)) = (&self.body_regex, &body)
+            && !re.is_match(body)
         {
             problems.push(format!(
                 "body did not match /{}/ (body: {:?})",
                 re.as_str(),
-                quote(&body)
+                quote(body)
             ));
         }
         if problems.is_empty() {

@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod hypothesis;
 pub mod scheduler;
 
+mod body;
 mod field_path;
 mod http;
 mod kubernetes;
@@ -25,12 +26,15 @@ mod prometheus;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use crate::api::{GoDuration, Probe, ProbeCheck, ProbePhase};
+use crate::api::{
+    GoDuration, Probe, ProbeCheck, ProbePhase,
+    duration_bounds::{DurationBounds, PROBE_INTERVAL, PROBE_TIMEOUT},
+};
 
-pub use self::http::HttpCheck;
+pub use self::http::{HttpCheck, MAX_BODY_BYTES};
 pub use self::hypothesis::{Hypothesis, ProbeTracker};
 pub use self::kubernetes::KubernetesCheck;
-pub use self::prometheus::PrometheusCheck;
+pub use self::prometheus::{MAX_ANSWER_BYTES, PrometheusCheck};
 pub use self::scheduler::{ProbeReport, run_probes};
 
 /// What one check found. `error` is set exactly when `ok` is false and is a whole sentence
@@ -177,20 +181,17 @@ impl ProbeRunner {
                 Checker::Prometheus(PrometheusCheck::new(spec).map_err(invalid)?)
             }
         };
-        let duration = |field: &'static str, value: &GoDuration| {
-            value
-                .parse()
+        let duration = |field: &'static str, value: &GoDuration, bounds: &DurationBounds| {
+            bounds
+                .check(value.as_str())
                 .map_err(|message| ProbeError::InvalidDuration {
                     probe: name.clone(),
                     field,
                     message,
                 })
         };
-        let interval = duration("interval", &probe.interval)?;
-        let timeout = duration("timeout", &probe.timeout)?;
-        if interval.is_zero() || timeout.is_zero() {
-            return Err(invalid("interval and timeout must be more than 0s".into()));
-        }
+        let interval = duration("interval", &probe.interval, &PROBE_INTERVAL)?;
+        let timeout = duration("timeout", &probe.timeout, &PROBE_TIMEOUT)?;
         Ok(ProbeRunner {
             name: name.clone(),
             namespace: namespace.to_string(),
@@ -352,7 +353,11 @@ mod tests {
             ),
             (
                 "{name: p, interval: 0s, http: {url: 'http://x/'}}",
-                "more than 0s",
+                "probe p: interval \"0s\" is shorter than the minimum of 100ms",
+            ),
+            (
+                "{name: p, timeout: 999999999999999999999h, http: {url: 'http://x/'}}",
+                "probe p: timeout \"999999999999999999999h\" is longer than the maximum of 5m",
             ),
             ("{name: p, http: {url: 'not a url'}}", "url"),
             (

@@ -17,7 +17,14 @@ use std::{
 use reqwest::Url;
 use serde::Deserialize;
 
+use super::body::{self, BodyError};
 use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client};
+
+/// The longest answer to a query that is read. An instant-vector sample is 100 to 200 bytes of
+/// JSON, so this holds some 20,000 series, each of which must pass: a steady-state query is
+/// an aggregate, not a dump. Reading stops here, so a server that streams without end costs at
+/// most this (plus its parse) per check, never the controller's memory.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 use crate::api::{ComparisonOperator, EmptyResultPolicy, PrometheusProbe};
 
 /// A ready-to-run [`PrometheusProbe`].
@@ -107,10 +114,19 @@ impl PrometheusCheck {
             .await
             .map_err(|e| describe_request_error(&e, &self.server()))?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| describe_request_error(&e, &self.server()))?;
+        let body = match body::read_capped(response, MAX_ANSWER_BYTES).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge { cap }) => {
+                return Err(format!(
+                    "Prometheus's answer to query {:?} exceeds {} ({}); make the query return fewer series, e.g. aggregate with sum, max or topk",
+                    self.query,
+                    body::size(cap),
+                    self.server()
+                ));
+            }
+            Err(BodyError::Read(e)) => return Err(describe_request_error(&e, &self.server())),
+        };
+        let body = String::from_utf8_lossy(&body);
         match serde_json::from_str::<ApiResponse>(&body) {
             Ok(ApiResponse {
                 status: s,

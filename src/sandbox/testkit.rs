@@ -22,16 +22,18 @@ use serde_json::json;
 use crate::{
     api::{
         AGENT_FINALIZER, ChaosExperiment, FaultInjection, FaultInjectionStatus, InjectionPhase,
-        ProbePhase, ProbeStatus,
+        Phase, ProbePhase, ProbeStatus,
     },
     controller::HypothesisSource,
     lifecycle::HypothesisView,
 };
 
 /// Probes whose verdict is set per phase by whoever drives the controller; unset phases hold.
+/// They can also be told to panic, to show that a panic stays with its experiment.
 #[derive(Default)]
 pub struct ScriptedProbes {
     views: Mutex<HashMap<ProbePhase, HypothesisView>>,
+    panics: Mutex<HashMap<String, Phase>>,
 }
 
 impl ScriptedProbes {
@@ -44,6 +46,15 @@ impl ScriptedProbes {
         self.views().clear();
     }
 
+    /// Panics inside the controller's reconcile of the experiment `name` when its probes are
+    /// watched while it is in `phase` (as a bug in the probe code would).
+    pub fn panic_while(&self, name: &str, phase: Phase) {
+        self.panics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), phase);
+    }
+
     /// A panic elsewhere cannot leave the map half-written; a poisoned lock is taken over.
     fn views(&self) -> MutexGuard<'_, HashMap<ProbePhase, HypothesisView>> {
         self.views.lock().unwrap_or_else(|p| p.into_inner())
@@ -54,7 +65,15 @@ impl HypothesisSource for ScriptedProbes {
     fn preflight(&self, _: &ChaosExperiment) -> Result<(), String> {
         Ok(())
     }
-    fn watch(&self, _: &ChaosExperiment, _: Option<ProbePhase>) {}
+    fn watch(&self, experiment: &ChaosExperiment, _: Option<ProbePhase>) {
+        let name = experiment.name_any();
+        let phase = experiment.status.as_ref().map(|s| s.phase);
+        let panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
+        if phase.is_some() && panics.get(&name) == phase.as_ref() {
+            drop(panics);
+            panic!("scripted panic while watching the probes of {name}");
+        }
+    }
     fn view(&self, _: &str, phase: ProbePhase) -> HypothesisView {
         self.views()
             .get(&phase)

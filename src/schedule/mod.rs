@@ -19,6 +19,7 @@ use crate::api::{
     ABORT_ANNOTATION, ChaosExperiment, ChaosSchedule, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION,
 };
 use crate::owned_experiments as owned;
+use crate::panics::{self, PANICKED_REASON};
 use plan::{Child, Observed, Plan};
 
 struct Context {
@@ -72,6 +73,35 @@ async fn reconcile(
             return owned::report_unreadable::<ChaosSchedule>(&ctx.client, invalid, status).await;
         }
     };
+    let generation = schedule.metadata.generation;
+    let conditions = schedule.status.as_ref().map(|s| &s.conditions[..]);
+    if owned::panicked_before(conditions.unwrap_or_default(), generation) {
+        return Ok(Action::await_change());
+    }
+    // A panic stays with this schedule: it is reported on it, the others go on.
+    match panics::catch(reconcile_readable(schedule, &ctx)).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = owned::panic_message(
+                "schedule",
+                &panic,
+                "no run starts; a run already going ends under its own hypothesis",
+            );
+            let status = json!({ "status": {
+                "observedGeneration": generation,
+                "conditions": [{ "type": "Active", "status": "False", "reason": PANICKED_REASON,
+                                  "message": message, "lastTransitionTime": Utc::now(),
+                                  "observedGeneration": generation }],
+            }});
+            owned::report_panicked(&ctx.client, schedule, &panic, status).await
+        }
+    }
+}
+
+async fn reconcile_readable(
+    schedule: &ChaosSchedule,
+    ctx: &Context,
+) -> Result<Action, owned::StepError> {
     let namespace = schedule.namespace().unwrap_or_default();
     let name = schedule.name_any();
     let (mine, _strays) = owned::list(
@@ -97,7 +127,7 @@ async fn reconcile(
     };
     let plan = plan::plan(&observed);
     tracing::debug!(?plan, "planned");
-    act(&ctx, schedule, &plan).await?;
+    act(ctx, schedule, &plan).await?;
     Ok(match plan.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),

@@ -14,6 +14,7 @@ use crate::api::{
     ConditionStatus, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, Verdict,
 };
 use crate::calendar::Calendar;
+use crate::controller::spec_check;
 use crate::lifecycle::record::set_condition;
 pub use crate::owned_experiments::Note;
 
@@ -109,6 +110,16 @@ pub fn plan(o: &Observed) -> Plan {
             return p;
         }
     };
+    let template = spec_check::check_spec_at(
+        &o.spec.experiment_template.spec,
+        "spec.experimentTemplate.spec",
+    );
+    if let Err(message) = template {
+        // A template that bypassed the schema: no run could pass the controller's checks.
+        p.status.next_schedule_time = None;
+        condition(&mut p, o, "Active", false, "InvalidSpec", &message);
+        return p;
+    }
     if o.spec.suspend {
         p.status.next_schedule_time = None;
         condition(

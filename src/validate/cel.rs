@@ -1,21 +1,21 @@
 //! The CEL rules (`x-kubernetes-validations`) of the CRDs, evaluated locally with kube-cel, after
 //! applying the schema's defaults as the API server does. Pure; no IO.
 //!
-//! Two adjustments to the raw results, both about messages, never about verdicts:
-//! - the duration rule's generic message is replaced by one that names the value and suggests a
-//!   fix (`"fast" is not a duration (try 200ms)`);
-//! - a rule the local evaluator cannot run is reported as such (it is either a faultline bug or
-//!   a gap in kube-cel), so that nobody mistakes it for a problem in the manifest.
+//! Two adjustments to the raw results:
+//! - a duration rule is judged as the API server judges it, with Go's parser and the field's
+//!   limits (`durations`): kube-cel reads durations as `f64` and does not know `µs`, so its
+//!   verdict can be off at the limits; the message names the value and suggests a fix
+//!   (`"fast" is not a duration (try 200ms)`, `"25h" is longer than the maximum of 24h`);
+//! - any other rule the local evaluator cannot run is reported as such (it is either a faultline
+//!   bug or a gap in kube-cel), so that nobody mistakes it for a problem in the manifest.
 
 use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
 use serde_json::Value;
 
-use super::{Finding, semantic::duration_problem};
-
-/// The message the CRDs give every duration field's rule (src/api/common.rs).
-pub(crate) const DURATION_MESSAGE_PREFIX: &str = "must be a duration such as";
+use super::{Finding, durations};
+use crate::api::duration_bounds::is_duration_rule;
 
 thread_local! {
     // Compiling the ~100 rules of a CRD costs more than evaluating them; a CLI run checks many
@@ -39,34 +39,28 @@ pub fn check(kind: &str, schema: &Value, object: &Value) -> Vec<Finding> {
     };
     errors
         .into_iter()
-        .map(|error| {
+        .filter_map(|error| {
             let path = error.field_path.clone();
-            let message = match error.kind {
-                ErrorKind::ValidationFailure
-                    if error.message.starts_with(DURATION_MESSAGE_PREFIX) =>
-                {
-                    lookup(object, &path)
-                        .and_then(Value::as_str)
-                        .map_or(error.message.clone(), |text| {
-                            duration_problem(text, last_segment(&path))
-                        })
-                }
-                ErrorKind::ValidationFailure => error.message.clone(),
-                _ => format!(
+            let duration = is_duration_rule(&error.rule)
+                .then(|| lookup(object, &path).and_then(Value::as_str))
+                .flatten();
+            let message = match (duration, &error.kind) {
+                // `None`: Go reads it as the API server does and accepts it; kube-cel's failure
+                // is its own gap.
+                (Some(text), _) => durations::problem(&path, text)?,
+                (None, ErrorKind::ValidationFailure) => error.message.clone(),
+                (None, _) => format!(
                     "could not evaluate the CRD rule `{}` locally ({}); this is a faultline bug, \
                      please report it; the API server may still accept the object",
                     error.rule, error.message
                 ),
             };
             let mut finding = Finding::new(&path, message);
-            finding.evaluation_failed = error.kind != ErrorKind::ValidationFailure;
-            finding
+            finding.evaluation_failed =
+                duration.is_none() && error.kind != ErrorKind::ValidationFailure;
+            Some(finding)
         })
         .collect()
-}
-
-fn last_segment(path: &str) -> &str {
-    path.rsplit(['.', '[']).next().unwrap_or(path)
 }
 
 /// Follows a kube-cel field path (`spec.faults[0].networkLatency.latency`) into `object`.

@@ -15,6 +15,7 @@
 //! [`yaml_lines`]); every problem carries the 1-based line of the node it is about.
 
 mod cel;
+mod durations;
 mod labels;
 mod metadata;
 mod schema;

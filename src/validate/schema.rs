@@ -14,6 +14,7 @@ use super::{
     Finding,
     yaml_lines::{join_index, join_key},
 };
+use crate::api::duration_bounds::DURATION_MESSAGE_PREFIX;
 
 /// Checks `value` at `path` against one `openAPIV3Schema` node, collecting findings.
 pub struct SchemaChecker {
@@ -54,7 +55,7 @@ impl SchemaChecker {
                 // `duration: 60` is a number to YAML; say what the user needs to hear.
                 Value::Number(n) if is_duration(schema) => {
                     let field = path.rsplit(['.', '[']).next().unwrap_or(path);
-                    super::semantic::duration_problem(&n.to_string(), field)
+                    super::durations::duration_problem(&n.to_string(), field)
                 }
                 _ => type_mismatch(expected, value),
             };
@@ -191,7 +192,7 @@ fn is_duration(schema: &Value) -> bool {
             rules.iter().any(|r| {
                 r.get("message")
                     .and_then(Value::as_str)
-                    .is_some_and(|m| m.starts_with(super::cel::DURATION_MESSAGE_PREFIX))
+                    .is_some_and(|m| m.starts_with(DURATION_MESSAGE_PREFIX))
             })
         })
 }

@@ -8,7 +8,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use serde_json::Value;
 
 use super::{
-    Finding,
+    Finding, durations,
     labels::{check_selector, dns_label_problem},
     yaml_lines::{join_index, join_key},
 };
@@ -87,7 +87,7 @@ fn check_game_day(day: &GameDay, out: &mut Vec<Finding>) {
     for (i, stage) in spec.stages.iter().enumerate() {
         let stage_path = join_index("spec.stages", i);
         if let Some(pause) = &stage.pause_after {
-            duration(pause, &sub(&stage_path, "pauseAfter"), out);
+            durations::check(pause, &sub(&stage_path, "pauseAfter"), out);
         }
         let experiments_path = sub(&stage_path, "experiments");
         let names = stage.experiments.iter().map(|e| e.name.as_str());
@@ -148,14 +148,8 @@ fn duplicates<'a>(
 }
 
 fn check_experiment(spec: &ChaosExperimentSpec, path: &str, out: &mut Vec<Finding>) {
-    let total = duration(&spec.duration, &sub(path, "duration"), out);
-    if total == Some(Duration::ZERO) {
-        out.push(Finding::new(
-            &sub(path, "duration"),
-            "is zero: the faults would be reverted as soon as they are in (try 60s)",
-        ));
-    }
-    duration(
+    let total = durations::check(&spec.duration, &sub(path, "duration"), out);
+    durations::check(
         &spec.abort.revert_timeout,
         &sub(path, "abort.revertTimeout"),
         out,
@@ -177,21 +171,15 @@ fn check_experiment(spec: &ChaosExperimentSpec, path: &str, out: &mut Vec<Findin
         if let Some(kill) = &fault.pod_kill
             && let Some(interval) = &kill.interval
         {
-            let at = sub(&fault_path, "podKill.interval");
-            if duration(interval, &at, out) == Some(Duration::ZERO) {
-                out.push(Finding::new(
-                    &at,
-                    "is zero; leave it out to kill once (or try 30s)",
-                ));
-            }
+            durations::check(interval, &sub(&fault_path, "podKill.interval"), out);
         }
         if let Some(latency) = &fault.network_latency {
             let at = sub(&fault_path, "networkLatency");
-            let delay = duration(&latency.latency, &sub(&at, "latency"), out);
+            let delay = durations::check(&latency.latency, &sub(&at, "latency"), out);
             let jitter = latency
                 .jitter
                 .as_ref()
-                .and_then(|j| duration(j, &sub(&at, "jitter"), out));
+                .and_then(|j| durations::check(j, &sub(&at, "jitter"), out));
             if let (Some(delay), Some(jitter)) = (delay, jitter)
                 && jitter > delay
             {
@@ -245,7 +233,7 @@ fn check_steady_state(
     path: &str,
     out: &mut Vec<Finding>,
 ) {
-    duration(&steady.recovery_timeout, &sub(path, "recoveryTimeout"), out);
+    durations::check(&steady.recovery_timeout, &sub(path, "recoveryTimeout"), out);
     let probes_path = sub(path, "probes");
     duplicates(
         steady.probes.iter().map(|p| p.name.as_str()),
@@ -259,14 +247,8 @@ fn check_steady_state(
 }
 
 fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec<Finding>) {
-    let interval = duration(&probe.interval, &sub(path, "interval"), out);
-    let timeout = duration(&probe.timeout, &sub(path, "timeout"), out);
-    if interval == Some(Duration::ZERO) {
-        out.push(Finding::new(
-            &sub(path, "interval"),
-            "is zero; probes need a pause between checks (try 5s)",
-        ));
-    }
+    let interval = durations::check(&probe.interval, &sub(path, "interval"), out);
+    let timeout = durations::check(&probe.timeout, &sub(path, "timeout"), out);
     if let (Some(interval), Some(timeout)) = (interval, timeout)
         && timeout >= interval
         && interval > Duration::ZERO
@@ -294,7 +276,7 @@ fn check_probe(probe: &Probe, total: Option<Duration>, path: &str, out: &mut Vec
     }
     if let Some(http) = &probe.http {
         if let Some(max) = &http.max_latency {
-            duration(max, &sub(path, "http.maxLatency"), out);
+            durations::check(max, &sub(path, "http.maxLatency"), out);
         }
         if let Some(pattern) = &http.body_regex
             && let Err(err) = regex::Regex::new(pattern)
@@ -433,58 +415,6 @@ fn check_time_zone(zone: Option<&str>, path: &str, out: &mut Vec<Finding>) {
             ),
         ));
     }
-}
-
-/// Parses a duration field; on failure reports it (with a hint) and returns None.
-fn duration(value: &GoDuration, path: &str, out: &mut Vec<Finding>) -> Option<Duration> {
-    match value.parse() {
-        Ok(parsed) => Some(parsed),
-        Err(_) => {
-            let field = path.rsplit('.').next().unwrap_or(path);
-            out.push(Finding::new(path, duration_problem(value.as_str(), field)));
-            None
-        }
-    }
-}
-
-/// `"fast" is not a duration (try 200ms)`: names the value and suggests what was probably
-/// meant. `field` picks the example: latencies are milliseconds, everything else seconds.
-pub fn duration_problem(text: &str, field: &str) -> String {
-    let short = matches!(field, "latency" | "jitter" | "maxLatency" | "timeout");
-    let trimmed = text.trim();
-    let lower = trimmed.to_ascii_lowercase().replace(' ', "");
-    let digits_end = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(digits_end);
-    let unit_fix = match unit {
-        "" => Some(if short { "ms" } else { "s" }),
-        "sec" | "secs" | "second" | "seconds" => Some("s"),
-        "min" | "mins" | "minute" | "minutes" => Some("m"),
-        "hr" | "hrs" | "hour" | "hours" => Some("h"),
-        "msec" | "msecs" | "millis" | "milliseconds" => Some("ms"),
-        _ => None,
-    };
-    if text.starts_with('-') {
-        return format!("{text:?} is negative; durations must be zero or more");
-    }
-    let suggestion = match (number.is_empty(), unit_fix, unit) {
-        (false, Some(fix), _) => format!("{number}{fix}"),
-        (false, None, "d" | "day" | "days") => {
-            let days: f64 = number.parse().unwrap_or(1.0);
-            format!("{}h; Go durations have no days", days * 24.0)
-        }
-        _ if lower.starts_with("pt") => {
-            "a Go duration such as 5m or 1h30m instead of ISO 8601".to_string()
-        }
-        _ if short => "200ms".to_string(),
-        _ => "30s".to_string(),
-    };
-    if GoDuration::from(text).parse().is_ok() {
-        // Parses but the CRD's rule rejects it (e.g. a sign or spaces around it).
-        return format!("{text:?} is not written as the CRD expects (try {suggestion})");
-    }
-    format!("{text:?} is not a duration (try {suggestion})")
 }
 
 #[cfg(test)]

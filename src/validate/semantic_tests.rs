@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::validate::durations::duration_problem;
 
 fn findings(kind: &str, object: Value) -> Vec<String> {
     let Some(report) = check(kind, &object) else {
@@ -39,12 +40,20 @@ fn a_plain_experiment_has_no_findings() {
 }
 
 #[test]
-fn bad_and_zero_durations_are_reported_with_a_hint() {
+fn bad_zero_and_out_of_bounds_durations_are_reported_with_a_hint() {
     assert_eq!(
         experiment(json!({"duration": "0s", "faults": [{"networkLatency": {"latency": "fast"}}]})),
         [
-            "spec.duration: is zero: the faults would be reverted as soon as they are in (try 60s)",
+            "spec.duration: \"0s\" is shorter than the minimum of 1s",
             "spec.faults[0].networkLatency.latency: \"fast\" is not a duration (try 200ms)",
+        ]
+    );
+    assert_eq!(
+        experiment(json!({"duration": "999999999999999999999h",
+                          "faults": [{"podKill": {"interval": "1ms"}}]})),
+        [
+            "spec.duration: \"999999999999999999999h\" is longer than the maximum of 24h",
+            "spec.faults[0].podKill.interval: \"1ms\" is shorter than the minimum of 1s",
         ]
     );
 }

@@ -111,6 +111,11 @@ impl Harness {
         self.controller = controller;
     }
 
+    /// Whether the controller's task still runs (a panic that escaped would have ended it).
+    pub fn controller_alive(&self) -> bool {
+        !self.controller.is_finished()
+    }
+
     pub async fn namespace(&self, name: &str, opted_in: bool) {
         super::cluster::apply_namespace(&self.client, name, opted_in).await;
     }

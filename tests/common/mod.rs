@@ -45,6 +45,7 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
     }
 }
 pub mod cluster;
+pub mod endless;
 pub mod harness;
 
 pub use cluster::TestCluster;

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use rand::{Rng, RngCore};
 
-use crate::api::{Direction, LatencyFault, LossFault, NetworkFault, NetworkFaultKind};
+use crate::api::{
+    Direction, LatencyFault, LossFault, NetworkFault, NetworkFaultKind,
+    duration_bounds::{JITTER, LATENCY},
+};
 
 /// The impairment of one queue.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,9 +55,11 @@ impl Impairment {
     }
 
     fn latency(fault: &LatencyFault) -> Result<(Self, Direction), String> {
-        let delay = fault.latency.parse()?;
+        // Within the CRD's limits: a FaultInjection that bypassed the schema is refused by
+        // name rather than holding packets for years.
+        let delay = fault.latency.parse_within("latency.latency", &LATENCY)?;
         let jitter = match &fault.jitter {
-            Some(jitter) => jitter.parse()?,
+            Some(jitter) => jitter.parse_within("latency.jitter", &JITTER)?,
             None => Duration::ZERO,
         };
         let impairment = Self {

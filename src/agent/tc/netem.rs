@@ -10,7 +10,10 @@
 use std::io;
 use std::time::Duration;
 
-use crate::api::NetworkFault;
+use crate::api::{
+    NetworkFault,
+    duration_bounds::{JITTER, LATENCY},
+};
 
 use super::netlink::{Message, TCA_OPTIONS};
 use super::psched::percent;
@@ -35,10 +38,16 @@ pub(crate) struct Netem {
     pub limit: u32,
 }
 
-fn nanos(field: &str, text: &crate::api::GoDuration) -> io::Result<i64> {
+/// A delay within the CRD's limits, in nanoseconds: a FaultInjection that bypassed the schema
+/// is refused with the field's name rather than holding packets for years.
+fn nanos(
+    field: &str,
+    text: &crate::api::GoDuration,
+    bounds: &crate::api::duration_bounds::DurationBounds,
+) -> io::Result<i64> {
     let duration: Duration = text
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{field}: {e}")))?;
+        .parse_within(field, bounds)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     i64::try_from(duration.as_nanos()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -71,11 +80,11 @@ impl Netem {
         };
         match (&fault.latency, &fault.loss) {
             (Some(latency), None) => {
-                netem.latency_ns = Some(nanos("latency", &latency.latency)?);
+                netem.latency_ns = Some(nanos("latency.latency", &latency.latency, &LATENCY)?);
                 netem.jitter_ns = latency
                     .jitter
                     .as_ref()
-                    .map(|j| nanos("latency.jitter", j))
+                    .map(|j| nanos("latency.jitter", j, &JITTER))
                     .transpose()?;
                 // As tc: a delay correlation only goes with a jitter (it correlates the jitter).
                 if netem.jitter_ns.is_some() {
@@ -213,10 +222,28 @@ mod tests {
     #[test]
     fn delays_beyond_the_32_bit_tick_range_are_encoded_as_tc_encodes_them() {
         // tc qdisc replace dev lo root handle fa17: netem delay 300s 1ms 100%
+        // Built directly: a fault's latency is at most 1m (LATENCY), but the encoding holds
+        // any delay.
+        let short = Netem::from_fault(&latency("1m", Some("1ms"), Some(100))).unwrap();
         root_replace(
             "netem_delay_long",
-            Netem::from_fault(&latency("5m", Some("1ms"), Some(100))).unwrap(),
+            Netem {
+                latency_ns: Some(300_000_000_000),
+                ..short
+            },
         );
+    }
+
+    #[test]
+    fn delays_past_the_crd_limits_are_refused_by_name() {
+        let error = Netem::from_fault(&latency("5m", None, None)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "latency.latency: \"5m\" is longer than the maximum of 1m"
+        );
+        let error =
+            Netem::from_fault(&latency("10ms", Some("999999999999999999999h"), None)).unwrap_err();
+        assert!(error.to_string().starts_with("latency.jitter: "), "{error}");
     }
 
     #[test]

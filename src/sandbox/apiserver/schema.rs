@@ -13,6 +13,7 @@
 //! on create as the real server does.
 
 use super::errors::Cause;
+use crate::api::duration_bounds::judge_duration_rule;
 use kube::core::cel::CompiledSchema;
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -479,8 +480,18 @@ fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         Ok(()) => Vec::new(),
         Err(errs) => errs
             .iter()
-            .map(|e| {
+            .filter_map(|e| {
                 let field = e.field_path.trim_start_matches('.').to_string();
+                // Durations as the real server reads them (Go's parser): kube-cel reads them
+                // as f64 and does not know `µs`.
+                let judged = obj_at(obj, &field)
+                    .and_then(Value::as_str)
+                    .and_then(|text| judge_duration_rule(&e.rule, text));
+                let message = match judged {
+                    Some(Ok(())) => return None,
+                    Some(Err(message)) => message,
+                    None => e.message.clone(),
+                };
                 let value = obj_at(obj, &field)
                     .map(render)
                     .unwrap_or_else(|| "\"object\"".into());
@@ -494,11 +505,11 @@ fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
                     field.clone()
                 };
                 tracing::debug!(field = %shown, rule = %e.rule, "CEL rule rejected object");
-                cause(
+                Some(cause(
                     &field,
                     &reason,
-                    format!("Invalid value: {value}: {}", e.message),
-                )
+                    format!("Invalid value: {value}: {message}"),
+                ))
             })
             .collect(),
     }
