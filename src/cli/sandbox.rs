@@ -26,7 +26,7 @@ use crate::{
     api::{NAMESPACE_OPT_IN_LABEL, NAMESPACE_OPT_IN_VALUE},
     controller::{self, probe_hub::ProbeHub},
     manifest,
-    sandbox::apiserver::ApiServer,
+    sandbox::apiserver::{ApiServer, ApiServerOptions},
     sandbox::workloads::{
         ControlPlane, PodRuntime, WorkloadOptions, Workloads,
         realpod::{self, RealPodConfig, RealPods, SlotLease},
@@ -154,7 +154,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     let pods = choose_pods(state_dir, simulated_pods).await?;
     let api = match &cluster {
         Some(path) => Api::attach(path).await?,
-        None => Api::embedded(port).await?,
+        None => Api::embedded(port, pods.log_dir()).await?,
     };
     let client = api.client().await?;
     crate::manifest::install_crds(&client, &all_crds(), Duration::from_secs(30))
@@ -269,14 +269,20 @@ enum Api {
     /// The embedded API server, started by the sandbox.
     Embedded(ApiServer),
     /// A running control plane, reached through its kubeconfig.
-    Attached { config: kube::Config },
+    /// Boxed: a `kube::Config` is a kilobyte, the server handle a few words.
+    Attached { config: Box<kube::Config> },
 }
 
 impl Api {
-    async fn embedded(port: u16) -> anyhow::Result<Api> {
-        let server = ApiServer::start(port)
-            .await
-            .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
+    /// `pod_logs`: where real pods' output is, for `kubectl logs`.
+    async fn embedded(port: u16, pod_logs: Option<PathBuf>) -> anyhow::Result<Api> {
+        let server = ApiServer::start_with_options(ApiServerOptions {
+            port,
+            pod_logs,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
         Ok(Api::Embedded(server))
     }
 
@@ -296,7 +302,9 @@ impl Api {
             )
         })?;
         tracing::info!(version = %version.git_version, "attached to a running control plane");
-        Ok(Api::Attached { config })
+        Ok(Api::Attached {
+            config: Box::new(config),
+        })
     }
 
     fn control_plane(&self) -> ControlPlane {
@@ -309,14 +317,14 @@ impl Api {
     async fn client(&self) -> anyhow::Result<kube::Client> {
         match self {
             Api::Embedded(server) => Ok(server.client().await),
-            Api::Attached { config } => Ok(kube::Client::try_from(config.clone())?),
+            Api::Attached { config } => Ok(kube::Client::try_from(config.as_ref().clone())?),
         }
     }
 
     fn client_config(&self) -> anyhow::Result<kube::Config> {
         match self {
             Api::Embedded(server) => Ok(server.client_config()),
-            Api::Attached { config } => Ok(config.clone()),
+            Api::Attached { config } => Ok(config.as_ref().clone()),
         }
     }
 
@@ -374,6 +382,14 @@ async fn choose_pods(state_dir: &Path, simulated: bool) -> anyhow::Result<Pods> 
 }
 
 impl Pods {
+    /// Where real pods' containers write their output; `None` for simulated pods.
+    fn log_dir(&self) -> Option<PathBuf> {
+        match self {
+            Pods::Simulated { .. } => None,
+            Pods::Real { pods, .. } => pods.config().log_dir.clone(),
+        }
+    }
+
     /// The prefix of the real pods' network namespaces; `None` for simulated pods.
     fn netns_prefix(&self) -> Option<String> {
         match self {
