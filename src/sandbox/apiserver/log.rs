@@ -331,8 +331,13 @@ mod tests {
             text(req(Some(1), None, false, None)),
             "2026-01-01T00:00:03Z INFO two\n"
         );
+        // The banner before the first timestamp is as old as the file (just written).
         assert_eq!(
-            text(req(None, Some("2026-01-01T00:00:01Z"), true, None)),
+            text(req(None, Some("2026-01-01T00:00:02Z"), false, None)),
+            "banner\n2026-01-01T00:00:03Z INFO two\n"
+        );
+        assert_eq!(
+            text(req(Some(3), None, true, None)),
             "2026-01-01T00:00:01.500000000Z 2026-01-01T00:00:01.5Z INFO one\n\
              2026-01-01T00:00:01.500000000Z continued\n\
              2026-01-01T00:00:03.000000000Z 2026-01-01T00:00:03Z INFO two\n"

@@ -11,7 +11,7 @@
 //! `routes` (HTTP dispatch), `request` (URL, query, body parsing), `respond` (JSON or protobuf
 //! responses), `protobuf` (the `application/vnd.kubernetes.protobuf` codec of the built-in
 //! kinds), `read` (get/list), `write` (create/update/patch),
-//! `gc` (delete, finalizers, garbage collection), `eviction` (the pods/eviction subresource),
+//! `defaults` (what the real server fills in on write), `gc` (delete, finalizers, garbage collection), `eviction` (the pods/eviction subresource),
 //! `scale` (deployments/scale, replicasets/scale), `log` (pods/log),
 //! `events` (core/v1 and events.k8s.io/v1 Events: one store, converted per version),
 //! `disruption` (PodDisruptionBudget status, kept current after every relevant write), `watch`, `store` (objects, resourceVersion,
@@ -22,6 +22,7 @@
 //! makes resourceVersion ordering and watch delivery trivially consistent.
 
 mod crd;
+mod defaults;
 mod discovery;
 mod disruption;
 mod errors;
@@ -42,6 +43,7 @@ mod schema;
 mod selectors;
 mod store;
 mod table;
+mod update;
 mod watch;
 mod write;
 
@@ -146,6 +148,7 @@ impl ApiServer {
                 "status": {"phase": "Active"},
             });
             state.store.put(&namespace_key(), obj);
+            write::default_service_account(&mut state, ns);
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
