@@ -15,7 +15,7 @@
 //! `scale` (deployments/scale, replicasets/scale), `log` (pods/log),
 //! `events` (core/v1 and events.k8s.io/v1 Events: one store, converted per version),
 //! `disruption` (PodDisruptionBudget status, kept current after every relevant write), `watch`, `store` (objects, resourceVersion,
-//! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table`,
+//! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table` (with `printers`, the built-in columns),
 //! `discovery`, `errors`.
 //!
 //! All state sits behind one mutex: requests are short and strictly serialised, which is what
@@ -32,6 +32,7 @@ mod gc;
 mod log;
 mod meta;
 mod patch;
+mod printers;
 mod protobuf;
 mod read;
 mod request;
