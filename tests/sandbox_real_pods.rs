@@ -59,6 +59,7 @@ impl Slot {
                 replacement_delay: Duration::from_millis(100),
                 start_delay: Duration::from_millis(100),
                 runtime: PodRuntime::Real(self.pods.clone()),
+                ..Default::default()
             },
         )
         .await
