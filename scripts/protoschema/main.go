@@ -6,7 +6,9 @@
 // it: the protobuf field number and wire shape from the `protobuf` struct tag, the JSON name and
 // omitempty/inline from the `json` tag, and whether Go holds it by pointer (sent only when set).
 //
-//	cd scripts/protoschema && go run . > ../../src/sandbox/apiserver/protobuf/schema.txt
+//	make proto-tables   (cd scripts/protoschema && go run . > ../../src/sandbox/apiserver/protobuf/schema.txt)
+//
+// To serve another built-in kind in protobuf, add it to roots and regenerate.
 //
 // The output is deterministic: messages sorted by name, fields by number.
 package main

@@ -302,10 +302,17 @@ fn delete_opts(
 ) -> Result<gc::DeleteOpts, ApiError> {
     let body = match (body.is_empty(), content_type.contains("protobuf")) {
         (true, _) => None,
-        (false, true) => Some(
-            protobuf::decode(body, ("v1", "DeleteOptions"))
-                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?,
-        ),
+        (false, true) => {
+            let opts = protobuf::decode(body, ("v1", "DeleteOptions"))
+                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+            if opts["kind"] != "DeleteOptions" {
+                return Err(ApiError::bad_request(format!(
+                    "the body of a delete must be DeleteOptions, not {}",
+                    opts["kind"]
+                )));
+            }
+            Some(opts)
+        }
         (false, false) => Some(request::decode_body(body, "application/json")?),
     };
     let mut opts = gc::DeleteOpts::from_request(
