@@ -30,6 +30,10 @@ crds: ## Regenerate crds/, the chart's copy and docs/reference.md from the Rust 
 	$(CARGO) run -q -- crds --dir crds --reference docs/reference.md
 	$(MAKE) --no-print-directory chart-crds
 
+.PHONY: proto-tables
+proto-tables: ## Regenerate the sandbox API server's protobuf tables from the Kubernetes Go types (needs Go)
+	cd scripts/protoschema && go run . > ../../src/sandbox/apiserver/protobuf/schema.txt
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with -D warnings
 	$(CARGO) fmt --check

@@ -33,6 +33,8 @@ const PATHS: &[&str] = &[
     "/api/v1/nodes/n1",
     "/api/v1/namespaces/default/nodes/n1",
     "/apis/apps/v1/namespaces/default/deployments/d/status",
+    "/apis/apps/v1/namespaces/default/deployments/d/scale",
+    "/apis/apps/v1/namespaces/default/replicasets/r/scale",
     "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
     "/apis/coordination.k8s.io/v1/namespaces/default/leases/l",
     "/apis/events.k8s.io/v1/events",

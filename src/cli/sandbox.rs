@@ -26,7 +26,7 @@ use crate::{
     api::{NAMESPACE_OPT_IN_LABEL, NAMESPACE_OPT_IN_VALUE},
     controller::{self, probe_hub::ProbeHub},
     manifest,
-    sandbox::apiserver::ApiServer,
+    sandbox::apiserver::{ApiServer, ApiServerOptions},
     sandbox::workloads::{
         ControlPlane, PodRuntime, WorkloadOptions, Workloads,
         realpod::{self, RealPodConfig, RealPods, SlotLease},
@@ -154,7 +154,7 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     let pods = choose_pods(state_dir, simulated_pods).await?;
     let api = match &cluster {
         Some(path) => Api::attach(path).await?,
-        None => Api::embedded(port).await?,
+        None => Api::embedded(port, pods.log_dir()).await?,
     };
     let client = api.client().await?;
     crate::manifest::install_crds(&client, &all_crds(), Duration::from_secs(30))
@@ -274,10 +274,15 @@ enum Api {
 }
 
 impl Api {
-    async fn embedded(port: u16) -> anyhow::Result<Api> {
-        let server = ApiServer::start(port)
-            .await
-            .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
+    /// `pod_logs`: where real pods' output is, for `kubectl logs`.
+    async fn embedded(port: u16, pod_logs: Option<PathBuf>) -> anyhow::Result<Api> {
+        let server = ApiServer::start_with_options(ApiServerOptions {
+            port,
+            pod_logs,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
         Ok(Api::Embedded(server))
     }
 
@@ -377,6 +382,14 @@ async fn choose_pods(state_dir: &Path, simulated: bool) -> anyhow::Result<Pods> 
 }
 
 impl Pods {
+    /// Where real pods' containers write their output; `None` for simulated pods.
+    fn log_dir(&self) -> Option<PathBuf> {
+        match self {
+            Pods::Simulated { .. } => None,
+            Pods::Real { pods, .. } => pods.config().log_dir.clone(),
+        }
+    }
+
     /// The prefix of the real pods' network namespaces; `None` for simulated pods.
     fn netns_prefix(&self) -> Option<String> {
         match self {

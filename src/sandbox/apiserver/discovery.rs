@@ -95,8 +95,10 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
             r["categories"] = json!(d.categories);
         }
         resources.push(r);
+        // Subresources follow their resource, in name order as the real server lists them.
+        let mut subresources = Vec::new();
         if d.has_status(version) {
-            resources.push(json!({
+            subresources.push(json!({
                 "name": format!("{}/status", d.plural),
                 "singularName": "",
                 "namespaced": d.namespaced,
@@ -104,9 +106,21 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if d.has_scale() {
+            // kubectl scale finds the Scale kind of the subresource here.
+            subresources.push(json!({
+                "name": format!("{}/scale", d.plural),
+                "singularName": "",
+                "namespaced": true,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if d.group.is_empty() && d.plural == "pods" {
             // kubectl drain looks for this entry to decide whether it can evict.
-            resources.push(json!({
+            subresources.push(json!({
                 "name": "pods/eviction",
                 "singularName": "",
                 "namespaced": true,
@@ -115,7 +129,16 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
                 "kind": "Eviction",
                 "verbs": ["create"],
             }));
+            subresources.push(json!({
+                "name": "pods/log",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Pod",
+                "verbs": ["get"],
+            }));
         }
+        subresources.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        resources.extend(subresources);
     }
     let gv = if group.is_empty() {
         version.to_string()

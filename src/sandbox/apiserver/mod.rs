@@ -8,33 +8,43 @@
 //! schema validation and CEL, and Table output for `kubectl get`.
 //!
 //! Module map (each module documents where it simplifies):
-//! `routes` (HTTP dispatch), `request` (URL, query, body parsing), `read` (get/list), `write` (create/update/patch),
-//! `gc` (delete, finalizers, garbage collection), `eviction` (the pods/eviction subresource),
+//! `routes` (HTTP dispatch), `request` (URL, query, body parsing), `respond` (JSON or protobuf
+//! responses), `protobuf` (the `application/vnd.kubernetes.protobuf` codec of the built-in
+//! kinds), `read` (get/list), `write` (create/update/patch),
+//! `defaults` (what the real server fills in on write), `gc` (delete, finalizers, garbage collection), `eviction` (the pods/eviction subresource),
+//! `scale` (deployments/scale, replicasets/scale), `log` (pods/log),
 //! `events` (core/v1 and events.k8s.io/v1 Events: one store, converted per version),
 //! `disruption` (PodDisruptionBudget status, kept current after every relevant write), `watch`, `store` (objects, resourceVersion,
-//! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table`,
+//! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table` (with `printers`, the built-in columns),
 //! `discovery`, `errors`.
 //!
 //! All state sits behind one mutex: requests are short and strictly serialised, which is what
 //! makes resourceVersion ordering and watch delivery trivially consistent.
 
 mod crd;
+mod defaults;
 mod discovery;
 mod disruption;
 mod errors;
 mod events;
 mod eviction;
 mod gc;
+mod log;
 mod meta;
 mod patch;
+mod printers;
+mod protobuf;
 mod read;
 mod request;
 mod resources;
+mod respond;
 mod routes;
+mod scale;
 mod schema;
 mod selectors;
 mod store;
 mod table;
+mod update;
 mod watch;
 mod write;
 
@@ -46,6 +56,7 @@ use request::Target;
 use resources::{Registry, ResKey};
 use serde_json::json;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use store::Store;
@@ -59,6 +70,9 @@ pub struct ApiServerOptions {
     pub event_history: usize,
     /// Interval between BOOKMARK events on watches that allow them.
     pub bookmark_interval: Duration,
+    /// Where real pods' containers write their output (the kubelet's layout, see
+    /// [`crate::sandbox::pod_logs`]), for `pods/log`; none when pods are simulated.
+    pub pod_logs: Option<PathBuf>,
 }
 
 impl Default for ApiServerOptions {
@@ -67,6 +81,7 @@ impl Default for ApiServerOptions {
             port: 0,
             event_history: 10_000,
             bookmark_interval: Duration::from_secs(5),
+            pod_logs: None,
         }
     }
 }
@@ -81,6 +96,7 @@ pub(crate) struct Shared {
     shutdown: tokio::sync::watch::Receiver<bool>,
     bookmark_interval: Duration,
     address: String,
+    pod_logs: Option<PathBuf>,
 }
 
 impl Shared {
@@ -133,12 +149,14 @@ impl ApiServer {
                 "status": {"phase": "Active"},
             });
             state.store.put(&namespace_key(), obj);
+            write::default_service_account(&mut state, ns);
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             shutdown: shutdown_rx.clone(),
             bookmark_interval: opts.bookmark_interval,
             address: addr.to_string(),
+            pod_logs: opts.pod_logs,
         });
         let app = Router::new()
             .fallback(routes::handle)

@@ -89,7 +89,7 @@ pub fn get(st: &State, t: &Target, format: Format) -> ApiResult<Value> {
                 .to_string();
             table::table(&t.def, &t.version, &[obj], &rv, None)
         }
-        Format::Json => obj,
+        Format::Json | Format::Protobuf => obj,
     })
 }
 

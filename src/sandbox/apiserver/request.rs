@@ -1,7 +1,8 @@
 //! Parsing of what a request asks for: the URL into a [`Route`], the query into [`Params`], the
-//! `Accept` header into a [`Format`] and the body into JSON.
+//! `Accept` header into a [`Format`] and the body into JSON (from JSON, YAML or protobuf).
 
 use super::errors::{ApiError, ApiResult};
+use super::protobuf::{self, ProtoError};
 use super::resources::{Registry, ResourceDef};
 use axum::http::HeaderMap;
 use serde_json::Value;
@@ -69,25 +70,63 @@ pub enum FieldValidation {
     Strict,
 }
 
-/// How to render objects: plain JSON or a `meta.k8s.io/v1` Table (kubectl get).
+/// How to render objects: plain JSON, a `meta.k8s.io/v1` Table (kubectl get), or protobuf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Json,
     Table,
+    /// Only for clients that accept protobuf and not JSON (kubectl and client-go list JSON
+    /// too, and get JSON: easier to read in `-v=8` logs, and every kind has it).
+    Protobuf,
 }
 
-pub fn format_of(headers: &HeaderMap) -> Format {
+/// The response format the `Accept` header asks for. A Table when the first choice is a JSON
+/// Table (kubectl lists Table first and plain JSON as a fallback); JSON when any choice is JSON
+/// or a wildcard (or there is no header); protobuf when only protobuf is acceptable; otherwise
+/// 406 Not Acceptable, as the real server answers.
+pub fn format_of(headers: &HeaderMap) -> ApiResult<Format> {
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    // kubectl lists Table first and plain JSON as a fallback; honour the first preference.
-    let first = accept.split(',').next().unwrap_or_default();
-    if first.contains("as=Table") {
-        Format::Table
-    } else {
-        Format::Json
+    if accept.trim().is_empty() {
+        return Ok(Format::Json);
     }
+    let choices: Vec<(String, bool)> = accept
+        .split(',')
+        .map(|choice| {
+            let mut parts = choice.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let table = parts.any(|p| p.eq_ignore_ascii_case("as=Table"));
+            (media, table)
+        })
+        .collect();
+    let json_like = |m: &str| {
+        matches!(
+            m,
+            "application/json" | "application/yaml" | "application/*" | "*/*"
+        )
+    };
+    if let Some((media, true)) = choices.first()
+        && json_like(media)
+    {
+        return Ok(Format::Table);
+    }
+    if choices.iter().any(|(m, _)| json_like(m)) {
+        return Ok(Format::Json);
+    }
+    if choices
+        .iter()
+        .any(|(m, table)| m == protobuf::MEDIA_TYPE && !table)
+    {
+        return Ok(Format::Protobuf);
+    }
+    Err(ApiError::not_acceptable(format!(
+        "406: Not Acceptable\n\nAvailable representations: application/json, {}, \
+         application/json;stream=watch, {}",
+        protobuf::MEDIA_TYPE,
+        protobuf::WATCH_MEDIA_TYPE
+    )))
 }
 
 /// A resource request's target.
@@ -107,6 +146,23 @@ impl Target {
 
     pub fn is_eviction(&self) -> bool {
         self.sub.as_deref() == Some("eviction")
+    }
+
+    pub fn is_scale(&self) -> bool {
+        self.sub.as_deref() == Some("scale")
+    }
+
+    pub fn is_log(&self) -> bool {
+        self.sub.as_deref() == Some("log")
+    }
+
+    /// The `(apiVersion, kind)` of the objects a request on this target reads and writes.
+    pub fn object_kind(&self) -> (String, String) {
+        match self.sub.as_deref() {
+            Some("scale") => ("autoscaling/v1".into(), "Scale".into()),
+            Some("eviction") => ("policy/v1".into(), "Eviction".into()),
+            _ => (self.def.api_version(&self.version), self.def.kind.clone()),
+        }
     }
 }
 
@@ -185,7 +241,8 @@ pub fn route(path: &str, reg: &Registry) -> ApiResult<Route> {
         let is_pod = def.group.is_empty() && def.plural == "pods";
         if let Some(s) = &sub
             && !(s == "status" && def.has_status(version))
-            && !(s == "eviction" && is_pod)
+            && !((s == "eviction" || s == "log") && is_pod)
+            && !(s == "scale" && def.has_scale())
         {
             return Err(ApiError::no_route(path));
         }
@@ -216,13 +273,47 @@ pub fn route(path: &str, reg: &Registry) -> ApiResult<Route> {
     }
 }
 
-/// Decode a request body. JSON always; YAML too for apply patches (`application/apply-patch+yaml`).
+/// Decode the object a create, update, eviction or scale request carries: JSON or YAML, or
+/// protobuf for the built-in kinds (custom resources are JSON-only, as on a real server).
+pub fn decode_object(body: &[u8], content_type: &str, t: &Target) -> ApiResult<Value> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case(protobuf::MEDIA_TYPE) {
+        return decode_body(body, content_type);
+    }
+    let (api_version, kind) = t.object_kind();
+    if !protobuf::supports(&api_version, &kind) {
+        return Err(unsupported_media(
+            content_type,
+            " (protobuf is served for built-in kinds only, as on a real server)",
+        ));
+    }
+    protobuf::decode(body, (&api_version, &kind)).map_err(|e| match e {
+        ProtoError::NoMagic => {
+            let hex: String = body.iter().take(30).map(|b| format!("{b:02x}")).collect();
+            let more = if body.len() > 30 { " ..." } else { "" };
+            ApiError::bad_request(format!(
+                "the object provided is unrecognized (must be of type {kind}): {e} ({hex}{more})"
+            ))
+        }
+        e => ApiError::bad_request(format!(
+            "{kind} in version \"{}\" cannot be handled as a {kind}: {e}",
+            t.version
+        )),
+    })
+}
+
+fn unsupported_media(content_type: &str, why: &str) -> ApiError {
+    ApiError::unsupported_media_type(format!(
+        "the body of the request was in an unknown format - accepted media types include: \
+         application/json, application/yaml (got {content_type}){why}"
+    ))
+}
+
+/// Decode a JSON body (patches, DeleteOptions); YAML too for apply patches
+/// (`application/apply-patch+yaml`).
 pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
     if content_type.contains("protobuf") || content_type.contains("cbor") {
-        return Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: \
-             application/json, application/yaml (got {content_type})"
-        )));
+        return Err(unsupported_media(content_type, ""));
     }
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));

@@ -113,6 +113,11 @@ impl ResourceDef {
         }
     }
 
+    /// Whether the resource has a `scale` subresource (autoscaling/v1 Scale).
+    pub fn has_scale(&self) -> bool {
+        self.group == "apps" && matches!(self.plural.as_str(), "deployments" | "replicasets")
+    }
+
     /// Field selector paths the real server accepts for this resource.
     pub fn field_selectable(&self, path: &str) -> bool {
         if super::events::is_event(self) {

@@ -1,9 +1,13 @@
-//! HTTP dispatch: turns a request into a [`Route`] and calls the read, write, delete or watch
-//! handler, rendering results and errors as JSON (`Status` bodies for errors).
+//! HTTP dispatch: turns a request into a [`Route`] and calls the read, write, delete, watch or
+//! subresource handler, rendering results and errors (`Status` bodies) in the format the
+//! client accepts (see `respond`).
 
 use super::errors::{ApiError, Cause};
 use super::request::{self, Format, Params, Route, Target};
-use super::{Shared, State, discovery, disruption, eviction, gc, meta, read, store, watch, write};
+use super::{
+    Shared, State, discovery, disruption, eviction, gc, log, meta, protobuf, read, respond, scale,
+    store, watch, write,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, Method, Uri};
@@ -13,18 +17,6 @@ use std::sync::Arc;
 
 /// Largest request body accepted (the real server's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
-
-fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
-    let mut resp = Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-cache, private");
-    for w in warnings {
-        resp = resp.header("warning", format!("299 - {w:?}"));
-    }
-    resp.body(Body::from(body.to_string()))
-        .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
-}
 
 pub(super) async fn handle(
     AxState(shared): AxState<Arc<Shared>>,
@@ -38,12 +30,19 @@ pub(super) async fn handle(
         Err(_) => return ApiError::too_large("the request body is too large").into_response(),
     };
     let path = uri.path().to_string();
-    let result = dispatch(shared, &method, &uri, &headers, bytes);
+    // A client that accepts nothing we write gets its 406 in JSON, as from the real server.
+    let (format, result) = match request::format_of(&headers) {
+        Ok(format) => (
+            format,
+            dispatch(shared, &method, &uri, &headers, format, bytes),
+        ),
+        Err(e) => (Format::Json, Err(e)),
+    };
     match result {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(%method, %path, code = e.code, reason = e.reason, message = %e.message, "request failed");
-            e.into_response()
+            respond::error(e, format)
         }
     }
 }
@@ -53,10 +52,10 @@ fn dispatch(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    format: Format,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(uri.query());
-    let format = request::format_of(headers);
     let route = {
         let st = shared.lock();
         request::route(uri.path(), &st.registry)?
@@ -67,8 +66,9 @@ fn dispatch(
                 "the server does not allow this method on the requested resource ({method})"
             )));
         }
-        v.map(|v| json_response(200, &v, &[]))
-            .ok_or_else(|| ApiError::no_route(uri.path()))
+        // Discovery and OpenAPI documents are JSON whatever the client prefers.
+        let v = v.ok_or_else(|| ApiError::no_route(uri.path()))?;
+        respond::object(200, &v, &[], Format::Json)
     };
     match route {
         Route::Version => read_only(Some(discovery::version())),
@@ -132,11 +132,36 @@ fn resource(
             t.def.plural
         )))
     };
+    if t.is_log() {
+        if method != Method::GET {
+            return not_allowed();
+        }
+        return log::logs(shared, &t, params);
+    }
+    if t.is_scale() {
+        let v = match method.as_str() {
+            "GET" => scale::get(&shared.lock(), &t)?,
+            "PUT" => {
+                let mut c = ctx()?;
+                let obj = request::decode_object(&body, &content_type, &t)?;
+                scale::update(&mut shared.lock(), &t, obj, &mut c)?
+            }
+            "PATCH" => {
+                let mut c = ctx()?;
+                if content_type.starts_with("application/apply-patch") {
+                    c.manager = apply_manager(params)?;
+                }
+                scale::patch(&mut shared.lock(), &t, &body, &content_type, &mut c)?
+            }
+            _ => return not_allowed(),
+        };
+        return respond::object(200, &v, &[], format);
+    }
     if t.is_eviction() {
         if method != Method::POST {
             return not_allowed();
         }
-        let obj = request::decode_body(&body, &content_type)?;
+        let obj = request::decode_object(&body, &content_type, &t)?;
         let ns = t.namespace.clone().unwrap_or_default();
         let name = t.name.clone().unwrap_or_default();
         let (v, warnings) = eviction::evict(
@@ -147,7 +172,7 @@ fn resource(
             params.dry_run()?,
             params.field_validation()?,
         )?;
-        return Ok(json_response(201, &v, &warnings));
+        return respond::object(201, &v, &warnings, format);
     }
     match (method.as_str(), is_item) {
         ("GET", false) if params.flag("watch") => watch::watch(shared, t, params, format),
@@ -176,77 +201,52 @@ fn resource(
         }
         ("GET", false) => {
             let v = read::list(&shared.lock(), &t, params, format)?;
-            Ok(json_response(200, &v, &[]))
+            respond::object(200, &v, &[], format)
         }
         ("GET", true) => {
             let v = read::get(&shared.lock(), &t, format)?;
-            Ok(json_response(200, &v, &[]))
+            respond::object(200, &v, &[], format)
         }
         ("POST", false) => {
             let mut c = ctx()?;
-            let obj = request::decode_body(&body, &content_type)?;
+            let obj = request::decode_object(&body, &content_type, &t)?;
             let mut st = shared.lock();
             let (code, v) = write::create(&mut st, &t, obj, &mut c)?;
             after_write(&mut st, &t);
-            Ok(json_response(code, &read::present(&t, v), &c.warnings))
+            respond::object(code, &read::present(&t, v), &c.warnings, format)
         }
         ("PUT", true) => {
             let mut c = ctx()?;
-            let obj = request::decode_body(&body, &content_type)?;
+            let obj = request::decode_object(&body, &content_type, &t)?;
             let mut st = shared.lock();
             let (code, v) = write::update(&mut st, &t, obj, &mut c)?;
             after_write(&mut st, &t);
-            Ok(json_response(code, &read::present(&t, v), &c.warnings))
+            respond::object(code, &read::present(&t, v), &c.warnings, format)
         }
         ("PATCH", true) => {
             let mut c = ctx()?;
-            let is_apply = content_type.starts_with("application/apply-patch");
-            if is_apply {
-                match params.get("fieldManager") {
-                    Some(m) if !m.is_empty() => c.manager = m.to_string(),
-                    _ => {
-                        return Err(ApiError::invalid(
-                            "meta.k8s.io",
-                            "PatchOptions",
-                            "",
-                            vec![Cause {
-                                field: "fieldManager".into(),
-                                message: "Required value: is required for apply patch".into(),
-                                reason: "FieldValueRequired".into(),
-                            }],
-                        ));
-                    }
-                }
+            if content_type.starts_with("application/apply-patch") {
+                c.manager = apply_manager(params)?;
             }
             let mut st = shared.lock();
             let (code, v) = write::patch(&mut st, &t, &body, &content_type, &mut c)?;
             after_write(&mut st, &t);
-            Ok(json_response(code, &read::present(&t, v), &c.warnings))
+            respond::object(code, &read::present(&t, v), &c.warnings, format)
         }
         ("DELETE", true) => {
             if t.is_status() {
                 return not_allowed();
             }
-            let opts_body = if body.is_empty() {
-                None
-            } else {
-                Some(request::decode_body(&body, "application/json")?)
-            };
-            let opts = delete_opts(params, opts_body.as_ref())?;
+            let opts = delete_opts(params, &body, &content_type)?;
             let ns = t.namespace.clone().unwrap_or_default();
             let name = t.name.clone().unwrap_or_default();
             let mut st = shared.lock();
             let v = gc::delete(&mut st, &t.def.key(), &ns, &name, &opts)?;
             after_write(&mut st, &t);
-            Ok(json_response(200, &read::present(&t, v), &[]))
+            respond::object(200, &read::present(&t, v), &[], format)
         }
         ("DELETE", false) if t.def.namespaced || t.def.is_custom() => {
-            let opts_body = if body.is_empty() {
-                None
-            } else {
-                Some(request::decode_body(&body, "application/json")?)
-            };
-            let opts = delete_opts(params, opts_body.as_ref())?;
+            let opts = delete_opts(params, &body, &content_type)?;
             let filter = read::Filter::from_params(&t, params)?;
             let mut st = shared.lock();
             let targets: Vec<(String, String)> = st
@@ -270,16 +270,56 @@ fn resource(
                 "metadata": {"resourceVersion": st.store.current_rv().to_string()},
                 "items": items,
             });
-            Ok(json_response(200, &list, &[]))
+            respond::object(200, &list, &[], format)
         }
         _ => not_allowed(),
     }
 }
 
-/// DeleteOptions from the query and the optional body (the query's `gracePeriodSeconds` wins).
-fn delete_opts(params: &Params, body: Option<&Value>) -> Result<gc::DeleteOpts, ApiError> {
-    let mut opts =
-        gc::DeleteOpts::from_request(params.get("propagationPolicy"), params.dry_run()?, body)?;
+/// The field manager of a server-side apply, which the real server requires.
+fn apply_manager(params: &Params) -> Result<String, ApiError> {
+    match params.get("fieldManager") {
+        Some(m) if !m.is_empty() => Ok(m.to_string()),
+        _ => Err(ApiError::invalid(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![Cause {
+                field: "fieldManager".into(),
+                message: "Required value: is required for apply patch".into(),
+                reason: "FieldValueRequired".into(),
+            }],
+        )),
+    }
+}
+
+/// DeleteOptions from the query and the optional body, JSON or protobuf (the query's
+/// `gracePeriodSeconds` wins).
+fn delete_opts(
+    params: &Params,
+    body: &[u8],
+    content_type: &str,
+) -> Result<gc::DeleteOpts, ApiError> {
+    let body = match (body.is_empty(), content_type.contains("protobuf")) {
+        (true, _) => None,
+        (false, true) => {
+            let opts = protobuf::decode(body, ("v1", "DeleteOptions"))
+                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+            if opts["kind"] != "DeleteOptions" {
+                return Err(ApiError::bad_request(format!(
+                    "the body of a delete must be DeleteOptions, not {}",
+                    opts["kind"]
+                )));
+            }
+            Some(opts)
+        }
+        (false, false) => Some(request::decode_body(body, "application/json")?),
+    };
+    let mut opts = gc::DeleteOpts::from_request(
+        params.get("propagationPolicy"),
+        params.dry_run()?,
+        body.as_ref(),
+    )?;
     if let Some(grace) = params.int("gracePeriodSeconds")? {
         opts.grace_period_seconds = Some(i64::try_from(grace).unwrap_or(i64::MAX));
     }

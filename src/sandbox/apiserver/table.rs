@@ -1,12 +1,12 @@
 //! `meta.k8s.io/v1` Table rendering for kubectl (`Accept: application/json;as=Table;...`).
 //!
 //! Custom resources use their CRD's `additionalPrinterColumns` (JSONPath subset `.a.b`,
-//! `.a[0].b`), framed by NAME and, unless a column already shows it, AGE. Built-ins get a
-//! reasonable default (NAME, AGE; pods NAME/READY/STATUS/RESTARTS/AGE; namespaces NAME/STATUS/AGE;
-//! deployments NAME/READY/UP-TO-DATE/AVAILABLE/AGE), simpler than the real server's printers.
+//! `.a[0].b`), framed by NAME and, unless a column already shows it, AGE. Built-ins get the
+//! real server's columns (see `printers`), including the `-o wide` ones.
 //! Like the real server, `date` cells (AGE and CRD columns of type date) are rendered as a human
 //! age (`5m`, `3h2m`) at the time of the response.
 
+use super::printers;
 use super::resources::{PrinterColumn, ResourceDef};
 use serde_json::{Value, json};
 
@@ -102,66 +102,26 @@ fn custom_columns(cols: &[PrinterColumn]) -> (Vec<Value>, bool) {
     (defs, has_age)
 }
 
-fn pod_cells(obj: &Value) -> Vec<Value> {
-    let containers = obj["spec"]["containers"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0);
-    let statuses = obj["status"]["containerStatuses"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let ready = statuses
-        .iter()
-        .filter(|s| s["ready"] == json!(true))
-        .count();
-    let restarts: i64 = statuses
-        .iter()
-        .filter_map(|s| s["restartCount"].as_i64())
-        .sum();
-    let status = if obj["metadata"].get("deletionTimestamp").is_some() {
-        "Terminating".to_string()
-    } else {
-        obj["status"]["reason"]
-            .as_str()
-            .or(obj["status"]["phase"].as_str())
-            .unwrap_or("Unknown")
-            .to_string()
-    };
-    vec![
-        json!(format!("{ready}/{containers}")),
-        json!(status),
-        json!(restarts),
-    ]
-}
-
-/// Column definitions and per-object cells (excluding NAME and AGE) for a resource.
-fn columns(def: &ResourceDef, version: &str) -> (Vec<Value>, bool) {
+/// Column definitions between NAME and AGE, whether a CRD column shows the age, and the
+/// columns after AGE.
+fn columns(def: &ResourceDef, version: &str) -> (Vec<Value>, bool, Vec<Value>) {
     if let Some(v) = def.crd_version(version) {
-        return custom_columns(&v.printer_columns);
+        let (cols, has_age) = custom_columns(&v.printer_columns);
+        return (cols, has_age, vec![]);
     }
-    let c = |n: &str, t: &str| col(n, t, "", "", 0);
-    let cols = match (def.group.as_str(), def.plural.as_str()) {
-        ("", "pods") => vec![
-            c("Ready", "string"),
-            c("Status", "string"),
-            c("Restarts", "integer"),
-        ],
-        ("", "namespaces") | ("", "nodes") => vec![c("Status", "string")],
-        ("apps", "deployments") => vec![
-            c("Ready", "string"),
-            c("Up-to-date", "integer"),
-            c("Available", "integer"),
-        ],
-        ("", "configmaps") | ("", "secrets") => vec![c("Data", "integer")],
-        _ => vec![],
+    let defs = |cols: Vec<printers::Column>| -> Vec<Value> {
+        cols.into_iter()
+            .map(|(name, type_, priority)| col(name, type_, "", "", priority))
+            .collect()
     };
-    (cols, false)
+    let (mid, after) = printers::columns(&def.group, &def.plural);
+    (defs(mid), false, defs(after))
 }
 
-fn cells(def: &ResourceDef, version: &str, obj: &Value) -> Vec<Value> {
+/// Cells between NAME and AGE, and after AGE.
+fn cells(def: &ResourceDef, version: &str, obj: &Value) -> (Vec<Value>, Vec<Value>) {
     if let Some(v) = def.crd_version(version) {
-        return v
+        let cells = v
             .printer_columns
             .iter()
             .map(|c| {
@@ -173,40 +133,9 @@ fn cells(def: &ResourceDef, version: &str, obj: &Value) -> Vec<Value> {
                 }
             })
             .collect();
+        return (cells, vec![]);
     }
-    match (def.group.as_str(), def.plural.as_str()) {
-        ("", "pods") => pod_cells(obj),
-        ("", "namespaces") => vec![cell(obj["status"].get("phase"))],
-        ("", "nodes") => {
-            let ready = obj["status"]["conditions"]
-                .as_array()
-                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-                .map(|c| c["status"] == "True");
-            vec![json!(match ready {
-                Some(true) => "Ready",
-                Some(false) => "NotReady",
-                None => "Unknown",
-            })]
-        }
-        ("apps", "deployments") => {
-            let s = &obj["status"];
-            let want = obj["spec"]["replicas"].as_i64().unwrap_or(1);
-            vec![
-                json!(format!(
-                    "{}/{want}",
-                    s["readyReplicas"].as_i64().unwrap_or(0)
-                )),
-                json!(s["updatedReplicas"].as_i64().unwrap_or(0)),
-                json!(s["availableReplicas"].as_i64().unwrap_or(0)),
-            ]
-        }
-        ("", "configmaps") | ("", "secrets") => {
-            let n = obj["data"].as_object().map(|m| m.len()).unwrap_or(0)
-                + obj["binaryData"].as_object().map(|m| m.len()).unwrap_or(0);
-            vec![json!(n)]
-        }
-        _ => vec![],
-    }
+    printers::cells(&def.group, &def.plural, obj)
 }
 
 /// Render objects as a Table.
@@ -220,7 +149,7 @@ pub fn table(
     if super::events::is_event(def) {
         return super::events::table(objs, rv, cont);
     }
-    let (mid, has_age) = columns(def, version);
+    let (mid, has_age, after) = columns(def, version);
     let mut defs = vec![col(
         "Name",
         "string",
@@ -238,14 +167,17 @@ pub fn table(
             0,
         ));
     }
+    defs.extend(after);
     let rows: Vec<Value> = objs
         .iter()
         .map(|o| {
             let mut cs = vec![cell(o["metadata"].get("name"))];
-            cs.extend(cells(def, version, o));
+            let (mid, after) = cells(def, version, o);
+            cs.extend(mid);
             if !has_age {
                 cs.push(age_cell(o["metadata"].get("creationTimestamp")));
             }
+            cs.extend(after);
             json!({
                 "cells": cs,
                 "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]},

@@ -1,4 +1,5 @@
 //! Create, update (PUT) and patch: one pipeline that turns a request into a stored object.
+//! Creation is here; updates and patches are in `update` (re-exported here).
 //!
 //! All writes go through [`commit_create`] or [`commit_update`], which apply the rules the real
 //! server applies to every resource: type checks, name and namespace rules, server-set metadata,
@@ -8,13 +9,13 @@
 
 use super::State;
 use super::crd;
+use super::defaults;
 use super::errors::{ApiError, ApiResult, Cause};
 use super::events;
-use super::gc;
 use super::meta;
-use super::patch::{self, PatchError};
 use super::request::{FieldValidation, Target};
 use super::schema;
+pub use super::update::{commit_update, patch, update};
 use serde_json::{Value, json};
 
 /// Per-request write options.
@@ -31,7 +32,7 @@ pub struct WriteCtx {
 }
 
 /// Check `kind`/`apiVersion` of a body against the target (filling them in when absent).
-fn check_type_meta(t: &Target, body: Value) -> ApiResult<Value> {
+pub(super) fn check_type_meta(t: &Target, body: Value) -> ApiResult<Value> {
     let Value::Object(mut m) = body else {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",
@@ -73,7 +74,7 @@ fn check_type_meta(t: &Target, body: Value) -> ApiResult<Value> {
     Ok(Value::Object(m))
 }
 
-fn check_namespace(t: &Target, obj: &mut Value) -> ApiResult<()> {
+pub(super) fn check_namespace(t: &Target, obj: &mut Value) -> ApiResult<()> {
     let body_ns = obj["metadata"]["namespace"].as_str().map(String::from);
     match (&t.namespace, t.def.namespaced) {
         (Some(url_ns), true) => match body_ns {
@@ -98,7 +99,7 @@ fn check_namespace(t: &Target, obj: &mut Value) -> ApiResult<()> {
 }
 
 /// Schema processing for custom resources (defaults, pruning, validation, CEL).
-fn process_custom(
+pub(super) fn process_custom(
     t: &Target,
     obj: &mut Value,
     old: Option<&Value>,
@@ -216,7 +217,11 @@ pub fn commit_create(
         m.insert("name".into(), json!(name));
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(meta::now()));
-        m.insert("generation".into(), json!(1));
+        if defaults::tracks_generation(&t.def) {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
         for k in [
             "resourceVersion",
             "deletionTimestamp",
@@ -227,10 +232,23 @@ pub fn commit_create(
             m.remove(k);
         }
     }
+    if !t.def.is_custom() {
+        defaults::apply(&t.def, &mut obj);
+    }
+    if is_pod(t) {
+        let account = obj["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let account = st.store.get(&service_accounts(), &ns, &account);
+        defaults::admit_pod(&mut obj, account, &meta::name_suffix())?;
+    }
     if t.def.has_status(&t.version) {
         // As in the real strategies' PrepareForCreate: status is not user-settable on create.
         let initial = match (t.def.group.as_str(), t.def.plural.as_str()) {
-            ("", "pods") => Some(json!({"phase": "Pending", "qosClass": qos_class(&obj)})),
+            ("", "pods") => {
+                Some(json!({"phase": "Pending", "qosClass": defaults::qos_class(&obj)}))
+            }
             ("", "namespaces") => Some(json!({"phase": "Active"})),
             _ => None,
         };
@@ -265,276 +283,41 @@ pub fn commit_create(
     if crd::is_crd(&t.def) {
         crd::register(st, &stored);
     }
+    if t.def.key() == super::namespace_key() {
+        default_service_account(st, &name);
+    }
     tracing::debug!(resource = %t.def.plural, namespace = %ns, name = %name, "created");
     Ok((201, stored))
 }
 
-/// PUT: replace an object (or its status).
-pub fn update(
-    st: &mut State,
-    t: &Target,
-    body: Value,
-    ctx: &mut WriteCtx,
-) -> ApiResult<(u16, Value)> {
-    let name = t.name.clone().unwrap_or_default();
-    let new = events::to_storage(&t.def, check_type_meta(t, body)?);
-    if let Some(n) = new["metadata"]["name"].as_str()
-        && n != name
-    {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({n}) does not match the name on the URL ({name})"
-        )));
+fn is_pod(t: &Target) -> bool {
+    t.def.group.is_empty() && t.def.plural == "pods" && t.sub.is_none()
+}
+
+fn service_accounts() -> super::resources::ResKey {
+    super::resources::ResKey {
+        group: String::new(),
+        plural: "serviceaccounts".into(),
     }
-    let ns = t.namespace.clone().unwrap_or_default();
-    let old = st
+}
+
+/// Every namespace has a ServiceAccount `default`: on a cluster kube-controller-manager's
+/// serviceaccount controller creates it a moment after the namespace; here it comes with it.
+pub fn default_service_account(st: &mut State, namespace: &str) {
+    if st
         .store
-        .get(&t.def.key(), &ns, &name)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(&t.def.group, &t.def.plural, &name))?;
-    let fields_body = new.clone();
-    commit_update(st, t, &old, new, &fields_body, ctx)
-}
-
-pub fn commit_update(
-    st: &mut State,
-    t: &Target,
-    old: &Value,
-    mut new: Value,
-    fields_body: &Value,
-    ctx: &mut WriteCtx,
-) -> ApiResult<(u16, Value)> {
-    let name = t.name.clone().unwrap_or_default();
-    check_namespace(t, &mut new)?;
-    let old_rv = old["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or_default();
-    if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
-        && !rv.is_empty()
-        && rv != old_rv
+        .get(&service_accounts(), namespace, "default")
+        .is_some()
     {
-        return Err(ApiError::conflict(&t.def.group, &t.def.plural, &name));
+        return;
     }
-    let has_status = t.def.has_status(&t.version);
-    if t.is_status() {
-        // A status write changes only .status (and managedFields, recorded below).
-        let status = new.get("status").cloned();
-        new = old.clone();
-        match (status, new.as_object_mut()) {
-            (Some(s), Some(m)) => {
-                m.insert("status".into(), s);
-            }
-            (None, Some(m)) => {
-                m.remove("status");
-            }
-            _ => {}
-        }
-    } else if has_status {
-        match (old.get("status").cloned(), new.as_object_mut()) {
-            (Some(s), Some(m)) => {
-                m.insert("status".into(), s);
-            }
-            (None, Some(m)) => {
-                m.remove("status");
-            }
-            _ => {}
-        }
-    }
-    // Server-owned metadata is carried over from the stored object whatever the body says.
-    {
-        let Some(m) = new["metadata"].as_object_mut() else {
-            return Err(ApiError::bad_request("metadata must be an object"));
-        };
-        for k in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-            "managedFields",
-        ] {
-            match old["metadata"].get(k) {
-                Some(v) => m.insert(k.into(), v.clone()),
-                None => m.remove(k),
-            };
-        }
-        m.insert("name".into(), json!(name));
-        m.insert("resourceVersion".into(), json!(old_rv));
-    }
-    if old["metadata"].get("deletionTimestamp").is_some() {
-        let before = meta::finalizers(old);
-        let added: Vec<String> = meta::finalizers(&new)
-            .into_iter()
-            .filter(|f| !before.contains(f))
-            .collect();
-        if !added.is_empty() {
-            let msg = format!(
-                "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
-            );
-            return Err(ApiError::invalid(
-                &t.def.group,
-                &t.def.kind,
-                &name,
-                vec![Cause {
-                    field: "metadata.finalizers".into(),
-                    message: msg,
-                    reason: "FieldValueForbidden".into(),
-                }],
-            ));
-        }
-    }
-    process_custom(t, &mut new, Some(old), ctx)?;
-    if crd::is_crd(&t.def) {
-        crd::prepare(&mut new)?;
-    }
-    if meta::spec_changed(old, &new, has_status) {
-        let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
-        new["metadata"]["generation"] = json!(g + 1);
-    }
-    if meta::same_content(old, &new) {
-        // Nothing changed: the real server does not write (no new resourceVersion, no event).
-        // SSA still records its manager, which we skip as it would force a write.
-        return Ok((200, old.clone()));
-    }
-    let op = if ctx.apply { "Apply" } else { "Update" };
-    meta::record_managed_fields(
-        &mut new,
-        &ctx.manager,
-        op,
-        &t.def.api_version(&t.version),
-        t.sub.as_deref(),
-        fields_body,
+    st.store.put(
+        &service_accounts(),
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": namespace,
+                         "uid": uuid::Uuid::new_v4().to_string(),
+                         "creationTimestamp": meta::now()},
+        }),
     );
-    if ctx.dry_run {
-        return Ok((200, new));
-    }
-    if new["metadata"].get("deletionTimestamp").is_some() && meta::finalizers(&new).is_empty() {
-        // The last finalizer is gone: the pending deletion completes now.
-        let ns = t.namespace.clone().unwrap_or_default();
-        st.store.put(&t.def.key(), new);
-        let removed = gc::finish_deletion(st, &t.def.key(), &ns, &name);
-        return removed
-            .map(|r| (200, r))
-            .ok_or_else(|| ApiError::not_found(&t.def.group, &t.def.plural, &name));
-    }
-    let stored = st.store.put(&t.def.key(), new);
-    if crd::is_crd(&t.def) {
-        crd::register(st, &stored);
-    }
-    Ok((200, stored))
-}
-
-/// PATCH in all four flavours.
-pub fn patch(
-    st: &mut State,
-    t: &Target,
-    body: &[u8],
-    content_type: &str,
-    ctx: &mut WriteCtx,
-) -> ApiResult<(u16, Value)> {
-    let name = t.name.clone().unwrap_or_default();
-    let ctype = content_type.split(';').next().unwrap_or_default().trim();
-    let kind = match ctype {
-        "application/json-patch+json" => "json",
-        "application/merge-patch+json" => "merge",
-        "application/strategic-merge-patch+json" if !t.def.is_custom() => "strategic",
-        "application/apply-patch+yaml" => "apply",
-        _ => {
-            return Err(ApiError::unsupported_media_type(format!(
-                "the body of the request was in an unknown format - accepted media types include: \
-                 application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{}",
-                if t.def.is_custom() {
-                    ""
-                } else {
-                    ", application/strategic-merge-patch+json"
-                }
-            )));
-        }
-    };
-    let patch_body = super::request::decode_body(body, ctype)?;
-    let ns = t.namespace.clone().unwrap_or_default();
-    let existing = st.store.get(&t.def.key(), &ns, &name).cloned();
-    if kind == "apply" {
-        ctx.apply = true;
-        if !patch_body.is_object() {
-            return Err(ApiError::bad_request("apply patch must be an object"));
-        }
-        if let Some(n) = patch_body["metadata"]["name"].as_str()
-            && n != name
-        {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({n}) does not match the name on the URL ({name})"
-            )));
-        }
-    }
-    let Some(old) = existing else {
-        if kind == "apply" && !t.is_status() {
-            let mut obj = check_type_meta(t, patch_body)?;
-            let mut fresh = json!({});
-            patch::apply_merge(&mut fresh, &obj, !t.def.is_custom()).map_err(patch_failed)?;
-            obj = fresh;
-            obj["metadata"]["name"] = json!(name);
-            return commit_create(st, t, events::to_storage(&t.def, obj), ctx);
-        }
-        return Err(ApiError::not_found(&t.def.group, &t.def.plural, &name));
-    };
-    // The patch applies to the object as this version shows it.
-    let mut doc = events::from_storage(&t.def, old.clone());
-    match kind {
-        "json" => patch::json_patch(&mut doc, &patch_body).map_err(patch_failed)?,
-        "merge" => {
-            if !patch_body.is_object() {
-                return Err(ApiError::bad_request("merge patch must be a JSON object"));
-            }
-            patch::merge_patch(&mut doc, &patch_body)
-        }
-        "strategic" => patch::strategic_merge(&mut doc, &patch_body).map_err(patch_failed)?,
-        _ => {
-            let checked = check_type_meta(t, patch_body.clone())?;
-            patch::apply_merge(&mut doc, &checked, !t.def.is_custom()).map_err(patch_failed)?;
-            // An apply never carries a precondition of its own unless it names a resourceVersion.
-        }
-    }
-    let doc = events::to_storage(&t.def, check_type_meta(t, doc)?);
-    commit_update(st, t, &old, doc, &patch_body, ctx)
-}
-
-fn patch_failed(e: PatchError) -> ApiError {
-    match e {
-        PatchError::Malformed(m) => ApiError::bad_request(m),
-        PatchError::Failed(m) => {
-            let mut err = ApiError::invalid("", "", "", vec![]);
-            err.message =
-                format!("the server rejected our request due to an error in our request: {m}");
-            err
-        }
-    }
-}
-
-/// A pod's QoS class, as the real API server sets it on create (and never lets change):
-/// Guaranteed when every container's requests equal its limits for cpu and memory, BestEffort
-/// when no container asks for either, Burstable otherwise.
-fn qos_class(pod: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["initContainers", "containers"]
-        .iter()
-        .filter_map(|k| pod["spec"][k].as_array())
-        .flatten()
-        .collect();
-    let resource =
-        |c: &Value, kind: &str, name: &str| c["resources"][kind][name].as_str().map(str::to_owned);
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        for name in ["cpu", "memory"] {
-            let limit = resource(c, "limits", name);
-            // A limit without a request makes the request equal to the limit.
-            let request = resource(c, "requests", name).or_else(|| limit.clone());
-            any |= request.is_some() || limit.is_some();
-            guaranteed &= limit.is_some() && request == limit;
-        }
-    }
-    match (any, guaranteed) {
-        (false, _) => "BestEffort",
-        (true, true) => "Guaranteed",
-        (true, false) => "Burstable",
-    }
 }

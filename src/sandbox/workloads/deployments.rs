@@ -2,11 +2,16 @@
 //! owned by the Deployment, the hash also a label and a selector term), scaled to
 //! `spec.replicas`; the Deployment's status summed up from its ReplicaSets.
 //!
+//! Revisions as the real controller keeps them: the `deployment.kubernetes.io/revision`
+//! annotation on the Deployment and its newest ReplicaSet (one more than any older one), with
+//! `desired-replicas` and `max-replicas` beside it; `ScalingReplicaSet` Events for every scale.
+//!
 //! Simplifications: a template change scales the new ReplicaSet to `replicas` and the old ones
 //! to 0 in one step (no rolling surge/unavailable arithmetic, no `paused`, no
 //! `progressDeadlineSeconds`, no revision history clean-up), and hash collisions are not handled
 //! (`collisionCount` is never set).
 
+use super::events::{self, Source};
 use super::naming::pod_template_hash;
 use super::{Context, Error, now, patch_params, same_status};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
@@ -20,6 +25,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+pub const REVISION: &str = "deployment.kubernetes.io/revision";
+const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
+const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
+
+fn revision(obj: &impl ResourceExt) -> i64 {
+    obj.annotations()
+        .get(REVISION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
 
 /// The ReplicaSet the Deployment wants for its current template.
 pub fn replicaset_for(deploy: &Deployment) -> Result<ReplicaSet, Error> {
@@ -66,15 +81,37 @@ fn max_unavailable(deploy: &Deployment, desired: i32) -> i32 {
         .as_ref()
         .and_then(|s| s.strategy.as_ref())
         .and_then(|s| s.rolling_update.as_ref())
-        .and_then(|r| r.max_unavailable.clone())
-        .unwrap_or(IntOrString::String("25%".into()));
-    match value {
+        .and_then(|r| r.max_unavailable.clone());
+    resolve(value, desired, false)
+}
+
+/// `maxSurge`, rounded up (default 25%); 0 for the Recreate strategy.
+fn max_surge(deploy: &Deployment, desired: i32) -> i32 {
+    let strategy = deploy.spec.as_ref().and_then(|s| s.strategy.as_ref());
+    if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
+        return 0;
+    }
+    let value = strategy
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.clone());
+    resolve(value, desired, true)
+}
+
+/// An absolute number or a percentage of `desired` (25% when unset).
+fn resolve(value: Option<IntOrString>, desired: i32, round_up: bool) -> i32 {
+    match value.unwrap_or(IntOrString::String("25%".into())) {
         IntOrString::Int(i) => i,
         IntOrString::String(s) => s
             .strip_suffix('%')
             .and_then(|p| p.parse::<i64>().ok())
             .map_or(0, |p| {
-                i32::try_from(p * i64::from(desired) / 100).unwrap_or(0)
+                let scaled = p * i64::from(desired);
+                let rounded = if round_up {
+                    (scaled + 99) / 100
+                } else {
+                    scaled / 100
+                };
+                i32::try_from(rounded).unwrap_or(0)
             }),
     }
 }
@@ -119,34 +156,81 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         })
         .collect();
 
+    // The newest ReplicaSet's revision is one more than any other's (a rollback to an older
+    // template makes that ReplicaSet the newest again).
+    let older = owned
+        .iter()
+        .filter(|rs| rs.name_any() != wanted_name)
+        .map(revision)
+        .max()
+        .unwrap_or(0);
+    let annotations = json!({
+        REVISION: (older + 1).to_string(),
+        DESIRED_REPLICAS: desired.to_string(),
+        MAX_REPLICAS: (desired + max_surge(&deploy, desired)).to_string(),
+    });
     let new_rs = match owned.iter().find(|rs| rs.name_any() == wanted_name) {
-        Some(rs) => rs.clone(),
+        Some(rs) => {
+            let current = serde_json::to_value(rs.annotations()).map_err(Error::Encode)?;
+            if !same_status(&current, &annotations) || revision(rs) <= older {
+                let patch = json!({"metadata": {"annotations": annotations}});
+                rs_api
+                    .patch(&wanted_name, &patch_params(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|source| Error::kube("annotate", &wanted_name, source))?;
+            }
+            rs.clone()
+        }
         None => {
+            let mut wanted = wanted;
+            wanted.metadata.annotations =
+                serde_json::from_value(annotations.clone()).map_err(Error::Encode)?;
             let created = rs_api
                 .create(&PostParams::default(), &wanted)
                 .await
                 .map_err(|source| Error::kube("create the ReplicaSet of", &name, source))?;
             tracing::debug!(namespace = %ns, deployment = %name, replicaset = %wanted_name, "ReplicaSet created");
+            if desired > 0 {
+                let message = format!("Scaled up replica set {wanted_name} from 0 to {desired}");
+                scaling_event(&ctx, &deploy, &message).await;
+            }
             created
         }
     };
-    let scale = |rs_name: String, replicas: i32| {
+    if revision(deploy.as_ref()) != older + 1 {
+        let patch = json!({"metadata": {"annotations": {REVISION: (older + 1).to_string()}}});
+        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &patch_params(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::kube("annotate", &name, source))?;
+    }
+    let scale = |rs: &ReplicaSet, replicas: i32| {
         let rs_api = rs_api.clone();
+        let (rs_name, from) = (
+            rs.name_any(),
+            rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        );
+        let (ctx, deploy) = (ctx.clone(), deploy.clone());
         async move {
             let patch = json!({"spec": {"replicas": replicas}});
             rs_api
                 .patch(&rs_name, &patch_params(), &Patch::Merge(&patch))
                 .await
-                .map_err(|source| Error::kube("scale", &rs_name, source))
+                .map_err(|source| Error::kube("scale", &rs_name, source))?;
+            let direction = if replicas > from { "up" } else { "down" };
+            let message =
+                format!("Scaled {direction} replica set {rs_name} from {from} to {replicas}");
+            scaling_event(&ctx, &deploy, &message).await;
+            Ok::<_, Error>(())
         }
     };
     if new_rs.spec.as_ref().and_then(|s| s.replicas) != Some(desired) {
-        scale(wanted_name.clone(), desired).await?;
+        scale(&new_rs, desired).await?;
         tracing::debug!(namespace = %ns, deployment = %name, replicas = desired, "ReplicaSet scaled");
     }
     for old in owned.iter().filter(|rs| rs.name_any() != wanted_name) {
         if old.spec.as_ref().and_then(|s| s.replicas) != Some(0) {
-            scale(old.name_any(), 0).await?;
+            scale(old, 0).await?;
         }
     }
 
@@ -224,6 +308,20 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         .map_err(|source| Error::kube("update the status of", &name, source))?;
     }
     Ok(Action::await_change())
+}
+
+async fn scaling_event(ctx: &Context, deploy: &Deployment, message: &str) {
+    let regarding = events::reference(deploy);
+    let source = Source::DeploymentController;
+    events::record(
+        &ctx.client,
+        source,
+        regarding,
+        None,
+        "ScalingReplicaSet",
+        message,
+    )
+    .await;
 }
 
 pub fn retry_after(_d: Arc<Deployment>, err: &Error, _ctx: Arc<Context>) -> Action {

@@ -10,8 +10,9 @@
 //! taints, affinity or `schedulerName` other than the default; no probes of its own (a
 //! container is ready when the runtime says so: at once when simulated), restarts only as the
 //! runtime reports them ([`container_updates`](super::container_updates)), no init containers,
-//! no image pulls, no node heartbeats.
+//! no image pulls (the `Pulled` event says the image is present), no node heartbeats.
 
+use super::events;
 use super::naming::{node_index, node_ip};
 use super::runtime::Placement;
 use super::{Context, ControlPlane, Error, lock, now, patch_params};
@@ -92,6 +93,7 @@ async fn schedule(api: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<Action, Er
         .await
         .map_err(|source| Error::kube("mark scheduled", &name, source))?;
     tracing::debug!(pod = %name, node = %node, "pod scheduled");
+    events::scheduled(&ctx.client, events::reference(pod), &node).await;
     Ok(Action::await_change())
 }
 
@@ -152,6 +154,10 @@ async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<A
         .map_err(|source| Error::kube("report running", &name, source))?;
     lock(&ctx.starting).remove(&uid);
     tracing::debug!(pod = %name, node = %node, ip = %pod_ip, "pod running");
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        let image = c.image.as_deref().unwrap_or_default();
+        events::container_started(&ctx.client, events::reference(pod), node, &c.name, image).await;
+    }
     Ok(Action::await_change())
 }
 
@@ -177,6 +183,7 @@ async fn terminate(
     }
     if !finished {
         let uid = pod.uid().unwrap_or_default();
+        killed(ctx, pod, node).await;
         ctx.options
             .runtime
             .stop(&pod.namespace().unwrap_or_default(), &name, &uid)
@@ -213,6 +220,13 @@ async fn terminate(
     Ok(Action::await_change())
 }
 
+/// The kubelet's `Killing` events for the containers of a pod it stops.
+async fn killed(ctx: &Context, pod: &Pod, node: &str) {
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        events::container_killed(&ctx.client, events::reference(pod), node, &c.name).await;
+    }
+}
+
 pub fn retry_after(_pod: Arc<Pod>, err: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "kubelet pass failed");
     Action::requeue(Duration::from_millis(300))
@@ -231,7 +245,11 @@ pub async fn reap(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<
                     let uid = pod.uid().unwrap_or_default();
                     lock(&ctx.placement).ips.release(&uid);
                     lock(&ctx.starting).remove(&uid);
-                    if on_our_node {
+                    if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|_| on_our_node) {
+                        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                        if running {
+                            killed(&ctx, &pod, node).await;
+                        }
                         ctx.options.runtime.stop(&pod.namespace().unwrap_or_default(), &pod.name_any(), &uid).await;
                     }
                 }

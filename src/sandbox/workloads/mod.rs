@@ -9,11 +9,11 @@
 //! ```
 //!
 //! Modules: `nodes` (the simulated Nodes), `deployments`, `replicasets`, `kubelet` (scheduler +
-//! kubelet), `runtime` (how a pod is "started": [`PodRuntime`]), `realpod` (the runtime of real
+//! kubelet), `events` (the Events each of them publishes, as the real components word them), `runtime` (how a pod is "started": [`PodRuntime`]), `realpod` (the runtime of real
 //! processes in network namespaces), `container_updates` (the kubelet reporting restarts and
 //! readiness the runtime notices), `naming` (pure helpers).
 //! Each documents where it simplifies. Across all of them: no leader election (one simulator
-//! per API server), no Events, no Services/endpoints, and a pod is only as real as its
+//! per API server), no Services/endpoints, and a pod is only as real as its
 //! [`PodRuntime`] (simulated: nothing runs; real: demo-app processes, as root).
 //!
 //! Against a real control plane ([`ControlPlane::Real`]: kube-controller-manager and
@@ -25,6 +25,7 @@
 
 mod container_updates;
 mod deployments;
+mod events;
 mod kubelet;
 pub mod naming;
 mod nodes;

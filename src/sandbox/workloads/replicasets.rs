@@ -8,6 +8,7 @@
 //! selector are not adopted. Pods are listed from the API on every reconcile (no informer
 //! cache), so no "expectations" bookkeeping is needed.
 
+use super::events::{self, Source};
 use super::{Context, Error, is_active, is_ready};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -107,6 +108,17 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
                     .await
                     .map_err(|source| Error::kube("create a pod for", &name, source))?;
                 tracing::debug!(namespace = %ns, replicaset = %name, pod = %created.name_any(), "pod created");
+                let message = format!("Created pod: {}", created.name_any());
+                let rs_ref = events::reference(rs.as_ref());
+                events::record(
+                    &ctx.client,
+                    Source::ReplicaSetController,
+                    rs_ref,
+                    None,
+                    "SuccessfulCreate",
+                    &message,
+                )
+                .await;
             }
             super::lock(&ctx.shortages).remove(&uid);
         }
@@ -125,6 +137,17 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
                 Err(source) => return Err(Error::kube("delete a surplus pod of", &name, source)),
             }
             tracing::debug!(namespace = %ns, replicaset = %name, pod = %pod.name_any(), "surplus pod deleted");
+            let message = format!("Deleted pod: {}", pod.name_any());
+            let rs_ref = events::reference(rs.as_ref());
+            events::record(
+                &ctx.client,
+                Source::ReplicaSetController,
+                rs_ref,
+                None,
+                "SuccessfulDelete",
+                &message,
+            )
+            .await;
         }
     }
 

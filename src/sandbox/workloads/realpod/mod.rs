@@ -59,7 +59,8 @@ pub struct RealPodConfig {
     pub cgroup_root: String,
     /// The cgroup hierarchies to place pods in (see [`RealPodConfig::slot`] for the default).
     pub cgroup_mounts: Vec<PathBuf>,
-    /// Where each container's stdout and stderr go (`<ns>_<pod>_<container>.log`); none: nowhere.
+    /// Where each container's stdout and stderr go, one file per run in the kubelet's layout
+    /// (see [`crate::sandbox::pod_logs`]); none: nowhere.
     pub log_dir: Option<PathBuf>,
     /// How long `start` waits for every container's `/healthz` before reporting it not ready
     /// (readiness is reported later, when it comes).

@@ -263,10 +263,15 @@ fn spawn(
     let config = &pods.config;
     let (stdout, stderr) = match &config.log_dir {
         Some(dir) => {
-            let path = dir.join(format!(
-                "{}_{}_{}.log",
-                pod.namespace, pod.name, container.name
-            ));
+            let restart_count = lock(&container.state).restart_count;
+            let path = crate::sandbox::pod_logs::container_log(
+                dir,
+                &pod.namespace,
+                &pod.name,
+                &pod.uid,
+                &container.name,
+                restart_count,
+            );
             let file = open_log(&path)?;
             (Stdio::from(file.try_clone()?), Stdio::from(file))
         }
