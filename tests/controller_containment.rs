@@ -106,7 +106,7 @@ async fn install_schemaless_experiment_crd(h: &Harness) {
         )
         .unwrap(),
     );
-    h.server.install_crds(&[crd]).await.unwrap();
+    h.cluster.install_crds(&[crd]).await;
 }
 
 #[tokio::test]
@@ -266,15 +266,10 @@ async fn owned_experiments(client: &Client, label: &str) -> usize {
 
 #[tokio::test]
 async fn a_panicking_game_day_is_reported_and_the_next_one_runs() {
-    let server = common::server().await;
-    server.install_crds(&all_crds()).await.unwrap();
+    let server = common::TestCluster::start().await;
+    server.install_crds(&all_crds()).await;
     let client = server.client().await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let ns = serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    common::cluster::apply_namespace(&client, "shop", false).await;
     let controller = tokio::spawn(faultline::gameday::run(
         client.clone(),
         panics_once(),
@@ -331,15 +326,10 @@ async fn a_panicking_game_day_is_reported_and_the_next_one_runs() {
 
 #[tokio::test]
 async fn a_panicking_schedule_is_reported_and_the_next_one_runs() {
-    let server = common::server().await;
-    server.install_crds(&all_crds()).await.unwrap();
+    let server = common::TestCluster::start().await;
+    server.install_crds(&all_crds()).await;
     let client = server.client().await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let ns = serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    common::cluster::apply_namespace(&client, "shop", false).await;
     let controller = tokio::spawn(faultline::schedule::run(
         client.clone(),
         panics_once(),

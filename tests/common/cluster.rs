@@ -42,7 +42,8 @@ pub fn real_kubeconfig() -> PathBuf {
 
 pub enum TestCluster {
     Sandbox(ApiServer),
-    Real(RealCluster),
+    /// Boxed: a kube::Config is a kilobyte, the server a handle.
+    Real(Box<RealCluster>),
 }
 
 pub struct RealCluster {
@@ -59,7 +60,7 @@ impl TestCluster {
         super::init_tracing();
         faultline::cli::install_crypto_provider();
         if real_cluster_requested() {
-            TestCluster::Real(RealCluster::take_turn().await)
+            TestCluster::Real(Box::new(RealCluster::take_turn().await))
         } else {
             TestCluster::Sandbox(ApiServer::start(0).await.expect("start sandbox API server"))
         }
