@@ -293,7 +293,7 @@ async fn kubectl_works_with_faultlines_crds_and_examples() {
     let (ok, _, stderr) = k.run(&["apply", "-f", &bad]).await;
     assert!(!ok);
     assert!(
-        stderr.contains("spec.duration: Invalid value: \"fast\": must be a duration such as 500ms"),
+        stderr.contains("spec.duration: Invalid value: \"fast\": must be a duration such as 60s"),
         "{stderr}"
     );
     assert!(

@@ -28,6 +28,17 @@ impl Drop for Replica {
 }
 
 fn replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
+    replica_with_lease(kubeconfig, identity, 3, 1)
+}
+
+/// A replica whose lease lasts `duration` seconds and is renewed `grace` seconds early (the
+/// chart's values are 15 and 5).
+fn replica_with_lease(
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    duration: u64,
+    grace: u64,
+) -> Replica {
     let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
         .args([
             "controller",
@@ -38,9 +49,9 @@ fn replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
         ])
         .args([
             "--lease-duration-seconds",
-            "3",
+            &duration.to_string(),
             "--lease-grace-seconds",
-            "1",
+            &grace.to_string(),
         ])
         .env("KUBECONFIG", kubeconfig)
         .env("POD_NAME", identity)
@@ -156,5 +167,118 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     let writer = run_experiment(&client, "second").await;
     assert_eq!(writer, new_leader);
     drop(replicas);
+    cluster.shutdown().await;
+}
+
+// The chart's lease (15 s, renewed 5 s early), a pod kill and a network fault in flight: the
+// leader dies by SIGKILL while the faults are in. The standby takes the lease, carries the
+// experiment to its verdict from what status records, kills no pod twice and reverts the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_a_fault() {
+    let cluster = common::TestCluster::start().await;
+    cluster.install_crds(&all_crds()).await;
+    let client = cluster.client().await;
+    common::cluster::apply_namespace(&client, "faultline-system", false).await;
+    common::cluster::apply_namespace(&client, "shop", true).await;
+    if cluster.is_real() {
+        common::cluster::cordoned_node(&client, "node-1").await;
+    }
+    for i in 0..3 {
+        ready_pod(&client, &format!("web-{i}")).await;
+    }
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(faultline::sandbox::testkit::stand_in_agent(
+        client.clone(),
+        agent_stopped,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+    let mut replicas = vec![
+        (
+            "replica-a",
+            replica_with_lease(&kubeconfig, "replica-a", 15, 5),
+        ),
+        (
+            "replica-b",
+            replica_with_lease(&kubeconfig, "replica-b", 15, 5),
+        ),
+    ];
+    let leader = wait_for("a leader", Duration::from_secs(20), || holder(&client)).await;
+
+    let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), "shop");
+    let spec: ChaosExperimentSpec = serde_json::from_value(json!({
+        "duration": "20s",
+        "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "Fixed", "value": 2},
+        "faults": [
+            {"podKill": {"method": "delete", "gracePeriodSeconds": 0}},
+            {"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}
+        ]
+    }))
+    .unwrap();
+    experiments
+        .create(
+            &PostParams::default(),
+            &ChaosExperiment::new("failover", spec),
+        )
+        .await
+        .unwrap();
+    wait_for("the faults to be in", Duration::from_secs(30), || async {
+        let e = experiments.get("failover").await.ok()?;
+        (e.status?.phase == Phase::Running).then_some(())
+    })
+    .await;
+
+    replicas.retain(|(name, _)| *name != leader.as_str());
+    let killed = std::time::Instant::now();
+    let standby = replicas[0].0;
+    wait_for(
+        "the standby to take the lease",
+        Duration::from_secs(40),
+        || async { holder(&client).await.filter(|h| h == standby) },
+    )
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!(
+        "leader {leader} killed mid-experiment; {standby} holds the lease {:.1} s later (lease 15 s, renewed 5 s early)",
+        takeover.as_secs_f64()
+    );
+
+    let done = wait_for("the verdict", Duration::from_secs(60), || async {
+        let e = experiments.get("failover").await.ok()?;
+        matches!(
+            e.status.as_ref()?.phase,
+            Phase::Succeeded | Phase::Failed | Phase::Aborted
+        )
+        .then_some(e)
+    })
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{:?}", status.message);
+    let kills = status
+        .timeline
+        .iter()
+        .filter(|e| e.reason == "PodKilled")
+        .count();
+    assert_eq!(kills, 2, "each target killed once across the failover");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    let injections: Api<faultline::api::FaultInjection> = Api::namespaced(client.clone(), "shop");
+    wait_for("every fault reverted", Duration::from_secs(10), || async {
+        injections
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    drop(replicas);
+    let _ = stop_agent.send(());
+    let _ = agent.await;
     cluster.shutdown().await;
 }

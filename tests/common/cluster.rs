@@ -182,6 +182,20 @@ impl RealCluster {
                 .patch(ns, &PatchParams::default(), &Patch::Merge(&unlabel))
                 .await;
         }
+        // What a test applied from the chart (helm install, or its RBAC by hand).
+        for resource in [
+            ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRole>(&()),
+            ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(&()),
+        ] {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            for object in api.list(&ListParams::default()).await.unwrap() {
+                if object.name_any().starts_with("faultline") {
+                    let _ = api
+                        .delete(&object.name_any(), &DeleteParams::default())
+                        .await;
+                }
+            }
+        }
         let nodes: Api<Node> = Api::all(client.clone());
         let _ = nodes
             .delete_collection(&DeleteParams::default(), &ListParams::default())
@@ -274,6 +288,31 @@ async fn empty_namespace(client: &Client, namespace: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     release_and_delete_all(&pods, namespace, &DeleteParams::default().grace_period(0)).await;
     delete_all::<PodDisruptionBudget>(client, namespace, DeleteParams::default()).await;
+    delete_all::<k8s_openapi::api::rbac::v1::Role>(client, namespace, DeleteParams::default())
+        .await;
+    delete_all::<k8s_openapi::api::rbac::v1::RoleBinding>(
+        client,
+        namespace,
+        DeleteParams::default(),
+    )
+    .await;
+    // Helm's release records among them.
+    delete_all::<k8s_openapi::api::core::v1::Secret>(client, namespace, DeleteParams::default())
+        .await;
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), namespace);
+    for account in accounts
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        if account.name_any() != "default" {
+            let _ = accounts
+                .delete(&account.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
     delete_all::<Lease>(client, namespace, DeleteParams::default()).await;
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     for service in services
