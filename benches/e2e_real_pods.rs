@@ -1,0 +1,407 @@
+//! End to end, what a user lives through, with N real target pods (root only):
+//!
+//! - **injection**: from the experiment's create (what `kubectl apply` sends) to every target's
+//!   fault reported applied by the real node agent, which reports after the kernel took the rule
+//!   (each pod's network namespace is checked for the rule afterwards);
+//! - **break → all gone**: a real HTTP probe checks a service (an HTTP server in this process)
+//!   every 100 ms; the service starts failing at T; measured from T to the experiment Aborted
+//!   with every FaultInjection gone, i.e. every rule reverted and confirmed by the agent (each
+//!   pod's namespace is checked for leftovers afterwards);
+//! - `status.abortLatency`: what the controller records (violation seen → every fault
+//!   confirmed reverted).
+//!
+//! Everything is real: `faultline sandbox up` (as root: pods are `faultline demo-app` processes
+//! in their own network namespaces, the real node agent, the controller with its real probe
+//! hub), on the embedded API server and, when a control plane runs (`scripts/cluster.sh up`),
+//! on kube-apiserver + kube-controller-manager + kube-scheduler, where the sandbox only plays
+//! the kubelets. The fault is 50 ms of latency towards 192.0.2.0/24 (TEST-NET-1: rules are
+//! installed in every target, no traffic of the bench is delayed by them).
+//!
+//! `FAULTLINE_BENCH_PODS` (default `10,100,500`), `FAULTLINE_BENCH_RUNS` (default 3),
+//! `FAULTLINE_BENCH_CLUSTER` (`sandbox`, `real` or `both`, default: both when a control plane
+//! runs, else sandbox).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use faultline::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, InjectionPhase, Phase};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_faultline");
+const NAMESPACE: &str = "bench";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A service whose health the bench flips.
+struct Service {
+    status: Arc<AtomicU16>,
+    url: String,
+}
+
+async fn service() -> Service {
+    use axum::{Router, extract::State, http::StatusCode, routing::get};
+    let status = Arc::new(AtomicU16::new(200));
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(|State(s): State<Arc<AtomicU16>>| async move {
+                StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+            }),
+        )
+        .with_state(status.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Service { status, url }
+}
+
+/// A detached `faultline sandbox up`; `down` when dropped.
+struct Sandbox {
+    state: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Sandbox {
+    fn up(cluster: Option<&Path>) -> Sandbox {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().display().to_string();
+        let kubeconfig = cluster.map_or_else(|| state.path().join("kubeconfig"), Path::to_path_buf);
+        let mut args = vec![
+            "sandbox".to_string(),
+            "--state-dir".into(),
+            dir,
+            "up".into(),
+        ];
+        args.extend(["--detach".into(), "--nodes".into(), "3".into()]);
+        if let Some(cluster) = cluster {
+            args.extend(["--cluster".into(), cluster.display().to_string()]);
+        }
+        let out = Command::new(BIN)
+            .args(&args)
+            .current_dir(repo())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sandbox up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Sandbox { state, kubeconfig }
+    }
+
+    async fn client(&self) -> Client {
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let parsed: kube::config::Kubeconfig = serde_yaml::from_str(&text).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    fn netns_prefix(&self) -> String {
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.state.path().join("sandbox.json")).unwrap(),
+        )
+        .unwrap();
+        match state["pod_slot"].as_u64().expect("real pods (root)") {
+            0 => "flsbx-".into(),
+            slot => format!("flsbx{slot}-"),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["sandbox", "--state-dir"])
+            .arg(self.state.path())
+            .arg("down")
+            .output();
+    }
+}
+
+/// Pod network namespaces that hold a faultline rule (nft table or iptables chain).
+fn namespaces_with_rules(prefix: &str) -> usize {
+    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for chunk in namespaces.chunks(namespaces.len().div_ceil(8).max(1)) {
+            let count = &count;
+            scope.spawn(move || {
+                for ns in chunk {
+                    let nft = Command::new("ip")
+                        .args(["netns", "exec", ns, "nft", "list", "tables"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).contains("faultline_"))
+                        .unwrap_or(false);
+                    let ipt = Command::new("ip")
+                        .args(["netns", "exec", ns, "iptables-save"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).contains("FL-"))
+                        .unwrap_or(false);
+                    if nft || ipt {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    count.into_inner()
+}
+
+async fn scale(client: &Client, pods: usize) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE,
+        "labels": {"faultline.dev/chaos": "enabled"}}});
+    namespaces
+        .patch(
+            NAMESPACE,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "target", "namespace": NAMESPACE},
+        "spec": {"replicas": pods, "selector": {"matchLabels": {"app": "target"}},
+            "template": {"metadata": {"labels": {"app": "target"}},
+                "spec": {"containers": [{"name": "app", "image": "faultline:dev"}]}}},
+    });
+    deployments
+        .patch(
+            "target",
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let d = deployments.get("target").await.unwrap();
+        let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0) as usize;
+        if ready >= pods {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {ready} of {pods} pods became ready in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "  {pods} real pods ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+struct Run {
+    injection: f64,
+    break_to_gone: f64,
+    recorded: f64,
+}
+
+async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, prefix: &str) -> Run {
+    let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), NAMESPACE);
+    let injections: Api<FaultInjection> = Api::namespaced(client.clone(), NAMESPACE);
+    let spec = json!({
+        "duration": "10m",
+        "target": {"labelSelector": {"matchLabels": {"app": "target"}}, "maxTargets": pods},
+        "faults": [{"networkLatency": {"latency": "50ms", "to": {"cidrs": ["192.0.2.0/24"]}}}],
+        "steadyState": {"probes": [{"name": "service", "http": {"url": service.url},
+            "interval": "100ms", "timeout": "1s", "failureThreshold": 1,
+            "phases": ["before", "during"]}]},
+    });
+    let experiment: ChaosExperiment = serde_json::from_value(json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
+        "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}))
+    .unwrap();
+    let selector = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={name}"));
+    let created = Instant::now();
+    experiments
+        .create(&PostParams::default(), &experiment)
+        .await
+        .unwrap();
+    let injection = loop {
+        let list = injections.list(&selector).await.unwrap().items;
+        let applied = list
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == InjectionPhase::Applied)
+            })
+            .count();
+        if applied >= pods {
+            break created.elapsed().as_secs_f64();
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(300),
+            "{applied} of {pods} applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let in_kernel = namespaces_with_rules(prefix);
+    assert!(
+        in_kernel >= pods,
+        "only {in_kernel} of {pods} pods hold the rule"
+    );
+
+    service.status.store(500, Ordering::SeqCst);
+    let broke = Instant::now();
+    let break_to_gone = loop {
+        let phase = experiments.get(name).await.unwrap().status.map(|s| s.phase);
+        let left = injections.list(&selector).await.unwrap().items.len();
+        if phase == Some(Phase::Aborted) && left == 0 {
+            break broke.elapsed().as_secs_f64();
+        }
+        assert!(
+            broke.elapsed() < Duration::from_secs(300),
+            "still {left} injections"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let recorded = experiments
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.abort_latency)
+        .and_then(|d| d.parse().ok())
+        .map_or(f64::NAN, |d| d.as_secs_f64());
+    let left = namespaces_with_rules(prefix);
+    assert_eq!(left, 0, "{left} pods still hold a rule after the abort");
+    service.status.store(200, Ordering::SeqCst);
+    experiments
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    Run {
+        injection,
+        break_to_gone,
+        recorded,
+    }
+}
+
+fn min_median_max(values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let ms = |s: f64| format!("{:.0}", s * 1000.0);
+    format!(
+        "{} / {} / {}",
+        ms(sorted[0]),
+        ms(sorted[sorted.len() / 2]),
+        ms(sorted[sorted.len() - 1])
+    )
+}
+
+/// RSS of the sandbox's demo-app processes, in MiB, per pod.
+fn mib_per_pod(pods: usize) -> f64 {
+    let mut kib = 0u64;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("demo-app") {
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            kib += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib as f64 / 1024.0 / pods.max(1) as f64
+}
+
+#[tokio::main]
+async fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("e2e_real_pods: SKIPPED (needs root: real pods, the real agent and real rules)");
+        return;
+    }
+    faultline::cli::install_crypto_provider();
+    let sizes: Vec<usize> = std::env::var("FAULTLINE_BENCH_PODS")
+        .unwrap_or_else(|_| "10,100,500".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runs: usize = std::env::var("FAULTLINE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let real_kubeconfig = repo().join(".faultline/cluster/admin.kubeconfig");
+    let control_plane_runs = real_kubeconfig.exists()
+        && Command::new(repo().join("scripts/cluster.sh"))
+            .arg("status")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("kube-apiserver: running"));
+    let clusters: Vec<&str> = match std::env::var("FAULTLINE_BENCH_CLUSTER").as_deref() {
+        Ok("sandbox") => vec!["sandbox"],
+        Ok("real") => vec!["real"],
+        _ if control_plane_runs => vec!["sandbox", "real"],
+        _ => {
+            println!("(no control plane runs: `scripts/cluster.sh up` to measure on one too)");
+            vec!["sandbox"]
+        }
+    };
+    let service = service().await;
+    let mut rows = Vec::new();
+    for cluster in clusters {
+        let sandbox = Sandbox::up((cluster == "real").then_some(real_kubeconfig.as_path()));
+        let client = sandbox.client().await;
+        let prefix = sandbox.netns_prefix();
+        for &pods in &sizes {
+            eprintln!("{cluster}: {pods} target pods");
+            scale(&client, pods).await;
+            let memory = mib_per_pod(pods);
+            let mut results = Vec::new();
+            for run in 0..runs {
+                let name = format!("bench-{pods}-{run}");
+                results.push(one_run(&client, &service, pods, &name, &prefix).await);
+            }
+            let pick = |f: fn(&Run) -> f64| results.iter().map(f).collect::<Vec<f64>>();
+            rows.push(vec![
+                cluster.to_string(),
+                pods.to_string(),
+                min_median_max(&pick(|r| r.injection)),
+                min_median_max(&pick(|r| r.break_to_gone)),
+                min_median_max(&pick(|r| r.recorded)),
+                format!("{memory:.1}"),
+            ]);
+        }
+        drop(sandbox);
+    }
+    println!(
+        "\n## End to end with real pods, the real agent and real rules ({runs} runs each; {})\n",
+        machine()
+    );
+    println!(
+        "| cluster | target pods | injection: create → all applied, ms (min / median / max) | break → all reverted, ms | status.abortLatency, ms | RSS per pod, MiB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for row in rows {
+        println!("| {} |", row.join(" | "));
+    }
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("nproc={cores}")
+}
