@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 # apiserver_* suites test the embedded server itself and stay sandbox-only.
 real_suites=(
     cluster_admits
+    cluster_blast_radius
     controller_lifecycle
     controller_probes
     controller_kubernetes_probe

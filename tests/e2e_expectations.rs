@@ -283,7 +283,9 @@ struct Process {
 
 impl Process {
     fn start(name: &'static str, args: &[String], kubeconfig: &Path, dir: &Path) -> Process {
-        let log = dir.join(format!("{name}.log"));
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = dir.join(format!("{name}-{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
@@ -370,19 +372,27 @@ fn chart_args(
         .collect()
 }
 
-/// A kubeconfig that authenticates as `serviceaccount` with a token the API server issues.
-fn token_kubeconfig(admin: &Path, serviceaccount: &str, out: &Path) -> PathBuf {
-    let token = kubectl_ok(
-        admin,
-        &[
-            "create",
-            "token",
-            serviceaccount,
-            "-n",
-            "faultline-system",
-            "--duration=1h",
-        ],
-    );
+/// A kubeconfig that authenticates as `serviceaccount` with a token the API server issues,
+/// bound to pod `bound_pod` (name, uid; in faultline-system) when given: such a token carries
+/// the pod's node, as a DaemonSet pod's projected token does.
+fn token_kubeconfig(
+    admin: &Path,
+    serviceaccount: &str,
+    bound_pod: Option<(&str, &str)>,
+    out: &Path,
+) -> PathBuf {
+    let mut args: Vec<String> = ["create", "token", serviceaccount, "-n", "faultline-system"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.push("--duration=1h".into());
+    if let Some((name, uid)) = bound_pod {
+        args.push("--bound-object-kind=Pod".into());
+        args.push(format!("--bound-object-name={name}"));
+        args.push(format!("--bound-object-uid={uid}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let token = kubectl_ok(admin, &args);
     let admin_config: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
     let cluster = &admin_config["clusters"][0]["cluster"];
@@ -393,9 +403,52 @@ fn token_kubeconfig(admin: &Path, serviceaccount: &str, out: &Path) -> PathBuf {
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": serviceaccount}}],
         "current-context": "c",
     });
-    let path = out.join(format!("{serviceaccount}.kubeconfig"));
+    let file = bound_pod.map_or_else(|| serviceaccount.to_string(), |(pod, _)| pod.to_string());
+    let path = out.join(format!("{file}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     path
+}
+
+/// The agent's DaemonSet pod on `node`, as the API knows it (its container is our separate
+/// `faultline agent` process; the pod is marked finished so that the sandbox's kubelet does not
+/// run it). Its UID binds the agent's token to the node. Returns (name, uid).
+fn agent_pod(admin: &Path, node: &str, dir: &Path) -> (String, String) {
+    let name = format!("faultline-agent-{}", node.rsplit('-').next().unwrap());
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "faultline-system"},
+        "spec": {"nodeName": node, "serviceAccountName": "faultline-agent", "hostNetwork": true,
+                 "containers": [{"name": "agent", "image": "faultline:dev"}]}});
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, pod.to_string()).unwrap();
+    kubectl_ok(admin, &["create", "-f", file.to_str().unwrap()]);
+    let finished = r#"{"status":{"phase":"Succeeded"}}"#;
+    kubectl_ok(
+        admin,
+        &[
+            "patch",
+            "pod",
+            &name,
+            "-n",
+            "faultline-system",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            finished,
+        ],
+    );
+    let uid = kubectl_ok(
+        admin,
+        &[
+            "get",
+            "pod",
+            &name,
+            "-n",
+            "faultline-system",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    );
+    (name, uid)
 }
 
 async fn on_the_real_control_plane() {
@@ -417,13 +470,15 @@ async fn on_the_real_control_plane() {
                         | "ClusterRoleBinding"
                         | "Role"
                         | "RoleBinding"
+                        | "ValidatingAdmissionPolicy"
+                        | "ValidatingAdmissionPolicyBinding"
                 )
             )
         })
         .collect();
     assert!(
-        rbac.len() >= 4,
-        "the chart renders its ServiceAccounts and RBAC"
+        rbac.len() >= 10,
+        "the chart renders its ServiceAccounts, RBAC and admission policies"
     );
     for object in &rbac {
         let file = work.path().join("object.json");
@@ -441,8 +496,7 @@ async fn on_the_real_control_plane() {
     );
     wait_for_ready_pods(&admin, 9);
 
-    let controller_kubeconfig = token_kubeconfig(&admin, "faultline-controller", work.path());
-    let agent_kubeconfig = token_kubeconfig(&admin, "faultline-agent", work.path());
+    let controller_kubeconfig = token_kubeconfig(&admin, "faultline-controller", None, work.path());
     let controller = Process::start(
         "controller",
         &chart_args(
@@ -454,30 +508,35 @@ async fn on_the_real_control_plane() {
         &controller_kubeconfig,
         work.path(),
     );
-    let nodes = "sandbox-node-1,sandbox-node-2,sandbox-node-3".to_string();
-    let agent = Process::start(
-        "agent",
-        &chart_args(
-            &chart,
-            "DaemonSet",
-            "faultline-agent",
-            &[
-                ("--admin-addr", "127.0.0.1:0".into()),
-                ("--node", nodes),
-                (
-                    "--journal-dir",
-                    work.path().join("journal").display().to_string(),
-                ),
-            ],
-        ),
-        &agent_kubeconfig,
-        work.path(),
-    );
+    // One agent per node, as the DaemonSet runs them, each with a token bound to its node's
+    // agent pod (the admission policy lets an agent change only its own Node).
+    let mut agents = Vec::new();
+    for node in ["sandbox-node-1", "sandbox-node-2", "sandbox-node-3"] {
+        let (pod, uid) = agent_pod(&admin, node, work.path());
+        let kubeconfig =
+            token_kubeconfig(&admin, "faultline-agent", Some((&pod, &uid)), work.path());
+        let journal = work.path().join(format!("journal-{node}"));
+        agents.push(Process::start(
+            "agent",
+            &chart_args(
+                &chart,
+                "DaemonSet",
+                "faultline-agent",
+                &[
+                    ("--admin-addr", "127.0.0.1:0".into()),
+                    ("--node", node.to_string()),
+                    ("--journal-dir", journal.display().to_string()),
+                ],
+            ),
+            &kubeconfig,
+            work.path(),
+        ));
+    }
 
     let prefix = sandbox.netns_prefix();
     run_every_expectation(&admin, work.path(), &prefix);
 
-    for process in [&controller, &agent] {
+    for process in std::iter::once(&controller).chain(&agents) {
         let log = process.log();
         let forbidden: Vec<&str> = log
             .lines()
@@ -491,7 +550,7 @@ async fn on_the_real_control_plane() {
         );
     }
     drop(controller);
-    drop(agent);
+    drop(agents);
     drop(sandbox);
     assert!(
         netns_with_prefix(&prefix).is_empty(),

@@ -182,10 +182,16 @@ impl RealCluster {
                 .patch(ns, &PatchParams::default(), &Patch::Merge(&unlabel))
                 .await;
         }
-        // What a test applied from the chart (helm install, or its RBAC by hand).
+        // What a test applied from the chart (helm install, or its RBAC and policies by hand).
         for resource in [
             ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRole>(&()),
             ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(&()),
+            ApiResource::erase::<
+                k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
+            >(&()),
+            ApiResource::erase::<
+                k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+            >(&()),
         ] {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
             for object in api.list(&ListParams::default()).await.unwrap() {
@@ -400,4 +406,53 @@ where
             &format!("delete {name}"),
         );
     }
+}
+
+/// A client that authenticates as ServiceAccount `namespace/name` with a token the API server
+/// issues (TokenRequest, one hour), bound to pod `namespace/bound_pod` when given: such a token
+/// carries the pod's node (`authentication.kubernetes.io/node-name`), as a DaemonSet pod's does.
+/// Real cluster only.
+pub async fn client_as(
+    cluster: &TestCluster,
+    namespace: &str,
+    name: &str,
+    bound_pod: Option<&str>,
+) -> Client {
+    let TestCluster::Real(real) = cluster else {
+        panic!("ServiceAccount tokens need the real cluster");
+    };
+    let admin = cluster.client().await;
+    let bound = match bound_pod {
+        Some(pod) => {
+            let uid = Api::<Pod>::namespaced(admin.clone(), namespace)
+                .get(pod)
+                .await
+                .unwrap()
+                .metadata
+                .uid;
+            serde_json::json!({"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uid})
+        }
+        None => serde_json::Value::Null,
+    };
+    let request: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(serde_json::json!({
+            "spec": {"audiences": [], "expirationSeconds": 3600, "boundObjectRef": bound}
+        }))
+        .unwrap();
+    let token = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin, namespace)
+        .create_token_request(name, &Default::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token for {namespace}/{name}: {e}"))
+        .status
+        .expect("a TokenRequest answers with a token")
+        .token;
+    let mut kubeconfig: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&real.kubeconfig).unwrap()).unwrap();
+    kubeconfig["users"] = serde_json::json!([{"name": name, "user": {"token": token}}]);
+    kubeconfig["contexts"][0]["context"]["user"] = serde_json::json!(name);
+    let parsed: kube::config::Kubeconfig = serde_json::from_value(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
 }

@@ -1,0 +1,441 @@
+//! The blast radius as the API server enforces it: the chart's RBAC and admission policies
+//! (charts/faultline/templates/admission-policies.yaml), applied to the real control plane, and
+//! the controller's and the agent's own ServiceAccount tokens trying every act they must not do
+//! (refused by the server, whatever faultline's code would have done) and every act they must
+//! do (allowed). No faultline process runs here: this is the server's lock, tested alone; the
+//! controller's own checks are tested in controller_lifecycle.rs.
+//!
+//! Needs `FAULTLINE_TEST_CLUSTER=real` (the embedded server has no RBAC or admission policies).
+
+mod common;
+mod k8s_objects;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::TestCluster;
+use faultline::api::FaultInjection;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+const RELEASE_NS: &str = "faultline-system";
+const CONTROLLER: &str = "faultline-controller";
+const AGENT: &str = "faultline-agent";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every object of the chart but the workloads (no kubelet runs their pods here).
+fn chart_policies_and_rbac() -> Vec<Value> {
+    let home = std::env::temp_dir().join("faultline-helm-blast-radius");
+    let out = Command::new(repo().join(".tools/bin/helm"))
+        .args([
+            "template",
+            "faultline",
+            "charts/faultline",
+            "-n",
+            RELEASE_NS,
+        ])
+        .current_dir(repo())
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    k8s_objects::parse_documents(&String::from_utf8_lossy(&out.stdout), "helm template")
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                        | "ValidatingAdmissionPolicy"
+                        | "ValidatingAdmissionPolicyBinding"
+                )
+            )
+        })
+        .collect()
+}
+
+async fn apply(client: &Client, object: &Value) {
+    let types: kube::core::TypeMeta = serde_json::from_value(object.clone()).unwrap();
+    let gvk = kube::core::GroupVersionKind::try_from(&types).unwrap();
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let name = object["metadata"]["name"].as_str().unwrap();
+    let api: Api<kube::api::DynamicObject> = match caps.scope {
+        kube::discovery::Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(RELEASE_NS),
+            &resource,
+        ),
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("faultline-tests").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+}
+
+async fn pod(client: &Client, namespace: &str, name: &str, labels: Value, account: &str) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"nodeName": "node-a", "serviceAccountName": account,
+                 "containers": [{"name": "app", "image": "demo"}]},
+    }))
+    .unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    // kube-system is not emptied between tests: a pod of the test before may still be there.
+    let _ = pods
+        .delete(name, &DeleteParams::default().grace_period(0))
+        .await;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("pod {namespace}/{name}: {e}"));
+}
+
+/// Waits until the admission policies act (the server loads new policies asynchronously): a
+/// request the controller may never make is refused.
+async fn policies_in_force(controller: &Client) {
+    common::wait_for(
+        "the admission policies to be in force",
+        std::time::Duration::from_secs(30),
+        || async {
+            let pods: Api<Pod> = Api::namespaced(controller.clone(), "kube-system");
+            let refused = pods
+                .evict("system-pod", &EvictParams::default())
+                .await
+                .is_err_and(|e| e.to_string().contains("protected"));
+            refused.then_some(())
+        },
+    )
+    .await;
+}
+
+fn refused_with<T: std::fmt::Debug>(result: Result<T, kube::Error>, words: &str, what: &str) {
+    match result {
+        Err(kube::Error::Api(status)) => assert!(
+            status.message.contains(words),
+            "{what}: refused, but not for {words:?}: {} ({})",
+            status.message,
+            status.code
+        ),
+        other => panic!("{what}: expected the API server to refuse it, got {other:?}"),
+    }
+}
+
+fn allowed<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
+    if let Err(e) = result {
+        panic!("{what}: expected it to be allowed, got {e}");
+    }
+}
+
+struct Bed {
+    cluster: TestCluster,
+    admin: Client,
+    controller: Client,
+    agent_on_a: Client,
+}
+
+/// The chart's RBAC and policies, namespaces `shop` (opted in) and `closed` (not), nodes
+/// `node-a` and `node-b`, a pod the agent's token is bound to on node-a, and pods to disrupt.
+async fn bed() -> Option<Bed> {
+    let cluster = TestCluster::start().await;
+    if !cluster.is_real() {
+        eprintln!(
+            "cluster_blast_radius: SKIPPED in the sandbox (no RBAC or admission policies there); runs with FAULTLINE_TEST_CLUSTER=real"
+        );
+        return None;
+    }
+    cluster.install_crds(&faultline::api::all_crds()).await;
+    let admin = cluster.client().await;
+    common::cluster::apply_namespace(&admin, RELEASE_NS, false).await;
+    common::cluster::apply_namespace(&admin, "shop", true).await;
+    common::cluster::apply_namespace(&admin, "closed", false).await;
+    for object in chart_policies_and_rbac() {
+        apply(&admin, &object).await;
+    }
+    for node in ["node-a", "node-b"] {
+        common::cluster::cordoned_node(&admin, node).await;
+    }
+    pod(&admin, RELEASE_NS, "agent-on-a", json!({}), AGENT).await;
+    pod(&admin, RELEASE_NS, "own-pod", json!({}), "default").await;
+    pod(&admin, "kube-system", "system-pod", json!({}), "default").await;
+    pod(&admin, "shop", "victim", json!({"app": "web"}), "default").await;
+    pod(&admin, "shop", "victim-2", json!({"app": "web"}), "default").await;
+    pod(
+        &admin,
+        "shop",
+        "guarded",
+        json!({"faultline.dev/protected": "true"}),
+        "default",
+    )
+    .await;
+    pod(
+        &admin,
+        "closed",
+        "outsider",
+        json!({"app": "web"}),
+        "default",
+    )
+    .await;
+    let controller = common::cluster::client_as(&cluster, RELEASE_NS, CONTROLLER, None).await;
+    let agent_on_a =
+        common::cluster::client_as(&cluster, RELEASE_NS, AGENT, Some("agent-on-a")).await;
+    policies_in_force(&controller).await;
+    Some(Bed {
+        cluster,
+        admin,
+        controller,
+        agent_on_a,
+    })
+}
+
+#[tokio::test]
+async fn the_controller_disrupts_only_pods_in_opted_in_unprotected_places() {
+    let Some(bed) = bed().await else { return };
+    let pods = |ns: &str| Api::<Pod>::namespaced(bed.controller.clone(), ns);
+    allowed(
+        pods("shop").evict("victim", &EvictParams::default()).await,
+        "evict a pod in an opted-in namespace",
+    );
+    allowed(
+        pods("shop")
+            .delete("victim-2", &DeleteParams::default())
+            .await,
+        "delete a pod in an opted-in namespace",
+    );
+    refused_with(
+        pods("closed")
+            .evict("outsider", &EvictParams::default())
+            .await,
+        "did not (kubectl label namespace closed faultline.dev/chaos=enabled)",
+        "evict in a namespace that did not opt in",
+    );
+    refused_with(
+        pods("closed")
+            .delete("outsider", &DeleteParams::default())
+            .await,
+        "did not",
+        "delete in a namespace that did not opt in",
+    );
+    refused_with(
+        pods("kube-system")
+            .evict("system-pod", &EvictParams::default())
+            .await,
+        "kube-system: it is protected",
+        "evict in kube-system",
+    );
+    refused_with(
+        pods(RELEASE_NS)
+            .delete("own-pod", &DeleteParams::default())
+            .await,
+        "faultline-system: it is protected",
+        "delete in faultline's own namespace",
+    );
+    refused_with(
+        pods("shop")
+            .delete("guarded", &DeleteParams::default())
+            .await,
+        "guarded is labelled faultline.dev/protected=true",
+        "delete a protected pod",
+    );
+    bed.cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_agent_changes_only_its_own_nodes_capabilities_annotation() {
+    let Some(bed) = bed().await else { return };
+    let nodes = Api::<Node>::all(bed.agent_on_a.clone());
+    let merge = |patch: Value| Patch::Merge(patch);
+    let params = PatchParams::default();
+    allowed(
+        nodes
+            .patch(
+                "node-a",
+                &params,
+                &merge(json!({"metadata": {"annotations": {"faultline.dev/capabilities": "nfqueue,nftables"}}})),
+            )
+            .await,
+        "annotate its own node's capabilities",
+    );
+    refused_with(
+        nodes
+            .patch(
+                "node-b",
+                &params,
+                &merge(
+                    json!({"metadata": {"annotations": {"faultline.dev/capabilities": "netem"}}}),
+                ),
+            )
+            .await,
+        "may only change the Node its own pod runs on (node-a), not node-b",
+        "annotate another node",
+    );
+    for (what, patch) in [
+        (
+            "cordon its own node",
+            json!({"spec": {"unschedulable": false}}),
+        ),
+        (
+            "taint its own node",
+            json!({"spec": {"taints": [{"key": "x", "effect": "NoSchedule"}]}}),
+        ),
+        (
+            "label its own node",
+            json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}),
+        ),
+        (
+            "set another annotation",
+            json!({"metadata": {"annotations": {"other": "x"}}}),
+        ),
+    ] {
+        refused_with(
+            nodes.patch("node-a", &params, &merge(patch)).await,
+            "may change only the faultline.dev/capabilities annotation",
+            what,
+        );
+    }
+    // A token not bound to a pod says nothing about a node: it may change none.
+    let unbound = common::cluster::client_as(&bed.cluster, RELEASE_NS, AGENT, None).await;
+    refused_with(
+        Api::<Node>::all(unbound)
+            .patch(
+                "node-a",
+                &params,
+                &merge(json!({"metadata": {"annotations": {"faultline.dev/capabilities": "x"}}})),
+            )
+            .await,
+        "its token names no node",
+        "an unbound agent token",
+    );
+    bed.cluster.shutdown().await;
+}
+
+fn injection(namespace: &str, target_namespace: &str, target: &str) -> FaultInjection {
+    serde_json::from_value(json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "FaultInjection",
+        "metadata": {"name": format!("finj-{target}"), "namespace": namespace,
+                     "labels": {"faultline.dev/node": "node-a"}},
+        "spec": {
+            "experiment": {"name": "nobody"},
+            "target": {"namespace": target_namespace, "name": target, "uid": "0000"},
+            "nodeName": "node-a",
+            "fault": {"partition": "both", "peerCidrs": ["10.0.0.0/8"]},
+            "expiresAt": "2030-01-01T00:00:00Z",
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn only_the_controller_writes_work_items_and_only_for_opted_in_pods() {
+    let Some(bed) = bed().await else { return };
+    // A user who may create FaultInjections through RBAC (an over-broad role, say).
+    for object in [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "mallory", "namespace": "shop"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "faultline-test-injector"},
+               "rules": [{"apiGroups": ["faultline.dev"], "resources": ["faultinjections"],
+                          "verbs": ["create", "get", "update", "patch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "faultline-test-injector"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": "faultline-test-injector"},
+               "subjects": [{"kind": "ServiceAccount", "name": "mallory", "namespace": "shop"}]}),
+    ] {
+        apply(&bed.admin, &object).await;
+    }
+    let mallory = common::cluster::client_as(&bed.cluster, "shop", "mallory", None).await;
+    let create = |client: &Client, ns: &str, object: FaultInjection| {
+        let api: Api<FaultInjection> = Api::namespaced(client.clone(), ns);
+        async move { api.create(&PostParams::default(), &object).await }
+    };
+    refused_with(
+        create(
+            &mallory,
+            "closed",
+            injection("closed", "closed", "outsider"),
+        )
+        .await,
+        "only the faultline controller creates FaultInjections",
+        "a plain user's FaultInjection for a pod that did not opt in",
+    );
+    refused_with(
+        create(&mallory, "shop", injection("shop", "shop", "victim")).await,
+        "only the faultline controller creates FaultInjections",
+        "a plain user's FaultInjection in an opted-in namespace",
+    );
+    refused_with(
+        create(
+            &bed.controller,
+            "closed",
+            injection("closed", "closed", "outsider"),
+        )
+        .await,
+        "did not (kubectl label namespace closed",
+        "the controller's FaultInjection in a namespace that did not opt in",
+    );
+    refused_with(
+        create(
+            &bed.controller,
+            "shop",
+            injection("shop", "kube-system", "system-pod"),
+        )
+        .await,
+        "protected namespace kube-system",
+        "the controller's FaultInjection for a pod in kube-system",
+    );
+    allowed(
+        create(
+            &bed.controller,
+            "shop",
+            injection("shop", "shop", "guarded-target"),
+        )
+        .await,
+        "the controller's FaultInjection for a pod in its own opted-in namespace",
+    );
+    // The agent works the item (finalizer, status), but may not change what it asks for.
+    let as_agent: Api<FaultInjection> = Api::namespaced(bed.agent_on_a.clone(), "shop");
+    allowed(
+        as_agent
+            .patch(
+                "finj-guarded-target",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": ["faultline.dev/agent-cleanup"]}})),
+            )
+            .await,
+        "the agent holds its finalizer",
+    );
+    refused_with(
+        as_agent
+            .patch(
+                "finj-guarded-target",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"target": {"name": "victim"}}})),
+            )
+            .await,
+        "only the faultline controller creates FaultInjections or changes what they ask for",
+        "the agent rewriting a work item",
+    );
+    bed.cluster.shutdown().await;
+}
