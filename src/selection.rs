@@ -5,7 +5,8 @@
 //! Safety rules applied here, whatever the experiment says:
 //! - a namespace is eligible only when labelled `faultline.dev/chaos=enabled`, unless the
 //!   controller runs with `--allow-all-namespaces`;
-//! - `kube-system` and the controller's own namespace are never eligible;
+//! - `kube-system`, the controller's own namespace and `--protected-namespace`s are never
+//!   eligible;
 //! - pods labelled `faultline.dev/protected=true` are never targets;
 //! - a selection larger than the experiment's `maxTargets` or the controller's cap is refused
 //!   as a whole (nothing is injected), never silently truncated.
@@ -28,6 +29,9 @@ pub struct SafetyPolicy {
     pub controller_namespace: String,
     /// A cap on targets per experiment that applies on top of the experiment's `maxTargets`.
     pub max_targets: Option<usize>,
+    /// More namespaces that are never targets (`--protected-namespace`), as the chart's
+    /// admission policies refuse them too.
+    pub protected_namespaces: Vec<String>,
 }
 
 /// A selected pod, with what later steps need to act on it.
@@ -182,6 +186,12 @@ fn check_namespace(
         return Err(SelectionError::NamespaceForbidden {
             namespace: namespace.into(),
             why: "faultline's own controller runs there",
+        });
+    }
+    if policy.protected_namespaces.iter().any(|p| p == namespace) {
+        return Err(SelectionError::NamespaceForbidden {
+            namespace: namespace.into(),
+            why: "the controller runs with --protected-namespace for it",
         });
     }
     if policy.allow_all_namespaces {

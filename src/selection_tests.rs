@@ -242,7 +242,11 @@ fn kube_system_and_the_controller_namespace_are_never_targets() {
         allow_all_namespaces: true,
         ..policy()
     };
-    for forbidden in ["kube-system", "faultline-system"] {
+    let open = SafetyPolicy {
+        protected_namespaces: vec!["payments".into()],
+        ..open
+    };
+    for forbidden in ["kube-system", "faultline-system", "payments"] {
         let mut spec = selector(SelectionMode::All, None);
         spec.namespaces = vec![forbidden.into()];
         let namespaces = [namespace(forbidden, true)];

@@ -231,7 +231,12 @@ fn every_rendered_object_survives_a_strict_typed_round_trip() {
             if object["kind"] != "CustomResourceDefinition"
                 && !matches!(
                     object["kind"].as_str(),
-                    Some("ClusterRole" | "ClusterRoleBinding")
+                    Some(
+                        "ClusterRole"
+                            | "ClusterRoleBinding"
+                            | "ValidatingAdmissionPolicy"
+                            | "ValidatingAdmissionPolicyBinding"
+                    )
                 )
             {
                 assert_eq!(
@@ -337,6 +342,8 @@ fn non_default_values_reach_the_controller() {
         "--lease-duration-seconds=20",
         "--lease-grace-seconds=4",
         "--injection-timeout=1m",
+        "--protected-namespace=payments",
+        "--protected-namespace=identity",
     ] {
         assert!(a.contains(&expected), "{expected} in {a:?}");
     }
@@ -727,4 +734,42 @@ fn aggregated_roles_are_opt_in_and_never_let_users_write_fault_injections() {
         view["faultline.dev/faultinjections"],
         ["get", "list", "watch"].map(String::from).into()
     );
+}
+
+#[test]
+fn the_admission_policies_follow_the_safety_values() {
+    // Defaults: the opt-in label is required, kube-system and the release namespace protected.
+    let defaults = Rendered::defaults();
+    let policy = defaults.one("ValidatingAdmissionPolicy", "faultline-pod-disruption");
+    let rules = policy["spec"]["validations"].to_string();
+    assert!(
+        rules.contains("['kube-system', 'faultline-system']"),
+        "{rules}"
+    );
+    assert!(rules.contains("faultline.dev/chaos"), "{rules}");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == \"system:serviceaccount:faultline-system:faultline-controller\""
+    );
+    for name in [
+        "faultline-pod-disruption",
+        "faultline-agent-node",
+        "faultline-fault-injections",
+    ] {
+        let binding = defaults.one("ValidatingAdmissionPolicyBinding", name);
+        assert_eq!(binding["spec"]["policyName"], name);
+        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    }
+    // Custom: every namespace allowed (no opt-in rule), two more protected.
+    let custom = Rendered::custom();
+    let policy = custom.one("ValidatingAdmissionPolicy", "faultline-pod-disruption");
+    let rules = policy["spec"]["validations"].to_string();
+    assert!(
+        rules.contains("['kube-system', 'faultline-system', 'payments', 'identity']"),
+        "{rules}"
+    );
+    assert!(!rules.contains("faultline.dev/chaos"), "{rules}");
+    // Switched off, none is rendered.
+    let off = Rendered::with(&["--set", "admissionPolicies.enabled=false"]);
+    assert_eq!(off.of_kind("ValidatingAdmissionPolicy").count(), 0);
 }

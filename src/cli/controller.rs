@@ -26,6 +26,10 @@ pub struct ControllerArgs {
     /// A cap on targets per experiment, on top of each experiment's own `maxTargets`.
     #[arg(long, env = "FAULTLINE_MAX_TARGETS")]
     max_targets: Option<usize>,
+    /// A namespace whose pods are never targets, on top of kube-system and the controller's
+    /// own (repeat it for several).
+    #[arg(long = "protected-namespace", value_name = "NAMESPACE")]
+    protected_namespaces: Vec<String>,
     /// How long node agents get to report a network fault applied before the experiment is
     /// reverted and fails.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
@@ -62,6 +66,7 @@ impl ControllerArgs {
             namespace,
             allow_all_namespaces,
             max_targets,
+            protected_namespaces,
             injection_timeout,
             concurrency,
             admin_addr,
@@ -90,6 +95,7 @@ impl ControllerArgs {
                 allow_all_namespaces,
                 controller_namespace: namespace.clone(),
                 max_targets,
+                protected_namespaces,
             },
             injection_timeout,
             concurrency,
