@@ -555,7 +555,11 @@ fn the_controller_may_do_exactly_what_its_code_does() {
             ("apps/deployments", &["get", "list"]),
             ("apps/replicasets", &["get", "list"]),
             ("apps/statefulsets", &["get", "list"]),
+            ("apps/daemonsets", &["get", "list"]),
             ("/services", &["get", "list"]),
+            ("discovery.k8s.io/endpointslices", &["get", "list"]),
+            ("policy/poddisruptionbudgets", &["get", "list"]),
+            ("batch/jobs", &["get", "list"]),
         ])
     );
     // In its own namespace: its Lease and, by name only, the pause switch.
