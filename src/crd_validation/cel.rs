@@ -60,8 +60,11 @@ impl LocalRules {
         thread_local! {
             static VALIDATOR: Validator = Validator::new();
         }
-        let result =
-            VALIDATOR.with(|validator| validator.validate_compiled(&self.compiled, object, old));
+        // The API server's rules see a null field of an object as absent (`has()` is false).
+        let object = without_null_fields(&self.compiled, object);
+        let old = old.map(|o| without_null_fields(&self.compiled, o));
+        let result = VALIDATOR
+            .with(|validator| validator.validate_compiled(&self.compiled, &object, old.as_ref()));
         match result {
             Ok(()) => Vec::new(),
             Err(errors) => errors
@@ -87,6 +90,38 @@ impl LocalRules {
             reason: error.reason.clone(),
             kind: error.kind,
         }
+    }
+}
+
+/// `value` without the null-valued fields of objects that declare properties (maps keep theirs),
+/// as the API server's CEL values read them.
+fn without_null_fields(schema: &CompiledSchema, value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null() || schema.properties.is_empty())
+                .map(|(k, v)| {
+                    let child = schema
+                        .properties
+                        .get(k)
+                        .or(schema.additional_properties.as_deref());
+                    (
+                        k.clone(),
+                        child.map_or_else(|| v.clone(), |c| without_null_fields(c, v)),
+                    )
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| match schema.items.as_deref() {
+                    Some(c) => without_null_fields(c, item),
+                    None => item.clone(),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

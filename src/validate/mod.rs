@@ -122,7 +122,7 @@ impl Finding {
         }
     }
 
-    fn note(message: impl Into<String>) -> Self {
+    pub(crate) fn note(message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Note,
             ..Self::new("", message)
@@ -330,7 +330,12 @@ fn check_document(value: &Value) -> Vec<Finding> {
     // What does not stop the API server's rules (a pattern, a bound, a duplicate) leaves an
     // object that still reads as its type.
     let typed = if structural.iter().all(|s| !s.blocks_rules) {
-        semantic::check(kind, value)
+        // The typed read sees what the server keeps: no status, no nulls it drops.
+        let mut readable = object.clone();
+        readable.remove("status");
+        let mut readable = Value::Object(readable);
+        drop_nulls(schema, &mut readable);
+        semantic::check(kind, &readable)
     } else {
         None
     };
@@ -358,14 +363,52 @@ fn check_document(value: &Value) -> Vec<Finding> {
     }
     found.extend(structural);
     if let Some(semantic) = typed {
-        // A semantic finding on a path a CEL rule already reported (a bad duration) repeats it.
+        let unreadable = |f: &Finding| f.path.is_empty() && f.validate_only.is_none();
+        // A semantic finding on a path a CEL rule already reported (a bad duration) repeats it;
+        // an object that does not read as its type, once the schema said why, says nothing new.
         for finding in semantic.findings {
+            if unreadable(&finding) && found.iter().any(|f| f.severity == Severity::Error) {
+                continue;
+            }
             if !found.iter().any(|f| f.path == finding.path) {
                 found.push(finding);
             }
         }
     }
     found
+}
+
+/// Removes the null fields the API server drops (those whose schema is not nullable).
+fn drop_nulls(schema: &Value, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            map.retain(|key, child| {
+                let nullable = properties
+                    .and_then(|p| p.get(key))
+                    .and_then(|s| s.get("nullable"))
+                    .and_then(Value::as_bool)
+                    == Some(true);
+                !child.is_null() || nullable || properties.is_none_or(|p| !p.contains_key(key))
+            });
+            for (key, child) in map.iter_mut() {
+                let child_schema = properties
+                    .and_then(|p| p.get(key))
+                    .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+                if let Some(child_schema) = child_schema {
+                    drop_nulls(child_schema, child);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                items
+                    .iter_mut()
+                    .for_each(|item| drop_nulls(item_schema, item));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether `path` is `ancestor` or below it.

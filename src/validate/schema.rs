@@ -117,14 +117,29 @@ impl SchemaChecker {
             .get("x-kubernetes-preserve-unknown-fields")
             .and_then(Value::as_bool)
             == Some(true);
-        for name in schema
+        let required: Vec<&str> = schema
             .get("required")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-        {
-            if !map.contains_key(name) {
+            .collect();
+        for name in &required {
+            let name = *name;
+            let dropped = map.get(name).is_some_and(Value::is_null)
+                && properties
+                    .and_then(|p| p.get(name))
+                    .and_then(|s| s.get("nullable"))
+                    .and_then(Value::as_bool)
+                    != Some(true);
+            if dropped {
+                let wanted =
+                    type_phrase(properties.and_then(|p| p.get(name)).and_then(schema_type));
+                out.push(Finding::blocking(
+                    &join_key(path, name),
+                    format!("has no value, and it is required: give it {wanted}"),
+                ));
+            } else if !map.contains_key(name) {
                 out.push(Finding::blocking(
                     &join_key(path, name),
                     format!("required field \"{name}\" is missing"),
@@ -133,6 +148,26 @@ impl SchemaChecker {
         }
         for (key, child) in map {
             let child_path = join_key(path, key);
+            // The API server drops a null from a field that is not nullable, then defaults it:
+            // it is only missing (the `required` check above says so when it must be there).
+            if child.is_null()
+                && let Some(child_schema) = properties.and_then(|p| p.get(key))
+                && child_schema.get("nullable").and_then(Value::as_bool) != Some(true)
+            {
+                if !required.contains(&key.as_str()) {
+                    let mut note = Finding::note(format!(
+                        "has no value, so the API server drops it{}; remove the line or give it a value",
+                        if child_schema.get("default").is_some() {
+                            " and uses the default"
+                        } else {
+                            ""
+                        }
+                    ));
+                    note.path = child_path;
+                    out.push(note);
+                }
+                continue;
+            }
             match (properties.and_then(|p| p.get(key)), additional) {
                 (Some(child_schema), _) => self.check(child_schema, child, &child_path, out),
                 (None, Some(child_schema)) => self.check(child_schema, child, &child_path, out),

@@ -122,6 +122,7 @@ fn resource(
             validation: params.field_validation()?,
             manager: meta::update_manager(params.get("fieldManager"), Some(&header("user-agent"))),
             apply: false,
+            patched: false,
             warnings: vec![],
         })
     };
