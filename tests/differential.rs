@@ -459,3 +459,140 @@ fn describe(answer: &Answer) -> String {
         .collect();
     format!("{}:\n    {}", answer.reason, causes.join("\n    "))
 }
+
+/// `kubectl apply --server-side` of an object over the API server's 3 MiB request limit (a 5 MB
+/// annotation): the sandbox answers the real server's 413, and kubectl reads it instead of
+/// failing to write the rest of the body into a closed connection.
+// Multi-threaded: kubectl blocks this thread while the embedded API server answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_request_limit_is_a_413_kubectl_can_read() {
+    let kubectl = repo().join(".tools/bin/kubectl");
+    assert!(
+        kubectl.exists(),
+        "{} is missing: run scripts/setup.sh",
+        kubectl.display()
+    );
+    let sandbox = ApiServer::start(0)
+        .await
+        .expect("start the sandbox API server");
+    sandbox
+        .install_crds(&faultline::api::all_crds())
+        .await
+        .unwrap();
+    let mut kubeconfigs = vec![("sandbox", sandbox.kubeconfig_yaml())];
+    let real = if real_cluster_requested() {
+        let real = TestCluster::start().await;
+        kubeconfigs.push(("real", real.kubeconfig_yaml()));
+        Some(real)
+    } else {
+        None
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("big.json");
+    let object = serde_json::json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
+        "metadata": {"name": "big", "namespace": "default",
+                     "annotations": {"example.com/notes": "a".repeat(5 * 1024 * 1024)}},
+        "spec": {"duration": "60s", "faults": [{"podKill": {}}]},
+    });
+    std::fs::write(&manifest, object.to_string()).unwrap();
+    for (name, kubeconfig) in kubeconfigs {
+        let config = dir.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&config, kubeconfig).unwrap();
+        let out = std::process::Command::new(&kubectl)
+            .args(["apply", "--server-side", "--dry-run=server", "-f"])
+            .arg(&manifest)
+            .env("KUBECONFIG", &config)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(
+            stderr.contains("Request entity too large: limit is 3145728"),
+            "{name}: {stderr}"
+        );
+    }
+    sandbox.shutdown().await;
+    if let Some(real) = real {
+        real.shutdown().await;
+    }
+}
+
+/// CRDs built to sit just either side of the API server's CEL cost budget
+/// (tests/fixtures/celcost/budget/): the sandbox accepts and refuses them as the real server
+/// does, with the same errors. Where rules tie for the four "contributed to ... total" errors,
+/// the real server picks four of them in no fixed order: those are compared by number.
+// Multi-threaded: the embedded API server answers on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_either_side_of_the_cel_budget_are_judged_as_the_real_server_judges_them() {
+    let sandbox = ApiServer::start(0)
+        .await
+        .expect("start the sandbox API server");
+    let mut servers = vec![Server {
+        name: "sandbox",
+        client: sandbox.client().await,
+    }];
+    let real = if real_cluster_requested() {
+        let real = TestCluster::start().await;
+        servers.push(Server {
+            name: "real",
+            client: real.client().await,
+        });
+        Some(real)
+    } else {
+        None
+    };
+    let dir = repo().join("tests/fixtures/celcost/budget");
+    let mut problems = Vec::new();
+    for side in ["rule", "total", "gameday"] {
+        for (file, refused) in [
+            (format!("{side}-under.yaml"), false),
+            (format!("{side}-over.yaml"), true),
+        ] {
+            let crd: Value =
+                serde_yaml::from_str(&std::fs::read_to_string(dir.join(&file)).unwrap()).unwrap();
+            let mut answers = Vec::new();
+            for server in &servers {
+                let answer = server
+                    .create(
+                        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                        &crd,
+                    )
+                    .await;
+                if answer.accepted() == refused {
+                    problems.push(format!(
+                        "{file}: {} by the {}: {}",
+                        if refused { "accepted" } else { "refused" },
+                        server.name,
+                        describe(&answer)
+                    ));
+                }
+                let mut answer = answer.comparable();
+                let contributed = answer
+                    .causes
+                    .iter()
+                    .filter(|c| c.2.contains("contributed to estimated rule cost total"))
+                    .count();
+                answer
+                    .causes
+                    .retain(|c| !c.2.contains("contributed to estimated rule cost total"));
+                answers.push((server.name, answer, contributed));
+            }
+            if let [(_, sandbox, a), (_, real, b)] = answers.as_slice()
+                && (sandbox != real || a != b)
+            {
+                problems.push(format!(
+                    "{file}: the sandbox answers\n  {} ({a} contributing)\nthe real server\n  {} ({b} contributing)",
+                    describe(sandbox),
+                    describe(real)
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    sandbox.shutdown().await;
+    if let Some(real) = real {
+        real.shutdown().await;
+    }
+}

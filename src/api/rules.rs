@@ -90,6 +90,21 @@ pub fn ordering_compares_numbers() -> Rule {
     ))
 }
 
+/// The day's probes that run `during` the faults are added to every experiment of the day: each
+/// must check at least once while any of them lasts (the experiment would be refused otherwise,
+/// and the stage could not start).
+pub fn day_probes_run() -> Rule {
+    let during = |p: &str| format!("(!has({p}.phases) || 'during' in {p}.phases)");
+    Rule::new(format!(
+        "!has(self.steadyState) || self.stages.all(s, s.experiments.all(e, !{} || self.steadyState.probes.all(p, !{} || !{} || duration(p.interval) <= duration(e.spec.duration))))",
+        cel_well_formed("e.spec.duration"),
+        during("p"),
+        cel_well_formed("p.interval"),
+    ))
+    .field_path(".steadyState.probes")
+    .message("a probe of the game day runs during the faults of every experiment, so its interval must not be longer than any experiment's duration (it would never run): shorten its interval, or run it only before and after (phases: [before, after])")
+}
+
 /// A ChaosSchedule's name leaves room for the Unix time its runs add.
 pub fn schedule_name_fits() -> Rule {
     Rule::new(format!(
