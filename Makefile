@@ -26,9 +26,17 @@ sandbox: build ## Start the embedded API server with the CRDs and the examples a
 	$(BIN) sandbox up --apply experiments/sandbox/
 
 .PHONY: crds
-crds: ## Regenerate crds/, the chart's copy and docs/reference.md from the Rust types in src/api
+crds: ## Regenerate crds/, the chart's copy and docs/reference.md from the Rust types in src/api (and the CEL cost fixture, with Go)
 	$(CARGO) run -q -- crds --dir crds --reference docs/reference.md
 	$(MAKE) --no-print-directory chart-crds
+	@if command -v go >/dev/null 2>&1; then $(MAKE) --no-print-directory celcost-fixtures; \
+	else echo "make crds: Go is not installed: tests/fixtures/celcost/crds.tsv not regenerated (make celcost-fixtures)"; fi
+
+.PHONY: celcost-fixtures
+celcost-fixtures: ## Regenerate tests/fixtures/celcost/*.tsv: the real API server's CEL costs of the CRDs there (needs Go)
+	cd scripts/celcost && go run . ../../crds/*.yaml > ../../tests/fixtures/celcost/crds.tsv
+	cd scripts/celcost && go run . ../../tests/fixtures/celcost/constructs.yaml > ../../tests/fixtures/celcost/constructs.tsv
+	cd scripts/celcost && go run . ../../tests/fixtures/celcost/budget/*.yaml > ../../tests/fixtures/celcost/budget.tsv
 
 .PHONY: proto-tables
 proto-tables: ## Regenerate the sandbox API server's protobuf tables from the Kubernetes Go types (needs Go)

@@ -19,29 +19,64 @@ pub struct Calendar {
     zone: Tz,
 }
 
+fn parse_cron(expression: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expression)
+        .map_err(|e| {
+            format!(
+                "{expression:?} is not a cron expression ({e}); use 5 fields (minute hour day-of-month month day-of-week) such as \"0 10 * * TUE\", or @daily"
+            )
+        })
+}
+
+/// What is wrong with a cron expression: it does not parse, or it names a date that never
+/// comes (Feb 30), so the schedule would silently never run. `None` when it is fine.
+pub fn cron_problem(expression: &str) -> Option<String> {
+    let cron = match parse_cron(expression) {
+        Ok(cron) => cron,
+        Err(problem) => return Some(problem),
+    };
+    let start = DateTime::<Utc>::from_timestamp(1_767_225_600, 0)?;
+    cron.find_next_occurrence(&start, false).is_err().then(|| {
+        format!(
+            "{expression:?} never fires (no such date); check the day-of-month and month fields"
+        )
+    })
+}
+
+/// What is wrong with a time zone name (it is not an IANA name), with the likely meant one.
+pub fn time_zone_problem(zone: &str) -> String {
+    let hint = chrono_tz::TZ_VARIANTS
+        .iter()
+        .find(|tz| tz.name().eq_ignore_ascii_case(zone))
+        .map(|tz| format!(" (did you mean {}?)", tz.name()))
+        .unwrap_or_default();
+    format!("{zone:?} is not an IANA time zone{hint}; use a name such as Europe/Berlin or UTC")
+}
+
+/// Whether `zone` is an IANA time zone name.
+pub fn is_time_zone(zone: &str) -> bool {
+    Tz::from_str(zone).is_ok()
+}
+
 /// The most missed occurrences counted one by one; beyond it the count says "at least".
 const MISSED_COUNT_LIMIT: u64 = 1000;
 
 impl Calendar {
     /// `expression` has 5 fields (or 6 with seconds first, or `@daily` and friends); `zone` is an
-    /// IANA name, UTC when `None`. The error is a sentence for a status condition.
+    /// IANA name, UTC when `None`. The error names the field (`spec.schedule`, `spec.timeZone`,
+    /// where ChaosSchedules and GameDays both keep them) and says what to write: a sentence for a
+    /// status condition and an Event. `faultline validate` reports the same sentences.
     pub fn new(expression: &str, zone: Option<&str>) -> Result<Self, String> {
         let zone = match zone {
             None => Tz::UTC,
-            Some(name) => Tz::from_str(name).map_err(|_| {
-                format!("timeZone {name:?} is not an IANA time zone (e.g. Europe/Berlin or UTC)")
-            })?,
+            Some(name) => Tz::from_str(name)
+                .map_err(|_| format!("spec.timeZone: {}", time_zone_problem(name)))?,
         };
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build()
-            .parse(expression)
-            .map_err(|e| {
-                format!(
-                    "schedule {expression:?} is not a cron expression ({e}); use 5 fields such as \"0 10 * * TUE\", or @daily"
-                )
-            })?;
+        let cron = parse_cron(expression).map_err(|problem| format!("spec.schedule: {problem}"))?;
         Ok(Calendar { cron, zone })
     }
 

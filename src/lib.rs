@@ -11,6 +11,8 @@
 //!   [`owned_experiments`] is what both do to the experiments they own, [`calendar`] the cron
 //!   and window arithmetic (pure).
 //! - [`validate`]: offline checks behind `faultline validate` (pure).
+//! - [`crd_validation`]: how the real API server judges custom resources and CRDs (formats, CEL
+//!   rules, their cost), shared by `validate` and the sandbox API server (pure).
 //! - [`manifest`]: applying YAML manifests through the kube client.
 //! - [`agent`]: the node agent: faults in pod network namespaces, journal, deadlines.
 //! - [`reference`]: the generated field reference (`docs/reference.md`).
@@ -27,6 +29,7 @@ pub mod api;
 pub mod calendar;
 pub mod cli;
 pub mod controller;
+pub mod crd_validation;
 pub mod demo_app;
 pub mod gameday;
 pub mod lifecycle;

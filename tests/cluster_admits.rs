@@ -218,11 +218,18 @@ async fn every_example_and_valid_fixture_is_admitted() {
 }
 
 /// Invalid fixtures the API server accepts, because what is wrong with them only
-/// `faultline validate` (and the controller, before anything starts) can tell.
-const VALIDATE_ONLY: &[(&str, &str)] = &[(
-    "selector-never-matches.yaml",
-    "a selector whose requirements contradict each other is well-formed; only validate reasons about what it can match",
-)];
+/// `faultline validate` (and the controller, before anything starts) can tell: the checks of
+/// `faultline::validate::VALIDATE_ONLY`, each listed there with why.
+const VALIDATE_ONLY: &[(&str, &str)] = &[
+    (
+        "selector-never-matches.yaml",
+        "a selector whose requirements contradict each other is well-formed; only validate reasons about what it can match",
+    ),
+    (
+        "validate-only.yaml",
+        "cron syntax, IANA time zones and a probe's bodyRegex: CEL can check none of them",
+    ),
+];
 
 // Multi-threaded: kubectl blocks this thread while the embedded API server answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

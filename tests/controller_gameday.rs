@@ -26,7 +26,9 @@ fn gameday(name: &str, on_failure: &str) -> GameDay {
         "metadata": {"name": name, "namespace": "shop"},
         "spec": {
             "onFailure": on_failure,
-            "steadyState": {"probes": [{"name": "shop-up", "http": {"url": "http://127.0.0.1:1/"}}]},
+            // The day's probe runs during every 1s experiment: it checks at least that often.
+            "steadyState": {"probes": [{"name": "shop-up", "http": {"url": "http://127.0.0.1:1/"},
+                                        "interval": "1s", "timeout": "500ms"}]},
             "stages": [
                 {"name": "first", "pauseAfter": "1s",
                  "experiments": [{"name": "slow", "spec": latency_spec("1s")}]},

@@ -14,7 +14,7 @@ fn ready_pods_hypothesis(min: i32) -> serde_json::Value {
         "name": "web-ready",
         "kubernetes": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
                        "readyPods": {"min": min}},
-        "interval": "100ms", "timeout": "2s", "failureThreshold": 1
+        "interval": "200ms", "timeout": "150ms", "failureThreshold": 1
     }]})
 }
 

@@ -55,7 +55,7 @@ impl Service {
 fn http_hypothesis(url: &str) -> serde_json::Value {
     json!({"recoveryTimeout": "10s", "probes": [{
         "name": "shop-healthy", "http": {"url": url, "expectedStatus": [200]},
-        "interval": "100ms", "timeout": "1s", "failureThreshold": 2
+        "interval": "200ms", "timeout": "150ms", "failureThreshold": 2
     }]})
 }
 

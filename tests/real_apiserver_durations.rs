@@ -51,20 +51,21 @@ async fn client() -> Client {
     Client::try_from(config).unwrap()
 }
 
-/// A valid experiment spec in which no cross-field check of `faultline validate` fires for any
-/// value of one field within its limits (probe interval up to 1h within a 24h duration, a
-/// 2s timeout, jitter up to the 1m latency).
+/// A valid experiment spec in which no cross-field check fires for any value of one field
+/// within its limits (a probe that does not run during the faults, so any duration fits its
+/// 1h interval; a timeout below any interval, a jitter below any latency, each the other's
+/// limit at most).
 fn experiment_spec() -> Value {
     json!({
         "duration": "24h",
         "faults": [
             {"podKill": {"interval": "30s"}},
-            {"networkLatency": {"latency": "1m", "jitter": "10ms", "to": {"cidrs": ["10.0.0.0/8"]}}},
+            {"networkLatency": {"latency": "1m", "jitter": "0", "to": {"cidrs": ["10.0.0.0/8"]}}},
         ],
         "steadyState": {
             "recoveryTimeout": "60s",
             "probes": [{"name": "web", "http": {"url": "http://web/", "maxLatency": "300ms"},
-                        "interval": "1h", "timeout": "2s"}],
+                        "interval": "1h", "timeout": "1ns", "phases": ["before", "after"]}],
         },
         "abort": {"revertTimeout": "30s"},
     })

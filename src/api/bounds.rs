@@ -9,6 +9,16 @@
 //! faults) multiplies whatever its experiments cost. These transforms keep each rule's inputs
 //! small and move uniqueness checks (quadratic in CEL) to `x-kubernetes-list-type: map`, which
 //! the server checks itself.
+//!
+//! How to stay under the budget when adding a rule:
+//! - bound every string, list and map the rule reads (a string's cost is 4 bytes per character
+//!   of its `maxLength`);
+//! - say with the schema what the schema can say: a `pattern` (even a second one, in `allOf`)
+//!   costs nothing, where `self.matches(...)` on a label key of a GameDay's selector would cost
+//!   millions;
+//! - check the total: `cargo test --lib crd_validation::cost` estimates every CRD exactly as
+//!   the real server does (10,000,000 per rule, 100,000,000 per CRD); the GameDay is at 88.2M,
+//!   its most expensive rule (`rules::day_probes_fit`) at 9.0M.
 
 use schemars::Schema;
 use serde_json::json;
@@ -44,7 +54,7 @@ pub fn port_items(schema: &mut Schema) {
 pub fn namespace_items(schema: &mut Schema) {
     schema.insert(
         "items".into(),
-        json!({"type": "string", "maxLength": 63, "minLength": 1}),
+        json!({"type": "string", "maxLength": 63, "minLength": 1, "pattern": DNS_LABEL_PATTERN}),
     );
 }
 
@@ -62,4 +72,87 @@ pub fn field_selector_map(schema: &mut Schema) {
         "additionalProperties".into(),
         json!({"type": "string", "maxLength": 253}),
     );
+}
+
+/// An RFC 1123 label (namespace names): 1-63 lowercase letters, digits and '-', starting and
+/// ending with a letter or digit. Kubernetes' own regex, anchored.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A label value: empty, or up to 63 letters, digits, '-', '_' and '.', starting and ending with
+/// a letter or digit (Kubernetes' `IsValidLabelValue`, with maxLength 63 beside it).
+pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
+/// A label key (Kubernetes' `IsQualifiedName`): an optional DNS subdomain prefix and '/', then a
+/// name of 1-63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
+/// The prefix's own limit (253 characters) is [`QUALIFIED_NAME_PREFIX_PATTERN`]: RE2 cannot count
+/// a repeated group.
+pub const QUALIFIED_NAME_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+
+/// The longest label key: a 253-character prefix, '/', a 63-character name.
+pub const QUALIFIED_NAME_MAX_LENGTH: u64 = 317;
+
+/// The prefix of a label key (before its one '/') holds at most 253 characters. A second
+/// `pattern` (in `allOf`) costs nothing at admission, where a CEL rule would run once per key of
+/// every selector of a GameDay.
+pub const QUALIFIED_NAME_PREFIX_PATTERN: &str = r"^([^/]{0,253}/)?[^/]*$";
+
+/// How many requirements and labels one selector may hold. Every rule below runs once per
+/// requirement of every selector, and a GameDay holds up to 16 × 16 experiments of up to 16
+/// faults with a selector each: the CRD's CEL cost budget is what bounds these.
+pub const SELECTOR_MAX_REQUIREMENTS: u64 = 8;
+/// How many values one `In` / `NotIn` requirement may list.
+pub const SELECTOR_MAX_VALUES: u64 = 64;
+
+/// A `metav1.LabelSelector` as the API server validates one in a Deployment, said in the CRD:
+/// the operator is one of the four, In and NotIn need values and Exists and DoesNotExist take
+/// none (in the words of the server's own selector validation), keys and values follow the
+/// label syntax, and every list and map is bounded.
+pub fn label_selector(schema: &mut Schema) {
+    let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    if let Some(expressions) = properties.get_mut("matchExpressions") {
+        expressions["maxItems"] = json!(SELECTOR_MAX_REQUIREMENTS);
+        let requirement = &mut expressions["items"];
+        let fields = &mut requirement["properties"];
+        fields["key"]["maxLength"] = json!(QUALIFIED_NAME_MAX_LENGTH);
+        fields["key"]["pattern"] = json!(QUALIFIED_NAME_PATTERN);
+        fields["key"]["allOf"] = json!([{"pattern": QUALIFIED_NAME_PREFIX_PATTERN}]);
+        fields["operator"]["enum"] = json!(["In", "NotIn", "Exists", "DoesNotExist"]);
+        fields["values"]["maxItems"] = json!(SELECTOR_MAX_VALUES);
+        fields["values"]["items"] = label_value();
+        requirement["x-kubernetes-validations"] = json!([
+            {
+                "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+                "message": "must be specified when `operator` is 'In' or 'NotIn'",
+                "fieldPath": ".values",
+                "reason": "FieldValueRequired",
+            },
+            {
+                "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+                "message": "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                "fieldPath": ".values",
+                "reason": "FieldValueForbidden",
+            },
+        ]);
+    }
+    if let Some(labels) = properties.get_mut("matchLabels") {
+        labels["maxProperties"] = json!(SELECTOR_MAX_REQUIREMENTS);
+        labels["additionalProperties"] = label_value();
+        labels["x-kubernetes-validations"] = json!([{
+            "rule": format!(
+                "self.all(k, k.matches('{}') && k.matches('{}'))",
+                QUALIFIED_NAME_PATTERN.replace('\\', r"\\"),
+                QUALIFIED_NAME_PREFIX_PATTERN,
+            ),
+            "message": "every key must be a label key: an optional DNS subdomain prefix of at most 253 characters and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit (e.g. app.kubernetes.io/name)",
+        }]);
+    }
+}
+
+fn label_value() -> serde_json::Value {
+    json!({"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN})
 }

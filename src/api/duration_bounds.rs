@@ -164,6 +164,12 @@ pub fn format_message() -> String {
     format!("{DURATION_MESSAGE_PREFIX} 500ms, 30s, 5m or 1h30m (units ns, us, ms, s, m, h)")
 }
 
+/// A CEL condition that the string `expr` is written as the CRDs expect a duration, so that
+/// `duration(expr)` cannot fail (rules across fields guard with it).
+pub fn cel_well_formed(expr: &str) -> String {
+    format!("{expr}.matches('{}')", cel_pattern())
+}
+
 /// [`DURATION_PATTERN`] inside a CEL string literal.
 fn cel_pattern() -> String {
     DURATION_PATTERN.replace('\\', r"\\")

@@ -70,6 +70,7 @@ use super::{
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = super::rules::during_probes_run())]
 pub struct ChaosExperimentSpec {
     /// How long the faults stay injected, e.g. `60s` or `5m`: at least 1s, at most 24h (run
     /// longer campaigns as a ChaosSchedule). The node agent enforces this deadline by itself

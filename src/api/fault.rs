@@ -149,6 +149,7 @@ pub struct NetworkScope {
     /// Pods selected by labels; the controller resolves them to their IPs and keeps the list up
     /// to date while the fault lasts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::bounds::label_selector)]
     pub selector: Option<LabelSelector>,
     /// Namespaces the selector looks in. Empty means the experiment's namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -168,8 +169,9 @@ impl NetworkScope {
 
 /// Delay packets. Carried out by the node agent with netem where the kernel has it, and with a
 /// userspace queue (NFQUEUE) where it does not.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = super::rules::jitter_within_latency())]
 pub struct LatencyFault {
     /// The added delay, e.g. `100ms`: more than 0s, at most 1m (a longer delay is a dead
     /// link: use networkLoss or networkPartition).

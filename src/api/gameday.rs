@@ -44,8 +44,11 @@ use super::{
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(validation = super::rules::gameday_names_fit())]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.startAt) && has(self.schedule))").message("set startAt or schedule, not both"))]
+#[x_kube(validation = super::rules::day_probes_fit())]
+#[x_kube(validation = super::rules::day_probes_run())]
 pub struct GameDaySpec {
     /// When to start, as an RFC 3339 time. Unset (and no schedule) starts at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]

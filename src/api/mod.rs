@@ -10,7 +10,7 @@
 // reads the repeats as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
-mod bounds;
+pub mod bounds;
 mod common;
 mod duration;
 pub mod duration_bounds;
@@ -19,6 +19,7 @@ mod fault;
 mod gameday;
 mod injection;
 mod probe;
+pub mod rules;
 mod schedule;
 mod selector;
 mod status;

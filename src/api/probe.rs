@@ -31,6 +31,7 @@ fn all_phases() -> Vec<ProbePhase> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("[has(self.http), has(self.kubernetes), has(self.prometheus)].filter(x, x).size() == 1").message("each probe must set exactly one of http, kubernetes or prometheus"))]
+#[x_kube(validation = super::rules::timeout_within_interval())]
 pub struct Probe {
     /// A name unique within the experiment; it names the probe in status, reports and metrics.
     #[schemars(
@@ -194,7 +195,8 @@ impl ComparisonOperator {
 #[x_kube(validation = kube::core::Rule::new("has(self.name) != has(self.labelSelector)").message("kubernetes probe: set exactly one of name or labelSelector"))]
 #[x_kube(validation = kube::core::Rule::new("has(self.condition) || has(self.field) || has(self.readyPods)").message("kubernetes probe: set at least one check (condition, field or readyPods)"))]
 pub struct KubernetesProbe {
-    /// The resource's apiVersion, e.g. `apps/v1`.
+    /// The resource's apiVersion, e.g. `apps/v1` (or `v1` for core kinds).
+    #[schemars(length(max = 317), regex(pattern = super::rules::API_VERSION_PATTERN))]
     pub api_version: String,
     /// The resource's kind, e.g. `Deployment`.
     pub kind: String,
@@ -237,17 +239,19 @@ fn true_string() -> String {
 }
 
 /// A field compared with a value.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = super::rules::ordering_compares_numbers())]
 pub struct FieldCheck {
     /// A path into the object, e.g. `.status.readyReplicas` or `.status.conditions[0].status`.
-    #[schemars(length(min = 2, max = 256), regex(pattern = r"^\."))]
+    #[schemars(length(min = 2, max = 256), regex(pattern = super::rules::FIELD_PATH_PATTERN))]
     pub path: String,
     /// `==`, `!=`, `>`, `>=`, `<` or `<=`. Ordering operators compare numbers.
     #[serde(default)]
     pub operator: ComparisonOperator,
     /// The value to compare with, as a string; compared as a number when both sides are
-    /// numbers.
+    /// numbers. The ordering operators need a number (`2`, `-0.5`, `1e3`).
+    #[schemars(length(max = 64))]
     pub value: String,
 }
 

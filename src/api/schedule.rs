@@ -51,6 +51,7 @@ use super::{common::Condition, experiment::ChaosExperimentSpec, status::Verdict}
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(validation = super::rules::schedule_name_fits())]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.failedHistoryLimit) || self.failedHistoryLimit >= 0").message("failedHistoryLimit must be zero or more"))]
 pub struct ChaosScheduleSpec {

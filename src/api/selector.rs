@@ -45,6 +45,7 @@ pub struct TargetSelector {
     /// Pods must match this label selector (`matchLabels` and `matchExpressions`, as in a
     /// Deployment). Empty matches every pod in the namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::bounds::label_selector)]
     pub label_selector: Option<LabelSelector>,
     /// Pods must match these fields exactly. Supported keys: `spec.nodeName`, `status.phase`,
     /// `metadata.name`.

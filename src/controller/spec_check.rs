@@ -94,6 +94,16 @@ pub fn check_spec_at(spec: &ChaosExperimentSpec, path: &str) -> Result<ParsedTim
     })
 }
 
+/// What is wrong with a probe's `bodyRegex`, the way the probe would compile it; `None` when it
+/// compiles.
+pub fn regex_problem(pattern: &str) -> Option<String> {
+    let err = regex::Regex::new(pattern).err()?.to_string();
+    let reason = err.lines().last().unwrap_or("invalid").trim().to_string();
+    Some(format!(
+        "{pattern:?} is not a regular expression ({reason})"
+    ))
+}
+
 /// Checks a steady-state hypothesis found at `path`; returns its recovery timeout.
 pub fn check_steady_state(steady: &SteadyState, path: &str) -> Result<Duration, String> {
     let recovery_timeout = steady
@@ -114,6 +124,12 @@ pub fn check_steady_state(steady: &SteadyState, path: &str) -> Result<Duration, 
             .parse_within(&format!("{at}.timeout"), &PROBE_TIMEOUT)?;
         if let Some(max) = probe.http.as_ref().and_then(|h| h.max_latency.as_ref()) {
             max.parse_within(&format!("{at}.http.maxLatency"), &HTTP_MAX_LATENCY)?;
+        }
+        // The CRD cannot check this one (CEL compiles no regex it is given as data).
+        if let Some(pattern) = probe.http.as_ref().and_then(|h| h.body_regex.as_ref())
+            && let Some(problem) = regex_problem(pattern)
+        {
+            return Err(format!("{at}.http.bodyRegex: {problem}"));
         }
     }
     Ok(recovery_timeout)

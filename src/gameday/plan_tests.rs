@@ -421,12 +421,34 @@ fn a_bad_schedule_is_an_error_verdict_naming_it() {
     let mut day = Day::new(bad);
     day.step(t(0));
     assert_eq!(day.status.verdict, Some(Verdict::Error));
+    let message = day.status.message.as_deref().unwrap();
     assert!(
-        day.status
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("not a cron expression")
+        message.starts_with("spec.schedule: \"every tuesday\" is not a cron expression"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_bad_time_zone_fails_the_day_with_a_condition_and_an_event_naming_it() {
+    let mut bad = three_stages("Abort");
+    bad.schedule = Some("0 10 * * TUE".into());
+    bad.time_zone = Some("Mars/Olympus".into());
+    let mut day = Day::new(bad);
+    let plan = day.step(t(0));
+    let expected = "spec.timeZone: \"Mars/Olympus\" is not an IANA time zone; use a name such as Europe/Berlin or UTC";
+    let complete = day
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap();
+    assert_eq!(complete.message, expected);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.warning && n.message.contains(expected)),
+        "{:?}",
+        plan.notes
     );
 }
 

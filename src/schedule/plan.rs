@@ -102,11 +102,12 @@ pub fn plan(o: &Observed) -> Plan {
     count_finished(o, &mut p);
     prune_history(o, &mut p);
 
+    // What the CRD cannot check (cron syntax, time zones) or what bypassed it: no run starts,
+    // the condition says which field is wrong, and so does an Event, once per edit.
     let calendar = match Calendar::new(&o.spec.schedule, o.spec.time_zone.as_deref()) {
         Ok(calendar) => calendar,
         Err(message) => {
-            p.status.next_schedule_time = None;
-            condition(&mut p, o, "Active", false, "InvalidSchedule", &message);
+            refuse(&mut p, o, "InvalidSchedule", &message);
             return p;
         }
     };
@@ -115,9 +116,7 @@ pub fn plan(o: &Observed) -> Plan {
         "spec.experimentTemplate.spec",
     );
     if let Err(message) = template {
-        // A template that bypassed the schema: no run could pass the controller's checks.
-        p.status.next_schedule_time = None;
-        condition(&mut p, o, "Active", false, "InvalidSpec", &message);
+        refuse(&mut p, o, "InvalidSpec", &message);
         return p;
     }
     if o.spec.suspend {
@@ -188,6 +187,26 @@ pub fn plan(o: &Observed) -> Plan {
         }
     }
     p
+}
+
+/// No run starts: `Active=False` with `reason` and `message` (which names the field), and a
+/// Warning Event the first time this generation is refused for it.
+fn refuse(p: &mut Plan, o: &Observed, reason: &'static str, message: &str) {
+    p.status.next_schedule_time = None;
+    let reported = o.status.conditions.iter().any(|c| {
+        c.type_ == "Active"
+            && c.reason == reason
+            && c.message == message
+            && c.observed_generation == o.generation
+    });
+    condition(p, o, "Active", false, reason, message);
+    if !reported {
+        p.notes.push(Note {
+            warning: true,
+            reason,
+            message: format!("no run starts: {message}"),
+        });
+    }
 }
 
 fn stopped(status: &ChaosScheduleStatus) -> bool {

@@ -270,10 +270,41 @@ fn suspended_and_invalid_schedules_say_so() {
     let mut bad = spec("");
     bad.schedule = "every monday".into();
     let mut s = Schedule::new(bad);
-    s.step(at(10, 0));
+    let plan = s.step(at(10, 0));
     assert_eq!(
         s.condition("Active"),
         Some((ConditionStatus::False, "InvalidSchedule".into()))
+    );
+    // The Event names the field; it is published once, not on every reconcile.
+    assert_eq!(plan.notes.len(), 1, "{:?}", plan.notes);
+    assert_eq!(plan.notes[0].reason, "InvalidSchedule");
+    assert!(
+        plan.notes[0]
+            .message
+            .starts_with("no run starts: spec.schedule: \"every monday\" is not a cron expression"),
+        "{}",
+        plan.notes[0].message
+    );
+    assert!(s.step(at(10, 1)).notes.is_empty());
+
+    let mut zone = spec("");
+    zone.time_zone = Some("Mars/Olympus".into());
+    let mut s = Schedule::new(zone);
+    let plan = s.step(at(10, 0));
+    assert_eq!(
+        plan.notes[0].message,
+        "no run starts: spec.timeZone: \"Mars/Olympus\" is not an IANA time zone; use a name such as Europe/Berlin or UTC"
+    );
+    let active = s
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Active")
+        .unwrap();
+    assert!(
+        active.message.starts_with("spec.timeZone: "),
+        "{}",
+        active.message
     );
 
     let mut never = spec("allowedWindows: [{days: [Sun], start: \"03:00\", end: \"03:05\"}]");

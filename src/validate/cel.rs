@@ -11,33 +11,30 @@
 
 use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
-use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
+use kube::core::cel::ErrorKind;
 use serde_json::Value;
 
 use super::{Finding, durations};
 use crate::api::duration_bounds::is_duration_rule;
+use crate::crd_validation::cel::LocalRules;
 
 thread_local! {
     // Compiling the ~100 rules of a CRD costs more than evaluating them; a CLI run checks many
-    // documents of few kinds. `CompiledSchema` is not `Sync`, hence per thread.
-    static COMPILED: RefCell<HashMap<String, Rc<CompiledSchema>>> = RefCell::new(HashMap::new());
-    static VALIDATOR: Validator = Validator::new();
+    // documents of few kinds. kube-cel's compiled rules are not `Sync`, hence per thread.
+    static COMPILED: RefCell<HashMap<String, Rc<LocalRules>>> = RefCell::new(HashMap::new());
 }
 
 /// Runs the CEL rules of `schema` (the kind's `openAPIV3Schema`) against `object`.
 pub fn check(kind: &str, schema: &Value, object: &Value) -> Vec<Finding> {
-    let compiled = COMPILED.with(|cache| {
+    let rules = COMPILED.with(|cache| {
         cache
             .borrow_mut()
             .entry(kind.to_string())
-            .or_insert_with(|| Rc::new(compile_schema(schema)))
+            .or_insert_with(|| Rc::new(LocalRules::compile(schema)))
             .clone()
     });
-    let result = VALIDATOR.with(|validator| validator.validate_compiled(&compiled, object, None));
-    let Err(errors) = result else {
-        return Vec::new();
-    };
-    errors
+    rules
+        .evaluate(object, None)
         .into_iter()
         .filter_map(|error| {
             let path = error.field_path.clone();

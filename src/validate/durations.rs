@@ -3,11 +3,8 @@
 //! (which reads numbers as `f64` and does not know `µs`). The message names the value and says
 //! what to write instead. Pure.
 
-use std::time::Duration;
-
-use super::Finding;
 use crate::api::{
-    DurationError, GoDuration,
+    DurationError,
     duration_bounds::{bounds_at, written_as_crd_expects},
     parse_go_duration,
 };
@@ -32,18 +29,6 @@ pub fn problem(path: &str, text: &str) -> Option<String> {
         return Some(problem);
     }
     (!written_as_crd_expects(text)).then(|| duration_problem(text, field))
-}
-
-/// Checks a duration field; reports what is wrong (with a hint) and returns the value when the
-/// API server would accept it.
-pub(super) fn check(value: &GoDuration, path: &str, out: &mut Vec<Finding>) -> Option<Duration> {
-    match problem(path, value.as_str()) {
-        Some(message) => {
-            out.push(Finding::new(path, message));
-            None
-        }
-        None => value.parse().ok(),
-    }
 }
 
 /// `"fast" is not a duration (try 200ms)`: names the value and suggests what was probably

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::{Finding, schema::closest, yaml_lines::join_index, yaml_lines::join_key};
+use super::{Finding, yaml_lines::join_index, yaml_lines::join_key};
 
 /// RFC 1123 label: at most 63 lowercase alphanumerics or '-', starting and ending alphanumeric
 /// (namespaces, most names).
@@ -136,73 +136,36 @@ impl KeyConstraint {
     }
 }
 
-/// Checks a `metav1.LabelSelector` at `path`: label syntax, operators, values, and whether any
-/// pod could match it at all.
+/// Reports the requirements of a `metav1.LabelSelector` at `path` that contradict the ones
+/// before them, so that no pod could ever match. Malformed requirements (an unknown operator,
+/// values where none belong) are the CRD's to report and are skipped here.
 pub fn check_selector(selector: &LabelSelector, path: &str, out: &mut Vec<Finding>) {
     let mut keys: BTreeMap<&str, KeyConstraint> = BTreeMap::new();
-    let labels_path = join_key(path, "matchLabels");
     for (key, value) in selector.match_labels.iter().flatten() {
-        let at = join_key(&labels_path, key);
-        if let Some(problem) = label_key_problem(key).or_else(|| label_value_problem(value)) {
-            out.push(Finding::new(&at, problem));
-        }
         let c = keys.entry(key).or_default();
         c.allowed = Some(BTreeSet::from([value.clone()]));
     }
     let exprs_path = join_key(path, "matchExpressions");
     for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
-        let at = join_index(&exprs_path, i);
-        if let Some(problem) = label_key_problem(&expr.key) {
-            out.push(Finding::new(&join_key(&at, "key"), problem));
-        }
         let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
-        for value in &values {
-            if let Some(problem) = label_value_problem(value) {
-                out.push(Finding::new(&join_key(&at, "values"), problem));
-            }
-        }
         let c = keys.entry(&expr.key).or_default();
         let was_impossible = c.impossible();
-        match expr.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => {
-                out.push(Finding::new(
-                    &join_key(&at, "values"),
-                    format!("operator {} needs at least one value", expr.operator),
-                ));
-                continue;
-            }
-            "In" => {
+        match (expr.operator.as_str(), values.is_empty()) {
+            ("In", false) => {
                 c.allowed = Some(match c.allowed.take() {
                     Some(allowed) => allowed.intersection(&values).cloned().collect(),
                     None => values,
                 });
             }
-            "NotIn" => c.forbidden.extend(values),
-            "Exists" | "DoesNotExist" if !values.is_empty() => {
-                out.push(Finding::new(
-                    &join_key(&at, "values"),
-                    format!("operator {} takes no values; remove them", expr.operator),
-                ));
-                continue;
-            }
-            "Exists" => c.must_exist = true,
-            "DoesNotExist" => c.must_not_exist = true,
-            other => {
-                let ops = ["In", "NotIn", "Exists", "DoesNotExist"];
-                let hint = closest(other, &ops)
-                    .map_or_else(String::new, |op| format!(" (did you mean {op}?)"));
-                out.push(Finding::new(
-                    &join_key(&at, "operator"),
-                    format!(
-                        "{other:?} is not an operator{hint}; use In, NotIn, Exists or DoesNotExist"
-                    ),
-                ));
-                continue;
-            }
+            ("NotIn", false) => c.forbidden.extend(values),
+            ("Exists", true) => c.must_exist = true,
+            ("DoesNotExist", true) => c.must_not_exist = true,
+            _ => continue,
         }
         if c.impossible() && !was_impossible {
-            out.push(Finding::new(
-                &at,
+            out.push(Finding::validate_only(
+                "selectorNeverMatches",
+                &join_index(&exprs_path, i),
                 format!(
                     "this requirement on key {:?} contradicts the ones before it: the selector can never match any pod",
                     expr.key
@@ -291,21 +254,10 @@ mod tests {
     }
 
     #[test]
-    fn operators_need_the_right_values() {
-        assert_eq!(
-            check(&[], vec![expr("app", "In", &[])]),
-            ["sel.matchExpressions[0].values: operator In needs at least one value"]
-        );
-        assert_eq!(
-            check(&[], vec![expr("app", "Exists", &["x"])]),
-            ["sel.matchExpressions[0].values: operator Exists takes no values; remove them"]
-        );
-        assert_eq!(
-            check(&[], vec![expr("app", "in", &["x"])]),
-            [
-                "sel.matchExpressions[0].operator: \"in\" is not an operator (did you mean In?); use In, NotIn, Exists or DoesNotExist"
-            ]
-        );
+    fn malformed_requirements_are_left_to_the_crd() {
+        assert!(check(&[], vec![expr("app", "In", &[])]).is_empty());
+        assert!(check(&[], vec![expr("app", "Exists", &["x"])]).is_empty());
+        assert!(check(&[("app", "a")], vec![expr("app", "in", &["b"])]).is_empty());
     }
 
     #[test]
@@ -318,12 +270,6 @@ mod tests {
         assert_eq!(label_value_problem(""), None);
         assert!(label_value_problem("has space").is_some());
         assert!(label_value_problem(&"x".repeat(64)).is_some());
-        assert_eq!(
-            check(&[("app", "no good")], vec![]),
-            [
-                "sel.matchLabels.app: value \"no good\" is not a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-            ]
-        );
     }
 
     #[test]

@@ -138,8 +138,9 @@ fn check_string_map(value: Option<&Value>, path: &str, labels: bool, out: &mut V
                 None
             }
         });
+        // The API server names the map, not the key (`metadata.labels: Invalid value: "a b"`).
         if let Some(problem) = problem {
-            out.push(Finding::new(&at, problem));
+            out.push(Finding::new(path, problem));
         }
     }
     if !labels && total > MAX_ANNOTATION_BYTES {

@@ -22,6 +22,8 @@ mod schema;
 mod semantic;
 pub mod yaml_lines;
 
+pub use semantic::VALIDATE_ONLY;
+
 use std::{fmt, sync::OnceLock};
 
 use serde::Serialize;
@@ -49,6 +51,10 @@ pub struct Problem {
     pub severity: Severity,
     /// 0-based index of the document in the file (empty documents not counted).
     pub document: usize,
+    /// Set when the API server does not make this check (cron, time zones, ...): the name of the
+    /// check in [`VALIDATE_ONLY`]. `kubectl apply` would accept the object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validate_only: Option<&'static str>,
 }
 
 impl fmt::Display for Problem {
@@ -81,6 +87,11 @@ pub(crate) struct Finding {
     pub severity: Severity,
     /// A CEL rule that could not be evaluated (not a verdict on the manifest).
     pub evaluation_failed: bool,
+    /// The check of [`semantic::VALIDATE_ONLY`] that found it: the API server does not make it.
+    pub validate_only: Option<&'static str>,
+    /// A schema violation after which the API server runs no CEL rule (wrong type, missing
+    /// required field, value not in the enum, too long, too many, unknown field).
+    pub blocks_rules: bool,
 }
 
 impl Finding {
@@ -90,10 +101,28 @@ impl Finding {
             message: message.into(),
             severity: Severity::Error,
             evaluation_failed: false,
+            validate_only: None,
+            blocks_rules: false,
         }
     }
 
-    fn note(message: impl Into<String>) -> Self {
+    /// A schema violation that stops the API server from running the CEL rules.
+    pub fn blocking(path: &str, message: impl Into<String>) -> Self {
+        Self {
+            blocks_rules: true,
+            ..Self::new(path, message)
+        }
+    }
+
+    /// A finding of one of the [`semantic::VALIDATE_ONLY`] checks.
+    pub fn validate_only(check: &'static str, path: &str, message: impl Into<String>) -> Self {
+        Self {
+            validate_only: Some(check),
+            ..Self::new(path, message)
+        }
+    }
+
+    pub(crate) fn note(message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Note,
             ..Self::new("", message)
@@ -124,6 +153,7 @@ pub fn check_bytes(file_name: &str, bytes: &[u8]) -> FileReport {
                     message: "not UTF-8 text; save the file as UTF-8".into(),
                     severity: Severity::Error,
                     document: 0,
+                    validate_only: None,
                 }],
             }
         }
@@ -139,6 +169,7 @@ pub fn check_text(file_name: &str, text: &str) -> FileReport {
         message,
         severity: Severity::Error,
         document,
+        validate_only: None,
     };
     let docs = match yaml_lines::parse_documents(text) {
         Ok(docs) => docs,
@@ -184,6 +215,7 @@ pub fn check_text(file_name: &str, text: &str) -> FileReport {
                     doc.lines.line_of(&finding.path)
                 },
                 severity: finding.severity,
+                validate_only: finding.validate_only,
                 ..problem(0, &finding.path, finding.message, index)
             }));
     }
@@ -295,17 +327,35 @@ fn check_document(value: &Value) -> Vec<Finding> {
     let mut structural = Vec::new();
     schema::SchemaChecker::new().check(schema, &body, "", &mut structural);
     let structure_ok = structural.is_empty();
-    let typed = if structure_ok {
-        semantic::check(kind, value)
+    // What does not stop the API server's rules (a pattern, a bound, a duplicate) leaves an
+    // object that still reads as its type.
+    let typed = if structural.iter().all(|s| !s.blocks_rules) {
+        // The typed read sees what the server keeps: no status, no nulls it drops.
+        let mut readable = object.clone();
+        readable.remove("status");
+        let mut readable = Value::Object(readable);
+        drop_nulls(schema, &mut readable);
+        semantic::check(kind, &readable)
     } else {
         None
     };
-    for finding in cel::check(kind, schema, &body) {
-        // A rule that fails on a field the schema already rejected adds noise, not news; one
-        // that cannot be evaluated on a malformed object says nothing at all.
-        let overlaps = structural
+    // Rules at the root see `metadata.name` and `metadata.generateName`, nothing else of it.
+    let mut rule_input = body.clone();
+    if let Some(metadata) = object.get("metadata").and_then(Value::as_object) {
+        let visible: serde_json::Map<String, Value> = ["name", "generateName"]
             .iter()
-            .any(|s| is_within(&finding.path, &s.path) || is_within(&s.path, &finding.path));
+            .filter_map(|k| Some((k.to_string(), metadata.get(*k)?.clone())))
+            .collect();
+        rule_input["metadata"] = Value::Object(visible);
+    }
+    for finding in cel::check(kind, schema, &rule_input) {
+        // After a blocking schema violation the API server runs no rule: one that fails where
+        // the schema already failed adds noise, not news, and one that cannot be evaluated on
+        // a malformed object says nothing at all. Rules elsewhere still say something useful.
+        let overlaps = structural.iter().any(|s| {
+            s.blocks_rules
+                && (is_within(&finding.path, &s.path) || is_within(&s.path, &finding.path))
+        });
         if (finding.evaluation_failed && !structure_ok) || overlaps {
             continue;
         }
@@ -313,14 +363,52 @@ fn check_document(value: &Value) -> Vec<Finding> {
     }
     found.extend(structural);
     if let Some(semantic) = typed {
-        // A semantic finding on a path a CEL rule already reported (a bad duration) repeats it.
+        let unreadable = |f: &Finding| f.path.is_empty() && f.validate_only.is_none();
+        // A semantic finding on a path a CEL rule already reported (a bad duration) repeats it;
+        // an object that does not read as its type, once the schema said why, says nothing new.
         for finding in semantic.findings {
+            if unreadable(&finding) && found.iter().any(|f| f.severity == Severity::Error) {
+                continue;
+            }
             if !found.iter().any(|f| f.path == finding.path) {
                 found.push(finding);
             }
         }
     }
     found
+}
+
+/// Removes the null fields the API server drops (those whose schema is not nullable).
+fn drop_nulls(schema: &Value, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            map.retain(|key, child| {
+                let nullable = properties
+                    .and_then(|p| p.get(key))
+                    .and_then(|s| s.get("nullable"))
+                    .and_then(Value::as_bool)
+                    == Some(true);
+                !child.is_null() || nullable || properties.is_none_or(|p| !p.contains_key(key))
+            });
+            for (key, child) in map.iter_mut() {
+                let child_schema = properties
+                    .and_then(|p| p.get(key))
+                    .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+                if let Some(child_schema) = child_schema {
+                    drop_nulls(child_schema, child);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                items
+                    .iter_mut()
+                    .for_each(|item| drop_nulls(item_schema, item));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether `path` is `ancestor` or below it.
@@ -331,3 +419,7 @@ fn is_within(path: &str, ancestor: &str) -> bool {
             .strip_prefix(ancestor)
             .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
+
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+mod rules_tests;

@@ -1,5 +1,8 @@
 //! The structural part of the CRD schema, checked the way the API server checks it: types,
-//! required fields, enums, bounds, lengths, item counts, patterns, formats, and unknown fields.
+//! required fields, enums, bounds, lengths, item counts, patterns (and `allOf` patterns),
+//! formats (`int32`, `int64`, `date-time`, as kube-openapi reads them), list-map and set
+//! uniqueness, and unknown fields. Patterns faultline's CRDs use are explained in words
+//! (`explain_pattern`): a regex is not what someone who typed `kubectl apply` wants to read.
 //!
 //! Unknown fields: the API server prunes them silently, or rejects them under kubectl's default
 //! `--validate=strict`. Either way the user meant something else, so we report them, with the
@@ -12,9 +15,13 @@ use serde_json::Value;
 
 use super::{
     Finding,
+    labels::{dns_label_problem, label_key_problem, label_value_problem},
     yaml_lines::{join_index, join_key},
 };
-use crate::api::duration_bounds::DURATION_MESSAGE_PREFIX;
+use crate::api::{bounds, duration_bounds::DURATION_MESSAGE_PREFIX, rules};
+use crate::crd_validation::formats::{
+    GoNumber, fits_integer_format, is_date_time, is_json_integer,
+};
 
 /// Checks `value` at `path` against one `openAPIV3Schema` node, collecting findings.
 pub struct SchemaChecker {
@@ -39,7 +46,7 @@ impl SchemaChecker {
             if schema.get("nullable").and_then(Value::as_bool) != Some(true)
                 && schema.get("type").is_some()
             {
-                out.push(Finding::new(
+                out.push(Finding::blocking(
                     path,
                     format!(
                         "has no value; give it {} or remove the line",
@@ -50,7 +57,7 @@ impl SchemaChecker {
             return;
         }
         let expected = schema_type(schema);
-        if !type_matches(expected, value) {
+        if !type_matches(expected, value) || !integer_matches(schema, value) {
             let message = match value {
                 // `duration: 60` is a number to YAML; say what the user needs to hear.
                 Value::Number(n) if is_duration(schema) => {
@@ -59,13 +66,13 @@ impl SchemaChecker {
                 }
                 _ => type_mismatch(expected, value),
             };
-            out.push(Finding::new(path, message));
+            out.push(Finding::blocking(path, message));
             return;
         }
         if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
             && !allowed.contains(value)
         {
-            out.push(Finding::new(path, enum_mismatch(allowed, value)));
+            out.push(Finding::blocking(path, enum_mismatch(allowed, value)));
         }
         match value {
             Value::Object(map) => self.check_object(schema, map, path, out),
@@ -76,10 +83,24 @@ impl SchemaChecker {
                         self.check(item_schema, item, &join_index(path, i), out);
                     }
                 }
+                check_unique(schema, items, path, out);
             }
             Value::String(text) => self.check_string(schema, text, path, out),
             Value::Number(_) => check_number(schema, value, path, out),
             Value::Bool(_) | Value::Null => {}
+        }
+        // `allOf` branches in faultline's CRDs add value checks (a second pattern) only.
+        for branch in schema
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match value {
+                Value::String(text) => self.check_string(branch, text, path, out),
+                Value::Number(_) => check_number(branch, value, path, out),
+                _ => {}
+            }
         }
     }
 
@@ -96,15 +117,30 @@ impl SchemaChecker {
             .get("x-kubernetes-preserve-unknown-fields")
             .and_then(Value::as_bool)
             == Some(true);
-        for name in schema
+        let required: Vec<&str> = schema
             .get("required")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-        {
-            if !map.contains_key(name) {
-                out.push(Finding::new(
+            .collect();
+        for name in &required {
+            let name = *name;
+            let dropped = map.get(name).is_some_and(Value::is_null)
+                && properties
+                    .and_then(|p| p.get(name))
+                    .and_then(|s| s.get("nullable"))
+                    .and_then(Value::as_bool)
+                    != Some(true);
+            if dropped {
+                let wanted =
+                    type_phrase(properties.and_then(|p| p.get(name)).and_then(schema_type));
+                out.push(Finding::blocking(
+                    &join_key(path, name),
+                    format!("has no value, and it is required: give it {wanted}"),
+                ));
+            } else if !map.contains_key(name) {
+                out.push(Finding::blocking(
                     &join_key(path, name),
                     format!("required field \"{name}\" is missing"),
                 ));
@@ -112,13 +148,33 @@ impl SchemaChecker {
         }
         for (key, child) in map {
             let child_path = join_key(path, key);
+            // The API server drops a null from a field that is not nullable, then defaults it:
+            // it is only missing (the `required` check above says so when it must be there).
+            if child.is_null()
+                && let Some(child_schema) = properties.and_then(|p| p.get(key))
+                && child_schema.get("nullable").and_then(Value::as_bool) != Some(true)
+            {
+                if !required.contains(&key.as_str()) {
+                    let mut note = Finding::note(format!(
+                        "has no value, so the API server drops it{}; remove the line or give it a value",
+                        if child_schema.get("default").is_some() {
+                            " and uses the default"
+                        } else {
+                            ""
+                        }
+                    ));
+                    note.path = child_path;
+                    out.push(note);
+                }
+                continue;
+            }
             match (properties.and_then(|p| p.get(key)), additional) {
                 (Some(child_schema), _) => self.check(child_schema, child, &child_path, out),
                 (None, Some(child_schema)) => self.check(child_schema, child, &child_path, out),
                 (None, None) if preserve => {}
                 (None, None) => {
                     let known = properties.map(|p| p.keys().map(String::as_str).collect());
-                    out.push(Finding::new(
+                    out.push(Finding::blocking(
                         &child_path,
                         unknown_field(key, &known.unwrap_or_default()),
                     ));
@@ -128,7 +184,7 @@ impl SchemaChecker {
         if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
             && map.len() as u64 > max
         {
-            out.push(Finding::new(
+            out.push(Finding::blocking(
                 path,
                 format!("has {} entries; at most {max} are allowed", map.len()),
             ));
@@ -153,7 +209,7 @@ impl SchemaChecker {
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
             && len > max
         {
-            out.push(Finding::new(
+            out.push(Finding::blocking(
                 path,
                 format!("is {len} characters long; at most {max} are allowed"),
             ));
@@ -166,16 +222,12 @@ impl SchemaChecker {
             if let Some(regex) = regex
                 && !regex.is_match(text)
             {
-                out.push(Finding::new(
-                    path,
-                    format!("{text:?} does not match the pattern {pattern}"),
-                ));
+                out.push(Finding::new(path, explain_pattern(pattern, text)));
             }
         }
-        if schema.get("format").and_then(Value::as_str) == Some("date-time")
-            && chrono::DateTime::parse_from_rfc3339(text).is_err()
+        if schema.get("format").and_then(Value::as_str) == Some("date-time") && !is_date_time(text)
         {
-            out.push(Finding::new(
+            out.push(Finding::blocking(
                 path,
                 format!("{text:?} is not an RFC 3339 time (try 2026-03-01T09:00:00Z)"),
             ));
@@ -232,7 +284,7 @@ fn check_count(schema: &Value, len: usize, path: &str, out: &mut Vec<Finding>) {
     if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
         && len > max
     {
-        out.push(Finding::new(
+        out.push(Finding::blocking(
             path,
             format!("has {len} entries; at most {max} are allowed"),
         ));
@@ -262,26 +314,108 @@ fn check_number(schema: &Value, value: &Value, path: &str, out: &mut Vec<Finding
             ));
         }
     }
-    // The controller reads these into i32 / i64: a value that does not fit cannot be read.
-    let bound = match schema.get("format").and_then(Value::as_str) {
-        Some("int32") => Some((f64::from(i32::MIN), f64::from(i32::MAX))),
-        Some("int64") => Some((i64::MIN as f64, i64::MAX as f64)),
-        _ => None,
-    };
-    if let Some((low, high)) = bound
-        && (n < low || n > high)
+    // The controller reads these into i32 / i64: the API server refuses what does not fit.
+    let format = schema.get("format").and_then(Value::as_str);
+    if let (Some(format @ ("int32" | "int64")), Value::Number(number)) = (format, value)
+        && schema_type(schema) == Some("integer")
+        && !fits_integer_format(GoNumber::of(number), format)
     {
+        let (low, high) = if format == "int32" {
+            (i64::from(i32::MIN), i64::from(i32::MAX))
+        } else {
+            (i64::MIN, i64::MAX)
+        };
         out.push(Finding::new(
             path,
-            format!(
-                "{shown} is out of range for a {} integer",
-                schema
-                    .get("format")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-            ),
+            format!("{shown} does not fit this field (a {format}: {low} to {high})"),
         ));
     }
+}
+
+/// An integer field holds JSON integers only as kube-openapi counts them: `3.0` is one, `1e20`
+/// (past 2^53) is not.
+fn integer_matches(schema: &Value, value: &Value) -> bool {
+    match value {
+        Value::Number(number) if schema_type(schema) == Some("integer") => {
+            is_json_integer(GoNumber::of(number))
+        }
+        _ => true,
+    }
+}
+
+/// `x-kubernetes-list-type`: a `map` list holds one entry per key (reported on the second
+/// entry, as the API server reports it), a `set` list no value twice.
+fn check_unique(schema: &Value, items: &[Value], path: &str, out: &mut Vec<Finding>) {
+    let keys: Vec<&str> = match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("map") => schema
+            .get("x-kubernetes-list-map-keys")
+            .and_then(Value::as_array)
+            .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default(),
+        Some("set") => Vec::new(),
+        _ => return,
+    };
+    let identity = |item: &Value| -> Value {
+        if keys.is_empty() {
+            item.clone()
+        } else {
+            Value::Array(
+                keys.iter()
+                    .map(|k| item.get(*k).cloned().unwrap_or(Value::Null))
+                    .collect(),
+            )
+        }
+    };
+    let mut seen: Vec<Value> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let id = identity(item);
+        match seen.iter().position(|s| *s == id) {
+            Some(first) => {
+                let first = join_index(path, first);
+                // `spec.stages` holds stages: "stage name ... must be unique".
+                let list = path.rsplit(['.', '[']).next().unwrap_or(path);
+                let noun = list.strip_suffix('s').unwrap_or("entry");
+                let message = match (
+                    keys.as_slice(),
+                    item.get(keys.first().copied().unwrap_or_default()),
+                ) {
+                    ([key], Some(Value::String(value))) => format!(
+                        "{noun} {key} {value:?} is already used by {first}; {noun} {key}s must be unique"
+                    ),
+                    _ => format!("duplicates {first}; entries of this list must be unique"),
+                };
+                out.push(Finding::new(&join_index(path, i), message));
+            }
+            None => seen.push(id),
+        }
+    }
+}
+
+/// What a pattern of faultline's CRDs asks for, in words, for `text` that does not match it.
+fn explain_pattern(pattern: &str, text: &str) -> String {
+    let known = if pattern == bounds::DNS_LABEL_PATTERN {
+        dns_label_problem(text)
+    } else if pattern == bounds::QUALIFIED_NAME_PATTERN {
+        label_key_problem(text)
+    } else if pattern == bounds::QUALIFIED_NAME_PREFIX_PATTERN {
+        Some(format!(
+            "key {text:?} has a prefix (before the '/') of {} characters; at most 253 are allowed",
+            text.split('/').next().unwrap_or_default().chars().count()
+        ))
+    } else if pattern == bounds::LABEL_VALUE_PATTERN {
+        label_value_problem(text)
+    } else if pattern == rules::API_VERSION_PATTERN {
+        Some(format!(
+            "{text:?} is not an apiVersion (try apps/v1, or v1 for core kinds)"
+        ))
+    } else if pattern == rules::FIELD_PATH_PATTERN {
+        Some(format!(
+            "{text:?} is not a field path (try .status.readyReplicas or .status.conditions[0].status)"
+        ))
+    } else {
+        None
+    };
+    known.unwrap_or_else(|| format!("{text:?} does not match the pattern {pattern}"))
 }
 
 fn number(n: f64) -> String {
@@ -354,7 +488,12 @@ fn type_mismatch(expected: Option<&str>, value: &Value) -> String {
         {
             " (remove the quotes)".to_string()
         }
-        (Some("integer"), Value::Number(_)) => format!(" ({value} has a fraction)"),
+        (Some("integer"), Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
+            format!(" ({value} has a fraction)")
+        }
+        (Some("integer"), Value::Number(_)) => {
+            format!(" ({value} is beyond what a JSON integer holds exactly)")
+        }
         (Some("array"), Value::Object(_) | Value::String(_)) => {
             " (start each entry with \"- \")".to_string()
         }

@@ -105,8 +105,8 @@ fn types_enums_bounds_lengths_counts_patterns_and_formats() {
     assert_eq!(
         found,
         [
-            "spec.duration: has no value; give it a string or remove the line",
-            "spec.value: 3000000000 is out of range for a int32 integer",
+            "spec.duration: has no value, and it is required: give it a string",
+            "spec.value: 3000000000 does not fit this field (a int32: -2147483648 to 2147483647)",
         ]
     );
 }

@@ -233,11 +233,19 @@ impl Harness {
 }
 
 pub fn latency_spec(duration: &str) -> serde_json::Value {
+    let mut probe = json!({"name": "web", "http": {"url": "http://127.0.0.1:1/"}});
+    // A during-probe must check at least once while the faults last (the CRD refuses one whose
+    // interval, 5s by default, is longer than the experiment), and its timeout be shorter.
+    let total = faultline::api::parse_go_duration(duration).expect("a Go duration");
+    if total < Duration::from_secs(5) {
+        probe["interval"] = json!(duration);
+        probe["timeout"] = json!(faultline::api::GoDuration::from_duration(total / 2).0);
+    }
     json!({
         "duration": duration,
         "target": {"labelSelector": {"matchLabels": {"app": "web"}}},
         "faults": [{"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
-        "steadyState": {"probes": [{"name": "web", "http": {"url": "http://127.0.0.1:1/"}}]}
+        "steadyState": {"probes": [probe]}
     })
 }
 

@@ -2,6 +2,9 @@
 //! server reports (`NamesAccepted`, `Established`, `acceptedNames`, `storedVersions`), and
 //! removing the resource and its objects when the CRD is deleted.
 //!
+//! A CRD whose CEL rules cost more than the real server's budget is refused as the real server
+//! refuses it (`crd_validation::cost`: the same estimate, the same limits, the same errors).
+//!
 //! Simplification: a CRD is Established at once (the real server takes a moment); name conflicts
 //! between CRDs are not detected.
 
@@ -15,12 +18,61 @@ pub fn is_crd(def: &ResourceDef) -> bool {
     def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions"
 }
 
+/// The real server's refusal of CRDs whose CEL rules cost more than its budget: one error per
+/// rule over the per-rule limit, and for a total over the CRD limit, the (up to) four rules
+/// that contribute most and the total. Paths as the server names them: `spec.validation` when
+/// every version has the same schema (the server then keeps one), `spec.versions[i].schema`
+/// otherwise.
+fn cel_budget(crd: &Value) -> Vec<Cause> {
+    use crate::crd_validation::cost;
+    let versions = crd["spec"]["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let schemas: Vec<&Value> = versions
+        .iter()
+        .map(|v| &v["schema"]["openAPIV3Schema"])
+        .collect();
+    let shared = schemas.windows(2).all(|w| w[0] == w[1]);
+    let mut causes = Vec::new();
+    for (i, schema) in schemas.iter().enumerate() {
+        if schema.is_null() || (shared && i > 0) {
+            continue;
+        }
+        let prefix = if shared {
+            "spec.validation".to_string()
+        } else {
+            format!("spec.versions[{i}].schema")
+        };
+        let costs = cost::estimate_schema(schema);
+        causes.extend(
+            cost::budget_errors(&costs, &prefix)
+                .into_iter()
+                .map(|(field, message)| Cause {
+                    field,
+                    message,
+                    reason: "FieldValueForbidden".into(),
+                }),
+        );
+    }
+    causes
+}
+
 /// Validate a CRD and fill in its status.
 pub fn prepare(crd: &mut Value) -> ApiResult<()> {
     let name = crd["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let budget = cel_budget(crd);
+    if !budget.is_empty() {
+        return Err(ApiError::invalid(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            &name,
+            budget,
+        ));
+    }
     let def = def_from_crd(crd).map_err(|errs| {
         let causes = errs
             .into_iter()

@@ -29,8 +29,134 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// An RFC 1123 subdomain as Kubernetes checks one: at most 253 characters, dot-separated labels
+/// of lowercase alphanumerics and '-' (a label is not limited to 63 characters here).
 pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+const LABEL_KEY_NAME_MESSAGE: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+fn is_label_name(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !name.is_empty()
+        && name.chars().all(ok)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// What Kubernetes says of a label key (apimachinery's `content.IsLabelKey`), one message per
+/// problem; empty when it is valid.
+pub fn label_key_problems(key: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let parts: Vec<&str> = key.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                problems.push("prefix part must be non-empty".to_string());
+            } else {
+                if prefix.len() > 253 {
+                    problems.push("prefix part must be no more than 253 bytes".to_string());
+                }
+                if !is_dns_subdomain_shape(prefix) {
+                    problems.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
+                }
+            }
+            name
+        }
+        _ => {
+            return vec![format!(
+                "a valid label key {LABEL_KEY_NAME_MESSAGE} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            )];
+        }
+    };
+    if name.is_empty() {
+        problems.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        problems.push("name part must be no more than 63 bytes".to_string());
+    }
+    if !is_label_name(name) {
+        problems.push(format!("name part {LABEL_KEY_NAME_MESSAGE}"));
+    }
+    problems
+}
+
+fn is_dns_subdomain_shape(s: &str) -> bool {
+    s.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    })
+}
+
+/// What Kubernetes says of a label value (`content.IsLabelValue`).
+pub fn label_value_problems(value: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if value.len() > 63 {
+        problems.push("must be no more than 63 bytes".to_string());
+    }
+    if !value.is_empty() && !is_label_name(value) {
+        problems.push("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".to_string());
+    }
+    problems
+}
+
+/// `metadata.labels` and `metadata.annotations` as `ValidateObjectMeta` checks them: every
+/// problem names the map, with the bad key or value as the value.
+pub fn validate_labels_and_annotations(obj: &Value) -> Vec<Cause> {
+    let invalid = |field: &str, value: &str, message: String| Cause {
+        field: field.into(),
+        message: format!(
+            "Invalid value: {}: {message}",
+            crate::crd_validation::formats::go_quote(value)
+        ),
+        reason: "FieldValueInvalid".into(),
+    };
+    let mut causes = Vec::new();
+    if let Some(labels) = obj["metadata"]["labels"].as_object() {
+        for (key, value) in labels {
+            for problem in label_key_problems(key) {
+                causes.push(invalid("metadata.labels", key, problem));
+            }
+            for problem in label_value_problems(value.as_str().unwrap_or_default()) {
+                causes.push(invalid(
+                    "metadata.labels",
+                    value.as_str().unwrap_or_default(),
+                    problem,
+                ));
+            }
+        }
+    }
+    if let Some(annotations) = obj["metadata"]["annotations"].as_object() {
+        let mut total = 0;
+        for (key, value) in annotations {
+            total += key.len() + value.as_str().map_or(0, str::len);
+            // The rule is a label key's, but case does not matter.
+            for problem in label_key_problems(&key.to_lowercase()) {
+                causes.push(invalid("metadata.annotations", key, problem));
+            }
+        }
+        if total > 262_144 {
+            causes.push(Cause {
+                field: "metadata.annotations".into(),
+                message: "Too long: may not be more than 262144 bytes".into(),
+                reason: "FieldValueTooLong".into(),
+            });
+        }
+    }
+    causes
 }
 
 /// Validate `metadata.name` the way the real server does for the resource.

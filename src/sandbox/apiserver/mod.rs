@@ -31,6 +31,7 @@ mod eviction;
 mod gc;
 mod log;
 mod meta;
+mod openapi;
 mod patch;
 mod printers;
 mod protobuf;
@@ -44,6 +45,7 @@ mod schema;
 mod selectors;
 mod store;
 mod table;
+mod typed_patch;
 mod update;
 mod watch;
 mod write;
@@ -240,6 +242,7 @@ impl ApiServer {
                 validation: request::FieldValidation::Strict,
                 manager: "faultline-sandbox".into(),
                 apply: false,
+                patched: false,
                 warnings: vec![],
             };
             match write::create(&mut st, &t, body.clone(), &mut ctx) {

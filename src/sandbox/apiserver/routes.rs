@@ -15,8 +15,48 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// Largest request body accepted (the real server's limit is 3 MiB).
+/// Largest request body accepted: the real server's `MaxRequestBodyBytes`, 3 MiB.
 const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// How much of a body over [`MAX_BODY`] is still read (and dropped) before answering 413. The
+/// real server speaks HTTP/2 to kubectl and can answer while the client still sends; over this
+/// server's HTTP/1.1, answering early leaves the client writing into a closed connection
+/// (kubectl: `Unable to connect to the server: ... broken pipe`) instead of reading the 413.
+const MAX_DRAINED: usize = 64 * 1024 * 1024;
+
+/// The request body, or the real server's 413 (`Request entity too large: limit is 3145728`)
+/// once the whole of a body over the limit has been read.
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(ApiError::bad_request("the request body could not be read").into_response());
+        };
+        total += chunk.len();
+        if total <= MAX_BODY {
+            kept.extend_from_slice(&chunk);
+        } else if total > MAX_DRAINED {
+            break;
+        }
+    }
+    if total <= MAX_BODY {
+        return Ok(Bytes::from(kept));
+    }
+    let mut response =
+        ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY}"))
+            .into_response();
+    if total > MAX_DRAINED {
+        // The rest is not read: the connection cannot carry another request.
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    Err(response)
+}
 
 pub(super) async fn handle(
     AxState(shared): AxState<Arc<Shared>>,
@@ -25,9 +65,9 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+    let bytes = match read_body(body).await {
         Ok(b) => b,
-        Err(_) => return ApiError::too_large("the request body is too large").into_response(),
+        Err(too_large) => return too_large,
     };
     let path = uri.path().to_string();
     // A client that accepts nothing we write gets its 406 in JSON, as from the real server.
@@ -122,6 +162,7 @@ fn resource(
             validation: params.field_validation()?,
             manager: meta::update_manager(params.get("fieldManager"), Some(&header("user-agent"))),
             apply: false,
+            patched: false,
             warnings: vec![],
         })
     };

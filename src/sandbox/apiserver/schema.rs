@@ -1,397 +1,97 @@
-//! Custom resources against their CRD's `openAPIV3Schema`: defaulting, pruning, structural
-//! validation and CEL rules (`x-kubernetes-validations`).
+//! Custom resources against their CRD's `openAPIV3Schema`, in the order and the words of
+//! kube-apiserver v1.36:
 //!
-//! Order as in the real server: defaults are applied and unknown fields pruned while walking the
-//! schema, then the value checks run (type, `required`, `enum`, `minimum`/`maximum`,
-//! `minLength`/`maxLength`, `minItems`/`maxItems`, `pattern`, `nullable`, `oneOf`/`anyOf`/`allOf`/
-//! `not`), then CEL rules via `kube::core::cel::Validator` (kube-cel). Error messages mimic the
-//! real ones (`spec.x: Invalid value: "integer": spec.x in body must be of type string: "integer"`).
+//! 1. decoding: fields the schema does not declare are pruned (and reported to the caller, who
+//!    answers them as the real server does: a 400 strict decoding error, a warning, or nothing);
+//!    a null in a field that is not nullable is dropped (from a request body) or defaulted (from
+//!    a server-side apply, which keeps a null without default: the schema then refuses it);
+//!    defaults are applied;
+//! 2. validation: the object's metadata (the caller's), the schema ([`super::openapi`]: types,
+//!    formats, enums, bounds, lengths, patterns, combinators) and `x-kubernetes-list-type`
+//!    uniqueness, all in one answer;
+//! 3. the CEL rules (`x-kubernetes-validations`, through [`LocalRules`]: kube-cel, reading IPs and
+//!    durations as Go does), unless step 2 found an error that blocks them (a wrong type, a
+//!    missing required field, a value not in the enum, too long, too many): then none runs and
+//!    the answer says `some validation rules were not checked because the object was invalid`.
 //!
-//! Simplifications: `metadata` is not pruned or validated beyond what the handlers do; `format`
-//! is not checked; CEL cost limits are not
-//! computed. Transition rules (`oldSelf`) are evaluated on updates when kube-cel can, and skipped
-//! on create as the real server does.
+//! Messages are the real server's: `Invalid value: "fast": must be a duration ...` for a rule on
+//! a string, no value at all for a rule on an object, `Required value: ...` and `Forbidden: ...`
+//! for rules with those reasons. Transition rules (`oldSelf`) are evaluated on updates when
+//! kube-cel can, and skipped on create as the real server does.
+//!
+//! Not done: CEL's runtime cost limit (a rule that is cheap to estimate and dear to run is
+//! rare); `anyOf`/`oneOf` pick the first failing branch (see `openapi`).
 
 use super::errors::Cause;
+use super::openapi::{self, go_value};
 use crate::api::duration_bounds::judge_duration_rule;
-use kube::core::cel::CompiledSchema;
-use regex::Regex;
+use crate::crd_validation::cel::LocalRules;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+
+/// Where an object being written comes from: what happens to its nulls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A create, an update or a merge / JSON patch: nulls in fields that are not nullable are
+    /// dropped (then defaulted).
+    Body,
+    /// A server-side apply: a null is defaulted when the field has a default, kept otherwise.
+    Apply,
+}
 
 /// What happened to an object while it was processed.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Field errors (422 Invalid).
+    /// Field errors (422 Invalid), including the metadata errors the caller passed in.
     pub causes: Vec<Cause>,
-    /// Paths (`.spec.foo`) of fields that were not declared and have been pruned.
+    /// Fields that were not declared and have been pruned, as the real server names them in a
+    /// strict decoding error (`spec.faults[0].bogus`), sorted.
     pub unknown_fields: Vec<String>,
 }
 
-fn cause(field: &str, reason: &str, message: String) -> Cause {
-    Cause {
-        field: field.to_string(),
-        message,
-        reason: reason.to_string(),
-    }
+/// The error after which the real server runs no CEL rule.
+const NOT_CHECKED: &str = "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
+
+/// Errors that stop the CEL rules (apiextensions' `hasBlockingErr`).
+fn blocks_rules(cause: &Cause) -> bool {
+    matches!(
+        cause.reason.as_str(),
+        "FieldValueNotSupported"
+            | "FieldValueRequired"
+            | "FieldValueTooLong"
+            | "FieldValueTooMany"
+            | "FieldValueTypeInvalid"
+    )
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// The short rendering of a value in `Invalid value: X` messages.
-fn render(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("{s:?}"),
-        Value::Object(_) => "\"object\"".into(),
-        Value::Array(_) => "\"array\"".into(),
-        other => other.to_string(),
-    }
-}
-
-fn type_matches(ty: &str, v: &Value, int_or_string: bool) -> bool {
-    if int_or_string {
-        return matches!(json_type(v), "integer" | "string");
-    }
-    match ty {
-        "number" => v.is_number(),
-        "integer" => json_type(v) == "integer" || v.as_f64().is_some_and(|f| f.fract() == 0.0),
-        other => json_type(v) == other,
-    }
-}
-
-struct Walker {
-    /// Prune undeclared fields (false inside `oneOf` branches etc., which only check values).
-    prune: bool,
-    out: Outcome,
-}
-
-impl Walker {
-    fn walk(&mut self, v: &mut Value, s: &Value, path: &str) {
-        let Some(schema) = s.as_object() else { return };
-        let int_or_string = schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
-        if v.is_null() {
-            if schema.get("nullable") == Some(&Value::Bool(true)) {
-                return;
-            }
-            if let Some(d) = schema.get("default") {
-                *v = d.clone();
-            }
-        }
-        let declared = schema.get("type").and_then(Value::as_str);
-        if let Some(ty) = declared.or(int_or_string.then_some("integer-or-string"))
-            && !type_matches(ty, v, int_or_string)
-        {
-            let actual = json_type(v);
-            self.out.causes.push(cause(
-                path,
-                "FieldValueTypeInvalid",
-                format!(
-                    "Invalid value: \"{actual}\": {path} in body must be of type {ty}: \"{actual}\""
-                ),
-            ));
-            return;
-        }
-        if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
-            && !allowed.contains(v)
-        {
-            let list: Vec<String> = allowed.iter().map(render).collect();
-            self.out.causes.push(cause(
-                path,
-                "FieldValueNotSupported",
-                format!(
-                    "Unsupported value: {}: supported values: {}",
-                    render(v),
-                    list.join(", ")
-                ),
-            ));
-        }
-        match v {
-            Value::Object(m) => self.object(m, schema, path),
-            Value::Array(a) => {
-                let n = a.len() as u64;
-                if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
-                    && n > max
-                {
-                    self.out.causes.push(cause(
-                        path,
-                        "FieldValueTooMany",
-                        format!("Too many: {n}: must have at most {max} items"),
-                    ));
-                }
-                if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
-                    && n < min
-                {
-                    self.out.causes.push(cause(
-                        path,
-                        "FieldValueInvalid",
-                        format!(
-                            "Invalid value: {n}: {path} in body should have at least {min} items"
-                        ),
-                    ));
-                }
-                if let Some(items) = schema.get("items") {
-                    for (i, item) in a.iter_mut().enumerate() {
-                        self.walk(item, items, &format!("{path}[{i}]"));
-                    }
-                }
-                self.list_type(a, schema, path);
-            }
-            Value::String(st) => self.string(st, schema, path),
-            Value::Number(n) => {
-                if let Some(f) = n.as_f64() {
-                    self.number(f, v, schema, path);
-                }
-            }
-            _ => {}
-        }
-        self.combinators(v, schema, path);
-    }
-
-    /// `x-kubernetes-list-type`: `map` lists hold one entry per key, `set` lists no value twice
-    /// (the real server's words: `Duplicate value: {"name":"a"}`).
-    fn list_type(&mut self, items: &[Value], schema: &Map<String, Value>, path: &str) {
-        let keys: Vec<&str> = match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
-            Some("map") => schema
-                .get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .map(|keys| keys.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default(),
-            Some("set") => Vec::new(),
-            _ => return,
-        };
-        let mut seen: Vec<Value> = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let identity = if keys.is_empty() {
-                item.clone()
-            } else {
-                let mut key = Map::new();
-                for k in &keys {
-                    if let Some(v) = item.get(*k) {
-                        key.insert((*k).to_string(), v.clone());
-                    }
-                }
-                Value::Object(key)
-            };
-            if seen.contains(&identity) {
-                self.out.causes.push(cause(
-                    &format!("{path}[{i}]"),
-                    "FieldValueDuplicate",
-                    format!("Duplicate value: {identity}"),
-                ));
-            } else {
-                seen.push(identity);
-            }
-        }
-    }
-
-    fn object(&mut self, m: &mut Map<String, Value>, schema: &Map<String, Value>, path: &str) {
-        let props = schema.get("properties").and_then(Value::as_object);
-        if let Some(props) = props {
-            for (k, ps) in props {
-                if !m.contains_key(k)
-                    && let Some(d) = ps.get("default")
-                {
-                    m.insert(k.clone(), d.clone());
-                }
-            }
-        }
-        if let Some(req) = schema.get("required").and_then(Value::as_array) {
-            for r in req.iter().filter_map(Value::as_str) {
-                if !m.contains_key(r) {
-                    self.out.causes.push(cause(
-                        &join(path, r),
-                        "FieldValueRequired",
-                        "Required value".into(),
-                    ));
-                }
-            }
-        }
-        let preserve =
-            schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-        let additional = schema.get("additionalProperties");
-        let keys: Vec<String> = m.keys().cloned().collect();
-        for k in keys {
-            let child = join(path, &k);
-            if let Some(ps) = props.and_then(|p| p.get(&k)) {
-                if let Some(val) = m.get_mut(&k) {
-                    self.walk(val, ps, &child);
-                }
-            } else if let Some(ap) = additional.filter(|a| a.is_object()) {
-                if let Some(val) = m.get_mut(&k) {
-                    self.walk(val, ap, &child);
-                }
-            } else if preserve || additional == Some(&Value::Bool(true)) {
-                // Kept as-is.
-            } else if self.prune {
-                // Root-level apiVersion/kind/metadata are handled by the caller.
-                if !(path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata")) {
-                    m.remove(&k);
-                    self.out.unknown_fields.push(format!(".{child}"));
-                }
-            }
-        }
-        if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
-            && m.len() as u64 > max
-        {
-            self.out.causes.push(cause(
-                path,
-                "FieldValueTooMany",
-                format!("Too many: {}: must have at most {max} items", m.len()),
-            ));
-        }
-    }
-
-    fn string(&mut self, st: &str, schema: &Map<String, Value>, path: &str) {
-        let len = st.chars().count() as u64;
-        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
-            && len > max
-        {
-            self.out.causes.push(cause(
-                path,
-                "FieldValueTooLong",
-                format!("Too long: may not be more than {max} bytes"),
-            ));
-        }
-        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
-            && len < min
-        {
-            self.out.causes.push(cause(
-                path,
-                "FieldValueInvalid",
-                format!(
-                    "Invalid value: {st:?}: {path} in body should be at least {min} chars long"
-                ),
-            ));
-        }
-        if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-            match pattern(p) {
-                Ok(re) if !re.is_match(st) => self.out.causes.push(cause(
-                    path,
-                    "FieldValueInvalid",
-                    format!("Invalid value: {st:?}: {path} in body should match '{p}'"),
-                )),
-                Ok(_) => {}
-                Err(_) => {
-                    tracing::warn!(pattern = p, "schema pattern does not compile; not checked")
-                }
-            }
-        }
-    }
-
-    fn number(&mut self, f: f64, v: &Value, schema: &Map<String, Value>, path: &str) {
-        let excl_min = schema.get("exclusiveMinimum") == Some(&Value::Bool(true));
-        let excl_max = schema.get("exclusiveMaximum") == Some(&Value::Bool(true));
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-            && (f < min || (excl_min && f == min))
-        {
-            let op = if excl_min {
-                "greater than"
-            } else {
-                "greater than or equal to"
-            };
-            self.out.causes.push(cause(
-                path,
-                "FieldValueInvalid",
-                format!(
-                    "Invalid value: {}: {path} in body should be {op} {}",
-                    render(v),
-                    fmt_num(min)
-                ),
-            ));
-        }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
-            && (f > max || (excl_max && f == max))
-        {
-            let op = if excl_max {
-                "less than"
-            } else {
-                "less than or equal to"
-            };
-            self.out.causes.push(cause(
-                path,
-                "FieldValueInvalid",
-                format!(
-                    "Invalid value: {}: {path} in body should be {op} {}",
-                    render(v),
-                    fmt_num(max)
-                ),
-            ));
-        }
-    }
-
-    /// `oneOf` / `anyOf` / `allOf` / `not`: value checks only (branches never prune).
-    fn combinators(&mut self, v: &Value, schema: &Map<String, Value>, path: &str) {
-        let passes = |branch: &Value| {
-            let mut w = Walker {
-                prune: false,
-                out: Outcome::default(),
-            };
-            let mut copy = v.clone();
-            w.walk(&mut copy, branch, path);
-            w.out.causes.is_empty()
-        };
-        let shown = if path.is_empty() { "<root>" } else { path };
-        if let Some(branches) = schema.get("oneOf").and_then(Value::as_array) {
-            let n = branches.iter().filter(|b| passes(b)).count();
-            if n != 1 {
-                self.out.causes.push(cause(
-                    path,
-                    "FieldValueInvalid",
-                    format!("Invalid value: {}: {shown} in body must validate one and only one schema (oneOf)", render(v)),
-                ));
-            }
-        }
-        if let Some(branches) = schema.get("anyOf").and_then(Value::as_array)
-            && !branches.iter().any(&passes)
-        {
-            self.out.causes.push(cause(
-                path,
-                "FieldValueInvalid",
-                format!(
-                    "Invalid value: {}: {shown} in body must validate at least one schema (anyOf)",
-                    render(v)
-                ),
-            ));
-        }
-        if let Some(branches) = schema.get("allOf").and_then(Value::as_array) {
-            for b in branches {
-                let mut w = Walker {
-                    prune: false,
-                    out: Outcome::default(),
-                };
-                let mut copy = v.clone();
-                w.walk(&mut copy, b, path);
-                self.out.causes.extend(w.out.causes);
-            }
-        }
-        if let Some(not) = schema.get("not")
-            && passes(not)
-        {
-            self.out.causes.push(cause(
-                path,
-                "FieldValueInvalid",
-                format!("Invalid value: {}: {shown} in body should not be valid against the given schema", render(v)),
-            ));
-        }
-    }
-}
-
-fn fmt_num(f: f64) -> String {
-    if f.fract() == 0.0 {
-        format!("{}", f as i64)
+/// Decode, default, prune and validate `obj` in place against `schema` (a CRD version's
+/// `openAPIV3Schema`), then evaluate its CEL rules. `meta` are the metadata errors the caller
+/// found; `old` enables transition rules on update.
+pub fn process(
+    schema: &Value,
+    obj: &mut Value,
+    old: Option<&Value>,
+    source: Source,
+    meta: Vec<Cause>,
+) -> Outcome {
+    let mut unknown_fields = Vec::new();
+    decode(schema, obj, "", source, &mut unknown_fields);
+    unknown_fields.sort();
+    let mut causes = meta;
+    causes.extend(openapi::validate(schema, obj, ""));
+    list_types(schema, obj, "", &mut causes);
+    if causes.iter().any(blocks_rules) {
+        causes.push(Cause {
+            field: "<nil>".into(),
+            message: NOT_CHECKED.into(),
+            reason: "FieldValueInvalid".into(),
+        });
     } else {
-        f.to_string()
+        causes.extend(cel_causes(schema, obj, old));
+    }
+    Outcome {
+        causes,
+        unknown_fields,
     }
 }
 
@@ -403,63 +103,161 @@ fn join(path: &str, k: &str) -> String {
     }
 }
 
-/// Default, prune and validate `obj` in place against `schema` (a CRD version's
-/// `openAPIV3Schema`), then evaluate its CEL rules. `old` enables transition rules on update.
-pub fn process(schema: &Value, obj: &mut Value, old: Option<&Value>) -> Outcome {
-    let mut w = Walker {
-        prune: true,
-        out: Outcome::default(),
-    };
-    w.walk(obj, schema, "");
-    let mut out = w.out;
-    // CEL only runs on structurally valid objects, as in the real server (its rules assume types).
-    if out.causes.is_empty() {
-        out.causes.extend(cel_causes(schema, obj, old));
+/// Prunes undeclared fields (recording them), handles nulls and applies defaults.
+fn decode(schema: &Value, v: &mut Value, path: &str, source: Source, unknown: &mut Vec<String>) {
+    let Some(s) = schema.as_object() else { return };
+    match v {
+        Value::Object(m) => decode_object(s, m, path, source, unknown),
+        Value::Array(items) => {
+            if let Some(item_schema) = s.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    decode(item_schema, item, &format!("{path}[{i}]"), source, unknown);
+                }
+            }
+        }
+        _ => {}
     }
-    out
 }
 
-/// A schema `pattern`, compiled once per thread (it used to be compiled for every string value
-/// it checks, on every write).
-fn pattern(p: &str) -> Result<Regex, regex::Error> {
+fn decode_object(
+    s: &Map<String, Value>,
+    m: &mut Map<String, Value>,
+    path: &str,
+    source: Source,
+    unknown: &mut Vec<String>,
+) {
+    let props = s.get("properties").and_then(Value::as_object);
+    let additional = s.get("additionalProperties");
+    let preserve = s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+        || additional == Some(&Value::Bool(true));
+    let keys: Vec<String> = m.keys().cloned().collect();
+    for k in keys {
+        // The root's apiVersion, kind and metadata are the server's to handle.
+        if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let child_schema = props
+            .and_then(|p| p.get(&k))
+            .or(additional.filter(|a| a.is_object()));
+        let Some(child_schema) = child_schema else {
+            if !preserve {
+                m.remove(&k);
+                unknown.push(join(path, &k));
+            }
+            continue;
+        };
+        if m.get(&k).is_some_and(Value::is_null)
+            && child_schema.get("nullable") != Some(&Value::Bool(true))
+            && props.is_some_and(|p| p.contains_key(&k))
+        {
+            match (source, child_schema.get("default")) {
+                (_, Some(default)) => {
+                    m.insert(k.clone(), default.clone());
+                }
+                (Source::Body, None) => {
+                    m.remove(&k);
+                    continue;
+                }
+                (Source::Apply, None) => continue,
+            }
+        }
+        if let Some(child) = m.get_mut(&k) {
+            decode(child_schema, child, &join(path, &k), source, unknown);
+        }
+    }
+    if let Some(props) = props {
+        for (k, ps) in props {
+            if !m.contains_key(k)
+                && let Some(d) = ps.get("default")
+            {
+                let mut d = d.clone();
+                decode(ps, &mut d, &join(path, k), source, unknown);
+                m.insert(k.clone(), d);
+            }
+        }
+    }
+}
+
+/// `x-kubernetes-list-type`: `map` lists hold one entry per key, `set` lists no value twice
+/// (the real server's words: `Duplicate value: {"name":"a"}`).
+fn list_types(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
+    let Some(s) = schema.as_object() else { return };
+    match v {
+        Value::Object(m) => {
+            let props = s.get("properties").and_then(Value::as_object);
+            let additional = s.get("additionalProperties").filter(|a| a.is_object());
+            for (k, child) in m {
+                if let Some(cs) = props.and_then(|p| p.get(k)).or(additional) {
+                    list_types(cs, child, &join(path, k), out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let keys: Option<Vec<&str>> =
+                match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                    Some("map") => Some(
+                        s.get("x-kubernetes-list-map-keys")
+                            .and_then(Value::as_array)
+                            .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default(),
+                    ),
+                    Some("set") => Some(Vec::new()),
+                    _ => None,
+                };
+            if let Some(keys) = keys {
+                let mut seen: Vec<Value> = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let identity = if keys.is_empty() {
+                        item.clone()
+                    } else {
+                        let mut key = Map::new();
+                        for k in &keys {
+                            if let Some(v) = item.get(*k) {
+                                key.insert((*k).to_string(), v.clone());
+                            }
+                        }
+                        Value::Object(key)
+                    };
+                    if seen.contains(&identity) {
+                        out.push(Cause {
+                            field: format!("{path}[{i}]"),
+                            message: format!("Duplicate value: {identity}"),
+                            reason: "FieldValueDuplicate".into(),
+                        });
+                    } else {
+                        seen.push(identity);
+                    }
+                }
+            }
+            if let Some(item_schema) = s.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    list_types(item_schema, item, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// CEL rules compiled once per schema: compiling every rule of a CRD on each write made a status
+/// patch of a ChaosExperiment cost ~10 ms. kube-cel's compiled rules are not `Send`, hence a
+/// cache per thread.
+fn compiled(schema: &Value, text: String) -> std::rc::Rc<LocalRules> {
     thread_local! {
-        static PATTERNS: std::cell::RefCell<HashMap<String, Result<Regex, regex::Error>>> =
+        static COMPILED: std::cell::RefCell<HashMap<String, std::rc::Rc<LocalRules>>> =
             std::cell::RefCell::default();
     }
-    PATTERNS.with(|patterns| {
-        let mut patterns = patterns.borrow_mut();
-        if patterns.len() >= 256 {
-            patterns.clear();
+    COMPILED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        // Schemas change only when a CRD does: a small bound is plenty.
+        if cache.len() >= 64 {
+            cache.clear();
         }
-        patterns
-            .entry(p.to_string())
-            .or_insert_with(|| Regex::new(p))
+        cache
+            .entry(text)
+            .or_insert_with(|| std::rc::Rc::new(LocalRules::compile(schema)))
             .clone()
     })
-}
-
-/// CEL rules compiled once per schema (and a validator per thread): compiling every rule of a
-/// CRD on each write made a status patch of a ChaosExperiment cost ~10 ms.
-fn compiled(schema: &Value, text: String) -> Arc<CompiledSchema> {
-    static COMPILED: OnceLock<Mutex<HashMap<String, Arc<CompiledSchema>>>> = OnceLock::new();
-    let mut compiled = COMPILED
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(schema) = compiled.get(&text) {
-        return schema.clone();
-    }
-    // Schemas change only when a CRD does: a small bound is plenty.
-    if compiled.len() >= 64 {
-        compiled.clear();
-    }
-    let schema = Arc::new(kube::core::cel::compile_schema(schema));
-    compiled.insert(text, schema.clone());
-    schema
-}
-
-thread_local! {
-    static VALIDATOR: kube::core::cel::Validator = kube::core::cel::Validator::new();
 }
 
 fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
@@ -467,61 +265,176 @@ fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     if !text.contains("x-kubernetes-validations") {
         return Vec::new();
     }
-    let compiled = compiled(schema, text);
+    let rules = compiled(schema, text);
     // kube-cel converts every node it walks (and everything under it) to CEL values, rules or
     // not: hand it only the parts a rule can see. A ChaosExperiment's status (hundreds of
     // target records, no rules) made every status write spend most of its time there.
     let mut with_rules = HashMap::new();
-    let obj_view = rule_view(schema, obj, &mut with_rules);
-    let old_view = old.map(|o| rule_view(schema, o, &mut with_rules));
-    match VALIDATOR
-        .with(|validator| validator.validate_compiled(&compiled, &obj_view, old_view.as_ref()))
-    {
-        Ok(()) => Vec::new(),
-        Err(errs) => errs
-            .iter()
-            .filter_map(|e| {
-                let field = e.field_path.trim_start_matches('.').to_string();
-                // Durations as the real server reads them (Go's parser): kube-cel reads them
-                // as f64 and does not know `µs`.
-                let judged = obj_at(obj, &field)
-                    .and_then(Value::as_str)
-                    .and_then(|text| judge_duration_rule(&e.rule, text));
-                let message = match judged {
-                    Some(Ok(())) => return None,
-                    Some(Err(message)) => message,
-                    None => e.message.clone(),
-                };
-                let value = obj_at(obj, &field)
-                    .map(render)
-                    .unwrap_or_else(|| "\"object\"".into());
-                let reason = e
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "FieldValueInvalid".into());
-                let shown = if field.is_empty() {
-                    "<nil>".to_string()
+    let obj_view = rule_view(schema, obj, &mut with_rules, true);
+    let old_view = old.map(|o| rule_view(schema, o, &mut with_rules, true));
+    rules
+        .evaluate(&obj_view, old_view.as_ref())
+        .into_iter()
+        .filter_map(|e| {
+            let field = e.field_path.clone();
+            // Durations as the real server reads them (Go's parser): kube-cel reads them as f64.
+            let judged = obj_at(obj, &field)
+                .and_then(Value::as_str)
+                .and_then(|text| judge_duration_rule(&e.rule, text));
+            let message = match judged {
+                Some(Ok(())) => return None,
+                // The rule's own message: fields with the same limits share a rule, not an
+                // example.
+                Some(Err(message)) => rule_message(schema, &field, &e.rule).unwrap_or(message),
+                None => e.message.clone(),
+            };
+            // The value is the rule's own node, shown only when it is a scalar; a rule with a
+            // fieldPath sits on an object above the field it names.
+            let value = rule_node_value(schema, obj, &field, &e.rule);
+            let (reason, message) = match e.reason.as_deref() {
+                Some("FieldValueRequired") => {
+                    ("FieldValueRequired", format!("Required value: {message}"))
+                }
+                Some("FieldValueForbidden") => {
+                    ("FieldValueForbidden", format!("Forbidden: {message}"))
+                }
+                Some("FieldValueDuplicate") => (
+                    "FieldValueDuplicate",
+                    format!("Duplicate value: {}", value.as_deref().unwrap_or("\"\"")),
+                ),
+                _ => (
+                    "FieldValueInvalid",
+                    match &value {
+                        Some(v) => format!("Invalid value: {v}: {message}"),
+                        None => format!("Invalid value: {message}"),
+                    },
+                ),
+            };
+            tracing::debug!(field = %field, rule = %e.rule, "CEL rule rejected object");
+            Some(Cause {
+                field: if field.is_empty() {
+                    "<nil>".into()
                 } else {
-                    field.clone()
-                };
-                tracing::debug!(field = %shown, rule = %e.rule, "CEL rule rejected object");
-                Some(cause(
-                    &field,
-                    &reason,
-                    format!("Invalid value: {value}: {message}"),
-                ))
+                    field
+                },
+                message,
+                reason: reason.into(),
             })
-            .collect(),
+        })
+        .collect()
+}
+
+/// The value of the node a rule sits on, as the real server prints it: `Some` for a scalar,
+/// `None` for an object or a list (and for a rule that names a field below its node).
+fn rule_node_value(schema: &Value, obj: &Value, field: &str, rule: &str) -> Option<String> {
+    let node_schema = schema_at(schema, field)?;
+    let own_rule = node_schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)?
+        .iter()
+        .any(|r| r.get("rule").and_then(Value::as_str) == Some(rule));
+    if !own_rule {
+        return None;
+    }
+    match obj_at(obj, field)? {
+        Value::Object(_) | Value::Array(_) => None,
+        scalar => Some(go_value(scalar)),
     }
 }
 
+/// The `message` the CRD gives `rule` on the node at `path`.
+fn rule_message(schema: &Value, path: &str, rule: &str) -> Option<String> {
+    schema_at(schema, path)?
+        .get("x-kubernetes-validations")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("rule").and_then(Value::as_str) == Some(rule))?
+        .get("message")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The schema of the node at `path` (`spec.faults[0].networkLatency`).
+fn schema_at<'a>(schema: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut current = schema;
+    for part in path_parts(path) {
+        current = match part {
+            Part::Key(k) => current
+                .get("properties")
+                .and_then(|p| p.get(k))
+                .or_else(|| {
+                    current
+                        .get("additionalProperties")
+                        .filter(|a| a.is_object())
+                })?,
+            Part::Index(_) => current.get("items")?,
+        };
+    }
+    Some(current)
+}
+
+enum Part<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_parts(path: &str) -> Vec<Part<'_>> {
+    let mut parts = Vec::new();
+    for segment in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, indexes) = match segment.find('[') {
+            Some(i) => (&segment[..i], &segment[i..]),
+            None => (segment, ""),
+        };
+        if !name.is_empty() {
+            parts.push(Part::Key(name));
+        }
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            if let Ok(i) = index.trim_end_matches(']').parse() {
+                parts.push(Part::Index(i));
+            }
+        }
+    }
+    parts
+}
+
 /// `obj` without the properties whose schema has no CEL rule anywhere below it. A node with a
-/// rule keeps everything under it (its rules see the whole of `self`); so does one whose
-/// schema is more than plain `properties` / `items` (combinators, additionalProperties).
-fn rule_view(schema: &Value, obj: &Value, with_rules: &mut HashMap<*const Value, bool>) -> Value {
+/// rule keeps everything under it (its rules see the whole of `self`), but the root keeps only
+/// what a root rule can see of metadata (`name`, `generateName`) and, unless a root rule names
+/// it, drops `status`; so does a node whose schema is more than plain `properties` / `items`
+/// (combinators, additionalProperties).
+fn rule_view(
+    schema: &Value,
+    obj: &Value,
+    with_rules: &mut HashMap<*const Value, bool>,
+    root: bool,
+) -> Value {
     let plain = ["allOf", "anyOf", "oneOf", "not", "additionalProperties"]
         .iter()
         .all(|k| schema.get(k).is_none());
+    if root && let Some(rules) = schema.get("x-kubernetes-validations") {
+        let mut view = obj.clone();
+        if let Some(m) = view.as_object_mut() {
+            if let Some(meta) = obj.get("metadata").and_then(Value::as_object) {
+                let visible: Map<String, Value> = ["name", "generateName"]
+                    .iter()
+                    .filter_map(|k| Some((k.to_string(), meta.get(*k)?.clone())))
+                    .collect();
+                m.insert("metadata".into(), Value::Object(visible));
+            }
+            if !rules.to_string().contains("status")
+                && let (Some(status), Some(status_schema)) = (
+                    obj.get("status"),
+                    schema.get("properties").and_then(|p| p.get("status")),
+                )
+            {
+                m.insert(
+                    "status".into(),
+                    rule_view(status_schema, status, with_rules, false),
+                );
+            }
+        }
+        return view;
+    }
     if schema.get("x-kubernetes-validations").is_some() || !plain {
         return obj.clone();
     }
@@ -532,14 +445,14 @@ fn rule_view(schema: &Value, obj: &Value, with_rules: &mut HashMap<*const Value,
                 .filter_map(|(key, value)| {
                     let child = properties.get(key)?;
                     has_rules(child, with_rules)
-                        .then(|| (key.clone(), rule_view(child, value, with_rules)))
+                        .then(|| (key.clone(), rule_view(child, value, with_rules, false)))
                 })
                 .collect(),
         ),
         (Value::Array(items), _, Some(child)) if has_rules(child, with_rules) => Value::Array(
             items
                 .iter()
-                .map(|item| rule_view(child, item, with_rules))
+                .map(|item| rule_view(child, item, with_rules, false))
                 .collect(),
         ),
         (Value::Array(_), _, Some(_)) => Value::Array(Vec::new()),
@@ -565,10 +478,14 @@ fn has_rules(schema: &Value, memo: &mut HashMap<*const Value, bool>) -> bool {
 }
 
 fn obj_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
-    if path.is_empty() {
-        return Some(obj);
+    let mut current = obj;
+    for part in path_parts(path) {
+        current = match part {
+            Part::Key(k) => current.get(k)?,
+            Part::Index(i) => current.get(i)?,
+        };
     }
-    path.split('.').try_fold(obj, |cur, k| cur.get(k))
+    Some(current)
 }
 
 #[cfg(test)]
@@ -603,7 +520,7 @@ mod tests {
 
     fn run(obj: Value) -> (Value, Outcome) {
         let mut o = obj;
-        let out = process(&schema(), &mut o, None);
+        let out = process(&schema(), &mut o, None, Source::Body, vec![]);
         (o, out)
     }
 
@@ -614,7 +531,7 @@ mod tests {
             "spec": {"target": "abc", "foo": 1, "extra": {"any": [1]}, "labels": {"a": "b"}, "maybe": null, "port": "http"}}),
         );
         assert!(out.causes.is_empty(), "{:?}", out.causes);
-        assert_eq!(out.unknown_fields, vec![".spec.foo"]);
+        assert_eq!(out.unknown_fields, vec!["spec.foo"]);
         assert_eq!(o["spec"]["duration"], "30s");
         assert_eq!(o["spec"]["replicas"], 1);
         assert!(o["spec"].get("foo").is_none());
@@ -625,12 +542,15 @@ mod tests {
     #[test]
     fn type_error_message() {
         let (_, out) = run(json!({"spec": {"target": "abc", "duration": 5}}));
-        assert_eq!(out.causes.len(), 1);
+        assert_eq!(out.causes.len(), 2, "{:?}", out.causes);
         assert_eq!(out.causes[0].field, "spec.duration");
         assert_eq!(
             out.causes[0].message,
             "Invalid value: \"integer\": spec.duration in body must be of type string: \"integer\""
         );
+        // A wrong type blocks the CEL rules, and the answer says so.
+        assert_eq!(out.causes[1].field, "<nil>");
+        assert_eq!(out.causes[1].message, NOT_CHECKED);
     }
 
     #[test]
@@ -675,11 +595,11 @@ mod tests {
                          "status": {"records": [{"n": 9}]}});
         let mut memo = HashMap::new();
         assert_eq!(
-            rule_view(&s, &obj, &mut memo),
+            rule_view(&s, &obj, &mut memo, true),
             json!({"spec": {"items": [{"n": 1}, {"n": 5}]}})
         );
         let mut o = obj.clone();
-        let out = process(&s, &mut o, None);
+        let out = process(&s, &mut o, None, Source::Body, vec![]);
         assert_eq!(out.causes.len(), 1, "{:?}", out.causes);
         assert_eq!(out.causes[0].field, "spec.items[1]");
         assert!(
@@ -694,10 +614,14 @@ mod tests {
         let s = json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
             "oneOf": [{"required": ["a"]}, {"required": ["b"]}]});
         let mut ok = json!({"a": "x"});
-        assert!(process(&s, &mut ok, None).causes.is_empty());
+        assert!(
+            process(&s, &mut ok, None, Source::Body, vec![])
+                .causes
+                .is_empty()
+        );
         let mut both = json!({"a": "x", "b": "y"});
         assert!(
-            process(&s, &mut both, None).causes[0]
+            process(&s, &mut both, None, Source::Body, vec![]).causes[0]
                 .message
                 .contains("oneOf")
         );

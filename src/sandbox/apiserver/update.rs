@@ -9,8 +9,13 @@ use super::events;
 use super::gc;
 use super::meta;
 use super::patch::{self, PatchError};
+use super::request::FieldValidation;
 use super::request::Target;
-use super::write::{WriteCtx, check_namespace, check_type_meta, commit_create, process_custom};
+use super::typed_patch;
+use super::write::{
+    WriteCtx, check_namespace, check_type_meta, commit_create, process_custom,
+    strict_decoding_error, undeclared_fields,
+};
 use serde_json::{Value, json};
 
 /// PUT: replace an object (or its status).
@@ -28,6 +33,12 @@ pub fn update(
         return Err(ApiError::bad_request(format!(
             "the name of the object ({n}) does not match the name on the URL ({name})"
         )));
+    }
+    if t.def.is_custom() && ctx.validation == FieldValidation::Strict {
+        let unknown = undeclared_fields(t, &new);
+        if !unknown.is_empty() {
+            return Err(strict_decoding_error(t, &unknown));
+        }
     }
     let ns = t.namespace.clone().unwrap_or_default();
     let old = st
@@ -129,7 +140,16 @@ pub fn commit_update(
     if !t.def.is_custom() {
         defaults::apply(&t.def, &mut new);
     }
-    process_custom(t, &mut new, Some(old), ctx)?;
+    let meta_causes = meta::validate_labels_and_annotations(&new);
+    if !meta_causes.is_empty() && !t.def.is_custom() {
+        return Err(ApiError::invalid(
+            &t.def.group,
+            &t.def.kind,
+            &name,
+            meta_causes,
+        ));
+    }
+    process_custom(t, &mut new, Some(old), ctx, meta_causes)?;
     if crd::is_crd(&t.def) {
         crd::prepare(&mut new)?;
     }
@@ -212,12 +232,36 @@ pub fn patch(
                 "the name of the object ({n}) does not match the name on the URL ({name})"
             )));
         }
+        // The apply configuration must make a typed value of the schema first (whatever
+        // fieldValidation says): a 500 from the real server when it does not.
+        if let Some(schema) = t.def.crd_version(&t.version).and_then(|v| v.schema.clone()) {
+            let errors = typed_patch::errors(&schema, &patch_body);
+            if !errors.is_empty() {
+                return Err(ApiError::failure(
+                    500,
+                    typed_patch::message(
+                        patch_body["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or_default(),
+                        &name,
+                        &t.def.api_version(&t.version),
+                        &t.def.kind,
+                        &errors,
+                    ),
+                ));
+            }
+        }
+    } else {
+        ctx.patched = true;
     }
     let Some(old) = existing else {
         if kind == "apply" && !t.is_status() {
             let mut obj = check_type_meta(t, patch_body)?;
             let mut fresh = json!({});
             patch::apply_merge(&mut fresh, &obj, !t.def.is_custom()).map_err(patch_failed)?;
+            if t.def.is_custom() {
+                keep_nulls(&mut fresh, &obj);
+            }
             obj = fresh;
             obj["metadata"]["name"] = json!(name);
             return commit_create(st, t, events::to_storage(&t.def, obj), ctx);
@@ -238,11 +282,28 @@ pub fn patch(
         _ => {
             let checked = check_type_meta(t, patch_body.clone())?;
             patch::apply_merge(&mut doc, &checked, !t.def.is_custom()).map_err(patch_failed)?;
+            if t.def.is_custom() {
+                keep_nulls(&mut doc, &checked);
+            }
             // An apply never carries a precondition of its own unless it names a resourceVersion.
         }
     }
     let doc = events::to_storage(&t.def, check_type_meta(t, doc)?);
     commit_update(st, t, &old, doc, &patch_body, ctx)
+}
+
+/// A server-side apply of a custom resource keeps the nulls it was given (the schema's defaults
+/// and `nullable` decide what becomes of them); the merge dropped them.
+fn keep_nulls(target: &mut Value, applied: &Value) {
+    if let (Value::Object(t), Value::Object(a)) = (target, applied) {
+        for (k, v) in a {
+            if v.is_null() {
+                t.insert(k.clone(), Value::Null);
+            } else if let Some(child) = t.get_mut(k) {
+                keep_nulls(child, v);
+            }
+        }
+    }
 }
 
 fn patch_failed(e: PatchError) -> ApiError {

@@ -27,6 +27,9 @@ pub struct WriteCtx {
     pub manager: String,
     /// Whether this write is a server-side apply (managedFields operation `Apply`).
     pub apply: bool,
+    /// Whether the object came from a merge or JSON patch (an unknown field is then a 422 on
+    /// `patch`, not a 400).
+    pub patched: bool,
     /// `Warning` headers to send back (fieldValidation=Warn).
     pub warnings: Vec<String>,
 }
@@ -98,54 +101,101 @@ pub(super) fn check_namespace(t: &Target, obj: &mut Value) -> ApiResult<()> {
     }
 }
 
-/// Schema processing for custom resources (defaults, pruning, validation, CEL).
+/// Schema processing for custom resources (decoding, defaults, pruning, validation, CEL), with
+/// the metadata errors `meta` found by the caller: one 422 for all of them, as the real server
+/// answers.
 pub(super) fn process_custom(
     t: &Target,
     obj: &mut Value,
     old: Option<&Value>,
     ctx: &mut WriteCtx,
+    meta: Vec<Cause>,
 ) -> ApiResult<()> {
     let Some(schema) = t.def.crd_version(&t.version).and_then(|v| v.schema.clone()) else {
-        return Ok(());
+        return finish(t, obj, meta);
     };
-    let out = schema::process(&schema, obj, old);
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let source = if ctx.apply {
+        schema::Source::Apply
+    } else {
+        schema::Source::Body
+    };
+    let out = schema::process(&schema, obj, old, source, meta);
     if !out.unknown_fields.is_empty() {
         match ctx.validation {
+            FieldValidation::Strict if ctx.patched => {
+                return Err(strict_patch_error(t, obj, &out.unknown_fields));
+            }
             FieldValidation::Strict => {
-                let causes = out
-                    .unknown_fields
-                    .iter()
-                    .map(|f| Cause {
-                        field: String::new(),
-                        message: format!("{f}: field not declared in schema"),
-                        reason: "FieldValueInvalid".into(),
-                    })
-                    .collect();
-                return Err(ApiError::invalid(&t.def.group, &t.def.kind, &name, causes));
+                return Err(strict_decoding_error(t, &out.unknown_fields));
             }
             FieldValidation::Warn => {
                 ctx.warnings.extend(
                     out.unknown_fields
                         .iter()
-                        .map(|f| format!("unknown field \"{}\"", &f[1..])),
+                        .map(|f| format!("unknown field \"{f}\"")),
                 );
             }
             FieldValidation::Ignore => {}
         }
     }
-    if !out.causes.is_empty() {
-        return Err(ApiError::invalid(
-            &t.def.group,
-            &t.def.kind,
-            &name,
-            out.causes,
-        ));
+    finish(t, obj, out.causes)
+}
+
+fn finish(t: &Target, obj: &Value, causes: Vec<Cause>) -> ApiResult<()> {
+    if causes.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    Err(ApiError::invalid(&t.def.group, &t.def.kind, name, causes))
+}
+
+/// The real server's answer to a create or update with fields the schema does not declare,
+/// under `fieldValidation=Strict`: a 400 before any validation.
+pub(super) fn strict_decoding_error(t: &Target, unknown: &[String]) -> ApiError {
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    ApiError::bad_request(format!(
+        "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+        fields.join(", "),
+        kind = t.def.kind,
+        version = t.version,
+    ))
+}
+
+/// The same for a merge or JSON patch: a 422 on the field `patch`, naming the patched object.
+fn strict_patch_error(t: &Target, obj: &Value, unknown: &[String]) -> ApiError {
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    let mut e = ApiError::invalid(
+        "",
+        "",
+        "",
+        vec![Cause {
+            field: "patch".into(),
+            message: format!(
+                "Invalid value: {}: strict decoding error: {}",
+                crate::crd_validation::formats::go_quote(&obj.to_string()),
+                fields.join(", ")
+            ),
+            reason: "FieldValueInvalid".into(),
+        }],
+    );
+    e.details.kind = Some(t.def.kind.clone());
+    e
+}
+
+/// Fields of a custom resource's body the schema does not declare, as a strict decoding error
+/// names them (`spec.faults[0].bogus`); empty for other kinds.
+pub(super) fn undeclared_fields(t: &Target, obj: &Value) -> Vec<String> {
+    let Some(schema) = t.def.crd_version(&t.version).and_then(|v| v.schema.clone()) else {
+        return Vec::new();
+    };
+    let mut copy = obj.clone();
+    schema::process(&schema, &mut copy, None, schema::Source::Body, Vec::new()).unknown_fields
 }
 
 /// POST: create a new object.
@@ -156,6 +206,13 @@ pub fn create(
     ctx: &mut WriteCtx,
 ) -> ApiResult<(u16, Value)> {
     let obj = check_type_meta(t, body)?;
+    // Decoding comes first: an undeclared field under Strict is a 400 before anything else.
+    if t.def.is_custom() && ctx.validation == FieldValidation::Strict {
+        let unknown = undeclared_fields(t, &obj);
+        if !unknown.is_empty() {
+            return Err(strict_decoding_error(t, &unknown));
+        }
+    }
     commit_create(st, t, events::to_storage(&t.def, obj), ctx)
 }
 
@@ -184,21 +241,28 @@ pub fn commit_create(
             }
             candidate
         }
-        _ => {
-            return Err(ApiError::invalid(
-                &t.def.group,
-                &t.def.kind,
-                "",
-                vec![Cause {
-                    field: "metadata.name".into(),
-                    message: "Required value: name or generateName is required".into(),
-                    reason: "FieldValueRequired".into(),
-                }],
-            ));
-        }
+        _ => String::new(),
     };
-    if let Some(c) = meta::validate_name(&t.def, &name) {
-        return Err(ApiError::invalid(&t.def.group, &t.def.kind, &name, vec![c]));
+    // Metadata errors: one answer with the schema's for a custom resource (as its strategy
+    // validates both together), at once for other kinds.
+    let mut meta_causes = Vec::new();
+    if name.is_empty() {
+        meta_causes.push(Cause {
+            field: "metadata.name".into(),
+            message: "Required value: name or generateName is required".into(),
+            reason: "FieldValueRequired".into(),
+        });
+    } else if let Some(c) = meta::validate_name(&t.def, &name) {
+        meta_causes.push(c);
+    }
+    meta_causes.extend(meta::validate_labels_and_annotations(&obj));
+    if !meta_causes.is_empty() && !t.def.is_custom() {
+        return Err(ApiError::invalid(
+            &t.def.group,
+            &t.def.kind,
+            &name,
+            meta_causes,
+        ));
     }
     let ns = obj["metadata"]["namespace"]
         .as_str()
@@ -262,7 +326,7 @@ pub fn commit_create(
             _ => {}
         }
     }
-    process_custom(t, &mut obj, None, ctx)?;
+    process_custom(t, &mut obj, None, ctx, meta_causes)?;
     if crd::is_crd(&t.def) {
         crd::prepare(&mut obj)?;
     }
