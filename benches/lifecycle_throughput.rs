@@ -260,9 +260,7 @@ async fn round(fault: Fault, calls: &ApiCalls) -> Round {
             running_events += events;
             running_seconds += since.elapsed().as_secs_f64();
         }
-        if status.phase.is_terminal()
-            && terminal.insert(key)
-        {
+        if status.phase.is_terminal() && terminal.insert(key) {
             finished.push(started.elapsed().as_secs_f64());
             let reason = status.reason.clone().unwrap_or_default();
             *reasons.entry(reason).or_default() += 1;

@@ -11,7 +11,8 @@ use common::{
 };
 use faultline::{
     api::{
-        ChaosExperiment, EXPERIMENT_FINALIZER, Phase, ProbePhase, TargetState, Verdict, all_crds,
+        ChaosExperiment, ConditionStatus, EXPERIMENT_FINALIZER, Phase, ProbePhase, TargetState,
+        Verdict, all_crds,
     },
     lifecycle::HypothesisView,
 };
@@ -253,6 +254,7 @@ async fn selections_outside_the_safety_rules_are_refused_before_anything_happens
         .unwrap();
     let mut dry = latency_spec("30s");
     dry["dryRun"] = json!(true);
+    common::cluster::node_with_agent(&h.client, "node-1").await;
     h.create("shop", "protected", dry).await;
     let done = h.wait_phase("shop", "protected", Phase::Succeeded).await;
     let names: Vec<String> = done
@@ -270,6 +272,8 @@ async fn selections_outside_the_safety_rules_are_refused_before_anything_happens
 async fn a_dry_run_lists_the_targets_and_injects_nothing() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;
+    // A dry run of a network fault checks that an agent has reported on the target's node.
+    common::cluster::node_with_agent(&h.client, "node-1").await;
     let mut spec = latency_spec("30s");
     spec["dryRun"] = json!(true);
     h.create("shop", "dry", spec).await;
@@ -339,9 +343,16 @@ async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiment
         .await
         .unwrap();
     let aborted = h.wait_phase("shop", "annotated", Phase::Aborted).await;
+    let status = aborted.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("AbortRequested"));
+    // The reason given is in status, through to the verdict's message.
     assert_eq!(
-        aborted.status.unwrap().reason.as_deref(),
-        Some("AbortRequested")
+        status.abort_reason.as_deref(),
+        Some("aborted on request: game over")
+    );
+    assert_eq!(
+        status.message.as_deref(),
+        Some("aborted on request: game over; every fault is confirmed reverted")
     );
 
     h.create("shop", "paused", latency_spec("10m")).await;
@@ -360,10 +371,90 @@ async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiment
     assert!(status.abort_latency.is_some());
     assert_eq!(h.injection_count("shop").await, 0);
 
-    // While paused, a new experiment injects nothing.
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_pause_holds_a_new_experiment_in_pending_until_resume() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.namespace("faultline-system", false).await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(h.client.clone(), "faultline-system");
+    let switch = |paused: bool| {
+        let maps = maps.clone();
+        async move {
+            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "faultline-pause"}, "data": {"paused": paused.to_string()}});
+            maps.patch(
+                "faultline-pause",
+                &PatchParams::apply("faultline-tests").force(),
+                &Patch::Apply(&map),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    switch(true).await;
     h.create("shop", "while-paused", latency_spec("10m")).await;
-    let ended = h.wait_phase("shop", "while-paused", Phase::Aborted).await;
-    assert!(ended.status.unwrap().injected_at.is_none());
+    let api = h.experiments("shop");
+    let held = common::wait_for("the hold", Duration::from_secs(15), || async {
+        let e = api.get("while-paused").await.ok()?;
+        let status = e.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Paused" && c.status == ConditionStatus::True)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(held.phase, Phase::Pending);
+    assert_eq!(held.reason.as_deref(), Some("ChaosPaused"));
+    let condition = held
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused")
+        .unwrap();
+    assert!(
+        condition.message.contains("starts on `faultline resume`"),
+        "{}",
+        condition.message
+    );
+    assert!(held.targets.is_empty() && held.verdict.is_none());
+    // It stays held: nothing is selected, nothing injected, no verdict.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = api.get("while-paused").await.unwrap().status.unwrap();
+    assert_eq!((still.phase, still.verdict), (Phase::Pending, None));
+    assert_eq!(h.injection_count("shop").await, 0);
+
+    // Resumed, it starts: targets chosen then, faults in.
+    switch(false).await;
+    let running = h.wait_phase("shop", "while-paused", Phase::Running).await;
+    let status = running.status.unwrap();
+    assert_eq!(status.target_count, 2);
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused")
+        .unwrap();
+    assert_eq!(
+        (condition.status, condition.reason.as_str()),
+        (ConditionStatus::False, "ChaosResumed")
+    );
+    let reasons: Vec<&str> = status.timeline.iter().map(|e| e.reason.as_str()).collect();
+    let held_at = reasons.iter().position(|r| *r == "ExperimentHeld").unwrap();
+    let resumed_at = reasons
+        .iter()
+        .position(|r| *r == "ExperimentResumed")
+        .unwrap();
+    let selected_at = reasons
+        .iter()
+        .position(|r| *r == "TargetsSelected")
+        .unwrap();
+    assert!(
+        held_at < resumed_at && resumed_at < selected_at,
+        "{reasons:?}"
+    );
     h.stop().await;
 }
 

@@ -488,6 +488,98 @@ async fn ctrl_c_aborts_the_experiment_waits_for_the_revert_and_exits_2() {
     bed.h.stop().await;
 }
 
+// `faultline run --wait` streams: each probe check is printed within about two seconds of the
+// check, stamped with the check's own time (not all at the end with one timestamp).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_prints_each_probe_check_within_two_seconds_stamped_with_its_time() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest(
+        "stream.yaml",
+        &format!(
+            r#"apiVersion: faultline.dev/v1alpha1
+kind: ChaosExperiment
+metadata:
+  name: stream
+spec:
+  duration: 10s
+  target:
+    labelSelector:
+      matchLabels:
+        app: web
+    mode: One
+  faults:
+    - podKill:
+        method: delete
+        gracePeriodSeconds: 0
+  steadyState:
+    recoveryTimeout: 10s
+    probes:
+      - name: web-healthy
+        http:
+          url: {}
+        interval: 1s
+        timeout: 900ms
+"#,
+            service.url
+        ),
+    );
+    let mut child = bed
+        .command(&["run", "-f", &manifest, "-n", "shop", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // (arrived, stamped) of each probe line printed while the faults were in.
+    let mut during = Vec::new();
+    let mut running = false;
+    let mut stdout = String::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let arrived = chrono::Utc::now();
+            stdout.push_str(&line);
+            stdout.push('\n');
+            if line.contains("phase Injecting -> Running") {
+                running = true;
+            } else if line.contains("phase Running -> Recovering") {
+                running = false;
+            } else if running && line.contains("shop/stream probe web-healthy pass") {
+                let stamp = line.split(' ').next().unwrap();
+                let stamped = chrono::DateTime::parse_from_rfc3339(stamp)
+                    .unwrap_or_else(|e| panic!("{e}: {line}"))
+                    .with_timezone(&chrono::Utc);
+                assert_eq!(stamp.len(), "2026-01-01T00:00:00.000Z".len(), "{line}");
+                during.push((arrived, stamped));
+            }
+        }
+    };
+    let (status, ()) = tokio::time::timeout(Duration::from_secs(90), async {
+        tokio::join!(child.wait(), read)
+    })
+    .await
+    .expect("the run ends");
+    assert_eq!(status.unwrap().code(), Some(0), "{stdout}");
+    let delays: Vec<f64> = during
+        .iter()
+        .map(|(arrived, stamped)| (*arrived - *stamped).num_milliseconds() as f64 / 1000.0)
+        .collect();
+    eprintln!("probe lines while Running, seconds from check to print: {delays:?}");
+    assert!(during.len() >= 7, "{stdout}");
+    assert!(
+        delays.iter().all(|d| *d <= 2.0 && *d >= -0.05),
+        "every check printed within 2 s of it: {delays:?}\n{stdout}"
+    );
+    // One stamp per check, a second apart: the checks' own times.
+    assert!(
+        during.windows(2).all(|w| {
+            let gap = (w[1].1 - w[0].1).num_milliseconds();
+            (700..=1800).contains(&gap)
+        }),
+        "{during:?}"
+    );
+    bed.h.stop().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_cluster_exits_3_and_says_what_to_check() {
     let dir = tempfile::tempdir().unwrap();

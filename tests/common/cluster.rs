@@ -245,6 +245,23 @@ pub async fn cordoned_node(client: &Client, name: &str) {
         .unwrap();
 }
 
+/// Node `name` as [`cordoned_node`] makes it, with a faultline agent's report on it: the
+/// `faultline.dev/capabilities` annotation an agent writes when it starts.
+pub async fn node_with_agent(client: &Client, name: &str) {
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {
+            faultline::api::NODE_CAPABILITIES_ANNOTATION: "netem,tbf,nftables"}},
+        "spec": {"unschedulable": true}});
+    Api::<Node>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("faultline-tests").force(),
+            &Patch::Apply(&node),
+        )
+        .await
+        .unwrap();
+}
+
 /// Namespace `name` with faultline's opt-in label or without it, whatever it had before (server-
 /// side apply by the tests' own field manager).
 pub async fn apply_namespace(client: &Client, name: &str, opted_in: bool) {
