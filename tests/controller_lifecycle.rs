@@ -374,6 +374,49 @@ async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiment
     h.stop().await;
 }
 
+// Another selector and 900 ms instead of 100 ms, while the 100 ms fault is in on the old pods:
+// the API server refuses the edit (the experiment's CEL transition rule), so status never
+// claims what is not happening. Metadata (the abort annotation) still changes.
+#[tokio::test]
+async fn the_api_server_refuses_an_edit_of_a_started_experiments_spec() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "fixed", latency_spec("10m")).await;
+    h.wait_phase("shop", "fixed", Phase::Running).await;
+    let api = h.experiments("shop");
+    let edit = json!({"spec": {
+        "target": {"labelSelector": {"matchLabels": {"app": "other"}}},
+        "faults": [{"networkLatency": {"latency": "900ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
+    }});
+    let refused = common::api_err(
+        api.patch("fixed", &PatchParams::default(), &Patch::Merge(&edit))
+            .await,
+    );
+    assert_eq!(refused.code, 422, "{refused:?}");
+    assert!(
+        refused
+            .message
+            .contains("spec cannot change once the experiment has started"),
+        "{}",
+        refused.message
+    );
+    let unchanged = api.get("fixed").await.unwrap();
+    assert_eq!(unchanged.spec.faults[0].network_latency.as_ref().unwrap().latency.as_str(), "100ms");
+    let annotate = json!({"metadata": {"annotations": {"faultline.dev/abort": "edit refused"}}});
+    api.patch("fixed", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .unwrap();
+    let aborted = h.wait_phase("shop", "fixed", Phase::Aborted).await;
+    // Finished, it stays as it ran: the record of what was done.
+    let refused = common::api_err(
+        api.patch("fixed", &PatchParams::default(), &Patch::Merge(&edit))
+            .await,
+    );
+    assert_eq!(refused.code, 422);
+    assert_eq!(aborted.spec, api.get("fixed").await.unwrap().spec);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_pause_holds_a_new_experiment_in_pending_until_resume() {
     let h = Harness::start().await;
