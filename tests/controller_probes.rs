@@ -271,6 +271,73 @@ async fn probe_results_reach_status_while_the_faults_are_in_about_once_a_second(
     h.stop().await;
 }
 
+// Two pods, both evictions refused by the budget: two Events, each naming its pod (as the
+// Event's related object and in its note) and the budget's reason. One Event per fact: the
+// second pod's refusal is not folded into the first's series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refused_eviction_is_its_own_event_naming_its_pod() {
+    let h = Harness::start_with_real_probes().await;
+    let workloads = h.web_deployment(2, Duration::from_millis(100)).await;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(h.client.clone(), "shop");
+    let budget: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "web-pdb"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}
+    }))
+    .unwrap();
+    budgets
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
+    h.create(
+        "shop",
+        "both",
+        json!({
+            "duration": "1s",
+            "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "All"},
+            "faults": [{"podKill": {"method": "evict"}}],
+        }),
+    )
+    .await;
+    let done = h.wait_phase("shop", "both", Phase::Failed).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Inconclusive));
+    let pods: Vec<String> = status.targets.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(pods.len(), 2);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(h.client.clone(), "shop");
+    let skips = common::wait_for("both skip Events", Duration::from_secs(10), || async {
+        let skips: Vec<_> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("PodKillSkipped"))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("both"))
+            .collect();
+        (skips.len() == 2).then_some(skips)
+    })
+    .await;
+    for pod in &pods {
+        let event = skips
+            .iter()
+            .find(|e| e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(pod.as_str()))
+            .unwrap_or_else(|| panic!("no Event related to pod {pod}: {skips:?}"));
+        let note = event.note.clone().unwrap_or_default();
+        assert!(
+            note.starts_with(&format!("pod shop/{pod} not killed: eviction refused:"))
+                && note.contains("web-pdb"),
+            "{note}"
+        );
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert!(event.series.is_none(), "{event:?}");
+        let related = event.related.as_ref().unwrap();
+        assert_eq!(related.kind.as_deref(), Some("Pod"));
+    }
+    workloads.shutdown().await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_service_before_injection_means_nothing_is_injected() {
     let h = Harness::start_with_real_probes().await;
