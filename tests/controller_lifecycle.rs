@@ -67,10 +67,23 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
         assert!(injection.spec.expires_at > status.injected_at.unwrap());
         let owner = &injection.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(owner.uid, running.metadata.uid.clone().unwrap());
+        // Each record is in from the time its agent reported, in the agent's words.
+        let record = status
+            .targets
+            .iter()
+            .find(|t| t.injection.as_deref() == Some(injection.name_any().as_str()))
+            .unwrap();
+        let applied = injection.status.as_ref().unwrap().applied_at;
+        assert!(
+            applied.is_some() && record.injected_at == applied,
+            "{record:?}"
+        );
+        assert_eq!(record.message.as_deref(), Some("stand-in"));
     }
+    assert_eq!(status.faults_injected, 2);
 
     let done = h.wait_phase("shop", "latency", Phase::Succeeded).await;
-    let status = done.status.unwrap();
+    let status = done.status.clone().unwrap();
     assert_eq!(status.verdict, Some(Verdict::Passed));
     assert!(
         status
@@ -86,6 +99,17 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
             .any(|c| c.type_ == "Complete" && c.reason == "Passed")
     );
     assert_eq!(h.injection_count("shop").await, 0);
+    // The report's Targets table shows when each fault went in.
+    let html = faultline::report::html::render(&done, chrono::Utc::now());
+    let targets = html.split("<table class=\"targets\">").nth(1).unwrap();
+    let targets = targets.split("</table>").next().unwrap();
+    for record in &status.targets {
+        let injected = record.injected_at.unwrap().format("%H:%M:%S%.3f");
+        assert!(
+            targets.contains(&format!("<td>{injected}</td>")),
+            "{targets}"
+        );
+    }
     // The verdict is written before the finalizer is released.
     let api = h.experiments("shop");
     wait_for(
@@ -154,7 +178,12 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
     shop_with_web_pods(&h, 3).await;
     h.create("shop", "abortme", latency_spec("10m")).await;
     let running = h.wait_phase("shop", "abortme", Phase::Running).await;
-    assert_eq!(h.injection_count("shop").await, 3);
+    assert_eq!(
+        h.injection_count("shop").await,
+        3,
+        "{:?}",
+        running.status.as_ref().map(|s| &s.timeline)
+    );
 
     h.probes.set(
         ProbePhase::During,
@@ -401,7 +430,15 @@ async fn the_api_server_refuses_an_edit_of_a_started_experiments_spec() {
         refused.message
     );
     let unchanged = api.get("fixed").await.unwrap();
-    assert_eq!(unchanged.spec.faults[0].network_latency.as_ref().unwrap().latency.as_str(), "100ms");
+    assert_eq!(
+        unchanged.spec.faults[0]
+            .network_latency
+            .as_ref()
+            .unwrap()
+            .latency
+            .as_str(),
+        "100ms"
+    );
     let annotate = json!({"metadata": {"annotations": {"faultline.dev/abort": "edit refused"}}});
     api.patch("fixed", &PatchParams::default(), &Patch::Merge(&annotate))
         .await
@@ -645,6 +682,48 @@ async fn a_fault_the_node_cannot_do_fails_preflight_and_names_the_node() {
     .await;
     let done = h.wait_phase("shop", "cut", Phase::Succeeded).await;
     assert_eq!(done.status.unwrap().verdict, Some(Verdict::Passed));
+    h.stop().await;
+}
+
+// A network fault on a pod that runs on no node: no agent could apply it (the FaultInjection
+// would be refused: it needs a node). Preflight says so, naming the pod, and nothing is made.
+#[tokio::test]
+async fn a_network_fault_on_a_pod_with_no_node_fails_preflight_with_the_real_cause() {
+    let h = Harness::start().await;
+    h.namespace("shop", true).await;
+    // Unschedulable on any cluster: it waits for a node that does not exist.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "lonely", "labels": {"app": "lonely"}},
+        "spec": {"nodeSelector": {"faultline.dev/no-such-node": "true"},
+                 "containers": [{"name": "app", "image": "demo"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(h.client.clone(), "shop")
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    h.create(
+        "shop",
+        "nowhere",
+        json!({
+            "duration": "30s",
+            "target": {"labelSelector": {"matchLabels": {"app": "lonely"}},
+                       "includeNotReady": true, "fieldSelectors": {"status.phase": "Pending"}},
+            "faults": [{"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
+        }),
+    )
+    .await;
+    let failed = h.wait_phase("shop", "nowhere", Phase::Failed).await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("PreflightFailed"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some(
+            "preflight failed, nothing was injected: pod shop/lonely runs on no node (it is not scheduled), so no faultline agent can apply networkLatency to it"
+        )
+    );
+    assert!(status.injected_at.is_none());
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 

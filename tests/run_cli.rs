@@ -397,6 +397,163 @@ async fn a_dry_run_prints_the_targets_and_exits_0_without_injecting() {
     bed.h.stop().await;
 }
 
+/// A network latency fault on one web pod, 30 s, no hypothesis.
+fn latency(name: &str, dry_run: bool) -> String {
+    format!(
+        r#"apiVersion: faultline.dev/v1alpha1
+kind: ChaosExperiment
+metadata:
+  name: {name}
+spec:
+  duration: 30s
+  dryRun: {dry_run}
+  target:
+    labelSelector:
+      matchLabels:
+        app: web
+    mode: One
+  faults:
+    - networkLatency:
+        latency: 100ms
+        to:
+          cidrs: [10.0.0.0/8]
+"#
+    )
+}
+
+// A dry run of a fault that could not be applied (no agent has reported on the target's node)
+// says why and exits 5, the code for "could not run"; once an agent has reported, it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_that_could_not_run_exits_5_and_says_why() {
+    let bed = Bed::start().await;
+    let manifest = bed.manifest("dry.yaml", &latency("rehearse-latency", true));
+    let out = bed
+        .faultline(&["run", "-f", &manifest, "-n", "shop", "--dry-run"])
+        .await;
+    let (stdout, _) = assert_exit(&out, 5);
+    assert!(
+        stdout.contains("shop/rehearse-latency: Failed (PreflightFailed) preflight failed, nothing was injected: no faultline agent has reported on node node-1"),
+        "{stdout}"
+    );
+    assert_eq!(bed.h.injection_count("shop").await, 0);
+
+    common::cluster::node_with_agent(&bed.h.client, "node-1").await;
+    let out = bed
+        .faultline(&["run", "-f", &manifest, "-n", "shop", "--dry-run"])
+        .await;
+    let (stdout, _) = assert_exit(&out, 0);
+    assert!(stdout.contains(": DryRun (DryRun)"), "{stdout}");
+    assert!(
+        stdout.contains("would inject: networkLatency on pod shop/web-"),
+        "{stdout}"
+    );
+    bed.h.stop().await;
+}
+
+// Every eviction refused by the budget: nothing went in, so the run is Inconclusive (exit 4),
+// not Passed, and JUnit marks the experiment skipped with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_injected_exits_4_inconclusive_and_junit_says_skipped() {
+    let bed = Bed::start().await;
+    let budgets: kube::Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        kube::Api::namespaced(bed.h.client.clone(), "shop");
+    let budget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-pdb"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}
+    }))
+    .unwrap();
+    budgets.create(&Default::default(), &budget).await.unwrap();
+    // The budget's status must say it allows no disruption before the kill is tried.
+    common::wait_for("the budget's status", Duration::from_secs(15), || async {
+        let b = budgets.get("web-pdb").await.ok()?;
+        (b.status?.current_healthy == 2).then_some(())
+    })
+    .await;
+    let manifest = bed.manifest(
+        "refused.yaml",
+        "apiVersion: faultline.dev/v1alpha1\nkind: ChaosExperiment\nmetadata:\n  name: refused\nspec:\n  duration: 1s\n  target:\n    labelSelector:\n      matchLabels:\n        app: web\n  faults:\n    - podKill:\n        method: evict\n",
+    );
+    let junit_path = bed.path("refused.xml");
+    let out = bed
+        .faultline(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--junit",
+            junit_path.to_str().unwrap(),
+        ])
+        .await;
+    let (stdout, _) = assert_exit(&out, 4);
+    assert!(
+        stdout.contains("shop/refused finished: Inconclusive (NothingInjected): no fault was injected, so the hypothesis was not tested: every target was skipped: pod shop/web-"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("web-pdb"), "{stdout}");
+    let xml = junit(&junit_path);
+    assert!(
+        xml.contains("<skipped message=\"Inconclusive (NothingInjected): no fault was injected"),
+        "{xml}"
+    );
+    assert!(!xml.contains("<failure"), "{xml}");
+    bed.h.stop().await;
+}
+
+// `faultline abort NAME --reason`: the reason is in status and in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_reason_is_in_status_and_the_report() {
+    let bed = Bed::start().await;
+    let manifest = bed.manifest("long.yaml", &latency("by-hand", false));
+    let out = bed.faultline(&["run", "-f", &manifest, "-n", "shop"]).await;
+    assert_exit(&out, 0);
+    bed.h.wait_phase("shop", "by-hand", Phase::Running).await;
+    let out = bed
+        .faultline(&[
+            "abort",
+            "by-hand",
+            "-n",
+            "shop",
+            "--reason",
+            "db migration window",
+        ])
+        .await;
+    assert_exit(&out, 0);
+    let aborted = bed.h.wait_phase("shop", "by-hand", Phase::Aborted).await;
+    let status = aborted.status.unwrap();
+    assert_eq!(
+        status.abort_reason.as_deref(),
+        Some("aborted on request: db migration window")
+    );
+    let page = bed.path("by-hand.html");
+    let out = bed
+        .faultline(&[
+            "report",
+            "by-hand",
+            "-n",
+            "shop",
+            "--output",
+            page.to_str().unwrap(),
+        ])
+        .await;
+    assert_exit(&out, 0);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("<dt>Abort reason</dt><dd>aborted on request: db migration window</dd>"),
+        "{html}"
+    );
+    let out = bed
+        .faultline(&["report", "by-hand", "-n", "shop", "-o", "json"])
+        .await;
+    let (json, _) = assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["summary"]["abortReason"],
+        "aborted on request: db migration window"
+    );
+    bed.h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_exits_3_and_says_how_to_abort() {
     let bed = Bed::start().await;

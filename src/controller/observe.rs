@@ -74,7 +74,8 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         None
     };
 
-    let injection = injection_progress(&status, &injections, ctx, now);
+    let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
+    let injection = injection_progress(&status, &injections, timeout, now);
     // Everything is reverted once no FaultInjection of the experiment is left; pod kills need
     // no revert (the pods' own controllers replace them).
     let revert = if injections.is_empty() {
@@ -207,11 +208,12 @@ async fn list_injections(
 }
 
 /// Whether every network fault is applied: each record that carries one needs its
-/// FaultInjection reported Applied.
+/// FaultInjection reported Applied. A record whose FaultInjection the API server refused, an
+/// agent's failure, or `timeout` without a report fails it, with the real cause.
 fn injection_progress(
     status: &ChaosExperimentStatus,
     injections: &[Arc<FaultInjection>],
-    ctx: &Context,
+    timeout: chrono::Duration,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ProgressView {
     let mut pending = Vec::new();
@@ -255,7 +257,6 @@ fn injection_progress(
         return ProgressView::Done;
     };
     let started = status.injected_at.unwrap_or(now);
-    let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
     if now - started > timeout {
         let message = match &first.message {
             // The controller could not even create it: that is the cause, not the agent.
@@ -355,4 +356,83 @@ pub fn due_kills(
         .filter(|(_, at)| *at <= now)
         .map(|(index, _)| index)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::api::TargetRecord;
+
+    fn record(state: TargetState, message: Option<&str>) -> TargetRecord {
+        TargetRecord {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            node_name: Some("node-1".into()),
+            fault: "networkLatency".into(),
+            state,
+            injection: Some("lat-0-abc".into()),
+            message: message.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_fault_injection_fails_the_injection_with_the_servers_words() {
+        let t0 = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let status = ChaosExperimentStatus {
+            injected_at: Some(t0),
+            targets: vec![record(
+                TargetState::Failed,
+                Some(
+                    "the API server refused FaultInjection lat-0-abc (422 Invalid): spec.nodeName: Invalid value: \"\": should be at least 1 chars long",
+                ),
+            )],
+            ..Default::default()
+        };
+        let progress = injection_progress(&status, &[], chrono::Duration::seconds(30), t0);
+        assert_eq!(
+            progress,
+            ProgressView::Failed {
+                message: "networkLatency could not be injected into pod shop/web-0: the API server refused FaultInjection lat-0-abc (422 Invalid): spec.nodeName: Invalid value: \"\": should be at least 1 chars long".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_timeout_names_a_create_that_kept_failing_rather_than_blaming_the_agent() {
+        let t0 = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let late = t0 + chrono::Duration::seconds(31);
+        let mut status = ChaosExperimentStatus {
+            injected_at: Some(t0),
+            targets: vec![record(
+                TargetState::Injecting,
+                Some("creating FaultInjection lat-0-abc failed: connection refused"),
+            )],
+            ..Default::default()
+        };
+        let timeout = chrono::Duration::seconds(30);
+        assert_eq!(
+            injection_progress(&status, &[], timeout, t0),
+            ProgressView::InProgress
+        );
+        assert_eq!(
+            injection_progress(&status, &[], timeout, late),
+            ProgressView::Failed {
+                message: "networkLatency was not injected into pod shop/web-0 within 30s: creating FaultInjection lat-0-abc failed: connection refused".into()
+            }
+        );
+        status.targets[0].message = None;
+        let ProgressView::Failed { message } = injection_progress(&status, &[], timeout, late)
+        else {
+            panic!("failed")
+        };
+        assert!(
+            message.starts_with(
+                "no agent reported networkLatency applied to pod web-0 on node node-1"
+            ),
+            "{message}"
+        );
+    }
 }

@@ -119,6 +119,7 @@ pub async fn stand_in_agent(client: Client, stop: impl std::future::Future) {
                 let status = FaultInjectionStatus {
                     phase: InjectionPhase::Applied,
                     mechanism: Some("stand-in".into()),
+                    applied_at: Some(chrono::Utc::now()),
                     ..Default::default()
                 };
                 let patch = json!({"status": status});

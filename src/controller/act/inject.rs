@@ -46,6 +46,7 @@ pub(super) async fn inject_all(
     status::write(ctx, experiment, status).await?;
 
     let mut facts = Vec::new();
+    let mut failure = None;
     for i in 0..status.targets.len() {
         if status.targets[i].state != TargetState::Injecting {
             continue;
@@ -82,15 +83,34 @@ pub(super) async fn inject_all(
                 }
                 facts.push(fact);
             }
-            _ => {
-                if let Some(fact) = create_injection(ctx, experiment, status, i, now).await? {
-                    facts.push(fact);
+            _ => match create_injection(ctx, experiment, status, i, now).await {
+                Ok(fact) => facts.extend(fact),
+                // Go on with the others; this one is created again (`create_missing`).
+                Err(error) => {
+                    failure.get_or_insert(error);
                 }
-            }
+            },
         }
     }
     status::note_all(ctx, experiment, status, facts).await;
-    Ok(())
+    written_then(ctx, experiment, status, failure).await
+}
+
+/// Writes status (which records why a create failed) when a create failed, then returns that
+/// failure to be retried.
+async fn written_then(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &ChaosExperimentStatus,
+    failure: Option<Error>,
+) -> Result<()> {
+    match failure {
+        Some(error) => {
+            status::write(ctx, experiment, status).await?;
+            Err(error)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Creates, once the injection has been under way for a moment, the FaultInjections of
@@ -110,6 +130,7 @@ pub(super) async fn create_missing(
         return Ok(());
     }
     let mut facts = Vec::new();
+    let mut failure = None;
     for i in 0..status.targets.len() {
         let record = &status.targets[i];
         let missing = record.state == TargetState::Injecting
@@ -117,12 +138,18 @@ pub(super) async fn create_missing(
                 .injection
                 .as_deref()
                 .is_some_and(|name| !cached.iter().any(|c| c.name_any() == name));
-        if missing && let Some(fact) = create_injection(ctx, experiment, status, i, now).await? {
-            facts.push(fact);
+        if !missing {
+            continue;
+        }
+        match create_injection(ctx, experiment, status, i, now).await {
+            Ok(fact) => facts.extend(fact),
+            Err(error) => {
+                failure.get_or_insert(error);
+            }
         }
     }
     status::note_all(ctx, experiment, status, facts).await;
-    Ok(())
+    written_then(ctx, experiment, status, failure).await
 }
 
 /// Creates the FaultInjection of `status.targets[index]`. A refusal by the API server (a 4xx
@@ -165,14 +192,20 @@ async fn create_injection(
     let target = format!("{}/{}", record.namespace, record.name);
     let node = record.node_name.clone().unwrap_or_else(|| "?".into());
     match injections::create(&api, experiment, record, fault, expires_at).await {
-        Ok(()) => Ok(Some(
-            Fact::normal(
-                "FaultInjectionCreated",
-                "Inject",
-                format!("{} for pod {target} on node {node}", record.fault),
-            )
-            .about(record),
-        )),
+        Ok(created) => {
+            let record = &mut status.targets[index];
+            // Whatever failed before is over.
+            record.message = None;
+            // It was there already (the watch had not shown it yet): nothing new to tell.
+            Ok(created.then(|| {
+                Fact::normal(
+                    "FaultInjectionCreated",
+                    "Inject",
+                    format!("{} for pod {target} on node {node}", record.fault),
+                )
+                .about(record)
+            }))
+        }
         Err(kube::Error::Api(answer)) if refused(answer.code) => {
             let record = &mut status.targets[index];
             let why = format!(

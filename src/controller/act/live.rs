@@ -28,11 +28,13 @@ fn clock(at: DateTime<Utc>) -> String {
 }
 
 /// Records whose FaultInjection the agent reports Applied become `Injected`, stamped with the
-/// agent's own time and words. Returns the facts to publish (none: the fault going in is
-/// the agent's business, and "every fault is in" is the transition's).
+/// agent's own time (`now` if it gave none) and words. So the report knows when each fault
+/// went in even if the experiment stops before every fault is in. Returns the facts to
+/// publish (none: "every fault is in" is the transition's).
 pub(super) fn follow_injections(
     status: &mut ChaosExperimentStatus,
     injections: &[Arc<FaultInjection>],
+    now: DateTime<Utc>,
 ) -> Vec<Fact> {
     let mut applied = 0;
     for record in status
@@ -53,7 +55,7 @@ pub(super) fn follow_injections(
         };
         record.state = TargetState::Injected;
         if record.injected_at.is_none() {
-            record.injected_at = report.applied_at;
+            record.injected_at = Some(report.applied_at.unwrap_or(now));
         }
         record.message = report.message.clone().or_else(|| report.mechanism.clone());
         applied += 1;
@@ -267,6 +269,46 @@ mod tests {
             generation: Some(1),
             now: t(now),
         }
+    }
+
+    #[test]
+    fn a_fault_the_agent_applied_is_in_from_the_agents_time_even_if_the_rest_never_comes() {
+        use crate::api::{FaultInjectionStatus, TargetRecord};
+        let record = |name: &str| TargetRecord {
+            name: name.into(),
+            state: TargetState::Injecting,
+            injection: Some(format!("fi-{name}")),
+            ..Default::default()
+        };
+        let mut status = ChaosExperimentStatus {
+            targets: vec![record("a"), record("b")],
+            ..Default::default()
+        };
+        let mut applied: FaultInjection = serde_json::from_value(serde_json::json!({
+            "apiVersion": "faultline.dev/v1alpha1", "kind": "FaultInjection",
+            "metadata": {"name": "fi-a", "namespace": "shop"},
+            "spec": {"experiment": {"name": "e"}, "target": {"namespace": "shop", "name": "a", "uid": "u"},
+                     "nodeName": "node-1", "fault": {"partition": "both", "peerCidrs": ["10.0.0.0/8"]},
+                     "expiresAt": "2030-01-01T00:00:00Z"},
+        }))
+        .unwrap();
+        applied.status = Some(FaultInjectionStatus {
+            phase: InjectionPhase::Applied,
+            applied_at: Some(t(-300)),
+            mechanism: Some("nftables".into()),
+            ..Default::default()
+        });
+        follow_injections(&mut status, &[Arc::new(applied)], t(0));
+        assert_eq!(status.targets[0].state, TargetState::Injected);
+        assert_eq!(status.targets[0].injected_at, Some(t(-300)));
+        assert_eq!(status.targets[0].message.as_deref(), Some("nftables"));
+        assert_eq!(status.targets[1].state, TargetState::Injecting);
+        assert_eq!(status.targets[1].injected_at, None);
+        assert_eq!(status.faults_injected, 1);
+        // Aborted now: the applied fault keeps its time into the report, reverted.
+        crate::controller::act::finish::mark_reverted(&mut status, t(500), None);
+        assert_eq!(status.targets[0].injected_at, Some(t(-300)));
+        assert_eq!(status.targets[0].reverted_at, Some(t(500)));
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub async fn perform(
     // What happened since the last reconcile: faults the agents applied, a resume, probe
     // results (written at once when the hypothesis changes or the decision ends a phase,
     // otherwise at most once per `probe_hub::PUBLISH_INTERVAL`).
-    let mut facts = live::follow_injections(&mut status, &injections);
+    let mut facts = live::follow_injections(&mut status, &injections, now);
     if !observed.paused && live::held(&status) {
         facts.push(resume(&mut status, generation, now));
     }
