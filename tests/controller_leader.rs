@@ -304,10 +304,8 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
         "no check inside the gap"
     );
     assert!(
-        status
-            .timeline
-            .iter()
-            .any(|e| e.reason == "ProbesResumed" && e.message.starts_with("no probe checked anything for")),
+        status.timeline.iter().any(|e| e.reason == "ProbesResumed"
+            && e.message.starts_with("no probe checked anything for")),
         "{:?}",
         status.timeline
     );

@@ -109,12 +109,12 @@ fn write_summary(out: &mut String, s: &ExperimentSummary) {
         (
             "Targets",
             format!(
-                "{} selected, {} injected, {} skipped, {} failed ({} faults went in)",
+                "{} selected, {} injected, {} skipped, {} failed{}",
                 s.target_count,
                 s.targets_injected,
                 s.targets_skipped,
                 s.targets_failed,
-                s.faults_injected
+                super::text::rounds_text(s)
             ),
         ),
         ("Started", when(s.started_at)),

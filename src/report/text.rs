@@ -87,6 +87,17 @@ pub fn gap_text(gap: &crate::api::ProbeGap, origin: Option<DateTime<Utc>>) -> St
     }
 }
 
+/// ` (12 faults went in over all rounds)` when a repeating pod kill put in more faults than
+/// the records of its last round show; empty otherwise.
+pub fn rounds_text(s: &super::ExperimentSummary) -> String {
+    let recorded = i32::try_from(s.targets_injected).unwrap_or(i32::MAX);
+    if s.faults_injected > recorded {
+        format!(" ({} faults went in over all rounds)", s.faults_injected)
+    } else {
+        String::new()
+    }
+}
+
 /// `-` for a missing value, so table cells are never empty.
 pub fn or_dash(value: Option<&str>) -> &str {
     match value {
