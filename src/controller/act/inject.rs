@@ -47,7 +47,7 @@ pub(super) async fn inject_all(
 
     let mut facts = Vec::new();
     let mut failure = None;
-    for i in 0..status.targets.len() {
+    for (i, resumed) in resuming.into_iter().enumerate() {
         if status.targets[i].state != TargetState::Injecting {
             continue;
         }
@@ -65,7 +65,7 @@ pub(super) async fn inject_all(
                 let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
                 // A record already Injecting when we got here was being killed when the
                 // controller stopped: kill only if that kill did not happen.
-                if resuming[i]
+                if resumed
                     && podkill::already_killed(&pods, record)
                         .await
                         .map_err(Error::Observe)?
