@@ -1,7 +1,13 @@
-//! Lifecycle throughput: 1,000 one-second experiments created at once, each on its own pod,
-//! measured until every one is terminal. Two rounds, each on a fresh API server and
-//! controller: a network fault (FaultInjections held by the stand-in agent) and a pod kill by
-//! delete. The pods are spread over opted-in namespaces of `PODS_PER_NAMESPACE` pods.
+//! Lifecycle throughput: 1,000 experiments created at once, each on its own pod, measured until
+//! every one is terminal. Three rounds, each on a fresh API server and controller: a one-second
+//! network fault (FaultInjections held by the stand-in agent), a one-second pod kill by delete,
+//! and a network fault of `FAULTLINE_BENCH_PROBED_DURATION` (10s) under an HTTP probe checked
+//! every second by the controller's real probe hub, whose results go into status as they come.
+//! The pods are spread over opted-in namespaces of `PODS_PER_NAMESPACE` pods.
+//!
+//! Status writes are counted as the controller's `PATCH chaosexperiments/status` requests; per
+//! minute of fault window, as the watch events of each experiment while it is Running (every
+//! status write is one event) over the time it was Running.
 
 mod common;
 
@@ -38,10 +44,27 @@ fn namespace_of(pod: usize) -> String {
     format!("team-{}", pod / PODS_PER_NAMESPACE)
 }
 
+/// How long the probed round's faults stay in: `FAULTLINE_BENCH_PROBED_DURATION`, default 10s.
+fn probed_duration() -> String {
+    std::env::var("FAULTLINE_BENCH_PROBED_DURATION").unwrap_or_else(|_| "10s".into())
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     NetworkLatency,
     PodKill,
+    /// A network fault under an HTTP probe every second (the real probe hub).
+    ProbedLatency,
+}
+
+impl Fault {
+    fn label(self) -> String {
+        match self {
+            Fault::NetworkLatency => "NetworkLatency 1s".into(),
+            Fault::PodKill => "PodKill 1s".into(),
+            Fault::ProbedLatency => format!("NetworkLatency {} + 1s probe", probed_duration()),
+        }
+    }
 }
 
 struct Round {
@@ -57,13 +80,30 @@ struct Round {
     mean_reconcile_ms: f64,
     writes: u64,
     calls: BTreeMap<String, Calls>,
+    /// Watch events of experiments while Running, and the seconds they were Running, summed.
+    running_events: u64,
+    running_seconds: f64,
+}
+
+impl Round {
+    /// The controller's status writes (`PATCH chaosexperiments/status` inside reconciles).
+    fn status_writes(&self) -> u64 {
+        self.calls
+            .get("PATCH chaosexperiments/status")
+            .map_or(0, |c| c.count)
+    }
+
+    /// Every API request the controller's reconciles made.
+    fn requests(&self) -> u64 {
+        self.calls.values().map(|c| c.count).sum()
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let calls = ApiCalls::install();
     let mut rounds = Vec::new();
-    for fault in [Fault::NetworkLatency, Fault::PodKill] {
+    for fault in [Fault::NetworkLatency, Fault::PodKill, Fault::ProbedLatency] {
         rounds.push(round(fault, &calls).await);
     }
 
@@ -73,7 +113,7 @@ async fn main() {
         .map(|r| {
             let p = percentiles(&r.finished);
             vec![
-                format!("{:?}", r.fault),
+                r.fault.label(),
                 format!("{:.1}", r.seconds),
                 format!("{:.1}", n / r.seconds),
                 format!("{:.1} / {:.1} / {:.1}", p.p50, p.p90, p.max),
@@ -81,6 +121,14 @@ async fn main() {
                 format!("{:.1}", r.reconciles as f64 / n),
                 format!("{:.1}", r.mean_reconcile_ms),
                 format!("{:.1}", r.writes as f64 / n),
+                format!("{:.1}", r.requests() as f64 / n),
+                format!("{:.1}", r.status_writes() as f64 / n),
+                format!("{:.0}", r.status_writes() as f64 / r.seconds),
+                if r.running_seconds > 0.0 {
+                    format!("{:.1}", r.running_events as f64 * 60.0 / r.running_seconds)
+                } else {
+                    "-".into()
+                },
                 r.reasons
                     .iter()
                     .map(|(reason, n)| format!("{reason} {n}"))
@@ -97,7 +145,7 @@ async fn main() {
         .collect::<Vec<_>>();
     print_table(
         &format!(
-            "lifecycle_throughput: {} experiments of 1s on 1 pod each, created at once ({})",
+            "lifecycle_throughput: {} experiments on 1 pod each, created at once ({})",
             experiments(),
             machine()
         ),
@@ -110,6 +158,10 @@ async fn main() {
             "reconciles/experiment",
             "mean reconcile (ms)",
             "API writes/experiment",
+            "controller API requests/experiment",
+            "status writes/experiment",
+            "status writes/s",
+            "status writes per experiment-minute Running",
             "status.reason of the terminal experiments",
             "faultline_experiments_finished_total",
             "faultline_reconcile_failures_total",
@@ -134,14 +186,18 @@ async fn main() {
     header.extend(
         rounds
             .iter()
-            .map(|r| format!("{:?}: per experiment (mean time)", r.fault)),
+            .map(|r| format!("{}: per experiment (mean time)", r.fault.label())),
     );
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     print_table("lifecycle_throughput: API calls", &header, &rows);
 }
 
 async fn round(fault: Fault, calls: &ApiCalls) -> Round {
-    let bed = Bed::start().await;
+    let bed = match fault {
+        Fault::ProbedLatency => Bed::start_with_probe_hub().await,
+        _ => Bed::start().await,
+    };
+    let probe_url = common::healthy_service().await;
     for n in 0..experiments().div_ceil(PODS_PER_NAMESPACE) {
         namespace(&bed.client, &namespace_of(n * PODS_PER_NAMESPACE), true).await;
     }
@@ -160,6 +216,9 @@ async fn round(fault: Fault, calls: &ApiCalls) -> Round {
             let spec = match fault {
                 Fault::NetworkLatency => common::latency_spec(&app, "1s"),
                 Fault::PodKill => common::pod_kill_spec(&app, "1s"),
+                Fault::ProbedLatency => {
+                    common::latency_with_probe_spec(&app, &probed_duration(), &probe_url, "1s")
+                }
             };
             (namespace_of(i), format!("exp-{i}"), spec)
         })
@@ -177,6 +236,9 @@ async fn round(fault: Fault, calls: &ApiCalls) -> Round {
     let mut terminal = HashSet::new();
     let mut finished = Vec::new();
     let mut reasons = BTreeMap::<String, usize>::new();
+    // Per experiment: when it was first seen Running, and how many events it had while Running.
+    let mut running: std::collections::HashMap<String, (Instant, u64)> = Default::default();
+    let (mut running_events, mut running_seconds) = (0u64, 0f64);
     while terminal.len() < experiments() {
         let Some(event) = events.next().await else {
             panic!("the experiment watch ended");
@@ -185,13 +247,20 @@ async fn round(fault: Fault, calls: &ApiCalls) -> Round {
         let Some(status) = experiment.status.as_ref() else {
             continue;
         };
-        if status.phase.is_terminal()
-            && terminal.insert(format!(
-                "{}/{}",
-                experiment.namespace().unwrap_or_default(),
-                experiment.name_any()
-            ))
-        {
+        let key = format!(
+            "{}/{}",
+            experiment.namespace().unwrap_or_default(),
+            experiment.name_any()
+        );
+        if status.phase == faultline::api::Phase::Running {
+            running.entry(key.clone()).or_insert((Instant::now(), 0)).1 += 1;
+        } else if let Some((since, events)) = running.remove(&key) {
+            // The first event past Running ends its window (the write that left it is not
+            // counted; the one that entered it is).
+            running_events += events;
+            running_seconds += since.elapsed().as_secs_f64();
+        }
+        if status.phase.is_terminal() && terminal.insert(key) {
             finished.push(started.elapsed().as_secs_f64());
             let reason = status.reason.clone().unwrap_or_default();
             *reasons.entry(reason).or_default() += 1;
@@ -234,6 +303,8 @@ async fn round(fault: Fault, calls: &ApiCalls) -> Round {
         mean_reconcile_ms: duration_sum * 1e3 / reconciles.max(1) as f64,
         writes,
         calls: calls.take(),
+        running_events,
+        running_seconds,
     };
     bed.stop().await;
     result

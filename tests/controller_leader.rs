@@ -170,9 +170,21 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     cluster.shutdown().await;
 }
 
-// The chart's lease (15 s, renewed 5 s early), a pod kill and a network fault in flight: the
-// leader dies by SIGKILL while the faults are in. The standby takes the lease, carries the
-// experiment to its verdict from what status records, kills no pod twice and reverts the fault.
+/// An HTTP service that always answers 200, for the probes of the controller processes.
+async fn healthy_service() -> String {
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+// The chart's lease (15 s, renewed 5 s early), a pod kill and a network fault in flight under a
+// 1 s HTTP probe: the leader dies by SIGKILL while the faults are in. The standby takes the
+// lease and carries the experiment to its verdict from what status records: it kills no pod
+// twice, reverts the fault, keeps the probe samples from before the failover, records the time
+// without checks as a gap (the report's timeline shows it) and judges the hypothesis on fresh
+// checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_a_fault() {
     let cluster = common::TestCluster::start().await;
@@ -206,14 +218,18 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
     ];
     let leader = wait_for("a leader", Duration::from_secs(20), || holder(&client)).await;
 
+    let url = healthy_service().await;
     let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), "shop");
     let spec: ChaosExperimentSpec = serde_json::from_value(json!({
-        "duration": "20s",
+        // Long enough for the standby to take over (about 15.5 s) with faults still in.
+        "duration": "30s",
         "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "Fixed", "value": 2},
         "faults": [
             {"podKill": {"method": "delete", "gracePeriodSeconds": 0}},
             {"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}
-        ]
+        ],
+        "steadyState": {"recoveryTimeout": "20s", "probes": [
+            {"name": "shop", "http": {"url": url}, "interval": "1s", "timeout": "900ms"}]}
     }))
     .unwrap();
     experiments
@@ -223,13 +239,22 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
         )
         .await
         .unwrap();
-    wait_for("the faults to be in", Duration::from_secs(30), || async {
-        let e = experiments.get("failover").await.ok()?;
-        (e.status?.phase == Phase::Running).then_some(())
-    })
+    // The faults are in and status shows the leader's checks during them.
+    let before = wait_for(
+        "the faults to be in and checked",
+        Duration::from_secs(40),
+        || async {
+            let status = experiments.get("failover").await.ok()?.status?;
+            let during = status.probes.first()?.samples.len();
+            (status.phase == Phase::Running && during >= 4 && status.faults_injected == 4)
+                .then_some(status)
+        },
+    )
     .await;
+    let samples_before = before.probes[0].samples.clone();
 
     replicas.retain(|(name, _)| *name != leader.as_str());
+    let killed_at = chrono::Utc::now();
     let killed = std::time::Instant::now();
     let standby = replicas[0].0;
     wait_for(
@@ -253,8 +278,42 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
         .then_some(e)
     })
     .await;
-    let status = done.status.unwrap();
+    let status = done.status.clone().unwrap();
     assert_eq!(status.phase, Phase::Succeeded, "{:?}", status.message);
+    assert_eq!(status.verdict, Some(faultline::api::Verdict::Passed));
+    // The samples from before the failover are still there, and fresh ones after it.
+    let samples = &status.probes[0].samples;
+    for sample in &samples_before {
+        assert!(samples.contains(sample), "lost {sample:?}");
+    }
+    let last_before = samples_before.last().unwrap().time;
+    let took_over = killed_at + chrono::Duration::from_std(takeover).unwrap();
+    assert!(
+        samples.iter().filter(|s| s.time >= took_over).count() >= 5,
+        "{samples:?}"
+    );
+    // The time without checks is a gap, from the last recorded check to the first fresh one.
+    assert_eq!(status.probe_gaps.len(), 1, "{:?}", status.probe_gaps);
+    let gap = &status.probe_gaps[0];
+    assert_eq!(gap.reason, "ControllerChanged");
+    assert!(gap.from >= last_before && gap.from <= killed_at, "{gap:?}");
+    let to = gap.to.expect("the gap is closed");
+    assert!(to >= took_over - chrono::Duration::seconds(1), "{gap:?}");
+    assert!(
+        samples.iter().all(|s| s.time <= gap.from || s.time >= to),
+        "no check inside the gap"
+    );
+    assert!(
+        status.timeline.iter().any(|e| e.reason == "ProbesResumed"
+            && e.message.starts_with("no probe checked anything for")),
+        "{:?}",
+        status.timeline
+    );
+    // The report's timeline shows it.
+    let html = faultline::report::html::render(&done, chrono::Utc::now());
+    assert!(html.contains("<g class=\"probe-gap\">"), "{html}");
+    assert!(html.contains("gap in the probe checks: "), "{html}");
+    assert!(html.contains("<dt>Gap in the probe checks</dt>"), "{html}");
     let kills = status
         .timeline
         .iter()

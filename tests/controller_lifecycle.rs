@@ -11,7 +11,8 @@ use common::{
 };
 use faultline::{
     api::{
-        ChaosExperiment, EXPERIMENT_FINALIZER, Phase, ProbePhase, TargetState, Verdict, all_crds,
+        ChaosExperiment, ConditionStatus, EXPERIMENT_FINALIZER, Phase, ProbePhase, TargetState,
+        Verdict, all_crds,
     },
     lifecycle::HypothesisView,
 };
@@ -66,10 +67,23 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
         assert!(injection.spec.expires_at > status.injected_at.unwrap());
         let owner = &injection.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(owner.uid, running.metadata.uid.clone().unwrap());
+        // Each record is in from the time its agent reported, in the agent's words.
+        let record = status
+            .targets
+            .iter()
+            .find(|t| t.injection.as_deref() == Some(injection.name_any().as_str()))
+            .unwrap();
+        let applied = injection.status.as_ref().unwrap().applied_at;
+        assert!(
+            applied.is_some() && record.injected_at == applied,
+            "{record:?}"
+        );
+        assert_eq!(record.message.as_deref(), Some("stand-in"));
     }
+    assert_eq!(status.faults_injected, 2);
 
     let done = h.wait_phase("shop", "latency", Phase::Succeeded).await;
-    let status = done.status.unwrap();
+    let status = done.status.clone().unwrap();
     assert_eq!(status.verdict, Some(Verdict::Passed));
     assert!(
         status
@@ -85,6 +99,17 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
             .any(|c| c.type_ == "Complete" && c.reason == "Passed")
     );
     assert_eq!(h.injection_count("shop").await, 0);
+    // The report's Targets table shows when each fault went in.
+    let html = faultline::report::html::render(&done, chrono::Utc::now());
+    let targets = html.split("<table class=\"targets\">").nth(1).unwrap();
+    let targets = targets.split("</table>").next().unwrap();
+    for record in &status.targets {
+        let injected = record.injected_at.unwrap().format("%H:%M:%S%.3f");
+        assert!(
+            targets.contains(&format!("<td>{injected}</td>")),
+            "{targets}"
+        );
+    }
     // The verdict is written before the finalizer is released.
     let api = h.experiments("shop");
     wait_for(
@@ -153,7 +178,12 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
     shop_with_web_pods(&h, 3).await;
     h.create("shop", "abortme", latency_spec("10m")).await;
     let running = h.wait_phase("shop", "abortme", Phase::Running).await;
-    assert_eq!(h.injection_count("shop").await, 3);
+    assert_eq!(
+        h.injection_count("shop").await,
+        3,
+        "{:?}",
+        running.status.as_ref().map(|s| &s.timeline)
+    );
 
     h.probes.set(
         ProbePhase::During,
@@ -253,6 +283,7 @@ async fn selections_outside_the_safety_rules_are_refused_before_anything_happens
         .unwrap();
     let mut dry = latency_spec("30s");
     dry["dryRun"] = json!(true);
+    common::cluster::node_with_agent(&h.client, "node-1").await;
     h.create("shop", "protected", dry).await;
     let done = h.wait_phase("shop", "protected", Phase::Succeeded).await;
     let names: Vec<String> = done
@@ -270,6 +301,8 @@ async fn selections_outside_the_safety_rules_are_refused_before_anything_happens
 async fn a_dry_run_lists_the_targets_and_injects_nothing() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;
+    // A dry run of a network fault checks that an agent has reported on the target's node.
+    common::cluster::node_with_agent(&h.client, "node-1").await;
     let mut spec = latency_spec("30s");
     spec["dryRun"] = json!(true);
     h.create("shop", "dry", spec).await;
@@ -339,9 +372,16 @@ async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiment
         .await
         .unwrap();
     let aborted = h.wait_phase("shop", "annotated", Phase::Aborted).await;
+    let status = aborted.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("AbortRequested"));
+    // The reason given is in status, through to the verdict's message.
     assert_eq!(
-        aborted.status.unwrap().reason.as_deref(),
-        Some("AbortRequested")
+        status.abort_reason.as_deref(),
+        Some("aborted on request: game over")
+    );
+    assert_eq!(
+        status.message.as_deref(),
+        Some("aborted on request: game over; every fault is confirmed reverted")
     );
 
     h.create("shop", "paused", latency_spec("10m")).await;
@@ -360,10 +400,141 @@ async fn the_abort_annotation_and_the_pause_switch_both_abort_running_experiment
     assert!(status.abort_latency.is_some());
     assert_eq!(h.injection_count("shop").await, 0);
 
-    // While paused, a new experiment injects nothing.
+    h.stop().await;
+}
+
+// Another selector and 900 ms instead of 100 ms, while the 100 ms fault is in on the old pods:
+// the API server refuses the edit (the experiment's CEL transition rule), so status never
+// claims what is not happening. Metadata (the abort annotation) still changes.
+#[tokio::test]
+async fn the_api_server_refuses_an_edit_of_a_started_experiments_spec() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "fixed", latency_spec("10m")).await;
+    h.wait_phase("shop", "fixed", Phase::Running).await;
+    let api = h.experiments("shop");
+    let edit = json!({"spec": {
+        "target": {"labelSelector": {"matchLabels": {"app": "other"}}},
+        "faults": [{"networkLatency": {"latency": "900ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
+    }});
+    let refused = common::api_err(
+        api.patch("fixed", &PatchParams::default(), &Patch::Merge(&edit))
+            .await,
+    );
+    assert_eq!(refused.code, 422, "{refused:?}");
+    assert!(
+        refused
+            .message
+            .contains("spec cannot change once the experiment has started"),
+        "{}",
+        refused.message
+    );
+    let unchanged = api.get("fixed").await.unwrap();
+    assert_eq!(
+        unchanged.spec.faults[0]
+            .network_latency
+            .as_ref()
+            .unwrap()
+            .latency
+            .as_str(),
+        "100ms"
+    );
+    let annotate = json!({"metadata": {"annotations": {"faultline.dev/abort": "edit refused"}}});
+    api.patch("fixed", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .unwrap();
+    let aborted = h.wait_phase("shop", "fixed", Phase::Aborted).await;
+    // Finished, it stays as it ran: the record of what was done.
+    let refused = common::api_err(
+        api.patch("fixed", &PatchParams::default(), &Patch::Merge(&edit))
+            .await,
+    );
+    assert_eq!(refused.code, 422);
+    assert_eq!(aborted.spec, api.get("fixed").await.unwrap().spec);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_pause_holds_a_new_experiment_in_pending_until_resume() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.namespace("faultline-system", false).await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(h.client.clone(), "faultline-system");
+    let switch = |paused: bool| {
+        let maps = maps.clone();
+        async move {
+            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "faultline-pause"}, "data": {"paused": paused.to_string()}});
+            maps.patch(
+                "faultline-pause",
+                &PatchParams::apply("faultline-tests").force(),
+                &Patch::Apply(&map),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    switch(true).await;
     h.create("shop", "while-paused", latency_spec("10m")).await;
-    let ended = h.wait_phase("shop", "while-paused", Phase::Aborted).await;
-    assert!(ended.status.unwrap().injected_at.is_none());
+    let api = h.experiments("shop");
+    let held = common::wait_for("the hold", Duration::from_secs(15), || async {
+        let e = api.get("while-paused").await.ok()?;
+        let status = e.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Paused" && c.status == ConditionStatus::True)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(held.phase, Phase::Pending);
+    assert_eq!(held.reason.as_deref(), Some("ChaosPaused"));
+    let condition = held
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused")
+        .unwrap();
+    assert!(
+        condition.message.contains("starts on `faultline resume`"),
+        "{}",
+        condition.message
+    );
+    assert!(held.targets.is_empty() && held.verdict.is_none());
+    // It stays held: nothing is selected, nothing injected, no verdict.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = api.get("while-paused").await.unwrap().status.unwrap();
+    assert_eq!((still.phase, still.verdict), (Phase::Pending, None));
+    assert_eq!(h.injection_count("shop").await, 0);
+
+    // Resumed, it starts: targets chosen then, faults in.
+    switch(false).await;
+    let running = h.wait_phase("shop", "while-paused", Phase::Running).await;
+    let status = running.status.unwrap();
+    assert_eq!(status.target_count, 2);
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused")
+        .unwrap();
+    assert_eq!(
+        (condition.status, condition.reason.as_str()),
+        (ConditionStatus::False, "ChaosResumed")
+    );
+    let reasons: Vec<&str> = status.timeline.iter().map(|e| e.reason.as_str()).collect();
+    let held_at = reasons.iter().position(|r| *r == "ExperimentHeld").unwrap();
+    let resumed_at = reasons
+        .iter()
+        .position(|r| *r == "ExperimentResumed")
+        .unwrap();
+    let selected_at = reasons
+        .iter()
+        .position(|r| *r == "TargetsSelected")
+        .unwrap();
+    assert!(
+        held_at < resumed_at && resumed_at < selected_at,
+        "{reasons:?}"
+    );
     h.stop().await;
 }
 
@@ -511,6 +682,48 @@ async fn a_fault_the_node_cannot_do_fails_preflight_and_names_the_node() {
     .await;
     let done = h.wait_phase("shop", "cut", Phase::Succeeded).await;
     assert_eq!(done.status.unwrap().verdict, Some(Verdict::Passed));
+    h.stop().await;
+}
+
+// A network fault on a pod that runs on no node: no agent could apply it (the FaultInjection
+// would be refused: it needs a node). Preflight says so, naming the pod, and nothing is made.
+#[tokio::test]
+async fn a_network_fault_on_a_pod_with_no_node_fails_preflight_with_the_real_cause() {
+    let h = Harness::start().await;
+    h.namespace("shop", true).await;
+    // Unschedulable on any cluster: it waits for a node that does not exist.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "lonely", "labels": {"app": "lonely"}},
+        "spec": {"nodeSelector": {"faultline.dev/no-such-node": "true"},
+                 "containers": [{"name": "app", "image": "demo"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(h.client.clone(), "shop")
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    h.create(
+        "shop",
+        "nowhere",
+        json!({
+            "duration": "30s",
+            "target": {"labelSelector": {"matchLabels": {"app": "lonely"}},
+                       "includeNotReady": true, "fieldSelectors": {"status.phase": "Pending"}},
+            "faults": [{"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
+        }),
+    )
+    .await;
+    let failed = h.wait_phase("shop", "nowhere", Phase::Failed).await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("PreflightFailed"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some(
+            "preflight failed, nothing was injected: pod shop/lonely runs on no node (it is not scheduled), so no faultline agent can apply networkLatency to it"
+        )
+    );
+    assert!(status.injected_at.is_none());
+    assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }
 

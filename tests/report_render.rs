@@ -439,6 +439,50 @@ fn html_of_an_aborted_run_has_the_svg_timeline_the_abort_and_the_tables() {
     }
 }
 
+// A failover left no checks from +2s to +4.5s: the timeline shows a labelled band over the
+// probe lanes (its tooltip says why), and the summary says when and why.
+#[test]
+fn html_shows_a_gap_in_the_probe_checks_on_the_timeline() {
+    let mut e = passed();
+    let status = e.status.as_mut().unwrap();
+    status.probe_gaps = vec![faultline::api::ProbeGap {
+        from: t(2000),
+        to: Some(t(4500)),
+        reason: "ControllerChanged".into(),
+    }];
+    status.probes[0]
+        .samples
+        .retain(|s| s.time <= t(2000) || s.time >= t(4500));
+    let page = html::render(&e, t(8000));
+    let start = page.find("<svg").unwrap();
+    let end = page.find("</svg>").unwrap() + "</svg>".len();
+    let svg = parse(&page[start..end]);
+    let gap = svg
+        .descendants()
+        .find(|n| n.attribute("class") == Some("probe-gap"))
+        .expect("a gap band");
+    let texts: Vec<&str> = gap
+        .descendants()
+        .filter(|n| n.is_text())
+        .filter_map(|n| n.text())
+        .collect();
+    assert_eq!(texts[0], "no checks 2.5s");
+    assert!(
+        texts[1].starts_with("gap in the probe checks: +2.0s to +4.5s (2.5s without checks): the controller that ran the probes stopped (failover or restart)"),
+        "{texts:?}"
+    );
+    assert!(
+        page.contains("no probe checks</text>"),
+        "the legend explains it"
+    );
+    assert!(page.contains(
+        "<dt>Gap in the probe checks</dt><dd>+2.0s to +4.5s (2.5s without checks): the controller that ran the probes stopped (failover or restart)</dd>"
+    ));
+    // Without a gap there is no band and no legend entry.
+    let plain = html::render(&passed(), t(8000));
+    assert!(!plain.contains("probe-gap") && !plain.contains("no probe checks"));
+}
+
 #[test]
 fn html_escapes_what_probes_report() {
     let mut e = aborted();

@@ -397,6 +397,163 @@ async fn a_dry_run_prints_the_targets_and_exits_0_without_injecting() {
     bed.h.stop().await;
 }
 
+/// A network latency fault on one web pod, 30 s, no hypothesis.
+fn latency(name: &str, dry_run: bool) -> String {
+    format!(
+        r#"apiVersion: faultline.dev/v1alpha1
+kind: ChaosExperiment
+metadata:
+  name: {name}
+spec:
+  duration: 30s
+  dryRun: {dry_run}
+  target:
+    labelSelector:
+      matchLabels:
+        app: web
+    mode: One
+  faults:
+    - networkLatency:
+        latency: 100ms
+        to:
+          cidrs: [10.0.0.0/8]
+"#
+    )
+}
+
+// A dry run of a fault that could not be applied (no agent has reported on the target's node)
+// says why and exits 5, the code for "could not run"; once an agent has reported, it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_that_could_not_run_exits_5_and_says_why() {
+    let bed = Bed::start().await;
+    let manifest = bed.manifest("dry.yaml", &latency("rehearse-latency", true));
+    let out = bed
+        .faultline(&["run", "-f", &manifest, "-n", "shop", "--dry-run"])
+        .await;
+    let (stdout, _) = assert_exit(&out, 5);
+    assert!(
+        stdout.contains("shop/rehearse-latency: Failed (PreflightFailed) preflight failed, nothing was injected: no faultline agent has reported on node node-1"),
+        "{stdout}"
+    );
+    assert_eq!(bed.h.injection_count("shop").await, 0);
+
+    common::cluster::node_with_agent(&bed.h.client, "node-1").await;
+    let out = bed
+        .faultline(&["run", "-f", &manifest, "-n", "shop", "--dry-run"])
+        .await;
+    let (stdout, _) = assert_exit(&out, 0);
+    assert!(stdout.contains(": DryRun (DryRun)"), "{stdout}");
+    assert!(
+        stdout.contains("would inject: networkLatency on pod shop/web-"),
+        "{stdout}"
+    );
+    bed.h.stop().await;
+}
+
+// Every eviction refused by the budget: nothing went in, so the run is Inconclusive (exit 4),
+// not Passed, and JUnit marks the experiment skipped with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_injected_exits_4_inconclusive_and_junit_says_skipped() {
+    let bed = Bed::start().await;
+    let budgets: kube::Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        kube::Api::namespaced(bed.h.client.clone(), "shop");
+    let budget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-pdb"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}
+    }))
+    .unwrap();
+    budgets.create(&Default::default(), &budget).await.unwrap();
+    // The budget's status must say it allows no disruption before the kill is tried.
+    common::wait_for("the budget's status", Duration::from_secs(15), || async {
+        let b = budgets.get("web-pdb").await.ok()?;
+        (b.status?.current_healthy == 2).then_some(())
+    })
+    .await;
+    let manifest = bed.manifest(
+        "refused.yaml",
+        "apiVersion: faultline.dev/v1alpha1\nkind: ChaosExperiment\nmetadata:\n  name: refused\nspec:\n  duration: 1s\n  target:\n    labelSelector:\n      matchLabels:\n        app: web\n  faults:\n    - podKill:\n        method: evict\n",
+    );
+    let junit_path = bed.path("refused.xml");
+    let out = bed
+        .faultline(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--junit",
+            junit_path.to_str().unwrap(),
+        ])
+        .await;
+    let (stdout, _) = assert_exit(&out, 4);
+    assert!(
+        stdout.contains("shop/refused finished: Inconclusive (NothingInjected): no fault was injected, so the hypothesis was not tested: every target was skipped: pod shop/web-"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("web-pdb"), "{stdout}");
+    let xml = junit(&junit_path);
+    assert!(
+        xml.contains("<skipped message=\"Inconclusive (NothingInjected): no fault was injected"),
+        "{xml}"
+    );
+    assert!(!xml.contains("<failure"), "{xml}");
+    bed.h.stop().await;
+}
+
+// `faultline abort NAME --reason`: the reason is in status and in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_reason_is_in_status_and_the_report() {
+    let bed = Bed::start().await;
+    let manifest = bed.manifest("long.yaml", &latency("by-hand", false));
+    let out = bed.faultline(&["run", "-f", &manifest, "-n", "shop"]).await;
+    assert_exit(&out, 0);
+    bed.h.wait_phase("shop", "by-hand", Phase::Running).await;
+    let out = bed
+        .faultline(&[
+            "abort",
+            "by-hand",
+            "-n",
+            "shop",
+            "--reason",
+            "db migration window",
+        ])
+        .await;
+    assert_exit(&out, 0);
+    let aborted = bed.h.wait_phase("shop", "by-hand", Phase::Aborted).await;
+    let status = aborted.status.unwrap();
+    assert_eq!(
+        status.abort_reason.as_deref(),
+        Some("aborted on request: db migration window")
+    );
+    let page = bed.path("by-hand.html");
+    let out = bed
+        .faultline(&[
+            "report",
+            "by-hand",
+            "-n",
+            "shop",
+            "--output",
+            page.to_str().unwrap(),
+        ])
+        .await;
+    assert_exit(&out, 0);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("<dt>Abort reason</dt><dd>aborted on request: db migration window</dd>"),
+        "{html}"
+    );
+    let out = bed
+        .faultline(&["report", "by-hand", "-n", "shop", "-o", "json"])
+        .await;
+    let (json, _) = assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["summary"]["abortReason"],
+        "aborted on request: db migration window"
+    );
+    bed.h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_exits_3_and_says_how_to_abort() {
     let bed = Bed::start().await;
@@ -485,6 +642,98 @@ async fn ctrl_c_aborts_the_experiment_waits_for_the_revert_and_exits_2() {
     let status = experiment.status.unwrap();
     assert_eq!(status.verdict, Some(Verdict::Aborted));
     assert!(status.reverted_at.is_some());
+    bed.h.stop().await;
+}
+
+// `faultline run --wait` streams: each probe check is printed within about two seconds of the
+// check, stamped with the check's own time (not all at the end with one timestamp).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_prints_each_probe_check_within_two_seconds_stamped_with_its_time() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest(
+        "stream.yaml",
+        &format!(
+            r#"apiVersion: faultline.dev/v1alpha1
+kind: ChaosExperiment
+metadata:
+  name: stream
+spec:
+  duration: 10s
+  target:
+    labelSelector:
+      matchLabels:
+        app: web
+    mode: One
+  faults:
+    - podKill:
+        method: delete
+        gracePeriodSeconds: 0
+  steadyState:
+    recoveryTimeout: 10s
+    probes:
+      - name: web-healthy
+        http:
+          url: {}
+        interval: 1s
+        timeout: 900ms
+"#,
+            service.url
+        ),
+    );
+    let mut child = bed
+        .command(&["run", "-f", &manifest, "-n", "shop", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // (arrived, stamped) of each probe line printed while the faults were in.
+    let mut during = Vec::new();
+    let mut running = false;
+    let mut stdout = String::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let arrived = chrono::Utc::now();
+            stdout.push_str(&line);
+            stdout.push('\n');
+            if line.contains("phase Injecting -> Running") {
+                running = true;
+            } else if line.contains("phase Running -> Recovering") {
+                running = false;
+            } else if running && line.contains("shop/stream probe web-healthy pass") {
+                let stamp = line.split(' ').next().unwrap();
+                let stamped = chrono::DateTime::parse_from_rfc3339(stamp)
+                    .unwrap_or_else(|e| panic!("{e}: {line}"))
+                    .with_timezone(&chrono::Utc);
+                assert_eq!(stamp.len(), "2026-01-01T00:00:00.000Z".len(), "{line}");
+                during.push((arrived, stamped));
+            }
+        }
+    };
+    let (status, ()) = tokio::time::timeout(Duration::from_secs(90), async {
+        tokio::join!(child.wait(), read)
+    })
+    .await
+    .expect("the run ends");
+    assert_eq!(status.unwrap().code(), Some(0), "{stdout}");
+    let delays: Vec<f64> = during
+        .iter()
+        .map(|(arrived, stamped)| (*arrived - *stamped).num_milliseconds() as f64 / 1000.0)
+        .collect();
+    eprintln!("probe lines while Running, seconds from check to print: {delays:?}");
+    assert!(during.len() >= 7, "{stdout}");
+    assert!(
+        delays.iter().all(|d| *d <= 2.0 && *d >= -0.05),
+        "every check printed within 2 s of it: {delays:?}\n{stdout}"
+    );
+    // One stamp per check, a second apart: the checks' own times.
+    assert!(
+        during.windows(2).all(|w| {
+            let gap = (w[1].1 - w[0].1).num_milliseconds();
+            (700..=1800).contains(&gap)
+        }),
+        "{during:?}"
+    );
     bed.h.stop().await;
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use faultline::{
     api::{ChaosExperiment, ChaosExperimentSpec, all_crds},
-    controller::{self, Clients, HypothesisSource, Settings, Telemetry},
+    controller::{self, Clients, HypothesisSource, Settings, Telemetry, probe_hub::ProbeHub},
     sandbox::{
         apiserver::{ApiServer, ApiServerOptions},
         testkit::{ScriptedProbes, stand_in_agent},
@@ -51,7 +51,17 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// The bed with scripted probes (set their verdicts with `probes.set`).
     pub async fn start() -> Bed {
+        Self::start_with(false).await
+    }
+
+    /// The bed with the controller's real probe hub: probes make real checks.
+    pub async fn start_with_probe_hub() -> Bed {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(probe_hub: bool) -> Bed {
         faultline::cli::install_crypto_provider();
         let server = start_server().await;
         let client = server.client().await;
@@ -70,7 +80,15 @@ impl Bed {
         };
         let clients = Clients::from_config(server.client_config()).expect("clients");
         let (stop_controller, controller_stopped) = oneshot::channel::<()>();
-        let hypotheses: Arc<dyn HypothesisSource> = probes.clone();
+        let hypotheses: Arc<dyn HypothesisSource> = if probe_hub {
+            Arc::new(ProbeHub::new(
+                clients.main.clone(),
+                trigger.clone(),
+                telemetry.metrics.clone(),
+            ))
+        } else {
+            probes.clone()
+        };
         let controller = tokio::spawn(controller::run(
             clients,
             settings,
@@ -225,6 +243,32 @@ pub fn latency_spec(app: &str, duration: &str) -> serde_json::Value {
         "target": {"labelSelector": {"matchLabels": {"app": app}}},
         "faults": [{"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
     })
+}
+
+/// [`latency_spec`] under an HTTP probe of `url` every `interval`, in every phase.
+pub fn latency_with_probe_spec(
+    app: &str,
+    duration: &str,
+    url: &str,
+    interval: &str,
+) -> serde_json::Value {
+    let mut spec = latency_spec(app, duration);
+    spec["steadyState"] = json!({
+        "recoveryTimeout": "30s",
+        "probes": [{"name": "web", "http": {"url": url}, "interval": interval, "timeout": "900ms"}],
+    });
+    spec
+}
+
+/// An HTTP server on 127.0.0.1 that answers 200 to every request, for probes; returns its URL.
+pub async fn healthy_service() -> String {
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the probe target");
+    let url = format!("http://{}/healthz", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
 }
 
 /// A pod kill by delete (no grace period) of the pods labelled `app`.

@@ -25,6 +25,14 @@ use super::{
     status = "ChaosExperimentStatus",
     derive = "Default",
     derive = "PartialEq",
+    // The spec is what the experiment does; once the controller has started it (status is
+    // written), an edit could not be applied to faults already in, and ignoring it would let
+    // status claim what is not happening. So the API server refuses it. (Before the first
+    // status, the controller has acted on nothing and reads the edited spec.)
+    validation = kube::core::Rule::new("!has(oldSelf.status) || self.spec == oldSelf.spec")
+        .message("spec cannot change once the experiment has started: its faults and targets are already chosen. Abort it (faultline abort NAME) and create a new experiment (faultline run creates a fresh one each time)")
+        .reason(kube::core::Reason::FieldValueForbidden)
+        .field_path(".spec"),
     printcolumn(
         name = "Phase",
         type_ = "string",
@@ -35,13 +43,39 @@ use super::{
         name = "Verdict",
         type_ = "string",
         json_path = ".status.verdict",
-        description = "Passed, Failed, Aborted, Error or DryRun"
+        description = "Passed, Failed, Aborted, Error, Inconclusive or DryRun"
+    ),
+    printcolumn(
+        name = "Hypothesis",
+        type_ = "string",
+        json_path = ".status.hypothesis",
+        description = "What the probes say now: Holding, Violated, Undecided or NotChecked"
+    ),
+    printcolumn(
+        name = "Last-Check",
+        type_ = "date",
+        json_path = ".status.lastCheckedAt",
+        description = "How long ago a probe last checked"
+    ),
+    printcolumn(
+        name = "Checks",
+        type_ = "string",
+        json_path = ".status.checks",
+        priority = 1,
+        description = "Probe checks passed and failed so far"
     ),
     printcolumn(
         name = "Targets",
         type_ = "integer",
         json_path = ".status.targetCount",
         description = "Pods selected as targets"
+    ),
+    printcolumn(
+        name = "Injected",
+        type_ = "integer",
+        json_path = ".status.faultsInjected",
+        priority = 1,
+        description = "Faults that went in (each round of a repeating pod kill counts)"
     ),
     printcolumn(
         name = "Duration",
@@ -152,9 +186,16 @@ fn default_revert_timeout() -> GoDuration {
 impl ChaosExperiment {
     /// Whether someone asked for this experiment to stop (`faultline abort`).
     pub fn abort_requested(&self) -> bool {
+        self.abort_reason().is_some()
+    }
+
+    /// The reason given with the abort request (the annotation's value, possibly empty), if
+    /// someone asked for this experiment to stop.
+    pub fn abort_reason(&self) -> Option<&str> {
         self.metadata
             .annotations
             .as_ref()
-            .is_some_and(|a| a.contains_key(super::ABORT_ANNOTATION))
+            .and_then(|a| a.get(super::ABORT_ANNOTATION))
+            .map(String::as_str)
     }
 }

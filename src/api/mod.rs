@@ -51,8 +51,8 @@ pub use schedule::{
 };
 pub use selector::{SelectionMode, TargetSelector};
 pub use status::{
-    ChaosExperimentStatus, Phase, ProbeSample, ProbeStatus, TargetRecord, TargetState,
-    TimelineEntry, Verdict,
+    ChaosExperimentStatus, HypothesisState, Phase, ProbeGap, ProbeSample, ProbeStatus,
+    TargetRecord, TargetState, TimelineEntry, Verdict,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -50,6 +50,23 @@ pub enum Verdict {
     Error,
     /// A dry run completed; status lists what would have been done.
     DryRun,
+    /// The experiment ran its course but no fault went in (every target was skipped, e.g. each
+    /// eviction refused by a PodDisruptionBudget), so the hypothesis was not tested. The
+    /// message says why each target was skipped.
+    Inconclusive,
+}
+
+/// What the steady-state hypothesis says right now, for the phase being checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum HypothesisState {
+    /// Every probe of the phase holds within its tolerance.
+    Holding,
+    /// A probe exceeded its failure threshold.
+    Violated,
+    /// Not enough checks yet in this phase (or since the controller took over).
+    Undecided,
+    /// No probe runs now: the experiment waits to start, or its faults are being reverted.
+    NotChecked,
 }
 
 /// Where one target's fault is.
@@ -135,6 +152,22 @@ pub struct ProbeStatus {
     pub samples: Vec<ProbeSample>,
 }
 
+/// A stretch of time in which no probe checked anything although the experiment expected
+/// checks, e.g. while a new controller leader took over. The checks before and after it are
+/// kept; the hypothesis after it is judged on fresh checks only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeGap {
+    /// The last check recorded before the gap.
+    pub from: DateTime<Utc>,
+    /// The first check after it; unset until that check is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<DateTime<Utc>>,
+    /// Why, in PascalCase, e.g. `ControllerChanged` (a failover or a restart of the controller
+    /// that ran the probes).
+    pub reason: String,
+}
+
 /// Something that happened, for the bounded timeline in status and the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -164,7 +197,8 @@ pub struct ChaosExperimentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Complete` (set on every terminal state, reason = verdict), `Injected`,
-    /// `HypothesisHolding`, `Reverted`.
+    /// `HypothesisHolding`, `Reverted`, `Paused` (True while chaos is paused and the experiment
+    /// waits to start).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The seed of the random target choice, so a run can be reproduced.
@@ -176,9 +210,26 @@ pub struct ChaosExperimentStatus {
     /// Every target and what was done to it, recorded before any fault is injected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetRecord>,
-    /// What every probe has seen.
+    /// What every probe has seen, updated while the experiment runs (at most about once a
+    /// second, and at once when the hypothesis changes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeStatus>,
+    /// The hypothesis now, for the phase being checked (unset without a steady state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypothesis: Option<HypothesisState>,
+    /// Every probe's checks so far, e.g. `41 passed, 2 failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<String>,
+    /// The most recent check of any probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checked_at: Option<DateTime<Utc>>,
+    /// Times in which no probe checked anything although checks were due (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probe_gaps: Vec<ProbeGap>,
+    /// How many faults went in, one per target and fault; each round of a repeating pod kill
+    /// adds its kills. 0 at the end means the hypothesis was never tested.
+    #[serde(default)]
+    pub faults_injected: i32,
     /// What happened, oldest first (bounded; the oldest entries are dropped first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<TimelineEntry>,
@@ -190,6 +241,10 @@ pub struct ChaosExperimentStatus {
     pub reverted_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why the experiment was aborted, in a sentence: the reason given to `faultline abort`,
+    /// the probe that failed, the fault that could not be injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
     /// When the abort began: the hypothesis violation, or the abort request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_started_at: Option<DateTime<Utc>>,

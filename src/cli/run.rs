@@ -1,11 +1,20 @@
 //! `faultline run -f FILE`: validate a manifest offline, create its ChaosExperiments (or
 //! GameDays) through the current kubeconfig, and with `--wait` follow them to their verdicts.
 //!
-//! Exit codes: 0 every experiment Passed (or, with `--dry-run`, ended DryRun); 1 a hypothesis
-//! failed (verdict Failed); 2 an experiment was Aborted, or the run was interrupted (Ctrl-C or
-//! SIGTERM abort the experiments first); 3 usage, an invalid manifest, a cluster error, a
-//! timeout, or an experiment faultline could not carry out (verdict Error). With several
-//! experiments the highest code wins.
+//! Exit codes:
+//! - 0: every experiment Passed (or, with `--dry-run`, ended DryRun: it would run);
+//! - 1: a hypothesis failed (verdict Failed: before injection, or no recovery after);
+//! - 2: an experiment was Aborted, or the run was interrupted (Ctrl-C or SIGTERM abort the
+//!   experiments first);
+//! - 3: usage, an invalid manifest, a cluster error, a timeout, or an experiment faultline
+//!   could not carry out (verdict Error);
+//! - 4: an experiment was Inconclusive: no fault went in (e.g. every eviction refused by a
+//!   PodDisruptionBudget), so its hypothesis was not tested;
+//! - 5: an experiment could not run: its preflight refused it (no pod matched, a selection
+//!   over the cap, a target on no node or on a node whose agent cannot do the fault, and for a
+//!   dry run a node without an agent) and nothing was injected.
+//!
+//! With several experiments the most serious wins, in this order: 3, 2, 1, 5, 4, 0.
 //!
 //! Names: every run creates new objects, so earlier runs and their reports stay readable.
 //! - `metadata.generateName` (and no name): the API server picks a fresh name each run.
@@ -38,8 +47,15 @@ use crate::{
 pub(super) use create::{Cluster, Created, connect, explain};
 use create::{create, with_created};
 
-/// Usage, validation, cluster errors and timeouts.
+/// Usage, validation, cluster errors and timeouts (and verdict Error).
 const USAGE: u8 = 3;
+/// Verdict Inconclusive: nothing was injected.
+const INCONCLUSIVE: u8 = 4;
+/// The experiment could not run: preflight refused it.
+const COULD_NOT_RUN: u8 = 5;
+/// The reasons of a Failed verdict given by preflight: the experiment could not run (nothing
+/// was injected and the hypothesis was never in question).
+const PREFLIGHT_REASONS: [&str; 3] = ["PreflightFailed", "NoTargets", "SelectionRefused"];
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -175,17 +191,36 @@ impl RunArgs {
     }
 }
 
-/// The exit code for a set of verdicts (None: no verdict yet); the highest wins.
-pub(super) fn exit_code_for(verdicts: impl IntoIterator<Item = Option<Verdict>>) -> u8 {
-    verdicts
+/// The exit code of one outcome: its verdict (None: no verdict yet) and the verdict's reason.
+fn exit_code(verdict: Option<Verdict>, reason: Option<&str>) -> u8 {
+    match verdict {
+        Some(Verdict::Passed | Verdict::DryRun) => 0,
+        Some(Verdict::Failed) if reason.is_some_and(|r| PREFLIGHT_REASONS.contains(&r)) => {
+            COULD_NOT_RUN
+        }
+        Some(Verdict::Failed) => 1,
+        Some(Verdict::Aborted) => 2,
+        Some(Verdict::Inconclusive) => INCONCLUSIVE,
+        Some(Verdict::Error) | None => USAGE,
+    }
+}
+
+/// The exit code for a set of outcomes (verdict and reason); the most serious wins.
+pub(super) fn exit_code_for<'a>(
+    outcomes: impl IntoIterator<Item = (Option<Verdict>, Option<&'a str>)>,
+) -> u8 {
+    let seriousness = |code: &u8| match *code {
+        0 => 0,
+        INCONCLUSIVE => 1,
+        COULD_NOT_RUN => 2,
+        1 => 3,
+        2 => 4,
+        _ => 5,
+    };
+    outcomes
         .into_iter()
-        .map(|v| match v {
-            Some(Verdict::Passed | Verdict::DryRun) => 0,
-            Some(Verdict::Failed) => 1,
-            Some(Verdict::Aborted) => 2,
-            Some(Verdict::Error) | None => USAGE,
-        })
-        .max()
+        .map(|(verdict, reason)| exit_code(verdict, reason))
+        .max_by_key(seriousness)
         .unwrap_or(0)
 }
 
@@ -313,23 +348,34 @@ mod tests {
 
     #[test]
     fn the_worst_verdict_decides_the_exit_code() {
-        assert_eq!(exit_code_for([Some(Verdict::Passed)]), 0);
+        let v = |verdict: Verdict| (Some(verdict), None);
+        assert_eq!(exit_code_for([v(Verdict::Passed)]), 0);
+        assert_eq!(exit_code_for([v(Verdict::DryRun), v(Verdict::Passed)]), 0);
+        assert_eq!(exit_code_for([v(Verdict::Passed), v(Verdict::Failed)]), 1);
+        assert_eq!(exit_code_for([v(Verdict::Aborted), v(Verdict::Failed)]), 2);
+        assert_eq!(exit_code_for([v(Verdict::Error), v(Verdict::Aborted)]), 3);
+        assert_eq!(exit_code_for([(None, None)]), 3);
+        // Nothing injected is not a pass, and less serious than a failed hypothesis.
         assert_eq!(
-            exit_code_for([Some(Verdict::DryRun), Some(Verdict::Passed)]),
-            0
+            exit_code_for([v(Verdict::Inconclusive), v(Verdict::Passed)]),
+            4
         );
         assert_eq!(
-            exit_code_for([Some(Verdict::Passed), Some(Verdict::Failed)]),
+            exit_code_for([v(Verdict::Inconclusive), v(Verdict::Failed)]),
             1
         );
+        // A preflight refusal: the experiment could not run.
+        let refused = (Some(Verdict::Failed), Some("PreflightFailed"));
+        assert_eq!(exit_code_for([refused]), 5);
         assert_eq!(
-            exit_code_for([Some(Verdict::Aborted), Some(Verdict::Failed)]),
-            2
+            exit_code_for([(Some(Verdict::Failed), Some("NoTargets"))]),
+            5
         );
+        assert_eq!(exit_code_for([refused, v(Verdict::Inconclusive)]), 5);
+        assert_eq!(exit_code_for([refused, v(Verdict::Failed)]), 1);
         assert_eq!(
-            exit_code_for([Some(Verdict::Error), Some(Verdict::Aborted)]),
-            3
+            exit_code_for([(Some(Verdict::Failed), Some("SteadyStateNotMet"))]),
+            1
         );
-        assert_eq!(exit_code_for([None]), 3);
     }
 }

@@ -1,9 +1,11 @@
 //! `faultline abort`, `faultline pause` and `faultline resume`: the emergency stops.
 //!
-//! `abort` annotates experiments (and with `--all`, game days) with `faultline.dev/abort`; the
-//! controller reverts their faults and ends them as Aborted. `pause` sets the cluster-wide switch (ConfigMap `faultline-pause`
-//! in the controller's namespace): every running experiment aborts and no new one injects until
-//! `resume`.
+//! `abort` annotates experiments (and with `--all`, game days) with `faultline.dev/abort` set
+//! to the reason; the controller reverts their faults and ends them as Aborted, with the reason
+//! in `status.abortReason` and the report. `pause` sets the cluster-wide switch (ConfigMap
+//! `faultline-pause` in the controller's namespace): every experiment with faults in aborts;
+//! experiments that have not injected yet (and new ones) wait in Pending, with a `Paused`
+//! condition saying why, and start on `resume`, as schedules and game days do.
 
 use std::{collections::BTreeMap, process::ExitCode};
 
@@ -129,7 +131,7 @@ impl PauseArgs {
                 .await
                 .with_context(|| format!("writing {}/{PAUSE_CONFIGMAP}", self.controller_namespace))?;
             if paused {
-                println!("chaos paused: running experiments abort and revert; nothing new is injected until `faultline resume`");
+                println!("chaos paused: experiments with faults in abort and revert; the others (and new ones) wait in Pending until `faultline resume`");
             } else {
                 println!("chaos resumed");
             }

@@ -16,6 +16,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     ResourceExt,
@@ -44,6 +45,7 @@ pub struct Caches {
     controller_namespace: String,
     pub versions: Versions,
     pub reverts: RevertsAsked,
+    pub probe_writes: ProbeWrites,
     listed: watch::Receiver<u8>,
 }
 
@@ -60,6 +62,7 @@ impl Caches {
             controller_namespace,
             versions: Versions::default(),
             reverts: RevertsAsked::default(),
+            probe_writes: ProbeWrites::default(),
             listed: listed.0.subscribe(),
         }
     }
@@ -210,6 +213,30 @@ impl RevertsAsked {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// When probe results were last written into each experiment's status (by UID), to keep those
+/// writes at about one a second. A controller that starts afresh writes its first results at
+/// once.
+#[derive(Default)]
+pub struct ProbeWrites(Mutex<HashMap<String, DateTime<Utc>>>);
+
+impl ProbeWrites {
+    pub fn last(&self, uid: &str) -> Option<DateTime<Utc>> {
+        self.lock().get(uid).copied()
+    }
+
+    pub fn written(&self, uid: &str, at: DateTime<Utc>) {
+        self.lock().insert(uid.to_string(), at);
+    }
+
+    pub fn remove(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -141,14 +141,15 @@ pub fn scope_of(kind: FaultKind<'_>) -> Option<&NetworkScope> {
     }
 }
 
-/// Creates the injection for one record; an existing one (a retry) is left as it is.
+/// Creates the injection for one record; an existing one (a retry) is left as it is. Returns
+/// whether this call created it.
 pub async fn create(
     api: &Api<FaultInjection>,
     experiment: &ChaosExperiment,
     record: &TargetRecord,
     fault: NetworkFault,
     expires_at: DateTime<Utc>,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let name = record.injection.clone().unwrap_or_default();
     let node = record.node_name.clone().unwrap_or_default();
     let injection = FaultInjection {
@@ -183,8 +184,8 @@ pub async fn create(
         status: None,
     };
     match api.create(&PostParams::default(), &injection).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(other) => Err(other),
     }
 }

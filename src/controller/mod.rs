@@ -1,6 +1,15 @@
 //! Drives ChaosExperiments through their lifecycle: observe -> decide -> act -> record.
 //!
-//! Only `observe`, `act` and `status` talk to the cluster; `lifecycle::decide` is pure.
+//! ```text
+//! reconcile ─┬─ observe ── caches, probe hub (reads)        what is
+//!            ├─ lifecycle::decide (pure)                     what to do
+//!            └─ act ─┬─ targets (reads, chooses)             doing it: the only module
+//!                    ├─ podkill, injections (one target)     that changes anything
+//!                    └─ status (status writes, events)
+//! ```
+//!
+//! Calls go down this picture only: a helper never calls back up into `act`; what it finds
+//! (a refused selection, a pod kill's outcome) it returns as a value for `act` to carry out.
 //!
 //! Guarantees:
 //! - targets are recorded in status before any fault is injected, and each target record is
@@ -18,6 +27,7 @@
 
 mod act;
 mod caches;
+pub mod events;
 mod injections;
 mod invalid;
 mod observe;
@@ -38,7 +48,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self as runtime_controller, Action},
-        events::{Recorder, Reporter},
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -48,10 +57,11 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     admin::Readiness,
-    api::{ChaosExperiment, FaultInjection, ProbePhase, ProbeStatus},
+    api::{ChaosExperiment, FaultInjection, ProbePhase},
     lifecycle::{HypothesisView, decide},
     metrics::{Metrics, ReasonLabel},
     panics,
+    probes::hypothesis::ProbeRecord,
     selection::SafetyPolicy,
 };
 
@@ -65,12 +75,14 @@ pub trait HypothesisSource: Send + Sync + 'static {
     /// is injected).
     fn preflight(&self, experiment: &ChaosExperiment) -> Result<(), String>;
     /// Checks the probes of `phase` for this experiment from now on; `None` pauses them (while
-    /// faults are being reverted).
+    /// faults are being reverted). Probes that start on an experiment whose status already has
+    /// results go on from them.
     fn watch(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>);
-    /// What the probes of `phase` say now.
+    /// What the probes of `phase` say now (undecided for probes not started).
     fn view(&self, experiment_uid: &str, phase: ProbePhase) -> HypothesisView;
-    /// Every probe's status, for the experiment's status.
-    fn statuses(&self, experiment_uid: &str) -> Vec<ProbeStatus>;
+    /// Every probe's results and the gaps in them, for the experiment's status; `None` when
+    /// this source holds nothing for the experiment (its probes are not running here).
+    fn snapshot(&self, experiment_uid: &str) -> Option<ProbeRecord>;
     /// Stops every probe of the experiment.
     fn forget(&self, experiment_uid: &str);
 }
@@ -127,7 +139,7 @@ impl Clients {
 pub struct Context {
     pub client: Client,
     pub no_retry: Client,
-    pub recorder: Recorder,
+    pub recorder: events::EventRecorder,
     pub settings: Settings,
     pub hypotheses: Arc<dyn HypothesisSource>,
     /// The clock, injectable so tests can reason about deadlines.
@@ -268,9 +280,9 @@ pub async fn run(
         main: client,
         no_retry,
     } = clients;
-    let recorder = Recorder::new(
+    let recorder = events::EventRecorder::new(
         client.clone(),
-        Reporter {
+        events::Reporter {
             controller: "faultline-controller".into(),
             instance: std::env::var("POD_NAME").ok(),
         },
@@ -330,10 +342,9 @@ pub async fn run(
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(experiment)) = event {
             forget_ctx.caches.versions.forget(experiment);
-            forget_ctx
-                .caches
-                .reverts
-                .remove(&experiment.uid().unwrap_or_default());
+            let uid = experiment.uid().unwrap_or_default();
+            forget_ctx.caches.reverts.remove(&uid);
+            forget_ctx.caches.probe_writes.remove(&uid);
         }
     })
     .applied_objects();

@@ -1,6 +1,7 @@
 //! Reads what `decide` needs: the experiment's own status, its FaultInjections, the pause
 //! switch and the probes. FaultInjections and the pause switch come from the watch caches;
-//! the API server is asked only to confirm that a revert is complete. (client required)
+//! the API server is asked only to confirm that a revert is complete. Never changes anything
+//! (telling the probes what to check is `act`'s). (client required, read only)
 
 use std::sync::Arc;
 
@@ -11,8 +12,8 @@ use super::{Context, Error, Result, spec_check};
 use crate::api::duration_bounds::POD_KILL_INTERVAL;
 use crate::{
     api::{
-        ChaosExperiment, ChaosExperimentStatus, EXPERIMENT_LABEL, FaultInjection, InjectionPhase,
-        Phase, ProbePhase, TargetState,
+        ChaosExperiment, ChaosExperimentStatus, EXPERIMENT_LABEL, FaultInjection, HypothesisState,
+        InjectionPhase, Phase, ProbePhase, TargetState,
     },
     lifecycle::{AbortCause, HypothesisView, Observed, ProgressView},
 };
@@ -23,6 +24,8 @@ pub struct World {
     pub status: ChaosExperimentStatus,
     /// The experiment's FaultInjections that still exist (as the watch cache has them).
     pub injections: Vec<Arc<FaultInjection>>,
+    /// The hypothesis now, for status (None without a steady state or once finished).
+    pub hypothesis: Option<HypothesisState>,
 }
 
 /// The probe phase that matters in each lifecycle phase, if any.
@@ -46,7 +49,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     let mut injections = ctx.caches.injections_of(&namespace, &name, &uid);
     if matches!(status.phase, Phase::Recovering | Phase::Aborting)
         && injections.is_empty()
-        && super::act::may_have_injections(&status, &injections)
+        && may_have_injections(&status, &injections)
     {
         // "None left" ends the revert, and the cache may not have seen an injection created a
         // moment ago: confirm with the API server before believing it.
@@ -55,20 +58,24 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     let paused = ctx.caches.paused();
 
     let has_probes = experiment.spec.steady_state.is_some() && !status.phase.is_terminal();
-    if has_probes {
-        ctx.hypotheses.watch(experiment, probe_phase(&status));
-    }
     let hypothesis = match probe_phase(&status) {
         Some(phase) if has_probes => ctx.hypotheses.view(&uid, phase),
         _ => HypothesisView::Holding,
     };
+    let hypothesis_state = has_probes.then(|| match (probe_phase(&status), &hypothesis) {
+        (None, _) => HypothesisState::NotChecked,
+        (Some(_), HypothesisView::Holding) => HypothesisState::Holding,
+        (Some(_), HypothesisView::Undecided) => HypothesisState::Undecided,
+        (Some(_), HypothesisView::Violated { .. }) => HypothesisState::Violated,
+    });
     let preflight_error = if has_probes && status.phase == Phase::Pending {
         ctx.hypotheses.preflight(experiment).err()
     } else {
         None
     };
 
-    let injection = injection_progress(&status, &injections, ctx, now);
+    let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
+    let injection = injection_progress(&status, &injections, timeout, now);
     // Everything is reverted once no FaultInjection of the experiment is left; pod kills need
     // no revert (the pods' own controllers replace them).
     let revert = if injections.is_empty() {
@@ -107,6 +114,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         Err(_) => Default::default(),
     };
     let abort_cause = (status.phase == Phase::Aborting).then(|| abort_cause_from_status(&status));
+    let nothing_injected = nothing_injected(&status);
     let observed = Observed {
         now,
         phase: status.phase,
@@ -122,19 +130,62 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         allow_empty_targets: experiment.spec.allow_empty_targets,
         preflight_error,
         deleting: experiment.metadata.deletion_timestamp.is_some(),
-        abort_requested: experiment.abort_requested(),
+        abort_requested: experiment.abort_reason().map(str::to_string),
         paused,
         hypothesis,
         injection,
         revert,
         abort_cause,
         next_kill_at: next_kill_at(experiment, &status),
+        nothing_injected,
     };
     Ok(World {
         observed,
         status,
         injections,
+        hypothesis: hypothesis_state,
     })
+}
+
+/// `Some(why)` while no fault of the experiment has gone in: none counted, no record in (or
+/// possibly in), and at least one target tried. `why` names each skipped pod and its reason.
+fn nothing_injected(status: &ChaosExperimentStatus) -> Option<String> {
+    let may_be_in = |state: TargetState| {
+        matches!(
+            state,
+            TargetState::Injecting | TargetState::Injected | TargetState::Reverted
+        )
+    };
+    if status.faults_injected > 0
+        || status.targets.is_empty()
+        || status.targets.iter().any(|r| may_be_in(r.state))
+    {
+        return None;
+    }
+    let reasons: Vec<String> = status
+        .targets
+        .iter()
+        .map(|r| {
+            format!(
+                "pod {}/{} ({}): {}",
+                r.namespace,
+                r.name,
+                r.fault,
+                r.message.as_deref().unwrap_or("not injected")
+            )
+        })
+        .collect();
+    Some(format!("every target was skipped: {}", reasons.join("; ")))
+}
+
+/// Whether the experiment may have FaultInjections: one is cached, or a record names one
+/// (records are written before their injection is created, so an injection the cache has not
+/// seen yet still has its record).
+pub(super) fn may_have_injections(
+    status: &ChaosExperimentStatus,
+    cached: &[Arc<FaultInjection>],
+) -> bool {
+    !cached.is_empty() || status.targets.iter().any(|r| r.injection.is_some())
 }
 
 /// The experiment's FaultInjections, read from the API server.
@@ -157,11 +208,12 @@ async fn list_injections(
 }
 
 /// Whether every network fault is applied: each record that carries one needs its
-/// FaultInjection reported Applied.
+/// FaultInjection reported Applied. A record whose FaultInjection the API server refused, an
+/// agent's failure, or `timeout` without a report fails it, with the real cause.
 fn injection_progress(
     status: &ChaosExperimentStatus,
     injections: &[Arc<FaultInjection>],
-    ctx: &Context,
+    timeout: chrono::Duration,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ProgressView {
     let mut pending = Vec::new();
@@ -170,6 +222,17 @@ fn injection_progress(
             continue;
         }
         let name = record.injection.as_deref().unwrap_or_default();
+        if record.state == TargetState::Failed {
+            return ProgressView::Failed {
+                message: format!(
+                    "{} could not be injected into pod {}/{}: {}",
+                    record.fault,
+                    record.namespace,
+                    record.name,
+                    record.message.as_deref().unwrap_or("no reason given")
+                ),
+            };
+        }
         match injections
             .iter()
             .find(|i| i.name_any() == name)
@@ -194,17 +257,25 @@ fn injection_progress(
         return ProgressView::Done;
     };
     let started = status.injected_at.unwrap_or(now);
-    let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
     if now - started > timeout {
-        ProgressView::Failed {
-            message: format!(
+        let message = match &first.message {
+            // The controller could not even create it: that is the cause, not the agent.
+            Some(problem) => format!(
+                "{} was not injected into pod {}/{} within {}s: {problem}",
+                first.fault,
+                first.namespace,
+                first.name,
+                timeout.num_seconds()
+            ),
+            None => format!(
                 "no agent reported {} applied to pod {} on node {} within {}s; is the faultline agent running on that node?",
                 first.fault,
                 first.name,
                 first.node_name.as_deref().unwrap_or("?"),
                 timeout.num_seconds()
             ),
-        }
+        };
+        ProgressView::Failed { message }
     } else {
         ProgressView::InProgress
     }
@@ -212,7 +283,11 @@ fn injection_progress(
 
 /// The abort cause recorded in status when the abort began.
 pub fn abort_cause_from_status(status: &ChaosExperimentStatus) -> AbortCause {
-    let message = status.message.clone().unwrap_or_default();
+    let message = status
+        .abort_reason
+        .clone()
+        .or_else(|| status.message.clone())
+        .unwrap_or_default();
     match status.reason.as_deref() {
         Some("ProbeFailed") => AbortCause::HypothesisViolated {
             probe: String::new(),
@@ -221,7 +296,8 @@ pub fn abort_cause_from_status(status: &ChaosExperimentStatus) -> AbortCause {
         Some("ExperimentDeleted") => AbortCause::Deleted,
         Some("ChaosPaused") => AbortCause::Paused,
         Some("InjectFailed") => AbortCause::InjectFailed { message },
-        _ => AbortCause::Requested,
+        _ if message.is_empty() => AbortCause::requested(""),
+        _ => AbortCause::Requested { message },
     }
 }
 
@@ -280,4 +356,83 @@ pub fn due_kills(
         .filter(|(_, at)| *at <= now)
         .map(|(index, _)| index)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::api::TargetRecord;
+
+    fn record(state: TargetState, message: Option<&str>) -> TargetRecord {
+        TargetRecord {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            node_name: Some("node-1".into()),
+            fault: "networkLatency".into(),
+            state,
+            injection: Some("lat-0-abc".into()),
+            message: message.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_fault_injection_fails_the_injection_with_the_servers_words() {
+        let t0 = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let status = ChaosExperimentStatus {
+            injected_at: Some(t0),
+            targets: vec![record(
+                TargetState::Failed,
+                Some(
+                    "the API server refused FaultInjection lat-0-abc (422 Invalid): spec.nodeName: Invalid value: \"\": should be at least 1 chars long",
+                ),
+            )],
+            ..Default::default()
+        };
+        let progress = injection_progress(&status, &[], chrono::Duration::seconds(30), t0);
+        assert_eq!(
+            progress,
+            ProgressView::Failed {
+                message: "networkLatency could not be injected into pod shop/web-0: the API server refused FaultInjection lat-0-abc (422 Invalid): spec.nodeName: Invalid value: \"\": should be at least 1 chars long".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_timeout_names_a_create_that_kept_failing_rather_than_blaming_the_agent() {
+        let t0 = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let late = t0 + chrono::Duration::seconds(31);
+        let mut status = ChaosExperimentStatus {
+            injected_at: Some(t0),
+            targets: vec![record(
+                TargetState::Injecting,
+                Some("creating FaultInjection lat-0-abc failed: connection refused"),
+            )],
+            ..Default::default()
+        };
+        let timeout = chrono::Duration::seconds(30);
+        assert_eq!(
+            injection_progress(&status, &[], timeout, t0),
+            ProgressView::InProgress
+        );
+        assert_eq!(
+            injection_progress(&status, &[], timeout, late),
+            ProgressView::Failed {
+                message: "networkLatency was not injected into pod shop/web-0 within 30s: creating FaultInjection lat-0-abc failed: connection refused".into()
+            }
+        );
+        status.targets[0].message = None;
+        let ProgressView::Failed { message } = injection_progress(&status, &[], timeout, late)
+        else {
+            panic!("failed")
+        };
+        assert!(
+            message.starts_with(
+                "no agent reported networkLatency applied to pod web-0 on node node-1"
+            ),
+            "{message}"
+        );
+    }
 }

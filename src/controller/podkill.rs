@@ -14,6 +14,7 @@ use kube::{
 };
 use serde_json::json;
 
+use super::events::Fact;
 use crate::api::{PodKillFault, PodKillMethod, TargetRecord, TargetState};
 
 /// What happened to one kill.
@@ -75,18 +76,28 @@ pub async fn kill(
     }
 }
 
-/// Kills the target of `record` and records the outcome in it; returns the timeline note
-/// (reason, message) to publish.
+/// Kills the target of `record` and records the outcome in it; returns the fact to publish,
+/// naming the pod and, for a skip, why.
 pub async fn apply(
     no_retry: &Client,
     record: &mut TargetRecord,
     fault: &PodKillFault,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Option<(&'static str, String)>, kube::Error> {
+) -> Result<Fact, kube::Error> {
     let outcome = kill(no_retry, record, fault).await?;
     tracing::info!(pod = %record.name, namespace = %record.namespace, ?outcome, "pod kill");
+    Ok(record_outcome(record, fault, outcome, now))
+}
+
+/// Writes a kill's outcome into its record. Pure.
+pub fn record_outcome(
+    record: &mut TargetRecord,
+    fault: &PodKillFault,
+    outcome: KillOutcome,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Fact {
     let target = format!("{}/{}", record.namespace, record.name);
-    Ok(match outcome {
+    let fact = match outcome {
         KillOutcome::Killed => {
             record.state = TargetState::Injected;
             record.injected_at = Some(now);
@@ -94,19 +105,30 @@ pub async fn apply(
                 PodKillMethod::Evict => "evicted",
                 PodKillMethod::Delete => "deleted",
             };
-            Some(("PodKilled", format!("{how} pod {target}")))
+            Fact::normal("PodKilled", "Inject", format!("{how} pod {target}"))
         }
         KillOutcome::Skipped(why) => {
             record.state = TargetState::Skipped;
-            record.message = Some(why.clone());
-            Some(("PodKillSkipped", format!("pod {target} not killed: {why}")))
+            let fact = Fact::warning(
+                "PodKillSkipped",
+                "Inject",
+                format!("pod {target} not killed: {why}"),
+            );
+            record.message = Some(why);
+            fact
         }
         KillOutcome::Gone => {
             record.state = TargetState::Skipped;
-            record.message = Some("the pod was gone before it could be killed".into());
-            None
+            let why = "the pod was gone before it could be killed";
+            record.message = Some(why.into());
+            Fact::warning(
+                "PodKillSkipped",
+                "Inject",
+                format!("pod {target} not killed: {why}"),
+            )
         }
-    })
+    };
+    fact.about(record)
 }
 
 /// The budget's own words when it refused, e.g. "The disruption budget web-pdb needs 2 healthy

@@ -1,25 +1,41 @@
 //! The probe hub: runs every experiment's probes in the background and answers the controller's
-//! questions about them. A change of verdict (violated, or decided) triggers that experiment's
-//! reconcile at once through the controller's trigger channel: an abort never waits for a
-//! requeue.
+//! questions about them. It hands results to the controller through its trigger channel (a
+//! reconcile of that experiment), so that status shows them while the experiment runs:
+//! - a change of verdict (violated, or decided) at once: an abort never waits for a requeue;
+//! - any other new result coalesced, at most once per [`PUBLISH_INTERVAL`] per experiment.
+//!
+//! A hub that starts on an experiment that already has probe results in status (another
+//! controller ran it: a failover, a restart) goes on from them; see `Hypothesis::resume`.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use kube::{Client, ResourceExt, runtime::reflector::ObjectRef};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::HypothesisSource;
 use crate::{
-    api::{ChaosExperiment, ProbePhase, ProbeStatus},
+    api::{ChaosExperiment, ProbePhase},
     lifecycle::HypothesisView,
     metrics::{Metrics, ProbeLabel},
-    probes::{ProbeRunner, hypothesis::Hypothesis, scheduler::run_probes},
+    probes::{
+        ProbeRunner,
+        hypothesis::{Hypothesis, ProbeRecord},
+        scheduler::run_probes,
+    },
 };
+
+/// The shortest time between two hand-overs of new (verdict-neutral) probe results of one
+/// experiment; the controller writes status no more often than this for them either.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Running {
     phase: watch::Sender<Option<ProbePhase>>,
@@ -74,7 +90,16 @@ impl ProbeHub {
             .as_ref()
             .map(|s| s.probes.clone())
             .unwrap_or_default();
-        let hypothesis = Arc::new(Mutex::new(Hypothesis::new(&probes)));
+        let status = experiment.status.clone().unwrap_or_default();
+        let recorded = ProbeRecord {
+            probes: status.probes,
+            gaps: status.probe_gaps,
+        };
+        let hypothesis = Arc::new(Mutex::new(Hypothesis::resume(
+            &probes,
+            &recorded,
+            phase.is_some(),
+        )));
         let (phase_tx, phase_rx) = watch::channel(phase);
         let (reports_tx, mut reports) = mpsc::channel(64);
         let cancel = CancellationToken::new();
@@ -90,7 +115,23 @@ impl ProbeHub {
         let metrics = self.metrics.clone();
         let shared = hypothesis.clone();
         tokio::spawn(async move {
-            while let Some(report) = reports.recv().await {
+            // When results were last handed over, and whether some have come in since.
+            let mut last_sent: Option<Instant> = None;
+            let mut pending = false;
+            loop {
+                let due = last_sent.map_or_else(Instant::now, |t| t + PUBLISH_INTERVAL);
+                let report = tokio::select! {
+                    report = reports.recv() => match report {
+                        Some(report) => report,
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(due), if pending => {
+                        let _ = triggers.send(target.clone());
+                        last_sent = Some(Instant::now());
+                        pending = false;
+                        continue;
+                    }
+                };
                 let result = if report.outcome.ok { "pass" } else { "fail" };
                 metrics
                     .probe_checks
@@ -111,6 +152,10 @@ impl ProbeHub {
                 if changed && current == Some(report.phase) {
                     debug!(experiment = %target.name, probe = %report.probe, "hypothesis changed; reconciling now");
                     let _ = triggers.send(target.clone());
+                    last_sent = Some(Instant::now());
+                    pending = false;
+                } else {
+                    pending = true;
                 }
             }
         });
@@ -158,17 +203,14 @@ impl HypothesisSource for ProbeHub {
         }
     }
 
-    fn statuses(&self, experiment_uid: &str) -> Vec<ProbeStatus> {
+    fn snapshot(&self, experiment_uid: &str) -> Option<ProbeRecord> {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running
-            .get(experiment_uid)
-            .map(|p| {
-                p.hypothesis
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .statuses()
-            })
-            .unwrap_or_default()
+        running.get(experiment_uid).map(|p| {
+            p.hypothesis
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot()
+        })
     }
 
     fn forget(&self, experiment_uid: &str) {

@@ -4,12 +4,11 @@
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
 };
 use serde_json::json;
 use tracing::warn;
 
-use super::{Context, Error, Result, object_reference};
+use super::{Context, Error, Result, events::Fact, object_reference};
 use crate::api::{
     ChaosExperiment, ChaosExperimentStatus, FIELD_MANAGER, GROUP_VERSION, TimelineEntry,
 };
@@ -60,63 +59,27 @@ fn unchanged(current: Option<&ChaosExperimentStatus>, new: &ChaosExperimentStatu
     })
 }
 
-/// An Event to publish once the status that records it is written.
-pub struct PendingEvent {
-    warning: bool,
-    reason: String,
-    action: String,
-    note: String,
-}
-
-/// Adds a timeline entry now and returns its Event for [`publish`], for the steps where the
+/// Adds `fact` to the timeline now and returns it for [`publish`], for the steps where the
 /// write (and the revert) must not wait for the Event: an abort, a verdict.
-pub fn record(
-    ctx: &Context,
-    status: &mut ChaosExperimentStatus,
-    warning: bool,
-    reason: &str,
-    action: &str,
-    message: String,
-) -> PendingEvent {
+pub fn record(ctx: &Context, status: &mut ChaosExperimentStatus, fact: Fact) -> Fact {
     push_timeline(
         &mut status.timeline,
         TimelineEntry {
             time: (ctx.now)(),
-            reason: reason.into(),
-            message: message.clone(),
+            reason: fact.reason.clone(),
+            message: fact.message.clone(),
         },
     );
-    let mut note = message;
-    note.truncate(1024);
-    PendingEvent {
-        warning,
-        reason: reason.into(),
-        action: action.into(),
-        note,
-    }
+    fact
 }
 
 /// Publishes Events. One that cannot be published is logged, never fatal: the status timeline
 /// holds the same facts.
-pub async fn publish(ctx: &Context, experiment: &ChaosExperiment, events: Vec<PendingEvent>) {
-    for pending in events {
-        let event = Event {
-            type_: if pending.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: pending.reason.clone(),
-            note: Some(pending.note),
-            action: pending.action,
-            secondary: None,
-        };
-        if let Err(error) = ctx
-            .recorder
-            .publish(&event, &object_reference(experiment))
-            .await
-        {
-            warn!(%error, reason = pending.reason, "could not publish event");
+pub async fn publish(ctx: &Context, experiment: &ChaosExperiment, facts: Vec<Fact>) {
+    let regarding = object_reference(experiment);
+    for fact in facts {
+        if let Err(error) = ctx.recorder.publish(&fact, &regarding).await {
+            warn!(%error, reason = fact.reason, "could not publish event");
         }
     }
 }
@@ -126,11 +89,22 @@ pub async fn note(
     ctx: &Context,
     experiment: &ChaosExperiment,
     status: &mut ChaosExperimentStatus,
-    warning: bool,
-    reason: &str,
-    action: &str,
-    message: String,
+    fact: Fact,
 ) {
-    let event = record(ctx, status, warning, reason, action, message);
-    publish(ctx, experiment, vec![event]).await;
+    let fact = record(ctx, status, fact);
+    publish(ctx, experiment, vec![fact]).await;
+}
+
+/// [`note`] for several facts, in order.
+pub async fn note_all(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    facts: Vec<Fact>,
+) {
+    let facts = facts
+        .into_iter()
+        .map(|fact| record(ctx, status, fact))
+        .collect();
+    publish(ctx, experiment, facts).await;
 }

@@ -1,5 +1,7 @@
 //! Choosing targets: the first selection (recorded, with its seed, before anything is
-//! injected) and the fresh selections of a repeating pod kill. (client required)
+//! injected) and the fresh selections of a repeating pod kill. Reads the cluster (namespaces,
+//! pods, nodes) and returns what it chose; it never writes: recording and acting on a
+//! selection is `act`'s. (client required, read only)
 
 use std::collections::BTreeMap;
 
@@ -10,11 +12,7 @@ use k8s_openapi::{
 };
 use kube::{Api, ResourceExt, api::ListParams, core::Selector};
 
-use super::{
-    Context, Error, Result,
-    act::{act_error, finish, remove_finalizer},
-    injections, podkill, status,
-};
+use super::{Context, Error, Result, injections};
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, FaultKind, NODE_CAPABILITIES_ANNOTATION,
@@ -23,17 +21,39 @@ use crate::{
     selection::{self, LabelMatcher, select_targets, target_namespaces},
 };
 
-/// Selects the targets and records one record per target and fault, with the seed.
-pub(super) async fn record_targets(
+/// What the first selection found.
+pub(super) struct Selection {
+    /// The seed of the random choice (recorded even when the selection was refused).
+    pub seed: i64,
+    /// One record per target and fault, `Selected`.
+    pub records: Vec<TargetRecord>,
+    /// How many pods were selected.
+    pub target_count: i32,
+    /// For the timeline: what was selected out of what matched (None when selection itself
+    /// failed).
+    pub summary: Option<String>,
+    /// Set when nothing may be injected.
+    pub refused: Option<Refusal>,
+}
+
+/// Why nothing may be injected, as the verdict to end with.
+pub(super) struct Refusal {
+    pub verdict: Verdict,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Selects the targets (with `seed`, or a fresh one) and checks that their nodes can take the
+/// faults.
+pub(super) async fn select(
     ctx: &Context,
-    experiment: &mut ChaosExperiment,
-    status: &mut ChaosExperimentStatus,
-) -> Result<()> {
+    experiment: &ChaosExperiment,
+    seed: Option<i64>,
+) -> Result<Selection> {
     let namespace = experiment.namespace().unwrap_or_default();
     let spec = &experiment.spec.target;
     let (namespace_objects, pods) = candidates(ctx, experiment).await?;
-    let seed = status.seed.map(|s| s as u64).unwrap_or_else(rand::random);
-    let now = (ctx.now)();
+    let seed = seed.map(|s| s as u64).unwrap_or_else(rand::random);
     match select_targets(
         spec,
         &namespace,
@@ -43,45 +63,31 @@ pub(super) async fn record_targets(
         seed,
     ) {
         Ok(selection) => {
-            status.seed = Some(seed as i64);
-            status.target_count = selection.targets.len() as i32;
-            status.targets = records_for(experiment, &selection);
             let names: Vec<String> = selection
                 .targets
                 .iter()
                 .map(|t| format!("{}/{}", t.namespace, t.name))
                 .collect();
-            let message = format!(
+            let summary = format!(
                 "selected {} of {} matching pods: {}",
                 names.len(),
                 selection.matched,
                 names.join(", ")
             );
-            status::note(
-                ctx,
-                experiment,
-                status,
-                false,
-                "TargetsSelected",
-                "Select",
-                message,
-            )
-            .await;
-            if let Some(problem) = node_preflight(ctx, experiment, &selection).await? {
-                let message = format!("preflight failed, nothing was injected: {problem}");
-                finish(
-                    ctx,
-                    experiment,
-                    status,
-                    Verdict::Failed,
-                    "PreflightFailed",
-                    message,
-                    now,
-                )
-                .await?;
-                return remove_finalizer(ctx, experiment).await;
-            }
-            status::write(ctx, experiment, status).await
+            let refused = node_preflight(ctx, experiment, &selection)
+                .await?
+                .map(|problem| Refusal {
+                    verdict: Verdict::Failed,
+                    reason: "PreflightFailed",
+                    message: format!("preflight failed, nothing was injected: {problem}"),
+                });
+            Ok(Selection {
+                seed: seed as i64,
+                records: records_for(experiment, &selection),
+                target_count: selection.targets.len() as i32,
+                summary: Some(summary),
+                refused,
+            })
         }
         Err(error) => {
             let (verdict, reason) = match error {
@@ -90,10 +96,17 @@ pub(super) async fn record_targets(
                 | selection::SelectionError::MissingValue { .. } => (Verdict::Error, "InvalidSpec"),
                 _ => (Verdict::Failed, "SelectionRefused"),
             };
-            status.seed = Some(seed as i64);
-            let message = format!("nothing was injected: {error}");
-            finish(ctx, experiment, status, verdict, reason, message, now).await?;
-            remove_finalizer(ctx, experiment).await
+            Ok(Selection {
+                seed: seed as i64,
+                records: Vec::new(),
+                target_count: 0,
+                summary: None,
+                refused: Some(Refusal {
+                    verdict,
+                    reason,
+                    message: format!("nothing was injected: {error}"),
+                }),
+            })
         }
     }
 }
@@ -194,15 +207,29 @@ fn plain(value: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// A repeating pod kill is due: select afresh (a new seed each round, written in the
-/// timeline), record the new round as `Injecting`, then kill. The previous round's records of
-/// that fault are replaced, so status stays bounded however long the experiment runs.
-pub(super) async fn kill_again(
+/// A round of a repeating pod kill, as selected.
+pub(super) enum Round {
+    /// Kill these targets: fresh records (`Injecting`) that replace the previous round's
+    /// records of the due faults.
+    Kill {
+        due: Vec<usize>,
+        records: Vec<TargetRecord>,
+        /// For the timeline: the round's seed and targets.
+        summary: String,
+    },
+    /// The world changed under the experiment (e.g. more pods than the cap now): kill nothing
+    /// this round, for this reason.
+    Skip { due: Vec<usize>, why: String },
+}
+
+/// Selects the targets of the repeating kills due at `now`, afresh (a new seed each round,
+/// written in the timeline).
+pub(super) async fn select_round(
     ctx: &Context,
-    experiment: &mut ChaosExperiment,
-    status: &mut ChaosExperimentStatus,
+    experiment: &ChaosExperiment,
+    status: &ChaosExperimentStatus,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Round> {
     let namespace = experiment.namespace().unwrap_or_default();
     let (namespace_objects, pods) = candidates(ctx, experiment).await?;
     let round_seed = status.seed.unwrap_or_default() as u64 ^ now.timestamp_millis() as u64;
@@ -217,31 +244,13 @@ pub(super) async fn kill_again(
     ) {
         Ok(selection) => selection,
         Err(error) => {
-            // The world changed under the experiment (e.g. more pods than the cap now): record
-            // it and kill nothing this round.
-            for index in &due {
-                for record in status
-                    .targets
-                    .iter_mut()
-                    .filter(|r| r.fault_index == *index as i32)
-                {
-                    record.injected_at = Some(now);
-                }
-            }
-            status::note(
-                ctx,
-                experiment,
-                status,
-                true,
-                "PodKillRoundSkipped",
-                "Select",
-                format!("this round kills nothing: {error}"),
-            )
-            .await;
-            return status::write(ctx, experiment, status).await;
+            return Ok(Round::Skip {
+                due,
+                why: error.to_string(),
+            });
         }
     };
-    let fresh: Vec<TargetRecord> = records_for(experiment, &selection)
+    let records = records_for(experiment, &selection)
         .into_iter()
         .filter(|r| due.contains(&(r.fault_index as usize)))
         .map(|mut r| {
@@ -249,54 +258,16 @@ pub(super) async fn kill_again(
             r
         })
         .collect();
-    status
-        .targets
-        .retain(|r| !due.contains(&(r.fault_index as usize)));
-    status.targets.extend(fresh);
     let names: Vec<String> = selection
         .targets
         .iter()
         .map(|t| format!("{}/{}", t.namespace, t.name))
         .collect();
-    status::note(
-        ctx,
-        experiment,
-        status,
-        false,
-        "PodKillRound",
-        "Select",
-        format!("kill round (seed {round_seed}): {}", names.join(", ")),
-    )
-    .await;
-    status::write(ctx, experiment, status).await?;
-
-    let mut notes = Vec::new();
-    for record in status
-        .targets
-        .iter_mut()
-        .filter(|r| r.state == TargetState::Injecting && due.contains(&(r.fault_index as usize)))
-    {
-        let Some(FaultKind::PodKill(fault)) = experiment
-            .spec
-            .faults
-            .get(record.fault_index as usize)
-            .and_then(|f| f.kind())
-        else {
-            continue;
-        };
-        if let Some(note) = podkill::apply(&ctx.no_retry, record, fault, now)
-            .await
-            .map_err(act_error("kill a pod"))?
-        {
-            notes.push(note);
-        }
-        // A skipped or vanished target still marks the round as done.
-        record.injected_at.get_or_insert(now);
-    }
-    for (reason, message) in notes {
-        status::note(ctx, experiment, status, false, reason, "Inject", message).await;
-    }
-    status::write(ctx, experiment, status).await
+    Ok(Round::Kill {
+        due,
+        records,
+        summary: format!("kill round (seed {round_seed}): {}", names.join(", ")),
+    })
 }
 
 pub(super) fn records_for(
@@ -336,18 +307,34 @@ pub(super) fn required_capabilities(kind: FaultKind<'_>) -> &'static [&'static s
     }
 }
 
-/// Refuses a network fault whose target's node has said (through its agent's
-/// `faultline.dev/capabilities` annotation) that it cannot do it. A node without the
-/// annotation has no agent report yet; the injection timeout covers that case.
+/// Refuses a network fault that no agent could apply: its target runs on no node, or its
+/// node's agent has said (through the `faultline.dev/capabilities` annotation) that the
+/// node's kernel cannot do it. A node without the annotation has no agent report yet: a real
+/// run waits for it (the injection timeout covers an agent that never comes), a dry run says
+/// that the fault could not be applied there now.
 async fn node_preflight(
     ctx: &Context,
     experiment: &ChaosExperiment,
     selection: &selection::Selection,
 ) -> Result<Option<String>> {
+    let network: Vec<&'static str> = experiment
+        .spec
+        .faults
+        .iter()
+        .filter_map(|f| f.kind())
+        .filter(|k| k.is_network())
+        .map(|k| k.name())
+        .collect();
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let mut checked = std::collections::BTreeMap::new();
     for target in &selection.targets {
-        let Some(node_name) = &target.node_name else {
+        let Some(node_name) = target.node_name.as_ref().filter(|n| !n.is_empty()) else {
+            if let Some(fault) = network.first() {
+                return Ok(Some(format!(
+                    "pod {}/{} runs on no node (it is not scheduled), so no faultline agent can apply {fault} to it",
+                    target.namespace, target.name
+                )));
+            }
             continue;
         };
         if !checked.contains_key(node_name) {
@@ -358,6 +345,14 @@ async fn node_preflight(
             checked.insert(node_name.clone(), capabilities);
         }
         let Some(Some(capabilities)) = checked.get(node_name) else {
+            if experiment.spec.dry_run
+                && let Some(fault) = network.first()
+            {
+                return Ok(Some(format!(
+                    "no faultline agent has reported on node {node_name} (pod {}/{}): it has no {NODE_CAPABILITIES_ANNOTATION} annotation, so {fault} could not be applied there now; is the agent DaemonSet running on that node?",
+                    target.namespace, target.name
+                )));
+            }
             continue;
         };
         let offered: Vec<&str> = capabilities.split(',').map(str::trim).collect();

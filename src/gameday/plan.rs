@@ -357,7 +357,7 @@ fn finish(o: &Observed, p: &mut Plan, verdict: Verdict, message: String) {
         match verdict {
             Verdict::Passed | Verdict::DryRun => phase::SUCCEEDED,
             Verdict::Aborted => phase::ABORTED,
-            Verdict::Failed | Verdict::Error => phase::FAILED,
+            Verdict::Failed | Verdict::Error | Verdict::Inconclusive => phase::FAILED,
         }
         .into(),
     );
@@ -395,15 +395,16 @@ pub(super) fn passed(verdict: Verdict) -> bool {
     matches!(verdict, Verdict::Passed | Verdict::DryRun)
 }
 
-/// The verdict of several: the one `faultline run` would exit with the highest code for
-/// (Error, then Aborted, then Failed); all dry runs stay a dry run.
+/// The verdict of several: the one `faultline run` would take its exit code from (Error,
+/// then Aborted, then Failed, then Inconclusive); all dry runs stay a dry run.
 pub(super) fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
     let rank = |v: &Verdict| match v {
         Verdict::DryRun => 0,
         Verdict::Passed => 1,
-        Verdict::Failed => 2,
-        Verdict::Aborted => 3,
-        Verdict::Error => 4,
+        Verdict::Inconclusive => 2,
+        Verdict::Failed => 3,
+        Verdict::Aborted => 4,
+        Verdict::Error => 5,
     };
     let verdicts: Vec<Verdict> = verdicts.into_iter().collect();
     if !verdicts.is_empty() && verdicts.iter().all(|v| *v == Verdict::DryRun) {

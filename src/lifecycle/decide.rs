@@ -35,19 +35,39 @@ pub enum ProgressView {
 /// Why an experiment is being stopped early.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AbortCause {
-    HypothesisViolated { probe: String, message: String },
-    Requested,
+    HypothesisViolated {
+        probe: String,
+        message: String,
+    },
+    /// Someone asked (`faultline abort`); the message carries the reason they gave.
+    Requested {
+        message: String,
+    },
     Deleted,
     Paused,
-    InjectFailed { message: String },
+    InjectFailed {
+        message: String,
+    },
 }
 
 impl AbortCause {
+    /// An abort request with the reason given (the annotation's value; may be empty).
+    pub fn requested(reason: &str) -> AbortCause {
+        let reason = reason.trim();
+        AbortCause::Requested {
+            message: if reason.is_empty() {
+                "aborted on request (faultline.dev/abort annotation, no reason given)".into()
+            } else {
+                format!("aborted on request: {reason}")
+            },
+        }
+    }
+
     /// The PascalCase reason written to status and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             AbortCause::HypothesisViolated { .. } => "ProbeFailed",
-            AbortCause::Requested => "AbortRequested",
+            AbortCause::Requested { .. } => "AbortRequested",
             AbortCause::Deleted => "ExperimentDeleted",
             AbortCause::Paused => "ChaosPaused",
             AbortCause::InjectFailed { .. } => "InjectFailed",
@@ -57,7 +77,7 @@ impl AbortCause {
     pub fn message(&self) -> String {
         match self {
             AbortCause::HypothesisViolated { message, .. } => message.clone(),
-            AbortCause::Requested => "aborted on request (faultline.dev/abort annotation)".into(),
+            AbortCause::Requested { message } => message.clone(),
             AbortCause::Deleted => "the experiment was deleted while faults were in".into(),
             AbortCause::Paused => "chaos is paused cluster-wide (faultline pause)".into(),
             AbortCause::InjectFailed { message } => message.clone(),
@@ -98,7 +118,9 @@ pub struct Observed {
     /// A preflight problem that forbids injecting (over the cap, a fault the node cannot do).
     pub preflight_error: Option<String>,
     pub deleting: bool,
-    pub abort_requested: bool,
+    /// Someone asked for an abort, with this reason (possibly empty).
+    pub abort_requested: Option<String>,
+    /// Chaos is paused cluster-wide: nothing new starts, running experiments abort.
     pub paused: bool,
     /// The hypothesis for the phase being checked (before, during or after).
     pub hypothesis: HypothesisView,
@@ -110,6 +132,9 @@ pub struct Observed {
     pub abort_cause: Option<AbortCause>,
     /// When a repeating pod kill (`podKill.interval`) is due next, if the experiment has one.
     pub next_kill_at: Option<DateTime<Utc>>,
+    /// `Some(why)` while no fault has gone in (every target so far skipped, each with its
+    /// reason); `None` once one has, or may have.
+    pub nothing_injected: Option<String>,
 }
 
 /// What to do next. `Transition` writes the new phase (and, for terminal phases, the verdict);
@@ -135,6 +160,9 @@ pub enum Decision {
     },
     /// A repeating pod kill is due: select targets afresh and kill them.
     KillAgain,
+    /// Chaos is paused and nothing is injected yet: wait in Pending (targets are chosen
+    /// afresh once chaos resumes).
+    Hold,
     /// Nothing to do until this time (or until something changes).
     WaitUntil(DateTime<Utc>),
     /// Nothing to do until the world changes (probe result, injection status).
@@ -175,14 +203,21 @@ pub fn decide(o: &Observed) -> Decision {
     // Stop requests come first, from every phase. Before injection there is nothing to revert.
     let stop = if o.deleting {
         Some(AbortCause::Deleted)
-    } else if o.abort_requested {
-        Some(AbortCause::Requested)
+    } else if let Some(reason) = &o.abort_requested {
+        Some(AbortCause::requested(reason))
     } else if o.paused {
         Some(AbortCause::Paused)
     } else {
         None
     };
     if let Some(cause) = stop {
+        // A pause holds what has not started yet, as it holds schedules and game days; what
+        // has faults in (or may have) stops.
+        let not_started =
+            matches!(o.phase, Phase::Pending | Phase::Verifying) && o.injected_at.is_none();
+        if cause == AbortCause::Paused && not_started {
+            return Decision::Hold;
+        }
         return match o.phase {
             _ if faults_may_be_in => Decision::Abort(cause),
             Phase::Aborting | Phase::Recovering => revert_progress(o),
@@ -245,6 +280,7 @@ pub fn decide(o: &Observed) -> Decision {
                 "DryRun",
                 "dry run: targets resolved, preflight and the before-hypothesis passed; nothing was injected",
             ),
+            // The user asked for this outcome with allowEmptyTargets.
             HypothesisView::Holding if o.no_targets => finish(
                 Verdict::Passed,
                 "NoTargets",
@@ -261,6 +297,11 @@ pub fn decide(o: &Observed) -> Decision {
                 return Decision::Abort(cause);
             }
             match &o.injection {
+                // Nothing went in and no later round can change that: there is nothing to
+                // test the hypothesis against (and nothing to revert).
+                ProgressView::Done if o.next_kill_at.is_none() && o.nothing_injected.is_some() => {
+                    inconclusive(o)
+                }
                 ProgressView::Done => to(Phase::Running, "FaultsInjected", "every fault is in"),
                 ProgressView::InProgress => Decision::Wait,
                 ProgressView::Failed { message } => Decision::Abort(AbortCause::InjectFailed {
@@ -292,6 +333,7 @@ pub fn decide(o: &Observed) -> Decision {
             let reverted_at = o.reverted_at.unwrap_or(o.now);
             let deadline = after(reverted_at, o.recovery_timeout);
             match &o.hypothesis {
+                HypothesisView::Holding if o.nothing_injected.is_some() => inconclusive(o),
                 HypothesisView::Holding => finish(
                     Verdict::Passed,
                     "Passed",
@@ -313,6 +355,20 @@ pub fn decide(o: &Observed) -> Decision {
         }
         Phase::Succeeded | Phase::Failed | Phase::Aborted => Decision::Wait,
     }
+}
+
+/// The ending of an experiment in which no fault went in.
+fn inconclusive(o: &Observed) -> Decision {
+    finish(
+        Verdict::Inconclusive,
+        "NothingInjected",
+        format!(
+            "no fault was injected, so the hypothesis was not tested: {}",
+            o.nothing_injected
+                .as_deref()
+                .unwrap_or("every target was skipped")
+        ),
+    )
 }
 
 fn violation(o: &Observed) -> Option<AbortCause> {
@@ -342,7 +398,10 @@ fn revert_progress(o: &Observed) -> Decision {
             "every fault is reverted; checking that the system recovers",
         ),
         (ProgressView::Done, _) => {
-            let cause = o.abort_cause.clone().unwrap_or(AbortCause::Requested);
+            let cause = o
+                .abort_cause
+                .clone()
+                .unwrap_or_else(|| AbortCause::requested(""));
             finish(
                 cause.verdict(),
                 cause.reason(),

@@ -25,13 +25,14 @@ fn observed(phase: Phase) -> Observed {
         allow_empty_targets: false,
         preflight_error: None,
         deleting: false,
-        abort_requested: false,
+        abort_requested: None,
         paused: false,
         hypothesis: HypothesisView::Holding,
         injection: ProgressView::InProgress,
         revert: ProgressView::InProgress,
         abort_cause: None,
         next_kill_at: None,
+        nothing_injected: None,
     }
 }
 
@@ -183,15 +184,21 @@ fn a_violation_is_only_recorded_when_abort_on_failure_is_off() {
 
 #[test]
 fn stop_requests_abort_once_faults_may_be_in() {
+    let asked = || Some("db migration".to_string());
     for (set, cause) in [
-        ((true, false, false), AbortCause::Deleted),
-        ((false, true, false), AbortCause::Requested),
-        ((false, false, true), AbortCause::Paused),
+        ((true, None, false), AbortCause::Deleted),
+        (
+            (false, asked(), false),
+            AbortCause::Requested {
+                message: "aborted on request: db migration".into(),
+            },
+        ),
+        ((false, None, true), AbortCause::Paused),
     ] {
         for phase in [Phase::Injecting, Phase::Running] {
             let mut o = observed(phase);
             o.injected_at = Some(t(0));
-            (o.deleting, o.abort_requested, o.paused) = set;
+            (o.deleting, o.abort_requested, o.paused) = set.clone();
             assert_eq!(decide(&o), Decision::Abort(cause.clone()), "{phase:?}");
         }
     }
@@ -201,7 +208,7 @@ fn stop_requests_abort_once_faults_may_be_in() {
 fn stop_requests_before_injection_end_without_reverting() {
     for phase in [Phase::Pending, Phase::Verifying] {
         let mut o = observed(phase);
-        o.abort_requested = true;
+        o.abort_requested = Some("game day over".into());
         let d = decide(&o);
         assert_eq!(
             verdict_of(&d),
@@ -209,9 +216,67 @@ fn stop_requests_before_injection_end_without_reverting() {
             "{phase:?}"
         );
         assert!(
-            matches!(d, Decision::Finish { message, .. } if message.contains("before any fault was injected"))
+            matches!(&d, Decision::Finish { message, .. } if message == "aborted on request: game day over before any fault was injected"),
+            "{d:?}"
         );
     }
+    // An annotation without a value still aborts, and says no reason was given.
+    assert_eq!(
+        AbortCause::requested(" ").message(),
+        "aborted on request (faultline.dev/abort annotation, no reason given)"
+    );
+}
+
+#[test]
+fn a_pause_holds_what_has_not_started_and_never_finishes_it() {
+    for phase in [Phase::Pending, Phase::Verifying] {
+        let mut o = observed(phase);
+        o.paused = true;
+        assert_eq!(decide(&o), Decision::Hold, "{phase:?}");
+        // Deletion and abort requests still end it.
+        o.deleting = true;
+        assert_eq!(
+            verdict_of(&decide(&o)),
+            Some((Verdict::Aborted, "ExperimentDeleted"))
+        );
+    }
+    // Once faults may be in, a pause aborts as before.
+    let mut o = observed(Phase::Injecting);
+    o.injected_at = Some(t(0));
+    o.paused = true;
+    assert_eq!(decide(&o), Decision::Abort(AbortCause::Paused));
+}
+
+#[test]
+fn nothing_injected_is_inconclusive_never_passed() {
+    // Every kill refused: nothing to test, nothing to revert, no later round.
+    let mut o = observed(Phase::Injecting);
+    o.injected_at = Some(t(0));
+    o.injection = ProgressView::Done;
+    o.nothing_injected = Some("pod shop/web-0: eviction refused: budget web-pdb".into());
+    let d = decide(&o);
+    assert_eq!(
+        verdict_of(&d),
+        Some((Verdict::Inconclusive, "NothingInjected"))
+    );
+    assert!(
+        matches!(&d, Decision::Finish { message, .. } if message.ends_with("eviction refused: budget web-pdb")),
+        "{d:?}"
+    );
+    // A repeating kill may still kill in a later round: it runs on.
+    o.next_kill_at = Some(t(10));
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Running));
+    // ... and if no round ever killed, the after-check cannot make it Passed.
+    let mut o = observed(Phase::Verifying);
+    o.injected_at = Some(t(0));
+    o.reverted_at = Some(t(60));
+    o.nothing_injected = Some("every round was refused".into());
+    assert_eq!(
+        verdict_of(&decide(&o)),
+        Some((Verdict::Inconclusive, "NothingInjected"))
+    );
+    o.nothing_injected = None;
+    assert_eq!(verdict_of(&decide(&o)), Some((Verdict::Passed, "Passed")));
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! - once anything may be injected (Injecting and later), every path to a terminal phase goes
 //!   through a revert that the world confirms (`faults_reverted`), so a fault never outlives
 //!   its experiment;
-//! - a deletion, an abort request or a cluster-wide pause is obeyed from every phase.
+//! - a deletion or an abort request is obeyed from every phase; a cluster-wide pause stops
+//!   what may have faults in and holds (in Pending) what has not injected yet;
+//! - an experiment in which no fault went in never passes: it is Inconclusive.
 //!
 //! This module never talks to the cluster; `decide` is tested with plain tables.
 

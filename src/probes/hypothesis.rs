@@ -13,15 +13,43 @@
 //! after-probe that held before injection says nothing until it is checked again after the
 //! revert). Counts carry across phases: a probe violated while faults were in must pass
 //! `successThreshold` times after the revert before the after-hypothesis holds.
+//!
+//! Resuming: a controller that takes over an experiment (a failover, a restart) picks up what
+//! status recorded ([`Hypothesis::resume`]): the counts and samples stay, the time without
+//! checks is recorded as a [`ProbeGap`], and the hypothesis is judged on fresh checks only: a
+//! probe that held before the gap is undecided until checked again, and one that was violated
+//! needs `successThreshold` fresh passes.
 
 use chrono::{DateTime, Utc};
 
 use super::CheckOutcome;
-use crate::api::{Probe, ProbePhase, ProbeSample, ProbeStatus};
+use crate::api::{Probe, ProbeGap, ProbePhase, ProbeSample, ProbeStatus};
 use crate::lifecycle::HypothesisView;
 
-/// How many checks each probe's status keeps for the report's timeline.
+/// How many checks each probe's status keeps for the report's timeline, at most.
 pub const MAX_SAMPLES: usize = 120;
+/// How many checks an experiment's status keeps over all its probes: the status is written
+/// about once a second while it runs, so it must stay small. Each probe keeps an equal share,
+/// between [`MIN_SAMPLES`] and [`MAX_SAMPLES`].
+pub const SAMPLE_BUDGET: usize = 480;
+/// The fewest checks a probe keeps, however many probes the experiment has.
+pub const MIN_SAMPLES: usize = 30;
+/// The most gaps status keeps (the oldest go first).
+pub const MAX_GAPS: usize = 10;
+/// [`ProbeGap::reason`] of a gap left by a controller that stopped (failover or restart).
+pub const CONTROLLER_CHANGED: &str = "ControllerChanged";
+
+/// How many samples each of `probes` probes keeps.
+pub fn samples_per_probe(probes: usize) -> usize {
+    (SAMPLE_BUDGET / probes.max(1)).clamp(MIN_SAMPLES, MAX_SAMPLES)
+}
+
+/// What the probes of one experiment have seen: every probe's status and the gaps in them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeRecord {
+    pub probes: Vec<ProbeStatus>,
+    pub gaps: Vec<ProbeGap>,
+}
 
 /// Where one probe stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +67,7 @@ pub struct ProbeTracker {
     phases: Vec<ProbePhase>,
     state: ProbeState,
     status: ProbeStatus,
+    max_samples: usize,
 }
 
 impl ProbeTracker {
@@ -54,7 +83,33 @@ impl ProbeTracker {
                 name: probe.name.clone(),
                 ..ProbeStatus::default()
             },
+            max_samples: MAX_SAMPLES,
         }
+    }
+
+    /// A tracker that goes on from `recorded` (what an earlier controller wrote to status):
+    /// counts, samples and the first violation stay; the state is judged on fresh checks. A
+    /// probe that held is undecided until its next check; one that was violated stays
+    /// violated until `successThreshold` fresh passes.
+    pub fn resume(probe: &Probe, recorded: &ProbeStatus) -> Self {
+        let mut tracker = ProbeTracker::new(probe);
+        let mut status = recorded.clone();
+        status.name = probe.name.clone();
+        let violated = match (status.holding, status.first_violation_at) {
+            (false, Some(since)) => Some(since),
+            _ => None,
+        };
+        tracker.state = match violated {
+            Some(since) => ProbeState::Violated { since },
+            None => {
+                status.consecutive_failures = 0;
+                ProbeState::Undecided
+            }
+        };
+        status.holding = false;
+        status.consecutive_successes = 0;
+        tracker.status = status;
+        tracker
     }
 
     pub fn name(&self) -> &str {
@@ -116,9 +171,14 @@ impl ProbeTracker {
             ok: outcome.ok,
             value: outcome.value.clone(),
         });
-        if s.samples.len() > MAX_SAMPLES {
-            let excess = s.samples.len() - MAX_SAMPLES;
-            s.samples.drain(..excess);
+        self.trim_samples();
+    }
+
+    fn trim_samples(&mut self) {
+        let samples = &mut self.status.samples;
+        if samples.len() > self.max_samples {
+            let excess = samples.len() - self.max_samples;
+            samples.drain(..excess);
         }
     }
 
@@ -153,16 +213,65 @@ impl ProbeTracker {
     }
 }
 
-/// Every probe of an experiment, in spec order.
+/// Every probe of an experiment, in spec order, and the gaps in their checks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hypothesis {
     trackers: Vec<ProbeTracker>,
+    gaps: Vec<ProbeGap>,
 }
 
 impl Hypothesis {
     pub fn new(probes: &[Probe]) -> Self {
-        Hypothesis {
-            trackers: probes.iter().map(ProbeTracker::new).collect(),
+        Self::resume(probes, &ProbeRecord::default(), false)
+    }
+
+    /// Goes on from what status recorded (see [`ProbeTracker::resume`]). When checks were
+    /// expected (`checking`) and some were recorded, the time from the last recorded check to
+    /// the first fresh one is a gap (`ControllerChanged`); an open gap an earlier controller
+    /// left stays open until then.
+    pub fn resume(probes: &[Probe], recorded: &ProbeRecord, checking: bool) -> Self {
+        let per_probe = samples_per_probe(probes.len());
+        let trackers = probes
+            .iter()
+            .map(|probe| {
+                let mut tracker = match recorded.probes.iter().find(|r| r.name == probe.name) {
+                    Some(seen) => ProbeTracker::resume(probe, seen),
+                    None => ProbeTracker::new(probe),
+                };
+                tracker.max_samples = per_probe;
+                tracker.trim_samples();
+                tracker
+            })
+            .collect();
+        let mut hypothesis = Hypothesis {
+            trackers,
+            gaps: recorded.gaps.clone(),
+        };
+        let last_check = recorded
+            .probes
+            .iter()
+            .filter_map(|p| p.last_checked_at)
+            .max();
+        let open = hypothesis.gaps.iter().any(|g| g.to.is_none());
+        if let (true, false, Some(from)) = (checking, open, last_check) {
+            hypothesis.gaps.push(ProbeGap {
+                from,
+                to: None,
+                reason: CONTROLLER_CHANGED.into(),
+            });
+        }
+        if hypothesis.gaps.len() > MAX_GAPS {
+            let excess = hypothesis.gaps.len() - MAX_GAPS;
+            hypothesis.gaps.drain(..excess);
+        }
+        hypothesis
+    }
+
+    /// Everything recorded so far, for status.
+    pub fn snapshot(&self) -> ProbeRecord {
+        ProbeRecord {
+            probes: self.statuses(),
+            gaps: self.gaps.clone(),
         }
     }
 
@@ -177,6 +286,10 @@ impl Hypothesis {
         match self.trackers.iter_mut().find(|t| t.name() == probe) {
             Some(tracker) => {
                 tracker.record(outcome, at, phase);
+                // The first fresh check closes the gap.
+                for gap in self.gaps.iter_mut().filter(|g| g.to.is_none()) {
+                    gap.to = Some(at.max(gap.from));
+                }
                 true
             }
             None => false,

@@ -244,3 +244,80 @@ fn unknown_probe_names_are_refused_and_statuses_follow_spec_order() {
     assert_eq!(names, ["a", "b"]);
     assert_eq!(h.tracker("b").unwrap().status().passes, 1);
 }
+
+#[test]
+fn many_probes_share_the_sample_budget() {
+    assert_eq!(samples_per_probe(1), MAX_SAMPLES);
+    assert_eq!(samples_per_probe(8), 60);
+    assert_eq!(samples_per_probe(32), MIN_SAMPLES);
+    let probes: Vec<Probe> = (0..8).map(|i| probe(&format!("p{i}"), 1, 1)).collect();
+    let mut h = Hypothesis::new(&probes);
+    for i in 0..100 {
+        h.record("p0", &pass(), t(i), During);
+    }
+    assert_eq!(h.statuses()[0].samples.len(), 60);
+}
+
+#[test]
+fn a_resumed_hypothesis_keeps_the_record_marks_the_gap_and_judges_on_fresh_checks() {
+    // What the first controller recorded: `ok` held, `bad` was violated at t(3).
+    let mut first = Hypothesis::new(&[probe("ok", 1, 1), probe("bad", 1, 2)]);
+    first.record("ok", &pass(), t(1), During);
+    first.record("bad", &pass(), t(1), During);
+    first.record("bad", &fail(), t(3), During);
+    first.record("ok", &pass(), t(4), During);
+    let recorded = first.snapshot();
+    assert!(recorded.gaps.is_empty());
+
+    let probes = [probe("ok", 1, 1), probe("bad", 1, 2)];
+    let mut next = Hypothesis::resume(&probes, &recorded, true);
+    let ok = next.tracker("ok").unwrap();
+    assert_eq!(ok.status().passes, 2, "counts carry over");
+    assert_eq!(ok.status().samples.len(), 2, "samples carry over");
+    assert_eq!(ok.state(), ProbeState::Undecided, "no fresh check yet");
+    assert!(!ok.status().holding);
+    let bad = next.tracker("bad").unwrap();
+    assert_eq!(bad.state(), ProbeState::Violated { since: t(3) });
+    assert!(matches!(
+        next.view(During),
+        HypothesisView::Violated { probe, since, .. } if probe == "bad" && since == t(3)
+    ));
+    // The gap opens at the last recorded check and closes at the first fresh one.
+    assert_eq!(
+        next.snapshot().gaps,
+        [ProbeGap {
+            from: t(4),
+            to: None,
+            reason: CONTROLLER_CHANGED.into()
+        }]
+    );
+    next.record("ok", &pass(), t(20), During);
+    assert_eq!(next.snapshot().gaps[0].to, Some(t(20)));
+    assert_eq!(next.tracker("ok").unwrap().state(), ProbeState::Holding);
+    // `bad` needs two fresh passes: one from before the gap does not count.
+    next.record("bad", &pass(), t(20), During);
+    assert!(matches!(
+        next.tracker("bad").unwrap().state(),
+        ProbeState::Violated { .. }
+    ));
+    next.record("bad", &pass(), t(21), During);
+    assert_eq!(next.view(During), HypothesisView::Holding);
+
+    // A controller that took over while no probe was due (faults being reverted) leaves no
+    // gap; one that finds an open gap keeps it open rather than starting another.
+    assert!(
+        Hypothesis::resume(&probes, &recorded, false)
+            .snapshot()
+            .gaps
+            .is_empty()
+    );
+    let mut open = recorded.clone();
+    open.gaps.push(ProbeGap {
+        from: t(2),
+        to: None,
+        reason: CONTROLLER_CHANGED.into(),
+    });
+    let gaps = Hypothesis::resume(&probes, &open, true).snapshot().gaps;
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(gaps[0].from, t(2));
+}

@@ -163,17 +163,28 @@ fn write_summary(out: &mut String, s: &ExperimentSummary) {
         (
             "Targets",
             format!(
-                "{} selected, {} injected, {} skipped, {} failed",
-                s.target_count, s.targets_injected, s.targets_skipped, s.targets_failed
+                "{} selected, {} injected, {} skipped, {} failed{}",
+                s.target_count,
+                s.targets_injected,
+                s.targets_skipped,
+                s.targets_failed,
+                super::text::rounds_text(s)
             ),
         ),
         ("Started", when(s.started_at)),
         ("Finished", when(s.finished_at)),
         ("Elapsed", or_dash(s.elapsed.as_deref()).into()),
         ("Fault window", or_dash(s.fault_window.as_deref()).into()),
+        ("Abort reason", or_dash(s.abort_reason.as_deref()).into()),
         ("Abort latency", or_dash(s.abort_latency.as_deref()).into()),
         ("Recovery time", or_dash(s.recovery_time.as_deref()).into()),
     ];
+    for gap in &s.probe_gaps {
+        rows.push((
+            "Gap in the probe checks",
+            super::text::gap_text(gap, s.started_at),
+        ));
+    }
     if s.dry_run {
         rows.insert(1, ("Dry run", "yes: nothing was injected".into()));
     }

@@ -5,7 +5,8 @@
 //! name `probe <name>`). A failed or aborted experiment is a `<failure>` whose message names the
 //! probe and the value that broke the hypothesis; an experiment faultline could not carry out
 //! (verdict Error), or one that had not finished when the report was written, is an `<error>`.
-//! A probe that was never checked is `<skipped>`.
+//! An experiment in which no fault went in (verdict Inconclusive: the hypothesis was not
+//! tested) and a probe that was never checked are `<skipped>`.
 
 use std::fmt::Write;
 
@@ -91,6 +92,14 @@ fn experiment_case(
                 esc(s.failure.as_deref().unwrap_or(&message)),
                 esc(reason),
                 esc(&detail)
+            );
+        }
+        Some(Verdict::Inconclusive) => {
+            counts.skipped += 1;
+            let _ = writeln!(
+                out,
+                "      <skipped message=\"{}\"/>",
+                esc(&format!("Inconclusive ({reason}): {message}"))
             );
         }
         Some(Verdict::Error) => {

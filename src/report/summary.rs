@@ -35,6 +35,8 @@ pub struct ExperimentSummary {
     /// How long faults were in: injection to revert.
     pub fault_window: Option<String>,
     pub abort_started_at: Option<DateTime<Utc>>,
+    /// Why it was aborted: the reason given to `faultline abort`, the probe that failed, ...
+    pub abort_reason: Option<String>,
     pub abort_latency: Option<String>,
     pub recovery_time: Option<String>,
     pub target_count: i32,
@@ -43,7 +45,12 @@ pub struct ExperimentSummary {
     /// Targets left alone on purpose (e.g. a PodDisruptionBudget refused the eviction).
     pub targets_skipped: usize,
     pub targets_failed: usize,
+    /// Faults that went in over the whole experiment (each round of a repeating kill counts).
+    pub faults_injected: i32,
     pub probes: Vec<ProbeSummary>,
+    /// Times without probe checks although checks were due (a controller failover), each as
+    /// `from`, `to` (unset while still open) and the reason.
+    pub probe_gaps: Vec<crate::api::ProbeGap>,
     /// The sentence that explains a failed or aborted experiment: the probe, the value that
     /// broke the hypothesis and the controller's message. None when it passed.
     pub failure: Option<String>,
@@ -127,6 +134,7 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
             .zip(status.reverted_at)
             .map(|(a, b)| text::span(a, b)),
         abort_started_at: status.abort_started_at,
+        abort_reason: status.abort_reason.clone(),
         abort_latency: status.abort_latency.as_ref().map(ToString::to_string),
         recovery_time: status.recovery_time.as_ref().map(ToString::to_string),
         target_count: status.target_count,
@@ -137,7 +145,9 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
         ]),
         targets_skipped: count(&[TargetState::Skipped]),
         targets_failed: count(&[TargetState::Failed]),
+        faults_injected: status.faults_injected,
         probes,
+        probe_gaps: status.probe_gaps.clone(),
         failure,
     }
 }

@@ -1,7 +1,9 @@
 //! The SVG timeline of the HTML report: x is time; a lane of phases and numbered events (the
 //! numbers are the rows of the event table), then one lane per probe with a mark per check
 //! (green pass, red fail). The fault window (injection to revert) is shaded across every lane,
-//! and an abort is a dashed vertical line with its label.
+//! an abort is a dashed vertical line with its label, and a gap in the probe checks (a
+//! controller failover) is a grey band with a dashed border across the probe lanes, labelled
+//! with how long no probe checked.
 //!
 //! Static SVG: no script, no external fonts or images; `<title>` children give tooltips.
 
@@ -54,6 +56,12 @@ fn known_times(s: &ExperimentSummary, status: &ChaosExperimentStatus) -> Vec<Dat
             .probes
             .iter()
             .flat_map(|p| p.samples.iter().map(|x| x.time)),
+    );
+    times.extend(
+        status
+            .probe_gaps
+            .iter()
+            .flat_map(|g| std::iter::once(g.from).chain(g.to)),
     );
     times
 }
@@ -140,6 +148,9 @@ pub fn timeline(s: &ExperimentSummary, status: &ChaosExperimentStatus) -> String
             );
         }
     }
+    for gap in &status.probe_gaps {
+        write_gap(&mut out, gap, &axis, lanes_top, bottom, end, origin);
+    }
     if let Some(at) = s.abort_started_at {
         let x = axis.x(at);
         let latency = s
@@ -160,7 +171,7 @@ pub fn timeline(s: &ExperimentSummary, status: &ChaosExperimentStatus) -> String
             esc(&latency)
         );
     }
-    write_legend(&mut out, height - 12.0);
+    write_legend(&mut out, height - 12.0, !status.probe_gaps.is_empty());
     out.push_str("</svg>");
     out
 }
@@ -378,7 +389,48 @@ fn write_probe_lane(
     out.push_str("</g>\n");
 }
 
-fn write_legend(out: &mut String, y: f64) {
+/// A gap in the probe checks: a grey band over the probe lanes, from the last check before it
+/// to the first after it (or the end of the axis while it is open).
+fn write_gap(
+    out: &mut String,
+    gap: &crate::api::ProbeGap,
+    axis: &Axis,
+    top: f64,
+    bottom: f64,
+    end: DateTime<Utc>,
+    origin: DateTime<Utc>,
+) {
+    let to = gap.to.unwrap_or(end);
+    let (x1, x2) = (axis.x(gap.from), axis.x(to));
+    let width = (x2 - x1).max(2.0);
+    let seconds = (to - gap.from).num_milliseconds() as f64 / 1000.0;
+    let label = format!("no checks {seconds:.1}s");
+    let tip = super::text::gap_text(gap, Some(origin));
+    let _ = write!(
+        out,
+        "<g class=\"probe-gap\"><rect x=\"{x1:.1}\" y=\"{top:.1}\" width=\"{width:.1}\" height=\"{:.1}\" fill=\"#9ca3af\" fill-opacity=\"0.3\" stroke=\"#4b5563\" stroke-dasharray=\"4 3\"/>",
+        (bottom - top).max(LANE_HEIGHT)
+    );
+    if width > label.len() as f64 * 6.0 + 6.0 {
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#374151\">{label}</text>",
+            x1 + 4.0,
+            top + 12.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<title>{}</title></g>",
+        esc(&format!("gap in the probe checks: {tip}"))
+    );
+}
+
+fn write_legend(out: &mut String, y: f64, gaps: bool) {
+    let gap = gaps.then_some((
+        "<rect x=\"0\" y=\"-11\" width=\"14\" height=\"12\" fill=\"#9ca3af\" fill-opacity=\"0.3\" stroke=\"#4b5563\" stroke-dasharray=\"3 2\"/>",
+        "no probe checks",
+    ));
     let items = [
         (
             "<circle cx=\"6\" cy=\"-4\" r=\"4\" fill=\"#16a34a\"/>",
@@ -400,7 +452,9 @@ fn write_legend(out: &mut String, y: f64) {
             "<circle cx=\"7\" cy=\"-4\" r=\"6\" fill=\"#4b5563\"/>",
             "event (see the event table)",
         ),
-    ];
+    ]
+    .into_iter()
+    .chain(gap);
     let mut x = LEFT;
     let _ = write!(out, "<g class=\"legend\" fill=\"#374151\">");
     for (mark, label) in items {

@@ -5,11 +5,14 @@ use kube::ResourceExt;
 
 use crate::api::{ChaosExperiment, ChaosSchedule, GameDay, Phase};
 
-const HEADERS: [&str; 7] = [
+const HEADERS: [&str; 10] = [
     "NAME",
     "NAMESPACE",
     "PHASE",
     "VERDICT",
+    "HYPOTHESIS",
+    "CHECKS",
+    "LAST CHECK",
     "TARGETS",
     "AGE",
     "ELAPSED/REMAINING",
@@ -146,7 +149,7 @@ fn aligned(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String 
     out
 }
 
-fn row(experiment: &ChaosExperiment, now: DateTime<Utc>) -> [String; 7] {
+fn row(experiment: &ChaosExperiment, now: DateTime<Utc>) -> [String; 10] {
     let status = experiment.status.clone().unwrap_or_default();
     let age = created(experiment).map_or_else(|| "-".into(), |t| human(now - t));
     let verdict = status
@@ -157,6 +160,13 @@ fn row(experiment: &ChaosExperiment, now: DateTime<Utc>) -> [String; 7] {
         experiment.namespace().unwrap_or_default(),
         format!("{:?}", status.phase),
         verdict,
+        status
+            .hypothesis
+            .map_or_else(|| "-".into(), |h| format!("{h:?}")),
+        status.checks.clone().unwrap_or_else(|| "-".into()),
+        status
+            .last_checked_at
+            .map_or_else(|| "-".into(), |t| format!("{} ago", human(now - t))),
         status.target_count.to_string(),
         age,
         progress(experiment, now),

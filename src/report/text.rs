@@ -68,6 +68,36 @@ fn positive(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
     (to - from).to_std().unwrap_or_default()
 }
 
+/// A gap in the probe checks, in words: `+4.1s to +20.3s (16.2s without checks): the
+/// controller changed (failover or restart)`.
+pub fn gap_text(gap: &crate::api::ProbeGap, origin: Option<DateTime<Utc>>) -> String {
+    let at = |t: DateTime<Utc>| origin.map_or_else(|| time(t), |o| offset(o, t));
+    let why = match gap.reason.as_str() {
+        "ControllerChanged" => "the controller that ran the probes stopped (failover or restart)",
+        other => other,
+    };
+    match gap.to {
+        Some(to) => format!(
+            "{} to {} ({} without checks): {why}",
+            at(gap.from),
+            at(to),
+            span(gap.from, to)
+        ),
+        None => format!("since {}: {why}; no check since", at(gap.from)),
+    }
+}
+
+/// ` (12 faults went in over all rounds)` when a repeating pod kill put in more faults than
+/// the records of its last round show; empty otherwise.
+pub fn rounds_text(s: &super::ExperimentSummary) -> String {
+    let recorded = i32::try_from(s.targets_injected).unwrap_or(i32::MAX);
+    if s.faults_injected > recorded {
+        format!(" ({} faults went in over all rounds)", s.faults_injected)
+    } else {
+        String::new()
+    }
+}
+
 /// `-` for a missing value, so table cells are never empty.
 pub fn or_dash(value: Option<&str>) -> &str {
     match value {

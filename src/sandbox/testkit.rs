@@ -22,10 +22,11 @@ use serde_json::json;
 use crate::{
     api::{
         AGENT_FINALIZER, ChaosExperiment, FaultInjection, FaultInjectionStatus, InjectionPhase,
-        Phase, ProbePhase, ProbeStatus,
+        Phase, ProbePhase,
     },
     controller::HypothesisSource,
     lifecycle::HypothesisView,
+    probes::hypothesis::ProbeRecord,
 };
 
 /// Probes whose verdict is set per phase by whoever drives the controller; unset phases hold.
@@ -80,8 +81,8 @@ impl HypothesisSource for ScriptedProbes {
             .cloned()
             .unwrap_or(HypothesisView::Holding)
     }
-    fn statuses(&self, _: &str) -> Vec<ProbeStatus> {
-        vec![]
+    fn snapshot(&self, _: &str) -> Option<ProbeRecord> {
+        None
     }
     fn forget(&self, _: &str) {}
 }
@@ -118,6 +119,7 @@ pub async fn stand_in_agent(client: Client, stop: impl std::future::Future) {
                 let status = FaultInjectionStatus {
                     phase: InjectionPhase::Applied,
                     mechanism: Some("stand-in".into()),
+                    applied_at: Some(chrono::Utc::now()),
                     ..Default::default()
                 };
                 let patch = json!({"status": status});

@@ -249,6 +249,40 @@ pub async fn cordoned_node(client: &Client, name: &str) {
         )
         .await
         .unwrap();
+    report_ready(client, name).await;
+}
+
+/// Reports the Node Ready with a fresh heartbeat, as its kubelet would. Without it a real
+/// controller-manager that remembers an earlier `node-1` (every test registers it again) may
+/// find it silent, mark it unreachable and its pods not Ready in the middle of a test.
+async fn report_ready(client: &Client, name: &str) {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let status = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "reported by the tests", "lastHeartbeatTime": now, "lastTransitionTime": now,
+    }]}});
+    Api::<Node>::all(client.clone())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// Node `name` as [`cordoned_node`] makes it, with a faultline agent's report on it: the
+/// `faultline.dev/capabilities` annotation an agent writes when it starts.
+pub async fn node_with_agent(client: &Client, name: &str) {
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {
+            faultline::api::NODE_CAPABILITIES_ANNOTATION: "netem,tbf,nftables"}},
+        "spec": {"unschedulable": true}});
+    Api::<Node>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("faultline-tests").force(),
+            &Patch::Apply(&node),
+        )
+        .await
+        .unwrap();
+    report_ready(client, name).await;
 }
 
 /// Namespace `name` with faultline's opt-in label or without it, whatever it had before (server-

@@ -68,11 +68,17 @@ impl Outcome {
             End::Finished => exit_code_for(
                 self.experiments
                     .iter()
-                    .map(|e| e.status.as_ref().and_then(|s| s.verdict))
+                    .map(|e| {
+                        let status = e.status.as_ref();
+                        (
+                            status.and_then(|s| s.verdict),
+                            status.and_then(|s| s.reason.as_deref()),
+                        )
+                    })
                     .chain(
                         self.gamedays
                             .iter()
-                            .map(|g| g.status.as_ref().and_then(|s| s.verdict)),
+                            .map(|g| (g.status.as_ref().and_then(|s| s.verdict), None)),
                     ),
             ),
             End::Interrupted | End::StoppedWaiting => 2,
@@ -211,10 +217,10 @@ impl Follower<'_> {
         else {
             return;
         };
-        let lines = news(seen, &experiment);
+        let lines = news(seen, &experiment, Utc::now());
         seen.latest = Some(experiment);
-        for line in lines {
-            self.printer.line(&line);
+        for (at, line) in lines {
+            self.printer.line_at(at, &line);
         }
     }
 

@@ -38,18 +38,24 @@ pub(super) struct Printer {
 }
 
 impl Printer {
+    /// A line about something happening now.
     pub fn line(&mut self, text: &str) {
-        let now = Utc::now();
+        self.line_at(Utc::now(), text);
+    }
+
+    /// A line stamped with when it happened (a probe's check, a timeline entry), which may be
+    /// a moment before it is printed. Milliseconds when stdout is not a terminal (CI logs).
+    pub fn line_at(&mut self, at: DateTime<Utc>, text: &str) {
         let mut out = std::io::stdout().lock();
         let _ = if self.tty {
             write!(
                 out,
                 "\r\x1b[2K{} {text}\n{}",
-                now.format("%H:%M:%S"),
+                at.format("%H:%M:%S"),
                 self.bar
             )
         } else {
-            writeln!(out, "{} {text}", now.format("%Y-%m-%dT%H:%M:%SZ"))
+            writeln!(out, "{} {text}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
         };
         let _ = out.flush();
     }
@@ -78,24 +84,36 @@ pub(super) fn short(duration: Duration) -> String {
     GoDuration::from_duration(Duration::from_secs(duration.as_secs())).0
 }
 
-/// What is new in `experiment` since `seen`, as lines; updates `seen`.
-pub(super) fn news(seen: &mut Seen, experiment: &ChaosExperiment) -> Vec<String> {
+/// What is new in `experiment` since `seen`, as lines stamped with when each thing happened
+/// (`now` for what has no time of its own: a phase change, the targets), oldest first;
+/// updates `seen`.
+pub(super) fn news(
+    seen: &mut Seen,
+    experiment: &ChaosExperiment,
+    now: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, String)> {
     let key = seen.key();
     let mut lines = Vec::new();
     let Some(status) = &experiment.status else {
         return lines;
     };
     if seen.phase != Some(status.phase) {
-        lines.push(match seen.phase {
-            Some(from) => format!("{key} phase {from:?} -> {:?}", status.phase),
-            None => format!("{key} phase {:?}", status.phase),
-        });
+        lines.push((
+            now,
+            match seen.phase {
+                Some(from) => format!("{key} phase {from:?} -> {:?}", status.phase),
+                None => format!("{key} phase {:?}", status.phase),
+            },
+        ));
         seen.phase = Some(status.phase);
     }
     for entry in &status.timeline {
         let id = (entry.time, entry.reason.clone(), entry.message.clone());
         if seen.events.insert(id) {
-            lines.push(format!("{key} {}: {}", entry.reason, entry.message));
+            lines.push((
+                entry.time,
+                format!("{key} {}: {}", entry.reason, entry.message),
+            ));
         }
     }
     if !seen.targets_printed && !status.targets.is_empty() {
@@ -112,10 +130,13 @@ pub(super) fn news(seen: &mut Seen, experiment: &ChaosExperiment) -> Vec<String>
         if status.targets.len() > 10 {
             names.push(format!("and {} more", status.targets.len() - 10));
         }
-        lines.push(format!(
-            "{key} targets ({}): {}",
-            status.target_count,
-            names.join(", ")
+        lines.push((
+            now,
+            format!(
+                "{key} targets ({}): {}",
+                status.target_count,
+                names.join(", ")
+            ),
         ));
     }
     for probe in &status.probes {
@@ -138,25 +159,31 @@ pub(super) fn news(seen: &mut Seen, experiment: &ChaosExperiment) -> Vec<String>
             {
                 line.push_str(&format!(" ({error})"));
             }
-            lines.push(line);
+            lines.push((sample.time, line));
         }
         if let Some(newest) = fresh.last() {
             seen.last_sample.insert(probe.name.clone(), newest.time);
         }
     }
+    // In the order things happened (a stable sort: lines of one time keep their order); the
+    // verdict comes last.
+    lines.sort_by_key(|(at, _)| *at);
     if status.phase.is_terminal()
         && seen
             .latest
             .as_ref()
             .is_none_or(|l| !l.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
     {
-        lines.push(format!(
-            "{key} finished: {} ({}): {}",
-            status
-                .verdict
-                .map_or_else(|| "no verdict".into(), |v| format!("{v:?}")),
-            status.reason.as_deref().unwrap_or("-"),
-            status.message.as_deref().unwrap_or("")
+        lines.push((
+            status.finished_at.unwrap_or(now),
+            format!(
+                "{key} finished: {} ({}): {}",
+                status
+                    .verdict
+                    .map_or_else(|| "no verdict".into(), |v| format!("{v:?}")),
+                status.reason.as_deref().unwrap_or("-"),
+                status.message.as_deref().unwrap_or("")
+            ),
         ));
     }
     lines

@@ -1,10 +1,17 @@
-//! Carries out a decision: select and record targets, inject, revert, finish. Every step that
-//! touches a fault first records what it is about to do. (client required)
+//! Carries out a decision: record targets, inject, revert, hold, finish, and keep status
+//! current (what the agents applied, live probe results, conditions, Events).
+//!
+//! The only module of the controller that changes the world. The helpers it calls sit below
+//! it and never call back up: `targets` reads and chooses, `podkill` and `injections` act on
+//! one target each, `status` writes the status and publishes Events. Every step that touches
+//! a fault first records what it is about to do. (client required)
 
-use std::{sync::Arc, time::Duration};
+mod finish;
+mod inject;
+mod live;
 
-use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Pod;
+use std::time::Duration;
+
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -13,19 +20,25 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context, Error, Result, injections, observe::World, podkill, spec_check, status, targets,
+    Context, Error, Result,
+    events::Fact,
+    injections,
+    observe::{World, may_have_injections, probe_phase},
+    status, targets,
 };
-use crate::metrics::{ReasonLabel, VerdictLabel};
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, ConditionStatus, EXPERIMENT_FINALIZER,
-        FaultInjection, FaultKind, GoDuration, Phase, TargetState, Verdict,
+        FaultInjection, Phase, TargetState,
     },
     lifecycle::{AbortCause, Decision, HypothesisView, record::set_condition},
 };
 
 /// How often the peers of selector-scoped network faults are resolved again while they run.
 const PEER_REFRESH: Duration = Duration::from_secs(3);
+
+/// The `Paused` condition's message while an experiment waits for chaos to resume.
+const HELD: &str = "chaos is paused cluster-wide (faultline pause): the experiment waits and starts on `faultline resume` (its targets are chosen then)";
 
 pub(super) fn act_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Act { action, source }
@@ -72,7 +85,7 @@ pub async fn ensure_finalizer(
 /// Releases the experiment finalizer. The first attempt goes from our own copy (our writes in
 /// this reconcile have kept its resourceVersion current); if someone else changed the object
 /// since, it is read afresh.
-pub(super) async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
+async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
     let api: Api<ChaosExperiment> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
@@ -138,25 +151,82 @@ pub async fn perform(
         observed,
         mut status,
         injections,
+        hypothesis,
     } = world;
     // Status writes carry the resourceVersion this decision was made from (see
     // `status::write`), so a decision made on a stale cached object fails with a conflict
     // instead of rolling the status back.
     let now = observed.now;
     let uid = experiment.uid().unwrap_or_default();
-    status.observed_generation = experiment.metadata.generation;
+    let generation = experiment.metadata.generation;
+    status.observed_generation = generation;
     if status.started_at.is_none() {
         status.started_at = Some(now);
     }
-    let probes = ctx.hypotheses.statuses(&uid);
-    if !probes.is_empty() {
-        status.probes = probes;
-    }
 
-    let action = match decision {
+    // What happened since the last reconcile: faults the agents applied, a resume, probe
+    // results (written at once when the hypothesis changes or the decision ends a phase,
+    // otherwise at most once per `probe_hub::PUBLISH_INTERVAL`).
+    let mut facts = live::follow_injections(&mut status, &injections, now);
+    if !observed.paused && live::held(&status) {
+        facts.push(resume(&mut status, generation, now));
+    }
+    let decisive = matches!(
+        decision,
+        Decision::Transition { .. } | Decision::Abort(_) | Decision::Finish { .. } | Decision::Hold
+    );
+    let probes = live::refresh_probes(
+        &mut status,
+        live::ProbeInput {
+            snapshot: ctx.hypotheses.snapshot(&uid),
+            state: hypothesis,
+            view: &observed.hypothesis,
+            decisive,
+            last_written: ctx.caches.probe_writes.last(&uid),
+            generation,
+            now,
+        },
+    );
+    facts.extend(probes.facts);
+    status::note_all(ctx, experiment, &mut status, facts).await;
+
+    // When to reconcile again if nothing changes before (None: only on a change).
+    let next: Option<Duration> = match decision {
         Decision::RecordTargets => {
-            targets::record_targets(ctx, experiment, &mut status).await?;
-            Action::requeue(Duration::ZERO)
+            let selection = targets::select(ctx, experiment, status.seed).await?;
+            status.seed = Some(selection.seed);
+            status.target_count = selection.target_count;
+            status.targets = selection.records;
+            if let Some(summary) = selection.summary {
+                status::note(
+                    ctx,
+                    experiment,
+                    &mut status,
+                    Fact::normal("TargetsSelected", "Select", summary),
+                )
+                .await;
+            }
+            match selection.refused {
+                Some(refusal) => {
+                    finish::conclude(
+                        ctx,
+                        experiment,
+                        &mut status,
+                        finish::Verdict {
+                            verdict: refusal.verdict,
+                            reason: refusal.reason,
+                            message: refusal.message,
+                        },
+                        now,
+                    )
+                    .await?;
+                    None
+                }
+                None => {
+                    status::write(ctx, experiment, &status).await?;
+                    Some(Duration::ZERO)
+                }
+            }
         }
         Decision::Transition {
             to,
@@ -171,18 +241,16 @@ pub async fn perform(
                 ctx,
                 experiment,
                 &mut status,
-                false,
-                reason,
-                "Transition",
-                message,
+                Fact::normal(reason, "Transition", message),
             )
             .await;
             match (from, to) {
                 (_, Phase::Injecting) => {
                     status.injected_at = Some(now);
-                    inject_all(ctx, experiment, &mut status, now).await?;
+                    inject::inject_all(ctx, experiment, &mut status, now).await?;
                 }
                 (_, Phase::Running) => {
+                    // Whatever the agents have not stamped yet is in as of now.
                     for record in status
                         .targets
                         .iter_mut()
@@ -190,6 +258,7 @@ pub async fn perform(
                     {
                         record.state = TargetState::Injected;
                         record.injected_at.get_or_insert(now);
+                        status.faults_injected += 1;
                     }
                     set_condition(
                         &mut status.conditions,
@@ -197,7 +266,7 @@ pub async fn perform(
                         ConditionStatus::True,
                         reason,
                         "every fault is in",
-                        experiment.metadata.generation,
+                        generation,
                         now,
                     );
                 }
@@ -208,12 +277,12 @@ pub async fn perform(
                     }
                 }
                 (Phase::Recovering, Phase::Verifying) => {
-                    mark_reverted(&mut status, now, experiment)
+                    finish::mark_reverted(&mut status, now, generation)
                 }
                 _ => {}
             }
             status::write(ctx, experiment, &status).await?;
-            Action::requeue(Duration::ZERO)
+            Some(Duration::ZERO)
         }
         Decision::Abort(cause) => {
             let started = match &observed.hypothesis {
@@ -226,15 +295,17 @@ pub async fn perform(
             };
             status.phase = Phase::Aborting;
             status.abort_started_at = Some(started);
+            status.abort_reason = Some(cause.message());
             status.reason = Some(cause.reason().into());
             status.message = Some(cause.message());
             let event = status::record(
                 ctx,
                 &mut status,
-                true,
-                cause.reason(),
-                "Abort",
-                format!("aborting: {}", cause.message()),
+                Fact::warning(
+                    cause.reason(),
+                    "Abort",
+                    format!("aborting: {}", cause.message()),
+                ),
             );
             // Record first: a crash from here on still ends in a revert. The Event waits
             // until the revert is asked for: it is not on the way to the abort.
@@ -248,22 +319,35 @@ pub async fn perform(
             // (the next reconcile repeats that, not the abort).
             status::publish(ctx, experiment, vec![event]).await;
             reverting?;
-            Action::requeue(Duration::ZERO)
+            Some(Duration::ZERO)
         }
         Decision::Finish {
             verdict,
             reason,
             message,
         } => {
-            finish(ctx, experiment, &mut status, verdict, reason, message, now).await?;
-            ctx.hypotheses.forget(&uid);
-            ctx.caches.reverts.remove(&uid);
-            remove_finalizer(ctx, experiment).await?;
-            Action::await_change()
+            finish::conclude(
+                ctx,
+                experiment,
+                &mut status,
+                finish::Verdict {
+                    verdict,
+                    reason,
+                    message,
+                },
+                now,
+            )
+            .await?;
+            None
         }
         Decision::KillAgain => {
-            targets::kill_again(ctx, experiment, &mut status, now).await?;
-            Action::requeue(Duration::ZERO)
+            inject::kill_round(ctx, experiment, &mut status, now).await?;
+            Some(Duration::ZERO)
+        }
+        Decision::Hold => {
+            hold(ctx, experiment, &mut status, generation, now).await?;
+            // The pause switch's change reconciles every experiment.
+            None
         }
         Decision::WaitUntil(at) => {
             let mut longest = Duration::from_secs(30);
@@ -281,10 +365,7 @@ pub async fn perform(
                         ctx,
                         experiment,
                         &mut status,
-                        false,
-                        "PeersUpdated",
-                        "Inject",
-                        message,
+                        Fact::normal("PeersUpdated", "Inject", message),
                     )
                     .await;
                 }
@@ -295,7 +376,7 @@ pub async fn perform(
                 .to_std()
                 .unwrap_or_default()
                 .max(Duration::from_millis(50));
-            Action::requeue(wait.min(longest))
+            Some(wait.min(longest))
         }
         Decision::Wait => {
             if status.phase.is_terminal() {
@@ -310,6 +391,10 @@ pub async fn perform(
                 }
                 return Ok(Action::await_change());
             }
+            if status.phase == Phase::Injecting {
+                // A create that failed for a moment, or a crash between record and create.
+                inject::create_missing(ctx, experiment, &mut status, &injections, now).await?;
+            }
             if matches!(status.phase, Phase::Recovering | Phase::Aborting)
                 && !ctx.caches.reverts.contains(&uid)
                 && injections
@@ -320,116 +405,88 @@ pub async fn perform(
                 revert_all(ctx, experiment).await?;
             }
             status::write(ctx, experiment, &status).await?;
-            Action::requeue(Duration::from_secs(1))
+            Some(Duration::from_secs(1))
         }
     };
-    Ok(action)
+
+    if status.phase.is_terminal() {
+        return Ok(Action::await_change());
+    }
+    if probes.refreshed {
+        ctx.caches.probe_writes.written(&uid, now);
+    }
+    // The probes check what the phase as now written needs (the before-, during- or
+    // after-hypothesis), or nothing while faults are reverted.
+    if experiment.spec.steady_state.is_some() {
+        ctx.hypotheses.watch(experiment, probe_phase(&status));
+    }
+    // Probe results held back to keep status writes at about one a second go out then.
+    let withheld = probes
+        .withheld_until
+        .map(|at| (at - now).to_std().unwrap_or_default());
+    Ok(match (next, withheld) {
+        (Some(next), Some(withheld)) => Action::requeue(next.min(withheld)),
+        (None, Some(wait)) | (Some(wait), None) => Action::requeue(wait),
+        (None, None) => Action::await_change(),
+    })
 }
 
-/// Injects every recorded fault. Records go to `Injecting` (and are written) before any fault
-/// is attempted; pod kills end `Injected` or `Skipped`, network faults stay `Injecting` until
-/// their agent reports.
-async fn inject_all(
+/// Chaos is paused and the experiment has not injected: back to Pending, with no targets (they
+/// are chosen afresh on resume), and the `Paused` condition says why.
+async fn hold(
     ctx: &Context,
     experiment: &mut ChaosExperiment,
     status: &mut ChaosExperimentStatus,
-    now: DateTime<Utc>,
+    generation: Option<i64>,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<()> {
-    let resuming: Vec<bool> = status
-        .targets
-        .iter()
-        .map(|r| r.state == TargetState::Injecting)
-        .collect();
-    for record in status
-        .targets
-        .iter_mut()
-        .filter(|r| r.state == TargetState::Selected)
-    {
-        record.state = TargetState::Injecting;
+    let newly = !live::held(status);
+    status.phase = Phase::Pending;
+    status.seed = None;
+    status.target_count = 0;
+    status.targets.clear();
+    status.reason = Some("ChaosPaused".into());
+    status.message = Some(HELD.into());
+    set_condition(
+        &mut status.conditions,
+        "Paused",
+        ConditionStatus::True,
+        "ChaosPaused",
+        HELD,
+        generation,
+        now,
+    );
+    if newly {
+        status::note(
+            ctx,
+            experiment,
+            status,
+            Fact::normal("ExperimentHeld", "Hold", HELD),
+        )
+        .await;
     }
-    status::write(ctx, experiment, status).await?;
-
-    let duration = spec_check::check_spec(&experiment.spec)
-        .map(|t| t.duration)
-        .unwrap_or_default();
-    let expires_at =
-        now + chrono::Duration::from_std(duration + ctx.settings.expiry_grace).unwrap_or_default();
-    let namespace = experiment.namespace().unwrap_or_default();
-    let injection_api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut notes = Vec::new();
-    for (i, record) in status.targets.iter_mut().enumerate() {
-        if record.state != TargetState::Injecting {
-            continue;
-        }
-        let Some(kind) = experiment
-            .spec
-            .faults
-            .get(record.fault_index as usize)
-            .and_then(|f| f.kind())
-        else {
-            continue;
-        };
-        match kind {
-            FaultKind::PodKill(fault) => {
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
-                // A record already Injecting when we got here was being killed when the
-                // controller stopped: kill only if that kill did not happen.
-                if resuming[i]
-                    && podkill::already_killed(&pods, record)
-                        .await
-                        .map_err(Error::Observe)?
-                {
-                    record.state = TargetState::Injected;
-                    record.injected_at.get_or_insert(now);
-                    continue;
-                }
-                if let Some(note) = podkill::apply(&ctx.no_retry, record, fault, now)
-                    .await
-                    .map_err(act_error("kill a pod"))?
-                {
-                    notes.push(note);
-                }
-            }
-            kind => {
-                let peers = match injections::scope_of(kind) {
-                    Some(scope) => injections::resolve_peers(&ctx.client, scope, &namespace)
-                        .await
-                        .map_err(Error::Observe)?,
-                    None => Vec::new(),
-                };
-                let Some(fault) = injections::network_fault(kind, peers) else {
-                    continue;
-                };
-                injections::create(&injection_api, experiment, record, fault, expires_at)
-                    .await
-                    .map_err(act_error("create a FaultInjection"))?;
-                notes.push((
-                    "FaultInjectionCreated",
-                    format!(
-                        "{} for pod {}/{} on node {}",
-                        record.fault,
-                        record.namespace,
-                        record.name,
-                        record.node_name.as_deref().unwrap_or("?")
-                    ),
-                ));
-            }
-        }
-    }
-    for (reason, message) in notes {
-        status::note(ctx, experiment, status, false, reason, "Inject", message).await;
-    }
-    Ok(())
+    status::write(ctx, experiment, status).await
 }
 
-/// Whether the experiment may have FaultInjections: one is cached, or a record names one
-/// (records are written before their injection is created, so an injection the cache has not
-/// seen yet still has its record).
-pub(super) fn may_have_injections(
-    status: &ChaosExperimentStatus,
-    cached: &[Arc<FaultInjection>],
-) -> bool {
-    !cached.is_empty() || status.targets.iter().any(|r| r.injection.is_some())
+/// Chaos resumed: the held experiment starts.
+fn resume(
+    status: &mut ChaosExperimentStatus,
+    generation: Option<i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Fact {
+    let message = "chaos resumed (faultline resume): the experiment starts";
+    set_condition(
+        &mut status.conditions,
+        "Paused",
+        ConditionStatus::False,
+        "ChaosResumed",
+        message,
+        generation,
+        now,
+    );
+    status.reason = None;
+    status.message = None;
+    Fact::normal("ExperimentResumed", "Resume", message)
 }
 
 /// Asks for every FaultInjection of the experiment to be deleted (one request).
@@ -445,138 +502,4 @@ async fn revert_all(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
         .reverts
         .insert(&experiment.uid().unwrap_or_default());
     Ok(())
-}
-
-fn mark_reverted(
-    status: &mut ChaosExperimentStatus,
-    now: DateTime<Utc>,
-    experiment: &ChaosExperiment,
-) {
-    status.reverted_at = Some(now);
-    for record in status.targets.iter_mut() {
-        if matches!(record.state, TargetState::Injected | TargetState::Injecting) {
-            record.state = TargetState::Reverted;
-            record.reverted_at = Some(now);
-        }
-    }
-    set_condition(
-        &mut status.conditions,
-        "Reverted",
-        ConditionStatus::True,
-        "FaultsReverted",
-        "every fault is confirmed reverted",
-        experiment.metadata.generation,
-        now,
-    );
-}
-
-pub(super) async fn finish(
-    ctx: &Context,
-    experiment: &mut ChaosExperiment,
-    status: &mut ChaosExperimentStatus,
-    verdict: Verdict,
-    reason: &str,
-    message: String,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let mut events = Vec::new();
-    if verdict == Verdict::DryRun {
-        // The plan, one line per target and fault, exactly as a real run would act on it.
-        let plan: Vec<String> = status.targets.iter().map(planned_action).collect();
-        for line in plan {
-            events.push(status::record(
-                ctx,
-                status,
-                false,
-                "WouldInject",
-                "DryRun",
-                line,
-            ));
-        }
-    }
-    let aborted = matches!(status.phase, Phase::Aborting);
-    let mut abort_latency = None;
-    let mut recovery_time = None;
-    if aborted {
-        mark_reverted(status, now, experiment);
-        if let Some(started) = status.abort_started_at {
-            let latency = (now - started).to_std().unwrap_or_default();
-            status.abort_latency = Some(GoDuration::from_duration(latency));
-            abort_latency = Some(latency);
-        }
-    } else if verdict == Verdict::Passed
-        && let Some(reverted) = status.reverted_at
-    {
-        let recovery = (now - reverted).to_std().unwrap_or_default();
-        status.recovery_time = Some(GoDuration::from_duration(recovery));
-        recovery_time = Some(recovery);
-    }
-    status.phase = match verdict {
-        Verdict::Passed | Verdict::DryRun => Phase::Succeeded,
-        Verdict::Aborted => Phase::Aborted,
-        Verdict::Failed | Verdict::Error => Phase::Failed,
-    };
-    status.verdict = Some(verdict);
-    status.reason = Some(reason.into());
-    status.message = Some(message.clone());
-    status.finished_at = Some(now);
-    let generation = experiment.metadata.generation;
-    set_condition(
-        &mut status.conditions,
-        "Complete",
-        ConditionStatus::True,
-        &format!("{verdict:?}"),
-        &message,
-        generation,
-        now,
-    );
-    let warning = !matches!(verdict, Verdict::Passed | Verdict::DryRun);
-    events.push(status::record(
-        ctx,
-        status,
-        warning,
-        &format!("Experiment{verdict:?}"),
-        "Finish",
-        message,
-    ));
-    status::write(ctx, experiment, status).await?;
-    // Counted once the verdict is written, so once per experiment: the write is conditional
-    // on the version the verdict was decided from, and a retry after a failed write counts
-    // nothing twice.
-    let metrics = &ctx.metrics;
-    if aborted {
-        if let Some(latency) = abort_latency {
-            metrics.abort_latency.observe(latency.as_secs_f64());
-        }
-        metrics
-            .experiments_aborted
-            .get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            })
-            .inc();
-    }
-    if let Some(recovery) = recovery_time {
-        metrics.recovery_time.observe(recovery.as_secs_f64());
-    }
-    metrics
-        .experiments_finished
-        .get_or_create(&VerdictLabel {
-            verdict: format!("{verdict:?}"),
-        })
-        .inc();
-    status::publish(ctx, experiment, events).await;
-    Ok(())
-}
-
-/// What a real run would do to one target, for a dry run's plan.
-fn planned_action(record: &crate::api::TargetRecord) -> String {
-    let target = format!("{}/{}", record.namespace, record.name);
-    let node = record.node_name.as_deref().unwrap_or("an unscheduled node");
-    match &record.injection {
-        Some(injection) => format!(
-            "{} on pod {target} (node {node}) through FaultInjection {injection}",
-            record.fault
-        ),
-        None => format!("{} of pod {target} (node {node})", record.fault),
-    }
 }
