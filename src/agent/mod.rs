@@ -28,6 +28,7 @@ pub mod linux;
 pub mod netns;
 pub mod nfqueue;
 pub mod nft;
+pub mod nftables;
 pub mod podfind;
 pub mod residual;
 pub mod runner;
