@@ -38,7 +38,7 @@ use super::{
         name = "Mechanism",
         type_ = "string",
         json_path = ".status.mechanism",
-        description = "How the agent applied the fault: netem, nfqueue, tbf, nftables or iptables"
+        description = "How the agent applied the fault: netem, nfqueue, htb, nftables or iptables"
     ),
     printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
     printcolumn(
@@ -131,7 +131,7 @@ pub enum InjectionPhase {
 pub struct FaultInjectionStatus {
     #[serde(default)]
     pub phase: InjectionPhase,
-    /// netem, nfqueue, tbf, nftables or iptables.
+    /// netem, nfqueue, htb, nftables or iptables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mechanism: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,9 +149,14 @@ pub struct FaultInjectionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub residual: Vec<String>,
     /// Packets that passed without the fault because the userspace queue was full (NFQUEUE
-    /// path only): the fault was weaker than asked by this much.
+    /// path only): the fault was weaker than asked by this much. The `FullyApplied`
+    /// condition turns False, with the share, when this is not 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bypassed_packets: Option<i64>,
+    /// Packets the fault's rules matched (NFQUEUE path only), those that bypassed included:
+    /// with `bypassedPackets`, how much of the fault was in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_packets: Option<i64>,
     /// The generation of the spec the agent last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

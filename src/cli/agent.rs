@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::{Router, routing::get};
 
 use crate::agent::linux::LinuxKernel;
@@ -69,9 +70,26 @@ impl AgentArgs {
 }
 
 async fn serve_admin(listener: tokio::net::TcpListener, metrics: AgentMetrics) {
+    let readiness = metrics.clone();
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        // Ready once the journal is usable and replayed: until then the agent applies nothing,
+        // and says why.
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.readiness() {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(reason) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {reason}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
