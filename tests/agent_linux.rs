@@ -9,6 +9,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use chrono::{TimeDelta, Utc};
+use faultline::agent::deadline::Deadline;
 use faultline::agent::kernel::{Kernel, Mechanism};
 use faultline::agent::linux::LinuxKernel;
 use faultline::agent::nft;
@@ -22,6 +24,11 @@ fn uid(n: u32) -> String {
 
 fn tag(n: u32) -> InjectionTag {
     InjectionTag::from_uid(&uid(100 + n)).unwrap()
+}
+
+/// Ten minutes from now: longer than any of these tests.
+fn later() -> Deadline {
+    Deadline::new(Utc::now() + TimeDelta::minutes(10))
 }
 
 fn partition(peer: Ipv4Addr) -> NetworkFault {
@@ -98,6 +105,7 @@ fn a_partition_cuts_an_established_connection_both_ways_and_heals_exactly() {
             &tag(1),
             &partition(node.pods[1].ip),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap();
     assert!(applied.message.contains("partition"), "{}", applied.message);
@@ -161,6 +169,7 @@ fn a_container_restart_keeps_the_fault_and_its_revert_leaves_nothing() {
             &tag(2),
             &partition(node.pods[1].ip),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap();
     let pid_before = pod.pid();
@@ -207,7 +216,7 @@ fn latency_through_the_userspace_queue_reverts_without_residue() {
     let host = node.host.netns().unwrap();
     let result = host
         .run(|| {
-            let applied = kernel.apply(&uid(3), &tag(3), &fault, Mechanism::Nfqueue)?;
+            let applied = kernel.apply(&uid(3), &tag(3), &fault, Mechanism::Nfqueue, &later())?;
             kernel.revert(
                 &uid(3),
                 &tag(3),
@@ -238,6 +247,7 @@ fn stray_faultline_tables_are_found_and_removed_and_foreign_ones_survive() {
             &tag(4),
             &partition(node.pods[1].ip),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap();
     let owned = kernel.owned(&BTreeSet::from([uid(4)]));
@@ -261,6 +271,7 @@ fn a_pod_that_is_gone_fails_with_that_reason() {
             &tag(5),
             &partition(Ipv4Addr::new(10, 77, 0, 9)),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap_err();
     assert!(

@@ -103,7 +103,15 @@ mod tests {
             })
         );
         let far = Deadline::new(now + TimeDelta::days(31));
-        assert!(matches!(far.remaining_at(now), Err(GateError::TooFar { .. })));
-        assert!(far.remaining_at(now).unwrap_err().to_string().contains("30 days"));
+        assert!(matches!(
+            far.remaining_at(now),
+            Err(GateError::TooFar { .. })
+        ));
+        assert!(
+            far.remaining_at(now)
+                .unwrap_err()
+                .to_string()
+                .contains("30 days")
+        );
     }
 }

@@ -236,7 +236,11 @@ impl Journal {
         let mut text = String::new();
         let mut bounded = Vec::with_capacity(entries.len());
         for mut entry in entries {
-            if entry.baseline.as_ref().is_some_and(|b| b.len() > MAX_BASELINE) {
+            if entry
+                .baseline
+                .as_ref()
+                .is_some_and(|b| b.len() > MAX_BASELINE)
+            {
                 entry.baseline = None;
             }
             text.push_str(&line(&Record::Put(Box::new(entry.clone())))?);
@@ -537,7 +541,12 @@ mod tests {
         let tags: Vec<InjectionTag> = entries.iter().filter_map(JournalEntry::tag).collect();
         journal.record_many(entries).unwrap_err(); // beyond MAX_ENTRIES at once
         journal
-            .record_many(tags[..MAX_ENTRIES].iter().map(|t| entry(&format!("{t}"))).collect())
+            .record_many(
+                tags[..MAX_ENTRIES]
+                    .iter()
+                    .map(|t| entry(&format!("{t}")))
+                    .collect(),
+            )
             .unwrap();
         drop(journal);
         let started = std::time::Instant::now();
@@ -559,6 +568,12 @@ mod tests {
         let mut big = entry(A);
         big.baseline = Some("x".repeat(MAX_BASELINE + 1));
         journal.record(big).unwrap();
-        assert_eq!(journal.get(&InjectionTag::from_uid(A).unwrap()).unwrap().baseline, None);
+        assert_eq!(
+            journal
+                .get(&InjectionTag::from_uid(A).unwrap())
+                .unwrap()
+                .baseline,
+            None
+        );
     }
 }

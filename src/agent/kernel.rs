@@ -239,14 +239,7 @@ pub trait Kernel: Send + Sync + 'static {
     ) -> Vec<Result<RevertedFault, KernelError>> {
         items
             .iter()
-            .map(|item| {
-                self.revert(
-                    pod_uid,
-                    &item.tag,
-                    item.mechanism,
-                    item.baseline.as_deref(),
-                )
-            })
+            .map(|item| self.revert(pod_uid, &item.tag, item.mechanism, item.baseline.as_deref()))
             .collect()
     }
     /// Removes what is left of faults whose pods are gone (their namespaces took the pod-side

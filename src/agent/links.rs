@@ -60,7 +60,10 @@ fn parse(payload: &[u8]) -> Option<Link> {
         index: u32::from_ne_bytes(payload[4..8].try_into().ok()?),
         ..Link::default()
     };
-    let u32_of = |p: &[u8]| p.get(..4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+    let u32_of = |p: &[u8]| {
+        p.get(..4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    };
     for (kind, value) in attributes(&payload[IFINFOMSG_LEN..]) {
         match kind {
             IFLA_IFNAME => link.name = attr_string(value),

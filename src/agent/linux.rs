@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 
 use super::deadline::Deadline;
 use super::kernel::{
-    AppliedFault, Capabilities, Kernel, KernelError, Mechanism, OwnedRule, QueueCounts,
-    RevertItem, RevertedFault,
+    AppliedFault, Capabilities, Kernel, KernelError, Mechanism, OwnedRule, QueueCounts, RevertItem,
+    RevertedFault,
 };
 use super::netns::Netns;
 use super::nfqueue::{NfqueueEngine, PodNet, Steering};
@@ -85,8 +85,9 @@ impl LinuxKernel {
             Mechanism::Netem => direction_of(fault),
             _ => Direction::To,
         };
-        let scope = Scope::parse(&fault.peer_cidrs, &fault.ports).map_err(KernelError::Refused)?;
-        let gate = deadline
+        // Refuse a bad scope, or a deadline too close, before touching anything.
+        Scope::parse(&fault.peer_cidrs, &fault.ports).map_err(KernelError::Refused)?;
+        deadline
             .remaining()
             .map_err(|e| KernelError::Expired(e.to_string()))?;
         let mut places: Vec<(&Netns, String, tc::Flow, Comment)> = Vec::new();
@@ -118,9 +119,17 @@ impl LinuxKernel {
             check_qdisc_free(ns, ifname, tag)?;
         }
         for (ns, ifname, flow, comment) in &places {
-            tc::apply_tree(ns, ifname, fault).map_err(failed(mechanism.name()))?;
-            let table = tc::steer::table(tag, ifname, *flow, &scope, gate, comment, self.netdev_egress);
-            nft::replace(ns, &[table]).map_err(failed("the steering table"))?;
+            tc::apply_fault(
+                ns,
+                ifname,
+                *flow,
+                fault,
+                tag,
+                deadline,
+                comment,
+                self.netdev_egress,
+            )
+            .map_err(failed(mechanism.name()))?;
         }
         Ok(())
     }
@@ -130,7 +139,8 @@ impl LinuxKernel {
 /// injection (its steering table names the interface and its deadline is ahead). A tree whose
 /// injection has expired is inert and is replaced.
 fn check_qdisc_free(ns: &Netns, ifname: &str, tag: &InjectionTag) -> Result<(), KernelError> {
-    let root = tc::root_qdisc(ns, ifname).map_err(failed("cannot read the interface's root qdisc"))?;
+    let root =
+        tc::root_qdisc(ns, ifname).map_err(failed("cannot read the interface's root qdisc"))?;
     let Some(root) = root else { return Ok(()) };
     if root.is_default() {
         return Ok(());
@@ -145,7 +155,9 @@ fn check_qdisc_free(ns: &Netns, ifname: &str, tag: &InjectionTag) -> Result<(), 
         if table.tag == *tag {
             continue;
         }
-        let Some(comment) = &table.comment else { continue };
+        let Some(comment) = &table.comment else {
+            continue;
+        };
         if comment.qdisc.as_deref() != Some(ifname) {
             continue;
         }
@@ -373,7 +385,9 @@ impl Kernel for LinuxKernel {
         let veth = nfqueue::host_veth(&pod, &host).ok();
         // Rules first: no packet is steered any more once these commit.
         if let Err(e) = nft::remove_all(&pod, &tags) {
-            return everyone(KernelError::Failed(format!("removing nftables tables: {e}")));
+            return everyone(KernelError::Failed(format!(
+                "removing nftables tables: {e}"
+            )));
         }
         if let Err(e) = nft::remove_all(&host, &tags) {
             return everyone(KernelError::Failed(format!(
@@ -476,7 +490,8 @@ impl Kernel for LinuxKernel {
         }
         if self.nfqueue.steering() == Steering::Iptables {
             for tag in &tags {
-                nfqueue::remove_legacy_chain(&host, tag).map_err(failed("removing the NFQUEUE chain"))?;
+                nfqueue::remove_legacy_chain(&host, tag)
+                    .map_err(failed("removing the NFQUEUE chain"))?;
             }
         }
         Ok(())
@@ -517,7 +532,8 @@ impl Kernel for LinuxKernel {
             if let Some(veth) = &veth {
                 our_veths.insert(veth.clone());
             }
-            let mut tags: BTreeSet<InjectionTag> = nft::owned(&ns).unwrap_or_default().into_iter().collect();
+            let mut tags: BTreeSet<InjectionTag> =
+                nft::owned(&ns).unwrap_or_default().into_iter().collect();
             for tag in &tags {
                 found.push(OwnedRule {
                     description: format!("nftables table {} in pod {uid}", tag.nft_table()),
@@ -533,7 +549,10 @@ impl Kernel for LinuxKernel {
             {
                 if tags.insert(tag.clone()) {
                     found.push(OwnedRule {
-                        description: format!("iptables chain {} in pod {uid}", tag.iptables_chain()),
+                        description: format!(
+                            "iptables chain {} in pod {uid}",
+                            tag.iptables_chain()
+                        ),
                         tag: Some(tag),
                         pod_uid: Some(uid.clone()),
                     });

@@ -37,7 +37,7 @@ use nix::errno::Errno;
 use super::deadline::Deadline;
 use super::netns::Netns;
 use super::nftables::{
-    self, AddrFamily, End, Elements, Family, Hook, HookPoint, Match, NftError, NftSocket, Table,
+    self, AddrFamily, Elements, End, Family, Hook, HookPoint, Match, NftError, NftSocket, Table,
     TableInfo, Verdict,
 };
 use super::scope::Scope;
@@ -467,8 +467,16 @@ mod tests {
     fn a_partition_without_peers_is_refused() {
         let none = Scope::parse(&[], &[80]).unwrap();
         assert!(
-            partition_table(&tag(), &[], Direction::To, &none, Duration::from_secs(1), &comment(), true)
-                .is_err()
+            partition_table(
+                &tag(),
+                &[],
+                Direction::To,
+                &none,
+                Duration::from_secs(1),
+                &comment(),
+                true
+            )
+            .is_err()
         );
     }
 

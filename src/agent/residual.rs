@@ -73,7 +73,9 @@ fn lines_of(
         for tool in ["iptables-save", "ip6tables-save"] {
             if let Ok(out) = ns.command(tool, &[], None) {
                 for line in String::from_utf8_lossy(&out.stdout).lines() {
-                    if let Some(chain) = line.strip_prefix(':').and_then(|l| l.split_whitespace().next())
+                    if let Some(chain) = line
+                        .strip_prefix(':')
+                        .and_then(|l| l.split_whitespace().next())
                         && chain.starts_with(super::tag::IPTABLES_CHAIN_PREFIX)
                     {
                         lines.push(format!("{place}: {tool} chain {chain}"));
@@ -100,7 +102,12 @@ impl Snapshot {
 
 /// What `tag`'s fault left behind: lines present after and not before (as a multiset) that
 /// are its own: naming its tag, or (`qdisc`: it installed our root qdisc) an `fa17:` root.
-pub fn residual(before: &Snapshot, after: &Snapshot, tag: &InjectionTag, qdisc: bool) -> Vec<String> {
+pub fn residual(
+    before: &Snapshot,
+    after: &Snapshot,
+    tag: &InjectionTag,
+    qdisc: bool,
+) -> Vec<String> {
     let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
     for line in &before.lines {
         *counts.entry(line).or_default() += 1;

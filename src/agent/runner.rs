@@ -187,7 +187,10 @@ async fn refuse_injections(statuses: &StatusWriter, nodes: &[String], reason: &s
             && (status.phase == InjectionPhase::Pending
                 || status.observed_generation != injection.metadata.generation)
             && !(status.phase == InjectionPhase::Failed
-                && status.message.as_deref().is_some_and(|m| m.contains(reason)));
+                && status
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(reason)));
         if waiting {
             let message = format!(
                 "the node agent cannot record faults, so it applies none: {reason}. Fix the agent's journal directory; the agent retries by itself"
@@ -550,7 +553,8 @@ impl<K: Kernel> Agent<K> {
         if !intents.is_empty()
             && let Err(error) = self.journal.record_many(intents)
         {
-            let message = format!("cannot write the agent journal, so the fault is not applied: {error}");
+            let message =
+                format!("cannot write the agent journal, so the fault is not applied: {error}");
             for job in jobs.drain(..) {
                 self.statuses
                     .write(
@@ -611,8 +615,11 @@ impl<K: Kernel> Agent<K> {
                 self.reported.remove(tag);
                 self.count_base.remove(tag);
             }
-            let confirmed: Vec<InjectionTag> =
-                outcome.applied.iter().filter_map(JournalEntry::tag).collect();
+            let confirmed: Vec<InjectionTag> = outcome
+                .applied
+                .iter()
+                .filter_map(JournalEntry::tag)
+                .collect();
             if let Err(error) = self.journal.record_many(outcome.applied) {
                 tracing::error!(%error, "cannot update the journal after applying");
             }
@@ -708,10 +715,11 @@ impl<K: Kernel> Agent<K> {
         }
         let kernel = self.kernel.clone();
         let tags: Vec<InjectionTag> = wanted.iter().map(|(t, _)| t.clone()).collect();
-        let counts: Vec<Option<QueueCounts>> =
-            tokio::task::spawn_blocking(move || tags.iter().map(|t| kernel.queue_counts(t)).collect())
-                .await
-                .unwrap_or_default();
+        let counts: Vec<Option<QueueCounts>> = tokio::task::spawn_blocking(move || {
+            tags.iter().map(|t| kernel.queue_counts(t)).collect()
+        })
+        .await
+        .unwrap_or_default();
         let mut writes = Vec::new();
         for ((tag, injection), counts) in wanted.into_iter().zip(counts) {
             let Some(counts) = counts else { continue };
@@ -923,8 +931,10 @@ async fn apply_one<K: Kernel>(
                 let kernel = kernel.clone();
                 let pod = entry.pod_uid.clone();
                 let tag = tag.clone();
-                tokio::task::spawn_blocking(move || kernel.revert(&pod, &tag, Some(mechanism), None))
-                    .await
+                tokio::task::spawn_blocking(move || {
+                    kernel.revert(&pod, &tag, Some(mechanism), None)
+                })
+                .await
             };
             if matches!(cleaned, Ok(Ok(_)) | Ok(Err(KernelError::TargetGone(_)))) {
                 outcome.forget.push(tag.clone());

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::nftables::{AddrFamily, End, Elements, Match, Net, Table};
+use super::nftables::{AddrFamily, Elements, End, Match, Net, Table};
 
 /// The peers and ports of a fault; empty lists mean "all".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,7 +110,12 @@ impl ScopeSets {
     /// The match lists (one per rule) for traffic whose peer is at `peer_end` of the packet and
     /// whose peer port (when the scope has ports) is at `port_end`, in `families` (of those the
     /// scope has; all of them when it names no peers).
-    pub fn matches(&self, peer_end: End, port_end: End, families: &[AddrFamily]) -> Vec<Vec<Match>> {
+    pub fn matches(
+        &self,
+        peer_end: End,
+        port_end: End,
+        families: &[AddrFamily],
+    ) -> Vec<Vec<Match>> {
         let port = self.ports.as_ref().map(|(ports, l4)| Match::Ports {
             end: port_end,
             l4: l4.clone(),
@@ -122,7 +127,10 @@ impl ScopeSets {
             out.push(port.into_iter().collect());
             return out;
         }
-        for (family, set) in [(AddrFamily::V4, &self.peers4), (AddrFamily::V6, &self.peers6)] {
+        for (family, set) in [
+            (AddrFamily::V4, &self.peers4),
+            (AddrFamily::V6, &self.peers6),
+        ] {
             let Some(set) = set else { continue };
             if !families.contains(&family) {
                 continue;

@@ -288,14 +288,16 @@ mod tests {
             observed_generation: Some(1),
             ..Default::default()
         });
-        let applied = |generation| StatusChange::phase(InjectionPhase::Applied, generation, "".into());
+        let applied =
+            |generation| StatusChange::phase(InjectionPhase::Applied, generation, "".into());
         assert!(applied(Some(1)).goes_backwards(&current));
         // A new generation starts over.
         assert!(!applied(Some(2)).goes_backwards(&current));
         // Counters never touch the phase.
         assert!(!StatusChange::default().goes_backwards(&current));
         assert!(
-            !StatusChange::phase(InjectionPhase::Failed, Some(1), "".into()).goes_backwards(&current)
+            !StatusChange::phase(InjectionPhase::Failed, Some(1), "".into())
+                .goes_backwards(&current)
         );
     }
 }

@@ -221,7 +221,9 @@ const MAX_QUEUES: u16 = 4;
 /// them, so many flows use every CPU; one flow stays on one queue (its order is kept).
 pub fn default_queues() -> u16 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    u16::try_from(cpus).unwrap_or(MAX_QUEUES).clamp(1, MAX_QUEUES)
+    u16::try_from(cpus)
+        .unwrap_or(MAX_QUEUES)
+        .clamp(1, MAX_QUEUES)
 }
 
 #[derive(Debug)]
@@ -394,7 +396,10 @@ impl NfqueueEngine {
                     applied.notes.extend(note);
                     (Entry::Node(port.clone()), Some(port))
                 }
-                Side::Pod => (Entry::Pod(crate::agent::links::names_but_lo(&net.pod)?), None),
+                Side::Pod => (
+                    Entry::Pod(crate::agent::links::names_but_lo(&net.pod)?),
+                    None,
+                ),
             };
             let comment = Comment::new(pod_uid, deadline, port.as_ref().map(HostPort::veth));
             let (first, queues) = match self.steering {
@@ -801,7 +806,9 @@ fn bind_free_queues(
                 if owned.tag == *tag {
                     continue;
                 }
-                for rule in nftables::with_socket(ns, |s| s.rules(owned.family, &owned.tag.nft_table()))? {
+                for rule in
+                    nftables::with_socket(ns, |s| s.rules(owned.family, &owned.tag.nft_table()))?
+                {
                     if let Some((first, total)) = rule.queues {
                         taken.extend(first..first.saturating_add(total));
                     }

@@ -569,7 +569,10 @@ mod tests {
         // On a whole second: the previous second is the last matching one.
         assert_eq!(datestop(&at("2026-01-01T00:00:05Z")), "2026-01-01T00:00:04");
         // Mid-second: the rule stops at the next whole second, within 1 s after.
-        assert_eq!(datestop(&at("2026-01-01T00:00:05.300Z")), "2026-01-01T00:00:05");
+        assert_eq!(
+            datestop(&at("2026-01-01T00:00:05.300Z")),
+            "2026-01-01T00:00:05"
+        );
     }
 
     #[test]
@@ -727,7 +730,14 @@ mod tests {
 
     #[test]
     fn restore_script_is_none_when_everything_is_in_place() {
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &Scope::default(), 20001, UNTIL);
+        let rules = chain_rules(
+            &tag(),
+            Family::V4,
+            &bridged(),
+            &Scope::default(),
+            20001,
+            UNTIL,
+        );
         let jump = bridged().jump(&tag());
         let rule_refs: Vec<&str> = rules.iter().map(String::as_str).collect();
         let saved = parse_save(&saved_with(&rule_refs, &[&jump]));
@@ -736,7 +746,14 @@ mod tests {
 
     #[test]
     fn restore_script_creates_chain_and_jump_from_nothing() {
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &Scope::default(), 20001, UNTIL);
+        let rules = chain_rules(
+            &tag(),
+            Family::V4,
+            &bridged(),
+            &Scope::default(),
+            20001,
+            UNTIL,
+        );
         let jump = bridged().jump(&tag());
         let change = restore_script(&Saved::default(), &tag(), &rules, &jump).unwrap();
         assert!(change.chain_rewritten);

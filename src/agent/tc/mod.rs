@@ -43,7 +43,11 @@ use std::io;
 
 use nix::errno::Errno;
 
+use crate::agent::deadline::Deadline;
 use crate::agent::netns::Netns;
+use crate::agent::nft::{self, Comment};
+use crate::agent::scope::Scope;
+use crate::agent::tag::InjectionTag;
 use crate::api::{NetworkFault, NetworkFaultKind};
 
 mod detect;
@@ -145,6 +149,37 @@ pub fn apply_tree(ns: &Netns, ifname: &str, fault: &NetworkFault) -> io::Result<
     apply(ns, ifname, shaper)
 }
 
+/// Everything a qdisc fault puts on one interface: the tree ([`apply_tree`]) and, next to
+/// it, the gated steering table ([`steer::table`]) that sends the fault's packets into it
+/// until `deadline`. `netdev`: the kernel has the netdev egress hook.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_fault(
+    ns: &Netns,
+    ifname: &str,
+    flow: Flow,
+    fault: &NetworkFault,
+    tag: &InjectionTag,
+    deadline: &Deadline,
+    comment: &Comment,
+    netdev: bool,
+) -> io::Result<()> {
+    let scope = Scope::parse(&fault.peer_cidrs, &fault.ports)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let gate = deadline
+        .remaining()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    apply_tree(ns, ifname, fault)?;
+    let table = steer::table(tag, ifname, flow, &scope, gate, comment, netdev);
+    nft::replace(ns, &[table])
+}
+
+/// Removes a qdisc fault from one interface: its steering table, then our root qdisc.
+/// `Ok(false)` when neither was there.
+pub fn remove_fault(ns: &Netns, ifname: &str, tag: &InjectionTag) -> io::Result<bool> {
+    let table = nft::remove(ns, tag)?;
+    Ok(remove(ns, ifname)? || table)
+}
+
 /// Deletes our root qdisc from `ifname` in `ns`: `Ok(true)` when there was one, `Ok(false)`
 /// when the root is not ours or the interface is gone. Never touches another root qdisc.
 pub fn remove(ns: &Netns, ifname: &str) -> io::Result<bool> {
@@ -187,7 +222,11 @@ pub fn root_qdiscs(ns: &Netns) -> io::Result<Vec<(String, QdiscInfo)>> {
             .filter_map(|q| netlink::parse_qdisc(q))
             .filter(|q| q.parent == TC_H_ROOT)
             .filter_map(|q| {
-                let name = names.iter().find(|(index, _)| *index == q.ifindex)?.1.clone();
+                let name = names
+                    .iter()
+                    .find(|(index, _)| *index == q.ifindex)?
+                    .1
+                    .clone();
                 Some((
                     name,
                     QdiscInfo {
