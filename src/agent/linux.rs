@@ -34,6 +34,8 @@ pub struct LinuxKernel {
     capabilities: Capabilities,
     nfqueue: NfqueueEngine,
     netdev_egress: bool,
+    /// The namespace the pods' veths are in, when it is not the agent's own.
+    node_netns: Option<PathBuf>,
 }
 
 impl LinuxKernel {
@@ -52,6 +54,24 @@ impl LinuxKernel {
             capabilities,
             nfqueue: NfqueueEngine::new(),
             netdev_egress: capabilities.nftables && nft::netdev_egress_available(),
+            node_netns: None,
+        }
+    }
+
+    /// Looks for the pods' veths (and puts node-side rules) in the network namespace at
+    /// `path` instead of the agent's own: for an agent that does not run with hostNetwork, and
+    /// for tests whose "node" is a namespace of their own.
+    pub fn with_node_netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.node_netns = Some(path.into());
+        self
+    }
+
+    fn host_netns(&self) -> Result<Netns, KernelError> {
+        match &self.node_netns {
+            Some(path) => {
+                Netns::open(path).map_err(failed("cannot open the node's network namespace"))
+            }
+            None => host_netns(),
         }
     }
 
@@ -280,7 +300,7 @@ impl Kernel for LinuxKernel {
             });
         }
         let pod = self.pod_netns(pod_uid)?;
-        let host = host_netns()?;
+        let host = self.host_netns()?;
         let veth = nfqueue::host_veth(&pod, &host).ok();
         let baseline = residual::snapshot(&Places {
             pod: &pod,
@@ -361,7 +381,7 @@ impl Kernel for LinuxKernel {
         items: &[RevertItem],
     ) -> Vec<Result<RevertedFault, KernelError>> {
         let everyone = |error: KernelError| items.iter().map(|_| Err(error.clone())).collect();
-        let host = match host_netns() {
+        let host = match self.host_netns() {
             Ok(host) => host,
             Err(e) => return everyone(e),
         };
@@ -479,7 +499,7 @@ impl Kernel for LinuxKernel {
     /// One listing and one transaction in the node's namespace for all of them, whatever
     /// their number; the workers of those this agent runs stop.
     fn revert_gone(&self, items: &[(String, InjectionTag)]) -> Result<(), KernelError> {
-        let host = host_netns()?;
+        let host = self.host_netns()?;
         let tags: Vec<InjectionTag> = items.iter().map(|(_, tag)| tag.clone()).collect();
         nft::remove_all(&host, &tags).map_err(failed("removing the node's tables of gone pods"))?;
         let active: BTreeSet<InjectionTag> = self.nfqueue.active().into_iter().collect();
@@ -516,7 +536,7 @@ impl Kernel for LinuxKernel {
 
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {
         let mut found = Vec::new();
-        let host = Netns::current().ok();
+        let host = self.host_netns().ok();
         let mut our_veths = BTreeSet::new();
         let pods = podfind::pods_on_host(&self.proc_root).unwrap_or_default();
         for (uid, pid) in pods {
@@ -597,7 +617,7 @@ impl Kernel for LinuxKernel {
                     remove_tree_unless_claimed(&pod, &ifname, &[])
                         .map_err(failed("removing the qdisc"))?;
                 }
-                let host = host_netns()?;
+                let host = self.host_netns()?;
                 if let Ok(veth) = nfqueue::host_veth(&pod, &host) {
                     remove_tree_unless_claimed(&host, &veth, &[])
                         .map_err(failed("removing the qdisc"))?;
@@ -605,7 +625,7 @@ impl Kernel for LinuxKernel {
                 Ok(())
             }
             (None, Some(tag)) => {
-                let host = host_netns()?;
+                let host = self.host_netns()?;
                 nft::remove(&host, tag).map_err(failed("removing the node's table"))?;
                 self.nfqueue
                     .remove_in(tag, &[&host])

@@ -37,6 +37,10 @@ pub struct AgentArgs {
     /// How often to re-check targets and counters without an event.
     #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
     resync: Duration,
+    /// The network namespace the pods' veths are in (a path such as /run/netns/NAME), when
+    /// it is not the agent's own (the DaemonSet runs with hostNetwork: leave it unset).
+    #[arg(long)]
+    node_netns: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -51,17 +55,24 @@ impl AgentArgs {
             let client = kube::Client::try_default().await.map_err(|e| {
                 anyhow::anyhow!("cannot build a Kubernetes client: {e} (in a pod: is the ServiceAccount mounted? elsewhere: KUBECONFIG)")
             })?;
-            let proc_root = self.proc_root.clone();
-            let kernel = tokio::task::spawn_blocking(move || LinuxKernel::detect(proc_root)).await?;
+            let Self { nodes, journal_dir, admin_addr, proc_root, resync, node_netns } = self;
+            let kernel = tokio::task::spawn_blocking(move || {
+                let kernel = LinuxKernel::detect(proc_root);
+                match node_netns {
+                    Some(path) => kernel.with_node_netns(path),
+                    None => kernel,
+                }
+            })
+            .await?;
             let metrics = AgentMetrics::new();
-            let listener = tokio::net::TcpListener::bind(self.admin_addr).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen on {} for /healthz and /metrics: {e}", self.admin_addr)
+            let listener = tokio::net::TcpListener::bind(admin_addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {admin_addr} for /healthz and /metrics: {e}")
             })?;
             tokio::spawn(serve_admin(listener, metrics.clone()));
             let config = AgentConfig {
-                nodes: self.nodes,
-                journal_dir: self.journal_dir,
-                resync: self.resync,
+                nodes,
+                journal_dir,
+                resync,
             };
             runner::run(client, Arc::new(kernel), config, metrics, crate::cli::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
