@@ -4,10 +4,19 @@
 //! an agent restarted after a crash knows every fault it may have left behind and its deadline,
 //! even before it can reach the API server. On a hostPath in production.
 //!
-//! Format: `journal.log`, one JSON record per line, appended and synced (`fdatasync`) before a
-//! call returns: `{"put": <entry>}` records or replaces an entry, `{"forget": [tags]}` drops
-//! entries. Opening replays the lines in one pass (linear in the file). Changes of many entries
-//! (the drain of stale entries at start) are one line and one sync.
+//! Format: `journal.log`, one record per line, appended and synced (`fdatasync`) before a call
+//! returns:
+//!
+//! ```text
+//! P <tag> <pod uid> <expiresAt, unix ms> <generation|-> <mechanism|-> <namespace/name> <entry as JSON>
+//! F <tag> <tag> ...
+//! ```
+//!
+//! `P` records or replaces an entry, `F` drops entries. Opening replays the lines in one pass
+//! (linear in the file) and reads only the words in front of each entry: what planning and the
+//! drain of stale entries need. The JSON is parsed when the entry is first looked at (to revert
+//! or re-apply it), so thousands of stale entries cost a scan, not a parse. Changes of many
+//! entries (the drain of stale entries at start) are one line and one sync.
 //!
 //! Bounds: the file is rewritten (compacted: one `put` per live entry, written to a temporary
 //! file, synced and renamed over) when it holds more than [`COMPACT_SLACK`] lines beyond the
@@ -74,13 +83,162 @@ impl JournalEntry {
     pub fn tag(&self) -> Option<InjectionTag> {
         InjectionTag::from_uid(&self.tag)
     }
+
+    fn head(&self) -> EntryHead {
+        EntryHead {
+            tag: self.tag.clone(),
+            pod_uid: self.pod_uid.clone(),
+            expires_at: self.expires_at,
+            generation: self.generation,
+            mechanism: self.mechanism.clone(),
+            injection: self.injection.clone(),
+        }
+    }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The words in front of an entry: what planning needs, read without parsing the entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryHead {
+    pub tag: InjectionTagRepr,
+    pub pod_uid: String,
+    pub expires_at: DateTime<Utc>,
+    pub generation: Option<i64>,
+    pub mechanism: Option<String>,
+    /// `namespace/name` of the FaultInjection.
+    pub injection: String,
+}
+
+impl EntryHead {
+    pub fn tag(&self) -> Option<InjectionTag> {
+        InjectionTag::parse(&self.tag).or_else(|| InjectionTag::from_uid(&self.tag))
+    }
+}
+
+/// An entry as kept in memory: its head, its JSON, and the entry once parsed.
+#[derive(Debug)]
+struct Stored {
+    head: EntryHead,
+    json: Box<str>,
+    parsed: std::sync::OnceLock<Box<JournalEntry>>,
+}
+
+impl Stored {
+    fn entry(&self) -> &JournalEntry {
+        self.parsed.get_or_init(|| {
+            Box::new(serde_json::from_str(&self.json).unwrap_or_else(|error| {
+                tracing::error!(%error, tag = %self.head.tag, "a journal entry's details are unreadable; keeping what its head says");
+                JournalEntry {
+                    tag: self.head.tag.clone(),
+                    injection: self.head.injection.clone(),
+                    injection_uid: String::new(),
+                    pod_uid: self.head.pod_uid.clone(),
+                    fault: NetworkFault::default(),
+                    expires_at: self.head.expires_at,
+                    generation: self.head.generation,
+                    mechanism: self.head.mechanism.clone(),
+                    baseline: None,
+                    applied_at: None,
+                }
+            }))
+        })
+    }
+}
+
+/// One line of the log.
 enum Record {
-    Put(Box<JournalEntry>),
+    Put(Stored),
     Forget(Vec<InjectionTagRepr>),
+}
+
+fn word(value: Option<&str>) -> &str {
+    value.unwrap_or("-")
+}
+
+/// The log line that records `entry` (for tools and tests that write a journal directly).
+pub fn put_line(entry: &JournalEntry) -> Result<String, JournalError> {
+    let json = serde_json::to_string(entry).map_err(|e| JournalError::Io {
+        path: PathBuf::from(FILE_NAME),
+        source: io::Error::other(e),
+    })?;
+    let words = [
+        entry.tag.as_str(),
+        entry.pod_uid.as_str(),
+        entry.injection.as_str(),
+        word(entry.mechanism.as_deref()),
+    ];
+    if words
+        .iter()
+        .any(|w| w.is_empty() || w.contains(char::is_whitespace))
+    {
+        return Err(JournalError::Io {
+            path: PathBuf::from(FILE_NAME),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("journal words may not be empty or hold spaces: {words:?}"),
+            ),
+        });
+    }
+    let generation = entry
+        .generation
+        .map_or_else(|| "-".to_string(), |g| g.to_string());
+    Ok(format!(
+        "P {} {} {} {generation} {} {} {json}\n",
+        entry.tag,
+        entry.pod_uid,
+        entry.expires_at.timestamp_millis(),
+        word(entry.mechanism.as_deref()),
+        entry.injection,
+    ))
+}
+
+/// Parses one line (without its newline).
+fn parse_line(line: &str) -> Result<Record, String> {
+    let mut words = line.splitn(8, ' ');
+    match words.next() {
+        Some("F") => Ok(Record::Forget(
+            words
+                .flat_map(|w| w.split(' '))
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )),
+        Some("P") => {
+            let mut next = |what: &str| words.next().ok_or_else(|| format!("no {what}"));
+            let tag = next("tag")?.to_string();
+            let pod_uid = next("pod uid")?.to_string();
+            let millis: i64 = next("expiry")?
+                .parse()
+                .map_err(|e| format!("expiry: {e}"))?;
+            let generation = match next("generation")? {
+                "-" => None,
+                g => Some(g.parse().map_err(|e| format!("generation: {e}"))?),
+            };
+            let mechanism = match next("mechanism")? {
+                "-" => None,
+                m => Some(m.to_string()),
+            };
+            let injection = next("injection")?.to_string();
+            let json = next("entry")?;
+            if !json.starts_with('{') || !json.ends_with('}') {
+                return Err("the entry is not a JSON object".into());
+            }
+            let expires_at =
+                DateTime::from_timestamp_millis(millis).ok_or("expiry out of range")?;
+            Ok(Record::Put(Stored {
+                head: EntryHead {
+                    tag,
+                    pod_uid,
+                    expires_at,
+                    generation,
+                    mechanism,
+                    injection,
+                },
+                json: json.into(),
+                parsed: std::sync::OnceLock::new(),
+            }))
+        }
+        _ => Err("neither P nor F".into()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,7 +286,7 @@ pub struct Opened {
 pub struct Journal {
     dir: PathBuf,
     file: fs::File,
-    entries: BTreeMap<String, JournalEntry>,
+    entries: BTreeMap<String, Stored>,
     /// Lines in the file (to know when to compact).
     lines: usize,
     opened: Opened,
@@ -186,7 +344,8 @@ impl Journal {
         if !import.is_empty() {
             journal.opened.imported = import.len();
             for entry in import {
-                journal.entries.insert(entry.tag.clone(), entry);
+                let stored = stored(entry)?;
+                journal.entries.insert(stored.head.tag.clone(), stored);
             }
             journal.compact()?;
             fs::remove_file(&legacy).map_err(JournalError::at(&legacy))?;
@@ -203,12 +362,23 @@ impl Journal {
         &self.dir
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &JournalEntry> {
-        self.entries.values()
+    /// Every entry's head (cheap: nothing is parsed).
+    pub fn heads(&self) -> impl Iterator<Item = &EntryHead> {
+        self.entries.values().map(|s| &s.head)
     }
 
+    pub fn head(&self, tag: &InjectionTag) -> Option<&EntryHead> {
+        self.entries.get(tag.as_str()).map(|s| &s.head)
+    }
+
+    /// Every entry, parsed.
+    pub fn entries(&self) -> impl Iterator<Item = &JournalEntry> {
+        self.entries.values().map(Stored::entry)
+    }
+
+    /// The entry of `tag`, parsed (once) on first use.
     pub fn get(&self, tag: &InjectionTag) -> Option<&JournalEntry> {
-        self.entries.get(tag.as_str())
+        self.entries.get(tag.as_str()).map(Stored::entry)
     }
 
     pub fn len(&self) -> usize {
@@ -243,12 +413,12 @@ impl Journal {
             {
                 entry.baseline = None;
             }
-            text.push_str(&line(&Record::Put(Box::new(entry.clone())))?);
-            bounded.push(entry);
+            text.push_str(&put_line(&entry)?);
+            bounded.push(stored(entry)?);
         }
         self.append(&text, bounded.len())?;
-        for entry in bounded {
-            self.entries.insert(entry.tag.clone(), entry);
+        for stored in bounded {
+            self.entries.insert(stored.head.tag.clone(), stored);
         }
         self.maybe_compact()
     }
@@ -268,7 +438,7 @@ impl Journal {
         if present.is_empty() {
             return Ok(());
         }
-        let text = line(&Record::Forget(present.clone()))?;
+        let text = format!("F {}\n", present.join(" "));
         self.append(&text, 1)?;
         for tag in present {
             self.entries.remove(&tag);
@@ -299,8 +469,8 @@ impl Journal {
         let path = self.dir.join(FILE_NAME);
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let mut text = String::new();
-        for entry in self.entries.values() {
-            text.push_str(&line(&Record::Put(Box::new(entry.clone())))?);
+        for stored in self.entries.values() {
+            text.push_str(&put_line(stored.entry())?);
         }
         (|| -> io::Result<()> {
             let mut out = fs::File::create(&tmp)?;
@@ -327,13 +497,19 @@ fn opened_needs_compaction(journal: &Journal) -> bool {
     journal.lines > journal.entries.len() + COMPACT_SLACK
 }
 
-fn line(record: &Record) -> Result<String, JournalError> {
-    let mut text = serde_json::to_string(record).map_err(|e| JournalError::Io {
+fn stored(entry: JournalEntry) -> Result<Stored, JournalError> {
+    let json = serde_json::to_string(&entry).map_err(|e| JournalError::Io {
         path: PathBuf::from(FILE_NAME),
         source: io::Error::other(e),
     })?;
-    text.push('\n');
-    Ok(text)
+    let parsed = std::sync::OnceLock::new();
+    let head = entry.head();
+    let _ = parsed.set(Box::new(entry));
+    Ok(Stored {
+        head,
+        json: json.into(),
+        parsed,
+    })
 }
 
 enum Replay {
@@ -342,7 +518,7 @@ enum Replay {
 }
 
 /// Reads the log in one pass. A last line without its newline is a torn append: ignored.
-fn replay(path: &Path) -> Result<(BTreeMap<String, JournalEntry>, usize), Replay> {
+fn replay(path: &Path) -> Result<(BTreeMap<String, Stored>, usize), Replay> {
     let file = match fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((BTreeMap::new(), 0)),
@@ -365,22 +541,27 @@ fn replay(path: &Path) -> Result<(BTreeMap<String, JournalEntry>, usize), Replay
             break;
         }
         let complete = buf.last() == Some(&b'\n');
-        match serde_json::from_slice::<Record>(&buf) {
-            Ok(Record::Put(entry)) => {
-                entries.insert(entry.tag.clone(), *entry);
+        if !complete {
+            // A torn append: the change never completed.
+            break;
+        }
+        lines += 1;
+        let text = std::str::from_utf8(&buf[..buf.len() - 1])
+            .map_err(|e| Replay::Corrupt(format!("line {lines}: {e}")))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        match parse_line(text) {
+            Ok(Record::Put(stored)) => {
+                entries.insert(stored.head.tag.clone(), stored);
             }
             Ok(Record::Forget(tags)) => {
                 for tag in tags {
                     entries.remove(&tag);
                 }
             }
-            Err(_) if !complete => break,
-            Err(error) if buf.iter().all(u8::is_ascii_whitespace) => {
-                let _ = error;
-            }
-            Err(error) => return Err(Replay::Corrupt(format!("line {}: {error}", lines + 1))),
+            Err(error) => return Err(Replay::Corrupt(format!("line {lines}: {error}"))),
         }
-        lines += 1;
     }
     Ok((entries, lines))
 }
@@ -485,7 +666,7 @@ mod tests {
             .append(true)
             .open(dir.path().join(FILE_NAME))
             .unwrap();
-        file.write_all(b"{\"put\":{\"tag\":\"1f3c").unwrap();
+        file.write_all(b"P 1f3c2a9e7b1d4c559a0e2b6f p 17").unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.len(), 1);
         assert!(journal.opened().kept_aside.is_none());
@@ -528,7 +709,7 @@ mod tests {
         journal.record(entry(A)).unwrap();
         // Without compaction this would be 6 * COMPACT_SLACK lines.
         assert!(journal.lines <= 1 + COMPACT_SLACK + 1, "{}", journal.lines);
-        let one = line(&Record::Put(Box::new(entry(A)))).unwrap().len() as u64;
+        let one = put_line(&entry(A)).unwrap().len() as u64;
         assert!(journal.file_len() < one * (COMPACT_SLACK as u64 + 2));
         assert_eq!(Journal::open(dir.path()).unwrap().len(), 1);
     }

@@ -387,6 +387,20 @@ impl Kernel for RecordingKernel {
         }
         let mut state = self.state.lock().unwrap();
         state.deadlines.insert(tag.clone(), deadline.expires_at);
+        // One qdisc fault per interface, as on Linux.
+        if mechanism.is_qdisc()
+            && let Some(((_, other), _)) = state
+                .rules
+                .iter()
+                .find(|((pod, t), m)| pod == pod_uid && t != tag && m.is_qdisc())
+        {
+            return Err(KernelError::Conflict {
+                with: other.clone(),
+                message: format!(
+                    "eth0 already carries a qdisc fault of another injection (tag {other}); two qdisc faults on one interface do not stack"
+                ),
+            });
+        }
         if !state.pods.contains(pod_uid) {
             return Err(KernelError::TargetGone(format!(
                 "no process of pod {pod_uid} on this node"
@@ -419,6 +433,14 @@ impl Kernel for RecordingKernel {
 
     fn pod_present(&self, pod_uid: &str) -> bool {
         self.state.lock().unwrap().pods.contains(pod_uid)
+    }
+
+    fn revert_gone(&self, items: &[(String, InjectionTag)]) -> Result<(), KernelError> {
+        let mut state = self.state.lock().unwrap();
+        for (pod, tag) in items {
+            state.rules.remove(&(pod.clone(), tag.clone()));
+        }
+        Ok(())
     }
 
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {

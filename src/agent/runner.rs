@@ -48,6 +48,8 @@ use crate::api::{FaultInjection, InjectionPhase, NODE_LABEL};
 pub const PARALLEL_PODS: usize = 8;
 /// How many status writes go out at once.
 const PARALLEL_WRITES: usize = 16;
+/// Entries of gone pods drained per step (a backlog takes several steps, one after another).
+const DRAIN_CHUNK: usize = 20_000;
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -293,7 +295,7 @@ impl<K: Kernel> Agent<K> {
             live.map(|l| l.iter().filter_map(|i| live_injection(i)).collect());
         let applied: Vec<converge::Applied> = self
             .journal
-            .entries()
+            .heads()
             .filter_map(|e| {
                 let tag = e.tag()?;
                 Some(converge::Applied {
@@ -305,8 +307,11 @@ impl<K: Kernel> Agent<K> {
                 })
             })
             .collect();
+        let t0 = std::time::Instant::now();
         let gone = self.gone_pods(&applied, live_view.as_deref()).await;
+        let t1 = std::time::Instant::now();
         let plan = converge::plan(now, live_view.as_deref(), &applied, &gone);
+        tracing::debug!(gone = ?(t1 - t0), plan = ?t1.elapsed(), entries = applied.len(), "planned");
         let by_key: BTreeMap<String, &Arc<FaultInjection>> = live
             .unwrap_or_default()
             .iter()
@@ -329,12 +334,31 @@ impl<K: Kernel> Agent<K> {
             }
         }
         self.quick_actions(quick, &by_key).await;
-        let reverts = self.drain_gone(reverts, &gone, &by_tag).await;
+        // Entries of gone pods (possibly a large backlog) are drained in chunks, after the
+        // new faults unless the journal needs the room first: a backlog never delays an apply.
+        let (stale, reverts): (Vec<_>, Vec<_>) = reverts.into_iter().partition(|(tag, _)| {
+            self.journal
+                .head(tag)
+                .is_some_and(|h| gone.contains(&h.pod_uid))
+        });
+        let room_first = self.journal.len() + applies.len() > super::journal::MAX_ENTRIES;
+        let mut backlog = false;
+        if room_first {
+            // All of it: new faults need the room now.
+            backlog = self.drain_gone(stale.clone(), usize::MAX, &by_tag).await;
+        }
         self.per_pod(reverts, applies, &by_tag).await;
+        if !room_first {
+            backlog = self.drain_gone(stale, DRAIN_CHUNK, &by_tag).await;
+        }
         if let Some(live) = live {
             self.report_counts(live).await;
         }
         self.metrics.set_active(self.journal.len());
+        if backlog {
+            // More of the backlog right away.
+            return Some(Utc::now());
+        }
         plan.next_deadline
     }
 
@@ -397,7 +421,7 @@ impl<K: Kernel> Agent<K> {
         uids.extend(
             live.unwrap_or_default()
                 .iter()
-                .filter(|i| !i.deleting && self.journal.get(&i.tag).is_none())
+                .filter(|i| !i.deleting && self.journal.head(&i.tag).is_none())
                 .map(|i| i.pod_uid.clone()),
         );
         if uids.is_empty() {
@@ -409,27 +433,24 @@ impl<K: Kernel> Agent<K> {
             .unwrap_or_default()
     }
 
-    /// Reverts the entries of pods that are gone in one sweep and one journal write; returns
-    /// the other reverts.
+    /// Reverts entries of pods that are gone, at most `chunk` of them, in one sweep and one
+    /// journal write. Returns whether more are left.
     async fn drain_gone(
         &mut self,
-        reverts: Vec<(InjectionTag, RevertReason)>,
-        gone: &BTreeSet<String>,
+        stale: Vec<(InjectionTag, RevertReason)>,
+        chunk: usize,
         by_tag: &BTreeMap<InjectionTag, &Arc<FaultInjection>>,
-    ) -> Vec<(InjectionTag, RevertReason)> {
-        let mut rest = Vec::new();
-        let mut stale: Vec<(String, InjectionTag, RevertReason)> = Vec::new();
-        for (tag, reason) in reverts {
-            match self.journal.get(&tag) {
-                Some(entry) if gone.contains(&entry.pod_uid) => {
-                    stale.push((entry.pod_uid.clone(), tag, reason))
-                }
-                Some(_) => rest.push((tag, reason)),
-                None => {}
-            }
-        }
+    ) -> bool {
+        let backlog = stale.len() > chunk;
+        let stale: Vec<(String, InjectionTag, RevertReason)> = stale
+            .into_iter()
+            .take(chunk)
+            .filter_map(|(tag, reason)| {
+                Some((self.journal.head(&tag)?.pod_uid.clone(), tag, reason))
+            })
+            .collect();
         if stale.is_empty() {
-            return rest;
+            return backlog;
         }
         let started = std::time::Instant::now();
         let kernel = self.kernel.clone();
@@ -442,7 +463,7 @@ impl<K: Kernel> Agent<K> {
             .unwrap_or_else(|e| Err(KernelError::Failed(format!("sweep panicked: {e}"))));
         if let Err(error) = swept {
             tracing::error!(%error, entries = stale.len(), "cannot sweep the node's namespace for gone pods' rules; retrying at the next resync");
-            return rest;
+            return false;
         }
         let tags: Vec<InjectionTag> = stale.iter().map(|(_, tag, _)| tag.clone()).collect();
         if let Err(error) = self.journal.forget_many(&tags) {
@@ -464,7 +485,7 @@ impl<K: Kernel> Agent<K> {
             .buffer_unordered(PARALLEL_WRITES)
             .collect::<Vec<()>>()
             .await;
-        rest
+        backlog
     }
 
     /// Reverts and applies, per pod, pods in parallel.
@@ -579,7 +600,7 @@ impl<K: Kernel> Agent<K> {
         }
         let names: Arc<BTreeMap<InjectionTag, String>> = Arc::new(
             self.journal
-                .entries()
+                .heads()
                 .filter_map(|e| Some((e.tag()?, e.injection.clone())))
                 .collect(),
         );
@@ -653,13 +674,13 @@ impl<K: Kernel> Agent<K> {
             .iter()
             .filter(|i| i.metadata.deletion_timestamp.is_none())
             .filter_map(|i| tag_of(i))
-            .chain(self.journal.entries().filter_map(JournalEntry::tag))
+            .chain(self.journal.heads().filter_map(|h| h.tag()))
             .collect();
         let backed_pods: BTreeSet<String> = live
             .iter()
             .filter(|i| i.metadata.deletion_timestamp.is_none())
             .map(|i| i.spec.target.uid.clone())
-            .chain(self.journal.entries().map(|e| e.pod_uid.clone()))
+            .chain(self.journal.heads().map(|e| e.pod_uid.clone()))
             .collect();
         let kernel = self.kernel.clone();
         let removed = tokio::task::spawn_blocking(move || {
@@ -702,7 +723,7 @@ impl<K: Kernel> Agent<K> {
             }
             let counted = self
                 .journal
-                .get(&tag)
+                .head(&tag)
                 .and_then(|e| e.mechanism.as_deref())
                 .and_then(Mechanism::parse)
                 == Some(Mechanism::Nfqueue);
@@ -889,21 +910,43 @@ async fn apply_one<K: Kernel>(
     let ApplyJob {
         injection,
         tag,
-        mechanism,
+        mut mechanism,
         mut entry,
         was_applied,
     } = job;
     let deadline = Deadline::new(entry.expires_at);
     let started = std::time::Instant::now();
-    let result = {
+    let attempt = |mechanism: Mechanism| {
         let kernel = kernel.clone();
         let pod = entry.pod_uid.clone();
         let tag = tag.clone();
         let fault = entry.fault.clone();
-        tokio::task::spawn_blocking(move || kernel.apply(&pod, &tag, &fault, mechanism, &deadline))
+        async move {
+            tokio::task::spawn_blocking(move || {
+                kernel.apply(&pod, &tag, &fault, mechanism, &deadline)
+            })
             .await
             .unwrap_or_else(|e| Err(KernelError::Failed(format!("apply panicked: {e}"))))
+        }
     };
+    let mut result = attempt(mechanism).await;
+    let mut note = None;
+    if let Err(KernelError::Conflict { with, .. }) = &result
+        && mechanism == Mechanism::Netem
+        && kernel.capabilities().nfqueue
+    {
+        // Another experiment's netem holds the interface: queue this one in userspace
+        // instead, so the two add up rather than one replacing the other.
+        note = Some(format!(
+            "queued in userspace because the pod's interface already carries the qdisc fault of {}; the two add up",
+            names
+                .get(with)
+                .cloned()
+                .unwrap_or_else(|| format!("injection {with}"))
+        ));
+        mechanism = Mechanism::Nfqueue;
+        result = attempt(mechanism).await;
+    }
     let generation = injection.metadata.generation;
     match result {
         Ok(applied) => {
@@ -915,7 +958,11 @@ async fn apply_one<K: Kernel>(
             let applied_at = *entry.applied_at.get_or_insert_with(Utc::now);
             tracing::info!(injection = %key_of(&injection), %tag, mechanism = applied.mechanism.name(), "fault applied");
             outcome.applied.push(entry);
-            let change = StatusChange::phase(InjectionPhase::Applied, generation, applied.message)
+            let message = match note {
+                Some(note) => format!("{} ({note})", applied.message),
+                None => applied.message,
+            };
+            let change = StatusChange::phase(InjectionPhase::Applied, generation, message)
                 .set("mechanism", json!(applied.mechanism.name()))
                 .set("appliedAt", json!(applied_at))
                 .set("revertedAt", serde_json::Value::Null)
