@@ -40,7 +40,15 @@ use super::{
         json_path = ".status.mechanism",
         description = "How the agent applied the fault: netem, nfqueue, htb, nftables or iptables"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
+    // A printer column is a JSONPath rendered by the API server: a `date` column shows the time
+    // *since* a timestamp (a real server prints `<invalid>` for one in the future), and nothing
+    // can count down to one. So the deadline itself, in UTC, next to Age.
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".spec.expiresAt",
+        description = "When the fault ends (UTC): the agent reverts it then, and the kernel stops it by itself"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
