@@ -3,15 +3,21 @@
 //! baseline) and what TCP bulk throughput survives, at 0, 10, 50 and 200 ms of egress delay on
 //! the sending pod; and the same without any fault as a baseline.
 //!
+//! Then the load: UDP sent at 1, 10 and 100 k packets/s (over 8 flows) through a 20 ms delay,
+//! and a TCP stream at line rate, with what the fault's rules matched, delayed and let bypass
+//! (the queue full, or our socket overflowed): how much of the fault was in place under load.
+//!
 //! `FAULTLINE_BENCH_SECS` sets each TCP transfer's length (default 5 s), `FAULTLINE_BENCH_RTTS`
 //! the round trips per row (default 400, one every 5 ms).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chrono::{TimeDelta, Utc};
+use faultline::agent::deadline::Deadline;
 use faultline::agent::netns::Netns;
-use faultline::agent::nfqueue::traffic::{UdpEcho, quantile, tcp_throughput, udp_rtts};
-use faultline::agent::nfqueue::{NfqueueEngine, PodNet};
+use faultline::agent::nfqueue::traffic::{UdpEcho, UdpSink, quantile, tcp_throughput, udp_rtts};
+use faultline::agent::nfqueue::{NfqueueEngine, NfqueueStats, PodNet};
 use faultline::agent::tag::InjectionTag;
 use faultline::agent::testnet::TestNode;
 use faultline::api::{Direction, GoDuration, LatencyFault, NetworkFault};
@@ -133,7 +139,9 @@ fn main() {
             }),
             ..NetworkFault::default()
         };
-        engine.apply(&tag, &net, &fault).expect("apply");
+        engine
+            .apply(&tag, &net, &fault, &later(), "bench-pod")
+            .expect("apply");
         let port = TCP_PORT + 1 + u16::try_from(i).unwrap();
         let (during, lost, mbit, mbit_large) = measure(
             &net.pod,
@@ -185,6 +193,122 @@ fn main() {
             row.mbit,
             row.mbit_large,
             row.bypassed.map_or("-".into(), |b| b.to_string())
+        );
+    }
+    let load_rows = load(&node, &net, &engine, secs.min(3));
+    print_load(&load_rows, &engine);
+}
+
+fn later() -> Deadline {
+    Deadline::new(Utc::now() + TimeDelta::minutes(30))
+}
+
+/// Sends UDP datagrams from `flows` sockets in `client` to `dest` at `rate` packets/s (all
+/// flows together) for `duration`; returns how many were sent.
+fn udp_flood(client: &Netns, dest: SocketAddr, flows: usize, rate: u64, duration: Duration) -> u64 {
+    let sockets: Vec<std::net::UdpSocket> = (0..flows)
+        .map(|_| {
+            let socket = client
+                .run(|| std::net::UdpSocket::bind(("0.0.0.0", 0)))
+                .unwrap()
+                .unwrap();
+            socket.connect(dest).unwrap();
+            socket
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let payload = [0u8; 64];
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        // Catch up to the schedule every millisecond.
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            let _ = sockets[(sent as usize) % flows].send(&payload);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    sent
+}
+
+struct LoadRow {
+    label: String,
+    sent: u64,
+    received: u64,
+    stats: NfqueueStats,
+}
+
+fn load(node: &TestNode, net: &PodNet, engine: &NfqueueEngine, secs: u64) -> Vec<LoadRow> {
+    let tag = InjectionTag::from_uid("be7c0ffe-0000-4000-8000-000000000002").unwrap();
+    let sink_ns = node.pods[1].ns.netns().unwrap();
+    let fault = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: GoDuration("20ms".into()),
+            direction: Direction::To,
+            ..LatencyFault::default()
+        }),
+        ..NetworkFault::default()
+    };
+    let mut rows = Vec::new();
+    for (i, rate) in [1_000u64, 10_000, 100_000].into_iter().enumerate() {
+        let dest = SocketAddr::from((node.pods[1].ip, 7200 + u16::try_from(i).unwrap()));
+        let sink = UdpSink::start(&sink_ns, dest).unwrap();
+        engine
+            .apply(&tag, net, &fault, &later(), "bench-pod")
+            .expect("apply");
+        let sent = udp_flood(&net.pod, dest, 8, rate, Duration::from_secs(secs));
+        std::thread::sleep(Duration::from_millis(300));
+        let stats = engine.stats(&tag).unwrap_or_default();
+        engine.remove(&tag, net).expect("remove");
+        rows.push(LoadRow {
+            label: format!("UDP {} k packets/s, 8 flows", rate / 1000),
+            sent,
+            received: sink.received(),
+            stats,
+        });
+    }
+    engine
+        .apply(&tag, net, &fault, &later(), "bench-pod")
+        .expect("apply");
+    let server = node.pods[1].ns.netns().unwrap();
+    let mbit = tcp_throughput(
+        &net.pod,
+        &server,
+        SocketAddr::from((node.pods[1].ip, 7300)),
+        Duration::from_secs(secs),
+    )
+    .expect("tcp");
+    let stats = engine.stats(&tag).unwrap_or_default();
+    engine.remove(&tag, net).expect("remove");
+    rows.push(LoadRow {
+        label: format!("TCP at line rate, one flow ({mbit:.0} Mbit/s)"),
+        sent: stats.matched,
+        received: stats.matched,
+        stats,
+    });
+    rows
+}
+
+fn print_load(rows: &[LoadRow], engine: &NfqueueEngine) {
+    println!(
+        "\n## NFQUEUE under load: 20 ms egress delay, {} queue(s) per side, {} ({})\n",
+        faultline::agent::nfqueue::default_queues(),
+        "queues hold rate x delay packets, fail open beyond",
+        machine()
+    );
+    let _ = engine;
+    println!("| load | sent | matched | delayed | bypassed | bypassed % | delivered |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for row in rows {
+        let share = 100.0 * row.stats.bypassed as f64 / row.stats.matched.max(1) as f64;
+        println!(
+            "| {} | {} | {} | {} | {} | {share:.3} | {} |",
+            row.label,
+            row.sent,
+            row.stats.matched,
+            row.stats.delayed,
+            row.stats.bypassed,
+            row.received
         );
     }
 }

@@ -1,7 +1,8 @@
-//! Partition apply + revert time (root only): in one pod namespace, and across 100, with the
-//! agent's approach (enter the namespace on a thread, one `nft -f -` transaction per injection)
-//! against the approach existing tools take (one `nsenter --net=... nft ...` process per table,
-//! chain and rule). Prints a table; asserts nothing.
+//! Partition apply + revert time (root only), in one pod namespace and across 100, the agent's
+//! way (our own nf_tables netlink from a thread inside the namespace: one transaction per
+//! injection, one per revert) side by side with what other tools do (one `nsenter` process per
+//! nft command, or per iptables rule), in the same run. Revert included. Prints min / median /
+//! max over the rounds and the speedups; asserts nothing.
 //!
 //! `FAULTLINE_BENCH_NAMESPACES` (default 100) and `FAULTLINE_BENCH_ROUNDS` (default 30, for the
 //! single-namespace rows) change the sizes.
@@ -9,7 +10,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use faultline::agent::nft;
+use chrono::{TimeDelta, Utc};
+use faultline::agent::deadline::Deadline;
+use faultline::agent::netns::Netns;
+use faultline::agent::nft::{self, Comment};
 use faultline::agent::tag::InjectionTag;
 use faultline::agent::testnet::TestNode;
 use faultline::api::{Direction, NetworkFault};
@@ -21,10 +25,13 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+const PEERS: [&str; 2] = ["10.77.0.200/32", "10.77.1.0/24"];
+const PORTS: [&str; 2] = ["8080", "5432"];
+
 fn fault() -> NetworkFault {
     NetworkFault {
         partition: Some(Direction::Both),
-        peer_cidrs: vec!["10.77.0.200/32".into(), "10.77.1.0/24".into()],
+        peer_cidrs: PEERS.iter().map(|p| p.to_string()).collect(),
         ports: vec![8080, 5432],
         ..Default::default()
     }
@@ -34,51 +41,171 @@ fn tag() -> InjectionTag {
     InjectionTag::from_uid("0f3c2a9e-7b1d-4c55-9a0e-2b6f8d4e1a37").unwrap()
 }
 
-/// What other tools do: one process per nft command, each entering the namespace.
-fn per_rule_apply(netns: &str, table: &str) {
-    let mut commands: Vec<String> = vec![
-        format!("add table inet {table}"),
-        format!("add chain inet {table} egress {{ type filter hook output priority -300 ; }}"),
-        format!("add chain inet {table} ingress {{ type filter hook prerouting priority -300 ; }}"),
-    ];
-    for (chain, dir) in [("egress", "daddr"), ("ingress", "saddr")] {
-        for peer in ["10.77.0.200/32", "10.77.1.0/24"] {
-            for port in ["8080", "5432"] {
+fn ours_apply(ns: &Netns) {
+    let deadline = Deadline::new(Utc::now() + TimeDelta::minutes(10));
+    nft::apply_partition(
+        ns,
+        &tag(),
+        &fault(),
+        &deadline,
+        &Comment::new("bench-pod", &deadline, None),
+    )
+    .unwrap();
+}
+
+fn ours_revert(ns: &Netns) {
+    assert!(nft::remove(ns, &tag()).unwrap());
+}
+
+fn nsenter(netns: &str, program: &str, args: &[String]) {
+    let status = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg(program)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "nsenter {program} {args:?}");
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split(' ').map(str::to_string).collect()
+}
+
+/// One rule per (direction, peer, port, protocol): 16 rules, the same drops as ours.
+fn each_rule(mut rule: impl FnMut(&str, &str, &str, &str)) {
+    for chain in ["egress", "ingress"] {
+        for peer in PEERS {
+            for port in PORTS {
                 for proto in ["tcp", "udp"] {
-                    let which = if chain == "egress" { "dport" } else { "sport" };
-                    commands.push(format!(
-                        "add rule inet {table} {chain} ip {dir} {peer} {proto} {which} {port} drop"
-                    ));
+                    rule(chain, peer, port, proto);
                 }
             }
         }
     }
+}
+
+/// What nft-based tools do: one process per nft command, each entering the namespace.
+fn nft_per_rule_apply(netns: &str, table: &str) {
+    let mut commands = vec![
+        format!("add table inet {table}"),
+        format!("add chain inet {table} egress {{ type filter hook output priority -300 ; }}"),
+        format!("add chain inet {table} ingress {{ type filter hook prerouting priority -300 ; }}"),
+    ];
+    each_rule(|chain, peer, port, proto| {
+        let (addr, which) = if chain == "egress" {
+            ("daddr", "dport")
+        } else {
+            ("saddr", "sport")
+        };
+        commands.push(format!(
+            "add rule inet {table} {chain} ip {addr} {peer} {proto} {which} {port} drop"
+        ));
+    });
     for command in commands {
-        let mut args = vec![format!("--net=/run/netns/{netns}"), "nft".into()];
-        args.extend(command.split(' ').map(str::to_string));
-        let status = Command::new("nsenter").args(&args).status().unwrap();
-        assert!(status.success(), "nsenter nft {command}");
+        nsenter(netns, "nft", &words(&command));
     }
 }
 
-fn per_rule_revert(netns: &str, table: &str) {
-    let status = Command::new("nsenter")
-        .args([
-            &format!("--net=/run/netns/{netns}"),
-            "nft",
-            "delete",
-            "table",
-            "inet",
-            table,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+fn nft_per_rule_revert(netns: &str, table: &str) {
+    nsenter(netns, "nft", &words(&format!("delete table inet {table}")));
 }
 
-fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+/// What iptables-based tools do (Chaos Mesh, Litmus): a chain, its jumps, then one
+/// `iptables` process per rule.
+fn iptables_per_rule_apply(netns: &str, chain: &str) {
+    let mut commands = vec![
+        format!("-t raw -N {chain}"),
+        format!("-t raw -A PREROUTING -j {chain}"),
+        format!("-t raw -A OUTPUT -j {chain}"),
+    ];
+    each_rule(|direction, peer, port, proto| {
+        let (addr, which) = if direction == "egress" {
+            ("-d", "--dport")
+        } else {
+            ("-s", "--sport")
+        };
+        commands.push(format!(
+            "-t raw -A {chain} {addr} {peer} -p {proto} {which} {port} -j DROP"
+        ));
+    });
+    for command in commands {
+        nsenter(netns, "iptables", &words(&command));
+    }
+}
+
+fn iptables_per_rule_revert(netns: &str, chain: &str) {
+    for command in [
+        format!("-t raw -D PREROUTING -j {chain}"),
+        format!("-t raw -D OUTPUT -j {chain}"),
+        format!("-t raw -F {chain}"),
+        format!("-t raw -X {chain}"),
+    ] {
+        nsenter(netns, "iptables", &words(&command));
+    }
+}
+
+/// min / median / max
+fn stats(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     samples.sort();
-    samples[((samples.len() - 1) as f64 * q).round() as usize]
+    (
+        samples[0],
+        samples[samples.len() / 2],
+        samples[samples.len() - 1],
+    )
+}
+
+fn fmt(s: (Duration, Duration, Duration)) -> String {
+    format!("{:.1?} / {:.1?} / {:.1?}", s.0, s.1, s.2)
+}
+
+struct Row {
+    approach: &'static str,
+    apply: (Duration, Duration, Duration),
+    revert: (Duration, Duration, Duration),
+    cycle: (Duration, Duration, Duration),
+    many_apply: Duration,
+    many_revert: Duration,
+}
+
+fn one_namespace(
+    rounds: usize,
+    mut apply: impl FnMut(),
+    mut revert: impl FnMut(),
+) -> [(Duration, Duration, Duration); 3] {
+    let (mut a, mut r, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        apply();
+        let applied = t.elapsed();
+        let t = Instant::now();
+        revert();
+        let reverted = t.elapsed();
+        a.push(applied);
+        r.push(reverted);
+        c.push(applied + reverted);
+    }
+    [stats(&mut a), stats(&mut r), stats(&mut c)]
+}
+
+/// Runs `work` over every namespace with at most `parallel` at once (the agent's bound).
+fn across(
+    namespaces: &[(Netns, String)],
+    parallel: usize,
+    work: impl Fn(&Netns, &str) + Sync,
+) -> Duration {
+    let started = Instant::now();
+    let chunk = namespaces.len().div_ceil(parallel.max(1));
+    std::thread::scope(|scope| {
+        for part in namespaces.chunks(chunk.max(1)) {
+            let work = &work;
+            scope.spawn(move || {
+                for (ns, name) in part {
+                    work(ns, name);
+                }
+            });
+        }
+    });
+    started.elapsed()
 }
 
 fn main() {
@@ -86,81 +213,102 @@ fn main() {
         eprintln!("SKIPPED (needs root): agent_partition bench creates network namespaces");
         return;
     }
-    let namespaces = env_or("FAULTLINE_BENCH_NAMESPACES", 100);
+    let count = env_or("FAULTLINE_BENCH_NAMESPACES", 100);
     let rounds = env_or("FAULTLINE_BENCH_ROUNDS", 30);
-    eprintln!("creating {namespaces} pod namespaces...");
-    let node = TestNode::new(namespaces).unwrap();
-    let fault = fault();
-    let tag = tag();
-    let table = tag.nft_table();
-    let first = node.pods[0].ns.netns().unwrap();
+    eprintln!("creating {count} pod namespaces...");
+    let node = TestNode::new(count).unwrap();
+    let namespaces: Vec<(Netns, String)> = node
+        .pods
+        .iter()
+        .map(|p| (p.ns.netns().unwrap(), p.ns.name().to_string()))
+        .collect();
+    let (first, first_name) = (&namespaces[0].0, namespaces[0].1.clone());
+    let table = tag().nft_table();
+    let chain = tag().iptables_chain();
 
-    let mut ours_apply = Vec::new();
-    let mut ours_revert = Vec::new();
-    for _ in 0..rounds {
-        let t = Instant::now();
-        nft::apply_partition(&first, &tag, &fault).unwrap();
-        ours_apply.push(t.elapsed());
-        let t = Instant::now();
-        nft::remove(&first, &tag).unwrap();
-        ours_revert.push(t.elapsed());
-    }
-    let mut theirs_apply = Vec::new();
-    let mut theirs_revert = Vec::new();
-    let name = node.pods[0].ns.name().to_string();
-    for _ in 0..rounds {
-        let t = Instant::now();
-        per_rule_apply(&name, &table);
-        theirs_apply.push(t.elapsed());
-        let t = Instant::now();
-        per_rule_revert(&name, &table);
-        theirs_revert.push(t.elapsed());
-    }
+    let [apply, revert, cycle] = one_namespace(rounds, || ours_apply(first), || ours_revert(first));
+    let ours = Row {
+        approach: "faultline: in-process nf_tables netlink, one transaction each way",
+        apply,
+        revert,
+        cycle,
+        many_apply: across(
+            &namespaces,
+            faultline::agent::runner::PARALLEL_PODS,
+            |ns, _| ours_apply(ns),
+        ),
+        many_revert: across(
+            &namespaces,
+            faultline::agent::runner::PARALLEL_PODS,
+            |ns, _| ours_revert(ns),
+        ),
+    };
+    let [apply, revert, cycle] = one_namespace(
+        rounds,
+        || nft_per_rule_apply(&first_name, &table),
+        || nft_per_rule_revert(&first_name, &table),
+    );
+    let nft_rows = Row {
+        approach: "nsenter + nft, one process per command",
+        apply,
+        revert,
+        cycle,
+        many_apply: across(&namespaces, 1, |_, name| nft_per_rule_apply(name, &table)),
+        many_revert: across(&namespaces, 1, |_, name| nft_per_rule_revert(name, &table)),
+    };
+    let [apply, revert, cycle] = one_namespace(
+        rounds,
+        || iptables_per_rule_apply(&first_name, &chain),
+        || iptables_per_rule_revert(&first_name, &chain),
+    );
+    let ipt_rows = Row {
+        approach: "nsenter + iptables, one process per rule",
+        apply,
+        revert,
+        cycle,
+        many_apply: across(&namespaces, 1, |_, name| {
+            iptables_per_rule_apply(name, &chain)
+        }),
+        many_revert: across(&namespaces, 1, |_, name| {
+            iptables_per_rule_revert(name, &chain)
+        }),
+    };
 
-    let t = Instant::now();
-    for pod in &node.pods {
-        nft::apply_partition(&pod.ns.netns().unwrap(), &tag, &fault).unwrap();
-    }
-    let ours_all_apply = t.elapsed();
-    let t = Instant::now();
-    for pod in &node.pods {
-        nft::remove(&pod.ns.netns().unwrap(), &tag).unwrap();
-    }
-    let ours_all_revert = t.elapsed();
-    let t = Instant::now();
-    for pod in &node.pods {
-        per_rule_apply(pod.ns.name(), &table);
-    }
-    let theirs_all_apply = t.elapsed();
-    let t = Instant::now();
-    for pod in &node.pods {
-        per_rule_revert(pod.ns.name(), &table);
-    }
-    let theirs_all_revert = t.elapsed();
-
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "partition: both directions, 2 peer CIDRs x 2 ports (16 rules when written one by one)"
+        "\n## Partition apply + revert (both directions, 2 peer CIDRs x 2 ports: 16 rules written one by one; nproc={cores}, {rounds} rounds)\n"
     );
     println!(
-        "| approach | 1 ns apply p50 / p99 | 1 ns revert p50 / p99 | {namespaces} ns apply | {namespaces} ns revert |"
+        "| approach | 1 ns apply min / median / max | 1 ns revert min / median / max | apply + revert min / median / max | {count} ns apply | {count} ns revert |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
+    for row in [&ours, &nft_rows, &ipt_rows] {
+        println!(
+            "| {} | {} | {} | {} | {:.2?} | {:.2?} |",
+            row.approach,
+            fmt(row.apply),
+            fmt(row.revert),
+            fmt(row.cycle),
+            row.many_apply,
+            row.many_revert
+        );
+    }
+    let ratio = |theirs: Duration, ours: Duration| theirs.as_secs_f64() / ours.as_secs_f64();
     println!(
-        "| faultline (setns thread, one nft -f transaction) | {:.1?} / {:.1?} | {:.1?} / {:.1?} | {:.2?} | {:.2?} |",
-        quantile(&mut ours_apply, 0.5),
-        quantile(&mut ours_apply, 0.99),
-        quantile(&mut ours_revert, 0.5),
-        quantile(&mut ours_revert, 0.99),
-        ours_all_apply,
-        ours_all_revert
+        "\nspeedup of faultline, apply + revert, median: {:.1}x over nsenter + nft, {:.1}x over nsenter + iptables",
+        ratio(nft_rows.cycle.1, ours.cycle.1),
+        ratio(ipt_rows.cycle.1, ours.cycle.1)
     );
     println!(
-        "| nsenter + nft per rule (existing tools) | {:.1?} / {:.1?} | {:.1?} / {:.1?} | {:.2?} | {:.2?} |",
-        quantile(&mut theirs_apply, 0.5),
-        quantile(&mut theirs_apply, 0.99),
-        quantile(&mut theirs_revert, 0.5),
-        quantile(&mut theirs_revert, 0.99),
-        theirs_all_apply,
-        theirs_all_revert
+        "speedup across {count} namespaces (faultline {} at a time, the others one by one), apply + revert: {:.1}x over nft, {:.1}x over iptables",
+        faultline::agent::runner::PARALLEL_PODS,
+        ratio(
+            nft_rows.many_apply + nft_rows.many_revert,
+            ours.many_apply + ours.many_revert
+        ),
+        ratio(
+            ipt_rows.many_apply + ipt_rows.many_revert,
+            ours.many_apply + ours.many_revert
+        )
     );
 }

@@ -9,6 +9,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use chrono::{TimeDelta, Utc};
+use faultline::agent::deadline::Deadline;
 use faultline::agent::kernel::{Kernel, Mechanism};
 use faultline::agent::linux::LinuxKernel;
 use faultline::agent::nft;
@@ -20,8 +22,19 @@ fn uid(n: u32) -> String {
     format!("{:08x}-a9e7-4000-8000-{:012x}", std::process::id(), n)
 }
 
+/// A tag per test and `n` (the first 24 hex digits of an injection uid).
 fn tag(n: u32) -> InjectionTag {
-    InjectionTag::from_uid(&uid(100 + n)).unwrap()
+    InjectionTag::from_uid(&format!(
+        "{:08x}-{:04x}-4000-8000-000000000000",
+        std::process::id(),
+        100 + n
+    ))
+    .unwrap()
+}
+
+/// Ten minutes from now: longer than any of these tests.
+fn later() -> Deadline {
+    Deadline::new(Utc::now() + TimeDelta::minutes(10))
 }
 
 fn partition(peer: Ipv4Addr) -> NetworkFault {
@@ -98,6 +111,7 @@ fn a_partition_cuts_an_established_connection_both_ways_and_heals_exactly() {
             &tag(1),
             &partition(node.pods[1].ip),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap();
     assert!(applied.message.contains("partition"), "{}", applied.message);
@@ -161,6 +175,7 @@ fn a_container_restart_keeps_the_fault_and_its_revert_leaves_nothing() {
             &tag(2),
             &partition(node.pods[1].ip),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap();
     let pid_before = pod.pid();
@@ -207,7 +222,7 @@ fn latency_through_the_userspace_queue_reverts_without_residue() {
     let host = node.host.netns().unwrap();
     let result = host
         .run(|| {
-            let applied = kernel.apply(&uid(3), &tag(3), &fault, Mechanism::Nfqueue)?;
+            let applied = kernel.apply(&uid(3), &tag(3), &fault, Mechanism::Nfqueue, &later())?;
             kernel.revert(
                 &uid(3),
                 &tag(3),
@@ -238,6 +253,7 @@ fn stray_faultline_tables_are_found_and_removed_and_foreign_ones_survive() {
             &tag(4),
             &partition(node.pods[1].ip),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap();
     let owned = kernel.owned(&BTreeSet::from([uid(4)]));
@@ -261,6 +277,7 @@ fn a_pod_that_is_gone_fails_with_that_reason() {
             &tag(5),
             &partition(Ipv4Addr::new(10, 77, 0, 9)),
             Mechanism::Nftables,
+            &later(),
         )
         .unwrap_err();
     assert!(
@@ -268,4 +285,233 @@ fn a_pod_that_is_gone_fails_with_that_reason() {
         "{error:?}"
     );
     assert!(error.to_string().contains(&uid(5)), "{error}");
+}
+
+fn connects(node: &TestNode, from: usize, to: usize, port: u16) -> bool {
+    let ip = node.pods[to].ip;
+    let _listener = node.pods[to]
+        .ns
+        .netns()
+        .unwrap()
+        .run(move || TcpListener::bind((ip, port)))
+        .unwrap()
+        .unwrap();
+    node.pods[from]
+        .ns
+        .netns()
+        .unwrap()
+        .run(move || TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(500)))
+        .unwrap()
+        .is_ok()
+}
+
+/// A kernel whose node namespace is the test node's host namespace.
+fn kernel_for(node: &TestNode) -> LinuxKernel {
+    LinuxKernel::detect("/proc").with_node_netns(format!("/run/netns/{}", node.host.name()))
+}
+
+#[test]
+fn two_partitions_on_one_pod_each_revert_and_verify_only_their_own() {
+    if !root_or_skip("agent_linux::two_partitions_on_one_pod_each_revert_and_verify_only_their_own")
+    {
+        return;
+    }
+    let node = TestNode::new(3).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(10)).unwrap();
+    let kernel = kernel_for(&node);
+    let a = kernel
+        .apply(
+            &uid(10),
+            &tag(10),
+            &partition(node.pods[1].ip),
+            Mechanism::Nftables,
+            &later(),
+        )
+        .unwrap();
+    let b = kernel
+        .apply(
+            &uid(10),
+            &tag(11),
+            &partition(node.pods[2].ip),
+            Mechanism::Nftables,
+            &later(),
+        )
+        .unwrap();
+    assert!(!connects(&node, 1, 0, 7101) && !connects(&node, 2, 0, 7102));
+    // Reverting the first leaves the second in place, and its check does not blame it.
+    let reverted = kernel
+        .revert(
+            &uid(10),
+            &tag(10),
+            Some(Mechanism::Nftables),
+            a.baseline.as_deref(),
+        )
+        .unwrap();
+    assert_eq!(reverted.residual, Vec::<String>::new());
+    assert!(connects(&node, 1, 0, 7103));
+    assert!(!connects(&node, 2, 0, 7104), "the other partition went too");
+    let reverted = kernel
+        .revert(
+            &uid(10),
+            &tag(11),
+            Some(Mechanism::Nftables),
+            b.baseline.as_deref(),
+        )
+        .unwrap();
+    assert_eq!(reverted.residual, Vec::<String>::new());
+    assert!(connects(&node, 2, 0, 7105));
+}
+
+#[test]
+fn a_latency_revert_does_not_blame_another_experiments_partition() {
+    if !root_or_skip("agent_linux::a_latency_revert_does_not_blame_another_experiments_partition") {
+        return;
+    }
+    let node = TestNode::new(3).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(12)).unwrap();
+    let kernel = kernel_for(&node);
+    let latency = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: "20ms".into(),
+            direction: Direction::Both,
+            ..Default::default()
+        }),
+        peer_cidrs: vec![format!("{}/32", node.pods[1].ip)],
+        ..Default::default()
+    };
+    let lat = kernel
+        .apply(&uid(12), &tag(12), &latency, Mechanism::Nfqueue, &later())
+        .unwrap();
+    // Another experiment partitions the same pod after the latency's snapshot.
+    kernel
+        .apply(
+            &uid(12),
+            &tag(13),
+            &partition(node.pods[2].ip),
+            Mechanism::Nftables,
+            &later(),
+        )
+        .unwrap();
+    let reverted = kernel
+        .revert(
+            &uid(12),
+            &tag(12),
+            Some(Mechanism::Nfqueue),
+            lat.baseline.as_deref(),
+        )
+        .unwrap();
+    assert_eq!(reverted.residual, Vec::<String>::new());
+    let ns = node.pods[0].ns.netns().unwrap();
+    assert_eq!(nft::owned(&ns).unwrap(), vec![tag(13)]);
+    // Its own table left behind would be its residue.
+    ns.command("nft", &["add", "table", "ip", &tag(12).nft_table()], None)
+        .unwrap();
+    let reverted = kernel
+        .revert(
+            &uid(12),
+            &tag(12),
+            Some(Mechanism::Netem),
+            lat.baseline.as_deref(),
+        )
+        .unwrap();
+    assert_eq!(
+        reverted.residual,
+        Vec::<String>::new(),
+        "the revert removes it"
+    );
+    kernel
+        .revert(&uid(12), &tag(13), Some(Mechanism::Nftables), None)
+        .unwrap();
+}
+
+#[test]
+fn a_second_qdisc_fault_on_the_same_interface_is_refused_naming_the_first() {
+    if !root_or_skip(
+        "agent_linux::a_second_qdisc_fault_on_the_same_interface_is_refused_naming_the_first",
+    ) {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(14)).unwrap();
+    let kernel = kernel_for(&node);
+    let cap = |rate: &str| NetworkFault {
+        bandwidth: Some(faultline::api::BandwidthFault {
+            rate: rate.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    kernel
+        .apply(&uid(14), &tag(14), &cap("8mbit"), Mechanism::Htb, &later())
+        .unwrap();
+    let refused = kernel
+        .apply(&uid(14), &tag(15), &cap("16mbit"), Mechanism::Htb, &later())
+        .unwrap_err();
+    match &refused {
+        faultline::agent::kernel::KernelError::Conflict { with, message } => {
+            assert_eq!(*with, tag(14));
+            assert!(message.contains("do not stack"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The refused one's cleanup must not take the first one's tree.
+    kernel
+        .revert(&uid(14), &tag(15), Some(Mechanism::Htb), None)
+        .unwrap();
+    let ns = node.pods[0].ns.netns().unwrap();
+    assert!(
+        faultline::agent::tc::root_qdisc(&ns, "eth0")
+            .unwrap()
+            .unwrap()
+            .is_ours()
+    );
+    assert_eq!(nft::owned(&ns).unwrap(), vec![tag(14)]);
+    // Once the first is reverted, the second applies.
+    kernel
+        .revert(&uid(14), &tag(14), Some(Mechanism::Htb), None)
+        .unwrap();
+    kernel
+        .apply(&uid(14), &tag(15), &cap("16mbit"), Mechanism::Htb, &later())
+        .unwrap();
+    let reverted = kernel
+        .revert(&uid(14), &tag(15), Some(Mechanism::Htb), None)
+        .unwrap();
+    assert!(reverted.residual.is_empty());
+    assert!(faultline::agent::tc::owned(&ns).unwrap().is_empty());
+}
+
+#[test]
+fn several_faults_of_a_pod_revert_in_one_pass() {
+    if !root_or_skip("agent_linux::several_faults_of_a_pod_revert_in_one_pass") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(16)).unwrap();
+    let kernel = kernel_for(&node);
+    let mut items = Vec::new();
+    for n in 16..20 {
+        let applied = kernel
+            .apply(
+                &uid(16),
+                &tag(n),
+                &partition(node.pods[1].ip),
+                Mechanism::Nftables,
+                &later(),
+            )
+            .unwrap();
+        items.push(faultline::agent::kernel::RevertItem {
+            tag: tag(n),
+            mechanism: Some(Mechanism::Nftables),
+            baseline: applied.baseline,
+        });
+    }
+    let ns = node.pods[0].ns.netns().unwrap();
+    assert_eq!(nft::owned(&ns).unwrap().len(), 4);
+    let results = kernel.revert_pod(&uid(16), &items);
+    assert_eq!(results.len(), 4);
+    for result in results {
+        assert_eq!(result.unwrap().residual, Vec::<String>::new());
+    }
+    assert!(nft::owned(&ns).unwrap().is_empty());
+    assert!(connects(&node, 1, 0, 7106));
 }

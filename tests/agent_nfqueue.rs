@@ -1,22 +1,38 @@
 //! The NFQUEUE latency and loss path for real, in throwaway namespaces (root only): delays and
-//! losses measured with UDP between pods of a TestNode, scoping, the bypass when no worker
-//! runs, recovery by a new engine, and clean removal.
+//! losses measured with UDP between pods of a TestNode, scoping, two latencies adding up, the
+//! bypass when no worker runs, recovery by a new engine, the deadline ending the queueing while
+//! the workers still run (nftables and the iptables fallback), and clean removal.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use chrono::{TimeDelta, Utc};
+use faultline::agent::deadline::Deadline;
 use faultline::agent::netns::Netns;
 use faultline::agent::nfqueue::traffic::{UdpEcho, UdpSink, quantile, udp_rtts, udp_send};
-use faultline::agent::nfqueue::{self, HostPort, NfqueueEngine, PodNet, Side};
+use faultline::agent::nfqueue::{self, HostPort, NfqueueEngine, PodNet, Side, Steering};
+use faultline::agent::nft;
 use faultline::agent::tag::InjectionTag;
 use faultline::agent::testnet::{TestNode, TestNs, root_or_skip};
 use faultline::api::{Direction, GoDuration, LatencyFault, LossFault, NetworkFault};
 
 const ECHO_PORT: u16 = 7007;
+/// The pod uid written into the tables' comments.
+const POD: &str = "test-pod";
 const OTHER_PORT: u16 = 7008;
 
 fn tag(n: u8) -> InjectionTag {
     InjectionTag::from_uid(&format!("{n:02x}3c2a9e-7b1d-4c55-9a0e-2b6f8d4e1a37")).unwrap()
+}
+
+/// Ten minutes from now: longer than any of these tests.
+fn later() -> Deadline {
+    Deadline::new(Utc::now() + TimeDelta::minutes(10))
+}
+
+/// Our tables in a test namespace.
+fn tables(ns: &TestNs) -> Vec<InjectionTag> {
+    nft::owned(&ns.netns().unwrap()).unwrap()
 }
 
 fn pod_net(node: &TestNode, pod: usize) -> PodNet {
@@ -113,7 +129,13 @@ fn egress_latency_adds_the_requested_delay() {
 
     let engine = NfqueueEngine::new();
     let applied = engine
-        .apply(&tag(1), &net, &latency("50ms", None, Direction::To))
+        .apply(
+            &tag(1),
+            &net,
+            &latency("50ms", None, Direction::To),
+            &later(),
+            POD,
+        )
         .unwrap();
     assert!(applied.rules_written);
     assert!(!applied.recovered);
@@ -162,7 +184,13 @@ fn jitter_spreads_the_delay_within_its_range() {
 
     let engine = NfqueueEngine::new();
     engine
-        .apply(&tag(2), &net, &latency("30ms", Some("10ms"), Direction::To))
+        .apply(
+            &tag(2),
+            &net,
+            &latency("30ms", Some("10ms"), Direction::To),
+            &later(),
+            POD,
+        )
         .unwrap();
     let during = rtts(&net.pod, server, 200);
     let added: Vec<f64> = during.iter().map(|d| ms(*d) - before).collect();
@@ -199,18 +227,30 @@ fn ingress_and_both_directions_delay_the_pod() {
 
     // From: queued in the pod's own namespace.
     let applied = engine
-        .apply(&tag(3), &net, &latency("30ms", None, Direction::From))
+        .apply(
+            &tag(3),
+            &net,
+            &latency("30ms", None, Direction::From),
+            &later(),
+            POD,
+        )
         .unwrap();
     assert_eq!(applied.queues.len(), 1);
     assert_eq!(applied.queues[0].side, Side::Pod);
     let added = median_ms(&rtts(&net.pod, server, 100)) - before;
     assert!((added - 30.0).abs() <= 2.0, "from: added {added:.2} ms");
-    assert!(saved(&node.pods[0].ns).contains(&tag(3).iptables_chain()));
-    assert!(!saved(&node.host).contains(&tag(3).iptables_chain()));
+    assert_eq!(tables(&node.pods[0].ns), vec![tag(3)]);
+    assert!(tables(&node.host).is_empty());
 
     // Both: the same injection changed in place; each way is delayed.
     let applied = engine
-        .apply(&tag(3), &net, &latency("30ms", None, Direction::Both))
+        .apply(
+            &tag(3),
+            &net,
+            &latency("30ms", None, Direction::Both),
+            &later(),
+            POD,
+        )
         .unwrap();
     assert_eq!(applied.queues.len(), 2);
     let added = median_ms(&rtts(&net.pod, server, 100)) - before;
@@ -218,9 +258,15 @@ fn ingress_and_both_directions_delay_the_pod() {
 
     // To: the pod side goes away.
     engine
-        .apply(&tag(3), &net, &latency("30ms", None, Direction::To))
+        .apply(
+            &tag(3),
+            &net,
+            &latency("30ms", None, Direction::To),
+            &later(),
+            POD,
+        )
         .unwrap();
-    assert!(!saved(&node.pods[0].ns).contains(&tag(3).iptables_chain()));
+    assert!(tables(&node.pods[0].ns).is_empty());
     let added = median_ms(&rtts(&net.pod, server, 100)) - before;
     assert!((added - 30.0).abs() <= 2.0, "to: added {added:.2} ms");
     assert!(engine.remove(&tag(3), &net).unwrap());
@@ -250,7 +296,7 @@ fn loss_drops_about_the_requested_share() {
         }),
         ..NetworkFault::default()
     };
-    engine.apply(&tag(4), &net, &fault).unwrap();
+    engine.apply(&tag(4), &net, &fault, &later(), POD).unwrap();
     let sent = 1000;
     udp_send(&net.pod, dest, sent, Duration::from_micros(500)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -291,7 +337,7 @@ fn only_traffic_to_the_peers_and_ports_is_delayed() {
     let mut fault = latency("40ms", None, Direction::To);
     fault.peer_cidrs = vec![format!("{}/32", node.pods[1].ip)];
     fault.ports = vec![i32::from(ECHO_PORT)];
-    engine.apply(&tag(5), &net, &fault).unwrap();
+    engine.apply(&tag(5), &net, &fault, &later(), POD).unwrap();
 
     let to_peer = median_ms(&rtts(&net.pod, peer, 100)) - before;
     assert!((to_peer - 40.0).abs() <= 2.0, "peer: added {to_peer:.2} ms");
@@ -320,25 +366,24 @@ fn traffic_flows_undelayed_without_a_worker_and_a_new_engine_takes_the_rules_ove
     let fault = latency("50ms", None, Direction::Both);
 
     let first = NfqueueEngine::new();
-    let applied = first.apply(&tag(6), &net, &fault).unwrap();
+    let applied = first.apply(&tag(6), &net, &fault, &later(), POD).unwrap();
     let queues: Vec<u16> = applied.queues.iter().map(|q| q.queue).collect();
     let added = median_ms(&rtts(&net.pod, server, 50)) - before;
     assert!((added - 100.0).abs() <= 3.0, "added {added:.2} ms");
 
     // The agent dies: its workers stop, its rules stay. Nothing is queued any more.
     drop(first);
-    let chain = tag(6).iptables_chain();
-    assert!(saved(&node.host).contains(&chain));
-    assert!(saved(&node.pods[0].ns).contains(&chain));
+    assert_eq!(tables(&node.host), vec![tag(6)]);
+    assert_eq!(tables(&node.pods[0].ns), vec![tag(6)]);
     let answered = rtts(&net.pod, server, 100);
     let added = median_ms(&answered) - before;
     assert!(added < 5.0, "without a worker: added {added:.2} ms");
 
-    // A new agent applies the same injection: same queues, rules untouched, delayed again.
+    // A new agent applies the same injection: same queues (read back from the rules, which it
+    // rewrites with the time left), delayed again.
     let second = NfqueueEngine::new();
-    let applied = second.apply(&tag(6), &net, &fault).unwrap();
+    let applied = second.apply(&tag(6), &net, &fault, &later(), POD).unwrap();
     assert!(applied.recovered);
-    assert!(!applied.rules_written);
     assert_eq!(
         applied.queues.iter().map(|q| q.queue).collect::<Vec<_>>(),
         queues
@@ -367,7 +412,13 @@ fn packets_beyond_a_full_queue_bypass_and_are_counted() {
     // Room for 20 packets, each held 300 ms: a burst of 200 mostly bypasses.
     let engine = NfqueueEngine::new().with_max_queue_len(20);
     engine
-        .apply(&tag(7), &net, &latency("300ms", None, Direction::To))
+        .apply(
+            &tag(7),
+            &net,
+            &latency("300ms", None, Direction::To),
+            &later(),
+            POD,
+        )
         .unwrap();
     udp_send(&net.pod, dest, 200, Duration::from_micros(200)).unwrap();
     std::thread::sleep(Duration::from_millis(800));
@@ -391,56 +442,191 @@ fn applying_twice_keeps_one_set_of_rules_and_remove_leaves_none() {
     let node = TestNode::new(2).unwrap();
     let net = pod_net(&node, 0);
     let engine = NfqueueEngine::new();
-    let chain = tag(8).iptables_chain();
     let mut fault = latency("10ms", None, Direction::Both);
     fault.peer_cidrs = vec!["10.77.0.0/24".into(), "fd00::/8".into()];
     fault.ports = vec![80, 443];
 
-    let first = engine.apply(&tag(8), &net, &fault).unwrap();
+    let first = engine.apply(&tag(8), &net, &fault, &later(), POD).unwrap();
     assert!(first.rules_written);
-    let second = engine.apply(&tag(8), &net, &fault).unwrap();
-    assert!(!second.rules_written, "{second:?}");
+    let second = engine.apply(&tag(8), &net, &fault, &later(), POD).unwrap();
     assert_eq!(first.queues, second.queues);
     for ns in [&node.host, &node.pods[0].ns] {
-        let text = saved(ns);
-        let jumps = text
-            .lines()
-            .filter(|l| l.starts_with("-A PREROUTING") && l.ends_with(&format!("-j {chain}")))
-            .count();
-        // One jump per family.
-        assert_eq!(jumps, 2, "{text}");
-        // tcp and udp for one CIDR in each family.
-        let queued = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("NFQUEUE"))
-            .count();
-        assert_eq!(queued, 4, "{text}");
-        assert!(
-            text.lines()
-                .filter(|l| l.contains("NFQUEUE"))
-                .all(|l| l.contains("--queue-bypass")),
+        let text = ruleset(ns);
+        // One table per family, no iptables chain.
+        assert_eq!(text.matches("table ip faultline_").count(), 1, "{text}");
+        assert_eq!(text.matches("table ip6 faultline_").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("xt target \"NFQUEUE\"").count() + text.matches("queue num").count(),
+            2,
             "{text}"
         );
-        assert_eq!(nfqueue::owned(&ns.netns().unwrap()).unwrap(), vec![tag(8)]);
+        assert!(text.contains("bypass"), "{text}");
+        assert!(!saved(ns).contains("FL-"));
+        assert_eq!(tables(ns), vec![tag(8)]);
     }
     assert_eq!(engine.active(), vec![tag(8)]);
 
     // A different scope rewrites in place, still once.
     fault.ports = vec![8080];
-    assert!(engine.apply(&tag(8), &net, &fault).unwrap().rules_written);
-    let text = saved(&node.host);
-    assert!(text.contains("--dports 8080 "), "{text}");
-    assert!(!text.contains("--dports 80,443"), "{text}");
+    assert!(
+        engine
+            .apply(&tag(8), &net, &fault, &later(), POD)
+            .unwrap()
+            .rules_written
+    );
+    let text = ruleset(&node.host);
+    assert!(text.contains("8080"), "{text}");
+    assert!(!text.contains("443"), "{text}");
+    assert_eq!(text.matches("table ip faultline_").count(), 1, "{text}");
 
     assert!(engine.remove(&tag(8), &net).unwrap());
     for ns in [&node.host, &node.pods[0].ns] {
-        let text = saved(ns);
-        assert!(!text.contains("FL-"), "{text}");
-        assert!(nfqueue::owned(&ns.netns().unwrap()).unwrap().is_empty());
+        assert!(tables(ns).is_empty(), "{}", ruleset(ns));
     }
     assert!(engine.stats(&tag(8)).is_none());
     assert!(engine.active().is_empty());
     assert!(!engine.remove(&tag(8), &net).unwrap());
+}
+
+/// `nft list ruleset` of a test namespace.
+fn ruleset(ns: &TestNs) -> String {
+    String::from_utf8_lossy(&ns.exec("nft", &["list", "ruleset"]).unwrap().stdout).into_owned()
+}
+
+#[test]
+fn two_latencies_on_the_same_traffic_add_up() {
+    if !root_or_skip("agent_nfqueue::two_latencies_on_the_same_traffic_add_up") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let server = addr(node.pods[1].ip, ECHO_PORT);
+    let _echo = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), server).unwrap();
+    let before = median_ms(&rtts(&net.pod, server, 50));
+    let engine = NfqueueEngine::new();
+    // Two experiments on the same pod and traffic: each its own table, base chain and queues.
+    engine
+        .apply(
+            &tag(10),
+            &net,
+            &latency("20ms", None, Direction::To),
+            &later(),
+            POD,
+        )
+        .unwrap();
+    engine
+        .apply(
+            &tag(11),
+            &net,
+            &latency("30ms", None, Direction::To),
+            &later(),
+            POD,
+        )
+        .unwrap();
+    let added = median_ms(&rtts(&net.pod, server, 100)) - before;
+    eprintln!("20 ms + 30 ms on the same traffic: added {added:.2} ms");
+    assert!((added - 50.0).abs() <= 3.0, "added {added:.2} ms, not 50");
+    // Each revert takes away only its own delay.
+    assert!(engine.remove(&tag(10), &net).unwrap());
+    let added = median_ms(&rtts(&net.pod, server, 100)) - before;
+    assert!((added - 30.0).abs() <= 2.0, "added {added:.2} ms, not 30");
+    assert_eq!(tables(&node.host), vec![tag(11)]);
+    assert!(engine.remove(&tag(11), &net).unwrap());
+}
+
+/// Round trips every 10 ms for `span`, as (time since `t0`, RTT or lost).
+fn rtt_series(
+    client: &Netns,
+    server: SocketAddr,
+    span: Duration,
+) -> Vec<(Duration, Option<Duration>)> {
+    let start = std::time::Instant::now();
+    let count = (span.as_millis() / 10) as usize;
+    udp_rtts(
+        client,
+        server,
+        count,
+        Duration::from_millis(10),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .into_iter()
+    .enumerate()
+    .map(|(i, rtt)| (Duration::from_millis(10 * i as u64), rtt))
+    .map(|(at, rtt)| (at + (start - start), rtt))
+    .collect()
+}
+
+/// After the deadline, the first moment from which every round trip is back to the baseline.
+fn recovered_after(
+    series: &[(Duration, Option<Duration>)],
+    started: chrono::DateTime<Utc>,
+    deadline: &Deadline,
+    baseline_ms: f64,
+) -> f64 {
+    let last_bad = series
+        .iter()
+        .filter(|(_, rtt)| rtt.is_none_or(|r| ms(r) > baseline_ms + 5.0))
+        .map(|(at, _)| *at)
+        .max()
+        .unwrap_or_default();
+    let last_bad_at = started + TimeDelta::from_std(last_bad).unwrap();
+    (last_bad_at - deadline.expires_at).num_milliseconds() as f64 / 1000.0
+}
+
+#[test]
+fn queueing_stops_at_the_deadline_while_the_workers_still_run() {
+    if !root_or_skip("agent_nfqueue::queueing_stops_at_the_deadline_while_the_workers_still_run") {
+        return;
+    }
+    for steering in [Steering::Nftables, Steering::Iptables] {
+        let node = TestNode::new(2).unwrap();
+        let net = pod_net(&node, 0);
+        let server = addr(node.pods[1].ip, ECHO_PORT);
+        let _echo = UdpEcho::start(&node.pods[1].ns.netns().unwrap(), server).unwrap();
+        let before = median_ms(&rtts(&net.pod, server, 50));
+        // A worker that is alive but would delay forever stands for a stuck agent: only the
+        // kernel's deadline can end this.
+        let engine = NfqueueEngine::new().with_steering(steering);
+        let deadline = Deadline::new(Utc::now() + TimeDelta::seconds(3));
+        engine
+            .apply(
+                &tag(12),
+                &net,
+                &latency("100ms", None, Direction::To),
+                &deadline,
+                POD,
+            )
+            .unwrap();
+        let started = Utc::now();
+        let series = rtt_series(&net.pod, server, Duration::from_secs(6));
+        let during: Vec<f64> = series
+            .iter()
+            .filter(|(at, _)| {
+                started + TimeDelta::from_std(*at).unwrap()
+                    < deadline.expires_at - TimeDelta::milliseconds(300)
+            })
+            .filter_map(|(_, rtt)| rtt.map(ms))
+            .collect();
+        let mut sorted = during.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2] - before;
+        assert!(
+            (median - 100.0).abs() <= 5.0,
+            "{steering:?}: added {median:.2} ms before the deadline"
+        );
+        let late = recovered_after(&series, started, &deadline, before);
+        eprintln!("{steering:?}: traffic back to baseline {late:+.3} s after the deadline");
+        // nftables: milliseconds; the iptables `time` match: within the second.
+        assert!(
+            late < 1.0,
+            "{steering:?}: still delayed {late:.3} s after the deadline"
+        );
+        assert!(engine.stats(&tag(12)).is_some(), "the workers still run");
+        engine.remove(&tag(12), &net).unwrap();
+        assert!(tables(&node.host).is_empty());
+        assert!(!saved(&node.host).contains("FL-"));
+    }
 }
 
 #[test]
@@ -474,9 +660,27 @@ fn node_side_chains_of_another_agents_pods_are_not_this_agents_orphans() {
         .command("iptables-restore", &["--noflush"], Some(&script))
         .unwrap();
 
+    // And the same as nftables tables, whose comment names the port.
+    for (n, ifname) in [(4u8, "fl-ours"), (5, "fl-theirs"), (6, "fl-gone")] {
+        host.exec(
+            "nft",
+            &[
+                "add",
+                "table",
+                "ip",
+                &tag(n).nft_table(),
+                "{",
+                "comment",
+                &format!("\"faultline pod=p until=2030-01-01T00:00:00.000Z port={ifname}\""),
+                ";",
+                "}",
+            ],
+        )
+        .unwrap();
+    }
     let ours = std::collections::BTreeSet::from(["fl-ours".to_string()]);
     let found = nfqueue::owned_on_node(&host.netns().unwrap(), &ours).unwrap();
-    assert_eq!(found, [tag(1), tag(3)]);
+    assert_eq!(found, [tag(1), tag(3), tag(4), tag(6)]);
     // Everything is faultline's, whoever runs it.
     assert_eq!(nfqueue::owned(&host.netns().unwrap()).unwrap().len(), 3);
 }

@@ -1,6 +1,7 @@
 //! Root tests of `agent::tc` on real namespaces: bandwidth caps measured with real TCP, scoping
-//! by destination and by source, removal, idempotence, foreign qdiscs left alone, detection,
-//! and netem (for real where the kernel has sch_netem; see docs/netem.md).
+//! by destination and by source (the gated steering table), the cap ending by itself at its
+//! deadline, removal, idempotence, foreign qdiscs left alone, detection, and netem (for real
+//! where the kernel has sch_netem; see docs/netem.md).
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -8,6 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{TimeDelta, Utc};
+use faultline::agent::deadline::Deadline;
+use faultline::agent::nft::{self, Comment};
+use faultline::agent::tag::InjectionTag;
 use faultline::agent::tc::{self, Flow, QdiscInfo};
 use faultline::agent::testnet::{TestNode, TestNs, TestPod, root_or_skip};
 use faultline::api::{BandwidthFault, LatencyFault, LossFault, NetworkFault};
@@ -25,6 +30,45 @@ fn bandwidth(rate: &str, peers: &[String], ports: &[i32]) -> NetworkFault {
         ports: ports.to_vec(),
         ..NetworkFault::default()
     }
+}
+
+fn tag() -> InjectionTag {
+    InjectionTag::from_uid("7c0ffee0-0000-4000-8000-000000000001").unwrap()
+}
+
+/// A qdisc fault on one interface as the agent applies it, until `deadline`.
+fn apply_until(
+    ns: &faultline::agent::netns::Netns,
+    ifname: &str,
+    flow: Flow,
+    fault: &NetworkFault,
+    deadline: Deadline,
+) -> io::Result<()> {
+    tc::apply_fault(
+        ns,
+        ifname,
+        flow,
+        fault,
+        &tag(),
+        &deadline,
+        &Comment::new("test-pod", &deadline, None).with_qdisc(ifname),
+        nft::netdev_egress_available(),
+    )
+}
+
+fn apply(
+    ns: &faultline::agent::netns::Netns,
+    ifname: &str,
+    flow: Flow,
+    fault: &NetworkFault,
+) -> io::Result<()> {
+    apply_until(
+        ns,
+        ifname,
+        flow,
+        fault,
+        Deadline::new(Utc::now() + TimeDelta::minutes(10)),
+    )
 }
 
 fn host(ip: Ipv4Addr) -> String {
@@ -167,15 +211,49 @@ fn a_bandwidth_cap_holds_within_20_percent() {
     }
     let node = TestNode::new(2).unwrap();
     let pod0 = node.pods[0].ns.netns().unwrap();
-    tc::apply_bandwidth(&pod0, "eth0", Flow::Egress, &bandwidth("8mbit", &[], &[])).unwrap();
+    apply(&pod0, "eth0", Flow::Egress, &bandwidth("8mbit", &[], &[])).unwrap();
     let root = tc::root_qdisc(&pod0, "eth0").unwrap().unwrap();
-    assert_eq!(root.kind, "tbf");
+    assert_eq!(root.kind, "htb");
     assert!(root.is_ours());
     assert_near_cap(
-        "pod0 -> pod1, tbf 8mbit on pod0 eth0",
+        "pod0 -> pod1, htb 8mbit on pod0 eth0",
         capped(&node.pods[0], &node.pods[1], 5001),
     );
-    assert!(tc::remove(&pod0, "eth0").unwrap());
+    assert!(tc::remove_fault(&pod0, "eth0", &tag()).unwrap());
+    assert!(nft::owned(&pod0).unwrap().is_empty());
+}
+
+#[test]
+fn a_cap_ends_by_itself_at_its_deadline() {
+    if !root_or_skip("agent_tc::a_cap_ends_by_itself_at_its_deadline") {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let pod0 = node.pods[0].ns.netns().unwrap();
+    let deadline = Deadline::new(Utc::now() + TimeDelta::seconds(6));
+    apply_until(
+        &pod0,
+        "eth0",
+        Flow::Egress,
+        &bandwidth("8mbit", &[], &[]),
+        deadline,
+    )
+    .unwrap();
+    assert_near_cap(
+        "before the deadline",
+        capped(&node.pods[0], &node.pods[1], 5001),
+    );
+    // Nothing reverts it: the gate's element expires and the default class takes everything.
+    let left = (deadline.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    std::thread::sleep(left + Duration::from_millis(300));
+    assert_unlimited(
+        "after the deadline, with the tree still there",
+        free(&node.pods[0], &node.pods[1], 5002),
+    );
+    assert!(tc::root_qdisc(&pod0, "eth0").unwrap().unwrap().is_ours());
+    assert!(tc::remove_fault(&pod0, "eth0", &tag()).unwrap());
 }
 
 #[test]
@@ -186,7 +264,7 @@ fn a_scoped_cap_limits_only_matched_destinations_and_ports() {
     let node = TestNode::new(3).unwrap();
     let [pod0, pod1, pod2] = [&node.pods[0], &node.pods[1], &node.pods[2]];
     let fault = bandwidth("8mbit", &[host(pod1.ip)], &[5001]);
-    tc::apply_bandwidth(&pod0.ns.netns().unwrap(), "eth0", Flow::Egress, &fault).unwrap();
+    apply(&pod0.ns.netns().unwrap(), "eth0", Flow::Egress, &fault).unwrap();
     // Matched: pod1, port 5001.
     assert_near_cap("pod0 -> pod1:5001 (in scope)", capped(pod0, pod1, 5001));
     // Same destination, another port; another destination, same port.
@@ -209,7 +287,7 @@ fn an_ingress_cap_on_the_host_veth_limits_what_the_pod_receives_from_matched_sou
     // pod1 receives through veth1's sends: peers are sources there.
     let host_ns = node.host.netns().unwrap();
     let fault = bandwidth("8mbit", &[host(pod0.ip)], &[]);
-    tc::apply_bandwidth(&host_ns, &pod1.host_veth, Flow::Ingress, &fault).unwrap();
+    apply(&host_ns, &pod1.host_veth, Flow::Ingress, &fault).unwrap();
     assert_near_cap(
         "pod0 -> pod1 (ingress, source in scope)",
         capped(pod0, pod1, 5001),
@@ -246,10 +324,10 @@ fn remove_restores_the_previous_qdisc_state() {
             &[80, 443],
         ),
     ] {
-        tc::apply_bandwidth(&ns, "eth0", Flow::Egress, &fault).unwrap();
+        apply(&ns, "eth0", Flow::Egress, &fault).unwrap();
         assert_ne!(tc_state(&pod.ns, "eth0"), before);
         assert!(
-            tc::remove(&ns, "eth0").unwrap(),
+            tc::remove_fault(&ns, "eth0", &tag()).unwrap(),
             "our root was there to remove"
         );
         assert_eq!(tc_state(&pod.ns, "eth0"), before);
@@ -265,33 +343,13 @@ fn reapplying_leaves_one_tree_and_changes_it_to_the_latest_fault() {
     let node = TestNode::new(2).unwrap();
     let pod = &node.pods[0];
     let ns = pod.ns.netns().unwrap();
-    let apply =
-        |fault: &NetworkFault| tc::apply_bandwidth(&ns, "eth0", Flow::Egress, fault).unwrap();
+    let apply = |fault: &NetworkFault| apply(&ns, "eth0", Flow::Egress, fault).unwrap();
 
     apply(&bandwidth("8mbit", &[], &[]));
     let once = tc_state(&pod.ns, "eth0");
     apply(&bandwidth("8mbit", &[], &[]));
     assert_eq!(tc_state(&pod.ns, "eth0"), once);
-    assert_eq!(once.matches("qdisc").count(), 1, "{once}");
-    assert!(
-        once.contains("qdisc tbf fa17: root") && once.contains("rate 8Mbit"),
-        "{once}"
-    );
-
-    // Another rate: changed in place.
-    apply(&bandwidth("16mbit", &[], &[]));
-    let faster = tc_state(&pod.ns, "eth0");
-    assert!(
-        faster.contains("rate 16Mbit") && faster.matches("qdisc").count() == 1,
-        "{faster}"
-    );
-
-    // Scoped: htb root, two classes (one capped), two leaves, one filter.
-    let scoped = bandwidth("8mbit", &[host(node.pods[1].ip)], &[]);
-    apply(&scoped);
-    let once = tc_state(&pod.ns, "eth0");
-    apply(&scoped);
-    assert_eq!(tc_state(&pod.ns, "eth0"), once);
+    // htb root, two classes (one capped), two leaves, no filter: the steering table chooses.
     let qdiscs = tc_show(&pod.ns, &["qdisc", "show", "dev", "eth0"]);
     assert_eq!(qdiscs.lines().count(), 3, "{qdiscs}");
     assert!(qdiscs.contains("qdisc htb fa17: root"), "{qdiscs}");
@@ -303,15 +361,33 @@ fn reapplying_leaves_one_tree_and_changes_it_to_the_latest_fault() {
         classes.contains("class htb fa17:2 root leaf 2: prio 0 rate 8Mbit ceil 8Mbit"),
         "{classes}"
     );
+    assert!(tc_show(&pod.ns, &["filter", "show", "dev", "eth0"]).is_empty());
+    assert_eq!(nft::owned(&ns).unwrap(), vec![tag()]);
 
-    // Back to unscoped: the tree is gone, one tbf is left.
-    apply(&bandwidth("8mbit", &[], &[]));
-    let flat = tc_state(&pod.ns, "eth0");
-    assert!(
-        flat.matches("qdisc").count() == 1 && flat.contains("qdisc tbf fa17: root"),
-        "{flat}"
+    // Another rate, then a scope: still one tree and one table.
+    apply(&bandwidth("16mbit", &[], &[]));
+    let faster = tc_show(&pod.ns, &["class", "show", "dev", "eth0"]);
+    assert!(faster.contains("rate 16Mbit"), "{faster}");
+    let scoped = bandwidth("8mbit", &[host(node.pods[1].ip)], &[]);
+    apply(&scoped);
+    let once = tc_state(&pod.ns, "eth0");
+    apply(&scoped);
+    assert_eq!(tc_state(&pod.ns, "eth0"), once);
+    assert_eq!(
+        tc_show(&pod.ns, &["qdisc", "show", "dev", "eth0"])
+            .lines()
+            .count(),
+        3
     );
-    assert!(!flat.contains("class htb"), "{flat}");
+    let table = String::from_utf8_lossy(&pod.ns.exec("nft", &["list", "ruleset"]).unwrap().stdout)
+        .into_owned();
+    assert_eq!(
+        table.matches("table netdev faultline_").count(),
+        1,
+        "{table}"
+    );
+    assert!(table.contains("meta priority set fa17:2"), "{table}");
+    assert!(table.contains(&node.pods[1].ip.to_string()), "{table}");
 }
 
 #[test]
@@ -322,20 +398,31 @@ fn a_scope_of_many_peers_and_ports_is_applied_in_full() {
     let node = TestNode::new(1).unwrap();
     let pod = &node.pods[0];
     let ns = pod.ns.netns().unwrap();
-    // 1024 peers x 2 ports: 2048 filters, several datagrams of requests.
+    // 1024 peers (every other /24, so nothing merges) x 2 ports: one interval set of 1024
+    // networks and a set of ports, one steering rule.
     let peers: Vec<String> = (0..1024)
-        .map(|i| format!("10.{}.{}.0/24", 100 + i / 256, i % 256))
+        .map(|i| format!("10.{}.{}.0/24", 100 + (2 * i) / 256, (2 * i) % 256))
         .collect();
     let fault = bandwidth("8mbit", &peers, &[80, 443]);
     let start = Instant::now();
-    tc::apply_bandwidth(&ns, "eth0", Flow::Egress, &fault).unwrap();
-    eprintln!("applied 2048 u32 filters in {:?}", start.elapsed());
-    let filters = tc_show(&pod.ns, &["filter", "show", "dev", "eth0"]);
-    assert_eq!(filters.matches("flowid fa17:2").count(), 2048);
+    apply(&ns, "eth0", Flow::Egress, &fault).unwrap();
+    eprintln!("applied a 1024-network scope in {:?}", start.elapsed());
+    let listing = String::from_utf8_lossy(
+        &pod.ns
+            .exec(
+                "nft",
+                &["list", "set", "netdev", &tag().nft_table(), "peers4"],
+            )
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert_eq!(listing.matches("/24").count(), 1024, "{listing}");
     let start = Instant::now();
-    assert!(tc::remove(&ns, "eth0").unwrap());
-    eprintln!("removed them in {:?}", start.elapsed());
-    assert!(tc_show(&pod.ns, &["filter", "show", "dev", "eth0"]).is_empty());
+    assert!(tc::remove_fault(&ns, "eth0", &tag()).unwrap());
+    eprintln!("removed it in {:?}", start.elapsed());
+    assert!(nft::owned(&ns).unwrap().is_empty());
+    assert!(tc::owned(&ns).unwrap().is_empty());
 }
 
 #[test]
@@ -365,7 +452,7 @@ fn a_foreign_root_qdisc_is_reported_and_left_alone() {
         bandwidth("8mbit", &[], &[]),
         bandwidth("8mbit", &["10.0.0.0/8".into()], &[]),
     ] {
-        let err = tc::apply_bandwidth(&ns, "eth0", Flow::Egress, &fault).unwrap_err();
+        let err = apply(&ns, "eth0", Flow::Egress, &fault).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
         assert!(err.to_string().contains("(tbf 1:)"), "{err}");
     }
@@ -384,7 +471,7 @@ fn owned_lists_the_interfaces_whose_root_is_ours() {
     assert!(tc::owned(&host_ns).unwrap().is_empty());
     let fault = bandwidth("8mbit", &[], &[]);
     for pod in &node.pods[..2] {
-        tc::apply_bandwidth(&host_ns, &pod.host_veth, Flow::Ingress, &fault).unwrap();
+        apply(&host_ns, &pod.host_veth, Flow::Ingress, &fault).unwrap();
     }
     // A foreign root on the third veth is not ours.
     node.host
@@ -459,11 +546,12 @@ fn apply_netem_fails_saying_the_kernel_has_no_sch_netem() {
     let unscoped = latency("50ms", &[]);
     let scoped = latency("50ms", &[host(node.pods[1].ip)]);
     for fault in [&unscoped, &scoped] {
-        let err = tc::apply_netem(&ns, "eth0", Flow::Egress, fault).unwrap_err();
+        let err = apply(&ns, "eth0", Flow::Egress, fault).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
         assert!(err.to_string().contains("kernel has no sch_netem"), "{err}");
-        // The half-built scoped tree is gone again.
+        // The half-built tree is gone again, and no steering table was written.
         assert_eq!(tc_state(&pod.ns, "eth0"), before);
+        assert!(nft::owned(&ns).unwrap().is_empty());
     }
 }
 
@@ -526,13 +614,13 @@ fn netem_delays_and_drops_packets_for_real() {
     let delay = Duration::from_millis(100);
 
     // Unscoped delay: every connect from pod0 waits for its SYN.
-    tc::apply_netem(&ns, "eth0", Flow::Egress, &latency("100ms", &[])).unwrap();
+    apply(&ns, "eth0", Flow::Egress, &latency("100ms", &[])).unwrap();
     let root = tc::root_qdisc(&ns, "eth0").unwrap().unwrap();
-    assert!(root.kind == "netem" && root.is_ours(), "{root}");
+    assert!(root.kind == "htb" && root.is_ours(), "{root}");
     assert!(connect_time(pod0, pod1, 6001).unwrap() >= delay);
 
     // Scoped to pod1: pod2 is not delayed.
-    tc::apply_netem(
+    apply(
         &ns,
         "eth0",
         Flow::Egress,
@@ -544,7 +632,7 @@ fn netem_delays_and_drops_packets_for_real() {
 
     // Ingress on pod1's host veth: what pod1 receives is delayed.
     let host_ns = node.host.netns().unwrap();
-    tc::apply_netem(
+    apply(
         &host_ns,
         &pod1.host_veth,
         Flow::Ingress,
@@ -552,12 +640,12 @@ fn netem_delays_and_drops_packets_for_real() {
     )
     .unwrap();
     assert!(connect_time(pod2, pod1, 6003).unwrap() >= delay);
-    assert!(tc::remove(&host_ns, &pod1.host_veth).unwrap());
+    assert!(tc::remove_fault(&host_ns, &pod1.host_veth, &tag()).unwrap());
 
     // Total loss: nothing gets through.
-    tc::apply_netem(&ns, "eth0", Flow::Egress, &loss(100.0)).unwrap();
+    apply(&ns, "eth0", Flow::Egress, &loss(100.0)).unwrap();
     assert!(connect_time(pod0, pod2, 6004).is_err());
 
-    assert!(tc::remove(&ns, "eth0").unwrap());
+    assert!(tc::remove_fault(&ns, "eth0", &tag()).unwrap());
     assert!(connect_time(pod0, pod2, 6005).unwrap() < delay);
 }

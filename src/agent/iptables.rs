@@ -1,12 +1,19 @@
-//! Partitions with iptables, where nftables is missing: the same drops as [`super::nft`] (see
-//! its table of directions), as one chain per injection (`FL-<tag>`) in the raw table, jumped to
-//! from PREROUTING and OUTPUT, written with one `iptables-restore --noflush` transaction.
-//! IPv4 only (an IPv6 peer is refused with that reason).
+//! Partitions with iptables, where the kernel has no nf_tables: the same drops as
+//! [`super::nft`] (see its table of directions), as one chain per injection (`FL-<tag>`) in the
+//! raw table, jumped to from PREROUTING and OUTPUT, written with one
+//! `iptables-restore --noflush` transaction. IPv4 only (an IPv6 peer is refused with that
+//! reason).
+//!
+//! The deadline: every drop rule carries `-m time --datestop` ([`datestop`]): the kernel stops
+//! matching within a second after `expiresAt` (the `time` match compares whole seconds), with
+//! or without an agent.
 
 use std::io;
 use std::net::IpAddr;
 
+use super::deadline::Deadline;
 use super::netns::{Netns, run_command};
+use super::nfqueue::rules::datestop;
 use super::tag::InjectionTag;
 use crate::api::{Direction, NetworkFault};
 
@@ -14,13 +21,22 @@ pub fn available() -> bool {
     run_command("iptables", &["-t", "raw", "-S"], None).is_ok()
 }
 
-pub fn apply_partition(ns: &Netns, tag: &InjectionTag, fault: &NetworkFault) -> io::Result<()> {
+pub fn apply_partition(
+    ns: &Netns,
+    tag: &InjectionTag,
+    fault: &NetworkFault,
+    deadline: &Deadline,
+) -> io::Result<()> {
     let direction = fault
         .partition
         .ok_or_else(|| io::Error::other("the injection is not a partition"))?;
+    deadline
+        .remaining()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let chain = tag.iptables_chain();
     let present = chains(ns)?.contains(&chain);
-    let rules = partition_rules(&chain, direction, fault, !present).map_err(io::Error::other)?;
+    let rules = partition_rules(&chain, direction, fault, !present, &datestop(deadline))
+        .map_err(io::Error::other)?;
     ns.command("iptables-restore", &["--noflush"], Some(&rules))
         .map(|_| ())
 }
@@ -57,12 +73,14 @@ fn chains(ns: &Netns) -> io::Result<Vec<String>> {
         .collect())
 }
 
-/// The `iptables-restore --noflush` input (pure). `create`: the chain and its jumps are new.
+/// The `iptables-restore --noflush` input (pure). `create`: the chain and its jumps are new;
+/// every drop matches until `until` (a `--datestop`).
 pub fn partition_rules(
     chain: &str,
     direction: Direction,
     fault: &NetworkFault,
     create: bool,
+    until: &str,
 ) -> Result<String, String> {
     let mut peers = Vec::new();
     for cidr in &fault.peer_cidrs {
@@ -102,11 +120,13 @@ pub fn partition_rules(
         "-A {chain} -i lo -j RETURN\n-A {chain} -o lo -j RETURN\n"
     ));
     let mut rule = |addr: &str, peer: &str, port: Option<&str>| match port {
-        None => out.push_str(&format!("-A {chain} {addr} {peer} -j DROP\n")),
+        None => out.push_str(&format!(
+            "-A {chain} {addr} {peer} -m time --datestop {until} -j DROP\n"
+        )),
         Some(which) => {
             for proto in ["tcp", "udp"] {
                 out.push_str(&format!(
-                    "-A {chain} {addr} {peer} -p {proto} -m multiport --{which} {ports} -j DROP\n"
+                    "-A {chain} {addr} {peer} -p {proto} -m multiport --{which} {ports} -m time --datestop {until} -j DROP\n"
                 ));
             }
         }
@@ -141,16 +161,24 @@ mod tests {
             peer_cidrs: vec!["10.0.0.5/32".into()],
             ..Default::default()
         };
-        let text =
-            partition_rules("FL-0123456789abcdef01234567", Direction::Both, &fault, true).unwrap();
+        let until = "2026-01-01T00:00:00";
+        let text = partition_rules(
+            "FL-0123456789abcdef01234567",
+            Direction::Both,
+            &fault,
+            true,
+            until,
+        )
+        .unwrap();
         assert!(text.contains(":FL-0123456789abcdef01234567 - [0:0]\n-A PREROUTING -j FL-"));
-        assert!(text.contains("-d 10.0.0.5/32 -j DROP"));
-        assert!(text.contains("-s 10.0.0.5/32 -j DROP"));
+        assert!(text.contains("-d 10.0.0.5/32 -m time --datestop 2026-01-01T00:00:00 -j DROP"));
+        assert!(text.contains("-s 10.0.0.5/32 -m time --datestop 2026-01-01T00:00:00 -j DROP"));
         let again = partition_rules(
             "FL-0123456789abcdef01234567",
             Direction::Both,
             &fault,
             false,
+            until,
         )
         .unwrap();
         assert!(again.contains("-F FL-") && !again.contains("-A PREROUTING"));

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use super::deadline::Deadline;
 use super::tag::InjectionTag;
 use crate::api::{NetworkFault, NetworkFaultKind};
 
@@ -17,7 +18,9 @@ use crate::api::{NetworkFault, NetworkFaultKind};
 pub struct Capabilities {
     pub netem: bool,
     pub nfqueue: bool,
-    pub tbf: bool,
+    /// sch_htb: the tree every qdisc fault (bandwidth, netem) is built on.
+    pub htb: bool,
+    /// nf_tables through netlink: partitions, and the deadline gate of every qdisc fault.
     pub nftables: bool,
     pub iptables: bool,
 }
@@ -28,7 +31,7 @@ impl Capabilities {
         [
             (self.netem, "netem"),
             (self.nfqueue, "nfqueue"),
-            (self.tbf, "tbf"),
+            (self.htb, "htb"),
             (self.nftables, "nftables"),
             (self.iptables, "iptables"),
         ]
@@ -52,7 +55,8 @@ impl Capabilities {
                 "the injection sets none or several of latency, loss, bandwidth, partition".into(),
             ),
             Some(NetworkFaultKind::Latency(_)) | Some(NetworkFaultKind::Loss(_)) => {
-                if self.netem {
+                // netem sits under htb and is reached through a gated nftables table.
+                if self.netem && self.htb && self.nftables {
                     Ok(Mechanism::Netem)
                 } else if self.nfqueue {
                     Ok(Mechanism::Nfqueue)
@@ -63,11 +67,11 @@ impl Capabilities {
                 }
             }
             Some(NetworkFaultKind::Bandwidth(_)) => {
-                if self.tbf {
-                    Ok(Mechanism::Tbf)
+                if self.htb && self.nftables {
+                    Ok(Mechanism::Htb)
                 } else {
                     Err(format!(
-                        "this node's kernel has no sch_tbf (it offers {present})"
+                        "a bandwidth cap needs sch_htb and nf_tables (its deadline is an nftables gate); this node offers {present}"
                     ))
                 }
             }
@@ -91,32 +95,43 @@ impl Capabilities {
 pub enum Mechanism {
     Netem,
     Nfqueue,
-    Tbf,
+    /// A capped htb class (bandwidth).
+    Htb,
     Nftables,
     Iptables,
 }
 
 impl Mechanism {
+    pub const ALL: [Mechanism; 5] = [
+        Mechanism::Nftables,
+        Mechanism::Iptables,
+        Mechanism::Nfqueue,
+        Mechanism::Netem,
+        Mechanism::Htb,
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             Mechanism::Netem => "netem",
             Mechanism::Nfqueue => "nfqueue",
-            Mechanism::Tbf => "tbf",
+            Mechanism::Htb => "htb",
             Mechanism::Nftables => "nftables",
             Mechanism::Iptables => "iptables",
         }
     }
 
+    /// A mechanism by name; `tbf` (what agents before the htb tree wrote into their journal)
+    /// is the bandwidth mechanism.
     pub fn parse(name: &str) -> Option<Self> {
-        [
-            Mechanism::Netem,
-            Mechanism::Nfqueue,
-            Mechanism::Tbf,
-            Mechanism::Nftables,
-            Mechanism::Iptables,
-        ]
-        .into_iter()
-        .find(|m| m.name() == name)
+        if name == "tbf" {
+            return Some(Mechanism::Htb);
+        }
+        Mechanism::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Whether the fault is a qdisc tree on an interface (one per interface at a time).
+    pub fn is_qdisc(&self) -> bool {
+        matches!(self, Mechanism::Netem | Mechanism::Htb)
     }
 }
 
@@ -127,6 +142,10 @@ pub enum KernelError {
     TargetGone(String),
     /// The fault cannot be done here, or would replace something that is not ours.
     Refused(String),
+    /// Another injection's fault holds what this one needs (the qdisc of an interface).
+    Conflict { with: InjectionTag, message: String },
+    /// The deadline is too close for a kernel gate: treat the fault as expired.
+    Expired(String),
     /// Applying or reverting failed.
     Failed(String),
 }
@@ -134,9 +153,11 @@ pub enum KernelError {
 impl fmt::Display for KernelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelError::TargetGone(m) | KernelError::Refused(m) | KernelError::Failed(m) => {
-                f.write_str(m)
-            }
+            KernelError::TargetGone(m)
+            | KernelError::Refused(m)
+            | KernelError::Expired(m)
+            | KernelError::Failed(m)
+            | KernelError::Conflict { message: m, .. } => f.write_str(m),
         }
     }
 }
@@ -158,6 +179,24 @@ pub struct RevertedFault {
     pub residual: Vec<String>,
 }
 
+/// One injection to revert, as the journal remembers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevertItem {
+    pub tag: InjectionTag,
+    /// `None`: the agent crashed while applying; remove whatever is ours.
+    pub mechanism: Option<Mechanism>,
+    pub baseline: Option<String>,
+}
+
+/// Packet counts of a fault whose mechanism counts them (NFQUEUE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Packets the fault's rules matched.
+    pub matched: u64,
+    /// Of those, packets that passed without the fault (queue full, no worker).
+    pub bypassed: u64,
+}
+
 /// Something faultline owns in the kernel, found by scanning (orphan cleanup).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OwnedRule {
@@ -173,13 +212,15 @@ pub struct OwnedRule {
 /// The kernel side of the agent. Every method is idempotent.
 pub trait Kernel: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
-    /// Converges the pod's namespace (and the node's, for host-side rules) to this fault.
+    /// Converges the pod's namespace (and the node's, for host-side rules) to this fault,
+    /// gated so that it ends at `deadline` by itself.
     fn apply(
         &self,
         pod_uid: &str,
         tag: &InjectionTag,
         fault: &NetworkFault,
         mechanism: Mechanism,
+        deadline: &Deadline,
     ) -> Result<AppliedFault, KernelError>;
     /// Removes the fault; `baseline` is what `apply` returned, to compute the residue.
     fn revert(
@@ -189,6 +230,29 @@ pub trait Kernel: Send + Sync + 'static {
         mechanism: Option<Mechanism>,
         baseline: Option<&str>,
     ) -> Result<RevertedFault, KernelError>;
+    /// Removes several faults of one pod; a kernel that can do it in one pass overrides this.
+    /// One result per item, in order.
+    fn revert_pod(
+        &self,
+        pod_uid: &str,
+        items: &[RevertItem],
+    ) -> Vec<Result<RevertedFault, KernelError>> {
+        items
+            .iter()
+            .map(|item| self.revert(pod_uid, &item.tag, item.mechanism, item.baseline.as_deref()))
+            .collect()
+    }
+    /// Removes what is left of faults whose pods are gone (their namespaces took the pod-side
+    /// rules with them): the node-side rules and workers, many at once. (pod uid, tag) pairs.
+    fn revert_gone(&self, items: &[(String, InjectionTag)]) -> Result<(), KernelError> {
+        for (pod, tag) in items {
+            match self.revert(pod, tag, None, None) {
+                Ok(_) | Err(KernelError::TargetGone(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
     /// Whether a process of the pod runs on this node.
     fn pod_present(&self, pod_uid: &str) -> bool;
     /// The pods of `pod_uids` with no process on this node. A kernel that can answer for many
@@ -204,8 +268,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule>;
     /// Removes one orphan found by [`Kernel::owned`].
     fn remove_orphan(&self, rule: &OwnedRule) -> Result<(), KernelError>;
-    /// Packets that passed without the fault (NFQUEUE queue full), when the mechanism counts.
-    fn bypassed_packets(&self, tag: &InjectionTag) -> Option<u64>;
+    /// Packets the fault matched and those that passed without it (NFQUEUE queue full), when
+    /// the mechanism counts.
+    fn queue_counts(&self, tag: &InjectionTag) -> Option<QueueCounts>;
 }
 
 /// An in-memory kernel: rules are map entries. Shared state (clone it) survives a "restart" of
@@ -221,8 +286,13 @@ struct RecordingState {
     /// (pod uid, tag) → mechanism; a BTreeMap so "present exactly once" is structural, and
     /// `apply_count` shows re-applies.
     rules: BTreeMap<(String, InjectionTag), Mechanism>,
+    /// The deadline each rule was last applied with.
+    deadlines: BTreeMap<InjectionTag, chrono::DateTime<chrono::Utc>>,
     pods: BTreeSet<String>,
     apply_count: usize,
+    /// Makes apply (and revert) take this long, as a slow kernel would.
+    delay: std::time::Duration,
+    counts: BTreeMap<InjectionTag, QueueCounts>,
 }
 
 impl RecordingKernel {
@@ -238,10 +308,30 @@ impl RecordingKernel {
         Self::new(Capabilities {
             netem: true,
             nfqueue: true,
-            tbf: true,
+            htb: true,
             nftables: true,
             iptables: true,
         })
+    }
+
+    /// Makes every apply and revert take `delay`.
+    pub fn with_delay(self, delay: std::time::Duration) -> Self {
+        self.state.lock().unwrap().delay = delay;
+        self
+    }
+
+    /// What `queue_counts` reports for `tag` from now on.
+    pub fn set_counts(&self, tag: &InjectionTag, counts: QueueCounts) {
+        self.state
+            .lock()
+            .unwrap()
+            .counts
+            .insert(tag.clone(), counts);
+    }
+
+    /// The deadline `tag` was last applied with.
+    pub fn deadline_of(&self, tag: &InjectionTag) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.state.lock().unwrap().deadlines.get(tag).copied()
     }
 
     pub fn add_pod(&self, uid: &str) {
@@ -288,8 +378,29 @@ impl Kernel for RecordingKernel {
         tag: &InjectionTag,
         _fault: &NetworkFault,
         mechanism: Mechanism,
+        deadline: &Deadline,
     ) -> Result<AppliedFault, KernelError> {
+        let delay = self.state.lock().unwrap().delay;
+        std::thread::sleep(delay);
+        if let Err(e) = deadline.remaining() {
+            return Err(KernelError::Expired(e.to_string()));
+        }
         let mut state = self.state.lock().unwrap();
+        state.deadlines.insert(tag.clone(), deadline.expires_at);
+        // One qdisc fault per interface, as on Linux.
+        if mechanism.is_qdisc()
+            && let Some(((_, other), _)) = state
+                .rules
+                .iter()
+                .find(|((pod, t), m)| pod == pod_uid && t != tag && m.is_qdisc())
+        {
+            return Err(KernelError::Conflict {
+                with: other.clone(),
+                message: format!(
+                    "eth0 already carries a qdisc fault of another injection (tag {other}); two qdisc faults on one interface do not stack"
+                ),
+            });
+        }
         if !state.pods.contains(pod_uid) {
             return Err(KernelError::TargetGone(format!(
                 "no process of pod {pod_uid} on this node"
@@ -313,6 +424,8 @@ impl Kernel for RecordingKernel {
         _mechanism: Option<Mechanism>,
         _baseline: Option<&str>,
     ) -> Result<RevertedFault, KernelError> {
+        let delay = self.state.lock().unwrap().delay;
+        std::thread::sleep(delay);
         let mut state = self.state.lock().unwrap();
         state.rules.remove(&(pod_uid.to_string(), tag.clone()));
         Ok(RevertedFault::default())
@@ -320,6 +433,14 @@ impl Kernel for RecordingKernel {
 
     fn pod_present(&self, pod_uid: &str) -> bool {
         self.state.lock().unwrap().pods.contains(pod_uid)
+    }
+
+    fn revert_gone(&self, items: &[(String, InjectionTag)]) -> Result<(), KernelError> {
+        let mut state = self.state.lock().unwrap();
+        for (pod, tag) in items {
+            state.rules.remove(&(pod.clone(), tag.clone()));
+        }
+        Ok(())
     }
 
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {
@@ -344,8 +465,8 @@ impl Kernel for RecordingKernel {
         Ok(())
     }
 
-    fn bypassed_packets(&self, _tag: &InjectionTag) -> Option<u64> {
-        None
+    fn queue_counts(&self, tag: &InjectionTag) -> Option<QueueCounts> {
+        self.state.lock().unwrap().counts.get(tag).copied()
     }
 }
 
@@ -358,12 +479,13 @@ mod tests {
     fn the_annotation_lists_what_is_present_in_a_fixed_order() {
         let caps = Capabilities {
             nfqueue: true,
-            tbf: true,
+            htb: true,
             nftables: true,
             iptables: true,
             ..Default::default()
         };
-        assert_eq!(caps.annotation(), "nfqueue,tbf,nftables,iptables");
+        assert_eq!(caps.annotation(), "nfqueue,htb,nftables,iptables");
+        assert_eq!(Mechanism::parse("tbf"), Some(Mechanism::Htb));
     }
 
     #[test]
@@ -375,6 +497,8 @@ mod tests {
         let mut caps = Capabilities {
             netem: true,
             nfqueue: true,
+            htb: true,
+            nftables: true,
             ..Default::default()
         };
         assert_eq!(caps.mechanism_for(&fault), Ok(Mechanism::Netem));

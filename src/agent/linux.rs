@@ -1,26 +1,41 @@
 //! The Linux kernel behind [`Kernel`]: finds the pod's network namespace through `/proc`,
-//! picks the mechanism the node offers, snapshots the namespace before a fault and compares
-//! after its revert.
+//! picks the mechanism the node offers, gates every fault with its deadline, snapshots the
+//! namespaces before a fault and compares after its revert.
+//!
+//! Nothing here runs a process on the apply or revert path: nftables and qdiscs go through our
+//! own netlink. The iptables fallbacks (kernels without nf_tables, or without nft_compat for
+//! NFQUEUE) run `iptables-restore`/`iptables-save`, and orphan cleanup at start reads
+//! iptables chains an older agent may have left.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
+
+use super::deadline::Deadline;
 use super::kernel::{
-    AppliedFault, Capabilities, Kernel, KernelError, Mechanism, OwnedRule, RevertedFault,
+    AppliedFault, Capabilities, Kernel, KernelError, Mechanism, OwnedRule, QueueCounts, RevertItem,
+    RevertedFault,
 };
 use super::netns::Netns;
-use super::nfqueue::{NfqueueEngine, PodNet};
+use super::nfqueue::{NfqueueEngine, PodNet, Steering};
+use super::nft::{self, Comment};
+use super::residual::{self, Places};
+use super::scope::Scope;
 use super::tag::InjectionTag;
-use super::{iptables, nfqueue, nft, podfind, residual, tc};
+use super::{iptables, nfqueue, podfind, tc};
 use crate::api::{Direction, NetworkFault, NetworkFaultKind};
 
-/// The pod-side interface faults act on. Every CNI we know names it so.
+/// The pod-side interface qdisc faults act on. Every CNI we know names it so.
 const POD_INTERFACE: &str = "eth0";
 
 pub struct LinuxKernel {
     proc_root: PathBuf,
     capabilities: Capabilities,
     nfqueue: NfqueueEngine,
+    netdev_egress: bool,
+    /// The namespace the pods' veths are in, when it is not the agent's own.
+    node_netns: Option<PathBuf>,
 }
 
 impl LinuxKernel {
@@ -30,7 +45,7 @@ impl LinuxKernel {
         let capabilities = Capabilities {
             netem: tc::netem_available(),
             nfqueue: nfqueue::available(),
-            tbf: tc::tbf_available(),
+            htb: tc::htb_available(),
             nftables: nft::available(),
             iptables: iptables::available(),
         };
@@ -38,17 +53,177 @@ impl LinuxKernel {
             proc_root: proc_root.into(),
             capabilities,
             nfqueue: NfqueueEngine::new(),
+            netdev_egress: capabilities.nftables && nft::netdev_egress_available(),
+            node_netns: None,
         }
+    }
+
+    /// Looks for the pods' veths (and puts node-side rules) in the network namespace at
+    /// `path` instead of the agent's own: for an agent that does not run with hostNetwork, and
+    /// for tests whose "node" is a namespace of their own.
+    pub fn with_node_netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.node_netns = Some(path.into());
+        self
+    }
+
+    fn host_netns(&self) -> Result<Netns, KernelError> {
+        match &self.node_netns {
+            Some(path) => {
+                Netns::open(path).map_err(failed("cannot open the node's network namespace"))
+            }
+            None => host_netns(),
+        }
+    }
+
+    /// Uses `engine` for the NFQUEUE path (a test's queue sizes or steering).
+    pub fn with_nfqueue(mut self, engine: NfqueueEngine) -> Self {
+        self.nfqueue = engine;
+        self
     }
 
     fn pod_netns(&self, pod_uid: &str) -> Result<Netns, KernelError> {
         podfind::pod_netns(&self.proc_root, pod_uid)
             .map_err(|e| KernelError::TargetGone(e.to_string()))
     }
+
+    /// Applies a qdisc fault (netem or a bandwidth cap): the tree on each interface the
+    /// direction needs, and the gated steering table next to it.
+    fn apply_qdisc(
+        &self,
+        pod_uid: &str,
+        tag: &InjectionTag,
+        fault: &NetworkFault,
+        mechanism: Mechanism,
+        deadline: &Deadline,
+        pod: &Netns,
+        host: &Netns,
+        veth: Option<&str>,
+    ) -> Result<(), KernelError> {
+        // Egress acts on the pod's eth0; ingress on the host side of its veth, whose egress is
+        // the pod's ingress. Bandwidth caps are egress only.
+        let direction = match mechanism {
+            Mechanism::Netem => direction_of(fault),
+            _ => Direction::To,
+        };
+        // Refuse a bad scope, or a deadline too close, before touching anything.
+        Scope::parse(&fault.peer_cidrs, &fault.ports).map_err(KernelError::Refused)?;
+        deadline
+            .remaining()
+            .map_err(|e| KernelError::Expired(e.to_string()))?;
+        let mut places: Vec<(&Netns, String, tc::Flow, Comment)> = Vec::new();
+        if matches!(direction, Direction::To | Direction::Both) {
+            places.push((
+                pod,
+                POD_INTERFACE.to_string(),
+                tc::Flow::Egress,
+                Comment::new(pod_uid, deadline, None).with_qdisc(POD_INTERFACE),
+            ));
+        }
+        if matches!(direction, Direction::From | Direction::Both) {
+            let veth = veth.ok_or_else(|| {
+                KernelError::Failed("cannot find the pod's host-side interface".into())
+            })?;
+            if !self.netdev_egress {
+                return Err(KernelError::Refused(format!(
+                    "a qdisc fault on the pod's ingress needs the netdev egress hook (Linux 5.16) for its kernel-enforced deadline; this kernel has none (use direction \"to\", or the NFQUEUE path)"
+                )));
+            }
+            places.push((
+                host,
+                veth.to_string(),
+                tc::Flow::Ingress,
+                Comment::new(pod_uid, deadline, Some(veth)).with_qdisc(veth),
+            ));
+        }
+        for (ns, ifname, _, _) in &places {
+            check_qdisc_free(ns, ifname, tag)?;
+        }
+        for (ns, ifname, flow, comment) in &places {
+            tc::apply_fault(
+                ns,
+                ifname,
+                *flow,
+                fault,
+                tag,
+                deadline,
+                comment,
+                self.netdev_egress,
+            )
+            .map_err(failed(mechanism.name()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses when `ifname` carries a root qdisc that is not ours, or ours for another live
+/// injection (its steering table names the interface and its deadline is ahead). A tree whose
+/// injection has expired is inert and is replaced.
+fn check_qdisc_free(ns: &Netns, ifname: &str, tag: &InjectionTag) -> Result<(), KernelError> {
+    let root =
+        tc::root_qdisc(ns, ifname).map_err(failed("cannot read the interface's root qdisc"))?;
+    let Some(root) = root else { return Ok(()) };
+    if root.is_default() {
+        return Ok(());
+    }
+    if !root.is_ours() {
+        return Err(KernelError::Refused(format!(
+            "{ifname} already has a root qdisc ({root}) that faultline did not install; refusing to replace it"
+        )));
+    }
+    let now = Utc::now();
+    for table in nft::owned_tables(ns).map_err(failed("cannot list nftables tables"))? {
+        if table.tag == *tag {
+            continue;
+        }
+        let Some(comment) = &table.comment else {
+            continue;
+        };
+        if comment.qdisc.as_deref() != Some(ifname) {
+            continue;
+        }
+        let live = DateTime::parse_from_rfc3339(&comment.until)
+            .map(|until| until.with_timezone(&Utc) > now)
+            .unwrap_or(true);
+        if live {
+            return Err(KernelError::Conflict {
+                with: table.tag.clone(),
+                message: format!(
+                    "{ifname} already carries a qdisc fault of another injection (tag {}, until {}); two qdisc faults on one interface do not stack",
+                    table.tag, comment.until
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes our root qdisc from `ifname` unless another injection's steering table still names
+/// it (the tree is theirs then).
+fn remove_tree_unless_claimed(
+    ns: &Netns,
+    ifname: &str,
+    except: &[InjectionTag],
+) -> std::io::Result<bool> {
+    let claimed = nft::owned_tables(ns)?.into_iter().any(|t| {
+        !except.contains(&t.tag)
+            && t.comment
+                .as_ref()
+                .is_some_and(|c| c.qdisc.as_deref() == Some(ifname))
+    });
+    if claimed {
+        return Ok(false);
+    }
+    tc::remove(ns, ifname)
 }
 
 fn failed(what: &str) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
-    move |e| KernelError::Failed(format!("{what}: {e}"))
+    move |e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            KernelError::Refused(format!("{what}: {e}"))
+        } else {
+            KernelError::Failed(format!("{what}: {e}"))
+        }
+    }
 }
 
 fn host_netns() -> Result<Netns, KernelError> {
@@ -64,7 +239,7 @@ fn direction_of(fault: &NetworkFault) -> Direction {
     }
 }
 
-fn describe(fault: &NetworkFault, mechanism: Mechanism) -> String {
+fn describe(fault: &NetworkFault, mechanism: Mechanism, deadline: &Deadline) -> String {
     let scope = if fault.peer_cidrs.is_empty() {
         "all traffic".to_string()
     } else {
@@ -98,7 +273,11 @@ fn describe(fault: &NetworkFault, mechanism: Mechanism) -> String {
         Some(NetworkFaultKind::Partition(d)) => format!("partition ({d:?})"),
         None => "nothing".into(),
     };
-    format!("{what} on {scope}{ports} via {}", mechanism.name())
+    format!(
+        "{what} on {scope}{ports} via {}, ended by the kernel at {}",
+        mechanism.name(),
+        deadline.stamp()
+    )
 }
 
 impl Kernel for LinuxKernel {
@@ -112,74 +291,65 @@ impl Kernel for LinuxKernel {
         tag: &InjectionTag,
         fault: &NetworkFault,
         mechanism: Mechanism,
+        deadline: &Deadline,
     ) -> Result<AppliedFault, KernelError> {
+        if let Err(e) = deadline.remaining() {
+            return Err(match e {
+                super::deadline::GateError::Expired { .. } => KernelError::Expired(e.to_string()),
+                super::deadline::GateError::TooFar { .. } => KernelError::Refused(e.to_string()),
+            });
+        }
         let pod = self.pod_netns(pod_uid)?;
+        let host = self.host_netns()?;
+        let veth = nfqueue::host_veth(&pod, &host).ok();
+        let baseline = residual::snapshot(&Places {
+            pod: &pod,
+            node: Some((&host, veth.as_deref())),
+            iptables: matches!(mechanism, Mechanism::Iptables),
+        })
+        .map_err(failed("cannot read the namespaces' rules before the fault"))?;
         let mut notes: Option<String> = None;
-        let baseline = residual::snapshot(&pod).map_err(failed(
-            "cannot read the pod namespace's rules before the fault",
-        ))?;
         match mechanism {
-            Mechanism::Nftables => {
-                nft::apply_partition(&pod, tag, fault).map_err(failed("nftables partition"))?
-            }
-            Mechanism::Iptables => {
-                iptables::apply_partition(&pod, tag, fault).map_err(failed("iptables partition"))?
-            }
+            Mechanism::Nftables => nft::apply_partition(
+                &pod,
+                tag,
+                fault,
+                deadline,
+                &Comment::new(pod_uid, deadline, None),
+            )
+            .map_err(failed("nftables partition"))?,
+            Mechanism::Iptables => iptables::apply_partition(&pod, tag, fault, deadline)
+                .map_err(failed("iptables partition"))?,
             Mechanism::Nfqueue => {
                 let net = PodNet {
                     pod: pod.try_clone().map_err(failed("pod namespace"))?,
-                    host: host_netns()?,
+                    host,
                 };
                 let applied = self
                     .nfqueue
-                    .apply(tag, &net, fault)
+                    .apply(tag, &net, fault, deadline, pod_uid)
                     .map_err(failed("NFQUEUE"))?;
                 notes = Some(applied.summary());
             }
-            Mechanism::Netem | Mechanism::Tbf => {
-                // Egress acts on the pod's eth0; ingress on the host side of its veth, whose
-                // egress is the pod's ingress.
-                let direction = match mechanism {
-                    Mechanism::Netem => direction_of(fault),
-                    _ => Direction::To,
-                };
-                let mut places = Vec::new();
-                if matches!(direction, Direction::To | Direction::Both) {
-                    let pod_side = pod.try_clone().map_err(failed("pod namespace"))?;
-                    places.push((pod_side, POD_INTERFACE.to_string(), tc::Flow::Egress));
-                }
-                if matches!(direction, Direction::From | Direction::Both) {
-                    let host = host_netns()?;
-                    let veth = nfqueue::host_veth(&pod, &host)
-                        .map_err(failed("cannot find the pod's host-side interface"))?;
-                    places.push((host, veth, tc::Flow::Ingress));
-                }
-                for (ns, ifname, _) in &places {
-                    if let Some(existing) = tc::root_qdisc(ns, ifname)
-                        .map_err(failed("cannot read the interface's root qdisc"))?
-                        && !existing.is_default()
-                        && !existing.is_ours()
-                    {
-                        return Err(KernelError::Refused(format!(
-                            "{ifname} already has a root qdisc ({existing}) that faultline did not install; refusing to replace it"
-                        )));
-                    }
-                }
-                for (ns, ifname, flow) in &places {
-                    let result = if mechanism == Mechanism::Netem {
-                        tc::apply_netem(ns, ifname, *flow, fault)
-                    } else {
-                        tc::apply_bandwidth(ns, ifname, *flow, fault)
-                    };
-                    result.map_err(failed(mechanism.name()))?;
-                }
+            Mechanism::Netem | Mechanism::Htb => {
+                self.apply_qdisc(
+                    pod_uid,
+                    tag,
+                    fault,
+                    mechanism,
+                    deadline,
+                    &pod,
+                    &host,
+                    veth.as_deref(),
+                )?;
             }
         }
+        let described = describe(fault, mechanism, deadline);
         Ok(AppliedFault {
             mechanism,
             message: match notes {
-                Some(notes) => format!("{}: {notes}", describe(fault, mechanism)),
-                None => describe(fault, mechanism),
+                Some(notes) => format!("{described}: {notes}"),
+                None => described,
             },
             baseline: Some(baseline.to_text()),
         })
@@ -192,62 +362,159 @@ impl Kernel for LinuxKernel {
         mechanism: Option<Mechanism>,
         baseline: Option<&str>,
     ) -> Result<RevertedFault, KernelError> {
-        let host = host_netns()?;
+        let item = RevertItem {
+            tag: tag.clone(),
+            mechanism,
+            baseline: baseline.map(str::to_string),
+        };
+        self.revert_pod(pod_uid, std::slice::from_ref(&item))
+            .pop()
+            .expect("one result per item")
+    }
+
+    /// One pass for the pod: every table of these injections in the pod's namespace in one
+    /// transaction and in the node's in another, then the workers and qdiscs, then one snapshot
+    /// to judge each injection's residue.
+    fn revert_pod(
+        &self,
+        pod_uid: &str,
+        items: &[RevertItem],
+    ) -> Vec<Result<RevertedFault, KernelError>> {
+        let everyone = |error: KernelError| items.iter().map(|_| Err(error.clone())).collect();
+        let host = match self.host_netns() {
+            Ok(host) => host,
+            Err(e) => return everyone(e),
+        };
+        let tags: Vec<InjectionTag> = items.iter().map(|i| i.tag.clone()).collect();
+        let mechanisms = |item: &RevertItem| match item.mechanism {
+            Some(m) => vec![m],
+            // Crashed while applying: we do not know how far it got; remove whatever is ours.
+            None => Mechanism::ALL.to_vec(),
+        };
         let pod = match self.pod_netns(pod_uid) {
             Ok(pod) => pod,
             Err(gone) => {
-                // The pod's namespace went with the pod; rules on the node's side did not.
-                let _ = self.nfqueue.remove_in(tag, &[&host]);
-                return Err(gone);
+                // The pod's namespace went with the pod; what is on the node's side did not.
+                let _ = nft::remove_all(&host, &tags);
+                for tag in &tags {
+                    let _ = self.nfqueue.remove_in(tag, &[&host]);
+                }
+                return everyone(gone);
             }
         };
-        let all = [
-            Mechanism::Nftables,
-            Mechanism::Iptables,
-            Mechanism::Nfqueue,
-            Mechanism::Netem,
-            Mechanism::Tbf,
-        ];
-        let mechanisms: Vec<Mechanism> = match mechanism {
-            Some(m) => vec![m],
-            // Crashed while applying: we do not know how far it got; remove whatever is ours.
-            None => all.to_vec(),
-        };
-        for mechanism in mechanisms {
-            match mechanism {
-                Mechanism::Nftables => {
-                    nft::remove(&pod, tag).map_err(failed("removing the nftables table"))?;
-                }
-                Mechanism::Iptables => {
-                    iptables::remove(&pod, tag).map_err(failed("removing the iptables chain"))?;
-                }
-                Mechanism::Nfqueue => {
-                    let net = PodNet {
-                        pod: pod.try_clone().map_err(failed("pod namespace"))?,
-                        host: host.try_clone().map_err(failed("node namespace"))?,
-                    };
-                    self.nfqueue
-                        .remove(tag, &net)
-                        .map_err(failed("removing the NFQUEUE rules"))?;
-                }
-                Mechanism::Netem | Mechanism::Tbf => {
-                    tc::remove(&pod, POD_INTERFACE).map_err(failed("removing the qdisc"))?;
-                    if let Ok(veth) = nfqueue::host_veth(&pod, &host) {
-                        tc::remove(&host, &veth).map_err(failed("removing the qdisc"))?;
+        let veth = nfqueue::host_veth(&pod, &host).ok();
+        // Rules first: no packet is steered any more once these commit.
+        if let Err(e) = nft::remove_all(&pod, &tags) {
+            return everyone(KernelError::Failed(format!(
+                "removing nftables tables: {e}"
+            )));
+        }
+        if let Err(e) = nft::remove_all(&host, &tags) {
+            return everyone(KernelError::Failed(format!(
+                "removing nftables tables on the node: {e}"
+            )));
+        }
+        let mut results: Vec<Result<(), KernelError>> = Vec::with_capacity(items.len());
+        for item in items {
+            let mut result = Ok(());
+            for mechanism in mechanisms(item) {
+                let step = match mechanism {
+                    Mechanism::Nftables => Ok(()),
+                    Mechanism::Iptables => iptables::remove(&pod, &item.tag)
+                        .map(drop)
+                        .map_err(failed("removing the iptables chain")),
+                    Mechanism::Nfqueue => {
+                        // Tables are gone; stop the workers (they release what they hold).
+                        let mut step = self
+                            .nfqueue
+                            .remove_in(&item.tag, &[])
+                            .map(drop)
+                            .map_err(failed("stopping the NFQUEUE workers"));
+                        if step.is_ok()
+                            && (self.nfqueue.steering() == Steering::Iptables
+                                || item.mechanism.is_none())
+                        {
+                            step = [&pod, &host]
+                                .into_iter()
+                                .try_for_each(|ns| {
+                                    nfqueue::remove_legacy_chain(ns, &item.tag).map(drop)
+                                })
+                                .map_err(failed("removing the NFQUEUE chain"));
+                        }
+                        step
                     }
+                    Mechanism::Netem | Mechanism::Htb => {
+                        let mut step = remove_tree_unless_claimed(&pod, POD_INTERFACE, &tags)
+                            .map(drop)
+                            .map_err(failed("removing the qdisc"));
+                        if step.is_ok()
+                            && let Some(veth) = &veth
+                        {
+                            step = remove_tree_unless_claimed(&host, veth, &tags)
+                                .map(drop)
+                                .map_err(failed("removing the qdisc"));
+                        }
+                        step
+                    }
+                };
+                if step.is_err() && result.is_ok() {
+                    result = step;
                 }
+            }
+            results.push(result);
+        }
+        let needs_iptables = items
+            .iter()
+            .any(|i| matches!(i.mechanism, Some(Mechanism::Iptables)));
+        let after = residual::snapshot(&Places {
+            pod: &pod,
+            node: Some((&host, veth.as_deref())),
+            iptables: needs_iptables,
+        });
+        items
+            .iter()
+            .zip(results)
+            .map(|(item, result)| {
+                result?;
+                let Some(before) = item
+                    .baseline
+                    .as_deref()
+                    .and_then(residual::Snapshot::from_text)
+                else {
+                    return Ok(RevertedFault::default());
+                };
+                let after = after.as_ref().map_err(|e| {
+                    KernelError::Failed(format!(
+                        "cannot read the namespaces' rules after the revert: {e}"
+                    ))
+                })?;
+                let qdisc = item.mechanism.is_none_or(|m| m.is_qdisc());
+                Ok(RevertedFault {
+                    residual: residual::residual(&before, after, &item.tag, qdisc),
+                })
+            })
+            .collect()
+    }
+
+    /// One listing and one transaction in the node's namespace for all of them, whatever
+    /// their number; the workers of those this agent runs stop.
+    fn revert_gone(&self, items: &[(String, InjectionTag)]) -> Result<(), KernelError> {
+        let host = self.host_netns()?;
+        let tags: Vec<InjectionTag> = items.iter().map(|(_, tag)| tag.clone()).collect();
+        nft::remove_all(&host, &tags).map_err(failed("removing the node's tables of gone pods"))?;
+        let active: BTreeSet<InjectionTag> = self.nfqueue.active().into_iter().collect();
+        for tag in tags.iter().filter(|t| active.contains(*t)) {
+            self.nfqueue
+                .remove_in(tag, &[])
+                .map_err(failed("stopping the NFQUEUE workers"))?;
+        }
+        if self.nfqueue.steering() == Steering::Iptables {
+            for tag in &tags {
+                nfqueue::remove_legacy_chain(&host, tag)
+                    .map_err(failed("removing the NFQUEUE chain"))?;
             }
         }
-        let residual = match baseline.and_then(residual::Snapshot::from_text) {
-            Some(before) => {
-                let after = residual::snapshot(&pod).map_err(failed(
-                    "cannot read the pod namespace's rules after the revert",
-                ))?;
-                residual::residual(&before, &after)
-            }
-            None => Vec::new(),
-        };
-        Ok(RevertedFault { residual })
+        Ok(())
     }
 
     fn pod_present(&self, pod_uid: &str) -> bool {
@@ -269,7 +536,7 @@ impl Kernel for LinuxKernel {
 
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {
         let mut found = Vec::new();
-        let host = Netns::current().ok();
+        let host = self.host_netns().ok();
         let mut our_veths = BTreeSet::new();
         let pods = podfind::pods_on_host(&self.proc_root).unwrap_or_default();
         for (uid, pid) in pods {
@@ -279,35 +546,51 @@ impl Kernel for LinuxKernel {
             let Ok(ns) = Netns::of_pid(&self.proc_root, pid) else {
                 continue;
             };
-            if let Some(host) = &host
-                && let Ok(veth) = nfqueue::hostveth::host_veth(&ns, host)
-            {
-                our_veths.insert(veth);
+            let veth = host
+                .as_ref()
+                .and_then(|host| nfqueue::hostveth::host_veth(&ns, host).ok());
+            if let Some(veth) = &veth {
+                our_veths.insert(veth.clone());
             }
-            for tag in nft::owned(&ns).unwrap_or_default() {
+            let mut tags: BTreeSet<InjectionTag> =
+                nft::owned(&ns).unwrap_or_default().into_iter().collect();
+            for tag in &tags {
                 found.push(OwnedRule {
                     description: format!("nftables table {} in pod {uid}", tag.nft_table()),
-                    tag: Some(tag),
+                    tag: Some(tag.clone()),
                     pod_uid: Some(uid.clone()),
                 });
             }
-            for tag in iptables::owned(&ns).unwrap_or_default() {
-                found.push(OwnedRule {
-                    description: format!("iptables chain {} in pod {uid}", tag.iptables_chain()),
-                    tag: Some(tag),
-                    pod_uid: Some(uid.clone()),
-                });
+            // Chains of the iptables fallbacks (or of an older agent).
+            for tag in iptables::owned(&ns)
+                .unwrap_or_default()
+                .into_iter()
+                .chain(nfqueue::owned(&ns).unwrap_or_default())
+            {
+                if tags.insert(tag.clone()) {
+                    found.push(OwnedRule {
+                        description: format!(
+                            "iptables chain {} in pod {uid}",
+                            tag.iptables_chain()
+                        ),
+                        tag: Some(tag),
+                        pod_uid: Some(uid.clone()),
+                    });
+                }
             }
-            for tag in nfqueue::owned(&ns).unwrap_or_default() {
-                found.push(OwnedRule {
-                    description: format!("NFQUEUE chain {} in pod {uid}", tag.iptables_chain()),
-                    tag: Some(tag),
-                    pod_uid: Some(uid.clone()),
-                });
+            let mut roots: Vec<String> = tc::owned(&ns)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|ifname| format!("root qdisc fa17: on {ifname} in pod {uid}"))
+                .collect();
+            if let (Some(host), Some(veth)) = (&host, &veth)
+                && tc::root_qdisc(host, veth).is_ok_and(|q| q.is_some_and(|q| q.is_ours()))
+            {
+                roots.push(format!("root qdisc fa17: on {veth}, the veth of pod {uid}"));
             }
-            for ifname in tc::owned(&ns).unwrap_or_default() {
+            for description in roots {
                 found.push(OwnedRule {
-                    description: format!("root qdisc fa17: on {ifname} in pod {uid}"),
+                    description,
                     tag: None,
                     pod_uid: Some(uid.clone()),
                 });
@@ -316,7 +599,7 @@ impl Kernel for LinuxKernel {
         if let Some(host) = &host {
             for tag in nfqueue::owned_on_node(host, &our_veths).unwrap_or_default() {
                 found.push(OwnedRule {
-                    description: format!("NFQUEUE chain {} on the node", tag.iptables_chain()),
+                    description: format!("faultline rules of {tag} on the node"),
                     tag: Some(tag),
                     pod_uid: None,
                 });
@@ -331,14 +614,23 @@ impl Kernel for LinuxKernel {
             (Some(pod_uid), None) => {
                 let pod = self.pod_netns(pod_uid)?;
                 for ifname in tc::owned(&pod).map_err(failed("listing qdiscs"))? {
-                    tc::remove(&pod, &ifname).map_err(failed("removing the qdisc"))?;
+                    remove_tree_unless_claimed(&pod, &ifname, &[])
+                        .map_err(failed("removing the qdisc"))?;
+                }
+                let host = self.host_netns()?;
+                if let Ok(veth) = nfqueue::host_veth(&pod, &host) {
+                    remove_tree_unless_claimed(&host, &veth, &[])
+                        .map_err(failed("removing the qdisc"))?;
                 }
                 Ok(())
             }
             (None, Some(tag)) => {
-                let host = host_netns()?;
+                let host = self.host_netns()?;
+                nft::remove(&host, tag).map_err(failed("removing the node's table"))?;
                 self.nfqueue
                     .remove_in(tag, &[&host])
+                    .map_err(failed("removing the NFQUEUE rules"))?;
+                nfqueue::remove_legacy_chain(&host, tag)
                     .map(|_| ())
                     .map_err(failed("removing the NFQUEUE chain"))
             }
@@ -346,7 +638,10 @@ impl Kernel for LinuxKernel {
         }
     }
 
-    fn bypassed_packets(&self, tag: &InjectionTag) -> Option<u64> {
-        self.nfqueue.stats(tag).map(|s| s.bypassed)
+    fn queue_counts(&self, tag: &InjectionTag) -> Option<QueueCounts> {
+        self.nfqueue.stats(tag).map(|s| QueueCounts {
+            matched: s.matched,
+            bypassed: s.bypassed,
+        })
     }
 }

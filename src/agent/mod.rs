@@ -21,16 +21,20 @@
 //!   (through `writeback`).
 //! - [`testnet`]: throwaway network namespaces for root tests and benchmarks.
 pub mod converge;
+pub mod deadline;
 pub mod iptables;
 pub mod journal;
 pub mod kernel;
+pub mod links;
 pub mod linux;
 pub mod netns;
 pub mod nfqueue;
 pub mod nft;
+pub mod nftables;
 pub mod podfind;
 pub mod residual;
 pub mod runner;
+pub mod scope;
 pub mod tag;
 pub mod tc;
 pub mod telemetry;

@@ -1,12 +1,23 @@
-//! Partitions with nftables, inside the pod's network namespace.
+//! faultline's nftables tables, and partitions with them, inside the pod's network namespace.
 //!
-//! One table per injection, `netdev faultline_<tag>`, with an `ingress` and an `egress` chain
-//! bound to each of the pod's interfaces (not `lo`: a pod is never cut off from itself). The
-//! netdev hooks sit below the IP stack: a dropped packet simply never arrives or never leaves,
-//! as on a cut cable. Established connections stall too (the hooks run before conntrack), and
-//! the application sees silence and timeouts, never the `EPERM` that a drop in the `output`
-//! hook returns to the sender. Kernels older than 5.16 have no netdev egress hook; there the
-//! table falls back to `inet` prerouting/output chains (and senders see `EPERM`).
+//! Every table faultline creates is named `faultline_<tag>` (one per injection and family) and
+//! carries a comment `faultline pod=<uid> until=<expiresAt>[ port=<veth>]`. Tables go to the
+//! kernel through our own netlink ([`super::nftables`]): one transaction per table (or per
+//! pod, for removals), no process.
+//!
+//! A partition is one `netdev` table with an `ingress` and an `egress` chain bound to each of
+//! the pod's interfaces (never `lo`: a pod is never cut off from itself). The netdev hooks sit
+//! below the IP stack: a dropped packet never arrives or never leaves, before conntrack, so
+//! established connections stall too. (A sender whose own packets are dropped at its egress
+//! hook sees them as lost locally: TCP gives up on a connection after about 8 s of a
+//! partition, where a cut cable would leave it retrying.) Kernels older than 5.16 have no
+//! netdev egress hook; there the table is `inet` with prerouting/output chains (and senders
+//! see `EPERM`).
+//!
+//! The drop chains are reached only through the table's `gate` set, whose elements (the
+//! interfaces) time out at the injection's `expiresAt` ([`super::deadline`]): the partition
+//! ends then by itself, whatever happens to the agent. What remains is an inert table that the
+//! agent removes at its next converge or start.
 //!
 //! What each direction drops, seen from the pod, with `peers` the fault's peer CIDRs and `P`
 //! its ports (no ports: every port):
@@ -16,311 +27,453 @@
 //! | `to`      | to peers (dport in P)                   | with ports: replies from peers (sport in P) |
 //! | `from`    | with ports: replies to peers (sport in P) | from peers (dport in P)              |
 //! | `both`    | both of the above                       | both of the above                      |
-//!
-//! Without ports, `to` leaves arriving packets alone (every TCP flow to a peer stalls anyway,
-//! its ACKs cannot leave); with ports, the replies of those flows are dropped too, so an
-//! established connection goes silent both ways at once.
 
 use std::io;
-use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use super::netns::{Netns, run_command};
+use nix::errno::Errno;
+
+use super::deadline::Deadline;
+use super::netns::Netns;
+use super::nftables::{
+    self, AddrFamily, Elements, End, Family, Hook, HookPoint, Match, NftError, NftSocket, Table,
+    TableInfo, Verdict,
+};
+use super::scope::Scope;
 use super::tag::{InjectionTag, NFT_TABLE_PREFIX};
 use crate::api::{Direction, NetworkFault};
 
-/// Whether `nft` runs here (and the kernel has nf_tables).
+/// Priority of the partition's hooks: before everything else on the device.
+const PARTITION_PRIORITY: i32 = -300;
+
+/// Whether nf_tables answers here.
 pub fn available() -> bool {
-    run_command("nft", &["list", "tables"], None).is_ok()
+    nftables::available()
 }
 
-/// Applies (or replaces: desired state, one transaction) the partition of this injection.
-pub fn apply_partition(ns: &Netns, tag: &InjectionTag, fault: &NetworkFault) -> io::Result<()> {
+/// Whether the kernel has the netdev egress hook (5.16+), probed once in a throwaway namespace.
+pub fn netdev_egress_available() -> bool {
+    static PROBED: OnceLock<bool> = OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let probe = std::thread::spawn(|| -> io::Result<()> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let mut table = Table::new(Family::Netdev, "faultline_probe", None);
+            table.chain(
+                "egress",
+                Some(Hook {
+                    point: HookPoint::Egress,
+                    priority: 0,
+                    device: Some("lo".into()),
+                }),
+            );
+            let mut socket = NftSocket::open()?;
+            socket.commit(&table.create()).map_err(io::Error::from)
+        });
+        match probe.join() {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::info!(%error, "no netdev egress hook (kernel before 5.16): partitions use inet chains");
+                false
+            }
+            Err(_) => false,
+        }
+    })
+}
+
+/// What faultline writes into each of its tables' comments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Comment {
+    pub pod: String,
+    pub until: String,
+    /// The pod's veth on the node, for tables in the node's namespace.
+    pub port: Option<String>,
+    /// The interface whose qdisc tree the table steers into (qdisc faults).
+    pub qdisc: Option<String>,
+}
+
+impl Comment {
+    pub fn new(pod: &str, deadline: &Deadline, port: Option<&str>) -> Self {
+        Self {
+            pod: pod.to_string(),
+            until: deadline.stamp(),
+            port: port.map(str::to_string),
+            qdisc: None,
+        }
+    }
+
+    pub fn with_qdisc(mut self, ifname: &str) -> Self {
+        self.qdisc = Some(ifname.to_string());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = format!("faultline pod={} until={}", self.pod, self.until);
+        if let Some(port) = &self.port {
+            text.push_str(&format!(" port={port}"));
+        }
+        if let Some(qdisc) = &self.qdisc {
+            text.push_str(&format!(" qdisc={qdisc}"));
+        }
+        text
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("faultline ")?;
+        let mut comment = Comment::default();
+        for word in rest.split_whitespace() {
+            match word.split_once('=') {
+                Some(("pod", v)) => comment.pod = v.to_string(),
+                Some(("until", v)) => comment.until = v.to_string(),
+                Some(("port", v)) => comment.port = Some(v.to_string()),
+                Some(("qdisc", v)) => comment.qdisc = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        Some(comment)
+    }
+}
+
+/// One of our tables, found in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedTable {
+    pub tag: InjectionTag,
+    pub family: Family,
+    pub comment: Option<Comment>,
+}
+
+/// Our tables in `ns`, every family. Anyone else's table is not listed.
+pub fn owned_tables(ns: &Netns) -> io::Result<Vec<OwnedTable>> {
+    nftables::with_socket(ns, |socket| Ok(ours(&socket.tables()?)))
+}
+
+fn ours(tables: &[TableInfo]) -> Vec<OwnedTable> {
+    tables
+        .iter()
+        .filter_map(|t| {
+            Some(OwnedTable {
+                tag: InjectionTag::from_nft_table(&t.name)?,
+                family: t.family,
+                comment: t.comment.as_deref().and_then(Comment::parse),
+            })
+        })
+        .collect()
+}
+
+/// The injections whose tables are in `ns` (each once).
+pub fn owned(ns: &Netns) -> io::Result<Vec<InjectionTag>> {
+    let mut tags: Vec<InjectionTag> = owned_tables(ns)?.into_iter().map(|t| t.tag).collect();
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
+
+/// Deletes every table of these injections in `ns`, all families, in one transaction.
+/// Returns the tags that had a table.
+pub fn remove_all(ns: &Netns, tags: &[InjectionTag]) -> io::Result<Vec<InjectionTag>> {
+    nftables::with_socket(ns, |socket| {
+        let present = ours(&socket.tables()?);
+        let doomed: Vec<&OwnedTable> = present.iter().filter(|t| tags.contains(&t.tag)).collect();
+        let batch: Vec<_> = doomed
+            .iter()
+            .map(|t| nftables::table::delete_existing(t.family, &t.tag.nft_table()))
+            .collect();
+        match socket.commit(&batch) {
+            Ok(()) => {}
+            // Removed meanwhile by someone else (a second agent's cleanup): check again below.
+            Err(NftError::Refused {
+                errno: Errno::ENOENT,
+                ..
+            }) => {
+                for table in &doomed {
+                    socket.commit(&nftables::table::delete(
+                        table.family,
+                        &table.tag.nft_table(),
+                    ))?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let mut removed: Vec<InjectionTag> = doomed.iter().map(|t| t.tag.clone()).collect();
+        removed.sort();
+        removed.dedup();
+        Ok(removed)
+    })
+}
+
+/// Deletes the injection's tables in `ns`; `Ok(false)` when there were none.
+pub fn remove(ns: &Netns, tag: &InjectionTag) -> io::Result<bool> {
+    Ok(!remove_all(ns, std::slice::from_ref(tag))?.is_empty())
+}
+
+/// Replaces these tables in `ns`, all in one transaction.
+pub fn replace(ns: &Netns, tables: &[Table]) -> io::Result<()> {
+    let batch: Vec<_> = tables.iter().flat_map(Table::replace).collect();
+    nftables::with_socket(ns, |socket| socket.commit(&batch))
+}
+
+/// Applies (or replaces: desired state, one transaction) the partition of this injection,
+/// gated until `deadline`.
+pub fn apply_partition(
+    ns: &Netns,
+    tag: &InjectionTag,
+    fault: &NetworkFault,
+    deadline: &Deadline,
+    comment: &Comment,
+) -> io::Result<()> {
     let direction = fault
         .partition
         .ok_or_else(|| io::Error::other("the injection is not a partition"))?;
-    let devices = interfaces(ns)?;
+    let scope = Scope::parse(&fault.peer_cidrs, &fault.ports).map_err(invalid)?;
+    let devices = super::links::names_but_lo(ns)?;
     if devices.is_empty() {
         return Err(io::Error::other(
             "the pod's network namespace has no interface but lo",
         ));
     }
-    let netdev = partition_ruleset(&tag.nft_table(), &devices, direction, fault, true)
-        .map_err(io::Error::other)?;
-    match ns.command("nft", &["-f", "-"], Some(&netdev)) {
-        Ok(_) => Ok(()),
-        Err(error) if error.to_string().contains("egress") => {
-            tracing::info!(%error, "no netdev egress hook on this kernel; using inet output");
-            let inet = partition_ruleset(&tag.nft_table(), &devices, direction, fault, false)
-                .map_err(io::Error::other)?;
-            ns.command("nft", &["-f", "-"], Some(&inet)).map(|_| ())
-        }
-        Err(error) => Err(error),
-    }
+    let gate = deadline.remaining().map_err(|e| invalid(e.to_string()))?;
+    let table = partition_table(
+        tag,
+        &devices,
+        direction,
+        &scope,
+        gate,
+        comment,
+        netdev_egress_available(),
+    )
+    .map_err(invalid)?;
+    replace(ns, &[table])
 }
 
-/// Deletes the injection's table; `Ok(false)` when there was none.
-pub fn remove(ns: &Netns, tag: &InjectionTag) -> io::Result<bool> {
-    let name = tag.nft_table();
-    // One process in the common case: the table is where apply puts it.
-    match ns.command("nft", &["delete", "table", "netdev", &name], None) {
-        Ok(_) => return Ok(true),
-        Err(error) if error.to_string().contains("No such file") => {}
-        Err(error) => return Err(error),
-    }
-    let mut removed = false;
-    for (family, table) in tables(ns)? {
-        if table == name {
-            ns.command("nft", &["delete", "table", &family, &table], None)?;
-            removed = true;
-        }
-    }
-    Ok(removed)
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
-/// The injections whose tables are in this namespace. Anyone else's table is not listed.
-pub fn owned(ns: &Netns) -> io::Result<Vec<InjectionTag>> {
-    Ok(tables(ns)?
-        .into_iter()
-        .filter_map(|(_, table)| InjectionTag::from_nft_table(&table))
-        .collect())
-}
-
-fn tables(ns: &Netns) -> io::Result<Vec<(String, String)>> {
-    let out = ns.command("nft", &["list", "tables"], None)?;
-    Ok(parse_tables(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// `table inet filter` lines → (family, name).
-fn parse_tables(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "table").then_some(())?;
-            Some((words.next()?.to_string(), words.next()?.to_string()))
-        })
-        .collect()
-}
-
-/// The namespace's interfaces but `lo`.
-pub fn interfaces(ns: &Netns) -> io::Result<Vec<String>> {
-    let out = ns.command("ip", &["-o", "link", "show"], None)?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            // "2: eth0@if7: <BROADCAST,...>"
-            let name = line.split(':').nth(1)?.trim();
-            let name = name.split('@').next()?;
-            (name != "lo").then(|| name.to_string())
-        })
-        .collect())
-}
-
-/// The `nft -f` text for a partition (pure). `netdev`: hooks on the devices; otherwise inet
+/// The partition's table (pure). `netdev`: hooks on the devices; otherwise inet
 /// prerouting/output.
-pub fn partition_ruleset(
-    table: &str,
+pub fn partition_table(
+    tag: &InjectionTag,
     devices: &[String],
     direction: Direction,
-    fault: &NetworkFault,
+    scope: &Scope,
+    gate: Duration,
+    comment: &Comment,
     netdev: bool,
-) -> Result<String, String> {
-    if !table.starts_with(NFT_TABLE_PREFIX) {
-        return Err(format!("{table} is not a faultline table name"));
-    }
-    let (v4, v6) = split_peers(&fault.peer_cidrs)?;
-    if v4.is_empty() && v6.is_empty() {
+) -> Result<Table, String> {
+    if !scope.has_peers() {
         return Err("a partition needs at least one peer CIDR".into());
     }
-    let ports: Vec<String> = fault.ports.iter().map(i32::to_string).collect();
-    let ports = (!ports.is_empty()).then(|| format!("{{ {} }}", ports.join(", ")));
+    let name = tag.nft_table();
+    debug_assert!(name.starts_with(NFT_TABLE_PREFIX));
+    let family = if netdev { Family::Netdev } else { Family::Inet };
+    let mut table = Table::new(family, name, Some(comment.render()));
+    let egress_drop = table.chain("egress_drop", None);
+    let ingress_drop = table.chain("ingress_drop", None);
+    let hooks: Vec<(usize, bool)> = if netdev {
+        devices
+            .iter()
+            .enumerate()
+            .flat_map(|(i, device)| {
+                let mut hook = |name: String, point| {
+                    table.chain(
+                        &name,
+                        Some(Hook {
+                            point,
+                            priority: PARTITION_PRIORITY,
+                            device: Some(device.clone()),
+                        }),
+                    )
+                };
+                let egress = hook(format!("egress{i}"), HookPoint::Egress);
+                let ingress = hook(format!("ingress{i}"), HookPoint::Ingress);
+                [(egress, true), (ingress, false)]
+            })
+            .collect()
+    } else {
+        let mut hook = |name: &str, point| {
+            table.chain(
+                name,
+                Some(Hook {
+                    point,
+                    priority: PARTITION_PRIORITY,
+                    device: None,
+                }),
+            )
+        };
+        let egress = hook("egress", HookPoint::Output);
+        let ingress = hook("ingress", HookPoint::Prerouting);
+        vec![(egress, true), (ingress, false)]
+    };
+    let gate = table.set(
+        "gate",
+        Elements::Interfaces(devices.iter().map(|d| (d.clone(), gate)).collect()),
+    );
+    let sets = scope.declare(&mut table, &[AddrFamily::V4, AddrFamily::V6]);
     let (to, from) = match direction {
         Direction::To => (true, false),
         Direction::From => (false, true),
         Direction::Both => (true, true),
     };
-    let mut egress = Vec::new();
-    let mut ingress = Vec::new();
-    for (family, peers) in [("ip", &v4), ("ip6", &v6)] {
-        if peers.is_empty() {
+    let families = [AddrFamily::V4, AddrFamily::V6];
+    let mut egress_rules = Vec::new();
+    let mut ingress_rules = Vec::new();
+    if to {
+        // Requests to the peers (to their ports) and, with ports, their replies.
+        egress_rules.extend(sets.matches(End::Destination, End::Destination, &families));
+        if sets.has_ports() {
+            ingress_rules.extend(sets.matches(End::Source, End::Source, &families));
+        }
+    }
+    if from {
+        ingress_rules.extend(sets.matches(End::Source, End::Destination, &families));
+        if sets.has_ports() {
+            egress_rules.extend(sets.matches(End::Destination, End::Source, &families));
+        }
+    }
+    // Order the rules by family as nft lists them: IPv4 first.
+    for (chain, rules) in [(egress_drop, &egress_rules), (ingress_drop, &ingress_rules)] {
+        for matches in rules {
+            table.rule(chain, matches, &[], Some(Verdict::Drop));
+        }
+    }
+    for (chain, outgoing) in hooks {
+        let (target, rules) = if outgoing {
+            ("egress_drop", &egress_rules)
+        } else {
+            ("ingress_drop", &ingress_rules)
+        };
+        if rules.is_empty() {
             continue;
         }
-        let set = format!("{{ {} }}", peers.join(", "));
-        let port = |which: &str| match &ports {
-            Some(p) => format!(" meta l4proto {{ tcp, udp }} th {which} {p}"),
-            None => String::new(),
-        };
-        if to {
-            egress.push(format!("{family} daddr {set}{} drop", port("dport")));
-            if ports.is_some() {
-                ingress.push(format!("{family} saddr {set}{} drop", port("sport")));
-            }
-        }
-        if from {
-            ingress.push(format!("{family} saddr {set}{} drop", port("dport")));
-            if ports.is_some() {
-                egress.push(format!("{family} daddr {set}{} drop", port("sport")));
-            }
-        }
+        table.rule(
+            chain,
+            &[Match::Interface {
+                outgoing,
+                set: gate.clone(),
+            }],
+            &[],
+            Some(Verdict::Jump(target.into())),
+        );
     }
-    let mut text = String::new();
-    let family = if netdev { "netdev" } else { "inet" };
-    // Declare, delete, recreate: one atomic transaction whether or not the table existed.
-    text.push_str(&format!(
-        "table {family} {table}\ndelete table {family} {table}\ntable {family} {table} {{\n"
-    ));
-    let chain =
-        |name: &str, hook: &str, device: Option<&str>, rules: &[String], text: &mut String| {
-            if rules.is_empty() {
-                return;
-            }
-            let device = device
-                .map(|d| format!(" device \"{d}\""))
-                .unwrap_or_default();
-            text.push_str(&format!(
-            "  chain {name} {{\n    type filter hook {hook}{device} priority -300; policy accept;\n"
-        ));
-            if device.is_empty() {
-                let lo = if hook == "output" {
-                    "oifname"
-                } else {
-                    "iifname"
-                };
-                text.push_str(&format!("    {lo} \"lo\" accept\n"));
-            }
-            for rule in rules {
-                text.push_str(&format!("    {rule}\n"));
-            }
-            text.push_str("  }\n");
-        };
-    if netdev {
-        for (i, device) in devices.iter().enumerate() {
-            chain(
-                &format!("egress{i}"),
-                "egress",
-                Some(device),
-                &egress,
-                &mut text,
-            );
-            chain(
-                &format!("ingress{i}"),
-                "ingress",
-                Some(device),
-                &ingress,
-                &mut text,
-            );
-        }
-    } else {
-        chain("egress", "output", None, &egress, &mut text);
-        chain("ingress", "prerouting", None, &ingress, &mut text);
-    }
-    text.push_str("}\n");
-    Ok(text)
-}
-
-fn split_peers(cidrs: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for cidr in cidrs {
-        let addr = cidr.split('/').next().unwrap_or_default();
-        match addr.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => v4.push(cidr.clone()),
-            Ok(IpAddr::V6(_)) => v6.push(cidr.clone()),
-            Err(_) => return Err(format!("{cidr} is not an address or CIDR")),
-        }
-    }
-    Ok((v4, v6))
+    Ok(table)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::nftables::Expr;
 
-    fn fault(ports: Vec<i32>) -> NetworkFault {
-        NetworkFault {
-            partition: Some(Direction::Both),
-            peer_cidrs: vec!["10.0.0.5/32".into(), "fd00::/64".into()],
-            ports,
-            ..Default::default()
+    fn tag() -> InjectionTag {
+        InjectionTag::from_uid("01234567-89ab-cdef-0123-456789abcdef").unwrap()
+    }
+
+    fn comment() -> Comment {
+        Comment {
+            pod: "p".into(),
+            until: "2026-01-01T00:00:00.000Z".into(),
+            ..Comment::default()
         }
     }
 
+    fn scope(ports: &[i32]) -> Scope {
+        Scope::parse(&["10.0.0.5/32".into(), "fd00::/64".into()], ports).unwrap()
+    }
+
+    fn rules_of<'a>(table: &'a Table, chain: &str) -> &'a Vec<Vec<Expr>> {
+        &table.chains.iter().find(|c| c.name == chain).unwrap().rules
+    }
+
     #[test]
-    fn both_directions_drop_on_every_interface_below_the_ip_stack() {
-        let text = partition_ruleset(
-            "faultline_0123456789abcdef01234567",
+    fn both_directions_gate_every_interface_and_drop_below_the_ip_stack() {
+        let t = partition_table(
+            &tag(),
             &["eth0".into()],
             Direction::Both,
-            &fault(vec![]),
+            &scope(&[]),
+            Duration::from_secs(60),
+            &comment(),
             true,
         )
         .unwrap();
-        assert!(text.starts_with("table netdev faultline_0123456789abcdef01234567\ndelete table"));
-        assert!(text.contains("type filter hook egress device \"eth0\" priority -300"));
-        assert!(text.contains("ip daddr { 10.0.0.5/32 } drop"));
-        assert!(text.contains("ip saddr { 10.0.0.5/32 } drop"));
-        assert!(text.contains("ip6 daddr { fd00::/64 } drop"));
+        assert_eq!(t.family, Family::Netdev);
+        assert_eq!(t.name, "faultline_0123456789abcdef01234567");
+        // v4 and v6 peers, each one rule per direction.
+        assert_eq!(rules_of(&t, "egress_drop").len(), 2);
+        assert_eq!(rules_of(&t, "ingress_drop").len(), 2);
+        // The base chains reach the drops only through the gate.
+        for chain in ["egress0", "ingress0"] {
+            let rules = rules_of(&t, chain);
+            assert_eq!(rules.len(), 1);
+            assert!(matches!(rules[0][1], Expr::Lookup(ref s) if s.name == "gate"));
+        }
+        let gate = t.sets.iter().find(|s| s.name == "gate").unwrap();
+        assert_eq!(
+            gate.elements,
+            Elements::Interfaces(vec![("eth0".into(), Duration::from_secs(60))])
+        );
     }
 
     #[test]
-    fn to_with_ports_drops_requests_and_their_replies_only() {
-        let text = partition_ruleset(
-            "faultline_0123456789abcdef01234567",
+    fn to_without_ports_leaves_arriving_packets_alone_and_with_ports_drops_replies() {
+        let t = partition_table(
+            &tag(),
             &["eth0".into()],
             Direction::To,
-            &fault(vec![5432]),
+            &scope(&[]),
+            Duration::from_secs(60),
+            &comment(),
             true,
         )
         .unwrap();
-        assert!(
-            text.contains(
-                "ip daddr { 10.0.0.5/32 } meta l4proto { tcp, udp } th dport { 5432 } drop"
-            )
-        );
-        assert!(
-            text.contains(
-                "ip saddr { 10.0.0.5/32 } meta l4proto { tcp, udp } th sport { 5432 } drop"
-            )
-        );
-        assert!(
-            !text.contains("th dport { 5432 } drop\n    ip saddr"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn to_without_ports_leaves_arriving_packets_alone() {
-        let text = partition_ruleset(
-            "faultline_0123456789abcdef01234567",
+        assert!(rules_of(&t, "ingress_drop").is_empty());
+        assert!(rules_of(&t, "ingress0").is_empty());
+        let t = partition_table(
+            &tag(),
             &["eth0".into()],
             Direction::To,
-            &fault(vec![]),
+            &scope(&[5432]),
+            Duration::from_secs(60),
+            &comment(),
             true,
         )
         .unwrap();
-        assert!(!text.contains("ingress"), "{text}");
+        assert_eq!(rules_of(&t, "ingress_drop").len(), 2);
     }
 
     #[test]
-    fn the_inet_fallback_spares_loopback_and_foreign_names_are_refused() {
-        let text = partition_ruleset(
-            "faultline_0123456789abcdef01234567",
-            &["eth0".into()],
+    fn the_inet_fallback_gates_on_interface_names_so_loopback_is_spared() {
+        let t = partition_table(
+            &tag(),
+            &["eth0".into(), "net1".into()],
             Direction::From,
-            &fault(vec![]),
+            &scope(&[]),
+            Duration::from_secs(5),
+            &comment(),
             false,
         )
         .unwrap();
-        assert!(text.contains("hook prerouting priority -300"));
-        assert!(text.contains("iifname \"lo\" accept"));
-        assert!(partition_ruleset("filter", &[], Direction::To, &fault(vec![]), true).is_err());
-        let mut bad = fault(vec![]);
-        bad.peer_cidrs = vec!["not-an-ip".into()];
+        assert_eq!(t.family, Family::Inet);
+        let hooks: Vec<_> = t
+            .chains
+            .iter()
+            .filter_map(|c| c.hook.as_ref().map(|h| h.point))
+            .collect();
+        assert_eq!(hooks, vec![HookPoint::Output, HookPoint::Prerouting]);
+        let gate = t.sets.iter().find(|s| s.name == "gate").unwrap();
+        assert!(matches!(&gate.elements, Elements::Interfaces(i) if i.len() == 2));
+    }
+
+    #[test]
+    fn a_partition_without_peers_is_refused() {
+        let none = Scope::parse(&[], &[80]).unwrap();
         assert!(
-            partition_ruleset(
-                "faultline_0123456789abcdef01234567",
+            partition_table(
+                &tag(),
                 &[],
                 Direction::To,
-                &bad,
+                &none,
+                Duration::from_secs(1),
+                &comment(),
                 true
             )
             .is_err()
@@ -328,10 +481,14 @@ mod tests {
     }
 
     #[test]
-    fn table_listings_parse() {
-        let tables =
-            parse_tables("table inet filter\ntable netdev faultline_0123456789abcdef01234567\n");
-        assert_eq!(tables.len(), 2);
-        assert_eq!(tables[1].0, "netdev");
+    fn comments_round_trip() {
+        let c = Comment {
+            pod: "0f3c-uid".into(),
+            until: "2026-01-01T00:00:00.000Z".into(),
+            port: Some("veth3".into()),
+            qdisc: Some("eth0".into()),
+        };
+        assert_eq!(Comment::parse(&c.render()), Some(c));
+        assert_eq!(Comment::parse("someone else's"), None);
     }
 }

@@ -1,49 +1,90 @@
-//! Revert verification: a snapshot of a namespace's rules before a fault, compared with one
-//! taken after its revert. What differs is the residue (`residualRules` in the injection's
-//! status); a clean revert leaves none.
+//! Revert verification: what a fault's namespaces held before it (a snapshot kept in the
+//! journal), compared with what they hold after its revert. Only what belongs to the injection
+//! being judged counts: its own tables and chains (named with its tag), and, for a qdisc fault,
+//! our root qdisc on the interfaces it used. Another experiment's fault on the same pod, or a
+//! CNI rewriting its own rules meanwhile, is not this injection's residue.
 //!
-//! A snapshot is the nftables ruleset, the iptables and ip6tables rules (without counters) and
-//! every interface's qdiscs (without statistics), as text. Tables the sandbox programs for its
-//! Services (`flsbx_services`: its kube-proxy stand-in, rewritten whenever endpoints change)
-//! are left out, as a real node's kube-proxy rules would be (they live in the node's namespace).
+//! A snapshot lists, through netlink (no process), every nftables table of the pod's namespace
+//! and of the node's (name and family) and every root qdisc (kind, handle, interface) of the
+//! pod's namespace and of the pod's veth on the node; the iptables fallback adds its `FL-`
+//! chains (that one runs `iptables-save`, as its rules do).
 
 use std::collections::BTreeMap;
+use std::io;
 
 use super::netns::Netns;
-
-/// Tables whose contents change on their own and are not the agent's business.
-const IGNORED_NFT_TABLES: &[&str] = &["flsbx_services"];
+use super::tag::InjectionTag;
+use super::{nftables, tc};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     lines: Vec<String>,
 }
 
-/// Takes a snapshot of the namespace's rules. A tool that is not installed contributes nothing.
-pub fn snapshot(ns: &Netns) -> std::io::Result<Snapshot> {
-    ns.run(|| {
-        let mut lines = Vec::new();
-        if let Ok(out) = super::netns::run_command("nft", &["list", "ruleset"], None) {
-            lines.extend(normalise_nft(&String::from_utf8_lossy(&out.stdout)));
+/// Where to look: the pod's namespace, and the node's with the pod's veth there (when known).
+pub struct Places<'a> {
+    pub pod: &'a Netns,
+    pub node: Option<(&'a Netns, Option<&'a str>)>,
+    /// Include iptables chains (the fallback mechanisms).
+    pub iptables: bool,
+}
+
+/// Takes a snapshot.
+pub fn snapshot(places: &Places<'_>) -> io::Result<Snapshot> {
+    let mut lines = Vec::new();
+    lines.extend(lines_of("pod", places.pod, None, places.iptables)?);
+    if let Some((node, veth)) = places.node {
+        lines.extend(lines_of("node", node, Some(veth), places.iptables)?);
+    }
+    lines.sort();
+    Ok(Snapshot { lines })
+}
+
+/// `only_interface`: `Some(veth)` restricts qdiscs to that interface (the node has many;
+/// `Some(None)`: none of them).
+fn lines_of(
+    place: &str,
+    ns: &Netns,
+    only_interface: Option<Option<&str>>,
+    iptables: bool,
+) -> io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let tables = nftables::with_socket(ns, |socket| socket.tables())?;
+    for table in tables {
+        lines.push(format!(
+            "{place}: nft table {} {}",
+            table.family.name(),
+            table.name
+        ));
+    }
+    let roots = tc::root_qdiscs(ns)?;
+    for (ifname, root) in roots {
+        if let Some(only) = only_interface
+            && only != Some(ifname.as_str())
+        {
+            continue;
         }
+        if root.is_default() {
+            continue;
+        }
+        lines.push(format!("{place}: tc root {root} on {ifname}"));
+    }
+    if iptables {
         for tool in ["iptables-save", "ip6tables-save"] {
-            if let Ok(out) = super::netns::run_command(tool, &[], None) {
-                lines.extend(normalise_iptables(
-                    tool,
-                    &String::from_utf8_lossy(&out.stdout),
-                ));
+            if let Ok(out) = ns.command(tool, &[], None) {
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    if let Some(chain) = line
+                        .strip_prefix(':')
+                        .and_then(|l| l.split_whitespace().next())
+                        && chain.starts_with(super::tag::IPTABLES_CHAIN_PREFIX)
+                    {
+                        lines.push(format!("{place}: {tool} chain {chain}"));
+                    }
+                }
             }
         }
-        if let Ok(out) = super::netns::run_command("tc", &["qdisc", "show"], None) {
-            lines.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(|l| format!("tc: {}", l.trim())),
-            );
-        }
-        Snapshot { lines }
-    })
+    }
+    Ok(lines)
 }
 
 impl Snapshot {
@@ -59,121 +100,76 @@ impl Snapshot {
     }
 }
 
-/// Lines present after and not before (as a multiset), i.e. what the fault left behind.
-pub fn residual(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+/// What `tag`'s fault left behind: lines present after and not before (as a multiset) that
+/// are its own: naming its tag, or (`qdisc`: it installed our root qdisc) an `fa17:` root.
+pub fn residual(
+    before: &Snapshot,
+    after: &Snapshot,
+    tag: &InjectionTag,
+    qdisc: bool,
+) -> Vec<String> {
     let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
     for line in &before.lines {
         *counts.entry(line).or_default() += 1;
     }
+    let table = tag.nft_table();
+    let chain = tag.iptables_chain();
+    let ours = |line: &str| {
+        line.split_whitespace()
+            .any(|word| word == table || word == chain)
+            || (qdisc && line.contains(" tc root ") && line.contains(" fa17: "))
+    };
     let mut left = Vec::new();
     for line in &after.lines {
         let count = counts.entry(line).or_default();
         if *count > 0 {
             *count -= 1;
-        } else {
+        } else if ours(line) {
             left.push(line.clone());
         }
     }
     left
 }
 
-fn normalise_nft(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut table = String::new();
-    let mut ignored = false;
-    for raw in text.lines() {
-        let line = raw.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if raw.starts_with("table ") {
-            table = line.trim_end_matches(" {").to_string();
-            ignored = IGNORED_NFT_TABLES
-                .iter()
-                .any(|t| table.ends_with(&format!(" {t}")));
-        }
-        if ignored {
-            continue;
-        }
-        // Handles and counters change without anyone changing a rule.
-        let line = strip_after(line, " # handle ");
-        let line = strip_counters(&line);
-        out.push(format!("nft: {table}: {line}"));
-    }
-    out
-}
-
-fn strip_after(line: &str, marker: &str) -> String {
-    line.split(marker).next().unwrap_or(line).to_string()
-}
-
-fn strip_counters(line: &str) -> String {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        if words[i] == "counter" && words.get(i + 1) == Some(&"packets") {
-            out.push("counter");
-            i += 5;
-            continue;
-        }
-        out.push(words[i]);
-        i += 1;
-    }
-    out.join(" ")
-}
-
-fn normalise_iptables(tool: &str, text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty() && l.trim() != "COMMIT")
-        .map(|l| {
-            // ":CHAIN POLICY [packets:bytes]" → without the counters.
-            let l = match l.rfind(" [") {
-                Some(at) if l.starts_with(':') => &l[..at],
-                _ => l,
-            };
-            format!("{tool}: {l}")
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn snap(lines: &[&str]) -> Snapshot {
+        Snapshot {
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    const TAG_UID: &str = "0f3c2a9e-7b1d-4c55-9a0e-2b6f8d4e1a37";
+
     #[test]
-    fn counters_handles_and_ignored_tables_do_not_make_a_residue() {
-        let before = Snapshot {
-            lines: normalise_nft(
-                "table inet filter {\n\tchain input {\n\t\tcounter packets 1 bytes 60 accept # handle 3\n\t}\n}\ntable ip flsbx_services {\n\tchain output {\n\t\tip daddr 10.96.0.1 dnat to 10.244.0.2\n\t}\n}\n",
-            ),
-        };
-        let after = Snapshot {
-            lines: normalise_nft(
-                "table inet filter {\n\tchain input {\n\t\tcounter packets 9 bytes 900 accept # handle 3\n\t}\n}\ntable ip flsbx_services {\n\tchain output {\n\t\tip daddr 10.96.0.1 dnat to 10.244.0.9\n\t}\n}\n",
-            ),
-        };
-        assert_eq!(residual(&before, &after), Vec::<String>::new());
+    fn another_injections_rules_and_foreign_changes_are_not_this_ones_residue() {
+        let tag = InjectionTag::from_uid(TAG_UID).unwrap();
+        let before = snap(&["pod: nft table inet filter"]);
+        // Meanwhile another experiment partitioned the pod, and a CNI added a table.
+        let after = snap(&[
+            "pod: nft table inet filter",
+            "pod: nft table netdev faultline_aaaaaaaaaaaaaaaaaaaaaaaa",
+            "pod: nft table inet cni_rules",
+        ]);
+        assert_eq!(residual(&before, &after, &tag, false), Vec::<String>::new());
+        assert_eq!(residual(&before, &after, &tag, true), Vec::<String>::new());
     }
 
     #[test]
-    fn a_rule_left_behind_is_the_residue() {
-        let before = Snapshot {
-            lines: normalise_iptables("iptables-save", "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"),
-        };
-        let after = Snapshot {
-            lines: normalise_iptables(
-                "iptables-save",
-                "*filter\n:INPUT ACCEPT [5:300]\n:FL-0123 - [0:0]\n-A INPUT -j FL-0123\nCOMMIT\n",
-            ),
-        };
+    fn its_own_table_or_its_qdisc_left_behind_is_the_residue() {
+        let tag = InjectionTag::from_uid(TAG_UID).unwrap();
+        let before = snap(&[]);
+        let after = snap(&[
+            "node: nft table ip faultline_0f3c2a9e7b1d4c559a0e2b6f",
+            "pod: tc root htb fa17: on eth0",
+        ]);
         assert_eq!(
-            residual(&before, &after),
-            vec![
-                "iptables-save: :FL-0123 -".to_string(),
-                "iptables-save: -A INPUT -j FL-0123".to_string()
-            ]
+            residual(&before, &after, &tag, false),
+            vec!["node: nft table ip faultline_0f3c2a9e7b1d4c559a0e2b6f".to_string()]
         );
+        assert_eq!(residual(&before, &after, &tag, true).len(), 2);
         let text = after.to_text();
         assert_eq!(Snapshot::from_text(&text).unwrap(), after);
     }

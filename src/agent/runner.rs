@@ -1,32 +1,55 @@
 //! The agent process: watches the FaultInjections for its node(s), converges the kernel to
 //! them through a [`Kernel`], and reports in their status.
 //!
-//! One loop, one thing at a time: wake on a watch event, a deadline, or a periodic resync;
-//! plan ([`converge::plan`]); act; repeat. Deadlines come from the journal, so they fire even
-//! while the API server is unreachable; nothing else needs it.
+//! One loop: wake on a watch event, a deadline, or a periodic resync; plan
+//! ([`converge::plan`]); act; repeat. Deadlines come from the journal, so they fire even while
+//! the API server is unreachable; and the kernel enforces each deadline itself (see
+//! [`super::deadline`]), so they hold even while no agent runs.
+//!
+//! Acting, in order:
+//! 1. finalizers and the statuses of what will not be applied;
+//! 2. entries of pods that are gone (stale entries, possibly many after a long absence): one
+//!    sweep of the node's namespace and one journal write for all of them;
+//! 3. the rest, per pod, pods in parallel (at most [`PARALLEL_PODS`] at once, pods with new
+//!    faults first): a pod's reverts in one pass, then its applies. What is about to be
+//!    applied is in the journal (one write) before any of it starts.
+//!
+//! On SIGTERM the agent stops and leaves the faults in place: a rolling update must not end
+//! experiments early, and the next agent adopts them from the journal and the kernel (it
+//! re-applies each once, with the time left). If no agent comes back (an uninstall), every
+//! fault still ends at its deadline, by the kernel; see the README's safety model.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
 
 use super::converge::{self, Action, LiveInjection, RevertReason};
+use super::deadline::Deadline;
 use super::journal::{Journal, JournalEntry};
-use super::kernel::{Kernel, KernelError, Mechanism};
+use super::kernel::{Kernel, KernelError, Mechanism, QueueCounts, RevertItem};
 use super::tag::InjectionTag;
 use super::telemetry::AgentMetrics;
-use super::writeback::{self, key_of, live_injection, tag_of};
+use super::writeback::{self, StatusChange, StatusWriter, key_of, live_injection, tag_of};
 use crate::api::{FaultInjection, InjectionPhase, NODE_LABEL};
+
+/// How many pods the agent changes at once.
+pub const PARALLEL_PODS: usize = 8;
+/// How many status writes go out at once.
+const PARALLEL_WRITES: usize = 16;
+/// Entries of gone pods drained per step (a backlog takes several steps, one after another).
+const DRAIN_CHUNK: usize = 20_000;
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -42,6 +65,10 @@ pub struct AgentConfig {
 /// Runs the agent until `shutdown` resolves. Faults stay in place on shutdown (a restarted
 /// agent picks them up from the journal; deadlines still hold): stopping the agent must not
 /// end experiments early, and its deadlines make sure it cannot make them last longer.
+///
+/// Without a usable journal the agent is not ready (`/readyz` and the node's capability
+/// annotation say why), refuses the injections for its nodes with that reason, and tries the
+/// journal again every resync.
 pub async fn run<K: Kernel>(
     client: Client,
     kernel: Arc<K>,
@@ -49,42 +76,72 @@ pub async fn run<K: Kernel>(
     metrics: AgentMetrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let journal = Journal::open(&config.journal_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the agent journal in {}: {e} (the agent needs a writable directory there: a hostPath in production)",
-            config.journal_dir.display()
-        )
-    })?;
+    tokio::pin!(shutdown);
+    let statuses = StatusWriter::new(client.clone());
+    let mut publisher: Option<tokio::task::JoinHandle<()>> = None;
+    let mut publish = |value: String| {
+        if let Some(previous) = publisher.take() {
+            previous.abort();
+        }
+        publisher = Some(tokio::spawn(writeback::publish_capabilities(
+            client.clone(),
+            config.nodes.clone(),
+            value,
+        )));
+    };
+    let mut refused_for: Option<String> = None;
+    let journal = loop {
+        match Journal::open(&config.journal_dir) {
+            Ok(journal) => break journal,
+            Err(error) => {
+                let reason = format!(
+                    "{error} (the agent needs a writable directory there: a hostPath in production)"
+                );
+                if refused_for.as_deref() != Some(&reason) {
+                    tracing::error!(%reason, "the node agent cannot record faults; it is not ready and applies nothing");
+                    metrics.set_not_ready(reason.clone());
+                    publish(format!("none (agent not ready: {reason})"));
+                    refused_for = Some(reason.clone());
+                }
+                refuse_injections(&statuses, &config.nodes, &reason).await;
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(config.resync) => {}
+                }
+            }
+        }
+    };
+    let opened = journal.opened().clone();
     let mut agent = Agent {
-        client: client.clone(),
-        api: Api::all(client.clone()),
         kernel,
         journal,
         confirmed: BTreeSet::new(),
-        reported_bypass: BTreeMap::new(),
-        metrics,
+        reported: BTreeMap::new(),
+        count_base: BTreeMap::new(),
+        metrics: metrics.clone(),
+        statuses,
     };
     tracing::info!(
         nodes = ?config.nodes,
         journal_entries = agent.journal.len(),
+        journal_lines = opened.lines,
+        kept_aside = ?opened.kept_aside,
         capabilities = %agent.kernel.capabilities().annotation(),
         "agent starting"
     );
     // Deadlines first, before anything that needs the API server.
+    let started = std::time::Instant::now();
     agent.step(None).await;
-
-    tokio::spawn(writeback::publish_capabilities(
-        client.clone(),
-        config.nodes.clone(),
-        agent.kernel.capabilities().annotation(),
-    ));
+    tracing::info!(took = ?started.elapsed(), journal_entries = agent.journal.len(), "journal replayed and drained");
+    metrics.set_ready();
+    publish(agent.kernel.capabilities().annotation());
 
     let selector = format!("{NODE_LABEL} in ({})", config.nodes.join(","));
     let (store, writer) = reflector::store();
     let changed = Arc::new(Notify::new());
     let (healthy_tx, healthy) = watch::channel(false);
     tokio::spawn(watch_injections(
-        agent.api.clone(),
+        Api::all(client.clone()),
         selector,
         writer,
         changed.clone(),
@@ -92,7 +149,6 @@ pub async fn run<K: Kernel>(
     ));
 
     let mut orphans_checked = false;
-    tokio::pin!(shutdown);
     loop {
         let api_healthy = *healthy.borrow();
         let live = if api_healthy && store.wait_until_ready().await.is_ok() {
@@ -115,9 +171,44 @@ pub async fn run<K: Kernel>(
     }
     tracing::info!(
         journal_entries = agent.journal.len(),
-        "agent stopping; applied faults stay until their injections end or expire"
+        "agent stopping; applied faults stay until their injections end or expire (the kernel ends each at its deadline)"
     );
     Ok(())
+}
+
+/// Marks the injections for `nodes` that are waiting for this agent as Failed with `reason`.
+async fn refuse_injections(statuses: &StatusWriter, nodes: &[String], reason: &str) {
+    let api: Api<FaultInjection> = Api::all(statuses.client().clone());
+    let selector = format!("{NODE_LABEL} in ({})", nodes.join(","));
+    let Ok(list) = api.list(&ListParams::default().labels(&selector)).await else {
+        return;
+    };
+    for injection in list.items {
+        let status = injection.status.clone().unwrap_or_default();
+        let waiting = injection.metadata.deletion_timestamp.is_none()
+            && (status.phase == InjectionPhase::Pending
+                || status.observed_generation != injection.metadata.generation)
+            && !(status.phase == InjectionPhase::Failed
+                && status
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(reason)));
+        if waiting {
+            let message = format!(
+                "the node agent cannot record faults, so it applies none: {reason}. Fix the agent's journal directory; the agent retries by itself"
+            );
+            statuses
+                .write(
+                    &injection,
+                    StatusChange::phase(
+                        InjectionPhase::Failed,
+                        injection.metadata.generation,
+                        message,
+                    ),
+                )
+                .await;
+        }
+    }
 }
 
 async fn watch_injections(
@@ -148,31 +239,63 @@ async fn watch_injections(
     }
 }
 
-/// Writes the node's capabilities where the controller reads them, retrying until it works.
 struct Agent<K> {
-    client: Client,
-    api: Api<FaultInjection>,
     kernel: Arc<K>,
     journal: Journal,
     /// Tags (re)applied by this process: journal entries from a previous run are re-applied
     /// once so the kernel holds exactly what the injections say (and NFQUEUE workers run).
     confirmed: BTreeSet<InjectionTag>,
-    reported_bypass: BTreeMap<InjectionTag, u64>,
+    /// Packet counts last written to each injection's status.
+    reported: BTreeMap<InjectionTag, QueueCounts>,
+    /// Counts an earlier agent reported, added to ours (the kernel's counting restarts with
+    /// each agent).
+    count_base: BTreeMap<InjectionTag, QueueCounts>,
     metrics: AgentMetrics,
+    statuses: StatusWriter,
+}
+
+/// One injection to apply.
+struct ApplyJob {
+    injection: Arc<FaultInjection>,
+    tag: InjectionTag,
+    mechanism: Mechanism,
+    entry: JournalEntry,
+    /// The fault was applied by an earlier run (or generation) already.
+    was_applied: bool,
+}
+
+/// One injection to revert.
+struct RevertJob {
+    item: RevertItem,
+    reason: RevertReason,
+    injection: Option<Arc<FaultInjection>>,
+}
+
+/// Everything to do in one pod.
+#[derive(Default)]
+struct PodWork {
+    reverts: Vec<RevertJob>,
+    applies: Vec<ApplyJob>,
+}
+
+/// What a pod's task did, for the journal.
+#[derive(Default)]
+struct PodOutcome {
+    /// Reverted (or never applied, or gone): forget.
+    forget: Vec<InjectionTag>,
+    /// Applied: record (with mechanism and baseline) and mark confirmed.
+    applied: Vec<JournalEntry>,
 }
 
 impl<K: Kernel> Agent<K> {
     /// Plans and acts once; returns the next deadline.
-    async fn step(
-        &mut self,
-        live: Option<&[Arc<FaultInjection>]>,
-    ) -> Option<chrono::DateTime<Utc>> {
+    async fn step(&mut self, live: Option<&[Arc<FaultInjection>]>) -> Option<DateTime<Utc>> {
         let now = Utc::now();
         let live_view: Option<Vec<LiveInjection>> =
             live.map(|l| l.iter().filter_map(|i| live_injection(i)).collect());
         let applied: Vec<converge::Applied> = self
             .journal
-            .entries()
+            .heads()
             .filter_map(|e| {
                 let tag = e.tag()?;
                 Some(converge::Applied {
@@ -184,64 +307,109 @@ impl<K: Kernel> Agent<K> {
                 })
             })
             .collect();
+        let t0 = std::time::Instant::now();
         let gone = self.gone_pods(&applied, live_view.as_deref()).await;
+        let t1 = std::time::Instant::now();
         let plan = converge::plan(now, live_view.as_deref(), &applied, &gone);
+        tracing::debug!(gone = ?(t1 - t0), plan = ?t1.elapsed(), entries = applied.len(), "planned");
         let by_key: BTreeMap<String, &Arc<FaultInjection>> = live
             .unwrap_or_default()
             .iter()
             .map(|i| (key_of(i), i))
             .collect();
+        let by_tag: BTreeMap<InjectionTag, &Arc<FaultInjection>> = live
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| Some((tag_of(i)?, i)))
+            .collect();
+
+        let mut reverts = Vec::new();
+        let mut applies = Vec::new();
+        let mut quick = Vec::new();
         for action in plan.actions {
             match action {
-                Action::Revert { tag, reason } => {
-                    let injection = live
-                        .unwrap_or_default()
-                        .iter()
-                        .find(|i| tag_of(i).as_ref() == Some(&tag))
-                        .cloned();
-                    self.revert(&tag, reason, injection.as_deref()).await;
-                }
-                Action::AddFinalizer { key } => {
-                    if let Some(injection) = by_key.get(&key) {
-                        writeback::set_finalizer(&self.client, injection, true).await;
-                    }
-                }
-                Action::Apply { key } => {
-                    if let Some(injection) = by_key.get(&key) {
-                        self.apply(injection).await;
-                    }
-                }
-                Action::ReportNotApplied { key, reason } => {
-                    if let Some(injection) = by_key.get(&key) {
-                        let phase = match reason {
-                            RevertReason::Expired => InjectionPhase::Reverted,
-                            _ => InjectionPhase::Failed,
-                        };
-                        let message = match reason {
-                            RevertReason::Expired => "expired before it was applied".to_string(),
-                            _ => format!(
-                                "target pod {} ({}) is not running on this node: {}",
-                                injection.spec.target.name,
-                                injection.spec.target.uid,
-                                reason.describe()
+                Action::Revert { tag, reason } => reverts.push((tag, reason)),
+                Action::Apply { key } => applies.extend(by_key.get(&key).map(|i| Arc::clone(i))),
+                other => quick.push(other),
+            }
+        }
+        self.quick_actions(quick, &by_key).await;
+        // Entries of gone pods (possibly a large backlog) are drained in chunks, after the
+        // new faults unless the journal needs the room first: a backlog never delays an apply.
+        let (stale, reverts): (Vec<_>, Vec<_>) = reverts.into_iter().partition(|(tag, _)| {
+            self.journal
+                .head(tag)
+                .is_some_and(|h| gone.contains(&h.pod_uid))
+        });
+        let room_first = self.journal.len() + applies.len() > super::journal::MAX_ENTRIES;
+        let mut backlog = false;
+        if room_first {
+            // All of it: new faults need the room now.
+            backlog = self.drain_gone(stale.clone(), usize::MAX, &by_tag).await;
+        }
+        self.per_pod(reverts, applies, &by_tag).await;
+        if !room_first {
+            backlog = self.drain_gone(stale, DRAIN_CHUNK, &by_tag).await;
+        }
+        if let Some(live) = live {
+            self.report_counts(live).await;
+        }
+        self.metrics.set_active(self.journal.len());
+        if backlog {
+            // More of the backlog right away.
+            return Some(Utc::now());
+        }
+        plan.next_deadline
+    }
+
+    /// Finalizers, and statuses of what will not be applied: concurrently.
+    async fn quick_actions(
+        &self,
+        actions: Vec<Action>,
+        by_key: &BTreeMap<String, &Arc<FaultInjection>>,
+    ) {
+        let writes = actions.into_iter().filter_map(|action| {
+            let statuses = self.statuses.clone();
+            let (key, work) = match action {
+                Action::AddFinalizer { key } => (key, Work::Finalizer(true)),
+                Action::RemoveFinalizer { key } => (key, Work::Finalizer(false)),
+                Action::ReportNotApplied { key, reason } => (key, Work::NotApplied(reason)),
+                _ => return None,
+            };
+            let injection = Arc::clone(by_key.get(&key)?);
+            Some(async move {
+                match work {
+                    Work::Finalizer(present) => statuses.set_finalizer(&injection, present).await,
+                    Work::NotApplied(reason) => {
+                        let (phase, message) = match reason {
+                            RevertReason::Expired => (
+                                InjectionPhase::Reverted,
+                                "expired before it was applied".to_string(),
+                            ),
+                            _ => (
+                                InjectionPhase::Failed,
+                                format!(
+                                    "target pod {} ({}) is not running on this node: {}",
+                                    injection.spec.target.name,
+                                    injection.spec.target.uid,
+                                    reason.describe()
+                                ),
                             ),
                         };
-                        writeback::write_status(&self.client, injection, phase, message, |_| {})
+                        statuses
+                            .write(
+                                &injection,
+                                StatusChange::phase(phase, injection.metadata.generation, message),
+                            )
                             .await;
                     }
                 }
-                Action::RemoveFinalizer { key } => {
-                    if let Some(injection) = by_key.get(&key) {
-                        writeback::set_finalizer(&self.client, injection, false).await;
-                    }
-                }
-            }
-        }
-        if let Some(live) = live {
-            self.report_bypass(live).await;
-        }
-        self.metrics.set_active(self.journal.len());
-        plan.next_deadline
+            })
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect::<Vec<()>>()
+            .await;
     }
 
     async fn gone_pods(
@@ -253,7 +421,7 @@ impl<K: Kernel> Agent<K> {
         uids.extend(
             live.unwrap_or_default()
                 .iter()
-                .filter(|i| !i.deleting && self.journal.get(&i.tag).is_none())
+                .filter(|i| !i.deleting && self.journal.head(&i.tag).is_none())
                 .map(|i| i.pod_uid.clone()),
         );
         if uids.is_empty() {
@@ -265,197 +433,218 @@ impl<K: Kernel> Agent<K> {
             .unwrap_or_default()
     }
 
-    async fn apply(&mut self, injection: &FaultInjection) {
-        let Some(tag) = tag_of(injection) else { return };
-        let fault = injection.spec.fault.clone();
-        let mechanism = match self.kernel.capabilities().mechanism_for(&fault) {
-            Ok(m) => m,
-            Err(why) => {
-                writeback::write_status(
-                    &self.client,
-                    injection,
-                    InjectionPhase::Failed,
-                    why,
-                    |_| {},
-                )
-                .await;
-                return;
-            }
-        };
-        let previous = self.journal.get(&tag).cloned();
-        let mut entry = JournalEntry {
-            tag: tag.to_string(),
-            injection: key_of(injection),
-            injection_uid: injection.uid().unwrap_or_default(),
-            pod_uid: injection.spec.target.uid.clone(),
-            fault: fault.clone(),
-            expires_at: injection.spec.expires_at,
-            generation: injection.metadata.generation,
-            mechanism: previous.as_ref().and_then(|p| p.mechanism.clone()),
-            baseline: previous.as_ref().and_then(|p| p.baseline.clone()),
-            applied_at: previous.as_ref().and_then(|p| p.applied_at),
-        };
-        // Intent before action: a crash in the middle still leaves a record to revert.
-        if let Err(error) = self.journal.record(entry.clone()) {
-            let message =
-                format!("cannot write the agent journal, so the fault is not applied: {error}");
-            writeback::write_status(
-                &self.client,
-                injection,
-                InjectionPhase::Failed,
-                message,
-                |_| {},
-            )
-            .await;
-            return;
+    /// Reverts entries of pods that are gone, at most `chunk` of them, in one sweep and one
+    /// journal write. Returns whether more are left.
+    async fn drain_gone(
+        &mut self,
+        stale: Vec<(InjectionTag, RevertReason)>,
+        chunk: usize,
+        by_tag: &BTreeMap<InjectionTag, &Arc<FaultInjection>>,
+    ) -> bool {
+        let backlog = stale.len() > chunk;
+        let stale: Vec<(String, InjectionTag, RevertReason)> = stale
+            .into_iter()
+            .take(chunk)
+            .filter_map(|(tag, reason)| {
+                Some((self.journal.head(&tag)?.pod_uid.clone(), tag, reason))
+            })
+            .collect();
+        if stale.is_empty() {
+            return backlog;
         }
-        let kernel = self.kernel.clone();
-        let pod_uid = entry.pod_uid.clone();
-        let tag_for_apply = tag.clone();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            kernel.apply(&pod_uid, &tag_for_apply, &fault, mechanism)
-        })
-        .await
-        .unwrap_or_else(|e| Err(KernelError::Failed(format!("apply panicked: {e}"))));
-        match result {
-            Ok(applied) => {
-                self.metrics
-                    .observe_apply(applied.mechanism.name(), started.elapsed());
-                entry.mechanism = Some(applied.mechanism.name().to_string());
-                if entry.baseline.is_none() {
-                    entry.baseline = applied.baseline.clone();
-                }
-                let applied_at = *entry.applied_at.get_or_insert_with(Utc::now);
-                if let Err(error) = self.journal.record(entry) {
-                    tracing::error!(%error, %tag, "cannot update the journal after applying");
-                }
-                self.confirmed.insert(tag.clone());
-                tracing::info!(injection = %key_of(injection), %tag, mechanism = applied.mechanism.name(), "fault applied");
-                let mechanism = applied.mechanism.name().to_string();
-                writeback::write_status(
-                    &self.client,
-                    injection,
-                    InjectionPhase::Applied,
-                    applied.message,
-                    |s| {
-                        s.mechanism = Some(mechanism);
-                        s.applied_at = Some(applied_at);
-                        s.reverted_at = None;
-                        s.residual_rules = None;
-                        s.residual.clear();
-                    },
-                )
-                .await;
-            }
-            Err(error) => {
-                tracing::warn!(injection = %key_of(injection), %tag, %error, "fault not applied");
-                // Clean whatever a partial apply left, then forget it.
-                let kernel = self.kernel.clone();
-                let pod_uid = injection.spec.target.uid.clone();
-                let tag_for_revert = tag.clone();
-                let cleaned = tokio::task::spawn_blocking(move || {
-                    kernel.revert(&pod_uid, &tag_for_revert, Some(mechanism), None)
-                })
-                .await;
-                if matches!(cleaned, Ok(Ok(_)) | Ok(Err(KernelError::TargetGone(_)))) {
-                    let _ = self.journal.forget(&tag);
-                    self.confirmed.remove(&tag);
-                }
-                let message = match &error {
-                    KernelError::TargetGone(m) => format!(
-                        "{m}: the target pod {} is gone or not on this node (a replacement pod is not followed)",
-                        injection.spec.target.name
-                    ),
-                    other => other.to_string(),
-                };
-                writeback::write_status(
-                    &self.client,
-                    injection,
-                    InjectionPhase::Failed,
-                    message,
-                    |s| {
-                        s.mechanism = Some(mechanism.name().to_string());
-                    },
-                )
-                .await;
-            }
+        let kernel = self.kernel.clone();
+        let items: Vec<(String, InjectionTag)> = stale
+            .iter()
+            .map(|(pod, tag, _)| (pod.clone(), tag.clone()))
+            .collect();
+        let swept = tokio::task::spawn_blocking(move || kernel.revert_gone(&items))
+            .await
+            .unwrap_or_else(|e| Err(KernelError::Failed(format!("sweep panicked: {e}"))));
+        if let Err(error) = swept {
+            tracing::error!(%error, entries = stale.len(), "cannot sweep the node's namespace for gone pods' rules; retrying at the next resync");
+            return false;
         }
+        let tags: Vec<InjectionTag> = stale.iter().map(|(_, tag, _)| tag.clone()).collect();
+        if let Err(error) = self.journal.forget_many(&tags) {
+            tracing::error!(%error, "cannot update the journal after the sweep");
+        }
+        for tag in &tags {
+            self.confirmed.remove(tag);
+            self.reported.remove(tag);
+            self.count_base.remove(tag);
+        }
+        tracing::info!(entries = tags.len(), took = ?started.elapsed(), "reverted the faults of gone pods");
+        let writes = stale.into_iter().filter_map(|(_, tag, reason)| {
+            let injection = Arc::clone(by_tag.get(&tag)?);
+            let statuses = self.statuses.clone();
+            self.metrics.observe_revert(Duration::ZERO, reason);
+            Some(async move { report_reverted(&statuses, &injection, reason, Vec::new()).await })
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect::<Vec<()>>()
+            .await;
+        backlog
     }
 
-    async fn revert(
+    /// Reverts and applies, per pod, pods in parallel.
+    async fn per_pod(
         &mut self,
-        tag: &InjectionTag,
-        reason: RevertReason,
-        injection: Option<&FaultInjection>,
+        reverts: Vec<(InjectionTag, RevertReason)>,
+        applies: Vec<Arc<FaultInjection>>,
+        by_tag: &BTreeMap<InjectionTag, &Arc<FaultInjection>>,
     ) {
-        let Some(entry) = self.journal.get(tag).cloned() else {
-            return;
-        };
-        let kernel = self.kernel.clone();
-        let tag_owned = tag.clone();
-        let mechanism = entry.mechanism.as_deref().and_then(Mechanism::parse);
-        let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            kernel.revert(
-                &entry.pod_uid,
-                &tag_owned,
+        let mut pods: BTreeMap<String, PodWork> = BTreeMap::new();
+        for (tag, reason) in reverts {
+            let Some(entry) = self.journal.get(&tag) else {
+                continue;
+            };
+            pods.entry(entry.pod_uid.clone())
+                .or_default()
+                .reverts
+                .push(RevertJob {
+                    item: RevertItem {
+                        tag: tag.clone(),
+                        mechanism: entry.mechanism.as_deref().and_then(Mechanism::parse),
+                        baseline: entry.baseline.clone(),
+                    },
+                    reason,
+                    injection: by_tag.get(&tag).map(|i| Arc::clone(i)),
+                });
+        }
+        // Intent before action: every fault about to be applied is in the journal first.
+        let mut intents = Vec::new();
+        let mut jobs = Vec::new();
+        for injection in applies {
+            let Some(tag) = tag_of(&injection) else {
+                continue;
+            };
+            let fault = injection.spec.fault.clone();
+            let mechanism = match self.kernel.capabilities().mechanism_for(&fault) {
+                Ok(m) => m,
+                Err(why) => {
+                    self.statuses
+                        .write(
+                            &injection,
+                            StatusChange::phase(
+                                InjectionPhase::Failed,
+                                injection.metadata.generation,
+                                why,
+                            ),
+                        )
+                        .await;
+                    continue;
+                }
+            };
+            let previous = self.journal.get(&tag).cloned();
+            if previous.is_some() && !self.confirmed.contains(&tag) {
+                // Adopting what an earlier agent applied: its counts go on from what it
+                // reported.
+                let status = injection.status.clone().unwrap_or_default();
+                self.count_base.insert(
+                    tag.clone(),
+                    QueueCounts {
+                        matched: status.matched_packets.unwrap_or(0).max(0) as u64,
+                        bypassed: status.bypassed_packets.unwrap_or(0).max(0) as u64,
+                    },
+                );
+            }
+            let entry = JournalEntry {
+                tag: tag.to_string(),
+                injection: key_of(&injection),
+                injection_uid: injection.uid().unwrap_or_default(),
+                pod_uid: injection.spec.target.uid.clone(),
+                fault,
+                expires_at: injection.spec.expires_at,
+                generation: injection.metadata.generation,
+                mechanism: previous.as_ref().and_then(|p| p.mechanism.clone()),
+                baseline: previous.as_ref().and_then(|p| p.baseline.clone()),
+                applied_at: previous.as_ref().and_then(|p| p.applied_at),
+            };
+            intents.push(entry.clone());
+            jobs.push(ApplyJob {
+                injection,
+                tag,
                 mechanism,
-                entry.baseline.as_deref(),
-            )
-        })
-        .await
-        .unwrap_or_else(|e| Err(KernelError::Failed(format!("revert panicked: {e}"))));
-        let residual = match result {
-            Ok(reverted) => reverted.residual,
-            Err(KernelError::TargetGone(_)) => Vec::new(),
-            Err(error) => {
-                tracing::error!(%tag, %error, "revert failed; retrying at the next resync");
-                if let Some(injection) = injection {
-                    let message = format!("revert failed, retrying: {error}");
-                    writeback::write_status(
-                        &self.client,
-                        injection,
-                        InjectionPhase::Failed,
-                        message,
-                        |_| {},
+                was_applied: previous.is_some_and(|p| p.mechanism.is_some()),
+                entry,
+            });
+        }
+        if !intents.is_empty()
+            && let Err(error) = self.journal.record_many(intents)
+        {
+            let message =
+                format!("cannot write the agent journal, so the fault is not applied: {error}");
+            for job in jobs.drain(..) {
+                self.statuses
+                    .write(
+                        &job.injection,
+                        StatusChange::phase(
+                            InjectionPhase::Failed,
+                            job.injection.metadata.generation,
+                            message.clone(),
+                        ),
                     )
                     .await;
-                }
-                return;
             }
-        };
-        self.metrics.observe_revert(started.elapsed(), reason);
-        if let Err(error) = self.journal.forget(tag) {
-            tracing::error!(%tag, %error, "cannot update the journal after reverting");
         }
-        self.confirmed.remove(tag);
-        self.reported_bypass.remove(tag);
-        tracing::info!(%tag, ?reason, residual = residual.len(), "fault reverted");
-        let Some(injection) = injection else { return };
-        let clean = residual.is_empty();
-        let (phase, message) = if clean {
-            (InjectionPhase::Reverted, reason.describe().to_string())
-        } else {
-            (
-                InjectionPhase::Failed,
-                format!(
-                    "{}; but {} rule(s) differ from before the fault: {}",
-                    reason.describe(),
-                    residual.len(),
-                    residual.join("; ")
-                ),
-            )
-        };
-        let count = i32::try_from(residual.len()).unwrap_or(i32::MAX);
-        writeback::write_status(&self.client, injection, phase, message, |s| {
-            s.reverted_at = Some(Utc::now());
-            s.residual_rules = Some(count);
-            s.residual = residual;
-        })
-        .await;
-        if injection.metadata.deletion_timestamp.is_some() {
-            writeback::set_finalizer(&self.client, injection, false).await;
+        for job in jobs {
+            pods.entry(job.entry.pod_uid.clone())
+                .or_default()
+                .applies
+                .push(job);
+        }
+        if pods.is_empty() {
+            return;
+        }
+        let names: Arc<BTreeMap<InjectionTag, String>> = Arc::new(
+            self.journal
+                .heads()
+                .filter_map(|e| Some((e.tag()?, e.injection.clone())))
+                .collect(),
+        );
+        // Pods with new faults first: a backlog of reverts never delays an apply.
+        let mut order: Vec<(String, PodWork)> = pods.into_iter().collect();
+        order.sort_by_key(|(_, work)| work.applies.is_empty());
+        let permits = Arc::new(Semaphore::new(PARALLEL_PODS));
+        let mut tasks = JoinSet::new();
+        for (pod_uid, work) in order {
+            let kernel = self.kernel.clone();
+            let statuses = self.statuses.clone();
+            let metrics = self.metrics.clone();
+            let names = Arc::clone(&names);
+            let permits = Arc::clone(&permits);
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                run_pod(kernel, statuses, metrics, names, pod_uid, work).await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let outcome = match done {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    tracing::error!(%error, "a pod's task failed; its journal entries stay and are retried");
+                    continue;
+                }
+            };
+            if let Err(error) = self.journal.forget_many(&outcome.forget) {
+                tracing::error!(%error, "cannot update the journal after reverting");
+            }
+            for tag in &outcome.forget {
+                self.confirmed.remove(tag);
+                self.reported.remove(tag);
+                self.count_base.remove(tag);
+            }
+            let confirmed: Vec<InjectionTag> = outcome
+                .applied
+                .iter()
+                .filter_map(JournalEntry::tag)
+                .collect();
+            if let Err(error) = self.journal.record_many(outcome.applied) {
+                tracing::error!(%error, "cannot update the journal after applying");
+            }
+            self.confirmed.extend(confirmed);
         }
     }
 
@@ -485,13 +674,13 @@ impl<K: Kernel> Agent<K> {
             .iter()
             .filter(|i| i.metadata.deletion_timestamp.is_none())
             .filter_map(|i| tag_of(i))
-            .chain(self.journal.entries().filter_map(JournalEntry::tag))
+            .chain(self.journal.heads().filter_map(|h| h.tag()))
             .collect();
         let backed_pods: BTreeSet<String> = live
             .iter()
             .filter(|i| i.metadata.deletion_timestamp.is_none())
             .map(|i| i.spec.target.uid.clone())
-            .chain(self.journal.entries().map(|e| e.pod_uid.clone()))
+            .chain(self.journal.heads().map(|e| e.pod_uid.clone()))
             .collect();
         let kernel = self.kernel.clone();
         let removed = tokio::task::spawn_blocking(move || {
@@ -521,7 +710,10 @@ impl<K: Kernel> Agent<K> {
         true
     }
 
-    async fn report_bypass(&mut self, live: &[Arc<FaultInjection>]) {
+    /// Writes how much of each NFQUEUE fault was in place (packets matched, packets that
+    /// bypassed the queue) when it changed. Writes only those fields.
+    async fn report_counts(&mut self, live: &[Arc<FaultInjection>]) {
+        let mut wanted = Vec::new();
         for injection in live {
             let Some(tag) = tag_of(injection) else {
                 continue;
@@ -529,26 +721,305 @@ impl<K: Kernel> Agent<K> {
             if !self.confirmed.contains(&tag) || injection.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let Some(bypassed) = self.kernel.bypassed_packets(&tag) else {
-                continue;
+            let counted = self
+                .journal
+                .head(&tag)
+                .and_then(|e| e.mechanism.as_deref())
+                .and_then(Mechanism::parse)
+                == Some(Mechanism::Nfqueue);
+            if counted {
+                wanted.push((tag, Arc::clone(injection)));
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let kernel = self.kernel.clone();
+        let tags: Vec<InjectionTag> = wanted.iter().map(|(t, _)| t.clone()).collect();
+        let counts: Vec<Option<QueueCounts>> = tokio::task::spawn_blocking(move || {
+            tags.iter().map(|t| kernel.queue_counts(t)).collect()
+        })
+        .await
+        .unwrap_or_default();
+        let mut writes = Vec::new();
+        for ((tag, injection), counts) in wanted.into_iter().zip(counts) {
+            let Some(counts) = counts else { continue };
+            let base = self.count_base.get(&tag).copied().unwrap_or_default();
+            let total = QueueCounts {
+                matched: base.matched + counts.matched,
+                bypassed: base.bypassed + counts.bypassed,
             };
-            self.metrics.set_bypassed(&tag, bypassed);
-            if self.reported_bypass.get(&tag) == Some(&bypassed) {
+            self.metrics.set_bypassed(&tag, total.bypassed);
+            if self.reported.get(&tag) == Some(&total) {
                 continue;
             }
-            let status = injection.status.clone().unwrap_or_default();
-            let patch = json!({"status": {"bypassedPackets": bypassed, "phase": status.phase}});
-            if writeback::api_for(&self.client, injection)
-                .patch_status(
-                    &injection.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .is_ok()
-            {
-                self.reported_bypass.insert(tag, bypassed);
+            self.reported.insert(tag, total);
+            let statuses = self.statuses.clone();
+            writes.push(async move {
+                let change = counts_change(&injection, total);
+                statuses.write(&injection, change).await;
+            });
+        }
+        futures::stream::iter(writes)
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect::<Vec<()>>()
+            .await;
+    }
+}
+
+enum Work {
+    Finalizer(bool),
+    NotApplied(RevertReason),
+}
+
+/// The status fields that say how much of a queued fault was in place.
+fn counts_change(injection: &FaultInjection, counts: QueueCounts) -> StatusChange {
+    let mut change = StatusChange::default()
+        .set("matchedPackets", json!(counts.matched))
+        .set("bypassedPackets", json!(counts.bypassed));
+    if counts.bypassed > 0 {
+        let share = 100.0 * counts.bypassed as f64 / counts.matched.max(1) as f64;
+        let since = injection
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == FULLY_APPLIED))
+            .filter(|c| c.status == crate::api::ConditionStatus::False)
+            .and_then(|c| c.last_transition_time)
+            .unwrap_or_else(Utc::now);
+        let condition = crate::api::Condition {
+            type_: FULLY_APPLIED.into(),
+            status: crate::api::ConditionStatus::False,
+            reason: "QueueOverflow".into(),
+            message: format!(
+                "only partly in place: {} of {} packets ({share:.2}%) passed without the fault, because the agent's queues could not hold them at that rate",
+                counts.bypassed, counts.matched
+            ),
+            last_transition_time: Some(since),
+            observed_generation: injection.metadata.generation,
+        };
+        change = change.set("conditions", json!([condition]));
+    }
+    change
+}
+
+/// The condition that says whether every matched packet got the fault.
+pub const FULLY_APPLIED: &str = "FullyApplied";
+
+/// Writes a revert's status: Reverted, or Failed with what was left behind.
+async fn report_reverted(
+    statuses: &StatusWriter,
+    injection: &FaultInjection,
+    reason: RevertReason,
+    residual: Vec<String>,
+) {
+    let clean = residual.is_empty();
+    let (phase, message) = if clean {
+        (InjectionPhase::Reverted, reason.describe().to_string())
+    } else {
+        (
+            InjectionPhase::Failed,
+            format!(
+                "{}; but {} rule(s) of this injection are still there: {}",
+                reason.describe(),
+                residual.len(),
+                residual.join("; ")
+            ),
+        )
+    };
+    let count = i32::try_from(residual.len()).unwrap_or(i32::MAX);
+    let change = StatusChange::phase(phase, injection.metadata.generation, message)
+        .set("revertedAt", json!(Utc::now()))
+        .set("residualRules", json!(count))
+        .set("residual", json!(residual));
+    statuses.write(injection, change).await;
+    if injection.metadata.deletion_timestamp.is_some() {
+        statuses.set_finalizer(injection, false).await;
+    }
+}
+
+/// One pod's work: its reverts in one pass, then its applies in order.
+async fn run_pod<K: Kernel>(
+    kernel: Arc<K>,
+    statuses: StatusWriter,
+    metrics: AgentMetrics,
+    names: Arc<BTreeMap<InjectionTag, String>>,
+    pod_uid: String,
+    work: PodWork,
+) -> PodOutcome {
+    let mut outcome = PodOutcome::default();
+    if !work.reverts.is_empty() {
+        let items: Vec<RevertItem> = work.reverts.iter().map(|r| r.item.clone()).collect();
+        let started = std::time::Instant::now();
+        let kernel_for = kernel.clone();
+        let pod = pod_uid.clone();
+        let results = tokio::task::spawn_blocking(move || kernel_for.revert_pod(&pod, &items))
+            .await
+            .unwrap_or_else(|e| {
+                work.reverts
+                    .iter()
+                    .map(|_| Err(KernelError::Failed(format!("revert panicked: {e}"))))
+                    .collect()
+            });
+        let took = started.elapsed();
+        for (job, result) in work.reverts.iter().zip(results) {
+            let tag = &job.item.tag;
+            let residual = match result {
+                Ok(reverted) => reverted.residual,
+                Err(KernelError::TargetGone(_)) => Vec::new(),
+                Err(error) => {
+                    tracing::error!(%tag, %error, "revert failed; retrying at the next resync");
+                    if let Some(injection) = &job.injection {
+                        let message = format!("revert failed, retrying: {error}");
+                        statuses
+                            .write(
+                                injection,
+                                StatusChange::phase(
+                                    InjectionPhase::Failed,
+                                    injection.metadata.generation,
+                                    message,
+                                ),
+                            )
+                            .await;
+                    }
+                    continue;
+                }
+            };
+            metrics.observe_revert(took, job.reason);
+            outcome.forget.push(tag.clone());
+            tracing::info!(%tag, reason = ?job.reason, residual = residual.len(), "fault reverted");
+            if let Some(injection) = &job.injection {
+                statuses.forget(&injection.uid().unwrap_or_default());
+                report_reverted(&statuses, injection, job.reason, residual).await;
             }
+        }
+    }
+    for job in work.applies {
+        apply_one(&kernel, &statuses, &metrics, &names, job, &mut outcome).await;
+    }
+    outcome
+}
+
+async fn apply_one<K: Kernel>(
+    kernel: &Arc<K>,
+    statuses: &StatusWriter,
+    metrics: &AgentMetrics,
+    names: &BTreeMap<InjectionTag, String>,
+    job: ApplyJob,
+    outcome: &mut PodOutcome,
+) {
+    let ApplyJob {
+        injection,
+        tag,
+        mut mechanism,
+        mut entry,
+        was_applied,
+    } = job;
+    let deadline = Deadline::new(entry.expires_at);
+    let started = std::time::Instant::now();
+    let attempt = |mechanism: Mechanism| {
+        let kernel = kernel.clone();
+        let pod = entry.pod_uid.clone();
+        let tag = tag.clone();
+        let fault = entry.fault.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                kernel.apply(&pod, &tag, &fault, mechanism, &deadline)
+            })
+            .await
+            .unwrap_or_else(|e| Err(KernelError::Failed(format!("apply panicked: {e}"))))
+        }
+    };
+    let mut result = attempt(mechanism).await;
+    let mut note = None;
+    if let Err(KernelError::Conflict { with, .. }) = &result
+        && mechanism == Mechanism::Netem
+        && kernel.capabilities().nfqueue
+    {
+        // Another experiment's netem holds the interface: queue this one in userspace
+        // instead, so the two add up rather than one replacing the other.
+        note = Some(format!(
+            "queued in userspace because the pod's interface already carries the qdisc fault of {}; the two add up",
+            names
+                .get(with)
+                .cloned()
+                .unwrap_or_else(|| format!("injection {with}"))
+        ));
+        mechanism = Mechanism::Nfqueue;
+        result = attempt(mechanism).await;
+    }
+    let generation = injection.metadata.generation;
+    match result {
+        Ok(applied) => {
+            metrics.observe_apply(applied.mechanism.name(), started.elapsed());
+            entry.mechanism = Some(applied.mechanism.name().to_string());
+            if entry.baseline.is_none() {
+                entry.baseline = applied.baseline.clone();
+            }
+            let applied_at = *entry.applied_at.get_or_insert_with(Utc::now);
+            tracing::info!(injection = %key_of(&injection), %tag, mechanism = applied.mechanism.name(), "fault applied");
+            outcome.applied.push(entry);
+            let message = match note {
+                Some(note) => format!("{} ({note})", applied.message),
+                None => applied.message,
+            };
+            let change = StatusChange::phase(InjectionPhase::Applied, generation, message)
+                .set("mechanism", json!(applied.mechanism.name()))
+                .set("appliedAt", json!(applied_at))
+                .set("revertedAt", serde_json::Value::Null)
+                .set("residualRules", serde_json::Value::Null)
+                .set("residual", serde_json::Value::Null);
+            statuses.write(&injection, change).await;
+        }
+        Err(error) => {
+            tracing::warn!(injection = %key_of(&injection), %tag, %error, "fault not applied");
+            // Clean whatever a partial apply left (never another injection's qdisc), then
+            // forget it.
+            let cleaned = {
+                let kernel = kernel.clone();
+                let pod = entry.pod_uid.clone();
+                let tag = tag.clone();
+                tokio::task::spawn_blocking(move || {
+                    kernel.revert(&pod, &tag, Some(mechanism), None)
+                })
+                .await
+            };
+            if matches!(cleaned, Ok(Ok(_)) | Ok(Err(KernelError::TargetGone(_)))) {
+                outcome.forget.push(tag.clone());
+            }
+            let (phase, message) = match &error {
+                KernelError::Expired(_) if was_applied => (
+                    InjectionPhase::Reverted,
+                    RevertReason::Expired.describe().to_string(),
+                ),
+                KernelError::Expired(_) => (
+                    InjectionPhase::Reverted,
+                    "expired before it was applied".to_string(),
+                ),
+                KernelError::TargetGone(m) => (
+                    InjectionPhase::Failed,
+                    format!(
+                        "{m}: the target pod {} is gone or not on this node (a replacement pod is not followed)",
+                        injection.spec.target.name
+                    ),
+                ),
+                KernelError::Conflict { with, message } => (
+                    InjectionPhase::Failed,
+                    format!(
+                        "not applied: {message}; the pod already carries injection {}, whose fault would be replaced. Run them one after the other, or use a scope that does not need a qdisc on the same interface",
+                        names
+                            .get(with)
+                            .cloned()
+                            .unwrap_or_else(|| format!("with tag {with}"))
+                    ),
+                ),
+                other => (InjectionPhase::Failed, other.to_string()),
+            };
+            let mut change = StatusChange::phase(phase, generation, message)
+                .set("mechanism", json!(mechanism.name()));
+            if phase == InjectionPhase::Reverted {
+                change = change.set("revertedAt", json!(Utc::now()));
+            }
+            statuses.write(&injection, change).await;
         }
     }
 }

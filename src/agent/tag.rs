@@ -42,6 +42,11 @@ impl InjectionTag {
         format!("{IPTABLES_CHAIN_PREFIX}{}", self.0)
     }
 
+    /// A tag as written by [`InjectionTag::as_str`] (24 lowercase hex digits).
+    pub fn parse(tag: &str) -> Option<Self> {
+        Self::parse_exact(tag)
+    }
+
     /// The tag in an nftables table name we created, `None` for anyone else's table.
     pub fn from_nft_table(name: &str) -> Option<Self> {
         Self::parse_exact(name.strip_prefix(NFT_TABLE_PREFIX)?)

@@ -1,6 +1,6 @@
 //! The agent's metrics, served on its admin port next to `/healthz`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,6 +38,9 @@ pub struct AgentMetrics {
     revert_seconds: Histogram,
     orphans_removed: Counter,
     bypassed: Family<InjectionLabel, Gauge>,
+    ready: Gauge,
+    /// `None`: ready; otherwise why not (for `/readyz`).
+    not_ready: Arc<RwLock<Option<String>>>,
 }
 
 impl Default for AgentMetrics {
@@ -83,6 +86,12 @@ impl AgentMetrics {
             "Packets that passed without the fault because the userspace queue was full",
             bypassed.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the agent can carry out faults (its journal is usable), 0 otherwise",
+            ready.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             active,
@@ -91,6 +100,28 @@ impl AgentMetrics {
             revert_seconds,
             orphans_removed,
             bypassed,
+            ready,
+            not_ready: Arc::new(RwLock::new(Some("starting".into()))),
+        }
+    }
+
+    /// The agent can carry out faults.
+    pub fn set_ready(&self) {
+        *self.not_ready.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.ready.set(1);
+    }
+
+    /// The agent cannot carry out faults, for this reason (shown by `/readyz`).
+    pub fn set_not_ready(&self, reason: String) {
+        *self.not_ready.write().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.ready.set(0);
+    }
+
+    /// `Ok` when ready, otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &*self.not_ready.read().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
         }
     }
 

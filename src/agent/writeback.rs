@@ -1,20 +1,30 @@
 //! What the agent writes back to the API server: injection status, its finalizer, and the
 //! node's capabilities; and how it reads an injection.
+//!
+//! Status writes carry only the fields the agent is changing (never a field copied from an
+//! earlier read), as a merge patch conditional on the object's resourceVersion: a write based
+//! on an outdated object gets 409 and is retried against a fresh read. A write that would move
+//! the phase backwards for the generation it describes (`Applied` over `Reverted`, `Pending`
+//! over anything) is dropped: status cannot go back.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::converge::LiveInjection;
 use super::tag::InjectionTag;
-use crate::api::{
-    AGENT_FINALIZER, FaultInjection, FaultInjectionStatus, InjectionPhase,
-    NODE_CAPABILITIES_ANNOTATION,
-};
+use crate::api::{AGENT_FINALIZER, FaultInjection, InjectionPhase, NODE_CAPABILITIES_ANNOTATION};
 
+/// How often a conflicting write is retried against a fresh read.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Publishes `capabilities` on every node, retrying until it works (abort the task when
+/// another value supersedes it).
 pub(super) async fn publish_capabilities(client: Client, nodes: Vec<String>, capabilities: String) {
     let api: Api<Node> = Api::all(client);
     let patch = json!({"metadata": {"annotations": {NODE_CAPABILITIES_ANNOTATION: capabilities}}});
@@ -41,57 +51,186 @@ pub(super) fn api_for(client: &Client, injection: &FaultInjection) -> Api<FaultI
     Api::namespaced(client.clone(), &injection.namespace().unwrap_or_default())
 }
 
-pub(super) async fn write_status(
-    client: &Client,
-    injection: &FaultInjection,
-    phase: InjectionPhase,
-    message: String,
-    edit: impl FnOnce(&mut FaultInjectionStatus),
-) {
-    let mut status = injection.status.clone().unwrap_or_default();
-    status.phase = phase;
-    status.message = Some(message);
-    status.observed_generation = injection.metadata.generation;
-    edit(&mut status);
-    let patch = json!({"status": status});
-    if let Err(error) = api_for(client, injection)
-        .patch_status(
-            &injection.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        tracing::warn!(injection = %key_of(injection), %error, "cannot write injection status");
+/// Rank of a phase: writes never lower it for the same observed generation.
+pub(super) fn rank(phase: InjectionPhase) -> u8 {
+    match phase {
+        InjectionPhase::Pending => 0,
+        InjectionPhase::Applied => 1,
+        InjectionPhase::Reverted | InjectionPhase::Failed => 2,
     }
 }
 
-pub(super) async fn set_finalizer(client: &Client, injection: &FaultInjection, present: bool) {
-    let mut finalizers: Vec<String> = injection.finalizers().to_vec();
-    let has = finalizers.iter().any(|f| f == AGENT_FINALIZER);
-    if has == present {
-        return;
+/// Writes status fields, shared by the agent's concurrent tasks. Remembers the
+/// resourceVersion its own writes produced, so a write that follows another of ours does not
+/// start from the (lagging) watch cache's copy.
+#[derive(Clone)]
+pub(super) struct StatusWriter {
+    client: Client,
+    versions: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// What a status write changes.
+#[derive(Clone, Debug, Default)]
+pub(super) struct StatusChange {
+    /// The new phase, with the generation it describes (`observedGeneration`).
+    pub phase: Option<(InjectionPhase, Option<i64>)>,
+    /// Other status fields (camelCase) and their new values; `null` removes one.
+    pub fields: serde_json::Map<String, Value>,
+}
+
+impl StatusChange {
+    pub fn phase(phase: InjectionPhase, generation: Option<i64>, message: String) -> Self {
+        let mut change = StatusChange {
+            phase: Some((phase, generation)),
+            ..Self::default()
+        };
+        change.fields.insert("message".into(), json!(message));
+        change
     }
-    if present {
-        finalizers.push(AGENT_FINALIZER.to_string());
-    } else {
-        finalizers.retain(|f| f != AGENT_FINALIZER);
+
+    pub fn set(mut self, field: &str, value: Value) -> Self {
+        self.fields.insert(field.into(), value);
+        self
     }
-    // The resourceVersion makes this a compare-and-swap: finalizers are a list that other
-    // writers (the controller) may change at the same time.
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": injection.resource_version(),
-    }});
-    if let Err(error) = api_for(client, injection)
-        .patch(
-            &injection.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        tracing::debug!(injection = %key_of(injection), %error, "finalizer update lost a race; the next event retries");
+
+    fn body(&self, resource_version: Option<&str>) -> Value {
+        let mut status = self.fields.clone();
+        if let Some((phase, generation)) = &self.phase {
+            status.insert("phase".into(), json!(phase));
+            status.insert("observedGeneration".into(), json!(generation));
+        }
+        let mut body = json!({ "status": status });
+        if let Some(rv) = resource_version {
+            body["metadata"] = json!({ "resourceVersion": rv });
+        }
+        body
+    }
+
+    /// Whether writing this over `current` would move the phase backwards.
+    fn goes_backwards(&self, current: &FaultInjection) -> bool {
+        let Some((phase, generation)) = self.phase else {
+            return false;
+        };
+        let Some(status) = &current.status else {
+            return false;
+        };
+        status.observed_generation == generation && rank(phase) < rank(status.phase)
+    }
+}
+
+impl StatusWriter {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            versions: Arc::default(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn remember(&self, written: &FaultInjection) {
+        if let (Some(uid), Some(rv)) = (written.uid(), written.resource_version()) {
+            self.versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(uid, rv);
+        }
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
+    /// Writes `change` to the injection's status. Returns whether it was written.
+    pub async fn write(&self, injection: &FaultInjection, change: StatusChange) -> bool {
+        let api = api_for(&self.client, injection);
+        let name = injection.name_any();
+        let cached = injection.uid().and_then(|uid| {
+            self.versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&uid)
+                .cloned()
+        });
+        // What we know of the object; the watch cache's copy may be behind, never ahead.
+        let mut current: Option<FaultInjection> = Some(injection.clone());
+        let mut version = cached.or_else(|| injection.resource_version());
+        for _ in 0..CONFLICT_RETRIES {
+            if let Some(fresh) = &current
+                && change.goes_backwards(fresh)
+            {
+                tracing::debug!(injection = %key_of(injection), ?change.phase, "dropped a status write that would move the phase backwards");
+                return false;
+            }
+            let body = change.body(version.as_deref());
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(written) => {
+                    self.remember(&written);
+                    return true;
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    // Someone wrote since the object we based this on: read it again.
+                    match api.get_opt(&name).await {
+                        Ok(Some(fresh)) => {
+                            version = fresh.resource_version();
+                            current = Some(fresh);
+                        }
+                        Ok(None) => return false,
+                        Err(error) => {
+                            tracing::warn!(injection = %key_of(injection), %error, "cannot re-read the injection after a conflict");
+                            return false;
+                        }
+                    }
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => return false,
+                Err(error) => {
+                    tracing::warn!(injection = %key_of(injection), %error, "cannot write injection status");
+                    return false;
+                }
+            }
+        }
+        tracing::warn!(injection = %key_of(injection), "gave up writing injection status after repeated conflicts");
+        false
+    }
+
+    /// Adds or removes the agent's finalizer (a compare-and-swap on the resourceVersion:
+    /// finalizers are a list that other writers, the controller, may change at the same time).
+    pub async fn set_finalizer(&self, injection: &FaultInjection, present: bool) {
+        let mut finalizers: Vec<String> = injection.finalizers().to_vec();
+        let has = finalizers.iter().any(|f| f == AGENT_FINALIZER);
+        if has == present {
+            return;
+        }
+        if present {
+            finalizers.push(AGENT_FINALIZER.to_string());
+        } else {
+            finalizers.retain(|f| f != AGENT_FINALIZER);
+        }
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": injection.resource_version(),
+        }});
+        match api_for(&self.client, injection)
+            .patch(
+                &injection.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(written) => self.remember(&written),
+            Err(error) => {
+                tracing::debug!(injection = %key_of(injection), %error, "finalizer update lost a race; the next event retries");
+            }
+        }
     }
 }
 
@@ -120,4 +259,45 @@ pub(super) fn live_injection(injection: &FaultInjection) -> Option<LiveInjection
         phase: status.phase,
         observed_generation: status.observed_generation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::FaultInjectionStatus;
+
+    #[test]
+    fn a_change_carries_only_its_own_fields_and_the_version_it_is_based_on() {
+        let change = StatusChange::default().set("bypassedPackets", json!(7));
+        assert_eq!(
+            change.body(Some("42")),
+            json!({"status": {"bypassedPackets": 7}, "metadata": {"resourceVersion": "42"}})
+        );
+        let applied = StatusChange::phase(InjectionPhase::Applied, Some(3), "ok".into());
+        assert_eq!(
+            applied.body(None),
+            json!({"status": {"phase": "Applied", "observedGeneration": 3, "message": "ok"}})
+        );
+    }
+
+    #[test]
+    fn a_phase_never_goes_back_for_the_same_generation() {
+        let mut current = FaultInjection::new("x", Default::default());
+        current.status = Some(FaultInjectionStatus {
+            phase: InjectionPhase::Reverted,
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        let applied =
+            |generation| StatusChange::phase(InjectionPhase::Applied, generation, "".into());
+        assert!(applied(Some(1)).goes_backwards(&current));
+        // A new generation starts over.
+        assert!(!applied(Some(2)).goes_backwards(&current));
+        // Counters never touch the phase.
+        assert!(!StatusChange::default().goes_backwards(&current));
+        assert!(
+            !StatusChange::phase(InjectionPhase::Failed, Some(1), "".into())
+                .goes_backwards(&current)
+        );
+    }
 }

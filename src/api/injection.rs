@@ -38,9 +38,17 @@ use super::{
         name = "Mechanism",
         type_ = "string",
         json_path = ".status.mechanism",
-        description = "How the agent applied the fault: netem, nfqueue, tbf, nftables or iptables"
+        description = "How the agent applied the fault: netem, nfqueue, htb, nftables or iptables"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
+    // A printer column is a JSONPath rendered by the API server: a `date` column shows the time
+    // *since* a timestamp (a real server prints `<invalid>` for one in the future), and nothing
+    // can count down to one. So the deadline itself, in UTC, next to Age.
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".spec.expiresAt",
+        description = "When the fault ends (UTC): the agent reverts it then, and the kernel stops it by itself"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -131,7 +139,7 @@ pub enum InjectionPhase {
 pub struct FaultInjectionStatus {
     #[serde(default)]
     pub phase: InjectionPhase,
-    /// netem, nfqueue, tbf, nftables or iptables.
+    /// netem, nfqueue, htb, nftables or iptables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mechanism: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,9 +157,14 @@ pub struct FaultInjectionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub residual: Vec<String>,
     /// Packets that passed without the fault because the userspace queue was full (NFQUEUE
-    /// path only): the fault was weaker than asked by this much.
+    /// path only): the fault was weaker than asked by this much. The `FullyApplied`
+    /// condition turns False, with the share, when this is not 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bypassed_packets: Option<i64>,
+    /// Packets the fault's rules matched (NFQUEUE path only), those that bypassed included:
+    /// with `bypassedPackets`, how much of the fault was in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_packets: Option<i64>,
     /// The generation of the spec the agent last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

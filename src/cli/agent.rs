@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::{Router, routing::get};
 
 use crate::agent::linux::LinuxKernel;
@@ -36,6 +37,10 @@ pub struct AgentArgs {
     /// How often to re-check targets and counters without an event.
     #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
     resync: Duration,
+    /// The network namespace the pods' veths are in (a path such as /run/netns/NAME), when
+    /// it is not the agent's own (the DaemonSet runs with hostNetwork: leave it unset).
+    #[arg(long)]
+    node_netns: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -50,17 +55,24 @@ impl AgentArgs {
             let client = kube::Client::try_default().await.map_err(|e| {
                 anyhow::anyhow!("cannot build a Kubernetes client: {e} (in a pod: is the ServiceAccount mounted? elsewhere: KUBECONFIG)")
             })?;
-            let proc_root = self.proc_root.clone();
-            let kernel = tokio::task::spawn_blocking(move || LinuxKernel::detect(proc_root)).await?;
+            let Self { nodes, journal_dir, admin_addr, proc_root, resync, node_netns } = self;
+            let kernel = tokio::task::spawn_blocking(move || {
+                let kernel = LinuxKernel::detect(proc_root);
+                match node_netns {
+                    Some(path) => kernel.with_node_netns(path),
+                    None => kernel,
+                }
+            })
+            .await?;
             let metrics = AgentMetrics::new();
-            let listener = tokio::net::TcpListener::bind(self.admin_addr).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen on {} for /healthz and /metrics: {e}", self.admin_addr)
+            let listener = tokio::net::TcpListener::bind(admin_addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {admin_addr} for /healthz and /metrics: {e}")
             })?;
             tokio::spawn(serve_admin(listener, metrics.clone()));
             let config = AgentConfig {
-                nodes: self.nodes,
-                journal_dir: self.journal_dir,
-                resync: self.resync,
+                nodes,
+                journal_dir,
+                resync,
             };
             runner::run(client, Arc::new(kernel), config, metrics, crate::cli::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -69,9 +81,26 @@ impl AgentArgs {
 }
 
 async fn serve_admin(listener: tokio::net::TcpListener, metrics: AgentMetrics) {
+    let readiness = metrics.clone();
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        // Ready once the journal is usable and replayed: until then the agent applies nothing,
+        // and says why.
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.readiness() {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(reason) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {reason}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

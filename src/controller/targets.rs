@@ -302,7 +302,8 @@ pub(super) fn required_capabilities(kind: FaultKind<'_>) -> &'static [&'static s
     match kind {
         FaultKind::PodKill(_) => &[],
         FaultKind::NetworkLatency(_) | FaultKind::NetworkLoss(_) => &["netem", "nfqueue"],
-        FaultKind::NetworkBandwidth(_) => &["tbf"],
+        // Agents since the kernel-deadline gates cap bandwidth with htb; older ones said tbf.
+        FaultKind::NetworkBandwidth(_) => &["htb", "tbf"],
         FaultKind::NetworkPartition(_) => &["nftables", "iptables"],
     }
 }

@@ -1,7 +1,7 @@
 //! Finding the node-side end of a pod's veth, and how packets from it reach iptables.
 //!
 //! The pod's `eth0` is one end of a veth pair; its `iflink` is the ifindex of the other end in
-//! the node's namespace. We read it with `ip -j link` inside the pod's namespace, then find
+//! the node's namespace. We read it through rtnetlink inside the pod's namespace, then find
 //! that ifindex in the node's namespace and check that it points back (ifindexes are per
 //! namespace, so a match alone could be a coincidence).
 //!
@@ -21,58 +21,27 @@
 
 use std::io;
 
-use serde::Deserialize;
-
+use crate::agent::links::{self, Link};
 use crate::agent::netns::Netns;
 
 /// Interface names tried for the pod's side, in order; otherwise the only veth-like link.
 const POD_INTERFACE: &str = "eth0";
 
-#[derive(Debug, Deserialize)]
-struct Link {
-    ifindex: u32,
-    ifname: String,
-    #[serde(default)]
-    link_index: Option<u32>,
-    #[serde(default)]
-    link_netnsid: Option<i32>,
-    #[serde(default)]
-    master: Option<String>,
-    #[serde(default)]
-    linkinfo: Option<LinkInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LinkInfo {
-    #[serde(default)]
-    info_slave_kind: Option<String>,
-}
-
-fn links(ns: &Netns, details: bool) -> io::Result<Vec<Link>> {
-    let args: &[&str] = if details {
-        &["-j", "-d", "link", "show"]
-    } else {
-        &["-j", "link", "show"]
-    };
-    let output = ns.command("ip", args, None)?;
-    serde_json::from_slice(&output.stdout)
-        .map_err(|e| io::Error::other(format!("cannot read `ip -j link show`: {e}")))
-}
-
 /// The name of the pod's veth peer in the node's namespace.
 pub fn host_veth(pod: &Netns, host: &Netns) -> io::Result<String> {
-    Ok(find_host_link(pod, host)?.ifname)
+    Ok(find_host_link(pod, host)?.0.name)
 }
 
-fn find_host_link(pod: &Netns, host: &Netns) -> io::Result<Link> {
-    let pod_links = links(pod, false)?;
+/// The pod's peer link on the node, and the node's links.
+fn find_host_link(pod: &Netns, host: &Netns) -> io::Result<(Link, Vec<Link>)> {
+    let pod_links = links::links(pod)?;
     let pod_link = pod_links
         .iter()
-        .find(|l| l.ifname == POD_INTERFACE && l.link_index.is_some())
+        .find(|l| l.name == POD_INTERFACE && l.peer_index.is_some())
         .or_else(|| {
             let mut peered = pod_links
                 .iter()
-                .filter(|l| l.link_index.is_some() && l.link_netnsid.is_some());
+                .filter(|l| l.peer_index.is_some() && l.peer_netnsid.is_some());
             match (peered.next(), peered.next()) {
                 (Some(only), None) => Some(only),
                 _ => None,
@@ -88,21 +57,24 @@ fn find_host_link(pod: &Netns, host: &Netns) -> io::Result<Link> {
                 ),
             )
         })?;
-    let peer_index = pod_link.link_index.expect("filtered on link_index");
-    links(host, true)?
-        .into_iter()
-        .find(|l| l.ifindex == peer_index && l.link_index == Some(pod_link.ifindex))
+    let peer_index = pod_link.peer_index.expect("filtered on peer_index");
+    let host_links = links::links(host)?;
+    let found = host_links
+        .iter()
+        .find(|l| l.index == peer_index && l.peer_index == Some(pod_link.index))
+        .cloned()
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
                     "no interface {peer_index} peered with the pod's {} in the node namespace \
                      {}: is the pod on this node, and its veth in this namespace?",
-                    pod_link.ifname,
+                    pod_link.name,
                     host.path().display()
                 ),
             )
-        })
+        })?;
+    Ok((found, host_links))
 }
 
 /// How the pod's veth is attached on the node, which decides the iptables match.
@@ -125,18 +97,18 @@ impl HostPort {
 /// The pod's host-side port, with br_netfilter made to pass its frames to iptables when it is
 /// a bridge port. The second value says what we changed, if anything.
 pub fn host_port(pod: &Netns, host: &Netns) -> io::Result<(HostPort, Option<String>)> {
-    let link = find_host_link(pod, host)?;
-    let slave_kind = link
-        .linkinfo
-        .as_ref()
-        .and_then(|info| info.info_slave_kind.as_deref());
-    match (slave_kind, link.master) {
-        (None, _) => Ok((HostPort::Routed { veth: link.ifname }, None)),
+    let (link, host_links) = find_host_link(pod, host)?;
+    let master = link
+        .master
+        .and_then(|index| host_links.iter().find(|l| l.index == index))
+        .map(|l| l.name.clone());
+    match (link.slave_kind.as_deref(), master) {
+        (None, _) => Ok((HostPort::Routed { veth: link.name }, None)),
         (Some("bridge"), Some(bridge)) => {
             let changed = ensure_bridge_calls_iptables(host, &bridge)?;
             Ok((
                 HostPort::Bridged {
-                    veth: link.ifname,
+                    veth: link.name,
                     bridge,
                 },
                 changed,
@@ -146,8 +118,8 @@ pub fn host_port(pod: &Netns, host: &Netns) -> io::Result<(HostPort, Option<Stri
             io::ErrorKind::Unsupported,
             format!(
                 "the pod's veth {} is a port of a {kind} device: its packets never reach \
-                 iptables, so the nfqueue path cannot delay them",
-                link.ifname
+                 netfilter, so the nfqueue path cannot delay them",
+                link.name
             ),
         )),
     }

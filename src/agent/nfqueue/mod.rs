@@ -1,45 +1,61 @@
-//! The userspace latency and loss path, for kernels without `sch_netem`: iptables sends the
-//! pod's packets to an NFQUEUE, a worker of ours holds each one for its delay (or drops it) and
-//! hands it back to the kernel.
+//! The userspace latency and loss path, for kernels without `sch_netem`: nftables sends the
+//! pod's packets to NFQUEUE queues, workers of ours hold each one for its delay (or drop it)
+//! and hand it back to the kernel.
 //!
 //! ```text
-//!  pod netns            node netns (host)                      agent
-//!  eth0 ──veth──▶ vethN ─▶ mangle PREROUTING ─▶ FL-<tag> ─▶ NFQUEUE n ─▶ worker: heap of
-//!                          (-i vethN | -m physdev ...)         (bypass)     release times
-//!  eth0 ◀── ingress: pod netns mangle PREROUTING ─▶ FL-<tag> ─▶ NFQUEUE m ─▶ worker
+//!  pod netns            node netns (host)                         agent
+//!  eth0 ──veth──▶ vethN ─▶ ip faultline_<tag> prerouting ─▶ NFQUEUE n..n+k ─▶ workers: heaps of
+//!                          (gate: iifname, physdev match)    (bypass)         release times
+//!  eth0 ◀── ingress: pod netns ip faultline_<tag> prerouting ─▶ NFQUEUE m..m+k ─▶ workers
 //! ```
 //!
 //! Where packets are queued matters. Egress (`to`) is queued where the pod's packets arrive on
 //! the node, on the node side of its veth: there the packet has left the pod's socket (veth
 //! orphans it), so holding it does not stall TCP Small Queues in the pod, which would collapse
 //! throughput if we queued in the pod's OUTPUT chain. Ingress (`from`) is queued in the pod's
-//! own PREROUTING, again on the receive side. `both` does both, with one queue per namespace
+//! own prerouting, again on the receive side. `both` does both, with queues in each namespace
 //! (queues, like their sockets, belong to a network namespace).
 //!
+//! How packets get to the queue ([`steer`]): a table per injection and family, written through
+//! our own netlink, whose rules use the xtables `NFQUEUE` target; where the kernel lacks
+//! nft_compat (nf_tables without xtables targets, or no nf_tables) the iptables fallback in
+//! [`rules`] writes the same as a chain with `iptables-restore`.
+//!
 //! Guarantees:
+//! - The queueing rules are reached only through a set element (nftables) or a `time` match
+//!   (iptables fallback, to the second) that ends at the injection's `expiresAt`: after it no
+//!   packet is queued, whether or not an agent runs.
 //! - Every rule says `--queue-bypass` and every queue is bound fail-open: a dead agent, a
 //!   stopped worker or a full queue lets packets through undelayed; the fault weakens, the pod
 //!   is never cut off. Such packets are counted as `bypassed`.
-//! - [`NfqueueEngine::apply`] takes the desired state and is idempotent: afterwards the chain
-//!   holds exactly the fault's rules, `PREROUTING` jumps to it exactly once, and a worker is
-//!   bound to its queue. A restarted agent recovers the queue number from the rules.
-//! - [`NfqueueEngine::remove`] deletes rules before stopping the worker, which then releases
-//!   every packet it holds.
+//! - [`NfqueueEngine::apply`] takes the desired state and is idempotent: afterwards the tables
+//!   hold exactly the fault's rules and workers are bound to their queues. A restarted agent
+//!   recovers the queue numbers from the rules.
+//! - [`NfqueueEngine::remove`] deletes rules before stopping the workers, which then release
+//!   every packet they hold.
+//! - Several injections on the same traffic compose: each has its own table and base chain, and
+//!   a packet a worker accepts goes on to the next base chain of the hook, so delays add up
+//!   (loss too: each drops its share of what reaches it).
 //!
 //! Caveats:
-//! - `bypassed` is computed: packets that hit our NFQUEUE rules minus packets our worker read,
-//!   since the worker started (the kernel counts nothing when it fails open). Packets that
-//!   bypassed while no agent ran are not counted.
+//! - `bypassed` is computed: packets that hit our queueing rules minus packets our workers
+//!   read, since the workers started (the kernel counts nothing when it fails open). Packets
+//!   that bypassed while no agent ran are not counted.
 //! - Bridged pods need br_netfilter (see [`hostveth`]).
 //! - The delay is measured from when we read the packet (microseconds after the kernel queued
 //!   it); timer wake-ups add tens of microseconds.
+//! - A flow is hashed to one queue: one flow is at most as fast as one worker.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use crate::agent::deadline::Deadline;
 use crate::agent::netns::{Netns, NetnsId};
+use crate::agent::nft::{self, Comment};
+use crate::agent::nftables::{self, AddrFamily, Family as NftFamily};
+use crate::agent::scope::Scope;
 use crate::agent::tag::InjectionTag;
 use crate::api::{Direction, NetworkFault};
 
@@ -47,6 +63,7 @@ pub mod hostveth;
 pub mod impair;
 pub mod netlink;
 pub mod rules;
+pub mod steer;
 pub mod traffic;
 mod worker;
 
@@ -54,7 +71,8 @@ pub use hostveth::{HostPort, host_veth};
 pub use impair::Impairment;
 
 use netlink::{QueueConfig, QueueSocket};
-use rules::{Family, Hook, Saved, Scope};
+use rules::{Family, Hook, Saved};
+use steer::Entry;
 use worker::Worker;
 
 /// A pod's network namespace and the node's (where the pod's veth peer is).
@@ -92,9 +110,42 @@ impl PodNet {
     }
 }
 
+/// How packets are sent to the queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steering {
+    /// Our own nftables tables with the xtables NFQUEUE target (no process, no mark).
+    Nftables,
+    /// `iptables-restore` chains with a `time` match: kernels without nft_compat.
+    Iptables,
+}
+
+impl Steering {
+    /// What this node's kernel offers, probed once in a throwaway namespace (nftables first).
+    pub fn detect() -> Option<Steering> {
+        static DETECTED: OnceLock<Option<Steering>> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            match probe(Steering::Nftables) {
+                Ok(()) => return Some(Steering::Nftables),
+                Err(error) => {
+                    tracing::info!(%error, "NFQUEUE through nftables (nft_compat) is not available; trying iptables")
+                }
+            }
+            match probe(Steering::Iptables) {
+                Ok(()) => Some(Steering::Iptables),
+                Err(error) => {
+                    tracing::info!(%error, "the nfqueue path is not available");
+                    None
+                }
+            }
+        })
+    }
+}
+
 /// Packet counts of an injection, all queues together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NfqueueStats {
+    /// Packets the fault's rules sent to our queues (including those that bypassed them).
+    pub matched: u64,
     /// Packets held for a delay and then released.
     pub delayed: u64,
     /// Packets dropped for loss.
@@ -104,11 +155,14 @@ pub struct NfqueueStats {
     pub bypassed: u64,
 }
 
-/// One queue of an applied injection.
+/// One queue (or a balanced range of queues) of an applied injection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppliedQueue {
     pub side: Side,
+    /// The first queue number.
     pub queue: u16,
+    /// How many consecutive queues the side balances flows over.
+    pub queues: u16,
     /// The pod's veth on the node, for [`Side::Node`].
     pub port: Option<HostPort>,
 }
@@ -119,7 +173,7 @@ pub struct NfqueueApplied {
     pub queues: Vec<AppliedQueue>,
     /// Whether any rule was written (false: everything was already in place).
     pub rules_written: bool,
-    /// Whether rules of a previous agent were found and a worker bound to their queue.
+    /// Whether rules of a previous agent were found and workers bound to their queues.
     pub recovered: bool,
     /// Things the user should know (a bridge option turned on, IPv6 left out).
     pub notes: Vec<String>,
@@ -128,20 +182,27 @@ pub struct NfqueueApplied {
 impl NfqueueApplied {
     /// One line for the injection's status message.
     pub fn summary(&self) -> String {
+        let name = |q: &AppliedQueue| {
+            if q.queues > 1 {
+                format!("nfqueue {}-{}", q.queue, q.queue + q.queues - 1)
+            } else {
+                format!("nfqueue {}", q.queue)
+            }
+        };
         let mut parts: Vec<String> = self
             .queues
             .iter()
             .map(|q| match (&q.side, &q.port) {
                 (Side::Node, Some(HostPort::Bridged { veth, bridge })) => format!(
-                    "egress queued (nfqueue {}) on {veth}, a port of bridge {bridge}",
-                    q.queue
+                    "egress queued ({}) on {veth}, a port of bridge {bridge}",
+                    name(q)
                 ),
                 (Side::Node, _) => format!(
-                    "egress queued (nfqueue {}) on {}",
-                    q.queue,
+                    "egress queued ({}) on {}",
+                    name(q),
                     q.port.as_ref().map_or("the pod's veth", HostPort::veth)
                 ),
-                (Side::Pod, _) => format!("ingress queued (nfqueue {}) in the pod", q.queue),
+                (Side::Pod, _) => format!("ingress queued ({}) in the pod", name(q)),
             })
             .collect();
         parts.extend(self.notes.iter().cloned());
@@ -151,34 +212,64 @@ impl NfqueueApplied {
 
 /// Queue numbers we choose from; each injection starts at a point derived from its tag.
 const QUEUE_FIRST: u16 = 16_384;
-/// Candidate queue numbers tried before giving up.
+/// Candidate starting numbers tried before giving up.
 const QUEUE_ATTEMPTS: usize = 256;
+/// At most this many queues (and worker pairs) per side of an injection.
+const MAX_QUEUES: u16 = 4;
+
+/// Queues per side by default: one per CPU (at most [`MAX_QUEUES`]). Flows are hashed over
+/// them, so many flows use every CPU; one flow stays on one queue (its order is kept).
+pub fn default_queues() -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u16::try_from(cpus)
+        .unwrap_or(MAX_QUEUES)
+        .clamp(1, MAX_QUEUES)
+}
 
 #[derive(Debug)]
 struct SideState {
     ns: Netns,
     ns_id: NetnsId,
-    worker: Worker,
+    workers: Vec<Worker>,
     /// Kernel rule counter and our read counter when counting (re)started.
     base_queued: u64,
     base_received: u64,
     /// Bypassed packets counted before the last time the rules (and their counters) were
     /// rewritten.
     carried_bypass: u64,
+    /// Packets the rules matched before the last rewrite.
+    carried_matched: u64,
 }
 
 impl SideState {
+    fn received(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.counters().received.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn bypassed(&self, queued: u64) -> u64 {
-        let received = self.worker.counters().received.load(Ordering::Relaxed);
         self.carried_bypass
             + queued
                 .saturating_sub(self.base_queued)
-                .saturating_sub(received.saturating_sub(self.base_received))
+                .saturating_sub(self.received().saturating_sub(self.base_received))
     }
 
-    fn rebase(&mut self, queued: u64) {
+    fn matched(&self, queued: u64) -> u64 {
+        self.carried_matched + queued.saturating_sub(self.base_queued)
+    }
+
+    /// The rules were rewritten (their counters restart from `queued`, 0 for new rules).
+    fn rebase(&mut self, before: u64, queued: u64) {
+        self.carried_bypass = self.bypassed(before);
+        self.carried_matched = self.matched(before);
         self.base_queued = queued;
-        self.base_received = self.worker.counters().received.load(Ordering::Relaxed);
+        self.base_received = self.received();
+    }
+
+    fn first_queue(&self) -> u16 {
+        self.workers.first().map_or(0, Worker::queue)
     }
 }
 
@@ -190,11 +281,20 @@ struct Injection {
 /// The NFQUEUE injections of this agent, each with its workers.
 ///
 /// Dropping the engine stops every worker (releasing the packets they hold) and leaves the
-/// rules: packets then bypass until an engine applies the injection again or removes it.
-#[derive(Debug, Default)]
+/// rules: packets then bypass until an engine applies the injection again or removes it, and
+/// in any case stop being queued at the injection's deadline.
+#[derive(Debug)]
 pub struct NfqueueEngine {
     injections: Mutex<HashMap<InjectionTag, Arc<Mutex<Injection>>>>,
     max_queue_len: Option<u32>,
+    steering: Steering,
+    queues: u16,
+}
+
+impl Default for NfqueueEngine {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,8 +308,29 @@ fn invalid(message: String) -> io::Error {
 }
 
 impl NfqueueEngine {
+    /// An engine with the steering this kernel offers and [`default_queues`] queues per side.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            injections: Mutex::default(),
+            max_queue_len: None,
+            steering: Steering::detect().unwrap_or(Steering::Nftables),
+            queues: default_queues(),
+        }
+    }
+
+    pub fn with_steering(mut self, steering: Steering) -> Self {
+        self.steering = steering;
+        self
+    }
+
+    /// Queues per side (nftables steering; the iptables fallback uses one).
+    pub fn with_queues(mut self, queues: u16) -> Self {
+        self.queues = queues.clamp(1, MAX_QUEUES);
+        self
+    }
+
+    pub fn steering(&self) -> Steering {
+        self.steering
     }
 
     /// Caps every queue's length (packets held in the kernel at once) below what the delay
@@ -219,7 +340,9 @@ impl NfqueueEngine {
         self
     }
 
-    fn queue_config(&self, impairment: &Impairment) -> QueueConfig {
+    fn queue_config(&self, impairment: &Impairment, queues: u16) -> QueueConfig {
+        // Each queue is sized for the whole rate: one flow lands on one queue.
+        let _ = queues;
         let mut config = QueueConfig::for_delay(impairment.max_delay());
         if let Some(cap) = self.max_queue_len {
             config.max_len = config.max_len.min(cap);
@@ -231,25 +354,28 @@ impl NfqueueEngine {
         Arc::clone(lock(&self.injections).entry(tag.clone()).or_default())
     }
 
-    /// Makes the kernel and our workers carry out `fault` (latency or loss) for the pod, as
-    /// described in the module documentation. Blocking (runs `iptables`): call it from
-    /// `spawn_blocking`.
+    /// Makes the kernel and our workers carry out `fault` (latency or loss) for the pod until
+    /// `deadline`, as described in the module documentation. Blocking: call it from
+    /// `spawn_blocking`. `pod_uid` goes into the tables' comments.
     ///
     /// `fault.peer_cidrs` and `fault.ports` name the peers' end of the traffic (empty: all):
     /// egress matches destination address and port, ingress source address and port, so `both`
     /// affects both halves of the same connections. Ports match TCP and UDP only.
     ///
     /// Changing the fault of an applied injection changes it in place: new parameters apply to
-    /// packets from then on, the rules are rewritten only if they differ, and a side no longer
-    /// wanted (direction `to` after `both`) is removed.
+    /// packets from then on, the tables are rewritten (with the deadline as of now), and a
+    /// side no longer wanted (direction `to` after `both`) is removed.
     pub fn apply(
         &self,
         tag: &InjectionTag,
         net: &PodNet,
         fault: &NetworkFault,
+        deadline: &Deadline,
+        pod_uid: &str,
     ) -> io::Result<NfqueueApplied> {
         let (impairment, direction) = Impairment::from_fault(fault).map_err(invalid)?;
         let scope = Scope::parse(&fault.peer_cidrs, &fault.ports).map_err(invalid)?;
+        let gate = deadline.remaining().map_err(|e| invalid(e.to_string()))?;
         let entry = self.entry(tag);
         let mut injection = lock(&entry);
         let mut applied = NfqueueApplied::default();
@@ -257,40 +383,275 @@ impl NfqueueEngine {
             let ns = net.ns(side);
             if !side.wanted(direction) {
                 if let Some(state) = injection.sides.remove(&side) {
-                    state.worker.stop();
+                    for worker in state.workers {
+                        worker.stop();
+                    }
                 }
-                applied.rules_written |= remove_rules(ns, tag)?;
+                applied.rules_written |= remove_rules(ns, tag, self.steering)?;
                 continue;
             }
-            let hook = match side {
+            let (hook_entry, port) = match side {
                 Side::Node => {
                     let (port, note) = hostveth::host_port(&net.pod, &net.host)?;
                     applied.notes.extend(note);
-                    Hook::Node(port)
+                    (Entry::Node(port.clone()), Some(port))
                 }
-                Side::Pod => Hook::Pod,
+                Side::Pod => (
+                    Entry::Pod(crate::agent::links::names_but_lo(&net.pod)?),
+                    None,
+                ),
             };
-            let queue = apply_side(
-                &mut injection,
-                &self.queue_config(&impairment),
-                side,
-                ns,
-                tag,
-                &hook,
-                &scope,
-                &impairment,
-                &mut applied,
-            )?;
+            let comment = Comment::new(pod_uid, deadline, port.as_ref().map(HostPort::veth));
+            let (first, queues) = match self.steering {
+                Steering::Nftables => self.apply_side_nft(
+                    &mut injection,
+                    side,
+                    ns,
+                    tag,
+                    &hook_entry,
+                    &scope,
+                    &impairment,
+                    gate,
+                    &comment,
+                    &mut applied,
+                )?,
+                Steering::Iptables => self.apply_side_iptables(
+                    &mut injection,
+                    side,
+                    ns,
+                    tag,
+                    &hook_entry,
+                    fault,
+                    &impairment,
+                    deadline,
+                    &mut applied,
+                )?,
+            };
             applied.queues.push(AppliedQueue {
                 side,
-                queue,
-                port: match hook {
-                    Hook::Node(port) => Some(port),
-                    Hook::Pod => None,
-                },
+                queue: first,
+                queues,
+                port,
             });
         }
         Ok(applied)
+    }
+
+    /// A side's state, started (or restarted in a new namespace) with workers bound to
+    /// `recovered` queues or to free ones.
+    #[allow(clippy::too_many_arguments)]
+    fn side_state<'a>(
+        &self,
+        injection: &'a mut Injection,
+        side: Side,
+        ns: &Netns,
+        tag: &InjectionTag,
+        recovered: Option<(u16, u16)>,
+        queues: u16,
+        impairment: &Impairment,
+        applied: &mut NfqueueApplied,
+    ) -> io::Result<&'a mut SideState> {
+        let ns_id = ns.id()?;
+        if injection.sides.get(&side).is_some_and(|s| s.ns_id != ns_id) {
+            // Another namespace than before (the pod was replaced): start over there.
+            if let Some(stale) = injection.sides.remove(&side) {
+                for worker in stale.workers {
+                    worker.stop();
+                }
+            }
+        }
+        match injection.sides.entry(side) {
+            std::collections::btree_map::Entry::Occupied(occupied) => {
+                let state = occupied.into_mut();
+                let config = self.queue_config(impairment, state.workers.len() as u16);
+                for worker in &state.workers {
+                    if worker.impairment() != *impairment {
+                        worker.set_impairment(impairment.clone());
+                        worker.configure(&config)?;
+                    }
+                }
+                Ok(state)
+            }
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                let sockets = match recovered {
+                    Some((first, total)) => {
+                        applied.recovered = true;
+                        let config = self.queue_config(impairment, total);
+                        (first..first + total)
+                            .map(|queue| {
+                                QueueSocket::open_in(ns, queue, &config).map_err(|e| {
+                                    let hint = if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                                        " (another process holds it: is a previous agent still running?)"
+                                    } else {
+                                        ""
+                                    };
+                                    io::Error::new(
+                                        e.kind(),
+                                        format!(
+                                            "cannot bind nfqueue {queue} found in the rules of {}: {e}{hint}",
+                                            tag.nft_table()
+                                        ),
+                                    )
+                                })
+                            })
+                            .collect::<io::Result<Vec<_>>>()?
+                    }
+                    None => bind_free_queues(
+                        ns,
+                        tag,
+                        queues,
+                        &self.queue_config(impairment, queues),
+                        self.steering,
+                    )?,
+                };
+                let workers = sockets
+                    .into_iter()
+                    .map(|socket| Worker::start(socket, impairment.clone()))
+                    .collect::<io::Result<Vec<_>>>()?;
+                Ok(vacant.insert(SideState {
+                    ns: ns.try_clone()?,
+                    ns_id,
+                    workers,
+                    base_queued: 0,
+                    base_received: 0,
+                    carried_bypass: 0,
+                    carried_matched: 0,
+                }))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_side_nft(
+        &self,
+        injection: &mut Injection,
+        side: Side,
+        ns: &Netns,
+        tag: &InjectionTag,
+        entry: &Entry,
+        scope: &Scope,
+        impairment: &Impairment,
+        gate: std::time::Duration,
+        comment: &Comment,
+        applied: &mut NfqueueApplied,
+    ) -> io::Result<(u16, u16)> {
+        let existing = nft_queue_rules(ns, tag)?;
+        let recovered = existing.iter().find_map(|r| r.queues);
+        let before: u64 = existing.iter().filter_map(|r| r.packets).sum();
+        let had_state = injection.sides.contains_key(&side);
+        let state = self.side_state(
+            injection,
+            side,
+            ns,
+            tag,
+            if had_state { None } else { recovered },
+            self.queues,
+            impairment,
+            applied,
+        )?;
+        let queues = (state.first_queue(), state.workers.len() as u16);
+        let mut families = scope.families();
+        let write = |families: &[AddrFamily]| {
+            nft::replace(
+                ns,
+                &steer::tables(tag, entry, scope, queues, gate, comment, families),
+            )
+        };
+        match write(&families) {
+            Ok(()) => {}
+            // Everything was asked for and this node has no IPv6: IPv4 only.
+            Err(error) if !scope.has_peers() && families.len() == 2 => {
+                families.retain(|f| *f == AddrFamily::V4);
+                write(&families)?;
+                applied
+                    .notes
+                    .push(format!("IPv6 traffic is not affected: {error}"));
+            }
+            Err(error) => return Err(error),
+        }
+        // Tables of families no longer in scope go; the rewrite restarted the counters.
+        for stale in [AddrFamily::V4, AddrFamily::V6] {
+            if !families.contains(&stale) {
+                let family = match stale {
+                    AddrFamily::V4 => NftFamily::Ip,
+                    AddrFamily::V6 => NftFamily::Ip6,
+                };
+                nftables::with_socket(ns, |socket| {
+                    socket.commit(&nftables::table::delete(family, &tag.nft_table()))
+                })?;
+            }
+        }
+        applied.rules_written = true;
+        state.rebase(before, 0);
+        Ok(queues)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_side_iptables(
+        &self,
+        injection: &mut Injection,
+        side: Side,
+        ns: &Netns,
+        tag: &InjectionTag,
+        entry: &Entry,
+        fault: &NetworkFault,
+        impairment: &Impairment,
+        deadline: &Deadline,
+        applied: &mut NfqueueApplied,
+    ) -> io::Result<(u16, u16)> {
+        let scope = rules::Scope::parse(&fault.peer_cidrs, &fault.ports).map_err(invalid)?;
+        let hook = match entry {
+            Entry::Node(port) => Hook::Node(port.clone()),
+            Entry::Pod(_) => Hook::Pod,
+        };
+        let chain = tag.iptables_chain();
+        let saved = read_all(ns)?;
+        let recovered = saved
+            .values()
+            .find_map(|s| s.queue_of(&chain))
+            .map(|q| (q, 1));
+        let had_state = injection.sides.contains_key(&side);
+        let state = self.side_state(
+            injection,
+            side,
+            ns,
+            tag,
+            if had_state { None } else { recovered },
+            1,
+            impairment,
+            applied,
+        )?;
+        let queue = state.first_queue();
+        let until = rules::datestop(deadline);
+        let mut chain_rewritten = false;
+        for family in Family::ALL {
+            let current = &saved[&family];
+            let script = if scope.families().contains(&family) {
+                let rules = rules::chain_rules(tag, family, &hook, &scope, queue, &until);
+                rules::restore_script(current, tag, &rules, &hook.jump(tag)).map(|change| {
+                    chain_rewritten |= change.chain_rewritten;
+                    change.script
+                })
+            } else {
+                rules::removal_script(current, tag)
+            };
+            let Some(script) = script else { continue };
+            match rules::restore(ns, family, &script) {
+                Ok(()) => applied.rules_written = true,
+                Err(error) if family == Family::V6 && scope.cidrs.is_empty() => {
+                    applied
+                        .notes
+                        .push(format!("IPv6 traffic is not affected: {error}"));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let before: u64 = saved.values().map(|s| s.queued_packets(&chain)).sum();
+        if chain_rewritten || !had_state {
+            let now = queued_packets_iptables(ns, tag)?;
+            state.rebase(before, now);
+        }
+        Ok((queue, 1))
     }
 
     /// Removes the injection: its rules in the pod's and the node's namespace, then its
@@ -307,11 +668,13 @@ impl NfqueueEngine {
         let mut found = false;
         // Rules first, so that no packet is queued any more; then the workers release theirs.
         for ns in namespaces {
-            found |= remove_rules(ns, tag)?;
+            found |= remove_rules(ns, tag, self.steering)?;
         }
         if let Some(injection) = injection.as_mut() {
             for (_, state) in std::mem::take(&mut injection.sides) {
-                state.worker.stop();
+                for worker in state.workers {
+                    worker.stop();
+                }
                 found = true;
             }
         }
@@ -321,7 +684,8 @@ impl NfqueueEngine {
     }
 
     /// Packet counts of an injection this engine applied, `None` for any other. Reads the
-    /// kernel's rule counters (runs `iptables-save`): call it from `spawn_blocking`.
+    /// kernel's rule counters (netlink; iptables-save on the fallback): call it from
+    /// `spawn_blocking`.
     pub fn stats(&self, tag: &InjectionTag) -> Option<NfqueueStats> {
         let entry = lock(&self.injections).get(tag).cloned()?;
         let injection = lock(&entry);
@@ -330,16 +694,27 @@ impl NfqueueEngine {
         }
         let mut stats = NfqueueStats::default();
         for state in injection.sides.values() {
-            let counters = state.worker.counters();
-            stats.delayed += counters.delayed.load(Ordering::Relaxed);
-            stats.dropped += counters.dropped.load(Ordering::Relaxed);
-            stats.bypassed += match queued_packets(&state.ns, tag) {
-                Ok(queued) => state.bypassed(queued),
+            for worker in &state.workers {
+                let counters = worker.counters();
+                stats.delayed += counters.delayed.load(Ordering::Relaxed);
+                stats.dropped += counters.dropped.load(Ordering::Relaxed);
+            }
+            let queued = match self.steering {
+                Steering::Nftables => nft_queue_rules(&state.ns, tag)
+                    .map(|rules| rules.iter().filter_map(|r| r.packets).sum()),
+                Steering::Iptables => queued_packets_iptables(&state.ns, tag),
+            };
+            match queued {
+                Ok(queued) => {
+                    stats.bypassed += state.bypassed(queued);
+                    stats.matched += state.matched(queued);
+                }
                 Err(error) => {
                     tracing::debug!(%tag, %error, "cannot read nfqueue rule counters");
-                    state.carried_bypass
+                    stats.bypassed += state.carried_bypass;
+                    stats.matched += state.carried_matched;
                 }
-            };
+            }
         }
         Some(stats)
     }
@@ -352,103 +727,20 @@ impl NfqueueEngine {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply_side(
-    injection: &mut Injection,
-    config: &QueueConfig,
-    side: Side,
-    ns: &Netns,
-    tag: &InjectionTag,
-    hook: &Hook,
-    scope: &Scope,
-    impairment: &Impairment,
-    applied: &mut NfqueueApplied,
-) -> io::Result<u16> {
-    let ns_id = ns.id()?;
-    if injection.sides.get(&side).is_some_and(|s| s.ns_id != ns_id) {
-        // Another namespace than before (the pod was replaced): start over there.
-        if let Some(stale) = injection.sides.remove(&side) {
-            stale.worker.stop();
+/// The queueing rules of our tables for `tag` in `ns` (both families).
+fn nft_queue_rules(ns: &Netns, tag: &InjectionTag) -> io::Result<Vec<nftables::RuleInfo>> {
+    nftables::with_socket(ns, |socket| {
+        let mut out = Vec::new();
+        for family in [NftFamily::Ip, NftFamily::Ip6] {
+            out.extend(
+                socket
+                    .rules(family, &tag.nft_table())?
+                    .into_iter()
+                    .filter(|r| r.chain == steer::ENQUEUE_CHAIN),
+            );
         }
-    }
-    let chain = tag.iptables_chain();
-    let saved = read_all(ns)?;
-    let state = match injection.sides.entry(side) {
-        std::collections::btree_map::Entry::Occupied(occupied) => {
-            let state = occupied.into_mut();
-            if state.worker.impairment() != *impairment {
-                state.worker.set_impairment(impairment.clone());
-                state.worker.configure(config)?;
-            }
-            state
-        }
-        std::collections::btree_map::Entry::Vacant(vacant) => {
-            let recovered = saved.values().find_map(|s| s.queue_of(&chain));
-            let socket = match recovered {
-                Some(queue) => {
-                    applied.recovered = true;
-                    QueueSocket::open_in(ns, queue, config).map_err(|e| {
-                        let hint = if e.raw_os_error() == Some(nix::libc::EBUSY) {
-                            " (another process holds it: is a previous agent still running?)"
-                        } else {
-                            ""
-                        };
-                        io::Error::new(
-                            e.kind(),
-                            format!(
-                                "cannot bind nfqueue {queue} found in chain {chain}: {e}{hint}"
-                            ),
-                        )
-                    })?
-                }
-                None => bind_free_queue(ns, tag, config)?,
-            };
-            let worker = Worker::start(socket, impairment.clone())?;
-            let queued = saved.values().map(|s| s.queued_packets(&chain)).sum();
-            let mut state = SideState {
-                ns: ns.try_clone()?,
-                ns_id,
-                worker,
-                base_queued: 0,
-                base_received: 0,
-                carried_bypass: 0,
-            };
-            state.rebase(queued);
-            vacant.insert(state)
-        }
-    };
-    let queue = state.worker.queue();
-    let mut chain_rewritten = false;
-    for family in Family::ALL {
-        let current = &saved[&family];
-        let script = if scope.families().contains(&family) {
-            let rules = rules::chain_rules(tag, family, hook, scope, queue);
-            rules::restore_script(current, tag, &rules, &hook.jump(tag)).map(|change| {
-                chain_rewritten |= change.chain_rewritten;
-                change.script
-            })
-        } else {
-            rules::removal_script(current, tag)
-        };
-        let Some(script) = script else { continue };
-        match rules::restore(ns, family, &script) {
-            Ok(()) => applied.rules_written = true,
-            // Everything was asked for and this node has no usable ip6tables: IPv4 only.
-            Err(error) if family == Family::V6 && scope.cidrs.is_empty() => {
-                applied
-                    .notes
-                    .push(format!("IPv6 traffic is not affected: {error}"));
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    if chain_rewritten {
-        // The rewrite reset the rule counters: carry what was counted and count afresh.
-        let before: u64 = saved.values().map(|s| s.queued_packets(&chain)).sum();
-        state.carried_bypass = state.bypassed(before);
-        state.rebase(queued_packets(ns, tag)?);
-    }
-    Ok(queue)
+        Ok(out)
+    })
 }
 
 fn read_all(ns: &Netns) -> io::Result<BTreeMap<Family, Saved>> {
@@ -458,7 +750,7 @@ fn read_all(ns: &Netns) -> io::Result<BTreeMap<Family, Saved>> {
         .collect()
 }
 
-fn queued_packets(ns: &Netns, tag: &InjectionTag) -> io::Result<u64> {
+fn queued_packets_iptables(ns: &Netns, tag: &InjectionTag) -> io::Result<u64> {
     let chain = tag.iptables_chain();
     Ok(read_all(ns)?
         .values()
@@ -466,10 +758,27 @@ fn queued_packets(ns: &Netns, tag: &InjectionTag) -> io::Result<u64> {
         .sum())
 }
 
-/// Deletes the injection's chain and jumps in `ns`, both families. `Ok(false)` when absent.
-fn remove_rules(ns: &Netns, tag: &InjectionTag) -> io::Result<bool> {
+/// Deletes the injection's queueing rules in `ns`: our tables (every family), and with the
+/// iptables fallback its chain. `Ok(false)` when there were none.
+fn remove_rules(ns: &Netns, tag: &InjectionTag, steering: Steering) -> io::Result<bool> {
+    let mut found = nft::remove(ns, tag)?;
+    if steering == Steering::Iptables {
+        found |= remove_legacy_chain(ns, tag)?;
+    }
+    Ok(found)
+}
+
+/// Deletes an iptables NFQUEUE chain of ours and its jumps (the fallback's, or an older
+/// agent's), when iptables is installed. Runs `iptables-save`: for orphan cleanup and the
+/// fallback only.
+pub fn remove_legacy_chain(ns: &Netns, tag: &InjectionTag) -> io::Result<bool> {
     let mut found = false;
-    for (family, saved) in read_all(ns)? {
+    for family in Family::ALL {
+        let saved = match rules::read(ns, family) {
+            Ok(saved) => saved,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if let Some(script) = rules::removal_script(&saved, tag) {
             rules::restore(ns, family, &script)?;
             found = true;
@@ -478,36 +787,63 @@ fn remove_rules(ns: &Netns, tag: &InjectionTag) -> io::Result<bool> {
     Ok(found)
 }
 
-/// Binds the first queue number, from the tag's starting point on, that no rule names and no
-/// socket holds in `ns`.
-fn bind_free_queue(
+/// Binds `count` consecutive queue numbers, from the tag's starting point on, that no rule of
+/// ours names and no socket holds in `ns`.
+fn bind_free_queues(
     ns: &Netns,
     tag: &InjectionTag,
+    count: u16,
     config: &QueueConfig,
-) -> io::Result<QueueSocket> {
-    let mut taken = rules::queue_numbers_in_use(ns)?;
-    taken.extend(bound_queues(ns)?);
-    let span = u32::from(u16::MAX - QUEUE_FIRST) + 1;
-    let start = u32::from_str_radix(&tag.as_str()[..8], 16).unwrap_or(0) % span;
-    let mut attempts = 0;
-    for offset in 0..span {
-        let queue = QUEUE_FIRST + u16::try_from((start + offset) % span).expect("within span");
-        if taken.contains(&queue) {
-            continue;
-        }
-        match QueueSocket::open_in(ns, queue, config) {
-            Ok(socket) => return Ok(socket),
-            // Bound meanwhile by someone else: next.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {}
-            Err(e) => return Err(e),
-        }
-        attempts += 1;
-        if attempts == QUEUE_ATTEMPTS {
-            break;
+    steering: Steering,
+) -> io::Result<Vec<QueueSocket>> {
+    let mut taken = bound_queues(ns)?;
+    match steering {
+        Steering::Iptables => taken.extend(rules::queue_numbers_in_use(ns)?),
+        Steering::Nftables => {
+            // Queues named by our other injections' tables (their workers may be between
+            // binds, after an agent restart).
+            for owned in nft::owned_tables(ns)? {
+                if owned.tag == *tag {
+                    continue;
+                }
+                for rule in
+                    nftables::with_socket(ns, |s| s.rules(owned.family, &owned.tag.nft_table()))?
+                {
+                    if let Some((first, total)) = rule.queues {
+                        taken.extend(first..first.saturating_add(total));
+                    }
+                }
+            }
         }
     }
+    let span = u32::from(u16::MAX - QUEUE_FIRST) + 2 - u32::from(count);
+    let start = u32::from_str_radix(&tag.as_str()[..8], 16).unwrap_or(0) % span;
+    let mut attempts = 0;
+    'candidates: for offset in 0..span {
+        let first = QUEUE_FIRST + u16::try_from((start + offset) % span).expect("within span");
+        let numbers = first..first + count;
+        if numbers.clone().any(|q| taken.contains(&q)) {
+            continue;
+        }
+        attempts += 1;
+        let mut sockets = Vec::with_capacity(usize::from(count));
+        for queue in numbers {
+            match QueueSocket::open_in(ns, queue, config) {
+                Ok(socket) => sockets.push(socket),
+                // Bound meanwhile by someone else: next candidate (ours close on drop).
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                    if attempts >= QUEUE_ATTEMPTS {
+                        break 'candidates;
+                    }
+                    continue 'candidates;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(sockets);
+    }
     Err(io::Error::other(format!(
-        "no free nfqueue number in {} after {attempts} attempts",
+        "no {count} free consecutive nfqueue numbers in {} after {attempts} attempts",
         ns.path().display()
     )))
 }
@@ -530,7 +866,9 @@ fn bound_queues(ns: &Netns) -> io::Result<BTreeSet<u16>> {
         .collect())
 }
 
-/// The faultline NFQUEUE chains present in a namespace (both families), for orphan cleanup.
+/// The faultline NFQUEUE rules present in a namespace as iptables chains (the fallback's, or
+/// an older agent's), for orphan cleanup. Our nftables tables are found by
+/// [`nft::owned_tables`].
 pub fn owned(net_ns: &Netns) -> io::Result<Vec<InjectionTag>> {
     let tags: BTreeSet<InjectionTag> = read_all(net_ns)?
         .values()
@@ -539,31 +877,43 @@ pub fn owned(net_ns: &Netns) -> io::Result<Vec<InjectionTag>> {
     Ok(tags.into_iter().collect())
 }
 
-/// The faultline NFQUEUE chains in the node's namespace that may be this agent's: those whose
-/// jumps name only `our_veths` (the host sides of this node's pods) or interfaces that no longer
-/// exist (their pod is gone). A chain that jumps from an interface of someone else's pod (a
-/// second agent on the same kernel, as with several sandboxes on one machine) is left alone.
+/// The faultline NFQUEUE rules in the node's namespace that may be this agent's: those whose
+/// jumps (iptables) or comment (nftables) name only `our_veths` (the host sides of this node's
+/// pods) or interfaces that no longer exist (their pod is gone). Rules for an interface of
+/// someone else's pod (a second agent on the same kernel, as with several sandboxes on one
+/// machine) are left alone.
 pub fn owned_on_node(host: &Netns, our_veths: &BTreeSet<String>) -> io::Result<Vec<InjectionTag>> {
-    let saved = read_all(host)?;
-    let existing: BTreeSet<String> = host
-        .run(|| {
-            nix::net::if_::if_nameindex().map(|names| {
-                names
-                    .iter()
-                    .map(|i| i.name().to_string_lossy().into_owned())
-                    .collect()
-            })
-        })?
-        .map_err(io::Error::from)?;
+    let existing: BTreeSet<String> = crate::agent::links::links(host)?
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    let foreign = |ifname: &String| existing.contains(ifname) && !our_veths.contains(ifname);
     let mut tags = BTreeSet::new();
+    for table in nft::owned_tables(host)? {
+        let port = table.comment.as_ref().and_then(|c| c.port.clone());
+        match port {
+            Some(port) if foreign(&port) => {}
+            // A table of ours in the node's namespace without a port is not an NFQUEUE one;
+            // its owner is unknown: leave it.
+            None => {}
+            Some(_) => {
+                tags.insert(table.tag);
+            }
+        }
+    }
+    let saved = match read_all(host) {
+        Ok(saved) => saved,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e),
+    };
     for tables in saved.values() {
         for tag in tables.nfqueue_tags() {
-            let foreign = tables
+            let is_foreign = tables
                 .jumps_to(&tag.iptables_chain())
                 .iter()
                 .flat_map(|rule| rules::interfaces(&rule.line))
-                .any(|ifname| existing.contains(&ifname) && !our_veths.contains(&ifname));
-            if !foreign {
+                .any(|ifname| foreign(&ifname));
+            if !is_foreign {
                 tags.insert(tag);
             }
         }
@@ -571,38 +921,45 @@ pub fn owned_on_node(host: &Netns, our_veths: &BTreeSet<String>) -> io::Result<V
     Ok(tags.into_iter().collect())
 }
 
-/// Whether this node can run the NFQUEUE path: in a throwaway network namespace, an iptables
-/// NFQUEUE rule can be added and deleted and a queue bound. Needs root (CAP_NET_ADMIN and
-/// CAP_SYS_ADMIN).
+/// Whether this node can run the NFQUEUE path (either steering).
 pub fn available() -> bool {
-    match probe() {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::info!(%error, "the nfqueue path is not available");
-            false
-        }
-    }
+    Steering::detect().is_some()
 }
 
-fn probe() -> io::Result<()> {
-    std::thread::spawn(|| -> io::Result<()> {
+/// In a throwaway network namespace: the steering's rule can be written and a queue bound.
+/// Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
+fn probe(steering: Steering) -> io::Result<()> {
+    std::thread::spawn(move || -> io::Result<()> {
         // This thread alone moves to a new namespace, which vanishes when the thread ends.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
         let ns = Netns::current()?;
-        let chain = "FL-nfqueueprobe";
-        rules::restore(
-            &ns,
-            Family::V4,
-            &format!(
-                "*{table}\n:{chain} - [0:0]\n-A {chain} -j NFQUEUE --queue-num 1 --queue-bypass\nCOMMIT\n",
-                table = rules::TABLE
-            ),
-        )?;
-        rules::restore(
-            &ns,
-            Family::V4,
-            &format!("*{table}\n-F {chain}\n-X {chain}\nCOMMIT\n", table = rules::TABLE),
-        )?;
+        match steering {
+            Steering::Nftables => {
+                let tag = InjectionTag::from_uid("00000000-0000-4000-8000-000000000000")
+                    .expect("a valid uid");
+                let tables = steer::tables(
+                    &tag,
+                    &Entry::Pod(vec!["lo".into()]),
+                    &Scope::default(),
+                    (1, 1),
+                    std::time::Duration::from_secs(1),
+                    &Comment::default(),
+                    &[AddrFamily::V4],
+                );
+                nft::replace(&ns, &tables)?;
+            }
+            Steering::Iptables => {
+                let chain = "FL-nfqueueprobe";
+                rules::restore(
+                    &ns,
+                    Family::V4,
+                    &format!(
+                        "*{table}\n:{chain} - [0:0]\n-A {chain} -m time --datestop 2037-01-01T00:00:00 -j NFQUEUE --queue-num 1 --queue-bypass\nCOMMIT\n",
+                        table = rules::TABLE
+                    ),
+                )?;
+            }
+        }
         drop(QueueSocket::open_in(
             &ns,
             1,

@@ -56,7 +56,10 @@ const NFQA_CFG_MASK: u16 = 4;
 const NFQA_CFG_FLAGS: u16 = 5;
 
 const NFQNL_CFG_CMD_BIND: u8 = 1;
-const NFQNL_COPY_PACKET: u8 = 2;
+/// `NFQNL_COPY_META`: the packet's metadata (its id), no payload.
+pub const NFQNL_COPY_META: u8 = 1;
+/// `NFQNL_COPY_PACKET`: metadata and up to `copy_range` bytes of the packet.
+pub const NFQNL_COPY_PACKET: u8 = 2;
 
 /// Accept packets instead of dropping them when the queue is full or our socket cannot take
 /// more: a slow agent weakens the fault instead of cutting the pod off.
@@ -82,6 +85,9 @@ pub enum Verdict {
 pub struct QueueConfig {
     /// Bytes of each packet copied to us (headers only: we never read the payload).
     pub copy_range: u32,
+    /// `NFQNL_COPY_META` or `NFQNL_COPY_PACKET` (never NONE: a bound queue copying nothing
+    /// drops every packet).
+    pub copy_mode: u8,
     /// Packets the kernel holds for us at most; beyond that they bypass (fail open).
     pub max_len: u32,
     /// `NFQA_CFG_F_*` flags to set.
@@ -89,11 +95,14 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    /// Our configuration for a queue that holds packets up to `max_delay`: 64 bytes copied,
-    /// fail-open and GSO, and room for [`ASSUMED_PEAK_PPS`] packets during the longest delay.
+    /// Our configuration for a queue that holds packets up to `max_delay`: metadata only (we
+    /// decide by the packet id; no payload crosses to us, so more packets fit in our socket's
+    /// buffer), fail-open and GSO, and room for [`ASSUMED_PEAK_PPS`] packets during the
+    /// longest delay.
     pub fn for_delay(max_delay: Duration) -> Self {
         Self {
-            copy_range: 64,
+            copy_range: 0,
+            copy_mode: NFQNL_COPY_META,
             max_len: queue_max_len(max_delay),
             flags: NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO,
         }
@@ -106,9 +115,15 @@ pub const ASSUMED_PEAK_PPS: u64 = 100_000;
 const MIN_QUEUE_LEN: u64 = 1024;
 const MAX_QUEUE_LEN: u64 = 1 << 18;
 
-/// Queue length for rate x delay, within [1024, 262144].
+/// Time a packet may wait in the queue before we read it (the reader falling behind a burst,
+/// the machine busy): the queue holds it too.
+pub const READ_SLACK: Duration = Duration::from_millis(100);
+
+/// Queue length for rate x (delay + [`READ_SLACK`]), within [1024, 262144]: the queue counts
+/// the packets we hold for their delay and those not read yet.
 pub fn queue_max_len(max_delay: Duration) -> u32 {
-    let packets = (u128::from(ASSUMED_PEAK_PPS) * max_delay.as_micros()).div_ceil(1_000_000);
+    let held = max_delay.saturating_add(READ_SLACK);
+    let packets = (u128::from(ASSUMED_PEAK_PPS) * held.as_micros()).div_ceil(1_000_000);
     let packets = u64::try_from(packets).unwrap_or(MAX_QUEUE_LEN);
     u32::try_from(packets.clamp(MIN_QUEUE_LEN, MAX_QUEUE_LEN)).expect("clamped below u32::MAX")
 }
@@ -158,7 +173,7 @@ impl<'a> MessageBuilder<'a> {
 pub fn bind_message(queue: u16, config: &QueueConfig) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     let mut params = config.copy_range.to_be_bytes().to_vec();
-    params.push(NFQNL_COPY_PACKET);
+    params.push(config.copy_mode);
     MessageBuilder::new(&mut buf, NFQNL_MSG_CONFIG, queue, NLM_F_REQUEST | NLM_F_ACK)
         .attr(NFQA_CFG_CMD, &config_cmd(NFQNL_CFG_CMD_BIND, AF_INET))
         .attr(NFQA_CFG_PARAMS, &params)
@@ -358,6 +373,36 @@ impl QueueSocket {
     }
 }
 
+impl QueueSocket {
+    /// Reads up to `bufs.len()` datagrams in one `recvmmsg`; returns their lengths (empty when
+    /// nothing came within [`READ_TIMEOUT`], or at once when `nonblocking`, or on ENOBUFS).
+    pub fn recv_many(&self, bufs: &mut [Vec<u8>], nonblocking: bool) -> io::Result<Vec<usize>> {
+        let flags = if nonblocking {
+            MsgFlags::MSG_DONTWAIT
+        } else {
+            // Block for the first datagram only, then take what is there.
+            MsgFlags::MSG_WAITFORONE
+        };
+        let mut slices: Vec<[std::io::IoSliceMut<'_>; 1]> = bufs
+            .iter_mut()
+            .map(|b| [std::io::IoSliceMut::new(b.as_mut_slice())])
+            .collect();
+        let mut headers =
+            nix::sys::socket::MultiHeaders::<NetlinkAddr>::preallocate(slices.len(), None);
+        match nix::sys::socket::recvmmsg(
+            self.fd.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            flags,
+            None,
+        ) {
+            Ok(results) => Ok(results.map(|m| m.bytes).collect()),
+            Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOBUFS) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 impl AsFd for QueueSocket {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
@@ -393,6 +438,7 @@ mod tests {
     fn bind_message_starts_like_libnetfilter_queue_bind() {
         let config = QueueConfig {
             copy_range: 64,
+            copy_mode: NFQNL_COPY_PACKET,
             max_len: 4096,
             flags: NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO,
         };
@@ -441,6 +487,7 @@ mod tests {
     fn reconfigure_message_matches_libnetfilter_queue() {
         let config = QueueConfig {
             copy_range: 64,
+            copy_mode: NFQNL_COPY_PACKET,
             max_len: 2048,
             flags: NFQA_CFG_F_FAIL_OPEN,
         };
@@ -529,9 +576,9 @@ mod tests {
 
     #[test]
     fn queue_length_scales_with_delay_within_bounds() {
-        assert_eq!(queue_max_len(Duration::ZERO), 1024);
-        assert_eq!(queue_max_len(Duration::from_millis(50)), 5_000);
-        assert_eq!(queue_max_len(Duration::from_millis(200)), 20_000);
+        assert_eq!(queue_max_len(Duration::ZERO), 10_000);
+        assert_eq!(queue_max_len(Duration::from_millis(50)), 15_000);
+        assert_eq!(queue_max_len(Duration::from_millis(200)), 30_000);
         assert_eq!(queue_max_len(Duration::from_secs(3600)), 1 << 18);
     }
 }

@@ -192,13 +192,27 @@ impl Hook {
     }
 }
 
-/// The rules of our chain for one family, as iptables-save prints them.
+/// The `--datestop` of a deadline: the last whole second (UTC) that still ends before the
+/// next one after `expiresAt`. The `time` match compares whole seconds of the kernel's clock,
+/// so the rule stops matching within a second after the deadline.
+pub fn datestop(deadline: &crate::agent::deadline::Deadline) -> String {
+    let at = deadline.expires_at;
+    let whole = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0) - 1;
+    chrono::DateTime::from_timestamp(whole, 0)
+        .unwrap_or(at)
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+/// The rules of our chain for one family, as iptables-save prints them, matching until
+/// `datestop` ([`datestop`]).
 pub fn chain_rules(
     tag: &InjectionTag,
     family: Family,
     hook: &Hook,
     scope: &Scope,
     queue: u16,
+    datestop: &str,
 ) -> Vec<String> {
     let chain = tag.iptables_chain();
     let (addr_flag, port_flag) = if hook.egress() {
@@ -239,7 +253,9 @@ pub fn chain_rules(
             if let Some((proto, list)) = port {
                 rule.push_str(&format!(" -p {proto} -m multiport {port_flag} {list}"));
             }
-            rule.push_str(&format!(" -j NFQUEUE --queue-num {queue} --queue-bypass"));
+            rule.push_str(&format!(
+                " -m time --datestop {datestop} -j NFQUEUE --queue-num {queue} --queue-bypass"
+            ));
             rules.push(rule);
         }
     }
@@ -519,6 +535,7 @@ mod tests {
     }
 
     const CHAIN: &str = "FL-0f3c2a9e7b1d4c559a0e2b6f";
+    const UNTIL: &str = "2026-01-01T00:00:00";
 
     fn bridged() -> Hook {
         Hook::Node(HostPort::Bridged {
@@ -546,17 +563,30 @@ mod tests {
     }
 
     #[test]
+    fn datestop_is_the_last_second_that_ends_by_the_deadline() {
+        use crate::agent::deadline::Deadline;
+        let at = |s: &str| Deadline::new(s.parse().unwrap());
+        // On a whole second: the previous second is the last matching one.
+        assert_eq!(datestop(&at("2026-01-01T00:00:05Z")), "2026-01-01T00:00:04");
+        // Mid-second: the rule stops at the next whole second, within 1 s after.
+        assert_eq!(
+            datestop(&at("2026-01-01T00:00:05.300Z")),
+            "2026-01-01T00:00:05"
+        );
+    }
+
+    #[test]
     fn everything_is_one_rule_per_family() {
         let scope = Scope::default();
         assert_eq!(
             scope.families(),
             [Family::V4, Family::V6].into_iter().collect()
         );
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 20001);
+        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 20001, UNTIL);
         assert_eq!(
             rules,
             [format!(
-                "-A {CHAIN} -j NFQUEUE --queue-num 20001 --queue-bypass"
+                "-A {CHAIN} -m time --datestop 2026-01-01T00:00:00 -j NFQUEUE --queue-num 20001 --queue-bypass"
             )]
         );
     }
@@ -568,25 +598,25 @@ mod tests {
             &[443, 80, 80],
         )
         .unwrap();
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 7);
+        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 7, UNTIL);
         assert_eq!(
             rules,
             [
                 format!(
-                    "-A {CHAIN} -d 10.0.0.0/8 -p tcp -m multiport --dports 80,443 -j NFQUEUE --queue-num 7 --queue-bypass"
+                    "-A {CHAIN} -d 10.0.0.0/8 -p tcp -m multiport --dports 80,443 -m time --datestop 2026-01-01T00:00:00 -j NFQUEUE --queue-num 7 --queue-bypass"
                 ),
                 format!(
-                    "-A {CHAIN} -d 10.0.0.0/8 -p udp -m multiport --dports 80,443 -j NFQUEUE --queue-num 7 --queue-bypass"
+                    "-A {CHAIN} -d 10.0.0.0/8 -p udp -m multiport --dports 80,443 -m time --datestop 2026-01-01T00:00:00 -j NFQUEUE --queue-num 7 --queue-bypass"
                 ),
                 format!(
-                    "-A {CHAIN} -d 10.77.0.3/32 -p tcp -m multiport --dports 80,443 -j NFQUEUE --queue-num 7 --queue-bypass"
+                    "-A {CHAIN} -d 10.77.0.3/32 -p tcp -m multiport --dports 80,443 -m time --datestop 2026-01-01T00:00:00 -j NFQUEUE --queue-num 7 --queue-bypass"
                 ),
                 format!(
-                    "-A {CHAIN} -d 10.77.0.3/32 -p udp -m multiport --dports 80,443 -j NFQUEUE --queue-num 7 --queue-bypass"
+                    "-A {CHAIN} -d 10.77.0.3/32 -p udp -m multiport --dports 80,443 -m time --datestop 2026-01-01T00:00:00 -j NFQUEUE --queue-num 7 --queue-bypass"
                 ),
             ]
         );
-        let v6 = chain_rules(&tag(), Family::V6, &bridged(), &scope, 7);
+        let v6 = chain_rules(&tag(), Family::V6, &bridged(), &scope, 7, UNTIL);
         assert_eq!(v6.len(), 2);
         assert!(v6[0].contains("-d fd00::/8 -p tcp"));
     }
@@ -595,11 +625,11 @@ mod tests {
     fn ingress_matches_source_peers_and_ports() {
         let scope = Scope::parse(&["10.77.0.3/32".into()], &[]).unwrap();
         assert_eq!(scope.families(), [Family::V4].into_iter().collect());
-        let rules = chain_rules(&tag(), Family::V4, &Hook::Pod, &scope, 9);
+        let rules = chain_rules(&tag(), Family::V4, &Hook::Pod, &scope, 9, UNTIL);
         assert_eq!(
             rules,
             [format!(
-                "-A {CHAIN} -s 10.77.0.3/32 -j NFQUEUE --queue-num 9 --queue-bypass"
+                "-A {CHAIN} -s 10.77.0.3/32 -m time --datestop 2026-01-01T00:00:00 -j NFQUEUE --queue-num 9 --queue-bypass"
             )]
         );
         assert_eq!(
@@ -612,7 +642,7 @@ mod tests {
     fn more_than_fifteen_ports_are_split_across_rules() {
         let ports: Vec<i32> = (1..=20).collect();
         let scope = Scope::parse(&[], &ports).unwrap();
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 1);
+        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 1, UNTIL);
         assert_eq!(rules.len(), 4);
         assert!(rules[0].contains("--dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15 "));
         assert!(rules[1].contains("-p tcp -m multiport --dports 16,17,18,19,20 "));
@@ -700,7 +730,14 @@ mod tests {
 
     #[test]
     fn restore_script_is_none_when_everything_is_in_place() {
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &Scope::default(), 20001);
+        let rules = chain_rules(
+            &tag(),
+            Family::V4,
+            &bridged(),
+            &Scope::default(),
+            20001,
+            UNTIL,
+        );
         let jump = bridged().jump(&tag());
         let rule_refs: Vec<&str> = rules.iter().map(String::as_str).collect();
         let saved = parse_save(&saved_with(&rule_refs, &[&jump]));
@@ -709,14 +746,21 @@ mod tests {
 
     #[test]
     fn restore_script_creates_chain_and_jump_from_nothing() {
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &Scope::default(), 20001);
+        let rules = chain_rules(
+            &tag(),
+            Family::V4,
+            &bridged(),
+            &Scope::default(),
+            20001,
+            UNTIL,
+        );
         let jump = bridged().jump(&tag());
         let change = restore_script(&Saved::default(), &tag(), &rules, &jump).unwrap();
         assert!(change.chain_rewritten);
         assert_eq!(
             change.script,
             format!(
-                "*mangle\n:{CHAIN} - [0:0]\n-A {CHAIN} -j NFQUEUE --queue-num 20001 --queue-bypass\n-A PREROUTING -m physdev --physdev-in veth3 -j {CHAIN}\nCOMMIT\n"
+                "*mangle\n:{CHAIN} - [0:0]\n-A {CHAIN} -m time --datestop 2026-01-01T00:00:00 -j NFQUEUE --queue-num 20001 --queue-bypass\n-A PREROUTING -m physdev --physdev-in veth3 -j {CHAIN}\nCOMMIT\n"
             )
         );
     }
@@ -728,7 +772,7 @@ mod tests {
         let stale_jump = format!("-A PREROUTING -i veth9 -j {CHAIN}");
         let saved = parse_save(&saved_with(&[&old], &[&jump, &jump, &stale_jump]));
         let scope = Scope::parse(&["10.0.0.0/8".into()], &[]).unwrap();
-        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 20001);
+        let rules = chain_rules(&tag(), Family::V4, &bridged(), &scope, 20001, UNTIL);
         let change = restore_script(&saved, &tag(), &rules, &jump).unwrap();
         assert!(change.chain_rewritten);
         assert_eq!(

@@ -133,6 +133,12 @@ impl UdpSink {
     pub fn start(ns: &Netns, addr: SocketAddr) -> io::Result<Self> {
         let socket = ns.run(|| UdpSocket::bind(addr))??;
         socket.set_read_timeout(Some(POLL))?;
+        // Delayed packets arrive in bursts: room for them, so the sink itself loses none.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &(16 << 20),
+        );
         let received = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&received);
         Ok(Self {

@@ -38,6 +38,10 @@ use super::netlink::{
 const VERDICTS_PER_SEND: usize = 1024;
 /// At most this many datagrams read before the reader flushes its immediate verdicts.
 const READS_PER_BURST: usize = 256;
+/// Datagrams per `recvmmsg`.
+const RECV_BATCH: usize = 64;
+/// Room for one packet message (metadata only: a few hundred bytes; GSO packets' too).
+const RECV_SIZE: usize = 2048;
 
 /// Packet counts of one queue since its worker started.
 #[derive(Debug, Default)]
@@ -184,53 +188,60 @@ fn send_verdicts(shared: &Shared, verdicts: &[(u32, Verdict)]) {
 
 fn read_loop(shared: &Shared) {
     let mut rng = SmallRng::from_os_rng();
-    let mut buf = vec![0u8; 65536];
+    // Metadata-only packet messages are small: a batch of them per system call.
+    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; RECV_SIZE]).collect();
     let mut immediate: Vec<(u32, Verdict)> = Vec::with_capacity(READS_PER_BURST);
     let mut delayed: Vec<(Instant, u32)> = Vec::with_capacity(READS_PER_BURST);
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
-        // Block for the first read of a burst; then take what is already there. When stopping,
-        // drain without blocking and accept everything.
-        for read in 0..READS_PER_BURST {
-            let len = match shared.socket.recv(&mut buf, stopping || read > 0) {
-                Ok(Some(len)) => len,
-                Ok(None) => break,
+        // Block for the first batch of a burst; then take what is already there. When
+        // stopping, drain without blocking and accept everything.
+        for read in 0..READS_PER_BURST / RECV_BATCH {
+            let lens = match shared.socket.recv_many(&mut bufs, stopping || read > 0) {
+                Ok(lens) if lens.is_empty() => break,
+                Ok(lens) => lens,
                 Err(error) => {
                     tracing::error!(queue = shared.socket.queue(), %error, "nfqueue read failed");
                     break;
                 }
             };
+            let full = lens.len() == RECV_BATCH;
             let now = Instant::now();
-            for message in parse(&buf[..len]) {
-                match message {
-                    Incoming::Packet { id, .. } => {
-                        shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                        let fate = if stopping {
-                            Fate::Release(std::time::Duration::ZERO)
-                        } else {
-                            lock(&shared.impairer).fate(&mut rng)
-                        };
-                        match fate {
-                            Fate::Drop => {
-                                shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                                immediate.push((id, Verdict::Drop));
+            for (buf, len) in bufs.iter().zip(lens) {
+                for message in parse(&buf[..len]) {
+                    match message {
+                        Incoming::Packet { id, .. } => {
+                            shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                            let fate = if stopping {
+                                Fate::Release(std::time::Duration::ZERO)
+                            } else {
+                                lock(&shared.impairer).fate(&mut rng)
+                            };
+                            match fate {
+                                Fate::Drop => {
+                                    shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                                    immediate.push((id, Verdict::Drop));
+                                }
+                                Fate::Release(delay) if delay.is_zero() => {
+                                    immediate.push((id, Verdict::Accept));
+                                }
+                                Fate::Release(delay) => delayed.push((now + delay, id)),
                             }
-                            Fate::Release(delay) if delay.is_zero() => {
-                                immediate.push((id, Verdict::Accept));
-                            }
-                            Fate::Release(delay) => delayed.push((now + delay, id)),
+                        }
+                        Incoming::Ack { errno: 0 } | Incoming::Other => {}
+                        Incoming::Ack { errno } => {
+                            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(
+                                queue = shared.socket.queue(),
+                                error = %io::Error::from_raw_os_error(errno),
+                                "nfqueue refused a request"
+                            );
                         }
                     }
-                    Incoming::Ack { errno: 0 } | Incoming::Other => {}
-                    Incoming::Ack { errno } => {
-                        shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(
-                            queue = shared.socket.queue(),
-                            error = %io::Error::from_raw_os_error(errno),
-                            "nfqueue refused a request"
-                        );
-                    }
                 }
+            }
+            if !full {
+                break;
             }
         }
         if !delayed.is_empty() {

@@ -1,7 +1,7 @@
-//! htb, the hierarchical token bucket, as the root of a scoped fault: one class for unmatched
-//! traffic (the default, effectively unlimited) and one that u32 filters steer the matched
-//! peers into: capped for a bandwidth fault (with a bfifo of the fault's queue limit as its
-//! leaf), or unlimited with netem as its leaf.
+//! htb, the hierarchical token bucket, as the root of every qdisc fault: one class for unmatched
+//! traffic (the default, effectively unlimited) and one that the fault's steering table puts
+//! the matched packets into (by their priority): capped for a bandwidth fault (with a bfifo of
+//! the fault's queue limit as its leaf), or unlimited with netem as its leaf.
 //!
 //! The cap sits in the htb class rather than in a tbf leaf because htb expects its leaves to
 //! send whenever they hold packets: a tbf leaf works, but the kernel logs "htb: tbf qdisc 2: is

@@ -1,18 +1,24 @@
-//! Qdiscs through rtnetlink: tbf for bandwidth caps, netem for latency and loss, htb with u32
-//! filters when a fault is scoped to some peers. We speak netlink ourselves over a
-//! `NETLINK_ROUTE` socket opened inside the target namespace; no `tc` process runs on the
-//! apply path. Every request is encoded byte for byte as iproute2's `tc` encodes it (checked
-//! against captured requests in `tests/fixtures/tc/`).
+//! Qdiscs through rtnetlink: an htb tree whose capped class caps bandwidth, or whose class with
+//! a netem leaf delays and drops. We speak netlink ourselves over a `NETLINK_ROUTE` socket
+//! opened inside the target namespace; no `tc` process runs on the apply path. Every request is
+//! encoded byte for byte as iproute2's `tc` encodes it (checked against captured requests in
+//! `tests/fixtures/tc/`).
 //!
 //! What gets installed on an interface, always as its root qdisc with handle `fa17:`:
 //!
 //! ```text
-//! unscoped:  fa17: tbf | netem
-//! scoped:    fa17: htb default 1
-//!            ├── fa17:1 htb, unlimited ──────── 1: pfifo   (everything else)
-//!            └── fa17:2 htb, capped ─────────── 2: bfifo   (u32 filters: the peers)
-//!                     or htb, unlimited ─────── 2: netem
+//! fa17: htb default 1
+//! ├── fa17:1 htb, unlimited ──────── 1: pfifo   (every packet by default)
+//! └── fa17:2 htb, capped ─────────── 2: bfifo   (bandwidth)
+//!          or htb, unlimited ─────── 2: netem   (latency, loss)
 //! ```
+//!
+//! Nothing reaches `fa17:2` by itself: htb takes a packet whose `skb->priority` names one of
+//! its classes into that class, and only the fault's steering table ([`steer`]) sets that
+//! priority, for the fault's peers and ports, through a gate that closes at the injection's
+//! deadline. After the deadline every packet goes to the unlimited default class, with no
+//! process of ours running; the tree that remains is inert and the agent removes it at its next
+//! converge.
 //!
 //! Direction: a qdisc shapes what an interface *sends*. Traffic leaving a pod ([`Flow::Egress`])
 //! is shaped on the pod's `eth0`; traffic entering it ([`Flow::Ingress`]) on the host side of
@@ -20,39 +26,42 @@
 //!
 //! # Guarantees
 //! - Ownership: a root qdisc with handle `fa17:` ([`HANDLE`]) is ours; anything else is not.
-//!   `apply_*` refuses to replace a root qdisc that is neither ours nor a kernel default, and
+//!   `apply_tree` refuses to replace a root qdisc that is neither ours nor a kernel default, and
 //!   [`remove`] deletes only a root whose handle is `fa17:` (the kernel checks the handle too).
-//! - Desired state: `apply_*` leaves exactly the requested tree, whatever of ours was there;
-//!   applying the same fault twice leaves one tree. A scoped tree that fails halfway is removed.
+//! - Desired state: `apply_tree` leaves exactly the requested tree, whatever of ours was there;
+//!   applying the same fault twice leaves one tree. A tree that fails halfway is removed.
 //! - Removing our root makes the kernel attach its default qdisc again: the interface is as it
 //!   was before the fault (when it had a default root, the only case we install on).
 //!
 //! # Caveats
-//! - Changing an unscoped qdisc of the same kind happens in place; any other change deletes our
-//!   root and installs the new tree, leaving the interface unshaped for the moment in between.
-//! - Port matches read a fixed offset (no IPv4 options, no IPv6 extension headers), as tc's.
+//! - Re-applying rebuilds the tree, dropping what the old one held at that moment.
+//! - Packets the capped class holds when the deadline passes still drain at the cap: at most
+//!   the class's queue (100 ms at the rate by default) after the deadline.
 
 use std::fmt;
 use std::io;
 
 use nix::errno::Errno;
 
+use crate::agent::deadline::Deadline;
 use crate::agent::netns::Netns;
-use crate::api::NetworkFault;
+use crate::agent::nft::{self, Comment};
+use crate::agent::scope::Scope;
+use crate::agent::tag::InjectionTag;
+use crate::api::{NetworkFault, NetworkFaultKind};
 
 mod detect;
-mod filter;
 #[cfg(test)]
 mod fixture;
 mod htb;
 mod netem;
-mod netlink;
+pub(crate) mod netlink;
 mod psched;
+pub mod steer;
 mod tbf;
 
 pub use detect::{htb_available, netem_available, tbf_available};
 
-use filter::{Cidr, PeerEnd, Selector};
 use htb::HtbClass;
 use netem::Netem;
 use netlink::{
@@ -64,12 +73,12 @@ use tbf::Tbf;
 /// The handle of every root qdisc faultline installs (`fa17:`): how the agent recognises its
 /// own and leaves everyone else's alone.
 pub const HANDLE: u32 = 0xfa17_0000;
-/// Scoped tree: the class of unmatched traffic (`fa17:1`, htb's default) and its leaf (`1:`).
+/// The class of unmatched traffic (`fa17:1`, htb's default) and its leaf (`1:`).
 const DEFAULT_CLASS: u32 = HANDLE | 1;
 const DEFAULT_LEAF: u32 = 0x0001_0000;
-/// Scoped tree: the class the filters steer the peers into (`fa17:2`) and its leaf (`2:`).
-const SCOPED_CLASS: u32 = HANDLE | 2;
-const SCOPED_LEAF: u32 = 0x0002_0000;
+/// The class the steering table puts the fault's packets in (`fa17:2`) and its leaf (`2:`).
+pub const FAULT_CLASS: u32 = HANDLE | 2;
+const FAULT_LEAF: u32 = 0x0002_0000;
 /// Packets the default class queues (the usual `txqueuelen`).
 const DEFAULT_LEAF_LIMIT: u32 = 1000;
 
@@ -81,15 +90,6 @@ pub enum Flow {
     /// Traffic the pod receives: install on the host-side veth of the pod; peers are sources
     /// (and `ports` are the peers' source ports).
     Ingress,
-}
-
-impl Flow {
-    fn peer_end(self) -> PeerEnd {
-        match self {
-            Flow::Egress => PeerEnd::Destination,
-            Flow::Ingress => PeerEnd::Source,
-        }
-    }
 }
 
 /// An interface's root qdisc.
@@ -129,31 +129,55 @@ pub fn root_qdisc(ns: &Netns, ifname: &str) -> io::Result<Option<QdiscInfo>> {
     })?
 }
 
-/// Caps the bandwidth of `ifname` in `ns` as `fault.bandwidth` says: tbf as the root, or, when
-/// the fault names peers or ports, an htb class with that cap for the matching traffic only.
-pub fn apply_bandwidth(
+/// Installs the fault's tree on `ifname` in `ns` (bandwidth: a capped class; latency or loss:
+/// a class with netem), with nothing steered into it yet. Idempotent. Fails with
+/// [`io::ErrorKind::Unsupported`] ("kernel has no sch_netem") where the kernel lacks netem,
+/// leaving the interface as it was (or without our qdisc).
+pub fn apply_tree(ns: &Netns, ifname: &str, fault: &NetworkFault) -> io::Result<()> {
+    let shaper = match fault.kind() {
+        Some(NetworkFaultKind::Bandwidth(bandwidth)) => Shaper::Tbf(Tbf::from_fault(bandwidth)?),
+        Some(NetworkFaultKind::Latency(_) | NetworkFaultKind::Loss(_)) => {
+            Shaper::Netem(Netem::from_fault(fault)?)
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a qdisc tree carries bandwidth, latency or loss",
+            ));
+        }
+    };
+    apply(ns, ifname, shaper)
+}
+
+/// Everything a qdisc fault puts on one interface: the tree ([`apply_tree`]) and, next to
+/// it, the gated steering table ([`steer::table`]) that sends the fault's packets into it
+/// until `deadline`. `netdev`: the kernel has the netdev egress hook.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_fault(
     ns: &Netns,
     ifname: &str,
     flow: Flow,
     fault: &NetworkFault,
+    tag: &InjectionTag,
+    deadline: &Deadline,
+    comment: &Comment,
+    netdev: bool,
 ) -> io::Result<()> {
-    let bandwidth = fault.bandwidth.as_ref().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "apply_bandwidth needs a bandwidth fault",
-        )
-    })?;
-    let shaper = Shaper::Tbf(Tbf::from_fault(bandwidth)?);
-    apply(ns, ifname, shaper, scope(fault, flow)?)
+    let scope = Scope::parse(&fault.peer_cidrs, &fault.ports)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let gate = deadline
+        .remaining()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    apply_tree(ns, ifname, fault)?;
+    let table = steer::table(tag, ifname, flow, &scope, gate, comment, netdev);
+    nft::replace(ns, &[table])
 }
 
-/// Delays or drops packets on `ifname` in `ns` as `fault.latency` or `fault.loss` says, with
-/// netem: as the root, or under htb for the matching traffic when the fault is scoped.
-/// Idempotent. Fails with [`io::ErrorKind::Unsupported`] ("kernel has no sch_netem") where the
-/// kernel lacks netem, leaving the interface as it was (or without our qdisc).
-pub fn apply_netem(ns: &Netns, ifname: &str, flow: Flow, fault: &NetworkFault) -> io::Result<()> {
-    let shaper = Shaper::Netem(Netem::from_fault(fault)?);
-    apply(ns, ifname, shaper, scope(fault, flow)?)
+/// Removes a qdisc fault from one interface: its steering table, then our root qdisc.
+/// `Ok(false)` when neither was there.
+pub fn remove_fault(ns: &Netns, ifname: &str, tag: &InjectionTag) -> io::Result<bool> {
+    let table = nft::remove(ns, tag)?;
+    Ok(remove(ns, ifname)? || table)
 }
 
 /// Deletes our root qdisc from `ifname` in `ns`: `Ok(true)` when there was one, `Ok(false)`
@@ -180,6 +204,40 @@ pub fn remove(ns: &Netns, ifname: &str) -> io::Result<bool> {
             Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    })?
+}
+
+/// Every interface's root qdisc in `ns` (interfaces the kernel lists none for are left out).
+pub fn root_qdiscs(ns: &Netns) -> io::Result<Vec<(String, QdiscInfo)>> {
+    ns.run(|| {
+        let mut socket = RouteSocket::open()?;
+        let links = socket.dump(&Message::dump_links(), RTM_NEWLINK)?;
+        let names: Vec<(u32, String)> = links
+            .iter()
+            .filter_map(|l| netlink::parse_link(l))
+            .collect();
+        let qdiscs = socket.dump(&Message::dump_qdiscs(), RTM_NEWQDISC)?;
+        let mut out: Vec<(String, QdiscInfo)> = qdiscs
+            .iter()
+            .filter_map(|q| netlink::parse_qdisc(q))
+            .filter(|q| q.parent == TC_H_ROOT)
+            .filter_map(|q| {
+                let name = names
+                    .iter()
+                    .find(|(index, _)| *index == q.ifindex)?
+                    .1
+                    .clone();
+                Some((
+                    name,
+                    QdiscInfo {
+                        kind: q.kind,
+                        handle: q.handle,
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     })?
 }
 
@@ -216,25 +274,7 @@ enum Shaper {
 }
 
 impl Shaper {
-    fn kind(&self) -> &'static str {
-        match self {
-            Shaper::Tbf(_) => "tbf",
-            Shaper::Netem(_) => "netem",
-        }
-    }
-
-    /// The unscoped root qdisc.
-    fn root(&self, tcm: TcHeader, ifname: &str, psched: &Psched) -> Message {
-        let what = format!("replace {} root qdisc fa17: on {ifname}", self.kind());
-        let mut msg = Message::new_qdisc(Verb::Replace, tcm, self.kind(), what);
-        match self {
-            Shaper::Tbf(tbf) => tbf.write_options(&mut msg, psched),
-            Shaper::Netem(netem) => netem.write_options(&mut msg),
-        }
-        msg
-    }
-
-    /// The scoped class `fa17:2`: capped for bandwidth (the bucket's rate and size).
+    /// The fault's class `fa17:2`: capped for bandwidth (the bucket's rate and size).
     fn scoped_class(&self) -> HtbClass {
         match self {
             Shaper::Tbf(tbf) => HtbClass::capped(tbf.rate, tbf.burst),
@@ -278,32 +318,7 @@ impl Shaper {
     }
 }
 
-/// The filters for a fault's scope; `None` when it names no peers and no ports.
-fn scope(fault: &NetworkFault, flow: Flow) -> io::Result<Option<Vec<Selector>>> {
-    if fault.peer_cidrs.is_empty() && fault.ports.is_empty() {
-        return Ok(None);
-    }
-    let cidrs = fault
-        .peer_cidrs
-        .iter()
-        .map(|c| Cidr::parse(c))
-        .collect::<io::Result<Vec<_>>>()?;
-    let ports = fault
-        .ports
-        .iter()
-        .map(|&p| {
-            u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("port {p} is not between 1 and 65535"),
-                )
-            })
-        })
-        .collect::<io::Result<Vec<_>>>()?;
-    filter::selectors(&cidrs, &ports, flow.peer_end()).map(Some)
-}
-
-fn apply(ns: &Netns, ifname: &str, shaper: Shaper, scope: Option<Vec<Selector>>) -> io::Result<()> {
+fn apply(ns: &Netns, ifname: &str, shaper: Shaper) -> io::Result<()> {
     let psched = Psched::read();
     ns.run(|| {
         let ifindex = ifindex(ns, ifname)?;
@@ -322,59 +337,32 @@ fn apply(ns: &Netns, ifname: &str, shaper: Shaper, scope: Option<Vec<Selector>>)
                 ),
             ));
         }
-        let ours = current.filter(QdiscInfo::is_ours);
-        match scope {
-            None => {
-                // Same kind: the kernel changes it in place. Another kind under our handle
-                // would be refused ("Invalid qdisc name"), so ours goes first.
-                if ours.as_ref().is_some_and(|q| q.kind != shaper.kind()) {
-                    delete_ours(&mut socket, ifindex, ifname)?;
-                }
-                let tcm = TcHeader {
-                    ifindex,
-                    handle: HANDLE,
-                    parent: TC_H_ROOT,
-                    info: 0,
-                };
-                socket
-                    .execute(&[shaper.root(tcm, ifname, &psched)])
-                    .map_err(|e| shaper.explain(e))
-            }
-            Some(selectors) => {
-                if ours.is_some() {
-                    delete_ours(&mut socket, ifindex, ifname)?;
-                }
-                let tree = scoped_tree(ifindex, ifname, &shaper, &selectors, &psched);
-                if let Err(e) = socket.execute(&tree) {
-                    // Leave nothing half-built; the root (if it got made) is ours.
-                    if let Err(cleanup) = delete_ours(&mut socket, ifindex, ifname)
-                        && cleanup.errno() != Some(Errno::EINVAL)
-                    {
-                        tracing::warn!(interface = ifname, error = %cleanup, "cannot remove a half-built qdisc tree");
-                    }
-                    return Err(shaper.explain(e));
-                }
-                Ok(())
-            }
+        if current.is_some_and(|q| q.is_ours()) {
+            delete_ours(&mut socket, ifindex, ifname)?;
         }
+        let tree = fault_tree(ifindex, ifname, &shaper, &psched);
+        if let Err(e) = socket.execute(&tree) {
+            // Leave nothing half-built; the root (if it got made) is ours.
+            if let Err(cleanup) = delete_ours(&mut socket, ifindex, ifname)
+                && cleanup.errno() != Some(Errno::EINVAL)
+            {
+                tracing::warn!(interface = ifname, error = %cleanup, "cannot remove a half-built qdisc tree");
+            }
+            return Err(shaper.explain(e));
+        }
+        Ok(())
     })?
 }
 
-/// The requests that build a scoped tree, in order.
-fn scoped_tree(
-    ifindex: u32,
-    ifname: &str,
-    shaper: &Shaper,
-    selectors: &[Selector],
-    psched: &Psched,
-) -> Vec<Message> {
+/// The requests that build a fault's tree, in order.
+fn fault_tree(ifindex: u32, ifname: &str, shaper: &Shaper, psched: &Psched) -> Vec<Message> {
     let tcm = |handle, parent| TcHeader {
         ifindex,
         handle,
         parent,
         info: 0,
     };
-    let mut out = Vec::with_capacity(5 + selectors.len());
+    let mut out = Vec::with_capacity(5);
     let mut root = Message::new_qdisc(
         Verb::Add,
         tcm(HANDLE, TC_H_ROOT),
@@ -385,7 +373,7 @@ fn scoped_tree(
     out.push(root);
     for (class, name, options) in [
         (DEFAULT_CLASS, "fa17:1", HtbClass::UNLIMITED),
-        (SCOPED_CLASS, "fa17:2", shaper.scoped_class()),
+        (FAULT_CLASS, "fa17:2", shaper.scoped_class()),
     ] {
         let mut msg = Message::new_class(
             Verb::Add,
@@ -404,19 +392,7 @@ fn scoped_tree(
     );
     htb::write_fifo_options(&mut fifo, DEFAULT_LEAF_LIMIT);
     out.push(fifo);
-    out.push(shaper.scoped_leaf(tcm(SCOPED_LEAF, SCOPED_CLASS), ifname));
-    let total = selectors.len();
-    for (i, selector) in selectors.iter().enumerate() {
-        out.push(selector.message(
-            ifindex,
-            HANDLE,
-            SCOPED_CLASS,
-            format!(
-                "add u32 filter {} of {total} (to fa17:2) on {ifname}",
-                i + 1
-            ),
-        ));
-    }
+    out.push(shaper.scoped_leaf(tcm(FAULT_LEAF, FAULT_CLASS), ifname));
     out
 }
 
@@ -495,20 +471,14 @@ mod tests {
     }
 
     #[test]
-    fn a_scoped_bandwidth_tree_is_made_of_tc_s_requests() {
+    fn a_bandwidth_tree_is_made_of_tc_s_requests() {
         let fixture = load("htb_class_capped");
         let shaper = Shaper::Tbf(Tbf {
             rate: 1_000_000,
             burst: 16_384,
             limit: 116_384,
         });
-        let selectors = filter::selectors(
-            &[Cidr::parse("10.77.0.3/32").unwrap()],
-            &[],
-            PeerEnd::Destination,
-        )
-        .unwrap();
-        let tree = scoped_tree(1, "lo", &shaper, &selectors, &fixture.psched);
+        let tree = fault_tree(1, "lo", &shaper, &fixture.psched);
         let kinds: Vec<&str> = tree.iter().map(Message::what).collect();
         assert_eq!(
             kinds,
@@ -518,7 +488,6 @@ mod tests {
                 "add htb class fa17:2 on lo",
                 "add pfifo qdisc 1: under fa17:1 on lo",
                 "add bfifo qdisc 2: under fa17:2 on lo",
-                "add u32 filter 1 of 1 (to fa17:2) on lo",
             ]
         );
         // Each request of the tree is the one tc sends.
@@ -527,11 +496,10 @@ mod tests {
         assert_same_request(&fixture, &tree[2]);
         assert_same_request(&load("pfifo_leaf"), &tree[3]);
         assert_same_request(&load("bfifo_leaf"), &tree[4]);
-        assert_same_request(&load("u32_ip_dst"), &tree[5]);
     }
 
     #[test]
-    fn a_scoped_netem_tree_is_made_of_tc_s_requests() {
+    fn a_netem_tree_is_made_of_tc_s_requests() {
         let fixture = load("netem_leaf");
         let fault = NetworkFault {
             latency: Some(crate::api::LatencyFault {
@@ -541,25 +509,10 @@ mod tests {
             ..NetworkFault::default()
         };
         let shaper = Shaper::Netem(Netem::from_fault(&fault).unwrap());
-        let tree = scoped_tree(1, "lo", &shaper, &[], &fixture.psched);
+        let tree = fault_tree(1, "lo", &shaper, &fixture.psched);
         assert_eq!(tree.len(), 5);
         assert_same_request(&load("htb_class_scoped"), &tree[2]);
         assert_same_request(&fixture, &tree[4]);
-    }
-
-    #[test]
-    fn an_empty_scope_is_unscoped_and_ports_must_be_ports() {
-        let mut fault = NetworkFault::default();
-        assert!(scope(&fault, Flow::Egress).unwrap().is_none());
-        fault.ports = vec![80];
-        assert_eq!(scope(&fault, Flow::Egress).unwrap().unwrap().len(), 2);
-        fault.ports = vec![0];
-        assert_eq!(
-            scope(&fault, Flow::Egress).unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
-        fault.ports = vec![70_000];
-        assert!(scope(&fault, Flow::Ingress).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+#[cfg(test)]
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
@@ -35,7 +36,6 @@ pub(crate) const RTM_NEWQDISC: u16 = 36;
 pub(crate) const RTM_DELQDISC: u16 = 37;
 pub(crate) const RTM_GETQDISC: u16 = 38;
 pub(crate) const RTM_NEWTCLASS: u16 = 40;
-pub(crate) const RTM_NEWTFILTER: u16 = 44;
 pub(crate) const TCA_KIND: u16 = 1;
 pub(crate) const TCA_OPTIONS: u16 = 2;
 // linux/if_link.h
@@ -63,7 +63,9 @@ const RECV_TIMEOUT_SECS: i64 = 10;
 pub(crate) enum Verb {
     /// Create; fail if it exists (`NLM_F_CREATE | NLM_F_EXCL`).
     Add,
-    /// Create or change in place (`NLM_F_CREATE | NLM_F_REPLACE`).
+    /// Create or change in place (`NLM_F_CREATE | NLM_F_REPLACE`): what the captured root
+    /// qdisc fixtures (`tc qdisc replace`) use, in tests.
+    #[cfg(test)]
     Replace,
 }
 
@@ -73,6 +75,7 @@ impl Verb {
             | NLM_F_ACK
             | match self {
                 Verb::Add => NLM_F_CREATE | NLM_F_EXCL,
+                #[cfg(test)]
                 Verb::Replace => NLM_F_CREATE | NLM_F_REPLACE,
             }
     }
@@ -125,13 +128,6 @@ impl Message {
     /// `RTM_NEWTCLASS` with `TCA_KIND`; the caller adds `TCA_OPTIONS`.
     pub(crate) fn new_class(verb: Verb, tcm: TcHeader, kind: &str, what: String) -> Self {
         let mut msg = Self::tc(RTM_NEWTCLASS, verb.flags(), tcm, what);
-        msg.attr_str(TCA_KIND, kind);
-        msg
-    }
-
-    /// `RTM_NEWTFILTER` with `TCA_KIND`; the caller adds `TCA_OPTIONS`.
-    pub(crate) fn new_filter(verb: Verb, tcm: TcHeader, kind: &str, what: String) -> Self {
-        let mut msg = Self::tc(RTM_NEWTFILTER, verb.flags(), tcm, what);
         msg.attr_str(TCA_KIND, kind);
         msg
     }

@@ -2,6 +2,12 @@
 //! the config's prefix, the bridge and its ports, the cgroup root), so that it works after a
 //! crash just as well as after a clean stop. Idempotent: a second run finds nothing to do.
 //!
+//! That includes what the sandbox's node agent put in the machine's own namespace for its pods
+//! (NFQUEUE steering tables, the steering of qdisc faults on a pod's veth, and the iptables
+//! chains of the fallback or of older agents): rules whose port is one of this slot's veths, or
+//! an interface that no longer exists. Another sandbox's rules name veths that exist and are
+//! not ours, and stay.
+//!
 //! Slots keep sandboxes (and tests) on one machine apart: each claims a slot with an exclusive
 //! `flock` on `/run/faultline/sandbox-pods-<k>.lock` and uses only the names of that slot
 //! ([`RealPodConfig::slot`]). The kernel drops the lock when its holder exits, however it
@@ -19,6 +25,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{RealPodConfig, cgroup, net};
+use crate::agent::netns::Netns;
+use crate::agent::nfqueue::rules::{self as iptables_rules, Family};
+use crate::agent::nft;
 
 /// How many sandboxes (or tests) may run real pods on one machine at once.
 pub const SLOTS: u8 = 10;
@@ -71,6 +80,8 @@ pub struct Cleanup {
     pub links: Vec<String>,
     pub bridge: Option<String>,
     pub cgroups: usize,
+    /// Rules of the sandbox's agent removed from the machine's own namespace.
+    pub node_rules: Vec<String>,
 }
 
 impl Cleanup {
@@ -80,6 +91,7 @@ impl Cleanup {
             && self.links.is_empty()
             && self.bridge.is_none()
             && self.cgroups == 0
+            && self.node_rules.is_empty()
     }
 }
 
@@ -87,12 +99,13 @@ impl fmt::Display for Cleanup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} processes, {} network namespaces, {} veths, {} bridge, {} cgroups",
+            "{} processes, {} network namespaces, {} veths, {} bridge, {} cgroups, {} agent rules in the machine's namespace",
             self.processes,
             self.namespaces.len(),
             self.links.len(),
             self.bridge.as_deref().unwrap_or("no"),
-            self.cgroups
+            self.cgroups,
+            self.node_rules.len()
         )
     }
 }
@@ -101,6 +114,8 @@ impl fmt::Display for Cleanup {
 /// root of `config`. Only call it for names nobody uses (a slot you hold, or a test's own).
 pub fn cleanup(config: &RealPodConfig) -> io::Result<Cleanup> {
     let mut done = Cleanup::default();
+    // The pods' veths, before their namespaces (and so they) go.
+    let ports = net::bridge_ports(&config.bridge);
     let namespaces = net::namespaces_with_prefix(&config.netns_prefix);
     let mut killed = Vec::new();
     for root in config.cgroup_roots() {
@@ -131,7 +146,65 @@ pub fn cleanup(config: &RealPodConfig) -> io::Result<Cleanup> {
     for root in config.cgroup_roots() {
         done.cgroups += cgroup::remove_tree(&root, Duration::from_secs(5))?;
     }
+    done.node_rules = remove_node_rules(&ports)?;
     Ok(done)
+}
+
+/// Removes, from the machine's own namespace, the agent rules that name one of `ports` or an
+/// interface that no longer exists. Returns what it removed.
+pub fn remove_node_rules(ports: &[String]) -> io::Result<Vec<String>> {
+    let ours = |ifname: &str| ports.iter().any(|p| p == ifname) || !net::link_exists(ifname);
+    let host = Netns::current()?;
+    let mut removed = Vec::new();
+    let mut doomed = Vec::new();
+    for table in nft::owned_tables(&host)? {
+        let Some(comment) = &table.comment else {
+            continue;
+        };
+        let named = comment.port.iter().chain(comment.qdisc.iter());
+        let mut any = false;
+        let mut all_ours = true;
+        for ifname in named {
+            any = true;
+            all_ours &= ours(ifname);
+        }
+        if any && all_ours {
+            removed.push(format!(
+                "nftables table {} {}",
+                table.family.name(),
+                table.tag.nft_table()
+            ));
+            doomed.push(table.tag.clone());
+        }
+    }
+    if !doomed.is_empty() {
+        nft::remove_all(&host, &doomed)?;
+    }
+    // The iptables NFQUEUE chains of older agents (or of the fallback).
+    for family in Family::ALL {
+        let saved = match iptables_rules::read(&host, family) {
+            Ok(saved) => saved,
+            // No iptables here: nothing of that kind can be left.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for tag in saved.nfqueue_tags() {
+            let chain = tag.iptables_chain();
+            let interfaces: Vec<String> = saved
+                .jumps_to(&chain)
+                .iter()
+                .flat_map(|rule| iptables_rules::interfaces(&rule.line))
+                .collect();
+            if interfaces.is_empty() || !interfaces.iter().all(|i| ours(i)) {
+                continue;
+            }
+            if let Some(script) = iptables_rules::removal_script(&saved, &tag) {
+                iptables_rules::restore(&host, family, &script)?;
+                removed.push(format!("{} chain {chain} and its jumps", family.save()));
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Cleans up every slot nobody holds (what crashed sandboxes and tests left behind). Returns
