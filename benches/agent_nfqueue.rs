@@ -291,9 +291,8 @@ fn load(node: &TestNode, net: &PodNet, engine: &NfqueueEngine, secs: u64) -> Vec
 
 fn print_load(rows: &[LoadRow], engine: &NfqueueEngine) {
     println!(
-        "\n## NFQUEUE under load: 20 ms egress delay, {} queue(s) per side, {} ({})\n",
+        "\n## NFQUEUE under load: 20 ms egress delay, {} queue(s) per side, queues hold rate x delay packets, fail open beyond ({})\n",
         faultline::agent::nfqueue::default_queues(),
-        "queues hold rate x delay packets, fail open beyond",
         machine()
     );
     let _ = engine;

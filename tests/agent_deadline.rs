@@ -283,6 +283,9 @@ fn connect_probe(client: Netns, server: &Netns, addr: SocketAddr) -> (Probe, Tcp
 
 /// UDP round trips from `client` to an echo at `addr`, one every 10 ms: impaired when the
 /// answer takes longer than `limit` or never comes (1 s).
+/// When a datagram left (wall clock and monotonic) and its round trip, once it came back.
+type RoundTrip = (DateTime<Utc>, Instant, Option<Duration>);
+
 fn rtt_probe(client: &Netns, server: &Netns, addr: SocketAddr, limit: Duration) -> Probe {
     let echo = server.run(|| UdpSocket::bind(addr)).unwrap().unwrap();
     echo.set_read_timeout(Some(Duration::from_millis(50)))
@@ -295,7 +298,7 @@ fn rtt_probe(client: &Netns, server: &Netns, addr: SocketAddr, limit: Duration) 
     socket
         .set_read_timeout(Some(Duration::from_millis(20)))
         .unwrap();
-    let sent: Arc<Mutex<Vec<(DateTime<Utc>, Instant, Option<Duration>)>>> = Arc::default();
+    let sent: Arc<Mutex<Vec<RoundTrip>>> = Arc::default();
     let mut probe = Probe::spawn({
         let sent = Arc::clone(&sent);
         move |samples, stop| {

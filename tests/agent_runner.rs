@@ -474,7 +474,7 @@ async fn many_concurrent_injections_never_see_their_phase_go_backwards() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     counting.abort();
     watch.abort();
-    let seen = seen.lock().unwrap();
+    let seen: Vec<_> = seen.lock().unwrap().clone();
     let mut last: std::collections::BTreeMap<String, (Option<i64>, InjectionPhase)> =
         Default::default();
     let mut writes = 0;

@@ -95,9 +95,7 @@ impl LinuxKernel {
         fault: &NetworkFault,
         mechanism: Mechanism,
         deadline: &Deadline,
-        pod: &Netns,
-        host: &Netns,
-        veth: Option<&str>,
+        (pod, host, veth): (&Netns, &Netns, Option<&str>),
     ) -> Result<(), KernelError> {
         // Egress acts on the pod's eth0; ingress on the host side of its veth, whose egress is
         // the pod's ingress. Bandwidth caps are egress only.
@@ -124,9 +122,10 @@ impl LinuxKernel {
                 KernelError::Failed("cannot find the pod's host-side interface".into())
             })?;
             if !self.netdev_egress {
-                return Err(KernelError::Refused(format!(
+                return Err(KernelError::Refused(
                     "a qdisc fault on the pod's ingress needs the netdev egress hook (Linux 5.16) for its kernel-enforced deadline; this kernel has none (use direction \"to\", or the NFQUEUE path)"
-                )));
+                        .to_string(),
+                ));
             }
             places.push((
                 host,
@@ -338,9 +337,7 @@ impl Kernel for LinuxKernel {
                     fault,
                     mechanism,
                     deadline,
-                    &pod,
-                    &host,
-                    veth.as_deref(),
+                    (&pod, &host, veth.as_deref()),
                 )?;
             }
         }
