@@ -29,6 +29,7 @@ real_suites=(
     controller_containment
     run_cli
     e2e_expectations
+    differential
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"
