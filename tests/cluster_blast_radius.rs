@@ -120,11 +120,21 @@ async fn policies_in_force(controller: &Client) {
         std::time::Duration::from_secs(30),
         || async {
             let pods: Api<Pod> = Api::namespaced(controller.clone(), "kube-system");
-            let refused = pods
+            let eviction_refused = pods
                 .evict("system-pod", &EvictParams::default())
                 .await
                 .is_err_and(|e| e.to_string().contains("protected"));
-            refused.then_some(())
+            // Each policy loads on its own; the one on a custom resource can come later.
+            let injections: Api<FaultInjection> = Api::namespaced(controller.clone(), "closed");
+            let dry_run = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let injection_refused = injections
+                .create(&dry_run, &injection("closed", "closed", "policy-probe"))
+                .await
+                .is_err_and(|e| e.to_string().contains("did not"));
+            (eviction_refused && injection_refused).then_some(())
         },
     )
     .await;

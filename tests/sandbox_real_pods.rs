@@ -421,6 +421,22 @@ async fn detached_sandbox_with_pods(state: &Path) -> (RealPodConfig, Vec<Pod>, u
 /// Nothing of the sandbox's pods is left. Another test may claim the freed slot at once, so the
 /// slot-wide names (bridge, cgroup root) are only checked while we hold the slot ourselves.
 fn assert_nothing_left(config: &RealPodConfig, pods: &[Pod], slot: u8) {
+    // A sandbox that claimed the freed slot cleans what it finds there while it holds the slot:
+    // wait for it to be done (the slot free again, or our pods gone) before judging.
+    let ours_gone = || {
+        pods.iter().all(|pod| {
+            let netns = config.netns_name(&pod.uid().unwrap());
+            !Path::new("/run/netns").join(netns).exists()
+        })
+    };
+    let mut held = None;
+    for _ in 0..300 {
+        held = SlotLease::try_claim(slot).unwrap();
+        if held.is_some() || ours_gone() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     for pod in pods {
         let uid = pod.uid().unwrap();
         let netns = config.netns_name(&uid);
@@ -437,7 +453,7 @@ fn assert_nothing_left(config: &RealPodConfig, pods: &[Pod], slot: u8) {
             assert!(!dir.exists(), "{} is left", dir.display());
         }
     }
-    match SlotLease::try_claim(slot).unwrap() {
+    match held.or_else(|| SlotLease::try_claim(slot).unwrap()) {
         Some(_held) => {
             let left = realpod::leftovers(config);
             assert!(left.is_empty(), "{left:?}");

@@ -2,15 +2,20 @@
 //! a repeating pod kill, and FaultInjections that a failed create left missing. Records go to
 //! `Injecting` (and are written) before any fault is attempted. (client required)
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
 
 use super::{Context, Error, Result, act_error};
 use crate::{
-    api::{ChaosExperiment, ChaosExperimentStatus, FaultInjection, FaultKind, TargetState},
+    api::{
+        ChaosExperiment, ChaosExperimentStatus, FaultInjection, FaultKind, NetworkFault,
+        TargetState,
+    },
     controller::{
         events::Fact,
         injections, podkill, spec_check, status,
@@ -46,7 +51,7 @@ pub(super) async fn inject_all(
     status::write(ctx, experiment, status).await?;
 
     let mut facts = Vec::new();
-    let mut failure = None;
+    let mut network = Vec::new();
     for (i, resumed) in resuming.into_iter().enumerate() {
         if status.targets[i].state != TargetState::Injecting {
             continue;
@@ -83,15 +88,12 @@ pub(super) async fn inject_all(
                 }
                 facts.push(fact);
             }
-            _ => match create_injection(ctx, experiment, status, i, now).await {
-                Ok(fact) => facts.extend(fact),
-                // Go on with the others; this one is created again (`create_missing`).
-                Err(error) => {
-                    failure.get_or_insert(error);
-                }
-            },
+            _ => network.push(i),
         }
     }
+    // A create that failed is made again (`create_missing`); the others go on.
+    let (created, failure) = create_injections(ctx, experiment, status, network, now).await;
+    facts.extend(created);
     status::note_all(ctx, experiment, status, facts).await;
     written_then(ctx, experiment, status, failure).await
 }
@@ -129,71 +131,138 @@ pub(super) async fn create_missing(
     {
         return Ok(());
     }
+    let missing: Vec<usize> = (0..status.targets.len())
+        .filter(|&i| {
+            let record = &status.targets[i];
+            record.state == TargetState::Injecting
+                && record
+                    .injection
+                    .as_deref()
+                    .is_some_and(|name| !cached.iter().any(|c| c.name_any() == name))
+        })
+        .collect();
+    let (facts, failure) = create_injections(ctx, experiment, status, missing, now).await;
+    status::note_all(ctx, experiment, status, facts).await;
+    written_then(ctx, experiment, status, failure).await
+}
+
+/// How many FaultInjections are created at once: enough that hundreds of targets do not wait
+/// on each other's round trips, few enough not to flood the API server with one experiment.
+const PARALLEL_CREATES: usize = 16;
+
+/// One FaultInjection to create, for `status.targets[index]`.
+struct PlannedCreate {
+    index: usize,
+    fault: NetworkFault,
+    expires_at: DateTime<Utc>,
+}
+
+/// Creates the FaultInjections of `status.targets[indices]`, [`PARALLEL_CREATES`] at a time,
+/// resolving each fault's peers once. Returns the facts to publish and the first failure worth
+/// retrying (the others were recorded in their targets' messages).
+async fn create_injections(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    indices: Vec<usize>,
+    now: DateTime<Utc>,
+) -> (Vec<Fact>, Option<Error>) {
+    let planned = match plan_creates(ctx, experiment, status, indices, now).await {
+        Ok(planned) => planned,
+        Err(error) => return (Vec::new(), Some(error)),
+    };
+    let namespace = experiment.namespace().unwrap_or_default();
+    let api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), &namespace);
+    let answers: Vec<_> = stream::iter(planned.into_iter().map(|plan| {
+        let record = status.targets[plan.index].clone();
+        let api = api.clone();
+        async move {
+            let answer =
+                injections::create(&api, experiment, &record, plan.fault, plan.expires_at).await;
+            (plan.index, answer)
+        }
+    }))
+    .buffer_unordered(PARALLEL_CREATES)
+    .collect()
+    .await;
     let mut facts = Vec::new();
     let mut failure = None;
-    for i in 0..status.targets.len() {
-        let record = &status.targets[i];
-        let missing = record.state == TargetState::Injecting
-            && record
-                .injection
-                .as_deref()
-                .is_some_and(|name| !cached.iter().any(|c| c.name_any() == name));
-        if !missing {
-            continue;
-        }
-        match create_injection(ctx, experiment, status, i, now).await {
+    for (index, answer) in answers {
+        match record_create(status, index, answer) {
             Ok(fact) => facts.extend(fact),
             Err(error) => {
                 failure.get_or_insert(error);
             }
         }
     }
-    status::note_all(ctx, experiment, status, facts).await;
-    written_then(ctx, experiment, status, failure).await
+    (facts, failure)
 }
 
-/// Creates the FaultInjection of `status.targets[index]`. A refusal by the API server (a 4xx
-/// that trying again will not change) marks the record `Failed` with the server's own words,
-/// which end the experiment with that cause; anything else is an error to retry.
-async fn create_injection(
+/// What to create for each target: its fault with the peers resolved (once per fault, however
+/// many targets share it) and the deadline the agent enforces.
+async fn plan_creates(
     ctx: &Context,
     experiment: &ChaosExperiment,
-    status: &mut ChaosExperimentStatus,
-    index: usize,
+    status: &ChaosExperimentStatus,
+    indices: Vec<usize>,
     now: DateTime<Utc>,
-) -> Result<Option<Fact>> {
+) -> Result<Vec<PlannedCreate>> {
     let namespace = experiment.namespace().unwrap_or_default();
-    let record = &status.targets[index];
-    let Some(kind) = experiment
-        .spec
-        .faults
-        .get(record.fault_index as usize)
-        .and_then(|f| f.kind())
-    else {
-        return Ok(None);
-    };
-    let peers = match injections::scope_of(kind) {
-        Some(scope) => injections::resolve_peers(&ctx.client, scope, &namespace)
-            .await
-            .map_err(Error::Observe)?,
-        None => Vec::new(),
-    };
-    let Some(fault) = injections::network_fault(kind, peers) else {
-        return Ok(None);
-    };
     let duration = spec_check::check_spec(&experiment.spec)
         .map(|t| t.duration)
         .unwrap_or_default();
     let began = status.injected_at.unwrap_or(now);
     let expires_at = began
         + chrono::Duration::from_std(duration + ctx.settings.expiry_grace).unwrap_or_default();
-    let api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut peers_of_fault: HashMap<i32, Vec<String>> = HashMap::new();
+    let mut planned = Vec::with_capacity(indices.len());
+    for index in indices {
+        let fault_index = status.targets[index].fault_index;
+        let Some(kind) = experiment
+            .spec
+            .faults
+            .get(fault_index as usize)
+            .and_then(|f| f.kind())
+        else {
+            continue;
+        };
+        let peers = match (peers_of_fault.get(&fault_index), injections::scope_of(kind)) {
+            (Some(peers), _) => peers.clone(),
+            (None, Some(scope)) => {
+                let peers = injections::resolve_peers(&ctx.client, scope, &namespace)
+                    .await
+                    .map_err(Error::Observe)?;
+                peers_of_fault.insert(fault_index, peers.clone());
+                peers
+            }
+            (None, None) => Vec::new(),
+        };
+        let Some(fault) = injections::network_fault(kind, peers) else {
+            continue;
+        };
+        planned.push(PlannedCreate {
+            index,
+            fault,
+            expires_at,
+        });
+    }
+    Ok(planned)
+}
+
+/// Records the API server's answer to one create in its target. A refusal (a 4xx that trying
+/// again will not change) marks the record `Failed` with the server's own words, which end the
+/// experiment with that cause; anything else is an error to retry.
+fn record_create(
+    status: &mut ChaosExperimentStatus,
+    index: usize,
+    answer: std::result::Result<bool, kube::Error>,
+) -> Result<Option<Fact>> {
+    let record = &mut status.targets[index];
     let name = record.injection.clone().unwrap_or_default();
     let target = format!("{}/{}", record.namespace, record.name);
     let node = record.node_name.clone().unwrap_or_else(|| "?".into());
-    match injections::create(&api, experiment, record, fault, expires_at).await {
+    match answer {
         Ok(created) => {
-            let record = &mut status.targets[index];
             // Whatever failed before is over.
             record.message = None;
             // It was there already (the watch had not shown it yet): nothing new to tell.
@@ -207,7 +276,6 @@ async fn create_injection(
             }))
         }
         Err(kube::Error::Api(answer)) if refused(answer.code) => {
-            let record = &mut status.targets[index];
             let why = format!(
                 "the API server refused FaultInjection {name} ({} {}): {}",
                 answer.code, answer.reason, answer.message
@@ -225,8 +293,7 @@ async fn create_injection(
         }
         Err(other) => {
             // Say what keeps failing, in case it goes on until the injection timeout.
-            status.targets[index].message =
-                Some(format!("creating FaultInjection {name} failed: {other}"));
+            record.message = Some(format!("creating FaultInjection {name} failed: {other}"));
             Err(act_error("create a FaultInjection")(other))
         }
     }
