@@ -55,6 +55,9 @@ const CONTROLLER_NAMESPACE: &str = "faultline-system";
 #[tokio::main]
 async fn main() {
     faultline::cli::install_crypto_provider();
+    if let Ok(mode) = std::env::var(CACHE_CHILD) {
+        return pod_cache_child(&mode).await;
+    }
     let binary = env!("CARGO_BIN_EXE_faultline");
     let server = start_server().await;
     let client = server.client().await;
@@ -147,6 +150,12 @@ async fn main() {
         Err(error) => format!("? ({error})"),
     };
     let own = read_status(std::process::id());
+    // The alternative to listing per experiment: a pod cache in the controller. Each variant
+    // runs in a process of its own against the same 10,000 pods.
+    let caches: Vec<(&str, Memory)> = ["none", "metadata", "full"]
+        .into_iter()
+        .map(|mode| (mode, pod_cache_process(mode, kubeconfig.path())))
+        .collect();
 
     let _ = controller.kill();
     let _ = controller.wait();
@@ -196,6 +205,18 @@ async fn main() {
             vec![
                 "setup: creating the pods (s)".into(),
                 format!("{:.1}", setup.as_secs_f64()),
+            ],
+            vec![
+                "alternative, a client process that caches no pods: VmHWM (MiB)".into(),
+                mib(caches[0].1.hwm),
+            ],
+            vec![
+                "alternative, + a metadata-only pod reflector (all pods): VmHWM (MiB)".into(),
+                mib(caches[1].1.hwm),
+            ],
+            vec![
+                "alternative, + a full pod reflector (all pods): VmHWM (MiB)".into(),
+                mib(caches[2].1.hwm),
             ],
         ],
     );
@@ -293,4 +314,59 @@ fn read_status(pid: u32) -> Memory {
         rss: field("VmRSS:"),
         hwm: field("VmHWM:"),
     }
+}
+
+/// Set in a child of this bench to measure one way of caching pods (`none`, `metadata`,
+/// `full`) in a process of its own.
+const CACHE_CHILD: &str = "FAULTLINE_BENCH_POD_CACHE";
+
+/// Runs this bench's binary as a child that caches pods the way `mode` says, and returns its
+/// memory once the cache holds every pod.
+fn pod_cache_process(mode: &str, kubeconfig: &std::path::Path) -> Memory {
+    let output = Command::new(std::env::current_exe().expect("the bench's own path"))
+        .env(CACHE_CHILD, mode)
+        .env("KUBECONFIG", kubeconfig)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the pod cache child");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+    let (rss, hwm, pods) = (
+        numbers.next().unwrap_or(0),
+        numbers.next().unwrap_or(0),
+        numbers.next().unwrap_or(0u64),
+    );
+    eprintln!("controller_rss: pod cache {mode}: {pods} pods cached, VmHWM {hwm} KiB");
+    Memory { rss, hwm }
+}
+
+/// The child: a kube client, and a reflector over every pod (`metadata`: object metadata only,
+/// through `PartialObjectMeta`; `full`: whole Pods, as `watcher` gets them), or none. Prints
+/// "VmRSS VmHWM pods" (KiB) once the cache has listed.
+async fn pod_cache_child(mode: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::core::PartialObjectMeta;
+    use kube::runtime::reflector;
+    let client = kube::Client::try_default().await.expect("a client");
+    let pods: Api<Pod> = Api::all(client.clone());
+    let cached = match mode {
+        "metadata" => {
+            let (store, writer) = reflector::store();
+            let metadata: Api<PartialObjectMeta<Pod>> = Api::all(client);
+            let stream = reflector(writer, watcher(metadata, watcher::Config::default()));
+            tokio::spawn(stream.for_each(|_| async {}));
+            store.wait_until_ready().await.expect("the reflector lists");
+            store.len()
+        }
+        "full" => {
+            let (store, writer) = reflector::store();
+            let stream = reflector(writer, watcher(pods, watcher::Config::default()));
+            tokio::spawn(stream.for_each(|_| async {}));
+            store.wait_until_ready().await.expect("the reflector lists");
+            store.len()
+        }
+        _ => 0,
+    };
+    let memory = read_status(std::process::id());
+    println!("{} {} {cached}", memory.rss, memory.hwm);
 }

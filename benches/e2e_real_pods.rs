@@ -71,7 +71,12 @@ struct Sandbox {
 
 impl Sandbox {
     fn up(cluster: Option<&Path>) -> Sandbox {
-        let state = tempfile::tempdir().unwrap();
+        let mut state = tempfile::tempdir().unwrap();
+        // FAULTLINE_BENCH_KEEP keeps the state directory (the processes' logs) for a look after.
+        if std::env::var_os("FAULTLINE_BENCH_KEEP").is_some() {
+            state.disable_cleanup(true);
+            eprintln!("  sandbox state (kept): {}", state.path().display());
+        }
         let dir = state.path().display().to_string();
         let kubeconfig = cluster.map_or_else(|| state.path().join("kubeconfig"), Path::to_path_buf);
         let mut args = vec![
@@ -87,7 +92,10 @@ impl Sandbox {
         let out = Command::new(BIN)
             .args(&args)
             .current_dir(repo())
-            .env("RUST_LOG", "warn")
+            .env(
+                "FAULTLINE_LOG",
+                std::env::var("FAULTLINE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .output()
             .unwrap();
         assert!(
@@ -130,8 +138,20 @@ impl Drop for Sandbox {
     }
 }
 
-/// Pod network namespaces that hold a faultline rule (nft table or iptables chain).
-fn namespaces_with_rules(prefix: &str) -> usize {
+/// The pods (by UID) that hold a rule of faultline's: a table of the agent's in the pod's own
+/// network namespace (partitions, ingress faults) or in the node's, naming the pod (what the
+/// NFQUEUE path steers on the node side of the pod's veth), or an iptables chain of the
+/// fallback in the pod's namespace. Read through the agent's own netlink code: the kernel is
+/// asked, not the agent.
+fn pods_with_rules(prefix: &str) -> std::collections::BTreeSet<String> {
+    use faultline::agent::{netns::Netns, nft};
+    let mut pods = std::collections::BTreeSet::new();
+    let node = Netns::current().expect("this process's network namespace");
+    for table in nft::owned_tables(&node).unwrap_or_default() {
+        if let Some(comment) = table.comment {
+            pods.insert(comment.pod);
+        }
+    }
     let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
@@ -140,30 +160,32 @@ fn namespaces_with_rules(prefix: &str) -> usize {
                 .collect()
         })
         .unwrap_or_default();
-    let count = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for chunk in namespaces.chunks(namespaces.len().div_ceil(8).max(1)) {
-            let count = &count;
-            scope.spawn(move || {
-                for ns in chunk {
-                    let nft = Command::new("ip")
-                        .args(["netns", "exec", ns, "nft", "list", "tables"])
-                        .output()
-                        .map(|o| String::from_utf8_lossy(&o.stdout).contains("faultline_"))
-                        .unwrap_or(false);
-                    let ipt = Command::new("ip")
-                        .args(["netns", "exec", ns, "iptables-save"])
-                        .output()
-                        .map(|o| String::from_utf8_lossy(&o.stdout).contains("FL-"))
-                        .unwrap_or(false);
-                    if nft || ipt {
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            });
+    for name in namespaces {
+        let Ok(ns) = Netns::named(&name) else {
+            continue;
+        };
+        for table in nft::owned_tables(&ns).unwrap_or_default() {
+            if let Some(comment) = table.comment {
+                pods.insert(comment.pod);
+            }
         }
-    });
-    count.into_inner()
+        let chains = ns
+            .command("iptables-save", &[], None)
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(":FL-"))
+            .unwrap_or(false);
+        if chains {
+            pods.insert(name);
+        }
+    }
+    pods
+}
+
+/// How many of `uids` hold a rule (see [`pods_with_rules`]).
+fn holding(prefix: &str, uids: &[String]) -> usize {
+    let held = pods_with_rules(prefix);
+    uids.iter()
+        .filter(|uid| held.contains(*uid) || held.iter().any(|h| h.ends_with(&uid[..8])))
+        .count()
 }
 
 async fn scale(client: &Client, pods: usize) {
@@ -227,7 +249,7 @@ async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, pr
         "target": {"labelSelector": {"matchLabels": {"app": "target"}}, "maxTargets": pods},
         "faults": [{"networkLatency": {"latency": "50ms", "to": {"cidrs": ["192.0.2.0/24"]}}}],
         "steadyState": {"probes": [{"name": "service", "http": {"url": service.url},
-            "interval": "100ms", "timeout": "1s", "failureThreshold": 1,
+            "interval": "100ms", "timeout": "90ms", "failureThreshold": 1,
             "phases": ["before", "during"]}]},
     });
     let experiment: ChaosExperiment = serde_json::from_value(json!({
@@ -259,7 +281,15 @@ async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, pr
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let in_kernel = namespaces_with_rules(prefix);
+    let targets: Vec<String> = injections
+        .list(&selector)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|i| i.spec.target.uid.clone())
+        .collect();
+    let in_kernel = holding(prefix, &targets);
     assert!(
         in_kernel >= pods,
         "only {in_kernel} of {pods} pods hold the rule"
@@ -287,7 +317,7 @@ async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, pr
         .and_then(|s| s.abort_latency)
         .and_then(|d| d.parse().ok())
         .map_or(f64::NAN, |d| d.as_secs_f64());
-    let left = namespaces_with_rules(prefix);
+    let left = holding(prefix, &targets);
     assert_eq!(left, 0, "{left} pods still hold a rule after the abort");
     service.status.store(200, Ordering::SeqCst);
     experiments

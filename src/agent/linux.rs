@@ -298,15 +298,19 @@ impl Kernel for LinuxKernel {
                 super::deadline::GateError::TooFar { .. } => KernelError::Refused(e.to_string()),
             });
         }
+        let started = std::time::Instant::now();
         let pod = self.pod_netns(pod_uid)?;
         let host = self.host_netns()?;
+        let found = started.elapsed();
         let veth = nfqueue::host_veth(&pod, &host).ok();
+        let veth_found = started.elapsed();
         let baseline = residual::snapshot(&Places {
             pod: &pod,
             node: Some((&host, veth.as_deref())),
             iptables: matches!(mechanism, Mechanism::Iptables),
         })
         .map_err(failed("cannot read the namespaces' rules before the fault"))?;
+        let snapshotted = started.elapsed();
         let mut notes: Option<String> = None;
         match mechanism {
             Mechanism::Nftables => nft::apply_partition(
@@ -341,6 +345,14 @@ impl Kernel for LinuxKernel {
                 )?;
             }
         }
+        tracing::debug!(
+            pod = pod_uid,
+            find_ns_us = found.as_micros() as u64,
+            find_veth_us = (veth_found - found).as_micros() as u64,
+            snapshot_us = (snapshotted - veth_found).as_micros() as u64,
+            rules_us = (started.elapsed() - snapshotted).as_micros() as u64,
+            "apply stages"
+        );
         let described = describe(fault, mechanism, deadline);
         Ok(AppliedFault {
             mechanism,

@@ -392,7 +392,9 @@ impl NfqueueEngine {
             }
             let (hook_entry, port) = match side {
                 Side::Node => {
+                    let t0 = std::time::Instant::now();
                     let (port, note) = hostveth::host_port(&net.pod, &net.host)?;
+                    tracing::debug!(us = t0.elapsed().as_micros() as u64, "nfqueue host port");
                     applied.notes.extend(note);
                     (Entry::Node(port.clone()), Some(port))
                 }
@@ -535,7 +537,9 @@ impl NfqueueEngine {
         comment: &Comment,
         applied: &mut NfqueueApplied,
     ) -> io::Result<(u16, u16)> {
+        let t0 = std::time::Instant::now();
         let existing = nft_queue_rules(ns, tag)?;
+        let t_existing = t0.elapsed();
         let recovered = existing.iter().find_map(|r| r.queues);
         let before: u64 = existing.iter().filter_map(|r| r.packets).sum();
         let had_state = injection.sides.contains_key(&side);
@@ -550,6 +554,7 @@ impl NfqueueEngine {
             applied,
         )?;
         let queues = (state.first_queue(), state.workers.len() as u16);
+        let t_state = t0.elapsed();
         let mut families = scope.families();
         let write = |families: &[AddrFamily]| {
             nft::replace(
@@ -583,6 +588,13 @@ impl NfqueueEngine {
         }
         applied.rules_written = true;
         state.rebase(before, 0);
+        tracing::debug!(
+            ?side,
+            existing_us = t_existing.as_micros() as u64,
+            queues_us = (t_state - t_existing).as_micros() as u64,
+            tables_us = (t0.elapsed() - t_state).as_micros() as u64,
+            "nfqueue side stages"
+        );
         Ok(queues)
     }
 
@@ -801,18 +813,26 @@ fn bind_free_queues(
         Steering::Iptables => taken.extend(rules::queue_numbers_in_use(ns)?),
         Steering::Nftables => {
             // Queues named by our other injections' tables (their workers may be between
-            // binds, after an agent restart).
-            for owned in nft::owned_tables(ns)? {
-                if owned.tag == *tag {
-                    continue;
-                }
-                for rule in
-                    nftables::with_socket(ns, |s| s.rules(owned.family, &owned.tag.nft_table()))?
-                {
-                    if let Some((first, total)) = rule.queues {
-                        taken.extend(first..first.saturating_add(total));
+            // binds, after an agent restart). One socket in the namespace for every table: the
+            // node's namespace holds a table per injection of every pod on the node.
+            let named = nftables::with_socket(ns, |socket| {
+                let mut named = Vec::new();
+                for table in socket.tables()? {
+                    match InjectionTag::from_nft_table(&table.name) {
+                        Some(other) if other != *tag => {}
+                        _ => continue,
                     }
+                    named.extend(
+                        socket
+                            .rules(table.family, &table.name)?
+                            .into_iter()
+                            .filter_map(|rule| rule.queues),
+                    );
                 }
+                Ok(named)
+            })?;
+            for (first, total) in named {
+                taken.extend(first..first.saturating_add(total));
             }
         }
     }
