@@ -118,6 +118,7 @@ async fn main() {
         nodes: vec![NODE.into()],
         journal_dir: journal.clone(),
         resync: Duration::from_secs(1),
+        policy: faultline::agent::admission::Policy::new("faultline-system"),
     };
     let agent = tokio::spawn(runner::run(
         client.clone(),

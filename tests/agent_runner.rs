@@ -71,6 +71,7 @@ impl World {
             nodes: vec![NODE.to_string()],
             journal_dir,
             resync: Duration::from_millis(200),
+            policy: faultline::agent::admission::Policy::new("faultline-system"),
         };
         tokio::spawn(async move {
             runner::run(client, kernel, config, metrics, std::future::pending())
