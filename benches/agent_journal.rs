@@ -107,6 +107,9 @@ async fn main() {
     injection
         .labels_mut()
         .insert(NODE_LABEL.into(), NODE.into());
+    faultline::sandbox::testkit::vouch_for(&client, &mut injection)
+        .await
+        .unwrap();
     let injections: Api<FaultInjection> = Api::namespaced(client.clone(), "default");
     injections
         .create(&PostParams::default(), &injection)

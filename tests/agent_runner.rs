@@ -19,6 +19,7 @@ use faultline::api::{
     AGENT_FINALIZER, Direction, FaultInjection, FaultInjectionSpec, InjectionPhase, LatencyFault,
     NODE_CAPABILITIES_ANNOTATION, NODE_LABEL, NetworkFault, ObjectRef, PodRef, all_crds,
 };
+use faultline::sandbox::testkit;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -32,6 +33,8 @@ struct World {
     client: Client,
     kernel: RecordingKernel,
     journal: tempfile::TempDir,
+    /// Pod UID -> name, for the injections' targets.
+    pod_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl World {
@@ -53,6 +56,7 @@ impl World {
             client,
             kernel,
             journal: tempfile::tempdir().unwrap(),
+            pod_names: Default::default(),
         }
     }
 
@@ -95,6 +99,10 @@ impl World {
             .unwrap();
         let uid = pod.uid().unwrap();
         self.kernel.add_pod(&uid);
+        self.pod_names
+            .lock()
+            .unwrap()
+            .insert(uid.clone(), name.to_string());
         uid
     }
 
@@ -126,7 +134,13 @@ impl World {
                 },
                 target: PodRef {
                     namespace: "default".into(),
-                    name: "target".into(),
+                    name: self
+                        .pod_names
+                        .lock()
+                        .unwrap()
+                        .get(pod_uid)
+                        .cloned()
+                        .unwrap_or_else(|| "target".into()),
                     uid: pod_uid.into(),
                 },
                 node_name: NODE.into(),
@@ -137,6 +151,10 @@ impl World {
         injection
             .labels_mut()
             .insert(NODE_LABEL.into(), NODE.into());
+        // A running experiment stands behind it, as the controller's would.
+        testkit::vouch_for(&self.client, &mut injection)
+            .await
+            .unwrap();
         self.injections()
             .create(&PostParams::default(), &injection)
             .await
