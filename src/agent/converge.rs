@@ -191,16 +191,18 @@ pub fn plan(
             Verdict::Unknown if entry.is_none() => continue,
             Verdict::Unknown | Verdict::Allowed => {}
         }
-        if !injection.has_finalizer {
-            actions.push(Action::AddFinalizer {
-                key: injection.key.clone(),
-            });
-        }
         let needs_apply = match entry {
             None => !settled,
             Some(_) if injection.consent == Verdict::Unknown => false,
             Some(entry) => !entry.confirmed || entry.generation != injection.generation,
         };
+        // The finalizer guards what is (or is about to be) in the kernel; a settled
+        // injection with nothing applied needs none.
+        if !injection.has_finalizer && (needs_apply || entry.is_some()) {
+            actions.push(Action::AddFinalizer {
+                key: injection.key.clone(),
+            });
+        }
         if needs_apply {
             actions.push(Action::Apply {
                 key: injection.key.clone(),

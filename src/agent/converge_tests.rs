@@ -308,3 +308,14 @@ fn deadlines_still_act_on_refused_injections() {
         },]
     );
 }
+
+#[test]
+fn a_settled_injection_with_nothing_applied_gets_no_finalizer() {
+    // Refused (or failed) earlier: the next plan must not add a finalizer to it.
+    let mut injection = live(1);
+    injection.has_finalizer = false;
+    injection.phase = InjectionPhase::Failed;
+    injection.observed_generation = Some(1);
+    let plan = plan(now(), Some(&[injection]), &[], &none());
+    assert!(plan.actions.is_empty(), "{plan:?}");
+}
