@@ -282,7 +282,8 @@ fn an_experiment_that_is_not_injecting_or_running_vouches_for_nothing() {
 
 #[test]
 fn the_experiment_must_have_recorded_that_pod_with_this_injection() {
-    let cases: Vec<(&str, fn(&mut TargetRecord))> = vec![
+    type Change = fn(&mut TargetRecord);
+    let cases: Vec<(&str, Change)> = vec![
         ("another pod UID", |t| t.uid = "other".into()),
         ("another pod name", |t| t.name = "web-1".into()),
         ("another namespace", |t| t.namespace = "other".into()),
