@@ -675,3 +675,56 @@ async fn a_second_latency_on_a_netem_pod_is_queued_in_userspace_so_both_act() {
     assert_eq!(world.kernel.rules().len(), 2);
     agent.abort();
 }
+
+#[tokio::test]
+async fn a_work_item_without_an_experiment_is_refused_and_counted() {
+    let world = World::start(RecordingKernel::full()).await;
+    let metrics = AgentMetrics::new();
+    let agent = world.agent_in(world.journal.path().to_path_buf(), metrics.clone());
+    let pod = world.pod("target").await;
+    // A valid one first, so the namespace has opted in and the experiment exists.
+    world.injection("valid", &pod, TimeDelta::minutes(5)).await;
+    world.wait_phase("valid", InjectionPhase::Applied).await;
+    // Then one written by hand that names no experiment: no testkit::vouch_for.
+    let mut forged = FaultInjection::new(
+        "forged",
+        FaultInjectionSpec {
+            experiment: ObjectRef {
+                name: "nobody".into(),
+                uid: None,
+            },
+            target: PodRef {
+                namespace: "default".into(),
+                name: "target".into(),
+                uid: pod.clone(),
+            },
+            node_name: NODE.into(),
+            fault: bandwidth("1mbit"),
+            expires_at: Utc::now() + TimeDelta::minutes(5),
+        },
+    );
+    forged.labels_mut().insert(NODE_LABEL.into(), NODE.into());
+    world
+        .injections()
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let failed = world.wait_phase("forged", InjectionPhase::Failed).await;
+    let status = failed.status.unwrap();
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("no ChaosExperiment default/nobody")),
+        "{status:?}"
+    );
+    // Only the valid one is in the kernel, and the refusal is counted by reason.
+    assert_eq!(world.kernel.rules().len(), 1, "{:?}", world.kernel.rules());
+    assert_eq!(world.kernel.apply_count(), 1);
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("faultline_agent_refusals_total{reason=\"ExperimentNotFound\"} 1"),
+        "{rendered}"
+    );
+    agent.abort();
+}

@@ -532,9 +532,11 @@ impl<K: Kernel> Agent<K> {
             };
             let injection = Arc::clone(by_key.get(&key)?);
             let recorder = self.recorder.clone();
+            let metrics = self.metrics.clone();
             Some(async move {
                 match work {
                     Work::Refused(refusal) => {
+                        metrics.observe_refusal(refusal);
                         refuse(&statuses, &recorder, &injection, refusal).await
                     }
                     Work::Finalizer(present) => statuses.set_finalizer(&injection, present).await,
