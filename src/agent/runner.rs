@@ -6,8 +6,14 @@
 //! the API server is unreachable; and the kernel enforces each deadline itself (see
 //! [`super::deadline`]), so they hold even while no agent runs.
 //!
+//! Before acting, every live injection gets a verdict ([`admission`]): from the watch caches
+//! ([`super::facts`]: the node's pods, namespaces, the pause switch) for all of them, and, for
+//! those about to be applied, from a read of the experiment behind each (one read per
+//! experiment). A refused one is never applied; a refused one that is applied (consent
+//! withdrawn, chaos paused) is reverted like any other.
+//!
 //! Acting, in order:
-//! 1. finalizers and the statuses of what will not be applied;
+//! 1. finalizers and the statuses of what will not be applied (refusals with a Warning Event);
 //! 2. entries of pods that are gone (stale entries, possibly many after a long absence): one
 //!    sweep of the node's namespace and one journal write for all of them;
 //! 3. the rest, per pod, pods in parallel (at most [`PARALLEL_PODS`] at once, pods with new
