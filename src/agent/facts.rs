@@ -76,7 +76,13 @@ impl FactWatches {
                     pod.status = None;
                 })
                 .reflect(writer);
-            tokio::spawn(drive("pods", stream, changed.clone(), listed.clone()));
+            tokio::spawn(drive(
+                "pods",
+                stream,
+                changed.clone(),
+                listed.clone(),
+                Some(labels_of::<Pod>),
+            ));
             pods.push(store);
         }
         let (namespaces, writer) = reflector::store();
@@ -91,7 +97,13 @@ impl FactWatches {
             ns.status = None;
         })
         .reflect(writer);
-        tokio::spawn(drive("namespaces", stream, changed.clone(), listed.clone()));
+        tokio::spawn(drive(
+            "namespaces",
+            stream,
+            changed.clone(),
+            listed.clone(),
+            Some(labels_of::<Namespace>),
+        ));
 
         let (pause, writer) = reflector::store();
         let stream = watcher(
@@ -105,6 +117,7 @@ impl FactWatches {
             stream,
             changed.clone(),
             listed.clone(),
+            None,
         ));
 
         let (unlabelled, writer) = reflector::store();
@@ -119,6 +132,7 @@ impl FactWatches {
             stream,
             changed,
             listed.clone(),
+            None,
         ));
         FactWatches {
             watches: pods.len() + 3,
@@ -191,14 +205,48 @@ fn trim<K: Resource>(object: &mut K) {
     meta.owner_references = None;
 }
 
-async fn drive<K, S>(what: &'static str, stream: S, changed: Arc<Notify>, listed: Arc<AtomicUsize>)
-where
+/// What the checks read of a pod or namespace: its labels.
+fn labels_of<K: Resource>(object: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    object.meta().labels.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Feeds a watch into its cache and wakes the agent on changes. With `fingerprint`, a change
+/// to an object wakes it only when the fingerprint changes (a pod's status updates, say, do
+/// not: the checks read only labels).
+async fn drive<K, S>(
+    what: &'static str,
+    stream: S,
+    changed: Arc<Notify>,
+    listed: Arc<AtomicUsize>,
+    fingerprint: Option<fn(&K) -> u64>,
+) where
+    K: Resource,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     futures::pin_mut!(stream);
     let mut counted = false;
     let mut failing = false;
+    let mut seen: HashMap<(Option<String>, Option<String>), u64> = HashMap::new();
     while let Some(event) = stream.next().await {
+        if let Some(fingerprint) = fingerprint {
+            match &event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    let key = (object.meta().namespace.clone(), object.meta().name.clone());
+                    let print = fingerprint(object);
+                    let same = seen.insert(key, print) == Some(print);
+                    if same && matches!(event, Ok(watcher::Event::Apply(_))) {
+                        continue;
+                    }
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    seen.remove(&(object.meta().namespace.clone(), object.meta().name.clone()));
+                }
+                _ => {}
+            }
+        }
         match event {
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
             Ok(_) => {
