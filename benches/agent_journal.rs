@@ -107,6 +107,9 @@ async fn main() {
     injection
         .labels_mut()
         .insert(NODE_LABEL.into(), NODE.into());
+    faultline::sandbox::testkit::vouch_for(&client, &mut injection)
+        .await
+        .unwrap();
     let injections: Api<FaultInjection> = Api::namespaced(client.clone(), "default");
     injections
         .create(&PostParams::default(), &injection)
@@ -118,6 +121,7 @@ async fn main() {
         nodes: vec![NODE.into()],
         journal_dir: journal.clone(),
         resync: Duration::from_secs(1),
+        policy: faultline::agent::admission::Policy::new("faultline-system"),
     };
     let agent = tokio::spawn(runner::run(
         client.clone(),

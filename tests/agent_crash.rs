@@ -120,6 +120,10 @@ impl Setup {
         injection
             .labels_mut()
             .insert(NODE_LABEL.into(), NODE.into());
+        // A running experiment stands behind it, as the controller's would.
+        faultline::sandbox::testkit::vouch_for(&self.client, &mut injection)
+            .await
+            .unwrap();
         self.injections()
             .create(&PostParams::default(), &injection)
             .await

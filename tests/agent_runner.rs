@@ -19,6 +19,7 @@ use faultline::api::{
     AGENT_FINALIZER, Direction, FaultInjection, FaultInjectionSpec, InjectionPhase, LatencyFault,
     NODE_CAPABILITIES_ANNOTATION, NODE_LABEL, NetworkFault, ObjectRef, PodRef, all_crds,
 };
+use faultline::sandbox::testkit;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -32,6 +33,8 @@ struct World {
     client: Client,
     kernel: RecordingKernel,
     journal: tempfile::TempDir,
+    /// Pod UID -> name, for the injections' targets.
+    pod_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl World {
@@ -53,6 +56,7 @@ impl World {
             client,
             kernel,
             journal: tempfile::tempdir().unwrap(),
+            pod_names: Default::default(),
         }
     }
 
@@ -71,6 +75,7 @@ impl World {
             nodes: vec![NODE.to_string()],
             journal_dir,
             resync: Duration::from_millis(200),
+            policy: faultline::agent::admission::Policy::new("faultline-system"),
         };
         tokio::spawn(async move {
             runner::run(client, kernel, config, metrics, std::future::pending())
@@ -94,6 +99,10 @@ impl World {
             .unwrap();
         let uid = pod.uid().unwrap();
         self.kernel.add_pod(&uid);
+        self.pod_names
+            .lock()
+            .unwrap()
+            .insert(uid.clone(), name.to_string());
         uid
     }
 
@@ -125,7 +134,13 @@ impl World {
                 },
                 target: PodRef {
                     namespace: "default".into(),
-                    name: "target".into(),
+                    name: self
+                        .pod_names
+                        .lock()
+                        .unwrap()
+                        .get(pod_uid)
+                        .cloned()
+                        .unwrap_or_else(|| "target".into()),
                     uid: pod_uid.into(),
                 },
                 node_name: NODE.into(),
@@ -136,6 +151,10 @@ impl World {
         injection
             .labels_mut()
             .insert(NODE_LABEL.into(), NODE.into());
+        // A running experiment stands behind it, as the controller's would.
+        testkit::vouch_for(&self.client, &mut injection)
+            .await
+            .unwrap();
         self.injections()
             .create(&PostParams::default(), &injection)
             .await
@@ -654,5 +673,58 @@ async fn a_second_latency_on_a_netem_pod_is_queued_in_userspace_so_both_act() {
         "{message}"
     );
     assert_eq!(world.kernel.rules().len(), 2);
+    agent.abort();
+}
+
+#[tokio::test]
+async fn a_work_item_without_an_experiment_is_refused_and_counted() {
+    let world = World::start(RecordingKernel::full()).await;
+    let metrics = AgentMetrics::new();
+    let agent = world.agent_in(world.journal.path().to_path_buf(), metrics.clone());
+    let pod = world.pod("target").await;
+    // A valid one first, so the namespace has opted in and the experiment exists.
+    world.injection("valid", &pod, TimeDelta::minutes(5)).await;
+    world.wait_phase("valid", InjectionPhase::Applied).await;
+    // Then one written by hand that names no experiment: no testkit::vouch_for.
+    let mut forged = FaultInjection::new(
+        "forged",
+        FaultInjectionSpec {
+            experiment: ObjectRef {
+                name: "nobody".into(),
+                uid: None,
+            },
+            target: PodRef {
+                namespace: "default".into(),
+                name: "target".into(),
+                uid: pod.clone(),
+            },
+            node_name: NODE.into(),
+            fault: bandwidth("1mbit"),
+            expires_at: Utc::now() + TimeDelta::minutes(5),
+        },
+    );
+    forged.labels_mut().insert(NODE_LABEL.into(), NODE.into());
+    world
+        .injections()
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let failed = world.wait_phase("forged", InjectionPhase::Failed).await;
+    let status = failed.status.unwrap();
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("no ChaosExperiment default/nobody")),
+        "{status:?}"
+    );
+    // Only the valid one is in the kernel, and the refusal is counted by reason.
+    assert_eq!(world.kernel.rules().len(), 1, "{:?}", world.kernel.rules());
+    assert_eq!(world.kernel.apply_count(), 1);
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("faultline_agent_refusals_total{reason=\"ExperimentNotFound\"} 1"),
+        "{rendered}"
+    );
     agent.abort();
 }

@@ -12,10 +12,16 @@ mod k8s_objects;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use common::TestCluster;
-use faultline::api::FaultInjection;
+use faultline::agent::admission::Policy;
+use faultline::agent::kernel::RecordingKernel;
+use faultline::agent::runner::{self, AgentConfig};
+use faultline::agent::telemetry::AgentMetrics;
+use faultline::api::{FaultInjection, InjectionPhase};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api, Client,
     api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams},
@@ -30,8 +36,9 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every object of the chart but the workloads (no kubelet runs their pods here).
-fn chart_policies_and_rbac() -> Vec<Value> {
+/// Every object of the chart but the workloads (no kubelet runs their pods here); without the
+/// admission policies when `policies` is false.
+fn chart_policies_and_rbac(policies: bool) -> Vec<Value> {
     let home = std::env::temp_dir().join("faultline-helm-blast-radius");
     let out = Command::new(repo().join(".tools/bin/helm"))
         .args([
@@ -66,7 +73,11 @@ fn chart_policies_and_rbac() -> Vec<Value> {
                         | "ValidatingAdmissionPolicy"
                         | "ValidatingAdmissionPolicyBinding"
                 )
-            )
+            ) && (policies
+                || !o["kind"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("ValidatingAdmission"))
         })
         .collect()
 }
@@ -168,6 +179,10 @@ struct Bed {
 /// The chart's RBAC and policies, namespaces `shop` (opted in) and `closed` (not), nodes
 /// `node-a` and `node-b`, a pod the agent's token is bound to on node-a, and pods to disrupt.
 async fn bed() -> Option<Bed> {
+    bed_with(true).await
+}
+
+async fn bed_with(policies: bool) -> Option<Bed> {
     let cluster = TestCluster::start().await;
     if !cluster.is_real() {
         eprintln!(
@@ -180,7 +195,7 @@ async fn bed() -> Option<Bed> {
     common::cluster::apply_namespace(&admin, RELEASE_NS, false).await;
     common::cluster::apply_namespace(&admin, "shop", true).await;
     common::cluster::apply_namespace(&admin, "closed", false).await;
-    for object in chart_policies_and_rbac() {
+    for object in chart_policies_and_rbac(policies) {
         apply(&admin, &object).await;
     }
     for node in ["node-a", "node-b"] {
@@ -210,7 +225,9 @@ async fn bed() -> Option<Bed> {
     let controller = common::cluster::client_as(&cluster, RELEASE_NS, CONTROLLER, None).await;
     let agent_on_a =
         common::cluster::client_as(&cluster, RELEASE_NS, AGENT, Some("agent-on-a")).await;
-    policies_in_force(&controller).await;
+    if policies {
+        policies_in_force(&controller).await;
+    }
     Some(Bed {
         cluster,
         admin,
@@ -447,5 +464,133 @@ async fn only_the_controller_writes_work_items_and_only_for_opted_in_pods() {
         "only the faultline controller creates FaultInjections or changes what they ask for",
         "the agent rewriting a work item",
     );
+    bed.cluster.shutdown().await;
+}
+
+/// The second lock, alone: without the admission policies (not installed, or a cluster older
+/// than 1.30), an admin writes work items by hand, and the agent, running with its own token
+/// and the chart's RBAC, refuses each with a status and a Warning Event and applies nothing.
+#[tokio::test]
+async fn a_work_item_that_slips_past_the_server_is_refused_by_the_agent() {
+    let Some(bed) = bed_with(false).await else {
+        return;
+    };
+    let uid_of = |ns: &str, name: &str| {
+        let pods = Api::<Pod>::namespaced(bed.admin.clone(), ns);
+        let name = name.to_string();
+        async move { pods.get(&name).await.unwrap().metadata.uid.unwrap() }
+    };
+    let outsider = uid_of("closed", "outsider").await;
+    let victim = uid_of("shop", "victim").await;
+    let kernel = RecordingKernel::full();
+    kernel.add_pod(&outsider);
+    kernel.add_pod(&victim);
+    let journal = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        nodes: vec!["node-a".into()],
+        journal_dir: journal.path().to_path_buf(),
+        resync: std::time::Duration::from_millis(500),
+        policy: Policy::new(RELEASE_NS),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(runner::run(
+        bed.agent_on_a.clone(),
+        Arc::new(kernel.clone()),
+        config,
+        AgentMetrics::new(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let hand_written = |namespace: &str, name: &str, target_ns: &str, target: &str, uid: &str| {
+        let mut object = injection(namespace, target_ns, target);
+        object.metadata.name = Some(name.into());
+        object.spec.target.uid = uid.into();
+        object
+    };
+    let cases = [
+        // A pod in a namespace that did not opt in, work item next to it.
+        (
+            hand_written("closed", "closed-pod", "closed", "outsider", &outsider),
+            "NamespaceNotOptedIn",
+        ),
+        // Written in the opted-in namespace, for a pod in one that did not opt in.
+        (
+            hand_written("shop", "reach-out", "closed", "outsider", &outsider),
+            "NamespaceNotOptedIn",
+        ),
+        // An opted-in pod, but no experiment behind the work item.
+        (
+            hand_written("shop", "no-experiment", "shop", "victim", &victim),
+            "ExperimentNotFound",
+        ),
+    ];
+    for (object, _) in &cases {
+        let namespace = object.metadata.namespace.clone().unwrap();
+        allowed(
+            Api::<FaultInjection>::namespaced(bed.admin.clone(), &namespace)
+                .create(&PostParams::default(), object)
+                .await,
+            "an admin's FaultInjection without the admission policies",
+        );
+    }
+    for (object, reason) in &cases {
+        let namespace = object.metadata.namespace.clone().unwrap();
+        let name = object.metadata.name.clone().unwrap();
+        let api = Api::<FaultInjection>::namespaced(bed.admin.clone(), &namespace);
+        let status = common::wait_for(
+            &format!("{namespace}/{name} refused ({reason})"),
+            std::time::Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let status = api.get(&name).await.ok()?.status?;
+                    (status.phase == InjectionPhase::Failed).then_some(status)
+                }
+            },
+        )
+        .await;
+        let admitted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Admitted")
+            .unwrap_or_else(|| panic!("{name}: no Admitted condition: {status:?}"));
+        assert_eq!(admitted.reason, *reason, "{name}: {status:?}");
+        let events = Api::<Event>::namespaced(bed.admin.clone(), &namespace);
+        common::wait_for(
+            &format!("a Warning Event {reason} about {name}"),
+            std::time::Duration::from_secs(30),
+            || {
+                let events = events.clone();
+                let name = name.clone();
+                async move {
+                    events
+                        .list(&Default::default())
+                        .await
+                        .ok()?
+                        .items
+                        .into_iter()
+                        .find(|e| {
+                            e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some(name.as_str())
+                                && e.reason.as_deref() == Some(*reason)
+                                && e.type_.as_deref() == Some("Warning")
+                        })
+                }
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        kernel.apply_count(),
+        0,
+        "nothing applied: {:?}",
+        kernel.rules()
+    );
+    assert!(kernel.rules().is_empty(), "{:?}", kernel.rules());
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
     bed.cluster.shutdown().await;
 }

@@ -587,6 +587,10 @@ fn the_agent_touches_only_pods_its_node_fault_injections_and_events() {
         permissions(rendered.one("ClusterRole", "faultline-agent")),
         perms(&[
             ("/pods", &["get", "list", "watch"]),
+            // The opt-in label, before applying and while a fault runs.
+            ("/namespaces", &["get", "list", "watch"]),
+            // The experiment behind each work item, read when it is about to be applied.
+            ("faultline.dev/chaosexperiments", &["get"]),
             ("/nodes", &["get", "patch"]),
             (
                 "faultline.dev/faultinjections",
@@ -597,6 +601,46 @@ fn the_agent_touches_only_pods_its_node_fault_injections_and_events() {
         ])
     );
     assert_bound(&rendered, "ClusterRoleBinding", "faultline-agent");
+    // In the release namespace: the pause switch, by name only.
+    let role = rendered.one("Role", "faultline-agent");
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        permissions(role),
+        perms(&[("/configmaps@faultline-pause", &["get", "list", "watch"])])
+    );
+    assert_bound(&rendered, "RoleBinding", "faultline-agent");
+}
+
+#[test]
+fn the_agent_checks_work_items_against_the_controllers_safety_settings() {
+    let agent_args = |rendered: &Rendered| -> Vec<String> {
+        args(container(rendered.agent()))
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
+    let defaults = agent_args(&Rendered::defaults());
+    assert!(
+        defaults.contains(&"--controller-namespace=$(POD_NAMESPACE)".to_string()),
+        "{defaults:?}"
+    );
+    assert!(!defaults.iter().any(|a| a == "--allow-all-namespaces"));
+    assert!(
+        !defaults
+            .iter()
+            .any(|a| a.starts_with("--protected-namespace"))
+    );
+    let custom = agent_args(&Rendered::custom());
+    for expected in [
+        "--allow-all-namespaces",
+        "--protected-namespace=payments",
+        "--protected-namespace=identity",
+    ] {
+        assert!(
+            custom.iter().any(|a| a == expected),
+            "{expected} in {custom:?}"
+        );
+    }
 }
 
 /// The binding `name` gives the role `name` to the service account `name` of the release.

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
+use super::admission::{Refusal, Verdict};
 use super::tag::InjectionTag;
 use crate::api::InjectionPhase;
 
@@ -25,6 +26,8 @@ pub struct LiveInjection {
     pub has_finalizer: bool,
     pub phase: InjectionPhase,
     pub observed_generation: Option<i64>,
+    /// Whether the agent may put (or keep) this fault on its target ([`super::admission`]).
+    pub consent: Verdict,
 }
 
 /// A journal entry as the planner needs it.
@@ -48,6 +51,9 @@ pub enum RevertReason {
     NoLongerDesired,
     /// The target pod is gone; its namespace took the pod-side rules with it.
     TargetGone,
+    /// The agent may no longer keep it: consent withdrawn (the namespace's opt-in label
+    /// removed, the pod labelled protected), chaos paused, or no experiment behind it.
+    Withdrawn(Refusal),
 }
 
 impl RevertReason {
@@ -59,6 +65,7 @@ impl RevertReason {
             RevertReason::TargetGone => {
                 "the target pod is gone (a replacement pod is not followed); its rules went with it"
             }
+            RevertReason::Withdrawn(refusal) => refusal.withdrawn(),
         }
     }
 }
@@ -79,6 +86,9 @@ pub enum Action {
     ReportNotApplied { key: String, reason: RevertReason },
     /// Nothing is left in the kernel for this deleted injection: let it go.
     RemoveFinalizer { key: String },
+    /// The agent will not act on this injection: record why (status and a Warning Event).
+    /// Nothing of it is in the kernel.
+    Refuse { key: String, refusal: Refusal },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -110,6 +120,10 @@ pub fn plan(
             match live_by_tag.as_ref().map(|m| m.get(&entry.tag)) {
                 Some(None) => Some(RevertReason::NoLongerDesired),
                 Some(Some(injection)) if injection.deleting => Some(RevertReason::Deleted),
+                Some(Some(injection)) => match injection.consent {
+                    Verdict::Refused(refusal) => Some(RevertReason::Withdrawn(refusal)),
+                    Verdict::Allowed | Verdict::Unknown => None,
+                },
                 _ => None,
             }
         };
@@ -161,15 +175,34 @@ pub fn plan(
         if reverting.contains(&injection.tag) {
             continue;
         }
-        if !injection.has_finalizer {
+        match injection.consent {
+            Verdict::Refused(refusal) => {
+                // Nothing of it is applied (an applied one is being reverted, above): say
+                // why once per generation, and hold no finalizer for it.
+                if entry.is_none() && !settled {
+                    actions.push(Action::Refuse {
+                        key: injection.key.clone(),
+                        refusal,
+                    });
+                }
+                continue;
+            }
+            // Not known yet whether it may be applied: neither apply nor revert.
+            Verdict::Unknown if entry.is_none() => continue,
+            Verdict::Unknown | Verdict::Allowed => {}
+        }
+        let needs_apply = match entry {
+            None => !settled,
+            Some(_) if injection.consent == Verdict::Unknown => false,
+            Some(entry) => !entry.confirmed || entry.generation != injection.generation,
+        };
+        // The finalizer guards what is (or is about to be) in the kernel; a settled
+        // injection with nothing applied needs none.
+        if !injection.has_finalizer && (needs_apply || entry.is_some()) {
             actions.push(Action::AddFinalizer {
                 key: injection.key.clone(),
             });
         }
-        let needs_apply = match entry {
-            None => !settled,
-            Some(entry) => !entry.confirmed || entry.generation != injection.generation,
-        };
         if needs_apply {
             actions.push(Action::Apply {
                 key: injection.key.clone(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::agent::admission::{Refusal, Verdict};
 use chrono::TimeDelta;
 
 fn tag(n: u8) -> InjectionTag {
@@ -22,6 +23,7 @@ fn live(n: u8) -> LiveInjection {
         has_finalizer: true,
         phase: InjectionPhase::Pending,
         observed_generation: None,
+        consent: Verdict::Allowed,
     }
 }
 
@@ -223,4 +225,97 @@ fn a_failed_generation_is_not_retried_but_a_new_one_is() {
             key: "default/inj-1".into()
         }]
     );
+}
+
+#[test]
+fn a_refused_injection_is_reported_once_and_gets_no_finalizer() {
+    let mut injection = live(1);
+    injection.has_finalizer = false;
+    injection.consent = Verdict::Refused(Refusal::NamespaceNotOptedIn);
+    let first = plan(now(), Some(&[injection.clone()]), &[], &none());
+    assert_eq!(
+        first.actions,
+        vec![Action::Refuse {
+            key: "default/inj-1".into(),
+            refusal: Refusal::NamespaceNotOptedIn
+        }]
+    );
+    // Once the refusal is in status for this generation, nothing more.
+    injection.phase = InjectionPhase::Failed;
+    injection.observed_generation = Some(1);
+    let plan = plan(now(), Some(&[injection]), &[], &none());
+    assert!(plan.actions.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn a_fault_in_place_is_reverted_when_consent_is_withdrawn() {
+    for refusal in [
+        Refusal::NamespaceNotOptedIn,
+        Refusal::PodProtected,
+        Refusal::ChaosPaused,
+    ] {
+        let mut injection = live(1);
+        injection.consent = Verdict::Refused(refusal);
+        let plan = plan(now(), Some(&[injection]), &[applied(1)], &none());
+        assert_eq!(
+            plan.actions,
+            vec![Action::Revert {
+                tag: tag(1),
+                reason: RevertReason::Withdrawn(refusal)
+            }],
+            "{refusal:?}"
+        );
+    }
+}
+
+#[test]
+fn a_reverted_fault_is_not_applied_again_when_consent_returns() {
+    let mut injection = live(1);
+    injection.phase = InjectionPhase::Reverted;
+    injection.observed_generation = Some(1);
+    let plan = plan(now(), Some(&[injection]), &[], &none());
+    assert!(plan.actions.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn unknown_consent_neither_applies_nor_reverts() {
+    let mut new = live(1);
+    new.consent = Verdict::Unknown;
+    let first = plan(now(), Some(&[new]), &[], &none());
+    assert!(first.actions.is_empty(), "{first:?}");
+    // Adopted after a restart: it stays as it is until the agent knows.
+    let mut adopted = live(2);
+    adopted.consent = Verdict::Unknown;
+    let mut entry = applied(2);
+    entry.confirmed = false;
+    let plan = plan(now(), Some(&[adopted]), &[entry], &none());
+    assert!(plan.actions.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn deadlines_still_act_on_refused_injections() {
+    let mut injection = live(1);
+    injection.consent = Verdict::Refused(Refusal::ChaosPaused);
+    injection.expires_at = now() - TimeDelta::seconds(1);
+    let mut entry = applied(1);
+    entry.expires_at = injection.expires_at;
+    let plan = plan(now(), Some(&[injection]), &[entry], &none());
+    assert_eq!(
+        plan.actions,
+        vec![Action::Revert {
+            tag: tag(1),
+            reason: RevertReason::Expired
+        },]
+    );
+}
+
+#[test]
+fn a_settled_injection_with_nothing_applied_gets_no_finalizer() {
+    // Refused (or failed) earlier: the next plan must not add a finalizer to it.
+    let mut injection = live(1);
+    injection.has_finalizer = false;
+    injection.phase = InjectionPhase::Failed;
+    injection.observed_generation = Some(1);
+    let plan = plan(now(), Some(&[injection]), &[], &none());
+    assert!(plan.actions.is_empty(), "{plan:?}");
 }

@@ -11,6 +11,9 @@
 //! - [`tc`]: qdiscs through rtnetlink (our own messages): tbf (bandwidth), netem (latency,
 //!   loss), and htb with u32 filters when a fault is scoped to destinations.
 //! - [`residual`]: snapshots of a namespace's rules before a fault and the difference after.
+//! - [`admission`]: whether the agent may act on a work item, and keep its fault in place:
+//!   experiment, node, pause switch, namespace opt-in, protected pods (pure).
+//! - [`facts`]: the watch caches those checks read (the node's pods, namespaces, pause).
 //! - [`converge`]: what to apply and revert, decided from live injections, the journal and the
 //!   clock (pure).
 //! - [`journal`]: the on-disk record that lets a restarted agent revert without the API server.
@@ -20,8 +23,10 @@
 //! - [`runner`]: the agent process: watches FaultInjections, executes plans, reports status
 //!   (through `writeback`).
 //! - [`testnet`]: throwaway network namespaces for root tests and benchmarks.
+pub mod admission;
 pub mod converge;
 pub mod deadline;
+pub mod facts;
 pub mod iptables;
 pub mod journal;
 pub mod kernel;

@@ -6,8 +6,14 @@
 //! the API server is unreachable; and the kernel enforces each deadline itself (see
 //! [`super::deadline`]), so they hold even while no agent runs.
 //!
+//! Before acting, every live injection gets a verdict ([`admission`]): from the watch caches
+//! ([`super::facts`]: the node's pods, namespaces, the pause switch) for all of them, and, for
+//! those about to be applied, from a read of the experiment behind each (one read per
+//! experiment). A refused one is never applied; a refused one that is applied (consent
+//! withdrawn, chaos paused) is reverted like any other.
+//!
 //! Acting, in order:
-//! 1. finalizers and the statuses of what will not be applied;
+//! 1. finalizers and the statuses of what will not be applied (refusals with a Warning Event);
 //! 2. entries of pods that are gone (stale entries, possibly many after a long absence): one
 //!    sweep of the node's namespace and one journal write for all of them;
 //! 3. the rest, per pod, pods in parallel (at most [`PARALLEL_PODS`] at once, pods with new
@@ -26,23 +32,27 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::admission::{self, Facts, Policy, Refusal, Verdict};
 use super::converge::{self, Action, LiveInjection, RevertReason};
 use super::deadline::Deadline;
+use super::facts::{FactWatches, Snapshot};
 use super::journal::{Journal, JournalEntry};
 use super::kernel::{Kernel, KernelError, Mechanism, QueueCounts, RevertItem};
 use super::tag::InjectionTag;
 use super::telemetry::AgentMetrics;
 use super::writeback::{self, StatusChange, StatusWriter, key_of, live_injection, tag_of};
-use crate::api::{FaultInjection, InjectionPhase, NODE_LABEL};
+use crate::api::{ChaosExperiment, FaultInjection, InjectionPhase, NODE_LABEL};
 
 /// How many pods the agent changes at once.
 pub const PARALLEL_PODS: usize = 8;
@@ -60,6 +70,8 @@ pub struct AgentConfig {
     pub journal_dir: PathBuf,
     /// How often the agent re-plans without an event (target presence, NFQUEUE counters).
     pub resync: Duration,
+    /// The safety settings it checks each work item against (the controller's own).
+    pub policy: Policy,
 }
 
 /// Runs the agent until `shutdown` resolves. Faults stay in place on shutdown (a restarted
@@ -112,9 +124,20 @@ pub async fn run<K: Kernel>(
         }
     };
     let opened = journal.opened().clone();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "faultline-agent".into(),
+            instance: Some(config.nodes.join(",")),
+        },
+    );
     let mut agent = Agent {
         kernel,
         journal,
+        client: client.clone(),
+        nodes: config.nodes.clone(),
+        policy: config.policy.clone(),
+        recorder,
         confirmed: BTreeSet::new(),
         reported: BTreeMap::new(),
         count_base: BTreeMap::new(),
@@ -131,7 +154,7 @@ pub async fn run<K: Kernel>(
     );
     // Deadlines first, before anything that needs the API server.
     let started = std::time::Instant::now();
-    agent.step(None).await;
+    agent.step(None, None).await;
     tracing::info!(took = ?started.elapsed(), journal_entries = agent.journal.len(), "journal replayed and drained");
     metrics.set_ready();
     publish(agent.kernel.capabilities().annotation());
@@ -147,19 +170,33 @@ pub async fn run<K: Kernel>(
         changed.clone(),
         healthy_tx,
     ));
+    // What consent is checked against: the node's pods, namespaces, the pause switch.
+    let facts = FactWatches::start(
+        &client,
+        &config.nodes,
+        &config.policy.controller_namespace,
+        changed.clone(),
+    );
 
     let mut orphans_checked = false;
     loop {
         let api_healthy = *healthy.borrow();
         let live = if api_healthy && store.wait_until_ready().await.is_ok() {
-            Some(store.state())
+            // Injections for our nodes without the node label are not ours to apply, but they
+            // are never ignored silently: they join the live set and are refused.
+            let mut live = store.state();
+            live.extend(facts.unlabelled(&config.nodes));
+            Some(live)
         } else {
             None
         };
+        // Until every consent watch has listed, nothing new is applied (and nothing reverted
+        // for want of consent).
+        let snapshot = facts.ready().then(|| facts.snapshot());
         if let (Some(live), false) = (&live, orphans_checked) {
             orphans_checked = agent.clean_orphans(&client, &config.nodes, live).await;
         }
-        let next_deadline = agent.step(live.as_deref()).await;
+        let next_deadline = agent.step(live.as_deref(), snapshot.as_ref()).await;
         let sleep = next_deadline
             .and_then(|at| (at - Utc::now()).to_std().ok())
             .map_or(config.resync, |until| until.min(config.resync));
@@ -242,6 +279,10 @@ async fn watch_injections(
 struct Agent<K> {
     kernel: Arc<K>,
     journal: Journal,
+    client: Client,
+    nodes: Vec<String>,
+    policy: Policy,
+    recorder: Recorder,
     /// Tags (re)applied by this process: journal entries from a previous run are re-applied
     /// once so the kernel holds exactly what the injections say (and NFQUEUE workers run).
     confirmed: BTreeSet<InjectionTag>,
@@ -288,11 +329,19 @@ struct PodOutcome {
 }
 
 impl<K: Kernel> Agent<K> {
-    /// Plans and acts once; returns the next deadline.
-    async fn step(&mut self, live: Option<&[Arc<FaultInjection>]>) -> Option<DateTime<Utc>> {
+    /// Plans and acts once; returns the next deadline. `facts` is `None` until the consent
+    /// watches have listed.
+    async fn step(
+        &mut self,
+        live: Option<&[Arc<FaultInjection>]>,
+        facts: Option<&Snapshot>,
+    ) -> Option<DateTime<Utc>> {
         let now = Utc::now();
-        let live_view: Option<Vec<LiveInjection>> =
-            live.map(|l| l.iter().filter_map(|i| live_injection(i)).collect());
+        let mut live_view: Option<Vec<LiveInjection>> = live.map(|l| {
+            l.iter()
+                .filter_map(|i| live_injection(i, self.consent(i, facts)))
+                .collect()
+        });
         let applied: Vec<converge::Applied> = self
             .journal
             .heads()
@@ -310,7 +359,21 @@ impl<K: Kernel> Agent<K> {
         let t0 = std::time::Instant::now();
         let gone = self.gone_pods(&applied, live_view.as_deref()).await;
         let t1 = std::time::Instant::now();
-        let plan = converge::plan(now, live_view.as_deref(), &applied, &gone);
+        let mut plan = converge::plan(now, live_view.as_deref(), &applied, &gone);
+        if let (Some(view), Some(live)) = (live_view.as_mut(), live) {
+            // A work item about to be applied needs a running experiment behind it; a refusal
+            // on a namespace's labels is checked again against the API server (the cache may
+            // not have seen a label just added). Then plan again with what that found.
+            let verdicts = self.second_look(&plan, live).await;
+            if !verdicts.is_empty() {
+                for injection in view.iter_mut() {
+                    if let Some(verdict) = verdicts.get(&injection.key) {
+                        injection.consent = *verdict;
+                    }
+                }
+                plan = converge::plan(now, Some(view), &applied, &gone);
+            }
+        }
         tracing::debug!(gone = ?(t1 - t0), plan = ?t1.elapsed(), entries = applied.len(), "planned");
         let by_key: BTreeMap<String, &Arc<FaultInjection>> = live
             .unwrap_or_default()
@@ -362,6 +425,102 @@ impl<K: Kernel> Agent<K> {
         plan.next_deadline
     }
 
+    /// Whether this injection's fault may be on its target now, from the watch caches.
+    fn consent(&self, injection: &FaultInjection, facts: Option<&Snapshot>) -> Verdict {
+        let Some(facts) = facts else {
+            return Verdict::Unknown;
+        };
+        let spec = &injection.spec;
+        let facts = Facts {
+            paused: facts.paused,
+            pod: facts.pods.get(&spec.target.uid),
+            namespace_labels: facts.namespaces.get(&spec.target.namespace),
+        };
+        admission::consent(injection, &self.nodes, &facts, &self.policy)
+    }
+
+    /// The reads the caches cannot answer, for the few injections that need them: the
+    /// experiment behind each one about to be applied (one read per experiment, however many
+    /// of its injections), and the namespace of each refused for its labels. Returns the
+    /// verdicts that change.
+    async fn second_look(
+        &self,
+        plan: &converge::Plan,
+        live: &[Arc<FaultInjection>],
+    ) -> BTreeMap<String, Verdict> {
+        let by_key: BTreeMap<String, &Arc<FaultInjection>> =
+            live.iter().map(|i| (key_of(i), i)).collect();
+        let mut to_vouch = Vec::new();
+        let mut to_recheck = Vec::new();
+        for action in &plan.actions {
+            match action {
+                Action::Apply { key } => to_vouch.extend(by_key.get(key).copied()),
+                Action::Refuse {
+                    key,
+                    refusal: Refusal::NamespaceNotOptedIn,
+                } => to_recheck.extend(by_key.get(key).copied()),
+                _ => {}
+            }
+        }
+        let mut verdicts = BTreeMap::new();
+        if to_vouch.is_empty() && to_recheck.is_empty() {
+            return verdicts;
+        }
+        let wanted: BTreeSet<(String, String)> = to_vouch
+            .iter()
+            .map(|i| {
+                (
+                    i.namespace().unwrap_or_default(),
+                    i.spec.experiment.name.clone(),
+                )
+            })
+            .collect();
+        let client = &self.client;
+        let experiments: BTreeMap<(String, String), Result<Option<ChaosExperiment>, ()>> =
+            futures::stream::iter(wanted.into_iter().map(|(namespace, name)| async move {
+                let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), &namespace);
+                let found = api.get_opt(&name).await.map_err(|error| {
+                    tracing::warn!(experiment = %format!("{namespace}/{name}"), %error, "cannot read the experiment behind an injection; it is not applied until the agent can");
+                });
+                ((namespace, name), found)
+            }))
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect()
+            .await;
+        for injection in to_vouch {
+            let key = (
+                injection.namespace().unwrap_or_default(),
+                injection.spec.experiment.name.clone(),
+            );
+            let verdict = match experiments.get(&key) {
+                Some(Ok(found)) => match admission::vouched(injection, found.as_ref()) {
+                    Ok(()) => continue,
+                    Err(refusal) => Verdict::Refused(refusal),
+                },
+                _ => Verdict::Unknown,
+            };
+            verdicts.insert(key_of(injection), verdict);
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for injection in to_recheck {
+            let fresh = namespaces.get_opt(&injection.spec.target.namespace).await;
+            let opted_in = match &fresh {
+                Ok(Some(ns)) => ns
+                    .labels()
+                    .get(crate::api::NAMESPACE_OPT_IN_LABEL)
+                    .is_some_and(|v| v == crate::api::NAMESPACE_OPT_IN_VALUE),
+                Ok(None) => false,
+                // Cannot tell: ask again at the next step rather than refuse on a guess.
+                Err(_) => true,
+            };
+            if opted_in {
+                // The cache is behind: decide when it has caught up.
+                verdicts.insert(key_of(injection), Verdict::Unknown);
+            }
+        }
+        verdicts
+    }
+
     /// Finalizers, and statuses of what will not be applied: concurrently.
     async fn quick_actions(
         &self,
@@ -374,11 +533,18 @@ impl<K: Kernel> Agent<K> {
                 Action::AddFinalizer { key } => (key, Work::Finalizer(true)),
                 Action::RemoveFinalizer { key } => (key, Work::Finalizer(false)),
                 Action::ReportNotApplied { key, reason } => (key, Work::NotApplied(reason)),
+                Action::Refuse { key, refusal } => (key, Work::Refused(refusal)),
                 _ => return None,
             };
             let injection = Arc::clone(by_key.get(&key)?);
+            let recorder = self.recorder.clone();
+            let metrics = self.metrics.clone();
             Some(async move {
                 match work {
+                    Work::Refused(refusal) => {
+                        metrics.observe_refusal(refusal);
+                        refuse(&statuses, &recorder, &injection, refusal).await
+                    }
                     Work::Finalizer(present) => statuses.set_finalizer(&injection, present).await,
                     Work::NotApplied(reason) => {
                         let (phase, message) = match reason {
@@ -612,12 +778,13 @@ impl<K: Kernel> Agent<K> {
         for (pod_uid, work) in order {
             let kernel = self.kernel.clone();
             let statuses = self.statuses.clone();
+            let recorder = self.recorder.clone();
             let metrics = self.metrics.clone();
             let names = Arc::clone(&names);
             let permits = Arc::clone(&permits);
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                run_pod(kernel, statuses, metrics, names, pod_uid, work).await
+                run_pod(kernel, statuses, recorder, metrics, names, pod_uid, work).await
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -770,6 +937,55 @@ impl<K: Kernel> Agent<K> {
 enum Work {
     Finalizer(bool),
     NotApplied(RevertReason),
+    Refused(Refusal),
+}
+
+/// The condition that says whether the agent accepted the work item (False: refused).
+pub const ADMITTED: &str = "Admitted";
+
+/// Records a refusal: phase Failed, the `Admitted` condition False with the reason, a Warning
+/// Event. Nothing of the injection is in the kernel.
+async fn refuse(
+    statuses: &StatusWriter,
+    recorder: &Recorder,
+    injection: &FaultInjection,
+    refusal: Refusal,
+) {
+    let message = format!("refused by the node agent: {}", refusal.explain(injection));
+    tracing::warn!(injection = %key_of(injection), reason = refusal.reason(), pod = %injection.spec.target.name, "refused a FaultInjection; nothing applied");
+    let generation = injection.metadata.generation;
+    let condition = crate::api::Condition {
+        type_: ADMITTED.into(),
+        status: crate::api::ConditionStatus::False,
+        reason: refusal.reason().into(),
+        message: message.clone(),
+        last_transition_time: Some(Utc::now()),
+        observed_generation: generation,
+    };
+    let change = StatusChange::phase(InjectionPhase::Failed, generation, message.clone())
+        .set("conditions", json!([condition]));
+    statuses.write(injection, change).await;
+    notify(recorder, injection, refusal.reason(), "Apply", message).await;
+}
+
+/// Publishes a Warning Event about an injection (best effort: status carries the same words).
+async fn notify(
+    recorder: &Recorder,
+    injection: &FaultInjection,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &injection.object_ref(&())).await {
+        tracing::warn!(injection = %key_of(injection), %error, "cannot publish an Event");
+    }
 }
 
 /// The status fields that say how much of a queued fault was in place.
@@ -841,6 +1057,7 @@ async fn report_reverted(
 async fn run_pod<K: Kernel>(
     kernel: Arc<K>,
     statuses: StatusWriter,
+    recorder: Recorder,
     metrics: AgentMetrics,
     names: Arc<BTreeMap<InjectionTag, String>>,
     pod_uid: String,
@@ -890,6 +1107,23 @@ async fn run_pod<K: Kernel>(
             if let Some(injection) = &job.injection {
                 statuses.forget(&injection.uid().unwrap_or_default());
                 report_reverted(&statuses, injection, job.reason, residual).await;
+                if let RevertReason::Withdrawn(refusal) = job.reason {
+                    let note = format!(
+                        "{} on pod {}/{}: {}",
+                        refusal.withdrawn(),
+                        injection.spec.target.namespace,
+                        injection.spec.target.name,
+                        refusal.explain(injection)
+                    );
+                    notify(
+                        &recorder,
+                        injection,
+                        refusal.withdrawal_reason(),
+                        "Revert",
+                        note,
+                    )
+                    .await;
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::admission::Refusal;
 use super::converge::RevertReason;
 use super::tag::InjectionTag;
 
@@ -35,6 +36,7 @@ pub struct AgentMetrics {
     active: Gauge,
     apply_seconds: Family<MechanismLabel, Histogram>,
     reverts: Family<ReasonLabel, Counter>,
+    refusals: Family<ReasonLabel, Counter>,
     revert_seconds: Histogram,
     orphans_removed: Counter,
     bypassed: Family<InjectionLabel, Gauge>,
@@ -68,6 +70,12 @@ impl AgentMetrics {
         );
         let reverts = Family::<ReasonLabel, Counter>::default();
         registry.register("reverts", "Faults reverted, by reason", reverts.clone());
+        let refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "refusals",
+            "Work items the agent refused (no experiment behind them, no consent, paused), by reason",
+            refusals.clone(),
+        );
         let revert_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
             "revert_seconds",
@@ -97,6 +105,7 @@ impl AgentMetrics {
             active,
             apply_seconds,
             reverts,
+            refusals,
             revert_seconds,
             orphans_removed,
             bypassed,
@@ -142,6 +151,14 @@ impl AgentMetrics {
         self.reverts
             .get_or_create(&ReasonLabel {
                 reason: format!("{reason:?}"),
+            })
+            .inc();
+    }
+
+    pub fn observe_refusal(&self, refusal: Refusal) {
+        self.refusals
+            .get_or_create(&ReasonLabel {
+                reason: refusal.reason().to_string(),
             })
             .inc();
     }

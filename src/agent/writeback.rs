@@ -16,6 +16,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
+use super::admission::Verdict;
 use super::converge::LiveInjection;
 use super::tag::InjectionTag;
 use crate::api::{AGENT_FINALIZER, FaultInjection, InjectionPhase, NODE_CAPABILITIES_ANNOTATION};
@@ -246,7 +247,10 @@ pub(super) fn tag_of(injection: &FaultInjection) -> Option<InjectionTag> {
     InjectionTag::from_uid(injection.metadata.uid.as_deref()?)
 }
 
-pub(super) fn live_injection(injection: &FaultInjection) -> Option<LiveInjection> {
+pub(super) fn live_injection(
+    injection: &FaultInjection,
+    consent: Verdict,
+) -> Option<LiveInjection> {
     let status = injection.status.clone().unwrap_or_default();
     Some(LiveInjection {
         key: key_of(injection),
@@ -258,6 +262,7 @@ pub(super) fn live_injection(injection: &FaultInjection) -> Option<LiveInjection
         has_finalizer: injection.finalizers().iter().any(|f| f == AGENT_FINALIZER),
         phase: status.phase,
         observed_generation: status.observed_generation,
+        consent,
     })
 }
 

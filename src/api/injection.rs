@@ -129,7 +129,8 @@ pub enum InjectionPhase {
     Applied,
     /// The rules are gone (deleted, expired, or the target went away).
     Reverted,
-    /// Applying or reverting failed; `message` says why and what to do.
+    /// Applying or reverting failed, or the agent refused the work item (condition
+    /// `Admitted=False`); `message` says why and what to do.
     Failed,
 }
 
@@ -146,7 +147,8 @@ pub struct FaultInjectionStatus {
     pub applied_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverted_at: Option<DateTime<Utc>>,
-    /// A sentence a user can act on, for Failed; what was applied, for Applied.
+    /// A sentence a user can act on, for Failed; what was applied, for Applied; why, for
+    /// Reverted (expired, deleted, target gone, consent withdrawn, chaos paused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Rules left in the pod's network namespace after revert, compared with the snapshot taken
@@ -168,6 +170,10 @@ pub struct FaultInjectionStatus {
     /// The generation of the spec the agent last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `FullyApplied` (False when packets passed without the fault), and `Admitted` (False when
+    /// the node agent refused the work item: no running experiment recorded this pod, the
+    /// namespace did not opt in or is protected, the pod is protected, or chaos is paused; the
+    /// reason says which, and nothing was applied).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

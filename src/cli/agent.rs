@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::{Router, routing::get};
 
+use crate::agent::admission::Policy;
 use crate::agent::linux::LinuxKernel;
 use crate::agent::runner::{self, AgentConfig};
 use crate::agent::telemetry::AgentMetrics;
@@ -41,6 +42,18 @@ pub struct AgentArgs {
     /// it is not the agent's own (the DaemonSet runs with hostNetwork: leave it unset).
     #[arg(long)]
     node_netns: Option<PathBuf>,
+    /// faultline's own namespace (the controller's): its pods are never faulted, and its
+    /// `faultline-pause` ConfigMap is the pause switch the agent honours.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "faultline-system")]
+    controller_namespace: String,
+    /// Apply faults in namespaces without the `faultline.dev/chaos=enabled` label (match the
+    /// controller's `--allow-all-namespaces`).
+    #[arg(long, env = "FAULTLINE_ALLOW_ALL_NAMESPACES")]
+    allow_all_namespaces: bool,
+    /// A namespace whose pods are never faulted, on top of kube-system and faultline's own
+    /// (repeat it; match the controller's `--protected-namespace`).
+    #[arg(long = "protected-namespace", value_name = "NAMESPACE")]
+    protected_namespaces: Vec<String>,
 }
 
 impl AgentArgs {
@@ -55,7 +68,17 @@ impl AgentArgs {
             let client = kube::Client::try_default().await.map_err(|e| {
                 anyhow::anyhow!("cannot build a Kubernetes client: {e} (in a pod: is the ServiceAccount mounted? elsewhere: KUBECONFIG)")
             })?;
-            let Self { nodes, journal_dir, admin_addr, proc_root, resync, node_netns } = self;
+            let Self {
+                nodes,
+                journal_dir,
+                admin_addr,
+                proc_root,
+                resync,
+                node_netns,
+                controller_namespace,
+                allow_all_namespaces,
+                protected_namespaces,
+            } = self;
             let kernel = tokio::task::spawn_blocking(move || {
                 let kernel = LinuxKernel::detect(proc_root);
                 match node_netns {
@@ -73,6 +96,11 @@ impl AgentArgs {
                 nodes,
                 journal_dir,
                 resync,
+                policy: Policy {
+                    controller_namespace,
+                    protected_namespaces: protected_namespaces.into_iter().collect(),
+                    allow_all_namespaces,
+                },
             };
             runner::run(client, Arc::new(kernel), config, metrics, crate::cli::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

@@ -67,6 +67,7 @@ pub async fn start(
             nodes,
             journal_dir: state_dir.join("agent"),
             resync: Duration::from_secs(1),
+            policy: crate::agent::admission::Policy::new("faultline-system"),
         };
         tasks.push(tokio::spawn(async move {
             if let Err(error) = runner::run(

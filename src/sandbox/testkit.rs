@@ -12,9 +12,10 @@ use std::{
 };
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
@@ -22,7 +23,8 @@ use serde_json::json;
 use crate::{
     api::{
         AGENT_FINALIZER, ChaosExperiment, FaultInjection, FaultInjectionStatus, InjectionPhase,
-        Phase, ProbePhase,
+        NAMESPACE_OPT_IN_LABEL, NAMESPACE_OPT_IN_VALUE, Phase, ProbePhase, TargetRecord,
+        TargetState,
     },
     controller::HypothesisSource,
     lifecycle::HypothesisView,
@@ -133,4 +135,68 @@ pub async fn stand_in_agent(client: Client, stop: impl std::future::Future) {
         _ = work => {}
         _ = stop => {}
     }
+}
+
+/// Stands a running ChaosExperiment behind a hand-written FaultInjection, as the controller
+/// would have, so that the node agent accepts it (see `agent::admission`): labels the target's
+/// namespace `faultline.dev/chaos=enabled`, creates the experiment `spec.experiment.name` in
+/// the injection's namespace if it is missing, records the pod and this injection among its
+/// targets with phase Running, and sets the injection's experiment UID and owner reference.
+/// Call it before creating the injection. For tests and benchmarks only.
+pub async fn vouch_for(client: &Client, injection: &mut FaultInjection) -> Result<(), kube::Error> {
+    let target = injection.spec.target.clone();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let opt_in = json!({"metadata": {"labels": {NAMESPACE_OPT_IN_LABEL: NAMESPACE_OPT_IN_VALUE}}});
+    namespaces
+        .patch(
+            &target.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(&opt_in),
+        )
+        .await?;
+    let namespace = injection.namespace().unwrap_or_else(|| "default".into());
+    injection.metadata.namespace = Some(namespace.clone());
+    let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), &namespace);
+    let name = injection.spec.experiment.name.clone();
+    let experiment = match experiments.get_opt(&name).await? {
+        Some(existing) => existing,
+        None => {
+            let spec = serde_json::from_value(json!({
+                "duration": "10m",
+                "target": {"labelSelector": {"matchLabels": {"app": "web"}}},
+                "faults": [{"networkLatency": {"latency": "50ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
+            }))
+            .map_err(kube::Error::SerdeError)?;
+            experiments
+                .create(&PostParams::default(), &ChaosExperiment::new(&name, spec))
+                .await?
+        }
+    };
+    let mut status = experiment.status.clone().unwrap_or_default();
+    status.phase = Phase::Running;
+    let record = TargetRecord {
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+        uid: target.uid.clone(),
+        node_name: Some(injection.spec.node_name.clone()),
+        fault_index: 0,
+        fault: "networkLatency".into(),
+        state: TargetState::Injecting,
+        injection: Some(injection.name_any()),
+        ..Default::default()
+    };
+    status
+        .targets
+        .retain(|t| t.injection.as_deref() != Some(injection.name_any().as_str()));
+    status.targets.push(record);
+    experiments
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+    injection.spec.experiment.uid = experiment.uid();
+    injection.metadata.owner_references = experiment.controller_owner_ref(&()).map(|o| vec![o]);
+    Ok(())
 }
