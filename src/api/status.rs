@@ -83,6 +83,12 @@ pub enum TargetState {
     Skipped,
     /// Injecting or reverting failed; `message` says why.
     Failed,
+    /// The target pod went away while its fault ran (deleted, or its workload scaled down);
+    /// its fault went with it and the experiment goes on with the other targets.
+    Gone,
+    /// Its namespace lost the opt-in label, or the pod was labelled protected, while its fault
+    /// ran: the fault was reverted at once and the pod left the experiment; `message` says why.
+    Withdrawn,
 }
 
 /// One target pod and the fault applied to it.

@@ -27,11 +27,13 @@
 
 mod act;
 mod caches;
+mod departures;
 pub mod events;
 mod injections;
 mod invalid;
 mod observe;
 mod podkill;
+mod probe_access;
 pub mod probe_hub;
 pub mod spec_check;
 mod status;
@@ -80,6 +82,11 @@ pub trait HypothesisSource: Send + Sync + 'static {
     fn watch(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>);
     /// What the probes of `phase` say now (undecided for probes not started).
     fn view(&self, experiment_uid: &str, phase: ProbePhase) -> HypothesisView;
+    /// Why a probe of the experiment could not be run at all while it ran (the API server
+    /// refused the controller the read): a configuration error, not a result.
+    fn misconfigured(&self, _experiment_uid: &str) -> Option<String> {
+        None
+    }
     /// Every probe's results and the gaps in them, for the experiment's status; `None` when
     /// this source holds nothing for the experiment (its probes are not running here).
     fn snapshot(&self, experiment_uid: &str) -> Option<ProbeRecord>;
