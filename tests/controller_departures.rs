@@ -102,7 +102,10 @@ async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_
     assert_eq!(status.phase, Phase::Running, "{:?}", status.message);
     let gone = status.targets.iter().find(|t| t.name == "web-1").unwrap();
     let message = gone.message.clone().unwrap_or_default();
-    assert!(message.starts_with("pod shop/web-1 was deleted"), "{message}");
+    assert!(
+        message.starts_with("pod shop/web-1 was deleted"),
+        "{message}"
+    );
     let web0 = status.targets.iter().find(|t| t.name == "web-0").unwrap();
     assert_eq!(web0.state, TargetState::Injected);
     let event = event_about(&h, "TargetGone", "web-1").await;
@@ -122,7 +125,12 @@ async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_
     // The rest of the experiment is as usual.
     let done = h.wait_phase("shop", "latency", Phase::Succeeded).await;
     let status = done.status.unwrap();
-    assert_eq!(status.verdict, Some(Verdict::Passed), "{:?}", status.message);
+    assert_eq!(
+        status.verdict,
+        Some(Verdict::Passed),
+        "{:?}",
+        status.message
+    );
     let states: Vec<(String, TargetState)> = status
         .targets
         .iter()
@@ -161,10 +169,7 @@ async fn every_target_deleted_ends_the_experiment_saying_the_targets_disappeared
     assert!(message.contains("pod shop/web-1 was deleted"), "{message}");
     assert!(!message.contains("agent running"), "{message}");
     assert!(
-        status
-            .targets
-            .iter()
-            .all(|t| t.state == TargetState::Gone),
+        status.targets.iter().all(|t| t.state == TargetState::Gone),
         "{:?}",
         status.targets
     );
@@ -224,7 +229,9 @@ async fn consent_withdrawn_mid_fault_reverts_that_target_at_once_and_says_why() 
     assert_eq!(status.reason.as_deref(), Some("TargetsLeft"));
     let message = status.message.unwrap_or_default();
     assert!(
-        message.contains("pod shop/web-1: namespace shop no longer carries faultline.dev/chaos=enabled"),
+        message.contains(
+            "pod shop/web-1: namespace shop no longer carries faultline.dev/chaos=enabled"
+        ),
         "{message}"
     );
     let event = event_about(&h, "ConsentWithdrawn", "web-1").await;

@@ -142,7 +142,11 @@ pub fn all_left(status: &ChaosExperimentStatus) -> Option<String> {
     }
     let each: Vec<String> = left
         .iter()
-        .map(|r| r.message.clone().unwrap_or_else(|| format!("pod {} left", r.name)))
+        .map(|r| {
+            r.message
+                .clone()
+                .unwrap_or_else(|| format!("pod {} left", r.name))
+        })
         .collect();
     Some(format!(
         "every target left the experiment before it was over, so the hypothesis was not tested for its whole duration: {}",

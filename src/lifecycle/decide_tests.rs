@@ -417,7 +417,11 @@ fn a_probe_the_controller_may_not_run_is_a_configuration_error_never_a_failed_hy
         // Even while the hypothesis looks violated: the refusal is no evidence.
         o.hypothesis = violated();
         let d = decide(&o);
-        assert_eq!(verdict_of(&d), Some((Verdict::Error, "ProbeForbidden")), "{phase:?}");
+        assert_eq!(
+            verdict_of(&d),
+            Some((Verdict::Error, "ProbeForbidden")),
+            "{phase:?}"
+        );
         let Decision::Finish { message, .. } = d else {
             unreachable!()
         };
@@ -491,7 +495,10 @@ fn confirmed_reverted_is_said_only_when_an_agent_confirmed_it() {
     let Decision::Finish { message, .. } = decide(&o) else {
         panic!("finish")
     };
-    assert!(message.ends_with("every fault is confirmed reverted"), "{message}");
+    assert!(
+        message.ends_with("every fault is confirmed reverted"),
+        "{message}"
+    );
     o.unconfirmed_reverts = Some("pod shop/web-0 on node node-1".into());
     let Decision::Finish { message, .. } = decide(&o) else {
         panic!("finish")

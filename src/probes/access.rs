@@ -100,7 +100,9 @@ mod tests {
         ];
         let message = refusal(&denied).unwrap();
         assert!(
-            message.contains("probe budget needs to get policy/poddisruptionbudgets in namespace shop"),
+            message.contains(
+                "probe budget needs to get policy/poddisruptionbudgets in namespace shop"
+            ),
             "{message}"
         );
         assert!(

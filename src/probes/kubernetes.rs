@@ -246,9 +246,7 @@ impl KubernetesCheck {
                         )
                     })?;
                 if list.items.is_empty() {
-                    return Err(
-                        format!("no {plural} match labelSelector {labels:?}{place}").into(),
-                    );
+                    return Err(format!("no {plural} match labelSelector {labels:?}{place}").into());
                 }
                 Ok(list.items)
             }
