@@ -78,7 +78,7 @@ async fn injection_names(h: &Harness) -> Vec<String> {
         .items
         .into_iter()
         .filter(|i| i.metadata.deletion_timestamp.is_none())
-        .filter_map(|i| Some(i.spec.target.name.clone()))
+        .map(|i| i.spec.target.name.clone())
         .collect()
 }
 
