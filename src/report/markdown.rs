@@ -74,6 +74,9 @@ fn write_experiment(out: &mut String, experiment: &ChaosExperiment, h: &str) {
     if let Some(message) = &s.message {
         let _ = writeln!(out, "> {}\n", message.replace('\n', " "));
     }
+    for partly in &s.partly_applied {
+        let _ = writeln!(out, "> **Warning:** {}\n", partly.replace('\n', " "));
+    }
     write_summary(out, &s);
     let status = experiment.status.clone().unwrap_or_default();
     let origin = s.started_at;
@@ -208,8 +211,17 @@ fn write_targets(out: &mut String, status: &ChaosExperimentStatus, h: &str) {
             t.state,
             t.injected_at.map_or_else(|| "-".into(), clock),
             t.reverted_at.map_or_else(|| "-".into(), clock),
-            cell(or_dash(t.message.as_deref()))
+            cell(&target_message(t))
         );
     }
     out.push('\n');
+}
+
+/// The record's message, and how much of its fault was in place when packets escaped it.
+fn target_message(t: &crate::api::TargetRecord) -> String {
+    match (t.message.as_deref(), t.partly_applied()) {
+        (Some(m), Some(p)) => format!("{m}; {p}"),
+        (None, Some(p)) => p,
+        (m, None) => or_dash(m).to_string(),
+    }
 }

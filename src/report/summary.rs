@@ -54,6 +54,10 @@ pub struct ExperimentSummary {
     /// The sentence that explains a failed or aborted experiment: the probe, the value that
     /// broke the hypothesis and the controller's message. None when it passed.
     pub failure: Option<String>,
+    /// One sentence per target whose fault packets escaped (NFQUEUE's queue was full), e.g.
+    /// `pod shop/web-0: the fault was only partly in place: 250 of 1000 packets (25.0%)
+    /// bypassed it ...`: the hypothesis was tested against a weaker fault than asked.
+    pub partly_applied: Vec<String>,
 }
 
 /// One probe: its spec and what it saw.
@@ -149,6 +153,14 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
         probes,
         probe_gaps: status.probe_gaps.clone(),
         failure,
+        partly_applied: status
+            .targets
+            .iter()
+            .filter_map(|t| {
+                t.partly_applied()
+                    .map(|p| format!("pod {}/{}: {p}", t.namespace, t.name))
+            })
+            .collect(),
     }
 }
 

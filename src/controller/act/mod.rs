@@ -174,6 +174,7 @@ pub async fn perform(
     // results (written at once when the hypothesis changes or the decision ends a phase,
     // otherwise at most once per `probe_hub::PUBLISH_INTERVAL`).
     let mut facts = live::follow_injections(&mut status, &injections, now);
+    facts.extend(live::follow_packets(&mut status, &injections));
     // Targets that left while their fault ran (observe recorded them): their faults go at once,
     // and an Event names each pod and why.
     if !departures.is_empty() {
