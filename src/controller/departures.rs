@@ -40,6 +40,10 @@ pub struct TargetWorld {
     pub namespaces: Vec<Namespace>,
     /// `--allow-all-namespaces`: the opt-in label is not required, so losing it means nothing.
     pub allow_all_namespaces: bool,
+    /// FaultInjections (by name) that their agent reported Reverted before their deadline
+    /// although nobody deleted them, with the agent's words: the agent found the target gone
+    /// (e.g. its pod's network namespace replaced) while the pod object may still be there.
+    pub agent_reverted: BTreeMap<String, String>,
 }
 
 /// The records whose faults can be in and that a departure can concern.
@@ -81,6 +85,21 @@ pub fn departures(records: &[TargetRecord], world: &TargetWorld) -> Vec<Departur
             }
             if found.metadata.deletion_timestamp.is_some() {
                 return Some(gone("is being deleted"));
+            }
+            if let Some(words) = record
+                .injection
+                .as_ref()
+                .and_then(|name| world.agent_reverted.get(name))
+            {
+                return Some(Departure {
+                    index,
+                    state: TargetState::Gone,
+                    reason: "TargetGone",
+                    message: format!(
+                        "{pod}: the agent on node {} reverted its fault on its own before the deadline ({words})",
+                        record.node_name.as_deref().unwrap_or("?")
+                    ),
+                });
             }
             let protected = found
                 .metadata
@@ -194,7 +213,7 @@ mod tests {
         TargetWorld {
             pods: pods.into_iter().collect(),
             namespaces: vec![namespace(opted_in)],
-            allow_all_namespaces: false,
+            ..Default::default()
         }
     }
 
@@ -269,6 +288,26 @@ mod tests {
         let mut w = w;
         w.allow_all_namespaces = true;
         assert!(departures(&records, &w).is_empty());
+    }
+
+    #[test]
+    fn a_fault_the_agent_reverted_on_its_own_is_gone_with_the_agents_words() {
+        let records = vec![record("web-0", TargetState::Injected)];
+        let mut w = world(vec![pod("web-0", "uid-web-0", json!({}))], true);
+        assert!(departures(&records, &w).is_empty());
+        w.agent_reverted.insert(
+            "lat-web-0".into(),
+            "the target pod is gone (a replacement pod is not followed)".into(),
+        );
+        let found = departures(&records, &w);
+        assert_eq!(found[0].state, TargetState::Gone);
+        assert!(
+            found[0].message.contains(
+                "reverted its fault on its own before the deadline (the target pod is gone"
+            ),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]

@@ -87,7 +87,8 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     if matches!(status.phase, Phase::Injecting | Phase::Running)
         && status.targets.iter().any(departures::watched)
     {
-        let world = target_world(ctx, &status).await?;
+        let mut world = target_world(ctx, &status).await?;
+        world.agent_reverted = reverted_by_agent(&injections, now);
         left = departures::departures(&status.targets, &world);
         departures::record(&mut status, &left, now);
         targets_left = departures::all_left(&status);
@@ -229,6 +230,30 @@ async fn target_world(ctx: &Context, status: &ChaosExperimentStatus) -> Result<T
         }
     }
     Ok(world)
+}
+
+/// FaultInjections their agent reported Reverted before `expiresAt` with nobody deleting them:
+/// the agent reverted on its own because the target went away. Name -> the agent's words.
+fn reverted_by_agent(
+    injections: &[Arc<FaultInjection>],
+    now: DateTime<Utc>,
+) -> std::collections::BTreeMap<String, String> {
+    injections
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none() && i.spec.expires_at > now)
+        .filter_map(|i| {
+            let status = i.status.as_ref()?;
+            (status.phase == InjectionPhase::Reverted).then(|| {
+                (
+                    i.name_any(),
+                    status
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".into()),
+                )
+            })
+        })
+        .collect()
 }
 
 /// `Some(which)` when the experiment is reverting and some network fault was never reported
