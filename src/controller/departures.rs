@@ -75,16 +75,33 @@ pub fn departures(records: &[TargetRecord], world: &TargetWorld) -> Vec<Departur
             let found = world
                 .pods
                 .get(&(record.namespace.clone(), record.name.clone()));
+            // A pod this experiment killed itself (a podKill on the same pod).
+            let killed_here = records.iter().any(|r| {
+                r.injection.is_none()
+                    && r.uid == record.uid
+                    && matches!(r.state, TargetState::Injected | TargetState::Reverted)
+            });
+            let killed = "was killed by this experiment's podKill";
             let Some(found) = found else {
-                return Some(gone("was deleted (or its workload scaled it away)"));
+                return Some(gone(if killed_here {
+                    killed
+                } else {
+                    "was deleted (or its workload scaled it away)"
+                }));
             };
             if !record.uid.is_empty() && found.metadata.uid.as_deref() != Some(&record.uid) {
-                return Some(gone(
-                    "was replaced by a new pod of the same name (the fault does not follow it)",
-                ));
+                return Some(gone(if killed_here {
+                    killed
+                } else {
+                    "was replaced by a new pod of the same name (the fault does not follow it)"
+                }));
             }
             if found.metadata.deletion_timestamp.is_some() {
-                return Some(gone("is being deleted"));
+                return Some(gone(if killed_here {
+                    killed
+                } else {
+                    "is being deleted"
+                }));
             }
             if let Some(words) = record
                 .injection
@@ -307,6 +324,20 @@ mod tests {
             ),
             "{}",
             found[0].message
+        );
+    }
+
+    #[test]
+    fn a_pod_this_experiment_killed_is_said_to_be_killed_here() {
+        let mut kill = record("web-0", TargetState::Injected);
+        kill.injection = None;
+        kill.fault = "podKill".into();
+        let latency = record("web-0", TargetState::Injected);
+        let found = departures(&[kill, latency], &world(vec![], true));
+        assert_eq!((found.len(), found[0].index), (1, 1));
+        assert_eq!(
+            found[0].message,
+            "pod shop/web-0 was killed by this experiment's podKill; its fault went with it"
         );
     }
 

@@ -4,8 +4,8 @@
 //! (telling the probes what to check is `act`'s). (client required, read only)
 //!
 //! While faults run it also reads the target pods and their namespaces, to find targets that
-//! left (see `departures`): `World.status` has them recorded already, so that every view below
-//! looks past them, and `World.departures` lists them for `act` to revert and announce.
+//! left (see `departures`): the views below look past them, and `World.departures` lists them
+//! for `act` to record (after what the agents reported), revert and announce.
 //! Before injecting, it asks the API server whether the controller may make every read its
 //! `kubernetes` probes make (see `probe_access`).
 
@@ -37,7 +37,7 @@ pub struct World {
     pub injections: Vec<Arc<FaultInjection>>,
     /// The hypothesis now, for status (None without a steady state or once finished).
     pub hypothesis: Option<HypothesisState>,
-    /// Targets that left since the last reconcile (already recorded in `status`): `act`
+    /// Targets that left since the last reconcile (not yet in `status`): `act` records them,
     /// deletes their FaultInjections and publishes an Event for each.
     pub departures: Vec<Departure>,
 }
@@ -54,7 +54,9 @@ pub fn probe_phase(status: &ChaosExperimentStatus) -> Option<ProbePhase> {
 
 pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<World> {
     let now = (ctx.now)();
-    let mut status = experiment.status.clone().unwrap_or_default();
+    let recorded = experiment.status.clone().unwrap_or_default();
+    // What the views below look at: `recorded` with the targets that left marked as such.
+    let mut status = recorded.clone();
     let namespace = experiment.namespace().unwrap_or_default();
     let uid = experiment.uid().unwrap_or_default();
     let times = spec_check::check_spec(&experiment.spec);
@@ -192,10 +194,10 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     };
     Ok(World {
         observed,
-        status,
         injections,
         hypothesis: hypothesis_state,
         departures: left,
+        status: recorded,
     })
 }
 

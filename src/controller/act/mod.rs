@@ -175,8 +175,10 @@ pub async fn perform(
     // otherwise at most once per `probe_hub::PUBLISH_INTERVAL`).
     let mut facts = live::follow_injections(&mut status, &injections, now);
     facts.extend(live::follow_packets(&mut status, &injections));
-    // Targets that left while their fault ran (observe recorded them): their faults go at once,
-    // and an Event names each pod and why.
+    // Targets that left while their fault ran: recorded after what the agents reported (a
+    // fault applied before its pod went counts as injected), their faults go at once, and an
+    // Event names each pod and why.
+    super::departures::record(&mut status, &departures, now);
     if !departures.is_empty() {
         let api: Api<FaultInjection> = Api::namespaced(
             ctx.client.clone(),
