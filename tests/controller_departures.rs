@@ -70,6 +70,13 @@ async fn event_about(h: &Harness, reason: &str, pod: &str) -> Event {
     .await
 }
 
+/// Whether `message` says `pod` left by deletion: gone already, or (a real API server may show
+/// it for a moment, even with a grace period of 0) on its way out.
+fn deleted(message: &str, pod: &str) -> bool {
+    message.contains(&format!("pod shop/{pod} was deleted"))
+        || message.contains(&format!("pod shop/{pod} is being deleted"))
+}
+
 async fn injection_names(h: &Harness) -> Vec<String> {
     h.injections("shop")
         .list(&ListParams::default())
@@ -102,19 +109,12 @@ async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_
     assert_eq!(status.phase, Phase::Running, "{:?}", status.message);
     let gone = status.targets.iter().find(|t| t.name == "web-1").unwrap();
     let message = gone.message.clone().unwrap_or_default();
-    assert!(
-        message.starts_with("pod shop/web-1 was deleted"),
-        "{message}"
-    );
+    assert!(deleted(&message, "web-1"), "{message}");
     let web0 = status.targets.iter().find(|t| t.name == "web-0").unwrap();
     assert_eq!(web0.state, TargetState::Injected);
     let event = event_about(&h, "TargetGone", "web-1").await;
-    assert!(
-        event
-            .note
-            .unwrap_or_default()
-            .starts_with("pod shop/web-1 was deleted")
-    );
+    let note = event.note.unwrap_or_default();
+    assert!(deleted(&note, "web-1"), "{note}");
     wait_for(
         "the gone target's FaultInjection to go",
         Duration::from_secs(10),
@@ -165,8 +165,8 @@ async fn every_target_deleted_ends_the_experiment_saying_the_targets_disappeared
         message.starts_with("every target left the experiment before it was over"),
         "{message}"
     );
-    assert!(message.contains("pod shop/web-0 was deleted"), "{message}");
-    assert!(message.contains("pod shop/web-1 was deleted"), "{message}");
+    assert!(deleted(&message, "web-0"), "{message}");
+    assert!(deleted(&message, "web-1"), "{message}");
     assert!(!message.contains("agent running"), "{message}");
     assert!(
         status.targets.iter().all(|t| t.state == TargetState::Gone),
@@ -238,4 +238,71 @@ async fn consent_withdrawn_mid_fault_reverts_that_target_at_once_and_says_why() 
     assert!(event.note.unwrap_or_default().contains("no longer carries"));
     assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeating_pod_kill_stops_killing_where_consent_was_withdrawn() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 4).await;
+    h.create(
+        "shop",
+        "kills",
+        json!({
+            "duration": "8s",
+            "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},
+            "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0, "interval": "1s"}}],
+        }),
+    )
+    .await;
+    h.wait_phase("shop", "kills", Phase::Running).await;
+    let unlabel = json!({"metadata": {"labels": {NAMESPACE_OPT_IN_LABEL: null}}});
+    Api::<Namespace>::all(h.client.clone())
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&unlabel))
+        .await
+        .unwrap();
+    let withdrawn_at = chrono::Utc::now();
+    let skipped = event_reason_after(&h, "PodKillRoundSkipped", withdrawn_at).await;
+    assert!(
+        skipped.contains("this round kills nothing") && skipped.contains("shop"),
+        "{skipped}"
+    );
+    let done = h.wait_phase("shop", "kills", Phase::Succeeded).await;
+    let status = done.status.unwrap();
+    // No pod was killed after the opt-in went (a round already under way may finish).
+    let late_kills = status
+        .timeline
+        .iter()
+        .filter(|e| e.reason == "PodKilled" && e.time > withdrawn_at + chrono::Duration::seconds(1))
+        .count();
+    assert_eq!(late_kills, 0, "{:?}", status.timeline);
+    h.stop().await;
+}
+
+/// The note of the first Event with `reason` published after `after`.
+async fn event_reason_after(
+    h: &Harness,
+    reason: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "shop");
+    wait_for(
+        &format!("a {reason} Event"),
+        Duration::from_secs(10),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .find(|e| {
+                    e.event_time
+                        .as_ref()
+                        .is_some_and(|t| t.0.as_millisecond() >= after.timestamp_millis() - 1000)
+                })
+                .and_then(|e| e.note)
+        },
+    )
+    .await
 }
