@@ -635,3 +635,16 @@ fn a_fault_that_packets_bypassed_is_reported_as_only_partly_in_place() {
     // A fault that held entirely says nothing of the kind.
     assert!(!markdown::render(&passed()).contains("partly in place"));
 }
+
+#[test]
+fn targets_that_left_mid_run_are_counted_in_the_summary() {
+    let mut e = aborted();
+    let status = e.status.as_mut().unwrap();
+    status.targets[0].state = TargetState::Gone;
+    status.targets[0].message = Some("pod shop/web-0 was deleted; its fault went with it".into());
+    assert_eq!(summarize(&e).targets_left, 1);
+    let md = markdown::render(&e);
+    assert!(md.contains("1 left mid-run"), "{md}");
+    assert!(md.contains("| Gone |"), "{md}");
+    assert!(!markdown::render(&passed()).contains("left mid-run"));
+}

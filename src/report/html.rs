@@ -166,11 +166,12 @@ fn write_summary(out: &mut String, s: &ExperimentSummary) {
         (
             "Targets",
             format!(
-                "{} selected, {} injected, {} skipped, {} failed{}",
+                "{} selected, {} injected, {} skipped, {} failed{}{}",
                 s.target_count,
                 s.targets_injected,
                 s.targets_skipped,
                 s.targets_failed,
+                super::text::left_text(s),
                 super::text::rounds_text(s)
             ),
         ),

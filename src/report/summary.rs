@@ -45,6 +45,8 @@ pub struct ExperimentSummary {
     /// Targets left alone on purpose (e.g. a PodDisruptionBudget refused the eviction).
     pub targets_skipped: usize,
     pub targets_failed: usize,
+    /// Targets that left while their fault ran: pod gone, or consent withdrawn.
+    pub targets_left: usize,
     /// Faults that went in over the whole experiment (each round of a repeating kill counts).
     pub faults_injected: i32,
     pub probes: Vec<ProbeSummary>,
@@ -149,6 +151,7 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
         ]),
         targets_skipped: count(&[TargetState::Skipped]),
         targets_failed: count(&[TargetState::Failed]),
+        targets_left: count(&[TargetState::Gone, TargetState::Withdrawn]),
         faults_injected: status.faults_injected,
         probes,
         probe_gaps: status.probe_gaps.clone(),

@@ -147,3 +147,13 @@ mod tests {
         assert_eq!(time(t0), "2025-05-01T12:00:00.000Z");
     }
 }
+
+/// `, 1 left mid-run` when targets left while their fault ran (pod gone, consent withdrawn);
+/// empty otherwise.
+pub fn left_text(s: &super::ExperimentSummary) -> String {
+    if s.targets_left == 0 {
+        String::new()
+    } else {
+        format!(", {} left mid-run", s.targets_left)
+    }
+}
