@@ -118,6 +118,16 @@ pub fn phases_text(phases: &[ProbePhase]) -> String {
         .join(", ")
 }
 
+/// `, 1 left mid-run` when targets left while their fault ran (pod gone, consent withdrawn);
+/// empty otherwise.
+pub fn left_text(s: &super::ExperimentSummary) -> String {
+    if s.targets_left == 0 {
+        String::new()
+    } else {
+        format!(", {} left mid-run", s.targets_left)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -145,15 +155,5 @@ mod tests {
         assert_eq!(span(t0, t0 + chrono::Duration::seconds(90)), "1m30s");
         assert_eq!(span(t0, t0 - chrono::Duration::seconds(90)), "0s");
         assert_eq!(time(t0), "2025-05-01T12:00:00.000Z");
-    }
-}
-
-/// `, 1 left mid-run` when targets left while their fault ran (pod gone, consent withdrawn);
-/// empty otherwise.
-pub fn left_text(s: &super::ExperimentSummary) -> String {
-    if s.targets_left == 0 {
-        String::new()
-    } else {
-        format!(", {} left mid-run", s.targets_left)
     }
 }
