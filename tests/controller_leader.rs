@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::wait_for;
-use faultline::api::{ChaosExperiment, ChaosExperimentSpec, Phase, all_crds};
+use faultline::api::{ChaosExperiment, ChaosExperimentSpec, Phase, TargetState, all_crds};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
 use kube::{
     Api, Client,
@@ -246,7 +246,17 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
         || async {
             let status = experiments.get("failover").await.ok()?.status?;
             let during = status.probes.first()?.samples.len();
-            (status.phase == Phase::Running && during >= 4 && status.faults_injected == 4)
+            // Both kills are in; each latency went in or went with its killed pod (`Gone`:
+            // whether its agent reported it applied first is a race).
+            let latencies_settled = status
+                .targets
+                .iter()
+                .filter(|t| t.injection.is_some())
+                .all(|t| matches!(t.state, TargetState::Injected | TargetState::Gone));
+            (status.phase == Phase::Running
+                && during >= 4
+                && status.faults_injected >= 2
+                && latencies_settled)
                 .then_some(status)
         },
     )

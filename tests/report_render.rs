@@ -607,3 +607,44 @@ fn the_status_table_lists_running_experiments_first() {
     assert!(lines[2].starts_with("kill-passes") && lines[2].contains("Passed"));
     assert!(lines[2].trim_end().ends_with("7s"), "{table}");
 }
+
+#[test]
+fn a_fault_that_packets_bypassed_is_reported_as_only_partly_in_place() {
+    let mut e = passed();
+    let status = e.status.as_mut().unwrap();
+    status.targets[0].fault = "networkLatency".into();
+    status.targets[0].message = Some("nfqueue".into());
+    status.targets[0].bypassed_packets = Some(134_464);
+    status.targets[0].matched_packets = Some(200_000);
+    let words = "the fault was only partly in place: 134464 of 200000 packets (67.2%) bypassed it";
+    let summary = summarize(&e);
+    assert_eq!(summary.partly_applied.len(), 1);
+    assert!(
+        summary.partly_applied[0].starts_with(&format!("pod shop/web-0: {words}")),
+        "{:?}",
+        summary.partly_applied
+    );
+    let md = markdown::render(&e);
+    assert!(
+        md.contains(&format!("> **Warning:** pod shop/web-0: {words}")),
+        "{md}"
+    );
+    assert!(md.contains(&format!("| nfqueue; {words}")), "{md}");
+    let page = html::render(&e, t(10_000));
+    assert!(page.contains(words), "{page}");
+    // A fault that held entirely says nothing of the kind.
+    assert!(!markdown::render(&passed()).contains("partly in place"));
+}
+
+#[test]
+fn targets_that_left_mid_run_are_counted_in_the_summary() {
+    let mut e = aborted();
+    let status = e.status.as_mut().unwrap();
+    status.targets[0].state = TargetState::Gone;
+    status.targets[0].message = Some("pod shop/web-0 was deleted; its fault went with it".into());
+    assert_eq!(summarize(&e).targets_left, 1);
+    let md = markdown::render(&e);
+    assert!(md.contains("1 left mid-run"), "{md}");
+    assert!(md.contains("| Gone |"), "{md}");
+    assert!(!markdown::render(&passed()).contains("left mid-run"));
+}

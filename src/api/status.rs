@@ -83,6 +83,12 @@ pub enum TargetState {
     Skipped,
     /// Injecting or reverting failed; `message` says why.
     Failed,
+    /// The target pod went away while its fault ran (deleted, or its workload scaled down);
+    /// its fault went with it and the experiment goes on with the other targets.
+    Gone,
+    /// Its namespace lost the opt-in label, or the pod was labelled protected, while its fault
+    /// ran: the fault was reverted at once and the pod left the experiment; `message` says why.
+    Withdrawn,
 }
 
 /// One target pod and the fault applied to it.
@@ -111,6 +117,37 @@ pub struct TargetRecord {
     /// How the agent applied it (e.g. `netem`, `nfqueue`, `nftables`), or the skip reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Packets that escaped the fault because the agent's userspace queue was full (NFQUEUE
+    /// path only), as the agent last reported them: the fault was weaker than asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypassed_packets: Option<i64>,
+    /// Packets the fault's rules matched (NFQUEUE path only), those that bypassed included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_packets: Option<i64>,
+}
+
+impl TargetRecord {
+    /// `the fault was only partly in place: 134464 of 200000 packets (67.2%) bypassed it`, when
+    /// packets escaped the fault; `None` when none did (or the mechanism cannot tell).
+    pub fn partly_applied(&self) -> Option<String> {
+        partly_applied(self.bypassed_packets?, self.matched_packets)
+    }
+}
+
+/// The sentence for `bypassed` packets out of `matched` that escaped a fault.
+pub fn partly_applied(bypassed: i64, matched: Option<i64>) -> Option<String> {
+    if bypassed <= 0 {
+        return None;
+    }
+    Some(match matched.filter(|m| *m >= bypassed && *m > 0) {
+        Some(matched) => format!(
+            "the fault was only partly in place: {bypassed} of {matched} packets ({:.1}%) bypassed it (the agent's queue was full)",
+            bypassed as f64 * 100.0 / matched as f64
+        ),
+        None => format!(
+            "the fault was only partly in place: {bypassed} packets bypassed it (the agent's queue was full)"
+        ),
+    })
 }
 
 /// One probe check, kept for the report's timeline.
@@ -254,4 +291,23 @@ pub struct ChaosExperimentStatus {
     /// From every fault reverted to the hypothesis holding again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_time: Option<GoDuration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_that_bypassed_a_fault_are_told_with_their_share() {
+        assert_eq!(partly_applied(0, Some(100)), None);
+        assert_eq!(
+            partly_applied(134_464, Some(200_000)).unwrap(),
+            "the fault was only partly in place: 134464 of 200000 packets (67.2%) bypassed it (the agent's queue was full)"
+        );
+        // No (or an inconsistent) matched count: the number alone.
+        assert_eq!(
+            partly_applied(5, Some(2)).unwrap(),
+            "the fault was only partly in place: 5 packets bypassed it (the agent's queue was full)"
+        );
+    }
 }

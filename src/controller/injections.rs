@@ -202,6 +202,16 @@ pub async fn delete_all(api: &Api<FaultInjection>, experiment: &str) -> Result<(
         .map(|_| ())
 }
 
+/// Asks for one FaultInjection to be deleted (its target left the experiment). Idempotent: one
+/// already gone is fine.
+pub async fn delete_one(api: &Api<FaultInjection>, name: &str) -> Result<(), kube::Error> {
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether any network fault of the experiment names peers by a pod selector.
 pub fn has_selector_scopes(experiment: &ChaosExperiment) -> bool {
     experiment

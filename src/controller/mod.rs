@@ -1,7 +1,8 @@
 //! Drives ChaosExperiments through their lifecycle: observe -> decide -> act -> record.
 //!
 //! ```text
-//! reconcile ─┬─ observe ── caches, probe hub (reads)        what is
+//! reconcile ─┬─ observe ── caches, probe hub, target pods,   what is
+//!            │             access reviews (reads)
 //!            ├─ lifecycle::decide (pure)                     what to do
 //!            └─ act ─┬─ targets (reads, chooses)             doing it: the only module
 //!                    ├─ podkill, injections (one target)     that changes anything
@@ -16,6 +17,11 @@
 //!   marked `Injecting` before its fault is attempted, so a crash never loses track of a fault;
 //! - the experiment finalizer is removed only when no FaultInjection of the experiment is left;
 //! - a violation seen by a probe triggers a reconcile at once (not at the next requeue);
+//! - a target that leaves while its network fault runs (pod gone, pod protected, namespace's
+//!   opt-in removed) has that fault reverted within one reconcile (at most 2 s apart while
+//!   faults run), and the experiment says which pod left and why (`departures`);
+//! - a `kubernetes` probe the controller may not run ends the experiment as a configuration
+//!   error before anything is injected (`probe_access`), never as a failed hypothesis;
 //! - a panic in one experiment's reconcile quarantines that experiment (`invalid`): its status
 //!   says what happened and where, its faults are reverted, its finalizer released; every
 //!   other experiment goes on.
@@ -23,15 +29,19 @@
 //! Cost: at most `Settings::concurrency` experiments are reconciled at once; FaultInjections
 //! and the pause switch are read from watch caches (see `caches`); pods are listed filtered by
 //! the API server; a status that would not change is not written; a reconcile never runs on a
-//! cached copy that our own writes have already replaced.
+//! cached copy that our own writes have already replaced. While network faults run, each
+//! reconcile reads every such target pod and its namespace (one GET each: nothing watches
+//! pods); before injecting, one SelfSubjectAccessReview per read a `kubernetes` probe makes.
 
 mod act;
 mod caches;
+mod departures;
 pub mod events;
 mod injections;
 mod invalid;
 mod observe;
 mod podkill;
+mod probe_access;
 pub mod probe_hub;
 pub mod spec_check;
 mod status;
@@ -80,6 +90,11 @@ pub trait HypothesisSource: Send + Sync + 'static {
     fn watch(&self, experiment: &ChaosExperiment, phase: Option<ProbePhase>);
     /// What the probes of `phase` say now (undecided for probes not started).
     fn view(&self, experiment_uid: &str, phase: ProbePhase) -> HypothesisView;
+    /// Why a probe of the experiment could not be run at all while it ran (the API server
+    /// refused the controller the read): a configuration error, not a result.
+    fn misconfigured(&self, _experiment_uid: &str) -> Option<String> {
+        None
+    }
     /// Every probe's results and the gaps in them, for the experiment's status; `None` when
     /// this source holds nothing for the experiment (its probes are not running here).
     fn snapshot(&self, experiment_uid: &str) -> Option<ProbeRecord>;

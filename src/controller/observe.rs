@@ -2,13 +2,24 @@
 //! switch and the probes. FaultInjections and the pause switch come from the watch caches;
 //! the API server is asked only to confirm that a revert is complete. Never changes anything
 //! (telling the probes what to check is `act`'s). (client required, read only)
+//!
+//! While faults run it also reads the target pods and their namespaces, to find targets that
+//! left (see `departures`): the views below look past them, and `World.departures` lists them
+//! for `act` to record (after what the agents reported), revert and announce.
+//! Before injecting, it asks the API server whether the controller may make every read its
+//! `kubernetes` probes make (see `probe_access`).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 
-use super::{Context, Error, Result, spec_check};
+use super::{
+    Context, Error, Result,
+    departures::{self, Departure, TargetWorld},
+    probe_access, spec_check,
+};
 use crate::api::duration_bounds::POD_KILL_INTERVAL;
 use crate::{
     api::{
@@ -26,6 +37,9 @@ pub struct World {
     pub injections: Vec<Arc<FaultInjection>>,
     /// The hypothesis now, for status (None without a steady state or once finished).
     pub hypothesis: Option<HypothesisState>,
+    /// Targets that left since the last reconcile (not yet in `status`): `act` records them,
+    /// deletes their FaultInjections and publishes an Event for each.
+    pub departures: Vec<Departure>,
 }
 
 /// The probe phase that matters in each lifecycle phase, if any.
@@ -40,7 +54,9 @@ pub fn probe_phase(status: &ChaosExperimentStatus) -> Option<ProbePhase> {
 
 pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<World> {
     let now = (ctx.now)();
-    let status = experiment.status.clone().unwrap_or_default();
+    let recorded = experiment.status.clone().unwrap_or_default();
+    // What the views below look at: `recorded` with the targets that left marked as such.
+    let mut status = recorded.clone();
     let namespace = experiment.namespace().unwrap_or_default();
     let uid = experiment.uid().unwrap_or_default();
     let times = spec_check::check_spec(&experiment.spec);
@@ -56,6 +72,29 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         injections = list_injections(ctx, &namespace, &name, &uid).await?;
     }
     let paused = ctx.caches.paused();
+
+    // Whether some fault went in, before targets that left lose their Injected state.
+    let any_injected = status.faults_injected > 0
+        || status
+            .targets
+            .iter()
+            .any(|r| r.state == TargetState::Injected)
+        || injections.iter().any(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.phase == InjectionPhase::Applied)
+        });
+    let mut left = Vec::new();
+    let mut targets_left = None;
+    if matches!(status.phase, Phase::Injecting | Phase::Running)
+        && status.targets.iter().any(departures::watched)
+    {
+        let mut world = target_world(ctx, &status).await?;
+        world.agent_reverted = reverted_by_agent(&injections, now);
+        left = departures::departures(&status.targets, &world);
+        departures::record(&mut status, &left, now);
+        targets_left = departures::all_left(&status);
+    }
 
     let has_probes = experiment.spec.steady_state.is_some() && !status.phase.is_terminal();
     let hypothesis = match probe_phase(&status) {
@@ -73,6 +112,16 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     } else {
         None
     };
+    let probes_forbidden = match status.phase {
+        Phase::Pending if has_probes && preflight_error.is_none() => {
+            probe_access::refused(ctx, experiment).await?
+        }
+        Phase::Verifying | Phase::Injecting | Phase::Running if has_probes => {
+            ctx.hypotheses.misconfigured(&uid)
+        }
+        _ => None,
+    };
+    let unconfirmed_reverts = unconfirmed_reverts(&status);
 
     let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
     let injection = injection_progress(&status, &injections, timeout, now);
@@ -129,6 +178,10 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         no_targets: status.seed.is_some() && status.targets.is_empty(),
         allow_empty_targets: experiment.spec.allow_empty_targets,
         preflight_error,
+        probes_forbidden,
+        targets_left,
+        any_injected,
+        unconfirmed_reverts,
         deleting: experiment.metadata.deletion_timestamp.is_some(),
         abort_requested: experiment.abort_reason().map(str::to_string),
         paused,
@@ -141,10 +194,93 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     };
     Ok(World {
         observed,
-        status,
         injections,
         hypothesis: hypothesis_state,
+        departures: left,
+        status: recorded,
     })
+}
+
+/// The pods now under the names of the targets whose faults may be in, and their namespaces.
+/// One read per pod (bounded by the blast radius) and per namespace: a pod's labels may have
+/// changed, so a list by the experiment's selector could miss one that is still there.
+async fn target_world(ctx: &Context, status: &ChaosExperimentStatus) -> Result<TargetWorld> {
+    let mut world = TargetWorld {
+        allow_all_namespaces: ctx.settings.policy.allow_all_namespaces,
+        ..Default::default()
+    };
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    for record in status.targets.iter().filter(|r| departures::watched(r)) {
+        let key = (record.namespace.clone(), record.name.clone());
+        if world.pods.contains_key(&key) {
+            continue;
+        }
+        if !world
+            .namespaces
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(record.namespace.as_str()))
+            && let Some(ns) = namespaces
+                .get_opt(&record.namespace)
+                .await
+                .map_err(Error::Observe)?
+        {
+            world.namespaces.push(ns);
+        }
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
+        if let Some(pod) = pods.get_opt(&record.name).await.map_err(Error::Observe)? {
+            world.pods.insert(key, pod);
+        }
+    }
+    Ok(world)
+}
+
+/// FaultInjections their agent reported Reverted before `expiresAt` with nobody deleting them:
+/// the agent reverted on its own because the target went away. Name -> the agent's words.
+fn reverted_by_agent(
+    injections: &[Arc<FaultInjection>],
+    now: DateTime<Utc>,
+) -> std::collections::BTreeMap<String, String> {
+    injections
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none() && i.spec.expires_at > now)
+        .filter_map(|i| {
+            let status = i.status.as_ref()?;
+            (status.phase == InjectionPhase::Reverted).then(|| {
+                (
+                    i.name_any(),
+                    status
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".into()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `Some(which)` when the experiment is reverting and some network fault was never reported
+/// applied by an agent: its FaultInjection can be gone without an agent ever having held it
+/// (an agent adds its finalizer before it applies anything, and reports Applied after), so
+/// nobody confirmed that fault reverted. Names each pod and node.
+fn unconfirmed_reverts(status: &ChaosExperimentStatus) -> Option<String> {
+    if !matches!(status.phase, Phase::Recovering | Phase::Aborting) {
+        return None;
+    }
+    let which: Vec<String> = status
+        .targets
+        .iter()
+        .filter(|r| r.injection.is_some() && r.state == TargetState::Injecting)
+        .map(|r| {
+            format!(
+                "{} on pod {}/{} (node {})",
+                r.fault,
+                r.namespace,
+                r.name,
+                r.node_name.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    (!which.is_empty()).then(|| which.join(", "))
 }
 
 /// `Some(why)` while no fault of the experiment has gone in: none counted, no record in (or
@@ -218,7 +354,11 @@ fn injection_progress(
 ) -> ProgressView {
     let mut pending = Vec::new();
     for record in status.targets.iter().filter(|r| r.injection.is_some()) {
-        if record.state == TargetState::Skipped {
+        // Left on purpose, or gone with their pod: nothing to wait for.
+        if matches!(
+            record.state,
+            TargetState::Skipped | TargetState::Gone | TargetState::Withdrawn
+        ) {
             continue;
         }
         let name = record.injection.as_deref().unwrap_or_default();
@@ -296,6 +436,12 @@ pub fn abort_cause_from_status(status: &ChaosExperimentStatus) -> AbortCause {
         Some("ExperimentDeleted") => AbortCause::Deleted,
         Some("ChaosPaused") => AbortCause::Paused,
         Some("InjectFailed") => AbortCause::InjectFailed { message },
+        Some("ProbeForbidden") => AbortCause::ProbeForbidden { message },
+        Some("TargetsLeft") => AbortCause::TargetsLeft {
+            message,
+            any_injected: status.faults_injected > 0
+                || status.targets.iter().any(|r| r.injected_at.is_some()),
+        },
         _ if message.is_empty() => AbortCause::requested(""),
         _ => AbortCause::Requested { message },
     }

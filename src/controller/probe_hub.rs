@@ -40,6 +40,9 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 struct Running {
     phase: watch::Sender<Option<ProbePhase>>,
     hypothesis: Arc<Mutex<Hypothesis>>,
+    /// The first check the API server refused (403), as a sentence: the experiment is
+    /// misconfigured, and the refusal is no evidence about the system under test.
+    forbidden: Arc<Mutex<Option<String>>>,
     cancel: CancellationToken,
 }
 
@@ -114,6 +117,8 @@ impl ProbeHub {
         let triggers = self.triggers.clone();
         let metrics = self.metrics.clone();
         let shared = hypothesis.clone();
+        let forbidden = Arc::new(Mutex::new(None::<String>));
+        let forbidden_seen = forbidden.clone();
         tokio::spawn(async move {
             // When results were last handed over, and whether some have come in since.
             let mut last_sent: Option<Instant> = None;
@@ -132,6 +137,19 @@ impl ProbeHub {
                         continue;
                     }
                 };
+                if report.outcome.forbidden {
+                    // Not a result: the controller may not read what the probe names. The
+                    // controller ends the experiment as misconfigured (at once).
+                    let mut seen = forbidden_seen.lock().unwrap_or_else(|p| p.into_inner());
+                    if seen.is_none() {
+                        *seen = report.outcome.error.clone();
+                        drop(seen);
+                        let _ = triggers.send(target.clone());
+                        last_sent = Some(Instant::now());
+                        pending = false;
+                    }
+                    continue;
+                }
                 let result = if report.outcome.ok { "pass" } else { "fail" };
                 metrics
                     .probe_checks
@@ -162,6 +180,7 @@ impl ProbeHub {
         Some(Running {
             phase: phase_tx,
             hypothesis,
+            forbidden,
             cancel,
         })
     }
@@ -201,6 +220,16 @@ impl HypothesisSource for ProbeHub {
                 .view(phase),
             None => HypothesisView::Undecided,
         }
+    }
+
+    fn misconfigured(&self, experiment_uid: &str) -> Option<String> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .get(experiment_uid)?
+            .forbidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn snapshot(&self, experiment_uid: &str) -> Option<ProbeRecord> {

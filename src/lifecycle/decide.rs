@@ -48,6 +48,16 @@ pub enum AbortCause {
     InjectFailed {
         message: String,
     },
+    /// The API server refused the controller a probe's read: a configuration error.
+    ProbeForbidden {
+        message: String,
+    },
+    /// Every target left the experiment while it ran (deleted, or consent withdrawn); the
+    /// message names each pod and why. `any_injected`: some fault was in before they left.
+    TargetsLeft {
+        message: String,
+        any_injected: bool,
+    },
 }
 
 impl AbortCause {
@@ -71,6 +81,8 @@ impl AbortCause {
             AbortCause::Deleted => "ExperimentDeleted",
             AbortCause::Paused => "ChaosPaused",
             AbortCause::InjectFailed { .. } => "InjectFailed",
+            AbortCause::ProbeForbidden { .. } => "ProbeForbidden",
+            AbortCause::TargetsLeft { .. } => "TargetsLeft",
         }
     }
 
@@ -81,12 +93,19 @@ impl AbortCause {
             AbortCause::Deleted => "the experiment was deleted while faults were in".into(),
             AbortCause::Paused => "chaos is paused cluster-wide (faultline pause)".into(),
             AbortCause::InjectFailed { message } => message.clone(),
+            AbortCause::ProbeForbidden { message } => message.clone(),
+            AbortCause::TargetsLeft { message, .. } => message.clone(),
         }
     }
 
     fn verdict(&self) -> Verdict {
         match self {
-            AbortCause::InjectFailed { .. } => Verdict::Error,
+            AbortCause::InjectFailed { .. } | AbortCause::ProbeForbidden { .. } => Verdict::Error,
+            // Nothing went in before the targets left: nothing was tested.
+            AbortCause::TargetsLeft {
+                any_injected: false,
+                ..
+            } => Verdict::Inconclusive,
             _ => Verdict::Aborted,
         }
     }
@@ -117,6 +136,19 @@ pub struct Observed {
     pub allow_empty_targets: bool,
     /// A preflight problem that forbids injecting (over the cap, a fault the node cannot do).
     pub preflight_error: Option<String>,
+    /// The controller may not make a read a `kubernetes` probe needs (an access review before
+    /// injecting, or a 403 while the probes run): a configuration error, never a failed
+    /// hypothesis. The message names the permission and `controller.probeReadRules`.
+    pub probes_forbidden: Option<String>,
+    /// `Some(why)` once every target has left the experiment mid-run (its pod deleted, its
+    /// namespace's opt-in removed, the pod labelled protected), naming each pod and why.
+    pub targets_left: Option<String>,
+    /// Some fault went in (so a stop is an abort of a real test, not an empty one).
+    pub any_injected: bool,
+    /// `Some(which)` when some network fault's FaultInjection is gone although no agent ever
+    /// reported it applied (so no agent held it to confirm a revert): the pods and nodes to
+    /// check. `None` when every removed fault was held, and let go, by an agent.
+    pub unconfirmed_reverts: Option<String>,
     pub deleting: bool,
     /// Someone asked for an abort, with this reason (possibly empty).
     pub abort_requested: Option<String>,
@@ -232,6 +264,33 @@ pub fn decide(o: &Observed) -> Decision {
                 format!("{} before any fault was injected", cause.message()),
             ),
         };
+    }
+
+    if let Some(why) = &o.probes_forbidden {
+        match o.phase {
+            _ if faults_may_be_in => {
+                return Decision::Abort(AbortCause::ProbeForbidden {
+                    message: why.clone(),
+                });
+            }
+            Phase::Pending | Phase::Verifying => {
+                let when = if o.injected_at.is_none() {
+                    "nothing was injected"
+                } else {
+                    "every fault had already been reverted"
+                };
+                return finish(Verdict::Error, "ProbeForbidden", format!("{why}; {when}"));
+            }
+            _ => {}
+        }
+    }
+    if let Some(why) = &o.targets_left
+        && faults_may_be_in
+    {
+        return Decision::Abort(AbortCause::TargetsLeft {
+            message: why.clone(),
+            any_injected: o.any_injected,
+        });
     }
 
     match o.phase {
@@ -395,20 +454,38 @@ fn revert_progress(o: &Observed) -> Decision {
         (ProgressView::Done, Phase::Recovering) => to(
             Phase::Verifying,
             "FaultsReverted",
-            "every fault is reverted; checking that the system recovers",
+            match &o.unconfirmed_reverts {
+                None => "every fault is confirmed reverted; checking that the system recovers"
+                    .to_string(),
+                Some(which) => format!(
+                    "{}; checking that the system recovers",
+                    unconfirmed_sentence(which)
+                ),
+            },
         ),
         (ProgressView::Done, _) => {
             let cause = o
                 .abort_cause
                 .clone()
                 .unwrap_or_else(|| AbortCause::requested(""));
+            let reverted = match &o.unconfirmed_reverts {
+                None => "every fault is confirmed reverted".to_string(),
+                Some(which) => unconfirmed_sentence(which),
+            };
             finish(
                 cause.verdict(),
                 cause.reason(),
-                format!("{}; every fault is confirmed reverted", cause.message()),
+                format!("{}; {reverted}", cause.message()),
             )
         }
     }
+}
+
+/// What is known, and what is not, when a FaultInjection went away without an agent's word.
+pub fn unconfirmed_sentence(which: &str) -> String {
+    format!(
+        "the FaultInjections are deleted, but no agent confirmed a revert for {which}: no agent ever reported that fault applied, so whether it was ever in place (and is gone) is unknown; check the faultline agent on that node (its pod's readiness and log, and the node's faultline.dev capabilities annotation)"
+    )
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ fn observed(phase: Phase) -> Observed {
         no_targets: false,
         allow_empty_targets: false,
         preflight_error: None,
+        probes_forbidden: None,
+        targets_left: None,
+        any_injected: false,
+        unconfirmed_reverts: None,
         deleting: false,
         abort_requested: None,
         paused: false,
@@ -401,4 +405,114 @@ fn a_repeating_pod_kill_fires_on_its_interval_but_never_past_the_end() {
     o.next_kill_at = Some(t(20));
     o.hypothesis = violated();
     assert!(matches!(decide(&o), Decision::Abort(_)));
+}
+
+#[test]
+fn a_probe_the_controller_may_not_run_is_a_configuration_error_never_a_failed_hypothesis() {
+    let why = "the controller is not allowed to read ... controller.probeReadRules";
+    // Before anything is injected: the experiment ends as an Error, nothing injected.
+    for phase in [Phase::Pending, Phase::Verifying] {
+        let mut o = observed(phase);
+        o.probes_forbidden = Some(why.into());
+        // Even while the hypothesis looks violated: the refusal is no evidence.
+        o.hypothesis = violated();
+        let d = decide(&o);
+        assert_eq!(
+            verdict_of(&d),
+            Some((Verdict::Error, "ProbeForbidden")),
+            "{phase:?}"
+        );
+        let Decision::Finish { message, .. } = d else {
+            unreachable!()
+        };
+        assert!(message.ends_with("; nothing was injected"), "{message}");
+    }
+    // With faults in: revert first, then end as an Error.
+    for phase in [Phase::Injecting, Phase::Running] {
+        let mut o = observed(phase);
+        o.injected_at = Some(t(-5));
+        o.probes_forbidden = Some(why.into());
+        o.hypothesis = violated();
+        let d = decide(&o);
+        assert_eq!(
+            d,
+            Decision::Abort(AbortCause::ProbeForbidden {
+                message: why.into()
+            })
+        );
+        let mut aborting = observed(Phase::Aborting);
+        aborting.revert = ProgressView::Done;
+        aborting.abort_cause = Some(AbortCause::ProbeForbidden {
+            message: why.into(),
+        });
+        assert_eq!(
+            verdict_of(&decide(&aborting)),
+            Some((Verdict::Error, "ProbeForbidden"))
+        );
+    }
+}
+
+#[test]
+fn targets_that_all_left_end_the_experiment_with_that_story() {
+    let mut o = observed(Phase::Running);
+    o.injected_at = Some(t(-5));
+    o.targets_left = Some("pod shop/web-0 was deleted".into());
+    o.any_injected = true;
+    let cause = AbortCause::TargetsLeft {
+        message: "pod shop/web-0 was deleted".into(),
+        any_injected: true,
+    };
+    assert_eq!(decide(&o), Decision::Abort(cause.clone()));
+    let mut aborting = observed(Phase::Aborting);
+    aborting.revert = ProgressView::Done;
+    aborting.abort_cause = Some(cause);
+    assert_eq!(
+        verdict_of(&decide(&aborting)),
+        Some((Verdict::Aborted, "TargetsLeft"))
+    );
+    // Nothing was ever in: nothing was tested.
+    aborting.abort_cause = Some(AbortCause::TargetsLeft {
+        message: "pod shop/web-0 was deleted".into(),
+        any_injected: false,
+    });
+    assert_eq!(
+        verdict_of(&decide(&aborting)),
+        Some((Verdict::Inconclusive, "TargetsLeft"))
+    );
+    // Before injection the selection is redone anyway: no effect there.
+    let mut pending = observed(Phase::Pending);
+    pending.targets_left = Some("x".into());
+    assert_eq!(decide(&pending), decide(&observed(Phase::Pending)));
+}
+
+#[test]
+fn confirmed_reverted_is_said_only_when_an_agent_confirmed_it() {
+    let mut o = observed(Phase::Aborting);
+    o.revert = ProgressView::Done;
+    o.abort_cause = Some(AbortCause::InjectFailed {
+        message: "no agent reported networkLatency applied".into(),
+    });
+    let Decision::Finish { message, .. } = decide(&o) else {
+        panic!("finish")
+    };
+    assert!(
+        message.ends_with("every fault is confirmed reverted"),
+        "{message}"
+    );
+    o.unconfirmed_reverts = Some("pod shop/web-0 on node node-1".into());
+    let Decision::Finish { message, .. } = decide(&o) else {
+        panic!("finish")
+    };
+    assert!(!message.contains("confirmed reverted"), "{message}");
+    assert!(
+        message.contains("no agent confirmed a revert for pod shop/web-0 on node node-1"),
+        "{message}"
+    );
+    let mut recovering = observed(Phase::Recovering);
+    recovering.revert = ProgressView::Done;
+    recovering.unconfirmed_reverts = Some("pod shop/web-0 on node node-1".into());
+    let Decision::Transition { message, .. } = decide(&recovering) else {
+        panic!("transition")
+    };
+    assert!(!message.contains("confirmed reverted"), "{message}");
 }

@@ -21,4 +21,6 @@
 mod decide;
 pub mod record;
 
-pub use decide::{AbortCause, Decision, HypothesisView, Observed, ProgressView, decide};
+pub use decide::{
+    AbortCause, Decision, HypothesisView, Observed, ProgressView, decide, unconfirmed_sentence,
+};

@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use super::{
     Check, CheckContext, CheckOutcome,
+    access::{self, Permission},
     field_path::{self, FieldPath},
 };
 use crate::{
@@ -216,7 +217,7 @@ impl KubernetesCheck {
         api: &Api<DynamicObject>,
         resource: &ApiResource,
         namespace: &str,
-    ) -> Result<Vec<DynamicObject>, String> {
+    ) -> Result<Vec<DynamicObject>, CheckError> {
         let plural = &resource.plural;
         let place = if namespace.is_empty() {
             String::new()
@@ -226,10 +227,11 @@ impl KubernetesCheck {
         match &self.selection {
             Selection::Name(name) => match api.get_opt(name).await {
                 Ok(Some(object)) => Ok(vec![object]),
-                Ok(None) => Err(format!("{plural}/{name} not found{place}")),
-                Err(e) => Err(format!(
-                    "cannot read {plural}/{name}{place}: {}",
-                    super::root_cause(&e)
+                Ok(None) => Err(format!("{plural}/{name} not found{place}").into()),
+                Err(e) => Err(CheckError::from_kube(
+                    &e,
+                    self.permission("get", &resource.group, plural, namespace),
+                    format!("cannot read {plural}/{name}{place}"),
                 )),
             },
             Selection::Labels(labels) => {
@@ -237,13 +239,14 @@ impl KubernetesCheck {
                     .list(&ListParams::default().labels(labels))
                     .await
                     .map_err(|e| {
-                        format!(
-                            "cannot list {plural} matching {labels:?}{place}: {}",
-                            super::root_cause(&e)
+                        CheckError::from_kube(
+                            &e,
+                            self.permission("list", &resource.group, plural, namespace),
+                            format!("cannot list {plural} matching {labels:?}{place}"),
                         )
                     })?;
                 if list.items.is_empty() {
-                    return Err(format!("no {plural} match labelSelector {labels:?}{place}"));
+                    return Err(format!("no {plural} match labelSelector {labels:?}{place}").into());
                 }
                 Ok(list.items)
             }
@@ -297,18 +300,94 @@ impl KubernetesCheck {
     }
 
     /// Ready pods among `pods` (listed with `selector` in `namespace`), as `(ready, total)`.
-    async fn count_ready(&self, namespace: &str, selector: &str) -> Result<(usize, usize), String> {
+    async fn count_ready(
+        &self,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<(usize, usize), CheckError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let list = pods
             .list(&ListParams::default().labels(selector))
             .await
             .map_err(|e| {
-                format!(
-                    "cannot list pods matching {selector:?} in namespace {namespace}: {}",
-                    super::root_cause(&e)
+                CheckError::from_kube(
+                    &e,
+                    Permission::new("list", "", "pods", Some(namespace)),
+                    format!("cannot list pods matching {selector:?} in namespace {namespace}"),
                 )
             })?;
         Ok(count(list.items.iter()))
+    }
+
+    fn permission(&self, verb: &str, group: &str, plural: &str, namespace: &str) -> Permission {
+        Permission::new(verb, group, plural, Some(namespace))
+    }
+
+    /// Every request the check makes, for the controller's access review before injecting.
+    /// `None` when discovery cannot find the kind (the check itself says so when it runs).
+    pub async fn permissions(&self, default_namespace: &str) -> Option<Vec<Permission>> {
+        let (resource, caps) = self.resource().await.ok()?;
+        let namespace = match caps.scope {
+            Scope::Cluster => None,
+            Scope::Namespaced => Some(
+                self.namespace
+                    .clone()
+                    .unwrap_or_else(|| default_namespace.to_string()),
+            ),
+        };
+        Some(needed(
+            &self.selection,
+            self.ready_pods.map(|(source, _)| source),
+            &resource.group,
+            &resource.plural,
+            namespace.as_deref(),
+        ))
+    }
+}
+
+/// What a check on `group`/`plural` reads: `get` by name or `list` by labels, and `list pods`
+/// to count the pods behind a workload or Service.
+fn needed(
+    selection: &Selection,
+    pods: Option<PodSource>,
+    group: &str,
+    plural: &str,
+    namespace: Option<&str>,
+) -> Vec<Permission> {
+    let verb = match selection {
+        Selection::Name(_) => "get",
+        Selection::Labels(_) => "list",
+    };
+    let mut needed = vec![Permission::new(verb, group, plural, namespace)];
+    if matches!(pods, Some(PodSource::Workload | PodSource::Service)) {
+        needed.push(Permission::new("list", "", "pods", namespace));
+    }
+    needed
+}
+
+/// Why a check could not judge anything.
+#[derive(Debug)]
+enum CheckError {
+    /// What the cluster holds (or not) makes the check fail.
+    Failed(String),
+    /// The API server refused the controller the read (403): a configuration error.
+    Forbidden(String),
+}
+
+impl From<String> for CheckError {
+    fn from(message: String) -> Self {
+        CheckError::Failed(message)
+    }
+}
+
+impl CheckError {
+    fn from_kube(error: &kube::Error, permission: Permission, what: String) -> Self {
+        match error {
+            kube::Error::Api(status) if status.code == 403 => CheckError::Forbidden(
+                access::refused_at_run_time(&permission, &format!("403 {}", status.reason)),
+            ),
+            other => CheckError::Failed(format!("{what}: {}", super::root_cause(other))),
+        }
     }
 }
 
@@ -385,7 +464,12 @@ impl Check for KubernetesCheck {
         let started = Instant::now();
         let (value, problems) = match self.judge(ctx).await {
             Ok(judged) => judged,
-            Err(error) => return CheckOutcome::fail(error, None, started.elapsed()),
+            Err(CheckError::Failed(error)) => {
+                return CheckOutcome::fail(error, None, started.elapsed());
+            }
+            Err(CheckError::Forbidden(error)) => {
+                return CheckOutcome::forbidden(error, started.elapsed());
+            }
         };
         let latency: Duration = started.elapsed();
         let value = value.join("; ");
@@ -400,7 +484,10 @@ impl Check for KubernetesCheck {
 impl KubernetesCheck {
     /// What was measured and what is wrong, object by object; `Err` when nothing could be
     /// judged (discovery failed, the object is missing).
-    async fn judge(&self, ctx: &CheckContext<'_>) -> Result<(Vec<String>, Vec<String>), String> {
+    async fn judge(
+        &self,
+        ctx: &CheckContext<'_>,
+    ) -> Result<(Vec<String>, Vec<String>), CheckError> {
         let (resource, caps) = self.resource().await?;
         let namespace = match caps.scope {
             Scope::Cluster => String::new(),
@@ -482,6 +569,49 @@ impl KubernetesCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_needs_get_by_name_list_by_labels_and_list_pods_to_count_them() {
+        let by_name = needed(
+            &Selection::Name("web".into()),
+            None,
+            "policy",
+            "poddisruptionbudgets",
+            Some("shop"),
+        );
+        assert_eq!(
+            by_name,
+            vec![Permission::new(
+                "get",
+                "policy",
+                "poddisruptionbudgets",
+                Some("shop")
+            )]
+        );
+        let counted = needed(
+            &Selection::Labels("app=web".into()),
+            Some(PodSource::Workload),
+            "apps",
+            "deployments",
+            Some("shop"),
+        );
+        assert_eq!(
+            counted,
+            vec![
+                Permission::new("list", "apps", "deployments", Some("shop")),
+                Permission::new("list", "", "pods", Some("shop")),
+            ]
+        );
+        // Pods themselves: the list of them is the count.
+        let pods = needed(
+            &Selection::Labels("app=web".into()),
+            Some(PodSource::Pods),
+            "",
+            "pods",
+            Some("shop"),
+        );
+        assert_eq!(pods.len(), 1);
+    }
     use serde_json::json;
 
     #[test]

@@ -14,6 +14,7 @@
 //! Kubernetes probes need a [`kube::Client`]; [`ProbeRunner::new`] refuses one without it
 //! ([`ProbeError::NoClient`]) rather than pretending to check anything.
 
+pub mod access;
 pub mod hosts;
 pub mod hypothesis;
 pub mod scheduler;
@@ -48,6 +49,9 @@ pub struct CheckOutcome {
     pub error: Option<String>,
     /// How long the check took.
     pub latency: Duration,
+    /// The API server refused the controller the read (403): the check says nothing about the
+    /// system under test, and the experiment is misconfigured (see [`access`]).
+    pub forbidden: bool,
 }
 
 impl CheckOutcome {
@@ -57,6 +61,7 @@ impl CheckOutcome {
             value: Some(value.into()),
             error: None,
             latency,
+            forbidden: false,
         }
     }
 
@@ -66,6 +71,16 @@ impl CheckOutcome {
             value,
             error: Some(error.into()),
             latency,
+            forbidden: false,
+        }
+    }
+
+    /// The check was not allowed to read what it names; `error` says which permission and
+    /// what to set.
+    pub fn forbidden(error: impl Into<String>, latency: Duration) -> Self {
+        CheckOutcome {
+            forbidden: true,
+            ..Self::fail(error, None, latency)
         }
     }
 }

@@ -140,6 +140,9 @@ fn write_experiment(
             esc(message)
         );
     }
+    for partly in &s.partly_applied {
+        let _ = writeln!(out, "<p class=\"message bad\">{}</p>", esc(partly));
+    }
     write_summary(out, s);
     let status = experiment.status.clone().unwrap_or_default();
     let _ = writeln!(
@@ -163,11 +166,12 @@ fn write_summary(out: &mut String, s: &ExperimentSummary) {
         (
             "Targets",
             format!(
-                "{} selected, {} injected, {} skipped, {} failed{}",
+                "{} selected, {} injected, {} skipped, {} failed{}{}",
                 s.target_count,
                 s.targets_injected,
                 s.targets_skipped,
                 s.targets_failed,
+                super::text::left_text(s),
                 super::text::rounds_text(s)
             ),
         ),
@@ -257,7 +261,11 @@ fn write_targets(out: &mut String, status: &ChaosExperimentStatus, h: &str) {
             t.state,
             t.injected_at.map_or_else(|| "-".into(), clock),
             t.reverted_at.map_or_else(|| "-".into(), clock),
-            esc(or_dash(t.message.as_deref()))
+            esc(&match (t.message.as_deref(), t.partly_applied()) {
+                (Some(m), Some(p)) => format!("{m}; {p}"),
+                (None, Some(p)) => p,
+                (m, None) => or_dash(m).to_string(),
+            })
         );
     }
     out.push_str("</tbody></table></section>\n");

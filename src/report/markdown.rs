@@ -74,6 +74,9 @@ fn write_experiment(out: &mut String, experiment: &ChaosExperiment, h: &str) {
     if let Some(message) = &s.message {
         let _ = writeln!(out, "> {}\n", message.replace('\n', " "));
     }
+    for partly in &s.partly_applied {
+        let _ = writeln!(out, "> **Warning:** {}\n", partly.replace('\n', " "));
+    }
     write_summary(out, &s);
     let status = experiment.status.clone().unwrap_or_default();
     let origin = s.started_at;
@@ -109,11 +112,12 @@ fn write_summary(out: &mut String, s: &ExperimentSummary) {
         (
             "Targets",
             format!(
-                "{} selected, {} injected, {} skipped, {} failed{}",
+                "{} selected, {} injected, {} skipped, {} failed{}{}",
                 s.target_count,
                 s.targets_injected,
                 s.targets_skipped,
                 s.targets_failed,
+                super::text::left_text(s),
                 super::text::rounds_text(s)
             ),
         ),
@@ -208,8 +212,17 @@ fn write_targets(out: &mut String, status: &ChaosExperimentStatus, h: &str) {
             t.state,
             t.injected_at.map_or_else(|| "-".into(), clock),
             t.reverted_at.map_or_else(|| "-".into(), clock),
-            cell(or_dash(t.message.as_deref()))
+            cell(&target_message(t))
         );
     }
     out.push('\n');
+}
+
+/// The record's message, and how much of its fault was in place when packets escaped it.
+fn target_message(t: &crate::api::TargetRecord) -> String {
+    match (t.message.as_deref(), t.partly_applied()) {
+        (Some(m), Some(p)) => format!("{m}; {p}"),
+        (None, Some(p)) => p,
+        (m, None) => or_dash(m).to_string(),
+    }
 }

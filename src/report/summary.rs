@@ -45,6 +45,8 @@ pub struct ExperimentSummary {
     /// Targets left alone on purpose (e.g. a PodDisruptionBudget refused the eviction).
     pub targets_skipped: usize,
     pub targets_failed: usize,
+    /// Targets that left while their fault ran: pod gone, or consent withdrawn.
+    pub targets_left: usize,
     /// Faults that went in over the whole experiment (each round of a repeating kill counts).
     pub faults_injected: i32,
     pub probes: Vec<ProbeSummary>,
@@ -54,6 +56,10 @@ pub struct ExperimentSummary {
     /// The sentence that explains a failed or aborted experiment: the probe, the value that
     /// broke the hypothesis and the controller's message. None when it passed.
     pub failure: Option<String>,
+    /// One sentence per target whose fault packets escaped (NFQUEUE's queue was full), e.g.
+    /// `pod shop/web-0: the fault was only partly in place: 250 of 1000 packets (25.0%)
+    /// bypassed it ...`: the hypothesis was tested against a weaker fault than asked.
+    pub partly_applied: Vec<String>,
 }
 
 /// One probe: its spec and what it saw.
@@ -145,10 +151,19 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
         ]),
         targets_skipped: count(&[TargetState::Skipped]),
         targets_failed: count(&[TargetState::Failed]),
+        targets_left: count(&[TargetState::Gone, TargetState::Withdrawn]),
         faults_injected: status.faults_injected,
         probes,
         probe_gaps: status.probe_gaps.clone(),
         failure,
+        partly_applied: status
+            .targets
+            .iter()
+            .filter_map(|t| {
+                t.partly_applied()
+                    .map(|p| format!("pod {}/{}: {p}", t.namespace, t.name))
+            })
+            .collect(),
     }
 }
 

@@ -118,6 +118,16 @@ pub fn phases_text(phases: &[ProbePhase]) -> String {
         .join(", ")
 }
 
+/// `, 1 left mid-run` when targets left while their fault ran (pod gone, consent withdrawn);
+/// empty otherwise.
+pub fn left_text(s: &super::ExperimentSummary) -> String {
+    if s.targets_left == 0 {
+        String::new()
+    } else {
+        format!(", {} left mid-run", s.targets_left)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -452,6 +452,17 @@ pub async fn client_as(
     name: &str,
     bound_pod: Option<&str>,
 ) -> Client {
+    Client::try_from(config_as(cluster, namespace, name, bound_pod).await).unwrap()
+}
+
+/// [`client_as`]'s configuration, for code under test that builds its own clients (the
+/// controller). Real cluster only.
+pub async fn config_as(
+    cluster: &TestCluster,
+    namespace: &str,
+    name: &str,
+    bound_pod: Option<&str>,
+) -> kube::Config {
     let TestCluster::Real(real) = cluster else {
         panic!("ServiceAccount tokens need the real cluster");
     };
@@ -485,8 +496,7 @@ pub async fn client_as(
     kubeconfig["users"] = serde_json::json!([{"name": name, "user": {"token": token}}]);
     kubeconfig["contexts"][0]["context"]["user"] = serde_json::json!(name);
     let parsed: kube::config::Kubeconfig = serde_json::from_value(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+    kube::Config::from_custom_kubeconfig(parsed, &Default::default())
         .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+        .unwrap()
 }

@@ -81,6 +81,19 @@ impl Harness {
         Self::start_with(true).await
     }
 
+    /// The controller with scripted probes and no node agent at all: FaultInjections are
+    /// written and nothing applies them (or holds them).
+    pub async fn start_without_agent() -> Harness {
+        let mut h = Self::start_with(false).await;
+        for stop in h.stop.drain(..) {
+            let _ = stop.send(());
+        }
+        for task in h.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        h
+    }
+
     async fn start_with(real_probes: bool) -> Harness {
         let cluster = TestCluster::start().await;
         cluster.install_crds(&all_crds()).await;

@@ -138,25 +138,55 @@ async fn finish(
     Ok(())
 }
 
-/// Every fault is confirmed gone: records that were (or may have been) in are Reverted.
+/// Every FaultInjection is gone: records that were (or may have been) in are Reverted. The
+/// `Reverted` condition says "confirmed" only when an agent confirmed it: a record the agent
+/// reported Applied had the agent's finalizer, so its FaultInjection could only go once that
+/// agent had reverted it. A record still `Injecting` was never reported applied: no agent may
+/// ever have held it, and the condition says what is unknown and what to check.
 pub(super) fn mark_reverted(
     status: &mut ChaosExperimentStatus,
     now: DateTime<Utc>,
     generation: Option<i64>,
 ) {
     status.reverted_at = Some(now);
+    let mut unconfirmed = Vec::new();
     for record in status.targets.iter_mut() {
+        if record.state == TargetState::Injecting && record.injection.is_some() {
+            unconfirmed.push(format!(
+                "{} on pod {}/{} (node {})",
+                record.fault,
+                record.namespace,
+                record.name,
+                record.node_name.as_deref().unwrap_or("?")
+            ));
+            record.message = Some(
+                "its FaultInjection is deleted, but no agent ever reported this fault applied, so no agent confirmed its revert".into(),
+            );
+        }
         if matches!(record.state, TargetState::Injected | TargetState::Injecting) {
             record.state = TargetState::Reverted;
             record.reverted_at = Some(now);
         }
     }
+    let (condition, reason, message) = if unconfirmed.is_empty() {
+        (
+            ConditionStatus::True,
+            "FaultsReverted",
+            "every fault is confirmed reverted".to_string(),
+        )
+    } else {
+        (
+            ConditionStatus::Unknown,
+            "RevertUnconfirmed",
+            crate::lifecycle::unconfirmed_sentence(&unconfirmed.join(", ")),
+        )
+    };
     set_condition(
         &mut status.conditions,
         "Reverted",
-        ConditionStatus::True,
-        "FaultsReverted",
-        "every fault is confirmed reverted",
+        condition,
+        reason,
+        &message,
         generation,
         now,
     );

@@ -64,6 +64,47 @@ pub(super) fn follow_injections(
     Vec::new()
 }
 
+/// Copies what the agents report about packets that escaped each network fault (NFQUEUE's
+/// queue full) into the target records, so status and the report say how much of the fault
+/// was in place. The first time a target's fault lets packets through, a Warning says so.
+pub(super) fn follow_packets(
+    status: &mut ChaosExperimentStatus,
+    injections: &[Arc<FaultInjection>],
+) -> Vec<Fact> {
+    let mut facts = Vec::new();
+    for record in status.targets.iter_mut() {
+        let Some(name) = record.injection.as_deref() else {
+            continue;
+        };
+        let Some(report) = injections
+            .iter()
+            .find(|i| i.name_any() == name)
+            .and_then(|i| i.status.as_ref())
+        else {
+            continue;
+        };
+        if report.bypassed_packets.is_none() && report.matched_packets.is_none() {
+            continue;
+        }
+        let before = record.bypassed_packets.unwrap_or(0);
+        record.bypassed_packets = report.bypassed_packets.or(record.bypassed_packets);
+        record.matched_packets = report.matched_packets.or(record.matched_packets);
+        if before == 0
+            && let Some(partly) = record.partly_applied()
+        {
+            facts.push(
+                Fact::warning(
+                    "FaultPartlyApplied",
+                    "Inject",
+                    format!("pod {}/{}: {partly}", record.namespace, record.name),
+                )
+                .about(record),
+            );
+        }
+    }
+    facts
+}
+
 /// Whether the experiment waits for chaos to resume.
 pub(super) fn held(status: &ChaosExperimentStatus) -> bool {
     status
@@ -309,6 +350,50 @@ mod tests {
         crate::controller::act::finish::mark_reverted(&mut status, t(500), None);
         assert_eq!(status.targets[0].injected_at, Some(t(-300)));
         assert_eq!(status.targets[0].reverted_at, Some(t(500)));
+    }
+
+    #[test]
+    fn packets_that_bypassed_the_fault_reach_the_record_and_are_told_once() {
+        use crate::api::{FaultInjectionStatus, TargetRecord};
+        let mut status = ChaosExperimentStatus {
+            targets: vec![TargetRecord {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+                state: TargetState::Injected,
+                injection: Some("fi-web-0".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let injection = |bypassed: i64, matched: i64| {
+            let mut fi: FaultInjection = serde_json::from_value(serde_json::json!({
+                "apiVersion": "faultline.dev/v1alpha1", "kind": "FaultInjection",
+                "metadata": {"name": "fi-web-0", "namespace": "shop"},
+                "spec": {"experiment": {"name": "e"}, "target": {"namespace": "shop", "name": "web-0", "uid": "u"},
+                         "nodeName": "node-1", "fault": {"partition": "both", "peerCidrs": ["10.0.0.0/8"]},
+                         "expiresAt": "2030-01-01T00:00:00Z"},
+            }))
+            .unwrap();
+            fi.status = Some(FaultInjectionStatus {
+                phase: InjectionPhase::Applied,
+                bypassed_packets: Some(bypassed),
+                matched_packets: Some(matched),
+                ..Default::default()
+            });
+            vec![Arc::new(fi)]
+        };
+        assert!(follow_packets(&mut status, &injection(0, 500)).is_empty());
+        assert_eq!(status.targets[0].matched_packets, Some(500));
+        let facts = follow_packets(&mut status, &injection(250, 1000));
+        assert_eq!(facts.len(), 1);
+        assert_eq!(facts[0].reason, "FaultPartlyApplied");
+        assert_eq!(
+            facts[0].message,
+            "pod shop/web-0: the fault was only partly in place: 250 of 1000 packets (25.0%) bypassed it (the agent's queue was full)"
+        );
+        // More bypassed later: the record follows, no second Event.
+        assert!(follow_packets(&mut status, &injection(400, 2000)).is_empty());
+        assert_eq!(status.targets[0].bypassed_packets, Some(400));
     }
 
     #[test]

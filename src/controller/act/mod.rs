@@ -37,6 +37,11 @@ use crate::{
 /// How often the peers of selector-scoped network faults are resolved again while they run.
 const PEER_REFRESH: Duration = Duration::from_secs(3);
 
+/// How often the pods and namespaces of targets whose faults run are read again, to revert at
+/// once the fault of a target that left (deleted, protected, its namespace's opt-in removed).
+/// Nothing watches pods or namespaces, so this bounds how long such a fault outlives consent.
+const TARGET_CHECK: Duration = Duration::from_secs(2);
+
 /// The `Paused` condition's message while an experiment waits for chaos to resume.
 const HELD: &str = "chaos is paused cluster-wide (faultline pause): the experiment waits and starts on `faultline resume` (its targets are chosen then)";
 
@@ -152,6 +157,7 @@ pub async fn perform(
         mut status,
         injections,
         hypothesis,
+        departures,
     } = world;
     // Status writes carry the resourceVersion this decision was made from (see
     // `status::write`), so a decision made on a stale cached object fails with a conflict
@@ -168,6 +174,30 @@ pub async fn perform(
     // results (written at once when the hypothesis changes or the decision ends a phase,
     // otherwise at most once per `probe_hub::PUBLISH_INTERVAL`).
     let mut facts = live::follow_injections(&mut status, &injections, now);
+    facts.extend(live::follow_packets(&mut status, &injections));
+    // Targets that left while their fault ran: recorded after what the agents reported (a
+    // fault applied before its pod went counts as injected), their faults go at once, and an
+    // Event names each pod and why.
+    super::departures::record(&mut status, &departures, now);
+    if !departures.is_empty() {
+        let api: Api<FaultInjection> = Api::namespaced(
+            ctx.client.clone(),
+            &experiment.namespace().unwrap_or_default(),
+        );
+        for departure in &departures {
+            let Some(record) = status.targets.get(departure.index) else {
+                continue;
+            };
+            if let Some(name) = &record.injection {
+                injections::delete_one(&api, name)
+                    .await
+                    .map_err(act_error("delete the FaultInjection of a target that left"))?;
+            }
+            facts.push(
+                Fact::warning(departure.reason, "Revert", departure.message.clone()).about(record),
+            );
+        }
+    }
     if !observed.paused && live::held(&status) {
         facts.push(resume(&mut status, generation, now));
     }
@@ -351,6 +381,9 @@ pub async fn perform(
         }
         Decision::WaitUntil(at) => {
             let mut longest = Duration::from_secs(30);
+            if status.targets.iter().any(super::departures::watched) {
+                longest = TARGET_CHECK;
+            }
             if status.phase == Phase::Running && injections::has_selector_scopes(experiment) {
                 // Peer pods come and go; keep every injection's peer list current.
                 for (pod, peers) in injections::refresh_peers(&ctx.client, experiment, &injections)

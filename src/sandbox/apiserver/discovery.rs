@@ -65,6 +65,9 @@ pub fn group(reg: &Registry, name: &str) -> Option<Value> {
 }
 
 fn verbs(def: &ResourceDef) -> Vec<&'static str> {
+    if def.is_access_review() {
+        return vec!["create"];
+    }
     let mut v = vec![
         "create", "delete", "get", "list", "patch", "update", "watch",
     ];

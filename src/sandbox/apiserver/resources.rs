@@ -85,6 +85,11 @@ impl ResourceDef {
         }
     }
 
+    /// A SelfSubjectAccessReview: a question (create only), answered and not stored.
+    pub fn is_access_review(&self) -> bool {
+        self.group == "authorization.k8s.io" && self.plural == "selfsubjectaccessreviews"
+    }
+
     pub fn is_custom(&self) -> bool {
         self.crd.is_some()
     }
@@ -199,6 +204,14 @@ impl Registry {
             )
             .short(&["pdb"])
             .status(),
+            // Answered, never stored: see `access_review`.
+            ResourceDef::builtin(
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+                "SelfSubjectAccessReview",
+                false,
+            ),
             ResourceDef::builtin(
                 "apiextensions.k8s.io",
                 "v1",

@@ -198,6 +198,13 @@ fn resource(
         };
         return respond::object(200, &v, &[], format);
     }
+    if t.def.is_access_review() {
+        if method != Method::POST || is_item {
+            return not_allowed();
+        }
+        let review = request::decode_object(&body, &content_type, &t)?;
+        return respond::object(201, &access_review(review), &[], format);
+    }
     if t.is_eviction() {
         if method != Method::POST {
             return not_allowed();
@@ -315,6 +322,20 @@ fn resource(
         }
         _ => not_allowed(),
     }
+}
+
+/// The answer to a SelfSubjectAccessReview. This server has no authorization at all (every
+/// client may do everything), so every request it is asked about is allowed, and the answer
+/// says so. The real API server answers from RBAC; tests of refusals run there.
+fn access_review(mut review: Value) -> Value {
+    review["status"] = json!({
+        "allowed": true,
+        "reason": "the faultline sandbox API server has no authorization: every request is allowed",
+    });
+    if review["metadata"].is_null() {
+        review["metadata"] = json!({});
+    }
+    review
 }
 
 /// The field manager of a server-side apply, which the real server requires.

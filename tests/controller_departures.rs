@@ -1,0 +1,308 @@
+//! Targets that leave an experiment while their network fault runs, through the API server
+//! (the embedded one, or the real control plane with `FAULTLINE_TEST_CLUSTER=real`), with the
+//! controller as it runs in production, a stand-in node agent and scripted probes:
+//! - a target pod deleted mid-fault is `Gone`: its FaultInjection goes, an Event names it, and
+//!   the experiment goes on with the others; when every target is gone the verdict says so,
+//!   never "no agent reported ... is the faultline agent running";
+//! - consent withdrawn mid-fault (the pod labelled protected, the namespace's opt-in removed):
+//!   that target's fault is reverted at once, its record and an Event say why.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    harness::{Harness, latency_spec, shop_with_web_pods},
+    wait_for,
+};
+use faultline::api::{
+    ChaosExperiment, NAMESPACE_OPT_IN_LABEL, PROTECTED_LABEL, Phase, TargetState, Verdict,
+};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    events::v1::Event,
+};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+/// Waits until target `pod` of experiment `name` reaches `state`; returns the experiment.
+async fn wait_target(h: &Harness, name: &str, pod: &str, state: TargetState) -> ChaosExperiment {
+    let api = h.experiments("shop");
+    wait_for(
+        &format!("target {pod} of {name} to be {state:?}"),
+        Duration::from_secs(15),
+        || async {
+            let e = api.get_opt(name).await.ok().flatten()?;
+            let found = e
+                .status
+                .as_ref()?
+                .targets
+                .iter()
+                .any(|t| t.name == pod && t.state == state);
+            found.then_some(e)
+        },
+    )
+    .await
+}
+
+/// The Event with `reason` about `pod` (its `related` object), once it is there.
+async fn event_about(h: &Harness, reason: &str, pod: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "shop");
+    wait_for(
+        &format!("a {reason} Event about {pod}"),
+        Duration::from_secs(10),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+                })
+        },
+    )
+    .await
+}
+
+/// Whether `message` says `pod` left by deletion: gone already, or (a real API server may show
+/// it for a moment, even with a grace period of 0) on its way out.
+fn deleted(message: &str, pod: &str) -> bool {
+    message.contains(&format!("pod shop/{pod} was deleted"))
+        || message.contains(&format!("pod shop/{pod} is being deleted"))
+}
+
+async fn injection_names(h: &Harness) -> Vec<String> {
+    h.injections("shop")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none())
+        .map(|i| i.spec.target.name.clone())
+        .collect()
+}
+
+async fn delete_pod(h: &Harness, name: &str) {
+    Api::<Pod>::namespaced(h.client.clone(), "shop")
+        .delete(name, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_others() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "latency", latency_spec("8s")).await;
+    h.wait_phase("shop", "latency", Phase::Running).await;
+
+    delete_pod(&h, "web-1").await;
+    let running = wait_target(&h, "latency", "web-1", TargetState::Gone).await;
+    let status = running.status.unwrap();
+    assert_eq!(status.phase, Phase::Running, "{:?}", status.message);
+    let gone = status.targets.iter().find(|t| t.name == "web-1").unwrap();
+    let message = gone.message.clone().unwrap_or_default();
+    assert!(deleted(&message, "web-1"), "{message}");
+    let web0 = status.targets.iter().find(|t| t.name == "web-0").unwrap();
+    assert_eq!(web0.state, TargetState::Injected);
+    let event = event_about(&h, "TargetGone", "web-1").await;
+    let note = event.note.unwrap_or_default();
+    assert!(deleted(&note, "web-1"), "{note}");
+    wait_for(
+        "the gone target's FaultInjection to go",
+        Duration::from_secs(10),
+        || async { (injection_names(&h).await == ["web-0"]).then_some(()) },
+    )
+    .await;
+
+    // The rest of the experiment is as usual.
+    let done = h.wait_phase("shop", "latency", Phase::Succeeded).await;
+    let status = done.status.unwrap();
+    assert_eq!(
+        status.verdict,
+        Some(Verdict::Passed),
+        "{:?}",
+        status.message
+    );
+    let states: Vec<(String, TargetState)> = status
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), t.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("web-0".to_string(), TargetState::Reverted),
+            ("web-1".to_string(), TargetState::Gone)
+        ]
+    );
+    assert_eq!(h.injection_count("shop").await, 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_deleted_ends_the_experiment_saying_the_targets_disappeared() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "latency", latency_spec("10m")).await;
+    h.wait_phase("shop", "latency", Phase::Running).await;
+
+    delete_pod(&h, "web-0").await;
+    delete_pod(&h, "web-1").await;
+    let done = h.wait_phase("shop", "latency", Phase::Aborted).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Aborted));
+    assert_eq!(status.reason.as_deref(), Some("TargetsLeft"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("every target left the experiment before it was over"),
+        "{message}"
+    );
+    assert!(deleted(&message, "web-0"), "{message}");
+    assert!(deleted(&message, "web-1"), "{message}");
+    assert!(!message.contains("agent running"), "{message}");
+    assert!(
+        status.targets.iter().all(|t| t.state == TargetState::Gone),
+        "{:?}",
+        status.targets
+    );
+    assert_eq!(h.injection_count("shop").await, 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_withdrawn_mid_fault_reverts_that_target_at_once_and_says_why() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "latency", latency_spec("10m")).await;
+    h.wait_phase("shop", "latency", Phase::Running).await;
+    assert_eq!(injection_names(&h).await.len(), 2);
+
+    // The pod is labelled protected: its fault goes, the other stays.
+    let protect = json!({"metadata": {"labels": {PROTECTED_LABEL: "true"}}});
+    Api::<Pod>::namespaced(h.client.clone(), "shop")
+        .patch("web-0", &PatchParams::default(), &Patch::Merge(&protect))
+        .await
+        .unwrap();
+    let running = wait_target(&h, "latency", "web-0", TargetState::Withdrawn).await;
+    let status = running.status.unwrap();
+    assert_eq!(status.phase, Phase::Running);
+    let record = status.targets.iter().find(|t| t.name == "web-0").unwrap();
+    assert!(
+        record
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the pod was labelled faultline.dev/protected=true"),
+        "{:?}",
+        record.message
+    );
+    wait_for(
+        "the protected pod's FaultInjection to go",
+        Duration::from_secs(10),
+        || async { (injection_names(&h).await == ["web-1"]).then_some(()) },
+    )
+    .await;
+    let event = event_about(&h, "ConsentWithdrawn", "web-0").await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains("faultline.dev/protected=true")
+    );
+
+    // The namespace's opt-in goes: the last target leaves, and the experiment ends saying so.
+    let unlabel = json!({"metadata": {"labels": {NAMESPACE_OPT_IN_LABEL: null}}});
+    Api::<Namespace>::all(h.client.clone())
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&unlabel))
+        .await
+        .unwrap();
+    let done = h.wait_phase("shop", "latency", Phase::Aborted).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("TargetsLeft"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains(
+            "pod shop/web-1: namespace shop no longer carries faultline.dev/chaos=enabled"
+        ),
+        "{message}"
+    );
+    let event = event_about(&h, "ConsentWithdrawn", "web-1").await;
+    assert!(event.note.unwrap_or_default().contains("no longer carries"));
+    assert_eq!(h.injection_count("shop").await, 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeating_pod_kill_stops_killing_where_consent_was_withdrawn() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 4).await;
+    h.create(
+        "shop",
+        "kills",
+        json!({
+            "duration": "8s",
+            "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},
+            "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0, "interval": "1s"}}],
+        }),
+    )
+    .await;
+    h.wait_phase("shop", "kills", Phase::Running).await;
+    let unlabel = json!({"metadata": {"labels": {NAMESPACE_OPT_IN_LABEL: null}}});
+    Api::<Namespace>::all(h.client.clone())
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&unlabel))
+        .await
+        .unwrap();
+    let withdrawn_at = chrono::Utc::now();
+    let skipped = event_reason_after(&h, "PodKillRoundSkipped", withdrawn_at).await;
+    assert!(
+        skipped.contains("this round kills nothing") && skipped.contains("shop"),
+        "{skipped}"
+    );
+    let done = h.wait_phase("shop", "kills", Phase::Succeeded).await;
+    let status = done.status.unwrap();
+    // No pod was killed after the opt-in went (a round already under way may finish).
+    let late_kills = status
+        .timeline
+        .iter()
+        .filter(|e| e.reason == "PodKilled" && e.time > withdrawn_at + chrono::Duration::seconds(1))
+        .count();
+    assert_eq!(late_kills, 0, "{:?}", status.timeline);
+    h.stop().await;
+}
+
+/// The note of the first Event with `reason` published after `after`.
+async fn event_reason_after(
+    h: &Harness,
+    reason: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "shop");
+    wait_for(
+        &format!("a {reason} Event"),
+        Duration::from_secs(10),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .find(|e| {
+                    e.event_time
+                        .as_ref()
+                        .is_some_and(|t| t.0.as_millisecond() >= after.timestamp_millis() - 1000)
+                })
+                .and_then(|e| e.note)
+        },
+    )
+    .await
+}
