@@ -30,6 +30,9 @@ real_suites=(
     run_cli
     e2e_expectations
     differential
+    controller_departures
+    controller_probe_permissions
+    controller_revert_truth
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"
