@@ -186,12 +186,18 @@ async fn failed_runs_in_a_row_stop_the_schedule_with_a_condition() {
         condition.message
     );
     assert_eq!(stopped.next_schedule_time, None);
-    let count = runs(&h).await.len();
+    // Pruning to the history limit may still remove a run; a new name is what would be wrong.
+    let names = |runs: Vec<faultline::api::ChaosExperiment>| {
+        runs.iter()
+            .map(|r| r.metadata.name.clone().unwrap_or_default())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let before = names(runs(&h).await);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        runs(&h).await.len(),
-        count,
-        "a stopped schedule started a run"
+    let after = names(runs(&h).await);
+    assert!(
+        after.is_subset(&before),
+        "a stopped schedule started a run: {after:?} after {before:?}"
     );
     assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
