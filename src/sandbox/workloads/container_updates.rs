@@ -1,6 +1,7 @@
 //! The kubelet's status manager for what happens to containers after they started: the runtime
 //! reports a process that died, was restarted (`restartCount` + 1) or became ready, and this
-//! writes the pod's `containerStatuses` and its Ready conditions. A pod that is gone, being
+//! writes the pod's `containerStatuses` and its Ready conditions; after missing updates it
+//! reports every pod's state. A pod that is gone, being
 //! deleted or replaced by another of the same name is left alone.
 
 use std::sync::Arc;
@@ -29,8 +30,17 @@ pub async fn report(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receive
                         tracing::warn!(pod = %update.name, %error, "container status not reported");
                     }
                 }
-                // Missed updates are superseded by later ones; the next one carries the state.
-                Err(RecvError::Lagged(missed)) => tracing::debug!(missed, "container updates skipped"),
+                // An update is about one pod: a later one does not stand for a missed one of
+                // another pod (hundreds of pods becoming ready at once overflow the channel).
+                // Catch up with every pod's state now.
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "container updates missed; reporting every pod's state");
+                    for update in ctx.options.runtime.current_states() {
+                        if let Err(error) = write(&ctx, &update).await {
+                            tracing::warn!(pod = %update.name, %error, "container status not reported");
+                        }
+                    }
+                }
                 Err(RecvError::Closed) => return,
             }
         }

@@ -113,6 +113,14 @@ impl PodRuntime {
         }
     }
 
+    /// Every running pod's container state now (see [`RealPods::current_states`]).
+    pub fn current_states(&self) -> Vec<PodUpdate> {
+        match self {
+            PodRuntime::Simulated => Vec::new(),
+            PodRuntime::Real(pods) => pods.current_states(),
+        }
+    }
+
     /// Stop every pod (the simulator is shutting down).
     pub async fn shutdown(&self) {
         match self {

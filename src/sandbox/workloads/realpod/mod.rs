@@ -229,6 +229,21 @@ impl RealPods {
         container.pid()
     }
 
+    /// The current container state of every running pod, as updates: what a status manager
+    /// that missed some updates reports to catch up (an update is about one pod, so a later one
+    /// does not supersede a missed one of another pod).
+    pub fn current_states(&self) -> Vec<PodUpdate> {
+        lock(&self.pods)
+            .values()
+            .map(|pod| PodUpdate {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                containers: pod.statuses(),
+            })
+            .collect()
+    }
+
     /// The uids of the pods running now.
     pub fn running_pods(&self) -> Vec<String> {
         lock(&self.pods).keys().cloned().collect()
