@@ -70,7 +70,7 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    fn up(cluster: Option<&Path>) -> Sandbox {
+    fn up(cluster: Option<&Path>, nodes: usize) -> Sandbox {
         let mut state = tempfile::tempdir().unwrap();
         // FAULTLINE_BENCH_KEEP keeps the state directory (the processes' logs) for a look after.
         if std::env::var_os("FAULTLINE_BENCH_KEEP").is_some() {
@@ -85,7 +85,7 @@ impl Sandbox {
             dir,
             "up".into(),
         ];
-        args.extend(["--detach".into(), "--nodes".into(), "3".into()]);
+        args.extend(["--detach".into(), "--nodes".into(), nodes.to_string()]);
         if let Some(cluster) = cluster {
             args.extend(["--cluster".into(), cluster.display().to_string()]);
         }
@@ -394,7 +394,16 @@ async fn main() {
     let service = service().await;
     let mut rows = Vec::new();
     for cluster in clusters {
-        let sandbox = Sandbox::up((cluster == "real").then_some(real_kubeconfig.as_path()));
+        // A node takes at most 110 pods (its allocatable `pods`, which kube-scheduler honours):
+        // enough nodes for the largest size, and at least three.
+        let nodes = sizes
+            .iter()
+            .max()
+            .map_or(3, |most| most.div_ceil(100).max(3));
+        let sandbox = Sandbox::up(
+            (cluster == "real").then_some(real_kubeconfig.as_path()),
+            nodes,
+        );
         let client = sandbox.client().await;
         let prefix = sandbox.netns_prefix();
         for &pods in &sizes {
@@ -407,15 +416,20 @@ async fn main() {
                 results.push(one_run(&client, &service, pods, &name, &prefix).await);
             }
             let pick = |f: fn(&Run) -> f64| results.iter().map(f).collect::<Vec<f64>>();
-            rows.push(vec![
+            let row = vec![
                 cluster.to_string(),
                 pods.to_string(),
                 min_median_max(&pick(|r| r.injection)),
                 min_median_max(&pick(|r| r.break_to_gone)),
                 min_median_max(&pick(|r| r.recorded)),
                 format!("{memory:.1}"),
-            ]);
+            ];
+            // Each row as soon as it is measured: a later size that fails loses nothing.
+            eprintln!("  | {} |", row.join(" | "));
+            rows.push(row);
         }
+        // The pods go with the sandbox's kubelets; a real control plane keeps the objects.
+        remove_targets(&client).await;
         drop(sandbox);
     }
     println!(
@@ -429,6 +443,20 @@ async fn main() {
     for row in rows {
         println!("| {} |", row.join(" | "));
     }
+}
+
+/// Deletes the target Deployment and its pods (at once: no kubelet is left to confirm a
+/// graceful deletion once the sandbox is down).
+async fn remove_targets(client: &Client) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let _ = deployments.delete("target", &DeleteParams::default()).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let _ = pods
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels("app=target"),
+        )
+        .await;
 }
 
 fn machine() -> String {

@@ -213,7 +213,7 @@ pub struct LossFault {
     pub to: Option<NetworkScope>,
 }
 
-/// Limit bandwidth with a token bucket (tbf).
+/// Limit bandwidth: the pod's matching traffic goes through a capped htb class.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BandwidthFault {
