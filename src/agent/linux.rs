@@ -23,7 +23,7 @@ use super::nft::{self, Comment};
 use super::residual::{self, Places};
 use super::scope::Scope;
 use super::tag::InjectionTag;
-use super::{iptables, nfqueue, podfind, tc};
+use super::{iptables, nfqueue, nftables, podfind, tc};
 use crate::api::{Direction, NetworkFault, NetworkFaultKind};
 
 /// The pod-side interface qdisc faults act on. Every CNI we know names it so.
@@ -36,6 +36,8 @@ pub struct LinuxKernel {
     netdev_egress: bool,
     /// The namespace the pods' veths are in, when it is not the agent's own.
     node_netns: Option<PathBuf>,
+    /// The node namespace's nf_tables socket, open for the kernel's lifetime.
+    _node_socket: Option<nftables::KeptSocket>,
 }
 
 impl LinuxKernel {
@@ -55,7 +57,26 @@ impl LinuxKernel {
             nfqueue: NfqueueEngine::new(),
             netdev_egress: capabilities.nftables && nft::netdev_egress_available(),
             node_netns: None,
+            _node_socket: None,
         }
+        .keeping_node_socket()
+    }
+
+    /// Keeps a socket open in the node's namespace: each pod's steering is one transaction
+    /// there, and a socket closed after each would wait for the kernel (see
+    /// [`super::closer`]).
+    fn keeping_node_socket(mut self) -> Self {
+        self._node_socket = match self.host_netns() {
+            Ok(host) if self.capabilities.nftables => match nftables::keep_open(&host) {
+                Ok(kept) => Some(kept),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot keep a socket open in the node's namespace");
+                    None
+                }
+            },
+            _ => None,
+        };
+        self
     }
 
     /// Looks for the pods' veths (and puts node-side rules) in the network namespace at
@@ -63,7 +84,7 @@ impl LinuxKernel {
     /// for tests whose "node" is a namespace of their own.
     pub fn with_node_netns(mut self, path: impl Into<PathBuf>) -> Self {
         self.node_netns = Some(path.into());
-        self
+        self.keeping_node_socket()
     }
 
     fn host_netns(&self) -> Result<Netns, KernelError> {
@@ -394,6 +415,7 @@ impl Kernel for LinuxKernel {
             Ok(host) => host,
             Err(e) => return everyone(e),
         };
+        let started = std::time::Instant::now();
         let tags: Vec<InjectionTag> = items.iter().map(|i| i.tag.clone()).collect();
         let mechanisms = |item: &RevertItem| match item.mechanism {
             Some(m) => vec![m],
@@ -411,7 +433,9 @@ impl Kernel for LinuxKernel {
                 return everyone(gone);
             }
         };
+        let found = started.elapsed();
         let veth = nfqueue::host_veth(&pod, &host).ok();
+        let veth_found = started.elapsed();
         // Rules first: no packet is steered any more once these commit.
         if let Err(e) = nft::remove_all(&pod, &tags) {
             return everyone(KernelError::Failed(format!(
@@ -472,6 +496,7 @@ impl Kernel for LinuxKernel {
             }
             results.push(result);
         }
+        let removed = started.elapsed();
         let needs_iptables = items
             .iter()
             .any(|i| matches!(i.mechanism, Some(Mechanism::Iptables)));
@@ -480,6 +505,14 @@ impl Kernel for LinuxKernel {
             node: Some((&host, veth.as_deref())),
             iptables: needs_iptables,
         });
+        tracing::debug!(
+            pod = pod_uid,
+            find_ns_us = found.as_micros() as u64,
+            find_veth_us = (veth_found - found).as_micros() as u64,
+            remove_us = (removed - veth_found).as_micros() as u64,
+            snapshot_us = (started.elapsed() - removed).as_micros() as u64,
+            "revert stages"
+        );
         items
             .iter()
             .zip(results)

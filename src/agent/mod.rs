@@ -24,6 +24,7 @@
 //!   (through `writeback`).
 //! - [`testnet`]: throwaway network namespaces for root tests and benchmarks.
 pub mod admission;
+pub mod closer;
 pub mod converge;
 pub mod deadline;
 pub mod facts;

@@ -208,8 +208,27 @@ pub fn remove(ns: &Netns, tag: &InjectionTag) -> io::Result<bool> {
 
 /// Replaces these tables in `ns`, all in one transaction.
 pub fn replace(ns: &Netns, tables: &[Table]) -> io::Result<()> {
-    let batch: Vec<_> = tables.iter().flat_map(Table::replace).collect();
-    nftables::with_socket(ns, |socket| socket.commit(&batch))
+    replace_and_delete(ns, tables, &[])
+}
+
+/// Replaces these tables and deletes these (whether or not they exist), all in one
+/// transaction (merged with other threads' where `ns` keeps a socket: see
+/// [`nftables::commit`]).
+pub fn replace_and_delete(
+    ns: &Netns,
+    tables: &[Table],
+    doomed: &[(nftables::Family, String)],
+) -> io::Result<()> {
+    let batch: Vec<_> = tables
+        .iter()
+        .flat_map(Table::replace)
+        .chain(
+            doomed
+                .iter()
+                .flat_map(|(family, name)| nftables::table::delete(*family, name)),
+        )
+        .collect();
+    nftables::commit(ns, batch)
 }
 
 /// Applies (or replaces: desired state, one transaction) the partition of this injection,

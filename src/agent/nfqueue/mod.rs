@@ -556,10 +556,21 @@ impl NfqueueEngine {
         let queues = (state.first_queue(), state.workers.len() as u16);
         let t_state = t0.elapsed();
         let mut families = scope.families();
+        // The tables of the families in scope, and (same transaction) none of a family no
+        // longer in scope: the rewrite restarts the counters either way.
         let write = |families: &[AddrFamily]| {
-            nft::replace(
+            let stale: Vec<(NftFamily, String)> = [AddrFamily::V4, AddrFamily::V6]
+                .into_iter()
+                .filter(|f| !families.contains(f))
+                .map(|f| match f {
+                    AddrFamily::V4 => (NftFamily::Ip, tag.nft_table()),
+                    AddrFamily::V6 => (NftFamily::Ip6, tag.nft_table()),
+                })
+                .collect();
+            nft::replace_and_delete(
                 ns,
                 &steer::tables(tag, entry, scope, queues, gate, comment, families),
+                &stale,
             )
         };
         match write(&families) {
@@ -573,18 +584,6 @@ impl NfqueueEngine {
                     .push(format!("IPv6 traffic is not affected: {error}"));
             }
             Err(error) => return Err(error),
-        }
-        // Tables of families no longer in scope go; the rewrite restarted the counters.
-        for stale in [AddrFamily::V4, AddrFamily::V6] {
-            if !families.contains(&stale) {
-                let family = match stale {
-                    AddrFamily::V4 => NftFamily::Ip,
-                    AddrFamily::V6 => NftFamily::Ip6,
-                };
-                nftables::with_socket(ns, |socket| {
-                    socket.commit(&nftables::table::delete(family, &tag.nft_table()))
-                })?;
-            }
         }
         applied.rules_written = true;
         state.rebase(before, 0);

@@ -17,6 +17,7 @@
 //! the kernel, which drops the few in flight; new packets then bypass the queue
 //! (`--queue-bypass`).
 
+use crate::agent::closer;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
@@ -140,13 +141,18 @@ impl Worker {
         &self.shared.counters
     }
 
-    /// Releases everything held and waits for both threads (at most about the socket's read
-    /// timeout).
+    /// Releases every delayed packet and returns once they are released. The reader, which
+    /// notices the stop when a packet comes or within the socket's read timeout (and then
+    /// accepts whatever is still queued), and the socket, whose close waits for the kernel,
+    /// finish in the background.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
         {
             // Under the schedule lock, so the releaser cannot miss the wake-up between its
             // check of `stop` and its wait.
@@ -154,8 +160,27 @@ impl Worker {
             self.shared.stop.store(true, Ordering::SeqCst);
         }
         self.shared.wake.notify_all();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        let mut threads = self.threads.drain(..);
+        if let Some(releaser) = threads.next() {
+            let _ = releaser.join();
+        }
+        closer::drop_later(Lingering {
+            readers: threads.collect(),
+            _shared: Arc::clone(&self.shared),
+        });
+    }
+}
+
+/// A stopped worker's reader and its socket, joined and closed off the caller's path.
+struct Lingering {
+    readers: Vec<JoinHandle<()>>,
+    _shared: Arc<Shared>,
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
         }
     }
 }

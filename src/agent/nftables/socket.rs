@@ -153,7 +153,10 @@ impl NftSocket {
                 Err(e) => return Err(e.into()),
             };
             for (kind, _, seq, body) in wire::messages(&self.buf[..len]) {
-                if kind != NLMSG_ERROR || body.len() < 4 {
+                // A kept socket may still hold an answer to an earlier request: only this
+                // batch's count.
+                let ours = seq.wrapping_sub(first) < self.seq.wrapping_sub(first);
+                if kind != NLMSG_ERROR || body.len() < 4 || !ours {
                     continue;
                 }
                 let code = i32::from_ne_bytes(body[0..4].try_into().expect("4 bytes"));

@@ -1,0 +1,127 @@
+//! Root tests of the nf_tables commit path in the node's namespace: a kept socket (no close,
+//! so no wait for the kernel, per transaction) and merged transactions (one grace period for
+//! the pods applied together). Merging must never change an answer: every good batch lands,
+//! a bad one fails alone with its own error, whether merged or not.
+
+use std::io;
+
+use faultline::agent::nft;
+use faultline::agent::nftables::{self, Family, Hook, HookPoint, Table, Verdict};
+use faultline::agent::testnet::{TestNs, root_or_skip};
+
+/// A steering-like table: a base chain jumping to a regular chain with a counter.
+fn good(name: &str) -> Table {
+    let mut table = Table::new(Family::Ip, name, Some(format!("test {name}")));
+    let inner = table.chain("inner", None);
+    let pre = table.chain(
+        "pre",
+        Some(Hook {
+            point: HookPoint::Prerouting,
+            priority: -90,
+            device: None,
+        }),
+    );
+    table.rule(inner, &[], &[nftables::Expr::Counter], None);
+    table.rule(pre, &[], &[], Some(Verdict::Jump("inner".into())));
+    table
+}
+
+/// A table the kernel refuses: its rule jumps to a chain that does not exist.
+fn bad(name: &str) -> Table {
+    let mut table = Table::new(Family::Ip, name, None);
+    let pre = table.chain(
+        "pre",
+        Some(Hook {
+            point: HookPoint::Prerouting,
+            priority: -90,
+            device: None,
+        }),
+    );
+    table.rule(pre, &[], &[], Some(Verdict::Jump("nowhere".into())));
+    table
+}
+
+fn table_names(ns: &faultline::agent::netns::Netns) -> Vec<String> {
+    let mut names: Vec<String> = nftables::with_socket(ns, |socket| socket.tables())
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn merged_batches_answer_each_on_its_own_and_a_bad_one_fails_alone() {
+    if !root_or_skip("merged_batches_answer_each_on_its_own_and_a_bad_one_fails_alone") {
+        return;
+    }
+    let test_ns = TestNs::new("merge").unwrap();
+    let ns = test_ns.netns().unwrap();
+    let batches: Vec<Vec<nftables::Msg>> = ["t0", "t1", "broken", "t3"]
+        .iter()
+        .map(|name| {
+            if *name == "broken" {
+                bad(name).replace()
+            } else {
+                good(name).replace()
+            }
+        })
+        .collect();
+    let answers = nftables::commit_merged(&ns, &batches);
+    let outcome: Vec<bool> = answers.iter().map(Result::is_ok).collect();
+    assert_eq!(outcome, vec![true, true, false, true], "{answers:?}");
+    let refused = answers[2].as_ref().unwrap_err().to_string();
+    assert!(refused.contains("nf_tables refused"), "{refused}");
+    assert_eq!(table_names(&ns), vec!["t0", "t1", "t3"]);
+
+    // All good: one transaction, every answer Ok.
+    let batches: Vec<_> = ["u0", "u1"].iter().map(|n| good(n).replace()).collect();
+    assert!(
+        nftables::commit_merged(&ns, &batches)
+            .iter()
+            .all(Result::is_ok)
+    );
+    assert_eq!(table_names(&ns), vec!["t0", "t1", "t3", "u0", "u1"]);
+}
+
+#[test]
+fn concurrent_commits_through_a_kept_socket_all_land_and_a_bad_one_fails_alone() {
+    if !root_or_skip("concurrent_commits_through_a_kept_socket_all_land_and_a_bad_one_fails_alone")
+    {
+        return;
+    }
+    let test_ns = TestNs::new("kept").unwrap();
+    let ns = test_ns.netns().unwrap();
+    let kept = nftables::keep_open(&ns).unwrap();
+    let answers: Vec<(usize, io::Result<()>)> = std::thread::scope(|scope| {
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let ns = &ns;
+                scope.spawn(move || {
+                    let table = if i == 7 {
+                        bad(&format!("c{i:02}"))
+                    } else {
+                        good(&format!("c{i:02}"))
+                    };
+                    (i, nft::replace(ns, &[table]))
+                })
+            })
+            .collect();
+        tasks.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (i, answer) in &answers {
+        assert_eq!(answer.is_ok(), *i != 7, "batch {i}: {answer:?}");
+    }
+    let expected: Vec<String> = (0..24)
+        .filter(|i| *i != 7)
+        .map(|i| format!("c{i:02}"))
+        .collect();
+    assert_eq!(table_names(&ns), expected);
+
+    // The kept socket goes with its last guard; the namespace is then deleted on drop (an
+    // open socket would keep it alive, which `ip netns` cannot see, so only no error here).
+    drop(kept);
+    nft::replace(&ns, &[good("after")]).unwrap();
+    assert!(table_names(&ns).contains(&"after".to_string()));
+}
