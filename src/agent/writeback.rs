@@ -67,7 +67,16 @@ pub(super) fn rank(phase: InjectionPhase) -> u8 {
 #[derive(Clone)]
 pub(super) struct StatusWriter {
     client: Client,
-    versions: Arc<Mutex<HashMap<String, String>>>,
+    /// What our last write of each injection returned: newer than the watch cache's copy
+    /// until the watch catches up.
+    versions: Arc<Mutex<HashMap<String, Written>>>,
+}
+
+/// The parts of an injection as our own last write left it.
+#[derive(Clone, Debug)]
+struct Written {
+    resource_version: String,
+    finalizers: Vec<String>,
 }
 
 /// What a status write changes.
@@ -136,8 +145,23 @@ impl StatusWriter {
             self.versions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(uid, rv);
+                .insert(
+                    uid,
+                    Written {
+                        resource_version: rv,
+                        finalizers: written.finalizers().to_vec(),
+                    },
+                );
         }
+    }
+
+    fn written(&self, injection: &FaultInjection) -> Option<Written> {
+        let uid = injection.uid()?;
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uid)
+            .cloned()
     }
 
     pub fn forget(&self, uid: &str) {
@@ -151,13 +175,7 @@ impl StatusWriter {
     pub async fn write(&self, injection: &FaultInjection, change: StatusChange) -> bool {
         let api = api_for(&self.client, injection);
         let name = injection.name_any();
-        let cached = injection.uid().and_then(|uid| {
-            self.versions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&uid)
-                .cloned()
-        });
+        let cached = self.written(injection).map(|w| w.resource_version);
         // What we know of the object; the watch cache's copy may be behind, never ahead.
         let mut current: Option<FaultInjection> = Some(injection.clone());
         let mut version = cached.or_else(|| injection.resource_version());
@@ -204,34 +222,65 @@ impl StatusWriter {
 
     /// Adds or removes the agent's finalizer (a compare-and-swap on the resourceVersion:
     /// finalizers are a list that other writers, the controller, may change at the same time).
+    /// Based on our own last write when there is one (a status write just before is newer
+    /// than the watch's copy), and on a fresh read after a conflict.
     pub async fn set_finalizer(&self, injection: &FaultInjection, present: bool) {
-        let mut finalizers: Vec<String> = injection.finalizers().to_vec();
-        let has = finalizers.iter().any(|f| f == AGENT_FINALIZER);
-        if has == present {
-            return;
-        }
-        if present {
-            finalizers.push(AGENT_FINALIZER.to_string());
-        } else {
-            finalizers.retain(|f| f != AGENT_FINALIZER);
-        }
-        let patch = json!({"metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": injection.resource_version(),
-        }});
-        match api_for(&self.client, injection)
-            .patch(
-                &injection.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(written) => self.remember(&written),
-            Err(error) => {
-                tracing::debug!(injection = %key_of(injection), %error, "finalizer update lost a race; the next event retries");
+        let api = api_for(&self.client, injection);
+        let name = injection.name_any();
+        let (mut finalizers, mut version) = match self.written(injection) {
+            Some(written) => (written.finalizers, Some(written.resource_version)),
+            None => (
+                injection.finalizers().to_vec(),
+                injection.resource_version(),
+            ),
+        };
+        for _ in 0..CONFLICT_RETRIES {
+            let has = finalizers.iter().any(|f| f == AGENT_FINALIZER);
+            if has == present {
+                return;
+            }
+            if present {
+                finalizers.push(AGENT_FINALIZER.to_string());
+            } else {
+                finalizers.retain(|f| f != AGENT_FINALIZER);
+            }
+            let patch = json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": version,
+            }});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(written) if present => {
+                    self.remember(&written);
+                    return;
+                }
+                // Released: the object goes, and so does what we knew of it.
+                Ok(_) => {
+                    self.forget(&injection.uid().unwrap_or_default());
+                    return;
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    match api.get_opt(&name).await {
+                        Ok(Some(fresh)) => {
+                            finalizers = fresh.finalizers().to_vec();
+                            version = fresh.resource_version();
+                        }
+                        Ok(None) => return,
+                        Err(error) => {
+                            tracing::debug!(injection = %key_of(injection), %error, "cannot re-read the injection; the next event retries the finalizer");
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(injection = %key_of(injection), %error, "finalizer update failed; the next event retries");
+                    return;
+                }
             }
         }
+        tracing::debug!(injection = %key_of(injection), "finalizer update lost repeated races; the next event retries");
     }
 }
 
