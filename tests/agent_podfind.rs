@@ -101,3 +101,45 @@ fn a_pod_whose_processes_are_gone_is_not_found() {
         "{err}"
     );
 }
+
+#[test]
+fn a_remembered_process_that_is_gone_or_now_another_pods_is_not_trusted() {
+    if !root_or_skip(
+        "agent_podfind::a_remembered_process_that_is_gone_or_now_another_pods_is_not_trusted",
+    ) {
+        return;
+    }
+    // A lookup remembers where every pod was; the next one tries that first. The pod's first
+    // process goes and a second, in another namespace, takes over: the lookup must find the
+    // second, not the first's stale PID.
+    let (first_ns, second_ns) = (
+        TestNs::new("podfind5a").unwrap(),
+        TestNs::new("podfind5b").unwrap(),
+    );
+    let (uid, other_uid) = (uid(5), uid(6));
+    let cgroup = format!("kubepods/besteffort/pod{uid}");
+    let first =
+        PodProcess::in_cgroup(Path::new("/sys/fs/cgroup/pids"), &cgroup, Some(&first_ns)).unwrap();
+    let found = pod_netns(Path::new("/proc"), &uid).unwrap();
+    assert_eq!(found.id().unwrap(), first_ns.netns().unwrap().id().unwrap());
+    drop(first);
+    let second =
+        PodProcess::in_cgroup(Path::new("/sys/fs/cgroup/pids"), &cgroup, Some(&second_ns)).unwrap();
+    let found = pod_netns(Path::new("/proc"), &uid).unwrap();
+    assert_eq!(
+        found.id().unwrap(),
+        second_ns.netns().unwrap().id().unwrap()
+    );
+    // And another pod's lookup, answered from what this scan remembered, is its own.
+    let other_ns = TestNs::new("podfind5c").unwrap();
+    let other = PodProcess::in_cgroup(
+        Path::new("/sys/fs/cgroup/pids"),
+        &format!("kubepods/besteffort/pod{other_uid}"),
+        Some(&other_ns),
+    )
+    .unwrap();
+    let found = pod_netns(Path::new("/proc"), &other_uid).unwrap();
+    assert_eq!(found.id().unwrap(), other_ns.netns().unwrap().id().unwrap());
+    drop((second, other));
+    assert!(pod_netns(Path::new("/proc"), &uid).is_err());
+}

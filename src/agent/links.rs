@@ -43,6 +43,18 @@ pub fn links_here() -> io::Result<Vec<Link>> {
     Ok(answers.iter().filter_map(|a| parse(a)).collect())
 }
 
+/// The interface of `ns` with this index, if there is one.
+pub fn link_by_index(ns: &Netns, index: u32) -> io::Result<Option<Link>> {
+    ns.run(|| {
+        let mut socket = RouteSocket::open()?;
+        match socket.get(&Message::get_link(index), RTM_NEWLINK) {
+            Ok(answers) => Ok(answers.iter().find_map(|a| parse(a))),
+            Err(error) if error.errno() == Some(nix::errno::Errno::ENODEV) => Ok(None),
+            Err(error) => Err(io::Error::from(error)),
+        }
+    })?
+}
+
 /// The interfaces of `ns` but `lo`, by name.
 pub fn names_but_lo(ns: &Netns) -> io::Result<Vec<String>> {
     Ok(links(ns)?

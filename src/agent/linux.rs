@@ -329,6 +329,7 @@ impl Kernel for LinuxKernel {
             pod: &pod,
             node: Some((&host, veth.as_deref())),
             iptables: matches!(mechanism, Mechanism::Iptables),
+            node_qdisc: mechanism.is_qdisc(),
         })
         .map_err(failed("cannot read the namespaces' rules before the fault"))?;
         let snapshotted = started.elapsed();
@@ -504,6 +505,9 @@ impl Kernel for LinuxKernel {
             pod: &pod,
             node: Some((&host, veth.as_deref())),
             iptables: needs_iptables,
+            node_qdisc: items
+                .iter()
+                .any(|i| i.mechanism.is_none_or(|m| m.is_qdisc())),
         });
         tracing::debug!(
             pod = pod_uid,

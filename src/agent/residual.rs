@@ -27,25 +27,40 @@ pub struct Places<'a> {
     pub node: Option<(&'a Netns, Option<&'a str>)>,
     /// Include iptables chains (the fallback mechanisms).
     pub iptables: bool,
+    /// Include the veth's root qdisc on the node (qdisc mechanisms). Listing it reads every
+    /// qdisc of the node, which has one or more per pod; and only a qdisc mechanism's residue
+    /// can be a qdisc (see [`residual`]).
+    pub node_qdisc: bool,
 }
 
 /// Takes a snapshot.
 pub fn snapshot(places: &Places<'_>) -> io::Result<Snapshot> {
     let mut lines = Vec::new();
-    lines.extend(lines_of("pod", places.pod, None, places.iptables)?);
+    lines.extend(lines_of("pod", places.pod, Qdiscs::All, places.iptables)?);
     if let Some((node, veth)) = places.node {
-        lines.extend(lines_of("node", node, Some(veth), places.iptables)?);
+        let qdiscs = match veth {
+            Some(veth) if places.node_qdisc => Qdiscs::Of(veth),
+            _ => Qdiscs::None,
+        };
+        lines.extend(lines_of("node", node, qdiscs, places.iptables)?);
     }
     lines.sort();
     Ok(Snapshot { lines })
 }
 
-/// `only_interface`: `Some(veth)` restricts qdiscs to that interface (the node has many;
-/// `Some(None)`: none of them).
+/// Which root qdiscs a snapshot lists.
+#[derive(Clone, Copy)]
+enum Qdiscs<'a> {
+    All,
+    /// One interface's (the pod's veth on the node, which has many).
+    Of(&'a str),
+    None,
+}
+
 fn lines_of(
     place: &str,
     ns: &Netns,
-    only_interface: Option<Option<&str>>,
+    qdiscs: Qdiscs<'_>,
     iptables: bool,
 ) -> io::Result<Vec<String>> {
     let mut lines = Vec::new();
@@ -57,10 +72,13 @@ fn lines_of(
             table.name
         ));
     }
-    let roots = tc::root_qdiscs(ns)?;
+    let roots = match qdiscs {
+        Qdiscs::None => Vec::new(),
+        _ => tc::root_qdiscs(ns)?,
+    };
     for (ifname, root) in roots {
-        if let Some(only) = only_interface
-            && only != Some(ifname.as_str())
+        if let Qdiscs::Of(only) = qdiscs
+            && only != ifname
         {
             continue;
         }

@@ -143,6 +143,8 @@ pub async fn run<K: Kernel>(
         count_base: BTreeMap::new(),
         metrics: metrics.clone(),
         statuses,
+        counts_every: config.resync,
+        counted_at: None,
     };
     tracing::info!(
         nodes = ?config.nodes,
@@ -293,6 +295,11 @@ struct Agent<K> {
     count_base: BTreeMap<InjectionTag, QueueCounts>,
     metrics: AgentMetrics,
     statuses: StatusWriter,
+    /// Packet counts are read at most this often (the resync): reading them costs a listing
+    /// per injection in the node's namespace, and a burst of events (hundreds of injections
+    /// created or deleted) makes hundreds of steps.
+    counts_every: std::time::Duration,
+    counted_at: Option<std::time::Instant>,
 }
 
 /// One injection to apply.
@@ -414,7 +421,12 @@ impl<K: Kernel> Agent<K> {
         if !room_first {
             backlog = self.drain_gone(stale, DRAIN_CHUNK, &by_tag).await;
         }
-        if let Some(live) = live {
+        if let Some(live) = live
+            && self
+                .counted_at
+                .is_none_or(|at| at.elapsed() >= self.counts_every)
+        {
+            self.counted_at = Some(std::time::Instant::now());
             self.report_counts(live).await;
         }
         self.metrics.set_active(self.journal.len());

@@ -29,11 +29,11 @@ const POD_INTERFACE: &str = "eth0";
 
 /// The name of the pod's veth peer in the node's namespace.
 pub fn host_veth(pod: &Netns, host: &Netns) -> io::Result<String> {
-    Ok(find_host_link(pod, host)?.0.name)
+    Ok(find_host_link(pod, host)?.name)
 }
 
-/// The pod's peer link on the node, and the node's links.
-fn find_host_link(pod: &Netns, host: &Netns) -> io::Result<(Link, Vec<Link>)> {
+/// The pod's peer link on the node (asked for by its index: the node may have thousands).
+fn find_host_link(pod: &Netns, host: &Netns) -> io::Result<Link> {
     let pod_links = links::links(pod)?;
     let pod_link = pod_links
         .iter()
@@ -58,11 +58,8 @@ fn find_host_link(pod: &Netns, host: &Netns) -> io::Result<(Link, Vec<Link>)> {
             )
         })?;
     let peer_index = pod_link.peer_index.expect("filtered on peer_index");
-    let host_links = links::links(host)?;
-    let found = host_links
-        .iter()
-        .find(|l| l.index == peer_index && l.peer_index == Some(pod_link.index))
-        .cloned()
+    links::link_by_index(host, peer_index)?
+        .filter(|l| l.peer_index == Some(pod_link.index))
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -73,8 +70,7 @@ fn find_host_link(pod: &Netns, host: &Netns) -> io::Result<(Link, Vec<Link>)> {
                     host.path().display()
                 ),
             )
-        })?;
-    Ok((found, host_links))
+        })
 }
 
 /// How the pod's veth is attached on the node, which decides the iptables match.
@@ -97,11 +93,11 @@ impl HostPort {
 /// The pod's host-side port, with br_netfilter made to pass its frames to iptables when it is
 /// a bridge port. The second value says what we changed, if anything.
 pub fn host_port(pod: &Netns, host: &Netns) -> io::Result<(HostPort, Option<String>)> {
-    let (link, host_links) = find_host_link(pod, host)?;
-    let master = link
-        .master
-        .and_then(|index| host_links.iter().find(|l| l.index == index))
-        .map(|l| l.name.clone());
+    let link = find_host_link(pod, host)?;
+    let master = match link.master {
+        Some(index) => links::link_by_index(host, index)?.map(|l| l.name),
+        None => None,
+    };
     match (link.slave_kind.as_deref(), master) {
         (None, _) => Ok((HostPort::Routed { veth: link.name }, None)),
         (Some("bridge"), Some(bridge)) => {

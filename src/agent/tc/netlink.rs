@@ -155,6 +155,15 @@ impl Message {
         msg
     }
 
+    /// One link by its index (a request, not a dump: no walk over every interface).
+    pub(crate) fn get_link(index: u32) -> Self {
+        let mut msg = Self::new(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, "get a link".into());
+        let mut header = [0u8; IFINFOMSG_LEN];
+        header[4..8].copy_from_slice(&index.to_ne_bytes());
+        msg.buf.extend_from_slice(&header);
+        msg
+    }
+
     pub(crate) fn what(&self) -> &str {
         &self.what
     }
@@ -379,6 +388,40 @@ impl RouteSocket {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Sends a request that asks for an acknowledgement and returns the payload of every
+    /// answer of `reply_type` before it.
+    pub(crate) fn get(
+        &mut self,
+        request: &Message,
+        reply_type: u16,
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        let seq = self.next_seq();
+        self.send(&request.encode(seq))?;
+        let mut out = Vec::new();
+        loop {
+            for reply in self.receive()? {
+                if reply.seq != seq {
+                    continue;
+                }
+                match reply.msg_type {
+                    NLMSG_ERROR => {
+                        let errno = ack_errno(&reply.payload)?;
+                        if errno == 0 {
+                            return Ok(out);
+                        }
+                        return Err(NetlinkError::Refused {
+                            what: request.what().to_string(),
+                            qdisc_kind: None,
+                            errno: Errno::from_raw(errno),
+                        });
+                    }
+                    t if t == reply_type => out.push(reply.payload),
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Sends a dump request and returns the payload of every message of the answer.
