@@ -216,11 +216,32 @@ async fn scale(client: &Client, pods: usize) {
         )
         .await
         .unwrap();
+    // Ready as the controller selects them: each pod Running with its Ready condition, not
+    // going away (the Deployment's readyReplicas can count one whose pod object lags).
+    let pod_api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let started = Instant::now();
     loop {
         let d = deployments.get("target").await.unwrap();
-        let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0) as usize;
-        if ready >= pods {
+        let replicas_ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0) as usize;
+        let listed = pod_api
+            .list(&ListParams::default().labels("app=target"))
+            .await
+            .unwrap()
+            .items;
+        let ready = listed
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.phase.as_deref() == Some("Running")
+                        && s.conditions
+                            .iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if replicas_ready >= pods && ready >= pods {
             break;
         }
         assert!(
@@ -275,10 +296,21 @@ async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, pr
         if applied >= pods {
             break created.elapsed().as_secs_f64();
         }
-        assert!(
-            created.elapsed() < Duration::from_secs(300),
-            "{applied} of {pods} applied"
-        );
+        if created.elapsed() > Duration::from_secs(300) {
+            let status = experiments
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default();
+            panic!(
+                "{applied} of {pods} applied ({} FaultInjections, {} targets recorded); experiment {:?}: {}",
+                list.len(),
+                status.targets.len(),
+                status.phase,
+                status.message.unwrap_or_default()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let targets: Vec<String> = injections
