@@ -10,8 +10,6 @@
 mod common;
 mod k8s_objects;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use common::TestCluster;
@@ -32,78 +30,24 @@ const RELEASE_NS: &str = "faultline-system";
 const CONTROLLER: &str = "faultline-controller";
 const AGENT: &str = "faultline-agent";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Every object of the chart but the workloads (no kubelet runs their pods here); without the
-/// admission policies when `policies` is false.
+/// The chart's identities, permissions and (when `policies`) admission policies: every object
+/// but the workloads (no kubelet runs their pods here).
 fn chart_policies_and_rbac(policies: bool) -> Vec<Value> {
-    let home = std::env::temp_dir().join("faultline-helm-blast-radius");
-    let out = Command::new(repo().join(".tools/bin/helm"))
-        .args([
-            "template",
-            "faultline",
-            "charts/faultline",
-            "-n",
-            RELEASE_NS,
-        ])
-        .current_dir(repo())
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    k8s_objects::parse_documents(&String::from_utf8_lossy(&out.stdout), "helm template")
+    k8s_objects::rendered_chart(RELEASE_NS)
         .into_iter()
+        .filter(k8s_objects::is_access_object)
         .filter(|o| {
-            matches!(
-                o["kind"].as_str(),
-                Some(
-                    "ServiceAccount"
-                        | "ClusterRole"
-                        | "ClusterRoleBinding"
-                        | "Role"
-                        | "RoleBinding"
-                        | "ValidatingAdmissionPolicy"
-                        | "ValidatingAdmissionPolicyBinding"
-                )
-            ) && (policies
+            policies
                 || !o["kind"]
                     .as_str()
                     .unwrap()
-                    .starts_with("ValidatingAdmission"))
+                    .starts_with("ValidatingAdmission")
         })
         .collect()
 }
 
 async fn apply(client: &Client, object: &Value) {
-    let types: kube::core::TypeMeta = serde_json::from_value(object.clone()).unwrap();
-    let gvk = kube::core::GroupVersionKind::try_from(&types).unwrap();
-    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
-    let name = object["metadata"]["name"].as_str().unwrap();
-    let api: Api<kube::api::DynamicObject> = match caps.scope {
-        kube::discovery::Scope::Namespaced => Api::namespaced_with(
-            client.clone(),
-            object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or(RELEASE_NS),
-            &resource,
-        ),
-        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
-    };
-    api.patch(
-        name,
-        &PatchParams::apply("faultline-tests").force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    common::cluster::apply_object(client, object, RELEASE_NS).await;
 }
 
 async fn pod(client: &Client, namespace: &str, name: &str, labels: Value, account: &str) {

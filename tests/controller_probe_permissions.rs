@@ -15,7 +15,7 @@
 mod common;
 mod k8s_objects;
 
-use std::{path::Path, process::Command, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use common::{TestCluster, wait_for};
 use faultline::{
@@ -32,74 +32,17 @@ use serde_json::{Value, json};
 const RELEASE_NS: &str = "faultline-system";
 const CONTROLLER: &str = "faultline-controller";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The chart's ServiceAccounts, RBAC and admission policies, with default values.
 fn chart_rbac() -> Vec<Value> {
-    let home = std::env::temp_dir().join("faultline-helm-probe-permissions");
-    let out = Command::new(repo().join(".tools/bin/helm"))
-        .args([
-            "template",
-            "faultline",
-            "charts/faultline",
-            "-n",
-            RELEASE_NS,
-        ])
-        .current_dir(repo())
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    k8s_objects::parse_documents(&String::from_utf8_lossy(&out.stdout), "helm template")
+    k8s_objects::rendered_chart(RELEASE_NS)
         .into_iter()
-        .filter(|o| {
-            matches!(
-                o["kind"].as_str(),
-                Some(
-                    "ServiceAccount"
-                        | "ClusterRole"
-                        | "ClusterRoleBinding"
-                        | "Role"
-                        | "RoleBinding"
-                        | "ValidatingAdmissionPolicy"
-                        | "ValidatingAdmissionPolicyBinding"
-                )
-            )
-        })
+        .filter(k8s_objects::is_access_object)
         .collect()
 }
 
 /// Server-side apply of any object, as an admin.
 async fn apply(client: &Client, object: &Value) {
-    let types: kube::core::TypeMeta = serde_json::from_value(object.clone()).unwrap();
-    let gvk = kube::core::GroupVersionKind::try_from(&types).unwrap();
-    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
-    let name = object["metadata"]["name"].as_str().unwrap();
-    let api: Api<kube::api::DynamicObject> = match caps.scope {
-        kube::discovery::Scope::Namespaced => Api::namespaced_with(
-            client.clone(),
-            object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or(RELEASE_NS),
-            &resource,
-        ),
-        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
-    };
-    api.patch(
-        name,
-        &PatchParams::apply("faultline-tests").force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    common::cluster::apply_object(client, object, RELEASE_NS).await;
 }
 
 struct Bed {

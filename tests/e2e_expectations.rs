@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{real_cluster_requested, real_kubeconfig};
 use faultline::agent::testnet::root_or_skip;
-use k8s_objects::parse_documents;
 
 const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 
@@ -318,31 +317,6 @@ impl Drop for Process {
     }
 }
 
-/// The chart as `helm template` renders it with default values.
-fn rendered_chart() -> Vec<serde_json::Value> {
-    let home = std::env::temp_dir().join("faultline-helm-e2e");
-    let out = Command::new(repo().join(".tools/bin/helm"))
-        .args([
-            "template",
-            "faultline",
-            "charts/faultline",
-            "-n",
-            "faultline-system",
-        ])
-        .current_dir(repo())
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_documents(&String::from_utf8_lossy(&out.stdout), "helm template")
-}
-
 /// The container args the chart gives `kind/name`, with `$(VAR)` filled in, our own flags
 /// (addresses, paths, the node list) in place of what only a pod has.
 fn chart_args(
@@ -458,23 +432,10 @@ async fn on_the_real_control_plane() {
 
     // The chart's identities and permissions, applied as a cluster admin would with helm.
     common::cluster::apply_namespace(&cluster.client().await, "faultline-system", false).await;
-    let chart = rendered_chart();
+    let chart = k8s_objects::rendered_chart("faultline-system");
     let rbac: Vec<&serde_json::Value> = chart
         .iter()
-        .filter(|o| {
-            matches!(
-                o["kind"].as_str(),
-                Some(
-                    "ServiceAccount"
-                        | "ClusterRole"
-                        | "ClusterRoleBinding"
-                        | "Role"
-                        | "RoleBinding"
-                        | "ValidatingAdmissionPolicy"
-                        | "ValidatingAdmissionPolicyBinding"
-                )
-            )
-        })
+        .filter(|o| k8s_objects::is_access_object(o))
         .collect();
     assert!(
         rbac.len() >= 10,

@@ -287,6 +287,32 @@ pub async fn node_with_agent(client: &Client, name: &str) {
 
 /// Namespace `name` with faultline's opt-in label or without it, whatever it had before (server-
 /// side apply by the tests' own field manager).
+/// Server-side apply of any object (kind found through discovery), as the client's user; a
+/// namespaced object without a namespace goes to `default_namespace`.
+pub async fn apply_object(client: &Client, object: &serde_json::Value, default_namespace: &str) {
+    let types: kube::core::TypeMeta = serde_json::from_value(object.clone()).unwrap();
+    let gvk = kube::core::GroupVersionKind::try_from(&types).unwrap();
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let name = object["metadata"]["name"].as_str().unwrap();
+    let api: Api<DynamicObject> = match caps.scope {
+        kube::discovery::Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(default_namespace),
+            &resource,
+        ),
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("faultline-tests").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+}
+
 pub async fn apply_namespace(client: &Client, name: &str, opted_in: bool) {
     let labels = if opted_in {
         serde_json::json!({faultline::api::NAMESPACE_OPT_IN_LABEL: faultline::api::NAMESPACE_OPT_IN_VALUE})

@@ -21,6 +21,44 @@ use k8s_openapi::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+/// The chart as `helm template` renders it with default values, release `faultline` in
+/// `namespace` (helm from `.tools/bin`, which `make tools` installs).
+pub fn rendered_chart(namespace: &str) -> Vec<Value> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let home = std::env::temp_dir().join(format!("faultline-helm-{}", std::process::id()));
+    let out = std::process::Command::new(repo.join(".tools/bin/helm"))
+        .args(["template", "faultline", "charts/faultline", "-n", namespace])
+        .current_dir(repo)
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_documents(&String::from_utf8_lossy(&out.stdout), "helm template")
+}
+
+/// Whether `object` is one of the chart's identities, permissions or admission policies: what
+/// an admin applies before the workloads.
+pub fn is_access_object(object: &Value) -> bool {
+    matches!(
+        object["kind"].as_str(),
+        Some(
+            "ServiceAccount"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "Role"
+                | "RoleBinding"
+                | "ValidatingAdmissionPolicy"
+                | "ValidatingAdmissionPolicyBinding"
+        )
+    )
+}
+
 /// Every non-empty document of a multi-document YAML stream, as JSON values.
 pub fn parse_documents(text: &str, origin: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)

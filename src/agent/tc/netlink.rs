@@ -397,35 +397,21 @@ impl RouteSocket {
         request: &Message,
         reply_type: u16,
     ) -> Result<Vec<Vec<u8>>, NetlinkError> {
-        let seq = self.next_seq();
-        self.send(&request.encode(seq))?;
-        let mut out = Vec::new();
-        loop {
-            for reply in self.receive()? {
-                if reply.seq != seq {
-                    continue;
-                }
-                match reply.msg_type {
-                    NLMSG_ERROR => {
-                        let errno = ack_errno(&reply.payload)?;
-                        if errno == 0 {
-                            return Ok(out);
-                        }
-                        return Err(NetlinkError::Refused {
-                            what: request.what().to_string(),
-                            qdisc_kind: None,
-                            errno: Errno::from_raw(errno),
-                        });
-                    }
-                    t if t == reply_type => out.push(reply.payload),
-                    _ => {}
-                }
-            }
-        }
+        self.collect(request, reply_type)
     }
 
     /// Sends a dump request and returns the payload of every message of the answer.
     pub(crate) fn dump(
+        &mut self,
+        request: &Message,
+        reply_type: u16,
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        self.collect(request, reply_type)
+    }
+
+    /// The answers of `reply_type` to `request`, until the dump's end or the acknowledgement
+    /// (an error code of 0); any other code is the refusal.
+    fn collect(
         &mut self,
         request: &Message,
         reply_type: u16,
@@ -442,6 +428,9 @@ impl RouteSocket {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
                         let errno = ack_errno(&reply.payload)?;
+                        if errno == 0 {
+                            return Ok(out);
+                        }
                         return Err(NetlinkError::Refused {
                             what: request.what().to_string(),
                             qdisc_kind: None,
