@@ -61,14 +61,13 @@ async fn a_pod_kill_below_the_ready_minimum_aborts_with_the_count_in_the_reason(
     assert_eq!(status.verdict, Some(Verdict::Aborted));
     assert_eq!(status.reason.as_deref(), Some("ProbeFailed"));
     let message = status.message.clone().unwrap_or_default();
-    assert!(
-        message
-            .contains("probe web-ready: deployments/web: 2 of 2 pods Ready, expected at least 3")
-            || message.contains(
-                "probe web-ready: deployments/web: 2 of 3 pods Ready, expected at least 3"
-            ),
-        "{message}"
-    );
+    // Two Ready; the total is 2, 3 or, on a real control plane whose ReplicaSet made the
+    // replacement before the killed pod was gone, 4.
+    let total = message
+        .strip_prefix("probe web-ready: deployments/web: 2 of ")
+        .and_then(|rest| rest.split_once(" pods Ready, expected at least 3"))
+        .map(|(total, _)| total);
+    assert!(matches!(total, Some("2" | "3" | "4")), "{message}");
     workloads.shutdown().await;
     h.stop().await;
 }
