@@ -515,3 +515,114 @@ fn several_faults_of_a_pod_revert_in_one_pass() {
     assert!(nft::owned(&ns).unwrap().is_empty());
     assert!(connects(&node, 1, 0, 7106));
 }
+
+#[test]
+fn the_faults_of_many_pods_revert_in_one_pass_each_judged_on_its_own() {
+    if !root_or_skip(
+        "agent_linux::the_faults_of_many_pods_revert_in_one_pass_each_judged_on_its_own",
+    ) {
+        return;
+    }
+    use faultline::agent::kernel::{KernelError, RevertItem};
+    let node = TestNode::new(4).unwrap();
+    let _pods: Vec<PodProcess> = (0..3)
+        .map(|n| PodProcess::start(&node.pods[n].ns, &uid(30 + n as u32)).unwrap())
+        .collect();
+    let kernel = kernel_for(&node);
+    let latency = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: "20ms".into(),
+            direction: Direction::Both,
+            ..Default::default()
+        }),
+        peer_cidrs: vec![format!("{}/32", node.pods[3].ip)],
+        ..Default::default()
+    };
+    let item = |tag: InjectionTag, mechanism, baseline| RevertItem {
+        tag,
+        mechanism: Some(mechanism),
+        baseline,
+    };
+    let mut work: Vec<(String, Vec<RevertItem>)> = Vec::new();
+    // Queued latency on pods 0 and 1 (a steering table each on the node), a bandwidth cap and a
+    // partition on pod 2, and a pod that is gone between them.
+    for n in 0..2u32 {
+        let applied = kernel
+            .apply(
+                &uid(30 + n),
+                &tag(30 + n),
+                &latency,
+                Mechanism::Nfqueue,
+                &later(),
+            )
+            .unwrap();
+        work.push((
+            uid(30 + n),
+            vec![item(tag(30 + n), Mechanism::Nfqueue, applied.baseline)],
+        ));
+    }
+    work.insert(1, (uid(39), vec![item(tag(39), Mechanism::Nftables, None)]));
+    let cap = NetworkFault {
+        bandwidth: Some(faultline::api::BandwidthFault {
+            rate: "8mbit".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let capped = kernel
+        .apply(&uid(32), &tag(32), &cap, Mechanism::Htb, &later())
+        .unwrap();
+    let cut = kernel
+        .apply(
+            &uid(32),
+            &tag(33),
+            &partition(node.pods[3].ip),
+            Mechanism::Nftables,
+            &later(),
+        )
+        .unwrap();
+    work.push((
+        uid(32),
+        vec![
+            item(tag(32), Mechanism::Htb, capped.baseline),
+            item(tag(33), Mechanism::Nftables, cut.baseline),
+        ],
+    ));
+    let host = node.host.netns().unwrap();
+    assert!(
+        nft::owned(&host).unwrap().len() >= 2,
+        "the queued latencies' steering tables on the node"
+    );
+
+    let results = kernel.revert_pods(&work);
+
+    let shape: Vec<usize> = results.iter().map(Vec::len).collect();
+    assert_eq!(shape, vec![1, 1, 1, 2], "one result per item, in order");
+    assert!(
+        matches!(results[1][0], Err(KernelError::TargetGone(_))),
+        "{:?}",
+        results[1]
+    );
+    for result in [
+        &results[0][0],
+        &results[2][0],
+        &results[3][0],
+        &results[3][1],
+    ] {
+        assert_eq!(result.as_ref().unwrap().residual, Vec::<String>::new());
+    }
+    assert!(nft::owned(&host).unwrap().is_empty(), "the node's tables");
+    for n in 0..3 {
+        let ns = node.pods[n].ns.netns().unwrap();
+        assert!(nft::owned(&ns).unwrap().is_empty(), "pod {n}'s tables");
+        assert!(
+            faultline::agent::tc::owned(&ns).unwrap().is_empty(),
+            "pod {n}'s qdiscs"
+        );
+    }
+    assert!(
+        faultline::agent::tc::owned(&host).unwrap().is_empty(),
+        "the veths' qdiscs"
+    );
+    assert!(connects(&node, 3, 2, 7130), "the partition healed");
+}

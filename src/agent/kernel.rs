@@ -242,6 +242,17 @@ pub trait Kernel: Send + Sync + 'static {
             .map(|item| self.revert(pod_uid, &item.tag, item.mechanism, item.baseline.as_deref()))
             .collect()
     }
+    /// Removes the faults of many pods, one result list per pod (one result per item), in
+    /// order. A kernel that can share work between pods (the node's namespace once for all)
+    /// overrides this.
+    fn revert_pods(
+        &self,
+        pods: &[(String, Vec<RevertItem>)],
+    ) -> Vec<Vec<Result<RevertedFault, KernelError>>> {
+        pods.iter()
+            .map(|(pod, items)| self.revert_pod(pod, items))
+            .collect()
+    }
     /// Removes what is left of faults whose pods are gone (their namespaces took the pod-side
     /// rules with them): the node-side rules and workers, many at once. (pod uid, tag) pairs.
     fn revert_gone(&self, items: &[(String, InjectionTag)]) -> Result<(), KernelError> {

@@ -26,6 +26,8 @@ use super::tag::InjectionTag;
 use super::{iptables, nfqueue, nftables, podfind, tc};
 use crate::api::{Direction, NetworkFault, NetworkFaultKind};
 
+mod revert;
+
 /// The pod-side interface qdisc faults act on. Every CNI we know names it so.
 const POD_INTERFACE: &str = "eth0";
 
@@ -382,7 +384,7 @@ impl Kernel for LinuxKernel {
                 Some(notes) => format!("{described}: {notes}"),
                 None => described,
             },
-            baseline: Some(baseline.to_text()),
+            baseline: Some(baseline.about(tag).to_text()),
         })
     }
 
@@ -403,143 +405,22 @@ impl Kernel for LinuxKernel {
             .expect("one result per item")
     }
 
-    /// One pass for the pod: every table of these injections in the pod's namespace in one
-    /// transaction and in the node's in another, then the workers and qdiscs, then one snapshot
-    /// to judge each injection's residue.
+    /// See [`LinuxKernel::revert_many`].
     fn revert_pod(
         &self,
         pod_uid: &str,
         items: &[RevertItem],
     ) -> Vec<Result<RevertedFault, KernelError>> {
-        let everyone = |error: KernelError| items.iter().map(|_| Err(error.clone())).collect();
-        let host = match self.host_netns() {
-            Ok(host) => host,
-            Err(e) => return everyone(e),
-        };
-        let started = std::time::Instant::now();
-        let tags: Vec<InjectionTag> = items.iter().map(|i| i.tag.clone()).collect();
-        let mechanisms = |item: &RevertItem| match item.mechanism {
-            Some(m) => vec![m],
-            // Crashed while applying: we do not know how far it got; remove whatever is ours.
-            None => Mechanism::ALL.to_vec(),
-        };
-        let pod = match self.pod_netns(pod_uid) {
-            Ok(pod) => pod,
-            Err(gone) => {
-                // The pod's namespace went with the pod; what is on the node's side did not.
-                let _ = nft::remove_all(&host, &tags);
-                for tag in &tags {
-                    let _ = self.nfqueue.remove_in(tag, &[&host]);
-                }
-                return everyone(gone);
-            }
-        };
-        let found = started.elapsed();
-        let veth = nfqueue::host_veth(&pod, &host).ok();
-        let veth_found = started.elapsed();
-        // Rules first: no packet is steered any more once these commit.
-        if let Err(e) = nft::remove_all(&pod, &tags) {
-            return everyone(KernelError::Failed(format!(
-                "removing nftables tables: {e}"
-            )));
-        }
-        if let Err(e) = nft::remove_all(&host, &tags) {
-            return everyone(KernelError::Failed(format!(
-                "removing nftables tables on the node: {e}"
-            )));
-        }
-        let mut results: Vec<Result<(), KernelError>> = Vec::with_capacity(items.len());
-        for item in items {
-            let mut result = Ok(());
-            for mechanism in mechanisms(item) {
-                let step = match mechanism {
-                    Mechanism::Nftables => Ok(()),
-                    Mechanism::Iptables => iptables::remove(&pod, &item.tag)
-                        .map(drop)
-                        .map_err(failed("removing the iptables chain")),
-                    Mechanism::Nfqueue => {
-                        // Tables are gone; stop the workers (they release what they hold).
-                        let mut step = self
-                            .nfqueue
-                            .remove_in(&item.tag, &[])
-                            .map(drop)
-                            .map_err(failed("stopping the NFQUEUE workers"));
-                        if step.is_ok()
-                            && (self.nfqueue.steering() == Steering::Iptables
-                                || item.mechanism.is_none())
-                        {
-                            step = [&pod, &host]
-                                .into_iter()
-                                .try_for_each(|ns| {
-                                    nfqueue::remove_legacy_chain(ns, &item.tag).map(drop)
-                                })
-                                .map_err(failed("removing the NFQUEUE chain"));
-                        }
-                        step
-                    }
-                    Mechanism::Netem | Mechanism::Htb => {
-                        let mut step = remove_tree_unless_claimed(&pod, POD_INTERFACE, &tags)
-                            .map(drop)
-                            .map_err(failed("removing the qdisc"));
-                        if step.is_ok()
-                            && let Some(veth) = &veth
-                        {
-                            step = remove_tree_unless_claimed(&host, veth, &tags)
-                                .map(drop)
-                                .map_err(failed("removing the qdisc"));
-                        }
-                        step
-                    }
-                };
-                if step.is_err() && result.is_ok() {
-                    result = step;
-                }
-            }
-            results.push(result);
-        }
-        let removed = started.elapsed();
-        let needs_iptables = items
-            .iter()
-            .any(|i| matches!(i.mechanism, Some(Mechanism::Iptables)));
-        let after = residual::snapshot(&Places {
-            pod: &pod,
-            node: Some((&host, veth.as_deref())),
-            iptables: needs_iptables,
-            node_qdisc: items
-                .iter()
-                .any(|i| i.mechanism.is_none_or(|m| m.is_qdisc())),
-        });
-        tracing::debug!(
-            pod = pod_uid,
-            find_ns_us = found.as_micros() as u64,
-            find_veth_us = (veth_found - found).as_micros() as u64,
-            remove_us = (removed - veth_found).as_micros() as u64,
-            snapshot_us = (started.elapsed() - removed).as_micros() as u64,
-            "revert stages"
-        );
-        items
-            .iter()
-            .zip(results)
-            .map(|(item, result)| {
-                result?;
-                let Some(before) = item
-                    .baseline
-                    .as_deref()
-                    .and_then(residual::Snapshot::from_text)
-                else {
-                    return Ok(RevertedFault::default());
-                };
-                let after = after.as_ref().map_err(|e| {
-                    KernelError::Failed(format!(
-                        "cannot read the namespaces' rules after the revert: {e}"
-                    ))
-                })?;
-                let qdisc = item.mechanism.is_none_or(|m| m.is_qdisc());
-                Ok(RevertedFault {
-                    residual: residual::residual(&before, after, &item.tag, qdisc),
-                })
-            })
-            .collect()
+        self.revert_many(&[(pod_uid.to_string(), items.to_vec())])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn revert_pods(
+        &self,
+        pods: &[(String, Vec<RevertItem>)],
+    ) -> Vec<Vec<Result<RevertedFault, KernelError>>> {
+        self.revert_many(pods)
     }
 
     /// One listing and one transaction in the node's namespace for all of them, whatever

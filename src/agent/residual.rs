@@ -9,7 +9,7 @@
 //! pod's namespace and of the pod's veth on the node; the iptables fallback adds its `FL-`
 //! chains (that one runs `iptables-save`, as its rules do).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use super::netns::Netns;
@@ -35,34 +35,69 @@ pub struct Places<'a> {
 
 /// Takes a snapshot.
 pub fn snapshot(places: &Places<'_>) -> io::Result<Snapshot> {
-    let mut lines = Vec::new();
-    lines.extend(lines_of("pod", places.pod, Qdiscs::All, places.iptables)?);
-    if let Some((node, veth)) = places.node {
-        let qdiscs = match veth {
-            Some(veth) if places.node_qdisc => Qdiscs::Of(veth),
-            _ => Qdiscs::None,
-        };
-        lines.extend(lines_of("node", node, qdiscs, places.iptables)?);
+    let pod = pod_lines(places.pod, places.iptables)?;
+    let Some((node, veth)) = places.node else {
+        return Ok(Snapshot::sorted(pod));
+    };
+    let veths: BTreeSet<String> = veth
+        .filter(|_| places.node_qdisc)
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    Ok(node_lines(node, &veths, places.iptables)?.with_pod(pod, veth))
+}
+
+/// The pod's part of a snapshot: its tables, every root qdisc, (`iptables`) its chains.
+pub fn pod_lines(pod: &Netns, iptables: bool) -> io::Result<Vec<String>> {
+    let mut lines = lines_of("pod", pod, iptables)?;
+    for (ifname, root) in tc::root_qdiscs(pod)? {
+        if !root.is_default() {
+            lines.push(qdisc_line("pod", &root.to_string(), &ifname));
+        }
     }
-    lines.sort();
-    Ok(Snapshot { lines })
+    Ok(lines)
 }
 
-/// Which root qdiscs a snapshot lists.
-#[derive(Clone, Copy)]
-enum Qdiscs<'a> {
-    All,
-    /// One interface's (the pod's veth on the node, which has many).
-    Of(&'a str),
-    None,
+/// The node's part of the snapshots of many pods, read once: its tables, (`iptables`) its
+/// chains, and the root qdiscs of `veths` only (the node has one or more per pod).
+pub fn node_lines(node: &Netns, veths: &BTreeSet<String>, iptables: bool) -> io::Result<NodeLines> {
+    let shared = lines_of("node", node, iptables)?;
+    let mut qdiscs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if !veths.is_empty() {
+        for (ifname, root) in tc::root_qdiscs(node)? {
+            if veths.contains(&ifname) && !root.is_default() {
+                let line = qdisc_line("node", &root.to_string(), &ifname);
+                qdiscs.entry(ifname).or_default().push(line);
+            }
+        }
+    }
+    Ok(NodeLines { shared, qdiscs })
 }
 
-fn lines_of(
-    place: &str,
-    ns: &Netns,
-    qdiscs: Qdiscs<'_>,
-    iptables: bool,
-) -> io::Result<Vec<String>> {
+/// What the node's namespace holds, as snapshot lines (see [`node_lines`]).
+pub struct NodeLines {
+    shared: Vec<String>,
+    qdiscs: BTreeMap<String, Vec<String>>,
+}
+
+impl NodeLines {
+    /// One pod's snapshot: its own lines, the node's, and the root qdisc of its veth there.
+    pub fn with_pod(&self, pod: Vec<String>, veth: Option<&str>) -> Snapshot {
+        let mut lines = pod;
+        lines.extend(self.shared.iter().cloned());
+        if let Some(qdiscs) = veth.and_then(|v| self.qdiscs.get(v)) {
+            lines.extend(qdiscs.iter().cloned());
+        }
+        Snapshot::sorted(lines)
+    }
+}
+
+fn qdisc_line(place: &str, root: &str, ifname: &str) -> String {
+    format!("{place}: tc root {root} on {ifname}")
+}
+
+/// Tables and (`iptables`) chains of a namespace.
+fn lines_of(place: &str, ns: &Netns, iptables: bool) -> io::Result<Vec<String>> {
     let mut lines = Vec::new();
     let tables = nftables::with_socket(ns, |socket| socket.tables())?;
     for table in tables {
@@ -71,21 +106,6 @@ fn lines_of(
             table.family.name(),
             table.name
         ));
-    }
-    let roots = match qdiscs {
-        Qdiscs::None => Vec::new(),
-        _ => tc::root_qdiscs(ns)?,
-    };
-    for (ifname, root) in roots {
-        if let Qdiscs::Of(only) = qdiscs
-            && only != ifname
-        {
-            continue;
-        }
-        if root.is_default() {
-            continue;
-        }
-        lines.push(format!("{place}: tc root {root} on {ifname}"));
     }
     if iptables {
         for tool in ["iptables-save", "ip6tables-save"] {
@@ -106,6 +126,33 @@ fn lines_of(
 }
 
 impl Snapshot {
+    fn sorted(mut lines: Vec<String>) -> Self {
+        lines.sort();
+        Self { lines }
+    }
+
+    /// Only the lines that could ever count as `tag`'s residue (see [`residual`]): what the
+    /// pod's namespace holds, and of the node's only what names `tag` and the qdiscs. The
+    /// node holds a table per injection; a baseline kept per injection in the journal would
+    /// otherwise grow with their number.
+    pub fn about(&self, tag: &InjectionTag) -> Self {
+        let table = tag.nft_table();
+        let chain = tag.iptables_chain();
+        let lines = self
+            .lines
+            .iter()
+            .filter(|line| {
+                !line.starts_with("node: ")
+                    || line.contains(" tc root ")
+                    || line
+                        .split_whitespace()
+                        .any(|word| word == table || word == chain)
+            })
+            .cloned()
+            .collect();
+        Self { lines }
+    }
+
     /// The snapshot as text (kept in the agent's journal).
     pub fn to_text(&self) -> String {
         self.lines.join("\n")
@@ -173,6 +220,35 @@ mod tests {
         ]);
         assert_eq!(residual(&before, &after, &tag, false), Vec::<String>::new());
         assert_eq!(residual(&before, &after, &tag, true), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_baseline_keeps_of_the_node_only_what_could_be_its_residue() {
+        let tag = InjectionTag::from_uid(TAG_UID).unwrap();
+        let full = snap(&[
+            "node: nft table ip faultline_aaaaaaaaaaaaaaaaaaaaaaaa",
+            "node: nft table ip faultline_0f3c2a9e7b1d4c559a0e2b6f",
+            "node: tc root htb fa17: on flv0f3c2a9e",
+            "pod: nft table inet filter",
+        ]);
+        let kept = full.about(&tag);
+        assert_eq!(
+            kept,
+            snap(&[
+                "node: nft table ip faultline_0f3c2a9e7b1d4c559a0e2b6f",
+                "node: tc root htb fa17: on flv0f3c2a9e",
+                "pod: nft table inet filter",
+            ])
+        );
+        // Judged against either, an after-image with the same leftovers says the same.
+        let after = snap(&[
+            "node: nft table ip faultline_0f3c2a9e7b1d4c559a0e2b6f",
+            "node: nft table ip faultline_0f3c2a9e7b1d4c559a0e2b6f",
+        ]);
+        assert_eq!(
+            residual(&full, &after, &tag, true),
+            residual(&kept, &after, &tag, true)
+        );
     }
 
     #[test]

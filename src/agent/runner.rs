@@ -16,9 +16,10 @@
 //! 1. finalizers and the statuses of what will not be applied (refusals with a Warning Event);
 //! 2. entries of pods that are gone (stale entries, possibly many after a long absence): one
 //!    sweep of the node's namespace and one journal write for all of them;
-//! 3. the rest, per pod, pods in parallel (at most [`PARALLEL_PODS`] at once, pods with new
-//!    faults first): a pod's reverts in one pass, then its applies. What is about to be
-//!    applied is in the journal (one write) before any of it starts.
+//! 3. the reverts, every pod's in one kernel pass (the node's namespace changed once for all
+//!    of them), then the applies, per pod, pods in parallel (at most [`PARALLEL_PODS`] at
+//!    once) while the reverts' statuses are written. What is about to be applied is in the
+//!    journal (one write) before any of it starts.
 //!
 //! On SIGTERM the agent stops and leaves the faults in place: a rolling update must not end
 //! experiments early, and the next agent adopts them from the journal and the kernel (it
@@ -54,10 +55,15 @@ use super::telemetry::AgentMetrics;
 use super::writeback::{self, StatusChange, StatusWriter, key_of, live_injection, tag_of};
 use crate::api::{ChaosExperiment, FaultInjection, InjectionPhase, NODE_LABEL};
 
+mod reverts;
+use reverts::RevertJob;
+
 /// How many pods the agent changes at once.
 pub const PARALLEL_PODS: usize = 8;
 /// How many status writes go out at once.
-const PARALLEL_WRITES: usize = 16;
+const PARALLEL_WRITES: usize = 32;
+/// How long a scan for gone pods answers for (see `Agent::gone_pods`).
+const GONE_SCAN_EVERY: Duration = Duration::from_millis(250);
 /// Entries of gone pods drained per step (a backlog takes several steps, one after another).
 const DRAIN_CHUNK: usize = 20_000;
 
@@ -145,6 +151,7 @@ pub async fn run<K: Kernel>(
         statuses,
         counts_every: config.resync,
         counted_at: None,
+        last_scan: None,
     };
     tracing::info!(
         nodes = ?config.nodes,
@@ -300,6 +307,14 @@ struct Agent<K> {
     /// created or deleted) makes hundreds of steps.
     counts_every: std::time::Duration,
     counted_at: Option<std::time::Instant>,
+    last_scan: Option<PodScan>,
+}
+
+/// What a scan for gone pods found (see [`Agent::gone_pods`]).
+struct PodScan {
+    at: std::time::Instant,
+    asked: BTreeSet<String>,
+    gone: BTreeSet<String>,
 }
 
 /// One injection to apply.
@@ -310,20 +325,6 @@ struct ApplyJob {
     entry: JournalEntry,
     /// The fault was applied by an earlier run (or generation) already.
     was_applied: bool,
-}
-
-/// One injection to revert.
-struct RevertJob {
-    item: RevertItem,
-    reason: RevertReason,
-    injection: Option<Arc<FaultInjection>>,
-}
-
-/// Everything to do in one pod.
-#[derive(Default)]
-struct PodWork {
-    reverts: Vec<RevertJob>,
-    applies: Vec<ApplyJob>,
 }
 
 /// What a pod's task did, for the journal.
@@ -590,8 +591,13 @@ impl<K: Kernel> Agent<K> {
             .await;
     }
 
+    /// The pods of the journal's entries and of new injections that have no process on this
+    /// node. Scanning `/proc` reads every process of the node; a burst of events (an abort
+    /// deleting hundreds of injections) makes a step per event, so the last scan's answer
+    /// serves for [`GONE_SCAN_EVERY`] when it covered every pod asked about (a pod that is
+    /// gone stays gone: a UID is never reused).
     async fn gone_pods(
-        &self,
+        &mut self,
         applied: &[converge::Applied],
         live: Option<&[LiveInjection]>,
     ) -> BTreeSet<String> {
@@ -605,10 +611,24 @@ impl<K: Kernel> Agent<K> {
         if uids.is_empty() {
             return uids;
         }
+        let recent = self
+            .last_scan
+            .as_ref()
+            .is_some_and(|scan| scan.at.elapsed() < GONE_SCAN_EVERY && uids.is_subset(&scan.asked));
+        if let Some(scan) = self.last_scan.as_ref().filter(|_| recent) {
+            return scan.gone.intersection(&uids).cloned().collect();
+        }
         let kernel = self.kernel.clone();
-        tokio::task::spawn_blocking(move || kernel.absent_pods(&uids))
+        let asked = uids.clone();
+        let gone = tokio::task::spawn_blocking(move || kernel.absent_pods(&uids))
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.last_scan = Some(PodScan {
+            at: std::time::Instant::now(),
+            asked,
+            gone: gone.clone(),
+        });
+        gone
     }
 
     /// Reverts entries of pods that are gone, at most `chunk` of them, in one sweep and one
@@ -644,20 +664,15 @@ impl<K: Kernel> Agent<K> {
             return false;
         }
         let tags: Vec<InjectionTag> = stale.iter().map(|(_, tag, _)| tag.clone()).collect();
-        if let Err(error) = self.journal.forget_many(&tags) {
-            tracing::error!(%error, "cannot update the journal after the sweep");
-        }
-        for tag in &tags {
-            self.confirmed.remove(tag);
-            self.reported.remove(tag);
-            self.count_base.remove(tag);
-        }
+        self.forget(&tags, "the sweep");
         tracing::info!(entries = tags.len(), took = ?started.elapsed(), "reverted the faults of gone pods");
         let writes = stale.into_iter().filter_map(|(_, tag, reason)| {
             let injection = Arc::clone(by_tag.get(&tag)?);
             let statuses = self.statuses.clone();
             self.metrics.observe_revert(Duration::ZERO, reason);
-            Some(async move { report_reverted(&statuses, &injection, reason, Vec::new()).await })
+            Some(async move {
+                reverts::report_reverted(&statuses, &injection, reason, Vec::new()).await
+            })
         });
         futures::stream::iter(writes)
             .buffer_unordered(PARALLEL_WRITES)
@@ -666,21 +681,22 @@ impl<K: Kernel> Agent<K> {
         backlog
     }
 
-    /// Reverts and applies, per pod, pods in parallel.
+    /// Reverts, every pod's in one pass, then applies, per pod, pods in parallel; what the
+    /// reverts did is written while the applies run.
     async fn per_pod(
         &mut self,
         reverts: Vec<(InjectionTag, RevertReason)>,
         applies: Vec<Arc<FaultInjection>>,
         by_tag: &BTreeMap<InjectionTag, &Arc<FaultInjection>>,
     ) {
-        let mut pods: BTreeMap<String, PodWork> = BTreeMap::new();
+        let mut to_revert: BTreeMap<String, Vec<RevertJob>> = BTreeMap::new();
         for (tag, reason) in reverts {
             let Some(entry) = self.journal.get(&tag) else {
                 continue;
             };
-            pods.entry(entry.pod_uid.clone())
+            to_revert
+                .entry(entry.pod_uid.clone())
                 .or_default()
-                .reverts
                 .push(RevertJob {
                     item: RevertItem {
                         tag: tag.clone(),
@@ -691,6 +707,33 @@ impl<K: Kernel> Agent<K> {
                     injection: by_tag.get(&tag).map(|i| Arc::clone(i)),
                 });
         }
+        let pass =
+            reverts::revert_pass(&self.kernel, &self.metrics, to_revert.into_iter().collect())
+                .await;
+        self.forget(&pass.forget, "reverting");
+        let reports =
+            reverts::report_all(self.statuses.clone(), self.recorder.clone(), pass.reports);
+        let applies = self.apply_all(applies);
+        tokio::join!(reports, applies);
+    }
+
+    /// Forgets reverted faults: the journal's entries and what was counted for them.
+    fn forget(&mut self, tags: &[InjectionTag], after: &str) {
+        if tags.is_empty() {
+            return;
+        }
+        if let Err(error) = self.journal.forget_many(tags) {
+            tracing::error!(%error, "cannot update the journal after {after}");
+        }
+        for tag in tags {
+            self.confirmed.remove(tag);
+            self.reported.remove(tag);
+            self.count_base.remove(tag);
+        }
+    }
+
+    /// Applies, per pod, pods in parallel (at most [`PARALLEL_PODS`]).
+    async fn apply_all(&mut self, applies: Vec<Arc<FaultInjection>>) {
         // Intent before action: every fault about to be applied is in the journal first.
         let mut intents = Vec::new();
         let mut jobs = Vec::new();
@@ -767,11 +810,9 @@ impl<K: Kernel> Agent<K> {
                     .await;
             }
         }
+        let mut pods: BTreeMap<String, Vec<ApplyJob>> = BTreeMap::new();
         for job in jobs {
-            pods.entry(job.entry.pod_uid.clone())
-                .or_default()
-                .applies
-                .push(job);
+            pods.entry(job.entry.pod_uid.clone()).or_default().push(job);
         }
         if pods.is_empty() {
             return;
@@ -782,21 +823,17 @@ impl<K: Kernel> Agent<K> {
                 .filter_map(|e| Some((e.tag()?, e.injection.clone())))
                 .collect(),
         );
-        // Pods with new faults first: a backlog of reverts never delays an apply.
-        let mut order: Vec<(String, PodWork)> = pods.into_iter().collect();
-        order.sort_by_key(|(_, work)| work.applies.is_empty());
         let permits = Arc::new(Semaphore::new(PARALLEL_PODS));
         let mut tasks = JoinSet::new();
-        for (pod_uid, work) in order {
+        for (_, jobs) in pods {
             let kernel = self.kernel.clone();
             let statuses = self.statuses.clone();
-            let recorder = self.recorder.clone();
             let metrics = self.metrics.clone();
             let names = Arc::clone(&names);
             let permits = Arc::clone(&permits);
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                run_pod(kernel, statuses, recorder, metrics, names, pod_uid, work).await
+                apply_pod(kernel, statuses, metrics, names, jobs).await
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -807,14 +844,7 @@ impl<K: Kernel> Agent<K> {
                     continue;
                 }
             };
-            if let Err(error) = self.journal.forget_many(&outcome.forget) {
-                tracing::error!(%error, "cannot update the journal after reverting");
-            }
-            for tag in &outcome.forget {
-                self.confirmed.remove(tag);
-                self.reported.remove(tag);
-                self.count_base.remove(tag);
-            }
+            self.forget(&outcome.forget, "a failed apply");
             let confirmed: Vec<InjectionTag> = outcome
                 .applied
                 .iter()
@@ -1033,113 +1063,16 @@ fn counts_change(injection: &FaultInjection, counts: QueueCounts) -> StatusChang
 /// The condition that says whether every matched packet got the fault.
 pub const FULLY_APPLIED: &str = "FullyApplied";
 
-/// Writes a revert's status: Reverted, or Failed with what was left behind.
-async fn report_reverted(
-    statuses: &StatusWriter,
-    injection: &FaultInjection,
-    reason: RevertReason,
-    residual: Vec<String>,
-) {
-    let clean = residual.is_empty();
-    let (phase, message) = if clean {
-        (InjectionPhase::Reverted, reason.describe().to_string())
-    } else {
-        (
-            InjectionPhase::Failed,
-            format!(
-                "{}; but {} rule(s) of this injection are still there: {}",
-                reason.describe(),
-                residual.len(),
-                residual.join("; ")
-            ),
-        )
-    };
-    let count = i32::try_from(residual.len()).unwrap_or(i32::MAX);
-    let change = StatusChange::phase(phase, injection.metadata.generation, message)
-        .set("revertedAt", json!(Utc::now()))
-        .set("residualRules", json!(count))
-        .set("residual", json!(residual));
-    statuses.write(injection, change).await;
-    if injection.metadata.deletion_timestamp.is_some() {
-        statuses.set_finalizer(injection, false).await;
-    }
-}
-
-/// One pod's work: its reverts in one pass, then its applies in order.
-async fn run_pod<K: Kernel>(
+/// One pod's applies, in order.
+async fn apply_pod<K: Kernel>(
     kernel: Arc<K>,
     statuses: StatusWriter,
-    recorder: Recorder,
     metrics: AgentMetrics,
     names: Arc<BTreeMap<InjectionTag, String>>,
-    pod_uid: String,
-    work: PodWork,
+    jobs: Vec<ApplyJob>,
 ) -> PodOutcome {
     let mut outcome = PodOutcome::default();
-    if !work.reverts.is_empty() {
-        let items: Vec<RevertItem> = work.reverts.iter().map(|r| r.item.clone()).collect();
-        let started = std::time::Instant::now();
-        let kernel_for = kernel.clone();
-        let pod = pod_uid.clone();
-        let results = tokio::task::spawn_blocking(move || kernel_for.revert_pod(&pod, &items))
-            .await
-            .unwrap_or_else(|e| {
-                work.reverts
-                    .iter()
-                    .map(|_| Err(KernelError::Failed(format!("revert panicked: {e}"))))
-                    .collect()
-            });
-        let took = started.elapsed();
-        for (job, result) in work.reverts.iter().zip(results) {
-            let tag = &job.item.tag;
-            let residual = match result {
-                Ok(reverted) => reverted.residual,
-                Err(KernelError::TargetGone(_)) => Vec::new(),
-                Err(error) => {
-                    tracing::error!(%tag, %error, "revert failed; retrying at the next resync");
-                    if let Some(injection) = &job.injection {
-                        let message = format!("revert failed, retrying: {error}");
-                        statuses
-                            .write(
-                                injection,
-                                StatusChange::phase(
-                                    InjectionPhase::Failed,
-                                    injection.metadata.generation,
-                                    message,
-                                ),
-                            )
-                            .await;
-                    }
-                    continue;
-                }
-            };
-            metrics.observe_revert(took, job.reason);
-            outcome.forget.push(tag.clone());
-            tracing::info!(%tag, reason = ?job.reason, residual = residual.len(), "fault reverted");
-            if let Some(injection) = &job.injection {
-                statuses.forget(&injection.uid().unwrap_or_default());
-                report_reverted(&statuses, injection, job.reason, residual).await;
-                if let RevertReason::Withdrawn(refusal) = job.reason {
-                    let note = format!(
-                        "{} on pod {}/{}: {}",
-                        refusal.withdrawn(),
-                        injection.spec.target.namespace,
-                        injection.spec.target.name,
-                        refusal.explain(injection)
-                    );
-                    notify(
-                        &recorder,
-                        injection,
-                        refusal.withdrawal_reason(),
-                        "Revert",
-                        note,
-                    )
-                    .await;
-                }
-            }
-        }
-    }
-    for job in work.applies {
+    for job in jobs {
         apply_one(&kernel, &statuses, &metrics, &names, job, &mut outcome).await;
     }
     outcome
