@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
@@ -70,7 +70,13 @@ pub(super) struct StatusWriter {
     /// What our last write of each injection returned: newer than the watch cache's copy
     /// until the watch catches up.
     versions: Arc<Mutex<HashMap<String, Written>>>,
+    /// Injections whose finalizer we released, and when: the watch still shows it until the
+    /// object's deletion arrives, and asking again would only get a 404.
+    released: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// How long a released finalizer is remembered (the watch catches up well within it).
+const RELEASED_FOR: Duration = Duration::from_secs(60);
 
 /// The parts of an injection as our own last write left it.
 #[derive(Clone, Debug)]
@@ -133,6 +139,7 @@ impl StatusWriter {
         Self {
             client,
             versions: Arc::default(),
+            released: Arc::default(),
         }
     }
 
@@ -169,6 +176,20 @@ impl StatusWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(uid);
+    }
+
+    fn was_released(&self, uid: &str) -> bool {
+        self.released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .is_some_and(|at| at.elapsed() < RELEASED_FOR)
+    }
+
+    fn mark_released(&self, uid: String) {
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        released.retain(|_, at| at.elapsed() < RELEASED_FOR);
+        released.insert(uid, Instant::now());
     }
 
     /// Writes `change` to the injection's status. Returns whether it was written.
@@ -225,6 +246,10 @@ impl StatusWriter {
     /// Based on our own last write when there is one (a status write just before is newer
     /// than the watch's copy), and on a fresh read after a conflict.
     pub async fn set_finalizer(&self, injection: &FaultInjection, present: bool) {
+        let uid = injection.uid().unwrap_or_default();
+        if !present && self.was_released(&uid) {
+            return;
+        }
         let api = api_for(&self.client, injection);
         let name = injection.name_any();
         let (mut finalizers, mut version) = match self.written(injection) {
@@ -258,7 +283,8 @@ impl StatusWriter {
                 }
                 // Released: the object goes, and so does what we knew of it.
                 Ok(_) => {
-                    self.forget(&injection.uid().unwrap_or_default());
+                    self.forget(&uid);
+                    self.mark_released(uid);
                     return;
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {
