@@ -9,6 +9,7 @@
 //! Before injecting, it asks the API server whether the controller may make every read its
 //! `kubernetes` probes make (see `probe_access`).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -202,37 +203,50 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
 }
 
 /// The pods now under the names of the targets whose faults may be in, and their namespaces.
-/// One read per pod (bounded by the blast radius) and per namespace: a pod's labels may have
-/// changed, so a list by the experiment's selector could miss one that is still there.
+/// One read per pod (bounded by the blast radius) and per namespace, [`PARALLEL_READS`] at a
+/// time: a pod's labels may have changed, so a list by the experiment's selector could miss
+/// one that is still there; and this runs in the reconcile that decides an abort, where 100
+/// reads one after another cost 70 ms on a real API server.
 async fn target_world(ctx: &Context, status: &ChaosExperimentStatus) -> Result<TargetWorld> {
+    use futures::{StreamExt, TryStreamExt};
     let mut world = TargetWorld {
         allow_all_namespaces: ctx.settings.policy.allow_all_namespaces,
         ..Default::default()
     };
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    for record in status.targets.iter().filter(|r| departures::watched(r)) {
-        let key = (record.namespace.clone(), record.name.clone());
-        if world.pods.contains_key(&key) {
-            continue;
+    let keys: BTreeSet<(String, String)> = status
+        .targets
+        .iter()
+        .filter(|r| departures::watched(r))
+        .map(|r| (r.namespace.clone(), r.name.clone()))
+        .collect();
+    let namespaces: BTreeSet<String> = keys.iter().map(|(ns, _)| ns.clone()).collect();
+    let namespace_api: Api<Namespace> = Api::all(ctx.client.clone());
+    world.namespaces = futures::stream::iter(namespaces.into_iter().map(|name| {
+        let api = namespace_api.clone();
+        async move { api.get_opt(&name).await }
+    }))
+    .buffered(PARALLEL_READS)
+    .try_filter_map(|found| async move { Ok(found) })
+    .try_collect()
+    .await
+    .map_err(Error::Observe)?;
+    world.pods = futures::stream::iter(keys.into_iter().map(|(namespace, name)| {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        async move {
+            let found = api.get_opt(&name).await?;
+            Ok::<_, kube::Error>(found.map(|pod| ((namespace, name), pod)))
         }
-        if !world
-            .namespaces
-            .iter()
-            .any(|n| n.metadata.name.as_deref() == Some(record.namespace.as_str()))
-            && let Some(ns) = namespaces
-                .get_opt(&record.namespace)
-                .await
-                .map_err(Error::Observe)?
-        {
-            world.namespaces.push(ns);
-        }
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
-        if let Some(pod) = pods.get_opt(&record.name).await.map_err(Error::Observe)? {
-            world.pods.insert(key, pod);
-        }
-    }
+    }))
+    .buffer_unordered(PARALLEL_READS)
+    .try_filter_map(|found| async move { Ok(found) })
+    .try_collect()
+    .await
+    .map_err(Error::Observe)?;
     Ok(world)
 }
+
+/// Reads in flight at once for [`target_world`].
+const PARALLEL_READS: usize = 16;
 
 /// FaultInjections their agent reported Reverted before `expiresAt` with nobody deleting them:
 /// the agent reverted on its own because the target went away. Name -> the agent's words.

@@ -10,6 +10,8 @@ mod finish;
 mod inject;
 mod live;
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::{
@@ -303,7 +305,7 @@ pub async fn perform(
                 (_, Phase::Recovering) => {
                     status::write(ctx, experiment, &status).await?;
                     if may_have_injections(&status, &injections) {
-                        revert_all(ctx, experiment).await?;
+                        revert_all(ctx, experiment, &status, &injections).await?;
                     }
                 }
                 (Phase::Recovering, Phase::Verifying) => {
@@ -341,7 +343,7 @@ pub async fn perform(
             // until the revert is asked for: it is not on the way to the abort.
             status::write(ctx, experiment, &status).await?;
             let reverting = if may_have_injections(&status, &injections) {
-                revert_all(ctx, experiment).await
+                revert_all(ctx, experiment, &status, &injections).await
             } else {
                 Ok(())
             };
@@ -435,7 +437,7 @@ pub async fn perform(
                     .any(|i| i.metadata.deletion_timestamp.is_none())
             {
                 // Re-asking is idempotent and covers a delete lost to a crash.
-                revert_all(ctx, experiment).await?;
+                revert_all(ctx, experiment, &status, &injections).await?;
             }
             status::write(ctx, experiment, &status).await?;
             Some(Duration::from_secs(1))
@@ -522,13 +524,32 @@ fn resume(
     Fact::normal("ExperimentResumed", "Resume", message)
 }
 
-/// Asks for every FaultInjection of the experiment to be deleted (one request).
-async fn revert_all(ctx: &Context, experiment: &ChaosExperiment) -> Result<()> {
+/// Asks for every FaultInjection of the experiment to be deleted: each one a record names
+/// (a record is written before its FaultInjection is created, so the records name every one
+/// that can exist) or the cache holds, but not those already being deleted.
+async fn revert_all(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+    status: &ChaosExperimentStatus,
+    injections: &[Arc<FaultInjection>],
+) -> Result<()> {
     let api: Api<FaultInjection> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
     );
-    injections::delete_all(&api, &experiment.name_any())
+    let mut names: BTreeSet<String> = status
+        .targets
+        .iter()
+        .filter_map(|r| r.injection.clone())
+        .chain(injections.iter().map(|i| i.name_any()))
+        .collect();
+    for deleting in injections
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_some())
+    {
+        names.remove(&deleting.name_any());
+    }
+    injections::delete_named(&api, names)
         .await
         .map_err(act_error("delete FaultInjections"))?;
     ctx.caches
