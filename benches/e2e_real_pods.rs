@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use faultline::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, InjectionPhase, Phase};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -256,6 +257,98 @@ async fn scale(client: &Client, pods: usize) {
     );
 }
 
+/// The experiment and its FaultInjections as the bench's own watches see them.
+struct Watched {
+    experiment: reflector::Store<ChaosExperiment>,
+    injections: reflector::Store<FaultInjection>,
+    events: futures::stream::BoxStream<'static, ()>,
+}
+
+impl Watched {
+    /// Starts both watches and returns once both have listed.
+    async fn start(client: &Client, name: &str) -> Watched {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let (experiment, experiment_writer) = reflector::store();
+        let (injections, injections_writer) = reflector::store();
+        let experiments = watcher(
+            Api::<ChaosExperiment>::namespaced(client.clone(), NAMESPACE),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .default_backoff()
+        .reflect(experiment_writer)
+        .map(|_| ());
+        let faults = watcher(
+            Api::<FaultInjection>::namespaced(client.clone(), NAMESPACE),
+            watcher::Config::default().labels(&format!("{EXPERIMENT_LABEL}={name}")),
+        )
+        .default_backoff()
+        .reflect(injections_writer)
+        .map(|_| ());
+        let mut watched = Watched {
+            experiment,
+            injections,
+            events: futures::stream::select(experiments, faults).boxed(),
+        };
+        let (a, b) = (watched.experiment.clone(), watched.injections.clone());
+        let listed = async move {
+            a.wait_until_ready().await.unwrap();
+            b.wait_until_ready().await.unwrap();
+        };
+        tokio::select! {
+            _ = listed => {}
+            _ = async { while watched.events.next().await.is_some() {} } => panic!("the watches ended"),
+        }
+        watched
+    }
+
+    fn phase(&self) -> Option<Phase> {
+        self.experiment
+            .state()
+            .first()
+            .and_then(|e| e.status.as_ref())
+            .map(|s| s.phase)
+    }
+
+    fn applied(&self) -> usize {
+        self.injections
+            .state()
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == InjectionPhase::Applied)
+            })
+            .count()
+    }
+
+    /// Follows the watches until `done` holds; when the event that made it so arrived.
+    async fn until(&mut self, what: &str, done: impl Fn(&Self) -> bool) -> Instant {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            if done(self) {
+                return Instant::now();
+            }
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
+                Ok(Some(())) => {}
+                Ok(None) => panic!("{what}: the watches ended"),
+                Err(_) => panic!(
+                    "{what}: not within 300 s; experiment {:?}: {}; {} FaultInjections, {} applied",
+                    self.phase(),
+                    self.experiment
+                        .state()
+                        .first()
+                        .and_then(|e| e.status.as_ref()?.message.clone())
+                        .unwrap_or_default(),
+                    self.injections.state().len(),
+                    self.applied()
+                ),
+            }
+        }
+    }
+}
+
 struct Run {
     injection: f64,
     break_to_gone: f64,
@@ -264,7 +357,6 @@ struct Run {
 
 async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, prefix: &str) -> Run {
     let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), NAMESPACE);
-    let injections: Api<FaultInjection> = Api::namespaced(client.clone(), NAMESPACE);
     let spec = json!({
         "duration": "10m",
         "target": {"labelSelector": {"matchLabels": {"app": "target"}}, "maxTargets": pods},
@@ -277,47 +369,22 @@ async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, pr
         "apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
         "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}))
     .unwrap();
-    let selector = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={name}"));
+    // Watched, not polled: listing every injection every few milliseconds would load the
+    // very API server whose speed is measured, and an event says when a change happened.
+    let mut view = Watched::start(client, name).await;
     let created = Instant::now();
     experiments
         .create(&PostParams::default(), &experiment)
         .await
         .unwrap();
-    let injection = loop {
-        let list = injections.list(&selector).await.unwrap().items;
-        let applied = list
-            .iter()
-            .filter(|i| {
-                i.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == InjectionPhase::Applied)
-            })
-            .count();
-        if applied >= pods {
-            break created.elapsed().as_secs_f64();
-        }
-        if created.elapsed() > Duration::from_secs(300) {
-            let status = experiments
-                .get(name)
-                .await
-                .unwrap()
-                .status
-                .unwrap_or_default();
-            panic!(
-                "{applied} of {pods} applied ({} FaultInjections, {} targets recorded); experiment {:?}: {}",
-                list.len(),
-                status.targets.len(),
-                status.phase,
-                status.message.unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let targets: Vec<String> = injections
-        .list(&selector)
+    let injection = (view
+        .until("every fault applied", |v| v.applied() >= pods)
         .await
-        .unwrap()
-        .items
+        - created)
+        .as_secs_f64();
+    let targets: Vec<String> = view
+        .injections
+        .state()
         .iter()
         .map(|i| i.spec.target.uid.clone())
         .collect();
@@ -329,18 +396,13 @@ async fn one_run(client: &Client, service: &Service, pods: usize, name: &str, pr
 
     service.status.store(500, Ordering::SeqCst);
     let broke = Instant::now();
-    let break_to_gone = loop {
-        let phase = experiments.get(name).await.unwrap().status.map(|s| s.phase);
-        let left = injections.list(&selector).await.unwrap().items.len();
-        if phase == Some(Phase::Aborted) && left == 0 {
-            break broke.elapsed().as_secs_f64();
-        }
-        assert!(
-            broke.elapsed() < Duration::from_secs(300),
-            "still {left} injections"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let break_to_gone = (view
+        .until("aborted with every FaultInjection gone", |v| {
+            v.phase() == Some(Phase::Aborted) && v.injections.state().is_empty()
+        })
+        .await
+        - broke)
+        .as_secs_f64();
     let recorded = experiments
         .get(name)
         .await
