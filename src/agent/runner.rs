@@ -59,7 +59,7 @@ mod reverts;
 use reverts::RevertJob;
 
 /// How many pods the agent changes at once.
-pub const PARALLEL_PODS: usize = 8;
+pub const PARALLEL_PODS: usize = 32;
 /// How many status writes go out at once.
 const PARALLEL_WRITES: usize = 32;
 /// How long a scan for gone pods answers for (see `Agent::gone_pods`).

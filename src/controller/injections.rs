@@ -202,30 +202,6 @@ pub async fn delete_all(api: &Api<FaultInjection>, experiment: &str) -> Result<(
         .map(|_| ())
 }
 
-/// How many deletes the controller has in flight at once when it reverts an experiment.
-const PARALLEL_DELETES: usize = 32;
-
-/// Asks for these FaultInjections to be deleted, [`PARALLEL_DELETES`] requests at a time. One
-/// request each rather than a deletecollection: kube-apiserver works through a collection one
-/// item after another (`--delete-collection-workers` is 1 by default), about 7 ms each on a
-/// small control plane, so the agents would see the last of 100 reverts asked for 0.7 s after
-/// the first. Idempotent: one already gone is fine. Returns the first error, after trying all.
-pub async fn delete_named(
-    api: &Api<FaultInjection>,
-    names: impl IntoIterator<Item = String>,
-) -> Result<(), kube::Error> {
-    use futures::StreamExt;
-    let results: Vec<Result<(), kube::Error>> =
-        futures::stream::iter(names.into_iter().map(|name| {
-            let api = api.clone();
-            async move { delete_one(&api, &name).await }
-        }))
-        .buffer_unordered(PARALLEL_DELETES)
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
 /// Asks for one FaultInjection to be deleted (its target left the experiment). Idempotent: one
 /// already gone is fine.
 pub async fn delete_one(api: &Api<FaultInjection>, name: &str) -> Result<(), kube::Error> {
