@@ -626,3 +626,60 @@ fn the_faults_of_many_pods_revert_in_one_pass_each_judged_on_its_own() {
     );
     assert!(connects(&node, 3, 2, 7130), "the partition healed");
 }
+
+#[test]
+fn queued_faults_applied_at_once_whose_queue_numbers_collide_all_get_queues_of_their_own() {
+    if !root_or_skip(
+        "agent_linux::queued_faults_applied_at_once_whose_queue_numbers_collide_all_get_queues_of_their_own",
+    ) {
+        return;
+    }
+    // Every tag of this test starts with the same 8 hex digits, so every apply first tries
+    // the same queue numbers: all but one find them taken (EPERM or EBUSY) and move on.
+    let node = TestNode::new(9).unwrap();
+    let _pods: Vec<PodProcess> = (0..8)
+        .map(|n| PodProcess::start(&node.pods[n].ns, &uid(40 + n as u32)).unwrap())
+        .collect();
+    let kernel = kernel_for(&node);
+    let latency = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: "20ms".into(),
+            ..Default::default()
+        }),
+        peer_cidrs: vec![format!("{}/32", node.pods[8].ip)],
+        ..Default::default()
+    };
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8u32)
+            .map(|n| {
+                let (kernel, latency) = (&kernel, &latency);
+                scope.spawn(move || {
+                    kernel.apply(
+                        &uid(40 + n),
+                        &tag(40 + n),
+                        latency,
+                        Mechanism::Nfqueue,
+                        &later(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut work = Vec::new();
+    for (n, result) in results.into_iter().enumerate() {
+        let applied = result.unwrap_or_else(|e| panic!("apply {n}: {e}"));
+        work.push((
+            uid(40 + n as u32),
+            vec![faultline::agent::kernel::RevertItem {
+                tag: tag(40 + n as u32),
+                mechanism: Some(Mechanism::Nfqueue),
+                baseline: applied.baseline,
+            }],
+        ));
+    }
+    for results in kernel.revert_pods(&work) {
+        assert_eq!(results[0].as_ref().unwrap().residual, Vec::<String>::new());
+    }
+    assert!(nft::owned(&node.host.netns().unwrap()).unwrap().is_empty());
+}

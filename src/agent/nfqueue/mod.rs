@@ -812,24 +812,15 @@ fn bind_free_queues(
         Steering::Iptables => taken.extend(rules::queue_numbers_in_use(ns)?),
         Steering::Nftables => {
             // Queues named by our other injections' tables (their workers may be between
-            // binds, after an agent restart). One socket in the namespace for every table: the
+            // binds, after an agent restart). One dump of every rule in the namespace: the
             // node's namespace holds a table per injection of every pod on the node.
-            let named = nftables::with_socket(ns, |socket| {
-                let mut named = Vec::new();
-                for table in socket.tables()? {
-                    match InjectionTag::from_nft_table(&table.name) {
-                        Some(other) if other != *tag => {}
-                        _ => continue,
-                    }
-                    named.extend(
-                        socket
-                            .rules(table.family, &table.name)?
-                            .into_iter()
-                            .filter_map(|rule| rule.queues),
-                    );
-                }
-                Ok(named)
-            })?;
+            let named: Vec<(u16, u16)> = nftables::with_socket(ns, |socket| socket.all_rules())?
+                .into_iter()
+                .filter(|(_, table, _)| {
+                    InjectionTag::from_nft_table(table).is_some_and(|other| other != *tag)
+                })
+                .filter_map(|(_, _, rule)| rule.queues)
+                .collect();
             for (first, total) in named {
                 taken.extend(first..first.saturating_add(total));
             }
@@ -838,6 +829,7 @@ fn bind_free_queues(
     let span = u32::from(u16::MAX - QUEUE_FIRST) + 2 - u32::from(count);
     let start = u32::from_str_radix(&tag.as_str()[..8], 16).unwrap_or(0) % span;
     let mut attempts = 0;
+    let mut last_refusal = None;
     'candidates: for offset in 0..span {
         let first = QUEUE_FIRST + u16::try_from((start + offset) % span).expect("within span");
         let numbers = first..first + count;
@@ -849,8 +841,11 @@ fn bind_free_queues(
         for queue in numbers {
             match QueueSocket::open_in(ns, queue, config) {
                 Ok(socket) => sockets.push(socket),
-                // Bound meanwhile by someone else: next candidate (ours close on drop).
-                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                // Bound meanwhile by someone else (another of our threads, whose tag hashed
+                // near ours): next candidate (ours close on drop). The kernel says EPERM for a
+                // queue another socket holds, EBUSY when it was created a moment ago.
+                Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EBUSY | nix::libc::EPERM)) => {
+                    last_refusal = Some(e);
                     if attempts >= QUEUE_ATTEMPTS {
                         break 'candidates;
                     }
@@ -862,8 +857,9 @@ fn bind_free_queues(
         return Ok(sockets);
     }
     Err(io::Error::other(format!(
-        "no {count} free consecutive nfqueue numbers in {} after {attempts} attempts",
-        ns.path().display()
+        "no {count} free consecutive nfqueue numbers in {} after {attempts} attempts{}",
+        ns.path().display(),
+        last_refusal.map_or_else(String::new, |e| format!(" (the last one: {e})"))
     )))
 }
 

@@ -242,6 +242,20 @@ impl NftSocket {
             .collect())
     }
 
+    /// Every rule of every table, with its table's family and name: one dump, however many
+    /// tables the namespace holds.
+    pub fn all_rules(&mut self) -> Result<Vec<(Family, String, RuleInfo)>, NftError> {
+        let request = Msg::new(NFT_MSG_GETRULE, 0, NLM_F_DUMP);
+        Ok(self
+            .dump(&request)?
+            .into_iter()
+            .filter_map(|(family, attrs)| {
+                let table = wire::as_str(wire::find(&attrs, NFTA_RULE_TABLE)?);
+                Some((Family::from_nfproto(family)?, table, parse_rule(&attrs)))
+            })
+            .collect())
+    }
+
     /// The rules of one table.
     pub fn rules(&mut self, family: Family, table: &str) -> Result<Vec<RuleInfo>, NftError> {
         let mut request = Msg::new(NFT_MSG_GETRULE, family.nfproto(), NLM_F_DUMP);
