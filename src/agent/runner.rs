@@ -18,8 +18,9 @@
 //!    sweep of the node's namespace and one journal write for all of them;
 //! 3. the reverts, every pod's in one kernel pass (the node's namespace changed once for all
 //!    of them), then the applies, per pod, pods in parallel (at most [`PARALLEL_PODS`] at
-//!    once) while the reverts' statuses are written. What is about to be applied is in the
-//!    journal (one write) before any of it starts.
+//!    once); the reverts' statuses are written in the background, so that the next step
+//!    (the next deletions of an abort) does not wait for the API server to take them. What
+//!    is about to be applied is in the journal (one write) before any of it starts.
 //!
 //! On SIGTERM the agent stops and leaves the faults in place: a rolling update must not end
 //! experiments early, and the next agent adopts them from the journal and the kernel (it
@@ -62,6 +63,8 @@ use reverts::RevertJob;
 pub const PARALLEL_PODS: usize = 32;
 /// How many status writes go out at once.
 const PARALLEL_WRITES: usize = 32;
+/// Steps whose revert reports may still be in flight while a later step runs.
+const REPORTS_IN_FLIGHT: usize = 4;
 /// How long a scan for gone pods answers for (see `Agent::gone_pods`).
 const GONE_SCAN_EVERY: Duration = Duration::from_millis(250);
 /// Entries of gone pods drained per step (a backlog takes several steps, one after another).
@@ -152,6 +155,7 @@ pub async fn run<K: Kernel>(
         counts_every: config.resync,
         counted_at: None,
         last_scan: None,
+        reporting: JoinSet::new(),
     };
     tracing::info!(
         nodes = ?config.nodes,
@@ -308,6 +312,8 @@ struct Agent<K> {
     counts_every: std::time::Duration,
     counted_at: Option<std::time::Instant>,
     last_scan: Option<PodScan>,
+    /// Revert reports being written (see [`REPORTS_IN_FLIGHT`]).
+    reporting: JoinSet<()>,
 }
 
 /// What a scan for gone pods found (see [`Agent::gone_pods`]).
@@ -682,7 +688,7 @@ impl<K: Kernel> Agent<K> {
     }
 
     /// Reverts, every pod's in one pass, then applies, per pod, pods in parallel; what the
-    /// reverts did is written while the applies run.
+    /// reverts did is written in the background, while the applies and the next steps run.
     async fn per_pod(
         &mut self,
         reverts: Vec<(InjectionTag, RevertReason)>,
@@ -711,10 +717,20 @@ impl<K: Kernel> Agent<K> {
             reverts::revert_pass(&self.kernel, &self.metrics, to_revert.into_iter().collect())
                 .await;
         self.forget(&pass.forget, "reverting");
-        let reports =
-            reverts::report_all(self.statuses.clone(), self.recorder.clone(), pass.reports);
-        let applies = self.apply_all(applies);
-        tokio::join!(reports, applies);
+        if !pass.reports.is_empty() {
+            // In the background: the next step must not wait for the API server to take these
+            // (an abort's deletions arrive while the first ones are being reported).
+            while self.reporting.len() >= REPORTS_IN_FLIGHT {
+                self.reporting.join_next().await;
+            }
+            self.reporting.spawn(reverts::report_all(
+                self.statuses.clone(),
+                self.recorder.clone(),
+                pass.reports,
+            ));
+        }
+        while self.reporting.try_join_next().is_some() {}
+        self.apply_all(applies).await;
     }
 
     /// Forgets reverted faults: the journal's entries and what was counted for them.
