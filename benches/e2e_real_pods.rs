@@ -99,13 +99,21 @@ impl Sandbox {
             )
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "sandbox up: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Sandbox { state, kubeconfig }
+        let sandbox = Sandbox { state, kubeconfig };
+        if !out.status.success() {
+            let log = std::fs::read_to_string(sandbox.state.path().join("sandbox.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            // Dropping `sandbox` runs `sandbox down`, which removes what a half-started
+            // sandbox left (pods, namespaces, cgroups) before the next size or cluster.
+            panic!(
+                "sandbox up: {}{}\nlast lines of its log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        sandbox
     }
 
     async fn client(&self) -> Client {
@@ -349,6 +357,26 @@ impl Watched {
     }
 }
 
+/// Removes what an interrupted earlier bench left on the real control plane: its Deployment
+/// and pods would all start at once with the next sandbox's kubelets and swamp it.
+async fn forget_earlier_runs(kubeconfig: &Path) {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let parsed: kube::config::Kubeconfig = serde_yaml::from_str(&text).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let _ = deployments.delete("target", &DeleteParams::default()).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, NAMESPACE);
+    let _ = pods
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels("app=target"),
+        )
+        .await;
+}
+
 struct Run {
     injection: f64,
     break_to_gone: f64,
@@ -494,6 +522,9 @@ async fn main() {
             .iter()
             .max()
             .map_or(3, |most| most.div_ceil(100).max(3));
+        if cluster == "real" {
+            forget_earlier_runs(&real_kubeconfig).await;
+        }
         let sandbox = Sandbox::up(
             (cluster == "real").then_some(real_kubeconfig.as_path()),
             nodes,
