@@ -366,6 +366,11 @@ async fn forget_earlier_runs(kubeconfig: &Path) {
         .await
         .unwrap();
     let client = Client::try_from(config).unwrap();
+    // Its experiments go once the new sandbox's controller has reverted and released them.
+    let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), NAMESPACE);
+    let _ = experiments
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     let _ = deployments.delete("target", &DeleteParams::default()).await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, NAMESPACE);
@@ -531,6 +536,20 @@ async fn main() {
         );
         let client = sandbox.client().await;
         let prefix = sandbox.netns_prefix();
+        let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), NAMESPACE);
+        let started = Instant::now();
+        while !experiments
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.is_empty())
+            .unwrap_or(true)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "an earlier run's experiments are still there after 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         for &pods in &sizes {
             eprintln!("{cluster}: {pods} target pods");
             scale(&client, pods).await;
@@ -573,6 +592,11 @@ async fn main() {
 /// Deletes the target Deployment and its pods (at once: no kubelet is left to confirm a
 /// graceful deletion once the sandbox is down).
 async fn remove_targets(client: &Client) {
+    // Its experiments go once the new sandbox's controller has reverted and released them.
+    let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), NAMESPACE);
+    let _ = experiments
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     let _ = deployments.delete("target", &DeleteParams::default()).await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
