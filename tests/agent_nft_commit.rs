@@ -1,7 +1,8 @@
 //! Root tests of the nf_tables commit path in the node's namespace: a kept socket (no close,
 //! so no wait for the kernel, per transaction) and merged transactions (one grace period for
 //! the pods applied together). Merging must never change an answer: every good batch lands,
-//! a bad one fails alone with its own error, whether merged or not.
+//! a bad one fails alone with its own error, whether merged or not. And the one dump of every
+//! rule (what picking free NFQUEUE numbers reads) sees every table of every family.
 
 use std::io;
 
@@ -124,4 +125,31 @@ fn concurrent_commits_through_a_kept_socket_all_land_and_a_bad_one_fails_alone()
     drop(kept);
     nft::replace(&ns, &[good("after")]).unwrap();
     assert!(table_names(&ns).contains(&"after".to_string()));
+}
+
+#[test]
+fn one_dump_lists_the_rules_of_every_table_of_every_family() {
+    if !root_or_skip("one_dump_lists_the_rules_of_every_table_of_every_family") {
+        return;
+    }
+    let test_ns = TestNs::new("dump").unwrap();
+    let ns = test_ns.netns().unwrap();
+    let mut v6 = Table::new(Family::Ip6, "six", None);
+    let chain = v6.chain("inner", None);
+    v6.rule(chain, &[], &[nftables::Expr::Counter], None);
+    nft::replace(&ns, &[good("one"), good("two"), v6]).unwrap();
+    let mut rules: Vec<(String, String)> = nftables::with_socket(&ns, |socket| socket.all_rules())
+        .unwrap()
+        .into_iter()
+        .map(|(family, table, _)| (family.name().to_string(), table))
+        .collect();
+    rules.sort();
+    let per_table = |table: &str| rules.iter().filter(|(_, t)| t == table).count();
+    assert_eq!(per_table("one"), 2, "{rules:?}");
+    assert_eq!(per_table("two"), 2, "{rules:?}");
+    assert_eq!(per_table("six"), 1, "{rules:?}");
+    assert!(
+        rules.contains(&("ip6".to_string(), "six".to_string())),
+        "{rules:?}"
+    );
 }
