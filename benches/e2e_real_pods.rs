@@ -117,12 +117,7 @@ impl Sandbox {
     }
 
     async fn client(&self) -> Client {
-        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
-        let parsed: kube::config::Kubeconfig = serde_yaml::from_str(&text).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
-            .await
-            .unwrap();
-        Client::try_from(config).unwrap()
+        client_for(&self.kubeconfig).await
     }
 
     fn netns_prefix(&self) -> String {
@@ -357,15 +352,19 @@ impl Watched {
     }
 }
 
-/// Removes what an interrupted earlier bench left on the real control plane: its Deployment
-/// and pods would all start at once with the next sandbox's kubelets and swamp it.
-async fn forget_earlier_runs(kubeconfig: &Path) {
-    let text = std::fs::read_to_string(kubeconfig).unwrap();
-    let parsed: kube::config::Kubeconfig = serde_yaml::from_str(&text).unwrap();
+/// A client for the cluster a kubeconfig file names.
+async fn client_for(kubeconfig: &Path) -> Client {
+    let parsed = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
         .await
         .unwrap();
-    let client = Client::try_from(config).unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Removes what an interrupted earlier bench left on the real control plane: its Deployment
+/// and pods would all start at once with the next sandbox's kubelets and swamp it.
+async fn forget_earlier_runs(kubeconfig: &Path) {
+    let client = client_for(kubeconfig).await;
     // Its experiments go once the new sandbox's controller has reverted and released them.
     let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), NAMESPACE);
     let _ = experiments

@@ -45,6 +45,26 @@ fn partition(peer: Ipv4Addr) -> NetworkFault {
     }
 }
 
+/// 20 ms of latency towards `peer`, queued in userspace (NFQUEUE) or by netem.
+fn latency_towards(peer: Ipv4Addr, direction: Direction) -> NetworkFault {
+    NetworkFault {
+        latency: Some(LatencyFault {
+            latency: "20ms".into(),
+            direction,
+            ..Default::default()
+        }),
+        peer_cidrs: vec![format!("{peer}/32")],
+        ..Default::default()
+    }
+}
+
+/// A pod process in each of the node's first `count` pod namespaces, with uids from `first`.
+fn pods_running(node: &TestNode, count: usize, first: u32) -> Vec<PodProcess> {
+    (0..count)
+        .map(|n| PodProcess::start(&node.pods[n].ns, &uid(first + n as u32)).unwrap())
+        .collect()
+}
+
 /// An echo server in pod 1 and a connected client in pod 0.
 fn connection(node: &TestNode) -> TcpStream {
     let server_ip = node.pods[1].ip;
@@ -370,15 +390,7 @@ fn a_latency_revert_does_not_blame_another_experiments_partition() {
     let node = TestNode::new(3).unwrap();
     let _pod = PodProcess::start(&node.pods[0].ns, &uid(12)).unwrap();
     let kernel = kernel_for(&node);
-    let latency = NetworkFault {
-        latency: Some(LatencyFault {
-            latency: "20ms".into(),
-            direction: Direction::Both,
-            ..Default::default()
-        }),
-        peer_cidrs: vec![format!("{}/32", node.pods[1].ip)],
-        ..Default::default()
-    };
+    let latency = latency_towards(node.pods[1].ip, Direction::Both);
     let lat = kernel
         .apply(&uid(12), &tag(12), &latency, Mechanism::Nfqueue, &later())
         .unwrap();
@@ -525,19 +537,9 @@ fn the_faults_of_many_pods_revert_in_one_pass_each_judged_on_its_own() {
     }
     use faultline::agent::kernel::{KernelError, RevertItem};
     let node = TestNode::new(4).unwrap();
-    let _pods: Vec<PodProcess> = (0..3)
-        .map(|n| PodProcess::start(&node.pods[n].ns, &uid(30 + n as u32)).unwrap())
-        .collect();
+    let _pods = pods_running(&node, 3, 30);
     let kernel = kernel_for(&node);
-    let latency = NetworkFault {
-        latency: Some(LatencyFault {
-            latency: "20ms".into(),
-            direction: Direction::Both,
-            ..Default::default()
-        }),
-        peer_cidrs: vec![format!("{}/32", node.pods[3].ip)],
-        ..Default::default()
-    };
+    let latency = latency_towards(node.pods[3].ip, Direction::Both);
     let item = |tag: InjectionTag, mechanism, baseline| RevertItem {
         tag,
         mechanism: Some(mechanism),
@@ -637,18 +639,9 @@ fn queued_faults_applied_at_once_whose_queue_numbers_collide_all_get_queues_of_t
     // Every tag of this test starts with the same 8 hex digits, so every apply first tries
     // the same queue numbers: all but one find them taken (EPERM or EBUSY) and move on.
     let node = TestNode::new(9).unwrap();
-    let _pods: Vec<PodProcess> = (0..8)
-        .map(|n| PodProcess::start(&node.pods[n].ns, &uid(40 + n as u32)).unwrap())
-        .collect();
+    let _pods = pods_running(&node, 8, 40);
     let kernel = kernel_for(&node);
-    let latency = NetworkFault {
-        latency: Some(LatencyFault {
-            latency: "20ms".into(),
-            ..Default::default()
-        }),
-        peer_cidrs: vec![format!("{}/32", node.pods[8].ip)],
-        ..Default::default()
-    };
+    let latency = latency_towards(node.pods[8].ip, Direction::To);
     let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8u32)
             .map(|n| {

@@ -59,7 +59,7 @@ use crate::api::{ChaosExperiment, FaultInjection, InjectionPhase, NODE_LABEL};
 mod reverts;
 use reverts::RevertJob;
 
-/// How many pods the agent changes at once.
+/// How many pods the agent applies faults to at once (reverts go in one pass).
 pub const PARALLEL_PODS: usize = 32;
 /// How many status writes go out at once.
 const PARALLEL_WRITES: usize = 32;

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::Utc;
+use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 use serde_json::json;
@@ -16,8 +18,6 @@ use crate::agent::tag::InjectionTag;
 use crate::agent::telemetry::AgentMetrics;
 use crate::agent::writeback::{StatusChange, StatusWriter};
 use crate::api::{FaultInjection, InjectionPhase};
-use chrono::Utc;
-use futures::StreamExt;
 
 /// One injection to revert.
 pub(super) struct RevertJob {
