@@ -17,7 +17,7 @@ use faultline::agent::admission::Policy;
 use faultline::agent::kernel::RecordingKernel;
 use faultline::agent::runner::{self, AgentConfig};
 use faultline::agent::telemetry::AgentMetrics;
-use faultline::api::{FaultInjection, InjectionPhase};
+use faultline::api::{ChaosExperiment, FaultInjection, InjectionPhase};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::{
@@ -298,6 +298,122 @@ async fn the_agent_changes_only_its_own_nodes_capabilities_annotation() {
         "its token names no node",
         "an unbound agent token",
     );
+    bed.cluster.shutdown().await;
+}
+
+/// What the receipts policy lets through: a pod-bound agent token writes its own node's entry
+/// of `status.revertReceipts` (merged by the server beside the other nodes' entries) and
+/// nothing else of an experiment; the controller's status writes, which leave the list out,
+/// keep every entry.
+#[tokio::test]
+async fn the_agent_writes_only_its_own_nodes_revert_receipt() {
+    let Some(bed) = bed().await else { return };
+    let admin: Api<ChaosExperiment> = Api::namespaced(bed.admin.clone(), "shop");
+    let experiment: ChaosExperiment = serde_json::from_value(json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
+        "metadata": {"name": "aborting", "namespace": "shop",
+                     "labels": {"faultline.dev/reverting": "true"}},
+        "spec": {"duration": "1m",
+                 "target": {"labelSelector": {"matchLabels": {"app": "web"}}},
+                 "faults": [{"podKill": {}}]},
+    }))
+    .unwrap();
+    admin
+        .create(&PostParams::default(), &experiment)
+        .await
+        .unwrap();
+    let apply = |manager: &str, status: Value| {
+        let body = json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
+                          "metadata": {"name": "aborting"}, "status": status});
+        (PatchParams::apply(manager).force(), Patch::Apply(body))
+    };
+    let (params, patch) = apply(
+        "faultline-controller",
+        json!({"phase": "Aborting", "message": "aborting: probe web failed"}),
+    );
+    admin
+        .patch_status("aborting", &params, &patch)
+        .await
+        .unwrap();
+    let (params, patch) = apply(
+        "faultline-agent-node-b",
+        json!({"revertReceipts": [{"node": "node-b", "revertedAt": "2026-12-05T06:00:00Z", "injections": 3}]}),
+    );
+    admin
+        .patch_status("aborting", &params, &patch)
+        .await
+        .unwrap();
+
+    let as_agent: Api<ChaosExperiment> = Api::namespaced(bed.agent_on_a.clone(), "shop");
+    let own = json!({"revertReceipts": [{"node": "node-a", "revertedAt": "2026-12-05T06:00:01Z", "injections": 2}]});
+    let (params, patch) = apply("faultline-agent-node-a", own);
+    allowed(
+        as_agent.patch_status("aborting", &params, &patch).await,
+        "write its own node's revert receipt",
+    );
+    let (params, patch) = apply(
+        "faultline-agent-node-a",
+        json!({"revertReceipts": [
+            {"node": "node-a", "revertedAt": "2026-12-05T06:00:01Z", "injections": 2},
+            {"node": "node-b", "revertedAt": "2026-12-05T06:00:02Z", "injections": 0}]}),
+    );
+    refused_with(
+        as_agent.patch_status("aborting", &params, &patch).await,
+        "only the revert receipt of the node its own pod runs on (node-a)",
+        "write another node's receipt",
+    );
+    refused_with(
+        as_agent
+            .patch_status(
+                "aborting",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+            )
+            .await,
+        "may change only status.revertReceipts",
+        "change the experiment's phase",
+    );
+    refused_with(
+        as_agent
+            .patch(
+                "aborting",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"faultline.dev/reverting": null}}})),
+            )
+            .await,
+        "forbidden",
+        "change the experiment itself",
+    );
+    let unbound = common::cluster::client_as(&bed.cluster, RELEASE_NS, AGENT, None).await;
+    let (params, patch) = apply(
+        "faultline-agent-node-a",
+        json!({"revertReceipts": [{"node": "node-a", "revertedAt": "2026-12-05T06:00:01Z"}]}),
+    );
+    refused_with(
+        Api::<ChaosExperiment>::namespaced(unbound, "shop")
+            .patch_status("aborting", &params, &patch)
+            .await,
+        "only with a token bound to its pod",
+        "an unbound agent token",
+    );
+
+    // The controller's next status write leaves the list out: both receipts stay.
+    let (params, patch) = apply(
+        "faultline-controller",
+        json!({"phase": "Aborted", "message": "aborted: every fault is confirmed reverted"}),
+    );
+    let after = admin
+        .patch_status("aborting", &params, &patch)
+        .await
+        .unwrap();
+    let status = after.status.unwrap();
+    assert_eq!(status.phase, faultline::api::Phase::Aborted);
+    let nodes: Vec<(&str, i32)> = status
+        .revert_receipts
+        .iter()
+        .map(|r| (r.node.as_str(), r.injections))
+        .collect();
+    assert_eq!(nodes, [("node-b", 3), ("node-a", 2)]);
     bed.cluster.shutdown().await;
 }
 

@@ -581,7 +581,7 @@ fn the_controller_may_do_exactly_what_its_code_does() {
 }
 
 #[test]
-fn the_agent_touches_only_pods_its_node_fault_injections_and_events() {
+fn the_agent_touches_only_pods_its_node_fault_injections_receipts_and_events() {
     let rendered = Rendered::defaults();
     assert_eq!(
         permissions(rendered.one("ClusterRole", "faultline-agent")),
@@ -589,8 +589,10 @@ fn the_agent_touches_only_pods_its_node_fault_injections_and_events() {
             ("/pods", &["get", "list", "watch"]),
             // The opt-in label, before applying and while a fault runs.
             ("/namespaces", &["get", "list", "watch"]),
-            // The experiment behind each work item, read when it is about to be applied.
-            ("faultline.dev/chaosexperiments", &["get"]),
+            // The experiment behind each work item, read when it is about to be applied;
+            // watched once labelled reverting, and its node's revert receipt written.
+            ("faultline.dev/chaosexperiments", &["get", "list", "watch"]),
+            ("faultline.dev/chaosexperiments/status", &["patch"]),
             ("/nodes", &["get", "patch"]),
             (
                 "faultline.dev/faultinjections",
@@ -802,6 +804,7 @@ fn the_admission_policies_follow_the_safety_values() {
     for name in [
         "faultline-pod-disruption",
         "faultline-agent-node",
+        "faultline-agent-receipts",
         "faultline-fault-injections",
     ] {
         let binding = defaults.one("ValidatingAdmissionPolicyBinding", name);

@@ -65,6 +65,13 @@ pub fn list_map_by_name(schema: &mut Schema) {
     schema.insert("x-kubernetes-list-map-keys".into(), json!(["name"]));
 }
 
+/// A list with one entry per node (`node` is the key: server-side apply merges each node
+/// agent's entry into the list without touching the others').
+pub fn list_map_by_node(schema: &mut Schema) {
+    schema.insert("x-kubernetes-list-type".into(), json!("map"));
+    schema.insert("x-kubernetes-list-map-keys".into(), json!(["node"]));
+}
+
 /// `target.fieldSelectors`: at most the three supported keys, values of a bounded length.
 pub fn field_selector_map(schema: &mut Schema) {
     schema.insert("maxProperties".into(), json!(3));

@@ -52,7 +52,7 @@ pub use schedule::{
 pub use selector::{SelectionMode, TargetSelector};
 pub use status::{
     ChaosExperimentStatus, HypothesisState, Phase, ProbeGap, ProbeSample, ProbeStatus,
-    TargetRecord, TargetState, TimelineEntry, Verdict,
+    RevertReceipt, TargetRecord, TargetState, TimelineEntry, Verdict,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -85,6 +85,14 @@ pub const NODE_LABEL: &str = "faultline.dev/node";
 /// separated, from `netem`, `nfqueue`, `tbf`, `nftables`, `iptables`. The controller refuses a
 /// fault the target's node cannot do before injecting anything.
 pub const NODE_CAPABILITIES_ANNOTATION: &str = "faultline.dev/capabilities";
+/// Label the controller puts on an experiment (`"true"`) when its faults are to come out (it
+/// is Recovering or Aborting). The node agents watch for it: each reverts the experiment's
+/// faults on its node in one pass and writes one [`RevertReceipt`] for the node, instead of
+/// waiting for a deletion per FaultInjection.
+pub const REVERTING_LABEL: &str = "faultline.dev/reverting";
+/// The field manager of a node agent's server-side apply of its revert receipt (the node is
+/// appended: each agent owns its own entry).
+pub const AGENT_FIELD_MANAGER: &str = "faultline-agent";
 /// Label on objects created for an experiment, pointing back to it by name.
 pub const EXPERIMENT_LABEL: &str = "faultline.dev/experiment";
 /// Label on a FaultInjection: the index of the experiment's fault it carries.

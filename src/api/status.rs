@@ -291,6 +291,32 @@ pub struct ChaosExperimentStatus {
     /// From every fault reverted to the hypothesis holding again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_time: Option<GoDuration>,
+    /// Written by the node agents, one entry per node, once the experiment is reverting: the
+    /// node holds none of its faults and will apply none. One write per node confirms every
+    /// fault there, however many pods (the controller never writes this list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000), transform = super::bounds::list_map_by_node)]
+    pub revert_receipts: Vec<RevertReceipt>,
+}
+
+/// A node agent's word that every fault of the experiment on its node is reverted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevertReceipt {
+    /// The node.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// When the agent had taken the last of the experiment's rules out of the kernel.
+    pub reverted_at: DateTime<Utc>,
+    /// How many of the experiment's FaultInjections for this node the receipt covers.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub injections: i32,
+    /// Set when a revert left rules behind (or failed): which, and where. The faults of this
+    /// node are then not confirmed reverted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32768))]
+    pub failed: Option<String>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //!   `observe`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
@@ -44,7 +44,7 @@ pub struct Caches {
     pause: Store<ConfigMap>,
     controller_namespace: String,
     pub versions: Versions,
-    pub reverts: RevertsAsked,
+    pub reverts: Arc<RevertsAsked>,
     pub probe_writes: ProbeWrites,
     listed: watch::Receiver<u8>,
 }
@@ -61,7 +61,7 @@ impl Caches {
             pause,
             controller_namespace,
             versions: Versions::default(),
-            reverts: RevertsAsked::default(),
+            reverts: Arc::default(),
             probe_writes: ProbeWrites::default(),
             listed: listed.0.subscribe(),
         }
@@ -192,27 +192,47 @@ impl Versions {
     }
 }
 
-/// Experiments (by UID) whose FaultInjections this process has asked to delete. A
+/// Experiments (by UID) whose revert this process has asked for: when the agents were told
+/// (the reverting label), and whether the FaultInjections were asked to be deleted. A
 /// deletecollection that succeeded marked every injection there was, and none is created once
-/// a revert has begun, so the request needs repeating only after a restart (when this set
+/// a revert has begun, so either request needs repeating only after a restart (when this map
 /// starts empty), not because the cache still shows an injection unmarked.
 #[derive(Default)]
-pub struct RevertsAsked(Mutex<HashSet<String>>);
+pub struct RevertsAsked(Mutex<HashMap<String, Asked>>);
+
+#[derive(Clone, Copy)]
+pub struct Asked {
+    pub at: std::time::Instant,
+    pub deletion: bool,
+}
 
 impl RevertsAsked {
-    pub fn insert(&self, uid: &str) {
-        self.lock().insert(uid.to_string());
+    /// The agents were told now (a second call keeps the first time).
+    pub fn told(&self, uid: &str) {
+        self.lock().entry(uid.to_string()).or_insert(Asked {
+            at: std::time::Instant::now(),
+            deletion: false,
+        });
     }
 
-    pub fn contains(&self, uid: &str) -> bool {
-        self.lock().contains(uid)
+    pub fn deletion_asked(&self, uid: &str, asked: bool) {
+        let mut map = self.lock();
+        let entry = map.entry(uid.to_string()).or_insert(Asked {
+            at: std::time::Instant::now(),
+            deletion: false,
+        });
+        entry.deletion = asked;
+    }
+
+    pub fn get(&self, uid: &str) -> Option<Asked> {
+        self.lock().get(uid).copied()
     }
 
     pub fn remove(&self, uid: &str) {
         self.lock().remove(uid);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Asked>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -43,6 +43,7 @@ mod observe;
 mod podkill;
 mod probe_access;
 pub mod probe_hub;
+mod revert_progress;
 pub mod spec_check;
 mod status;
 mod targets;

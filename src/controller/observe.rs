@@ -19,7 +19,9 @@ use kube::{Api, ResourceExt, api::ListParams};
 use super::{
     Context, Error, Result,
     departures::{self, Departure, TargetWorld},
-    probe_access, spec_check,
+    probe_access,
+    revert_progress::revert_progress,
+    spec_check,
 };
 use crate::api::duration_bounds::POD_KILL_INTERVAL;
 use crate::{
@@ -131,38 +133,17 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
 
     let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
     let injection = injection_progress(&status, &injections, timeout, now);
-    // Everything is reverted once no FaultInjection of the experiment is left; pod kills need
-    // no revert (the pods' own controllers replace them).
-    let revert = if injections.is_empty() {
-        ProgressView::Done
-    } else {
-        let failed: Vec<String> = injections
-            .iter()
-            .filter(|i| {
-                i.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == InjectionPhase::Failed)
-            })
-            .filter(|i| i.metadata.deletion_timestamp.is_some())
-            .map(|i| {
-                format!(
-                    "{}: {}",
-                    i.spec.target.name,
-                    i.status
-                        .as_ref()
-                        .and_then(|s| s.message.clone())
-                        .unwrap_or_default()
-                )
-            })
-            .collect();
-        if failed.is_empty() {
-            ProgressView::InProgress
-        } else {
-            ProgressView::Failed {
-                message: failed.join("; "),
-            }
-        }
-    };
+    // The nodes of targets whose faults may be in, as recorded before each injection was
+    // created: a receipt must come from each, not only from the nodes of the injections
+    // the cache has seen.
+    let recorded_nodes: BTreeSet<&str> = status
+        .targets
+        .iter()
+        .filter(|r| r.injection.is_some())
+        .filter(|r| matches!(r.state, TargetState::Injecting | TargetState::Injected))
+        .filter_map(|r| r.node_name.as_deref())
+        .collect();
+    let revert = revert_progress(&injections, &recorded_nodes, &status.revert_receipts);
 
     let (duration, recovery_timeout) = match &times {
         Ok(t) => (t.duration, t.recovery_timeout),
@@ -289,6 +270,15 @@ fn unconfirmed_reverts(status: &ChaosExperimentStatus) -> Option<String> {
         .targets
         .iter()
         .filter(|r| r.injection.is_some() && r.state == TargetState::Injecting)
+        // The node's agent confirmed it holds none of the experiment's faults.
+        .filter(|r| {
+            !r.node_name.as_ref().is_some_and(|node| {
+                status
+                    .revert_receipts
+                    .iter()
+                    .any(|receipt| &receipt.node == node && receipt.failed.is_none())
+            })
+        })
         .map(|r| {
             format!(
                 "{} on pod {}/{} (node {})",

@@ -34,11 +34,18 @@ pub async fn write(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
     );
+    let mut ours =
+        serde_json::to_value(status).map_err(|e| Error::Record(kube::Error::SerdeError(e)))?;
+    if let Some(fields) = ours.as_object_mut() {
+        // The agents' receipts are theirs: applied without them, they stay as the agents
+        // wrote them (server-side apply keeps the fields other managers own).
+        fields.remove("revertReceipts");
+    }
     let patch = json!({
         "apiVersion": GROUP_VERSION,
         "kind": "ChaosExperiment",
         "metadata": { "resourceVersion": experiment.resource_version() },
-        "status": status,
+        "status": ours,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let updated = api

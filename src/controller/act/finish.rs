@@ -34,7 +34,11 @@ pub(super) async fn conclude(
     finish(ctx, experiment, status, verdict, now).await?;
     let uid = experiment.uid().unwrap_or_default();
     ctx.hypotheses.forget(&uid);
-    ctx.caches.reverts.remove(&uid);
+    // The receipts confirmed every fault reverted; the work items left are housekeeping.
+    let deleting = ctx.caches.reverts.get(&uid).is_some_and(|a| a.deletion);
+    if !deleting && status.targets.iter().any(|r| r.injection.is_some()) {
+        super::delete_injections(ctx, experiment);
+    }
     ctx.caches.probe_writes.remove(&uid);
     remove_finalizer(ctx, experiment).await
 }
