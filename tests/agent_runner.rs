@@ -16,12 +16,13 @@ use faultline::agent::runner::{self, AgentConfig};
 use faultline::agent::tag::InjectionTag;
 use faultline::agent::telemetry::AgentMetrics;
 use faultline::api::{
-    AGENT_FINALIZER, Direction, FaultInjection, FaultInjectionSpec, InjectionPhase, LatencyFault,
-    NODE_CAPABILITIES_ANNOTATION, NODE_LABEL, NetworkFault, ObjectRef, PodRef, all_crds,
+    AGENT_FINALIZER, ChaosExperiment, Direction, FaultInjection, FaultInjectionSpec,
+    InjectionPhase, LatencyFault, NODE_CAPABILITIES_ANNOTATION, NODE_LABEL, NetworkFault,
+    ObjectRef, PodRef, REVERTING_LABEL, all_crds,
 };
 use faultline::sandbox::testkit;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -726,5 +727,86 @@ async fn a_work_item_without_an_experiment_is_refused_and_counted() {
         rendered.contains("faultline_agent_refusals_total{reason=\"ExperimentNotFound\"} 1"),
         "{rendered}"
     );
+    agent.abort();
+}
+
+/// The controller's signal that an experiment's faults are to come out is one label on the
+/// experiment; the agent takes every fault of it out in one pass and confirms with one receipt
+/// for its node in the experiment's status: no write per FaultInjection, no deletion needed.
+/// An injection of that experiment that arrives afterwards is never applied.
+#[tokio::test]
+async fn a_reverting_experiment_loses_all_its_faults_and_gets_one_receipt_for_the_node() {
+    let world = World::start(RecordingKernel::full()).await;
+    let agent = world.agent();
+    let mut names = Vec::new();
+    for n in 0..3 {
+        let pod = world.pod(&format!("target-{n}")).await;
+        let name = format!("lat-{n}");
+        world.injection(&name, &pod, TimeDelta::minutes(5)).await;
+        names.push(name);
+    }
+    for name in &names {
+        world.wait_phase(name, InjectionPhase::Applied).await;
+    }
+    world.wait_rules(3).await;
+
+    let experiments: Api<ChaosExperiment> = Api::namespaced(world.client.clone(), "default");
+    experiments
+        .patch(
+            "exp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {REVERTING_LABEL: "true"}}})),
+        )
+        .await
+        .unwrap();
+    let receipt = wait_for("the node's revert receipt", WAIT, || {
+        let experiments = experiments.clone();
+        async move {
+            let experiment = experiments.get("exp").await.unwrap();
+            experiment.status?.revert_receipts.into_iter().next()
+        }
+    })
+    .await;
+    // The receipt is written after the pass: the kernel holds nothing of it by then.
+    assert!(
+        world.kernel.rules().is_empty(),
+        "{:?}",
+        world.kernel.rules()
+    );
+    assert_eq!(receipt.node, NODE);
+    assert_eq!(receipt.injections, 3);
+    assert_eq!(receipt.failed, None);
+    for name in &names {
+        let injection = world.injections().get(name).await.unwrap();
+        assert!(injection.metadata.deletion_timestamp.is_none());
+        assert_eq!(
+            injection.status.unwrap().phase,
+            InjectionPhase::Applied,
+            "no status write per injection: the receipt speaks for {name}"
+        );
+    }
+
+    // Late work for the reverting experiment: never applied, and no receipt rewritten for it.
+    let pod = world.pod("late").await;
+    world
+        .injection("lat-late", &pod, TimeDelta::minutes(5))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        world.kernel.rules().is_empty(),
+        "{:?}",
+        world.kernel.rules()
+    );
+    assert_eq!(world.kernel.apply_count(), 3);
+
+    // The controller's housekeeping: the agent lets go of each at once (nothing to revert).
+    world
+        .injections()
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .unwrap();
+    for name in names.iter().chain([&"lat-late".to_string()]) {
+        world.wait_gone(name).await;
+    }
     agent.abort();
 }

@@ -23,6 +23,9 @@ pub struct LiveInjection {
     pub expires_at: DateTime<Utc>,
     pub generation: Option<i64>,
     pub deleting: bool,
+    /// Its experiment is reverting (labelled so by the controller): take the fault out, apply
+    /// nothing; the agent's revert receipt for the node confirms it, not a status write here.
+    pub ending: bool,
     pub has_finalizer: bool,
     pub phase: InjectionPhase,
     pub observed_generation: Option<i64>,
@@ -49,6 +52,9 @@ pub enum RevertReason {
     Deleted,
     /// No live FaultInjection backs it any more (deleted while the agent was away).
     NoLongerDesired,
+    /// Its experiment is reverting (Recovering or Aborting): every fault of it on the node goes
+    /// in one pass, confirmed by one receipt.
+    Ending,
     /// The target pod is gone; its namespace took the pod-side rules with it.
     TargetGone,
     /// The agent may no longer keep it: consent withdrawn (the namespace's opt-in label
@@ -62,6 +68,7 @@ impl RevertReason {
             RevertReason::Expired => "reverted by the agent at expiresAt",
             RevertReason::Deleted => "reverted: the injection was deleted",
             RevertReason::NoLongerDesired => "reverted: no live FaultInjection backs it",
+            RevertReason::Ending => "reverted: the experiment is reverting its faults",
             RevertReason::TargetGone => {
                 "the target pod is gone (a replacement pod is not followed); its rules went with it"
             }
@@ -120,6 +127,7 @@ pub fn plan(
             match live_by_tag.as_ref().map(|m| m.get(&entry.tag)) {
                 Some(None) => Some(RevertReason::NoLongerDesired),
                 Some(Some(injection)) if injection.deleting => Some(RevertReason::Deleted),
+                Some(Some(injection)) if injection.ending => Some(RevertReason::Ending),
                 Some(Some(injection)) => match injection.consent {
                     Verdict::Refused(refusal) => Some(RevertReason::Withdrawn(refusal)),
                     Verdict::Allowed | Verdict::Unknown => None,
@@ -148,6 +156,11 @@ pub fn plan(
                     key: injection.key.clone(),
                 });
             }
+            continue;
+        }
+        if injection.ending {
+            // Its revert (if any) is in the list above; nothing of it goes in again, and
+            // nothing is written for it: the node's receipt speaks for it.
             continue;
         }
         let settled = matches!(
@@ -217,7 +230,7 @@ pub fn plan(
         .chain(
             live.unwrap_or_default()
                 .iter()
-                .filter(|i| !i.deleting)
+                .filter(|i| !i.deleting && !i.ending)
                 .map(|i| i.expires_at),
         )
         .filter(|t| *t > now)

@@ -20,6 +20,7 @@ fn live(n: u8) -> LiveInjection {
         expires_at: now() + TimeDelta::seconds(60),
         generation: Some(1),
         deleting: false,
+        ending: false,
         has_finalizer: true,
         phase: InjectionPhase::Pending,
         observed_generation: None,
@@ -318,4 +319,47 @@ fn a_settled_injection_with_nothing_applied_gets_no_finalizer() {
     injection.observed_generation = Some(1);
     let plan = plan(now(), Some(&[injection]), &[], &none());
     assert!(plan.actions.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn an_ending_experiments_faults_are_reverted_and_nothing_of_it_goes_in_or_is_written() {
+    // 1 is applied, 2 was never applied (not even a finalizer), 3 was refused before.
+    let mut injections = [live(1), live(2), live(3)];
+    injections[1].has_finalizer = false;
+    injections[2].consent = Verdict::Refused(Refusal::NamespaceNotOptedIn);
+    for injection in &mut injections {
+        injection.ending = true;
+    }
+    let plan = plan(now(), Some(&injections), &[applied(1)], &none());
+    assert_eq!(
+        plan.actions,
+        vec![Action::Revert {
+            tag: tag(1),
+            reason: RevertReason::Ending
+        }]
+    );
+    assert_eq!(plan.next_deadline, None, "nothing left to wake up for");
+}
+
+#[test]
+fn an_ending_injection_that_is_deleted_too_is_reverted_as_deleted_and_then_let_go() {
+    let mut injection = live(1);
+    injection.ending = true;
+    injection.deleting = true;
+    let first = plan(now(), Some(&[injection.clone()]), &[applied(1)], &none());
+    assert_eq!(
+        first.actions,
+        vec![Action::Revert {
+            tag: tag(1),
+            reason: RevertReason::Deleted
+        }]
+    );
+    // Reverted by the receipt's pass earlier: only the finalizer is left to release.
+    let after = plan(now(), Some(&[injection]), &[], &none());
+    assert_eq!(
+        after.actions,
+        vec![Action::RemoveFinalizer {
+            key: "default/inj-1".into()
+        }]
+    );
 }

@@ -8,11 +8,14 @@
 //! without a node label (normally none: the controller always sets it). Objects are trimmed to
 //! what the checks read (names, labels, node) before they are cached.
 //!
-//! Experiments are not watched: every agent on every node would receive every status write of
-//! every experiment (probe results, about once a second each). The runner reads the one
-//! experiment behind an injection when it is about to apply it (see the runner).
+//! Experiments are watched only once they carry the `faultline.dev/reverting` label (the
+//! controller's signal that their faults are to come out): watching all of them would send
+//! every agent every status write of every experiment (probe results, about once a second
+//! each). The runner reads the one experiment behind an injection when it is about to apply
+//! it (see the runner). That watch does not hold the agent back: without it (an older chart's
+//! permissions, say) the agent reverts on each FaultInjection's deletion, as before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,7 +27,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use super::admission::PodFacts;
-use crate::api::{FaultInjection, NODE_LABEL};
+use crate::api::{ChaosExperiment, FaultInjection, NODE_LABEL, REVERTING_LABEL};
 
 /// The pause switch: `paused: "true"` in this ConfigMap of the controller's namespace. (The
 /// controller's name for it, which the agent must match.)
@@ -36,6 +39,7 @@ pub struct FactWatches {
     namespaces: Store<Namespace>,
     pause: Store<ConfigMap>,
     unlabelled: Store<FaultInjection>,
+    reverting: Store<ChaosExperiment>,
     controller_namespace: String,
     /// How many watches have listed once; all of them must have before the agent acts.
     listed: Arc<AtomicUsize>,
@@ -50,6 +54,23 @@ pub struct Snapshot {
     pub pods: HashMap<String, PodFacts>,
     /// Namespace name -> labels.
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
+    /// Experiments whose faults are to come out, by UID and by `namespace/name`.
+    pub ending: HashSet<String>,
+}
+
+impl Snapshot {
+    /// Whether the experiment behind `injection` is reverting its faults.
+    pub fn is_ending(&self, injection: &FaultInjection) -> bool {
+        let experiment = &injection.spec.experiment;
+        match &experiment.uid {
+            Some(uid) => self.ending.contains(uid),
+            None => self.ending.contains(&format!(
+                "{}/{}",
+                injection.namespace().unwrap_or_default(),
+                experiment.name
+            )),
+        }
+    }
 }
 
 impl FactWatches {
@@ -130,12 +151,32 @@ impl FactWatches {
         tokio::spawn(drive(
             "unlabelled FaultInjections",
             stream,
-            changed,
+            changed.clone(),
             listed.clone(),
             None,
         ));
+        let (reverting, writer) = reflector::store();
+        let stream = watcher(
+            Api::<ChaosExperiment>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{REVERTING_LABEL}=true")),
+        )
+        .default_backoff()
+        .modify(|experiment| {
+            trim(experiment);
+            experiment.status = None;
+        })
+        .reflect(writer);
+        // Not counted in `listed`: the agent is ready without it (see the module's doc).
+        tokio::spawn(drive(
+            "reverting experiments",
+            stream,
+            changed,
+            Arc::new(AtomicUsize::new(0)),
+            Some(uid_of::<ChaosExperiment>),
+        ));
         FactWatches {
             watches: pods.len() + 3,
+            reverting,
             pods,
             namespaces,
             pause,
@@ -170,10 +211,20 @@ impl FactWatches {
             .iter()
             .map(|ns| (ns.name_any(), ns.labels().clone()))
             .collect();
+        let ending = self
+            .reverting
+            .state()
+            .iter()
+            .flat_map(|e| {
+                let key = format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any());
+                [Some(key), e.uid()].into_iter().flatten()
+            })
+            .collect();
         Snapshot {
             paused,
             pods,
             namespaces,
+            ending,
         }
     }
 
@@ -210,6 +261,15 @@ fn labels_of<K: Resource>(object: &K) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     object.meta().labels.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What the agent reads of a reverting experiment: that it is one (its status writes, the
+/// receipts of every other node among them, wake no agent).
+fn uid_of<K: Resource>(object: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    object.meta().uid.hash(&mut hasher);
     hasher.finish()
 }
 

@@ -56,8 +56,10 @@ use super::telemetry::AgentMetrics;
 use super::writeback::{self, StatusChange, StatusWriter, key_of, live_injection, tag_of};
 use crate::api::{ChaosExperiment, FaultInjection, InjectionPhase, NODE_LABEL};
 
+mod receipts;
 mod reverts;
-use reverts::RevertJob;
+use receipts::Receipts;
+use reverts::{Report, RevertJob};
 
 /// How many pods the agent applies faults to at once (reverts go in one pass).
 pub const PARALLEL_PODS: usize = 32;
@@ -156,6 +158,7 @@ pub async fn run<K: Kernel>(
         counted_at: None,
         last_scan: None,
         reporting: JoinSet::new(),
+        receipts: Receipts::default(),
     };
     tracing::info!(
         nodes = ?config.nodes,
@@ -314,6 +317,7 @@ struct Agent<K> {
     last_scan: Option<PodScan>,
     /// Revert reports being written (see [`REPORTS_IN_FLIGHT`]).
     reporting: JoinSet<()>,
+    receipts: Receipts,
 }
 
 /// What a scan for gone pods found (see [`Agent::gone_pods`]).
@@ -353,7 +357,10 @@ impl<K: Kernel> Agent<K> {
         let now = Utc::now();
         let mut live_view: Option<Vec<LiveInjection>> = live.map(|l| {
             l.iter()
-                .filter_map(|i| live_injection(i, self.consent(i, facts)))
+                .filter_map(|i| {
+                    let ending = facts.is_some_and(|f| f.is_ending(i));
+                    live_injection(i, self.consent(i, facts), ending)
+                })
                 .collect()
         });
         let applied: Vec<converge::Applied> = self
@@ -425,6 +432,11 @@ impl<K: Kernel> Agent<K> {
             backlog = self.drain_gone(stale.clone(), usize::MAX, &by_tag).await;
         }
         self.per_pod(reverts, applies, &by_tag).await;
+        if let (Some(live), Some(facts)) = (live, facts) {
+            self.receipts
+                .write_due(&self.client, &self.nodes, live, facts, &self.journal)
+                .await;
+        }
         if !room_first {
             backlog = self.drain_gone(stale, DRAIN_CHUNK, &by_tag).await;
         }
@@ -717,6 +729,16 @@ impl<K: Kernel> Agent<K> {
             reverts::revert_pass(&self.kernel, &self.metrics, to_revert.into_iter().collect())
                 .await;
         self.forget(&pass.forget, "reverting");
+        for report in &pass.reports {
+            if let Report::Reverted {
+                injection,
+                residual,
+                ..
+            } = report
+            {
+                self.receipts.note_residue(injection, residual);
+            }
+        }
         if !pass.reports.is_empty() {
             // In the background: the next step must not wait for the API server to take these
             // (an abort's deletions arrive while the first ones are being reported).

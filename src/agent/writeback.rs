@@ -325,6 +325,7 @@ pub(super) fn tag_of(injection: &FaultInjection) -> Option<InjectionTag> {
 pub(super) fn live_injection(
     injection: &FaultInjection,
     consent: Verdict,
+    ending: bool,
 ) -> Option<LiveInjection> {
     let status = injection.status.clone().unwrap_or_default();
     Some(LiveInjection {
@@ -334,6 +335,7 @@ pub(super) fn live_injection(
         expires_at: injection.spec.expires_at,
         generation: injection.metadata.generation,
         deleting: injection.metadata.deletion_timestamp.is_some(),
+        ending,
         has_finalizer: injection.finalizers().iter().any(|f| f == AGENT_FINALIZER),
         phase: status.phase,
         observed_generation: status.observed_generation,
