@@ -52,6 +52,7 @@ impl DemoAppArgs {
         };
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
+            let shutdown = super::shutdown_signal();
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
@@ -59,9 +60,7 @@ impl DemoAppArgs {
             // Tests and scripts read this line to learn the port when they asked for port 0.
             println!("demo-app {} listening on {bound}", config.name);
             tracing::info!(%bound, downstreams = ?config.downstreams, "demo-app serving");
-            serve(listener, config, super::shutdown_signal())
-                .await
-                .context("serving")?;
+            serve(listener, config, shutdown).await.context("serving")?;
             tracing::info!("demo-app stopped");
             anyhow::Ok(ExitCode::SUCCESS)
         })

@@ -111,22 +111,27 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends a pod it stops).
 /// A command-line duration in Go's notation (`30s`, `1m30s`), as manifests write them.
 pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::api::GoDuration::from(text).parse()
 }
 
-pub(crate) async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends a pod it stops). The SIGTERM handler
+/// is installed when this is called, not when the future is first polled: a signal in between
+/// (a process told to stop right after it said it was serving) would otherwise kill it.
+/// Call it inside the runtime.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
+    async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match terminate.as_mut() {
+                    Some(signal) => { signal.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
     }
 }

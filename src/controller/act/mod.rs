@@ -555,8 +555,8 @@ fn resume(
 /// The FaultInjections are deleted later (see [`delete_injections`]): once the receipts are
 /// in, or after [`RECEIPT_GRACE`] without them. Deleted at once, they cost the API server a
 /// write each (and the agents a finalizer release each) while the abort is still waiting for
-/// its receipts: on the real control plane, which deletes a collection's items one after
-/// another, 100 targets took 1.3 s to abort that way, against 0.3 s with receipts alone.
+/// its receipts: on the real control plane with 100 targets, the abort took 286 ms (median of
+/// three) that way and 196 ms with the deletions after the receipts.
 async fn revert_all(ctx: &Context, experiment: &mut ChaosExperiment) -> Result<()> {
     let labelled = experiment
         .labels()
