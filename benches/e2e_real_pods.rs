@@ -262,6 +262,32 @@ async fn scale(client: &Client, pods: usize) {
     );
 }
 
+/// A watch of `K` in the bench's namespace into a store, and its events.
+fn reflected<K>(
+    client: &Client,
+    config: kube::runtime::watcher::Config,
+) -> (reflector::Store<K>, futures::stream::BoxStream<'static, ()>)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let (store, writer) = reflector::store();
+    let events = watcher(Api::<K>::namespaced(client.clone(), NAMESPACE), config)
+        .default_backoff()
+        .reflect(writer)
+        .map(|_| ())
+        .boxed();
+    (store, events)
+}
+
 /// The experiment and its FaultInjections as the bench's own watches see them.
 struct Watched {
     experiment: reflector::Store<ChaosExperiment>,
@@ -273,23 +299,15 @@ impl Watched {
     /// Starts both watches and returns once both have listed.
     async fn start(client: &Client, name: &str) -> Watched {
         use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let (experiment, experiment_writer) = reflector::store();
-        let (injections, injections_writer) = reflector::store();
-        let experiments = watcher(
-            Api::<ChaosExperiment>::namespaced(client.clone(), NAMESPACE),
-            watcher::Config::default().fields(&format!("metadata.name={name}")),
-        )
-        .default_backoff()
-        .reflect(experiment_writer)
-        .map(|_| ());
-        let faults = watcher(
-            Api::<FaultInjection>::namespaced(client.clone(), NAMESPACE),
-            watcher::Config::default().labels(&format!("{EXPERIMENT_LABEL}={name}")),
-        )
-        .default_backoff()
-        .reflect(injections_writer)
-        .map(|_| ());
+        use kube::runtime::watcher::Config;
+        let (experiment, experiments) = reflected::<ChaosExperiment>(
+            client,
+            Config::default().fields(&format!("metadata.name={name}")),
+        );
+        let (injections, faults) = reflected::<FaultInjection>(
+            client,
+            Config::default().labels(&format!("{EXPERIMENT_LABEL}={name}")),
+        );
         let mut watched = Watched {
             experiment,
             injections,

@@ -258,18 +258,19 @@ fn trim<K: Resource>(object: &mut K) {
 
 /// What the checks read of a pod or namespace: its labels.
 fn labels_of<K: Resource>(object: &K) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    object.meta().labels.hash(&mut hasher);
-    hasher.finish()
+    hash_of(&object.meta().labels)
 }
 
 /// What the agent reads of a reverting experiment: that it is one (its status writes, the
 /// receipts of every other node among them, wake no agent).
 fn uid_of<K: Resource>(object: &K) -> u64 {
-    use std::hash::{Hash, Hasher};
+    hash_of(&object.meta().uid)
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    object.meta().uid.hash(&mut hasher);
+    value.hash(&mut hasher);
     hasher.finish()
 }
 

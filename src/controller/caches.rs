@@ -209,19 +209,19 @@ pub struct Asked {
 impl RevertsAsked {
     /// The agents were told now (a second call keeps the first time).
     pub fn told(&self, uid: &str) {
-        self.lock().entry(uid.to_string()).or_insert(Asked {
-            at: std::time::Instant::now(),
-            deletion: false,
-        });
+        self.with(uid, |_| {});
     }
 
     pub fn deletion_asked(&self, uid: &str, asked: bool) {
+        self.with(uid, |entry| entry.deletion = asked);
+    }
+
+    fn with(&self, uid: &str, change: impl FnOnce(&mut Asked)) {
         let mut map = self.lock();
-        let entry = map.entry(uid.to_string()).or_insert(Asked {
+        change(map.entry(uid.to_string()).or_insert(Asked {
             at: std::time::Instant::now(),
             deletion: false,
-        });
-        entry.deletion = asked;
+        }));
     }
 
     pub fn get(&self, uid: &str) -> Option<Asked> {

@@ -49,7 +49,7 @@ pub(super) struct Receipts {
 /// How long a failed receipt write waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-fn key_of(injection: &FaultInjection) -> ExperimentKey {
+fn experiment_of(injection: &FaultInjection) -> ExperimentKey {
     ExperimentKey {
         namespace: injection.namespace().unwrap_or_default(),
         name: injection.spec.experiment.name.clone(),
@@ -64,7 +64,7 @@ impl Receipts {
         }
         let target = &injection.spec.target;
         self.residue
-            .entry((key_of(injection), injection.spec.node_name.clone()))
+            .entry((experiment_of(injection), injection.spec.node_name.clone()))
             .or_default()
             .push(format!(
                 "pod {}/{}: {} rule(s) left: {}",
@@ -93,7 +93,7 @@ impl Receipts {
             }
             let held = tag_of(injection).is_some_and(|tag| journal.head(&tag).is_some());
             let (count, any_held) = due
-                .entry(key_of(injection))
+                .entry(experiment_of(injection))
                 .or_default()
                 .entry(node.clone())
                 .or_default();

@@ -34,9 +34,10 @@ pub(super) async fn conclude(
     finish(ctx, experiment, status, verdict, now).await?;
     let uid = experiment.uid().unwrap_or_default();
     ctx.hypotheses.forget(&uid);
-    // The receipts confirmed every fault reverted; the work items left are housekeeping.
-    let deleting = ctx.caches.reverts.get(&uid).is_some_and(|a| a.deletion);
-    if !deleting && status.targets.iter().any(|r| r.injection.is_some()) {
+    // The receipts confirmed every fault reverted; the work items left are housekeeping. (An
+    // experiment that never reverted made none; one a restarted controller did not see
+    // revert is cleaned up by the next reconcile, from the FaultInjections it finds.)
+    if ctx.caches.reverts.get(&uid).is_some_and(|a| !a.deletion) {
         super::delete_injections(ctx, experiment);
     }
     ctx.caches.probe_writes.remove(&uid);

@@ -441,7 +441,9 @@ pub async fn perform(
                 inject::create_missing(ctx, experiment, &mut status, &injections, now).await?;
             }
             if matches!(status.phase, Phase::Recovering | Phase::Aborting) {
-                // Asking again is idempotent and covers a request lost to a crash.
+                // Asking again is idempotent and covers a request lost to a crash. Nothing
+                // asked by this process (a restart): how long the agents have had is unknown,
+                // so the FaultInjections are deleted at once too.
                 let asked = ctx.caches.reverts.get(&uid);
                 if asked.is_none() {
                     revert_all(ctx, experiment).await?;
