@@ -4,6 +4,12 @@
 //! nft command, or per iptables rule), in the same run. Revert included. Prints min / median /
 //! max over the rounds and the speedups; asserts nothing.
 //!
+//! faultline appears twice: back to back (the revert right after the apply reuses the
+//! namespace's lingering socket, as a second fault on one pod does), and far apart (each
+//! operation on a fresh socket after the last close has finished, as an apply and its revert
+//! minutes apart meet the kernel). Back to back on fresh sockets each waited for the previous
+//! close's grace period (~15 ms); see `nftables::LINGER`.
+//!
 //! `FAULTLINE_BENCH_NAMESPACES` (default 100) and `FAULTLINE_BENCH_ROUNDS` (default 30, for the
 //! single-namespace rows) change the sizes.
 
@@ -55,6 +61,13 @@ fn ours_apply(ns: &Netns) {
 
 fn ours_revert(ns: &Netns) {
     assert!(nft::remove(ns, &tag()).unwrap());
+}
+
+/// Makes the next operation meet the kernel as one minutes after the last would: no lingering
+/// socket to reuse, and the last close's wait for a grace period over.
+fn far_apart() {
+    faultline::agent::nftables::close_lingering_sockets();
+    std::thread::sleep(Duration::from_millis(100));
 }
 
 fn nsenter(netns: &str, program: &str, args: &[String]) {
@@ -169,14 +182,26 @@ struct Row {
 
 fn one_namespace(
     rounds: usize,
+    apply: impl FnMut(),
+    revert: impl FnMut(),
+) -> [(Duration, Duration, Duration); 3] {
+    one_namespace_settled(rounds, || {}, apply, revert)
+}
+
+/// [`one_namespace`], calling `settle` (untimed) before each apply and each revert.
+fn one_namespace_settled(
+    rounds: usize,
+    mut settle: impl FnMut(),
     mut apply: impl FnMut(),
     mut revert: impl FnMut(),
 ) -> [(Duration, Duration, Duration); 3] {
     let (mut a, mut r, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
+        settle();
         let t = Instant::now();
         apply();
         let applied = t.elapsed();
+        settle();
         let t = Instant::now();
         revert();
         let reverted = t.elapsed();
@@ -228,7 +253,7 @@ fn main() {
 
     let [apply, revert, cycle] = one_namespace(rounds, || ours_apply(first), || ours_revert(first));
     let ours = Row {
-        approach: "faultline: in-process nf_tables netlink, one transaction each way",
+        approach: "faultline back to back: in-process nf_tables netlink, one transaction each way, the namespace's socket reused",
         apply,
         revert,
         cycle,
@@ -242,6 +267,32 @@ fn main() {
             faultline::agent::runner::PARALLEL_PODS,
             |ns, _| ours_revert(ns),
         ),
+    };
+    let [apply, revert, cycle] = one_namespace_settled(
+        rounds,
+        far_apart,
+        || ours_apply(first),
+        || ours_revert(first),
+    );
+    far_apart();
+    let many_apply = across(
+        &namespaces,
+        faultline::agent::runner::PARALLEL_PODS,
+        |ns, _| ours_apply(ns),
+    );
+    far_apart();
+    let many_revert = across(
+        &namespaces,
+        faultline::agent::runner::PARALLEL_PODS,
+        |ns, _| ours_revert(ns),
+    );
+    let ours_far_apart = Row {
+        approach: "faultline, each operation far from the last (fresh socket, the last one's close done)",
+        apply,
+        revert,
+        cycle,
+        many_apply,
+        many_revert,
     };
     let [apply, revert, cycle] = one_namespace(
         rounds,
@@ -282,7 +333,7 @@ fn main() {
         "| approach | 1 ns apply min / median / max | 1 ns revert min / median / max | apply + revert min / median / max | {count} ns apply | {count} ns revert |"
     );
     println!("|---|---|---|---|---|---|");
-    for row in [&ours, &nft_rows, &ipt_rows] {
+    for row in [&ours, &ours_far_apart, &nft_rows, &ipt_rows] {
         println!(
             "| {} | {} | {} | {} | {:.2?} | {:.2?} |",
             row.approach,
@@ -298,6 +349,11 @@ fn main() {
         "\nspeedup of faultline, apply + revert, median: {:.1}x over nsenter + nft, {:.1}x over nsenter + iptables",
         ratio(nft_rows.cycle.1, ours.cycle.1),
         ratio(ipt_rows.cycle.1, ours.cycle.1)
+    );
+    println!(
+        "speedup of faultline with operations far apart (fresh socket each), apply + revert, median: {:.1}x over nsenter + nft, {:.1}x over nsenter + iptables",
+        ratio(nft_rows.cycle.1, ours_far_apart.cycle.1),
+        ratio(ipt_rows.cycle.1, ours_far_apart.cycle.1)
     );
     println!(
         "speedup across {count} namespaces (faultline {} at a time, the others one by one), apply + revert: {:.1}x over nft, {:.1}x over iptables",

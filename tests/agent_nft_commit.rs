@@ -2,7 +2,8 @@
 //! so no wait for the kernel, per transaction) and merged transactions (one grace period for
 //! the pods applied together). Merging must never change an answer: every good batch lands,
 //! a bad one fails alone with its own error, whether merged or not. And the one dump of every
-//! rule (what picking free NFQUEUE numbers reads) sees every table of every family.
+//! rule (what picking free NFQUEUE numbers reads) sees every table of every family. A pod's
+//! lingering socket closes on its own, so a deleted pod's namespace is not held alive.
 
 use std::io;
 
@@ -151,5 +152,53 @@ fn one_dump_lists_the_rules_of_every_table_of_every_family() {
     assert!(
         rules.contains(&("ip6".to_string(), "six".to_string())),
         "{rules:?}"
+    );
+}
+
+/// A pod's socket lingers after a transaction (so that the next one there does not wait for
+/// its close), and an open socket keeps its namespace alive: once the pod's namespace is
+/// deleted, the lingering socket must still close on its own, or every deleted pod's network
+/// (its veth, its routes) would outlive it for as long as the agent runs.
+#[test]
+fn a_lingering_socket_lets_a_deleted_pod_namespace_go() {
+    if !root_or_skip("a_lingering_socket_lets_a_deleted_pod_namespace_go") {
+        return;
+    }
+    let host = TestNs::new("linger-host").unwrap();
+    let pod = TestNs::new("linger-pod").unwrap();
+    host.ip(&[
+        "link",
+        "add",
+        "lingerh",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lingerp",
+        "netns",
+        pod.name(),
+    ])
+    .unwrap();
+    let ns = pod.netns().unwrap();
+    nftables::commit(&ns, good("linger").replace()).unwrap();
+    nftables::commit(&ns, nftables::table::delete(Family::Ip, "linger")).unwrap();
+    drop(ns);
+    drop(pod);
+
+    // The host side of the veth goes when the pod's namespace is really gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let gone = loop {
+        let links = host.ip(&["-o", "link", "show"]).unwrap();
+        if !String::from_utf8_lossy(&links.stdout).contains("lingerh") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        gone,
+        "the deleted pod namespace is still alive 30 s later: a socket in it was never closed"
     );
 }

@@ -30,13 +30,14 @@ pub use wire::Msg;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::agent::closer;
 use crate::agent::netns::{Netns, NetnsId};
 
-/// Runs `work` with a socket in `ns`: the namespace's kept socket (see [`keep_open`]) on the
-/// calling thread, or a new one opened on a thread inside the namespace, closed in the
-/// background afterwards (a close waits for the kernel; see [`closer`]).
+/// Runs `work` with a socket in `ns`: the namespace's kept socket (see [`keep_open`]) or its
+/// lingering one (see [`LINGER`]) on the calling thread, or a new one opened on a thread
+/// inside the namespace, which then lingers.
 pub fn with_socket<R: Send>(
     ns: &Netns,
     work: impl FnOnce(&mut NftSocket) -> Result<R, NftError> + Send,
@@ -58,13 +59,91 @@ pub fn with_socket<R: Send>(
         }
         return result.map_err(io::Error::from);
     }
-    let (result, socket) = ns.run(|| -> io::Result<_> {
-        let mut socket = NftSocket::open()?;
-        let result = work(&mut socket);
-        Ok((result, socket))
-    })??;
-    closer::drop_later(socket);
+    let reused = lock(idle()).remove(&id);
+    let (result, socket) = match reused {
+        Some(Idle { mut socket, .. }) => {
+            let result = work(&mut socket);
+            (result, socket)
+        }
+        None => ns.run(|| -> io::Result<_> {
+            let mut socket = NftSocket::open()?;
+            let result = work(&mut socket);
+            Ok((result, socket))
+        })??,
+    };
+    match &result {
+        Err(NftError::Io(_)) => closer::drop_later(socket),
+        _ => linger(id, socket),
+    }
     result.map_err(io::Error::from)
+}
+
+/// How long a namespace's socket stays open after its last use. A close right after a
+/// transaction holds the namespace's commit mutex for a grace period (see [`closer`]), so the
+/// next transaction there (the revert after an apply, the second fault on one pod) would wait
+/// for it; a socket that lingers is reused instead and closed once the namespace goes quiet.
+/// An open socket keeps its namespace alive, so no longer than this after a pod is gone.
+const LINGER: Duration = Duration::from_secs(3);
+
+struct Idle {
+    socket: NftSocket,
+    since: Instant,
+}
+
+fn idle() -> &'static Mutex<HashMap<NetnsId, Idle>> {
+    static IDLE: OnceLock<Mutex<HashMap<NetnsId, Idle>>> = OnceLock::new();
+    IDLE.get_or_init(Mutex::default)
+}
+
+/// Keeps `socket` for the next transaction in its namespace, for [`LINGER`] at most.
+fn linger(id: NetnsId, socket: NftSocket) {
+    static REAPER: OnceLock<bool> = OnceLock::new();
+    let reaping = *REAPER.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("fl-nft-linger".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(LINGER / 3);
+                    close_quiet_sockets(LINGER);
+                }
+            })
+            .is_ok()
+    });
+    if !reaping {
+        closer::drop_later(socket);
+        return;
+    }
+    let displaced = lock(idle()).insert(
+        id,
+        Idle {
+            socket,
+            since: Instant::now(),
+        },
+    );
+    if let Some(displaced) = displaced {
+        closer::drop_later(displaced.socket);
+    }
+}
+
+/// Closes (in the background) every lingering socket now: the next transaction in each
+/// namespace opens a fresh one, as one far apart from the last does.
+pub fn close_lingering_sockets() {
+    close_quiet_sockets(Duration::ZERO);
+}
+
+/// Closes (in the background) every lingering socket unused for `quiet` or longer.
+fn close_quiet_sockets(quiet: Duration) {
+    let mut idle = lock(idle());
+    let quiet_ones: Vec<NetnsId> = idle
+        .iter()
+        .filter(|(_, i)| i.since.elapsed() >= quiet)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in quiet_ones {
+        if let Some(gone) = idle.remove(&id) {
+            closer::drop_later(gone.socket);
+        }
+    }
 }
 
 /// Commits `batch` in `ns` as one transaction of its own, or, in a namespace with a kept
