@@ -46,6 +46,7 @@ pub struct Caches {
     pub versions: Versions,
     pub reverts: Arc<RevertsAsked>,
     pub probe_writes: ProbeWrites,
+    pub target_reads: TargetReads,
     listed: watch::Receiver<u8>,
 }
 
@@ -63,6 +64,7 @@ impl Caches {
             versions: Versions::default(),
             reverts: Arc::default(),
             probe_writes: ProbeWrites::default(),
+            target_reads: TargetReads::default(),
             listed: listed.0.subscribe(),
         }
     }
@@ -103,6 +105,36 @@ impl Caches {
         })
     }
 }
+
+/// When each experiment's targets were last read (one GET per target pod, to see which left).
+/// An injection of 500 targets brings a reconcile per batch of agent reports; reading every
+/// target in each of them cost ~0.4 s a time and held the reconcile that would see a broken
+/// hypothesis. The departures need a look every poll (2 s), not one per report.
+#[derive(Default)]
+pub struct TargetReads(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+
+impl TargetReads {
+    /// Whether the targets of experiment `uid` are due for a read (the last was `every` ago or
+    /// more, or there was none); when they are, that read is taken to happen now.
+    pub fn due(&self, uid: &str, every: std::time::Duration) -> bool {
+        self.due_at(uid, every, std::time::Instant::now())
+    }
+
+    fn due_at(&self, uid: &str, every: std::time::Duration, now: std::time::Instant) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Experiments long finished or deleted leave no entry behind.
+        last.retain(|_, at| now.saturating_duration_since(*at) < FORGET_TARGET_READS);
+        match last.get(uid) {
+            Some(at) if now.saturating_duration_since(*at) < every => false,
+            _ => {
+                last.insert(uid.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+const FORGET_TARGET_READS: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Which watches have listed, shared between the watch streams and the readers.
 #[derive(Clone)]
@@ -290,5 +322,33 @@ mod tests {
         assert!(!versions.is_superseded(&experiment("v", "1")));
         // 3 (or anything newer) is current and ends the entry.
         assert!(!versions.is_superseded(&experiment("u", "3")));
+    }
+}
+
+#[cfg(test)]
+mod target_reads_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn targets_are_read_at_most_once_per_interval_per_experiment() {
+        let reads = TargetReads::default();
+        let every = Duration::from_secs(1);
+        let t0 = Instant::now();
+        assert!(reads.due_at("a", every, t0));
+        assert!(!reads.due_at("a", every, t0 + Duration::from_millis(300)));
+        assert!(reads.due_at("b", every, t0 + Duration::from_millis(300)));
+        assert!(!reads.due_at("a", every, t0 + Duration::from_millis(999)));
+        assert!(reads.due_at("a", every, t0 + Duration::from_secs(1)));
+        assert!(!reads.due_at("a", every, t0 + Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn old_entries_are_forgotten() {
+        let reads = TargetReads::default();
+        let t0 = Instant::now();
+        reads.due_at("gone", Duration::from_secs(1), t0);
+        reads.due_at("other", Duration::from_secs(1), t0 + FORGET_TARGET_READS);
+        assert_eq!(reads.0.lock().unwrap().len(), 1);
     }
 }

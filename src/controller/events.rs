@@ -40,7 +40,7 @@ const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 const MAX_NOTE: usize = 1024;
 
 /// One thing that happened, for a person: the timeline entry and the Event say the same.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Fact {
     pub warning: bool,
     /// PascalCase, e.g. `PodKillSkipped`.

@@ -102,6 +102,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     if matches!(status.phase, Phase::Injecting | Phase::Running)
         && !aborting_anyway
         && status.targets.iter().any(departures::watched)
+        && ctx.caches.target_reads.due(&uid, TARGET_READ_EVERY)
     {
         let mut world = target_world(ctx, &status).await?;
         world.agent_reverted = reverted_by_agent(&injections, now);
@@ -230,6 +231,10 @@ async fn target_world(ctx: &Context, status: &ChaosExperimentStatus) -> Result<T
     .map_err(Error::Observe)?;
     Ok(world)
 }
+
+/// The shortest time between two reads of one experiment's targets: below the 2 s poll of a
+/// running experiment, so that every poll reads them.
+const TARGET_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads in flight at once for [`target_world`].
 const PARALLEL_READS: usize = 16;

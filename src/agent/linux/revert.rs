@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::{LinuxKernel, POD_INTERFACE, failed, remove_tree_unless_claimed};
@@ -57,8 +57,9 @@ impl LinuxKernel {
             )));
         }
         let node_done = started.elapsed();
+        let clocks = PodClocks::default();
         let passes = in_parallel(pods, |(pod_uid, items)| {
-            self.revert_in_pod(&host, pod_uid, items, &tags)
+            self.revert_in_pod(&host, pod_uid, items, &tags, &clocks)
         });
         let pods_done = started.elapsed();
         let iptables = pods
@@ -78,6 +79,9 @@ impl LinuxKernel {
             node_us = node_done.as_micros() as u64,
             pods_us = (pods_done - node_done).as_micros() as u64,
             look_us = (started.elapsed() - pods_done).as_micros() as u64,
+            pod_tables_us = clocks.tables.load(Ordering::Relaxed),
+            pod_mechanisms_us = clocks.mechanisms.load(Ordering::Relaxed),
+            pod_lines_us = clocks.lines.load(Ordering::Relaxed),
             "revert pass stages"
         );
         pods.iter()
@@ -94,6 +98,7 @@ impl LinuxKernel {
         pod_uid: &str,
         items: &[RevertItem],
         in_pass: &[InjectionTag],
+        clocks: &PodClocks,
     ) -> PodPass {
         let pod = match self.pod_netns(pod_uid) {
             Ok(pod) => pod,
@@ -115,7 +120,10 @@ impl LinuxKernel {
             .then(|| nfqueue::host_veth(&pod, host).ok())
             .flatten();
         let tags: Vec<InjectionTag> = items.iter().map(|i| i.tag.clone()).collect();
-        if let Err(e) = nft::remove_all(&pod, &tags) {
+        let started = Instant::now();
+        let removed = nft::remove_all(&pod, &tags);
+        PodClocks::add(&clocks.tables, started);
+        if let Err(e) = removed {
             let error = KernelError::Failed(format!("removing nftables tables: {e}"));
             return PodPass {
                 results: items.iter().map(|_| Err(error.clone())).collect(),
@@ -123,16 +131,21 @@ impl LinuxKernel {
                 veth,
             };
         }
+        let started = Instant::now();
         let results = items
             .iter()
             .map(|item| self.revert_mechanisms(&pod, host, veth.as_deref(), item, in_pass))
             .collect();
+        PodClocks::add(&clocks.mechanisms, started);
         let iptables = items
             .iter()
             .any(|i| i.mechanism == Some(Mechanism::Iptables));
+        let started = Instant::now();
+        let after = residual::pod_lines(&pod, iptables);
+        PodClocks::add(&clocks.lines, started);
         PodPass {
             results,
-            after: Some(residual::pod_lines(&pod, iptables)),
+            after: Some(after),
             veth,
         }
     }
@@ -197,6 +210,21 @@ impl LinuxKernel {
             }
         }
         result
+    }
+}
+
+/// Time the pods' parts of a pass spent per stage, summed over the pods (microseconds), for
+/// the pass's debug line.
+#[derive(Default)]
+struct PodClocks {
+    tables: AtomicU64,
+    mechanisms: AtomicU64,
+    lines: AtomicU64,
+}
+
+impl PodClocks {
+    fn add(clock: &AtomicU64, since: Instant) {
+        clock.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 }
 
