@@ -197,15 +197,19 @@ fn jitter_spreads_the_delay_within_its_range() {
     let (low, high) = added
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, h), &a| (l.min(a), h.max(a)));
-    // Uniform in [20, 40] ms; slack for scheduling on a busy machine at the top.
+    // Uniform in [20, 40] ms. Never below (nothing is released early); above only by what
+    // scheduling adds on a busy machine (CI runs suites side by side: a packet once took
+    // 47.8 ms), so the top is judged by the 90th percentile (38 ms when uniform; a delay
+    // applied twice would put it near 76), the maximum only against gross errors.
     assert!(low >= 19.0, "a packet was delayed only {low:.2} ms");
-    assert!(high <= 45.0, "a packet was delayed {high:.2} ms");
+    assert!(high <= 100.0, "a packet was delayed {high:.2} ms");
     let p10 = ms(quantile(&during, 0.1)) - before;
     let p90 = ms(quantile(&during, 0.9)) - before;
     assert!(
         p90 - p10 >= 8.0,
         "delays do not spread: p10 {p10:.2} ms, p90 {p90:.2} ms"
     );
+    assert!(p90 <= 45.0, "delays go above the range: p90 {p90:.2} ms");
     let median = median_ms(&during) - before;
     eprintln!(
         "30ms ± 10ms: added min {low:.2} p10 {p10:.2} median {median:.2} p90 {p90:.2} max {high:.2} ms"

@@ -189,6 +189,23 @@ impl ChaosExperiment {
         self.abort_reason().is_some()
     }
 
+    /// The abort a controller began (the agents told, see [`super::ABORTING_ANNOTATION`]);
+    /// `None` when there is none or its annotation does not parse.
+    pub fn abort_begun(&self) -> Option<AbortBegun> {
+        let labelled = self
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(super::REVERTING_LABEL))
+            .is_some_and(|v| v == "true");
+        let text = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::ABORTING_ANNOTATION))?;
+        labelled.then(|| serde_json::from_str(text).ok()).flatten()
+    }
+
     /// The reason given with the abort request (the annotation's value, possibly empty), if
     /// someone asked for this experiment to stop.
     pub fn abort_reason(&self) -> Option<&str> {
@@ -197,5 +214,56 @@ impl ChaosExperiment {
             .as_ref()
             .and_then(|a| a.get(super::ABORT_ANNOTATION))
             .map(String::as_str)
+    }
+}
+
+/// An abort as the controller announces it with the reverting label (the value of
+/// [`super::ABORTING_ANNOTATION`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortBegun {
+    /// The PascalCase reason the status will carry, e.g. `ProbeFailed`.
+    pub reason: String,
+    pub message: String,
+    /// When the abort began (for a broken hypothesis: when the violation was seen).
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+#[cfg(test)]
+mod abort_begun_tests {
+    use super::*;
+    use crate::api::{ABORTING_ANNOTATION, REVERTING_LABEL};
+
+    fn experiment(label: Option<&str>, annotation: Option<&str>) -> ChaosExperiment {
+        let mut experiment = ChaosExperiment::new("x", ChaosExperimentSpec::default());
+        if let Some(label) = label {
+            experiment.metadata.labels =
+                Some([(REVERTING_LABEL.to_string(), label.to_string())].into());
+        }
+        if let Some(annotation) = annotation {
+            experiment.metadata.annotations =
+                Some([(ABORTING_ANNOTATION.to_string(), annotation.to_string())].into());
+        }
+        experiment
+    }
+
+    #[test]
+    fn an_abort_is_begun_only_with_the_label_and_a_readable_cause() {
+        let begun = AbortBegun {
+            reason: "ProbeFailed".into(),
+            message: "probe web: status 503".into(),
+            since: "2026-12-05T08:00:00Z".parse().unwrap(),
+        };
+        let text = serde_json::to_string(&begun).unwrap();
+        assert_eq!(
+            experiment(Some("true"), Some(&text)).abort_begun(),
+            Some(begun)
+        );
+        assert_eq!(experiment(None, Some(&text)).abort_begun(), None);
+        assert_eq!(experiment(Some("false"), Some(&text)).abort_begun(), None);
+        assert_eq!(experiment(Some("true"), None).abort_begun(), None);
+        assert_eq!(
+            experiment(Some("true"), Some("{not json")).abort_begun(),
+            None
+        );
     }
 }

@@ -28,7 +28,7 @@ pub use common::{Condition, ConditionStatus, GoDuration, ObjectRef, PodRef};
 pub use duration::{
     DurationError, LONGEST_GO_DURATION, format_go_duration, format_short, parse_go_duration,
 };
-pub use experiment::{AbortPolicy, ChaosExperiment, ChaosExperimentSpec, SteadyState};
+pub use experiment::{AbortBegun, AbortPolicy, ChaosExperiment, ChaosExperimentSpec, SteadyState};
 pub use fault::{
     BandwidthFault, Direction, Fault, FaultKind, LatencyFault, LossFault, NetworkScope,
     PartitionFault, PodKillFault, PodKillMethod,
@@ -90,6 +90,11 @@ pub const NODE_CAPABILITIES_ANNOTATION: &str = "faultline.dev/capabilities";
 /// faults on its node in one pass and writes one [`RevertReceipt`] for the node, instead of
 /// waiting for a deletion per FaultInjection.
 pub const REVERTING_LABEL: &str = "faultline.dev/reverting";
+/// Annotation the controller writes together with [`REVERTING_LABEL`] when it aborts, before
+/// the abort is recorded in status (the agents start reverting one status write sooner): the
+/// abort's reason, message and start as JSON ([`AbortBegun`]). A controller that stopped
+/// between the two finds the abort there and carries it on.
+pub const ABORTING_ANNOTATION: &str = "faultline.dev/aborting";
 /// The field manager of a node agent's server-side apply of its revert receipt (the node is
 /// appended: each agent owns its own entry).
 pub const AGENT_FIELD_MANAGER: &str = "faultline-agent";

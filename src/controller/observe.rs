@@ -151,6 +151,13 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         Err(_) => Default::default(),
     };
     let abort_cause = (status.phase == Phase::Aborting).then(|| abort_cause_from_status(&status));
+    let abort_begun = matches!(status.phase, Phase::Injecting | Phase::Running)
+        .then(|| experiment.abort_begun())
+        .flatten()
+        .map(|begun| {
+            let cause = abort_cause_from(Some(&begun.reason), begun.message, &status);
+            (cause, begun.since)
+        });
     let nothing_injected = nothing_injected(&status);
     let observed = Observed {
         now,
@@ -177,6 +184,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         injection,
         revert,
         abort_cause,
+        abort_begun,
         next_kill_at: next_kill_at(experiment, &status),
         nothing_injected,
     };
@@ -442,7 +450,16 @@ pub fn abort_cause_from_status(status: &ChaosExperimentStatus) -> AbortCause {
         .clone()
         .or_else(|| status.message.clone())
         .unwrap_or_default();
-    match status.reason.as_deref() {
+    abort_cause_from(status.reason.as_deref(), message, status)
+}
+
+/// The cause an abort's PascalCase `reason` and `message` stand for.
+fn abort_cause_from(
+    reason: Option<&str>,
+    message: String,
+    status: &ChaosExperimentStatus,
+) -> AbortCause {
+    match reason {
         Some("ProbeFailed") => AbortCause::HypothesisViolated {
             probe: String::new(),
             message,

@@ -59,6 +59,41 @@ pub async fn write(
     Ok(())
 }
 
+/// [`write`] right after the reverting label went out: the agents' receipts may change the
+/// object before this write lands, and the conflict that makes is no disagreement (the
+/// receipts are theirs, the write leaves them alone), so the write is made again on the
+/// object as it is now. Any other conflict (someone else's edit) is treated the same: what
+/// is written is an abort, which no edit undoes.
+pub async fn write_among_receipts(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &ChaosExperimentStatus,
+) -> Result<()> {
+    for _ in 0..CONFLICT_RETRIES {
+        match write(ctx, experiment, status).await {
+            Err(Error::Record(kube::Error::Api(answer))) if answer.code == 409 => {
+                let api: Api<ChaosExperiment> = Api::namespaced(
+                    ctx.client.clone(),
+                    &experiment.namespace().unwrap_or_default(),
+                );
+                let now = api
+                    .get(&experiment.name_any())
+                    .await
+                    .map_err(Error::Record)?;
+                ctx.caches.versions.replaced(experiment);
+                experiment.metadata = now.metadata;
+                experiment.status = now.status;
+            }
+            done => return done,
+        }
+    }
+    write(ctx, experiment, status).await
+}
+
+/// Writes [`write_among_receipts`] makes again after a conflict before it gives up (the
+/// receipts of every node could come in between, one by one).
+const CONFLICT_RETRIES: usize = 5;
+
 /// Whether writing `new` over `current` would change nothing. Compared as JSON, the form the
 /// API server stores, so that fields that serialize alike compare alike.
 fn unchanged(current: Option<&ChaosExperimentStatus>, new: &ChaosExperimentStatus) -> bool {

@@ -162,6 +162,9 @@ pub struct Observed {
     pub revert: ProgressView,
     /// Why the experiment is Aborting (recorded in status when the abort began).
     pub abort_cause: Option<AbortCause>,
+    /// An abort announced to the agents (the reverting label) that status does not show yet:
+    /// the controller stopped between the two writes. Its cause, and when it began.
+    pub abort_begun: Option<(AbortCause, DateTime<Utc>)>,
     /// When a repeating pod kill (`podKill.interval`) is due next, if the experiment has one.
     pub next_kill_at: Option<DateTime<Utc>>,
     /// `Some(why)` while no fault has gone in (every target so far skipped, each with its
@@ -231,6 +234,11 @@ pub fn decide(o: &Observed) -> Decision {
         return Decision::Wait;
     }
     let faults_may_be_in = matches!(o.phase, Phase::Injecting | Phase::Running);
+
+    // The agents are reverting already: the abort goes on, whatever the world says now.
+    if faults_may_be_in && let Some((cause, _)) = &o.abort_begun {
+        return Decision::Abort(cause.clone());
+    }
 
     // Stop requests come first, from every phase. Before injection there is nothing to revert.
     let stop = if o.deleting {

@@ -35,6 +35,7 @@ fn observed(phase: Phase) -> Observed {
         injection: ProgressView::InProgress,
         revert: ProgressView::InProgress,
         abort_cause: None,
+        abort_begun: None,
         next_kill_at: None,
         nothing_injected: None,
     }
@@ -515,4 +516,23 @@ fn confirmed_reverted_is_said_only_when_an_agent_confirmed_it() {
         panic!("transition")
     };
     assert!(!message.contains("confirmed reverted"), "{message}");
+}
+
+#[test]
+fn an_abort_announced_but_not_recorded_goes_on_even_when_the_hypothesis_holds_again() {
+    let cause = AbortCause::HypothesisViolated {
+        probe: String::new(),
+        message: "probe http: status 503".into(),
+    };
+    for phase in [Phase::Injecting, Phase::Running] {
+        let mut o = observed(phase);
+        o.hypothesis = HypothesisView::Holding;
+        o.abort_begun = Some((cause.clone(), t(0)));
+        assert_eq!(decide(&o), Decision::Abort(cause.clone()), "{phase:?}");
+    }
+    // Only where faults may be in: an Aborting experiment follows its revert.
+    let mut o = observed(Phase::Aborting);
+    o.abort_cause = Some(cause.clone());
+    o.abort_begun = Some((cause, t(0)));
+    assert!(!matches!(decide(&o), Decision::Abort(_)));
 }
