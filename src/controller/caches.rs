@@ -13,7 +13,8 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
@@ -111,16 +112,16 @@ impl Caches {
 /// target in each of them cost ~0.4 s a time and held the reconcile that would see a broken
 /// hypothesis. The departures need a look every poll (2 s), not one per report.
 #[derive(Default)]
-pub struct TargetReads(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+pub struct TargetReads(Mutex<HashMap<String, Instant>>);
 
 impl TargetReads {
     /// Whether the targets of experiment `uid` are due for a read (the last was `every` ago or
     /// more, or there was none); when they are, that read is taken to happen now.
-    pub fn due(&self, uid: &str, every: std::time::Duration) -> bool {
-        self.due_at(uid, every, std::time::Instant::now())
+    pub fn due(&self, uid: &str, every: Duration) -> bool {
+        self.due_at(uid, every, Instant::now())
     }
 
-    fn due_at(&self, uid: &str, every: std::time::Duration, now: std::time::Instant) -> bool {
+    fn due_at(&self, uid: &str, every: Duration, now: Instant) -> bool {
         let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Experiments long finished or deleted leave no entry behind.
         last.retain(|_, at| now.saturating_duration_since(*at) < FORGET_TARGET_READS);
@@ -134,7 +135,7 @@ impl TargetReads {
     }
 }
 
-const FORGET_TARGET_READS: std::time::Duration = std::time::Duration::from_secs(600);
+const FORGET_TARGET_READS: Duration = Duration::from_secs(600);
 
 /// Which watches have listed, shared between the watch streams and the readers.
 #[derive(Clone)]
@@ -234,7 +235,7 @@ pub struct RevertsAsked(Mutex<HashMap<String, Asked>>);
 
 #[derive(Clone, Copy)]
 pub struct Asked {
-    pub at: std::time::Instant,
+    pub at: Instant,
     pub deletion: bool,
 }
 
@@ -251,7 +252,7 @@ impl RevertsAsked {
     fn with(&self, uid: &str, change: impl FnOnce(&mut Asked)) {
         let mut map = self.lock();
         change(map.entry(uid.to_string()).or_insert(Asked {
-            at: std::time::Instant::now(),
+            at: Instant::now(),
             deletion: false,
         }));
     }
@@ -264,7 +265,7 @@ impl RevertsAsked {
         self.lock().remove(uid);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Asked>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Asked>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -288,7 +289,7 @@ impl ProbeWrites {
         self.lock().remove(uid);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -328,7 +329,6 @@ mod tests {
 #[cfg(test)]
 mod target_reads_tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn targets_are_read_at_most_once_per_interval_per_experiment() {
