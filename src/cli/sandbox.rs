@@ -664,8 +664,31 @@ fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_file(state_file(state_dir));
     println!("sandbox stopped (pid {})", state.pid);
+    if let Some(slot) = state.pod_slot {
+        remove_own_slot_pods(slot)?;
+    }
     remove_leftover_pods()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// As root: removes what the stopped sandbox left in its own slot, waiting a little for a
+/// process that holds the slot for a moment (another `down` cleaning it, a check) to let go.
+fn remove_own_slot_pods(slot: u8) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    match realpod::cleanup_slot_when_free(slot, Duration::from_secs(10))
+        .with_context(|| format!("removing the pods of sandbox slot {slot}"))?
+    {
+        Some(cleaned) if !cleaned.is_empty() => {
+            println!("removed leftovers of sandbox slot {slot}: {cleaned}")
+        }
+        Some(_) => {}
+        None => println!(
+            "sandbox slot {slot} is in use by a sandbox started since; it cleaned the slot when it claimed it"
+        ),
+    }
+    Ok(())
 }
 
 /// As root: removes the namespaces, veths, bridges and cgroups of every slot no running sandbox

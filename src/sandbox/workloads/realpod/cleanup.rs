@@ -224,6 +224,25 @@ pub fn cleanup_unclaimed_slots() -> io::Result<Vec<(u8, Cleanup)>> {
     Ok(cleaned)
 }
 
+/// Cleans up `slot` as soon as nobody holds it, waiting at most `patience` for a holder to let
+/// go: `sandbox down` of a sandbox that was killed cleans its own slot even when another
+/// process (a second `down`, a check) holds that slot for a moment. `None` when the slot stayed
+/// held: a sandbox started there since, and it cleaned the slot when it claimed it.
+pub fn cleanup_slot_when_free(slot: u8, patience: Duration) -> io::Result<Option<Cleanup>> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(lease) = SlotLease::try_claim(slot)? {
+            let done = cleanup(&RealPodConfig::slot(slot, PathBuf::new()))?;
+            drop(lease);
+            return Ok(Some(done));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What exists under `config`'s names (for tests and `sandbox status`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Leftovers {

@@ -24,7 +24,8 @@ mod net;
 mod supervise;
 
 pub use cleanup::{
-    Cleanup, Leftovers, SLOTS, SlotLease, claim_slot, cleanup, cleanup_unclaimed_slots, leftovers,
+    Cleanup, Leftovers, SLOTS, SlotLease, claim_slot, cleanup, cleanup_slot_when_free,
+    cleanup_unclaimed_slots, leftovers,
 };
 
 use std::collections::{HashMap, HashSet};
