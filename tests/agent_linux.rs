@@ -630,6 +630,66 @@ fn the_faults_of_many_pods_revert_in_one_pass_each_judged_on_its_own() {
 }
 
 #[test]
+fn egress_latency_reverts_on_the_node_alone_even_once_its_pod_is_gone() {
+    if !root_or_skip(
+        "agent_linux::egress_latency_reverts_on_the_node_alone_even_once_its_pod_is_gone",
+    ) {
+        return;
+    }
+    use faultline::agent::kernel::RevertItem;
+    let node = TestNode::new(3).unwrap();
+    let mut pods = pods_running(&node, 2, 50);
+    let kernel = kernel_for(&node);
+    // Egress only: its steering table and queue workers are all on the node's side.
+    let latency = latency_towards(node.pods[2].ip, Direction::To);
+    let mut work = Vec::new();
+    for n in 0..2u32 {
+        let applied = kernel
+            .apply(
+                &uid(50 + n),
+                &tag(50 + n),
+                &latency,
+                Mechanism::Nfqueue,
+                &later(),
+            )
+            .unwrap();
+        assert!(
+            kernel.queue_counts(&tag(50 + n)).is_some(),
+            "its workers run"
+        );
+        work.push((
+            uid(50 + n),
+            vec![RevertItem {
+                tag: tag(50 + n),
+                mechanism: Some(Mechanism::Nfqueue),
+                baseline: applied.baseline,
+            }],
+        ));
+    }
+    let host = node.host.netns().unwrap();
+    assert_eq!(nft::owned(&host).unwrap().len(), 2, "a steering table each");
+    // Pod 51's process goes: whether its namespace is still there does not matter to a fault
+    // that never entered it.
+    drop(pods.pop());
+
+    let results = kernel.revert_pods(&work);
+
+    for (n, result) in results.iter().enumerate() {
+        assert_eq!(
+            result[0].as_ref().unwrap().residual,
+            Vec::<String>::new(),
+            "pod {n}"
+        );
+        assert!(
+            kernel.queue_counts(&tag(50 + n as u32)).is_none(),
+            "its workers stopped"
+        );
+    }
+    assert!(nft::owned(&host).unwrap().is_empty(), "the node's tables");
+    assert!(connects(&node, 0, 2, 7150), "pod 0 talks to pod 2");
+}
+
+#[test]
 fn queued_faults_applied_at_once_whose_queue_numbers_collide_all_get_queues_of_their_own() {
     if !root_or_skip(
         "agent_linux::queued_faults_applied_at_once_whose_queue_numbers_collide_all_get_queues_of_their_own",

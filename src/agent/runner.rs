@@ -619,11 +619,24 @@ impl<K: Kernel> Agent<K> {
         applied: &[converge::Applied],
         live: Option<&[LiveInjection]>,
     ) -> BTreeSet<String> {
-        let mut uids: BTreeSet<String> = applied.iter().map(|a| a.pod_uid.clone()).collect();
+        // An ending experiment's faults come out whether or not their pods are there (the
+        // pass copes with a namespace gone), and the scan reads every process of the node:
+        // an abort does not wait for it.
+        let ending: BTreeSet<&InjectionTag> = live
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| i.ending)
+            .map(|i| &i.tag)
+            .collect();
+        let mut uids: BTreeSet<String> = applied
+            .iter()
+            .filter(|a| !ending.contains(&a.tag))
+            .map(|a| a.pod_uid.clone())
+            .collect();
         uids.extend(
             live.unwrap_or_default()
                 .iter()
-                .filter(|i| !i.deleting && self.journal.head(&i.tag).is_none())
+                .filter(|i| !i.deleting && !i.ending && self.journal.head(&i.tag).is_none())
                 .map(|i| i.pod_uid.clone()),
         );
         if uids.is_empty() {

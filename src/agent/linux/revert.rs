@@ -2,7 +2,9 @@
 //! per injection and every transaction there that drops an xtables expression waits for the
 //! kernel's grace period: so the node is touched once for all of the pass (one transaction
 //! removes every table, one look afterwards judges every residue), and the pods' own
-//! namespaces are worked on in parallel.
+//! namespaces are worked on in parallel. A fault this agent applied on the node's side alone
+//! (an NFQUEUE egress delay steered by nftables) never entered its pod's namespace: its revert
+//! stops its workers and does not enter (or read) that namespace at all.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -26,7 +28,8 @@ type PodResults = Vec<Result<RevertedFault, KernelError>>;
 /// What one pod's part of the pass did, before the node's look judges it.
 struct PodPass {
     results: Vec<Result<(), KernelError>>,
-    /// The pod's lines after the revert; `None` when the pod (and its namespace) is gone.
+    /// The pod's lines after the revert; `None` when the pod (and its namespace) is gone,
+    /// none when its faults never entered its namespace.
     after: Option<std::io::Result<Vec<String>>>,
     veth: Option<String>,
 }
@@ -56,6 +59,9 @@ impl LinuxKernel {
                 "removing nftables tables on the node: {e}"
             )));
         }
+        // No packet is steered to the node's queues any more: their workers may all release
+        // at once, rather than one pod after the other below.
+        self.nfqueue.begin_releasing_node_sides(&tags);
         let node_done = started.elapsed();
         let clocks = PodClocks::default();
         let passes = in_parallel(pods, |(pod_uid, items)| {
@@ -73,21 +79,25 @@ impl LinuxKernel {
             .filter_map(|(_, pass)| pass.veth.clone())
             .collect();
         let node = residual::node_lines(&host, &veths, iptables);
+        let look_done = started.elapsed();
+        let judged = pods
+            .iter()
+            .zip(passes)
+            .map(|((_, items), pass)| judge(items, pass, &node))
+            .collect();
         tracing::debug!(
             pods = pods.len(),
             faults = tags.len(),
             node_us = node_done.as_micros() as u64,
             pods_us = (pods_done - node_done).as_micros() as u64,
-            look_us = (started.elapsed() - pods_done).as_micros() as u64,
+            look_us = (look_done - pods_done).as_micros() as u64,
+            judge_us = (started.elapsed() - look_done).as_micros() as u64,
             pod_tables_us = clocks.tables.load(Ordering::Relaxed),
             pod_mechanisms_us = clocks.mechanisms.load(Ordering::Relaxed),
             pod_lines_us = clocks.lines.load(Ordering::Relaxed),
             "revert pass stages"
         );
-        pods.iter()
-            .zip(passes)
-            .map(|((_, items), pass)| judge(items, pass, &node))
-            .collect()
+        judged
     }
 
     /// One pod's part of a pass (the node's tables are gone already): its own tables, the
@@ -100,6 +110,9 @@ impl LinuxKernel {
         in_pass: &[InjectionTag],
         clocks: &PodClocks,
     ) -> PodPass {
+        if items.iter().all(|item| self.only_on_node(item)) {
+            return self.revert_on_node_only(items, clocks);
+        }
         let pod = match self.pod_netns(pod_uid) {
             Ok(pod) => pod,
             Err(gone) => {
@@ -147,6 +160,33 @@ impl LinuxKernel {
             results,
             after: Some(after),
             veth,
+        }
+    }
+
+    /// Whether this agent applied `item` on the node's side alone: the pod's namespace holds
+    /// nothing of it, so its revert does not enter (or look at) that namespace.
+    fn only_on_node(&self, item: &RevertItem) -> bool {
+        item.mechanism == Some(Mechanism::Nfqueue) && self.nfqueue.only_on_node(&item.tag)
+    }
+
+    /// A pod's part of a pass when every fault of it lived on the node's side: its steering
+    /// tables went with the node's; its workers stop. The look at the node judges the residue.
+    fn revert_on_node_only(&self, items: &[RevertItem], clocks: &PodClocks) -> PodPass {
+        let started = Instant::now();
+        let results = items
+            .iter()
+            .map(|item| {
+                self.nfqueue
+                    .remove_in(&item.tag, &[])
+                    .map(drop)
+                    .map_err(failed("stopping the NFQUEUE workers"))
+            })
+            .collect();
+        PodClocks::add(&clocks.mechanisms, started);
+        PodPass {
+            results,
+            after: Some(Ok(Vec::new())),
+            veth: None,
         }
     }
 

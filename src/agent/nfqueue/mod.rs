@@ -694,6 +694,43 @@ impl NfqueueEngine {
         Ok(found)
     }
 
+    /// Whether this engine applied `tag` with its queues on the node's side only, steered by
+    /// nftables: the pod's namespace then holds nothing of it. `false` when unknown (an
+    /// injection this engine did not apply, or the iptables fallback, which writes there).
+    pub fn only_on_node(&self, tag: &InjectionTag) -> bool {
+        if self.steering != Steering::Nftables {
+            return false;
+        }
+        let Some(entry) = lock(&self.injections).get(tag).cloned() else {
+            return false;
+        };
+        let injection = lock(&entry);
+        !injection.sides.is_empty() && injection.sides.keys().all(|side| *side == Side::Node)
+    }
+
+    /// Tells the node-side workers of these injections to release their packets and stop,
+    /// without waiting for them (see [`worker::Worker::begin_stop`]). Call it once their steering
+    /// tables in the node's namespace are gone; [`remove_in`](Self::remove_in) then finds them
+    /// done or nearly so.
+    pub fn begin_releasing_node_sides(&self, tags: &[InjectionTag]) {
+        if self.steering != Steering::Nftables {
+            return;
+        }
+        let entries: Vec<_> = {
+            let injections = lock(&self.injections);
+            tags.iter()
+                .filter_map(|tag| injections.get(tag).cloned())
+                .collect()
+        };
+        for entry in entries {
+            if let Some(node) = lock(&entry).sides.get(&Side::Node) {
+                for worker in &node.workers {
+                    worker.begin_stop();
+                }
+            }
+        }
+    }
+
     /// Packet counts of an injection this engine applied, `None` for any other. Reads the
     /// kernel's rule counters (netlink; iptables-save on the fallback): call it from
     /// `spawn_blocking`.

@@ -149,10 +149,10 @@ impl Worker {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
-        if self.threads.is_empty() {
-            return;
-        }
+    /// Tells the worker to release every delayed packet and stop, without waiting for it: a
+    /// pass that stops many workers tells them all first, so they release at once, and then
+    /// [`stop`](Self::stop)s each. Only once no packet can be queued to it any more.
+    pub fn begin_stop(&self) {
         {
             // Under the schedule lock, so the releaser cannot miss the wake-up between its
             // check of `stop` and its wait.
@@ -160,6 +160,13 @@ impl Worker {
             self.shared.stop.store(true, Ordering::SeqCst);
         }
         self.shared.wake.notify_all();
+    }
+
+    fn shutdown(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.begin_stop();
         let mut threads = self.threads.drain(..);
         if let Some(releaser) = threads.next() {
             let _ = releaser.join();
