@@ -148,6 +148,33 @@ async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_deleted_among_many_in_one_namespace_is_gone_too() {
+    // Enough targets in one namespace that the controller lists that namespace's pods rather
+    // than reading each target.
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 40).await;
+    let mut spec = latency_spec("8s");
+    spec["target"]["maxTargets"] = json!(40);
+    h.create("shop", "latency", spec).await;
+    h.wait_phase("shop", "latency", Phase::Running).await;
+
+    delete_pod(&h, "web-17").await;
+    let running = wait_target(&h, "latency", "web-17", TargetState::Gone).await;
+    let status = running.status.unwrap();
+    assert_eq!(status.phase, Phase::Running, "{:?}", status.message);
+    let gone = status.targets.iter().find(|t| t.name == "web-17").unwrap();
+    let message = gone.message.clone().unwrap_or_default();
+    assert!(deleted(&message, "web-17"), "{message}");
+    let injected = status
+        .targets
+        .iter()
+        .filter(|t| t.state == TargetState::Injected)
+        .count();
+    assert_eq!(injected, 39, "the others stay in");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_target_deleted_ends_the_experiment_saying_the_targets_disappeared() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;
