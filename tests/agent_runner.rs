@@ -253,6 +253,44 @@ async fn applies_with_a_finalizer_reports_status_and_reverts_on_delete() {
     agent.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_faults_applied_write_carries_its_counts_and_still_counters_cost_no_write() {
+    let world = World::start(RecordingKernel::new(Capabilities {
+        nfqueue: true,
+        nftables: true,
+        ..Default::default()
+    }))
+    .await;
+    let agent = world.agent();
+    let pod = world.pod("target").await;
+    world.injection("lat", &pod, TimeDelta::minutes(5)).await;
+
+    let applied = world.wait_phase("lat", InjectionPhase::Applied).await;
+    let status = applied.status.clone().unwrap();
+    assert_eq!(status.matched_packets, Some(0), "{status:?}");
+    assert_eq!(status.bypassed_packets, Some(0), "{status:?}");
+    let version = applied.resource_version();
+    // Several resyncs (200 ms each) with counters that do not move: nothing to write.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let later = world.injections().get("lat").await.unwrap();
+    assert_eq!(later.resource_version(), version, "{:?}", later.status);
+
+    // Once they move, they are written.
+    world.kernel.set_counts(
+        &tag_of(&applied),
+        faultline::agent::kernel::QueueCounts {
+            matched: 500,
+            bypassed: 0,
+        },
+    );
+    wait_for("the counts written", WAIT, || async {
+        let status = world.injections().get("lat").await.ok()?.status?;
+        (status.matched_packets == Some(500)).then_some(())
+    })
+    .await;
+    agent.abort();
+}
+
 #[tokio::test]
 async fn a_fault_the_node_cannot_do_fails_with_the_reason() {
     let world = World::start(RecordingKernel::new(Capabilities {

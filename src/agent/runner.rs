@@ -335,6 +335,9 @@ struct ApplyJob {
     entry: JournalEntry,
     /// The fault was applied by an earlier run (or generation) already.
     was_applied: bool,
+    /// Packet counts an earlier agent reported (zero for a new fault): the Applied write
+    /// carries them, so that counting starts without a write of its own.
+    counts_from: QueueCounts,
 }
 
 /// What a pod's task did, for the journal.
@@ -344,6 +347,8 @@ struct PodOutcome {
     forget: Vec<InjectionTag>,
     /// Applied: record (with mechanism and baseline) and mark confirmed.
     applied: Vec<JournalEntry>,
+    /// Packet counts the Applied writes carried, per fault.
+    counts_written: Vec<(InjectionTag, QueueCounts)>,
 }
 
 impl<K: Kernel> Agent<K> {
@@ -836,6 +841,7 @@ impl<K: Kernel> Agent<K> {
             };
             intents.push(entry.clone());
             jobs.push(ApplyJob {
+                counts_from: self.count_base.get(&tag).copied().unwrap_or_default(),
                 injection,
                 tag,
                 mechanism,
@@ -896,6 +902,7 @@ impl<K: Kernel> Agent<K> {
                 }
             };
             self.forget(&outcome.forget, "a failed apply");
+            self.reported.extend(outcome.counts_written);
             let confirmed: Vec<InjectionTag> = outcome
                 .applied
                 .iter()
@@ -1143,6 +1150,7 @@ async fn apply_one<K: Kernel>(
         mut mechanism,
         mut entry,
         was_applied,
+        counts_from,
     } = job;
     let deadline = Deadline::new(entry.expires_at);
     let started = std::time::Instant::now();
@@ -1192,13 +1200,20 @@ async fn apply_one<K: Kernel>(
                 Some(note) => format!("{} ({note})", applied.message),
                 None => applied.message,
             };
-            let change = StatusChange::phase(InjectionPhase::Applied, generation, message)
+            let mut change = StatusChange::phase(InjectionPhase::Applied, generation, message)
                 .set("mechanism", json!(applied.mechanism.name()))
                 .set("appliedAt", json!(applied_at))
                 .set("revertedAt", serde_json::Value::Null)
                 .set("residualRules", serde_json::Value::Null)
                 .set("residual", serde_json::Value::Null);
-            statuses.write(&injection, change).await;
+            if applied.mechanism == Mechanism::Nfqueue {
+                change = change
+                    .set("matchedPackets", json!(counts_from.matched))
+                    .set("bypassedPackets", json!(counts_from.bypassed));
+            }
+            if statuses.write(&injection, change).await && applied.mechanism == Mechanism::Nfqueue {
+                outcome.counts_written.push((tag.clone(), counts_from));
+            }
         }
         Err(error) => {
             tracing::warn!(injection = %key_of(&injection), %tag, %error, "fault not applied");
