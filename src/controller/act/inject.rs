@@ -2,7 +2,7 @@
 //! a repeating pod kill, and FaultInjections that a failed create left missing. Records go to
 //! `Injecting` (and are written) before any fault is attempted. (client required)
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +14,7 @@ use super::{Context, Error, Result, act_error};
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, FaultInjection, FaultKind, NetworkFault,
-        TargetState,
+        TargetRecord, TargetState,
     },
     controller::{
         events::Fact,
@@ -186,16 +186,99 @@ async fn create_injections(
     .collect()
     .await;
     let mut facts = Vec::new();
+    let mut created = Vec::new();
     let mut failure = None;
     for (index, answer) in answers {
         match record_create(status, index, answer) {
-            Ok(fact) => facts.extend(fact),
+            Ok(Recorded::Created) => created.push(index),
+            Ok(Recorded::Known) => {}
+            Ok(Recorded::Refused(fact)) => facts.push(fact),
             Err(error) => {
                 failure.get_or_insert(error);
             }
         }
     }
+    created.sort_unstable();
+    let created: Vec<&TargetRecord> = created.iter().map(|i| &status.targets[*i]).collect();
+    facts.splice(0..0, created_facts(&created));
     (facts, failure)
+}
+
+/// The Events of the FaultInjections one round created: one per fault, naming its pods (the
+/// first of them, when there are many: every target and its injection is in the status) and
+/// how many nodes they are on. One Event per pod would be a hundred lines of `kubectl
+/// describe` for a hundred targets, and as many writes to the API server while they go in.
+fn created_facts(created: &[&TargetRecord]) -> Vec<Fact> {
+    let mut per_fault: Vec<(&str, Vec<&TargetRecord>)> = Vec::new();
+    for record in created {
+        match per_fault
+            .iter_mut()
+            .find(|(fault, _)| *fault == record.fault)
+        {
+            Some((_, records)) => records.push(record),
+            None => per_fault.push((&record.fault, vec![record])),
+        }
+    }
+    per_fault
+        .into_iter()
+        .map(|(fault, records)| {
+            let placed = |r: &TargetRecord| {
+                format!(
+                    "pod {}/{} on node {}",
+                    r.namespace,
+                    r.name,
+                    r.node_name.as_deref().unwrap_or("?")
+                )
+            };
+            if let [only] = records.as_slice() {
+                return Fact::normal(
+                    "FaultInjectionCreated",
+                    "Inject",
+                    format!("{fault} for {}", placed(only)),
+                )
+                .about(only);
+            }
+            let nodes: BTreeSet<&str> = records
+                .iter()
+                .map(|r| r.node_name.as_deref().unwrap_or("?"))
+                .collect();
+            let mut named = Vec::new();
+            let mut length = 0;
+            for record in &records {
+                let one = placed(record);
+                if length + one.len() > CREATED_NOTE_BUDGET {
+                    break;
+                }
+                length += one.len() + 2;
+                named.push(one);
+            }
+            let more = match records.len() - named.len() {
+                0 => String::new(),
+                n => format!(" and {n} more (status.targets lists every one)"),
+            };
+            Fact::normal(
+                "FaultInjectionCreated",
+                "Inject",
+                format!(
+                    "{fault} for {} pods on {} node(s): {}{more}",
+                    records.len(),
+                    nodes.len(),
+                    named.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+/// How much of an Event's note (1 kB at most) names pods; the rest says how many more.
+const CREATED_NOTE_BUDGET: usize = 700;
+
+/// What [`record_create`] made of one answer.
+enum Recorded {
+    Created,
+    /// It was there already (the watch had not shown it yet): nothing new to tell.
+    Known,
+    Refused(Fact),
 }
 
 /// What to create for each target: its fault with the peers resolved (once per fault, however
@@ -256,24 +339,19 @@ fn record_create(
     status: &mut ChaosExperimentStatus,
     index: usize,
     answer: std::result::Result<bool, kube::Error>,
-) -> Result<Option<Fact>> {
+) -> Result<Recorded> {
     let record = &mut status.targets[index];
     let name = record.injection.clone().unwrap_or_default();
     let target = format!("{}/{}", record.namespace, record.name);
-    let node = record.node_name.clone().unwrap_or_else(|| "?".into());
     match answer {
         Ok(created) => {
             // Whatever failed before is over.
             record.message = None;
-            // It was there already (the watch had not shown it yet): nothing new to tell.
-            Ok(created.then(|| {
-                Fact::normal(
-                    "FaultInjectionCreated",
-                    "Inject",
-                    format!("{} for pod {target} on node {node}", record.fault),
-                )
-                .about(record)
-            }))
+            Ok(if created {
+                Recorded::Created
+            } else {
+                Recorded::Known
+            })
         }
         Err(kube::Error::Api(answer)) if refused(answer.code) => {
             let why = format!(
@@ -282,7 +360,7 @@ fn record_create(
             );
             record.state = TargetState::Failed;
             record.message = Some(why.clone());
-            Ok(Some(
+            Ok(Recorded::Refused(
                 Fact::warning(
                     "InjectFailed",
                     "Inject",
@@ -392,6 +470,65 @@ pub(super) async fn kill_round(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(name: &str, node: &str, fault: &str) -> TargetRecord {
+        TargetRecord {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            node_name: Some(node.into()),
+            fault: fault.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_created_event_per_fault_names_its_pods_and_nodes_within_a_notes_length() {
+        let one = record("web-0", "node-1", "networkLatency");
+        let facts = created_facts(&[&one]);
+        assert_eq!(facts.len(), 1);
+        assert_eq!(
+            facts[0].message,
+            "networkLatency for pod shop/web-0 on node node-1"
+        );
+        assert_eq!(
+            facts[0].pod.as_ref().map(|p| p.name.as_str()),
+            Some("web-0")
+        );
+
+        let mut many: Vec<TargetRecord> = (0..100)
+            .map(|i| {
+                record(
+                    &format!("web-{i}"),
+                    &format!("node-{}", i % 5),
+                    "networkLatency",
+                )
+            })
+            .collect();
+        many.push(record("db-0", "node-1", "networkPartition"));
+        let refs: Vec<&TargetRecord> = many.iter().collect();
+        let facts = created_facts(&refs);
+        assert_eq!(facts.len(), 2, "one per fault");
+        let latency = &facts[0].message;
+        assert!(
+            latency.starts_with("networkLatency for 100 pods on 5 node(s): pod shop/web-0 on node node-0, pod shop/web-1 on node node-1"),
+            "{latency}"
+        );
+        assert!(
+            latency.ends_with("more (status.targets lists every one)"),
+            "{latency}"
+        );
+        assert!(
+            latency.len() <= 1024,
+            "an Event's note holds 1 kB: {}",
+            latency.len()
+        );
+        assert!(facts[0].pod.is_none());
+        assert_eq!(
+            facts[1].message,
+            "networkPartition for pod shop/db-0 on node node-1"
+        );
+    }
 
     #[test]
     fn refusals_are_told_from_hiccups() {
