@@ -46,6 +46,7 @@ pub mod probe_hub;
 mod revert_progress;
 pub mod spec_check;
 mod status;
+mod target_reads;
 mod targets;
 
 use std::{sync::Arc, time::Duration};
