@@ -345,6 +345,18 @@ impl Watched {
             .count()
     }
 
+    /// Takes in the events the watches have delivered so far, without waiting for more.
+    fn catch_up(&mut self) {
+        use futures::{FutureExt, StreamExt};
+        while let Some(Some(())) = self.events.next().now_or_never() {}
+    }
+
+    /// Whether the experiment is aborting or over.
+    fn aborting_or_over(&self) -> bool {
+        self.phase()
+            .is_some_and(|p| p == Phase::Aborting || p.is_terminal())
+    }
+
     /// Follows the watches until `done` holds; when the event that made it so arrived.
     async fn until(&mut self, what: &str, done: impl Fn(&Self) -> bool) -> Instant {
         use futures::StreamExt;
@@ -401,6 +413,25 @@ async fn forget_earlier_runs(kubeconfig: &Path) {
         .await;
 }
 
+/// Says why a run measures nothing, deletes its experiment and waits for its faults to go.
+async fn abandon(experiments: &Api<ChaosExperiment>, view: &mut Watched, name: &str) {
+    let why = view
+        .experiment
+        .state()
+        .first()
+        .and_then(|e| e.status.as_ref()?.message.clone())
+        .unwrap_or_default();
+    eprintln!("  note: {name} was aborting before the service broke ({why}); the run is repeated");
+    experiments
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    view.until("every FaultInjection gone", |v| {
+        v.injections.state().is_empty()
+    })
+    .await;
+}
+
 struct Run {
     injection: f64,
     break_to_aborted: f64,
@@ -408,9 +439,9 @@ struct Run {
     recorded: f64,
 }
 
-/// One measured run; `None` when the experiment ended before the bench broke the service (its
-/// probe timed out while hundreds of pods were being injected on two cores: the abort was
-/// real, the run measures nothing), after cleaning it up.
+/// One measured run; `None` when the experiment was aborting or over before the bench broke
+/// the service (its probe timed out while hundreds of pods were being injected on two cores:
+/// the abort was real, the run measures nothing), after cleaning it up.
 async fn one_run(
     client: &Client,
     service: &Service,
@@ -449,22 +480,10 @@ async fn one_run(
         .await
         - created)
         .as_secs_f64();
-    if view.phase().is_some_and(|p| p.is_terminal()) {
-        let why = view
-            .experiment
-            .state()
-            .first()
-            .and_then(|e| e.status.as_ref()?.message.clone())
-            .unwrap_or_default();
-        eprintln!("  note: {name} ended before the service broke ({why}); the run is repeated");
-        experiments
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-        view.until("every FaultInjection gone", |v| {
-            v.injections.state().is_empty()
-        })
-        .await;
+    // An abort that began before the break (the probe timed out under the injection's load)
+    // would be measured from the wrong moment.
+    if view.aborting_or_over() {
+        abandon(&experiments, &mut view, name).await;
         return None;
     }
     let targets: Vec<String> = view
@@ -480,6 +499,11 @@ async fn one_run(
         );
     }
     let in_kernel = holding(prefix, &targets);
+    view.catch_up();
+    if view.aborting_or_over() {
+        abandon(&experiments, &mut view, name).await;
+        return None;
+    }
     assert!(
         in_kernel >= targets.len(),
         "only {in_kernel} of {} targets hold the rule",
