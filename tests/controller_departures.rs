@@ -149,8 +149,7 @@ async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_deleted_among_many_in_one_namespace_is_gone_too() {
-    // Enough targets in one namespace that the controller lists that namespace's pods rather
-    // than reading each target.
+    // Many targets in one namespace: the one that left is told from the 39 still there.
     let h = Harness::start().await;
     shop_with_web_pods(&h, 40).await;
     let mut spec = latency_spec("8s");
