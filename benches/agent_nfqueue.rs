@@ -1,6 +1,6 @@
 //! The NFQUEUE latency path, end to end between two pods of a TestNode (root only): how close
 //! the added delay is to the requested one (median and p99 of UDP round trips minus the
-//! baseline) and what TCP bulk throughput survives, at 0, 10, 50 and 200 ms of egress delay on
+//! baseline) and what TCP bulk throughput survives, at 1, 10, 50 and 200 ms of egress delay on
 //! the sending pod; and the same without any fault as a baseline.
 //!
 //! Then the load: UDP sent at 1, 10 and 100 k packets/s (over 8 flows) through a 20 ms delay,
@@ -130,7 +130,7 @@ fn main() {
         mbit_large,
         bypassed: None,
     }];
-    for (i, delay) in [0u64, 10, 50, 200].into_iter().enumerate() {
+    for (i, delay) in [1u64, 10, 50, 200].into_iter().enumerate() {
         let fault = NetworkFault {
             latency: Some(LatencyFault {
                 latency: GoDuration(format!("{delay}ms")),
