@@ -212,16 +212,21 @@ pub fn remove_node_rules(ports: &[String]) -> io::Result<Vec<String>> {
 pub fn cleanup_unclaimed_slots() -> io::Result<Vec<(u8, Cleanup)>> {
     let mut cleaned = Vec::new();
     for slot in 0..SLOTS {
-        let Some(lease) = SlotLease::try_claim(slot)? else {
-            continue;
-        };
-        let done = cleanup(&RealPodConfig::slot(slot, PathBuf::new()))?;
-        drop(lease);
-        if !done.is_empty() {
+        if let Some(done) = cleanup_if_free(slot)?
+            && !done.is_empty()
+        {
             cleaned.push((slot, done));
         }
     }
     Ok(cleaned)
+}
+
+/// Cleans up `slot` while holding it, if nobody else does.
+fn cleanup_if_free(slot: u8) -> io::Result<Option<Cleanup>> {
+    let Some(_lease) = SlotLease::try_claim(slot)? else {
+        return Ok(None);
+    };
+    cleanup(&RealPodConfig::slot(slot, PathBuf::new())).map(Some)
 }
 
 /// Cleans up `slot` as soon as nobody holds it, waiting at most `patience` for a holder to let
@@ -231,9 +236,7 @@ pub fn cleanup_unclaimed_slots() -> io::Result<Vec<(u8, Cleanup)>> {
 pub fn cleanup_slot_when_free(slot: u8, patience: Duration) -> io::Result<Option<Cleanup>> {
     let deadline = Instant::now() + patience;
     loop {
-        if let Some(lease) = SlotLease::try_claim(slot)? {
-            let done = cleanup(&RealPodConfig::slot(slot, PathBuf::new()))?;
-            drop(lease);
+        if let Some(done) = cleanup_if_free(slot)? {
             return Ok(Some(done));
         }
         if Instant::now() >= deadline {
