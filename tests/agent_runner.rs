@@ -199,18 +199,22 @@ impl World {
     }
 }
 
+/// A kernel that queues latency in userspace (NFQUEUE) and partitions with nftables.
+fn queueing_kernel() -> RecordingKernel {
+    RecordingKernel::new(Capabilities {
+        nfqueue: true,
+        nftables: true,
+        ..Default::default()
+    })
+}
+
 fn tag_of(injection: &FaultInjection) -> InjectionTag {
     InjectionTag::from_uid(&injection.uid().unwrap()).unwrap()
 }
 
 #[tokio::test]
 async fn applies_with_a_finalizer_reports_status_and_reverts_on_delete() {
-    let world = World::start(RecordingKernel::new(Capabilities {
-        nfqueue: true,
-        nftables: true,
-        ..Default::default()
-    }))
-    .await;
+    let world = World::start(queueing_kernel()).await;
     let agent = world.agent();
     let pod = world.pod("target").await;
     world.injection("lat", &pod, TimeDelta::minutes(5)).await;
@@ -255,12 +259,7 @@ async fn applies_with_a_finalizer_reports_status_and_reverts_on_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_faults_applied_write_carries_its_counts_and_still_counters_cost_no_write() {
-    let world = World::start(RecordingKernel::new(Capabilities {
-        nfqueue: true,
-        nftables: true,
-        ..Default::default()
-    }))
-    .await;
+    let world = World::start(queueing_kernel()).await;
     let agent = world.agent();
     let pod = world.pod("target").await;
     world.injection("lat", &pod, TimeDelta::minutes(5)).await;
@@ -453,12 +452,7 @@ fn rank(phase: InjectionPhase) -> u8 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_concurrent_injections_never_see_their_phase_go_backwards() {
-    let world = World::start(RecordingKernel::new(Capabilities {
-        nfqueue: true,
-        nftables: true,
-        ..Default::default()
-    }))
-    .await;
+    let world = World::start(queueing_kernel()).await;
     // Every status change, as a watcher sees it.
     let seen: Arc<std::sync::Mutex<Vec<FaultInjection>>> = Arc::default();
     let watch = {
