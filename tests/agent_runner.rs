@@ -257,6 +257,51 @@ async fn applies_with_a_finalizer_reports_status_and_reverts_on_delete() {
     agent.abort();
 }
 
+/// The finalizer guards what is in the kernel: no fault's apply begins before its injection
+/// carries the agent's finalizer (each pod's task writes it just before its apply; see
+/// `Agent::step`). Many injections at once, each apply slowed to 300 ms so that every one is
+/// seen while it is under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fault_is_applied_before_its_injection_carries_the_finalizer() {
+    let world = World::start(queueing_kernel().with_delay(Duration::from_millis(300))).await;
+    let agent = world.agent();
+    const FAULTS: usize = 40;
+    let mut pods = Vec::new();
+    for i in 0..FAULTS {
+        pods.push(world.pod(&format!("target-{i}")).await);
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        world
+            .injection(&format!("lat-{i}"), pod, TimeDelta::minutes(5))
+            .await;
+    }
+    let mut checked = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while checked.len() < FAULTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {FAULTS} applies began",
+            checked.len()
+        );
+        // The kernel first, then the API server: the list is at least as new as the moment
+        // each apply was seen begun.
+        let begun = world.kernel.begun();
+        let listed = world.injections().list(&Default::default()).await.unwrap();
+        for injection in listed.items {
+            let tag = tag_of(&injection);
+            if begun.contains(&tag) && checked.insert(tag) {
+                assert!(
+                    injection.finalizers().iter().any(|f| f == AGENT_FINALIZER),
+                    "the apply of {} began without the agent's finalizer on it",
+                    injection.name_any()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    agent.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_faults_applied_write_carries_its_counts_and_still_counters_cost_no_write() {
     let world = World::start(queueing_kernel()).await;

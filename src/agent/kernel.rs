@@ -303,6 +303,8 @@ struct RecordingState {
     apply_count: usize,
     /// Makes apply (and revert) take this long, as a slow kernel would.
     delay: std::time::Duration,
+    /// Faults whose apply has begun (before the delay), applied or not.
+    begun: BTreeSet<InjectionTag>,
     counts: BTreeMap<InjectionTag, QueueCounts>,
 }
 
@@ -323,6 +325,11 @@ impl RecordingKernel {
             nftables: true,
             iptables: true,
         })
+    }
+
+    /// Faults whose apply has begun: the kernel is being changed for them, or was.
+    pub fn begun(&self) -> Vec<InjectionTag> {
+        self.state.lock().unwrap().begun.iter().cloned().collect()
     }
 
     /// Makes every apply and revert take `delay`.
@@ -391,7 +398,11 @@ impl Kernel for RecordingKernel {
         mechanism: Mechanism,
         deadline: &Deadline,
     ) -> Result<AppliedFault, KernelError> {
-        let delay = self.state.lock().unwrap().delay;
+        let delay = {
+            let mut state = self.state.lock().unwrap();
+            state.begun.insert(tag.clone());
+            state.delay
+        };
         std::thread::sleep(delay);
         if let Err(e) = deadline.remaining() {
             return Err(KernelError::Expired(e.to_string()));
