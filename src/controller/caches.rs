@@ -46,7 +46,8 @@ pub struct Caches {
     controller_namespace: String,
     pub versions: Versions,
     pub reverts: Arc<RevertsAsked>,
-    pub probe_writes: ProbeWrites,
+    pub probe_writes: WrittenAt,
+    pub status_writes: WrittenAt,
     pub target_reads: TargetReads,
     listed: watch::Receiver<u8>,
 }
@@ -64,7 +65,8 @@ impl Caches {
             controller_namespace,
             versions: Versions::default(),
             reverts: Arc::default(),
-            probe_writes: ProbeWrites::default(),
+            probe_writes: WrittenAt::default(),
+            status_writes: WrittenAt::default(),
             target_reads: TargetReads::default(),
             listed: listed.0.subscribe(),
         }
@@ -270,13 +272,13 @@ impl RevertsAsked {
     }
 }
 
-/// When probe results were last written into each experiment's status (by UID), to keep those
-/// writes at about one a second. A controller that starts afresh writes its first results at
-/// once.
+/// When something was last written into each experiment's status (by UID): probe results, or
+/// anything at all. Kept to hold writes of news that can wait (new probe results, injection
+/// progress) to about one a second. A controller that starts afresh writes at once.
 #[derive(Default)]
-pub struct ProbeWrites(Mutex<HashMap<String, DateTime<Utc>>>);
+pub struct WrittenAt(Mutex<HashMap<String, DateTime<Utc>>>);
 
-impl ProbeWrites {
+impl WrittenAt {
     pub fn last(&self, uid: &str) -> Option<DateTime<Utc>> {
         self.lock().get(uid).copied()
     }

@@ -362,6 +362,7 @@ pub async fn run(
             let uid = experiment.uid().unwrap_or_default();
             forget_ctx.caches.reverts.remove(&uid);
             forget_ctx.caches.probe_writes.remove(&uid);
+            forget_ctx.caches.status_writes.remove(&uid);
         }
     })
     .applied_objects();

@@ -7,7 +7,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Context, Error, Result, events::Fact, object_reference};
 use crate::api::{
@@ -49,11 +49,20 @@ pub async fn write(
         "status": ours,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let started = std::time::Instant::now();
     let updated = api
         .patch_status(&experiment.name_any(), &params, &Patch::Apply(patch))
         .await
         .map_err(Error::Record)?;
+    debug!(
+        targets = status.targets.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "status written"
+    );
     ctx.caches.versions.replaced(experiment);
+    ctx.caches
+        .status_writes
+        .written(&experiment.uid().unwrap_or_default(), (ctx.now)());
     experiment.metadata.resource_version = updated.metadata.resource_version;
     experiment.status = Some(status.clone());
     Ok(())
@@ -72,6 +81,7 @@ pub async fn write_among_receipts(
     for _ in 0..CONFLICT_RETRIES {
         match write(ctx, experiment, status).await {
             Err(Error::Record(kube::Error::Api(answer))) if answer.code == 409 => {
+                debug!("status write met a newer object (receipts); writing again on it");
                 let api: Api<ChaosExperiment> = Api::namespaced(
                     ctx.client.clone(),
                     &experiment.namespace().unwrap_or_default(),

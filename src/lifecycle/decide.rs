@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{Phase, Verdict};
+use crate::api::{AbortBegun, Phase, Verdict};
 
 /// What the probes say for the phase being checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -447,6 +447,26 @@ fn violation(o: &Observed) -> Option<AbortCause> {
             })
         }
         _ => None,
+    }
+}
+
+/// How `cause` is announced to the agents and recorded: its reason and message, and when it
+/// began: when the agents were first told (an abort carried over from the label), when the
+/// probes first saw the violation it is for, or now.
+pub fn abort_begun(o: &Observed, cause: &AbortCause) -> AbortBegun {
+    let since = match (&o.abort_begun, &o.hypothesis) {
+        (Some((_, since)), _) => *since,
+        (None, HypothesisView::Violated { since, .. })
+            if matches!(cause, AbortCause::HypothesisViolated { .. }) =>
+        {
+            *since
+        }
+        _ => o.now,
+    };
+    AbortBegun {
+        reason: cause.reason().into(),
+        message: cause.message(),
+        since,
     }
 }
 

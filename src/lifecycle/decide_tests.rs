@@ -536,3 +536,29 @@ fn an_abort_announced_but_not_recorded_goes_on_even_when_the_hypothesis_holds_ag
     o.abort_begun = Some((cause, t(0)));
     assert!(!matches!(decide(&o), Decision::Abort(_)));
 }
+
+#[test]
+fn an_abort_begins_when_the_agents_were_told_else_when_the_violation_was_seen_else_now() {
+    let broken = AbortCause::HypothesisViolated {
+        probe: "http".into(),
+        message: "probe http: status 503".into(),
+    };
+    let mut o = observed(Phase::Running);
+    o.now = t(9);
+    o.hypothesis = HypothesisView::Violated {
+        probe: "http".into(),
+        message: "probe http: status 503".into(),
+        since: t(4),
+    };
+    let begun = abort_begun(&o, &broken);
+    assert_eq!(begun.since, t(4));
+    assert_eq!(begun.reason, "ProbeFailed");
+    assert_eq!(begun.message, broken.message());
+
+    // Another cause while the hypothesis is broken begins now, not at the violation.
+    assert_eq!(abort_begun(&o, &AbortCause::Paused).since, t(9));
+
+    // An abort the label carries over keeps the time the agents were told.
+    o.abort_begun = Some((AbortCause::Paused, t(2)));
+    assert_eq!(abort_begun(&o, &broken).since, t(2));
+}

@@ -22,5 +22,6 @@ mod decide;
 pub mod record;
 
 pub use decide::{
-    AbortCause, Decision, HypothesisView, Observed, ProgressView, decide, unconfirmed_sentence,
+    AbortCause, Decision, HypothesisView, Observed, ProgressView, abort_begun, decide,
+    unconfirmed_sentence,
 };

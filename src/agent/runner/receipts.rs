@@ -150,7 +150,12 @@ impl Receipts {
                 let manager = manager.clone();
                 async move {
                     let nodes = entries.iter().map(|e| e.node.clone()).collect();
+                    let started = Instant::now();
                     let result = apply(&client, &manager, &key, entries).await;
+                    tracing::debug!(
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "receipt write"
+                    );
                     (key, nodes, result)
                 }
             }))

@@ -41,6 +41,7 @@ pub(super) async fn conclude(
         super::delete_injections(ctx, experiment);
     }
     ctx.caches.probe_writes.remove(&uid);
+    ctx.caches.status_writes.remove(&uid);
     remove_finalizer(ctx, experiment).await
 }
 

@@ -9,6 +9,7 @@
 mod finish;
 mod inject;
 mod live;
+mod progress;
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use crate::{
         ABORTING_ANNOTATION, AbortBegun, ChaosExperiment, ChaosExperimentStatus, ConditionStatus,
         EXPERIMENT_FINALIZER, FaultInjection, Phase, REVERTING_LABEL, TargetState,
     },
-    lifecycle::{AbortCause, Decision, HypothesisView, record::set_condition},
+    lifecycle::{Decision, record::set_condition},
 };
 
 /// How often the peers of selector-scoped network faults are resolved again while they run.
@@ -315,17 +316,9 @@ pub async fn perform(
             Some(Duration::ZERO)
         }
         Decision::Abort(cause) => {
-            let started = match (&observed.abort_begun, &observed.hypothesis) {
-                (Some((_, since)), _) => *since,
-                (None, HypothesisView::Violated { since, .. })
-                    if matches!(cause, AbortCause::HypothesisViolated { .. }) =>
-                {
-                    *since
-                }
-                _ => now,
-            };
+            let begun = crate::lifecycle::abort_begun(&observed, &cause);
             status.phase = Phase::Aborting;
-            status.abort_started_at = Some(started);
+            status.abort_started_at = Some(begun.since);
             status.abort_reason = Some(cause.message());
             status.reason = Some(cause.reason().into());
             status.message = Some(cause.message());
@@ -343,11 +336,6 @@ pub async fn perform(
             // status is written; at 500 targets that write alone took 150-300 ms. The Event
             // waits until both are done: it is not on the way to the abort.
             let reverting = if may_have_injections(&status, &injections) {
-                let begun = AbortBegun {
-                    reason: cause.reason().into(),
-                    message: cause.message(),
-                    since: started,
-                };
                 revert_all_announcing(ctx, experiment, Some(&begun)).await
             } else {
                 Ok(())
@@ -447,6 +435,19 @@ pub async fn perform(
             if status.phase == Phase::Injecting {
                 // A create that failed for a moment, or a crash between record and create.
                 inject::create_missing(ctx, experiment, &mut status, &injections, now).await?;
+                if let Some(wait) = progress::hold_back(
+                    experiment.status.as_ref(),
+                    &status,
+                    ctx.caches.status_writes.last(&uid),
+                    now,
+                ) {
+                    // Back with every report that came in meanwhile (see `progress`), or
+                    // sooner for probe results held back.
+                    let withheld = probes
+                        .withheld_until
+                        .and_then(|at| (at - now).to_std().ok());
+                    return Ok(Action::requeue(withheld.map_or(wait, |w| w.min(wait))));
+                }
             }
             if matches!(status.phase, Phase::Recovering | Phase::Aborting) {
                 // Asking again is idempotent and covers a request lost to a crash. Nothing
