@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use faultline::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, InjectionPhase, Phase};
+use faultline::api::{
+    ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, InjectionPhase, Phase, REVERTING_LABEL,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector;
@@ -351,10 +353,20 @@ impl Watched {
         while let Some(Some(())) = self.events.next().now_or_never() {}
     }
 
-    /// Whether the experiment is aborting or over.
+    /// Whether the experiment is aborting or over: its phase says so, or the agents were told
+    /// to revert (the reverting label goes out before status says Aborting).
     fn aborting_or_over(&self) -> bool {
-        self.phase()
-            .is_some_and(|p| p == Phase::Aborting || p.is_terminal())
+        let reverting = self.experiment.state().first().is_some_and(|e| {
+            e.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVERTING_LABEL))
+                .is_some_and(|v| v == "true")
+        });
+        reverting
+            || self
+                .phase()
+                .is_some_and(|p| p == Phase::Aborting || p.is_terminal())
     }
 
     /// Follows the watches until `done` holds; when the event that made it so arrived.
