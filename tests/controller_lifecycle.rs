@@ -209,6 +209,47 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
     h.stop().await;
 }
 
+/// The hypothesis breaks as the faults go in (here: before the first create): the creates not
+/// yet begun are not made, their targets say why, and the experiment aborts with nothing to
+/// take out.
+#[tokio::test]
+async fn a_hypothesis_that_breaks_while_faults_go_in_stops_the_creates_not_yet_begun() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 3).await;
+    h.probes.set(
+        ProbePhase::During,
+        HypothesisView::Violated {
+            probe: "web".into(),
+            message: "probe web: status 503, expected 200".into(),
+            since: chrono::Utc::now(),
+        },
+    );
+    h.create("shop", "stopped", latency_spec("10m")).await;
+    let aborted = h.wait_phase("shop", "stopped", Phase::Aborted).await;
+    let status = aborted.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("ProbeFailed"));
+    assert_eq!(status.faults_injected, 0);
+    assert_eq!(status.targets.len(), 3);
+    for target in &status.targets {
+        assert_eq!(target.state, TargetState::Skipped, "{target:?}");
+        assert!(
+            target
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("the hypothesis broke while the faults were going in")),
+            "{target:?}"
+        );
+    }
+    let reasons: Vec<&str> = status.timeline.iter().map(|e| e.reason.as_str()).collect();
+    assert!(reasons.contains(&"InjectionStopped"), "{reasons:?}");
+    assert!(
+        !reasons.contains(&"FaultInjectionCreated"),
+        "a FaultInjection was created: {reasons:?}"
+    );
+    assert_eq!(h.injection_count("shop").await, 0);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn deleting_a_running_experiment_reverts_before_it_disappears() {
     let h = Harness::start().await;

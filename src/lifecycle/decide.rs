@@ -61,6 +61,15 @@ pub enum AbortCause {
 }
 
 impl AbortCause {
+    /// This abort as announced to the agents and recorded, begun at `since`.
+    pub fn begun(&self, since: DateTime<Utc>) -> AbortBegun {
+        AbortBegun {
+            reason: self.reason().into(),
+            message: self.message(),
+            since,
+        }
+    }
+
     /// An abort request with the reason given (the annotation's value; may be empty).
     pub fn requested(reason: &str) -> AbortCause {
         let reason = reason.trim();
@@ -463,11 +472,7 @@ pub fn abort_begun(o: &Observed, cause: &AbortCause) -> AbortBegun {
         }
         _ => o.now,
     };
-    AbortBegun {
-        reason: cause.reason().into(),
-        message: cause.message(),
-        since,
-    }
+    cause.begun(since)
 }
 
 /// Recovering and Aborting wait for the revert to be confirmed, and only then move on.

@@ -13,14 +13,15 @@ use kube::{Api, ResourceExt};
 use super::{Context, Error, Result, act_error};
 use crate::{
     api::{
-        ChaosExperiment, ChaosExperimentStatus, FaultInjection, FaultKind, NetworkFault,
-        TargetRecord, TargetState,
+        AbortBegun, ChaosExperiment, ChaosExperimentStatus, FaultInjection, FaultKind,
+        NetworkFault, ProbePhase, TargetRecord, TargetState,
     },
     controller::{
         events::Fact,
         injections, podkill, spec_check, status,
         targets::{self, Round},
     },
+    lifecycle::{AbortCause, HypothesisView},
 };
 
 /// How long after the injection began a recorded FaultInjection that no watch has shown is
@@ -92,10 +93,13 @@ pub(super) async fn inject_all(
         }
     }
     // A create that failed is made again (`create_missing`); the others go on.
-    let (created, failure) = create_injections(ctx, experiment, status, network, now).await;
-    facts.extend(created);
+    let created = create_injections(ctx, experiment, status, network, now).await;
+    facts.extend(created.facts);
     status::note_all(ctx, experiment, status, facts).await;
-    written_then(ctx, experiment, status, failure).await
+    if let Some(abort) = &created.abort {
+        super::revert_all_announcing(ctx, experiment, Some(abort)).await?;
+    }
+    written_then(ctx, experiment, status, created.failure).await
 }
 
 /// Writes status (which records why a create failed) when a create failed, then returns that
@@ -141,9 +145,12 @@ pub(super) async fn create_missing(
                     .is_some_and(|name| !cached.iter().any(|c| c.name_any() == name))
         })
         .collect();
-    let (facts, failure) = create_injections(ctx, experiment, status, missing, now).await;
-    status::note_all(ctx, experiment, status, facts).await;
-    written_then(ctx, experiment, status, failure).await
+    let created = create_injections(ctx, experiment, status, missing, now).await;
+    status::note_all(ctx, experiment, status, created.facts).await;
+    if let Some(abort) = &created.abort {
+        super::revert_all_announcing(ctx, experiment, Some(abort)).await?;
+    }
+    written_then(ctx, experiment, status, created.failure).await
 }
 
 /// How many FaultInjections are created at once: enough that hundreds of targets do not wait
@@ -166,20 +173,42 @@ async fn create_injections(
     status: &mut ChaosExperimentStatus,
     indices: Vec<usize>,
     now: DateTime<Utc>,
-) -> (Vec<Fact>, Option<Error>) {
+) -> Created {
     let planned = match plan_creates(ctx, experiment, status, indices, now).await {
         Ok(planned) => planned,
-        Err(error) => return (Vec::new(), Some(error)),
+        Err(error) => {
+            return Created {
+                facts: Vec::new(),
+                failure: Some(error),
+                abort: None,
+            };
+        }
     };
     let namespace = experiment.namespace().unwrap_or_default();
     let api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), &namespace);
+    let uid = experiment.uid().unwrap_or_default();
+    // A hypothesis that breaks while the faults go in (seconds, at hundreds of targets) stops
+    // the creates not yet begun, and the abort it calls for begins at once (see `Created`).
+    let violation = || match ctx.hypotheses.view(&uid, ProbePhase::During) {
+        HypothesisView::Violated {
+            probe,
+            message,
+            since,
+        } if experiment.spec.abort.on_hypothesis_failure => {
+            Some(AbortCause::HypothesisViolated { probe, message }.begun(since))
+        }
+        _ => None,
+    };
     let answers: Vec<_> = stream::iter(planned.into_iter().map(|plan| {
         let record = status.targets[plan.index].clone();
         let api = api.clone();
         async move {
+            if let Some(abort) = violation() {
+                return (plan.index, Err(abort));
+            }
             let answer =
                 injections::create(&api, experiment, &record, plan.fault, plan.expires_at).await;
-            (plan.index, answer)
+            (plan.index, Ok(answer))
         }
     }))
     .buffer_unordered(PARALLEL_CREATES)
@@ -187,8 +216,21 @@ async fn create_injections(
     .await;
     let mut facts = Vec::new();
     let mut created = Vec::new();
+    let mut not_created = 0;
+    let mut abort = None;
     let mut failure = None;
     for (index, answer) in answers {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(begun) => {
+                let record = &mut status.targets[index];
+                record.state = TargetState::Skipped;
+                record.message = Some(NOT_CREATED.into());
+                not_created += 1;
+                abort.get_or_insert(begun);
+                continue;
+            }
+        };
         match record_create(status, index, answer) {
             Ok(Recorded::Created) => created.push(index),
             Ok(Recorded::Known) => {}
@@ -201,8 +243,34 @@ async fn create_injections(
     created.sort_unstable();
     let created: Vec<&TargetRecord> = created.iter().map(|i| &status.targets[*i]).collect();
     facts.splice(0..0, created_facts(&created));
-    (facts, failure)
+    if not_created > 0 {
+        facts.push(Fact::warning(
+            "InjectionStopped",
+            "Inject",
+            format!("{not_created} fault(s) not injected: {NOT_CREATED}"),
+        ));
+    }
+    Created {
+        facts,
+        failure,
+        abort,
+    }
 }
+
+/// What a round of creates did: the facts to publish, the first failure to retry, and the
+/// abort to announce when the hypothesis broke and stopped it. That abort goes out with the
+/// reverting label at once (see `revert_all_announcing`): it stands even if the probe passes
+/// again before the next reconcile, since the targets left out would otherwise run the
+/// experiment short of them.
+struct Created {
+    facts: Vec<Fact>,
+    failure: Option<Error>,
+    abort: Option<AbortBegun>,
+}
+
+/// Why a target's fault was not created (its record's message, and the Event's).
+const NOT_CREATED: &str =
+    "the hypothesis broke while the faults were going in, so the rest were not created";
 
 /// The Events of the FaultInjections one round created: one per fault, naming its pods (the
 /// first of them, when there are many: every target and its injection is in the status) and
