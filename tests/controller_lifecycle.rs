@@ -24,6 +24,15 @@ use kube::{
 };
 use serde_json::json;
 
+/// The web probe failing now, as the scripted probes report it.
+fn web_failing() -> HypothesisView {
+    HypothesisView::Violated {
+        probe: "web".into(),
+        message: "probe web: status 503, expected 200".into(),
+        since: chrono::Utc::now(),
+    }
+}
+
 #[tokio::test]
 async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
     let h = Harness::start().await;
@@ -146,14 +155,7 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
 async fn a_before_hypothesis_that_fails_injects_nothing() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;
-    h.probes.set(
-        ProbePhase::Before,
-        HypothesisView::Violated {
-            probe: "web".into(),
-            message: "probe web: status 503, expected 200".into(),
-            since: chrono::Utc::now(),
-        },
-    );
+    h.probes.set(ProbePhase::Before, web_failing());
     h.create("shop", "unhealthy", latency_spec("30s")).await;
     let failed = h.wait_phase("shop", "unhealthy", Phase::Failed).await;
     let status = failed.status.unwrap();
@@ -185,14 +187,7 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
         running.status.as_ref().map(|s| &s.timeline)
     );
 
-    h.probes.set(
-        ProbePhase::During,
-        HypothesisView::Violated {
-            probe: "web".into(),
-            message: "probe web: status 503, expected 200".into(),
-            since: chrono::Utc::now(),
-        },
-    );
+    h.probes.set(ProbePhase::During, web_failing());
     h.trigger.send(ObjectRef::from_obj(&running)).unwrap();
     let aborted = h.wait_phase("shop", "abortme", Phase::Aborted).await;
     let status = aborted.status.unwrap();
@@ -216,14 +211,7 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
 async fn a_hypothesis_that_breaks_while_faults_go_in_stops_the_creates_not_yet_begun() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 3).await;
-    h.probes.set(
-        ProbePhase::During,
-        HypothesisView::Violated {
-            probe: "web".into(),
-            message: "probe web: status 503, expected 200".into(),
-            since: chrono::Utc::now(),
-        },
-    );
+    h.probes.set(ProbePhase::During, web_failing());
     h.create("shop", "stopped", latency_spec("10m")).await;
     let aborted = h.wait_phase("shop", "stopped", Phase::Aborted).await;
     let status = aborted.status.unwrap();
