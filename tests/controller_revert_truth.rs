@@ -1,20 +1,84 @@
 //! The controller says "every fault is confirmed reverted" only when an agent confirmed it
-//! (issue 10): with no agent at all, a latency experiment's FaultInjection is written, never
-//! applied, and deleted at the injection timeout without anyone holding it. The verdict says
-//! what is unknown and what to check instead. Through the API server (embedded, or the real
-//! control plane with `FAULTLINE_TEST_CLUSTER=real`).
+//! (issue 10): with no agent at all, a latency experiment's FaultInjection is written (with the
+//! agent's finalizer already on it), never applied, deleted at the injection timeout, and let go
+//! of by the controller once `abort.revertTimeout` passed without any agent taking it up. The
+//! verdict says what is unknown and what to check instead. And a fault whose agent reported it
+//! applied and then went silent ends the experiment Error at the revert timeout, naming it.
+//! Through the API server (embedded, or the real control plane with
+//! `FAULTLINE_TEST_CLUSTER=real`).
 
 mod common;
 
-use common::harness::{Harness, latency_spec, shop_with_web_pods};
-use faultline::api::{ConditionStatus, Phase, TargetState, Verdict};
+use std::time::Duration;
+
+use common::{
+    harness::{Harness, latency_spec, shop_with_web_pods},
+    wait_for,
+};
+use faultline::api::{
+    AGENT_FINALIZER, ConditionStatus, FaultInjection, InjectionPhase, Phase, TargetState, Verdict,
+};
+use kube::{
+    ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+fn with_revert_timeout(mut spec: serde_json::Value, timeout: &str) -> serde_json::Value {
+    spec["abort"] = json!({"revertTimeout": timeout});
+    spec
+}
+
+async fn the_injection(h: &Harness) -> FaultInjection {
+    wait_for("the FaultInjection", Duration::from_secs(10), || async {
+        h.injections("shop")
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .pop()
+    })
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_agent_the_revert_is_never_called_confirmed() {
     let h = Harness::start_without_agent().await;
     shop_with_web_pods(&h, 1).await;
-    h.create("shop", "latency", latency_spec("10m")).await;
-    // The harness's injection timeout is 5s.
+    h.create(
+        "shop",
+        "latency",
+        with_revert_timeout(latency_spec("10m"), "3s"),
+    )
+    .await;
+    let created = the_injection(&h).await;
+    assert_eq!(
+        created.finalizers(),
+        [AGENT_FINALIZER],
+        "the controller puts the agent's finalizer on at creation"
+    );
+    // The harness's injection timeout is 5s; the deleted injection, which nobody holds but the
+    // finalizer put on at creation, keeps the revert open until the revert timeout.
+    let deleting = wait_for(
+        "the FaultInjection to be deleted",
+        Duration::from_secs(15),
+        || async {
+            let i = h
+                .injections("shop")
+                .get_opt(&created.name_any())
+                .await
+                .ok()??;
+            i.metadata.deletion_timestamp.is_some().then_some(i)
+        },
+    )
+    .await;
+    assert_eq!(deleting.finalizers(), [AGENT_FINALIZER]);
+    let aborting = h.experiments("shop").get("latency").await.unwrap();
+    assert_eq!(
+        aborting.status.unwrap().phase,
+        Phase::Aborting,
+        "the revert waits for the unclaimed injection"
+    );
     let done = h.wait_phase("shop", "latency", Phase::Failed).await;
     let status = done.status.unwrap();
     assert_eq!(status.verdict, Some(Verdict::Error), "{:?}", status.message);
@@ -49,5 +113,61 @@ async fn without_an_agent_the_revert_is_never_called_confirmed() {
         "{record:?}"
     );
     assert_eq!(h.injection_count("shop").await, 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_whose_agent_went_silent_after_applying_fails_the_revert_at_the_revert_timeout() {
+    let h = Harness::start_without_agent().await;
+    shop_with_web_pods(&h, 1).await;
+    h.create(
+        "shop",
+        "latency",
+        with_revert_timeout(latency_spec("3s"), "2s"),
+    )
+    .await;
+    // An agent reports the fault applied, then dies: nobody confirms the revert or lets go.
+    let injection = the_injection(&h).await;
+    let applied = json!({"status": {"phase": "Applied", "mechanism": "nfqueue",
+        "appliedAt": chrono::Utc::now(), "observedGeneration": injection.metadata.generation}});
+    h.injections("shop")
+        .patch_status(
+            &injection.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(applied),
+        )
+        .await
+        .unwrap();
+    let done = h.wait_phase("shop", "latency", Phase::Failed).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Error), "{:?}", status.message);
+    assert_eq!(status.reason.as_deref(), Some("RevertFailed"));
+    let message = status.message.unwrap_or_default();
+    for words in [
+        "shop/web-0 on node node-1",
+        "has not confirmed its revert within 2s",
+        "(expiresAt)",
+        "check the faultline agent on that node",
+    ] {
+        assert!(message.contains(words), "{words:?} in {message}");
+    }
+    // The controller does not let go of a fault an agent said it holds.
+    let left = h
+        .injections("shop")
+        .get(&injection.name_any())
+        .await
+        .unwrap();
+    assert!(left.metadata.deletion_timestamp.is_some());
+    assert_eq!(left.finalizers(), [AGENT_FINALIZER]);
+    assert_eq!(left.status.map(|s| s.phase), Some(InjectionPhase::Applied));
+    // The agent comes back and confirms: the object goes.
+    h.injections("shop")
+        .patch(
+            &injection.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
     h.stop().await;
 }

@@ -1076,8 +1076,7 @@ enum Work {
     Refused(Refusal),
 }
 
-/// The condition that says whether the agent accepted the work item (False: refused).
-pub const ADMITTED: &str = "Admitted";
+pub use crate::api::ADMITTED_CONDITION as ADMITTED;
 
 /// Records a refusal: phase Failed, the `Admitted` condition False with the reason, a Warning
 /// Event. Nothing of the injection is in the kernel.

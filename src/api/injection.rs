@@ -119,6 +119,19 @@ impl NetworkFault {
     }
 }
 
+/// The condition that says whether the node agent accepted the work item (False: refused,
+/// and nothing of it was applied).
+pub const ADMITTED_CONDITION: &str = "Admitted";
+
+impl FaultInjectionStatus {
+    /// Whether the node agent refused the work item (condition `Admitted=False`).
+    pub fn refused(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == ADMITTED_CONDITION && c.status == super::ConditionStatus::False)
+    }
+}
+
 /// Where an injection is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum InjectionPhase {

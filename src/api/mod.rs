@@ -38,8 +38,8 @@ pub use gameday::{
     StageExperiment,
 };
 pub use injection::{
-    FaultInjection, FaultInjectionSpec, FaultInjectionStatus, InjectionPhase, NetworkFault,
-    NetworkFaultKind,
+    ADMITTED_CONDITION, FaultInjection, FaultInjectionSpec, FaultInjectionStatus, InjectionPhase,
+    NetworkFault, NetworkFaultKind,
 };
 pub use probe::{
     ComparisonOperator, ConditionCheck, EmptyResultPolicy, FieldCheck, HttpProbe, KubernetesProbe,

@@ -8,13 +8,14 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 
 use crate::{
     api::{
-        ChaosExperiment, EXPERIMENT_LABEL, FAULT_INDEX_LABEL, FaultInjection, FaultInjectionSpec,
-        FaultKind, NODE_LABEL, NetworkFault, NetworkScope, ObjectRef, PodRef, TargetRecord,
+        AGENT_FINALIZER, ChaosExperiment, EXPERIMENT_LABEL, FAULT_INDEX_LABEL, FaultInjection,
+        FaultInjectionSpec, FaultKind, NODE_LABEL, NetworkFault, NetworkScope, ObjectRef, PodRef,
+        TargetRecord,
     },
     selection::{LabelMatcher, is_running_and_ready},
 };
@@ -165,6 +166,11 @@ pub async fn create(
                 ),
             ])),
             owner_references: experiment.controller_owner_ref(&()).map(|o| vec![o]),
+            // The agent's finalizer from the start: the agent need not write it before its
+            // apply (a third of the API server's writes per target), and nothing can be
+            // applied for an injection that is already gone. One no agent takes up is let
+            // go of by `release_unclaimed`.
+            finalizers: Some(vec![AGENT_FINALIZER.to_string()]),
             ..Default::default()
         },
         spec: FaultInjectionSpec {
@@ -209,6 +215,50 @@ pub async fn delete_one(api: &Api<FaultInjection>, name: &str) -> Result<(), kub
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Lets go of the agent finalizer on deleted injections that no agent took up within the
+/// revert timeout (see `revert_progress::unclaimed`), so that a node without a running agent
+/// does not hold the experiment's revert forever. Each patch carries the resourceVersion it
+/// was decided on: an agent that wrote meanwhile wins, and the next reconcile looks again.
+pub async fn release_unclaimed(
+    client: &kube::Client,
+    experiment: &ChaosExperiment,
+    unclaimed: &[Arc<FaultInjection>],
+) {
+    let api: Api<FaultInjection> =
+        Api::namespaced(client.clone(), &experiment.namespace().unwrap_or_default());
+    for injection in unclaimed {
+        let finalizers: Vec<&String> = injection
+            .finalizers()
+            .iter()
+            .filter(|f| *f != AGENT_FINALIZER)
+            .collect();
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": injection.resource_version(),
+            "finalizers": finalizers,
+        }});
+        let name = injection.name_any();
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                experiment = %experiment.name_any(),
+                injection = %name,
+                node = %injection.spec.node_name,
+                pod = %injection.spec.target.name,
+                "no agent took up this FaultInjection before the revert timeout; released its agent finalizer (its revert stays unconfirmed)"
+            ),
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
+            Err(error) => tracing::warn!(
+                experiment = %experiment.name_any(),
+                injection = %name,
+                %error,
+                "could not release the agent finalizer of an unclaimed FaultInjection; trying again at the next reconcile"
+            ),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use super::{
     Context, Error, Result,
     departures::{self, Departure},
     probe_access,
-    revert_progress::revert_progress,
+    revert_progress::{revert_progress, unclaimed},
     spec_check,
     target_reads::{TARGET_READ_EVERY, target_world},
 };
@@ -43,6 +43,9 @@ pub struct World {
     /// Targets that left since the last reconcile (not yet in `status`): `act` records them,
     /// deletes their FaultInjections and publishes an Event for each.
     pub departures: Vec<Departure>,
+    /// Deleted FaultInjections that no agent took up, past the revert timeout: `act` lets go
+    /// of the agent finalizer the controller put on them (see [`unclaimed`]).
+    pub unclaimed: Vec<Arc<FaultInjection>>,
 }
 
 /// The probe phase that matters in each lifecycle phase, if any.
@@ -148,7 +151,14 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         .filter(|r| matches!(r.state, TargetState::Injecting | TargetState::Injected))
         .filter_map(|r| r.node_name.as_deref())
         .collect();
-    let revert = revert_progress(&injections, &recorded_nodes, &status.revert_receipts);
+    let revert_timeout = revert_timeout(&times);
+    let revert = revert_progress(
+        &injections,
+        &recorded_nodes,
+        &status.revert_receipts,
+        now,
+        revert_timeout,
+    );
 
     let (duration, recovery_timeout) = match &times {
         Ok(t) => (t.duration, t.recovery_timeout),
@@ -192,13 +202,31 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         next_kill_at: next_kill_at(experiment, &status),
         nothing_injected,
     };
+    let unclaimed = if matches!(status.phase, Phase::Recovering | Phase::Aborting) {
+        unclaimed(&injections, now, revert_timeout)
+    } else {
+        Vec::new()
+    };
     Ok(World {
         observed,
+        unclaimed,
         injections,
         hypothesis: hypothesis_state,
         departures: left,
         status: recorded,
     })
+}
+
+/// `abort.revertTimeout`, or its default when the spec bypassed the schema.
+fn revert_timeout(times: &Result<spec_check::ParsedTimes, String>) -> chrono::TimeDelta {
+    let timeout = match times {
+        Ok(t) => t.revert_timeout,
+        Err(_) => crate::api::AbortPolicy::default()
+            .revert_timeout
+            .parse()
+            .unwrap_or_default(),
+    };
+    chrono::TimeDelta::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX)
 }
 
 /// FaultInjections their agent reported Reverted before `expiresAt` with nobody deleting them:

@@ -159,6 +159,7 @@ pub async fn perform(
         injections,
         hypothesis,
         departures,
+        unclaimed,
     } = world;
     // Status writes carry the resourceVersion this decision was made from (see
     // `status::write`), so a decision made on a stale cached object fails with a conflict
@@ -463,6 +464,9 @@ pub async fn perform(
                 if undeleted && asked.is_none_or(|a| !a.deletion && a.at.elapsed() >= RECEIPT_GRACE)
                 {
                     delete_injections(ctx, experiment);
+                }
+                if !unclaimed.is_empty() {
+                    injections::release_unclaimed(&ctx.client, experiment, &unclaimed).await;
                 }
             }
             // Back when the receipts' grace ends (unless they, or deletions, wake us first).
