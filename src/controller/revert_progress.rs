@@ -51,7 +51,7 @@ pub fn revert_progress(
         injections
             .iter()
             .filter(|i| !receipted.contains(i.spec.node_name.as_str()))
-            .filter(|i| deleted_before(i, now - revert_timeout))
+            .filter(|i| deleted_for(i, now, revert_timeout))
             .filter(|i| i.status.as_ref().map(|s| s.phase) == Some(InjectionPhase::Applied))
             .map(|i| {
                 format!(
@@ -94,7 +94,7 @@ pub fn unclaimed(
 ) -> Vec<Arc<FaultInjection>> {
     injections
         .iter()
-        .filter(|i| deleted_before(i, now - revert_timeout))
+        .filter(|i| deleted_for(i, now, revert_timeout))
         .filter(|i| i.finalizers().iter().any(|f| f == AGENT_FINALIZER))
         .filter(|i| {
             i.status.as_ref().is_none_or(|s| {
@@ -105,12 +105,17 @@ pub fn unclaimed(
         .collect()
 }
 
-fn deleted_before(injection: &FaultInjection, at: DateTime<Utc>) -> bool {
+/// Whether `injection` was deleted at least `long` before `now` (never, for a `long` that
+/// reaches before the first representable time).
+fn deleted_for(injection: &FaultInjection, now: DateTime<Utc>, long: TimeDelta) -> bool {
+    let Some(cutoff) = now.checked_sub_signed(long) else {
+        return false;
+    };
     injection
         .metadata
         .deletion_timestamp
         .as_ref()
-        .is_some_and(|deleted| deleted.0.as_millisecond() <= at.timestamp_millis())
+        .is_some_and(|deleted| deleted.0.as_millisecond() <= cutoff.timestamp_millis())
 }
 
 #[cfg(test)]
@@ -310,5 +315,21 @@ mod tests {
         let mut let_go = (*deleted("let-go", TIMEOUT, None)).clone();
         let_go.metadata.finalizers = None;
         assert!(names(&[Arc::new(not_deleted), Arc::new(let_go)]).is_empty());
+    }
+
+    #[test]
+    fn a_revert_timeout_beyond_the_calendar_holds_everything_and_panics_nothing() {
+        let nodes = BTreeSet::from(["a"]);
+        let left = [deleted(
+            "a",
+            TimeDelta::days(365),
+            Some(InjectionPhase::Applied),
+        )];
+        assert_eq!(
+            revert_progress(&left, &nodes, &[], now(), TimeDelta::MAX),
+            ProgressView::InProgress
+        );
+        let silent = [deleted("a", TimeDelta::days(365), None)];
+        assert!(unclaimed(&silent, now(), TimeDelta::MAX).is_empty());
     }
 }
