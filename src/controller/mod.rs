@@ -212,6 +212,7 @@ pub async fn reconcile(
         return Ok(Action::await_change());
     }
     ctx.metrics.reconciliations.inc();
+    tracing::trace!("reconcile begun");
     let started = std::time::Instant::now();
     let result = match &guarded.0 {
         Ok(experiment) => match invalid::panicked_before(experiment) {
@@ -241,9 +242,10 @@ async fn reconcile_inner(experiment: Arc<ChaosExperiment>, ctx: &Arc<Context>) -
         experiment.metadata.resource_version = updated.metadata.resource_version;
         experiment.metadata.finalizers = updated.metadata.finalizers;
     }
+    let observing = std::time::Instant::now();
     let world = observe::observe(ctx, &experiment).await?;
     let decision = decide(&world.observed);
-    tracing::debug!(phase = ?world.status.phase, ?decision, "decided");
+    tracing::debug!(phase = ?world.status.phase, ?decision, observe_ms = observing.elapsed().as_millis() as u64, "decided");
     let action = act::perform(ctx, &mut experiment, world, decision).await?;
     // "Go on at once" after a write of ours: the watch event of that write triggers the next
     // reconcile, with the object as written. Requeueing as well would run one on the cached

@@ -215,7 +215,7 @@ pub(super) fn refresh_probes(
     };
     set_condition(
         &mut status.conditions,
-        "HypothesisHolding",
+        super::progress::HYPOTHESIS_CONDITION,
         condition,
         reason,
         &message,

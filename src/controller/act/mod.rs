@@ -475,7 +475,17 @@ pub async fn perform(
                 .flatten()
                 .filter(|a| !a.deletion)
                 .map(|a| RECEIPT_GRACE.saturating_sub(a.at.elapsed()));
-            status::write(ctx, experiment, &status).await?;
+            let held = matches!(status.phase, Phase::Recovering | Phase::Aborting)
+                && progress::hold_back_while_reverting(
+                    experiment.status.as_ref(),
+                    &status,
+                    ctx.caches.status_writes.last(&uid),
+                    now,
+                )
+                .is_some();
+            if !held {
+                status::write(ctx, experiment, &status).await?;
+            }
             Some(grace_left.map_or(Duration::from_secs(1), |left| {
                 left.max(Duration::from_millis(50))
             }))

@@ -25,13 +25,66 @@ pub(super) fn hold_back(
     last_written: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Option<Duration> {
-    let recorded = recorded?;
-    let since = (now - last_written?).to_std().unwrap_or_default();
-    let wait = PUBLISH_INTERVAL
-        .checked_sub(since)
-        .filter(|wait| !wait.is_zero())?;
-    progress_only(recorded, new).then_some(wait.max(Duration::from_millis(50)))
+    let wait = not_yet_due(last_written, now)?;
+    progress_only(recorded?, new).then_some(wait)
 }
+
+/// [`hold_back`] for a revert under way: while the agents take the faults out, a status that
+/// differs only in probe results (the last samples before the probes stopped, the hypothesis
+/// now `NotChecked` and its condition) waits, at most [`PUBLISH_INTERVAL`] after the last
+/// write, for the verdict's write to carry it. Written at once, it met the agents' receipts
+/// on the way (a conflict at 500 targets, 0.2-0.5 s on the real control plane, before the
+/// verdict could be written).
+pub(super) fn hold_back_while_reverting(
+    recorded: Option<&ChaosExperimentStatus>,
+    new: &ChaosExperimentStatus,
+    last_written: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let wait = not_yet_due(last_written, now)?;
+    probe_results_only(recorded?, new).then_some(wait)
+}
+
+/// How long until the next status write is due, if the last was less than
+/// [`PUBLISH_INTERVAL`] ago.
+fn not_yet_due(last_written: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Duration> {
+    let since = (now - last_written?).to_std().unwrap_or_default();
+    PUBLISH_INTERVAL
+        .checked_sub(since)
+        .filter(|wait| !wait.is_zero())
+        .map(|wait| wait.max(Duration::from_millis(50)))
+}
+
+/// Whether `new` differs from `recorded` in probe results alone: the probes' samples and
+/// counts, when they last checked, the hypothesis state and its `HypothesisHolding` condition.
+fn probe_results_only(recorded: &ChaosExperimentStatus, new: &ChaosExperimentStatus) -> bool {
+    let recorded_condition = recorded
+        .conditions
+        .iter()
+        .find(|c| c.type_ == HYPOTHESIS_CONDITION);
+    let rest = ChaosExperimentStatus {
+        probes: recorded.probes.clone(),
+        checks: recorded.checks.clone(),
+        last_checked_at: recorded.last_checked_at,
+        hypothesis: recorded.hypothesis,
+        conditions: new
+            .conditions
+            .iter()
+            .filter_map(|c| {
+                if c.type_ == HYPOTHESIS_CONDITION {
+                    recorded_condition.cloned()
+                } else {
+                    Some(c.clone())
+                }
+            })
+            .collect(),
+        ..new.clone()
+    };
+    rest == *recorded
+}
+
+/// The condition that says whether the hypothesis holds.
+pub(super) const HYPOTHESIS_CONDITION: &str = "HypothesisHolding";
 
 /// Whether `new` differs from `recorded` in injection progress alone: targets that went in
 /// (state, time, the agent's words, packet counts) and the count of faults in.
@@ -144,6 +197,89 @@ mod tests {
         moved_on.phase = Phase::Running;
         assert_eq!(
             hold_back(Some(&recorded), &moved_on, Some(t(0)), t(1)),
+            None
+        );
+    }
+
+    fn aborting() -> ChaosExperimentStatus {
+        let mut status = applied(injecting(2), 0);
+        status.phase = Phase::Aborting;
+        status.hypothesis = Some(crate::api::HypothesisState::Violated);
+        status.conditions = vec![crate::api::Condition {
+            type_: HYPOTHESIS_CONDITION.into(),
+            status: crate::api::ConditionStatus::False,
+            reason: "Violated".into(),
+            ..Default::default()
+        }];
+        status
+    }
+
+    /// `status` with the probes' last samples in and the hypothesis no longer checked.
+    fn probes_stopped(mut status: ChaosExperimentStatus) -> ChaosExperimentStatus {
+        status.checks = Some("41 checks, 3 failed".into());
+        status.last_checked_at = Some(t(900));
+        status.hypothesis = Some(crate::api::HypothesisState::NotChecked);
+        status.probes = vec![crate::api::ProbeStatus {
+            name: "service".into(),
+            failures: 3,
+            ..Default::default()
+        }];
+        status.conditions[0].status = crate::api::ConditionStatus::Unknown;
+        status.conditions[0].reason = "NotChecked".into();
+        status
+    }
+
+    #[test]
+    fn while_reverting_probe_results_alone_wait_for_the_verdict_at_most_the_interval() {
+        let recorded = aborting();
+        let new = probes_stopped(recorded.clone());
+        assert_eq!(
+            hold_back_while_reverting(Some(&recorded), &new, Some(t(0)), t(200)),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            hold_back_while_reverting(Some(&recorded), &new, Some(t(0)), t(1000)),
+            None
+        );
+        // Injection progress is not probe results.
+        assert_eq!(
+            hold_back_while_reverting(
+                Some(&recorded),
+                &applied(recorded.clone(), 1),
+                Some(t(0)),
+                t(200)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn while_reverting_anything_besides_probe_results_is_written_at_once() {
+        let recorded = aborting();
+        let mut verdict = probes_stopped(recorded.clone());
+        verdict.phase = Phase::Aborted;
+        assert_eq!(
+            hold_back_while_reverting(Some(&recorded), &verdict, Some(t(0)), t(200)),
+            None
+        );
+        let mut another_condition = probes_stopped(recorded.clone());
+        another_condition.conditions.push(crate::api::Condition {
+            type_: "Reverted".into(),
+            status: crate::api::ConditionStatus::True,
+            ..Default::default()
+        });
+        assert_eq!(
+            hold_back_while_reverting(Some(&recorded), &another_condition, Some(t(0)), t(200)),
+            None
+        );
+        let mut fact = probes_stopped(recorded.clone());
+        fact.timeline.push(TimelineEntry {
+            time: t(1),
+            reason: "TargetGone".into(),
+            message: "pod shop/web-1 ...".into(),
+        });
+        assert_eq!(
+            hold_back_while_reverting(Some(&recorded), &fact, Some(t(0)), t(200)),
             None
         );
     }
