@@ -1076,8 +1076,6 @@ enum Work {
     Refused(Refusal),
 }
 
-pub use crate::api::ADMITTED_CONDITION as ADMITTED;
-
 /// Records a refusal: phase Failed, the `Admitted` condition False with the reason, a Warning
 /// Event. Nothing of the injection is in the kernel.
 async fn refuse(
@@ -1090,7 +1088,7 @@ async fn refuse(
     tracing::warn!(injection = %key_of(injection), reason = refusal.reason(), pod = %injection.spec.target.name, "refused a FaultInjection; nothing applied");
     let generation = injection.metadata.generation;
     let condition = crate::api::Condition {
-        type_: ADMITTED.into(),
+        type_: crate::api::ADMITTED_CONDITION.into(),
         status: crate::api::ConditionStatus::False,
         reason: refusal.reason().into(),
         message: message.clone(),

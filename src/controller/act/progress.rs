@@ -25,8 +25,7 @@ pub(super) fn hold_back(
     last_written: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Option<Duration> {
-    let wait = not_yet_due(last_written, now)?;
-    progress_only(recorded?, new).then_some(wait)
+    held_back(recorded, new, last_written, now, progress_only)
 }
 
 /// [`hold_back`] for a revert under way: while the agents take the faults out, a status that
@@ -41,18 +40,23 @@ pub(super) fn hold_back_while_reverting(
     last_written: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Option<Duration> {
-    let wait = not_yet_due(last_written, now)?;
-    probe_results_only(recorded?, new).then_some(wait)
+    held_back(recorded, new, last_written, now, probe_results_only)
 }
 
-/// How long until the next status write is due, if the last was less than
-/// [`PUBLISH_INTERVAL`] ago.
-fn not_yet_due(last_written: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Duration> {
+/// How long to hold back `new` when `news_only` says it can wait: until [`PUBLISH_INTERVAL`]
+/// after the last write.
+fn held_back(
+    recorded: Option<&ChaosExperimentStatus>,
+    new: &ChaosExperimentStatus,
+    last_written: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    news_only: fn(&ChaosExperimentStatus, &ChaosExperimentStatus) -> bool,
+) -> Option<Duration> {
     let since = (now - last_written?).to_std().unwrap_or_default();
-    PUBLISH_INTERVAL
+    let wait = PUBLISH_INTERVAL
         .checked_sub(since)
-        .filter(|wait| !wait.is_zero())
-        .map(|wait| wait.max(Duration::from_millis(50)))
+        .filter(|wait| !wait.is_zero())?;
+    news_only(recorded?, new).then_some(wait.max(Duration::from_millis(50)))
 }
 
 /// Whether `new` differs from `recorded` in probe results alone: the probes' samples and
