@@ -33,6 +33,7 @@ real_suites=(
     controller_departures
     controller_probe_permissions
     controller_revert_truth
+    metadata_reads
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

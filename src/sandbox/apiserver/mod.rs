@@ -16,7 +16,7 @@
 //! `events` (core/v1 and events.k8s.io/v1 Events: one store, converted per version),
 //! `disruption` (PodDisruptionBudget status, kept current after every relevant write), `watch`, `store` (objects, resourceVersion,
 //! event log), `resources` (kinds), `crd`, `schema`, `patch`, `selectors`, `meta`, `table` (with `printers`, the built-in columns),
-//! `discovery`, `errors`.
+//! `partial` (metadata-only answers: PartialObjectMetadata), `discovery`, `errors`.
 //!
 //! All state sits behind one mutex: requests are short and strictly serialised, which is what
 //! makes resourceVersion ordering and watch delivery trivially consistent.
@@ -32,6 +32,7 @@ mod gc;
 mod log;
 mod meta;
 mod openapi;
+mod partial;
 mod patch;
 mod printers;
 mod protobuf;

@@ -2,11 +2,13 @@
 //!
 //! Pagination is simple: the `continue` token is the (namespace, name) key after which the next
 //! page starts, and each page reads the latest state (the real server serves all pages from one
-//! snapshot). `remainingItemCount` is reported.
+//! snapshot). `remainingItemCount` is reported when no selector is given: the real server
+//! counts what is left in storage, which a selector would make wrong, so it leaves it out.
 
 use super::State;
 use super::errors::{ApiError, ApiResult};
 use super::events;
+use super::partial;
 use super::request::{Format, Params, Target};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::table;
@@ -57,6 +59,11 @@ impl Filter {
         })
     }
 
+    /// No label or field selector (the namespace of the URL does not count).
+    pub fn selects_everything(&self) -> bool {
+        self.labels.0.is_empty() && self.fields.0.is_empty()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         if let Some(ns) = &self.namespace
             && obj["metadata"]["namespace"].as_str() != Some(ns.as_str())
@@ -89,6 +96,7 @@ pub fn get(st: &State, t: &Target, format: Format) -> ApiResult<Value> {
                 .to_string();
             table::table(&t.def, &t.version, &[obj], &rv, None)
         }
+        Format::Metadata | Format::MetadataList => partial::convert(t, obj, format)?,
         Format::Json | Format::Protobuf => obj,
     })
 }
@@ -120,26 +128,33 @@ pub fn list(st: &State, t: &Target, p: &Params, format: Format) -> ApiResult<Val
                 .map(|o| encode_continue(&super::store::obj_key(o)))
         })
         .flatten();
-    if format == Format::Table {
-        return Ok(table::table(
+    match format {
+        Format::Table => Ok(table::table(
             &t.def,
             &t.version,
             &page,
             &rv,
             cont.as_deref(),
-        ));
+        )),
+        Format::Json | Format::Protobuf | Format::Metadata | Format::MetadataList => {
+            let mut md = json!({"resourceVersion": rv});
+            if let Some(c) = &cont {
+                md["continue"] = json!(c);
+                if filter.selects_everything() {
+                    md["remainingItemCount"] = json!(total - page.len());
+                }
+            }
+            let list = json!({
+                "kind": format!("{}List", t.def.kind),
+                "apiVersion": t.def.api_version(&t.version),
+                "metadata": md,
+                "items": page,
+            });
+            // Only now, after the selectors and the continue token were checked (400s come
+            // first): the real server converts the list it has read.
+            partial::convert(t, list, format)
+        }
     }
-    let mut md = json!({"resourceVersion": rv});
-    if let Some(c) = &cont {
-        md["continue"] = json!(c);
-        md["remainingItemCount"] = json!(total - page.len());
-    }
-    Ok(json!({
-        "kind": format!("{}List", t.def.kind),
-        "apiVersion": t.def.api_version(&t.version),
-        "metadata": md,
-        "items": page,
-    }))
 }
 
 fn encode_continue(key: &(String, String)) -> String {

@@ -70,20 +70,91 @@ pub enum FieldValidation {
     Strict,
 }
 
-/// How to render objects: plain JSON, a `meta.k8s.io/v1` Table (kubectl get), or protobuf.
+/// How to render objects: plain JSON, a `meta.k8s.io/v1` Table (kubectl get), metadata only
+/// (`meta.k8s.io/v1` PartialObjectMetadata and PartialObjectMetadataList), or protobuf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Json,
     Table,
+    /// One object's metadata (GET, writes, and each event of a watch); a list asked for in
+    /// this form is 406, as on the real server.
+    Metadata,
+    /// A list's metadata and its items'; one object asked for in this form is 406.
+    MetadataList,
     /// Only for clients that accept protobuf and not JSON (kubectl and client-go list JSON
     /// too, and get JSON: easier to read in `-v=8` logs, and every kind has it).
     Protobuf,
 }
 
-/// The response format the `Accept` header asks for. A Table when the first choice is a JSON
-/// Table (kubectl lists Table first and plain JSON as a fallback); JSON when any choice is JSON
-/// or a wildcard (or there is no header); protobuf when only protobuf is acceptable; otherwise
-/// 406 Not Acceptable, as the real server answers.
+/// What one `Accept` choice asks the server to turn objects into (its `as`, `g` and `v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conversion {
+    /// No `as=`, or one this server ignores (it serves the object itself, as it always has).
+    None,
+    Table,
+    Metadata,
+    MetadataList,
+    /// PartialObjectMetadata without `g=meta.k8s.io;v=v1`: the real server passes over such a
+    /// choice (v1beta1 it would serve; this server does not).
+    Unserved,
+}
+
+struct Choice {
+    media: String,
+    conversion: Conversion,
+}
+
+impl Choice {
+    fn parse(choice: &str) -> Choice {
+        let mut parts = choice.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let (mut as_, mut group, mut version) = ("", "", "");
+        for part in parts {
+            let Some((key, value)) = part.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            match key.trim().to_ascii_lowercase().as_str() {
+                "as" => as_ = value,
+                "g" => group = value,
+                "v" => version = value,
+                _ => {}
+            }
+        }
+        let meta_v1 = group == "meta.k8s.io" && version == "v1";
+        let conversion = if as_.eq_ignore_ascii_case("Table") {
+            Conversion::Table
+        } else if as_ == "PartialObjectMetadata" || as_ == "PartialObjectMetadataList" {
+            match (meta_v1, as_ == "PartialObjectMetadata") {
+                (false, _) => Conversion::Unserved,
+                (true, true) => Conversion::Metadata,
+                (true, false) => Conversion::MetadataList,
+            }
+        } else {
+            Conversion::None
+        };
+        Choice { media, conversion }
+    }
+
+    fn json_like(&self) -> bool {
+        matches!(
+            self.media.as_str(),
+            "application/json" | "application/yaml" | "application/*" | "*/*"
+        ) && self.conversion != Conversion::Unserved
+    }
+
+    /// Protobuf of the object itself: this server converts to Tables and metadata in JSON only.
+    fn plain_protobuf(&self) -> bool {
+        self.media == protobuf::MEDIA_TYPE && self.conversion == Conversion::None
+    }
+}
+
+/// The response format the `Accept` header asks for. JSON wins over protobuf whenever both are
+/// acceptable, and the first JSON choice decides the form: a Table (kubectl lists Table first
+/// and plain JSON as a fallback), metadata only (kube-rs sends that choice alone; client-go's
+/// metadata client lists it in protobuf first, then in JSON), or the object itself. No header
+/// or a wildcard is JSON; protobuf when only protobuf is acceptable; otherwise 406 Not
+/// Acceptable, as the real server answers.
 pub fn format_of(headers: &HeaderMap) -> ApiResult<Format> {
     let accept = headers
         .get(axum::http::header::ACCEPT)
@@ -92,33 +163,16 @@ pub fn format_of(headers: &HeaderMap) -> ApiResult<Format> {
     if accept.trim().is_empty() {
         return Ok(Format::Json);
     }
-    let choices: Vec<(String, bool)> = accept
-        .split(',')
-        .map(|choice| {
-            let mut parts = choice.split(';').map(str::trim);
-            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
-            let table = parts.any(|p| p.eq_ignore_ascii_case("as=Table"));
-            (media, table)
-        })
-        .collect();
-    let json_like = |m: &str| {
-        matches!(
-            m,
-            "application/json" | "application/yaml" | "application/*" | "*/*"
-        )
-    };
-    if let Some((media, true)) = choices.first()
-        && json_like(media)
-    {
-        return Ok(Format::Table);
+    let choices: Vec<Choice> = accept.split(',').map(Choice::parse).collect();
+    if let Some(json) = choices.iter().find(|c| c.json_like()) {
+        return Ok(match json.conversion {
+            Conversion::Table => Format::Table,
+            Conversion::Metadata => Format::Metadata,
+            Conversion::MetadataList => Format::MetadataList,
+            Conversion::None | Conversion::Unserved => Format::Json,
+        });
     }
-    if choices.iter().any(|(m, _)| json_like(m)) {
-        return Ok(Format::Json);
-    }
-    if choices
-        .iter()
-        .any(|(m, table)| m == protobuf::MEDIA_TYPE && !table)
-    {
+    if choices.iter().any(Choice::plain_protobuf) {
         return Ok(Format::Protobuf);
     }
     Err(ApiError::not_acceptable(format!(
@@ -329,3 +383,7 @@ pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
         ))),
     }
 }
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

@@ -18,7 +18,9 @@ pub fn object(
 ) -> Result<Response, ApiError> {
     let (content_type, bytes) = match format {
         Format::Protobuf => (protobuf::MEDIA_TYPE, encode(body)?),
-        Format::Json | Format::Table => ("application/json", body.to_string().into_bytes()),
+        Format::Json | Format::Table | Format::Metadata | Format::MetadataList => {
+            ("application/json", body.to_string().into_bytes())
+        }
     };
     let mut resp = Response::builder()
         .status(code)

@@ -5,8 +5,8 @@
 use super::errors::{ApiError, Cause};
 use super::request::{self, Format, Params, Route, Target};
 use super::{
-    Shared, State, discovery, disruption, eviction, gc, log, meta, protobuf, read, respond, scale,
-    store, watch, write,
+    Shared, State, discovery, disruption, eviction, gc, log, meta, partial, protobuf, read,
+    respond, scale, store, watch, write,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxState;
@@ -166,6 +166,11 @@ fn resource(
             warnings: vec![],
         })
     };
+    // What a write answers takes the asked-for form too: kube-rs's `patch_metadata` reads back
+    // PartialObjectMetadata, as the real server sends it. (GET and LIST convert in `read`.)
+    let reply = |code: u16, v: Value, warnings: &[String]| {
+        respond::object(code, &partial::convert(&t, v, format)?, warnings, format)
+    };
     let is_item = t.name.is_some();
     let not_allowed = || {
         Err(ApiError::method_not_allowed(format!(
@@ -196,14 +201,14 @@ fn resource(
             }
             _ => return not_allowed(),
         };
-        return respond::object(200, &v, &[], format);
+        return reply(200, v, &[]);
     }
     if t.def.is_access_review() {
         if method != Method::POST || is_item {
             return not_allowed();
         }
         let review = request::decode_object(&body, &content_type, &t)?;
-        return respond::object(201, &access_review(review), &[], format);
+        return reply(201, access_review(review), &[]);
     }
     if t.is_eviction() {
         if method != Method::POST {
@@ -220,7 +225,7 @@ fn resource(
             params.dry_run()?,
             params.field_validation()?,
         )?;
-        return respond::object(201, &v, &warnings, format);
+        return reply(201, v, &warnings);
     }
     match (method.as_str(), is_item) {
         ("GET", false) if params.flag("watch") => watch::watch(shared, t, params, format),
@@ -261,7 +266,7 @@ fn resource(
             let mut st = shared.lock();
             let (code, v) = write::create(&mut st, &t, obj, &mut c)?;
             after_write(&mut st, &t);
-            respond::object(code, &read::present(&t, v), &c.warnings, format)
+            reply(code, read::present(&t, v), &c.warnings)
         }
         ("PUT", true) => {
             let mut c = ctx()?;
@@ -269,7 +274,7 @@ fn resource(
             let mut st = shared.lock();
             let (code, v) = write::update(&mut st, &t, obj, &mut c)?;
             after_write(&mut st, &t);
-            respond::object(code, &read::present(&t, v), &c.warnings, format)
+            reply(code, read::present(&t, v), &c.warnings)
         }
         ("PATCH", true) => {
             let mut c = ctx()?;
@@ -279,7 +284,7 @@ fn resource(
             let mut st = shared.lock();
             let (code, v) = write::patch(&mut st, &t, &body, &content_type, &mut c)?;
             after_write(&mut st, &t);
-            respond::object(code, &read::present(&t, v), &c.warnings, format)
+            reply(code, read::present(&t, v), &c.warnings)
         }
         ("DELETE", true) => {
             if t.is_status() {
@@ -291,7 +296,7 @@ fn resource(
             let mut st = shared.lock();
             let v = gc::delete(&mut st, &t.def.key(), &ns, &name, &opts)?;
             after_write(&mut st, &t);
-            respond::object(200, &read::present(&t, v), &[], format)
+            reply(200, read::present(&t, v), &[])
         }
         ("DELETE", false) if t.def.namespaced || t.def.is_custom() => {
             let opts = delete_opts(params, &body, &content_type)?;
@@ -318,7 +323,7 @@ fn resource(
                 "metadata": {"resourceVersion": st.store.current_rv().to_string()},
                 "items": items,
             });
-            respond::object(200, &list, &[], format)
+            reply(200, list, &[])
         }
         _ => not_allowed(),
     }

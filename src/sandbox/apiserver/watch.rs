@@ -13,9 +13,16 @@
 //!
 //! A client that accepts only protobuf gets `application/vnd.kubernetes.protobuf;stream=watch`:
 //! length-prefixed `WatchEvent` frames (built-in kinds only; 406 for custom resources).
+//!
+//! A client that asks for PartialObjectMetadata (kube-rs's `watcher` over
+//! `Api<PartialObjectMeta<K>>`, or `metadata_watcher`) gets each event's object, bookmarks
+//! included, as PartialObjectMetadata. One that asks for
+//! PartialObjectMetadataList gets a stream that ends at the first object it would carry: the
+//! real server fails to convert that object, logs it and closes the stream.
 
 use super::Shared;
 use super::errors::{ApiError, ApiResult};
+use super::partial;
 use super::protobuf;
 use super::read::{Filter, present};
 use super::request::{Format, Params, Target};
@@ -53,7 +60,9 @@ impl Ctx {
         line.into_bytes()
     }
 
-    fn render(&self, type_: &str, obj: Value) -> Vec<u8> {
+    /// An object's event; an error when the object cannot take the asked-for form (the stream
+    /// then ends).
+    fn render(&self, type_: &str, obj: Value) -> ApiResult<Vec<u8>> {
         let obj = present(&self.t, obj);
         let object = match self.format {
             Format::Table => {
@@ -63,13 +72,14 @@ impl Ctx {
                     .to_string();
                 table::table(&self.t.def, &self.t.version, &[obj], &rv, None)
             }
+            Format::Metadata | Format::MetadataList => partial::convert(&self.t, obj, self.format)?,
             Format::Json | Format::Protobuf => obj,
         };
-        self.event(type_, object)
+        Ok(self.event(type_, object))
     }
 
     /// The event as this watcher sees it (None when it is filtered out).
-    fn translate(&self, ev: &Event) -> Option<Vec<u8>> {
+    fn translate(&self, ev: &Event) -> Option<ApiResult<Vec<u8>>> {
         if ev.key != self.t.def.key() {
             return None;
         }
@@ -85,13 +95,18 @@ impl Ctx {
         Some(self.render(type_, ev.object.clone()))
     }
 
-    fn bookmark(&self, rv: u64, initial_end: bool) -> Vec<u8> {
+    fn bookmark(&self, rv: u64, initial_end: bool) -> ApiResult<Vec<u8>> {
         let mut md = json!({"resourceVersion": rv.to_string()});
         if initial_end {
             md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let obj = json!({"kind": self.t.def.kind, "apiVersion": self.t.def.api_version(&self.t.version), "metadata": md});
-        self.event("BOOKMARK", obj)
+        // A bookmark is an object like any other to the real server's conversion.
+        let obj = match self.format {
+            Format::Metadata | Format::MetadataList => partial::convert(&self.t, obj, self.format)?,
+            Format::Json | Format::Table | Format::Protobuf => obj,
+        };
+        Ok(self.event("BOOKMARK", obj))
     }
 }
 
@@ -118,7 +133,7 @@ pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiR
         ),
     };
     let ctx = Ctx { t, filter, format };
-    let mut first: Vec<Vec<u8>> = Vec::new();
+    let mut first: Vec<ApiResult<Vec<u8>>> = Vec::new();
     let mut gone = false;
     let (mut rx, start_rv) = {
         let st = shared.lock();
@@ -140,7 +155,7 @@ pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiR
                 Err(compacted) => {
                     let e =
                         ApiError::expired(format!("too old resource version: {rv} ({compacted})"));
-                    first.push(ctx.event("ERROR", e.to_status()));
+                    first.push(Ok(ctx.event("ERROR", e.to_status())));
                     gone = true;
                 }
             },
@@ -152,7 +167,13 @@ pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiR
     let interval = shared.bookmark_interval;
     let stream = async_stream::stream! {
         for line in first {
-            yield Ok::<_, std::convert::Infallible>(line);
+            match line {
+                Ok(line) => yield Ok::<_, std::convert::Infallible>(line),
+                Err(e) => {
+                    unconvertible(&e);
+                    return;
+                }
+            }
         }
         if gone {
             return;
@@ -165,12 +186,23 @@ pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiR
             tokio::select! {
                 _ = &mut deadline => break,
                 _ = shutdown.changed() => break,
-                _ = ticker.tick(), if bookmarks => yield Ok(ctx.bookmark(last_rv, false)),
+                _ = ticker.tick(), if bookmarks => match ctx.bookmark(last_rv, false) {
+                    Ok(line) => yield Ok(line),
+                    Err(e) => {
+                        unconvertible(&e);
+                        break;
+                    }
+                },
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
                         last_rv = last_rv.max(ev.rv);
-                        if let Some(line) = ctx.translate(&ev) {
-                            yield Ok(line);
+                        match ctx.translate(&ev) {
+                            Some(Ok(line)) => yield Ok(line),
+                            Some(Err(e)) => {
+                                unconvertible(&e);
+                                break;
+                            }
+                            None => {}
                         }
                     }
                     // A watcher that fell behind is closed; the client resumes from its last rv.
@@ -184,7 +216,9 @@ pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiR
     };
     let content_type = match format {
         Format::Protobuf => protobuf::WATCH_MEDIA_TYPE,
-        Format::Json | Format::Table => "application/json",
+        Format::Json | Format::Table | Format::Metadata | Format::MetadataList => {
+            "application/json"
+        }
     };
     Response::builder()
         .status(200)
@@ -192,4 +226,10 @@ pub fn watch(shared: Arc<Shared>, t: Target, p: &Params, format: Format) -> ApiR
         .header("cache-control", "no-cache, private")
         .body(Body::from_stream(stream))
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// A watch whose object cannot take the asked-for form ends; the real server logs it the same
+/// way ("failed to transform object").
+fn unconvertible(e: &ApiError) {
+    tracing::warn!(error = %e, "watch event cannot be converted; ending the stream");
 }
