@@ -174,6 +174,47 @@ async fn a_target_deleted_among_many_in_one_namespace_is_gone_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn among_many_a_pod_relabelled_out_of_the_selector_stays_and_a_protected_one_leaves() {
+    // Enough targets in one namespace that they are read with one list by the selector: a pod
+    // that no longer matches it is not in that list, yet it is still there and keeps its
+    // fault (selection chose it; only deletion or withdrawn consent ends its part).
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 24).await;
+    let mut spec = latency_spec("10m");
+    spec["target"]["maxTargets"] = json!(24);
+    h.create("shop", "latency", spec).await;
+    h.wait_phase("shop", "latency", Phase::Running).await;
+
+    let pods = Api::<Pod>::namespaced(h.client.clone(), "shop");
+    let relabel = json!({"metadata": {"labels": {"app": "moved-elsewhere"}}});
+    pods.patch("web-3", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    // Protected after the relabel: the read that sees it also sees the relabelled pod.
+    let protect = json!({"metadata": {"labels": {PROTECTED_LABEL: "true"}}});
+    pods.patch("web-5", &PatchParams::default(), &Patch::Merge(&protect))
+        .await
+        .unwrap();
+    let running = wait_target(&h, "latency", "web-5", TargetState::Withdrawn).await;
+    let status = running.status.unwrap();
+    assert_eq!(status.phase, Phase::Running, "{:?}", status.message);
+    let relabelled = status.targets.iter().find(|t| t.name == "web-3").unwrap();
+    assert_eq!(
+        relabelled.state,
+        TargetState::Injected,
+        "{:?}",
+        relabelled.message
+    );
+    let injected = status
+        .targets
+        .iter()
+        .filter(|t| t.state == TargetState::Injected)
+        .count();
+    assert_eq!(injected, 23, "only the protected pod left");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_target_deleted_ends_the_experiment_saying_the_targets_disappeared() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;

@@ -109,7 +109,7 @@ impl Caches {
     }
 }
 
-/// When each experiment's targets were last read (one GET per target pod, to see which left).
+/// When each experiment's targets were last read (to see which left, see `target_reads`).
 /// An injection of 500 targets brings a reconcile per batch of agent reports; reading every
 /// target in each of them cost ~0.4 s a time and held the reconcile that would see a broken
 /// hypothesis. The departures need a look every poll (2 s), not one per report.

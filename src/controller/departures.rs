@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{
     ChaosExperimentStatus, NAMESPACE_OPT_IN_LABEL, NAMESPACE_OPT_IN_VALUE, PROTECTED_LABEL,
@@ -31,13 +31,14 @@ pub struct Departure {
     pub message: String,
 }
 
-/// What observe found about the targets' pods and namespaces.
+/// What observe found about the targets' pods and namespaces: their metadata, which is all a
+/// departure depends on (identity, deletion, labels).
 #[derive(Clone, Debug, Default)]
 pub struct TargetWorld {
-    /// The pod now under each target's `namespace/name` (absent: no such pod).
-    pub pods: BTreeMap<(String, String), Pod>,
-    /// The target namespaces that exist, with their labels.
-    pub namespaces: Vec<Namespace>,
+    /// The metadata of the pod now under each target's `namespace/name` (absent: no such pod).
+    pub pods: BTreeMap<(String, String), ObjectMeta>,
+    /// The metadata of the target namespaces that exist, with their labels.
+    pub namespaces: Vec<ObjectMeta>,
     /// `--allow-all-namespaces`: the opt-in label is not required, so losing it means nothing.
     pub allow_all_namespaces: bool,
     /// FaultInjections (by name) that their agent reported Reverted before their deadline
@@ -89,14 +90,14 @@ pub fn departures(records: &[TargetRecord], world: &TargetWorld) -> Vec<Departur
                     "was deleted (or its workload scaled it away)"
                 }));
             };
-            if !record.uid.is_empty() && found.metadata.uid.as_deref() != Some(&record.uid) {
+            if !record.uid.is_empty() && found.uid.as_deref() != Some(&record.uid) {
                 return Some(gone(if killed_here {
                     killed
                 } else {
                     "was replaced by a new pod of the same name (the fault does not follow it)"
                 }));
             }
-            if found.metadata.deletion_timestamp.is_some() {
+            if found.deletion_timestamp.is_some() {
                 return Some(gone(if killed_here {
                     killed
                 } else {
@@ -119,7 +120,6 @@ pub fn departures(records: &[TargetRecord], world: &TargetWorld) -> Vec<Departur
                 });
             }
             let protected = found
-                .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(PROTECTED_LABEL))
@@ -129,9 +129,8 @@ pub fn departures(records: &[TargetRecord], world: &TargetWorld) -> Vec<Departur
             }
             let opted_in = world.allow_all_namespaces
                 || world.namespaces.iter().any(|ns| {
-                    ns.metadata.name.as_deref() == Some(record.namespace.as_str())
+                    ns.name.as_deref() == Some(record.namespace.as_str())
                         && ns
-                            .metadata
                             .labels
                             .as_ref()
                             .and_then(|l| l.get(NAMESPACE_OPT_IN_LABEL))
@@ -209,24 +208,24 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, uid: &str, labels: serde_json::Value) -> ((String, String), Pod) {
-        let pod: Pod = serde_json::from_value(
-            json!({"metadata": {"name": name, "namespace": "shop", "uid": uid, "labels": labels}}),
+    fn pod(name: &str, uid: &str, labels: serde_json::Value) -> ((String, String), ObjectMeta) {
+        let pod: ObjectMeta = serde_json::from_value(
+            json!({"name": name, "namespace": "shop", "uid": uid, "labels": labels}),
         )
         .unwrap();
         (("shop".into(), name.into()), pod)
     }
 
-    fn namespace(opted_in: bool) -> Namespace {
+    fn namespace(opted_in: bool) -> ObjectMeta {
         let labels = if opted_in {
             json!({NAMESPACE_OPT_IN_LABEL: NAMESPACE_OPT_IN_VALUE})
         } else {
             json!({})
         };
-        serde_json::from_value(json!({"metadata": {"name": "shop", "labels": labels}})).unwrap()
+        serde_json::from_value(json!({"name": "shop", "labels": labels})).unwrap()
     }
 
-    fn world(pods: Vec<((String, String), Pod)>, opted_in: bool) -> TargetWorld {
+    fn world(pods: Vec<((String, String), ObjectMeta)>, opted_in: bool) -> TargetWorld {
         TargetWorld {
             pods: pods.into_iter().collect(),
             namespaces: vec![namespace(opted_in)],

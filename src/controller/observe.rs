@@ -96,9 +96,8 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         _ => HypothesisView::Holding,
     };
     let mut hypothesis = hypothesis_now(&status);
-    // A violated hypothesis aborts whatever the targets did: their reads (one per target)
-    // would only delay the abort (0.4 s at 500 targets), and the revert takes every fault
-    // out, departed targets' included.
+    // A violated hypothesis aborts whatever the targets did: their reads would only delay the
+    // abort, and the revert takes every fault out, departed targets' included.
     let aborting_anyway = matches!(hypothesis, HypothesisView::Violated { .. })
         && experiment.spec.abort.on_hypothesis_failure;
     let mut left = Vec::new();
@@ -108,9 +107,9 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         && status.targets.iter().any(departures::watched)
         && ctx.caches.target_reads.due(&uid, TARGET_READ_EVERY)
     {
-        // Those reads take a while with many targets (one GET per pod, 0.6 s at 500 on the
-        // real control plane): a probe that fails meanwhile ends them, and the abort is decided
-        // at once rather than after them (the abort reverts every fault, departed or not).
+        // Those reads take a while with many targets (when they were one GET per pod, 0.6 s at
+        // 500 on the real control plane): a probe that fails meanwhile ends them, and the abort
+        // is decided at once rather than after them (it reverts every fault, departed or not).
         let aborts = experiment.spec.abort.on_hypothesis_failure;
         let violated = async {
             loop {
@@ -121,7 +120,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
             }
         };
         let read = tokio::select! {
-            world = target_world(ctx, &status) => Some(world?),
+            world = target_world(ctx, experiment.spec.target.label_selector.as_ref(), &status) => Some(world?),
             () = violated => None,
         };
         if let Some(mut world) = read {
