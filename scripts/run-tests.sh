@@ -34,6 +34,7 @@ real_suites=(
     controller_probe_permissions
     controller_revert_truth
     metadata_reads
+    controller_abort_receipts
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

@@ -16,7 +16,7 @@ use faultline::{
     },
     lifecycle::HypothesisView,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -200,6 +200,36 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
             .iter()
             .all(|t| t.state == TargetState::Reverted)
     );
+    // The receipts came in before the Aborting status was due, so the verdict's write
+    // carried it: the abort's start, cause and timeline entry are there all the same, and
+    // its Event went out once, with the reverting label.
+    let started = status.abort_started_at.expect("abortStartedAt");
+    assert_eq!(
+        status.abort_reason.as_deref(),
+        Some("probe web: status 503, expected 200")
+    );
+    let announced: Vec<_> = status
+        .timeline
+        .iter()
+        .filter(|e| e.message.starts_with("aborting: "))
+        .collect();
+    assert_eq!(announced.len(), 1, "{:?}", status.timeline);
+    assert_eq!(announced[0].reason, "ProbeFailed");
+    assert_eq!(announced[0].time, started);
+    let events = Api::<Event>::namespaced(h.client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let aborting = events
+        .items
+        .iter()
+        .filter(|e| {
+            e.note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("aborting: probe web"))
+        })
+        .count();
+    assert_eq!(aborting, 1, "one Event says the experiment is aborting");
     assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }

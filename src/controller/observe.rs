@@ -100,10 +100,16 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     // abort, and the revert takes every fault out, departed targets' included.
     let aborting_anyway = matches!(hypothesis, HypothesisView::Violated { .. })
         && experiment.spec.abort.on_hypothesis_failure;
+    // The agents were told to revert (the reverting label): what the targets do no longer
+    // matters, and status waits for the receipts (see `lifecycle::decide`).
+    let abort_begun = matches!(status.phase, Phase::Injecting | Phase::Running)
+        .then(|| experiment.abort_begun())
+        .flatten();
     let mut left = Vec::new();
     let mut targets_left = None;
     if matches!(status.phase, Phase::Injecting | Phase::Running)
         && !aborting_anyway
+        && abort_begun.is_none()
         && status.targets.iter().any(departures::watched)
         && ctx.caches.target_reads.due(&uid, TARGET_READ_EVERY)
     {
@@ -151,7 +157,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         }
         _ => None,
     };
-    let unconfirmed_reverts = unconfirmed_reverts(&status);
+    let unconfirmed_reverts = unconfirmed_reverts(&status, abort_begun.is_some());
 
     let timeout = chrono::Duration::from_std(ctx.settings.injection_timeout).unwrap_or_default();
     let injection = injection_progress(&status, &injections, timeout, now);
@@ -179,13 +185,10 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         Err(_) => Default::default(),
     };
     let abort_cause = (status.phase == Phase::Aborting).then(|| abort_cause_from_status(&status));
-    let abort_begun = matches!(status.phase, Phase::Injecting | Phase::Running)
-        .then(|| experiment.abort_begun())
-        .flatten()
-        .map(|begun| {
-            let cause = abort_cause_from(Some(&begun.reason), begun.message, &status);
-            (cause, begun.since)
-        });
+    let abort_begun = abort_begun.map(|begun| {
+        let cause = abort_cause_from(Some(&begun.reason), begun.message, &status);
+        (cause, begun.since)
+    });
     let nothing_injected = nothing_injected(&status);
     let observed = Observed {
         now,
@@ -271,12 +274,13 @@ fn reverted_by_agent(
         .collect()
 }
 
-/// `Some(which)` when the experiment is reverting and some network fault was never reported
-/// applied by an agent: its FaultInjection can be gone without an agent ever having held it
-/// (an agent adds its finalizer before it applies anything, and reports Applied after), so
-/// nobody confirmed that fault reverted. Names each pod and node.
-fn unconfirmed_reverts(status: &ChaosExperimentStatus) -> Option<String> {
-    if !matches!(status.phase, Phase::Recovering | Phase::Aborting) {
+/// `Some(which)` when the experiment is reverting (`abort_under_way`: an abort its status
+/// does not show yet) and some network fault was never reported applied by an agent: its
+/// FaultInjection can be gone without an agent ever having held it (an agent adds its
+/// finalizer before it applies anything, and reports Applied after), so nobody confirmed that
+/// fault reverted. Names each pod and node.
+fn unconfirmed_reverts(status: &ChaosExperimentStatus, abort_under_way: bool) -> Option<String> {
+    if !abort_under_way && !matches!(status.phase, Phase::Recovering | Phase::Aborting) {
         return None;
     }
     let which: Vec<String> = status

@@ -14,6 +14,7 @@ use crate::api::{
     ChaosExperiment, ChaosExperimentStatus, FIELD_MANAGER, GROUP_VERSION, TimelineEntry,
 };
 use crate::lifecycle::record::push_timeline;
+use chrono::{DateTime, Utc};
 
 /// Replaces the status with `status` (we own every status field). The write is conditional on
 /// `experiment`'s resourceVersion, which it then advances, so that several writes in one
@@ -126,10 +127,15 @@ fn unchanged(current: Option<&ChaosExperimentStatus>, new: &ChaosExperimentStatu
 /// Adds `fact` to the timeline now and returns it for [`publish`], for the steps where the
 /// write (and the revert) must not wait for the Event: an abort, a verdict.
 pub fn record(ctx: &Context, status: &mut ChaosExperimentStatus, fact: Fact) -> Fact {
+    record_at(status, fact, (ctx.now)())
+}
+
+/// [`record`] for a fact that happened at `time` (already announced by an Event then).
+pub fn record_at(status: &mut ChaosExperimentStatus, fact: Fact, time: DateTime<Utc>) -> Fact {
     push_timeline(
         &mut status.timeline,
         TimelineEntry {
-            time: (ctx.now)(),
+            time,
             reason: fact.reason.clone(),
             message: fact.message.clone(),
         },

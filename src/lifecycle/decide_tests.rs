@@ -524,11 +524,40 @@ fn an_abort_announced_but_not_recorded_goes_on_even_when_the_hypothesis_holds_ag
         probe: String::new(),
         message: "probe http: status 503".into(),
     };
+    let shown_at = t(0) + chrono::TimeDelta::from_std(ABORTING_SHOWN_AFTER).unwrap();
     for phase in [Phase::Injecting, Phase::Running] {
         let mut o = observed(phase);
         o.hypothesis = HypothesisView::Holding;
         o.abort_begun = Some((cause.clone(), t(0)));
+        // The agents' receipts are awaited without an Aborting status for a while...
+        assert_eq!(decide(&o), Decision::WaitUntil(shown_at), "{phase:?}");
+        // ...after which status shows the abort, as when it runs long or fails.
+        o.now = shown_at;
         assert_eq!(decide(&o), Decision::Abort(cause.clone()), "{phase:?}");
+        o.now = t(0);
+        o.revert = ProgressView::Failed {
+            message: "pod shop/web-0 (node n1): 2 rule(s) left".into(),
+        };
+        assert_eq!(decide(&o), Decision::Abort(cause.clone()), "{phase:?}");
+        // Receipts in first: the verdict at once, as from Aborting.
+        o.revert = ProgressView::Done;
+        assert_eq!(
+            decide(&o),
+            Decision::Finish {
+                verdict: Verdict::Aborted,
+                reason: "ProbeFailed",
+                message: "probe http: status 503; every fault is confirmed reverted".into(),
+            },
+            "{phase:?}"
+        );
+        o.unconfirmed_reverts = Some("networkLatency on pod shop/web-0 (node n1)".into());
+        let Decision::Finish { message, .. } = decide(&o) else {
+            panic!("finish")
+        };
+        assert!(
+            message.contains("no agent confirmed a revert for networkLatency"),
+            "{message}"
+        );
     }
     // Only where faults may be in: an Aborting experiment follows its revert.
     let mut o = observed(Phase::Aborting);

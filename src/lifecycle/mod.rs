@@ -22,6 +22,6 @@ mod decide;
 pub mod record;
 
 pub use decide::{
-    AbortCause, Decision, HypothesisView, Observed, ProgressView, abort_begun, decide,
-    unconfirmed_sentence,
+    ABORTING_SHOWN_AFTER, AbortCause, Decision, HypothesisView, Observed, ProgressView,
+    abort_begun, decide, unconfirmed_sentence,
 };

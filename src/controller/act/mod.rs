@@ -32,7 +32,7 @@ use crate::{
         ABORTING_ANNOTATION, AbortBegun, ChaosExperiment, ChaosExperimentStatus, ConditionStatus,
         EXPERIMENT_FINALIZER, FaultInjection, Phase, REVERTING_LABEL, TargetState,
     },
-    lifecycle::{Decision, record::set_condition},
+    lifecycle::{ABORTING_SHOWN_AFTER, AbortCause, Decision, record::set_condition},
 };
 
 /// How often the peers of selector-scoped network faults are resolved again while they run.
@@ -318,33 +318,35 @@ pub async fn perform(
         }
         Decision::Abort(cause) => {
             let begun = crate::lifecycle::abort_begun(&observed, &cause);
-            status.phase = Phase::Aborting;
-            status.abort_started_at = Some(begun.since);
-            status.abort_reason = Some(cause.message());
-            status.reason = Some(cause.reason().into());
-            status.message = Some(cause.message());
-            let event = status::record(
-                ctx,
-                &mut status,
-                Fact::warning(
-                    cause.reason(),
-                    "Abort",
-                    format!("aborting: {}", cause.message()),
-                ),
-            );
             // The agents first: the label (with the abort's cause, so that a controller that
-            // stops before the status write carries the abort on) starts their revert while
-            // status is written; at 500 targets that write alone took 150-300 ms. The Event
-            // waits until both are done: it is not on the way to the abort.
-            let reverting = if may_have_injections(&status, &injections) {
+            // stops before the status write carries the abort on) starts their revert, and an
+            // Event says so. Status waits for their receipts (see `lifecycle::decide`): the
+            // verdict's write carries the Aborting status, unless the revert runs long or this
+            // reconcile has more to record than probe results and injection progress.
+            let told = observed.abort_begun.is_some();
+            let defer = !told
+                && may_have_injections(&status, &injections)
+                && progress::verdict_may_carry(experiment.status.as_ref(), &status);
+            let reverting = if defer {
+                let labelled = revert_all_announcing(ctx, experiment, Some(&begun)).await;
+                if labelled.is_ok() {
+                    let shown_at = chrono::TimeDelta::from_std(ABORTING_SHOWN_AFTER)
+                        .ok()
+                        .and_then(|after| begun.since.checked_add_signed(after))
+                        .unwrap_or(now);
+                    return Ok(Action::requeue(until(shown_at, now)));
+                }
+                labelled
+            } else if may_have_injections(&status, &injections) {
                 revert_all_announcing(ctx, experiment, Some(&begun)).await
             } else {
                 Ok(())
             };
             // Recorded even when the label failed: the next reconcile repeats the revert
             // request, and the abort stands.
+            mark_aborting(&mut status, &cause, &begun);
+            status::record_at(&mut status, abort_fact(&begun), begun.since);
             status::write_among_receipts(ctx, experiment, &status).await?;
-            status::publish(ctx, experiment, vec![event]).await;
             reverting?;
             Some(Duration::ZERO)
         }
@@ -353,6 +355,15 @@ pub async fn perform(
             reason,
             message,
         } => {
+            if let Some((cause, _)) = &observed.abort_begun
+                && matches!(status.phase, Phase::Injecting | Phase::Running)
+            {
+                // An abort whose receipts came in before its Aborting status was written:
+                // the verdict's write carries both. Its Event went out when it began.
+                let begun = crate::lifecycle::abort_begun(&observed, cause);
+                mark_aborting(&mut status, cause, &begun);
+                status::record_at(&mut status, abort_fact(&begun), begun.since);
+            }
             finish::conclude(
                 ctx,
                 experiment,
@@ -375,6 +386,10 @@ pub async fn perform(
             hold(ctx, experiment, &mut status, generation, now).await?;
             // The pause switch's change reconciles every experiment.
             None
+        }
+        Decision::WaitUntil(at) if observed.abort_begun.is_some() => {
+            // An abort under way: its status waits for the receipts (see `Decision::Abort`).
+            Some(until(at, now))
         }
         Decision::WaitUntil(at) => {
             let mut longest = Duration::from_secs(30);
@@ -620,11 +635,42 @@ async fn revert_all_announcing(
         experiment.metadata.resource_version = updated.metadata.resource_version;
         experiment.metadata.labels = updated.metadata.labels;
         experiment.metadata.annotations = updated.metadata.annotations;
+        // Announced once, with the label: status may show the abort only with its verdict.
+        if let Some(abort) = abort {
+            status::publish(ctx, experiment, vec![abort_fact(abort)]).await;
+        }
     }
     ctx.caches
         .reverts
         .told(&experiment.uid().unwrap_or_default());
     Ok(())
+}
+
+/// The status of an aborting experiment: its phase, cause and start.
+fn mark_aborting(status: &mut ChaosExperimentStatus, cause: &AbortCause, begun: &AbortBegun) {
+    status.phase = Phase::Aborting;
+    status.abort_started_at = Some(begun.since);
+    status.abort_reason = Some(cause.message());
+    status.reason = Some(cause.reason().into());
+    status.message = Some(cause.message());
+}
+
+/// What the timeline and an Event say when an abort begins.
+fn abort_fact(begun: &AbortBegun) -> Fact {
+    Fact::warning(
+        &begun.reason,
+        "Abort",
+        format!("aborting: {}", begun.message),
+    )
+}
+
+/// From `now` until `at`, at least a moment (a time already past reconciles again soon, not
+/// in a loop).
+fn until(at: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> Duration {
+    (at - now)
+        .to_std()
+        .unwrap_or_default()
+        .max(Duration::from_millis(50))
 }
 
 /// How long a revert waits for the agents' receipts before the FaultInjections are deleted

@@ -87,6 +87,34 @@ fn probe_results_only(recorded: &ChaosExperimentStatus, new: &ChaosExperimentSta
     rest == *recorded
 }
 
+/// Whether what `new` adds to `recorded` can wait for the verdict's write of an abort under
+/// way: probe results and injection progress, which the reconcile that writes the verdict
+/// reads again (from the probes and the agents' reports). A target that left, a fact in the
+/// timeline, anything else cannot.
+pub(super) fn verdict_may_carry(
+    recorded: Option<&ChaosExperimentStatus>,
+    new: &ChaosExperimentStatus,
+) -> bool {
+    let Some(recorded) = recorded else {
+        return false;
+    };
+    if recorded.targets.len() != new.targets.len() {
+        return false;
+    }
+    let mut rest = new.clone();
+    for (kept, (before, after)) in rest
+        .targets
+        .iter_mut()
+        .zip(recorded.targets.iter().zip(&new.targets))
+    {
+        if as_progressed(before, after) == *before {
+            *kept = before.clone();
+        }
+    }
+    rest.faults_injected = recorded.faults_injected;
+    probe_results_only(recorded, &rest)
+}
+
 /// The condition that says whether the hypothesis holds.
 pub(super) const HYPOTHESIS_CONDITION: &str = "HypothesisHolding";
 

@@ -1,0 +1,152 @@
+//! An abort whose agents confirm the revert at once (revert receipts): status goes from Running
+//! to Aborted in one write, the verdict's, carrying the abort's start, cause and timeline
+//! entry. Written as soon as the abort began, the Aborting status met the receipts' writes of
+//! the same object. Against the embedded API server, or the real control plane with
+//! `FAULTLINE_TEST_CLUSTER=real`; the receipt is written here, as the agent on `node-1` writes
+//! it (the stand-in agent writes none).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use common::{
+    harness::{Harness, latency_spec, shop_with_web_pods},
+    wait_for,
+};
+use faultline::{
+    api::{
+        AGENT_FIELD_MANAGER, ChaosExperiment, Phase, ProbePhase, REVERTING_LABEL, TargetState,
+        Verdict,
+    },
+    lifecycle::{ABORTING_SHOWN_AFTER, HypothesisView},
+};
+use futures::StreamExt;
+use kube::{
+    ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
+};
+use serde_json::json;
+
+/// A phase the watch saw, and when.
+type Seen = (Phase, DateTime<Utc>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_write() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "quick", latency_spec("10m")).await;
+    let running = h.wait_phase("shop", "quick", Phase::Running).await;
+
+    // Every version of the experiment's status, as a watch sees it, and when.
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let watching = {
+        let seen = seen.clone();
+        let config = watcher::Config::default().fields("metadata.name=quick");
+        let events = watcher(h.experiments("shop"), config).applied_objects();
+        tokio::spawn(events.for_each(move |event| {
+            if let Ok(experiment) = event {
+                let phase = experiment.status.map(|s| s.phase).unwrap_or_default();
+                seen.lock().unwrap().push((phase, Utc::now()));
+            }
+            async {}
+        }))
+    };
+
+    h.probes.set(
+        ProbePhase::During,
+        HypothesisView::Violated {
+            probe: "web".into(),
+            message: "probe web: status 503, expected 200".into(),
+            since: Utc::now(),
+        },
+    );
+    h.trigger.send(ObjectRef::from_obj(&running)).unwrap();
+    let api = h.experiments("shop");
+    let labelled: ChaosExperiment = wait_for(
+        "the reverting label",
+        std::time::Duration::from_secs(15),
+        || async {
+            let e = api.get("quick").await.ok()?;
+            (e.labels().get(REVERTING_LABEL).map(String::as_str) == Some("true")).then_some(e)
+        },
+    )
+    .await;
+    // The agent of node-1 has taken both faults out.
+    let receipt = json!({
+        "apiVersion": "faultline.dev/v1alpha1",
+        "kind": "ChaosExperiment",
+        "metadata": {"name": "quick", "namespace": "shop"},
+        "status": {"revertReceipts": [
+            {"node": "node-1", "revertedAt": Utc::now(), "injections": 2}
+        ]},
+    });
+    api.patch_status(
+        &labelled.name_any(),
+        &PatchParams::apply(&format!("{AGENT_FIELD_MANAGER}-node-1")).force(),
+        &Patch::Apply(receipt),
+    )
+    .await
+    .unwrap();
+
+    let done = h.wait_phase("shop", "quick", Phase::Aborted).await;
+    watching.abort();
+    let status = done.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Aborted));
+    assert_eq!(status.reason.as_deref(), Some("ProbeFailed"));
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.ends_with("every fault is confirmed reverted"),
+        "{message}"
+    );
+    let started = status.abort_started_at.expect("abortStartedAt");
+    assert!(status.abort_latency.is_some());
+    assert!(
+        status
+            .abort_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("status 503"),
+        "{:?}",
+        status.abort_reason
+    );
+    assert!(
+        status
+            .targets
+            .iter()
+            .all(|t| t.state == TargetState::Reverted),
+        "{:?}",
+        status.targets
+    );
+    let aborting_entries = status
+        .timeline
+        .iter()
+        .filter(|e| e.message.starts_with("aborting: "))
+        .count();
+    assert_eq!(aborting_entries, 1, "{:?}", status.timeline);
+
+    // An Aborting status may appear only once the receipts were late (here they were not,
+    // unless this machine stalled for seconds): never as the abort began.
+    let due = started + chrono::TimeDelta::from_std(ABORTING_SHOWN_AFTER).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let early: Vec<_> = seen
+        .iter()
+        .filter(|(phase, at)| *phase == Phase::Aborting && *at < due)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "Aborting written before the receipts were due: {seen:?}"
+    );
+    let aborting_seen = seen.iter().any(|(phase, _)| *phase == Phase::Aborting);
+    println!(
+        "status versions seen: {:?} (Aborting {})",
+        seen.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        if aborting_seen {
+            "written: the receipt came late"
+        } else {
+            "never written: the verdict carried it"
+        }
+    );
+    h.stop().await;
+}
