@@ -13,9 +13,10 @@
 //! every agent every status write of every experiment (probe results, about once a second
 //! each). And only their metadata is watched: the agent reads nothing else of them, and an
 //! experiment of 500 targets is a 170 KB object, which every write (the receipt of each
-//! node, the verdict) would otherwise send whole to every agent. The runner reads the one experiment behind an injection when it is about to apply
-//! it (see the runner). That watch does not hold the agent back: without it (an older chart's
-//! permissions, say) the agent reverts on each FaultInjection's deletion, as before.
+//! node, the verdict) would otherwise send whole to every agent. The runner reads the one
+//! experiment behind an injection when it is about to apply it (see the runner). That watch
+//! does not hold the agent back: without it (an older chart's permissions, say) the agent
+//! reverts on each FaultInjection's deletion, as before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

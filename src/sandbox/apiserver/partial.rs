@@ -34,7 +34,7 @@ pub fn convert(t: &Target, body: Value, format: Format) -> ApiResult<Value> {
 }
 
 /// One object as PartialObjectMetadata: all of its `metadata`, nothing else.
-fn object(obj: &Value) -> Value {
+pub fn object(obj: &Value) -> Value {
     let metadata = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
     json!({"kind": "PartialObjectMetadata", "apiVersion": API_VERSION, "metadata": metadata})
 }
