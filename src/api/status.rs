@@ -13,7 +13,9 @@ use super::probe::ProbePhase;
 
 /// Where an experiment is in its lifecycle:
 /// `Pending -> Verifying -> Injecting -> Running -> Recovering -> Verifying -> Succeeded | Failed`,
-/// with `Aborting -> Aborted` from Injecting and Running.
+/// with `Aborting -> Aborted` from Injecting and Running. An abort whose agents confirm the
+/// revert within 2 s goes from Injecting or Running to Aborted in one status write (the
+/// `faultline.dev/reverting` label and an `aborting` Event say it at once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
     #[default]
