@@ -249,37 +249,35 @@ async fn list_metadata_selects_by_label_and_pages_without_any_spec() {
     .await;
 }
 
+/// Asserts that `answer` is the real server's 406 NotAcceptable, its message starting so.
+fn not_acceptable(server: &str, answer: Result<Value, kube::Error>, starts: &str) {
+    let status = common::api_err(answer);
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (406, "NotAcceptable"),
+        "{server}"
+    );
+    assert!(
+        status.message.starts_with(starts),
+        "{server}: {}",
+        status.message
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asking_for_the_wrong_metadata_shape_is_not_acceptable() {
     on_each_server(async |server, client| {
         let pods = labelled_pods(&client).await;
-        let status = common::api_err(raw_get(&client, &collection_path(), METADATA).await);
-        assert_eq!(
-            (status.code, status.reason.as_str()),
-            (406, "NotAcceptable"),
-            "{server}"
+        not_acceptable(
+            server,
+            raw_get(&client, &collection_path(), METADATA).await,
+            "you requested PartialObjectMetadata, but the requested object is a list",
         );
-        assert!(
-            status.message.starts_with(
-                "you requested PartialObjectMetadata, but the requested object is a list"
-            ),
-            "{server}: {}",
-            status.message
-        );
-
         let one = format!("{}/web-0", collection_path());
-        let status = common::api_err(raw_get(&client, &one, METADATA_LIST).await);
-        assert_eq!(
-            (status.code, status.reason.as_str()),
-            (406, "NotAcceptable"),
-            "{server}"
-        );
-        assert!(
-            status.message.starts_with(
-                "you requested PartialObjectMetadataList, but the requested object is not a list"
-            ),
-            "{server}: {}",
-            status.message
+        not_acceptable(
+            server,
+            raw_get(&client, &one, METADATA_LIST).await,
+            "you requested PartialObjectMetadataList, but the requested object is not a list",
         );
         // A missing object is missing before it is the wrong shape.
         let missing = format!("{}/no-such-pod", collection_path());

@@ -516,7 +516,7 @@ fn revert_progress(o: &Observed) -> Decision {
 /// that the experiment is aborting, and a controller that restarts meanwhile carries on from
 /// them. A revert that fails or runs long shows Aborting as before.
 fn abort_under_way(o: &Observed, cause: &AbortCause, since: DateTime<Utc>) -> Decision {
-    let shown_at = after(since, ABORTING_SHOWN_AFTER);
+    let shown_at = aborting_shown_at(since);
     match &o.revert {
         ProgressView::Done => aborted(o, cause),
         ProgressView::InProgress if o.now < shown_at => Decision::WaitUntil(shown_at),
@@ -526,6 +526,11 @@ fn abort_under_way(o: &Observed, cause: &AbortCause, since: DateTime<Utc>) -> De
 
 /// How long an abort under way may go without its Aborting status (see [`abort_under_way`]).
 pub const ABORTING_SHOWN_AFTER: Duration = Duration::from_secs(2);
+
+/// When an abort that began at `since` is due to show in status.
+pub fn aborting_shown_at(since: DateTime<Utc>) -> DateTime<Utc> {
+    after(since, ABORTING_SHOWN_AFTER)
+}
 
 /// The verdict of an abort whose revert is done.
 fn aborted(o: &Observed, cause: &AbortCause) -> Decision {

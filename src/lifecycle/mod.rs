@@ -23,5 +23,5 @@ pub mod record;
 
 pub use decide::{
     ABORTING_SHOWN_AFTER, AbortCause, Decision, HypothesisView, Observed, ProgressView,
-    abort_begun, decide, unconfirmed_sentence,
+    abort_begun, aborting_shown_at, decide, unconfirmed_sentence,
 };

@@ -32,7 +32,7 @@ use crate::{
         ABORTING_ANNOTATION, AbortBegun, ChaosExperiment, ChaosExperimentStatus, ConditionStatus,
         EXPERIMENT_FINALIZER, FaultInjection, Phase, REVERTING_LABEL, TargetState,
     },
-    lifecycle::{ABORTING_SHOWN_AFTER, AbortCause, Decision, record::set_condition},
+    lifecycle::{AbortCause, Decision, aborting_shown_at, record::set_condition},
 };
 
 /// How often the peers of selector-scoped network faults are resolved again while they run.
@@ -330,10 +330,7 @@ pub async fn perform(
             let reverting = if defer {
                 let labelled = revert_all_announcing(ctx, experiment, Some(&begun)).await;
                 if labelled.is_ok() {
-                    let shown_at = chrono::TimeDelta::from_std(ABORTING_SHOWN_AFTER)
-                        .ok()
-                        .and_then(|after| begun.since.checked_add_signed(after))
-                        .unwrap_or(now);
+                    let shown_at = aborting_shown_at(begun.since);
                     return Ok(Action::requeue(until(shown_at, now)));
                 }
                 labelled
@@ -345,7 +342,6 @@ pub async fn perform(
             // Recorded even when the label failed: the next reconcile repeats the revert
             // request, and the abort stands.
             mark_aborting(&mut status, &cause, &begun);
-            status::record_at(&mut status, abort_fact(&begun), begun.since);
             status::write_among_receipts(ctx, experiment, &status).await?;
             reverting?;
             Some(Duration::ZERO)
@@ -362,7 +358,6 @@ pub async fn perform(
                 // the verdict's write carries both. Its Event went out when it began.
                 let begun = crate::lifecycle::abort_begun(&observed, cause);
                 mark_aborting(&mut status, cause, &begun);
-                status::record_at(&mut status, abort_fact(&begun), begun.since);
             }
             finish::conclude(
                 ctx,
@@ -417,11 +412,7 @@ pub async fn perform(
                 longest = PEER_REFRESH;
             }
             status::write(ctx, experiment, &status).await?;
-            let wait = (at - now)
-                .to_std()
-                .unwrap_or_default()
-                .max(Duration::from_millis(50));
-            Some(wait.min(longest))
+            Some(until(at, now).min(longest))
         }
         Decision::Wait => {
             if status.phase.is_terminal() {
@@ -646,13 +637,15 @@ async fn revert_all_announcing(
     Ok(())
 }
 
-/// The status of an aborting experiment: its phase, cause and start.
+/// The status of an aborting experiment: its phase, cause and start, and the abort's
+/// timeline entry at its start (its Event went out with the label).
 fn mark_aborting(status: &mut ChaosExperimentStatus, cause: &AbortCause, begun: &AbortBegun) {
     status.phase = Phase::Aborting;
     status.abort_started_at = Some(begun.since);
     status.abort_reason = Some(cause.message());
     status.reason = Some(cause.reason().into());
     status.message = Some(cause.message());
+    status::record_at(status, abort_fact(begun), begun.since);
 }
 
 /// What the timeline and an Event say when an abort begins.
