@@ -35,6 +35,7 @@ real_suites=(
     controller_revert_truth
     metadata_reads
     controller_abort_receipts
+    controller_revert_signal
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

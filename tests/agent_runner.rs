@@ -21,7 +21,7 @@ use faultline::api::{
     ObjectRef, PodRef, REVERTING_LABEL, all_crds,
 };
 use faultline::sandbox::testkit;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -803,6 +803,96 @@ async fn a_work_item_without_an_experiment_is_refused_and_counted() {
     assert!(
         rendered.contains("faultline_agent_refusals_total{reason=\"ExperimentNotFound\"} 1"),
         "{rendered}"
+    );
+    agent.abort();
+}
+
+/// The revert signal alone (the controller's key for the experiment in the
+/// `faultline-reverting` ConfigMap, written beside the label and sooner on a loaded API
+/// server): the agent takes the experiment's faults out and writes its receipt, the label not
+/// needed; an experiment the signal does not name keeps its fault.
+#[tokio::test]
+async fn the_revert_signal_alone_takes_an_experiments_faults_out() {
+    let world = World::start(RecordingKernel::full()).await;
+    let agent = world.agent();
+    let pod = world.pod("target-0").await;
+    let named = world.injection("lat-0", &pod, TimeDelta::minutes(5)).await;
+    let other_pod = world.pod("other").await;
+    let mut other = FaultInjection::new(
+        "lat-other",
+        FaultInjectionSpec {
+            experiment: ObjectRef {
+                name: "other-exp".into(),
+                uid: None,
+            },
+            ..named.spec.clone()
+        },
+    );
+    other.spec.target.uid = other_pod.clone();
+    other.spec.target.name = "other".into();
+    other.labels_mut().insert(NODE_LABEL.into(), NODE.into());
+    other.metadata.namespace = Some("default".into());
+    testkit::vouch_for(&world.client, &mut other).await.unwrap();
+    world
+        .injections()
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    world.wait_phase("lat-0", InjectionPhase::Applied).await;
+    world.wait_phase("lat-other", InjectionPhase::Applied).await;
+    world.wait_rules(2).await;
+
+    let namespaces: Api<Namespace> = Api::all(world.client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "faultline-system"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let uid = named
+        .spec
+        .experiment
+        .uid
+        .clone()
+        .expect("the experiment's UID");
+    let maps: Api<ConfigMap> = Api::namespaced(world.client.clone(), "faultline-system");
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": faultline::controller::REVERTING_CONFIGMAP},
+            "data": {uid.clone(): "default/exp"},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let experiments: Api<ChaosExperiment> = Api::namespaced(world.client.clone(), "default");
+    let receipt = wait_for("the node's revert receipt", WAIT, || {
+        let experiments = experiments.clone();
+        async move {
+            let experiment = experiments.get("exp").await.unwrap();
+            experiment.status?.revert_receipts.into_iter().next()
+        }
+    })
+    .await;
+    assert_eq!((receipt.node.as_str(), receipt.injections), (NODE, 1));
+    let exp = experiments.get("exp").await.unwrap();
+    assert!(
+        !exp.labels().contains_key(REVERTING_LABEL),
+        "the signal alone did it"
+    );
+    let left: Vec<String> = world
+        .kernel
+        .rules()
+        .into_iter()
+        .map(|(pod, _, _)| pod)
+        .collect();
+    assert_eq!(
+        left,
+        vec![other_pod],
+        "only the named experiment's fault came out"
     );
     agent.abort();
 }

@@ -18,11 +18,12 @@ use faultline::agent::kernel::RecordingKernel;
 use faultline::agent::runner::{self, AgentConfig};
 use faultline::agent::telemetry::AgentMetrics;
 use faultline::api::{ChaosExperiment, FaultInjection, InjectionPhase};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use faultline::controller::REVERTING_CONFIGMAP;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api, Client,
-    api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, WatchParams},
 };
 use serde_json::{Value, json};
 
@@ -228,6 +229,69 @@ async fn the_controller_disrupts_only_pods_in_opted_in_unprotected_places() {
             .await,
         "guarded is labelled faultline.dev/protected=true",
         "delete a protected pod",
+    );
+    bed.cluster.shutdown().await;
+}
+
+/// The revert signal (the chart's `faultline-reverting` ConfigMap): the controller's token
+/// writes and watches that one ConfigMap and creates none; the agent's token lists and watches it by name,
+/// as the agent does, and cannot write it.
+#[tokio::test]
+async fn the_revert_signal_is_written_by_the_controller_and_only_read_by_the_agent() {
+    let Some(bed) = bed().await else { return };
+    let signal = k8s_objects::rendered_chart(RELEASE_NS)
+        .into_iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == REVERTING_CONFIGMAP)
+        .expect("the chart's revert signal ConfigMap");
+    apply(&bed.admin, &signal).await;
+    let as_controller: Api<ConfigMap> = Api::namespaced(bed.controller.clone(), RELEASE_NS);
+    let raise = Patch::Merge(json!({"data": {"0b0e8e4c-uid": "shop/exp"}}));
+    allowed(
+        as_controller
+            .patch(REVERTING_CONFIGMAP, &PatchParams::default(), &raise)
+            .await,
+        "the controller raises the revert signal",
+    );
+    allowed(
+        as_controller
+            .watch(
+                &WatchParams::default().fields(&format!("metadata.name={REVERTING_CONFIGMAP}")),
+                "0",
+            )
+            .await
+            .map(|_| ()),
+        "the controller watches the revert signal by name",
+    );
+    let other: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "not-faultlines"}})).unwrap();
+    refused_with(
+        as_controller.create(&PostParams::default(), &other).await,
+        "forbidden",
+        "the controller creates a ConfigMap",
+    );
+    let as_agent: Api<ConfigMap> = Api::namespaced(bed.agent_on_a.clone(), RELEASE_NS);
+    let by_name = format!("metadata.name={REVERTING_CONFIGMAP}");
+    let listed = as_agent
+        .list(&ListParams::default().fields(&by_name))
+        .await
+        .expect("the agent lists the revert signal by name");
+    assert_eq!(
+        listed.items[0].data.as_ref().unwrap()["0b0e8e4c-uid"],
+        "shop/exp"
+    );
+    allowed(
+        as_agent
+            .watch(&WatchParams::default().fields(&by_name), "0")
+            .await
+            .map(|_| ()),
+        "the agent watches the revert signal by name",
+    );
+    refused_with(
+        as_agent
+            .patch(REVERTING_CONFIGMAP, &PatchParams::default(), &raise)
+            .await,
+        "forbidden",
+        "the agent writes the revert signal",
     );
     bed.cluster.shutdown().await;
 }

@@ -15,15 +15,14 @@ use common::{
     wait_for,
 };
 use faultline::{
-    api::{
-        AGENT_FIELD_MANAGER, ChaosExperiment, Phase, ProbePhase, REVERTING_LABEL, TargetState,
-        Verdict,
-    },
+    api::{AGENT_FIELD_MANAGER, Phase, ProbePhase, TargetState, Verdict},
+    controller::REVERTING_CONFIGMAP,
     lifecycle::{ABORTING_SHOWN_AFTER, HypothesisView},
 };
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
-    ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
 };
@@ -64,12 +63,15 @@ async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_writ
     );
     h.trigger.send(ObjectRef::from_obj(&running)).unwrap();
     let api = h.experiments("shop");
-    let labelled: ChaosExperiment = wait_for(
-        "the reverting label",
+    // The agents are told (the revert signal) before anything is written to status.
+    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.controller_namespace);
+    let uid = running.uid().unwrap();
+    wait_for(
+        "the revert signal",
         std::time::Duration::from_secs(15),
         || async {
-            let e = api.get("quick").await.ok()?;
-            (e.labels().get(REVERTING_LABEL).map(String::as_str) == Some("true")).then_some(e)
+            let map = maps.get_opt(REVERTING_CONFIGMAP).await.ok()??;
+            map.data?.contains_key(&uid).then_some(())
         },
     )
     .await;
@@ -83,7 +85,7 @@ async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_writ
         ]},
     });
     api.patch_status(
-        &labelled.name_any(),
+        "quick",
         &PatchParams::apply(&format!("{AGENT_FIELD_MANAGER}-node-1")).force(),
         &Patch::Apply(receipt),
     )

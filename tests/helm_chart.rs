@@ -562,7 +562,8 @@ fn the_controller_may_do_exactly_what_its_code_does() {
             ("batch/jobs", &["get", "list"]),
         ])
     );
-    // In its own namespace: its Lease and, by name only, the pause switch.
+    // In its own namespace: its Lease and, by name only, the pause switch and the revert
+    // signal (which the chart creates: no right to create ConfigMaps).
     let role = rendered.one("Role", "faultline-controller");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     assert_eq!(
@@ -574,7 +575,17 @@ fn the_controller_may_do_exactly_what_its_code_does() {
                 &["get", "patch"]
             ),
             ("/configmaps@faultline-pause", &["get", "list", "watch"]),
+            (
+                "/configmaps@faultline-reverting",
+                &["get", "list", "watch", "patch"]
+            ),
         ])
+    );
+    let signal = rendered.one("ConfigMap", "faultline-reverting");
+    assert_eq!(signal["metadata"]["namespace"], NAMESPACE);
+    assert!(
+        signal.get("data").is_none_or(Value::is_null),
+        "the chart sets no key: an upgrade must leave the controller's alone"
     );
     assert_bound(&rendered, "ClusterRoleBinding", "faultline-controller");
     assert_bound(&rendered, "RoleBinding", "faultline-controller");
@@ -603,12 +614,15 @@ fn the_agent_touches_only_pods_its_node_fault_injections_receipts_and_events() {
         ])
     );
     assert_bound(&rendered, "ClusterRoleBinding", "faultline-agent");
-    // In the release namespace: the pause switch, by name only.
+    // In the release namespace: the pause switch and the revert signal, by name only.
     let role = rendered.one("Role", "faultline-agent");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     assert_eq!(
         permissions(role),
-        perms(&[("/configmaps@faultline-pause", &["get", "list", "watch"])])
+        perms(&[
+            ("/configmaps@faultline-pause", &["get", "list", "watch"]),
+            ("/configmaps@faultline-reverting", &["get", "list", "watch"]),
+        ])
     );
     assert_bound(&rendered, "RoleBinding", "faultline-agent");
 }

@@ -8,8 +8,9 @@
 //! without a node label (normally none: the controller always sets it). Objects are trimmed to
 //! what the checks read (names, labels, node) before they are cached.
 //!
-//! Experiments are watched only once they carry the `faultline.dev/reverting` label (the
-//! controller's signal that their faults are to come out): watching all of them would send
+//! Experiments are watched only once they carry the `faultline.dev/reverting` label (how the
+//! controller says their faults are to come out where it cannot write the revert signal, see
+//! below): watching all of them would send
 //! every agent every status write of every experiment (probe results, about once a second
 //! each). And only their metadata is watched: the agent reads nothing else of them, and an
 //! experiment of 500 targets is a 170 KB object, which every write (the receipt of each
@@ -17,6 +18,11 @@
 //! experiment behind an injection when it is about to apply it (see the runner). That watch
 //! does not hold the agent back: without it (an older chart's permissions, say) the agent
 //! reverts on each FaultInjection's deletion, as before.
+//!
+//! The controller names reverting experiments in one small ConfigMap, the revert signal (see
+//! `controller::revert_signal`): its usual way, a write of a few hundred bytes where the label
+//! is a write of the whole experiment. Either makes an experiment's faults come out. Optional
+//! too (an older chart's permissions): the label and the deletions still work without it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +42,8 @@ use crate::api::{ChaosExperiment, FaultInjection, NODE_LABEL, REVERTING_LABEL};
 /// The pause switch: `paused: "true"` in this ConfigMap of the controller's namespace. (The
 /// controller's name for it, which the agent must match.)
 pub const PAUSE_CONFIGMAP: &str = crate::controller::PAUSE_CONFIGMAP;
+/// The revert signal's ConfigMap, in the controller's namespace.
+pub const REVERTING_CONFIGMAP: &str = crate::controller::REVERTING_CONFIGMAP;
 
 /// The agent's watch caches.
 pub struct FactWatches {
@@ -44,6 +52,7 @@ pub struct FactWatches {
     pause: Store<ConfigMap>,
     unlabelled: Store<FaultInjection>,
     reverting: Store<PartialObjectMeta<ChaosExperiment>>,
+    signal: Store<ConfigMap>,
     controller_namespace: String,
     /// How many watches have listed once; all of them must have before the agent acts.
     listed: Arc<AtomicUsize>,
@@ -172,13 +181,30 @@ impl FactWatches {
         tokio::spawn(drive(
             "reverting experiments",
             stream,
-            changed,
+            changed.clone(),
             Arc::new(AtomicUsize::new(0)),
             Some(uid_of::<PartialObjectMeta<ChaosExperiment>>),
+        ));
+        let (signal, writer) = reflector::store();
+        let stream = watcher(
+            Api::<ConfigMap>::namespaced(client.clone(), controller_namespace),
+            watcher::Config::default().fields(&format!("metadata.name={REVERTING_CONFIGMAP}")),
+        )
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
+        // Not counted in `listed` either.
+        tokio::spawn(drive(
+            "revert signal",
+            stream,
+            changed,
+            Arc::new(AtomicUsize::new(0)),
+            Some(keys_of),
         ));
         FactWatches {
             watches: pods.len() + 3,
             reverting,
+            signal,
             pods,
             namespaces,
             pause,
@@ -213,7 +239,9 @@ impl FactWatches {
             .iter()
             .map(|ns| (ns.name_any(), ns.labels().clone()))
             .collect();
-        let ending = self
+        let signal =
+            reflector::ObjectRef::new(REVERTING_CONFIGMAP).within(&self.controller_namespace);
+        let mut ending: HashSet<String> = self
             .reverting
             .state()
             .iter()
@@ -222,6 +250,10 @@ impl FactWatches {
                 [Some(key), e.uid()].into_iter().flatten()
             })
             .collect();
+        // By UID only: a name could come back as a new experiment while an old key lingers.
+        if let Some(map) = self.signal.get(&signal) {
+            ending.extend(map.data.iter().flat_map(|data| data.keys().cloned()));
+        }
         Snapshot {
             paused,
             pods,
@@ -267,6 +299,11 @@ fn labels_of<K: Resource>(object: &K) -> u64 {
 /// receipts of every other node among them, wake no agent).
 fn uid_of<K: Resource>(object: &K) -> u64 {
     hash_of(&object.meta().uid)
+}
+
+/// What the agent reads of the revert signal: which experiments it names.
+fn keys_of(map: &ConfigMap) -> u64 {
+    hash_of(&map.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()))
 }
 
 fn hash_of(value: &impl std::hash::Hash) -> u64 {

@@ -212,7 +212,9 @@ pub async fn run<K: Kernel>(
         if let (Some(live), false) = (&live, orphans_checked) {
             orphans_checked = agent.clean_orphans(&client, &config.nodes, live).await;
         }
+        let stepping = std::time::Instant::now();
         let next_deadline = agent.step(live.as_deref(), snapshot.as_ref()).await;
+        tracing::debug!(took_ms = stepping.elapsed().as_millis() as u64, "stepped");
         let sleep = next_deadline
             .and_then(|at| (at - Utc::now()).to_std().ok())
             .map_or(config.resync, |until| until.min(config.resync));

@@ -27,6 +27,7 @@ use kube::{
 use tokio::sync::watch;
 
 use super::PAUSE_CONFIGMAP;
+use super::revert_signal::{REVERTING_CONFIGMAP, Signal};
 use crate::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection};
 
 /// The watches whose first list must be in before anything is decided.
@@ -35,14 +36,17 @@ pub enum Watch {
     Experiments = 1,
     Injections = 2,
     Pause = 4,
+    Signal = 8,
 }
 
-const ALL_LISTED: u8 = Watch::Experiments as u8 | Watch::Injections as u8 | Watch::Pause as u8;
+const ALL_LISTED: u8 =
+    Watch::Experiments as u8 | Watch::Injections as u8 | Watch::Pause as u8 | Watch::Signal as u8;
 
 /// Shared by every reconcile.
 pub struct Caches {
     pub injections: Store<FaultInjection>,
     pause: Store<ConfigMap>,
+    signal: Store<ConfigMap>,
     controller_namespace: String,
     pub versions: Versions,
     pub reverts: Arc<RevertsAsked>,
@@ -56,12 +60,14 @@ impl Caches {
     pub fn new(
         injections: Store<FaultInjection>,
         pause: Store<ConfigMap>,
+        signal: Store<ConfigMap>,
         controller_namespace: String,
         listed: &Listed,
     ) -> Caches {
         Caches {
             injections,
             pause,
+            signal,
             controller_namespace,
             versions: Versions::default(),
             reverts: Arc::default(),
@@ -91,6 +97,17 @@ impl Caches {
                 .and_then(|d| d.get("paused"))
                 .is_some_and(|v| v == "true")
         })
+    }
+
+    /// What the revert signal says of experiment `uid`, if it names it.
+    pub fn signalled(&self, uid: &str) -> Option<Signal> {
+        let key = kube::runtime::reflector::ObjectRef::new(REVERTING_CONFIGMAP)
+            .within(&self.controller_namespace);
+        let map = self.signal.get(&key)?;
+        map.data
+            .as_ref()?
+            .get(uid)
+            .map(|value| Signal::parse(value))
     }
 
     /// The experiment's FaultInjections as the watch last saw them. The label is a name; the
@@ -167,6 +184,29 @@ impl Listed {
         }
     }
 
+    /// [`Self::marker`] for a watch this controller may not be allowed: a refused list counts
+    /// as listed (nothing to read), so that an older chart's permissions do not hold every
+    /// decision back.
+    pub fn marker_unless_refused<K>(
+        &self,
+        which: Watch,
+    ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+        let mut mark = self.marker(which);
+        let listed = self.0.clone();
+        move |event| {
+            if let Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) = event
+                && status.code == 403
+            {
+                listed.send_if_modified(|l| {
+                    let before = *l;
+                    *l |= which as u8;
+                    *l != before
+                });
+            }
+            mark(event);
+        }
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u8> {
         self.0.subscribe()
     }
@@ -239,12 +279,14 @@ pub struct RevertsAsked(Mutex<HashMap<String, Asked>>);
 pub struct Asked {
     pub at: Instant,
     pub deletion: bool,
+    /// The agents were told (not only the FaultInjections' deletion asked).
+    pub told: bool,
 }
 
 impl RevertsAsked {
     /// The agents were told now (a second call keeps the first time).
     pub fn told(&self, uid: &str) {
-        self.with(uid, |_| {});
+        self.with(uid, |entry| entry.told = true);
     }
 
     pub fn deletion_asked(&self, uid: &str, asked: bool) {
@@ -256,6 +298,7 @@ impl RevertsAsked {
         change(map.entry(uid.to_string()).or_insert(Asked {
             at: Instant::now(),
             deletion: false,
+            told: false,
         }));
     }
 

@@ -44,6 +44,7 @@ mod podkill;
 mod probe_access;
 pub mod probe_hub;
 mod revert_progress;
+pub mod revert_signal;
 pub mod spec_check;
 mod status;
 mod target_reads;
@@ -79,6 +80,8 @@ use crate::{
 
 /// The ConfigMap (in the controller's namespace) whose `paused: "true"` stops all chaos.
 pub const PAUSE_CONFIGMAP: &str = "faultline-pause";
+
+pub use revert_signal::REVERTING_CONFIGMAP;
 
 /// What the controller needs to know about the probes. The probe hub implements it; tests can
 /// script it.
@@ -117,6 +120,8 @@ pub struct Settings {
     /// at once). Bounds the API calls in flight and the memory they hold when many experiments
     /// start together; 0 means no limit.
     pub concurrency: u16,
+    /// How often keys of the revert signal that nothing needs any more are removed.
+    pub signal_sweep_every: Duration,
 }
 
 impl Default for Settings {
@@ -129,6 +134,7 @@ impl Default for Settings {
             injection_timeout: Duration::from_secs(30),
             expiry_grace: Duration::from_secs(30),
             concurrency: 16,
+            signal_sweep_every: revert_signal::SWEEP_EVERY,
         }
     }
 }
@@ -332,11 +338,23 @@ pub async fn run(
     .touched_objects()
     .filter_map(|event| async move { event.ok().map(|_| ()) });
 
+    // The revert signal, cached: an abort raised there is one under way (see revert_signal).
+    let (signal_store, signal_writer) = reflector::store();
+    let signal_events = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &settings.policy.controller_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={REVERTING_CONFIGMAP}")),
+    )
+    .default_backoff()
+    .reflect(signal_writer)
+    .inspect(listed.marker_unless_refused(caches::Watch::Signal))
+    .for_each(|_| async {});
+
     let concurrency = settings.concurrency;
     let ctx = Arc::new(Context {
         caches: caches::Caches::new(
             injection_store,
             pause_store,
+            signal_store,
             settings.policy.controller_namespace.clone(),
             &listed,
         ),
@@ -351,6 +369,13 @@ pub async fn run(
     // Through DeserializeGuard, so that one object that cannot be read does not stall the
     // watcher for every other experiment.
     let (experiment_store, experiment_writer) = reflector::store();
+    let sweep = revert_signal::sweep(
+        ctx.client.clone(),
+        ctx.settings.policy.controller_namespace.clone(),
+        ctx.caches.injections.clone(),
+        experiment_store.clone(),
+        ctx.settings.signal_sweep_every,
+    );
     let forget_ctx = ctx.clone();
     let experiment_events = watcher(
         Api::<DeserializeGuard<ChaosExperiment>>::all(client),
@@ -403,7 +428,11 @@ pub async fn run(
                 tracing::debug!(%error, "reconcile error");
             }
         });
-    futures::future::join(experiments, owners).await;
+    // The signal's watch and sweep have no end of their own: they stop with the controller.
+    tokio::select! {
+        _ = futures::future::join(experiments, owners) => {}
+        _ = futures::future::join(sweep, signal_events) => {}
+    }
     info!("faultline controller stopped");
 }
 

@@ -100,10 +100,15 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     // abort, and the revert takes every fault out, departed targets' included.
     let aborting_anyway = matches!(hypothesis, HypothesisView::Violated { .. })
         && experiment.spec.abort.on_hypothesis_failure;
-    // The agents were told to revert (the reverting label): what the targets do no longer
+    // The agents were told to revert (the revert signal, or the reverting label where the
+    // signal could not be written): what the targets do no longer
     // matters, and status waits for the receipts (see `lifecycle::decide`).
     let abort_begun = matches!(status.phase, Phase::Injecting | Phase::Running)
-        .then(|| experiment.abort_begun())
+        .then(|| {
+            experiment
+                .abort_begun()
+                .or_else(|| ctx.caches.signalled(&uid)?.abort)
+        })
         .flatten();
     let mut left = Vec::new();
     let mut targets_left = None;

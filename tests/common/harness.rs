@@ -31,6 +31,8 @@ pub struct Harness {
     pub trigger: mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
     /// Set when the controller runs with the real probe hub instead of scripted probes.
     pub real_probes: bool,
+    /// The controller's own namespace (its revert signal's home).
+    pub controller_namespace: String,
     controller: tokio::task::JoinHandle<()>,
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -40,6 +42,7 @@ fn spawn_controller(
     cluster: &TestCluster,
     scripted: &Arc<ScriptedProbes>,
     real_probes: bool,
+    controller_namespace: &str,
 ) -> (
     mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
     tokio::task::JoinHandle<()>,
@@ -57,8 +60,11 @@ fn spawn_controller(
     };
     let settings = Settings {
         injection_timeout: Duration::from_secs(5),
+        signal_sweep_every: Duration::from_secs(1),
         ..Settings::default()
     };
+    let mut settings = settings;
+    settings.policy.controller_namespace = controller_namespace.to_string();
     let task = tokio::spawn(controller::run(
         clients,
         settings,
@@ -94,12 +100,26 @@ impl Harness {
         h
     }
 
+    /// The controller with scripted probes, its own namespace `namespace`, which is not
+    /// created (so its revert signal cannot be written on a real API server).
+    pub async fn start_in_missing_namespace(namespace: &str) -> Harness {
+        Self::start_in(false, namespace, false).await
+    }
+
     async fn start_with(real_probes: bool) -> Harness {
+        Self::start_in(real_probes, "faultline-system", true).await
+    }
+
+    async fn start_in(real_probes: bool, controller_namespace: &str, create: bool) -> Harness {
         let cluster = TestCluster::start().await;
         cluster.install_crds(&all_crds()).await;
         let client = cluster.client().await;
+        if create {
+            super::cluster::apply_namespace(&client, controller_namespace, false).await;
+        }
         let probes = Arc::new(ScriptedProbes::default());
-        let (trigger, controller) = spawn_controller(&cluster, &probes, real_probes);
+        let (trigger, controller) =
+            spawn_controller(&cluster, &probes, real_probes, controller_namespace);
         let (stop_agent, agent_stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
         Harness {
@@ -108,6 +128,7 @@ impl Harness {
             probes,
             trigger,
             real_probes,
+            controller_namespace: controller_namespace.to_string(),
             controller,
             stop: vec![stop_agent],
             tasks: vec![agent],
@@ -119,7 +140,12 @@ impl Harness {
     pub async fn crash_and_restart_controller(&mut self) {
         self.controller.abort();
         let _ = (&mut self.controller).await;
-        let (trigger, controller) = spawn_controller(&self.cluster, &self.probes, self.real_probes);
+        let (trigger, controller) = spawn_controller(
+            &self.cluster,
+            &self.probes,
+            self.real_probes,
+            &self.controller_namespace,
+        );
         self.trigger = trigger;
         self.controller = controller;
     }

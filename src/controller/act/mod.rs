@@ -25,7 +25,7 @@ use super::{
     events::Fact,
     injections,
     observe::{World, may_have_injections, probe_phase},
-    status, targets,
+    revert_signal, status, targets,
 };
 use crate::{
     api::{
@@ -592,48 +592,78 @@ async fn revert_all(ctx: &Context, experiment: &mut ChaosExperiment) -> Result<(
     revert_all_announcing(ctx, experiment, None).await
 }
 
-/// [`revert_all`], announcing an abort that status does not record yet (see
-/// [`ABORTING_ANNOTATION`]).
+/// [`revert_all`], announcing an abort that status does not record yet: the abort's cause
+/// and start go with the request to the agents, so that a controller that stops before the
+/// status write finds them and carries the abort on.
+///
+/// The request is the revert signal (see `revert_signal`: a small write, heard by the agents
+/// at once); when that cannot be written, the experiment's reverting label, with the abort in
+/// the [`ABORTING_ANNOTATION`] (a write of the whole experiment). Asked once: the label, the
+/// signal (as the watch has it) or this process's own memory of asking says it was.
 async fn revert_all_announcing(
     ctx: &Context,
     experiment: &mut ChaosExperiment,
     abort: Option<&AbortBegun>,
 ) -> Result<()> {
+    let uid = experiment.uid().unwrap_or_default();
     let labelled = experiment
         .labels()
         .get(REVERTING_LABEL)
         .is_some_and(|v| v == "true");
-    if !labelled {
-        let api: Api<ChaosExperiment> = Api::namespaced(
-            ctx.client.clone(),
-            &experiment.namespace().unwrap_or_default(),
+    let asked = labelled
+        || ctx.caches.signalled(&uid).is_some()
+        || ctx.caches.reverts.get(&uid).is_some_and(|a| a.told);
+    if !asked {
+        let namespace = &ctx.settings.policy.controller_namespace;
+        let telling = std::time::Instant::now();
+        let signalled = revert_signal::raise(&ctx.client, namespace, experiment, abort).await;
+        tracing::debug!(
+            took_ms = telling.elapsed().as_millis() as u64,
+            ok = signalled.is_ok(),
+            "revert signal raised"
         );
-        let mut patch = json!({"metadata": {"labels": {REVERTING_LABEL: "true"}}});
-        if let Some(abort) = abort {
-            let announced = serde_json::to_string(abort)
-                .map_err(|e| Error::Record(kube::Error::SerdeError(e)))?;
-            patch["metadata"]["annotations"] = json!({ ABORTING_ANNOTATION: announced });
+        if let Err(error) = signalled {
+            revert_signal::report_failure(&error, namespace);
+            label_reverting(ctx, experiment, abort).await?;
         }
-        let updated = api
-            .patch(
-                &experiment.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(act_error("label the experiment reverting"))?;
-        ctx.caches.versions.replaced(experiment);
-        experiment.metadata.resource_version = updated.metadata.resource_version;
-        experiment.metadata.labels = updated.metadata.labels;
-        experiment.metadata.annotations = updated.metadata.annotations;
-        // Announced once, with the label: status may show the abort only with its verdict.
+        // Announced once, with the request: status may show the abort only with its verdict.
         if let Some(abort) = abort {
             status::publish(ctx, experiment, vec![abort_fact(abort)]).await;
         }
     }
-    ctx.caches
-        .reverts
-        .told(&experiment.uid().unwrap_or_default());
+    ctx.caches.reverts.told(&uid);
+    Ok(())
+}
+
+/// The revert request where the signal cannot go: the reverting label, and the abort (if any)
+/// in the [`ABORTING_ANNOTATION`].
+async fn label_reverting(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    abort: Option<&AbortBegun>,
+) -> Result<()> {
+    let api: Api<ChaosExperiment> = Api::namespaced(
+        ctx.client.clone(),
+        &experiment.namespace().unwrap_or_default(),
+    );
+    let mut patch = json!({"metadata": {"labels": {REVERTING_LABEL: "true"}}});
+    if let Some(abort) = abort {
+        let announced =
+            serde_json::to_string(abort).map_err(|e| Error::Record(kube::Error::SerdeError(e)))?;
+        patch["metadata"]["annotations"] = json!({ ABORTING_ANNOTATION: announced });
+    }
+    let updated = api
+        .patch(
+            &experiment.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(act_error("label the experiment reverting"))?;
+    ctx.caches.versions.replaced(experiment);
+    experiment.metadata.resource_version = updated.metadata.resource_version;
+    experiment.metadata.labels = updated.metadata.labels;
+    experiment.metadata.annotations = updated.metadata.annotations;
     Ok(())
 }
 
