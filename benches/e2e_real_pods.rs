@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use faultline::api::{
     ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, InjectionPhase, Phase, REVERTING_LABEL,
 };
+use faultline::controller::REVERTING_CONFIGMAP;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector;
 use kube::{Api, Client};
@@ -354,8 +356,28 @@ impl Watched {
     }
 
     /// Whether the experiment is aborting or over: its phase says so, or the agents were told
-    /// to revert (the reverting label goes out before status says Aborting).
-    fn aborting_or_over(&self) -> bool {
+    /// to revert (the revert signal, or the reverting label where the signal cannot be
+    /// written, goes out before status says Aborting).
+    async fn aborting_or_over(&self, client: &Client) -> bool {
+        let signalled = match self
+            .experiment
+            .state()
+            .first()
+            .and_then(|e| e.metadata.uid.clone())
+        {
+            Some(uid) => Api::<ConfigMap>::namespaced(client.clone(), "faultline-system")
+                .get_opt(REVERTING_CONFIGMAP)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|map| map.data)
+                .is_some_and(|data| data.contains_key(&uid)),
+            None => false,
+        };
+        signalled || self.told_or_over()
+    }
+
+    fn told_or_over(&self) -> bool {
         let reverting = self.experiment.state().first().is_some_and(|e| {
             e.metadata
                 .labels
@@ -494,7 +516,7 @@ async fn one_run(
         .as_secs_f64();
     // An abort that began before the break (the probe timed out under the injection's load)
     // would be measured from the wrong moment.
-    if view.aborting_or_over() {
+    if view.aborting_or_over(client).await {
         abandon(&experiments, &mut view, name).await;
         return None;
     }
@@ -512,7 +534,7 @@ async fn one_run(
     }
     let in_kernel = holding(prefix, &targets);
     view.catch_up();
-    if view.aborting_or_over() {
+    if view.aborting_or_over(client).await {
         abandon(&experiments, &mut view, name).await;
         return None;
     }
@@ -542,10 +564,14 @@ async fn one_run(
         .await
         - broke)
         .as_secs_f64();
-    let recorded = experiments
-        .get(name)
-        .await
-        .unwrap()
+    let ended = experiments.get(name).await.unwrap();
+    // With FAULTLINE_BENCH_KEEP the ended experiment is kept too, to see what each write of it costs.
+    if std::env::var_os("FAULTLINE_BENCH_KEEP").is_some() {
+        let path = std::env::temp_dir().join(format!("faultline-bench-{name}.json"));
+        std::fs::write(&path, serde_json::to_vec(&ended).unwrap()).unwrap();
+        eprintln!("  ended experiment (kept): {}", path.display());
+    }
+    let recorded = ended
         .status
         .and_then(|s| s.abort_latency)
         .and_then(|d| d.parse().ok())
