@@ -372,6 +372,46 @@ mod tests {
 }
 
 #[cfg(test)]
+mod listed_tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn refused(code: u16) -> Result<watcher::Event<ConfigMap>, watcher::Error> {
+        let mut status = Status::failure("configmaps is forbidden", "Forbidden");
+        status.code = code;
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(
+            Box::new(status),
+        )))
+    }
+
+    #[test]
+    fn a_watch_the_controller_may_not_read_counts_as_listed_and_a_failing_one_does_not() {
+        let listed = Listed::default();
+        let mut signal = listed.marker_unless_refused::<ConfigMap>(Watch::Signal);
+        signal(&refused(500));
+        assert_eq!(
+            *listed.subscribe().borrow(),
+            0,
+            "a server error is retried, not skipped"
+        );
+        signal(&refused(403));
+        assert_eq!(*listed.subscribe().borrow(), Watch::Signal as u8);
+
+        let strict = Listed::default();
+        let mut pause = strict.marker::<ConfigMap>(Watch::Pause);
+        pause(&refused(403));
+        assert_eq!(
+            *strict.subscribe().borrow(),
+            0,
+            "the pause switch is never skipped"
+        );
+        pause(&Ok(watcher::Event::InitDone));
+        assert_eq!(*strict.subscribe().borrow(), Watch::Pause as u8);
+    }
+}
+
+#[cfg(test)]
 mod target_reads_tests {
     use super::*;
 
