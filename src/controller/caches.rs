@@ -52,6 +52,7 @@ pub struct Caches {
     pub reverts: Arc<RevertsAsked>,
     pub probe_writes: WrittenAt,
     pub status_writes: WrittenAt,
+    pub writes_behind: InFlight,
     pub target_reads: TargetReads,
     listed: watch::Receiver<u8>,
 }
@@ -73,6 +74,7 @@ impl Caches {
             reverts: Arc::default(),
             probe_writes: WrittenAt::default(),
             status_writes: WrittenAt::default(),
+            writes_behind: InFlight::default(),
             target_reads: TargetReads::default(),
             listed: listed.0.subscribe(),
         }
@@ -123,6 +125,39 @@ impl Caches {
                 && i.labels().get(EXPERIMENT_LABEL).map(String::as_str) == Some(experiment)
                 && i.spec.experiment.uid.as_deref().is_none_or(|u| u == uid)
         })
+    }
+}
+
+/// Experiments (by UID) with a write on its way that nobody waits for (see
+/// `status::write_behind`).
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<std::collections::HashSet<String>>>);
+
+/// Held while the write is on its way; dropping it (the write done, failed or its task gone)
+/// lets the next one go.
+pub struct InFlightGuard {
+    set: InFlight,
+    uid: String,
+}
+
+impl InFlight {
+    /// A guard for `uid`'s write, unless one is on its way.
+    pub fn start(&self, uid: &str) -> Option<InFlightGuard> {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(uid.to_string()).then(|| InFlightGuard {
+            set: self.clone(),
+            uid: uid.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.uid);
     }
 }
 
@@ -368,6 +403,24 @@ mod tests {
         assert!(!versions.is_superseded(&experiment("v", "1")));
         // 3 (or anything newer) is current and ends the entry.
         assert!(!versions.is_superseded(&experiment("u", "3")));
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn one_write_behind_at_a_time_per_experiment() {
+        let writes = InFlight::default();
+        let first = writes.start("a").expect("none on its way");
+        assert!(writes.start("a").is_none());
+        assert!(
+            writes.start("b").is_some(),
+            "another experiment's is its own"
+        );
+        drop(first);
+        assert!(writes.start("a").is_some());
     }
 }
 

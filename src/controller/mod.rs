@@ -239,8 +239,11 @@ pub async fn reconcile(
     result
 }
 
-async fn reconcile_inner(experiment: Arc<ChaosExperiment>, ctx: &Arc<Context>) -> Result<Action> {
-    let ctx = ctx.as_ref();
+async fn reconcile_inner(
+    experiment: Arc<ChaosExperiment>,
+    shared: &Arc<Context>,
+) -> Result<Action> {
+    let ctx = shared.as_ref();
     let mut experiment = Arc::unwrap_or_clone(experiment);
     let read_version = experiment.resource_version();
     if let Some(updated) = act::ensure_finalizer(ctx, &experiment).await? {
@@ -252,7 +255,7 @@ async fn reconcile_inner(experiment: Arc<ChaosExperiment>, ctx: &Arc<Context>) -
     let world = observe::observe(ctx, &experiment).await?;
     let decision = decide(&world.observed);
     tracing::debug!(phase = ?world.status.phase, ?decision, observe_ms = observing.elapsed().as_millis() as u64, "decided");
-    let action = act::perform(ctx, &mut experiment, world, decision).await?;
+    let action = act::perform(shared, &mut experiment, world, decision).await?;
     // "Go on at once" after a write of ours: the watch event of that write triggers the next
     // reconcile, with the object as written. Requeueing as well would run one on the cached
     // copy from before the write.

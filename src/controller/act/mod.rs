@@ -11,6 +11,7 @@ mod inject;
 mod live;
 mod progress;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::{
@@ -148,11 +149,12 @@ async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result
 }
 
 pub async fn perform(
-    ctx: &Context,
+    shared: &Arc<Context>,
     experiment: &mut ChaosExperiment,
     world: World,
     decision: Decision,
 ) -> Result<Action> {
+    let ctx = shared.as_ref();
     let World {
         observed,
         mut status,
@@ -411,7 +413,20 @@ pub async fn perform(
                 }
                 longest = PEER_REFRESH;
             }
-            status::write(ctx, experiment, &status).await?;
+            let results_only = status.phase == Phase::Running
+                && experiment
+                    .status
+                    .as_ref()
+                    .is_some_and(|recorded| progress::probe_results_only(recorded, &status));
+            if results_only {
+                // Not waited for: a probe that fails while it is on its way is decided on
+                // at once (see `status::write_behind`).
+                if !status::write_behind(shared, experiment, &status) {
+                    longest = longest.min(crate::controller::probe_hub::PUBLISH_INTERVAL);
+                }
+            } else {
+                status::write(ctx, experiment, &status).await?;
+            }
             Some(until(at, now).min(longest))
         }
         Decision::Wait => {

@@ -61,7 +61,10 @@ fn held_back(
 
 /// Whether `new` differs from `recorded` in probe results alone: the probes' samples and
 /// counts, when they last checked, the hypothesis state and its `HypothesisHolding` condition.
-fn probe_results_only(recorded: &ChaosExperimentStatus, new: &ChaosExperimentStatus) -> bool {
+pub(super) fn probe_results_only(
+    recorded: &ChaosExperimentStatus,
+    new: &ChaosExperimentStatus,
+) -> bool {
     let recorded_condition = recorded
         .conditions
         .iter()
