@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use faultline::api::{
     ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, InjectionPhase, Phase, REVERTING_LABEL,
 };
-use faultline::controller::REVERTING_CONFIGMAP;
+use faultline::controller::{REVERTING_CONFIGMAP, revert_signal::Signal};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -355,26 +355,31 @@ impl Watched {
         while let Some(Some(())) = self.events.next().now_or_never() {}
     }
 
-    /// Whether the experiment is aborting or over: its phase says so, or the agents were told
-    /// to revert (the revert signal, or the reverting label where the signal cannot be
+    /// Why the experiment is aborting or over, if it is: its phase says so, or the agents were
+    /// told to revert (the revert signal, or the reverting label where the signal cannot be
     /// written, goes out before status says Aborting).
-    async fn aborting_or_over(&self, client: &Client) -> bool {
-        let signalled = match self
-            .experiment
-            .state()
-            .first()
-            .and_then(|e| e.metadata.uid.clone())
-        {
-            Some(uid) => Api::<ConfigMap>::namespaced(client.clone(), "faultline-system")
-                .get_opt(REVERTING_CONFIGMAP)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|map| map.data)
-                .is_some_and(|data| data.contains_key(&uid)),
-            None => false,
-        };
-        signalled || self.told_or_over()
+    async fn aborting_or_over(&self, client: &Client) -> Option<String> {
+        let uid = self.experiment.state().first()?.metadata.uid.clone()?;
+        let signal = Api::<ConfigMap>::namespaced(client.clone(), "faultline-system")
+            .get_opt(REVERTING_CONFIGMAP)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|map| map.data?.get(&uid).map(|v| Signal::parse(v)));
+        if let Some(signal) = signal {
+            return Some(
+                signal
+                    .abort
+                    .map_or_else(|| "reverting".to_string(), |abort| abort.message),
+            );
+        }
+        self.told_or_over().then(|| {
+            self.experiment
+                .state()
+                .first()
+                .and_then(|e| e.status.as_ref()?.message.clone())
+                .unwrap_or_default()
+        })
     }
 
     fn told_or_over(&self) -> bool {
@@ -448,13 +453,7 @@ async fn forget_earlier_runs(kubeconfig: &Path) {
 }
 
 /// Says why a run measures nothing, deletes its experiment and waits for its faults to go.
-async fn abandon(experiments: &Api<ChaosExperiment>, view: &mut Watched, name: &str) {
-    let why = view
-        .experiment
-        .state()
-        .first()
-        .and_then(|e| e.status.as_ref()?.message.clone())
-        .unwrap_or_default();
+async fn abandon(experiments: &Api<ChaosExperiment>, view: &mut Watched, name: &str, why: &str) {
     eprintln!("  note: {name} was aborting before the service broke ({why}); the run is repeated");
     experiments
         .delete(name, &DeleteParams::default())
@@ -516,8 +515,8 @@ async fn one_run(
         .as_secs_f64();
     // An abort that began before the break (the probe timed out under the injection's load)
     // would be measured from the wrong moment.
-    if view.aborting_or_over(client).await {
-        abandon(&experiments, &mut view, name).await;
+    if let Some(why) = view.aborting_or_over(client).await {
+        abandon(&experiments, &mut view, name, &why).await;
         return None;
     }
     let targets: Vec<String> = view
@@ -534,8 +533,8 @@ async fn one_run(
     }
     let in_kernel = holding(prefix, &targets);
     view.catch_up();
-    if view.aborting_or_over(client).await {
-        abandon(&experiments, &mut view, name).await;
+    if let Some(why) = view.aborting_or_over(client).await {
+        abandon(&experiments, &mut view, name, &why).await;
         return None;
     }
     assert!(
