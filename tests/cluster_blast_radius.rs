@@ -238,12 +238,8 @@ async fn the_controller_disrupts_only_pods_in_opted_in_unprotected_places() {
 /// as the agent does, and cannot write it.
 #[tokio::test]
 async fn the_revert_signal_is_written_by_the_controller_and_only_read_by_the_agent() {
+    // The bed applied the chart's ConfigMap with its RBAC.
     let Some(bed) = bed().await else { return };
-    let signal = k8s_objects::rendered_chart(RELEASE_NS)
-        .into_iter()
-        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == REVERTING_CONFIGMAP)
-        .expect("the chart's revert signal ConfigMap");
-    apply(&bed.admin, &signal).await;
     let as_controller: Api<ConfigMap> = Api::namespaced(bed.controller.clone(), RELEASE_NS);
     let raise = Patch::Merge(json!({"data": {"0b0e8e4c-uid": "shop/exp"}}));
     allowed(

@@ -42,21 +42,25 @@ pub fn rendered_chart(namespace: &str) -> Vec<Value> {
     parse_documents(&String::from_utf8_lossy(&out.stdout), "helm template")
 }
 
-/// Whether `object` is one of the chart's identities, permissions or admission policies: what
-/// an admin applies before the workloads.
+/// Whether `object` is one of the chart's identities, permissions or admission policies, or
+/// the revert signal's ConfigMap, which the controller's permissions presuppose (it may write
+/// that one ConfigMap, not create it): what an admin applies before the workloads.
 pub fn is_access_object(object: &Value) -> bool {
-    matches!(
-        object["kind"].as_str(),
-        Some(
-            "ServiceAccount"
-                | "ClusterRole"
-                | "ClusterRoleBinding"
-                | "Role"
-                | "RoleBinding"
-                | "ValidatingAdmissionPolicy"
-                | "ValidatingAdmissionPolicyBinding"
+    let signal = object["kind"] == "ConfigMap"
+        && object["metadata"]["name"] == faultline::controller::REVERTING_CONFIGMAP;
+    signal
+        || matches!(
+            object["kind"].as_str(),
+            Some(
+                "ServiceAccount"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "Role"
+                    | "RoleBinding"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
         )
-    )
 }
 
 /// Every non-empty document of a multi-document YAML stream, as JSON values.
