@@ -25,9 +25,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
-
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::api::{AbortBegun, ChaosExperiment, FaultInjection};
 
