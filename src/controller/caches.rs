@@ -210,11 +210,7 @@ impl Listed {
         let listed = self.0.clone();
         move |event| {
             if let Ok(watcher::Event::InitDone) = event {
-                listed.send_if_modified(|l| {
-                    let before = *l;
-                    *l |= which as u8;
-                    *l != before
-                });
+                mark(&listed, which);
             }
         }
     }
@@ -226,19 +222,15 @@ impl Listed {
         &self,
         which: Watch,
     ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
-        let mut mark = self.marker(which);
+        let mut listed_marker = self.marker(which);
         let listed = self.0.clone();
         move |event| {
             if let Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) = event
                 && status.code == 403
             {
-                listed.send_if_modified(|l| {
-                    let before = *l;
-                    *l |= which as u8;
-                    *l != before
-                });
+                mark(&listed, which);
             }
-            mark(event);
+            listed_marker(event);
         }
     }
 
@@ -249,6 +241,15 @@ impl Listed {
     pub fn all(listed: &u8) -> bool {
         *listed == ALL_LISTED
     }
+}
+
+/// Marks `which` listed, waking the waiters only the first time.
+fn mark(listed: &watch::Sender<u8>, which: Watch) {
+    listed.send_if_modified(|l| {
+        let before = *l;
+        *l |= which as u8;
+        *l != before
+    });
 }
 
 /// Experiment versions that a write of ours has replaced, by experiment UID.
