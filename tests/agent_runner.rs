@@ -189,6 +189,19 @@ impl World {
         .await
     }
 
+    /// The first revert receipt in experiment `exp`'s status, once there.
+    async fn receipt(&self) -> faultline::api::RevertReceipt {
+        let experiments: Api<ChaosExperiment> = Api::namespaced(self.client.clone(), "default");
+        wait_for("the node's revert receipt", WAIT, || {
+            let experiments = experiments.clone();
+            async move {
+                let experiment = experiments.get("exp").await.unwrap();
+                experiment.status?.revert_receipts.into_iter().next()
+            }
+        })
+        .await
+    }
+
     async fn wait_rules(&self, count: usize) {
         let kernel = self.kernel.clone();
         wait_for(&format!("{count} rules in the kernel"), WAIT, || {
@@ -869,14 +882,7 @@ async fn the_revert_signal_alone_takes_an_experiments_faults_out() {
     .unwrap();
 
     let experiments: Api<ChaosExperiment> = Api::namespaced(world.client.clone(), "default");
-    let receipt = wait_for("the node's revert receipt", WAIT, || {
-        let experiments = experiments.clone();
-        async move {
-            let experiment = experiments.get("exp").await.unwrap();
-            experiment.status?.revert_receipts.into_iter().next()
-        }
-    })
-    .await;
+    let receipt = world.receipt().await;
     assert_eq!((receipt.node.as_str(), receipt.injections), (NODE, 1));
     let exp = experiments.get("exp").await.unwrap();
     assert!(
@@ -926,14 +932,7 @@ async fn a_reverting_experiment_loses_all_its_faults_and_gets_one_receipt_for_th
         )
         .await
         .unwrap();
-    let receipt = wait_for("the node's revert receipt", WAIT, || {
-        let experiments = experiments.clone();
-        async move {
-            let experiment = experiments.get("exp").await.unwrap();
-            experiment.status?.revert_receipts.into_iter().next()
-        }
-    })
-    .await;
+    let receipt = world.receipt().await;
     // The receipt is written after the pass: the kernel holds nothing of it by then.
     assert!(
         world.kernel.rules().is_empty(),

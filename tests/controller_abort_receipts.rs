@@ -15,16 +15,16 @@ use common::{
     wait_for,
 };
 use faultline::{
-    api::{AGENT_FIELD_MANAGER, Phase, ProbePhase, TargetState, Verdict},
+    api::{AGENT_FIELD_MANAGER, Phase, TargetState, Verdict},
     controller::REVERTING_CONFIGMAP,
-    lifecycle::{ABORTING_SHOWN_AFTER, HypothesisView},
+    lifecycle::ABORTING_SHOWN_AFTER,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
+    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
 
@@ -53,15 +53,7 @@ async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_writ
         }))
     };
 
-    h.probes.set(
-        ProbePhase::During,
-        HypothesisView::Violated {
-            probe: "web".into(),
-            message: "probe web: status 503, expected 200".into(),
-            since: Utc::now(),
-        },
-    );
-    h.trigger.send(ObjectRef::from_obj(&running)).unwrap();
+    h.break_hypothesis(&running);
     let api = h.experiments("shop");
     // The agents are told (the revert signal) before anything is written to status.
     let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.controller_namespace);

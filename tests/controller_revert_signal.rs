@@ -10,7 +10,6 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use common::{
     harness::{Harness, latency_spec, shop_with_web_pods},
     wait_for,
@@ -21,7 +20,7 @@ use faultline::{
     lifecycle::HypothesisView,
 };
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
+use kube::{Api, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -30,15 +29,7 @@ async fn running_then_broken(h: &Harness, name: &str) -> ChaosExperiment {
     shop_with_web_pods(h, 2).await;
     h.create("shop", name, latency_spec("10m")).await;
     let running = h.wait_phase("shop", name, Phase::Running).await;
-    h.probes.set(
-        ProbePhase::During,
-        HypothesisView::Violated {
-            probe: "web".into(),
-            message: "probe web: status 503, expected 200".into(),
-            since: Utc::now(),
-        },
-    );
-    h.trigger.send(ObjectRef::from_obj(&running)).unwrap();
+    h.break_hypothesis(&running);
     running
 }
 

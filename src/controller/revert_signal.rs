@@ -78,14 +78,7 @@ pub async fn raise(
     let patch = json!({"data": {uid.clone(): value.clone()}});
     // Created at most once; a create that loses to another reconcile's is patched after all.
     for _ in 0..2 {
-        match api
-            .patch(
-                REVERTING_CONFIGMAP,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        match merge(&api, &patch).await {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             other => return other.map(|_| ()),
         }
@@ -103,6 +96,16 @@ pub async fn raise(
         }
     }
     Ok(())
+}
+
+/// A JSON merge patch of the signal's ConfigMap (keys added, or removed with `null`).
+async fn merge(api: &Api<ConfigMap>, patch: &serde_json::Value) -> Result<ConfigMap, kube::Error> {
+    api.patch(
+        REVERTING_CONFIGMAP,
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
 }
 
 /// Says once per process that the signal cannot be raised (the label still works), then keeps
@@ -183,14 +186,7 @@ pub async fn sweep(
             .map(|uid| (uid.clone(), serde_json::Value::Null))
             .collect();
         let patch = json!({"data": removals});
-        match api
-            .patch(
-                REVERTING_CONFIGMAP,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        match merge(&api, &patch).await {
             Ok(_) => tracing::debug!(removed = done.len(), "revert signal swept"),
             Err(error) => tracing::debug!(%error, "cannot sweep the revert signal"),
         }

@@ -150,6 +150,20 @@ impl Harness {
         self.controller = controller;
     }
 
+    /// Breaks the hypothesis of `running` (its `web` probe fails from now on) and tells the
+    /// controller at once, as the probe hub would.
+    pub fn break_hypothesis(&self, running: &ChaosExperiment) {
+        self.probes.set(
+            faultline::api::ProbePhase::During,
+            faultline::lifecycle::HypothesisView::Violated {
+                probe: "web".into(),
+                message: "probe web: status 503, expected 200".into(),
+                since: chrono::Utc::now(),
+            },
+        );
+        self.trigger.send(ObjectRef::from_obj(running)).unwrap();
+    }
+
     /// Whether the controller's task still runs (a panic that escaped would have ended it).
     pub fn controller_alive(&self) -> bool {
         !self.controller.is_finished()
