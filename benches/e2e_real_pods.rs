@@ -545,6 +545,13 @@ async fn one_run(
 
     service.status.store(500, Ordering::SeqCst);
     let broke = Instant::now();
+    if std::env::var_os("FAULTLINE_BENCH_KEEP").is_some() {
+        // To line the kept logs up with the break.
+        eprintln!(
+            "  {name}: service broken at {}",
+            chrono::Utc::now().to_rfc3339()
+        );
+    }
     let break_to_aborted = (view
         .until("aborted", |v| v.phase() == Some(Phase::Aborted))
         .await
