@@ -20,6 +20,7 @@ use faultline::api::{
     InjectionPhase, LatencyFault, NODE_CAPABILITIES_ANNOTATION, NODE_LABEL, NetworkFault,
     ObjectRef, PodRef, REVERTING_LABEL, all_crds,
 };
+use faultline::controller::signal_receipts;
 use faultline::sandbox::testkit;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -189,14 +190,28 @@ impl World {
         .await
     }
 
-    /// The first revert receipt in experiment `exp`'s status, once there.
-    async fn receipt(&self) -> faultline::api::RevertReceipt {
+    /// The first revert receipt for experiment `exp`, once there, and where: beside the revert
+    /// signal (in its ConfigMap) or, where that cannot be written, in the experiment's status.
+    async fn receipt(&self) -> (faultline::api::RevertReceipt, ReceiptPlace) {
         let experiments: Api<ChaosExperiment> = Api::namespaced(self.client.clone(), "default");
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), "faultline-system");
         wait_for("the node's revert receipt", WAIT, || {
-            let experiments = experiments.clone();
+            let (experiments, maps) = (experiments.clone(), maps.clone());
             async move {
                 let experiment = experiments.get("exp").await.unwrap();
-                experiment.status?.revert_receipts.into_iter().next()
+                let uid = experiment.uid().unwrap();
+                let beside_signal = maps
+                    .get_opt(faultline::controller::REVERTING_CONFIGMAP)
+                    .await
+                    .unwrap()
+                    .and_then(|map| map.data)
+                    .map(|data| signal_receipts::receipts_of(&data, &uid))
+                    .unwrap_or_default();
+                if let Some(receipt) = beside_signal.into_iter().next() {
+                    return Some((receipt, ReceiptPlace::SignalConfigMap));
+                }
+                let in_status = experiment.status?.revert_receipts.into_iter().next()?;
+                Some((in_status, ReceiptPlace::Status))
             }
         })
         .await
@@ -210,6 +225,12 @@ impl World {
         })
         .await
     }
+}
+
+#[derive(Debug, PartialEq)]
+enum ReceiptPlace {
+    SignalConfigMap,
+    Status,
 }
 
 /// A kernel that queues latency in userspace (NFQUEUE) and partitions with nftables.
@@ -882,8 +903,13 @@ async fn the_revert_signal_alone_takes_an_experiments_faults_out() {
     .unwrap();
 
     let experiments: Api<ChaosExperiment> = Api::namespaced(world.client.clone(), "default");
-    let receipt = world.receipt().await;
+    let (receipt, place) = world.receipt().await;
     assert_eq!((receipt.node.as_str(), receipt.injections), (NODE, 1));
+    assert_eq!(
+        place,
+        ReceiptPlace::SignalConfigMap,
+        "beside the signal: a write of a few hundred bytes, not of the experiment"
+    );
     let exp = experiments.get("exp").await.unwrap();
     assert!(
         !exp.labels().contains_key(REVERTING_LABEL),
@@ -904,8 +930,9 @@ async fn the_revert_signal_alone_takes_an_experiments_faults_out() {
 }
 
 /// The controller's signal that an experiment's faults are to come out is one label on the
-/// experiment; the agent takes every fault of it out in one pass and confirms with one receipt
-/// for its node in the experiment's status: no write per FaultInjection, no deletion needed.
+/// experiment (here, with no signal's ConfigMap at all); the agent takes every fault of it out
+/// in one pass and confirms with one receipt for its node, in the experiment's status since
+/// there is no ConfigMap to leave it in: no write per FaultInjection, no deletion needed.
 /// An injection of that experiment that arrives afterwards is never applied.
 #[tokio::test]
 async fn a_reverting_experiment_loses_all_its_faults_and_gets_one_receipt_for_the_node() {
@@ -932,7 +959,12 @@ async fn a_reverting_experiment_loses_all_its_faults_and_gets_one_receipt_for_th
         )
         .await
         .unwrap();
-    let receipt = world.receipt().await;
+    let (receipt, place) = world.receipt().await;
+    assert_eq!(
+        place,
+        ReceiptPlace::Status,
+        "no signal's ConfigMap to leave it in (only the label said it): the experiment's status"
+    );
     // The receipt is written after the pass: the kernel holds nothing of it by then.
     assert!(
         world.kernel.rules().is_empty(),

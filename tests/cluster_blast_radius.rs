@@ -235,9 +235,10 @@ async fn the_controller_disrupts_only_pods_in_opted_in_unprotected_places() {
 
 /// The revert signal (the chart's `faultline-reverting` ConfigMap): the controller's token
 /// writes and watches that one ConfigMap and creates none; the agent's token lists and watches it by name,
-/// as the agent does, and cannot write it.
+/// as the agent does, and adds only its own node's revert receipts there (the admission
+/// policy): no signal, no other node's receipt, nothing else of the ConfigMap.
 #[tokio::test]
-async fn the_revert_signal_is_written_by_the_controller_and_only_read_by_the_agent() {
+async fn the_revert_signal_is_the_controllers_and_an_agent_adds_only_its_own_nodes_receipts() {
     // The bed applied the chart's ConfigMap with its RBAC.
     let Some(bed) = bed().await else { return };
     let as_controller: Api<ConfigMap> = Api::namespaced(bed.controller.clone(), RELEASE_NS);
@@ -282,13 +283,103 @@ async fn the_revert_signal_is_written_by_the_controller_and_only_read_by_the_age
             .map(|_| ()),
         "the agent watches the revert signal by name",
     );
+    // The receipts' policy loads on its own: wait until it refuses what it must.
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let another = Patch::Merge(json!({"data": {"0b0e8e4c-uid2": "shop/other"}}));
+    common::wait_for(
+        "the receipt keys' policy to be in force",
+        std::time::Duration::from_secs(30),
+        || async {
+            as_agent
+                .patch(REVERTING_CONFIGMAP, &dry_run, &another)
+                .await
+                .is_err_and(|e| e.to_string().contains("only the revert receipts"))
+                .then_some(())
+        },
+    )
+    .await;
+    let params = PatchParams::default();
+    let receipt = r#"{"experiment":"shop/exp","node":"node-a","revertedAt":"2026-12-05T06:00:01Z","injections":2}"#;
+    allowed(
+        as_agent
+            .patch(
+                REVERTING_CONFIGMAP,
+                &params,
+                &Patch::Merge(json!({"data": {"0b0e8e4c-uid.node-a": receipt}})),
+            )
+            .await,
+        "the agent leaves its own node's receipt",
+    );
+    for (what, data) in [
+        (
+            "the agent raises a revert signal",
+            json!({"0b0e8e4c-uid2": "shop/other"}),
+        ),
+        (
+            "the agent changes the controller's signal",
+            json!({"0b0e8e4c-uid": "shop/other"}),
+        ),
+        (
+            "the agent removes the controller's signal",
+            json!({"0b0e8e4c-uid": null}),
+        ),
+        (
+            "the agent writes another node's receipt",
+            json!({"0b0e8e4c-uid.node-b": receipt}),
+        ),
+        (
+            "the agent writes a key that only ends with its node's name",
+            json!({"0b0e8e4c-uid.x.node-a": receipt}),
+        ),
+    ] {
+        refused_with(
+            as_agent
+                .patch(
+                    REVERTING_CONFIGMAP,
+                    &params,
+                    &Patch::Merge(json!({"data": data})),
+                )
+                .await,
+            "only the revert receipts of the node its own pod runs on (keys <experiment uid>.node-a)",
+            what,
+        );
+    }
     refused_with(
         as_agent
-            .patch(REVERTING_CONFIGMAP, &PatchParams::default(), &raise)
+            .patch(
+                REVERTING_CONFIGMAP,
+                &params,
+                &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await,
+        "may change only data keys",
+        "the agent labels the ConfigMap",
+    );
+    refused_with(
+        as_agent
+            .delete(REVERTING_CONFIGMAP, &DeleteParams::default())
             .await,
         "forbidden",
-        "the agent writes the revert signal",
+        "the agent deletes the ConfigMap",
     );
+    let unbound = common::cluster::client_as(&bed.cluster, RELEASE_NS, AGENT, None).await;
+    refused_with(
+        Api::<ConfigMap>::namespaced(unbound, RELEASE_NS)
+            .patch(
+                REVERTING_CONFIGMAP,
+                &params,
+                &Patch::Merge(json!({"data": {"0b0e8e4c-uid.node-a": receipt}})),
+            )
+            .await,
+        "only with a token bound to its pod",
+        "an unbound agent token",
+    );
+    let kept = as_controller.get(REVERTING_CONFIGMAP).await.unwrap();
+    let keys: Vec<&String> = kept.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["0b0e8e4c-uid", "0b0e8e4c-uid.node-a"]);
     bed.cluster.shutdown().await;
 }
 
@@ -457,7 +548,8 @@ async fn the_agent_writes_only_its_own_nodes_revert_receipt() {
         "an unbound agent token",
     );
 
-    // The controller's next status write leaves the list out: both receipts stay.
+    // A controller status write that leaves the list out (as from a view that knows neither
+    // receipt): both stay, each owned by its agent.
     let (params, patch) = apply(
         "faultline-controller",
         json!({"phase": "Aborted", "message": "aborted: every fault is confirmed reverted"}),

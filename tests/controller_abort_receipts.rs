@@ -3,7 +3,8 @@
 //! entry. Written as soon as the abort began, the Aborting status met the receipts' writes of
 //! the same object. Against the embedded API server, or the real control plane with
 //! `FAULTLINE_TEST_CLUSTER=real`; the receipt is written here, as the agent on `node-1` writes
-//! it (the stand-in agent writes none).
+//! it (the stand-in agent writes none): in the experiment's status, or beside the revert
+//! signal.
 
 mod common;
 
@@ -15,8 +16,8 @@ use common::{
     wait_for,
 };
 use faultline::{
-    api::{AGENT_FIELD_MANAGER, Phase, TargetState, Verdict},
-    controller::REVERTING_CONFIGMAP,
+    api::{AGENT_FIELD_MANAGER, Phase, RevertReceipt, TargetState, Verdict},
+    controller::{REVERTING_CONFIGMAP, signal_receipts},
     lifecycle::ABORTING_SHOWN_AFTER,
 };
 use futures::StreamExt;
@@ -142,5 +143,70 @@ async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_writ
             "never written: the verdict carried it"
         }
     );
+    h.stop().await;
+}
+
+/// The receipt as the agents leave it first: a key of the signal's ConfigMap, a write of a few
+/// hundred bytes where the experiment's status is a write of the whole object. The controller
+/// reconciles on it at once, ends the abort, and its verdict write takes the receipt into the
+/// experiment's status, where it stays after the sweep has removed the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_left_beside_the_revert_signal_ends_the_abort_and_lands_in_status() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "beside", latency_spec("10m")).await;
+    let running = h.wait_phase("shop", "beside", Phase::Running).await;
+    h.break_hypothesis(&running);
+    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.controller_namespace);
+    let uid = running.uid().unwrap();
+    wait_for(
+        "the revert signal",
+        std::time::Duration::from_secs(15),
+        || async {
+            let map = maps.get_opt(REVERTING_CONFIGMAP).await.ok()??;
+            map.data?.contains_key(&uid).then_some(())
+        },
+    )
+    .await;
+    let receipt = RevertReceipt {
+        node: "node-1".into(),
+        reverted_at: Utc::now(),
+        injections: 2,
+        failed: None,
+    };
+    signal_receipts::write(
+        &h.client,
+        &h.controller_namespace,
+        &uid,
+        "shop/beside",
+        std::slice::from_ref(&receipt),
+    )
+    .await
+    .unwrap();
+
+    let done = h.wait_phase("shop", "beside", Phase::Aborted).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Aborted));
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.ends_with("every fault is confirmed reverted"),
+        "{message}"
+    );
+    assert_eq!(status.revert_receipts, vec![receipt.clone()]);
+
+    // Swept with the signal once nothing needs them (the harness sweeps every second), and
+    // the status keeps the receipt through the controller's writes after that.
+    wait_for(
+        "the signal and the receipt swept",
+        std::time::Duration::from_secs(30),
+        || async {
+            let map = maps.get_opt(REVERTING_CONFIGMAP).await.ok()??;
+            let data = map.data.unwrap_or_default();
+            (!data.keys().any(|k| k.starts_with(&uid))).then_some(())
+        },
+    )
+    .await;
+    let later = h.experiments("shop").get("beside").await.unwrap();
+    assert_eq!(later.status.unwrap().revert_receipts, vec![receipt]);
     h.stop().await;
 }

@@ -614,14 +614,18 @@ fn the_agent_touches_only_pods_its_node_fault_injections_receipts_and_events() {
         ])
     );
     assert_bound(&rendered, "ClusterRoleBinding", "faultline-agent");
-    // In the release namespace: the pause switch and the revert signal, by name only.
+    // In the release namespace: the pause switch and the revert signal, by name only; its
+    // node's revert receipts are left in the signal's ConfigMap (narrowed by a policy).
     let role = rendered.one("Role", "faultline-agent");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     assert_eq!(
         permissions(role),
         perms(&[
             ("/configmaps@faultline-pause", &["get", "list", "watch"]),
-            ("/configmaps@faultline-reverting", &["get", "list", "watch"]),
+            (
+                "/configmaps@faultline-reverting",
+                &["get", "list", "watch", "patch"]
+            ),
         ])
     );
     assert_bound(&rendered, "RoleBinding", "faultline-agent");
@@ -819,6 +823,7 @@ fn the_admission_policies_follow_the_safety_values() {
         "faultline-pod-disruption",
         "faultline-agent-node",
         "faultline-agent-receipts",
+        "faultline-agent-receipt-keys",
         "faultline-fault-injections",
     ] {
         let binding = defaults.one("ValidatingAdmissionPolicyBinding", name);

@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 
 use super::admission::PodFacts;
 use crate::api::{ChaosExperiment, FaultInjection, NODE_LABEL, REVERTING_LABEL};
+use crate::controller::signal_receipts;
 
 /// The pause switch: `paused: "true"` in this ConfigMap of the controller's namespace. (The
 /// controller's name for it, which the agent must match.)
@@ -252,7 +253,12 @@ impl FactWatches {
             .collect();
         // By UID only: a name could come back as a new experiment while an old key lingers.
         if let Some(map) = self.signal.get(&signal) {
-            ending.extend(map.data.iter().flat_map(|data| data.keys().cloned()));
+            // Its other keys are the agents' receipts (see `controller::signal_receipts`).
+            ending.extend(map.data.iter().flat_map(|data| {
+                data.keys()
+                    .filter(|key| !signal_receipts::is_receipt(key))
+                    .cloned()
+            }));
         }
         Snapshot {
             paused,

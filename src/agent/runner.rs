@@ -466,7 +466,14 @@ impl<K: Kernel> Agent<K> {
             .await;
         if let (Some(live), Some(facts)) = (live, facts) {
             self.receipts
-                .write_due(&self.client, &self.nodes, live, facts, &self.journal)
+                .write_due(
+                    &self.client,
+                    &self.policy.controller_namespace,
+                    &self.nodes,
+                    live,
+                    facts,
+                    &self.journal,
+                )
                 .await;
         }
         // After the receipts: an experiment's revert is confirmed by its receipt, and the

@@ -28,7 +28,8 @@ use tokio::sync::watch;
 
 use super::PAUSE_CONFIGMAP;
 use super::revert_signal::{REVERTING_CONFIGMAP, Signal};
-use crate::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection};
+use super::signal_receipts;
+use crate::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, RevertReceipt};
 
 /// The watches whose first list must be in before anything is decided.
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +111,16 @@ impl Caches {
             .as_ref()?
             .get(uid)
             .map(|value| Signal::parse(value))
+    }
+
+    /// The revert receipts the agents left for experiment `uid` in the signal's ConfigMap.
+    pub fn receipts(&self, uid: &str) -> Vec<RevertReceipt> {
+        let key = kube::runtime::reflector::ObjectRef::new(REVERTING_CONFIGMAP)
+            .within(&self.controller_namespace);
+        self.signal
+            .get(&key)
+            .and_then(|map| Some(signal_receipts::receipts_of(map.data.as_ref()?, uid)))
+            .unwrap_or_default()
     }
 
     /// The experiment's FaultInjections as the watch last saw them. The label is a name; the

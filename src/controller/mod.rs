@@ -45,6 +45,7 @@ mod probe_access;
 pub mod probe_hub;
 mod revert_progress;
 pub mod revert_signal;
+pub mod signal_receipts;
 pub mod spec_check;
 mod status;
 mod target_reads;
@@ -342,15 +343,26 @@ pub async fn run(
     .filter_map(|event| async move { event.ok().map(|_| ()) });
 
     // The revert signal, cached: an abort raised there is one under way (see revert_signal).
+    // A revert receipt an agent leaves there reconciles its experiment at once.
     let (signal_store, signal_writer) = reflector::store();
-    let signal_events = watcher(
+    let mut receipts_seen = std::collections::BTreeMap::new();
+    let receipt_arrivals = watcher(
         Api::<ConfigMap>::namespaced(client.clone(), &settings.policy.controller_namespace),
         watcher::Config::default().fields(&format!("metadata.name={REVERTING_CONFIGMAP}")),
     )
     .default_backoff()
     .reflect(signal_writer)
     .inspect(listed.marker_unless_refused(caches::Watch::Signal))
-    .for_each(|_| async {});
+    .touched_objects()
+    .filter_map(|map| async move { map.ok() })
+    .flat_map(move |map: ConfigMap| {
+        let data = map.data.unwrap_or_default();
+        let arrived = signal_receipts::arrived(&receipts_seen, &data);
+        receipts_seen = data;
+        futures::stream::iter(arrived.into_iter().map(|(namespace, name)| {
+            ObjectRef::<DeserializeGuard<ChaosExperiment>>::new(&name).within(&namespace)
+        }))
+    });
 
     let concurrency = settings.concurrency;
     let ctx = Arc::new(Context {
@@ -422,7 +434,7 @@ pub async fn run(
     let experiments = Controller::for_stream(experiment_events, experiment_store)
         .owns_stream(injection_events)
         .with_config(runtime_controller::Config::default().concurrency(concurrency))
-        .reconcile_on(triggers)
+        .reconcile_on(futures::stream::select(triggers, receipt_arrivals))
         .reconcile_all_on(pause_changes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -431,10 +443,10 @@ pub async fn run(
                 tracing::debug!(%error, "reconcile error");
             }
         });
-    // The signal's watch and sweep have no end of their own: they stop with the controller.
+    // The signal's sweep has no end of its own: it stops with the controller.
     tokio::select! {
         _ = futures::future::join(experiments, owners) => {}
-        _ = futures::future::join(sweep, signal_events) => {}
+        () = sweep => {}
     }
     info!("faultline controller stopped");
 }

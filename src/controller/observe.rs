@@ -27,7 +27,7 @@ use crate::api::duration_bounds::POD_KILL_INTERVAL;
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, EXPERIMENT_LABEL, FaultInjection, HypothesisState,
-        InjectionPhase, Phase, ProbePhase, TargetState,
+        InjectionPhase, Phase, ProbePhase, RevertReceipt, TargetState,
     },
     lifecycle::{AbortCause, HypothesisView, Observed, ProgressView},
 };
@@ -60,11 +60,14 @@ pub fn probe_phase(status: &ChaosExperimentStatus) -> Option<ProbePhase> {
 
 pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<World> {
     let now = (ctx.now)();
-    let recorded = experiment.status.clone().unwrap_or_default();
+    let uid = experiment.uid().unwrap_or_default();
+    let mut recorded = experiment.status.clone().unwrap_or_default();
+    // Receipts that came through the signal's ConfigMap count as written here, and the next
+    // status write records them (see `signal_receipts`).
+    take_receipts(&mut recorded, ctx.caches.receipts(&uid));
     // What the views below look at: `recorded` with the targets that left marked as such.
     let mut status = recorded.clone();
     let namespace = experiment.namespace().unwrap_or_default();
-    let uid = experiment.uid().unwrap_or_default();
     let times = spec_check::check_spec(&experiment.spec);
 
     let name = experiment.name_any();
@@ -237,6 +240,19 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         departures: left,
         status: recorded,
     })
+}
+
+/// Adds the receipts of nodes that status has none of yet (an agent writes one per node).
+fn take_receipts(status: &mut ChaosExperimentStatus, arrived: Vec<RevertReceipt>) {
+    for receipt in arrived {
+        if !status
+            .revert_receipts
+            .iter()
+            .any(|r| r.node == receipt.node)
+        {
+            status.revert_receipts.push(receipt);
+        }
+    }
 }
 
 /// How often the target reads look whether the hypothesis broke meanwhile (an abort waits

@@ -28,6 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::signal_receipts::uid_of;
 use crate::api::{AbortBegun, ChaosExperiment, FaultInjection};
 
 /// The ConfigMap, in the controller's namespace.
@@ -125,14 +126,19 @@ pub fn report_failure(error: &kube::Error, controller_namespace: &str) {
 }
 
 /// The keys nothing needs any more: no FaultInjection of the experiment is left (nothing an
-/// agent could apply or still has to revert), and the experiment is gone or over.
+/// agent could apply or still has to revert), and the experiment is gone or over. A receipt
+/// (see `signal_receipts`) goes with its experiment's signal: by then the verdict has taken it
+/// into the experiment's status.
 pub fn settled(
     keys: &BTreeMap<String, String>,
     with_injections: &BTreeSet<String>,
     still_running: &BTreeSet<String>,
 ) -> Vec<String> {
     keys.keys()
-        .filter(|uid| !with_injections.contains(*uid) && !still_running.contains(*uid))
+        .filter(|key| {
+            let uid = uid_of(key);
+            !with_injections.contains(uid) && !still_running.contains(uid)
+        })
         .cloned()
         .collect()
 }
@@ -209,6 +215,8 @@ mod tests {
             ("over", "ns/c"),
             ("gone", "ns/d"),
             ("gone-with-injections", "ns/e"),
+            ("running.node-1", "a receipt"),
+            ("over.node-1", "a receipt"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -217,7 +225,11 @@ mod tests {
         let still_running = set(&["running"]);
         assert_eq!(
             settled(&keys, &with_injections, &still_running),
-            vec!["gone".to_string(), "over".to_string()]
+            vec![
+                "gone".to_string(),
+                "over".to_string(),
+                "over.node-1".to_string()
+            ]
         );
     }
 

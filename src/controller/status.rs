@@ -95,13 +95,12 @@ async fn apply(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
     );
-    let mut ours =
+    // With every receipt it knows of: those the agents wrote here stay theirs too (server-side
+    // apply keeps what other managers own, even where this one's view is older), and those
+    // that came through the signal's ConfigMap (`signal_receipts`) are the controller's to
+    // keep, in every write from then on (one it stopped applying would be removed).
+    let ours =
         serde_json::to_value(status).map_err(|e| Error::Record(kube::Error::SerdeError(e)))?;
-    if let Some(fields) = ours.as_object_mut() {
-        // The agents' receipts are theirs: applied without them, they stay as the agents
-        // wrote them (server-side apply keeps the fields other managers own).
-        fields.remove("revertReceipts");
-    }
     let mut patch = json!({
         "apiVersion": GROUP_VERSION,
         "kind": "ChaosExperiment",

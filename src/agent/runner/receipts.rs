@@ -1,15 +1,18 @@
-//! Revert receipts: once an experiment is reverting (labelled `faultline.dev/reverting`), the
-//! agent takes all of its faults on each node out in one pass and says so with one entry per
-//! node in the experiment's `status.revertReceipts`, instead of one write per FaultInjection.
+//! Revert receipts: once an experiment is reverting (named by the revert signal, or labelled
+//! `faultline.dev/reverting`), the agent takes all of its faults on each node out in one pass
+//! and says so with one receipt per node, instead of one write per FaultInjection: a key of
+//! the signal's ConfigMap (see `controller::signal_receipts`: milliseconds, where a write of a
+//! large experiment takes a tenth of a second), or, when that write fails (an older chart
+//! without the permission, say), an entry in the experiment's `status.revertReceipts`.
 //!
 //! A receipt for a node is written once none of the experiment's injections there is left in
 //! the journal (a revert the kernel refused keeps its entry, and the receipt waits for the
 //! retry), and it covers the injections the agent never applied too: it applies nothing of a
 //! reverting experiment. Rules a revert left behind go in the receipt as its failure.
 //!
-//! Written by server-side apply under a field manager of this agent's own, with every entry
-//! this agent owns for the experiment each time (an entry left out of an apply would be
-//! removed by the server), so agents on other nodes never touch each other's entries.
+//! In status, written by server-side apply under a field manager of this agent's own, with
+//! every entry this agent owns for the experiment each time (an entry left out of an apply
+//! would be removed by the server), so agents on other nodes never touch each other's entries.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,12 +30,16 @@ use crate::agent::writeback::tag_of;
 use crate::api::{
     AGENT_FIELD_MANAGER, ChaosExperiment, FaultInjection, GROUP_VERSION, RevertReceipt,
 };
+use crate::controller::signal_receipts;
 
-/// An experiment as the receipts name it: its namespace (the injections') and name.
+/// An experiment as the receipts name it: its namespace (the injections'), name and UID (the
+/// signal's ConfigMap keys receipts by it; an injection that does not carry it gets its
+/// receipt in status).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ExperimentKey {
     namespace: String,
     name: String,
+    uid: Option<String>,
 }
 
 /// What this agent wrote, and what is left to say.
@@ -53,6 +60,7 @@ fn experiment_of(injection: &FaultInjection) -> ExperimentKey {
     ExperimentKey {
         namespace: injection.namespace().unwrap_or_default(),
         name: injection.spec.experiment.name.clone(),
+        uid: injection.spec.experiment.uid.clone(),
     }
 }
 
@@ -80,6 +88,7 @@ impl Receipts {
     pub async fn write_due(
         &mut self,
         client: &Client,
+        controller_namespace: &str,
         nodes: &[String],
         live: &[std::sync::Arc<FaultInjection>],
         facts: &Snapshot,
@@ -151,12 +160,14 @@ impl Receipts {
                 async move {
                     let nodes = entries.iter().map(|e| e.node.clone()).collect();
                     let started = Instant::now();
-                    let result = apply(&client, &manager, &key, entries).await;
+                    let result =
+                        deliver(&client, controller_namespace, &manager, &key, entries).await;
                     tracing::debug!(
                         took_ms = started.elapsed().as_millis() as u64,
+                        place = result.as_ref().ok().copied(),
                         "receipt write"
                     );
-                    (key, nodes, result)
+                    (key, nodes, result.map(drop))
                 }
             }))
             .buffer_unordered(PARALLEL_WRITES)
@@ -191,6 +202,29 @@ fn field_manager(nodes: &[String]) -> String {
     // The API server refuses managers longer than 128 characters.
     manager.truncate(128);
     manager
+}
+
+/// Into the signal's ConfigMap, or (when that fails) the experiment's status; says which.
+async fn deliver(
+    client: &Client,
+    controller_namespace: &str,
+    manager: &str,
+    key: &ExperimentKey,
+    entries: Vec<RevertReceipt>,
+) -> Result<&'static str, kube::Error> {
+    if let Some(uid) = &key.uid {
+        let experiment = format!("{}/{}", key.namespace, key.name);
+        match signal_receipts::write(client, controller_namespace, uid, &experiment, &entries).await
+        {
+            Ok(()) => return Ok("signal"),
+            Err(error) => {
+                tracing::debug!(%experiment, %error, "cannot leave the receipt beside the revert signal; writing it to the experiment's status");
+            }
+        }
+    }
+    apply(client, manager, key, entries)
+        .await
+        .map(|()| "status")
 }
 
 async fn apply(
