@@ -62,6 +62,7 @@ use crate::api::{Direction, NetworkFault};
 pub mod hostveth;
 pub mod impair;
 pub mod netlink;
+mod release;
 pub mod rules;
 pub mod steer;
 pub mod traffic;
@@ -708,10 +709,10 @@ impl NfqueueEngine {
         !injection.sides.is_empty() && injection.sides.keys().all(|side| *side == Side::Node)
     }
 
-    /// Tells the node-side workers of these injections to release their packets and stop,
-    /// without waiting for them (see [`worker::Worker::begin_stop`]). Call it once their steering
-    /// tables in the node's namespace are gone; [`remove_in`](Self::remove_in) then finds them
-    /// done or nearly so.
+    /// Makes the node-side workers of these injections release their packets and stop delaying
+    /// (see [`worker::Worker::begin_stop`]), all of them before any is removed. Call it once
+    /// their steering tables in the node's namespace are gone; [`remove_in`](Self::remove_in)
+    /// then finds them done.
     pub fn begin_releasing_node_sides(&self, tags: &[InjectionTag]) {
         if self.steering != Steering::Nftables {
             return;

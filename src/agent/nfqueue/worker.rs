@@ -1,12 +1,18 @@
-//! The delay/verdict loop of one queue: two threads around one bound [`QueueSocket`].
+//! The delay/verdict loop of one queue: a reader thread around one bound [`QueueSocket`], and
+//! the agent's one release thread (see [`super::release`]) shared by every queue.
 //!
 //! - The reader blocks on the socket, decides each packet's [`Fate`] as it arrives (arrival =
 //!   when we read it, microseconds after the kernel queued it), issues DROP and zero-delay
-//!   ACCEPT verdicts at once (batched per burst of reads), and pushes delayed packets onto a
-//!   timer heap.
-//! - The releaser sleeps until the earliest release time (a condvar wait: futex timeouts have
-//!   microsecond resolution, unlike `SO_RCVTIMEO` or `poll`'s milliseconds) and sends ACCEPT
-//!   for every due packet in one datagram.
+//!   ACCEPT verdicts at once (batched per burst of reads), and pushes delayed packets onto the
+//!   queue's heap, asking the release thread to wake when the earliest is due.
+//! - The release thread sleeps until the earliest release time of all queues (a condvar wait:
+//!   futex timeouts have microsecond resolution, unlike `SO_RCVTIMEO` or `poll`'s
+//!   milliseconds) and sends ACCEPT for every due packet of a queue in one datagram.
+//!
+//! A releaser thread per queue, as before, made an abort of 500 queued latencies stop 1,000
+//! threads at once (two queues each on two CPUs): on two cores their wake-ups and exits took
+//! most of the agent's revert pass (0.13-0.23 s of it). Stopping a worker now sends its
+//! verdicts from the caller's thread and joins nothing.
 //!
 //! Order: packets are released by release time, so with jitter a later packet can overtake an
 //! earlier one, exactly as netem's time-sorted queue does; without jitter order is kept.
@@ -22,7 +28,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -34,6 +40,7 @@ use super::netlink::{
     Incoming, QueueConfig, QueueSocket, VERDICT_MESSAGE_LEN, Verdict, parse, push_verdict,
     reconfigure_message,
 };
+use super::release;
 
 /// At most this many verdicts per datagram (32 bytes each).
 const VERDICTS_PER_SEND: usize = 1024;
@@ -63,16 +70,19 @@ struct Schedule {
     /// (release time, arrival order, packet id)
     heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     next_seq: u64,
-    /// Set once the releaser has flushed and left: the reader accepts at once from then on.
+    /// The release time the release thread will come back for (its alarm): a reader asks for
+    /// an alarm only for an earlier one, and an alarm for another time is stale.
+    armed: Option<Instant>,
+    /// Set once the worker stopped and released everything: the reader accepts at once from
+    /// then on.
     closed: bool,
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     socket: QueueSocket,
     impairer: Mutex<Impairer>,
     schedule: Mutex<Schedule>,
-    wake: Condvar,
     stop: AtomicBool,
     counters: Counters,
 }
@@ -81,7 +91,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct Worker {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    /// The reader, until stopped (then joined off the caller's path).
+    reader: Option<JoinHandle<()>>,
 }
 
 impl Worker {
@@ -93,28 +104,21 @@ impl Worker {
             schedule: Mutex::new(Schedule {
                 heap: BinaryHeap::new(),
                 next_seq: 0,
+                armed: None,
                 closed: false,
             }),
-            wake: Condvar::new(),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
         });
-        let mut worker = Self {
-            shared: Arc::clone(&shared),
-            threads: Vec::with_capacity(2),
-        };
-        let releaser = Arc::clone(&shared);
-        worker.threads.push(
-            std::thread::Builder::new()
-                .name(format!("nfq{queue}-rel"))
-                .spawn(move || release_loop(&releaser))?,
-        );
-        worker.threads.push(
-            std::thread::Builder::new()
-                .name(format!("nfq{queue}-rd"))
-                .spawn(move || read_loop(&shared))?,
-        );
-        Ok(worker)
+        release::start()?;
+        let reading = Arc::clone(&shared);
+        let reader = std::thread::Builder::new()
+            .name(format!("nfq{queue}-rd"))
+            .spawn(move || read_loop(&reading))?;
+        Ok(Self {
+            shared,
+            reader: Some(reader),
+        })
     }
 
     pub fn queue(&self) -> u16 {
@@ -149,30 +153,20 @@ impl Worker {
         self.shutdown();
     }
 
-    /// Tells the worker to release every delayed packet and stop, without waiting for it: a
-    /// pass that stops many workers tells them all first, so they release at once, and then
+    /// Releases every delayed packet now and makes the reader accept whatever comes from now
+    /// on: a pass that stops many workers does this for all of them first, and then
     /// [`stop`](Self::stop)s each. Only once no packet can be queued to it any more.
     pub fn begin_stop(&self) {
-        {
-            // Under the schedule lock, so the releaser cannot miss the wake-up between its
-            // check of `stop` and its wait.
-            let _schedule = lock(&self.shared.schedule);
-            self.shared.stop.store(true, Ordering::SeqCst);
-        }
-        self.shared.wake.notify_all();
+        release_all(&self.shared);
     }
 
     fn shutdown(&mut self) {
-        if self.threads.is_empty() {
+        let Some(reader) = self.reader.take() else {
             return;
-        }
-        self.begin_stop();
-        let mut threads = self.threads.drain(..);
-        if let Some(releaser) = threads.next() {
-            let _ = releaser.join();
-        }
+        };
+        release_all(&self.shared);
         closer::drop_later(Lingering {
-            readers: threads.collect(),
+            reader: Some(reader),
             _shared: Arc::clone(&self.shared),
         });
     }
@@ -180,13 +174,15 @@ impl Worker {
 
 /// A stopped worker's reader and its socket, joined and closed off the caller's path.
 struct Lingering {
-    readers: Vec<JoinHandle<()>>,
+    reader: Option<JoinHandle<()>>,
     _shared: Arc<Shared>,
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        for reader in self.readers.drain(..) {
+        // Joined before the socket goes (with the last `Shared`): it accepts what is still
+        // unread first.
+        if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
     }
@@ -218,7 +214,7 @@ fn send_verdicts(shared: &Shared, verdicts: &[(u32, Verdict)]) {
     }
 }
 
-fn read_loop(shared: &Shared) {
+fn read_loop(shared: &Arc<Shared>) {
     let mut rng = SmallRng::from_os_rng();
     // Metadata-only packet messages are small: a batch of them per system call.
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; RECV_SIZE]).collect();
@@ -281,18 +277,24 @@ fn read_loop(shared: &Shared) {
             if schedule.closed {
                 immediate.extend(delayed.drain(..).map(|(_, id)| (id, Verdict::Accept)));
             } else {
-                let earliest = schedule.heap.peek().map(|Reverse((at, _, _))| *at);
-                let mut wake = false;
                 for (at, id) in delayed.drain(..) {
-                    wake |= earliest.is_none_or(|earliest| at < earliest);
                     let seq = schedule.next_seq;
                     schedule.next_seq += 1;
                     schedule.heap.push(Reverse((at, seq, id)));
                     shared.counters.delayed.fetch_add(1, Ordering::Relaxed);
                 }
+                // The release thread is due back for an earlier packet already, otherwise.
+                let arm = schedule
+                    .heap
+                    .peek()
+                    .map(|Reverse((at, _, _))| *at)
+                    .filter(|at| schedule.armed.is_none_or(|armed| *at < armed));
+                if arm.is_some() {
+                    schedule.armed = arm;
+                }
                 drop(schedule);
-                if wake {
-                    shared.wake.notify_one();
+                if let Some(at) = arm {
+                    release::wake_at(at, shared);
                 }
             }
         }
@@ -306,48 +308,42 @@ fn read_loop(shared: &Shared) {
     }
 }
 
-fn release_loop(shared: &Shared) {
-    let mut due: Vec<(u32, Verdict)> = Vec::new();
+/// For the release thread's alarm set for `alarm`: sends ACCEPT for every packet of `shared`
+/// due at `now`, in release order, and returns when its next one is due, to set the next
+/// alarm. `None` when nothing is left, the worker stopped, or the alarm is stale (another
+/// one, earlier, is the queue's).
+pub(super) fn release_due(shared: &Shared, alarm: Instant, now: Instant) -> Option<Instant> {
     let mut schedule = lock(&shared.schedule);
-    loop {
-        let stopping = shared.stop.load(Ordering::SeqCst);
-        let now = Instant::now();
-        while let Some(Reverse((at, _, id))) = schedule.heap.peek().copied() {
-            if at > now && !stopping {
-                break;
-            }
-            schedule.heap.pop();
-            due.push((id, Verdict::Accept));
-        }
-        if stopping {
-            schedule.closed = true;
-        }
-        if !due.is_empty() {
-            drop(schedule);
-            send_verdicts(shared, &due);
-            due.clear();
-            if stopping {
-                return;
-            }
-            schedule = lock(&shared.schedule);
-            continue;
-        }
-        if stopping {
-            return;
-        }
-        schedule = match schedule.heap.peek() {
-            Some(Reverse((at, _, _))) => {
-                let wait = at.saturating_duration_since(now);
-                shared
-                    .wake
-                    .wait_timeout(schedule, wait)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0
-            }
-            None => shared
-                .wake
-                .wait(schedule)
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        };
+    if schedule.closed || schedule.armed != Some(alarm) {
+        return None;
     }
+    let mut due = Vec::new();
+    while let Some(Reverse((at, _, id))) = schedule.heap.peek().copied() {
+        if at > now {
+            break;
+        }
+        schedule.heap.pop();
+        due.push((id, Verdict::Accept));
+    }
+    let next = schedule.heap.peek().map(|Reverse((at, _, _))| *at);
+    schedule.armed = next;
+    drop(schedule);
+    send_verdicts(shared, &due);
+    next
+}
+
+/// Stops the worker's delaying: every packet it holds is accepted now, in release order, and
+/// the reader accepts whatever it reads from now on (and then leaves).
+fn release_all(shared: &Shared) {
+    let mut schedule = lock(&shared.schedule);
+    // Under the schedule lock: the reader decides between holding a packet and accepting it
+    // under the same lock, so no packet is held after this.
+    shared.stop.store(true, Ordering::SeqCst);
+    schedule.closed = true;
+    let mut due = Vec::with_capacity(schedule.heap.len());
+    while let Some(Reverse((_, _, id))) = schedule.heap.pop() {
+        due.push((id, Verdict::Accept));
+    }
+    drop(schedule);
+    send_verdicts(shared, &due);
 }
