@@ -152,6 +152,14 @@ pub struct InFlightGuard {
 }
 
 impl InFlight {
+    /// Whether a write of `uid` is on its way.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(uid)
+    }
+
     /// A guard for `uid`'s write, unless one is on its way.
     pub fn start(&self, uid: &str) -> Option<InFlightGuard> {
         let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());

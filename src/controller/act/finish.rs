@@ -115,10 +115,10 @@ async fn finish(
         Fact::warning(&reason_word, "Finish", message)
     };
     events.push(status::record(ctx, status, fact));
-    status::write(ctx, experiment, status).await?;
+    status::write_verdict(ctx, experiment, status).await?;
     // Counted once the verdict is written, so once per experiment: the write is conditional
-    // on the version the verdict was decided from, and a retry after a failed write counts
-    // nothing twice.
+    // on the version the verdict was decided from (or made while only an older write of
+    // probe results was on its way), and a retry after a failed write counts nothing twice.
     let metrics = &ctx.metrics;
     if aborted {
         if let Some(latency) = abort_latency {
