@@ -689,3 +689,60 @@ fn node_side_chains_of_another_agents_pods_are_not_this_agents_orphans() {
     // Everything is faultline's, whoever runs it.
     assert_eq!(nfqueue::owned(&host.netns().unwrap()).unwrap().len(), 3);
 }
+
+/// A worker stopped while it holds a packet for a minute releases it and lets go of its
+/// queue at once: the agent's one release thread keeps no queue alive for an alarm that will
+/// not fire for a minute, so a new engine (an agent restarted) binds the same queue again.
+#[test]
+fn a_stopped_worker_lets_go_of_its_queue_while_a_long_delay_is_pending() {
+    if !root_or_skip(
+        "agent_nfqueue::a_stopped_worker_lets_go_of_its_queue_while_a_long_delay_is_pending",
+    ) {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let net = pod_net(&node, 0);
+    let server = addr(node.pods[1].ip, ECHO_PORT);
+    let sink = UdpSink::start(&node.pods[1].ns.netns().unwrap(), server).unwrap();
+    let fault = latency("1m", None, Direction::To);
+
+    let first = NfqueueEngine::new();
+    let applied = first.apply(&tag(12), &net, &fault, &later(), POD).unwrap();
+    let queues: Vec<u16> = applied.queues.iter().map(|q| q.queue).collect();
+    udp_send(&net.pod, server, 3, Duration::from_millis(10)).unwrap();
+    let held = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        first.stats(&tag(12)).is_some_and(|s| s.delayed >= 3)
+    });
+    assert!(held, "{:?}", first.stats(&tag(12)));
+    assert_eq!(sink.received(), 0, "held for a minute");
+
+    // The agent stops (its rules stay): the held packets go through now.
+    drop(first);
+    let released = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        sink.received() >= 3
+    });
+    assert!(released, "{} of 3 packets released", sink.received());
+
+    // A new engine takes the rules over with the same queue numbers: the first one's sockets
+    // are closed (off the stop's path: allow them a moment), not held until the alarm.
+    let second = NfqueueEngine::new();
+    let mut taken = None;
+    for _ in 0..50 {
+        match second.apply(&tag(12), &net, &fault, &later(), POD) {
+            Ok(applied) => {
+                taken = Some(applied);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let taken = taken.expect("the first engine's queues were let go of within 5 s");
+    assert!(taken.recovered);
+    assert_eq!(
+        taken.queues.iter().map(|q| q.queue).collect::<Vec<_>>(),
+        queues
+    );
+    assert!(second.remove(&tag(12), &net).unwrap());
+}

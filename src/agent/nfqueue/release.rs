@@ -4,12 +4,14 @@
 //! release time a reader asked for, and after releasing a queue's due packets sets the
 //! queue's next alarm itself. The queue remembers the one alarm it counts on: another (set
 //! for a later packet before an earlier one came, say), or one for a queue that stopped
-//! meanwhile, finds nothing to do.
+//! meanwhile, finds nothing to do. An alarm does not keep its queue alive: a stopped queue's
+//! socket closes when its worker lets go of it, not when a stale alarm (an hour away, for an
+//! hour of delay) would have fired.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::io;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use super::worker::{Shared, release_due};
@@ -17,7 +19,7 @@ use super::worker::{Shared, release_due};
 struct Alarm {
     at: Instant,
     seq: u64,
-    queue: Arc<Shared>,
+    queue: Weak<Shared>,
 }
 
 impl PartialEq for Alarm {
@@ -89,7 +91,7 @@ pub(super) fn wake_at(at: Instant, queue: &Arc<Shared>) {
     alarms.heap.push(Reverse(Alarm {
         at,
         seq,
-        queue: Arc::clone(queue),
+        queue: Arc::downgrade(queue),
     }));
     drop(alarms);
     if earliest.is_none_or(|earliest| at < earliest) {
@@ -130,8 +132,11 @@ fn run(releaser: &Releaser) {
         }
         drop(alarms);
         for alarm in due.drain(..) {
-            if let Some(next) = release_due(&alarm.queue, alarm.at, now) {
-                wake_at(next, &alarm.queue);
+            let Some(queue) = alarm.queue.upgrade() else {
+                continue;
+            };
+            if let Some(next) = release_due(&queue, alarm.at, now) {
+                wake_at(next, &queue);
             }
         }
     }
