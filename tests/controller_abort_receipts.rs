@@ -16,7 +16,7 @@ use common::{
     wait_for,
 };
 use faultline::{
-    api::{AGENT_FIELD_MANAGER, Phase, RevertReceipt, TargetState, Verdict},
+    api::{AGENT_FIELD_MANAGER, ChaosExperiment, Phase, RevertReceipt, TargetState, Verdict},
     controller::{REVERTING_CONFIGMAP, signal_receipts},
     lifecycle::ABORTING_SHOWN_AFTER,
 };
@@ -31,6 +31,26 @@ use serde_json::json;
 
 /// A phase the watch saw, and when.
 type Seen = (Phase, DateTime<Utc>);
+
+/// Waits until the controller has raised the revert signal for `experiment`; the signal's
+/// ConfigMaps (the controller's namespace) and the experiment's UID.
+async fn revert_signal_raised(
+    h: &Harness,
+    experiment: &ChaosExperiment,
+) -> (Api<ConfigMap>, String) {
+    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.controller_namespace);
+    let uid = experiment.uid().unwrap();
+    wait_for(
+        "the revert signal",
+        std::time::Duration::from_secs(15),
+        || async {
+            let map = maps.get_opt(REVERTING_CONFIGMAP).await.ok()??;
+            map.data?.contains_key(&uid).then_some(())
+        },
+    )
+    .await;
+    (maps, uid)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_write() {
@@ -57,17 +77,7 @@ async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_writ
     h.break_hypothesis(&running);
     let api = h.experiments("shop");
     // The agents are told (the revert signal) before anything is written to status.
-    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.controller_namespace);
-    let uid = running.uid().unwrap();
-    wait_for(
-        "the revert signal",
-        std::time::Duration::from_secs(15),
-        || async {
-            let map = maps.get_opt(REVERTING_CONFIGMAP).await.ok()??;
-            map.data?.contains_key(&uid).then_some(())
-        },
-    )
-    .await;
+    revert_signal_raised(&h, &running).await;
     // The agent of node-1 has taken both faults out.
     let receipt = json!({
         "apiVersion": "faultline.dev/v1alpha1",
@@ -157,17 +167,7 @@ async fn a_receipt_left_beside_the_revert_signal_ends_the_abort_and_lands_in_sta
     h.create("shop", "beside", latency_spec("10m")).await;
     let running = h.wait_phase("shop", "beside", Phase::Running).await;
     h.break_hypothesis(&running);
-    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.controller_namespace);
-    let uid = running.uid().unwrap();
-    wait_for(
-        "the revert signal",
-        std::time::Duration::from_secs(15),
-        || async {
-            let map = maps.get_opt(REVERTING_CONFIGMAP).await.ok()??;
-            map.data?.contains_key(&uid).then_some(())
-        },
-    )
-    .await;
+    let (maps, uid) = revert_signal_raised(&h, &running).await;
     let receipt = RevertReceipt {
         node: "node-1".into(),
         reverted_at: Utc::now(),
