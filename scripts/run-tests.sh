@@ -36,6 +36,7 @@ real_suites=(
     metadata_reads
     controller_abort_receipts
     controller_revert_signal
+    object_size
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

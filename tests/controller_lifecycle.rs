@@ -356,6 +356,53 @@ async fn selections_outside_the_safety_rules_are_refused_before_anything_happens
     h.stop().await;
 }
 
+/// A selection whose target records could not fit the experiment's status (etcd stores an
+/// object of at most 1.5 MiB; a status write over it fails however often it is retried) is
+/// refused as a whole, before anything is injected, with what to do about it. 650 pods with
+/// names of 250 characters, two faults each: 1,300 records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selection_too_large_to_record_is_refused_before_anything_is_injected() {
+    use futures::StreamExt;
+    let h = Harness::start().await;
+    h.namespace("shop", true).await;
+    let pods = 650;
+    futures::stream::iter(0..pods)
+        .for_each_concurrent(16, |i| {
+            let h = &h;
+            async move {
+                let name = format!("web-{i:04}-{}", "x".repeat(240));
+                let ip = format!("10.244.{}.{}", i / 250, i % 250 + 1);
+                h.pod("shop", &name, "web", &ip).await;
+            }
+        })
+        .await;
+    let mut spec = latency_spec("30s");
+    spec["faults"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"podKill": {"method": "delete", "gracePeriodSeconds": 0}}));
+    h.create("shop", "everything", spec).await;
+
+    let failed = h.wait_phase("shop", "everything", Phase::Failed).await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.verdict, Some(Verdict::Failed));
+    assert_eq!(status.reason.as_deref(), Some("SelectionRefused"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("too large to record: its 1300 target records")
+            && message.contains("narrow spec.target, set spec.target.maxTargets, or split"),
+        "{message}"
+    );
+    assert!(status.targets.is_empty(), "{:?}", status.targets.len());
+    assert_eq!(h.injection_count("shop").await, 0);
+    let left: Api<Pod> = Api::namespaced(h.client.clone(), "shop");
+    assert_eq!(
+        left.list(&ListParams::default()).await.unwrap().items.len(),
+        pods
+    );
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_dry_run_lists_the_targets_and_injects_nothing() {
     let h = Harness::start().await;

@@ -15,7 +15,7 @@ use super::{Context, Error, Result, events::Fact, object_reference};
 use crate::api::{
     ChaosExperiment, ChaosExperimentStatus, FIELD_MANAGER, GROUP_VERSION, TimelineEntry,
 };
-use crate::lifecycle::record::push_timeline;
+use crate::lifecycle::{record::push_timeline, status_size};
 use chrono::{DateTime, Utc};
 
 /// Replaces the status with `status` (we own every status field). The write is conditional on
@@ -107,6 +107,17 @@ async fn apply(
     status: &ChaosExperimentStatus,
     conditional: bool,
 ) -> Result<()> {
+    // Selection budgeted every record with a message at its limit: hold them to it here, the
+    // one place every status goes through.
+    let clamped;
+    let status = if status_size::has_long_messages(&status.targets) {
+        let mut copy = status.clone();
+        status_size::clamp_messages(&mut copy.targets);
+        clamped = copy;
+        &clamped
+    } else {
+        status
+    };
     if unchanged(experiment.status.as_ref(), status) {
         return Ok(());
     }

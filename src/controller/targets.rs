@@ -18,6 +18,7 @@ use crate::{
         ChaosExperiment, ChaosExperimentStatus, FaultKind, NODE_CAPABILITIES_ANNOTATION,
         TargetRecord, TargetState, Verdict,
     },
+    lifecycle::status_size::check_budget,
     selection::{self, LabelMatcher, select_targets, target_namespaces},
 };
 
@@ -63,6 +64,23 @@ pub(super) async fn select(
         seed,
     ) {
         Ok(selection) => {
+            let records = records_for(experiment, &selection);
+            if let Err(over) = check_budget(&records, ctx.settings.target_records_budget) {
+                // Not one of them recorded: the status write would fail as this one would.
+                return Ok(Selection {
+                    seed: seed as i64,
+                    records: Vec::new(),
+                    target_count: 0,
+                    summary: None,
+                    refused: Some(Refusal {
+                        verdict: Verdict::Failed,
+                        reason: "SelectionRefused",
+                        message: format!(
+                            "nothing was injected: the selection is too large to record: {over}"
+                        ),
+                    }),
+                });
+            }
             let names: Vec<String> = selection
                 .targets
                 .iter()
@@ -78,7 +96,7 @@ pub(super) async fn select(
                 });
             Ok(Selection {
                 seed: seed as i64,
-                records: records_for(experiment, &selection),
+                records,
                 target_count: selection.targets.len() as i32,
                 summary: Some(summary),
                 refused,
@@ -270,7 +288,7 @@ pub(super) async fn select_round(
             });
         }
     };
-    let records = records_for(experiment, &selection)
+    let records: Vec<TargetRecord> = records_for(experiment, &selection)
         .into_iter()
         .filter(|r| due.contains(&(r.fault_index as usize)))
         .map(|mut r| {
@@ -278,6 +296,18 @@ pub(super) async fn select_round(
             r
         })
         .collect();
+    // The round's records replace the due faults' previous ones; the others stay.
+    let kept = status
+        .targets
+        .iter()
+        .filter(|r| !due.contains(&(r.fault_index as usize)));
+    let after_round: Vec<TargetRecord> = kept.chain(&records).cloned().collect();
+    if let Err(over) = check_budget(&after_round, ctx.settings.target_records_budget) {
+        return Ok(Round::Skip {
+            due,
+            why: format!("the selection is too large to record: {over}"),
+        });
+    }
     let names: Vec<String> = selection
         .targets
         .iter()

@@ -20,6 +20,7 @@
 
 mod decide;
 pub mod record;
+pub mod status_size;
 
 pub use decide::{
     ABORTING_SHOWN_AFTER, AbortCause, Decision, HypothesisView, Observed, ProgressView,

@@ -174,6 +174,7 @@ pub fn commit_update(
     if ctx.dry_run {
         return Ok((200, new));
     }
+    super::store::check_fits(&new)?;
     if new["metadata"].get("deletionTimestamp").is_some() && meta::finalizers(&new).is_empty() {
         // The last finalizer is gone: the pending deletion completes now.
         let ns = t.namespace.clone().unwrap_or_default();

@@ -343,6 +343,7 @@ pub fn commit_create(
     if ctx.dry_run {
         return Ok((201, obj));
     }
+    super::store::check_fits(&obj)?;
     let stored = st.store.put(&t.def.key(), obj);
     if crd::is_crd(&t.def) {
         crd::register(st, &stored);
