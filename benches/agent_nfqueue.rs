@@ -7,6 +7,9 @@
 //! and a TCP stream at line rate, with what the fault's rules matched, delayed and let bypass
 //! (the queue full, or our socket overflowed): how much of the fault was in place under load.
 //!
+//! And the idle cost: how often each queue's reader thread wakes up while no packet comes (a
+//! fault in place on a quiet pod), from the threads' own context-switch counters.
+//!
 //! `FAULTLINE_BENCH_SECS` sets each TCP transfer's length (default 5 s), `FAULTLINE_BENCH_RTTS`
 //! the round trips per row (default 400, one every 5 ms).
 
@@ -197,6 +200,67 @@ fn main() {
     }
     let load_rows = load(&node, &net, &engine, secs.min(3));
     print_load(&load_rows, &engine);
+    idle(&net, &engine);
+}
+
+/// The readers' wake-ups while a fault is in place and no packet comes.
+fn idle(net: &PodNet, engine: &NfqueueEngine) {
+    let tag = InjectionTag::from_uid("be7c0ffe-0000-4000-8000-000000000003").unwrap();
+    let fault = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: GoDuration("50ms".into()),
+            direction: Direction::To,
+            ..LatencyFault::default()
+        }),
+        ..NetworkFault::default()
+    };
+    engine
+        .apply(&tag, net, &fault, &later(), "bench-pod")
+        .expect("apply");
+    std::thread::sleep(Duration::from_millis(500));
+    let window = Duration::from_secs(3);
+    let before = reader_switches();
+    std::thread::sleep(window);
+    let after = reader_switches();
+    engine.remove(&tag, net).expect("remove");
+    let woke: u64 = after
+        .iter()
+        .map(|(tid, n)| n - before.get(tid).copied().unwrap_or(*n))
+        .sum();
+    let readers = after.len().max(1);
+    println!(
+        "\n## NFQUEUE idle: a 50 ms egress delay in place, no traffic, {} s ({})\n",
+        window.as_secs(),
+        machine()
+    );
+    println!("| reader threads | wake-ups | per reader per second |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| {} | {woke} | {:.1} |",
+        after.len(),
+        woke as f64 / readers as f64 / window.as_secs_f64()
+    );
+}
+
+/// Voluntary context switches of this process's NFQUEUE reader threads (`nfq<N>-rd`), by
+/// thread id.
+fn reader_switches() -> std::collections::BTreeMap<String, u64> {
+    let mut switches = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let is_reader = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .is_some_and(|name| name.trim().ends_with("-rd"));
+        let count = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok());
+        if let (true, Some(count)) = (is_reader, count) {
+            switches.insert(task.file_name().to_string_lossy().into_owned(), count);
+        }
+    }
+    switches
 }
 
 fn later() -> Deadline {

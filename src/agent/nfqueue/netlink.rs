@@ -197,6 +197,15 @@ pub fn reconfigure_message(queue: u16, config: &QueueConfig) -> Vec<u8> {
     buf
 }
 
+/// `NFQNL_MSG_CONFIG` for a queue we hold, with no attribute and an ACK asked for: it changes
+/// nothing (the kernel checks that the queue is ours and returns 0), and the ACK it answers
+/// with lands in the socket, waking a reader blocked on it.
+pub fn wake_message(queue: u16) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(20);
+    MessageBuilder::new(&mut buf, NFQNL_MSG_CONFIG, queue, NLM_F_REQUEST | NLM_F_ACK).finish();
+    buf
+}
+
 /// `struct nfqnl_msg_config_cmd { u8 command; u8 _pad; be16 pf; }`
 fn config_cmd(command: u8, pf: u16) -> [u8; 4] {
     let pf = pf.to_be_bytes();
@@ -287,8 +296,10 @@ fn attributes(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 /// Receive buffer we force on the socket: a burst of packets must fit while the reader is
 /// busy, or the kernel bypasses them (fail-open) and reports ENOBUFS.
 const RECEIVE_BUFFER: usize = 16 << 20;
-/// How often a blocked reader wakes up to check whether it should stop.
-pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long the bind request waits for the kernel's answer. Once bound, reads block without a
+/// timeout: a reader wakes for packets, and for the ACK of [`wake_message`] when it must stop
+/// (a read timeout woke each of 1,000 idle readers 10 times a second).
+const BIND_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A netlink socket bound to one nfqueue.
 #[derive(Debug)]
@@ -304,6 +315,7 @@ impl QueueSocket {
         let fd = ns.run(open_socket)??;
         let socket = Self { fd, queue };
         socket.request(&bind_message(queue, config))?;
+        setsockopt(&socket.fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 0))?;
         Ok(socket)
     }
 
@@ -356,8 +368,8 @@ impl QueueSocket {
         }
     }
 
-    /// Reads one datagram into `buf`. `Ok(None)` when nothing came within [`READ_TIMEOUT`]
-    /// (or `nonblocking`) or the socket overflowed (ENOBUFS: those packets bypassed the queue;
+    /// Reads one datagram into `buf`. `Ok(None)` when nothing was there (`nonblocking`) or the
+    /// socket overflowed (ENOBUFS: those packets bypassed the queue;
     /// keep going).
     pub fn recv(&self, buf: &mut [u8], nonblocking: bool) -> io::Result<Option<usize>> {
         let flags = if nonblocking {
@@ -374,8 +386,8 @@ impl QueueSocket {
 }
 
 impl QueueSocket {
-    /// Reads up to `bufs.len()` datagrams in one `recvmmsg`; returns their lengths (empty when
-    /// nothing came within [`READ_TIMEOUT`], or at once when `nonblocking`, or on ENOBUFS).
+    /// Reads up to `bufs.len()` datagrams in one `recvmmsg`, blocking for the first unless
+    /// `nonblocking`; returns their lengths (empty when nothing was there, or on ENOBUFS).
     pub fn recv_many(&self, bufs: &mut [Vec<u8>], nonblocking: bool) -> io::Result<Vec<usize>> {
         let flags = if nonblocking {
             MsgFlags::MSG_DONTWAIT
@@ -419,7 +431,7 @@ fn open_socket() -> io::Result<OwnedFd> {
     setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_BUFFER)?;
     let timeout = TimeVal::new(
         0,
-        i64::try_from(READ_TIMEOUT.as_micros()).expect("short timeout"),
+        i64::try_from(BIND_TIMEOUT.as_micros()).expect("short timeout"),
     );
     setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
     // Port id 0: the kernel picks a unique one.
@@ -500,6 +512,17 @@ mod tests {
             8, 0, 4, 0,   0, 0, 0, 1,
         ];
         assert_eq!(reconfigure_message(7, &config), expected);
+    }
+
+    /// `nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, 7)` alone, with NLM_F_ACK added.
+    #[test]
+    fn the_wake_message_is_an_empty_config_asking_for_an_ack() {
+        #[rustfmt::skip]
+        let expected: Vec<u8> = vec![
+            20, 0, 0, 0,   0x02, 0x03,   0x05, 0x00,   0, 0, 0, 0,   0, 0, 0, 0,
+            0, 0, 0, 7,
+        ];
+        assert_eq!(wake_message(7), expected);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use rand::rngs::SmallRng;
 use super::impair::{Fate, Impairer, Impairment};
 use super::netlink::{
     Incoming, QueueConfig, QueueSocket, VERDICT_MESSAGE_LEN, Verdict, parse, push_verdict,
-    reconfigure_message,
+    reconfigure_message, wake_message,
 };
 use super::release;
 
@@ -145,10 +145,9 @@ impl Worker {
         &self.shared.counters
     }
 
-    /// Releases every delayed packet and returns once they are released. The reader, which
-    /// notices the stop when a packet comes or within the socket's read timeout (and then
-    /// accepts whatever is still queued), and the socket, whose close waits for the kernel,
-    /// finish in the background.
+    /// Releases every delayed packet and returns once they are released. The reader, woken
+    /// by the kernel's answer to a request sent for that (it then accepts whatever is still
+    /// queued), and the socket, whose close waits for the kernel, finish in the background.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -338,7 +337,7 @@ fn release_all(shared: &Shared) {
     let mut schedule = lock(&shared.schedule);
     // Under the schedule lock: the reader decides between holding a packet and accepting it
     // under the same lock, so no packet is held after this.
-    shared.stop.store(true, Ordering::SeqCst);
+    let first = !shared.stop.swap(true, Ordering::SeqCst);
     schedule.closed = true;
     let mut due = Vec::with_capacity(schedule.heap.len());
     while let Some(Reverse((_, _, id))) = schedule.heap.pop() {
@@ -346,4 +345,12 @@ fn release_all(shared: &Shared) {
     }
     drop(schedule);
     send_verdicts(shared, &due);
+    if first {
+        // The reader blocks until something comes: the kernel's ACK wakes it, after the stop
+        // it then sees (or, if the socket is full, the overflow's ENOBUFS does).
+        let queue = shared.socket.queue();
+        if let Err(error) = shared.socket.send(&wake_message(queue)) {
+            tracing::warn!(queue, %error, "cannot wake the nfqueue reader; it stops with the next packet");
+        }
+    }
 }
