@@ -829,5 +829,117 @@ async fn a_game_day_runs_its_stages_and_the_report_leads_with_them() {
         md.contains("| second | Succeeded | Passed | drill-second-kill | - |"),
         "{md}"
     );
+
+    // Afterwards, from the cluster: `faultline report` of the game day writes the same day and
+    // its stages' experiments.
+    let out = bed.faultline(&["report", "fgd/drill", "-n", "shop"]).await;
+    let (later, _) = assert_exit(&out, 0);
+    assert!(
+        later.contains("## Game day shop/drill: **Passed**"),
+        "{later}"
+    );
+    for stage in ["first", "second"] {
+        let row = format!("| {stage} | Succeeded | Passed | drill-{stage}-kill | - |");
+        assert!(later.contains(&row), "{later}");
+        assert!(later.contains(&format!("drill-{stage}-kill")), "{later}");
+    }
+    let html = bed.path("later.html");
+    let out = bed
+        .faultline(&[
+            "report",
+            "gameday/drill",
+            "-n",
+            "shop",
+            "--output",
+            html.to_str().unwrap(),
+        ])
+        .await;
+    assert_exit(&out, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("Game day shop/drill"), "{page}");
+    assert!(page.contains("drill-second-kill"), "{page}");
+    let out = bed.faultline(&["report", "fgd/nope", "-n", "shop"]).await;
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(
+        stderr.contains("game day shop/nope not found: `kubectl get fgd -n shop`"),
+        "{stderr}"
+    );
+    bed.h.stop().await;
+}
+
+/// `faultline report fsched/NAME`: the runs a schedule keeps, oldest scheduled first, whatever
+/// order they were created in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedules_report_shows_its_kept_runs_oldest_first() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let schedule = serde_json::json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosSchedule",
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 3 * * *", "suspend": true, "experimentTemplate": {"spec": {
+            "duration": "1s", "faults": [{"podKill": {}}]}}},
+    });
+    common::cluster::apply_object(&bed.h.client, &schedule, "shop").await;
+    let out = bed
+        .faultline(&["report", "fsched/nightly", "-n", "shop"])
+        .await;
+    let (_, stderr) = assert_exit(&out, 3);
+    assert!(
+        stderr.contains("schedule shop/nightly has no runs kept"),
+        "{stderr}"
+    );
+
+    // Two runs as the schedule labels and annotates them, the later one created first.
+    // Each kills its own pod, so that both pass.
+    let run = |name: &str, day: u32| {
+        pod_kill(name, "1s", &service.url)
+            .replace(
+                &format!("  name: {name}\n"),
+                &format!(
+                    "  name: {name}\n  labels: {{faultline.dev/schedule: nightly}}\n  annotations: {{faultline.dev/scheduled-at: \"2026-12-0{day}T03:00:00Z\"}}\n"
+                ),
+            )
+            .replace(
+                "    mode: One\n",
+                &format!("    mode: One\n    fieldSelectors: {{metadata.name: web-{}}}\n", day - 1),
+            )
+    };
+    let runs = bed.manifest(
+        "runs.yaml",
+        &format!(
+            "{}---\n{}",
+            run("nightly-second", 2),
+            run("nightly-first", 1)
+        ),
+    );
+    let out = bed
+        .faultline(&["run", "-f", &runs, "-n", "shop", "--wait"])
+        .await;
+    assert_exit(&out, 0);
+    let out = bed
+        .faultline(&["report", "fsched/nightly", "-n", "shop"])
+        .await;
+    let (md, _) = assert_exit(&out, 0);
+    let first = md
+        .find("nightly-first")
+        .expect("the first run is in the report");
+    let second = md
+        .find("nightly-second")
+        .expect("the second run is in the report");
+    assert!(first < second, "{md}");
+    let out = bed
+        .faultline(&[
+            "report",
+            "chaosschedules/nightly",
+            "-n",
+            "shop",
+            "-o",
+            "junit",
+        ])
+        .await;
+    let (xml, _) = assert_exit(&out, 0);
+    for run in ["nightly-first", "nightly-second"] {
+        assert!(xml.contains(&format!("name=\"{run}\"")), "{xml}");
+    }
     bed.h.stop().await;
 }

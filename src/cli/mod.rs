@@ -56,7 +56,7 @@ enum Command {
     Resume(stop::PauseArgs),
     /// Create the experiments of a manifest and (--wait) follow them to a verdict (exit 0 passed, 1 failed, 2 aborted, 3 usage/cluster/timeout).
     Run(run::RunArgs),
-    /// Write an experiment's report (Markdown, HTML, JSON or JUnit) from its status.
+    /// Write the report (Markdown, HTML, JSON or JUnit) of an experiment, a game day (fgd/NAME) or a schedule's runs (fsched/NAME) from their status.
     Report(report::ReportArgs),
     /// List experiments, those still going first.
     Status(status::StatusArgs),

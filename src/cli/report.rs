@@ -1,18 +1,21 @@
-//! `faultline report NAME`: an experiment's report from its live status, as Markdown, HTML,
-//! JSON or JUnit XML, to stdout or a file. Rendering is `crate::report`'s; this only fetches
-//! and writes.
+//! `faultline report [KIND/]NAME`: a report from live status, as Markdown, HTML, JSON or JUnit
+//! XML, to stdout or a file: of one experiment (`NAME`, `fex/NAME`), of a game day with the
+//! experiments of its stages (`gameday/NAME`, `fgd/NAME`), or of the runs a schedule keeps
+//! (`schedule/NAME`, `fsched/NAME`). Rendering is `crate::report`'s; this only fetches and
+//! writes.
 //!
-//! Exit codes: 0 written; 3 usage or cluster errors (including an experiment that does not
-//! exist).
+//! Exit codes: 0 written; 3 usage or cluster errors (including an object that does not exist).
 
 use std::{path::PathBuf, process::ExitCode};
 
-use kube::Api;
+use chrono::Utc;
+use kube::{Api, ResourceExt, api::ListParams};
 
-use super::run::{connect, explain};
+use super::run::{Cluster, connect, explain};
 use crate::{
-    api::ChaosExperiment,
+    api::{ChaosExperiment, ChaosSchedule, GameDay, SCHEDULE_LABEL},
     report::{Format, html, json, junit, markdown},
+    schedule::scheduled_at,
 };
 
 /// Report formats.
@@ -30,7 +33,9 @@ pub enum ReportFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// The experiment.
+    /// The experiment (`NAME` or `fex/NAME`), a game day and its stages' experiments
+    /// (`gameday/NAME`, `fgd/NAME`), or the runs a schedule keeps (`schedule/NAME`,
+    /// `fsched/NAME`).
     name: String,
     /// Its namespace. Default: the kubeconfig's namespace.
     #[arg(short, long)]
@@ -72,26 +77,31 @@ impl ReportArgs {
         };
         let cluster = connect().await?;
         let namespace = namespace.unwrap_or_else(|| cluster.namespace.clone());
-        let api: Api<ChaosExperiment> = Api::namespaced(cluster.client.clone(), &namespace);
-        let experiment = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| explain(&e, &cluster, &format!("reading experiment {namespace}/{name}")))?
-            .ok_or_else(|| {
-                format!(
-                    "experiment {namespace}/{name} not found: `faultline status -n {namespace}` lists the experiments there (-A for every namespace)"
-                )
-            })?;
-        let now = chrono::Utc::now();
-        let text = match format {
-            Format::Markdown => markdown::render(&experiment),
-            Format::Html => html::render(&experiment, now),
-            Format::Json => json::to_text(&json::report(&experiment)),
-            Format::Junit => junit::render(
-                &format!("faultline report {namespace}/{name}"),
-                std::slice::from_ref(&experiment),
-                now,
-            ),
+        let now = Utc::now();
+        let text = match Subject::parse(&name)? {
+            Subject::Experiment(name) => {
+                let experiment = experiment(&cluster, &namespace, &name).await?;
+                match format {
+                    Format::Markdown => markdown::render(&experiment),
+                    Format::Html => html::render(&experiment, now),
+                    Format::Json => json::to_text(&json::report(&experiment)),
+                    Format::Junit => junit::render(
+                        &format!("faultline report {namespace}/{name}"),
+                        std::slice::from_ref(&experiment),
+                        now,
+                    ),
+                }
+            }
+            Subject::GameDay(name) => {
+                let (day, experiments) = game_day(&cluster, &namespace, &name).await?;
+                let title = format!("faultline report gameday {namespace}/{name}");
+                format.render_run(&title, &experiments, std::slice::from_ref(&day), now)
+            }
+            Subject::Schedule(name) => {
+                let runs = schedule_runs(&cluster, &namespace, &name).await?;
+                let title = format!("faultline report schedule {namespace}/{name}");
+                format.render_run(&title, &runs, &[], now)
+            }
         };
         match output {
             Some(path) => {
@@ -102,5 +112,177 @@ impl ReportArgs {
             None => print!("{text}"),
         }
         Ok(())
+    }
+}
+
+/// What a report is of.
+#[derive(Debug, PartialEq, Eq)]
+enum Subject {
+    Experiment(String),
+    GameDay(String),
+    Schedule(String),
+}
+
+impl Subject {
+    /// `NAME` (an experiment) or `KIND/NAME`, KIND as kubectl takes it: singular, plural or
+    /// short name, with or without the group.
+    fn parse(arg: &str) -> Result<Subject, String> {
+        let Some((kind, name)) = arg.split_once('/') else {
+            return Ok(Subject::Experiment(arg.to_string()));
+        };
+        let kind = kind.to_ascii_lowercase();
+        let kind = kind.strip_suffix(".faultline.dev").unwrap_or(&kind);
+        let name = name.to_string();
+        if name.is_empty() || name.contains('/') {
+            return Err(format!(
+                "{arg}: expected NAME or KIND/NAME, e.g. gameday/quarterly"
+            ));
+        }
+        match kind {
+            "chaosexperiment" | "chaosexperiments" | "experiment" | "experiments" | "fex" => {
+                Ok(Subject::Experiment(name))
+            }
+            "gameday" | "gamedays" | "fgd" => Ok(Subject::GameDay(name)),
+            "chaosschedule" | "chaosschedules" | "schedule" | "schedules" | "fsched" => {
+                Ok(Subject::Schedule(name))
+            }
+            other => Err(format!(
+                "{arg}: faultline reports on experiments (fex/NAME), game days (fgd/NAME) and schedules (fsched/NAME), not {other}"
+            )),
+        }
+    }
+}
+
+async fn experiment(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<ChaosExperiment, String> {
+    let api: Api<ChaosExperiment> = Api::namespaced(cluster.client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(|e| explain(&e, cluster, &format!("reading experiment {namespace}/{name}")))?
+        .ok_or_else(|| {
+            format!(
+                "experiment {namespace}/{name} not found: `faultline status -n {namespace}` lists the experiments there (-A for every namespace)"
+            )
+        })
+}
+
+/// The game day and the experiments its stages name (those of its latest run). One that is
+/// gone (deleted by hand) is left out of the report, with a word on stderr.
+async fn game_day(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<(GameDay, Vec<ChaosExperiment>), String> {
+    let days: Api<GameDay> = Api::namespaced(cluster.client.clone(), namespace);
+    let day = days
+        .get_opt(name)
+        .await
+        .map_err(|e| explain(&e, cluster, &format!("reading game day {namespace}/{name}")))?
+        .ok_or_else(|| {
+            format!(
+                "game day {namespace}/{name} not found: `kubectl get fgd -n {namespace}` lists the game days there"
+            )
+        })?;
+    let api: Api<ChaosExperiment> = Api::namespaced(cluster.client.clone(), namespace);
+    let mut experiments = Vec::new();
+    let stages = day.status.iter().flat_map(|s| &s.stages);
+    for (stage, experiment) in stages.flat_map(|s| s.experiments.iter().map(move |e| (s, e))) {
+        let found = api.get_opt(experiment).await.map_err(|e| {
+            explain(
+                &e,
+                cluster,
+                &format!("reading experiment {namespace}/{experiment}"),
+            )
+        })?;
+        match found {
+            Some(found) => experiments.push(found),
+            None => eprintln!(
+                "experiment {namespace}/{experiment} of stage {} no longer exists: the report shows the stage without it",
+                stage.name
+            ),
+        }
+    }
+    Ok((day, experiments))
+}
+
+/// The experiments a schedule created that are still kept (its history limits), oldest run
+/// first.
+async fn schedule_runs(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<ChaosExperiment>, String> {
+    let schedules: Api<ChaosSchedule> = Api::namespaced(cluster.client.clone(), namespace);
+    let schedule = schedules
+        .get_opt(name)
+        .await
+        .map_err(|e| explain(&e, cluster, &format!("reading schedule {namespace}/{name}")))?
+        .ok_or_else(|| {
+            format!(
+                "schedule {namespace}/{name} not found: `kubectl get fsched -n {namespace}` lists the schedules there"
+            )
+        })?;
+    let api: Api<ChaosExperiment> = Api::namespaced(cluster.client.clone(), namespace);
+    let selector = format!("{SCHEDULE_LABEL}={name}");
+    let mut runs = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| {
+            explain(
+                &e,
+                cluster,
+                &format!("listing the runs of schedule {namespace}/{name}"),
+            )
+        })?
+        .items;
+    if runs.is_empty() {
+        let next = schedule
+            .status
+            .and_then(|s| s.next_schedule_time)
+            .map_or_else(|| "not scheduled".into(), |t| format!("next at {t}"));
+        return Err(format!(
+            "schedule {namespace}/{name} has no runs kept ({next}): nothing to report"
+        ));
+    }
+    runs.sort_by_key(|run| (scheduled_at(run), run.name_any()));
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Subject;
+
+    #[test]
+    fn a_subject_is_a_name_or_a_kind_and_a_name_as_kubectl_takes_them() {
+        let experiment = |n: &str| Ok(Subject::Experiment(n.into()));
+        assert_eq!(Subject::parse("kill-one"), experiment("kill-one"));
+        assert_eq!(Subject::parse("fex/kill-one"), experiment("kill-one"));
+        assert_eq!(
+            Subject::parse("chaosexperiments.faultline.dev/kill-one"),
+            experiment("kill-one")
+        );
+        assert_eq!(
+            Subject::parse("GameDay/drill"),
+            Ok(Subject::GameDay("drill".into()))
+        );
+        assert_eq!(
+            Subject::parse("fgd/drill"),
+            Ok(Subject::GameDay("drill".into()))
+        );
+        assert_eq!(
+            Subject::parse("fsched/weekly"),
+            Ok(Subject::Schedule("weekly".into()))
+        );
+        assert_eq!(
+            Subject::parse("chaosschedule.faultline.dev/weekly"),
+            Ok(Subject::Schedule("weekly".into()))
+        );
+        let refused = Subject::parse("pod/web-0").unwrap_err();
+        assert!(refused.contains("not pod"), "{refused}");
+        assert!(Subject::parse("fgd/").is_err());
+        assert!(Subject::parse("fgd/a/b").is_err());
     }
 }

@@ -5,7 +5,7 @@ pub mod plan;
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -134,8 +134,9 @@ async fn reconcile_readable(
     })
 }
 
-fn child(experiment: &ChaosExperiment) -> Child {
-    let scheduled_at = experiment
+/// The time a schedule's run was scheduled for (its annotation), else when it was created.
+pub fn scheduled_at(experiment: &ChaosExperiment) -> DateTime<Utc> {
+    experiment
         .annotations()
         .get(SCHEDULED_AT_ANNOTATION)
         .and_then(|t| t.parse().ok())
@@ -144,10 +145,13 @@ fn child(experiment: &ChaosExperiment) -> Child {
                 .creation_timestamp()
                 .map(|t| owned::to_chrono(&t))
         })
-        .unwrap_or_else(Utc::now);
+        .unwrap_or_else(Utc::now)
+}
+
+fn child(experiment: &ChaosExperiment) -> Child {
     Child {
         name: experiment.name_any(),
-        scheduled_at,
+        scheduled_at: scheduled_at(experiment),
         verdict: experiment.status.as_ref().and_then(|s| s.verdict),
         abort_requested: experiment.annotations().contains_key(ABORT_ANNOTATION),
     }
