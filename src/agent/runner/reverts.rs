@@ -11,7 +11,8 @@ use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 use serde_json::json;
 
-use super::{PARALLEL_WRITES, notify};
+use super::PARALLEL_WRITES;
+use super::admit::notify;
 use crate::agent::converge::RevertReason;
 use crate::agent::kernel::{Kernel, KernelError, RevertItem};
 use crate::agent::tag::InjectionTag;

@@ -1,0 +1,228 @@
+//! Which work items may act, and the quick writes for those that will not: consent from the
+//! watch caches, the second look at the API server for the few that need it (the experiment
+//! behind each apply, a namespace's fresh labels), then finalizers, refusals and the statuses
+//! of what will not be applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Agent, PARALLEL_WRITES};
+use crate::agent::admission::{self, Facts, Refusal, Verdict};
+use crate::agent::converge::{self, Action, RevertReason};
+use crate::agent::facts::Snapshot;
+use crate::agent::kernel::Kernel;
+use crate::agent::writeback::{StatusChange, StatusWriter, key_of};
+use crate::api::{ChaosExperiment, FaultInjection, InjectionPhase};
+
+impl<K: Kernel> Agent<K> {
+    /// Whether this injection's fault may be on its target now, from the watch caches.
+    pub(super) fn consent(&self, injection: &FaultInjection, facts: Option<&Snapshot>) -> Verdict {
+        let Some(facts) = facts else {
+            return Verdict::Unknown;
+        };
+        let spec = &injection.spec;
+        let facts = Facts {
+            paused: facts.paused,
+            pod: facts.pods.get(&spec.target.uid),
+            namespace_labels: facts.namespaces.get(&spec.target.namespace),
+        };
+        admission::consent(injection, &self.nodes, &facts, &self.policy)
+    }
+
+    /// The reads the caches cannot answer, for the few injections that need them: the
+    /// experiment behind each one about to be applied (one read per experiment, however many
+    /// of its injections), and the namespace of each refused for its labels. Returns the
+    /// verdicts that change.
+    pub(super) async fn second_look(
+        &self,
+        plan: &converge::Plan,
+        live: &[Arc<FaultInjection>],
+    ) -> BTreeMap<String, Verdict> {
+        let by_key: BTreeMap<String, &Arc<FaultInjection>> =
+            live.iter().map(|i| (key_of(i), i)).collect();
+        let mut to_vouch = Vec::new();
+        let mut to_recheck = Vec::new();
+        for action in &plan.actions {
+            match action {
+                Action::Apply { key } => to_vouch.extend(by_key.get(key).copied()),
+                Action::Refuse {
+                    key,
+                    refusal: Refusal::NamespaceNotOptedIn,
+                } => to_recheck.extend(by_key.get(key).copied()),
+                _ => {}
+            }
+        }
+        let mut verdicts = BTreeMap::new();
+        if to_vouch.is_empty() && to_recheck.is_empty() {
+            return verdicts;
+        }
+        let wanted: BTreeSet<(String, String)> = to_vouch
+            .iter()
+            .map(|i| {
+                (
+                    i.namespace().unwrap_or_default(),
+                    i.spec.experiment.name.clone(),
+                )
+            })
+            .collect();
+        let client = &self.client;
+        let experiments: BTreeMap<(String, String), Result<Option<ChaosExperiment>, ()>> =
+            futures::stream::iter(wanted.into_iter().map(|(namespace, name)| async move {
+                let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), &namespace);
+                let found = api.get_opt(&name).await.map_err(|error| {
+                    tracing::warn!(experiment = %format!("{namespace}/{name}"), %error, "cannot read the experiment behind an injection; it is not applied until the agent can");
+                });
+                ((namespace, name), found)
+            }))
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect()
+            .await;
+        for injection in to_vouch {
+            let key = (
+                injection.namespace().unwrap_or_default(),
+                injection.spec.experiment.name.clone(),
+            );
+            let verdict = match experiments.get(&key) {
+                Some(Ok(found)) => match admission::vouched(injection, found.as_ref()) {
+                    Ok(()) => continue,
+                    Err(refusal) => Verdict::Refused(refusal),
+                },
+                _ => Verdict::Unknown,
+            };
+            verdicts.insert(key_of(injection), verdict);
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for injection in to_recheck {
+            let fresh = namespaces.get_opt(&injection.spec.target.namespace).await;
+            let opted_in = match &fresh {
+                Ok(Some(ns)) => ns
+                    .labels()
+                    .get(crate::api::NAMESPACE_OPT_IN_LABEL)
+                    .is_some_and(|v| v == crate::api::NAMESPACE_OPT_IN_VALUE),
+                Ok(None) => false,
+                // Cannot tell: ask again at the next step rather than refuse on a guess.
+                Err(_) => true,
+            };
+            if opted_in {
+                // The cache is behind: decide when it has caught up.
+                verdicts.insert(key_of(injection), Verdict::Unknown);
+            }
+        }
+        verdicts
+    }
+
+    /// Finalizers, and statuses of what will not be applied: concurrently.
+    pub(super) async fn quick_actions(
+        &self,
+        actions: Vec<Action>,
+        by_key: &BTreeMap<String, &Arc<FaultInjection>>,
+    ) {
+        let writes = actions.into_iter().filter_map(|action| {
+            let statuses = self.statuses.clone();
+            let (key, work) = match action {
+                Action::AddFinalizer { key } => (key, Work::Finalizer(true)),
+                Action::RemoveFinalizer { key } => (key, Work::Finalizer(false)),
+                Action::ReportNotApplied { key, reason } => (key, Work::NotApplied(reason)),
+                Action::Refuse { key, refusal } => (key, Work::Refused(refusal)),
+                _ => return None,
+            };
+            let injection = Arc::clone(by_key.get(&key)?);
+            let recorder = self.recorder.clone();
+            let metrics = self.metrics.clone();
+            Some(async move {
+                match work {
+                    Work::Refused(refusal) => {
+                        metrics.observe_refusal(refusal);
+                        refuse(&statuses, &recorder, &injection, refusal).await
+                    }
+                    Work::Finalizer(present) => statuses.set_finalizer(&injection, present).await,
+                    Work::NotApplied(reason) => {
+                        let (phase, message) = match reason {
+                            RevertReason::Expired => (
+                                InjectionPhase::Reverted,
+                                "expired before it was applied".to_string(),
+                            ),
+                            _ => (
+                                InjectionPhase::Failed,
+                                format!(
+                                    "target pod {} ({}) is not running on this node: {}",
+                                    injection.spec.target.name,
+                                    injection.spec.target.uid,
+                                    reason.describe()
+                                ),
+                            ),
+                        };
+                        statuses
+                            .write(
+                                &injection,
+                                StatusChange::phase(phase, injection.metadata.generation, message),
+                            )
+                            .await;
+                    }
+                }
+            })
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect::<Vec<()>>()
+            .await;
+    }
+}
+
+enum Work {
+    Finalizer(bool),
+    NotApplied(RevertReason),
+    Refused(Refusal),
+}
+
+/// Records a refusal: phase Failed, the `Admitted` condition False with the reason, a Warning
+/// Event. Nothing of the injection is in the kernel.
+async fn refuse(
+    statuses: &StatusWriter,
+    recorder: &Recorder,
+    injection: &FaultInjection,
+    refusal: Refusal,
+) {
+    let message = format!("refused by the node agent: {}", refusal.explain(injection));
+    tracing::warn!(injection = %key_of(injection), reason = refusal.reason(), pod = %injection.spec.target.name, "refused a FaultInjection; nothing applied");
+    let generation = injection.metadata.generation;
+    let condition = crate::api::Condition {
+        type_: crate::api::ADMITTED_CONDITION.into(),
+        status: crate::api::ConditionStatus::False,
+        reason: refusal.reason().into(),
+        message: message.clone(),
+        last_transition_time: Some(Utc::now()),
+        observed_generation: generation,
+    };
+    let change = StatusChange::phase(InjectionPhase::Failed, generation, message.clone())
+        .set("conditions", json!([condition]));
+    statuses.write(injection, change).await;
+    notify(recorder, injection, refusal.reason(), "Apply", message).await;
+}
+
+/// Publishes a Warning Event about an injection (best effort: status carries the same words).
+pub(super) async fn notify(
+    recorder: &Recorder,
+    injection: &FaultInjection,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &injection.object_ref(&())).await {
+        tracing::warn!(injection = %key_of(injection), %error, "cannot publish an Event");
+    }
+}
