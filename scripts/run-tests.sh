@@ -37,6 +37,7 @@ real_suites=(
     controller_abort_receipts
     controller_revert_signal
     object_size
+    namespace_deletion
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

@@ -108,18 +108,11 @@ async fn a_controller_that_dies_after_the_signal_leaves_the_abort_to_the_next() 
 }
 
 /// Where the signal cannot be written (here: the controller's namespace does not exist, so
-/// the real API server refuses the ConfigMap), the reverting label and the aborting annotation
+/// the API server refuses the ConfigMap), the reverting label and the aborting annotation
 /// tell the agents, as before the signal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_signal_the_label_carries_the_abort() {
     let h = Harness::start_in_missing_namespace("faultline-nowhere").await;
-    if !h.cluster.is_real() {
-        eprintln!(
-            "without_the_signal_the_label_carries_the_abort: SKIPPED on the embedded API server (it creates objects in namespaces that do not exist, so the signal cannot be made to fail there); runs with FAULTLINE_TEST_CLUSTER=real"
-        );
-        h.stop().await;
-        return;
-    }
     running_then_broken(&h, "labelled").await;
     let api = h.experiments("shop");
     let labelled = wait_for("the reverting label", WAIT, || async {

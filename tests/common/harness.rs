@@ -101,7 +101,7 @@ impl Harness {
     }
 
     /// The controller with scripted probes, its own namespace `namespace`, which is not
-    /// created (so its revert signal cannot be written on a real API server).
+    /// created (so its revert signal cannot be written).
     pub async fn start_in_missing_namespace(namespace: &str) -> Harness {
         Self::start_in(false, namespace, false).await
     }

@@ -121,6 +121,9 @@ pub fn delete(
     if opts.propagation == Propagation::Orphan {
         orphan_dependents(st, meta::uid(&old));
     }
+    if *key == namespace_key() {
+        return Ok(super::namespaces::begin(st, &old, name));
+    }
     if !meta::finalizers(&old).is_empty() {
         if old["metadata"].get("deletionTimestamp").is_some() {
             // A second DELETE may shorten a pod's grace period (never lengthen it); a kubelet
@@ -176,9 +179,6 @@ fn grace_period(key: &ResKey, obj: &Value, requested: Option<i64>) -> i64 {
 /// Remove an object whose deletion may proceed, with the cascades its kind implies
 /// (namespace contents, a CRD's resource and objects, owned dependents).
 pub fn finish_deletion(st: &mut State, key: &ResKey, ns: &str, name: &str) -> Option<Value> {
-    if *key == namespace_key() {
-        purge_namespace(st, name);
-    }
     let is_crd = st.registry.by_key(key).is_some_and(super::crd::is_crd);
     if is_crd && let Some(obj) = st.store.get(key, ns, name).cloned() {
         super::crd::unregister(st, &obj);
@@ -191,6 +191,8 @@ pub fn remove_now(st: &mut State, key: &ResKey, ns: &str, name: &str) -> Option<
     let removed = st.store.remove(key, ns, name)?;
     tracing::debug!(resource = %key.plural, namespace = %ns, name = %name, "removed");
     collect_dependents(st, meta::uid(&removed).to_string());
+    // Its namespace may be waiting for it to go.
+    super::namespaces::proceed(st, ns);
     Some(removed)
 }
 
@@ -268,16 +270,6 @@ fn collect_dependents(st: &mut State, owner_uid: String) {
         // The dependent may already be gone (removed by an earlier step of this cascade).
         if let Err(e) = delete(st, &key, &ns, &name, &opts) {
             tracing::debug!(error = %e, name = %name, "garbage collection skipped a dependent");
-        }
-    }
-}
-
-/// Remove everything in a namespace (immediately, finalizers ignored).
-fn purge_namespace(st: &mut State, ns: &str) {
-    for (key, obj) in st.store.all_objects() {
-        let (ons, name) = super::store::obj_key(&obj);
-        if ons == ns && !ons.is_empty() {
-            remove_now(st, &key, &ons, &name);
         }
     }
 }

@@ -31,6 +31,7 @@ mod eviction;
 mod gc;
 mod log;
 mod meta;
+mod namespaces;
 mod openapi;
 mod partial;
 mod patch;
@@ -92,6 +93,7 @@ impl Default for ApiServerOptions {
 pub(crate) struct State {
     pub registry: Registry,
     pub store: Store,
+    pub ending_namespaces: namespaces::Ending,
 }
 
 pub(crate) struct Shared {
@@ -142,6 +144,7 @@ impl ApiServer {
         let mut state = State {
             registry: Registry::with_builtins(),
             store: Store::new(opts.event_history),
+            ending_namespaces: Default::default(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let obj = json!({

@@ -271,6 +271,14 @@ pub fn commit_create(
     if t.def.namespaced && st.store.get(&super::namespace_key(), "", &ns).is_none() {
         return Err(ApiError::not_found("", "namespaces", &ns));
     }
+    if t.def.namespaced && super::namespaces::is_terminating(st, &ns) {
+        return Err(super::namespaces::refuse_content(
+            &t.def.group,
+            &t.def.plural,
+            &name,
+            &ns,
+        ));
+    }
     if st.store.get(&t.def.key(), &ns, &name).is_some() {
         return Err(ApiError::already_exists(&t.def.group, &t.def.plural, &name));
     }
