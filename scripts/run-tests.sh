@@ -38,6 +38,7 @@ real_suites=(
     controller_revert_signal
     object_size
     namespace_deletion
+    crd_deletion
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

@@ -203,9 +203,15 @@ pub async fn create(
 /// earlier experiment of that name, which are orphans the garbage collector deletes anyway.)
 pub async fn delete_all(api: &Api<FaultInjection>, experiment: &str) -> Result<(), kube::Error> {
     let params = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={experiment}"));
-    api.delete_collection(&DeleteParams::background(), &params)
+    match api
+        .delete_collection(&DeleteParams::background(), &params)
         .await
-        .map(|_| ())
+    {
+        Ok(_) => Ok(()),
+        // The resource is not served (its CRD was deleted, with every injection): nothing left.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Asks for one FaultInjection to be deleted (its target left the experiment). Idempotent: one

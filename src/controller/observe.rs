@@ -380,7 +380,18 @@ async fn list_injections(
 ) -> Result<Vec<Arc<FaultInjection>>> {
     let api: Api<FaultInjection> = Api::namespaced(ctx.client.clone(), namespace);
     let params = ListParams::default().labels(&format!("{EXPERIMENT_LABEL}={name}"));
-    let list = api.list(&params).await.map_err(Error::Observe)?;
+    let list = match api.list(&params).await {
+        Ok(list) => list,
+        // The resource itself is not served: its CRD was deleted (an uninstall), which the API
+        // server completes only once every FaultInjection is gone, each through its agent's
+        // finalizer (or the revert timeout's release). None is left to wait for; failing here
+        // would hold this experiment's finalizer, and its own CRD's deletion, forever.
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            tracing::warn!(experiment = %format!("{namespace}/{name}"), "the FaultInjection resource is not served (its CRD was deleted): the experiment has no injections left");
+            return Ok(Vec::new());
+        }
+        Err(error) => return Err(Error::Observe(error)),
+    };
     // The label is a name; the UID tells this experiment from an earlier one of the same name.
     Ok(list
         .items

@@ -1,6 +1,9 @@
 //! CustomResourceDefinitions: registering their resource on create/update, the status the real
 //! server reports (`NamesAccepted`, `Established`, `acceptedNames`, `storedVersions`), and
-//! removing the resource and its objects when the CRD is deleted.
+//! the deletion as the real server carries it out: the CRD is marked (its cleanup finalizer,
+//! condition `Terminating`), refuses new objects (405), deletes every object of its resource,
+//! each through the usual deletion so that a finalizer holds it (and the CRD) until its owner
+//! lets go, and goes with the last of them.
 //!
 //! A CRD whose CEL rules cost more than the real server's budget is refused as the real server
 //! refuses it (`crd_validation::cost`: the same estimate, the same limits, the same errors).
@@ -11,7 +14,7 @@
 use super::State;
 use super::errors::{ApiError, ApiResult, Cause};
 use super::meta;
-use super::resources::{ResourceDef, def_from_crd};
+use super::resources::{ResKey, ResourceDef, def_from_crd};
 use serde_json::{Value, json};
 
 pub fn is_crd(def: &ResourceDef) -> bool {
@@ -141,7 +144,103 @@ pub fn register(st: &mut State, crd: &Value) {
     }
 }
 
-/// Remove the CRD's resource and every object of it (called when the CRD is deleted).
+/// The finalizer the real server puts on a CRD when it is deleted, and removes once every object
+/// of its resource is gone.
+const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// Marks `crd` for deletion and deletes the objects of its resource; the CRD goes with the
+/// last of them (at once when there are none). Returns the CRD as the DELETE answers it.
+pub fn begin_deletion(st: &mut State, crd: &Value) -> Value {
+    if crd["metadata"].get("deletionTimestamp").is_some() {
+        return crd.clone();
+    }
+    let mut marked = crd.clone();
+    marked["metadata"]["deletionTimestamp"] = json!(meta::now());
+    marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    marked["metadata"]["finalizers"] = json!([CLEANUP_FINALIZER]);
+    if let Some(conditions) = marked["status"]["conditions"].as_array_mut() {
+        conditions.retain(|c| c["type"] != "Terminating");
+        conditions.push(json!({"type": "Terminating", "status": "True",
+            "reason": "InstanceDeletionInProgress",
+            "message": "CustomResource deletion is in progress",
+            "lastTransitionTime": meta::now()}));
+    }
+    let marked = st.store.put(&crd_key(), marked);
+    if let Ok(def) = def_from_crd(&marked) {
+        proceed(st, &def.key());
+    }
+    marked
+}
+
+/// The real server's answer to a create of an object whose CRD is being deleted.
+pub fn refuse_while_terminating(st: &State, def: &ResourceDef, name: &str) -> ApiResult<()> {
+    if def.is_custom() && terminating_crd(st, &def.key()).is_some() {
+        return Err(ApiError::forbidden(
+            &def.group,
+            &def.plural,
+            name,
+            "create not allowed while custom resource definition is terminating",
+        ));
+    }
+    Ok(())
+}
+
+/// After an object of resource `key` went: if its CRD is being deleted, delete what may be
+/// deleted now, and the CRD (and its resource) once nothing of it is left.
+pub fn proceed(st: &mut State, key: &ResKey) {
+    let Some(crd) = terminating_crd(st, key) else {
+        return;
+    };
+    let name = crd["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // Deleting objects removes them, and each removal comes back here: once is enough.
+    if !st.ending.insert(format!("crd/{name}")) {
+        return;
+    }
+    let objects: Vec<(String, String, bool)> = st
+        .store
+        .list(key, None)
+        .map(|o| {
+            let (ns, name) = super::store::obj_key(o);
+            (ns, name, o["metadata"].get("deletionTimestamp").is_some())
+        })
+        .collect();
+    for (ns, object, _) in objects.into_iter().filter(|(_, _, marked)| !marked) {
+        let _ = super::gc::delete(st, key, &ns, &object, &super::gc::DeleteOpts::background());
+    }
+    st.ending.remove(&format!("crd/{name}"));
+    if st.store.list(key, None).next().is_none() {
+        st.registry.remove(key);
+        super::gc::remove_now(st, &crd_key(), "", &name);
+        tracing::info!(resource = %key.plural, group = %key.group, "custom resource unregistered with its last object");
+    }
+}
+
+/// The CRD that defines `key`, when it is being deleted.
+fn terminating_crd(st: &State, key: &ResKey) -> Option<Value> {
+    let def = st.registry.by_key(key)?;
+    if !def.is_custom() {
+        return None;
+    }
+    let crd = st
+        .store
+        .get(&crd_key(), "", &format!("{}.{}", key.plural, key.group))?;
+    crd["metadata"]
+        .get("deletionTimestamp")
+        .map(|_| crd.clone())
+}
+
+fn crd_key() -> ResKey {
+    ResKey {
+        group: "apiextensions.k8s.io".into(),
+        plural: "customresourcedefinitions".into(),
+    }
+}
+
+/// Remove the CRD's resource and every object of it at once (when the CRD goes without its
+/// cleanup: its finalizer removed by hand).
 pub fn unregister(st: &mut State, crd: &Value) {
     let Ok(def) = def_from_crd(crd) else { return };
     let key = def.key();

@@ -45,6 +45,20 @@ pub struct DeleteOpts {
 }
 
 impl DeleteOpts {
+    /// A plain DELETE, as the server's own controllers send one (garbage collection, a
+    /// namespace's or a CRD's cleanup).
+    pub fn background() -> Self {
+        DeleteOpts {
+            propagation: Propagation::Background,
+            dry_run: false,
+            precondition_uid: None,
+            precondition_rv: None,
+            grace_period_seconds: None,
+        }
+    }
+}
+
+impl DeleteOpts {
     pub fn from_request(
         query_policy: Option<&str>,
         query_dry_run: bool,
@@ -124,6 +138,9 @@ pub fn delete(
     if *key == namespace_key() {
         return Ok(super::namespaces::begin(st, &old, name));
     }
+    if st.registry.by_key(key).is_some_and(super::crd::is_crd) {
+        return Ok(super::crd::begin_deletion(st, &old));
+    }
     if !meta::finalizers(&old).is_empty() {
         if old["metadata"].get("deletionTimestamp").is_some() {
             // A second DELETE may shorten a pod's grace period (never lengthen it); a kubelet
@@ -191,8 +208,9 @@ pub fn remove_now(st: &mut State, key: &ResKey, ns: &str, name: &str) -> Option<
     let removed = st.store.remove(key, ns, name)?;
     tracing::debug!(resource = %key.plural, namespace = %ns, name = %name, "removed");
     collect_dependents(st, meta::uid(&removed).to_string());
-    // Its namespace may be waiting for it to go.
+    // Its namespace, or its CRD, may be waiting for it to go.
     super::namespaces::proceed(st, ns);
+    super::crd::proceed(st, key);
     Some(removed)
 }
 
@@ -260,15 +278,8 @@ fn collect_dependents(st: &mut State, owner_uid: String) {
             st.store.put(&key, without_owner(&obj, &owner_uid));
             continue;
         }
-        let opts = DeleteOpts {
-            propagation: Propagation::Background,
-            dry_run: false,
-            precondition_uid: None,
-            precondition_rv: None,
-            grace_period_seconds: None,
-        };
         // The dependent may already be gone (removed by an earlier step of this cascade).
-        if let Err(e) = delete(st, &key, &ns, &name, &opts) {
+        if let Err(e) = delete(st, &key, &ns, &name, &DeleteOpts::background()) {
             tracing::debug!(error = %e, name = %name, "garbage collection skipped a dependent");
         }
     }

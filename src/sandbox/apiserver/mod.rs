@@ -93,7 +93,7 @@ impl Default for ApiServerOptions {
 pub(crate) struct State {
     pub registry: Registry,
     pub store: Store,
-    pub ending_namespaces: namespaces::Ending,
+    pub ending: namespaces::Ending,
 }
 
 pub(crate) struct Shared {
@@ -144,7 +144,7 @@ impl ApiServer {
         let mut state = State {
             registry: Registry::with_builtins(),
             store: Store::new(opts.event_history),
-            ending_namespaces: Default::default(),
+            ending: Default::default(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let obj = json!({

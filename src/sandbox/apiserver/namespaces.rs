@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use super::errors::{ApiError, Cause};
-use super::gc::{self, DeleteOpts, Propagation};
+use super::gc::{self, DeleteOpts};
 use super::resources::ResKey;
 use super::{State, meta, namespace_key};
 
@@ -65,7 +65,8 @@ pub fn proceed(st: &mut State, namespace: &str) {
         return;
     }
     // Deleting content removes objects, and each removal comes back here: once is enough.
-    if !st.ending_namespaces.insert(namespace.to_string()) {
+    let ending = format!("namespace/{namespace}");
+    if !st.ending.insert(ending.clone()) {
         return;
     }
     let pods = pods_key();
@@ -88,7 +89,7 @@ pub fn proceed(st: &mut State, namespace: &str) {
     };
     let delete_all = |st: &mut State, objects: Vec<(ResKey, String, bool)>| {
         for (key, name, _) in objects.into_iter().filter(|(_, _, marked)| !marked) {
-            let _ = gc::delete(st, &key, namespace, &name, &background());
+            let _ = gc::delete(st, &key, namespace, &name, &DeleteOpts::background());
         }
     };
     let pods_first: Vec<_> = content(st)
@@ -100,7 +101,7 @@ pub fn proceed(st: &mut State, namespace: &str) {
         let rest = content(st);
         delete_all(st, rest);
     }
-    st.ending_namespaces.remove(namespace);
+    st.ending.remove(&ending);
     if content(st).is_empty() {
         gc::remove_now(st, &namespace_key(), "", namespace);
         tracing::debug!(namespace, "namespace deleted with its last object");
@@ -114,15 +115,6 @@ fn pods_key() -> ResKey {
     }
 }
 
-fn background() -> DeleteOpts {
-    DeleteOpts {
-        propagation: Propagation::Background,
-        dry_run: false,
-        precondition_uid: None,
-        precondition_rv: None,
-        grace_period_seconds: None,
-    }
-}
-
-/// Namespaces whose content is being deleted right now (see [`proceed`]).
+/// Namespaces and CRDs whose content is being deleted right now (`namespace/NAME`,
+/// `crd/NAME`): their deletion steps are not entered again from the removals they make.
 pub type Ending = BTreeSet<String>;

@@ -271,6 +271,7 @@ pub fn commit_create(
     if t.def.namespaced && st.store.get(&super::namespace_key(), "", &ns).is_none() {
         return Err(ApiError::not_found("", "namespaces", &ns));
     }
+    super::crd::refuse_while_terminating(st, &t.def, &name)?;
     if t.def.namespaced && super::namespaces::is_terminating(st, &ns) {
         return Err(super::namespaces::refuse_content(
             &t.def.group,
