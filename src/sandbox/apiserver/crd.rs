@@ -1,7 +1,7 @@
 //! CustomResourceDefinitions: registering their resource on create/update, the status the real
 //! server reports (`NamesAccepted`, `Established`, `acceptedNames`, `storedVersions`), and
 //! the deletion as the real server carries it out: the CRD is marked (its cleanup finalizer,
-//! condition `Terminating`), refuses new objects (405), deletes every object of its resource,
+//! condition `Terminating`), refuses new objects (403), deletes every object of its resource,
 //! each through the usual deletion so that a finalizer holds it (and the CRD) until its owner
 //! lets go, and goes with the last of them.
 //!

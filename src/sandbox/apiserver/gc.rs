@@ -56,9 +56,7 @@ impl DeleteOpts {
             grace_period_seconds: None,
         }
     }
-}
 
-impl DeleteOpts {
     pub fn from_request(
         query_policy: Option<&str>,
         query_dry_run: bool,
@@ -193,8 +191,8 @@ fn grace_period(key: &ResKey, obj: &Value, requested: Option<i64>) -> i64 {
         .max(0)
 }
 
-/// Remove an object whose deletion may proceed, with the cascades its kind implies
-/// (namespace contents, a CRD's resource and objects, owned dependents).
+/// Remove an object whose deletion may proceed, with the cascades its kind implies (a CRD's
+/// resource and objects, owned dependents).
 pub fn finish_deletion(st: &mut State, key: &ResKey, ns: &str, name: &str) -> Option<Value> {
     let is_crd = st.registry.by_key(key).is_some_and(super::crd::is_crd);
     if is_crd && let Some(obj) = st.store.get(key, ns, name).cloned() {
