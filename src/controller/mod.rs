@@ -123,9 +123,6 @@ pub struct Settings {
     pub concurrency: u16,
     /// How often keys of the revert signal that nothing needs any more are removed.
     pub signal_sweep_every: Duration,
-    /// What an experiment's target records may take in its status, at their largest
-    /// (`lifecycle::status_size`); a selection over it is refused before anything is injected.
-    pub target_records_budget: usize,
 }
 
 impl Default for Settings {
@@ -139,7 +136,6 @@ impl Default for Settings {
             expiry_grace: Duration::from_secs(30),
             concurrency: 16,
             signal_sweep_every: revert_signal::SWEEP_EVERY,
-            target_records_budget: crate::lifecycle::status_size::TARGET_RECORDS_BUDGET,
         }
     }
 }

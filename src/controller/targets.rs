@@ -18,7 +18,7 @@ use crate::{
         ChaosExperiment, ChaosExperimentStatus, FaultKind, NODE_CAPABILITIES_ANNOTATION,
         TargetRecord, TargetState, Verdict,
     },
-    lifecycle::status_size::check_budget,
+    lifecycle::status_size::{TARGET_RECORDS_BUDGET, check_budget},
     selection::{self, LabelMatcher, select_targets, target_namespaces},
 };
 
@@ -65,7 +65,7 @@ pub(super) async fn select(
     ) {
         Ok(selection) => {
             let records = records_for(experiment, &selection);
-            if let Err(over) = check_budget(&records, ctx.settings.target_records_budget) {
+            if let Err(over) = check_budget(&records, TARGET_RECORDS_BUDGET) {
                 // Not one of them recorded: the status write would fail as this one would.
                 return Ok(Selection {
                     seed: seed as i64,
@@ -302,7 +302,7 @@ pub(super) async fn select_round(
         .iter()
         .filter(|r| !due.contains(&(r.fault_index as usize)));
     let after_round: Vec<TargetRecord> = kept.chain(&records).cloned().collect();
-    if let Err(over) = check_budget(&after_round, ctx.settings.target_records_budget) {
+    if let Err(over) = check_budget(&after_round, TARGET_RECORDS_BUDGET) {
         return Ok(Round::Skip {
             due,
             why: format!("the selection is too large to record: {over}"),
