@@ -25,37 +25,17 @@ use kube::{
 };
 use serde_json::json;
 
-/// A Running, Ready pod on `node-1` (no kubelet runs there; see `Harness::pod`) with a grace
-/// period of 0: a real cluster's namespace controller deletes the pods first and waits for them
-/// to be gone (ordered namespace deletion) before it deletes the experiment, and with no
-/// kubelet to confirm a graceful deletion, only such a pod goes.
-async fn ready_pod_that_goes_at_once(h: &Harness, name: &str, ip: &str) {
-    if h.cluster.is_real() {
-        common::cluster::cordoned_node(&h.client, "node-1").await;
-    }
-    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "doomed");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": "web"}},
-        "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 0,
-                 "containers": [{"name": "app", "image": "demo"}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let status = json!({"status": {"phase": "Running", "podIP": ip,
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_running_experiments_namespace_reverts_its_faults_and_the_namespace_goes() {
     let h = Harness::start().await;
     let namespaces: Api<Namespace> = Api::all(h.client.clone());
     no_namespace_ending(&namespaces, "doomed").await;
     h.namespace("doomed", true).await;
+    // A real cluster's namespace controller deletes the pods first and waits for them to be
+    // gone (ordered namespace deletion) before it deletes the experiment.
     for i in 0..3 {
-        ready_pod_that_goes_at_once(&h, &format!("web-{i}"), &format!("10.244.7.{}", i + 10)).await;
+        let (name, ip) = (format!("web-{i}"), format!("10.244.7.{}", i + 10));
+        h.pod_that_goes_at_once("doomed", &name, "web", &ip).await;
     }
     h.create("doomed", "latency", latency_spec("10m")).await;
     h.wait_phase("doomed", "latency", Phase::Running).await;
@@ -111,6 +91,27 @@ async fn no_namespace_ending(namespaces: &Api<Namespace>, name: &str) {
 
 const HOLD: &str = "example.com/hold";
 
+/// Waits until object `name` of `api` carries a deletionTimestamp.
+async fn marked_for_deletion<K>(api: &Api<K>, name: &str, what: &str)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    wait_for(
+        &format!("{what} to be marked for deletion"),
+        Duration::from_secs(30),
+        || async {
+            api.get(name)
+                .await
+                .ok()?
+                .meta()
+                .deletion_timestamp
+                .as_ref()
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_ends_pods_first_refuses_new_content_and_waits_for_finalizers() {
     let cluster = TestCluster::start().await;
@@ -141,19 +142,7 @@ async fn a_namespace_ends_pods_first_refuses_new_content_and_waits_for_finalizer
         .unwrap();
     let marked = answered.left().expect("the namespace is marked, not gone");
     assert!(marked.metadata.deletion_timestamp.is_some());
-    wait_for(
-        "the pod to be marked for deletion",
-        Duration::from_secs(30),
-        || async {
-            pods.get("held")
-                .await
-                .ok()?
-                .metadata
-                .deletion_timestamp
-                .map(|_| ())
-        },
-    )
-    .await;
+    marked_for_deletion(&pods, "held", "the pod").await;
     let ns = namespaces.get("ending").await.unwrap();
     assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
     // Pods first: the ConfigMap is left alone while a pod remains.
@@ -183,19 +172,7 @@ async fn a_namespace_ends_pods_first_refuses_new_content_and_waits_for_finalizer
     pods.patch("held", &PatchParams::default(), &Patch::Merge(&unhold))
         .await
         .unwrap();
-    wait_for(
-        "the ConfigMap to be marked once the pod is gone",
-        Duration::from_secs(30),
-        || async {
-            maps.get("held")
-                .await
-                .ok()?
-                .metadata
-                .deletion_timestamp
-                .map(|_| ())
-        },
-    )
-    .await;
+    marked_for_deletion(&maps, "held", "the ConfigMap, once the pod is gone,").await;
     assert!(namespaces.get_opt("ending").await.unwrap().is_some());
     maps.patch("held", &PatchParams::default(), &Patch::Merge(&unhold))
         .await

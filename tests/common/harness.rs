@@ -176,13 +176,31 @@ impl Harness {
     /// A Running, Ready pod on `node-1` with `ip`, reported as a kubelet would (none runs: on a
     /// real cluster `node-1` is registered unschedulable, so the scheduler never uses it).
     pub async fn pod(&self, namespace: &str, name: &str, app: &str, ip: &str) {
+        self.ready_pod(namespace, name, app, ip, None).await;
+    }
+
+    /// [`Harness::pod`] with a grace period of 0: with no kubelet to confirm a graceful
+    /// deletion, on a real cluster only such a pod goes when it is deleted.
+    pub async fn pod_that_goes_at_once(&self, namespace: &str, name: &str, app: &str, ip: &str) {
+        self.ready_pod(namespace, name, app, ip, Some(0)).await;
+    }
+
+    async fn ready_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        app: &str,
+        ip: &str,
+        grace: Option<i64>,
+    ) {
         if self.cluster.is_real() {
             super::cluster::cordoned_node(&self.client, "node-1").await;
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "demo"}]},
+            "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": grace,
+                     "containers": [{"name": "app", "image": "demo"}]},
         }))
         .unwrap();
         pods.create(&PostParams::default(), &pod).await.unwrap();
