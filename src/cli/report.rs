@@ -158,15 +158,33 @@ async fn experiment(
     namespace: &str,
     name: &str,
 ) -> Result<ChaosExperiment, String> {
-    let api: Api<ChaosExperiment> = Api::namespaced(cluster.client.clone(), namespace);
+    let hint = format!(
+        "`faultline status -n {namespace}` lists the experiments there (-A for every namespace)"
+    );
+    named(cluster, namespace, name, "experiment", &hint).await
+}
+
+/// The `kind` object `namespace/name`, or an error that says it is not there and `hint`: how
+/// to list those that are.
+async fn named<K>(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    kind: &str,
+    hint: &str,
+) -> Result<K, String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(cluster.client.clone(), namespace);
     api.get_opt(name)
         .await
-        .map_err(|e| explain(&e, cluster, &format!("reading experiment {namespace}/{name}")))?
-        .ok_or_else(|| {
-            format!(
-                "experiment {namespace}/{name} not found: `faultline status -n {namespace}` lists the experiments there (-A for every namespace)"
-            )
-        })
+        .map_err(|e| explain(&e, cluster, &format!("reading {kind} {namespace}/{name}")))?
+        .ok_or_else(|| format!("{kind} {namespace}/{name} not found: {hint}"))
 }
 
 /// The game day and the experiments its stages name (those of its latest run). One that is
@@ -176,16 +194,8 @@ async fn game_day(
     namespace: &str,
     name: &str,
 ) -> Result<(GameDay, Vec<ChaosExperiment>), String> {
-    let days: Api<GameDay> = Api::namespaced(cluster.client.clone(), namespace);
-    let day = days
-        .get_opt(name)
-        .await
-        .map_err(|e| explain(&e, cluster, &format!("reading game day {namespace}/{name}")))?
-        .ok_or_else(|| {
-            format!(
-                "game day {namespace}/{name} not found: `kubectl get fgd -n {namespace}` lists the game days there"
-            )
-        })?;
+    let hint = format!("`kubectl get fgd -n {namespace}` lists the game days there");
+    let day: GameDay = named(cluster, namespace, name, "game day", &hint).await?;
     let api: Api<ChaosExperiment> = Api::namespaced(cluster.client.clone(), namespace);
     let mut experiments = Vec::new();
     let stages = day.status.iter().flat_map(|s| &s.stages);
@@ -215,16 +225,8 @@ async fn schedule_runs(
     namespace: &str,
     name: &str,
 ) -> Result<Vec<ChaosExperiment>, String> {
-    let schedules: Api<ChaosSchedule> = Api::namespaced(cluster.client.clone(), namespace);
-    let schedule = schedules
-        .get_opt(name)
-        .await
-        .map_err(|e| explain(&e, cluster, &format!("reading schedule {namespace}/{name}")))?
-        .ok_or_else(|| {
-            format!(
-                "schedule {namespace}/{name} not found: `kubectl get fsched -n {namespace}` lists the schedules there"
-            )
-        })?;
+    let hint = format!("`kubectl get fsched -n {namespace}` lists the schedules there");
+    let schedule: ChaosSchedule = named(cluster, namespace, name, "schedule", &hint).await?;
     let api: Api<ChaosExperiment> = Api::namespaced(cluster.client.clone(), namespace);
     let selector = format!("{SCHEDULE_LABEL}={name}");
     let mut runs = api
