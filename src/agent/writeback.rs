@@ -241,10 +241,11 @@ impl StatusWriter {
         false
     }
 
-    /// Adds or removes the agent's finalizer (a compare-and-swap on the resourceVersion:
-    /// finalizers are a list that other writers, the controller, may change at the same time).
-    /// Based on our own last write when there is one (a status write just before is newer
-    /// than the watch's copy), and on a fresh read after a conflict.
+    /// Adds or removes the agent's finalizer: a compare-and-swap on the finalizers alone (a
+    /// JSON patch that tests the list it replaces), because other writers, the controller, may
+    /// change that list at the same time. Not on the resourceVersion: the controller's delete
+    /// moves it just before every removal, so a removal based on it met a conflict, a read and
+    /// a second patch each time (three requests per injection at the end of every experiment).
     pub async fn set_finalizer(&self, injection: &FaultInjection, present: bool) {
         let uid = injection.uid().unwrap_or_default();
         if !present && self.was_released(&uid) {
@@ -252,29 +253,18 @@ impl StatusWriter {
         }
         let api = api_for(&self.client, injection);
         let name = injection.name_any();
-        let (mut finalizers, mut version) = match self.written(injection) {
-            Some(written) => (written.finalizers, Some(written.resource_version)),
-            None => (
-                injection.finalizers().to_vec(),
-                injection.resource_version(),
-            ),
+        let mut finalizers = match self.written(injection) {
+            Some(written) => written.finalizers,
+            None => injection.finalizers().to_vec(),
         };
         for _ in 0..CONFLICT_RETRIES {
             let has = finalizers.iter().any(|f| f == AGENT_FINALIZER);
             if has == present {
                 return;
             }
-            if present {
-                finalizers.push(AGENT_FINALIZER.to_string());
-            } else {
-                finalizers.retain(|f| f != AGENT_FINALIZER);
-            }
-            let patch = json!({"metadata": {
-                "finalizers": finalizers,
-                "resourceVersion": version,
-            }});
+            let patch = finalizer_patch(&finalizers, present);
             match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
                 .await
             {
                 Ok(written) if present => {
@@ -287,12 +277,10 @@ impl StatusWriter {
                     self.mark_released(uid);
                     return;
                 }
-                Err(kube::Error::Api(status)) if status.code == 409 => {
+                // The list is not what we based the patch on (422: its test failed).
+                Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
                     match api.get_opt(&name).await {
-                        Ok(Some(fresh)) => {
-                            finalizers = fresh.finalizers().to_vec();
-                            version = fresh.resource_version();
-                        }
+                        Ok(Some(fresh)) => finalizers = fresh.finalizers().to_vec(),
                         Ok(None) => return,
                         Err(error) => {
                             tracing::debug!(injection = %key_of(injection), %error, "cannot re-read the injection; the next event retries the finalizer");
@@ -308,6 +296,26 @@ impl StatusWriter {
         }
         tracing::debug!(injection = %key_of(injection), "finalizer update lost repeated races; the next event retries");
     }
+}
+
+/// A JSON patch that sets the finalizers to `current` with (`present`) or without the agent's,
+/// and applies only while they are still `current` (a missing list tests as `null`).
+fn finalizer_patch(current: &[String], present: bool) -> json_patch::Patch {
+    let mut wanted: Vec<&String> = current.iter().filter(|f| *f != AGENT_FINALIZER).collect();
+    let agent = AGENT_FINALIZER.to_string();
+    if present {
+        wanted.push(&agent);
+    }
+    let tested = if current.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(current)
+    };
+    serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": tested},
+        {"op": "add", "path": "/metadata/finalizers", "value": wanted},
+    ]))
+    .expect("a well-formed JSON patch")
 }
 
 pub(super) fn key_of(injection: &FaultInjection) -> String {
@@ -381,5 +389,38 @@ mod tests {
             !StatusChange::phase(InjectionPhase::Failed, Some(1), "".into())
                 .goes_backwards(&current)
         );
+    }
+
+    #[test]
+    fn a_finalizer_patch_changes_only_the_agents_entry_and_only_on_the_list_it_saw() {
+        use crate::sandbox::apiserver::patch::{PatchError, json_patch};
+        let apply = |finalizers: Option<Value>, patch: json_patch::Patch| {
+            let mut doc = json!({"metadata": {"name": "x", "resourceVersion": "9"}});
+            if let Some(list) = finalizers {
+                doc["metadata"]["finalizers"] = list;
+            }
+            json_patch(&mut doc, &serde_json::to_value(patch).unwrap()).map(|()| doc)
+        };
+        let ours = AGENT_FINALIZER.to_string();
+        let theirs = "example.com/keep".to_string();
+
+        let released = apply(
+            Some(json!([theirs, ours])),
+            finalizer_patch(&[theirs.clone(), ours.clone()], false),
+        )
+        .unwrap();
+        assert_eq!(released["metadata"]["finalizers"], json!([theirs]));
+        // The object's version moved (a delete): nothing of it is tested.
+        assert_eq!(released["metadata"]["resourceVersion"], "9");
+
+        let added = apply(None, finalizer_patch(&[], true)).unwrap();
+        assert_eq!(added["metadata"]["finalizers"], json!([ours]));
+
+        // Someone else's finalizer arrived since the list was read: the patch does not apply.
+        let raced = apply(
+            Some(json!([ours, theirs])),
+            finalizer_patch(std::slice::from_ref(&ours), false),
+        );
+        assert!(matches!(raced, Err(PatchError::Failed(_))), "{raced:?}");
     }
 }

@@ -34,7 +34,7 @@ mod meta;
 mod namespaces;
 mod openapi;
 mod partial;
-mod patch;
+pub(crate) mod patch;
 mod printers;
 mod protobuf;
 mod read;
