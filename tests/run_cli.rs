@@ -920,6 +920,10 @@ async fn a_schedules_report_shows_its_kept_runs_oldest_first() {
         .faultline(&["report", "fsched/nightly", "-n", "shop"])
         .await;
     let (md, _) = assert_exit(&out, 0);
+    assert!(
+        md.starts_with("# faultline report schedule shop/nightly\n"),
+        "{md}"
+    );
     let first = md
         .find("nightly-first")
         .expect("the first run is in the report");

@@ -16,17 +16,14 @@ pub fn render(experiment: &ChaosExperiment) -> String {
     out
 }
 
-/// The report of several experiments (one run): an overview table, then each experiment.
-pub fn render_all(experiments: &[ChaosExperiment]) -> String {
-    render_run(experiments, &[])
-}
-
-/// [`render_all`] for a run with game days: each day and its stages come first.
-pub fn render_run(experiments: &[ChaosExperiment], gamedays: &[GameDay]) -> String {
+/// The report of several experiments (one run, a schedule's runs, a game day's stages) under
+/// the heading `title`: an overview table, then each experiment; game days and their stages
+/// come first.
+pub fn render_run(title: &str, experiments: &[ChaosExperiment], gamedays: &[GameDay]) -> String {
     if let ([one], []) = (experiments, gamedays) {
         return render(one);
     }
-    let mut out = String::from("# faultline run\n\n");
+    let mut out = format!("# {}\n\n", title.trim());
     out.push_str(&super::gameday::markdown(gamedays));
     let _ = writeln!(
         out,

@@ -70,7 +70,7 @@ impl Format {
         generated_at: DateTime<Utc>,
     ) -> String {
         match self {
-            Format::Markdown => markdown::render_run(experiments, gamedays),
+            Format::Markdown => markdown::render_run(title, experiments, gamedays),
             Format::Html => html::render_run(title, experiments, gamedays, generated_at),
             // Always the list, even for one experiment: a run's file has one shape.
             Format::Json => json::to_text(&json::report_list(experiments)),
