@@ -46,33 +46,42 @@
 //!   it); timer wake-ups add tens of microseconds.
 //! - A flow is hashed to one queue: one flow is at most as fast as one worker.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::agent::deadline::Deadline;
 use crate::agent::netns::{Netns, NetnsId};
 use crate::agent::nft::{self, Comment};
-use crate::agent::nftables::{self, AddrFamily, Family as NftFamily};
+use crate::agent::nftables::{AddrFamily, Family as NftFamily};
 use crate::agent::scope::Scope;
 use crate::agent::tag::InjectionTag;
 use crate::api::{Direction, NetworkFault};
 
 pub mod hostveth;
 pub mod impair;
+mod installed;
 pub mod netlink;
+mod queues;
 mod release;
 pub mod rules;
 pub mod steer;
+mod steering;
 pub mod traffic;
 mod worker;
 
 pub use hostveth::{HostPort, host_veth};
 pub use impair::Impairment;
+pub use installed::{owned, owned_on_node, remove_legacy_chain};
+pub use queues::default_queues;
+pub use steering::{Steering, available};
+
+use installed::{nft_queue_rules, queued_packets_iptables, read_all, remove_rules};
+use queues::{MAX_QUEUES, bind_free_queues};
 
 use netlink::{QueueConfig, QueueSocket};
-use rules::{Family, Hook, Saved};
+use rules::{Family, Hook};
 use steer::Entry;
 use worker::Worker;
 
@@ -108,37 +117,6 @@ impl PodNet {
             Side::Node => &self.host,
             Side::Pod => &self.pod,
         }
-    }
-}
-
-/// How packets are sent to the queues.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Steering {
-    /// Our own nftables tables with the xtables NFQUEUE target (no process, no mark).
-    Nftables,
-    /// `iptables-restore` chains with a `time` match: kernels without nft_compat.
-    Iptables,
-}
-
-impl Steering {
-    /// What this node's kernel offers, probed once in a throwaway namespace (nftables first).
-    pub fn detect() -> Option<Steering> {
-        static DETECTED: OnceLock<Option<Steering>> = OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            match probe(Steering::Nftables) {
-                Ok(()) => return Some(Steering::Nftables),
-                Err(error) => {
-                    tracing::info!(%error, "NFQUEUE through nftables (nft_compat) is not available; trying iptables")
-                }
-            }
-            match probe(Steering::Iptables) {
-                Ok(()) => Some(Steering::Iptables),
-                Err(error) => {
-                    tracing::info!(%error, "the nfqueue path is not available");
-                    None
-                }
-            }
-        })
     }
 }
 
@@ -209,22 +187,6 @@ impl NfqueueApplied {
         parts.extend(self.notes.iter().cloned());
         parts.join("; ")
     }
-}
-
-/// Queue numbers we choose from; each injection starts at a point derived from its tag.
-const QUEUE_FIRST: u16 = 16_384;
-/// Candidate starting numbers tried before giving up.
-const QUEUE_ATTEMPTS: usize = 256;
-/// At most this many queues (and worker pairs) per side of an injection.
-const MAX_QUEUES: u16 = 4;
-
-/// Queues per side by default: one per CPU (at most [`MAX_QUEUES`]). Flows are hashed over
-/// them, so many flows use every CPU; one flow stays on one queue (its order is kept).
-pub fn default_queues() -> u16 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    u16::try_from(cpus)
-        .unwrap_or(MAX_QUEUES)
-        .clamp(1, MAX_QUEUES)
 }
 
 #[derive(Debug)]
@@ -774,252 +736,4 @@ impl NfqueueEngine {
         tags.sort();
         tags
     }
-}
-
-/// The queueing rules of our tables for `tag` in `ns` (both families).
-fn nft_queue_rules(ns: &Netns, tag: &InjectionTag) -> io::Result<Vec<nftables::RuleInfo>> {
-    nftables::with_socket(ns, |socket| {
-        let mut out = Vec::new();
-        for family in [NftFamily::Ip, NftFamily::Ip6] {
-            out.extend(
-                socket
-                    .rules(family, &tag.nft_table())?
-                    .into_iter()
-                    .filter(|r| r.chain == steer::ENQUEUE_CHAIN),
-            );
-        }
-        Ok(out)
-    })
-}
-
-fn read_all(ns: &Netns) -> io::Result<BTreeMap<Family, Saved>> {
-    Family::ALL
-        .into_iter()
-        .map(|family| Ok((family, rules::read(ns, family)?)))
-        .collect()
-}
-
-fn queued_packets_iptables(ns: &Netns, tag: &InjectionTag) -> io::Result<u64> {
-    let chain = tag.iptables_chain();
-    Ok(read_all(ns)?
-        .values()
-        .map(|s| s.queued_packets(&chain))
-        .sum())
-}
-
-/// Deletes the injection's queueing rules in `ns`: our tables (every family), and with the
-/// iptables fallback its chain. `Ok(false)` when there were none.
-fn remove_rules(ns: &Netns, tag: &InjectionTag, steering: Steering) -> io::Result<bool> {
-    let mut found = nft::remove(ns, tag)?;
-    if steering == Steering::Iptables {
-        found |= remove_legacy_chain(ns, tag)?;
-    }
-    Ok(found)
-}
-
-/// Deletes an iptables NFQUEUE chain of ours and its jumps (the fallback's, or an older
-/// agent's), when iptables is installed. Runs `iptables-save`: for orphan cleanup and the
-/// fallback only.
-pub fn remove_legacy_chain(ns: &Netns, tag: &InjectionTag) -> io::Result<bool> {
-    let mut found = false;
-    for family in Family::ALL {
-        let saved = match rules::read(ns, family) {
-            Ok(saved) => saved,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if let Some(script) = rules::removal_script(&saved, tag) {
-            rules::restore(ns, family, &script)?;
-            found = true;
-        }
-    }
-    Ok(found)
-}
-
-/// Binds `count` consecutive queue numbers, from the tag's starting point on, that no rule of
-/// ours names and no socket holds in `ns`.
-fn bind_free_queues(
-    ns: &Netns,
-    tag: &InjectionTag,
-    count: u16,
-    config: &QueueConfig,
-    steering: Steering,
-) -> io::Result<Vec<QueueSocket>> {
-    let mut taken = bound_queues(ns)?;
-    match steering {
-        Steering::Iptables => taken.extend(rules::queue_numbers_in_use(ns)?),
-        Steering::Nftables => {
-            // Queues named by our other injections' tables (their workers may be between
-            // binds, after an agent restart). One dump of every rule in the namespace: the
-            // node's namespace holds a table per injection of every pod on the node.
-            let named: Vec<(u16, u16)> = nftables::with_socket(ns, |socket| socket.all_rules())?
-                .into_iter()
-                .filter(|(_, table, _)| {
-                    InjectionTag::from_nft_table(table).is_some_and(|other| other != *tag)
-                })
-                .filter_map(|(_, _, rule)| rule.queues)
-                .collect();
-            for (first, total) in named {
-                taken.extend(first..first.saturating_add(total));
-            }
-        }
-    }
-    let span = u32::from(u16::MAX - QUEUE_FIRST) + 2 - u32::from(count);
-    let start = u32::from_str_radix(&tag.as_str()[..8], 16).unwrap_or(0) % span;
-    let mut attempts = 0;
-    let mut last_refusal = None;
-    'candidates: for offset in 0..span {
-        let first = QUEUE_FIRST + u16::try_from((start + offset) % span).expect("within span");
-        let numbers = first..first + count;
-        if numbers.clone().any(|q| taken.contains(&q)) {
-            continue;
-        }
-        attempts += 1;
-        let mut sockets = Vec::with_capacity(usize::from(count));
-        for queue in numbers {
-            match QueueSocket::open_in(ns, queue, config) {
-                Ok(socket) => sockets.push(socket),
-                // Bound meanwhile by someone else (another of our threads, whose tag hashed
-                // near ours): next candidate (ours close on drop). The kernel says EPERM for a
-                // queue another socket holds, EBUSY when it was created a moment ago.
-                Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EBUSY | nix::libc::EPERM)) => {
-                    last_refusal = Some(e);
-                    if attempts >= QUEUE_ATTEMPTS {
-                        break 'candidates;
-                    }
-                    continue 'candidates;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        return Ok(sockets);
-    }
-    Err(io::Error::other(format!(
-        "no {count} free consecutive nfqueue numbers in {} after {attempts} attempts{}",
-        ns.path().display(),
-        last_refusal.map_or_else(String::new, |e| format!(" (the last one: {e})"))
-    )))
-}
-
-/// Queue numbers bound by some socket in `ns`, from the kernel's
-/// `/proc/net/netfilter/nfnetlink_queue` (first column).
-fn bound_queues(ns: &Netns) -> io::Result<BTreeSet<u16>> {
-    // thread-self: /proc/self/net would show the namespace of the process's main thread.
-    let text =
-        ns.run(|| std::fs::read_to_string("/proc/thread-self/net/netfilter/nfnetlink_queue"))?;
-    let text = match text {
-        Ok(text) => text,
-        // No nfnetlink_queue module loaded yet: nothing bound.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
-        .collect())
-}
-
-/// The faultline NFQUEUE rules present in a namespace as iptables chains (the fallback's, or
-/// an older agent's), for orphan cleanup. Our nftables tables are found by
-/// [`nft::owned_tables`].
-pub fn owned(net_ns: &Netns) -> io::Result<Vec<InjectionTag>> {
-    let tags: BTreeSet<InjectionTag> = read_all(net_ns)?
-        .values()
-        .flat_map(Saved::nfqueue_tags)
-        .collect();
-    Ok(tags.into_iter().collect())
-}
-
-/// The faultline NFQUEUE rules in the node's namespace that may be this agent's: those whose
-/// jumps (iptables) or comment (nftables) name only `our_veths` (the host sides of this node's
-/// pods) or interfaces that no longer exist (their pod is gone). Rules for an interface of
-/// someone else's pod (a second agent on the same kernel, as with several sandboxes on one
-/// machine) are left alone.
-pub fn owned_on_node(host: &Netns, our_veths: &BTreeSet<String>) -> io::Result<Vec<InjectionTag>> {
-    let existing: BTreeSet<String> = crate::agent::links::links(host)?
-        .into_iter()
-        .map(|l| l.name)
-        .collect();
-    let foreign = |ifname: &String| existing.contains(ifname) && !our_veths.contains(ifname);
-    let mut tags = BTreeSet::new();
-    for table in nft::owned_tables(host)? {
-        let port = table.comment.as_ref().and_then(|c| c.port.clone());
-        match port {
-            Some(port) if foreign(&port) => {}
-            // A table of ours in the node's namespace without a port is not an NFQUEUE one;
-            // its owner is unknown: leave it.
-            None => {}
-            Some(_) => {
-                tags.insert(table.tag);
-            }
-        }
-    }
-    let saved = match read_all(host) {
-        Ok(saved) => saved,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e),
-    };
-    for tables in saved.values() {
-        for tag in tables.nfqueue_tags() {
-            let is_foreign = tables
-                .jumps_to(&tag.iptables_chain())
-                .iter()
-                .flat_map(|rule| rules::interfaces(&rule.line))
-                .any(|ifname| foreign(&ifname));
-            if !is_foreign {
-                tags.insert(tag);
-            }
-        }
-    }
-    Ok(tags.into_iter().collect())
-}
-
-/// Whether this node can run the NFQUEUE path (either steering).
-pub fn available() -> bool {
-    Steering::detect().is_some()
-}
-
-/// In a throwaway network namespace: the steering's rule can be written and a queue bound.
-/// Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
-fn probe(steering: Steering) -> io::Result<()> {
-    std::thread::spawn(move || -> io::Result<()> {
-        // This thread alone moves to a new namespace, which vanishes when the thread ends.
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let ns = Netns::current()?;
-        match steering {
-            Steering::Nftables => {
-                let tag = InjectionTag::from_uid("00000000-0000-4000-8000-000000000000")
-                    .expect("a valid uid");
-                let tables = steer::tables(
-                    &tag,
-                    &Entry::Pod(vec!["lo".into()]),
-                    &Scope::default(),
-                    (1, 1),
-                    std::time::Duration::from_secs(1),
-                    &Comment::default(),
-                    &[AddrFamily::V4],
-                );
-                nft::replace(&ns, &tables)?;
-            }
-            Steering::Iptables => {
-                let chain = "FL-nfqueueprobe";
-                rules::restore(
-                    &ns,
-                    Family::V4,
-                    &format!(
-                        "*{table}\n:{chain} - [0:0]\n-A {chain} -m time --datestop 2037-01-01T00:00:00 -j NFQUEUE --queue-num 1 --queue-bypass\nCOMMIT\n",
-                        table = rules::TABLE
-                    ),
-                )?;
-            }
-        }
-        drop(QueueSocket::open_in(
-            &ns,
-            1,
-            &QueueConfig::for_delay(std::time::Duration::ZERO),
-        )?);
-        Ok(())
-    })
-    .join()
-    .map_err(|_| io::Error::other("the nfqueue probe panicked"))?
 }
