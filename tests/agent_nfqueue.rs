@@ -12,6 +12,7 @@ use faultline::agent::netns::Netns;
 use faultline::agent::nfqueue::traffic::{UdpEcho, UdpSink, quantile, udp_rtts, udp_send};
 use faultline::agent::nfqueue::{self, HostPort, NfqueueEngine, PodNet, Side, Steering};
 use faultline::agent::nft;
+use faultline::agent::nftables::{AddrFamily, Family as NftFamily};
 use faultline::agent::tag::InjectionTag;
 use faultline::agent::testnet::{TestNode, TestNs, root_or_skip};
 use faultline::api::{Direction, GoDuration, LatencyFault, LossFault, NetworkFault};
@@ -490,6 +491,99 @@ fn applying_twice_keeps_one_set_of_rules_and_remove_leaves_none() {
     assert!(engine.stats(&tag(8)).is_none());
     assert!(engine.active().is_empty());
     assert!(!engine.remove(&tag(8), &net).unwrap());
+}
+
+/// A new engine never binds the queues that a table of a dead one names (their workers are
+/// gone, the queues unbound, and packets still go to them until an agent adopts the table):
+/// known from the table's comment, or, for an older agent's table that does not say, from its
+/// rules. The tags share their first eight hex digits, from which both start their search.
+#[test]
+fn a_new_engine_keeps_off_the_queues_a_dead_engines_tables_name() {
+    if !root_or_skip("agent_nfqueue::a_new_engine_keeps_off_the_queues_a_dead_engines_tables_name")
+    {
+        return;
+    }
+    let node = TestNode::new(3).unwrap();
+    let same_start = |n: u8| {
+        InjectionTag::from_uid(&format!("5eed5eed-{n:02x}1d-4c55-9a0e-2b6f8d4e1a37")).unwrap()
+    };
+    let egress = latency("10ms", None, Direction::To);
+    let node_queues = |applied: &nfqueue::NfqueueApplied| -> std::ops::Range<u16> {
+        let q = applied
+            .queues
+            .iter()
+            .find(|q| q.side == Side::Node)
+            .expect("a node side");
+        q.queue..q.queue + q.queues
+    };
+    let overlaps =
+        |a: &std::ops::Range<u16>, b: &std::ops::Range<u16>| a.start < b.end && b.start < a.end;
+
+    let dead = NfqueueEngine::new().with_steering(Steering::Nftables);
+    let left = dead
+        .apply(&same_start(1), &pod_net(&node, 0), &egress, &later(), POD)
+        .unwrap();
+    let left = node_queues(&left);
+    drop(dead);
+    assert_eq!(tables(&node.host), vec![same_start(1)]);
+
+    // Said by the comment.
+    let engine = NfqueueEngine::new().with_steering(Steering::Nftables);
+    let taken = engine
+        .apply(&same_start(2), &pod_net(&node, 1), &egress, &later(), POD)
+        .unwrap();
+    let taken = node_queues(&taken);
+    assert!(!overlaps(&left, &taken), "{left:?} and {taken:?}");
+
+    // Not said: the dead engine's tables rewritten as an older agent wrote them, their queues
+    // in their rules only.
+    let host = node.host.netns().unwrap();
+    let families: Vec<AddrFamily> = nft::owned_tables(&host)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.tag == same_start(1))
+        .map(|t| match t.family {
+            NftFamily::Ip6 => AddrFamily::V6,
+            _ => AddrFamily::V4,
+        })
+        .collect();
+    assert!(!families.is_empty());
+    let pod = node.pods[0].ns.netns().unwrap();
+    let (port, _) = nfqueue::hostveth::host_port(&pod, &host).unwrap();
+    let comment = nft::Comment::new(POD, &later(), Some(port.veth()));
+    assert_eq!(comment.queues, None);
+    let older = nfqueue::steer::tables(
+        &same_start(1),
+        &nfqueue::steer::Entry::Node(port),
+        &faultline::agent::scope::Scope::default(),
+        (left.start, left.end - left.start),
+        Duration::from_secs(600),
+        &comment,
+        &families,
+    );
+    nft::replace(&host, &older).unwrap();
+    assert!(
+        nft::owned_tables(&host)
+            .unwrap()
+            .iter()
+            .filter(|t| t.tag == same_start(1))
+            .all(|t| t.comment.as_ref().is_some_and(|c| c.queues.is_none()))
+    );
+    let third = engine
+        .apply(&same_start(3), &pod_net(&node, 2), &egress, &later(), POD)
+        .unwrap();
+    let third = node_queues(&third);
+    assert!(!overlaps(&left, &third), "{left:?} and {third:?}");
+    assert!(!overlaps(&taken, &third), "{taken:?} and {third:?}");
+
+    for (n, pod) in [(2, 1), (3, 2)] {
+        assert!(engine.remove(&same_start(n), &pod_net(&node, pod)).unwrap());
+    }
+    assert!(
+        NfqueueEngine::new()
+            .remove(&same_start(1), &pod_net(&node, 0))
+            .unwrap()
+    );
 }
 
 /// `nft list ruleset` of a test namespace.

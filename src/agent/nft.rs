@@ -90,6 +90,9 @@ pub struct Comment {
     pub port: Option<String>,
     /// The interface whose qdisc tree the table steers into (qdisc faults).
     pub qdisc: Option<String>,
+    /// The NFQUEUE queues the table's rules name (first, how many), for another injection's
+    /// choice of free queues: read with the table, not from a dump of every rule.
+    pub queues: Option<(u16, u16)>,
 }
 
 impl Comment {
@@ -99,11 +102,17 @@ impl Comment {
             until: deadline.stamp(),
             port: port.map(str::to_string),
             qdisc: None,
+            queues: None,
         }
     }
 
     pub fn with_qdisc(mut self, ifname: &str) -> Self {
         self.qdisc = Some(ifname.to_string());
+        self
+    }
+
+    pub fn with_queues(mut self, (first, count): (u16, u16)) -> Self {
+        self.queues = Some((first, count));
         self
     }
 
@@ -114,6 +123,9 @@ impl Comment {
         }
         if let Some(qdisc) = &self.qdisc {
             text.push_str(&format!(" qdisc={qdisc}"));
+        }
+        if let Some((first, count)) = self.queues {
+            text.push_str(&format!(" queues={first}+{count}"));
         }
         text
     }
@@ -127,6 +139,11 @@ impl Comment {
                 Some(("until", v)) => comment.until = v.to_string(),
                 Some(("port", v)) => comment.port = Some(v.to_string()),
                 Some(("qdisc", v)) => comment.qdisc = Some(v.to_string()),
+                Some(("queues", v)) => {
+                    comment.queues = v.split_once('+').and_then(|(first, count)| {
+                        Some((first.parse().ok()?, count.parse().ok()?))
+                    });
+                }
                 _ => {}
             }
         }
@@ -506,8 +523,18 @@ mod tests {
             until: "2026-01-01T00:00:00.000Z".into(),
             port: Some("veth3".into()),
             qdisc: Some("eth0".into()),
+            queues: Some((16_390, 2)),
         };
         assert_eq!(Comment::parse(&c.render()), Some(c));
         assert_eq!(Comment::parse("someone else's"), None);
+        // An older agent's comment (no queues) still parses; a malformed count is no count.
+        let older = Comment::parse("faultline pod=p until=u port=veth3").unwrap();
+        assert_eq!((older.port.as_deref(), older.queues), (Some("veth3"), None));
+        assert_eq!(
+            Comment::parse("faultline pod=p until=u queues=9+x")
+                .unwrap()
+                .queues,
+            None
+        );
     }
 }

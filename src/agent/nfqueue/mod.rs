@@ -517,6 +517,7 @@ impl NfqueueEngine {
             applied,
         )?;
         let queues = (state.first_queue(), state.workers.len() as u16);
+        let comment = comment.clone().with_queues(queues);
         let t_state = t0.elapsed();
         let mut families = scope.families();
         // The tables of the families in scope, and (same transaction) none of a family no
@@ -532,7 +533,7 @@ impl NfqueueEngine {
                 .collect();
             nft::replace_and_delete(
                 ns,
-                &steer::tables(tag, entry, scope, queues, gate, comment, families),
+                &steer::tables(tag, entry, scope, queues, gate, &comment, families),
                 &stale,
             )
         };

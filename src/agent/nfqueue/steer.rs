@@ -153,6 +153,7 @@ mod tests {
             until: "2026-01-01T00:00:00.000Z".into(),
             port: Some("veth3".into()),
             qdisc: None,
+            queues: None,
         }
     }
 
