@@ -736,3 +736,68 @@ fn queued_faults_applied_at_once_whose_queue_numbers_collide_all_get_queues_of_t
     }
     assert!(nft::owned(&node.host.netns().unwrap()).unwrap().is_empty());
 }
+
+/// The baseline kept before an apply asks the node's namespace for the injection's own tables
+/// by name (the node holds one or two per injection); it holds exactly what the full listing,
+/// cut to what could be that injection's residue, holds: with its tables there (an apply
+/// again, after an agent restart) and without.
+#[test]
+fn a_baseline_asked_by_name_is_the_full_listing_cut_to_the_injection() {
+    use faultline::agent::residual::{self, Places};
+    if !root_or_skip(
+        "agent_linux::a_baseline_asked_by_name_is_the_full_listing_cut_to_the_injection",
+    ) {
+        return;
+    }
+    let node = TestNode::new(2).unwrap();
+    let _pod = PodProcess::start(&node.pods[0].ns, &uid(60)).unwrap();
+    let kernel = LinuxKernel::detect("/proc");
+    let fault = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: "30ms".into(),
+            direction: Direction::Both,
+            ..Default::default()
+        }),
+        peer_cidrs: vec![format!("{}/32", node.pods[1].ip)],
+        ..Default::default()
+    };
+    let host = node.host.netns().unwrap();
+    let pod = node.pods[0].ns.netns().unwrap();
+    host.run(|| {
+        kernel
+            .apply(&uid(60), &tag(60), &fault, Mechanism::Nfqueue, &later())
+            .unwrap();
+        kernel
+            .apply(&uid(60), &tag(61), &fault, Mechanism::Nfqueue, &later())
+            .unwrap();
+    })
+    .unwrap();
+    let places = Places {
+        pod: &pod,
+        node: Some((&host, None)),
+        iptables: false,
+        node_qdisc: false,
+    };
+    let listed = residual::snapshot(&places).unwrap();
+    for n in [60, 61, 62] {
+        let asked = residual::baseline(&places, &tag(n)).unwrap();
+        assert_eq!(asked, listed.about(&tag(n)), "tag {n}");
+        let own = format!("node: nft table ip {}", tag(n).nft_table());
+        assert_eq!(
+            asked.to_text().contains(&own),
+            n != 62,
+            "{}",
+            asked.to_text()
+        );
+        // Another injection's table on the node is not this one's concern (the pod's
+        // namespace is kept whole).
+        let other = format!("node: nft table ip {}", tag(123 - n).nft_table());
+        assert!(!asked.to_text().contains(&other), "{}", asked.to_text());
+    }
+    for n in [60, 61] {
+        host.run(|| kernel.revert(&uid(60), &tag(n), Some(Mechanism::Nfqueue), None))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(nft::owned(&host).unwrap().is_empty());
+}

@@ -327,13 +327,14 @@ impl Kernel for LinuxKernel {
         let found = started.elapsed();
         let veth = nfqueue::host_veth(&pod, &host).ok();
         let veth_found = started.elapsed();
-        let baseline = residual::snapshot(&Places {
+        let places = Places {
             pod: &pod,
             node: Some((&host, veth.as_deref())),
             iptables: matches!(mechanism, Mechanism::Iptables),
             node_qdisc: mechanism.is_qdisc(),
-        })
-        .map_err(failed("cannot read the namespaces' rules before the fault"))?;
+        };
+        let baseline = residual::baseline(&places, tag)
+            .map_err(failed("cannot read the namespaces' rules before the fault"))?;
         let snapshotted = started.elapsed();
         let mut notes: Option<String> = None;
         match mechanism {
@@ -384,7 +385,7 @@ impl Kernel for LinuxKernel {
                 Some(notes) => format!("{described}: {notes}"),
                 None => described,
             },
-            baseline: Some(baseline.about(tag).to_text()),
+            baseline: Some(baseline.to_text()),
         })
     }
 

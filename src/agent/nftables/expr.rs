@@ -17,6 +17,9 @@ pub enum Family {
 }
 
 impl Family {
+    /// Every family a table of ours is in (and that a listing of the tables shows).
+    pub const ALL: [Family; 4] = [Family::Inet, Family::Ip, Family::Netdev, Family::Ip6];
+
     pub fn nfproto(self) -> u8 {
         match self {
             Family::Inet => 1,

@@ -21,7 +21,8 @@ use super::table::comment_of;
 use super::wire::{
     self, Msg, NFGENMSG_LEN, NFT_MSG_GETRULE, NFT_MSG_GETTABLE, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE,
     NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
-    NFTA_RULE_TABLE, NFTA_TABLE_NAME, NFTA_TABLE_USERDATA, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR,
+    NFTA_RULE_TABLE, NFTA_TABLE_NAME, NFTA_TABLE_USERDATA, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE,
+    NLMSG_ERROR,
 };
 
 const RECV_BUFFER: usize = 256 * 1024;
@@ -179,7 +180,8 @@ impl NftSocket {
         }
     }
 
-    /// Sends a dump request and returns the bodies (after the netlink header) of the answers.
+    /// Sends a request (a dump, or a get with an acknowledgement) and returns the bodies (after
+    /// the netlink header) of the answers.
     fn dump(&mut self, msg: &Msg) -> Result<Vec<(u8, Vec<u8>)>, NftError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -240,6 +242,29 @@ impl NftSocket {
                 })
             })
             .collect())
+    }
+
+    /// The table `name` of `family`, if there is one: asked for by name, so its cost does not
+    /// grow with the other tables of the namespace (the node's holds one per injection).
+    pub fn table(&mut self, family: Family, name: &str) -> Result<Option<TableInfo>, NftError> {
+        let mut request = Msg::new(NFT_MSG_GETTABLE, family.nfproto(), NLM_F_ACK);
+        request.str(NFTA_TABLE_NAME, name);
+        let answers = match self.dump(&request) {
+            Ok(answers) => answers,
+            Err(NftError::Refused {
+                errno: Errno::ENOENT,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(answers.into_iter().find_map(|(nfproto, attrs)| {
+            let found = wire::as_str(wire::find(&attrs, NFTA_TABLE_NAME)?);
+            (nfproto == family.nfproto() && found == name).then(|| TableInfo {
+                family,
+                name: found,
+                comment: wire::find(&attrs, NFTA_TABLE_USERDATA).and_then(comment_of),
+            })
+        }))
     }
 
     /// Every rule of every table, with its table's family and name: one dump, however many
