@@ -75,8 +75,6 @@ pub const PARALLEL_PODS: usize = 32;
 const PARALLEL_WRITES: usize = 32;
 /// Steps whose revert reports may still be in flight while a later step runs.
 const REPORTS_IN_FLIGHT: usize = 4;
-/// How long a stopping agent waits for the statuses of its last applies.
-const SHUTDOWN_WRITES: Duration = Duration::from_secs(2);
 /// Entries of gone pods drained per step (a backlog takes several steps, one after another).
 const DRAIN_CHUNK: usize = 20_000;
 
@@ -166,8 +164,6 @@ pub async fn run<K: Kernel>(
         counted_at: None,
         last_scan: None,
         reporting: JoinSet::new(),
-        status_reports: JoinSet::new(),
-        report_permits: Arc::new(tokio::sync::Semaphore::new(PARALLEL_WRITES)),
         receipts: Receipts::default(),
     };
     tracing::info!(
@@ -234,12 +230,6 @@ pub async fn run<K: Kernel>(
             _ = tokio::time::sleep(sleep) => {}
         }
     }
-    // What the last applies are to say, if the API server takes it soon; a status left
-    // unwritten is written by the next agent, which re-applies what it adopts.
-    let _ = tokio::time::timeout(SHUTDOWN_WRITES, async {
-        while agent.status_reports.join_next().await.is_some() {}
-    })
-    .await;
     tracing::info!(
         journal_entries = agent.journal.len(),
         "agent stopping; applied faults stay until their injections end or expire (the kernel ends each at its deadline)"
@@ -335,10 +325,6 @@ struct Agent<K> {
     last_scan: Option<PodScan>,
     /// Revert reports being written (see [`REPORTS_IN_FLIGHT`]).
     reporting: JoinSet<()>,
-    /// Statuses of applies being written, one task each, at most [`PARALLEL_WRITES`] writing
-    /// at once (the permits).
-    status_reports: JoinSet<()>,
-    report_permits: Arc<tokio::sync::Semaphore>,
     receipts: Receipts,
 }
 
@@ -546,7 +532,6 @@ impl<K: Kernel> Agent<K> {
             ));
         }
         while self.reporting.try_join_next().is_some() {}
-        while self.status_reports.try_join_next().is_some() {}
     }
 
     /// Forgets reverted faults: the journal's entries and what was counted for them.

@@ -42,11 +42,8 @@ struct PodOutcome {
     forget: Vec<InjectionTag>,
     /// Applied: record (with mechanism and baseline) and mark confirmed.
     applied: Vec<JournalEntry>,
-    /// Packet counts the Applied writes carry, per fault.
+    /// Packet counts the Applied writes carried, per fault.
     counts_written: Vec<(InjectionTag, QueueCounts)>,
-    /// What each injection's status is to say, written once the pod's task is done (see
-    /// `Agent::apply_all`).
-    reports: Vec<(Arc<FaultInjection>, StatusChange)>,
 }
 
 impl<K: Kernel> Agent<K> {
@@ -163,7 +160,7 @@ impl<K: Kernel> Agent<K> {
                     .filter(|job| job.add_finalizer)
                     .map(|job| statuses.set_finalizer(&job.injection, true));
                 futures::future::join_all(finalizers).await;
-                apply_pod(kernel, metrics, names, jobs).await
+                apply_pod(kernel, statuses, metrics, names, jobs).await
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -176,18 +173,6 @@ impl<K: Kernel> Agent<K> {
             };
             self.forget(&outcome.forget, "a failed apply");
             self.reported.extend(outcome.counts_written);
-            // The statuses go out in the background, each as soon as its pod is done: a pod's
-            // permit and the step are held by the kernel's work only, not by the API server's
-            // (100 new injections on the real control plane: steps of 430 ms, most of it
-            // status writes, while the next injections waited for the step to end).
-            for (injection, change) in outcome.reports {
-                self.status_reports.spawn(write_report(
-                    self.statuses.clone(),
-                    Arc::clone(&self.report_permits),
-                    injection,
-                    change,
-                ));
-            }
             let confirmed: Vec<InjectionTag> = outcome
                 .applied
                 .iter()
@@ -201,33 +186,24 @@ impl<K: Kernel> Agent<K> {
     }
 }
 
-/// Writes one injection's status after its apply, at most [`super::PARALLEL_WRITES`] at once.
-async fn write_report(
-    statuses: StatusWriter,
-    permits: Arc<Semaphore>,
-    injection: Arc<FaultInjection>,
-    change: StatusChange,
-) {
-    let _permit = permits.acquire_owned().await;
-    statuses.write(&injection, change).await;
-}
-
 /// One pod's applies, in order.
 async fn apply_pod<K: Kernel>(
     kernel: Arc<K>,
+    statuses: StatusWriter,
     metrics: AgentMetrics,
     names: Arc<BTreeMap<InjectionTag, String>>,
     jobs: Vec<ApplyJob>,
 ) -> PodOutcome {
     let mut outcome = PodOutcome::default();
     for job in jobs {
-        apply_one(&kernel, &metrics, &names, job, &mut outcome).await;
+        apply_one(&kernel, &statuses, &metrics, &names, job, &mut outcome).await;
     }
     outcome
 }
 
 async fn apply_one<K: Kernel>(
     kernel: &Arc<K>,
+    statuses: &StatusWriter,
     metrics: &AgentMetrics,
     names: &BTreeMap<InjectionTag, String>,
     job: ApplyJob,
@@ -301,10 +277,9 @@ async fn apply_one<K: Kernel>(
                     .set("matchedPackets", json!(counts_from.matched))
                     .set("bypassedPackets", json!(counts_from.bypassed));
             }
-            if applied.mechanism == Mechanism::Nfqueue {
+            if statuses.write(&injection, change).await && applied.mechanism == Mechanism::Nfqueue {
                 outcome.counts_written.push((tag.clone(), counts_from));
             }
-            outcome.reports.push((injection, change));
         }
         Err(error) => {
             tracing::warn!(injection = %key_of(&injection), %tag, %error, "fault not applied");
@@ -355,7 +330,7 @@ async fn apply_one<K: Kernel>(
             if phase == InjectionPhase::Reverted {
                 change = change.set("revertedAt", json!(Utc::now()));
             }
-            outcome.reports.push((injection, change));
+            statuses.write(&injection, change).await;
         }
     }
 }
