@@ -140,9 +140,12 @@ impl Caches {
 }
 
 /// Experiments (by UID) with a write on its way that nobody waits for (see
-/// `status::write_behind`).
+/// `status::write_behind`), and, once such a write landed, the version it replaced.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<std::collections::HashSet<String>>>);
+pub struct InFlight {
+    on_its_way: Arc<Mutex<std::collections::HashSet<String>>>,
+    landed_on: Arc<Mutex<HashMap<String, String>>>,
+}
 
 /// Held while the write is on its way; dropping it (the write done, failed or its task gone)
 /// lets the next one go.
@@ -154,7 +157,7 @@ pub struct InFlightGuard {
 impl InFlight {
     /// Whether a write of `uid` is on its way.
     pub fn contains(&self, uid: &str) -> bool {
-        self.0
+        self.on_its_way
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(uid)
@@ -162,18 +165,48 @@ impl InFlight {
 
     /// A guard for `uid`'s write, unless one is on its way.
     pub fn start(&self, uid: &str) -> Option<InFlightGuard> {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.on_its_way.lock().unwrap_or_else(|p| p.into_inner());
         set.insert(uid.to_string()).then(|| InFlightGuard {
             set: self.clone(),
             uid: uid.to_string(),
         })
+    }
+
+    /// `uid`'s write, based on `version`, landed (called before its guard goes).
+    pub fn landed(&self, uid: &str, version: String) {
+        self.landed_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string(), version);
+    }
+
+    /// Whether a write decided on `version` of `uid` would meet such a write: one on its way,
+    /// or one that landed over `version` itself (after the copy was read, before the write
+    /// that was decided on it).
+    pub fn overtakes(&self, uid: &str, version: Option<&str>) -> bool {
+        self.contains(uid)
+            || version.is_some_and(|version| {
+                self.landed_on
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(uid)
+                    .is_some_and(|landed| landed == version)
+            })
+    }
+
+    /// The experiment is gone.
+    pub fn forget(&self, uid: &str) {
+        self.landed_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.set
-            .0
+            .on_its_way
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.uid);
@@ -409,6 +442,25 @@ mod tests {
         e.metadata.uid = Some(uid.into());
         e.metadata.resource_version = Some(version.into());
         e
+    }
+
+    #[test]
+    fn a_write_behind_overtakes_a_copy_while_on_its_way_and_the_copy_it_landed_on() {
+        let writes = InFlight::default();
+        assert!(!writes.overtakes("u", Some("7")));
+        let guard = writes.start("u").expect("none on its way");
+        assert!(writes.start("u").is_none());
+        assert!(writes.overtakes("u", Some("7")));
+        assert!(writes.overtakes("u", None));
+        writes.landed("u", "7".into());
+        drop(guard);
+        // Landed over 7: a copy of 7 was read before it and is out of date by that write only.
+        assert!(writes.overtakes("u", Some("7")));
+        // A copy read after it (8), or another experiment's, is not.
+        assert!(!writes.overtakes("u", Some("8")));
+        assert!(!writes.overtakes("v", Some("7")));
+        writes.forget("u");
+        assert!(!writes.overtakes("u", Some("7")));
     }
 
     #[test]

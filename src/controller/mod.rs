@@ -405,6 +405,7 @@ pub async fn run(
             forget_ctx.caches.reverts.remove(&uid);
             forget_ctx.caches.probe_writes.remove(&uid);
             forget_ctx.caches.status_writes.remove(&uid);
+            forget_ctx.caches.writes_behind.forget(&uid);
         }
     })
     .applied_objects();
