@@ -50,27 +50,34 @@ pub async fn write_among_receipts(
     apply(ctx, experiment, status, false).await
 }
 
-/// A verdict's [`write`]; without the resourceVersion condition while a [`write_behind`] of
-/// the same experiment is on its way, or once one has landed on the very version the verdict
-/// was decided from. That write carries only older probe results (this status has them and
-/// newer ones), and it is conditional itself: landing after this one, it fails; landing first,
-/// it moved the version this write was decided from, and a conditional verdict failed on it
-/// and had to be decided and written again. At 500 targets, where a write of the experiment
-/// takes 0.1-0.5 s of a loaded real API server, that happened to one abort in three and added
-/// 0.2 s to it while the write was on its way; and, when it had landed between the reconcile's
-/// read and the verdict's write, it still did (one abort of 563 ms against the usual 100: the
-/// verdict answered 409 after 0.3 s, then decided and written again).
+/// A verdict's [`write`], after any [`write_behind`] of the same experiment still on its way
+/// (at most [`WRITE_BEHIND_WAIT`]), and without the resourceVersion condition when one landed
+/// on the very version the verdict was decided from. That write carries only older probe
+/// results (this status has them and newer ones); landing first, it moved the version this
+/// write was decided from, and a conditional verdict failed on it and had to be decided and
+/// written again (+0.2-0.4 s at 500 targets, where a write of the experiment takes 0.1-0.5 s
+/// of a loaded real API server). Not sent beside it either: two writes of the same large
+/// object at once cost the API server each other's work (a verdict sent while a write of
+/// probe results was on its way took 739 ms, where one alone takes 100-200).
 pub async fn write_verdict(
     ctx: &Context,
     experiment: &mut ChaosExperiment,
     status: &ChaosExperimentStatus,
 ) -> Result<()> {
-    let behind = ctx.caches.writes_behind.overtakes(
-        &experiment.uid().unwrap_or_default(),
-        experiment.resource_version().as_deref(),
-    );
+    let uid = experiment.uid().unwrap_or_default();
+    let waiting = std::time::Instant::now();
+    while ctx.caches.writes_behind.contains(&uid) && waiting.elapsed() < WRITE_BEHIND_WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let behind = ctx
+        .caches
+        .writes_behind
+        .overtakes(&uid, experiment.resource_version().as_deref());
     apply(ctx, experiment, status, !behind).await
 }
+
+/// How long a verdict waits for a [`write_behind`] on its way.
+const WRITE_BEHIND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// [`write`] without waiting for it, for probe results alone while an experiment runs (about
 /// one write a second). Awaited, that write held the experiment's next reconcile: a probe
