@@ -106,11 +106,13 @@ pub fn write_behind(
         let _in_flight = in_flight;
         let based_on = experiment.resource_version();
         match apply(&ctx, &mut experiment, &status, true).await {
-            Ok(()) => {
+            // Written (a status equal to the one there is not): the version moved.
+            Ok(()) if experiment.resource_version() != based_on => {
                 if let Some(version) = based_on {
                     ctx.caches.writes_behind.landed(&uid, version);
                 }
             }
+            Ok(()) => {}
             Err(error) => {
                 debug!(experiment = %experiment.name_any(), %error, "probe results not written; the next reconcile writes them");
             }
