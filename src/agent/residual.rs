@@ -75,13 +75,12 @@ pub fn baseline(places: &Places<'_>, tag: &InjectionTag) -> io::Result<Snapshot>
                 .filter(|line| line.ends_with(&format!(" chain {chain}"))),
         );
     }
-    if let Some(veth) = veth.filter(|_| places.node_qdisc) {
-        for (ifname, root) in tc::root_qdiscs(node)? {
-            if ifname == veth && !root.is_default() {
-                lines.push(qdisc_line("node", &root.to_string(), &ifname));
-            }
-        }
-    }
+    let veths: BTreeSet<String> = veth
+        .filter(|_| places.node_qdisc)
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    lines.extend(veth_qdiscs(node, &veths)?.into_values().flatten());
     Ok(Snapshot::sorted(lines))
 }
 
@@ -100,6 +99,16 @@ pub fn pod_lines(pod: &Netns, iptables: bool) -> io::Result<Vec<String>> {
 /// chains, and the root qdiscs of `veths` only (the node has one or more per pod).
 pub fn node_lines(node: &Netns, veths: &BTreeSet<String>, iptables: bool) -> io::Result<NodeLines> {
     let shared = lines_of("node", node, iptables)?;
+    let qdiscs = veth_qdiscs(node, veths)?;
+    Ok(NodeLines { shared, qdiscs })
+}
+
+/// The root qdiscs (other than the default) of `veths` on the node, as snapshot lines by
+/// interface; the node's qdiscs are not listed at all for no veth.
+fn veth_qdiscs(
+    node: &Netns,
+    veths: &BTreeSet<String>,
+) -> io::Result<BTreeMap<String, Vec<String>>> {
     let mut qdiscs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if !veths.is_empty() {
         for (ifname, root) in tc::root_qdiscs(node)? {
@@ -109,7 +118,7 @@ pub fn node_lines(node: &Netns, veths: &BTreeSet<String>, iptables: bool) -> io:
             }
         }
     }
-    Ok(NodeLines { shared, qdiscs })
+    Ok(qdiscs)
 }
 
 /// What the node's namespace holds, as snapshot lines (see [`node_lines`]).

@@ -25,6 +25,9 @@ use super::wire::{
     NLMSG_ERROR,
 };
 
+/// The answers to a request: each message's family and attributes.
+type Answers = Vec<(u8, Vec<u8>)>;
+
 const RECV_BUFFER: usize = 256 * 1024;
 /// Socket buffers large enough for a batch of a thousand-CIDR table and its errors.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -182,7 +185,7 @@ impl NftSocket {
 
     /// Sends a request (a dump, or a get with an acknowledgement) and returns the bodies (after
     /// the netlink header) of the answers.
-    fn dump(&mut self, msg: &Msg) -> Result<Vec<(u8, Vec<u8>)>, NftError> {
+    fn dump(&mut self, msg: &Msg) -> Result<Answers, NftError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         self.send(&msg.encode(seq))?;
@@ -228,6 +231,18 @@ impl NftSocket {
         }
     }
 
+    /// [`Self::dump`] of a request about a table that may not exist: `None` when it does not.
+    fn dump_of_existing(&mut self, msg: &Msg) -> Result<Option<Answers>, NftError> {
+        match self.dump(msg) {
+            Ok(answers) => Ok(Some(answers)),
+            Err(NftError::Refused {
+                errno: Errno::ENOENT,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every table in the namespace, of every family.
     pub fn tables(&mut self) -> Result<Vec<TableInfo>, NftError> {
         let request = Msg::new(NFT_MSG_GETTABLE, 0, NLM_F_DUMP);
@@ -249,13 +264,8 @@ impl NftSocket {
     pub fn table(&mut self, family: Family, name: &str) -> Result<Option<TableInfo>, NftError> {
         let mut request = Msg::new(NFT_MSG_GETTABLE, family.nfproto(), NLM_F_ACK);
         request.str(NFTA_TABLE_NAME, name);
-        let answers = match self.dump(&request) {
-            Ok(answers) => answers,
-            Err(NftError::Refused {
-                errno: Errno::ENOENT,
-                ..
-            }) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(answers) = self.dump_of_existing(&request)? else {
+            return Ok(None);
         };
         Ok(answers.into_iter().find_map(|(nfproto, attrs)| {
             let found = wire::as_str(wire::find(&attrs, NFTA_TABLE_NAME)?);
@@ -285,14 +295,9 @@ impl NftSocket {
     pub fn rules(&mut self, family: Family, table: &str) -> Result<Vec<RuleInfo>, NftError> {
         let mut request = Msg::new(NFT_MSG_GETRULE, family.nfproto(), NLM_F_DUMP);
         request.str(NFTA_RULE_TABLE, table);
-        let answers = match self.dump(&request) {
-            Ok(answers) => answers,
-            // No such table: no rules.
-            Err(NftError::Refused {
-                errno: Errno::ENOENT,
-                ..
-            }) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+        // No such table: no rules.
+        let Some(answers) = self.dump_of_existing(&request)? else {
+            return Ok(Vec::new());
         };
         Ok(answers
             .into_iter()
