@@ -803,16 +803,21 @@ async fn after_sigterm_a_restarted_agent_adopts_the_faults() {
         nft::owned(&setup.target_ns()).unwrap().contains(&tag),
         "the partition stays"
     );
-    let blocked = setup
-        .peer_ns()
-        .run(|| {
-            TcpStream::connect_timeout(
-                &SocketAddr::from((setup.node.pods[0].ip, 7310)),
-                Duration::from_millis(300),
-            )
-        })
+    // A listener behind the partition: without the partition, this connect succeeds (as it
+    // does at the end, once both faults are reverted).
+    let behind = SocketAddr::from((setup.node.pods[0].ip, 7310));
+    let _listener = setup
+        .target_ns()
+        .run(|| TcpListener::bind(behind))
+        .unwrap()
         .unwrap();
-    assert!(blocked.is_err(), "the peer got through the partition");
+    let partitioned = setup.node.pods[2].ns.netns().unwrap();
+    let connect = || {
+        partitioned
+            .run(|| TcpStream::connect_timeout(&behind, Duration::from_millis(300)))
+            .unwrap()
+    };
+    assert!(connect().is_err(), "the peer got through the partition");
 
     // The next agent adopts both: nothing is reverted, statuses stay Applied, and the
     // latency (whose workers died with the old agent) is back.
@@ -865,6 +870,10 @@ async fn after_sigterm_a_restarted_agent_adopts_the_faults() {
     })
     .await;
     assert!(nft::owned(&setup.target_ns()).unwrap().is_empty());
+    assert!(
+        connect().is_ok(),
+        "the partitioned peer cannot reach the listener once the partition is reverted"
+    );
     assert!(
         nft::owned(&setup.node.host.netns().unwrap())
             .unwrap()
