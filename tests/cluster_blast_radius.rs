@@ -70,11 +70,21 @@ async fn pod(client: &Client, namespace: &str, name: &str, labels: Value, accoun
 
 /// Waits until the admission policies act (the server loads new policies asynchronously): a
 /// request the controller may never make is refused.
-async fn policies_in_force(controller: &Client) {
+async fn policies_in_force(controller: &Client, agent_on_a: &Client) {
     common::wait_for(
         "the admission policies to be in force",
         std::time::Duration::from_secs(30),
         || async {
+            let other_node = Api::<Node>::all(agent_on_a.clone())
+                .patch(
+                    "node-b",
+                    &PatchParams::default().dry_run(),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {"faultline.dev/capabilities": "x"}}}),
+                    ),
+                )
+                .await
+                .is_err_and(|e| e.to_string().contains("may only change the Node"));
             let pods: Api<Pod> = Api::namespaced(controller.clone(), "kube-system");
             let eviction_refused = pods
                 .evict("system-pod", &EvictParams::default())
@@ -90,7 +100,7 @@ async fn policies_in_force(controller: &Client) {
                 .create(&dry_run, &injection("closed", "closed", "policy-probe"))
                 .await
                 .is_err_and(|e| e.to_string().contains("did not"));
-            (eviction_refused && injection_refused).then_some(())
+            (eviction_refused && injection_refused && other_node).then_some(())
         },
     )
     .await;
@@ -171,7 +181,7 @@ async fn bed_with(policies: bool) -> Option<Bed> {
     let agent_on_a =
         common::cluster::client_as(&cluster, RELEASE_NS, AGENT, Some("agent-on-a")).await;
     if policies {
-        policies_in_force(&controller).await;
+        policies_in_force(&controller, &agent_on_a).await;
     }
     Some(Bed {
         cluster,
@@ -496,6 +506,23 @@ async fn the_agent_writes_only_its_own_nodes_revert_receipt() {
         .unwrap();
 
     let as_agent: Api<ChaosExperiment> = Api::namespaced(bed.agent_on_a.clone(), "shop");
+    // The policy on the status of a custom resource loads on its own, after the others.
+    common::wait_for(
+        "the receipts policy to be in force",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (params, patch) = apply(
+                "faultline-agent-node-a",
+                json!({"revertReceipts": [{"node": "node-b", "revertedAt": "2026-12-05T06:00:02Z"}]}),
+            );
+            as_agent
+                .patch_status("aborting", &params.dry_run(), &patch)
+                .await
+                .is_err_and(|e| e.to_string().contains("only the revert receipt"))
+                .then_some(())
+        },
+    )
+    .await;
     let own = json!({"revertReceipts": [{"node": "node-a", "revertedAt": "2026-12-05T06:00:01Z", "injections": 2}]});
     let (params, patch) = apply("faultline-agent-node-a", own);
     allowed(

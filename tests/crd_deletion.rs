@@ -86,8 +86,17 @@ async fn a_crd_ends_refusing_new_objects_and_waits_for_its_objects_finalizers() 
         },
     )
     .await;
-    let held = schedules.get("held").await.unwrap();
-    assert!(held.metadata.deletion_timestamp.is_some(), "{held:?}");
+    // The real server deletes a namespace's objects as a collection, side by side: the one it
+    // holds may be marked a moment after the free one is gone.
+    wait_for(
+        "the held schedule to be marked deleted",
+        Duration::from_secs(10),
+        || async {
+            let held = schedules.get("held").await.ok()?;
+            held.metadata.deletion_timestamp.is_some().then_some(())
+        },
+    )
+    .await;
     let crd = crds.get(SCHEDULES).await.unwrap();
     assert!(crd.metadata.deletion_timestamp.is_some());
     let terminating = crd

@@ -70,6 +70,24 @@ fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether `sandbox down` removed the pod namespaces it had (`ours`, listed before). Only
+/// those: a sandbox of a test running beside this one may claim the freed slot, and so the
+/// same prefix, at once.
+fn assert_gone_after_down(prefix: &str, ours: Vec<String>) {
+    assert!(
+        !ours.is_empty(),
+        "no pod namespace under {prefix} before down"
+    );
+    let left: Vec<String> = netns_with_prefix(prefix)
+        .into_iter()
+        .filter(|n| ours.contains(n))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "sandbox down left pod namespaces behind: {left:?}"
+    );
+}
+
 fn faultline_tables_in_pods(prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
     for ns in netns_with_prefix(prefix) {
@@ -266,11 +284,9 @@ fn in_the_sandbox() {
     run_every_expectation(&sandbox.kubeconfig, work.path(), &prefix);
     let status = run_with(&sandbox.kubeconfig, &["status", "-A"]);
     eprintln!("{}", String::from_utf8_lossy(&status.stdout));
+    let ours = netns_with_prefix(&prefix);
     drop(sandbox);
-    assert!(
-        netns_with_prefix(&prefix).is_empty(),
-        "sandbox down left pod namespaces behind"
-    );
+    assert_gone_after_down(&prefix, ours);
 }
 
 /// A faultline process started by the test, its log kept for the 403 check; killed when dropped.
@@ -512,10 +528,8 @@ async fn on_the_real_control_plane() {
     }
     drop(controller);
     drop(agents);
+    let ours = netns_with_prefix(&prefix);
     drop(sandbox);
-    assert!(
-        netns_with_prefix(&prefix).is_empty(),
-        "sandbox down left pod namespaces behind"
-    );
+    assert_gone_after_down(&prefix, ours);
     cluster.shutdown().await;
 }

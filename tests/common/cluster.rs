@@ -339,6 +339,16 @@ pub async fn apply_namespace(client: &Client, name: &str, opted_in: bool) {
             .await
             .unwrap();
     }
+    // A real server refuses pods in a namespace whose `default` ServiceAccount the controller
+    // manager has not made yet (a moment after a new namespace; longer on a loaded machine).
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), name);
+    super::wait_for(
+        &format!("namespace {name}'s default ServiceAccount"),
+        Duration::from_secs(30),
+        || async { accounts.get_opt("default").await.ok()?.map(|_| ()) },
+    )
+    .await;
 }
 
 const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
