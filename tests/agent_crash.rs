@@ -159,7 +159,7 @@ async fn the_agent_reverts_at_the_deadline_on_its_own() {
     }
     let setup = Setup::start(1).await;
     let agent = setup.agent();
-    let injection = setup.inject("short", 0, TimeDelta::seconds(4)).await;
+    let injection = setup.inject("short", 0, TimeDelta::seconds(8)).await;
     let tag = tag_of(&injection);
     let tables = || setup.tables();
     wait_for("the partition applied", WAIT, || async {

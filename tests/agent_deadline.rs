@@ -460,12 +460,14 @@ fn throughput_probe(client: &Netns, server: &Netns, addr: SocketAddr, floor: f64
     probe
 }
 
-/// Seconds after `deadline` from which every sample is unimpaired (negative: before it).
+/// Seconds after `deadline` from which traffic is unimpaired (negative: before it). A fault
+/// impairs every sample while it is in; one impaired sample between good ones is the loaded
+/// machine's scheduling (a thread held for longer than the limit), not the fault.
 fn back_after(samples: &[(DateTime<Utc>, bool)], deadline: DateTime<Utc>) -> f64 {
     let last_bad = samples
-        .iter()
-        .filter(|(_, impaired)| *impaired)
-        .map(|(at, _)| *at)
+        .windows(2)
+        .filter(|pair| pair[0].1 && pair[1].1)
+        .map(|pair| pair[1].0)
         .max();
     let Some(last_bad) = last_bad else {
         return f64::NEG_INFINITY;

@@ -394,7 +394,8 @@ async fn reverts_at_the_deadline_with_the_api_server_gone() {
     let mut world = World::start(RecordingKernel::full()).await;
     let agent = world.agent();
     let pod = world.pod("target").await;
-    world.injection("lat", &pod, TimeDelta::seconds(3)).await;
+    // Long enough to be applied and seen before it ends, on a loaded machine too.
+    world.injection("lat", &pod, TimeDelta::seconds(8)).await;
     world.wait_phase("lat", InjectionPhase::Applied).await;
     assert_eq!(world.kernel.rules().len(), 1);
 

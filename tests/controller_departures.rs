@@ -335,13 +335,19 @@ async fn a_repeating_pod_kill_stops_killing_where_consent_was_withdrawn() {
     );
     let done = h.wait_phase("shop", "kills", Phase::Succeeded).await;
     let status = done.status.unwrap();
-    // No pod was killed after the opt-in went (a round already under way may finish).
+    // No round after the opt-in went killed a pod. A round already under way may finish its
+    // kill (its namespace read came first; on a loaded API server, its few requests can take
+    // over a second): one kill, where ignoring the withdrawal would kill in every round.
     let late_kills = status
         .timeline
         .iter()
-        .filter(|e| e.reason == "PodKilled" && e.time > withdrawn_at + chrono::Duration::seconds(1))
+        .filter(|e| e.reason == "PodKilled" && e.time > withdrawn_at)
         .count();
-    assert_eq!(late_kills, 0, "{:?}", status.timeline);
+    assert!(
+        late_kills <= 1,
+        "{late_kills} kills after the opt-in went: {:?}",
+        status.timeline
+    );
     h.stop().await;
 }
 

@@ -28,7 +28,8 @@ impl Drop for Replica {
 }
 
 fn replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
-    replica_with_lease(kubeconfig, identity, 3, 1)
+    // Short, for a quick takeover, yet with two seconds for a renewal on a loaded API server.
+    replica_with_lease(kubeconfig, identity, 6, 2)
 }
 
 /// A replica whose lease lasts `duration` seconds and is renewed `grace` seconds early (the

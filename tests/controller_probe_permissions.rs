@@ -142,7 +142,7 @@ fn kill_under(probe: Value, duration: &str, dry_run: bool) -> Value {
         "faults": [{"podKill": {"method": "delete"}}],
         "steadyState": {"recoveryTimeout": "10s", "probes": [{
             "name": "reads", "kubernetes": probe,
-            "interval": "300ms", "timeout": "250ms", "failureThreshold": 1
+            "interval": "600ms", "timeout": "550ms", "failureThreshold": 1
         }]}
     })
 }

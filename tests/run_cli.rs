@@ -569,13 +569,13 @@ async fn a_timeout_exits_3_and_says_how_to_abort() {
             "--wait",
             "--timeout",
             // Ample time to reach Running even on a loaded machine; the point is the message.
-            "8s",
+            "15s",
         ])
         .await;
     let (_, stderr) = assert_exit(&out, 3);
     assert!(
         stderr.contains(
-            "timed out after 8s waiting for shop/long in phase Running; the experiment keeps running: faultline abort long -n shop"
+            "timed out after 15s waiting for shop/long in phase Running; the experiment keeps running: faultline abort long -n shop"
         ),
         "{stderr}"
     );

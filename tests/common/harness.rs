@@ -232,7 +232,8 @@ impl Harness {
         let api = self.experiments(namespace);
         wait_for(
             &format!("{name} to reach {phase:?}"),
-            Duration::from_secs(15),
+            // Generous: a whole lifecycle on a real control plane beside another test run.
+            Duration::from_secs(30),
             || async {
                 let e = api.get_opt(name).await.ok().flatten()?;
                 (e.status.as_ref()?.phase == phase).then_some(e)
@@ -282,7 +283,7 @@ impl Harness {
             .create(&PostParams::default(), &web)
             .await
             .unwrap();
-        wait_for("web to be Ready", Duration::from_secs(10), || async {
+        wait_for("web to be Ready", Duration::from_secs(30), || async {
             let d = deployments.get("web").await.ok()?;
             (d.status?.ready_replicas == Some(replicas)).then_some(())
         })
