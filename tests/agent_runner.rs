@@ -71,7 +71,15 @@ impl World {
         journal_dir: std::path::PathBuf,
         metrics: AgentMetrics,
     ) -> tokio::task::JoinHandle<()> {
-        let client = self.client.clone();
+        self.agent_with(self.client.clone(), journal_dir, metrics)
+    }
+
+    fn agent_with(
+        &self,
+        client: Client,
+        journal_dir: std::path::PathBuf,
+        metrics: AgentMetrics,
+    ) -> tokio::task::JoinHandle<()> {
         let kernel = Arc::new(self.kernel.clone());
         let config = AgentConfig {
             nodes: vec![NODE.to_string()],
@@ -1007,5 +1015,67 @@ async fn a_reverting_experiment_loses_all_its_faults_and_gets_one_receipt_for_th
     for name in names.iter().chain([&"lat-late".to_string()]) {
         world.wait_gone(name).await;
     }
+    agent.abort();
+}
+
+/// A resume the agent's watch has not delivered yet: the work item its cache would refuse as
+/// paused is checked with the API server first, and is neither refused nor applied until the
+/// cache has caught up; then it is applied.
+#[tokio::test]
+async fn a_resume_the_agents_cache_has_not_seen_refuses_nothing() {
+    let world = World::start(RecordingKernel::full()).await;
+    common::cluster::apply_namespace(&world.client, "faultline-system", false).await;
+    let maps: Api<ConfigMap> = Api::namespaced(world.client.clone(), "faultline-system");
+    let switch = |paused: bool| {
+        let maps = maps.clone();
+        async move {
+            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": faultline::controller::PAUSE_CONFIGMAP},
+                "data": {"paused": paused.to_string()}});
+            maps.patch(
+                faultline::controller::PAUSE_CONFIGMAP,
+                &PatchParams::apply("faultline-tests").force(),
+                &Patch::Apply(&map),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    switch(true).await;
+    // The agent lists the switch (paused) and then hears nothing more of it until released.
+    let held = common::held_responses::HeldResponses::new(&[
+        "/configmaps",
+        "watch=",
+        faultline::controller::PAUSE_CONFIGMAP,
+    ]);
+    let yaml = world.server.as_ref().unwrap().kubeconfig_yaml();
+    let agent = world.agent_with(
+        held.client(&yaml).await,
+        world.journal.path().to_path_buf(),
+        AgentMetrics::new(),
+    );
+    let pod = world.pod("target").await;
+    // Written while paused: refused, on the word of a cache that is right.
+    world.injection("during", &pod, TimeDelta::minutes(5)).await;
+    let refused = world.wait_phase("during", InjectionPhase::Failed).await;
+    let message = refused.status.unwrap().message.unwrap_or_default();
+    assert!(message.contains("paused"), "{message}");
+
+    switch(false).await;
+    world.injection("after", &pod, TimeDelta::minutes(5)).await;
+    // Many of the agent's steps (every 200 ms) see it with the cache still saying paused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = world.injections().get("after").await.unwrap();
+    let phase = waiting.status.map(|s| s.phase).unwrap_or_default();
+    assert_eq!(
+        phase,
+        InjectionPhase::Pending,
+        "refused on a stale cache's word"
+    );
+    assert!(world.kernel.rules().is_empty());
+
+    held.release();
+    world.wait_phase("after", InjectionPhase::Applied).await;
+    assert_eq!(world.kernel.rules().len(), 1);
     agent.abort();
 }

@@ -644,6 +644,62 @@ async fn a_pause_holds_a_new_experiment_in_pending_until_resume() {
     h.stop().await;
 }
 
+/// A pause the controller's watch has not delivered yet: the experiment created after it is
+/// held all the same (the cache's "not paused" is confirmed with the API server before the
+/// first fault goes in, and again before a held experiment starts), and starts once chaos
+/// resumes and the cache has caught up.
+#[tokio::test]
+async fn a_pause_the_controllers_cache_has_not_seen_holds_a_new_experiment() {
+    let held = common::held_responses::HeldResponses::new(&[
+        "/configmaps",
+        "watch=",
+        faultline::controller::PAUSE_CONFIGMAP,
+    ]);
+    let h = Harness::start_holding(&held).await;
+    shop_with_web_pods(&h, 2).await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(h.client.clone(), "faultline-system");
+    let switch = |paused: bool| {
+        let maps = maps.clone();
+        async move {
+            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "faultline-pause"}, "data": {"paused": paused.to_string()}});
+            maps.patch(
+                "faultline-pause",
+                &PatchParams::apply("faultline-tests").force(),
+                &Patch::Apply(&map),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    switch(true).await;
+    h.create("shop", "paused-unseen", latency_spec("10m")).await;
+    let api = h.experiments("shop");
+    let held_status = common::wait_for("the hold", Duration::from_secs(30), || async {
+        let status = api.get("paused-unseen").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Paused" && c.status == ConditionStatus::True)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(held_status.phase, Phase::Pending);
+    assert_eq!(h.injection_count("shop").await, 0, "injected while paused");
+    // It stays held, although the cache still says chaos runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = api.get("paused-unseen").await.unwrap().status.unwrap();
+    assert_eq!((still.phase, still.verdict), (Phase::Pending, None));
+    assert_eq!(h.injection_count("shop").await, 0, "injected while paused");
+
+    switch(false).await;
+    held.release();
+    let running = h.wait_phase("shop", "paused-unseen", Phase::Running).await;
+    assert_eq!(running.status.unwrap().target_count, 2);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn an_unreadable_experiment_is_reported_and_does_not_stall_the_others() {
     let h = Harness::start().await;

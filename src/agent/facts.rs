@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 
 use super::admission::PodFacts;
 use crate::api::{ChaosExperiment, FaultInjection, NODE_LABEL, REVERTING_LABEL};
-use crate::controller::signal_receipts;
+use crate::controller::{pause_switch, signal_receipts};
 
 /// The pause switch: `paused: "true"` in this ConfigMap of the controller's namespace. (The
 /// controller's name for it, which the agent must match.)
@@ -222,12 +222,10 @@ impl FactWatches {
 
     pub fn snapshot(&self) -> Snapshot {
         let key = reflector::ObjectRef::new(PAUSE_CONFIGMAP).within(&self.controller_namespace);
-        let paused = self.pause.get(&key).is_some_and(|map| {
-            map.data
-                .as_ref()
-                .and_then(|d| d.get("paused"))
-                .is_some_and(|v| v == "true")
-        });
+        let paused = self
+            .pause
+            .get(&key)
+            .is_some_and(|map| pause_switch::says_paused(&map));
         let pods = self
             .pods
             .iter()

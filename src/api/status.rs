@@ -241,13 +241,16 @@ pub struct ChaosExperimentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The seed of the random target choice, so a run can be reproduced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Written even when none (null), as `targets` even when empty: a hold clears both, and a
+    // field left out of a status apply is not cleared by every server (the sandbox's apply
+    // merges).
+    #[serde(default)]
     pub seed: Option<i64>,
     /// How many pods were selected.
     #[serde(default)]
     pub target_count: i32,
     /// Every target and what was done to it, recorded before any fault is injected.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub targets: Vec<TargetRecord>,
     /// What every probe has seen, updated while the experiment runs (at most about once a
     /// second, and at once when the hypothesis changes).

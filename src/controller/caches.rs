@@ -94,12 +94,9 @@ impl Caches {
     pub fn paused(&self) -> bool {
         let key = kube::runtime::reflector::ObjectRef::new(PAUSE_CONFIGMAP)
             .within(&self.controller_namespace);
-        self.pause.get(&key).is_some_and(|map| {
-            map.data
-                .as_ref()
-                .and_then(|d| d.get("paused"))
-                .is_some_and(|v| v == "true")
-        })
+        self.pause
+            .get(&key)
+            .is_some_and(|map| super::pause_switch::says_paused(&map))
     }
 
     /// What the revert signal says of experiment `uid`, if it names it.
@@ -318,11 +315,17 @@ pub struct Versions {
 }
 
 impl Versions {
-    /// A write of ours has just replaced `experiment`'s current version.
-    pub fn replaced(&self, experiment: &ChaosExperiment) {
+    /// A write of ours has just replaced `experiment`'s current version with `now` (the
+    /// version the write answered with). A write that changed nothing (the server keeps the
+    /// version of a no-op and sends no watch event) replaced nothing: skipping that version
+    /// would wait for an event that never comes.
+    pub fn replaced(&self, experiment: &ChaosExperiment, now: Option<&str>) {
         let (Some(uid), Some(old)) = (experiment.uid(), experiment.resource_version()) else {
             return;
         };
+        if now == Some(old.as_str()) {
+            return;
+        }
         let mut superseded = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
         superseded.entry(uid).or_default().push(old);
     }
@@ -466,8 +469,8 @@ mod tests {
     #[test]
     fn versions_our_writes_replaced_are_skipped_until_the_cache_catches_up() {
         let versions = Versions::default();
-        versions.replaced(&experiment("u", "1"));
-        versions.replaced(&experiment("u", "2"));
+        versions.replaced(&experiment("u", "1"), Some("2"));
+        versions.replaced(&experiment("u", "2"), Some("3"));
         // The watch delivers 2 (an intermediate write of ours): out of date.
         assert!(versions.is_superseded(&experiment("u", "2")));
         assert!(versions.is_superseded(&experiment("u", "1")));
@@ -475,6 +478,14 @@ mod tests {
         assert!(!versions.is_superseded(&experiment("v", "1")));
         // 3 (or anything newer) is current and ends the entry.
         assert!(!versions.is_superseded(&experiment("u", "3")));
+    }
+
+    #[test]
+    fn a_write_that_changed_nothing_supersedes_nothing() {
+        let versions = Versions::default();
+        // The server answered with the version it had: no new version, no watch event.
+        versions.replaced(&experiment("u", "4"), Some("4"));
+        assert!(!versions.is_superseded(&experiment("u", "4")));
     }
 }
 

@@ -40,6 +40,7 @@ pub mod events;
 mod injections;
 mod invalid;
 mod observe;
+pub mod pause_switch;
 mod podkill;
 mod probe_access;
 pub mod probe_hub;
@@ -79,8 +80,7 @@ use crate::{
     selection::SafetyPolicy,
 };
 
-/// The ConfigMap (in the controller's namespace) whose `paused: "true"` stops all chaos.
-pub const PAUSE_CONFIGMAP: &str = "faultline-pause";
+pub use pause_switch::PAUSE_CONFIGMAP;
 
 pub use revert_signal::REVERTING_CONFIGMAP;
 
@@ -248,7 +248,9 @@ async fn reconcile_inner(
     let mut experiment = Arc::unwrap_or_clone(experiment);
     let read_version = experiment.resource_version();
     if let Some(updated) = act::ensure_finalizer(ctx, &experiment).await? {
-        ctx.caches.versions.replaced(&experiment);
+        ctx.caches
+            .versions
+            .replaced(&experiment, updated.resource_version().as_deref());
         experiment.metadata.resource_version = updated.metadata.resource_version;
         experiment.metadata.finalizers = updated.metadata.finalizers;
     }

@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use super::{
     Context, Error, Result,
     departures::{self, Departure},
-    probe_access,
+    pause_switch, probe_access,
     revert_progress::{revert_progress, unclaimed},
     spec_check,
     target_reads::{TARGET_READ_EVERY, target_world},
@@ -80,7 +80,14 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         // moment ago: confirm with the API server before believing it.
         injections = list_injections(ctx, &namespace, &name, &uid).await?;
     }
-    let paused = ctx.caches.paused();
+    let mut paused = ctx.caches.paused();
+    if !paused && pause_switch::held(&status) {
+        // A resume is confirmed before a held experiment starts (see `act::perform` for one
+        // that was about to inject).
+        paused =
+            pause_switch::paused_after_all(&ctx.client, &ctx.settings.policy.controller_namespace)
+                .await;
+    }
 
     // Whether some fault went in, before targets that left lose their Injected state.
     let any_injected = status.faults_injected > 0

@@ -173,7 +173,9 @@ async fn apply(
         took_ms = started.elapsed().as_millis() as u64,
         "status written"
     );
-    ctx.caches.versions.replaced(experiment);
+    ctx.caches
+        .versions
+        .replaced(experiment, updated.resource_version().as_deref());
     ctx.caches
         .status_writes
         .written(&experiment.uid().unwrap_or_default(), (ctx.now)());

@@ -22,7 +22,7 @@ use kube::{
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{TestCluster, wait_for};
+use super::{TestCluster, held_responses::HeldResponses, wait_for};
 
 pub struct Harness {
     pub cluster: TestCluster,
@@ -39,7 +39,7 @@ pub struct Harness {
 }
 
 fn spawn_controller(
-    cluster: &TestCluster,
+    clients: Clients,
     scripted: &Arc<ScriptedProbes>,
     real_probes: bool,
     controller_namespace: &str,
@@ -48,7 +48,6 @@ fn spawn_controller(
     tokio::task::JoinHandle<()>,
 ) {
     let (trigger, triggers) = mpsc::unbounded_channel();
-    let clients = Clients::from_config(cluster.client_config()).expect("clients");
     let hypotheses: Arc<dyn HypothesisSource> = if real_probes {
         Arc::new(ProbeHub::new(
             clients.main.clone(),
@@ -111,6 +110,21 @@ impl Harness {
     }
 
     async fn start_in(real_probes: bool, controller_namespace: &str, create: bool) -> Harness {
+        Self::start_full(real_probes, controller_namespace, create, None).await
+    }
+
+    /// The controller with scripted probes, its responses that match `held` held back until
+    /// released (a watch cache kept behind on purpose).
+    pub async fn start_holding(held: &HeldResponses) -> Harness {
+        Self::start_full(false, "faultline-system", true, Some(held)).await
+    }
+
+    async fn start_full(
+        real_probes: bool,
+        controller_namespace: &str,
+        create: bool,
+        held: Option<&HeldResponses>,
+    ) -> Harness {
         let cluster = TestCluster::start().await;
         cluster.install_crds(&all_crds()).await;
         let client = cluster.client().await;
@@ -118,8 +132,19 @@ impl Harness {
             super::cluster::apply_namespace(&client, controller_namespace, false).await;
         }
         let probes = Arc::new(ScriptedProbes::default());
+        let clients = match held {
+            None => Clients::from_config(cluster.client_config()).expect("clients"),
+            Some(held) => {
+                let mut no_retry = cluster.client_config();
+                no_retry.default_retry = false;
+                Clients {
+                    main: held.client_of(cluster.client_config()),
+                    no_retry: held.client_of(no_retry),
+                }
+            }
+        };
         let (trigger, controller) =
-            spawn_controller(&cluster, &probes, real_probes, controller_namespace);
+            spawn_controller(clients, &probes, real_probes, controller_namespace);
         let (stop_agent, agent_stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
         Harness {
@@ -140,8 +165,9 @@ impl Harness {
     pub async fn crash_and_restart_controller(&mut self) {
         self.controller.abort();
         let _ = (&mut self.controller).await;
+        let clients = Clients::from_config(self.cluster.client_config()).expect("clients");
         let (trigger, controller) = spawn_controller(
-            &self.cluster,
+            clients,
             &self.probes,
             self.real_probes,
             &self.controller_namespace,

@@ -47,5 +47,6 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
 pub mod cluster;
 pub mod endless;
 pub mod harness;
+pub mod held_responses;
 
 pub use cluster::TestCluster;

@@ -1,7 +1,7 @@
 //! Which work items may act, and the quick writes for those that will not: consent from the
 //! watch caches, the second look at the API server for the few that need it (the experiment
-//! behind each apply, a namespace's fresh labels), then finalizers, refusals and the statuses
-//! of what will not be applied.
+//! behind each apply, a namespace's fresh labels, the pause switch before a refusal on its
+//! word), then finalizers, refusals and the statuses of what will not be applied.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -49,6 +49,7 @@ impl<K: Kernel> Agent<K> {
             live.iter().map(|i| (key_of(i), i)).collect();
         let mut to_vouch = Vec::new();
         let mut to_recheck = Vec::new();
+        let mut paused_refusals = Vec::new();
         for action in &plan.actions {
             match action {
                 Action::Apply { key } => to_vouch.extend(by_key.get(key).copied()),
@@ -56,10 +57,18 @@ impl<K: Kernel> Agent<K> {
                     key,
                     refusal: Refusal::NamespaceNotOptedIn,
                 } => to_recheck.extend(by_key.get(key).copied()),
+                Action::Refuse {
+                    key,
+                    refusal: Refusal::ChaosPaused,
+                } => paused_refusals.push(key.clone()),
                 _ => {}
             }
         }
         let mut verdicts = BTreeMap::new();
+        if !paused_refusals.is_empty() && !self.paused_now().await {
+            // The cache is behind a resume: decide when it has caught up.
+            verdicts.extend(paused_refusals.into_iter().map(|k| (k, Verdict::Unknown)));
+        }
         if to_vouch.is_empty() && to_recheck.is_empty() {
             return verdicts;
         }
@@ -116,6 +125,19 @@ impl<K: Kernel> Agent<K> {
             }
         }
         verdicts
+    }
+
+    /// Whether chaos is paused, as the API server says now. Cannot tell: not paused, so that
+    /// the refusal waits for the next step rather than being made on a guess (nothing is
+    /// applied meanwhile: the cache still says paused).
+    async fn paused_now(&self) -> bool {
+        let namespace = &self.policy.controller_namespace;
+        crate::controller::pause_switch::paused_now(&self.client, namespace)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read the pause switch; the refusal waits");
+                false
+            })
     }
 
     /// Finalizers, and statuses of what will not be applied: concurrently.

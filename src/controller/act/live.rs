@@ -109,14 +109,6 @@ pub(super) fn follow_packets(
     facts
 }
 
-/// Whether the experiment waits for chaos to resume.
-pub(super) fn held(status: &ChaosExperimentStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Paused" && c.status == ConditionStatus::True)
-}
-
 /// What the probe refresh looks at.
 pub(super) struct ProbeInput<'a> {
     /// The probes' results (None when they are not running in this controller).

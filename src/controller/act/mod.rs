@@ -26,7 +26,7 @@ use super::{
     events::Fact,
     injections,
     observe::{World, may_have_injections, probe_phase},
-    revert_signal, status, targets,
+    pause_switch, revert_signal, status, targets,
 };
 use crate::{
     api::{
@@ -134,8 +134,10 @@ async fn remove_finalizer(ctx: &Context, experiment: &ChaosExperiment) -> Result
             )
             .await
         {
-            Ok(_) => {
-                ctx.caches.versions.replaced(&current);
+            Ok(updated) => {
+                ctx.caches
+                    .versions
+                    .replaced(&current, updated.resource_version().as_deref());
                 return Ok(());
             }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
@@ -167,6 +169,23 @@ pub async fn perform(
     // `status::write`), so a decision made on a stale cached object fails with a conflict
     // instead of rolling the status back.
     let now = observed.now;
+    // The cache's word that chaos is not paused is confirmed before the first fault goes in:
+    // a pause written a moment ago holds this experiment too.
+    let decision = match decision {
+        Decision::Transition {
+            to: Phase::Injecting,
+            ..
+        } if !observed.paused
+            && pause_switch::paused_after_all(
+                &ctx.client,
+                &ctx.settings.policy.controller_namespace,
+            )
+            .await =>
+        {
+            Decision::Hold
+        }
+        other => other,
+    };
     let uid = experiment.uid().unwrap_or_default();
     let generation = experiment.metadata.generation;
     status.observed_generation = generation;
@@ -202,7 +221,7 @@ pub async fn perform(
             );
         }
     }
-    if !observed.paused && live::held(&status) {
+    if !observed.paused && pause_switch::held(&status) {
         facts.push(resume(&mut status, generation, now));
     }
     let decisive = matches!(
@@ -544,7 +563,7 @@ async fn hold(
     generation: Option<i64>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<()> {
-    let newly = !live::held(status);
+    let newly = !pause_switch::held(status);
     status.phase = Phase::Pending;
     status.seed = None;
     status.target_count = 0;
@@ -675,7 +694,9 @@ async fn label_reverting(
         )
         .await
         .map_err(act_error("label the experiment reverting"))?;
-    ctx.caches.versions.replaced(experiment);
+    ctx.caches
+        .versions
+        .replaced(experiment, updated.resource_version().as_deref());
     experiment.metadata.resource_version = updated.metadata.resource_version;
     experiment.metadata.labels = updated.metadata.labels;
     experiment.metadata.annotations = updated.metadata.annotations;
