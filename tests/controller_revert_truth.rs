@@ -48,7 +48,7 @@ async fn without_an_agent_the_revert_is_never_called_confirmed() {
     h.create(
         "shop",
         "latency",
-        with_revert_timeout(latency_spec("10m"), "3s"),
+        with_revert_timeout(latency_spec("10m"), "6s"),
     )
     .await;
     let created = the_injection(&h).await;
