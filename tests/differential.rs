@@ -596,3 +596,126 @@ async fn crds_either_side_of_the_cel_budget_are_judged_as_the_real_server_judges
         real.shutdown().await;
     }
 }
+
+/// Server-side apply's removals, side by side: a field a manager applied before and leaves out
+/// of its next apply goes, unless another manager owns it; an apply to `/status` touches only
+/// status, and one to the main resource leaves status alone. The sandbox's object after each
+/// step is the real server's.
+// Multi-threaded: the embedded API server answers on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_an_apply_stops_carrying_go_as_on_the_real_server() {
+    use faultline::api::ChaosExperiment;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    use serde_json::json;
+
+    let sandbox = ApiServer::start(0)
+        .await
+        .expect("start the sandbox API server");
+    sandbox
+        .install_crds(&faultline::api::all_crds())
+        .await
+        .unwrap();
+    let mut clients = vec![("sandbox", sandbox.client().await)];
+    let real = if real_cluster_requested() {
+        let real = TestCluster::start().await;
+        clients.push(("real", real.client().await));
+        Some(real)
+    } else {
+        None
+    };
+    let apply = |labels: Value, spec: Value| {
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
+               "metadata": {"name": "ssa-removal", "labels": labels}, "spec": spec})
+    };
+    let status = |status: Value| {
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
+               "metadata": {"name": "ssa-removal"}, "status": status})
+    };
+    let spec = json!({"duration": "60s", "faults": [{"podKill": {}}], "dryRun": true,
+                      "abort": {"onHypothesisFailure": false}});
+    let mut results = Vec::new();
+    for (name, client) in &clients {
+        let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), "default");
+        let _ = api.delete("ssa-removal", &DeleteParams::default()).await;
+        let owner = PatchParams::apply("owner").force();
+        api.patch(
+            "ssa-removal",
+            &owner,
+            &Patch::Apply(apply(json!({"a": "1", "b": "2"}), spec.clone())),
+        )
+        .await
+        .unwrap();
+        // Another manager's write: the label it sets is its own.
+        api.patch(
+            "ssa-removal",
+            &PatchParams {
+                field_manager: Some("other".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"metadata": {"labels": {"c": "3"}}})),
+        )
+        .await
+        .unwrap();
+        // The owner's next apply leaves out label b, dryRun and abort.
+        let smaller = apply(
+            json!({"a": "1"}),
+            json!({"duration": "60s", "faults": [{"podKill": {}}]}),
+        );
+        api.patch("ssa-removal", &owner, &Patch::Apply(smaller.clone()))
+            .await
+            .unwrap();
+        api.patch_status(
+            "ssa-removal",
+            &owner,
+            &Patch::Apply(status(
+                json!({"phase": "Pending", "seed": 7, "message": "held"}),
+            )),
+        )
+        .await
+        .unwrap();
+        // The same main-resource apply again: the status it never carried stays.
+        api.patch("ssa-removal", &owner, &Patch::Apply(smaller))
+            .await
+            .unwrap();
+        let after_main = api.get("ssa-removal").await.unwrap();
+        api.patch_status(
+            "ssa-removal",
+            &owner,
+            &Patch::Apply(status(json!({"phase": "Pending"}))),
+        )
+        .await
+        .unwrap();
+        let after_status = api.get("ssa-removal").await.unwrap();
+        api.delete("ssa-removal", &DeleteParams::default())
+            .await
+            .unwrap();
+        let seen = |e: &ChaosExperiment| {
+            let status = e.status.clone().unwrap_or_default();
+            json!({"labels": e.metadata.labels, "dryRun": e.spec.dry_run,
+                   "abort": serde_json::to_value(&e.spec.abort).unwrap(),
+                   "seed": status.seed, "message": status.message})
+        };
+        results.push((*name, seen(&after_main), seen(&after_status)));
+    }
+    let (_, main, status) = &results[0];
+    // Label b and the applied spec fields are gone (back to their defaults); the status the
+    // main-resource apply did not mention stays until a status apply leaves it out.
+    assert_eq!(main["labels"], json!({"a": "1", "c": "3"}), "{main}");
+    assert_eq!(main["dryRun"], json!(false), "{main}");
+    assert_eq!(
+        (&main["seed"], &main["message"]),
+        (&json!(7), &json!("held"))
+    );
+    assert_eq!(
+        (&status["seed"], &status["message"]),
+        (&json!(null), &json!(null))
+    );
+    if let [(_, s_main, s_status), (_, r_main, r_status)] = results.as_slice() {
+        assert_eq!(s_main, r_main, "after the main-resource apply");
+        assert_eq!(s_status, r_status, "after the status apply");
+    }
+    sandbox.shutdown().await;
+    if let Some(real) = real {
+        real.shutdown().await;
+    }
+}

@@ -12,9 +12,11 @@
 //!   for built-in kinds; the handler answers 415 for custom resources like the real server.
 //! * Server-side apply is simplified to merge semantics: the applied configuration is merged
 //!   into the live object (strategic rules for built-ins, merge-patch rules for custom
-//!   resources, except that `null` is kept out), no ownership conflicts are detected and fields a
-//!   manager stops applying are not removed. managedFields entries are recorded (see
-//!   `managed_fields`), with a simplified `fieldsV1` set derived from the request body.
+//!   resources, except that `null` is kept out) and no ownership conflicts are detected.
+//!   managedFields entries are recorded (see `managed_fields`), with a simplified `fieldsV1` set
+//!   derived from the request body (object keys; a list is one field). On custom resources, a
+//!   field the manager applied before and leaves out now is removed unless another entry owns
+//!   it ([`prune_unapplied`]), as the real server does; on built-in kinds it stays.
 
 use serde_json::{Map, Value, json};
 
@@ -265,6 +267,113 @@ pub fn fields_v1(body: &Value) -> Value {
     walk(&v)
 }
 
+/// Which part of an object a write may change: an apply to `/status` prunes only within
+/// `status`, one to the main resource of a kind with a status subresource everything but it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyScope {
+    Status,
+    Main { has_status: bool },
+}
+
+/// Removes from `doc` what `manager` applied before (its `Apply` entry of this scope in
+/// `managed_fields`, the object's list as it was) and leaves out of `applied` now: the real
+/// server's "fields a manager stops applying are removed", unless another entry (another
+/// manager, or an `Update`) owns the field or something under it.
+pub fn prune_unapplied(
+    doc: &mut Value,
+    managed_fields: &Value,
+    manager: &str,
+    scope: ApplyScope,
+    applied: &Value,
+) {
+    let subresource = match scope {
+        ApplyScope::Status => Some("status"),
+        ApplyScope::Main { .. } => None,
+    };
+    let entries = managed_fields.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let is_ours = |e: &Value| {
+        e["manager"] == manager
+            && e["operation"] == "Apply"
+            && e["subresource"].as_str() == subresource
+    };
+    let Some(before) = entries.iter().find(|e| is_ours(e)) else {
+        return;
+    };
+    let others: Vec<&Value> = entries
+        .iter()
+        .filter(|e| !is_ours(e))
+        .map(|e| &e["fieldsV1"])
+        .collect();
+    let now = fields_v1(applied);
+    let Some(before) = before["fieldsV1"].as_object() else {
+        return;
+    };
+    let in_scope = |key: &str| match scope {
+        ApplyScope::Status => key == "f:status",
+        ApplyScope::Main { has_status } => !(has_status && key == "f:status"),
+    };
+    let before: Map<String, Value> = before
+        .iter()
+        .filter(|(k, _)| in_scope(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    prune(doc, &before, now.as_object(), &others, &mut Vec::new());
+}
+
+fn prune(
+    doc: &mut Value,
+    before: &Map<String, Value>,
+    now: Option<&Map<String, Value>>,
+    others: &[&Value],
+    path: &mut Vec<String>,
+) {
+    for (field, was) in before {
+        let Some(key) = field.strip_prefix("f:") else {
+            continue;
+        };
+        let still = now.and_then(|n| n.get(field));
+        path.push(field.clone());
+        let children = was.as_object().filter(|m| !m.is_empty());
+        match (still, children) {
+            // Still applied, with parts of its own: some of them may have gone.
+            (Some(still), Some(children)) => {
+                if let Some(child) = doc.get_mut(key) {
+                    prune(child, children, still.as_object(), others, path);
+                }
+            }
+            (Some(_), None) => {}
+            (None, _) if !owned_by(others, path) => {
+                if let Some(map) = doc.as_object_mut() {
+                    map.remove(key);
+                }
+            }
+            // Another owns it or a part of it: only the parts nobody else owns go.
+            (None, Some(children)) => {
+                if let Some(child) = doc.get_mut(key) {
+                    prune(child, children, None, others, path);
+                }
+            }
+            (None, None) => {}
+        }
+        path.pop();
+    }
+}
+
+/// Whether any of `sets` holds `path`, a part of it, or the whole of which it is a part.
+fn owned_by(sets: &[&Value], path: &[String]) -> bool {
+    sets.iter().any(|set| {
+        let mut node = *set;
+        for field in path {
+            match node.get(field) {
+                Some(next) => node = next,
+                // A leaf above the path owns everything under it.
+                None => return node.as_object().is_some_and(|m| m.is_empty()) && node != *set,
+            }
+        }
+        true
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +487,96 @@ mod tests {
             f,
             json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:n": {}}})
         );
+    }
+
+    fn entry(manager: &str, operation: &str, subresource: Option<&str>, body: Value) -> Value {
+        let mut e =
+            json!({"manager": manager, "operation": operation, "fieldsV1": fields_v1(&body)});
+        if let Some(s) = subresource {
+            e["subresource"] = json!(s);
+        }
+        e
+    }
+
+    #[test]
+    fn an_apply_removes_what_its_manager_stopped_applying_and_nobody_else_owns() {
+        let mut doc = json!({"metadata": {"labels": {"a": "1", "b": "2"}},
+                             "spec": {"x": 1, "y": 2, "z": [1, 2], "nested": {"p": 1, "q": 2}}});
+        let managed = json!([
+            entry(
+                "ctl",
+                "Apply",
+                None,
+                json!({"metadata": {"labels": {"a": "1", "b": "2"}},
+                  "spec": {"x": 1, "y": 2, "z": [1], "nested": {"p": 1, "q": 2}}})
+            ),
+            // Another manager's write owns spec.y.
+            entry("kubectl", "Update", None, json!({"spec": {"y": 2}})),
+        ]);
+        let applied =
+            json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "nested": {"p": 1}}});
+        prune_unapplied(
+            &mut doc,
+            &managed,
+            "ctl",
+            ApplyScope::Main { has_status: true },
+            &applied,
+        );
+        assert_eq!(
+            doc,
+            json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "y": 2, "nested": {"p": 1}}})
+        );
+    }
+
+    #[test]
+    fn an_apply_prunes_only_within_its_own_subresource_and_only_its_own_entry() {
+        let status = json!({"status": {"seed": 7, "targets": [1], "phase": "Pending"}});
+        let managed = json!([
+            entry("ctl", "Apply", Some("status"), status.clone()),
+            entry(
+                "agent",
+                "Apply",
+                Some("status"),
+                json!({"status": {"receipts": [1]}})
+            ),
+            entry("ctl", "Apply", None, json!({"spec": {"x": 1}})),
+        ]);
+        // A main-resource apply leaves status alone, whatever it applied before.
+        let mut doc = json!({"spec": {"x": 1}, "status": {"seed": 7, "receipts": [1]}});
+        prune_unapplied(
+            &mut doc,
+            &managed,
+            "ctl",
+            ApplyScope::Main { has_status: true },
+            &json!({"spec": {}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"spec": {}, "status": {"seed": 7, "receipts": [1]}})
+        );
+        // A status apply that leaves seed and targets out removes them, not the agent's field.
+        let mut doc =
+            json!({"status": {"seed": 7, "targets": [1], "phase": "Pending", "receipts": [1]}});
+        prune_unapplied(
+            &mut doc,
+            &managed,
+            "ctl",
+            ApplyScope::Status,
+            &json!({"status": {"phase": "Running"}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"status": {"phase": "Pending", "receipts": [1]}})
+        );
+        // A manager with no earlier apply removes nothing.
+        let mut doc = json!({"status": {"seed": 7}});
+        prune_unapplied(
+            &mut doc,
+            &managed,
+            "new",
+            ApplyScope::Status,
+            &json!({"status": {}}),
+        );
+        assert_eq!(doc, json!({"status": {"seed": 7}}));
     }
 }

@@ -285,6 +285,20 @@ pub fn patch(
             patch::apply_merge(&mut doc, &checked, !t.def.is_custom()).map_err(patch_failed)?;
             if t.def.is_custom() {
                 keep_nulls(&mut doc, &checked);
+                let scope = if t.is_status() {
+                    patch::ApplyScope::Status
+                } else {
+                    patch::ApplyScope::Main {
+                        has_status: t.def.has_status(&t.version),
+                    }
+                };
+                patch::prune_unapplied(
+                    &mut doc,
+                    &old["metadata"]["managedFields"],
+                    &ctx.manager,
+                    scope,
+                    &checked,
+                );
             }
             // An apply never carries a precondition of its own unless it names a resourceVersion.
         }
