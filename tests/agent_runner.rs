@@ -135,6 +135,22 @@ impl World {
         expires_in: TimeDelta,
         fault: NetworkFault,
     ) -> FaultInjection {
+        let injection = self.vouched(name, pod_uid, expires_in, fault).await;
+        self.injections()
+            .create(&PostParams::default(), &injection)
+            .await
+            .unwrap()
+    }
+
+    /// A work item as the controller would write it, with a running experiment behind it (and
+    /// its namespace opted in), not created yet.
+    async fn vouched(
+        &self,
+        name: &str,
+        pod_uid: &str,
+        expires_in: TimeDelta,
+        fault: NetworkFault,
+    ) -> FaultInjection {
         let mut injection = FaultInjection::new(
             name,
             FaultInjectionSpec {
@@ -165,10 +181,7 @@ impl World {
         testkit::vouch_for(&self.client, &mut injection)
             .await
             .unwrap();
-        self.injections()
-            .create(&PostParams::default(), &injection)
-            .await
-            .unwrap()
+        injection
     }
 
     fn injections(&self) -> Api<FaultInjection> {
@@ -1077,5 +1090,55 @@ async fn a_resume_the_agents_cache_has_not_seen_refuses_nothing() {
     held.release();
     world.wait_phase("after", InjectionPhase::Applied).await;
     assert_eq!(world.kernel.rules().len(), 1);
+    agent.abort();
+}
+
+/// A consent withdrawn a moment ago (the namespace's opt-in label removed) that the agent's
+/// watch has not delivered: the work item about to be applied is refused on the API server's
+/// word, not applied on the cache's. Once the cache catches up, the fault already in goes too.
+#[tokio::test]
+async fn a_withdrawn_consent_the_agents_cache_has_not_seen_is_not_applied() {
+    let world = World::start(RecordingKernel::full()).await;
+    let pod = world.pod("target").await;
+    common::cluster::apply_namespace(&world.client, "default", true).await;
+    // The agent lists the namespaces (opted in) and then hears nothing more of them.
+    let held = common::held_responses::HeldResponses::new(&["/api/v1/namespaces?", "watch="]);
+    let yaml = world.server.as_ref().unwrap().kubeconfig_yaml();
+    let agent = world.agent_with(
+        held.client(&yaml).await,
+        world.journal.path().to_path_buf(),
+        AgentMetrics::new(),
+    );
+    world.injection("first", &pod, TimeDelta::minutes(5)).await;
+    world.wait_phase("first", InjectionPhase::Applied).await;
+
+    let fault = NetworkFault {
+        latency: Some(LatencyFault {
+            latency: "80ms".into(),
+            direction: Direction::To,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let second = world
+        .vouched("second", &pod, TimeDelta::minutes(5), fault)
+        .await;
+    common::cluster::apply_namespace(&world.client, "default", false).await;
+    world
+        .injections()
+        .create(&PostParams::default(), &second)
+        .await
+        .unwrap();
+    let refused = world.wait_phase("second", InjectionPhase::Failed).await;
+    let message = refused.status.unwrap().message.unwrap_or_default();
+    assert!(message.contains("faultline.dev/chaos=enabled"), "{message}");
+    assert_eq!(
+        world.kernel.rules().len(),
+        1,
+        "applied on a stale cache's word"
+    );
+
+    held.release();
+    world.wait_rules(0).await;
     agent.abort();
 }

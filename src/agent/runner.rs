@@ -364,10 +364,11 @@ impl<K: Kernel> Agent<K> {
         let t1 = std::time::Instant::now();
         let mut plan = converge::plan(now, live_view.as_deref(), &applied, &gone);
         if let (Some(view), Some(live)) = (live_view.as_mut(), live) {
-            // A work item about to be applied needs a running experiment behind it; a refusal
-            // on a namespace's labels or on the pause switch is checked again against the API
-            // server (the cache may not have seen a label just added, or a resume). Then plan
-            // again with what that found.
+            // A work item about to be applied needs a running experiment behind it and its
+            // target's namespace opted in, as the API server says now; a refusal on a
+            // namespace's labels or on the pause switch is checked again there too (the cache
+            // may not have seen a label just removed or added, or a resume). Then plan again
+            // with what that found.
             let verdicts = self.second_look(&plan, live).await;
             if !verdicts.is_empty() {
                 for injection in view.iter_mut() {

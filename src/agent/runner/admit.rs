@@ -1,7 +1,8 @@
 //! Which work items may act, and the quick writes for those that will not: consent from the
 //! watch caches, the second look at the API server for the few that need it (the experiment
-//! behind each apply, a namespace's fresh labels, the pause switch before a refusal on its
-//! word), then finalizers, refusals and the statuses of what will not be applied.
+//! behind each apply and its target's namespace, a refused namespace's fresh labels, the pause
+//! switch before a refusal on its word), then finalizers, refusals and the statuses of what
+//! will not be applied.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -81,18 +82,29 @@ impl<K: Kernel> Agent<K> {
                 )
             })
             .collect();
+        // The namespaces of what is about to be applied are read too: a consent withdrawn a
+        // moment ago (the opt-in label removed) may not be in the cache yet.
+        let vouching_namespaces = if self.policy.allow_all_namespaces {
+            Vec::new()
+        } else {
+            to_vouch.clone()
+        };
+        let namespaces: BTreeSet<String> = vouching_namespaces
+            .iter()
+            .chain(&to_recheck)
+            .map(|i| i.spec.target.namespace.clone())
+            .collect();
         let client = &self.client;
-        let experiments: BTreeMap<(String, String), Result<Option<ChaosExperiment>, ()>> =
-            futures::stream::iter(wanted.into_iter().map(|(namespace, name)| async move {
-                let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), &namespace);
-                let found = api.get_opt(&name).await.map_err(|error| {
-                    tracing::warn!(experiment = %format!("{namespace}/{name}"), %error, "cannot read the experiment behind an injection; it is not applied until the agent can");
-                });
-                ((namespace, name), found)
-            }))
-            .buffer_unordered(PARALLEL_WRITES)
-            .collect()
-            .await;
+        let experiments = futures::stream::iter(wanted.into_iter().map(|(namespace, name)| async move {
+            let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), &namespace);
+            let found = api.get_opt(&name).await.map_err(|error| {
+                tracing::warn!(experiment = %format!("{namespace}/{name}"), %error, "cannot read the experiment behind an injection; it is not applied until the agent can");
+            });
+            ((namespace, name), found)
+        }))
+        .buffer_unordered(PARALLEL_WRITES)
+        .collect::<BTreeMap<(String, String), Result<Option<ChaosExperiment>, ()>>>();
+        let (experiments, opted_in) = futures::join!(experiments, self.opted_in_now(namespaces));
         for injection in to_vouch {
             let key = (
                 injection.namespace().unwrap_or_default(),
@@ -100,31 +112,52 @@ impl<K: Kernel> Agent<K> {
             );
             let verdict = match experiments.get(&key) {
                 Some(Ok(found)) => match admission::vouched(injection, found.as_ref()) {
-                    Ok(()) => continue,
+                    Ok(()) if self.policy.allow_all_namespaces => continue,
+                    Ok(()) => match opted_in.get(&injection.spec.target.namespace) {
+                        Some(Some(true)) => continue,
+                        Some(Some(false)) => Verdict::Refused(Refusal::NamespaceNotOptedIn),
+                        _ => Verdict::Unknown,
+                    },
                     Err(refusal) => Verdict::Refused(refusal),
                 },
                 _ => Verdict::Unknown,
             };
             verdicts.insert(key_of(injection), verdict);
         }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
         for injection in to_recheck {
-            let fresh = namespaces.get_opt(&injection.spec.target.namespace).await;
-            let opted_in = match &fresh {
-                Ok(Some(ns)) => ns
-                    .labels()
-                    .get(crate::api::NAMESPACE_OPT_IN_LABEL)
-                    .is_some_and(|v| v == crate::api::NAMESPACE_OPT_IN_VALUE),
-                Ok(None) => false,
-                // Cannot tell: ask again at the next step rather than refuse on a guess.
-                Err(_) => true,
-            };
-            if opted_in {
-                // The cache is behind: decide when it has caught up.
+            // Opted in after all, or cannot tell: the cache is behind, or the read failed;
+            // decide at the next step rather than refuse on a guess.
+            if opted_in.get(&injection.spec.target.namespace) != Some(&Some(false)) {
                 verdicts.insert(key_of(injection), Verdict::Unknown);
             }
         }
         verdicts
+    }
+
+    /// Whether each namespace carries the opt-in label, as the API server says now (`None`:
+    /// the read failed; a namespace that is gone did not opt in).
+    async fn opted_in_now(&self, names: BTreeSet<String>) -> BTreeMap<String, Option<bool>> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        futures::stream::iter(names.into_iter().map(|name| {
+            let api = api.clone();
+            async move {
+                let opted_in = match api.get_opt(&name).await {
+                    Ok(found) => Some(found.is_some_and(|ns| {
+                        ns.labels()
+                            .get(crate::api::NAMESPACE_OPT_IN_LABEL)
+                            .is_some_and(|v| v == crate::api::NAMESPACE_OPT_IN_VALUE)
+                    })),
+                    Err(error) => {
+                        tracing::warn!(namespace = %name, %error, "cannot read a target's namespace; its work items wait");
+                        None
+                    }
+                };
+                (name, opted_in)
+            }
+        }))
+        .buffer_unordered(PARALLEL_WRITES)
+        .collect()
+        .await
     }
 
     /// Whether chaos is paused, as the API server says now. Cannot tell: not paused, so that
