@@ -20,7 +20,7 @@ use faultline::api::{
     NetworkFault, ObjectRef, PROTECTED_LABEL, PodRef, all_crds,
 };
 use faultline::sandbox::testkit::vouch_for;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -376,25 +376,7 @@ async fn the_agent_honours_the_pause_switch() {
     assert_eq!(setup.tables(0), vec![tag_of(&first)]);
 
     // `faultline pause` (the ConfigMap it writes): the fault in place is reverted...
-    let switch = |paused: bool| {
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "faultline-pause", "namespace": "faultline-system"},
-            "data": {"paused": paused.to_string()}})
-    };
-    let maps: Api<ConfigMap> = Api::namespaced(setup.client.clone(), "faultline-system");
-    let pause = |paused: bool| {
-        let maps = maps.clone();
-        let body = switch(paused);
-        async move {
-            maps.patch(
-                "faultline-pause",
-                &PatchParams::apply("faultline-tests").force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .unwrap();
-        }
-    };
+    let pause = |paused: bool| common::cluster::set_paused(&setup.client, paused);
     pause(true).await;
     let reverted = setup.wait_phase(&first, InjectionPhase::Reverted).await;
     let message = reverted.status.unwrap().message.unwrap();

@@ -1038,22 +1038,7 @@ async fn a_reverting_experiment_loses_all_its_faults_and_gets_one_receipt_for_th
 async fn a_resume_the_agents_cache_has_not_seen_refuses_nothing() {
     let world = World::start(RecordingKernel::full()).await;
     common::cluster::apply_namespace(&world.client, "faultline-system", false).await;
-    let maps: Api<ConfigMap> = Api::namespaced(world.client.clone(), "faultline-system");
-    let switch = |paused: bool| {
-        let maps = maps.clone();
-        async move {
-            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": faultline::controller::PAUSE_CONFIGMAP},
-                "data": {"paused": paused.to_string()}});
-            maps.patch(
-                faultline::controller::PAUSE_CONFIGMAP,
-                &PatchParams::apply("faultline-tests").force(),
-                &Patch::Apply(&map),
-            )
-            .await
-            .unwrap();
-        }
-    };
+    let switch = |paused: bool| common::cluster::set_paused(&world.client, paused);
     switch(true).await;
     // The agent lists the switch (paused) and then hears nothing more of it until released.
     let held = common::held_responses::HeldResponses::new(&[

@@ -565,22 +565,7 @@ async fn a_pause_holds_a_new_experiment_in_pending_until_resume() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;
     h.namespace("faultline-system", false).await;
-    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(h.client.clone(), "faultline-system");
-    let switch = |paused: bool| {
-        let maps = maps.clone();
-        async move {
-            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "faultline-pause"}, "data": {"paused": paused.to_string()}});
-            maps.patch(
-                "faultline-pause",
-                &PatchParams::apply("faultline-tests").force(),
-                &Patch::Apply(&map),
-            )
-            .await
-            .unwrap();
-        }
-    };
+    let switch = |paused: bool| common::cluster::set_paused(&h.client, paused);
     switch(true).await;
     h.create("shop", "while-paused", latency_spec("10m")).await;
     let api = h.experiments("shop");
@@ -657,22 +642,7 @@ async fn a_pause_the_controllers_cache_has_not_seen_holds_a_new_experiment() {
     ]);
     let h = Harness::start_holding(&held).await;
     shop_with_web_pods(&h, 2).await;
-    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(h.client.clone(), "faultline-system");
-    let switch = |paused: bool| {
-        let maps = maps.clone();
-        async move {
-            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "faultline-pause"}, "data": {"paused": paused.to_string()}});
-            maps.patch(
-                "faultline-pause",
-                &PatchParams::apply("faultline-tests").force(),
-                &Patch::Apply(&map),
-            )
-            .await
-            .unwrap();
-        }
-    };
+    let switch = |paused: bool| common::cluster::set_paused(&h.client, paused);
     switch(true).await;
     h.create("shop", "paused-unseen", latency_spec("10m")).await;
     let api = h.experiments("shop");

@@ -351,6 +351,22 @@ pub async fn apply_namespace(client: &Client, name: &str, opted_in: bool) {
     .await;
 }
 
+/// Sets the pause switch (`faultline pause` / `resume`: the ConfigMap it writes in the
+/// controller's namespace `faultline-system`).
+pub async fn set_paused(client: &Client, paused: bool) {
+    let map = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": faultline::controller::PAUSE_CONFIGMAP},
+        "data": {"paused": paused.to_string()}});
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "faultline-system")
+        .patch(
+            faultline::controller::PAUSE_CONFIGMAP,
+            &PatchParams::apply("faultline-tests").force(),
+            &Patch::Apply(&map),
+        )
+        .await
+        .unwrap();
+}
+
 const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Deletes what tests create in `namespace`: faultline's objects first (without waiting for
