@@ -560,6 +560,18 @@ async fn the_api_server_refuses_an_edit_of_a_started_experiments_spec() {
     h.stop().await;
 }
 
+/// The status of experiment `name` once it is held by a pause (its `Paused` condition).
+async fn held_by_pause(
+    api: &Api<ChaosExperiment>,
+    name: &str,
+) -> faultline::api::ChaosExperimentStatus {
+    common::wait_for("the hold", Duration::from_secs(30), || async {
+        let status = api.get(name).await.ok()?.status?;
+        faultline::controller::pause_switch::held(&status).then_some(status)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_pause_holds_a_new_experiment_in_pending_until_resume() {
     let h = Harness::start().await;
@@ -569,16 +581,7 @@ async fn a_pause_holds_a_new_experiment_in_pending_until_resume() {
     switch(true).await;
     h.create("shop", "while-paused", latency_spec("10m")).await;
     let api = h.experiments("shop");
-    let held = common::wait_for("the hold", Duration::from_secs(15), || async {
-        let e = api.get("while-paused").await.ok()?;
-        let status = e.status?;
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Paused" && c.status == ConditionStatus::True)
-            .then_some(status)
-    })
-    .await;
+    let held = held_by_pause(&api, "while-paused").await;
     assert_eq!(held.phase, Phase::Pending);
     assert_eq!(held.reason.as_deref(), Some("ChaosPaused"));
     let condition = held
@@ -646,15 +649,7 @@ async fn a_pause_the_controllers_cache_has_not_seen_holds_a_new_experiment() {
     switch(true).await;
     h.create("shop", "paused-unseen", latency_spec("10m")).await;
     let api = h.experiments("shop");
-    let held_status = common::wait_for("the hold", Duration::from_secs(30), || async {
-        let status = api.get("paused-unseen").await.ok()?.status?;
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Paused" && c.status == ConditionStatus::True)
-            .then_some(status)
-    })
-    .await;
+    let held_status = held_by_pause(&api, "paused-unseen").await;
     assert_eq!(held_status.phase, Phase::Pending);
     assert_eq!(h.injection_count("shop").await, 0, "injected while paused");
     // It stays held, although the cache still says chaos runs.

@@ -305,12 +305,8 @@ fn namespaces(cases: &[Case]) -> BTreeSet<String> {
 /// What one case got from each server, per request kind.
 type Answers = BTreeMap<&'static str, BTreeMap<&'static str, Answer>>;
 
-// Multi-threaded: the embedded API server answers on this runtime.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validate_the_sandbox_and_the_real_server_agree_on_every_manifest() {
-    let cases = corpus();
-    assert!(cases.len() >= 100, "the corpus has {} cases", cases.len());
-
+/// The embedded API server with faultline's CRDs.
+async fn sandbox_with_crds() -> ApiServer {
     let sandbox = ApiServer::start(0)
         .await
         .expect("start the sandbox API server");
@@ -318,6 +314,16 @@ async fn validate_the_sandbox_and_the_real_server_agree_on_every_manifest() {
         .install_crds(&faultline::api::all_crds())
         .await
         .unwrap();
+    sandbox
+}
+
+// Multi-threaded: the embedded API server answers on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_the_sandbox_and_the_real_server_agree_on_every_manifest() {
+    let cases = corpus();
+    assert!(cases.len() >= 100, "the corpus has {} cases", cases.len());
+
+    let sandbox = sandbox_with_crds().await;
     let mut servers = vec![Server {
         name: "sandbox",
         client: sandbox.client().await,
@@ -472,13 +478,7 @@ async fn a_body_over_the_request_limit_is_a_413_kubectl_can_read() {
         "{} is missing: run scripts/setup.sh",
         kubectl.display()
     );
-    let sandbox = ApiServer::start(0)
-        .await
-        .expect("start the sandbox API server");
-    sandbox
-        .install_crds(&faultline::api::all_crds())
-        .await
-        .unwrap();
+    let sandbox = sandbox_with_crds().await;
     let mut kubeconfigs = vec![("sandbox", sandbox.kubeconfig_yaml())];
     let real = if real_cluster_requested() {
         let real = TestCluster::start().await;
@@ -608,13 +608,7 @@ async fn fields_an_apply_stops_carrying_go_as_on_the_real_server() {
     use kube::api::{Api, DeleteParams, Patch, PatchParams};
     use serde_json::json;
 
-    let sandbox = ApiServer::start(0)
-        .await
-        .expect("start the sandbox API server");
-    sandbox
-        .install_crds(&faultline::api::all_crds())
-        .await
-        .unwrap();
+    let sandbox = sandbox_with_crds().await;
     let mut clients = vec![("sandbox", sandbox.client().await)];
     let real = if real_cluster_requested() {
         let real = TestCluster::start().await;

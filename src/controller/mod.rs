@@ -150,11 +150,20 @@ pub struct Clients {
 
 impl Clients {
     pub fn from_config(config: kube::Config) -> Result<Clients, kube::Error> {
+        Self::from_config_via(config, Client::try_from)
+    }
+
+    /// Both clients made by `make` (a client with extra layers, say) from `config` and its
+    /// copy without retries.
+    pub fn from_config_via(
+        config: kube::Config,
+        make: impl Fn(kube::Config) -> Result<Client, kube::Error>,
+    ) -> Result<Clients, kube::Error> {
         let mut no_retry = config.clone();
         no_retry.default_retry = false;
         Ok(Clients {
-            main: Client::try_from(config)?,
-            no_retry: Client::try_from(no_retry)?,
+            main: make(config)?,
+            no_retry: make(no_retry)?,
         })
     }
 }

@@ -133,16 +133,12 @@ impl Harness {
         }
         let probes = Arc::new(ScriptedProbes::default());
         let clients = match held {
-            None => Clients::from_config(cluster.client_config()).expect("clients"),
+            None => Clients::from_config(cluster.client_config()),
             Some(held) => {
-                let mut no_retry = cluster.client_config();
-                no_retry.default_retry = false;
-                Clients {
-                    main: held.client_of(cluster.client_config()),
-                    no_retry: held.client_of(no_retry),
-                }
+                Clients::from_config_via(cluster.client_config(), |c| Ok(held.client_of(c)))
             }
-        };
+        }
+        .expect("clients");
         let (trigger, controller) =
             spawn_controller(clients, &probes, real_probes, controller_namespace);
         let (stop_agent, agent_stopped) = oneshot::channel::<()>();
