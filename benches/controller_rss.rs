@@ -141,14 +141,15 @@ async fn main() {
         .send()
         .await
         .and_then(|r| r.error_for_status());
-    let reconciles = match metrics {
-        Ok(r) => metric(
-            &r.text().await.unwrap_or_default(),
-            "faultline_reconciliations_total",
-        )
-        .to_string(),
+    let metrics = match metrics {
+        Ok(r) => Ok(r.text().await.unwrap_or_default()),
+        Err(error) => Err(error.to_string()),
+    };
+    let reconciles = match &metrics {
+        Ok(text) => metric(text, "faultline_reconciliations_total").to_string(),
         Err(error) => format!("? ({error})"),
     };
+    let requests = api_requests(metrics.as_deref().unwrap_or_default());
     let own = read_status(std::process::id());
     // The alternative to listing per experiment: a pod cache in the controller. Each variant
     // runs in a process of its own against the same 10,000 pods.
@@ -219,6 +220,95 @@ async fn main() {
                 mib(caches[2].1.hwm),
             ],
         ],
+    );
+    print_requests(&requests, total, &caches);
+}
+
+/// Requests by (verb, resource): how many, and how many were not answered 2xx.
+type RequestTable = std::collections::BTreeMap<(String, String), (u64, u64)>;
+
+/// `faultline_api_requests_total` of the controller's `/metrics`, summed over status codes.
+fn api_requests(metrics: &str) -> RequestTable {
+    let mut table = RequestTable::new();
+    for line in metrics.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix("faultline_api_requests_total{")
+            .and_then(|rest| rest.split_once("} "))
+        else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let count = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        let entry = table.entry((label("verb"), label("resource"))).or_default();
+        entry.0 += count;
+        if !label("code").starts_with('2') {
+            entry.1 += count;
+        }
+    }
+    table
+}
+
+/// The controller's API requests per experiment, and what the pod caches cost to fill.
+fn print_requests(requests: &RequestTable, experiments: usize, caches: &[(&str, Memory)]) {
+    let per = |n: u64| format!("{:.2}", n as f64 / experiments.max(1) as f64);
+    let mut rows: Vec<Vec<String>> = requests
+        .iter()
+        .map(|((verb, resource), (count, failed))| {
+            vec![
+                verb.clone(),
+                resource.clone(),
+                count.to_string(),
+                per(*count),
+                failed.to_string(),
+            ]
+        })
+        .collect();
+    let (all, failed) = requests
+        .values()
+        .fold((0, 0), |(a, f), (count, bad)| (a + count, f + bad));
+    rows.push(vec![
+        "all".into(),
+        "all".into(),
+        all.to_string(),
+        per(all),
+        failed.to_string(),
+    ]);
+    print_table(
+        &format!(
+            "controller_rss: the controller's Kubernetes API requests, {experiments} experiments (faultline_api_requests_total; the stand-in agent's are not counted)"
+        ),
+        &["verb", "resource", "requests", "per experiment", "not 2xx"],
+        &rows,
+    );
+    let pods: u64 = requests
+        .iter()
+        .filter(|((_, resource), _)| resource == "pods")
+        .map(|(_, (count, _))| count)
+        .sum();
+    print_table(
+        "controller_rss: reading pods, listing per experiment (chosen) against a pod cache",
+        &["way", "requests to fill it", "then"],
+        &caches
+            .iter()
+            .map(|(mode, memory)| match *mode {
+                "none" => vec![
+                    "list per experiment (the controller, measured above)".into(),
+                    format!("{pods} pod requests ({} per experiment)", per(pods)),
+                    "each filtered by the experiment's selector".into(),
+                ],
+                mode => vec![
+                    format!("{mode} pod reflector (a process of its own)"),
+                    format!("{} (list pages and the watch)", memory.requests),
+                    "a watch event for every change of every pod in the cluster".into(),
+                ],
+            })
+            .collect::<Vec<_>>(),
     );
 }
 
@@ -298,6 +388,8 @@ struct Memory {
     rss: u64,
     /// VmHWM (peak RSS), KiB.
     hwm: u64,
+    /// API requests sent by then (pod cache children only).
+    requests: u64,
 }
 
 fn read_status(pid: u32) -> Memory {
@@ -313,6 +405,7 @@ fn read_status(pid: u32) -> Memory {
     Memory {
         rss: field("VmRSS:"),
         hwm: field("VmHWM:"),
+        requests: 0,
     }
 }
 
@@ -331,23 +424,28 @@ fn pod_cache_process(mode: &str, kubeconfig: &std::path::Path) -> Memory {
         .expect("run the pod cache child");
     let text = String::from_utf8_lossy(&output.stdout);
     let mut numbers = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
-    let (rss, hwm, pods) = (
+    let (rss, hwm, pods, requests) = (
         numbers.next().unwrap_or(0),
         numbers.next().unwrap_or(0),
         numbers.next().unwrap_or(0u64),
+        numbers.next().unwrap_or(0u64),
     );
-    eprintln!("controller_rss: pod cache {mode}: {pods} pods cached, VmHWM {hwm} KiB");
-    Memory { rss, hwm }
+    eprintln!(
+        "controller_rss: pod cache {mode}: {pods} pods cached, VmHWM {hwm} KiB, {requests} API requests"
+    );
+    Memory { rss, hwm, requests }
 }
 
 /// The child: a kube client, and a reflector over every pod (`metadata`: object metadata only,
 /// through `PartialObjectMeta`; `full`: whole Pods, as `watcher` gets them), or none. Prints
-/// "VmRSS VmHWM pods" (KiB) once the cache has listed.
+/// "VmRSS VmHWM pods requests" (KiB) once the cache has listed.
 async fn pod_cache_child(mode: &str) {
     use k8s_openapi::api::core::v1::Pod;
     use kube::core::PartialObjectMeta;
     use kube::runtime::reflector;
-    let client = kube::Client::try_default().await.expect("a client");
+    let counts = faultline::api_requests::RequestCounts::default();
+    let config = kube::Config::infer().await.expect("a kubeconfig");
+    let client = faultline::api_requests::counted_client(config, counts.clone()).expect("a client");
     let pods: Api<Pod> = Api::all(client.clone());
     let cached = match mode {
         "metadata" => {
@@ -368,5 +466,14 @@ async fn pod_cache_child(mode: &str) {
         _ => 0,
     };
     let memory = read_status(std::process::id());
-    println!("{} {} {cached}", memory.rss, memory.hwm);
+    let mut text = String::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("requests", "", counts);
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    let requests: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!("{} {} {cached} {}", memory.rss, memory.hwm, requests as u64);
 }

@@ -20,12 +20,14 @@
 //! - [`sandbox`]: the embedded Kubernetes API server, `faultline sandbox`, and stand-ins for
 //!   probes and the node agent (`sandbox::testkit`) used by tests and benchmarks.
 //! - [`demo_app`]: the small HTTP service the sandbox's real pods run.
-//! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics.
+//! - [`admin`], [`metrics`]: the controller's admin port and Prometheus metrics;
+//!   [`api_requests`] counts what each component asks of the Kubernetes API.
 //! - [`panics`]: keeps a panic inside the reconcile of the object that caused it.
 //! - [`cli`]: the `faultline` command line.
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod api_requests;
 pub mod calendar;
 pub mod cli;
 pub mod controller;

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub recovery_time: Histogram,
     pub probe_checks: Family<ProbeLabel, Counter>,
     pub is_leader: Gauge,
+    pub api_requests: crate::api_requests::RequestCounts,
 }
 
 impl Default for Metrics {
@@ -58,6 +59,7 @@ impl Default for Metrics {
             recovery_time: seconds(),
             probe_checks: Family::default(),
             is_leader: Gauge::default(),
+            api_requests: Family::default(),
         };
         registry.register(
             "reconciliations",
@@ -103,6 +105,11 @@ impl Default for Metrics {
             "leader",
             "1 while this replica holds the leader lease",
             metrics.is_leader.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API, by verb, resource and status code",
+            metrics.api_requests.clone(),
         );
         *metrics.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         metrics

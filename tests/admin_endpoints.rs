@@ -77,7 +77,7 @@ async fn a_running_leader_becomes_ready_once_its_caches_have_listed() {
     let (_trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let hypotheses: Arc<dyn HypothesisSource> = Arc::new(ScriptedProbes::default());
     let controller = tokio::spawn(controller::run(
-        Clients::from_config(server.client_config()).unwrap(),
+        Clients::counted(server.client_config(), &telemetry.metrics).unwrap(),
         Settings::default(),
         hypotheses,
         triggers,
@@ -93,6 +93,62 @@ async fn a_running_leader_becomes_ready_once_its_caches_have_listed() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Its caches' lists and watches went through the counted client.
+    let metrics = telemetry.metrics.render();
+    for series in [
+        r#"faultline_api_requests_total{verb="list",resource="chaosexperiments",code="200"}"#,
+        r#"faultline_api_requests_total{verb="watch",resource="faultinjections",code="200"}"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
     controller.abort();
+    server.shutdown().await;
+}
+
+/// Every request is counted once its answer is in, under the verb and resource the API
+/// server's audit log would name, and the answer's code, refusals included.
+#[tokio::test]
+async fn api_requests_are_counted_by_verb_resource_and_answer() {
+    use faultline::api_requests::{RequestCounts, counted_client};
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::api::{Api, ListParams, PostParams};
+
+    faultline::cli::install_crypto_provider();
+    let server = faultline::sandbox::apiserver::ApiServer::start(0)
+        .await
+        .unwrap();
+    let counts = RequestCounts::default();
+    let client = counted_client(server.client_config(), counts.clone()).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.list(&ListParams::default()).await.unwrap();
+    pods.list(&ListParams::default()).await.unwrap();
+    assert!(pods.get("nobody").await.is_err(), "no such pod");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let map: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "counted"}})).unwrap();
+    config_maps
+        .create(&PostParams::default(), &map)
+        .await
+        .unwrap();
+    assert!(
+        config_maps
+            .create(&PostParams::default(), &map)
+            .await
+            .is_err(),
+        "it exists"
+    );
+
+    let mut registry = prometheus_client::registry::Registry::with_prefix("faultline");
+    registry.register("api_requests", "", counts);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for series in [
+        r#"faultline_api_requests_total{verb="list",resource="pods",code="200"} 2"#,
+        r#"faultline_api_requests_total{verb="get",resource="pods",code="404"} 1"#,
+        r#"faultline_api_requests_total{verb="create",resource="configmaps",code="201"} 1"#,
+        r#"faultline_api_requests_total{verb="create",resource="configmaps",code="409"} 1"#,
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
     server.shutdown().await;
 }

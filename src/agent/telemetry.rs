@@ -41,6 +41,7 @@ pub struct AgentMetrics {
     orphans_removed: Counter,
     bypassed: Family<InjectionLabel, Gauge>,
     ready: Gauge,
+    api_requests: crate::api_requests::RequestCounts,
     /// `None`: ready; otherwise why not (for `/readyz`).
     not_ready: Arc<RwLock<Option<String>>>,
 }
@@ -100,6 +101,12 @@ impl AgentMetrics {
             "1 when the agent can carry out faults (its journal is usable), 0 otherwise",
             ready.clone(),
         );
+        let api_requests = crate::api_requests::RequestCounts::default();
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API, by verb, resource and status code",
+            api_requests.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             active,
@@ -110,8 +117,15 @@ impl AgentMetrics {
             orphans_removed,
             bypassed,
             ready,
+            api_requests,
             not_ready: Arc::new(RwLock::new(Some("starting".into()))),
         }
+    }
+
+    /// The counters a client of this agent adds its API requests to
+    /// ([`crate::api_requests::counted_client`]).
+    pub fn api_requests(&self) -> crate::api_requests::RequestCounts {
+        self.api_requests.clone()
     }
 
     /// The agent can carry out faults.

@@ -65,7 +65,13 @@ impl AgentArgs {
         }
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
-            let client = kube::Client::try_default().await.map_err(|e| {
+            let metrics = AgentMetrics::new();
+            let client = async {
+                let config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
+                crate::api_requests::counted_client(config, metrics.api_requests())
+            }
+            .await
+            .map_err(|e| {
                 anyhow::anyhow!("cannot build a Kubernetes client: {e} (in a pod: is the ServiceAccount mounted? elsewhere: KUBECONFIG)")
             })?;
             let Self {
@@ -87,7 +93,6 @@ impl AgentArgs {
                 }
             })
             .await?;
-            let metrics = AgentMetrics::new();
             let listener = tokio::net::TcpListener::bind(admin_addr).await.map_err(|e| {
                 anyhow::anyhow!("cannot listen on {admin_addr} for /healthz and /metrics: {e}")
             })?;

@@ -78,10 +78,11 @@ impl ControllerArgs {
         let config = kube::Config::infer().await.context(
             "no Kubernetes API to talk to: set KUBECONFIG (or run inside a cluster), e.g. `faultline sandbox up` and use its kubeconfig",
         )?;
-        let clients = Clients::from_config(config).context("building the Kubernetes client")?;
+        let telemetry = Telemetry::default();
+        let clients = Clients::counted(config, &telemetry.metrics)
+            .context("building the Kubernetes client")?;
         crate::probes::hosts::install_from_env();
         let client = clients.main.clone();
-        let telemetry = Telemetry::default();
         let bound = admin::serve(
             admin_addr,
             telemetry.readiness.clone(),

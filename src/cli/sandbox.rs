@@ -521,10 +521,10 @@ fn run_controller(
     config: kube::Config,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let clients =
-        controller::Clients::from_config(config).context("building the controller's client")?;
-    let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let telemetry = controller::Telemetry::default();
+    let clients = controller::Clients::counted(config, &telemetry.metrics)
+        .context("building the controller's client")?;
+    let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let hub = std::sync::Arc::new(ProbeHub::new(
         clients.main.clone(),
         trigger,

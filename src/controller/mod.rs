@@ -153,6 +153,13 @@ impl Clients {
         Self::from_config_via(config, Client::try_from)
     }
 
+    /// Both clients, counting their requests in `metrics` (`faultline_api_requests_total`).
+    pub fn counted(config: kube::Config, metrics: &Metrics) -> Result<Clients, kube::Error> {
+        Self::from_config_via(config, |config| {
+            crate::api_requests::counted_client(config, metrics.api_requests.clone())
+        })
+    }
+
     /// Both clients made by `make` (a client with extra layers, say) from `config` and its
     /// copy without retries.
     pub fn from_config_via(
