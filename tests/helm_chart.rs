@@ -548,7 +548,7 @@ fn the_controller_may_do_exactly_what_its_code_does() {
             ),
             ("/pods", &["get", "list", "delete"]),
             ("/pods/eviction", &["create"]),
-            ("/namespaces", &["get"]),
+            ("/namespaces", &["get", "list", "watch"]),
             ("/nodes", &["get"]),
             ("events.k8s.io/events", &["create", "patch"]),
             // Kubernetes probes (controller.probeReadRules).

@@ -1,5 +1,5 @@
 //! What the controller's watches know, besides the experiments themselves: every
-//! FaultInjection, the pause switch, whether each watch has listed once, and which cached
+//! FaultInjection, the pause switch, the namespaces' metadata, whether each watch has listed once, and which cached
 //! experiment versions our own writes have already replaced. (no client; fed by `run`)
 //!
 //! Reconciles read FaultInjections and the pause switch from here instead of asking the API
@@ -9,7 +9,11 @@
 //!   cache has it;
 //! - FaultInjections: a lag can hide one we just created, never invent one; the one decision
 //!   that "none left" would make unsafe (revert confirmed) is checked with a fresh list, see
-//!   `observe`.
+//!   `observe`;
+//! - namespaces: what a running experiment's once-a-second check of its targets' consent reads
+//!   (see `target_reads`); a lag delays a withdrawal by one event's delivery, as the API
+//!   server's own watch cache did for the GET per namespace and experiment it replaces. The
+//!   opt-in label at target selection is read from the API server itself.
 
 use std::{
     collections::HashMap,
@@ -18,10 +22,11 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     ResourceExt,
-    core::DeserializeGuard,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{reflector::Store, watcher},
 };
 use tokio::sync::watch;
@@ -38,16 +43,59 @@ pub enum Watch {
     Injections = 2,
     Pause = 4,
     Signal = 8,
+    Namespaces = 16,
 }
 
-const ALL_LISTED: u8 =
-    Watch::Experiments as u8 | Watch::Injections as u8 | Watch::Pause as u8 | Watch::Signal as u8;
+const ALL_LISTED: u8 = Watch::Experiments as u8
+    | Watch::Injections as u8
+    | Watch::Pause as u8
+    | Watch::Signal as u8
+    | Watch::Namespaces as u8;
+
+/// Every namespace's metadata, as the controller's namespace watch has it, once that watch has
+/// listed; `None` where the controller may not watch namespaces (an older chart's
+/// permissions), so readers ask the API server instead.
+#[derive(Clone)]
+pub struct NamespaceCache {
+    store: Store<PartialObjectMeta<Namespace>>,
+    listed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NamespaceCache {
+    pub fn new(store: Store<PartialObjectMeta<Namespace>>) -> Self {
+        Self {
+            store,
+            listed: Arc::default(),
+        }
+    }
+
+    /// For `inspect` on the namespace watch: the cache answers from its first complete list on.
+    pub fn marker<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+        let listed = self.listed.clone();
+        move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                listed.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+
+    /// `Some(metadata)` of namespace `name` if it exists, `Some(None)` if it does not, `None`
+    /// when the cache cannot tell (its watch never listed).
+    pub fn get(&self, name: &str) -> Option<Option<ObjectMeta>> {
+        if !self.listed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let key = kube::runtime::reflector::ObjectRef::new(name);
+        Some(self.store.get(&key).map(|ns| ns.metadata.clone()))
+    }
+}
 
 /// Shared by every reconcile.
 pub struct Caches {
     pub injections: Store<FaultInjection>,
     pause: Store<ConfigMap>,
     signal: Store<ConfigMap>,
+    pub namespaces: NamespaceCache,
     controller_namespace: String,
     pub versions: Versions,
     pub reverts: Arc<RevertsAsked>,
@@ -63,6 +111,7 @@ impl Caches {
         injections: Store<FaultInjection>,
         pause: Store<ConfigMap>,
         signal: Store<ConfigMap>,
+        namespaces: NamespaceCache,
         controller_namespace: String,
         listed: &Listed,
     ) -> Caches {
@@ -70,6 +119,7 @@ impl Caches {
             injections,
             pause,
             signal,
+            namespaces,
             controller_namespace,
             versions: Versions::default(),
             reverts: Arc::default(),
@@ -544,6 +594,33 @@ mod listed_tests {
         );
         pause(&Ok(watcher::Event::InitDone));
         assert_eq!(*strict.subscribe().borrow(), Watch::Pause as u8);
+    }
+
+    #[test]
+    fn the_namespace_cache_answers_only_once_its_watch_has_listed() {
+        use kube::runtime::reflector;
+
+        let (store, mut writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let cache = NamespaceCache::new(store);
+        let mut marker = cache.marker::<PartialObjectMeta<Namespace>>();
+        let mut shop = PartialObjectMeta::<Namespace>::default();
+        shop.metadata.name = Some("shop".into());
+        shop.metadata.labels = Some([("faultline.dev/chaos".into(), "enabled".into())].into());
+        writer.apply_watcher_event(&watcher::Event::Apply(shop));
+
+        // Refused (an older chart) or not listed yet: the readers ask the API server.
+        marker(&Err(watcher::Error::InitialListFailed(kube::Error::Api(
+            Box::new(kube::core::Status::failure("forbidden", "Forbidden").with_code(403)),
+        ))));
+        assert_eq!(cache.get("shop"), None);
+
+        marker(&Ok(watcher::Event::InitDone));
+        let shop = cache.get("shop").expect("listed").expect("exists");
+        assert_eq!(
+            shop.labels.unwrap_or_default().get("faultline.dev/chaos"),
+            Some(&"enabled".to_string())
+        );
+        assert_eq!(cache.get("gone"), Some(None), "listed, and not there");
     }
 }
 

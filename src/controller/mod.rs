@@ -56,10 +56,10 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::DeserializeGuard,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
         controller::{self as runtime_controller, Action},
@@ -382,12 +382,28 @@ pub async fn run(
         }))
     });
 
+    // Every namespace's metadata: a running experiment checks its targets' consent once a
+    // second, and one watch here replaces a GET per target namespace and experiment each time.
+    let (namespace_store, namespace_writer) = reflector::store();
+    let namespaces = caches::NamespaceCache::new(namespace_store);
+    let namespace_watch = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|ns| ns.metadata.managed_fields = None)
+    .reflect(namespace_writer)
+    .inspect(namespaces.marker())
+    .inspect(listed.marker_unless_refused(caches::Watch::Namespaces))
+    .for_each(|_| async {});
+
     let concurrency = settings.concurrency;
     let ctx = Arc::new(Context {
         caches: caches::Caches::new(
             injection_store,
             pause_store,
             signal_store,
+            namespaces,
             settings.policy.controller_namespace.clone(),
             &listed,
         ),
@@ -462,10 +478,12 @@ pub async fn run(
                 tracing::debug!(%error, "reconcile error");
             }
         });
-    // The signal's sweep has no end of its own: it stops with the controller.
+    // The signal's sweep and the namespace watch have no end of their own: they stop with the
+    // controller.
     tokio::select! {
         _ = futures::future::join(experiments, owners) => {}
         () = sweep => {}
+        () = namespace_watch => {}
     }
     info!("faultline controller stopped");
 }

@@ -1,7 +1,7 @@
 //! The target pods of a running experiment, read again to see which left (see
 //! `departures`): the metadata of each target's pod under its name, and of the namespaces they
-//! are in. Read at most once a second per experiment ([`TARGET_READ_EVERY`]). (client
-//! required, read only)
+//! are in (from the controller's namespace watch). Read at most once a second per experiment
+//! ([`TARGET_READ_EVERY`]). (client required, read only)
 //!
 //! What a departure depends on is metadata (identity, deletion, labels), so only metadata is
 //! asked for, and from the API server's watch cache (`resourceVersion=0`): a second's
@@ -48,16 +48,7 @@ pub(super) async fn target_world(
             .or_default()
             .insert(record.name.clone());
     }
-    let namespace_api: Api<Namespace> = Api::all(ctx.client.clone());
-    world.namespaces = futures::stream::iter(by_namespace.keys().cloned().map(|name| {
-        let api = namespace_api.clone();
-        async move { api.get_metadata_opt_with(&name, &GetParams::any()).await }
-    }))
-    .buffered(PARALLEL_READS)
-    .try_filter_map(|found| async move { Ok(found.map(|ns| ns.metadata)) })
-    .try_collect()
-    .await
-    .map_err(Error::Observe)?;
+    world.namespaces = namespaces(ctx, by_namespace.keys()).await?;
 
     let listing = list_by(selector);
     let mut unlisted: Vec<(String, String)> = Vec::new();
@@ -97,6 +88,32 @@ pub(super) async fn target_world(
         .map_err(Error::Observe)?;
     world.pods.extend(read);
     Ok(world)
+}
+
+/// The metadata of the namespaces among `names` that exist: from the controller's namespace
+/// watch, or, where it may not watch them, from the API server's watch cache.
+async fn namespaces(
+    ctx: &Context,
+    names: impl Iterator<Item = &String>,
+) -> Result<Vec<ObjectMeta>> {
+    let names: Vec<String> = names.cloned().collect();
+    if let Some(cached) = names
+        .iter()
+        .map(|name| ctx.caches.namespaces.get(name))
+        .collect::<Option<Vec<_>>>()
+    {
+        return Ok(cached.into_iter().flatten().collect());
+    }
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    futures::stream::iter(names.into_iter().map(|name| {
+        let api = api.clone();
+        async move { api.get_metadata_opt_with(&name, &GetParams::any()).await }
+    }))
+    .buffered(PARALLEL_READS)
+    .try_filter_map(|found| async move { Ok(found.map(|ns| ns.metadata)) })
+    .try_collect()
+    .await
+    .map_err(Error::Observe)
 }
 
 /// How a namespace's targets are listed: by the experiment's label selector, from the watch
