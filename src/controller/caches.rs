@@ -70,12 +70,24 @@ impl NamespaceCache {
     }
 
     /// For `inspect` on the namespace watch: the cache answers from its first complete list on.
+    /// A refused watch is said once; the readers fall back to the API server.
     pub fn marker<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
         let listed = self.listed.clone();
-        move |event| {
-            if let Ok(watcher::Event::InitDone) = event {
+        let mut refusal_said = false;
+        move |event| match event {
+            Ok(watcher::Event::InitDone) => {
                 listed.store(true, std::sync::atomic::Ordering::Release);
             }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.code == 403 && !refusal_said =>
+            {
+                refusal_said = true;
+                tracing::warn!(
+                    error = %status.message,
+                    "the controller may not list and watch namespaces (a chart older than this controller?): each running experiment reads its target namespaces from the API server instead; `helm upgrade` the chart to grant the watch"
+                );
+            }
+            _ => {}
         }
     }
 
