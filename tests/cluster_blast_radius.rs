@@ -19,7 +19,7 @@ use faultline::agent::runner::{self, AgentConfig};
 use faultline::agent::telemetry::AgentMetrics;
 use faultline::api::{ChaosExperiment, FaultInjection, InjectionPhase};
 use faultline::controller::REVERTING_CONFIGMAP;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api, Client,
@@ -702,6 +702,64 @@ async fn only_the_controller_writes_work_items_and_only_for_opted_in_pods() {
             .await,
         "only the faultline controller creates FaultInjections or changes what they ask for",
         "the agent rewriting a work item",
+    );
+
+    // The namespace withdraws while the work item is there: nothing new may be asked in it,
+    // but the agent may still let go of its finalizer once it has reverted; refused, the
+    // FaultInjection, and the namespace with it, could never go.
+    let namespaces: Api<Namespace> = Api::all(bed.admin.clone());
+    let unlabel = json!({"metadata": {"labels": {"faultline.dev/chaos": null}}});
+    namespaces
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&unlabel))
+        .await
+        .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let as_controller: Api<FaultInjection> = Api::namespaced(bed.controller.clone(), "shop");
+    let refusal = common::wait_for(
+        "the policy to see shop's consent withdrawn",
+        std::time::Duration::from_secs(10),
+        || async {
+            as_controller
+                .create(&dry_run, &injection("shop", "shop", "late-target"))
+                .await
+                .err()
+        },
+    )
+    .await;
+    refused_with::<()>(
+        Err(refusal),
+        "did not (kubectl label namespace shop",
+        "the controller's new FaultInjection in a namespace that withdrew",
+    );
+    refused_with(
+        as_controller
+            .patch(
+                "finj-guarded-target",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"target": {"name": "web-1"}}})),
+            )
+            .await,
+        "did not (kubectl label namespace shop",
+        "the controller retargeting a work item in a namespace that withdrew",
+    );
+    allowed(
+        as_agent
+            .patch(
+                "finj-guarded-target",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await,
+        "the agent letting go of its finalizer in a namespace that withdrew",
+    );
+    allowed(
+        as_controller
+            .delete("finj-guarded-target", &Default::default())
+            .await,
+        "the controller deleting a work item in a namespace that withdrew",
     );
     bed.cluster.shutdown().await;
 }
