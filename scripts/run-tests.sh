@@ -31,6 +31,7 @@ real_suites=(
     e2e_expectations
     differential
     controller_departures
+    controller_older_chart
     controller_probe_permissions
     controller_revert_truth
     metadata_reads
