@@ -1,6 +1,7 @@
 //! What the controller's watches know, besides the experiments themselves: every
-//! FaultInjection, the pause switch, the namespaces' metadata, whether each watch has listed once, and which cached
-//! experiment versions our own writes have already replaced. (no client; fed by `run`)
+//! FaultInjection, the pause switch, the namespaces' metadata, whether each watch has listed
+//! once, and which cached experiment versions our own writes have already replaced. (no
+//! client; fed by `run`)
 //!
 //! Reconciles read FaultInjections and the pause switch from here instead of asking the API
 //! server each time. A watch cache lags the server by one event's delivery, so each reader
@@ -69,8 +70,11 @@ impl NamespaceCache {
         }
     }
 
-    /// For `inspect` on the namespace watch: the cache answers from its first complete list on.
-    /// A refused watch is said once; the readers fall back to the API server.
+    /// For `inspect` on the namespace watch: the cache answers from each complete list on, and
+    /// not from the watch's first error until it has listed again (a watch that fails keeps
+    /// its last state, which would hide a withdrawal for as long as it fails; a grant taken
+    /// away while the controller runs, say). A refused watch is said once; the readers ask the
+    /// API server meanwhile.
     pub fn marker<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
         let listed = self.listed.clone();
         let mut refusal_said = false;
@@ -78,16 +82,20 @@ impl NamespaceCache {
             Ok(watcher::Event::InitDone) => {
                 listed.store(true, std::sync::atomic::Ordering::Release);
             }
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                if status.code == 403 && !refusal_said =>
-            {
-                refusal_said = true;
-                tracing::warn!(
-                    error = %status.message,
-                    "the controller may not list and watch namespaces (a chart older than this controller?): each running experiment reads its target namespaces from the API server instead; `helm upgrade` the chart to grant the watch"
-                );
+            Ok(_) => {}
+            Err(error) => {
+                listed.store(false, std::sync::atomic::Ordering::Release);
+                if let watcher::Error::InitialListFailed(kube::Error::Api(status)) = error
+                    && status.code == 403
+                    && !refusal_said
+                {
+                    refusal_said = true;
+                    tracing::warn!(
+                        error = %status.message,
+                        "the controller may not list and watch namespaces (a chart older than this controller?): each running experiment reads its target namespaces from the API server instead; `helm upgrade` the chart to grant the watch"
+                    );
+                }
             }
-            _ => {}
         }
     }
 
@@ -633,6 +641,17 @@ mod listed_tests {
             Some(&"enabled".to_string())
         );
         assert_eq!(cache.get("gone"), Some(None), "listed, and not there");
+
+        // A watch that fails after listing keeps its last state: not trusted until it lists
+        // again.
+        marker(&Err(watcher::Error::WatchFailed(kube::Error::Api(
+            Box::new(kube::core::Status::failure("forbidden", "Forbidden").with_code(403)),
+        ))));
+        assert_eq!(cache.get("shop"), None, "the failed watch is not read");
+        marker(&Ok(watcher::Event::Init));
+        assert_eq!(cache.get("shop"), None, "still listing");
+        marker(&Ok(watcher::Event::InitDone));
+        assert!(cache.get("shop").is_some(), "listed again");
     }
 }
 
