@@ -25,7 +25,7 @@ use faultline::{
     controller::{self, Clients, HypothesisSource, Settings},
     sandbox::testkit::{ScriptedProbes, stand_in_agent},
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
@@ -72,18 +72,7 @@ async fn without_the_namespace_watch_consent_withdrawn_mid_fault_is_still_seen()
         common::cluster::apply_object(&admin, &object, RELEASE_NS).await;
     }
     common::cluster::cordoned_node(&admin, "node-1").await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web-0", "labels": {"app": "web"}},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "demo"}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let status = json!({"status": {"phase": "Running", "podIP": "10.244.0.10",
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status("web-0", &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .unwrap();
+    common::cluster::ready_pod(&admin, "shop", "web-0", "web", "10.244.0.10", None).await;
 
     // The refused watch must not hold the controller back: it is ready once the others list.
     let config = common::cluster::config_as(&cluster, RELEASE_NS, CONTROLLER, None).await;

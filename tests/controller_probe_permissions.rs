@@ -25,7 +25,7 @@ use faultline::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PostParams},
 };
 use serde_json::{Value, json};
 
@@ -70,18 +70,7 @@ impl Bed {
         } else {
             cluster.client_config()
         };
-        let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "web-0", "labels": {"app": "web"}},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "demo"}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        let status = json!({"status": {"phase": "Running", "podIP": "10.244.0.10",
-            "conditions": [{"type": "Ready", "status": "True"}]}});
-        pods.patch_status("web-0", &PatchParams::default(), &Patch::Merge(status))
-            .await
-            .unwrap();
+        common::cluster::ready_pod(&admin, "shop", "web-0", "web", "10.244.0.10", None).await;
 
         let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
         let clients = Clients::from_config(config).expect("clients");

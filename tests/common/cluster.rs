@@ -236,6 +236,31 @@ impl RealCluster {
     }
 }
 
+/// A pod `name` labelled `app=APP`, bound to `node-1` (see [`cordoned_node`]) and reported
+/// Running and Ready with `ip`, as a kubelet would; `grace` is its termination grace period.
+pub async fn ready_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    app: &str,
+    ip: &str,
+    grace: Option<i64>,
+) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": grace,
+                 "containers": [{"name": "app", "image": "demo"}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip,
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+}
+
 /// Registers a Node no kubelet serves, cordoned (the scheduler never uses it), for pods a test
 /// creates bound to it and reports itself.
 pub async fn cordoned_node(client: &Client, name: &str) {

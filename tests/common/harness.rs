@@ -13,10 +13,10 @@ use faultline::{
         workloads::{ControlPlane, WorkloadOptions, Workloads, deployment},
     },
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
     runtime::reflector::ObjectRef,
 };
 use serde_json::json;
@@ -218,19 +218,7 @@ impl Harness {
         if self.cluster.is_real() {
             super::cluster::cordoned_node(&self.client, "node-1").await;
         }
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": grace,
-                     "containers": [{"name": "app", "image": "demo"}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        let status = json!({"status": {"phase": "Running", "podIP": ip,
-            "conditions": [{"type": "Ready", "status": "True"}]}});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-            .await
-            .unwrap();
+        super::cluster::ready_pod(&self.client, namespace, name, app, ip, grace).await;
     }
 
     pub async fn create(&self, namespace: &str, name: &str, spec: serde_json::Value) {
