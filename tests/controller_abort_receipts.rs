@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use common::{
-    harness::{Harness, latency_spec, shop_with_web_pods},
+    harness::{Harness, assert_every_target, latency_spec, shop_with_web_pods},
     wait_for,
 };
 use faultline::{
@@ -116,14 +116,7 @@ async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_writ
         "{:?}",
         status.abort_reason
     );
-    assert!(
-        status
-            .targets
-            .iter()
-            .all(|t| t.state == TargetState::Reverted),
-        "{:?}",
-        status.targets
-    );
+    assert_every_target(&status, TargetState::Reverted);
     let aborting_entries = status
         .timeline
         .iter()

@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    harness::{Harness, latency_spec, shop_with_web_pods},
+    harness::{Harness, assert_every_target, latency_spec, shop_with_web_pods},
     wait_for,
 };
 use faultline::api::{
@@ -227,7 +227,7 @@ async fn every_target_deleted_ends_the_experiment_saying_the_targets_disappeared
     let status = done.status.unwrap();
     assert_eq!(status.verdict, Some(Verdict::Aborted));
     assert_eq!(status.reason.as_deref(), Some("TargetsLeft"));
-    let message = status.message.unwrap_or_default();
+    let message = status.message.clone().unwrap_or_default();
     assert!(
         message.starts_with("every target left the experiment before it was over"),
         "{message}"
@@ -235,11 +235,7 @@ async fn every_target_deleted_ends_the_experiment_saying_the_targets_disappeared
     assert!(deleted(&message, "web-0"), "{message}");
     assert!(deleted(&message, "web-1"), "{message}");
     assert!(!message.contains("agent running"), "{message}");
-    assert!(
-        status.targets.iter().all(|t| t.state == TargetState::Gone),
-        "{:?}",
-        status.targets
-    );
+    assert_every_target(&status, TargetState::Gone);
     assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    harness::{Harness, latency_spec, shop_with_web_pods},
+    harness::{Harness, assert_every_target, latency_spec, shop_with_web_pods},
     wait_for,
 };
 use faultline::{
@@ -42,14 +42,7 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
     let running = h.wait_phase("shop", "latency", Phase::Running).await;
     let status = running.status.unwrap();
     assert_eq!(status.target_count, 2);
-    assert!(
-        status
-            .targets
-            .iter()
-            .all(|t| t.state == TargetState::Injected),
-        "{:?}",
-        status.targets
-    );
+    assert_every_target(&status, TargetState::Injected);
     assert!(
         running
             .metadata
@@ -94,12 +87,7 @@ async fn a_network_fault_goes_through_its_whole_lifecycle_and_leaves_nothing() {
     let done = h.wait_phase("shop", "latency", Phase::Succeeded).await;
     let status = done.status.clone().unwrap();
     assert_eq!(status.verdict, Some(Verdict::Passed));
-    assert!(
-        status
-            .targets
-            .iter()
-            .all(|t| t.state == TargetState::Reverted)
-    );
+    assert_every_target(&status, TargetState::Reverted);
     assert!(status.reverted_at.is_some() && status.recovery_time.is_some());
     assert!(
         status
@@ -161,14 +149,8 @@ async fn a_before_hypothesis_that_fails_injects_nothing() {
     let status = failed.status.unwrap();
     assert_eq!(status.verdict, Some(Verdict::Failed));
     assert_eq!(status.reason.as_deref(), Some("SteadyStateNotMet"));
-    assert!(status.message.unwrap().contains("status 503"));
-    assert!(
-        status
-            .targets
-            .iter()
-            .all(|t| t.state == TargetState::Selected),
-        "nothing injected"
-    );
+    assert!(status.message.as_deref().unwrap().contains("status 503"));
+    assert_every_target(&status, TargetState::Selected);
     assert!(status.injected_at.is_none());
     assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
@@ -194,12 +176,7 @@ async fn a_during_violation_aborts_and_reverts_everything_with_the_latency_recor
     assert_eq!(status.verdict, Some(Verdict::Aborted));
     assert_eq!(status.reason.as_deref(), Some("ProbeFailed"));
     assert!(status.abort_latency.is_some());
-    assert!(
-        status
-            .targets
-            .iter()
-            .all(|t| t.state == TargetState::Reverted)
-    );
+    assert_every_target(&status, TargetState::Reverted);
     // The receipts came in before the Aborting status was due, so the verdict's write
     // carried it: the abort's start, cause and timeline entry are there all the same, and
     // its Event went out once, with the reverting label.

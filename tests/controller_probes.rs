@@ -13,7 +13,7 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use common::{
-    harness::{Harness, shop_with_web_pods},
+    harness::{Harness, assert_every_target, shop_with_web_pods},
     wait_for,
 };
 use faultline::{
@@ -390,12 +390,7 @@ async fn a_probe_that_fails_during_the_run_aborts_and_reverts_everything() {
         .clone()
         .expect("abort latency recorded");
     assert!(latency.parse().is_ok(), "{latency}");
-    assert!(
-        status
-            .targets
-            .iter()
-            .all(|t| t.state == TargetState::Reverted)
-    );
+    assert_every_target(&status, TargetState::Reverted);
     assert_eq!(h.injection_count("shop").await, 0);
     h.stop().await;
 }

@@ -6,7 +6,10 @@
 use std::{sync::Arc, time::Duration};
 
 use faultline::{
-    api::{ChaosExperiment, ChaosExperimentSpec, FaultInjection, Phase, all_crds},
+    api::{
+        ChaosExperiment, ChaosExperimentSpec, ChaosExperimentStatus, FaultInjection, Phase,
+        TargetState, all_crds,
+    },
     controller::{self, Clients, HypothesisSource, Settings, probe_hub::ProbeHub},
     sandbox::{
         testkit::{ScriptedProbes, stand_in_agent},
@@ -312,6 +315,15 @@ impl Harness {
         }
         self.cluster.shutdown().await;
     }
+}
+
+/// Panics, listing every record's state, unless each of `status`'s target records is in `state`.
+pub fn assert_every_target(status: &ChaosExperimentStatus, state: TargetState) {
+    let states: Vec<TargetState> = status.targets.iter().map(|t| t.state).collect();
+    assert!(
+        states.iter().all(|s| *s == state),
+        "every target {state:?}: {states:?}"
+    );
 }
 
 pub fn latency_spec(duration: &str) -> serde_json::Value {
