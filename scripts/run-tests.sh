@@ -36,6 +36,7 @@ real_suites=(
     controller_revert_truth
     metadata_reads
     controller_abort_receipts
+    controller_many_targets
     controller_revert_signal
     object_size
     namespace_deletion

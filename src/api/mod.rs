@@ -18,6 +18,7 @@ mod experiment;
 mod fault;
 mod gameday;
 mod injection;
+pub mod packed_records;
 mod probe;
 pub mod rules;
 mod schedule;

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, GoDuration};
+use super::packed_records;
 use super::probe::ProbePhase;
 
 /// Where an experiment is in its lifecycle:
@@ -218,8 +219,10 @@ pub struct TimelineEntry {
 }
 
 /// The status of a ChaosExperiment.
+// `remote = "Self"`: the derived (de)serializers become `ChaosExperimentStatus::serialize` and
+// `::deserialize`, wrapped by the trait impls below, which pack and unpack the target records.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 pub struct ChaosExperimentStatus {
     /// Where the experiment is in its lifecycle.
     #[serde(default)]
@@ -249,9 +252,18 @@ pub struct ChaosExperimentStatus {
     /// How many pods were selected.
     #[serde(default)]
     pub target_count: i32,
-    /// Every target and what was done to it, recorded before any fault is injected.
+    /// Every target and what was done to it, recorded before any fault is injected. Up to 100
+    /// records; more are kept in `targetRecords` and this list is empty.
     #[serde(default)]
     pub targets: Vec<TargetRecord>,
+    /// More than 100 target records, as `targets` would list them, gzip-compressed and
+    /// base64-encoded (`base64 -d | gunzip` reads them; `faultline report` and `run --wait` show
+    /// them): a smaller object keeps every write of a large experiment cheap for the API
+    /// server, an abort's verdict included. faultline's readers unpack it into `targets`.
+    // Written even when unset (null), as `seed`: a status going back to a plain list clears it.
+    #[serde(default)]
+    #[schemars(length(max = super::packed_records::PACKED_RECORDS_MAX_LENGTH))]
+    pub target_records: Option<String>,
     /// What every probe has seen, updated while the experiment runs (at most about once a
     /// second, and at once when the hypothesis changes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -302,6 +314,47 @@ pub struct ChaosExperimentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 5000), transform = super::bounds::list_map_by_node)]
     pub revert_receipts: Vec<RevertReceipt>,
+}
+
+impl Serialize for ChaosExperimentStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match packed_records::pack(&self.targets) {
+            Some(packed) => {
+                let stored = ChaosExperimentStatus {
+                    targets: Vec::new(),
+                    target_records: Some(packed),
+                    ..self.clone()
+                };
+                ChaosExperimentStatus::serialize(&stored, serializer)
+            }
+            None if self.target_records.is_some() => {
+                let stored = ChaosExperimentStatus {
+                    target_records: None,
+                    ..self.clone()
+                };
+                ChaosExperimentStatus::serialize(&stored, serializer)
+            }
+            None => ChaosExperimentStatus::serialize(self, serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChaosExperimentStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut status = ChaosExperimentStatus::deserialize(deserializer)?;
+        if let Some(packed) = status.target_records.take() {
+            status.targets = packed_records::unpack(&packed).map_err(serde::de::Error::custom)?;
+        }
+        Ok(status)
+    }
+}
+
+impl ChaosExperimentStatus {
+    /// The status as JSON with its target records always a plain list, as compared and
+    /// logged (packing would make every comparison compress).
+    pub fn to_plain_json(&self) -> serde_json::Result<serde_json::Value> {
+        ChaosExperimentStatus::serialize(self, serde_json::value::Serializer)
+    }
 }
 
 /// A node agent's word that every fault of the experiment on its node is reverted.

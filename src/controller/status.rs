@@ -189,10 +189,11 @@ fn changed_fields(
     current: Option<&ChaosExperimentStatus>,
     new: &ChaosExperimentStatus,
 ) -> Vec<String> {
-    let as_map = |s: Option<&ChaosExperimentStatus>| match s.map(serde_json::to_value) {
-        Some(Ok(serde_json::Value::Object(map))) => map,
-        _ => serde_json::Map::new(),
-    };
+    let as_map =
+        |s: Option<&ChaosExperimentStatus>| match s.map(ChaosExperimentStatus::to_plain_json) {
+            Some(Ok(serde_json::Value::Object(map))) => map,
+            _ => serde_json::Map::new(),
+        };
     let (before, after) = (as_map(current), as_map(Some(new)));
     let mut keys: Vec<String> = before.keys().chain(after.keys()).cloned().collect();
     keys.sort();
@@ -202,10 +203,11 @@ fn changed_fields(
 }
 
 /// Whether writing `new` over `current` would change nothing. Compared as JSON, the form the
-/// API server stores, so that fields that serialize alike compare alike.
+/// API server stores, so that fields that serialize alike compare alike (target records as
+/// a plain list: packed alike is listed alike).
 fn unchanged(current: Option<&ChaosExperimentStatus>, new: &ChaosExperimentStatus) -> bool {
     current.is_some_and(|current| {
-        current == new || serde_json::to_value(current).ok() == serde_json::to_value(new).ok()
+        current == new || current.to_plain_json().ok() == new.to_plain_json().ok()
     })
 }
 
