@@ -1,8 +1,9 @@
 //! One object cannot wedge the controller: a poison duration is refused by the API server, and
 //! when it bypassed the schema the experiment fails naming the field; a panic in one object's
 //! reconcile quarantines that object (status says what and where, faults reverted, finalizer
-//! released) while every other experiment, GameDay and schedule goes on. Against the embedded
-//! API server, with the controllers as they run in production.
+//! released) while every other experiment, GameDay and schedule goes on, and so does an
+//! experiment whose packed target records cannot be read. Against the embedded API server, with
+//! the controllers as they run in production.
 
 mod common;
 
@@ -54,6 +55,17 @@ async fn delete_and_wait_gone(h: &Harness, name: &str) {
         || async { api.get_opt(name).await.unwrap().is_none().then_some(()) },
     )
     .await;
+}
+
+/// Whether any FaultInjection of `experiment` is left in `shop`.
+async fn has_injections(h: &Harness, experiment: &str) -> bool {
+    let mine = ListParams::default().labels(&format!("faultline.dev/experiment={experiment}"));
+    !h.injections("shop")
+        .list(&mine)
+        .await
+        .unwrap()
+        .items
+        .is_empty()
 }
 
 #[tokio::test]
@@ -141,15 +153,7 @@ async fn a_poison_duration_past_the_schema_fails_by_field_injects_nothing_and_th
         status.targets.is_empty(),
         "nothing selected, nothing injected"
     );
-    let mine = ListParams::default().labels("faultline.dev/experiment=poison");
-    assert!(
-        h.injections("shop")
-            .list(&mine)
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(!has_injections(&h, "poison").await);
 
     // The other experiment is still in the controller's hands.
     abort(&h, "steady").await;
@@ -205,19 +209,10 @@ async fn a_panic_quarantines_its_experiment_reverts_it_and_the_others_still_abor
         "{:?}",
         status.targets
     );
-    let mine = ListParams::default().labels("faultline.dev/experiment=doomed");
     wait_for(
         "its faults to be reverted",
         Duration::from_secs(10),
-        || async {
-            h.injections("shop")
-                .list(&mine)
-                .await
-                .unwrap()
-                .items
-                .is_empty()
-                .then_some(())
-        },
+        || async { (!has_injections(&h, "doomed").await).then_some(()) },
     )
     .await;
 
@@ -230,6 +225,73 @@ async fn a_panic_quarantines_its_experiment_reverts_it_and_the_others_still_abor
     h.wait_phase("shop", "steady", Phase::Aborted).await;
     h.wait_phase("shop", "later", Phase::Aborted).await;
     delete_and_wait_gone(&h, "doomed").await;
+    assert!(h.controller_alive());
+    h.stop().await;
+}
+
+/// A `status.targetRecords` that cannot be unpacked (written by hand or by a broken tool: faultline
+/// writes it only for more than 100 records) makes the experiment unreadable: it is quarantined
+/// like any other, its faults are reverted from the labels, and the others go on.
+#[tokio::test]
+async fn garbled_packed_target_records_quarantine_their_experiment_and_revert_its_faults() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "steady", latency_spec("10m")).await;
+    h.create("shop", "garbled", latency_spec("10m")).await;
+    h.wait_phase("shop", "steady", Phase::Running).await;
+    h.wait_phase("shop", "garbled", Phase::Running).await;
+
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        h.client.clone(),
+        "shop",
+        &ApiResource::erase::<ChaosExperiment>(&()),
+    );
+    raw.patch_status(
+        "garbled",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"targetRecords": "not base64!"}})),
+    )
+    .await
+    .unwrap();
+
+    let status = wait_for(
+        "the garbled experiment to be quarantined and released",
+        Duration::from_secs(20),
+        || async {
+            let object = raw.get("garbled").await.ok()?;
+            let released = object.finalizers().is_empty();
+            let status = object.data.get("status")?.clone();
+            (status["reason"] == "InvalidSpec" && released).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status["verdict"], "Error");
+    let message = status["message"].as_str().unwrap();
+    println!("quarantined: {message}");
+    assert!(
+        message.contains("status.targetRecords cannot be read (not base64:")
+            && message.contains("\"targetRecords\":null")
+            && !message.contains("Fix the manifest"),
+        "{message}"
+    );
+    assert!(
+        !has_injections(&h, "garbled").await,
+        "its finalizer went before its faults"
+    );
+
+    abort(&h, "steady").await;
+    h.wait_phase("shop", "steady", Phase::Aborted).await;
+    raw.delete("garbled", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("garbled to be deleted", Duration::from_secs(10), || async {
+        raw.get_opt("garbled")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     assert!(h.controller_alive());
     h.stop().await;
 }

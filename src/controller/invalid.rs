@@ -17,7 +17,9 @@ use tracing::{error, warn};
 
 use super::{Context, Error, Result, injections};
 use crate::{
-    api::{ChaosExperiment, EXPERIMENT_FINALIZER, EXPERIMENT_LABEL, FaultInjection},
+    api::{
+        ChaosExperiment, EXPERIMENT_FINALIZER, EXPERIMENT_LABEL, FaultInjection, packed_records,
+    },
     metrics::ReasonLabel,
     panics::{PANICKED_REASON, Panic},
 };
@@ -29,8 +31,14 @@ const UNREADABLE_REASON: &str = "InvalidSpec";
 pub async fn reconcile_invalid(ctx: &Context, invalid: &InvalidObject) -> Result<Action> {
     warn!(experiment = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace,
           error = %invalid.error, "experiment cannot be read");
+    // A status faultline cannot read says its own remedy; the manifest is not at fault.
+    let remedy = if invalid.error.contains(packed_records::UNREADABLE) {
+        ""
+    } else {
+        ". Fix the manifest (faultline validate shows every problem) and apply it again"
+    };
     let problem = format!(
-        "the experiment cannot be read, so nothing new is injected{{reverting}}: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
+        "the experiment cannot be read, so nothing new is injected{{reverting}}: {}{remedy}",
         invalid.error
     );
     quarantine(ctx, &invalid.metadata, UNREADABLE_REASON, &problem).await
