@@ -7,7 +7,7 @@ use faultline::{
     api::{
         ChaosExperiment, ChaosExperimentSpec, ChaosExperimentStatus, Condition, ConditionStatus,
         GoDuration, Phase, ProbeSample, ProbeStatus, TargetRecord, TargetState, TimelineEntry,
-        Verdict,
+        Verdict, packed_records::PLAIN_RECORDS_LIMIT,
     },
     report::{Format, html, json, junit, markdown, summarize, table::status_table},
 };
@@ -589,6 +589,27 @@ fn json_carries_status_and_summary_under_stable_names() {
         serde_json::from_str(&Format::Json.render("run", &[passed()], t(0))).unwrap();
     assert_eq!(list["kind"], "ExperimentReportList");
     assert_eq!(list["items"][0]["summary"]["recoveryTime"], "900ms");
+}
+
+#[test]
+fn json_lists_every_target_record_also_where_status_packs_them() {
+    let mut e = aborted();
+    let status = e.status.as_mut().unwrap();
+    let many = PLAIN_RECORDS_LIMIT + 1;
+    status.targets = (0..many)
+        .map(|i| TargetRecord {
+            name: format!("web-{i}"),
+            ..target(TargetState::Reverted)
+        })
+        .collect();
+    // As the API server stores it: packed.
+    let stored = serde_json::to_value(status.clone()).unwrap();
+    assert_eq!(stored["targets"], json!([]));
+    let value = json::report(&e);
+    let listed = value["status"]["targets"].as_array().unwrap();
+    assert_eq!(listed.len(), many);
+    assert_eq!(listed[many - 1]["name"], format!("web-{}", many - 1));
+    assert!(value["status"].get("targetRecords").is_none(), "{value}");
 }
 
 #[test]

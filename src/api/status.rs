@@ -350,10 +350,15 @@ impl<'de> Deserialize<'de> for ChaosExperimentStatus {
 }
 
 impl ChaosExperimentStatus {
-    /// The status as JSON with its target records always a plain list, as compared and
-    /// logged (packing would make every comparison compress).
+    /// The status as JSON with its target records always a plain list (and no
+    /// `targetRecords`): as compared and logged (packing would make every comparison
+    /// compress), and as reports show it.
     pub fn to_plain_json(&self) -> serde_json::Result<serde_json::Value> {
-        ChaosExperimentStatus::serialize(self, serde_json::value::Serializer)
+        let mut plain = ChaosExperimentStatus::serialize(self, serde_json::value::Serializer)?;
+        if let Some(fields) = plain.as_object_mut() {
+            fields.remove("targetRecords");
+        }
+        Ok(plain)
     }
 }
 

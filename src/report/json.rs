@@ -1,4 +1,5 @@
-//! The JSON report: the experiment's spec and status as the API serves them, plus the computed
+//! The JSON report: the experiment's spec and status as the API serves them (target records
+//! always a list, also where the API serves them packed), plus the computed
 //! [`ExperimentSummary`](super::ExperimentSummary).
 //!
 //! Shape (field names are stable; new fields may be added):
@@ -24,7 +25,12 @@ pub fn report(experiment: &ChaosExperiment) -> Value {
         "uid": experiment.uid(),
         "summary": summarize(experiment),
         "spec": experiment.spec,
-        "status": experiment.status.clone().unwrap_or_default(),
+        "status": experiment
+            .status
+            .clone()
+            .unwrap_or_default()
+            .to_plain_json()
+            .unwrap_or_default(),
     })
 }
 
