@@ -399,4 +399,54 @@ mod tests {
             "the fault was only partly in place: 5 packets bypassed it (the agent's queue was full)"
         );
     }
+
+    fn records(count: usize) -> Vec<TargetRecord> {
+        (0..count)
+            .map(|i| TargetRecord {
+                namespace: "shop".into(),
+                name: format!("api-{i:04}"),
+                fault: "networkLatency".into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_target_records_are_written_packed_and_read_back_as_a_list() {
+        let status = ChaosExperimentStatus {
+            targets: records(packed_records::PLAIN_RECORDS_LIMIT + 1),
+            ..Default::default()
+        };
+        let stored = serde_json::to_value(&status).unwrap();
+        assert_eq!(stored["targets"], serde_json::json!([]));
+        assert!(stored["targetRecords"].is_string(), "{stored}");
+        let read: ChaosExperimentStatus = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, status);
+        assert_eq!(read.target_records, None);
+    }
+
+    #[test]
+    fn few_target_records_are_written_as_a_list_and_clear_a_packed_string() {
+        let status = ChaosExperimentStatus {
+            targets: records(packed_records::PLAIN_RECORDS_LIMIT),
+            target_records: Some("left from when there were more".into()),
+            ..Default::default()
+        };
+        let stored = serde_json::to_value(&status).unwrap();
+        assert_eq!(stored["targets"].as_array().unwrap().len(), 100);
+        // Null, not absent: a merge patch or server-side apply of it removes the old string.
+        assert_eq!(stored["targetRecords"], serde_json::Value::Null);
+        assert!(stored.as_object().unwrap().contains_key("targetRecords"));
+    }
+
+    #[test]
+    fn the_plain_json_lists_every_record_and_no_packed_string() {
+        let status = ChaosExperimentStatus {
+            targets: records(500),
+            ..Default::default()
+        };
+        let plain = status.to_plain_json().unwrap();
+        assert_eq!(plain["targets"].as_array().unwrap().len(), 500);
+        assert!(plain.get("targetRecords").is_none(), "{plain}");
+    }
 }
