@@ -205,11 +205,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// PascalCase; used as the Event reason and the `error` metric label.
+    /// PascalCase; the `reason` label of `faultline_reconcile_failures_total` and of the
+    /// warning logged.
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Observe(_) => "ObserveFailed",
             Error::Act { .. } => "ActFailed",
+            // Expected under load (a write based on a copy another write overtook) and
+            // handled by reconciling the newer copy: kept apart so an alert on real failures
+            // does not fire on it.
+            Error::Record(kube::Error::Api(status)) if status.code == 409 => "StatusWriteConflict",
             Error::Record(_) => "StatusWriteFailed",
         }
     }
@@ -491,4 +496,22 @@ pub async fn run(
 /// The reference Events are attached to.
 fn object_reference(experiment: &ChaosExperiment) -> k8s_openapi::api::core::v1::ObjectReference {
     experiment.object_ref(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    fn record_error(code: u16) -> Error {
+        Error::Record(kube::Error::Api(Box::new(
+            kube::core::Status::failure("the object has been modified", "Conflict").with_code(code),
+        )))
+    }
+
+    #[test]
+    fn a_status_write_conflict_is_told_apart_from_a_failed_write() {
+        assert_eq!(record_error(409).reason(), "StatusWriteConflict");
+        assert_eq!(record_error(500).reason(), "StatusWriteFailed");
+        assert_eq!(record_error(422).reason(), "StatusWriteFailed");
+    }
 }
