@@ -447,13 +447,20 @@ impl Pods {
     }
 }
 
-/// Applies the manifests: workloads first, then, once their Deployments are Ready (30 s at
-/// most), the chaos resources, so that an experiment applied together with its targets finds
-/// them.
+/// How long `--apply` waits for the Deployments it applied to be Ready before it applies the
+/// chaos resources.
+const APPLY_READY_WAIT: Duration = Duration::from_secs(30);
+
+/// Applies the manifests: workloads first, then, once the Deployments among them are Ready
+/// ([`APPLY_READY_WAIT`] at most), the chaos resources, so that an experiment applied together
+/// with its targets finds them. Deployments it did not apply (a real cluster's own) are not
+/// waited for.
 async fn apply_in_order(client: &kube::Client, paths: &[PathBuf]) -> anyhow::Result<()> {
     use k8s_openapi::api::apps::v1::Deployment;
-    use kube::api::{Api, ListParams};
+    use kube::ResourceExt;
+    use kube::api::Api;
     let mut chaos = Vec::new();
+    let mut deployments: Vec<(String, String)> = Vec::new();
     for path in paths {
         for (name, text) in read_manifests(path)? {
             let objects = manifest::parse_documents(&name, &text)?;
@@ -465,25 +472,37 @@ async fn apply_in_order(client: &kube::Client, paths: &[PathBuf]) -> anyhow::Res
             for applied in manifest::apply_all(client, &name, &others, "default").await? {
                 println!("applied {applied} ({name})");
             }
+            deployments.extend(
+                others
+                    .iter()
+                    .filter(|o| {
+                        o.types
+                            .as_ref()
+                            .is_some_and(|t| t.api_version == "apps/v1" && t.kind == "Deployment")
+                    })
+                    .map(|o| {
+                        (
+                            o.namespace().unwrap_or_else(|| "default".into()),
+                            o.name_any(),
+                        )
+                    }),
+            );
             chaos.push((name, faultline));
         }
     }
-    let deployments: Api<Deployment> = Api::all(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = deployments.list(&ListParams::default()).await?;
-        let ready = list.items.iter().all(|d| {
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            d.status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0)
-                >= want
-        });
-        if ready || tokio::time::Instant::now() > deadline {
-            break;
+    let deadline = tokio::time::Instant::now() + APPLY_READY_WAIT;
+    for (namespace, name) in deployments {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+        loop {
+            let ready = api.get_opt(&name).await?.is_none_or(|d| {
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                d.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= want
+            });
+            if ready || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (name, objects) in chaos {
         for applied in manifest::apply_all(client, &name, &objects, "default").await? {
@@ -613,7 +632,10 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         .spawn()
         .context("starting the background sandbox")?;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The child's own waits (the CRDs established, the applied Deployments ready) come first:
+    // it reports a failure itself long before this.
+    let patience = Duration::from_secs(60) + APPLY_READY_WAIT;
+    let deadline = std::time::Instant::now() + patience;
     loop {
         if let Some(exit) = child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -634,7 +656,8 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             bail!(
-                "the sandbox did not come up within 30s; see {}",
+                "the sandbox did not come up within {}s; see {}",
+                patience.as_secs(),
                 log_path.display()
             );
         }
