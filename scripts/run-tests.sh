@@ -41,6 +41,7 @@ real_suites=(
     object_size
     namespace_deletion
     crd_deletion
+    sandbox_restart
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

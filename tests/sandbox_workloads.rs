@@ -373,3 +373,75 @@ async fn shutdown_is_prompt_and_leaves_the_server_usable() {
     again.shutdown().await;
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_restarted_simulator_reports_the_pods_of_its_nodes_ready_again_without_restarts() {
+    let srv = server().await;
+    let client = client(&srv);
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let workloads = Workloads::start(client.clone(), fast()).await.unwrap();
+    deploys
+        .create(
+            &PostParams::default(),
+            &deployment("default", "web", 2, &[("app", "web")]),
+        )
+        .await
+        .unwrap();
+    let before = ready_pods(&pods, "web", 2).await;
+    workloads.shutdown().await;
+
+    // While no kubelet answers for its node, the node lifecycle controller marks its pods not
+    // ready; simulated containers did not die with the kubelet.
+    let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    for pod in &before {
+        pods.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(not_ready.clone()),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| !running_and_ready(p))
+    );
+
+    let restarted = Workloads::start(client.clone(), fast()).await.unwrap();
+    let after = ready_pods(&pods, "web", 2).await;
+    let uids = |pods: &[Pod]| {
+        pods.iter()
+            .map(|p| p.uid().unwrap())
+            .collect::<HashSet<_>>()
+    };
+    assert_eq!(
+        uids(&after),
+        uids(&before),
+        "the same pods, not replacements"
+    );
+    for pod in &after {
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(
+            status.container_statuses.as_ref().unwrap()[0].restart_count,
+            0,
+            "{status:?}"
+        );
+        assert_eq!(
+            status.pod_ip,
+            before
+                .iter()
+                .find(|p| p.uid() == pod.uid())
+                .unwrap()
+                .status
+                .as_ref()
+                .unwrap()
+                .pod_ip
+        );
+    }
+    restarted.shutdown().await;
+    srv.shutdown().await;
+}

@@ -6,7 +6,7 @@
 //! | deployment-controller | core/v1, `source.component` | ScalingReplicaSet |
 //! | replicaset-controller | core/v1, `source.component` | SuccessfulCreate, SuccessfulDelete |
 //! | default-scheduler | events.k8s.io/v1, action `Binding` | Scheduled |
-//! | kubelet (per node) | core/v1, `source.{component,host}`, the container's `fieldPath` | Pulled, Created, Started, Killing |
+//! | kubelet (per node) | core/v1, `source.{component,host}`, the container's `fieldPath` | Pulled, Created, Started, Killing, SandboxChanged |
 //!
 //! Publishing is best effort, as in the real components: a failure is logged, never returned.
 //! Simplification: no aggregation into series or counts (each occurrence is its own Event).
@@ -149,6 +149,21 @@ pub async fn container_started(client: &Client, pod: Value, node: &str, name: &s
     .await;
     let started = format!("Started container {name}");
     record(client, kubelet, pod, Some(&path), "Started", &started).await;
+}
+
+/// The kubelet's event when it finds a pod's sandbox gone (its processes died with an earlier
+/// kubelet) and makes a new one.
+pub async fn sandbox_changed(client: &Client, pod: Value, node: &str) {
+    let message = "Pod sandbox changed, it will be killed and re-created.";
+    record(
+        client,
+        Source::Kubelet(node),
+        pod,
+        None,
+        "SandboxChanged",
+        message,
+    )
+    .await;
 }
 
 /// A container's event when the kubelet stops it for a deleted pod.

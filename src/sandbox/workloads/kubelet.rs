@@ -9,15 +9,16 @@
 //! Simplifications: no binding subresource (a patch of `spec.nodeName`), no resource fit,
 //! taints, affinity or `schedulerName` other than the default; no probes of its own (a
 //! container is ready when the runtime says so: at once when simulated), restarts only as the
-//! runtime reports them ([`container_updates`](super::container_updates)), no init containers,
-//! no image pulls (the `Pulled` event says the image is present), no node heartbeats.
+//! runtime reports them ([`container_updates`](super::container_updates)) or after a restart of
+//! the sandbox itself ([`resume`]), no init containers, no image pulls (the `Pulled` event says
+//! the image is present).
 
 use super::events;
 use super::naming::{node_index, node_ip};
 use super::runtime::Placement;
 use super::{Context, ControlPlane, Error, lock, now, patch_params};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::runtime::controller::Action;
@@ -98,11 +99,16 @@ async fn schedule(api: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<Action, Er
 }
 
 /// The kubelet's part: after the start delay, start the pod and report it Running and Ready.
+/// A pod already Running that this kubelet did not start was started by an earlier one (the
+/// sandbox was restarted): it is [resumed](resume).
 async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<Action, Error> {
     let uid = pod.uid().unwrap_or_default();
     let status = pod.status.clone().unwrap_or_default();
     if status.phase.as_deref() == Some("Running") && status.pod_ip.is_some() {
-        return Ok(Action::await_change());
+        if lock(&ctx.synced).contains(&uid) {
+            return Ok(Action::await_change());
+        }
+        return resume(api, pod, node, ctx).await;
     }
     let seen = *lock(&ctx.starting)
         .entry(uid.clone())
@@ -110,6 +116,65 @@ async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<A
     if seen.elapsed() < ctx.options.start_delay {
         return Ok(Action::requeue(ctx.options.start_delay - seen.elapsed()));
     }
+    let placement = place(pod, node, None, ctx).await?;
+    let containers = ctx.options.runtime.start(pod, &placement).await?;
+    report_running(api, pod, &placement, &containers, Some(now())).await?;
+    lock(&ctx.starting).remove(&uid);
+    lock(&ctx.synced).insert(uid);
+    let name = pod.name_any();
+    tracing::debug!(pod = %name, node = %node, ip = %placement.pod_ip, "pod running");
+    containers_started(pod, node, ctx).await;
+    Ok(Action::await_change())
+}
+
+/// What a kubelet does after a restart for a pod it finds Running: containers that survived
+/// (simulated ones: nothing runs to die) have their Ready conditions reported again (the node
+/// lifecycle controller marks them not ready while the node is silent); a pod whose processes
+/// died with the earlier kubelet gets a new sandbox (`SandboxChanged`), its old address when it
+/// is still free, and each container's `restartCount` one higher.
+async fn resume(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<Action, Error> {
+    let uid = pod.uid().unwrap_or_default();
+    let name = pod.name_any();
+    let status = pod.status.clone().unwrap_or_default();
+    if ctx.options.runtime.survives_kubelet_restart() {
+        let containers = status.container_statuses.as_deref().unwrap_or_default();
+        let ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+        let ready_now = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready && !ready_now {
+            let conditions = json!({"status": {"conditions": conditions(true)}});
+            api.patch_status(&name, &patch_params(), &Patch::Merge(conditions))
+                .await
+                .map_err(|source| Error::kube("report ready", &name, source))?;
+        }
+        lock(&ctx.synced).insert(uid);
+        return Ok(Action::await_change());
+    }
+    events::sandbox_changed(&ctx.client, events::reference(pod), node).await;
+    let previous_ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+    let placement = place(pod, node, previous_ip, ctx).await?;
+    // The runtime counts on from the restart counts the status shows.
+    let containers = ctx.options.runtime.start(pod, &placement).await?;
+    // A kubelet keeps the pod's startTime: the pod is the same, its sandbox is new.
+    report_running(api, pod, &placement, &containers, None).await?;
+    lock(&ctx.synced).insert(uid);
+    tracing::info!(pod = %name, node = %node, ip = %placement.pod_ip, "pod started again after a kubelet restart");
+    containers_started(pod, node, ctx).await;
+    Ok(Action::await_change())
+}
+
+/// The node's address for the pod and a pod address on the node: `preferred` (an address the
+/// pod's status shows, in the runtime's form) when it is this node's and free.
+async fn place(
+    pod: &Pod,
+    node: &str,
+    preferred: Option<Ipv4Addr>,
+    ctx: &Context,
+) -> Result<Placement, Error> {
+    let uid = pod.uid().unwrap_or_default();
     let index =
         node_index(node).ok_or_else(|| Error::Invalid(format!("{node} is not a sandbox node")))?;
     // Addresses of existing pods count as taken (they may predate this simulator).
@@ -124,41 +189,56 @@ async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<A
         .filter_map(|ip| ctx.options.runtime.allocated_ip(ip))
         .collect();
     let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
+    let preferred = preferred.and_then(|ip| ctx.options.runtime.allocated_ip(ip));
     let allocated = {
         let mut placement = lock(&ctx.placement);
         placement.ips.retain(&live);
-        placement.ips.allocate(&uid, index, &in_use)
+        placement
+            .ips
+            .allocate_preferring(&uid, index, preferred, &in_use)
     }
     .ok_or_else(|| Error::Invalid(format!("no pod IP left on {node}")))?;
-    let pod_ip = ctx.options.runtime.pod_ip(allocated);
-    let placement = Placement {
+    Ok(Placement {
         node: node.to_string(),
-        pod_ip,
+        pod_ip: ctx.options.runtime.pod_ip(allocated),
         host_ip: node_ip(index),
-    };
-    let containers = ctx.options.runtime.start(pod, &placement).await?;
+    })
+}
+
+/// Report the pod Running where `placement` says, with these containers (`start_time` only
+/// when the pod starts for the first time).
+async fn report_running(
+    api: &Api<Pod>,
+    pod: &Pod,
+    placement: &Placement,
+    containers: &[ContainerStatus],
+    start_time: Option<String>,
+) -> Result<(), Error> {
     let ready = containers.iter().all(|c| c.ready);
     let name = pod.name_any();
-    let running = json!({"status": {
+    let mut running = json!({"status": {
         "phase": "Running",
         "conditions": conditions(ready),
         "hostIP": placement.host_ip.to_string(),
         "hostIPs": [{"ip": placement.host_ip.to_string()}],
-        "podIP": pod_ip.to_string(),
-        "podIPs": [{"ip": pod_ip.to_string()}],
-        "startTime": now(),
+        "podIP": placement.pod_ip.to_string(),
+        "podIPs": [{"ip": placement.pod_ip.to_string()}],
         "containerStatuses": containers,
     }});
+    if let Some(start_time) = start_time {
+        running["status"]["startTime"] = json!(start_time);
+    }
     api.patch_status(&name, &patch_params(), &Patch::Merge(running))
         .await
         .map_err(|source| Error::kube("report running", &name, source))?;
-    lock(&ctx.starting).remove(&uid);
-    tracing::debug!(pod = %name, node = %node, ip = %pod_ip, "pod running");
+    Ok(())
+}
+
+async fn containers_started(pod: &Pod, node: &str, ctx: &Context) {
     for c in pod.spec.iter().flat_map(|s| &s.containers) {
         let image = c.image.as_deref().unwrap_or_default();
         events::container_started(&ctx.client, events::reference(pod), node, &c.name, image).await;
     }
-    Ok(Action::await_change())
 }
 
 /// Graceful termination of a pod held by finalizers: wait out the grace period, stop it,
@@ -245,6 +325,7 @@ pub async fn reap(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<
                     let uid = pod.uid().unwrap_or_default();
                     lock(&ctx.placement).ips.release(&uid);
                     lock(&ctx.starting).remove(&uid);
+                    lock(&ctx.synced).remove(&uid);
                     if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|_| on_our_node) {
                         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                         if running {

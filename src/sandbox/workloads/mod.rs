@@ -43,7 +43,7 @@ use kube::Client;
 use kube::api::{Api, PatchParams};
 use kube::runtime::{Controller, watcher};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -132,6 +132,9 @@ pub(crate) struct Context {
     /// Pod uid -> when the kubelet first saw it scheduled.
     starting: Mutex<HashMap<String, Instant>>,
     placement: Mutex<PlacementState>,
+    /// Uids of the pods this kubelet started or resumed (a Running pod not among them was
+    /// started by an earlier run of the sandbox).
+    synced: Mutex<HashSet<String>>,
 }
 
 /// A poisoned lock only means another reconcile panicked; the maps stay usable.
@@ -247,6 +250,7 @@ impl Workloads {
             shortages: Mutex::default(),
             starting: Mutex::default(),
             placement: Mutex::default(),
+            synced: Mutex::default(),
         });
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let stop = || {

@@ -103,6 +103,32 @@ impl IpAllocator {
         None
     }
 
+    /// Like [`IpAllocator::allocate`], but hands out `preferred` when it is on `node` and free:
+    /// a pod started again after a kubelet restart keeps the address its status shows.
+    pub fn allocate_preferring(
+        &mut self,
+        uid: &str,
+        node: u8,
+        preferred: Option<Ipv4Addr>,
+        in_use: &HashSet<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.assigned.get(uid) {
+            return Some(*ip);
+        }
+        let on_node = |ip: &Ipv4Addr| {
+            let [a, b, n, host] = ip.octets();
+            [a, b, n] == [10, 244, node] && (2..=254).contains(&host)
+        };
+        let free = |ip: &Ipv4Addr| !in_use.contains(ip) && !self.assigned.values().any(|a| a == ip);
+        match preferred.filter(|ip| on_node(ip) && free(ip)) {
+            Some(ip) => {
+                self.assigned.insert(uid.to_string(), ip);
+                Some(ip)
+            }
+            None => self.allocate(uid, node, in_use),
+        }
+    }
+
     /// Forget the addresses of pods that no longer exist.
     pub fn retain(&mut self, live_uids: &HashSet<String>) {
         self.assigned.retain(|uid, _| live_uids.contains(uid));
@@ -173,6 +199,37 @@ mod tests {
         assert_eq!(
             ips.allocate("e", 1, &HashSet::new()),
             Some(Ipv4Addr::new(10, 244, 1, 6))
+        );
+    }
+
+    #[test]
+    fn a_restarted_pod_keeps_its_address_unless_it_is_taken_or_foreign() {
+        let mut ips = IpAllocator::default();
+        let in_use: HashSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 1, 9)].into();
+        let kept = Ipv4Addr::new(10, 244, 1, 7);
+        assert_eq!(
+            ips.allocate_preferring("a", 1, Some(kept), &in_use),
+            Some(kept)
+        );
+        assert_eq!(
+            ips.allocate_preferring("b", 1, Some(kept), &in_use),
+            Some(Ipv4Addr::new(10, 244, 1, 2)),
+            "another pod has it now"
+        );
+        assert_eq!(
+            ips.allocate_preferring("c", 1, Some(Ipv4Addr::new(10, 244, 1, 9)), &in_use),
+            Some(Ipv4Addr::new(10, 244, 1, 3)),
+            "a pod of an earlier run shows it"
+        );
+        assert_eq!(
+            ips.allocate_preferring("d", 1, Some(Ipv4Addr::new(10, 244, 2, 7)), &in_use),
+            Some(Ipv4Addr::new(10, 244, 1, 4)),
+            "another node's address"
+        );
+        assert_eq!(
+            ips.allocate_preferring("e", 1, Some(Ipv4Addr::new(10, 244, 1, 255)), &in_use),
+            Some(Ipv4Addr::new(10, 244, 1, 5)),
+            "not a host address"
         );
     }
 

@@ -94,6 +94,13 @@ impl PodRuntime {
         }
     }
 
+    /// Whether a pod's containers outlive the kubelet that started them. Simulated ones do
+    /// (nothing runs, so nothing dies); real ones are children of the sandbox, and an earlier
+    /// sandbox's leftovers are removed when the next one starts.
+    pub fn survives_kubelet_restart(&self) -> bool {
+        matches!(self, PodRuntime::Simulated)
+    }
+
     /// Stop whatever runs for the pod with this uid (it is being deleted or is gone).
     pub async fn stop(&self, namespace: &str, name: &str, uid: &str) {
         match self {

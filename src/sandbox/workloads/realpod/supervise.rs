@@ -89,11 +89,25 @@ pub fn containers(pod: &Pod, pod_ip: Ipv4Addr) -> Vec<Arc<Container>> {
                 env,
                 state: Mutex::new(Record {
                     waiting: Some(("ContainerCreating".into(), String::new())),
+                    restart_count: restarts_so_far(pod, &c.name),
                     ..Default::default()
                 }),
             })
         })
         .collect()
+}
+
+/// The restart count a container starts with: 0 for a new pod; for a pod whose status shows
+/// the container started before (its processes died with an earlier sandbox, which a kubelet
+/// restart finds), one more than the status says.
+fn restarts_so_far(pod: &Pod, container: &str) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|s| s.name == container && s.container_id.is_some())
+        .map_or(0, |s| s.restart_count.saturating_add(1))
 }
 
 impl Container {
@@ -356,4 +370,35 @@ async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
         }
     }
     let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(statuses: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "uid": "u1"},
+            "spec": {"containers": [{"name": "app"}, {"name": "sidecar"}]},
+            "status": {"containerStatuses": statuses},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn restart_counts_go_on_from_the_status_of_containers_that_ran() {
+        let ran = pod(serde_json::json!([
+            {"name": "app", "image": "", "imageID": "", "ready": false, "restartCount": 2,
+             "containerID": "process://41"},
+            {"name": "sidecar", "image": "", "imageID": "", "ready": false, "restartCount": 0},
+        ]));
+        assert_eq!(restarts_so_far(&ran, "app"), 3);
+        assert_eq!(
+            restarts_so_far(&ran, "sidecar"),
+            0,
+            "never started: no container id"
+        );
+        assert_eq!(restarts_so_far(&ran, "other"), 0);
+        assert_eq!(restarts_so_far(&pod(serde_json::Value::Null), "app"), 0);
+    }
 }
