@@ -108,6 +108,11 @@ pub trait HypothesisSource: Send + Sync + 'static {
     fn forget(&self, experiment_uid: &str);
 }
 
+/// See [`Settings::expiry_grace`]: long enough for a revert that comes a moment late (a
+/// requeue, a status conflict, a busy controller), short enough that a fault whose controller
+/// and agent are both dead ends seconds after its experiment, not a minute.
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(5);
+
 /// Settings that are not per experiment.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -115,7 +120,9 @@ pub struct Settings {
     /// How long the agents get to report a FaultInjection Applied.
     pub injection_timeout: Duration,
     /// Added to the experiment's duration for a FaultInjection's `expiresAt`, so the agent's own
-    /// deadline never cuts an experiment short but still fires if the controller is gone.
+    /// deadline does not cut a fault short of its duration when the controller's revert comes a
+    /// moment late, and still fires soon after when the controller is gone. Also how long a
+    /// fault can outlive its experiment's end with no faultline process alive.
     pub expiry_grace: Duration,
     /// How many experiments are reconciled at once (one experiment is never reconciled twice
     /// at once). Bounds the API calls in flight and the memory they hold when many experiments
@@ -133,7 +140,7 @@ impl Default for Settings {
                 ..Default::default()
             },
             injection_timeout: Duration::from_secs(30),
-            expiry_grace: Duration::from_secs(30),
+            expiry_grace: EXPIRY_GRACE,
             concurrency: 16,
             signal_sweep_every: revert_signal::SWEEP_EVERY,
         }
