@@ -19,7 +19,7 @@ use common::cluster::TestCluster;
 use common::wait_for;
 use faultline::agent::testnet::root_or_skip;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -200,6 +200,23 @@ async fn a_killed_sandbox_started_again_restarts_the_pods_it_ran() {
     .await;
     assert_eq!(restart_count(&fresh), 0);
     assert_eq!(healthz(&fresh).await, 200);
+
+    // The node lifecycle controller marks a silent node's pods not ready (an API server outage
+    // longer than its grace period does it to every pod); the kubelet reports them Ready again
+    // once it sees their containers ready, as a kubelet's status sync does.
+    let not_ready = json!({"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "NodeNotReady"}]}});
+    pods.patch_status(
+        "web-1",
+        &PatchParams::default(),
+        &Patch::Strategic(not_ready),
+    )
+    .await
+    .unwrap();
+    wait_for("web-1 Ready again", TIMEOUT, || async {
+        pods.get_opt("web-1").await.ok()?.filter(ready)
+    })
+    .await;
 
     let down = sandbox(&state, &["down"]);
     assert!(down.status.success(), "{down:?}");

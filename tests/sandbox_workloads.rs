@@ -375,7 +375,7 @@ async fn shutdown_is_prompt_and_leaves_the_server_usable() {
 }
 
 #[tokio::test]
-async fn a_restarted_simulator_reports_the_pods_of_its_nodes_ready_again_without_restarts() {
+async fn pods_marked_not_ready_by_another_are_reported_ready_again_also_after_a_restart() {
     let srv = server().await;
     let client = client(&srv);
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -442,6 +442,17 @@ async fn a_restarted_simulator_reports_the_pods_of_its_nodes_ready_again_without
                 .pod_ip
         );
     }
+
+    // The same while the simulator runs: marked not ready by someone else, reported Ready again.
+    let marked = &after[0].name_any();
+    pods.patch_status(
+        marked,
+        &PatchParams::default(),
+        &Patch::Strategic(not_ready.clone()),
+    )
+    .await
+    .unwrap();
+    ready_pods(&pods, "web", 2).await;
     restarted.shutdown().await;
     srv.shutdown().await;
 }

@@ -10,8 +10,9 @@
 //! taints, affinity or `schedulerName` other than the default; no probes of its own (a
 //! container is ready when the runtime says so: at once when simulated), restarts only as the
 //! runtime reports them ([`container_updates`](super::container_updates)) or after a restart of
-//! the sandbox itself ([`resume`]), no init containers, no image pulls (the `Pulled` event says
-//! the image is present).
+//! the sandbox itself ([`resume`]), a status sync only for the Ready condition
+//! ([`keep_ready_true`]), no init containers, no image pulls (the `Pulled` event says the image
+//! is present).
 
 use super::events;
 use super::naming::{node_index, node_ip};
@@ -99,14 +100,16 @@ async fn schedule(api: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<Action, Er
 }
 
 /// The kubelet's part: after the start delay, start the pod and report it Running and Ready.
-/// A pod already Running that this kubelet did not start was started by an earlier one (the
-/// sandbox was restarted): it is [resumed](resume).
+/// For a pod already Running: [`keep_ready_true`] when its containers run, [`resume`] when they
+/// died with an earlier run of the sandbox.
 async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<Action, Error> {
     let uid = pod.uid().unwrap_or_default();
     let status = pod.status.clone().unwrap_or_default();
     if status.phase.as_deref() == Some("Running") && status.pod_ip.is_some() {
-        if lock(&ctx.synced).contains(&uid) {
-            return Ok(Action::await_change());
+        let ours = lock(&ctx.synced).contains(&uid);
+        if ours || ctx.options.runtime.survives_kubelet_restart() {
+            lock(&ctx.synced).insert(uid);
+            return keep_ready_true(api, pod, ctx).await;
         }
         return resume(api, pod, node, ctx).await;
     }
@@ -127,32 +130,55 @@ async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<A
     Ok(Action::await_change())
 }
 
-/// What a kubelet does after a restart for a pod it finds Running: containers that survived
-/// (simulated ones: nothing runs to die) have their Ready conditions reported again (the node
-/// lifecycle controller marks them not ready while the node is silent); a pod whose processes
-/// died with the earlier kubelet gets a new sandbox (`SandboxChanged`), its old address when it
-/// is still free, and each container's `restartCount` one higher.
+/// How soon the kubelet reports a pod Ready again after it last did: while its node is not
+/// ready the node lifecycle controller marks the pod not ready on every change, and the two
+/// must not chase each other.
+const READY_AGAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// The kubelet's status manager for a running pod: a pod whose containers are all ready but
+/// whose Ready condition someone else set otherwise (the node lifecycle controller, after the
+/// node missed its heartbeats: an API server outage, a stalled machine, a restart of the
+/// sandbox) is reported Ready again, as a kubelet's status sync does.
+async fn keep_ready_true(api: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<Action, Error> {
+    let uid = pod.uid().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let containers = ctx
+        .options
+        .runtime
+        .statuses(&uid)
+        .unwrap_or_else(|| status.container_statuses.clone().unwrap_or_default());
+    let ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+    let shown_ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready || shown_ready {
+        // Not ready by the runtime's word is what `container_updates` reports.
+        return Ok(Action::await_change());
+    }
+    let last = lock(&ctx.ready_again).get(&uid).copied();
+    if let Some(wait) = last.and_then(|at| READY_AGAIN_EVERY.checked_sub(at.elapsed())) {
+        return Ok(Action::requeue(wait));
+    }
+    let name = pod.name_any();
+    let ready_again = json!({"status": {"conditions": conditions(true)}});
+    api.patch_status(&name, &patch_params(), &Patch::Merge(ready_again))
+        .await
+        .map_err(|source| Error::kube("report ready", &name, source))?;
+    lock(&ctx.ready_again).insert(uid, Instant::now());
+    tracing::info!(pod = %name, "pod reported Ready again: its containers are ready");
+    Ok(Action::await_change())
+}
+
+/// What a kubelet does after a restart for a pod it finds Running whose processes died with
+/// the earlier kubelet (real pods: the next sandbox removes an earlier one's leftovers): a new
+/// pod sandbox (`SandboxChanged`), the pod's old address when it is still free, and each
+/// container's `restartCount` one higher.
 async fn resume(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<Action, Error> {
     let uid = pod.uid().unwrap_or_default();
     let name = pod.name_any();
     let status = pod.status.clone().unwrap_or_default();
-    if ctx.options.runtime.survives_kubelet_restart() {
-        let containers = status.container_statuses.as_deref().unwrap_or_default();
-        let ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
-        let ready_now = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        if ready && !ready_now {
-            let conditions = json!({"status": {"conditions": conditions(true)}});
-            api.patch_status(&name, &patch_params(), &Patch::Merge(conditions))
-                .await
-                .map_err(|source| Error::kube("report ready", &name, source))?;
-        }
-        lock(&ctx.synced).insert(uid);
-        return Ok(Action::await_change());
-    }
     events::sandbox_changed(&ctx.client, events::reference(pod), node).await;
     let previous_ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
     let placement = place(pod, node, previous_ip, ctx).await?;
@@ -326,6 +352,7 @@ pub async fn reap(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<
                     lock(&ctx.placement).ips.release(&uid);
                     lock(&ctx.starting).remove(&uid);
                     lock(&ctx.synced).remove(&uid);
+                    lock(&ctx.ready_again).remove(&uid);
                     if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|_| on_our_node) {
                         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                         if running {

@@ -135,6 +135,8 @@ pub(crate) struct Context {
     /// Uids of the pods this kubelet started or resumed (a Running pod not among them was
     /// started by an earlier run of the sandbox).
     synced: Mutex<HashSet<String>>,
+    /// Pod uid -> when the kubelet last reported it Ready again (see `kubelet`).
+    ready_again: Mutex<HashMap<String, Instant>>,
 }
 
 /// A poisoned lock only means another reconcile panicked; the maps stay usable.
@@ -251,6 +253,7 @@ impl Workloads {
             starting: Mutex::default(),
             placement: Mutex::default(),
             synced: Mutex::default(),
+            ready_again: Mutex::default(),
         });
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let stop = || {

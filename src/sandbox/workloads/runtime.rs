@@ -101,6 +101,16 @@ impl PodRuntime {
         matches!(self, PodRuntime::Simulated)
     }
 
+    /// The containers of a running pod as the runtime sees them; `None` when the runtime
+    /// keeps no state of its own (simulated: the pod's status is all there is) or runs no such
+    /// pod.
+    pub fn statuses(&self, uid: &str) -> Option<Vec<ContainerStatus>> {
+        match self {
+            PodRuntime::Simulated => None,
+            PodRuntime::Real(pods) => pods.statuses(uid),
+        }
+    }
+
     /// Stop whatever runs for the pod with this uid (it is being deleted or is gone).
     pub async fn stop(&self, namespace: &str, name: &str, uid: &str) {
         match self {

@@ -245,6 +245,11 @@ impl RealPods {
             .collect()
     }
 
+    /// The container statuses of one running pod, `None` when it does not run here.
+    pub fn statuses(&self, uid: &str) -> Option<Vec<ContainerStatus>> {
+        lock(&self.pods).get(uid).map(|pod| pod.statuses())
+    }
+
     /// The uids of the pods running now.
     pub fn running_pods(&self) -> Vec<String> {
         lock(&self.pods).keys().cloned().collect()
