@@ -951,6 +951,46 @@ async fn the_revert_signal_alone_takes_an_experiments_faults_out() {
     agent.abort();
 }
 
+/// A fault the agent ended at its deadline before the experiment reverted (the controller could
+/// not act: the API server out of reach, no controller running): the node's receipt, written
+/// when the revert comes, says when the fault really left the kernel, not when it was written.
+#[tokio::test]
+async fn a_receipt_says_when_the_faults_left_not_when_it_was_written() {
+    let world = World::start(RecordingKernel::full()).await;
+    let agent = world.agent();
+    let pod = world.pod("target-0").await;
+    world.injection("lat-0", &pod, TimeDelta::seconds(1)).await;
+    world.wait_phase("lat-0", InjectionPhase::Applied).await;
+    let expired = world.wait_phase("lat-0", InjectionPhase::Reverted).await;
+    let out_at = expired.status.unwrap().reverted_at.unwrap();
+    assert!(world.kernel.rules().is_empty(), "the deadline took it out");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let signalled_at = chrono::Utc::now();
+    let experiments: Api<ChaosExperiment> = Api::namespaced(world.client.clone(), "default");
+    experiments
+        .patch(
+            "exp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {REVERTING_LABEL: "true"}}})),
+        )
+        .await
+        .unwrap();
+    let (receipt, _) = world.receipt().await;
+    assert_eq!((receipt.node.as_str(), receipt.injections), (NODE, 1));
+    assert!(
+        receipt.reverted_at < signalled_at,
+        "the receipt says {} though the fault left at the deadline ({out_at}), before the revert was asked for at {signalled_at}",
+        receipt.reverted_at
+    );
+    assert!(
+        (receipt.reverted_at - out_at).num_milliseconds().abs() < 500,
+        "receipt {} against the revert's own report {out_at}",
+        receipt.reverted_at
+    );
+    agent.abort();
+}
+
 /// The controller's signal that an experiment's faults are to come out is one label on the
 /// experiment (here, with no signal's ConfigMap at all); the agent takes every fault of it out
 /// in one pass and confirms with one receipt for its node, in the experiment's status since

@@ -505,6 +505,9 @@ impl<K: Kernel> Agent<K> {
             reverts::revert_pass(&self.kernel, &self.metrics, to_revert.into_iter().collect())
                 .await;
         self.forget(&pass.forget, "reverting");
+        for (injection, at) in &pass.out {
+            self.receipts.note_out(injection, *at);
+        }
         for report in &pass.reports {
             if let Report::Reverted {
                 injection,

@@ -29,6 +29,8 @@ pub struct ExperimentSummary {
     pub started_at: Option<DateTime<Utc>>,
     pub injected_at: Option<DateTime<Utc>>,
     pub reverted_at: Option<DateTime<Utc>>,
+    /// When the last fault left the kernel (see [`faults_out_at`]): the fault window's end.
+    pub faults_out_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// From start to finish, once finished.
     pub elapsed: Option<String>,
@@ -130,6 +132,7 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
         started_at: status.started_at,
         injected_at: status.injected_at,
         reverted_at: status.reverted_at,
+        faults_out_at: faults_out_at(status),
         finished_at: status.finished_at,
         elapsed: status
             .started_at
@@ -137,7 +140,7 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
             .map(|(a, b)| text::span(a, b)),
         fault_window: status
             .injected_at
-            .zip(status.reverted_at)
+            .zip(faults_out_at(status))
             .map(|(a, b)| text::span(a, b)),
         abort_started_at: status.abort_started_at,
         abort_reason: status.abort_reason.clone(),
@@ -244,4 +247,63 @@ fn failure_sentence(status: &ChaosExperimentStatus, probes: &[ProbeSummary]) -> 
             status.reason.as_deref().unwrap_or("no reason")
         ),
     })
+}
+
+/// When the last fault left the kernel: the latest revert time of the targets whose faults
+/// were in (their nodes' receipts say it, which can be well before the controller confirmed
+/// the revert when the agents ended the faults at their deadline), else the confirmation.
+fn faults_out_at(status: &ChaosExperimentStatus) -> Option<DateTime<Utc>> {
+    let confirmed = status.reverted_at?;
+    let targets = status
+        .targets
+        .iter()
+        .filter(|r| r.state == TargetState::Reverted)
+        .map(|r| r.reverted_at)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|times| times.into_iter().max());
+    Some(targets.map_or(confirmed, |last| last.min(confirmed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TargetRecord;
+    use chrono::TimeDelta;
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap() + TimeDelta::seconds(seconds)
+    }
+
+    fn reverted(at: Option<DateTime<Utc>>) -> TargetRecord {
+        TargetRecord {
+            state: TargetState::Reverted,
+            reverted_at: at,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_fault_window_ends_when_the_last_fault_left_not_at_the_confirmation() {
+        let status = |targets| ChaosExperimentStatus {
+            reverted_at: Some(t(0)),
+            targets,
+            ..Default::default()
+        };
+        let ended_at_deadline = status(vec![reverted(Some(t(-9))), reverted(Some(t(-8)))]);
+        assert_eq!(faults_out_at(&ended_at_deadline), Some(t(-8)));
+        let one_unknown = status(vec![reverted(Some(t(-9))), reverted(None)]);
+        assert_eq!(faults_out_at(&one_unknown), Some(t(0)));
+        let never_after = status(vec![reverted(Some(t(3)))]);
+        assert_eq!(faults_out_at(&never_after), Some(t(0)));
+        let none_injected = status(vec![TargetRecord {
+            state: TargetState::Skipped,
+            ..Default::default()
+        }]);
+        assert_eq!(faults_out_at(&none_injected), Some(t(0)));
+        assert_eq!(
+            faults_out_at(&ChaosExperimentStatus::default()),
+            None,
+            "not reverted yet"
+        );
+    }
 }

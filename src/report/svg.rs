@@ -187,9 +187,9 @@ fn write_fault_window(
     let Some(from) = s.injected_at else {
         return;
     };
-    let to = s.reverted_at.unwrap_or(end);
+    let to = s.faults_out_at.unwrap_or(end);
     let (x1, x2) = (axis.x(from), axis.x(to));
-    let label = match s.reverted_at {
+    let label = match s.faults_out_at {
         Some(r) => format!(
             "faults in {} → {} ({})",
             offset(origin, from),

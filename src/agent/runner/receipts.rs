@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -49,6 +49,10 @@ pub(super) struct Receipts {
     written: BTreeMap<ExperimentKey, BTreeMap<String, RevertReceipt>>,
     /// Rules reverts left behind, per experiment and node, for the receipt to name.
     residue: BTreeMap<(ExperimentKey, String), Vec<String>>,
+    /// When the last fault of an experiment on a node left the kernel: a receipt says that
+    /// time, not its own (a fault the agent ended at its deadline while the API server was
+    /// out of reach was out long before the receipt could be written).
+    last_out: BTreeMap<(ExperimentKey, String), DateTime<Utc>>,
     /// A write that failed waits this long before the next try.
     failed_at: BTreeMap<ExperimentKey, Instant>,
 }
@@ -83,6 +87,13 @@ impl Receipts {
             ));
     }
 
+    /// Notes that `injection`'s fault left the kernel at `at`.
+    pub fn note_out(&mut self, injection: &FaultInjection, at: DateTime<Utc>) {
+        let key = (experiment_of(injection), injection.spec.node_name.clone());
+        let last = self.last_out.entry(key).or_insert(at);
+        *last = (*last).max(at);
+    }
+
     /// Writes the receipts that are due: for each reverting experiment, each of `nodes` with
     /// an injection of it and none of them left in the journal.
     pub async fn write_due(
@@ -95,9 +106,14 @@ impl Receipts {
         journal: &Journal,
     ) {
         let mut due: BTreeMap<ExperimentKey, BTreeMap<String, (i32, bool)>> = BTreeMap::new();
+        let mut present = std::collections::BTreeSet::new();
         for injection in live {
             let node = &injection.spec.node_name;
-            if !nodes.contains(node) || !facts.is_ending(injection) {
+            if !nodes.contains(node) {
+                continue;
+            }
+            present.insert(experiment_of(injection));
+            if !facts.is_ending(injection) {
                 continue;
             }
             let held = tag_of(injection).is_some_and(|tag| journal.head(&tag).is_some());
@@ -109,10 +125,13 @@ impl Receipts {
             *count += 1;
             *any_held |= held;
         }
-        // Experiments no longer reverting (gone, or finished and cleaned up) are forgotten.
+        // Experiments no longer reverting (gone, or finished and cleaned up) are forgotten;
+        // what reverts noted is kept while the experiment has injections here, since a fault
+        // can leave (its deadline, its pod gone) before the experiment reverts.
         self.written.retain(|key, _| due.contains_key(key));
-        self.residue.retain(|(key, _), _| due.contains_key(key));
         self.failed_at.retain(|key, _| due.contains_key(key));
+        self.residue.retain(|(key, _), _| present.contains(key));
+        self.last_out.retain(|(key, _), _| present.contains(key));
 
         let now = Utc::now();
         let mut writes = Vec::new();
@@ -134,11 +153,19 @@ impl Receipts {
                     .residue
                     .get(&(key.clone(), node.clone()))
                     .map(|lines| lines.join("; "));
+                // Faults this agent took out: the last one's time; none (never applied here,
+                // or taken out by an earlier agent): now, when it is sure none is in.
+                let reverted_at = self
+                    .last_out
+                    .get(&(key.clone(), node.clone()))
+                    .copied()
+                    .unwrap_or(now)
+                    .min(now);
                 written.insert(
                     node.clone(),
                     RevertReceipt {
                         node,
-                        reverted_at: now,
+                        reverted_at,
                         injections: count,
                         failed,
                     },

@@ -47,6 +47,9 @@ pub(super) struct Pass {
     /// Reverted (or gone with their pod): to forget in the journal.
     pub forget: Vec<InjectionTag>,
     pub reports: Vec<Report>,
+    /// The injections whose faults this pass took out of the kernel, and when: what a revert
+    /// receipt says (see `receipts`), also when the revert came before the receipt was due.
+    pub out: Vec<(Arc<FaultInjection>, chrono::DateTime<Utc>)>,
 }
 
 /// Reverts every job, all pods in one kernel pass.
@@ -78,6 +81,7 @@ pub(super) async fn revert_pass<K: Kernel>(
                 .collect()
         });
     let took = started.elapsed();
+    let done_at = Utc::now();
     tracing::debug!(pods = pods.len(), faults, ?took, "revert pass");
     for ((_, jobs), results) in pods.into_iter().zip(results) {
         for (job, result) in jobs.into_iter().zip(results) {
@@ -96,6 +100,9 @@ pub(super) async fn revert_pass<K: Kernel>(
             metrics.observe_revert(took, job.reason);
             tracing::info!(%tag, reason = ?job.reason, residual = residual.len(), "fault reverted");
             pass.forget.push(tag);
+            if let Some(injection) = &job.injection {
+                pass.out.push((Arc::clone(injection), done_at));
+            }
             if job.reason == RevertReason::Ending && residual.is_empty() {
                 // The node's revert receipt says it, for all of the experiment's faults.
                 continue;

@@ -76,7 +76,9 @@ async fn finish(
     let mut abort_latency = None;
     let mut recovery_time = None;
     if aborted {
-        mark_reverted(status, now, experiment.metadata.generation);
+        if let Some(fact) = mark_reverted(status, now, experiment.metadata.generation) {
+            events.push(status::record(ctx, status, fact));
+        }
         if let Some(started) = status.abort_started_at {
             let latency = (now - started).to_std().unwrap_or_default();
             status.abort_latency = Some(GoDuration::from_duration(latency));
@@ -149,12 +151,25 @@ async fn finish(
 /// reported Applied had the agent's finalizer, so its FaultInjection could only go once that
 /// agent had reverted it. A record still `Injecting` was never reported applied: no agent may
 /// ever have held it, and the condition says what is unknown and what to check.
+///
+/// Each record's revert time is its node's receipt's (when the agent says its last fault there
+/// left the kernel), not this confirmation's: an agent that ended the faults at their deadline
+/// while the controller could not act wrote its receipt, with that earlier time, once it could.
+/// When every receipt is noticeably older than the confirmation, the returned fact says so for
+/// the timeline.
 pub(super) fn mark_reverted(
     status: &mut ChaosExperimentStatus,
     now: DateTime<Utc>,
     generation: Option<i64>,
-) {
+) -> Option<Fact> {
     status.reverted_at = Some(now);
+    let receipts: std::collections::BTreeMap<String, DateTime<Utc>> = status
+        .revert_receipts
+        .iter()
+        .map(|r| (r.node.clone(), r.reverted_at.min(now)))
+        .collect();
+    let mut out_by: Option<DateTime<Utc>> = None;
+    let mut every_record_receipted = true;
     let mut unconfirmed = Vec::new();
     for record in status.targets.iter_mut() {
         if record.state == TargetState::Injecting && record.injection.is_some() {
@@ -170,8 +185,16 @@ pub(super) fn mark_reverted(
             );
         }
         if matches!(record.state, TargetState::Injected | TargetState::Injecting) {
+            let receipt = record
+                .node_name
+                .as_deref()
+                .and_then(|node| receipts.get(node))
+                .copied();
+            every_record_receipted &= receipt.is_some();
+            let at = receipt.unwrap_or(now);
+            out_by = out_by.max(Some(at));
             record.state = TargetState::Reverted;
-            record.reverted_at = Some(now);
+            record.reverted_at = Some(at);
         }
     }
     let (condition, reason, message) = if unconfirmed.is_empty() {
@@ -196,7 +219,21 @@ pub(super) fn mark_reverted(
         generation,
         now,
     );
+    let out_by = out_by.filter(|at| every_record_receipted && now - *at >= NOTICEABLY_EARLIER)?;
+    Some(Fact::warning(
+        "FaultsOutBeforeRevert",
+        "Revert",
+        format!(
+            "every fault was out of the kernel by {}, {} before the controller confirmed it: the agents took them out without waiting for it (at their deadline, `expiresAt`, or as their pods went), so the controller could not act in time (the API server out of reach, or no controller running)",
+            out_by.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            GoDuration::from_duration((now - out_by).to_std().unwrap_or_default())
+        ),
+    ))
 }
+
+/// How much older than the controller's confirmation the agents' receipts must be for the
+/// timeline to say the faults were out before the controller could act.
+const NOTICEABLY_EARLIER: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// What a real run would do to one target, for a dry run's plan.
 fn planned_action(record: &TargetRecord) -> String {
@@ -208,5 +245,102 @@ fn planned_action(record: &TargetRecord) -> String {
             record.fault
         ),
         None => format!("{} of pod {target} (node {node})", record.fault),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RevertReceipt;
+    use chrono::TimeDelta;
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap() + TimeDelta::seconds(seconds)
+    }
+
+    fn injected(name: &str, node: &str) -> TargetRecord {
+        TargetRecord {
+            namespace: "shop".into(),
+            name: name.into(),
+            node_name: Some(node.into()),
+            injection: Some(format!("exp-0-{name}")),
+            state: TargetState::Injected,
+            ..Default::default()
+        }
+    }
+
+    fn receipt(node: &str, at: DateTime<Utc>) -> RevertReceipt {
+        RevertReceipt {
+            node: node.into(),
+            reverted_at: at,
+            injections: 1,
+            failed: None,
+        }
+    }
+
+    #[test]
+    fn records_take_their_nodes_receipt_time_and_faults_out_long_before_are_told() {
+        let mut status = ChaosExperimentStatus {
+            targets: vec![injected("a", "n1"), injected("b", "n2")],
+            revert_receipts: vec![receipt("n1", t(-7)), receipt("n2", t(-8))],
+            ..Default::default()
+        };
+        let fact = mark_reverted(&mut status, t(0), None).expect("told");
+        assert_eq!(status.reverted_at, Some(t(0)), "the confirmation");
+        assert_eq!(status.targets[0].reverted_at, Some(t(-7)));
+        assert_eq!(status.targets[1].reverted_at, Some(t(-8)));
+        assert!(
+            status
+                .targets
+                .iter()
+                .all(|r| r.state == TargetState::Reverted)
+        );
+        assert_eq!(fact.reason, "FaultsOutBeforeRevert");
+        let out_by = t(-7).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        assert!(
+            fact.message.starts_with(&format!(
+                "every fault was out of the kernel by {out_by}, 7s before"
+            )),
+            "the last node's time: {}",
+            fact.message
+        );
+    }
+
+    #[test]
+    fn receipts_just_before_the_confirmation_or_missing_are_not_told() {
+        let mut prompt = ChaosExperimentStatus {
+            targets: vec![injected("a", "n1")],
+            revert_receipts: vec![receipt("n1", t(0) - TimeDelta::milliseconds(40))],
+            ..Default::default()
+        };
+        assert!(mark_reverted(&mut prompt, t(0), None).is_none());
+        assert_eq!(
+            prompt.targets[0].reverted_at,
+            Some(t(0) - TimeDelta::milliseconds(40))
+        );
+
+        let mut one_missing = ChaosExperimentStatus {
+            targets: vec![injected("a", "n1"), injected("b", "n2")],
+            revert_receipts: vec![receipt("n1", t(-30))],
+            ..Default::default()
+        };
+        assert!(
+            mark_reverted(&mut one_missing, t(0), None).is_none(),
+            "n2's faults went out when their FaultInjections went: no earlier time to tell"
+        );
+        assert_eq!(one_missing.targets[0].reverted_at, Some(t(-30)));
+        assert_eq!(one_missing.targets[1].reverted_at, Some(t(0)));
+
+        let mut from_the_future = ChaosExperimentStatus {
+            targets: vec![injected("a", "n1")],
+            revert_receipts: vec![receipt("n1", t(5))],
+            ..Default::default()
+        };
+        mark_reverted(&mut from_the_future, t(0), None);
+        assert_eq!(
+            from_the_future.targets[0].reverted_at,
+            Some(t(0)),
+            "a node clock ahead never puts a revert after its confirmation"
+        );
     }
 }

@@ -330,7 +330,9 @@ pub async fn perform(
                     }
                 }
                 (Phase::Recovering, Phase::Verifying) => {
-                    finish::mark_reverted(&mut status, now, generation)
+                    if let Some(fact) = finish::mark_reverted(&mut status, now, generation) {
+                        status::note(ctx, experiment, &mut status, fact).await;
+                    }
                 }
                 _ => {}
             }
