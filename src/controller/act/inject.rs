@@ -470,18 +470,18 @@ pub(super) async fn kill_round(
             {
                 record.injected_at = Some(now);
             }
-            status::note(
+            let skipped = status::record(
                 ctx,
-                experiment,
                 status,
                 Fact::warning(
                     "PodKillRoundSkipped",
                     "Select",
                     format!("this round kills nothing: {why}"),
                 ),
-            )
-            .await;
-            return status::write(ctx, experiment, status).await;
+            );
+            status::write(ctx, experiment, status).await?;
+            status::publish(ctx, experiment, vec![skipped]).await;
+            return Ok(());
         }
         Round::Kill {
             due,
@@ -495,14 +495,11 @@ pub(super) async fn kill_round(
             (due, summary)
         }
     };
-    status::note(
-        ctx,
-        experiment,
-        status,
-        Fact::normal("PodKillRound", "Select", summary),
-    )
-    .await;
+    // Announced once recorded: a replica that lost the lease while frozen writes a stale copy,
+    // gets a conflict, and neither kills nor says it would.
+    let round = status::record(ctx, status, Fact::normal("PodKillRound", "Select", summary));
     status::write(ctx, experiment, status).await?;
+    status::publish(ctx, experiment, vec![round]).await;
 
     let mut facts = Vec::new();
     let mut killed = 0;

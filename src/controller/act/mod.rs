@@ -290,16 +290,20 @@ pub async fn perform(
             status.phase = to;
             status.reason = Some(reason.into());
             status.message = Some(message.clone());
-            status::note(
+            // Its Event goes out once the status write that makes it true went through: a
+            // replica that lost the lease while frozen must not announce what it cannot do
+            // (its write of a stale copy fails with a conflict).
+            let mut announce = vec![status::record(
                 ctx,
-                experiment,
                 &mut status,
                 Fact::normal(reason, "Transition", message),
-            )
-            .await;
+            )];
             match (from, to) {
                 (_, Phase::Injecting) => {
                     status.injected_at = Some(now);
+                    // Before the injections' own Events, to keep them in order; the first
+                    // injection step is a status write (record before act).
+                    status::publish(ctx, experiment, std::mem::take(&mut announce)).await;
                     inject::inject_all(ctx, experiment, &mut status, now).await?;
                 }
                 (_, Phase::Running) => {
@@ -325,18 +329,20 @@ pub async fn perform(
                 }
                 (_, Phase::Recovering) => {
                     status::write(ctx, experiment, &status).await?;
+                    status::publish(ctx, experiment, std::mem::take(&mut announce)).await;
                     if may_have_injections(&status, &injections) {
                         revert_all(ctx, experiment).await?;
                     }
                 }
                 (Phase::Recovering, Phase::Verifying) => {
                     if let Some(fact) = finish::mark_reverted(&mut status, now, generation) {
-                        status::note(ctx, experiment, &mut status, fact).await;
+                        announce.push(status::record(ctx, &mut status, fact));
                     }
                 }
                 _ => {}
             }
             status::write(ctx, experiment, &status).await?;
+            status::publish(ctx, experiment, announce).await;
             Some(Duration::ZERO)
         }
         Decision::Abort(cause) => {
