@@ -42,6 +42,7 @@ real_suites=(
     namespace_deletion
     crd_deletion
     sandbox_restart
+    api_server_outage
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"
