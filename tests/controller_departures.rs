@@ -5,7 +5,8 @@
 //!   the experiment goes on with the others; when every target is gone the verdict says so,
 //!   never "no agent reported ... is the faultline agent running";
 //! - consent withdrawn mid-fault (the pod labelled protected, the namespace's opt-in removed):
-//!   that target's fault is reverted at once, its record and an Event say why.
+//!   that target's fault is reverted at once, its record and an Event say why;
+//! - a target's FaultInjection deleted by hand: that target is withdrawn, never "in".
 
 mod common;
 
@@ -144,6 +145,68 @@ async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_
         ]
     );
     assert_eq!(h.injection_count("shop").await, 0);
+    h.stop().await;
+}
+
+/// Someone deletes one target's FaultInjection by hand (`kubectl delete finj`): its agent
+/// reverts the fault, and the experiment must not go on saying that fault is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_item_deleted_by_hand_withdraws_its_target_and_the_experiment_goes_on() {
+    let h = Harness::start().await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "latency", latency_spec("8s")).await;
+    h.wait_phase("shop", "latency", Phase::Running).await;
+
+    let injections = h.injections("shop");
+    let web1 = injections
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|i| i.spec.target.name == "web-1")
+        .expect("web-1's FaultInjection");
+    injections
+        .delete(
+            &kube::ResourceExt::name_any(&web1),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    let running = wait_target(&h, "latency", "web-1", TargetState::Withdrawn).await;
+    let status = running.status.unwrap();
+    assert_eq!(status.phase, Phase::Running, "{:?}", status.message);
+    let withdrawn = status.targets.iter().find(|t| t.name == "web-1").unwrap();
+    let message = withdrawn.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("was deleted by someone other than faultline"),
+        "{message}"
+    );
+    let web0 = status.targets.iter().find(|t| t.name == "web-0").unwrap();
+    assert_eq!(web0.state, TargetState::Injected);
+    let event = event_about(&h, "FaultInjectionDeleted", "web-1").await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains("its agent reverted the fault")
+    );
+
+    let done = h.wait_phase("shop", "latency", Phase::Succeeded).await;
+    let states: Vec<(String, TargetState)> = done
+        .status
+        .unwrap()
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), t.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("web-0".to_string(), TargetState::Reverted),
+            ("web-1".to_string(), TargetState::Withdrawn)
+        ]
+    );
     h.stop().await;
 }
 

@@ -45,6 +45,10 @@ pub struct TargetWorld {
     /// although nobody deleted them, with the agent's words: the agent found the target gone
     /// (e.g. its pod's network namespace replaced) while the pod object may still be there.
     pub agent_reverted: BTreeMap<String, String>,
+    /// FaultInjections (by name) of targets whose fault was in that no longer exist, though
+    /// faultline deleted none of them (someone ran `kubectl delete faultinjection`): their
+    /// agents reverted the faults.
+    pub deleted_by_others: std::collections::BTreeSet<String>,
 }
 
 /// The records whose faults can be in and that a departure can concern.
@@ -116,6 +120,20 @@ pub fn departures(records: &[TargetRecord], world: &TargetWorld) -> Vec<Departur
                     message: format!(
                         "{pod}: the agent on node {} reverted its fault on its own before the deadline ({words})",
                         record.node_name.as_deref().unwrap_or("?")
+                    ),
+                });
+            }
+            if let Some(name) = record
+                .injection
+                .as_ref()
+                .filter(|name| world.deleted_by_others.contains(*name))
+            {
+                return Some(Departure {
+                    index,
+                    state: TargetState::Withdrawn,
+                    reason: "FaultInjectionDeleted",
+                    message: format!(
+                        "{pod}: its FaultInjection {name} was deleted by someone other than faultline, and its agent reverted the fault; the experiment goes on without this target"
                     ),
                 });
             }
@@ -324,6 +342,39 @@ mod tests {
             "{}",
             found[0].message
         );
+    }
+
+    #[test]
+    fn a_fault_whose_work_item_someone_deleted_is_withdrawn_and_the_rest_go_on() {
+        let records = vec![
+            record("web-0", TargetState::Injected),
+            record("web-1", TargetState::Injected),
+        ];
+        let mut w = world(
+            vec![
+                pod("web-0", "uid-web-0", json!({})),
+                pod("web-1", "uid-web-1", json!({})),
+            ],
+            true,
+        );
+        w.deleted_by_others.insert("lat-web-1".into());
+        let found = departures(&records, &w);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].index, 1);
+        assert_eq!(found[0].state, TargetState::Withdrawn);
+        assert_eq!(found[0].reason, "FaultInjectionDeleted");
+        assert!(
+            found[0].message.starts_with(
+                "pod shop/web-1: its FaultInjection lat-web-1 was deleted by someone other than faultline"
+            ),
+            "{}",
+            found[0].message
+        );
+        // A pod that went is told as gone, whatever happened to its work item.
+        let gone = world(vec![pod("web-0", "uid-web-0", json!({}))], true);
+        let mut gone = gone;
+        gone.deleted_by_others.insert("lat-web-1".into());
+        assert_eq!(departures(&records, &gone)[0].reason, "TargetGone");
     }
 
     #[test]

@@ -146,6 +146,8 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         };
         if let Some(mut world) = read {
             world.agent_reverted = reverted_by_agent(&injections, now);
+            world.deleted_by_others =
+                deleted_by_others(ctx, &status, &injections, (&namespace, &name, &uid)).await?;
             left = departures::departures(&status.targets, &world);
             departures::record(&mut status, &left, now);
             targets_left = departures::all_left(&status);
@@ -276,6 +278,33 @@ fn revert_timeout(times: &Result<spec_check::ParsedTimes, String>) -> chrono::Ti
             .unwrap_or_default(),
     };
     chrono::TimeDelta::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// The FaultInjections of targets whose fault was in (`Injected`) that no longer exist: while
+/// an experiment runs and has not begun its revert, faultline deletes one only for a target
+/// that left, whose record is then no longer `Injected`, so someone else deleted these. The
+/// cache's word (which may lag) is confirmed by a list from the API server.
+async fn deleted_by_others(
+    ctx: &Context,
+    status: &ChaosExperimentStatus,
+    cached: &[Arc<FaultInjection>],
+    (namespace, name, uid): (&str, &str, &str),
+) -> Result<std::collections::BTreeSet<String>> {
+    let missing = |present: std::collections::BTreeSet<String>| {
+        status
+            .targets
+            .iter()
+            .filter(|r| r.state == TargetState::Injected)
+            .filter_map(|r| r.injection.clone())
+            .filter(|n| !present.contains(n))
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let names = |list: &[Arc<FaultInjection>]| list.iter().map(|i| i.name_any()).collect();
+    if missing(names(cached)).is_empty() {
+        return Ok(Default::default());
+    }
+    let listed = list_injections(ctx, namespace, name, uid).await?;
+    Ok(missing(names(&listed)))
 }
 
 /// FaultInjections their agent reported Reverted before `expiresAt` with nobody deleting them:
