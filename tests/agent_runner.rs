@@ -951,6 +951,55 @@ async fn the_revert_signal_alone_takes_an_experiments_faults_out() {
     agent.abort();
 }
 
+/// Something else removes a fault's rules (`nft flush ruleset` in the pod): the agent notices at
+/// a resync, applies the fault again (same deadline) and says so with a Warning Event, instead
+/// of the experiment going on saying a fault is in that no longer acts.
+#[tokio::test]
+async fn rules_removed_behind_the_agents_back_are_applied_again_and_said() {
+    let world = World::start(RecordingKernel::full()).await;
+    let agent = world.agent();
+    let pod = world.pod("target-0").await;
+    let injection = world.injection("lat-0", &pod, TimeDelta::minutes(5)).await;
+    world.wait_phase("lat-0", InjectionPhase::Applied).await;
+    world.wait_rules(1).await;
+    let tag = tag_of(&injection);
+    let deadline = world.kernel.deadline_of(&tag);
+    // Two resyncs (200 ms each): the agent has seen the fault's table in the kernel.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let applies = world.kernel.apply_count();
+
+    world.kernel.tamper(&tag);
+    assert!(world.kernel.rules().is_empty());
+    world.wait_rules(1).await;
+    assert!(world.kernel.apply_count() > applies, "applied again");
+    assert_eq!(
+        world.kernel.deadline_of(&tag),
+        deadline,
+        "with the deadline it had"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(world.client.clone(), "default");
+    let note = wait_for("the RulesRestored Event", WAIT, || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("RulesRestored"))?
+                .note
+        }
+    })
+    .await;
+    assert!(
+        note.contains("were removed by something other than faultline"),
+        "{note}"
+    );
+    agent.abort();
+}
+
 /// A fault the agent ended at its deadline before the experiment reverted (the controller could
 /// not act: the API server out of reach, no controller running): the node's receipt, written
 /// when the revert comes, says when the fault really left the kernel, not when it was written.

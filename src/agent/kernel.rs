@@ -282,6 +282,16 @@ pub trait Kernel: Send + Sync + 'static {
     /// Packets the fault matched and those that passed without it (NFQUEUE queue full), when
     /// the mechanism counts.
     fn queue_counts(&self, tag: &InjectionTag) -> Option<QueueCounts>;
+    /// The injections whose tagged nftables table is in each of these pods' namespaces, by
+    /// pod; a pod this node does not run is left out. One netlink listing per pod, no process:
+    /// cheap enough to look at every resync whether something else removed our rules. A
+    /// kernel that cannot tell answers nothing.
+    fn tagged_tables(
+        &self,
+        _pod_uids: &BTreeSet<String>,
+    ) -> BTreeMap<String, BTreeSet<InjectionTag>> {
+        BTreeMap::new()
+    }
 }
 
 /// An in-memory kernel: rules are map entries. Shared state (clone it) survives a "restart" of
@@ -369,6 +379,15 @@ impl RecordingKernel {
         state
             .rules
             .insert((pod_uid.to_string(), tag.clone()), mechanism);
+    }
+
+    /// Removes a fault's rules behind the agent's back, as `nft flush ruleset` would.
+    pub fn tamper(&self, tag: &InjectionTag) {
+        self.state
+            .lock()
+            .unwrap()
+            .rules
+            .retain(|(_, t), _| t != tag);
     }
 
     pub fn rules(&self) -> Vec<(String, InjectionTag, Mechanism)> {
@@ -489,6 +508,24 @@ impl Kernel for RecordingKernel {
 
     fn queue_counts(&self, tag: &InjectionTag) -> Option<QueueCounts> {
         self.state.lock().unwrap().counts.get(tag).copied()
+    }
+
+    fn tagged_tables(
+        &self,
+        pod_uids: &BTreeSet<String>,
+    ) -> BTreeMap<String, BTreeSet<InjectionTag>> {
+        let state = self.state.lock().unwrap();
+        let mut found: BTreeMap<String, BTreeSet<InjectionTag>> = pod_uids
+            .iter()
+            .filter(|uid| state.pods.contains(*uid))
+            .map(|uid| (uid.clone(), BTreeSet::new()))
+            .collect();
+        for (pod, tag) in state.rules.keys() {
+            if let Some(tags) = found.get_mut(pod) {
+                tags.insert(tag.clone());
+            }
+        }
+        found
     }
 }
 

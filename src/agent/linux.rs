@@ -7,7 +7,7 @@
 //! NFQUEUE) run `iptables-restore`/`iptables-save`, and orphan cleanup at start reads
 //! iptables chains an older agent may have left.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -460,6 +460,25 @@ impl Kernel for LinuxKernel {
                 .collect(),
             Err(_) => BTreeSet::new(),
         }
+    }
+
+    fn tagged_tables(
+        &self,
+        pod_uids: &BTreeSet<String>,
+    ) -> BTreeMap<String, BTreeSet<InjectionTag>> {
+        let mut found = BTreeMap::new();
+        if !self.capabilities().nftables {
+            return found;
+        }
+        for uid in pod_uids {
+            let Ok(ns) = self.pod_netns(uid) else {
+                continue;
+            };
+            if let Ok(tags) = nft::owned(&ns) {
+                found.insert(uid.clone(), tags.into_iter().collect());
+            }
+        }
+        found
     }
 
     fn owned(&self, pod_uids: &BTreeSet<String>) -> Vec<OwnedRule> {

@@ -63,6 +63,7 @@ mod gone;
 mod orphans;
 mod receipts;
 mod reverts;
+mod tamper;
 use gone::PodScan;
 use receipts::Receipts;
 use reverts::{Report, RevertJob};
@@ -165,6 +166,7 @@ pub async fn run<K: Kernel>(
         last_scan: None,
         reporting: JoinSet::new(),
         receipts: Receipts::default(),
+        seen_in_kernel: BTreeSet::new(),
     };
     tracing::info!(
         nodes = ?config.nodes,
@@ -326,6 +328,8 @@ struct Agent<K> {
     /// Revert reports being written (see [`REPORTS_IN_FLIGHT`]).
     reporting: JoinSet<()>,
     receipts: Receipts,
+    /// Faults whose nftables table the tamper check found in the kernel (see `tamper`).
+    seen_in_kernel: BTreeSet<InjectionTag>,
 }
 
 impl<K: Kernel> Agent<K> {
@@ -465,6 +469,10 @@ impl<K: Kernel> Agent<K> {
         {
             self.counted_at = Some(std::time::Instant::now());
             self.report_counts(live).await;
+            if self.check_tampering(live).await {
+                // Apply them again right away.
+                backlog = true;
+            }
         }
         self.metrics.set_active(self.journal.len());
         if backlog {
