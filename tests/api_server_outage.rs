@@ -11,12 +11,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::cluster::{TestCluster, real_cluster_requested, real_kubeconfig};
+use common::sandbox_cli::{Down, up_attached};
 use common::wait_for;
 use faultline::agent::testnet::root_or_skip;
 use faultline::api::{ChaosExperiment, FaultInjection, InjectionPhase, Phase, Verdict};
@@ -28,26 +29,6 @@ use nix::unistd::Pid;
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn sandbox(state: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faultline"))
-        .arg("sandbox")
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .expect("faultline runs")
-}
-
-/// Stops the sandbox even when an assertion fails halfway.
-struct Down(PathBuf, PathBuf);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = sandbox(&self.0, &self.1, &["down"]);
-    }
-}
 
 /// The frozen API server, thawed when dropped: a failing assertion must never leave the
 /// shared control plane stopped for the tests after this one.
@@ -128,26 +109,8 @@ async fn a_partition_ends_at_its_deadline_while_the_api_server_is_frozen() {
     let kubeconfig = work.path().join("cluster.kubeconfig");
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
     let state = work.path().join("sandbox");
-    let _down = Down(state.clone(), kubeconfig.clone());
-    let cluster_arg = kubeconfig.to_str().unwrap();
-    let up = sandbox(
-        &state,
-        &kubeconfig,
-        &[
-            "up",
-            "--detach",
-            "--cluster",
-            cluster_arg,
-            "--apply",
-            "experiments/workloads/",
-        ],
-    );
-    assert!(
-        up.status.success(),
-        "sandbox up: {}{}",
-        String::from_utf8_lossy(&up.stdout),
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let _down = Down(state.clone());
+    up_attached(&state, &kubeconfig, &["--apply", "experiments/workloads/"]);
     let prefix = netns_prefix(&state);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let (web, api) = wait_for("the demo's web and api pods Ready", TIMEOUT, || async {

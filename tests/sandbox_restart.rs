@@ -11,11 +11,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::TestCluster;
+use common::sandbox_cli::{Down, sandbox, up_attached};
 use common::wait_for;
 use faultline::agent::testnet::root_or_skip;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -25,47 +25,8 @@ use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn sandbox(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faultline"))
-        .arg("sandbox")
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .output()
-        .expect("faultline runs")
-}
-
 fn up(state: &Path, kubeconfig: &Path) -> u32 {
-    let kubeconfig = kubeconfig.to_str().unwrap();
-    let up = sandbox(
-        state,
-        &[
-            "up",
-            "--detach",
-            "--cluster",
-            kubeconfig,
-            "--no-controller",
-            "--no-agent",
-        ],
-    );
-    assert!(
-        up.status.success(),
-        "sandbox up: {}{}",
-        String::from_utf8_lossy(&up.stdout),
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("sandbox.json")).unwrap())
-            .unwrap();
-    u32::try_from(state["pid"].as_u64().unwrap()).unwrap()
-}
-
-/// Stops the sandbox even when an assertion fails halfway.
-struct Down(PathBuf);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = sandbox(&self.0, &["down"]);
-    }
+    up_attached(state, kubeconfig, &["--no-controller", "--no-agent"])
 }
 
 /// A bare demo-app pod bound to the sandbox's first node (no scheduler, no ReplicaSet: the

@@ -48,5 +48,6 @@ pub mod cluster;
 pub mod endless;
 pub mod harness;
 pub mod held_responses;
+pub mod sandbox_cli;
 
 pub use cluster::TestCluster;
