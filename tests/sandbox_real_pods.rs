@@ -591,6 +591,12 @@ fn cleaning_a_slot_waits_for_a_brief_holder_and_leaves_a_slot_still_in_use() {
         .unwrap()
         .expect("the slot, once let go");
     holder.join().unwrap();
-    assert_eq!(cleaned.namespaces, vec![netns.clone()]);
+    // A sandbox started meanwhile by another test may claim the freed slot first: claiming a
+    // slot cleans what is left under its names, so then it removed the namespace, not us.
+    assert!(
+        cleaned.namespaces == vec![netns.clone()] || cleaned.namespaces.is_empty(),
+        "{:?}",
+        cleaned.namespaces
+    );
     assert!(!left(), "{netns} is left");
 }
