@@ -99,7 +99,15 @@ async fn a_pod_kill_under_an_http_hypothesis_passes_and_the_pod_comes_back() {
     assert_eq!(killed.state, TargetState::Reverted);
     let probe = &status.probes[0];
     assert_eq!(probe.name, "shop-healthy");
-    assert!(probe.passes >= 2 && probe.failures == 0, "{probe:?}");
+    // The service never answers anything but 200, yet on a loaded 2-core CI machine a check can
+    // miss its 150 ms timeout (seen once: one `ok: false` with no value among seven passes). The
+    // hypothesis tolerates one miss by design (failureThreshold 2); what must hold is that the
+    // checks passed and the last ones did.
+    assert!(probe.passes >= 2, "{probe:?}");
+    assert!(
+        probe.failures <= 1 && probe.consecutive_failures == 0,
+        "{probe:?}"
+    );
     assert!(!probe.samples.is_empty());
     wait_for(
         "the killed pod to be replaced",
