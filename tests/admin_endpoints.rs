@@ -93,13 +93,28 @@ async fn a_running_leader_becomes_ready_once_its_caches_have_listed() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Its caches' lists and watches went through the counted client.
-    let metrics = telemetry.metrics.render();
-    for series in [
+    // Its caches' lists and watches went through the counted client. Ready means listed; a
+    // cache's watch is counted once its answer is in, which can come a moment later.
+    let series = [
         r#"faultline_api_requests_total{verb="list",resource="chaosexperiments",code="200"}"#,
         r#"faultline_api_requests_total{verb="watch",resource="faultinjections",code="200"}"#,
-    ] {
-        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = telemetry.metrics.render();
+        let missing: Vec<&str> = series
+            .iter()
+            .copied()
+            .filter(|s| !metrics.contains(s))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {missing:?} in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     controller.abort();
     server.shutdown().await;

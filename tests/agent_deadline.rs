@@ -825,10 +825,12 @@ async fn after_sigterm_a_restarted_agent_adopts_the_faults() {
     // latency (whose workers died with the old agent) is back.
     agent = setup.agent();
     let (probe, _) = start_probe(&setup, &Measure::Rtt, 7311);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new agent starts, lists and adopts (tens of milliseconds; seconds on a loaded
+    // machine), then the last second of probes is all delayed (the very last ones may still be
+    // in flight).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let end = Utc::now();
     let samples = probe.finish();
-    // The last second of probes (the very last ones may still be in flight).
     let late: Vec<_> = samples
         .iter()
         .filter(|(at, _)| {

@@ -29,6 +29,10 @@ use kube::{
 };
 use serde_json::json;
 
+/// How long the experiments here run: the departure, what it is seen to do and the Event about
+/// it all happen while they run, so with room for a loaded real API server.
+const WINDOW: &str = "15s";
+
 /// Waits until target `pod` of experiment `name` reaches `state`; returns the experiment.
 async fn wait_target(h: &Harness, name: &str, pod: &str, state: TargetState) -> ChaosExperiment {
     let api = h.experiments("shop");
@@ -101,7 +105,7 @@ async fn delete_pod(h: &Harness, name: &str) {
 async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_others() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;
-    h.create("shop", "latency", latency_spec("8s")).await;
+    h.create("shop", "latency", latency_spec(WINDOW)).await;
     h.wait_phase("shop", "latency", Phase::Running).await;
 
     delete_pod(&h, "web-1").await;
@@ -154,7 +158,7 @@ async fn a_target_deleted_mid_fault_is_gone_and_the_experiment_goes_on_with_the_
 async fn a_work_item_deleted_by_hand_withdraws_its_target_and_the_experiment_goes_on() {
     let h = Harness::start().await;
     shop_with_web_pods(&h, 2).await;
-    h.create("shop", "latency", latency_spec("8s")).await;
+    h.create("shop", "latency", latency_spec(WINDOW)).await;
     h.wait_phase("shop", "latency", Phase::Running).await;
 
     let injections = h.injections("shop");
@@ -215,7 +219,7 @@ async fn a_target_deleted_among_many_in_one_namespace_is_gone_too() {
     // Many targets in one namespace: the one that left is told from the 39 still there.
     let h = Harness::start().await;
     shop_with_web_pods(&h, 40).await;
-    let mut spec = latency_spec("8s");
+    let mut spec = latency_spec(WINDOW);
     spec["target"]["maxTargets"] = json!(40);
     h.create("shop", "latency", spec).await;
     h.wait_phase("shop", "latency", Phase::Running).await;
@@ -374,7 +378,7 @@ async fn a_repeating_pod_kill_stops_killing_where_consent_was_withdrawn() {
         "shop",
         "kills",
         json!({
-            "duration": "8s",
+            "duration": WINDOW,
             "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "One"},
             "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0, "interval": "1s"}}],
         }),

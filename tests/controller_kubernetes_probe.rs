@@ -14,8 +14,9 @@ fn ready_pods_hypothesis(min: i32) -> serde_json::Value {
         "name": "web-ready",
         "kubernetes": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
                        "readyPods": {"min": min}},
-        // A timeout a loaded real API server meets: one slow read is no failure here.
-        "interval": "500ms", "timeout": "450ms", "failureThreshold": 1
+        // A loaded real API server can miss one 450 ms read (CI runs both API servers at once);
+        // two misses in a row are a failure, which a pod short for seconds still gives.
+        "interval": "500ms", "timeout": "450ms", "failureThreshold": 2
     }]})
 }
 
@@ -44,7 +45,13 @@ async fn a_pod_kill_that_leaves_enough_ready_pods_passes() {
     assert_eq!(status.targets[0].state, TargetState::Reverted);
     let probe = &status.probes[0];
     assert_eq!(probe.name, "web-ready");
-    assert!(probe.passes >= 2 && probe.failures == 0, "{probe:?}");
+    assert!(probe.passes >= 2, "{probe:?}");
+    // A check that failed must be one that timed out (no value), never one that counted too few
+    // ready pods: the kill leaves exactly the minimum.
+    assert!(
+        probe.samples.iter().all(|s| s.ok || s.value.is_none()),
+        "{probe:?}"
+    );
     workloads.shutdown().await;
     h.stop().await;
 }

@@ -722,15 +722,22 @@ spec:
         .collect();
     eprintln!("probe lines while Running, seconds from check to print: {delays:?}");
     assert!(during.len() >= 7, "{stdout}");
+    // Streaming means about two seconds from check to print (a status write at most a second
+    // after the check, then the watch); lines held to the end of the run would be 10 s late. A
+    // write slowed by a loaded API server may take one line past 2 s, never past 4.
+    let mut sorted = delays.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
     assert!(
-        delays.iter().all(|d| *d <= 2.0 && *d >= -0.05),
-        "every check printed within 2 s of it: {delays:?}\n{stdout}"
+        median <= 2.0 && delays.iter().all(|d| *d <= 4.0 && *d >= -0.05),
+        "checks printed about 2 s after they were made: {delays:?}\n{stdout}"
     );
-    // One stamp per check, a second apart: the checks' own times.
+    // One stamp per check, about a second apart: the checks' own times, not the print time (lines
+    // printed together would share one). A check that timed out prints FAIL, not counted here.
     assert!(
         during.windows(2).all(|w| {
             let gap = (w[1].1 - w[0].1).num_milliseconds();
-            (700..=1800).contains(&gap)
+            (500..=3000).contains(&gap)
         }),
         "{during:?}"
     );

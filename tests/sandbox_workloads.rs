@@ -204,9 +204,10 @@ async fn a_deleted_pod_is_replaced_and_the_replacement_becomes_ready() {
 async fn evictions_respect_a_disruption_budget_end_to_end() {
     let srv = server().await;
     let client = client(&srv);
-    // A slower replacement makes the window in which the budget is exhausted easy to hit.
+    // A slow replacement keeps the budget exhausted for seconds: the second eviction lands
+    // inside that window even when a loaded machine stalls it.
     let options = WorkloadOptions {
-        replacement_delay: Duration::from_millis(800),
+        replacement_delay: Duration::from_secs(5),
         ..fast()
     };
     let workloads = Workloads::start(client.clone(), options).await.unwrap();
