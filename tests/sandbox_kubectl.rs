@@ -120,6 +120,17 @@ fn a_newcomers_first_kubectl_commands_work_as_on_a_cluster() {
         kubeconfig: state.join("kubeconfig"),
     };
 
+    // 0: the version, as the real server it answers like; kubectl 1.35 finds the pair within
+    // its skew (a sandbox that said 1.33 drew "Warning: version difference between client
+    // (1.35) and server (1.33) exceeds the supported minor version skew of +/-1").
+    let (ok, version, warnings) = k.run(&["version"]);
+    assert!(ok, "{version}{warnings}");
+    assert!(
+        version.contains("Server Version: v1.36.3-faultline"),
+        "{version}"
+    );
+    assert!(!warnings.contains("version difference"), "{warnings}");
+
     // 1-4: kubectl's typed creates (protobuf bodies).
     k.prints("create namespace shop", "namespace/shop created");
     k.prints(

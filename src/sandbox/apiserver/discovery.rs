@@ -11,13 +11,16 @@
 use super::resources::{Registry, ResourceDef};
 use serde_json::{Value, json};
 
+/// The release whose API server the sandbox answers like (validation, defaults, printers: the
+/// one `scripts/cluster.sh` builds and `tests/differential.rs` compares against), so that
+/// kubectl's version-skew check judges the pair a user really has.
 pub fn version() -> Value {
     json!({
         "major": "1",
-        "minor": "33",
+        "minor": "36",
         "emulationMajor": "1",
-        "emulationMinor": "33",
-        "gitVersion": "v1.33.0-faultline",
+        "emulationMinor": "36",
+        "gitVersion": "v1.36.3-faultline",
         "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z",
@@ -232,7 +235,7 @@ pub fn openapi_v3_doc(reg: &Registry, group: &str, version: &str) -> Option<Valu
     }
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "info": {"title": "Kubernetes", "version": "v1.36.3"},
         "paths": paths,
         "components": {"schemas": schemas},
     }))

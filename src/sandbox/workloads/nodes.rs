@@ -41,7 +41,7 @@ pub fn node(index: u8) -> Value {
             "nodeInfo": {
                 "architecture": "amd64", "operatingSystem": "linux",
                 "osImage": "faultline sandbox", "kernelVersion": "simulated",
-                "kubeletVersion": "v1.33.0-sandbox", "kubeProxyVersion": "",
+                "kubeletVersion": "v1.36.3-sandbox", "kubeProxyVersion": "",
                 "containerRuntimeVersion": "sandbox://simulated",
                 "machineID": "", "systemUUID": "", "bootID": "",
             },
