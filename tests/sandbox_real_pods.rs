@@ -11,114 +11,17 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::real_slot::{Slot, TIMEOUT, demo, ready, ready_pods};
 use common::{server, wait_for};
 use faultline::agent::testnet::root_or_skip;
-use faultline::sandbox::workloads::realpod::{self, RealPodConfig, RealPods, SlotLease};
-use faultline::sandbox::workloads::{PodRuntime, WorkloadOptions, Workloads};
+use faultline::sandbox::workloads::realpod::{self, RealPodConfig, SlotLease};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
-
-const TIMEOUT: Duration = Duration::from_secs(40);
-
-/// A slot of our own and the runtime on it; whatever is left under the slot's names is removed
-/// on drop, also when the test fails halfway.
-struct Slot {
-    config: RealPodConfig,
-    pods: Arc<RealPods>,
-    _lease: SlotLease,
-}
-
-impl Slot {
-    fn claim() -> Slot {
-        let lease = realpod::claim_slot()
-            .expect("slot locks work")
-            .expect("a free sandbox slot");
-        let mut config = RealPodConfig::slot(lease.slot(), env!("CARGO_BIN_EXE_faultline").into());
-        config.termination_grace = Duration::from_secs(2);
-        // A slot nobody held may still hold what a crashed run left.
-        realpod::cleanup(&config).unwrap();
-        let pods = RealPods::new(config.clone()).unwrap();
-        Slot {
-            config,
-            pods,
-            _lease: lease,
-        }
-    }
-
-    async fn workloads(&self, client: &Client) -> Workloads {
-        Workloads::start(
-            client.clone(),
-            WorkloadOptions {
-                nodes: 2,
-                replacement_delay: Duration::from_millis(100),
-                start_delay: Duration::from_millis(100),
-                runtime: PodRuntime::Real(self.pods.clone()),
-                ..WorkloadOptions::default()
-            },
-        )
-        .await
-        .unwrap()
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let _ = realpod::cleanup(&self.config);
-    }
-}
-
-/// `replicas` demo-app pods labelled app=`name`, listening on 8080, calling `downstream`.
-fn demo(name: &str, replicas: i32, downstream: Option<&str>) -> Deployment {
-    let env: Vec<Value> = downstream
-        .map(|d| json!({"name": "DEMO_DOWNSTREAM", "value": d}))
-        .into_iter()
-        .collect();
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{
-                    "name": "app",
-                    "image": "faultline-demo",
-                    "ports": [{"containerPort": 8080}],
-                    "env": env,
-                }]},
-            },
-        },
-    }))
-    .unwrap()
-}
-
-fn ready(p: &Pod) -> bool {
-    let status = p.status.clone().unwrap_or_default();
-    p.metadata.deletion_timestamp.is_none()
-        && status.phase.as_deref() == Some("Running")
-        && status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-async fn ready_pods(pods: &Api<Pod>, app: &str, n: usize) -> Vec<Pod> {
-    let lp = ListParams::default().labels(&format!("app={app}"));
-    wait_for(&format!("{n} ready {app} pods"), TIMEOUT, || async {
-        let list = pods.list(&lp).await.ok()?.items;
-        (list.len() == n && list.iter().all(ready)).then_some(list)
-    })
-    .await
-}
+use serde_json::Value;
 
 fn pod_ip(p: &Pod) -> String {
     p.status.as_ref().unwrap().pod_ip.clone().unwrap()

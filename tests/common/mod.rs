@@ -48,6 +48,7 @@ pub mod cluster;
 pub mod endless;
 pub mod harness;
 pub mod held_responses;
+pub mod real_slot;
 pub mod sandbox_cli;
 
 pub use cluster::TestCluster;
