@@ -63,8 +63,23 @@ fn event_name(object: &Value) -> String {
 pub async fn record(
     client: &Client,
     source: Source<'_>,
+    regarding: Value,
+    field_path: Option<&str>,
+    reason: &str,
+    message: &str,
+) {
+    publish(
+        client, source, regarding, field_path, "Normal", reason, message,
+    )
+    .await;
+}
+
+async fn publish(
+    client: &Client,
+    source: Source<'_>,
     mut regarding: Value,
     field_path: Option<&str>,
+    type_: &str,
     reason: &str,
     message: &str,
 ) {
@@ -86,7 +101,7 @@ pub async fn record(
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": event_name(&regarding), "namespace": namespace},
         "involvedObject": regarding,
-        "reason": reason, "message": message, "type": "Normal",
+        "reason": reason, "message": message, "type": type_,
         "source": source_json, "count": 1,
         "firstTimestamp": now, "lastTimestamp": now,
         "reportingComponent": source.component(), "reportingInstance": instance,
@@ -161,6 +176,21 @@ pub async fn sandbox_changed(client: &Client, pod: Value, node: &str) {
         pod,
         None,
         "SandboxChanged",
+        message,
+    )
+    .await;
+}
+
+/// The kubelet's Warning when it cannot make a pod's sandbox (its network namespace, its
+/// interface on the bridge, its cgroup): the pod stays Pending and the kubelet tries again.
+pub async fn failed_create_pod_sandbox(client: &Client, pod: Value, node: &str, message: &str) {
+    publish(
+        client,
+        Source::Kubelet(node),
+        pod,
+        None,
+        "Warning",
+        "FailedCreatePodSandBox",
         message,
     )
     .await;

@@ -16,7 +16,7 @@
 
 use super::events;
 use super::naming::{node_index, node_ip};
-use super::runtime::Placement;
+use super::runtime::{Placement, RuntimeError};
 use super::{Context, ControlPlane, Error, lock, now, patch_params};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -120,7 +120,11 @@ async fn start(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<A
         return Ok(Action::requeue(ctx.options.start_delay - seen.elapsed()));
     }
     let placement = place(pod, node, None, ctx).await?;
-    let containers = ctx.options.runtime.start(pod, &placement).await?;
+    let containers = match ctx.options.runtime.start(pod, &placement).await {
+        Ok(containers) => containers,
+        Err(error) => return Ok(could_not_start(pod, node, ctx, &error).await),
+    };
+    lock(&ctx.start_failures).remove(&uid);
     report_running(api, pod, &placement, &containers, Some(now())).await?;
     lock(&ctx.starting).remove(&uid);
     lock(&ctx.synced).insert(uid);
@@ -183,13 +187,63 @@ async fn resume(api: &Api<Pod>, pod: &Pod, node: &str, ctx: &Context) -> Result<
     let previous_ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
     let placement = place(pod, node, previous_ip, ctx).await?;
     // The runtime counts on from the restart counts the status shows.
-    let containers = ctx.options.runtime.start(pod, &placement).await?;
+    let containers = match ctx.options.runtime.start(pod, &placement).await {
+        Ok(containers) => containers,
+        Err(error) => return Ok(could_not_start(pod, node, ctx, &error).await),
+    };
+    lock(&ctx.start_failures).remove(&uid);
     // A kubelet keeps the pod's startTime: the pod is the same, its sandbox is new.
     report_running(api, pod, &placement, &containers, None).await?;
     lock(&ctx.synced).insert(uid);
     tracing::info!(pod = %name, node = %node, ip = %placement.pod_ip, "pod started again after a kubelet restart");
     containers_started(pod, node, ctx).await;
     Ok(Action::await_change())
+}
+
+/// A pod whose sandbox the runtime could not make stays Pending, as on a kubelet: a Warning
+/// Event `FailedCreatePodSandBox` in the runtime's words (once per distinct message, not on
+/// every retry), and another try after a backoff. A stopped pod is not tried again.
+async fn could_not_start(pod: &Pod, node: &str, ctx: &Context, error: &RuntimeError) -> Action {
+    if matches!(error, RuntimeError::Stopped(_)) {
+        return Action::await_change();
+    }
+    let uid = pod.uid().unwrap_or_default();
+    let message = sandbox_failure_message(&error.to_string());
+    let (failures, news) = {
+        let mut failures = lock(&ctx.start_failures);
+        let entry = failures.entry(uid).or_default();
+        entry.0 = entry.0.saturating_add(1);
+        let news = entry.1 != message;
+        entry.1.clone_from(&message);
+        (entry.0, news)
+    };
+    let retry = start_retry_after(failures);
+    if news {
+        tracing::warn!(pod = %pod.name_any(), node, error = %message, retry_in = ?retry, "could not start a pod");
+        events::failed_create_pod_sandbox(&ctx.client, events::reference(pod), node, &message)
+            .await;
+    }
+    Action::requeue(retry)
+}
+
+/// The kubelet's words for a sandbox it could not make, with what to do where the cause is
+/// one a user can act on.
+fn sandbox_failure_message(error: &str) -> String {
+    // EXFULL from the bridge: a Linux bridge takes at most 1024 ports (BR_MAX_PORTS).
+    let hint = if error.contains("Exchange full") {
+        "; the sandbox's pod bridge has no port left (a Linux bridge takes 1024, so one sandbox \
+         runs at most 1023 real pods): scale down, or start another sandbox for more"
+    } else {
+        ""
+    };
+    format!("Failed to create pod sandbox: {error}{hint}")
+}
+
+/// How long before the next try after `failures` failed starts in a row: doubling from
+/// 300 ms, at most 10 s.
+fn start_retry_after(failures: u32) -> Duration {
+    let doubled = 300u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_millis(doubled.min(10_000))
 }
 
 /// The node's address for the pod and a pod address on the node: `preferred` (an address the
@@ -203,9 +257,12 @@ async fn place(
     let uid = pod.uid().unwrap_or_default();
     let index =
         node_index(node).ok_or_else(|| Error::Invalid(format!("{node} is not a sandbox node")))?;
-    // Addresses of existing pods count as taken (they may predate this simulator).
+    // Addresses of existing pods count as taken (they may predate this simulator). Only this
+    // node's pods can hold this node's addresses: listing every pod of the cluster for each
+    // start made starting N pods cost N^2 (a sandbox filling to 1,000 pods slowed from 10
+    // starts a second to 2).
     let pods = Api::<Pod>::all(ctx.client.clone())
-        .list(&ListParams::default())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
         .await
         .map_err(|source| Error::kube("list pods for", "IP allocation", source))?;
     let in_use: HashSet<Ipv4Addr> = pods
@@ -218,7 +275,7 @@ async fn place(
     let preferred = preferred.and_then(|ip| ctx.options.runtime.allocated_ip(ip));
     let allocated = {
         let mut placement = lock(&ctx.placement);
-        placement.ips.retain(&live);
+        placement.ips.retain_on_node(index, &live);
         placement
             .ips
             .allocate_preferring(&uid, index, preferred, &in_use)
@@ -353,6 +410,7 @@ pub async fn reap(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<
                     lock(&ctx.starting).remove(&uid);
                     lock(&ctx.synced).remove(&uid);
                     lock(&ctx.ready_again).remove(&uid);
+                    lock(&ctx.start_failures).remove(&uid);
                     if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|_| on_our_node) {
                         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                         if running {
@@ -366,5 +424,41 @@ pub async fn reap(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<
                 None => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sandbox_failure_message, start_retry_after};
+    use std::time::Duration;
+
+    #[test]
+    fn a_full_bridge_says_how_many_pods_a_sandbox_runs_and_what_to_do() {
+        let full = sandbox_failure_message(
+            "failed to create the pod network for pod web-1: ip link set flv1 master flsbx0 up \
+             failed (exit status: 2): RTNETLINK answers: Exchange full",
+        );
+        assert!(full.starts_with(
+            "Failed to create pod sandbox: failed to create the pod network for pod web-1"
+        ));
+        assert!(full.contains("at most 1023 real pods"), "{full}");
+        assert!(full.contains("scale down"), "{full}");
+        let other =
+            sandbox_failure_message("failed to create the pod cgroup for pod web-1: EACCES");
+        assert_eq!(
+            other,
+            "Failed to create pod sandbox: failed to create the pod cgroup for pod web-1: EACCES"
+        );
+    }
+
+    #[test]
+    fn failed_starts_are_retried_sooner_first_and_at_most_every_ten_seconds() {
+        let waits: Vec<Duration> = (1..=9).map(start_retry_after).collect();
+        assert_eq!(waits[0], Duration::from_millis(300));
+        assert_eq!(waits[1], Duration::from_millis(600));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(waits[8], Duration::from_secs(10));
+        assert_eq!(start_retry_after(u32::MAX), Duration::from_secs(10));
+        assert_eq!(start_retry_after(0), Duration::from_millis(300));
     }
 }

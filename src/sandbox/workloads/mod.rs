@@ -137,6 +137,8 @@ pub(crate) struct Context {
     synced: Mutex<HashSet<String>>,
     /// Pod uid -> when the kubelet last reported it Ready again (see `kubelet`).
     ready_again: Mutex<HashMap<String, Instant>>,
+    /// Pod uid -> the failed starts in a row and the last one's message (see `kubelet`).
+    start_failures: Mutex<HashMap<String, (u32, String)>>,
 }
 
 /// A poisoned lock only means another reconcile panicked; the maps stay usable.
@@ -254,6 +256,7 @@ impl Workloads {
             placement: Mutex::default(),
             synced: Mutex::default(),
             ready_again: Mutex::default(),
+            start_failures: Mutex::default(),
         });
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let stop = || {

@@ -130,8 +130,11 @@ impl IpAllocator {
     }
 
     /// Forget the addresses of pods that no longer exist.
-    pub fn retain(&mut self, live_uids: &HashSet<String>) {
-        self.assigned.retain(|uid, _| live_uids.contains(uid));
+    /// Forgets the addresses on node `node` of pods not among `live_uids` (this node's pods);
+    /// other nodes' addresses are left alone.
+    pub fn retain_on_node(&mut self, node: u8, live_uids: &HashSet<String>) {
+        self.assigned
+            .retain(|uid, ip| ip.octets()[2] != node || live_uids.contains(uid));
     }
 
     pub fn release(&mut self, uid: &str) {
@@ -195,11 +198,14 @@ mod tests {
             ips.allocate("d", 1, &in_use),
             Some(Ipv4Addr::new(10, 244, 1, 5))
         );
-        ips.retain(&["d".to_string()].into());
+        // Node 1's pods are now only d: b's address is free again, c's on node 2 is kept.
+        ips.retain_on_node(1, &["d".to_string()].into());
         assert_eq!(
             ips.allocate("e", 1, &HashSet::new()),
             Some(Ipv4Addr::new(10, 244, 1, 6))
         );
+        assert_eq!(ips.allocate("c", 2, &HashSet::new()), Some(c));
+        assert!(!ips.assigned.contains_key("b"));
     }
 
     #[test]
