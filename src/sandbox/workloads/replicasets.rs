@@ -2,7 +2,8 @@
 //! `<replicaset>-<random>`), and writes the ReplicaSet's status.
 //!
 //! Simplifications: a shortage is acted on only after `replacement_delay` (modelling the real
-//! controller's latency; the real one creates at once, in slow-start batches); surplus pods are
+//! controller's latency; the real one creates at once; both create in slow-start batches, at
+//! most 500 a pass); surplus pods are
 //! deleted at once, least valuable first (unscheduled, then not running, then not ready, then
 //! newest); `minReadySeconds` is ignored (ready = available); orphaned pods matching the
 //! selector are not adopted. Pods are listed from the API on every reconcile (no informer
@@ -102,25 +103,25 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             requeue = Some(ctx.options.replacement_delay - waited);
         } else {
             let pod = pod_for(&rs)?;
-            for _ in 0..missing {
-                let created = pods_api
-                    .create(&PostParams::default(), &pod)
-                    .await
-                    .map_err(|source| Error::kube("create a pod for", &name, source))?;
-                tracing::debug!(namespace = %ns, replicaset = %name, pod = %created.name_any(), "pod created");
-                let message = format!("Created pod: {}", created.name_any());
-                let rs_ref = events::reference(rs.as_ref());
-                events::record(
-                    &ctx.client,
-                    Source::ReplicaSetController,
-                    rs_ref,
-                    None,
-                    "SuccessfulCreate",
-                    &message,
-                )
-                .await;
+            // As the real controller: at most BURST_REPLICAS a pass, in slow-start batches
+            // (1, 2, 4, ...) whose creates go out together; a batch with a failure ends the pass.
+            // The status below then shows the pods made so far, and the next pass makes more.
+            let wanted = missing.min(BURST_REPLICAS);
+            let mut made = 0;
+            let mut batch = 1;
+            while made < wanted {
+                let size = batch.min(wanted - made);
+                let creates = (0..size).map(|_| create_pod(&ctx, &rs, &pods_api, &pod));
+                let results = futures::future::join_all(creates).await;
+                made += size;
+                results.into_iter().collect::<Result<Vec<()>, Error>>()?;
+                batch *= 2;
             }
-            super::lock(&ctx.shortages).remove(&uid);
+            if missing > wanted {
+                requeue = Some(Duration::ZERO);
+            } else {
+                super::lock(&ctx.shortages).remove(&uid);
+            }
         }
     } else {
         super::lock(&ctx.shortages).remove(&uid);
@@ -175,6 +176,34 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             .map_err(|source| Error::kube("update the status of", &name, source))?;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The most pods one pass creates (`burstReplicas` of kube-controller-manager).
+const BURST_REPLICAS: usize = 500;
+
+async fn create_pod(
+    ctx: &Context,
+    rs: &ReplicaSet,
+    pods_api: &Api<Pod>,
+    pod: &Pod,
+) -> Result<(), Error> {
+    let name = rs.name_any();
+    let created = pods_api
+        .create(&PostParams::default(), pod)
+        .await
+        .map_err(|source| Error::kube("create a pod for", &name, source))?;
+    tracing::debug!(replicaset = %name, pod = %created.name_any(), "pod created");
+    let message = format!("Created pod: {}", created.name_any());
+    events::record(
+        &ctx.client,
+        Source::ReplicaSetController,
+        events::reference(rs),
+        None,
+        "SuccessfulCreate",
+        &message,
+    )
+    .await;
+    Ok(())
 }
 
 /// How long after a failed pass to try again.
