@@ -129,7 +129,6 @@ impl IpAllocator {
         }
     }
 
-    /// Forget the addresses of pods that no longer exist.
     /// Forgets the addresses on node `node` of pods not among `live_uids` (this node's pods);
     /// other nodes' addresses are left alone.
     pub fn retain_on_node(&mut self, node: u8, live_uids: &HashSet<String>) {
