@@ -11,11 +11,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::real_slot::{Slot, TIMEOUT, demo, ready, ready_pods};
-use common::{server, wait_for};
+use common::real_slot::{RealBed, TIMEOUT, demo, deploy, ready};
+use common::wait_for;
 use faultline::agent::testnet::root_or_skip;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 
 /// veth pairs enslaved to a bridge (one end each) until the kernel refuses another port;
@@ -115,18 +114,16 @@ async fn a_pod_past_the_bridges_last_port_stays_pending_says_why_and_starts_once
     ) {
         return;
     }
-    let slot = Slot::claim();
-    let srv = server().await;
-    let client = srv.client().await;
-    let workloads = slot.workloads(&client).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let RealBed {
+        slot,
+        server: _server,
+        client,
+        workloads,
+        deployments,
+        pods,
+    } = RealBed::start().await;
     // One pod first: the bridge exists, with one port taken.
-    deployments
-        .create(&PostParams::default(), &demo("first", 1, None))
-        .await
-        .unwrap();
-    ready_pods(&pods, "first", 1).await;
+    deploy(&deployments, &pods, "first", 1, None).await;
     let mut filler = Filler::fill(&slot.config.bridge);
 
     deployments

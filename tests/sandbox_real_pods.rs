@@ -13,13 +13,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::real_slot::{Slot, TIMEOUT, demo, ready, ready_pods};
-use common::{server, wait_for};
+use common::real_slot::{RealBed, TIMEOUT, demo, deploy, ready, ready_pods};
+use common::wait_for;
 use faultline::agent::testnet::root_or_skip;
 use faultline::sandbox::workloads::realpod::{self, RealPodConfig, SlotLease};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -55,27 +54,18 @@ async fn real_pods_answer_on_their_pod_ip_from_their_own_netns_and_pod_cgroup() 
     ) {
         return;
     }
-    let slot = Slot::claim();
-    let srv = server().await;
-    let client = srv.client().await;
-    let workloads = slot.workloads(&client).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let RealBed {
+        slot,
+        server: _server,
+        client: _client,
+        workloads,
+        deployments,
+        pods,
+    } = RealBed::start().await;
 
-    deployments
-        .create(&PostParams::default(), &demo("backend", 2, None))
-        .await
-        .unwrap();
-    let backends = ready_pods(&pods, "backend", 2).await;
+    let backends = deploy(&deployments, &pods, "backend", 2, None).await;
     let backend_url = format!("http://{}:8080/work", pod_ip(&backends[0]));
-    deployments
-        .create(
-            &PostParams::default(),
-            &demo("frontend", 2, Some(&backend_url)),
-        )
-        .await
-        .unwrap();
-    let frontends = ready_pods(&pods, "frontend", 2).await;
+    let frontends = deploy(&deployments, &pods, "frontend", 2, Some(&backend_url)).await;
 
     let subnet = format!("{}.{}.", slot.config.subnet[0], slot.config.subnet[1]);
     for pod in backends.iter().chain(&frontends) {
@@ -140,17 +130,17 @@ async fn a_killed_container_restarts_in_the_same_netns_and_cgroup_with_a_new_pid
     ) {
         return;
     }
-    let slot = Slot::claim();
-    let srv = server().await;
-    let client = srv.client().await;
-    let workloads = slot.workloads(&client).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    deployments
-        .create(&PostParams::default(), &demo("target", 1, None))
+    let RealBed {
+        slot,
+        server: _server,
+        client: _client,
+        workloads,
+        deployments,
+        pods,
+    } = RealBed::start().await;
+    let pod = deploy(&deployments, &pods, "target", 1, None)
         .await
-        .unwrap();
-    let pod = ready_pods(&pods, "target", 1).await.remove(0);
+        .remove(0);
     let uid = pod.uid().unwrap();
     let ip = pod_ip(&pod);
     let before = slot.pods.container_pid(&uid, "app").unwrap();
@@ -201,17 +191,15 @@ async fn deleting_the_deployment_removes_the_pod_namespaces_and_cleanup_removes_
     ) {
         return;
     }
-    let slot = Slot::claim();
-    let srv = server().await;
-    let client = srv.client().await;
-    let workloads = slot.workloads(&client).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    deployments
-        .create(&PostParams::default(), &demo("doomed", 2, None))
-        .await
-        .unwrap();
-    let running = ready_pods(&pods, "doomed", 2).await;
+    let RealBed {
+        slot,
+        server: _server,
+        client: _client,
+        workloads,
+        deployments,
+        pods,
+    } = RealBed::start().await;
+    let running = deploy(&deployments, &pods, "doomed", 2, None).await;
     let pids: Vec<u32> = running
         .iter()
         .map(|p| slot.pods.container_pid(&p.uid().unwrap(), "app").unwrap())

@@ -11,7 +11,7 @@ use faultline::sandbox::workloads::{PodRuntime, WorkloadOptions, Workloads};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
 pub const TIMEOUT: Duration = Duration::from_secs(40);
@@ -108,4 +108,48 @@ pub async fn ready_pods(pods: &Api<Pod>, app: &str, n: usize) -> Vec<Pod> {
         (list.len() == n && list.iter().all(ready)).then_some(list)
     })
     .await
+}
+
+/// A slot with an API server and the workload simulator running its pods, and the default
+/// namespace's Deployments and Pods at hand. Destructure it with `slot` first, so that the
+/// slot's cleanup runs last.
+pub struct RealBed {
+    pub slot: Slot,
+    pub server: super::ApiServer,
+    pub client: Client,
+    pub workloads: Workloads,
+    pub deployments: Api<Deployment>,
+    pub pods: Api<Pod>,
+}
+
+impl RealBed {
+    pub async fn start() -> RealBed {
+        let slot = Slot::claim();
+        let server = super::server().await;
+        let client = server.client().await;
+        let workloads = slot.workloads(&client).await;
+        RealBed {
+            deployments: Api::namespaced(client.clone(), "default"),
+            pods: Api::namespaced(client.clone(), "default"),
+            slot,
+            server,
+            client,
+            workloads,
+        }
+    }
+}
+
+/// Creates the [`demo`] Deployment `name` and waits for its `replicas` pods to be Ready.
+pub async fn deploy(
+    deployments: &Api<Deployment>,
+    pods: &Api<Pod>,
+    name: &str,
+    replicas: i32,
+    downstream: Option<&str>,
+) -> Vec<Pod> {
+    deployments
+        .create(&PostParams::default(), &demo(name, replicas, downstream))
+        .await
+        .unwrap();
+    ready_pods(pods, name, usize::try_from(replicas).unwrap()).await
 }
