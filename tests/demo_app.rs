@@ -1,6 +1,8 @@
 //! `faultline demo-app` on 127.0.0.1: health, `/work` through healthy and dead downstreams,
 //! metrics, and (as a process) settings from the environment and a graceful SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -23,15 +25,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
-}
-
-/// A port nobody listens on (bound, then released).
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -96,7 +89,8 @@ async fn work_lists_each_healthy_downstream_with_its_status_and_latency() {
 #[tokio::test]
 async fn work_answers_502_naming_a_dead_downstream() {
     let healthy = start(DemoConfig::default()).await;
-    let dead = format!("http://127.0.0.1:{}/work", dead_port());
+    let (_refusing, dead_port) = common::refusing_port();
+    let dead = format!("http://127.0.0.1:{dead_port}/work");
     let frontend = start(DemoConfig {
         downstreams: vec![format!("http://{healthy}/healthz"), dead.clone()],
         ..Default::default()
@@ -153,7 +147,8 @@ async fn a_downstream_slower_than_the_timeout_counts_as_failed() {
 /// cleanly on SIGTERM.
 #[tokio::test]
 async fn the_command_takes_settings_from_the_environment_and_stops_on_sigterm() {
-    let dead = format!("http://127.0.0.1:{}/work", dead_port());
+    let (_refusing, dead_port) = common::refusing_port();
+    let dead = format!("http://127.0.0.1:{dead_port}/work");
     let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
         .arg("demo-app")
         .env("DEMO_LISTEN", "127.0.0.1:0")

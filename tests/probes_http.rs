@@ -257,11 +257,7 @@ async fn method_headers_and_body_are_sent() {
 
 #[tokio::test]
 async fn a_refused_connection_fails_naming_the_url() {
-    // A port that was free a moment ago and has no listener now.
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let (_refusing, port) = common::refusing_port();
     let url = format!("http://127.0.0.1:{port}/healthz");
     let outcome = check(&url, "").await;
     assert_eq!(

@@ -90,7 +90,7 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` every second and waits until it is ready.
     async fn start(target: &str) -> Prometheus {
         let binary = prometheus_binary();
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
@@ -101,36 +101,56 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        // A port free a moment ago; Prometheus takes it right away.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting prometheus");
-        let prometheus = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let ready = format!("{}/-/ready", prometheus.url);
-        eventually("Prometheus to be ready", || async {
-            matches!(reqwest::get(&ready).await, Ok(r) if r.status().is_success())
-        })
-        .await;
-        prometheus
+        // A port free a moment ago: another process may take it first, so a Prometheus that
+        // exits before it is ready is started again on another.
+        for _attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+            let child = Command::new(&binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting prometheus");
+            let mut prometheus = Prometheus {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                dir,
+            };
+            let ready = format!("{}/-/ready", prometheus.url);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if matches!(reqwest::get(&ready).await, Ok(r) if r.status().is_success()) {
+                    return prometheus;
+                }
+                if prometheus.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                // On panic, dropping `prometheus` prints its log.
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Prometheus was not ready within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let log = std::fs::read_to_string(prometheus.dir.path().join("prometheus.log"))
+                .unwrap_or_default();
+            eprintln!(
+                "Prometheus exited before it was ready, trying another port; its log:\n{log}"
+            );
+            dir = std::mem::replace(&mut prometheus.dir, tempfile::tempdir().unwrap());
+        }
+        panic!("Prometheus exited before it was ready five times; see the logs above")
     }
 
     /// A runner for a Prometheus probe named `checkout-errors`; `rest` is more YAML for the
@@ -292,11 +312,7 @@ async fn empty_results_nan_and_bad_queries_are_reported_in_prometheus_words() {
 #[tokio::test]
 async fn an_unreachable_prometheus_fails_naming_the_server() {
     faultline::cli::install_crypto_provider();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, port) = common::refusing_port();
     let probe: Probe = serde_yaml::from_str(&format!(
         "{{name: checkout-errors, prometheus: {{url: 'http://127.0.0.1:{port}', query: up, \
          operator: '==', value: 1}}}}"

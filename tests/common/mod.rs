@@ -52,3 +52,15 @@ pub mod real_slot;
 pub mod sandbox_cli;
 
 pub use cluster::TestCluster;
+
+/// A port on 127.0.0.1 that refuses connections for as long as the returned socket lives. The
+/// socket is bound but never listens (Linux answers a SYN to it with a reset), so no other test
+/// running at the same time can take the port, as one could after a bind-and-release.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind 127.0.0.1:0");
+    let port = socket.local_addr().expect("its address").port();
+    (socket, port)
+}
