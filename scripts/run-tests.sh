@@ -21,6 +21,7 @@ real_suites=(
     cluster_admits
     cluster_blast_radius
     controller_lifecycle
+    controller_crashes
     controller_probes
     controller_kubernetes_probe
     controller_gameday

@@ -234,6 +234,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         abort_cause,
         abort_begun,
         next_kill_at: next_kill_at(experiment, &status),
+        kills_interrupted: kills_interrupted(&status),
         nothing_injected,
     };
     let unclaimed = if matches!(status.phase, Phase::Recovering | Phase::Aborting) {
@@ -515,6 +516,16 @@ fn injection_progress(
     }
 }
 
+/// Whether a pod kill is recorded as under way: a kill's record is `Injecting` only between
+/// the status write that announces it and the one that records its outcome, within one
+/// reconcile, so a later look that finds one means that reconcile stopped in between.
+pub fn kills_interrupted(status: &ChaosExperimentStatus) -> bool {
+    status
+        .targets
+        .iter()
+        .any(|r| r.injection.is_none() && r.state == TargetState::Injecting)
+}
+
 /// The abort cause recorded in status when the abort began.
 pub fn abort_cause_from_status(status: &ChaosExperimentStatus) -> AbortCause {
     let message = status
@@ -625,6 +636,26 @@ mod tests {
             message: message.map(str::to_string),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_a_pod_kill_left_injecting_is_an_interrupted_kill() {
+        let kill = |state| TargetRecord {
+            fault: "podKill".into(),
+            injection: None,
+            ..record(state, None)
+        };
+        let mut status = ChaosExperimentStatus {
+            targets: vec![
+                record(TargetState::Injecting, None),
+                kill(TargetState::Injected),
+            ],
+            ..Default::default()
+        };
+        // A network fault waits for its agent; a kill recorded done is done.
+        assert!(!kills_interrupted(&status));
+        status.targets.push(kill(TargetState::Injecting));
+        assert!(kills_interrupted(&status));
     }
 
     #[test]

@@ -131,6 +131,30 @@ pub fn record_outcome(
     fact.about(record)
 }
 
+/// Records a kill found done when the controller came back: it was under way when the
+/// controller stopped, and the pod is gone, replaced or terminating. Pure.
+pub fn record_resumed_kill(
+    record: &mut TargetRecord,
+    fault: &PodKillFault,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Fact {
+    record.state = TargetState::Injected;
+    record.injected_at.get_or_insert(now);
+    let how = match fault.method {
+        PodKillMethod::Evict => "evicted",
+        PodKillMethod::Delete => "deleted",
+    };
+    Fact::normal(
+        "PodKilled",
+        "Inject",
+        format!(
+            "{how} pod {}/{} (found gone when its kill was taken up again: the reconcile that killed it stopped before recording it)",
+            record.namespace, record.name
+        ),
+    )
+    .about(record)
+}
+
 /// The budget's own words when it refused, e.g. "The disruption budget web-pdb needs 2 healthy
 /// pods and has 2 currently".
 fn refusal(status: &Status) -> String {

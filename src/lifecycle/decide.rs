@@ -178,6 +178,10 @@ pub struct Observed {
     pub abort_begun: Option<(AbortCause, DateTime<Utc>)>,
     /// When a repeating pod kill (`podKill.interval`) is due next, if the experiment has one.
     pub next_kill_at: Option<DateTime<Utc>>,
+    /// Pod kills recorded as under way that no status write marked done: the controller that
+    /// began them stopped (a crash, a lost lease) or a kill failed, and they were, or were
+    /// not, carried out.
+    pub kills_interrupted: bool,
     /// `Some(why)` while no fault has gone in (every target so far skipped, each with its
     /// reason); `None` once one has, or may have.
     pub nothing_injected: Option<String>,
@@ -206,6 +210,10 @@ pub enum Decision {
     },
     /// A repeating pod kill is due: select targets afresh and kill them.
     KillAgain,
+    /// Pod kills were left under way: kill the recorded pods that are still there (one that
+    /// is gone, replaced or terminating was killed already) and record each kill, before the
+    /// injection counts as done.
+    FinishKills,
     /// Chaos is paused and nothing is injected yet: wait in Pending (targets are chosen
     /// afresh once chaos resumes).
     Hold,
@@ -374,6 +382,9 @@ pub fn decide(o: &Observed) -> Decision {
             if let Some(cause) = violation(o) {
                 return Decision::Abort(cause);
             }
+            if o.kills_interrupted {
+                return Decision::FinishKills;
+            }
             match &o.injection {
                 // Nothing went in and no later round can change that: there is nothing to
                 // test the hypothesis against (and nothing to revert).
@@ -398,6 +409,9 @@ pub fn decide(o: &Observed) -> Decision {
                     "DurationElapsed",
                     "the duration is over; reverting every fault",
                 );
+            }
+            if o.kills_interrupted {
+                return Decision::FinishKills;
             }
             match o.next_kill_at.filter(|next| *next < end) {
                 Some(next) if o.now >= next => Decision::KillAgain,

@@ -37,6 +37,7 @@ fn observed(phase: Phase) -> Observed {
         abort_cause: None,
         abort_begun: None,
         next_kill_at: None,
+        kills_interrupted: false,
         nothing_injected: None,
     }
 }
@@ -590,4 +591,31 @@ fn an_abort_begins_when_the_agents_were_told_else_when_the_violation_was_seen_el
     // An abort the label carries over keeps the time the agents were told.
     o.abort_begun = Some((AbortCause::Paused, t(2)));
     assert_eq!(abort_begun(&o, &broken).since, t(2));
+}
+
+#[test]
+fn kills_left_under_way_are_finished_before_the_injection_counts_as_done() {
+    // A stopped reconcile left kills `Injecting`: they are finished first, even when every
+    // network fault reports applied and a round is due.
+    let mut o = observed(Phase::Injecting);
+    o.injected_at = Some(t(0));
+    o.injection = ProgressView::Done;
+    o.kills_interrupted = true;
+    assert_eq!(decide(&o), Decision::FinishKills);
+    let mut o = observed(Phase::Running);
+    o.injected_at = Some(t(0));
+    o.next_kill_at = Some(t(10));
+    o.now = t(10);
+    o.kills_interrupted = true;
+    assert_eq!(decide(&o), Decision::FinishKills);
+    // Not past the end, and never before an abort.
+    o.now = t(60);
+    assert_eq!(phase_of(&decide(&o)), Some(Phase::Recovering));
+    o.now = t(10);
+    o.hypothesis = violated();
+    assert!(matches!(decide(&o), Decision::Abort(_)));
+    let mut o = observed(Phase::Injecting);
+    o.kills_interrupted = true;
+    o.hypothesis = violated();
+    assert!(matches!(decide(&o), Decision::Abort(_)));
 }

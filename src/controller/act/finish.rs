@@ -172,6 +172,15 @@ pub(super) fn mark_reverted(
     let mut every_record_receipted = true;
     let mut unconfirmed = Vec::new();
     for record in status.targets.iter_mut() {
+        if record.state == TargetState::Injecting && record.injection.is_none() {
+            // A pod kill left under way that the experiment ended before finishing: nothing
+            // to revert, and no record says whether it happened.
+            record.state = TargetState::Skipped;
+            record.message = Some(
+                "the experiment ended before this pod kill was finished: it was under way when a reconcile stopped, so the pod may or may not have been killed".into(),
+            );
+            continue;
+        }
         if record.state == TargetState::Injecting && record.injection.is_some() {
             unconfirmed.push(format!(
                 "{} on pod {}/{} (node {})",
@@ -303,6 +312,32 @@ mod tests {
             )),
             "the last node's time: {}",
             fact.message
+        );
+    }
+
+    #[test]
+    fn a_pod_kill_the_experiment_ended_before_finishing_is_not_called_reverted() {
+        let unfinished_kill = TargetRecord {
+            name: "c".into(),
+            fault: "podKill".into(),
+            state: TargetState::Injecting,
+            ..Default::default()
+        };
+        let mut status = ChaosExperimentStatus {
+            targets: vec![injected("a", "n1"), unfinished_kill],
+            revert_receipts: vec![receipt("n1", t(0))],
+            ..Default::default()
+        };
+        mark_reverted(&mut status, t(0), None);
+        assert_eq!(status.targets[0].state, TargetState::Reverted);
+        let kill = &status.targets[1];
+        assert_eq!(kill.state, TargetState::Skipped);
+        assert_eq!(kill.reverted_at, None);
+        assert!(
+            kill.message
+                .as_deref()
+                .is_some_and(|m| m.contains("may or may not have been killed")),
+            "{kill:?}"
         );
     }
 

@@ -1,5 +1,6 @@
 //! Putting faults in: every recorded fault when the experiment enters Injecting, the rounds of
-//! a repeating pod kill, and FaultInjections that a failed create left missing. Records go to
+//! a repeating pod kill, pod kills a stopped reconcile left under way, and FaultInjections
+//! that a failed create left missing. Records go to
 //! `Injecting` (and are written) before any fault is attempted. (client required)
 
 use std::collections::{BTreeSet, HashMap};
@@ -37,11 +38,6 @@ pub(super) async fn inject_all(
     status: &mut ChaosExperimentStatus,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let resuming: Vec<bool> = status
-        .targets
-        .iter()
-        .map(|r| r.state == TargetState::Injecting)
-        .collect();
     for record in status
         .targets
         .iter_mut()
@@ -51,47 +47,21 @@ pub(super) async fn inject_all(
     }
     status::write(ctx, experiment, status).await?;
 
-    let mut facts = Vec::new();
-    let mut network = Vec::new();
-    for (i, resumed) in resuming.into_iter().enumerate() {
-        if status.targets[i].state != TargetState::Injecting {
-            continue;
-        }
-        let Some(kind) = experiment
-            .spec
-            .faults
-            .get(status.targets[i].fault_index as usize)
-            .and_then(|f| f.kind())
-        else {
-            continue;
-        };
-        let record = &mut status.targets[i];
-        match kind {
-            FaultKind::PodKill(fault) => {
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
-                // A record already Injecting when we got here was being killed when the
-                // controller stopped: kill only if that kill did not happen.
-                if resumed
-                    && podkill::already_killed(&pods, record)
-                        .await
-                        .map_err(Error::Observe)?
-                {
-                    record.state = TargetState::Injected;
-                    record.injected_at.get_or_insert(now);
-                    status.faults_injected += 1;
-                    continue;
-                }
-                let fact = podkill::apply(&ctx.no_retry, record, fault, now)
-                    .await
-                    .map_err(act_error("kill a pod"))?;
-                if record.state == TargetState::Injected {
-                    status.faults_injected += 1;
-                }
-                facts.push(fact);
-            }
-            _ => network.push(i),
-        }
-    }
+    // Pod kills first, one at a time; a reconcile that stops among them leaves the rest
+    // `Injecting` for `finish_kills`.
+    let kills: Vec<usize> = experiment
+        .spec
+        .faults
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.kind(), Some(FaultKind::PodKill(_))))
+        .map(|(index, _)| index)
+        .collect();
+    let mut facts = kill_each(ctx, experiment, status, &kills, false, now).await?;
+    let network: Vec<usize> = (0..status.targets.len())
+        .filter(|&i| status.targets[i].state == TargetState::Injecting)
+        .filter(|&i| status.targets[i].injection.is_some())
+        .collect();
     // A create that failed is made again (`create_missing`); the others go on.
     let created = create_injections(ctx, experiment, status, network, now).await;
     facts.extend(created.facts);
@@ -500,7 +470,59 @@ pub(super) async fn kill_round(
     let round = status::record(ctx, status, Fact::normal("PodKillRound", "Select", summary));
     status::write(ctx, experiment, status).await?;
     status::publish(ctx, experiment, vec![round]).await;
+    kill_recorded(ctx, experiment, status, &due, false, now).await
+}
 
+/// Finishes pod kills left `Injecting` by a reconcile that stopped between recording them and
+/// recording their outcome (see [`Decision::FinishKills`](crate::lifecycle::Decision)): the
+/// first injection's, or a round's, whatever their fault.
+pub(super) async fn finish_kills(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut interrupted: Vec<usize> = status
+        .targets
+        .iter()
+        .filter(|r| r.injection.is_none() && r.state == TargetState::Injecting)
+        .map(|r| r.fault_index as usize)
+        .collect();
+    interrupted.sort_unstable();
+    interrupted.dedup();
+    tracing::info!(
+        experiment = %experiment.name_any(),
+        "finishing pod kills that a stopped reconcile left under way"
+    );
+    kill_recorded(ctx, experiment, status, &interrupted, true, now).await
+}
+
+/// Kills the `Injecting` records of the pod kills `due`, records the outcomes and writes them.
+async fn kill_recorded(
+    ctx: &Context,
+    experiment: &mut ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    due: &[usize],
+    resumed: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let facts = kill_each(ctx, experiment, status, due, resumed, now).await?;
+    status::note_all(ctx, experiment, status, facts).await;
+    status::write(ctx, experiment, status).await
+}
+
+/// Kills the `Injecting` records of the pod kills `due`, one at a time, and records each
+/// outcome in its record; returns the facts to publish. `resumed`: they were recorded by a
+/// reconcile that stopped, so a pod it may have killed already is looked at first and never
+/// killed twice.
+async fn kill_each(
+    ctx: &Context,
+    experiment: &ChaosExperiment,
+    status: &mut ChaosExperimentStatus,
+    due: &[usize],
+    resumed: bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Fact>> {
     let mut facts = Vec::new();
     let mut killed = 0;
     for record in status
@@ -516,20 +538,29 @@ pub(super) async fn kill_round(
         else {
             continue;
         };
-        facts.push(
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
+        let fact = if resumed
+            && podkill::already_killed(&pods, record)
+                .await
+                .map_err(Error::Observe)?
+        {
+            podkill::record_resumed_kill(record, fault, now)
+        } else {
             podkill::apply(&ctx.no_retry, record, fault, now)
                 .await
-                .map_err(act_error("kill a pod"))?,
-        );
+                .map_err(act_error("kill a pod"))?
+        };
+        facts.push(fact);
         if record.state == TargetState::Injected {
             killed += 1;
         }
-        // A skipped or vanished target still marks the round as done.
-        record.injected_at.get_or_insert(now);
+        // A skipped or vanished target of a repeating kill still marks its round as done.
+        if fault.interval.is_some() {
+            record.injected_at.get_or_insert(now);
+        }
     }
     status.faults_injected += killed;
-    status::note_all(ctx, experiment, status, facts).await;
-    status::write(ctx, experiment, status).await
+    Ok(facts)
 }
 
 #[cfg(test)]

@@ -406,6 +406,10 @@ pub async fn perform(
             inject::kill_round(ctx, experiment, &mut status, now).await?;
             Some(Duration::ZERO)
         }
+        Decision::FinishKills => {
+            inject::finish_kills(ctx, experiment, &mut status, now).await?;
+            Some(Duration::ZERO)
+        }
         Decision::Hold => {
             hold(ctx, experiment, &mut status, generation, now).await?;
             // The pause switch's change reconciles every experiment.
