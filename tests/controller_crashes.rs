@@ -1,10 +1,10 @@
-//! A controller that crash-loops. One `faultline controller` process is killed with SIGKILL at
+//! A controller that crashes. One `faultline controller` process is killed with SIGKILL at
 //! random moments and started again at once under the same identity, as the container of a
-//! crash-looping pod is, while experiments with pod kills, network latency and HTTP probes run
-//! and one of them is aborted. Wherever a kill lands (between a pod's delete and the status that
-//! records it, between a FaultInjection's create and the targets list, in the middle of a
-//! revert), each experiment reaches the verdict it would have reached without the crashes, no
-//! pod is killed twice and no other pod is killed instead, and no fault is left.
+//! crash-looping pod is, while the workload of `common::disturbed` runs (pod kills, latencies,
+//! an abort, a game day, a schedule). Wherever a kill lands (between a pod's delete and the
+//! status that records it, between a FaultInjection's create and the targets list, in the
+//! middle of a revert), what `disturbed` checks must hold. And the worst moment on purpose:
+//! stopped between a delete and its record.
 //!
 //! The moments come from a seed printed by the test; `FAULTLINE_CRASH_SEED=N` replays a run.
 //! The agent is the in-process stand-in (it confirms applies and reverts through the API): the
@@ -13,25 +13,15 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::wait_for;
-use faultline::api::{
-    ChaosExperiment, ChaosExperimentSpec, FaultInjection, Phase, Verdict, all_crds,
-};
+use common::{disturbed::Workload, wait_for};
+use faultline::api::{Phase, Verdict, all_crds};
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
-};
+use kube::{Api, api::ListParams};
 use serde_json::json;
-
-const GROUPS: usize = 3;
-const PODS_PER_GROUP: usize = 4;
-const KILLS_PER_GROUP: usize = 2;
 
 /// A controller process, killed (SIGKILL) when dropped.
 struct Controller(Child);
@@ -79,67 +69,9 @@ impl Moments {
     }
 }
 
-async fn ready_pod(client: &Client, name: &str, group: usize) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": format!("web-{group}")}},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "demo"}]}}))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let status = json!({"status": {"phase": "Running",
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .unwrap();
-}
-
-async fn healthy_service() -> String {
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
-}
-
-fn experiment(group: usize, url: &str) -> ChaosExperimentSpec {
-    serde_json::from_value(json!({
-        "duration": "8s",
-        "target": {"labelSelector": {"matchLabels": {"app": format!("web-{group}")}},
-                   "mode": "Fixed", "value": KILLS_PER_GROUP},
-        "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0}}],
-        "steadyState": {"recoveryTimeout": "20s", "probes": [
-            {"name": "shop", "http": {"url": url}, "interval": "1s", "timeout": "900ms"}]}
-    }))
-    .unwrap()
-}
-
-fn latency_experiment(group: usize, duration: &str, url: &str) -> ChaosExperimentSpec {
-    serde_json::from_value(json!({
-        "duration": duration,
-        "target": {"labelSelector": {"matchLabels": {"app": format!("web-{group}")}},
-                   "mode": "All"},
-        "faults": [{"networkLatency": {"latency": "100ms", "to": {"cidrs": ["10.0.0.0/8"]}}}],
-        "steadyState": {"recoveryTimeout": "20s", "probes": [
-            {"name": "shop", "http": {"url": url}, "interval": "1s", "timeout": "900ms"}]}
-    }))
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault() {
-    let seed = std::env::var("FAULTLINE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash moments from seed {seed} (replay: FAULTLINE_CRASH_SEED={seed})");
-    let mut moments = Moments(seed);
-
+    let mut moments = Moments(common::disturbed::seed());
     let cluster = common::TestCluster::start().await;
     cluster.install_crds(&all_crds()).await;
     let client = cluster.client().await;
@@ -147,12 +79,6 @@ async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault()
     common::cluster::apply_namespace(&client, "shop", true).await;
     if cluster.is_real() {
         common::cluster::cordoned_node(&client, "node-1").await;
-    }
-    // Groups 0..GROUPS for the pod kills, GROUPS and GROUPS + 1 for the latencies.
-    for group in 0..GROUPS + 2 {
-        for i in 0..PODS_PER_GROUP {
-            ready_pod(&client, &format!("web-{group}-{i}"), group).await;
-        }
     }
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(faultline::sandbox::testkit::stand_in_agent(
@@ -162,31 +88,8 @@ async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault()
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
-    let url = healthy_service().await;
-
-    let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), "shop");
-    let mut names = Vec::new();
-    for group in 0..GROUPS {
-        let name = format!("kill-{group}");
-        experiments
-            .create(
-                &PostParams::default(),
-                &ChaosExperiment::new(&name, experiment(group, &url)),
-            )
-            .await
-            .unwrap();
-        names.push(name);
-    }
-    for (name, group, duration) in [("latency", GROUPS, "8s"), ("aborted", GROUPS + 1, "5m")] {
-        experiments
-            .create(
-                &PostParams::default(),
-                &ChaosExperiment::new(name, latency_experiment(group, duration, &url)),
-            )
-            .await
-            .unwrap();
-        names.push(name.to_string());
-    }
+    let url = common::disturbed::healthy_service().await;
+    let workload = Workload::start(&client, &url).await;
 
     // Crash and restart for a while; abort one experiment in the middle of it.
     let mut controller = start_controller(&kubeconfig);
@@ -198,105 +101,14 @@ async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault()
         drop(controller);
         crashes += 1;
         if !abort_sent && crashing.elapsed() > Duration::from_secs(8) {
-            // `faultline abort` is an annotation: it must hold across the restarts.
-            let abort = json!({"metadata": {"annotations": {
-                faultline::api::ABORT_ANNOTATION: "crash-loop test"}}});
-            experiments
-                .patch("aborted", &PatchParams::default(), &Patch::Merge(abort))
-                .await
-                .unwrap();
+            workload.abort_one(&client).await;
             abort_sent = true;
         }
         controller = start_controller(&kubeconfig);
     }
     eprintln!("killed the controller {crashes} times in 25 s; it now runs undisturbed");
+    workload.check(&client).await;
 
-    let mut verdicts = BTreeMap::new();
-    for name in &names {
-        let done = wait_for(
-            &format!("{name} to finish"),
-            Duration::from_secs(90),
-            || async {
-                let e = experiments.get(name).await.ok()?;
-                e.status.as_ref()?.phase.is_terminal().then_some(e)
-            },
-        )
-        .await;
-        verdicts.insert(name.clone(), done);
-    }
-    for (name, done) in &verdicts {
-        let status = done.status.as_ref().unwrap();
-        eprintln!(
-            "{name}: {:?} {:?}: {}",
-            status.phase,
-            status.verdict,
-            status.message.as_deref().unwrap_or_default()
-        );
-        if name == "aborted" {
-            assert_eq!(status.phase, Phase::Aborted, "{name}: {status:?}");
-        } else {
-            assert_eq!(status.phase, Phase::Succeeded, "{name}: {status:?}");
-            assert_eq!(status.verdict, Some(Verdict::Passed), "{name}: {status:?}");
-        }
-    }
-
-    // Each group lost exactly the pods its experiment chose, once each.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let remaining = pods.list(&ListParams::default()).await.unwrap().items;
-    for group in 0..GROUPS {
-        let prefix = format!("web-{group}-");
-        let left = remaining
-            .iter()
-            .filter(|p| p.metadata.name.as_deref().unwrap().starts_with(&prefix))
-            .count();
-        let status = verdicts[&format!("kill-{group}")].status.clone().unwrap();
-        assert_eq!(
-            left,
-            PODS_PER_GROUP - KILLS_PER_GROUP,
-            "group {group}: {left} pods left; targets {:#?}; timeline {:#?}",
-            status.targets,
-            status.timeline
-        );
-        let mut killed: Vec<&str> = status
-            .timeline
-            .iter()
-            .filter(|e| e.reason == "PodKilled")
-            .map(|e| e.message.as_str())
-            .collect();
-        assert_eq!(
-            killed.len(),
-            KILLS_PER_GROUP,
-            "group {group}: {killed:?}; targets {:#?}; timeline {:#?}",
-            status.targets,
-            status.timeline
-        );
-        killed.dedup();
-        assert_eq!(killed.len(), KILLS_PER_GROUP, "group {group}: {killed:?}");
-    }
-    for group in [GROUPS, GROUPS + 1] {
-        let prefix = format!("web-{group}-");
-        let left = remaining
-            .iter()
-            .filter(|p| p.metadata.name.as_deref().unwrap().starts_with(&prefix))
-            .count();
-        assert_eq!(
-            left, PODS_PER_GROUP,
-            "a latency killed a pod of group {group}"
-        );
-    }
-
-    // No fault is left: every FaultInjection was reverted and went.
-    let injections: Api<FaultInjection> = Api::namespaced(client.clone(), "shop");
-    wait_for("every fault reverted", Duration::from_secs(30), || async {
-        injections
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await;
     drop(controller);
     let _ = stop_agent.send(());
     let _ = agent.await;

@@ -36,16 +36,21 @@ pub struct Harness {
     pub real_probes: bool,
     /// The controller's own namespace (its revert signal's home).
     pub controller_namespace: String,
+    injection_timeout: Duration,
     controller: tokio::task::JoinHandle<()>,
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long the harness's controller waits for an agent's report: short, for quick tests.
+const INJECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn spawn_controller(
     clients: Clients,
     scripted: &Arc<ScriptedProbes>,
     real_probes: bool,
     controller_namespace: &str,
+    injection_timeout: Duration,
 ) -> (
     mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
     tokio::task::JoinHandle<()>,
@@ -61,7 +66,7 @@ fn spawn_controller(
         scripted.clone()
     };
     let settings = Settings {
-        injection_timeout: Duration::from_secs(5),
+        injection_timeout,
         signal_sweep_every: Duration::from_secs(1),
         ..Settings::default()
     };
@@ -113,20 +118,44 @@ impl Harness {
     }
 
     async fn start_in(real_probes: bool, controller_namespace: &str, create: bool) -> Harness {
-        Self::start_full(real_probes, controller_namespace, create, None).await
+        Self::start_full(
+            real_probes,
+            controller_namespace,
+            create,
+            None,
+            INJECTION_TIMEOUT,
+        )
+        .await
     }
 
     /// The controller with scripted probes, its responses that match `held` held back until
     /// released (a watch cache kept behind on purpose).
     pub async fn start_holding(held: &HeldResponses) -> Harness {
-        Self::start_full(false, "faultline-system", true, Some(held)).await
+        let make = |config| held.client_of(config);
+        Self::start_full(
+            false,
+            "faultline-system",
+            true,
+            Some(&make),
+            INJECTION_TIMEOUT,
+        )
+        .await
+    }
+
+    /// The controller with scripted probes, its clients made by `make` (e.g. with a layer
+    /// that loses responses), and the injection timeout of production (30 s): its retries
+    /// need the time a real controller has.
+    pub async fn start_via(make: impl Fn(kube::Config) -> Client) -> Harness {
+        let production = faultline::controller::Settings::default().injection_timeout;
+        Self::start_full(false, "faultline-system", true, Some(&make), production).await
     }
 
     async fn start_full(
         real_probes: bool,
         controller_namespace: &str,
         create: bool,
-        held: Option<&HeldResponses>,
+        make: Option<&dyn Fn(kube::Config) -> Client>,
+        injection_timeout: Duration,
     ) -> Harness {
         let cluster = TestCluster::start().await;
         cluster.install_crds(&all_crds()).await;
@@ -135,15 +164,18 @@ impl Harness {
             super::cluster::apply_namespace(&client, controller_namespace, false).await;
         }
         let probes = Arc::new(ScriptedProbes::default());
-        let clients = match held {
+        let clients = match make {
             None => Clients::from_config(cluster.client_config()),
-            Some(held) => {
-                Clients::from_config_via(cluster.client_config(), |c| Ok(held.client_of(c)))
-            }
+            Some(make) => Clients::from_config_via(cluster.client_config(), |c| Ok(make(c))),
         }
         .expect("clients");
-        let (trigger, controller) =
-            spawn_controller(clients, &probes, real_probes, controller_namespace);
+        let (trigger, controller) = spawn_controller(
+            clients,
+            &probes,
+            real_probes,
+            controller_namespace,
+            injection_timeout,
+        );
         let (stop_agent, agent_stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
         Harness {
@@ -153,6 +185,7 @@ impl Harness {
             trigger,
             real_probes,
             controller_namespace: controller_namespace.to_string(),
+            injection_timeout,
             controller,
             stop: vec![stop_agent],
             tasks: vec![agent],
@@ -170,6 +203,7 @@ impl Harness {
             &self.probes,
             self.real_probes,
             &self.controller_namespace,
+            self.injection_timeout,
         );
         self.trigger = trigger;
         self.controller = controller;

@@ -45,9 +45,11 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
     }
 }
 pub mod cluster;
+pub mod disturbed;
 pub mod endless;
 pub mod harness;
 pub mod held_responses;
+pub mod lost_responses;
 pub mod real_slot;
 pub mod sandbox_cli;
 
