@@ -459,6 +459,7 @@ impl<K: Kernel> Agent<K> {
         // status of each of its injections (500 writes at 500 targets) sent first held that
         // write up (0.44 s for the receipt of a 500-target abort on the real control plane).
         self.report(reports).await;
+        self.statuses.retry_unwritten().await;
         if !room_first {
             backlog = self.drain_gone(stale, DRAIN_CHUNK, &by_tag).await;
         }

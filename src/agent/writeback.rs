@@ -3,7 +3,9 @@
 //!
 //! Status writes carry only the fields the agent is changing (never a field copied from an
 //! earlier read), as a merge patch conditional on the object's resourceVersion: a write based
-//! on an outdated object gets 409 and is retried against a fresh read. A write that would move
+//! on an outdated object gets 409 and is retried against a fresh read. A write that failed
+//! otherwise (the API server unreachable, the answer lost) is kept and tried again every
+//! resync, and goes with the next write of the same injection. A write that would move
 //! the phase backwards for the generation it describes (`Applied` over `Reverted`, `Pending`
 //! over anything) is dropped: status cannot go back.
 
@@ -73,7 +75,21 @@ pub(super) struct StatusWriter {
     /// Injections whose finalizer we released, and when: the watch still shows it until the
     /// object's deletion arrives, and asking again would only get a 404.
     released: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Changes whose write failed for a reason other than the object itself (the API server
+    /// unreachable, an answer lost on the way), by injection UID: tried again every resync
+    /// and carried by the next write of the same injection, so that an `Applied` whose write
+    /// was lost is not lost for good (the fault is in, and the controller waits for it).
+    unwritten: Arc<Mutex<Unwritten>>,
 }
+
+#[derive(Default)]
+struct Unwritten {
+    changes: HashMap<String, (FaultInjection, StatusChange)>,
+    tried_at: Option<Instant>,
+}
+
+/// How often failed status writes are tried again.
+const RETRY_UNWRITTEN_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a released finalizer is remembered (the watch catches up well within it).
 const RELEASED_FOR: Duration = Duration::from_secs(60);
@@ -109,6 +125,15 @@ impl StatusChange {
         self
     }
 
+    /// This change followed by `later`: the later phase and fields win, the others stay.
+    fn then(mut self, later: StatusChange) -> StatusChange {
+        if later.phase.is_some() {
+            self.phase = later.phase;
+        }
+        self.fields.extend(later.fields);
+        self
+    }
+
     fn body(&self, resource_version: Option<&str>) -> Value {
         let mut status = self.fields.clone();
         if let Some((phase, generation)) = &self.phase {
@@ -140,6 +165,7 @@ impl StatusWriter {
             client,
             versions: Arc::default(),
             released: Arc::default(),
+            unwritten: Arc::default(),
         }
     }
 
@@ -176,6 +202,56 @@ impl StatusWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(uid);
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .changes
+            .remove(uid);
+    }
+
+    /// Tries again the writes that failed (at most every [`RETRY_UNWRITTEN_EVERY`]).
+    pub async fn retry_unwritten(&self) {
+        let pending: Vec<(FaultInjection, StatusChange)> = {
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+            if unwritten.changes.is_empty()
+                || unwritten
+                    .tried_at
+                    .is_some_and(|at| at.elapsed() < RETRY_UNWRITTEN_EVERY)
+            {
+                return;
+            }
+            unwritten.tried_at = Some(Instant::now());
+            unwritten
+                .changes
+                .drain()
+                .map(|(_, pending)| pending)
+                .collect()
+        };
+        for (injection, change) in pending {
+            if self.write(&injection, change).await {
+                tracing::info!(injection = %key_of(&injection), "wrote injection status that an earlier attempt could not");
+            }
+        }
+    }
+
+    fn keep_unwritten(&self, injection: &FaultInjection, change: StatusChange) {
+        if let Some(uid) = injection.uid() {
+            self.unwritten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .changes
+                .insert(uid, (injection.clone(), change));
+        }
+    }
+
+    fn take_unwritten(&self, injection: &FaultInjection) -> Option<StatusChange> {
+        let uid = injection.uid()?;
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .changes
+            .remove(&uid)
+            .map(|(_, change)| change)
     }
 
     fn was_released(&self, uid: &str) -> bool {
@@ -194,6 +270,11 @@ impl StatusWriter {
 
     /// Writes `change` to the injection's status. Returns whether it was written.
     pub async fn write(&self, injection: &FaultInjection, change: StatusChange) -> bool {
+        // A change not written yet goes with this one.
+        let change = match self.take_unwritten(injection) {
+            Some(earlier) => earlier.then(change),
+            None => change,
+        };
         let api = api_for(&self.client, injection);
         let name = injection.name_any();
         let cached = self.written(injection).map(|w| w.resource_version);
@@ -225,19 +306,22 @@ impl StatusWriter {
                         }
                         Ok(None) => return false,
                         Err(error) => {
-                            tracing::warn!(injection = %key_of(injection), %error, "cannot re-read the injection after a conflict");
+                            tracing::warn!(injection = %key_of(injection), %error, "cannot re-read the injection after a conflict; trying again later");
+                            self.keep_unwritten(injection, change);
                             return false;
                         }
                     }
                 }
                 Err(kube::Error::Api(status)) if status.code == 404 => return false,
                 Err(error) => {
-                    tracing::warn!(injection = %key_of(injection), %error, "cannot write injection status");
+                    tracing::warn!(injection = %key_of(injection), %error, "cannot write injection status; trying again later");
+                    self.keep_unwritten(injection, change);
                     return false;
                 }
             }
         }
-        tracing::warn!(injection = %key_of(injection), "gave up writing injection status after repeated conflicts");
+        tracing::warn!(injection = %key_of(injection), "gave up writing injection status after repeated conflicts; trying again later");
+        self.keep_unwritten(injection, change);
         false
     }
 
@@ -355,6 +439,24 @@ pub(super) fn live_injection(
 mod tests {
     use super::*;
     use crate::api::FaultInjectionStatus;
+
+    #[test]
+    fn an_unwritten_change_followed_by_another_keeps_what_the_later_does_not_say() {
+        let lost = StatusChange::phase(InjectionPhase::Applied, Some(1), "applied".into())
+            .set("mechanism", json!("nfqueue"))
+            .set("matchedPackets", json!(0));
+        let counts = StatusChange::default().set("matchedPackets", json!(40));
+        assert_eq!(
+            lost.clone().then(counts).body(None),
+            json!({"status": {"phase": "Applied", "observedGeneration": 1, "message": "applied",
+                              "mechanism": "nfqueue", "matchedPackets": 40}})
+        );
+        let reverted = StatusChange::phase(InjectionPhase::Reverted, Some(1), "reverted".into());
+        assert_eq!(
+            lost.then(reverted).body(None)["status"]["phase"],
+            json!("Reverted")
+        );
+    }
 
     #[test]
     fn a_change_carries_only_its_own_fields_and_the_version_it_is_based_on() {

@@ -44,6 +44,7 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+pub mod agent_world;
 pub mod cluster;
 pub mod disturbed;
 pub mod endless;
