@@ -22,7 +22,6 @@ real_suites=(
     cluster_blast_radius
     controller_lifecycle
     controller_crashes
-    controller_lost_responses
     controller_probes
     controller_kubernetes_probe
     controller_gameday
