@@ -79,8 +79,15 @@ pub fn counted_client(
         .build())
 }
 
-struct CountLayer {
+/// Counts requests into `counts` (see [`counted_client`]).
+pub struct CountLayer {
     counts: RequestCounts,
+}
+
+impl CountLayer {
+    pub fn new(counts: RequestCounts) -> Self {
+        CountLayer { counts }
+    }
 }
 
 impl<S> tower_layer::Layer<S> for CountLayer {

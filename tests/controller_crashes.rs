@@ -107,7 +107,7 @@ async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault()
         controller = start_controller(&kubeconfig);
     }
     eprintln!("killed the controller {crashes} times in 25 s; it now runs undisturbed");
-    workload.check(&client).await;
+    workload.check(&client, 2).await;
 
     drop(controller);
     let _ = stop_agent.send(());

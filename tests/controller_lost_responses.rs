@@ -36,6 +36,6 @@ async fn a_controller_that_loses_one_answer_in_ten_still_kills_once_and_leaves_n
         before > 0 && after > 0,
         "the controller must have been disturbed"
     );
-    workload.check(&h.client).await;
+    workload.check(&h.client, 2).await;
     h.stop().await;
 }

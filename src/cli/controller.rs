@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin,
-    controller::{self, Clients, Settings, Telemetry, probe_hub::ProbeHub},
+    controller::{self, Clients, Settings, Telemetry, fence::Fence, probe_hub::ProbeHub},
     selection::SafetyPolicy,
 };
 
@@ -79,10 +79,18 @@ impl ControllerArgs {
             "no Kubernetes API to talk to: set KUBECONFIG (or run inside a cluster), e.g. `faultline sandbox up` and use its kubeconfig",
         )?;
         let telemetry = Telemetry::default();
-        let clients = Clients::counted(config, &telemetry.metrics)
+        // The Lease (and the fence's reads of it) go through a client the fence never holds
+        // back; everything else through fenced ones.
+        let lease_client = crate::api_requests::counted_client(
+            config.clone(),
+            telemetry.metrics.api_requests.clone(),
+        )
+        .context("building the Kubernetes client")?;
+        let grace = lease_grace_seconds.min(lease_duration_seconds.saturating_sub(1));
+        let fence = Fence::new(Duration::from_secs(grace.max(1)));
+        let clients = Clients::counted_and_fenced(config, &telemetry.metrics, &fence)
             .context("building the Kubernetes client")?;
         crate::probes::hosts::install_from_env();
-        let client = clients.main.clone();
         let bound = admin::serve(
             admin_addr,
             telemetry.readiness.clone(),
@@ -103,14 +111,19 @@ impl ControllerArgs {
             ..Settings::default()
         };
 
-        let mut builder = LeaseManagerBuilder::new(client.clone(), lease_name)
+        let identity =
+            identity.unwrap_or_else(|| format!("faultline-controller-{}", uuid::Uuid::new_v4()));
+        let keeper = tokio::spawn(fence.clone().keep(
+            lease_client.clone(),
+            namespace.clone(),
+            lease_name.clone(),
+            identity.clone(),
+        ));
+        let manager = LeaseManagerBuilder::new(lease_client, lease_name)
             .with_namespace(namespace)
             .with_duration(lease_duration_seconds)
-            .with_grace(lease_grace_seconds.min(lease_duration_seconds.saturating_sub(1)));
-        if let Some(identity) = identity {
-            builder = builder.with_identity(identity);
-        }
-        let manager = builder
+            .with_grace(grace)
+            .with_identity(identity)
             .build()
             .await
             .context("setting up leader election")?;
@@ -152,6 +165,7 @@ impl ControllerArgs {
                 }
             }
         }
+        keeper.abort();
         // Dropping the receiver makes the lease manager release the lease for a fast handover.
         drop(leadership);
         let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;

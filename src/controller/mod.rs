@@ -37,6 +37,7 @@ mod act;
 mod caches;
 mod departures;
 pub mod events;
+pub mod fence;
 mod injections;
 mod invalid;
 mod observe;
@@ -164,6 +165,23 @@ impl Clients {
     pub fn counted(config: kube::Config, metrics: &Metrics) -> Result<Clients, kube::Error> {
         Self::from_config_via(config, |config| {
             crate::api_requests::counted_client(config, metrics.api_requests.clone())
+        })
+    }
+
+    /// Both clients, counting their requests in `metrics` and sending writes only while
+    /// `fence` is open (see [`fence`]).
+    pub fn counted_and_fenced(
+        config: kube::Config,
+        metrics: &Metrics,
+        fence: &Arc<fence::Fence>,
+    ) -> Result<Clients, kube::Error> {
+        Self::from_config_via(config, |config| {
+            Ok(kube::client::ClientBuilder::try_from(config)?
+                .with_layer(&crate::api_requests::CountLayer::new(
+                    metrics.api_requests.clone(),
+                ))
+                .with_layer(&fence.layer())
+                .build())
         })
     }
 
