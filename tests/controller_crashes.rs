@@ -12,49 +12,22 @@
 
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::{disturbed::Workload, wait_for};
-use faultline::api::{Phase, Verdict, all_crds};
+use common::{
+    disturbed::Workload,
+    replicas::{Replica, ReplicaBed},
+    wait_for,
+};
+use faultline::api::{Phase, Verdict};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use serde_json::json;
 
-/// A controller process, killed (SIGKILL) when dropped.
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A controller under the one identity every restart shares (a pod's name survives the
 /// restarts of its container), so that a restart takes its own lease back at once.
-fn start_controller(kubeconfig: &std::path::Path) -> Controller {
-    let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
-        .args([
-            "controller",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--namespace",
-            "faultline-system",
-            "--lease-duration-seconds",
-            "15",
-            "--lease-grace-seconds",
-            "5",
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", "faultline-controller-0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start faultline controller");
-    Controller(child)
+fn start_controller(kubeconfig: &std::path::Path) -> Replica {
+    Replica::start(kubeconfig, "faultline-controller-0", 15, 5)
 }
 
 /// xorshift64*: enough randomness for crash moments, and a run is replayed from its seed.
@@ -72,22 +45,9 @@ impl Moments {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault() {
     let mut moments = Moments(common::disturbed::seed());
-    let cluster = common::TestCluster::start().await;
-    cluster.install_crds(&all_crds()).await;
-    let client = cluster.client().await;
-    common::cluster::apply_namespace(&client, "faultline-system", false).await;
-    common::cluster::apply_namespace(&client, "shop", true).await;
-    if cluster.is_real() {
-        common::cluster::cordoned_node(&client, "node-1").await;
-    }
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(faultline::sandbox::testkit::stand_in_agent(
-        client.clone(),
-        agent_stopped,
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+    let bed = ReplicaBed::start().await;
+    let client = bed.client.clone();
+    let kubeconfig = bed.kubeconfig.clone();
     let url = common::disturbed::healthy_service().await;
     let workload = Workload::start(&client, &url).await;
 
@@ -110,9 +70,7 @@ async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault()
     workload.check(&client, 2).await;
 
     drop(controller);
-    let _ = stop_agent.send(());
-    let _ = agent.await;
-    cluster.shutdown().await;
+    bed.shutdown().await;
 }
 
 // The worst moment, made on purpose: the answer to the first pod's delete is held back, so the

@@ -3,64 +3,24 @@
 
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::wait_for;
+use common::{
+    replicas::{Replica, holder},
+    wait_for,
+};
 use faultline::api::{ChaosExperiment, ChaosExperimentSpec, Phase, TargetState, all_crds};
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
+use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
 use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
-/// A controller process, killed (SIGKILL) when dropped.
-struct Replica(Child);
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A replica with a short lease, for a quick takeover, yet with two seconds for a renewal on
+/// a loaded API server.
 fn replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
-    // Short, for a quick takeover, yet with two seconds for a renewal on a loaded API server.
-    replica_with_lease(kubeconfig, identity, 6, 2)
-}
-
-/// A replica whose lease lasts `duration` seconds and is renewed `grace` seconds early (the
-/// chart's values are 15 and 5).
-fn replica_with_lease(
-    kubeconfig: &std::path::Path,
-    identity: &str,
-    duration: u64,
-    grace: u64,
-) -> Replica {
-    let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
-        .args([
-            "controller",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--namespace",
-            "faultline-system",
-        ])
-        .args([
-            "--lease-duration-seconds",
-            &duration.to_string(),
-            "--lease-grace-seconds",
-            &grace.to_string(),
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", identity)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start faultline controller");
-    Replica(child)
+    Replica::start(kubeconfig, identity, 6, 2)
 }
 
 async fn ready_pod(client: &Client, name: &str) {
@@ -118,16 +78,6 @@ async fn run_experiment(client: &Client, name: &str) -> String {
     writers.remove(0)
 }
 
-async fn holder(client: &Client) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "faultline-system");
-    leases
-        .get_opt("faultline-controller")
-        .await
-        .ok()??
-        .spec?
-        .holder_identity
-}
-
 // Multi-threaded: the controllers are separate processes talking to this runtime's server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
@@ -171,15 +121,6 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     cluster.shutdown().await;
 }
 
-/// An HTTP service that always answers 200, for the probes of the controller processes.
-async fn healthy_service() -> String {
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
-}
-
 // The chart's lease (15 s, renewed 5 s early), a pod kill and a network fault in flight under a
 // 1 s HTTP probe: the leader dies by SIGKILL while the faults are in. The standby takes the
 // lease and carries the experiment to its verdict from what status records: it kills no pod
@@ -208,18 +149,12 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
     let mut replicas = vec![
-        (
-            "replica-a",
-            replica_with_lease(&kubeconfig, "replica-a", 15, 5),
-        ),
-        (
-            "replica-b",
-            replica_with_lease(&kubeconfig, "replica-b", 15, 5),
-        ),
+        ("replica-a", Replica::start(&kubeconfig, "replica-a", 15, 5)),
+        ("replica-b", Replica::start(&kubeconfig, "replica-b", 15, 5)),
     ];
     let leader = wait_for("a leader", Duration::from_secs(20), || holder(&client)).await;
 
-    let url = healthy_service().await;
+    let url = common::disturbed::healthy_service().await;
     let experiments: Api<ChaosExperiment> = Api::namespaced(client.clone(), "shop");
     let spec: ChaosExperimentSpec = serde_json::from_value(json!({
         // Long enough for the standby to take over (about 15.5 s) with faults still in.

@@ -52,6 +52,7 @@ pub mod harness;
 pub mod held_responses;
 pub mod lost_responses;
 pub mod real_slot;
+pub mod replicas;
 pub mod sandbox_cli;
 
 pub use cluster::TestCluster;
