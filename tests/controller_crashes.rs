@@ -3,8 +3,8 @@
 //! crash-looping pod is, while the workload of `common::disturbed` runs (pod kills, latencies,
 //! an abort, a game day, a schedule). Wherever a kill lands (between a pod's delete and the
 //! status that records it, between a FaultInjection's create and the targets list, in the
-//! middle of a revert), what `disturbed` checks must hold. And the worst moment on purpose:
-//! stopped between a delete and its record.
+//! middle of a revert), what `disturbed` checks must hold. And the worst moments on purpose:
+//! stopped between a delete and its record, and with a target left terminating.
 //!
 //! The moments come from a seed printed by the test; `FAULTLINE_CRASH_SEED=N` replays a run.
 //! The agent is the in-process stand-in (it confirms applies and reverts through the API): the
@@ -21,7 +21,10 @@ use common::{
 };
 use faultline::api::{Phase, Verdict};
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::ListParams};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
 use serde_json::json;
 
 /// A controller under the one identity every restart shares (a pod's name survives the
@@ -143,6 +146,93 @@ async fn a_controller_stopped_between_a_kill_and_its_record_finishes_the_kills_w
         pods.list(&ListParams::default()).await.unwrap().items.len(),
         2,
         "two pods killed, no more"
+    );
+    held.release();
+    h.stop().await;
+}
+
+// A kill cut off halfway leaves its pod terminating: the API server deletes a pod in two steps
+// (marks it, then removes it), and a controller killed between the two leaves it marked, for a
+// kubelet to finish (the crash loop above met one on the real control plane, which has no
+// kubelet). Made on purpose the way both servers keep it: the second target carries a
+// finalizer and is being deleted with a grace period of 30 s when the controller dies. The
+// next controller must not take it for dead: it kills it as the fault asks (grace 0).
+#[tokio::test]
+async fn a_target_left_terminating_when_the_controller_stopped_is_killed_as_the_fault_asks() {
+    let held = common::held_responses::HeldResponses::new(&["/pods/"]);
+    let mut h = common::harness::Harness::start_holding(&held).await;
+    common::harness::shop_with_web_pods(&h, 4).await;
+    h.create(
+        "shop",
+        "halfway",
+        json!({
+            "duration": "2s",
+            "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "Fixed", "value": 2},
+            "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0}}]
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "shop");
+    wait_for(
+        "the first kill to go through",
+        Duration::from_secs(30),
+        || async {
+            let left = pods.list(&ListParams::default()).await.ok()?.items.len();
+            (left == 3).then_some(())
+        },
+    )
+    .await;
+    let stopped = h.experiments("shop").get("halfway").await.unwrap();
+    let mut second = None;
+    for target in &stopped.status.unwrap().targets {
+        if pods.get_opt(&target.name).await.unwrap().is_some() {
+            second = Some(target.name.clone());
+        }
+    }
+    let second = second.expect("the second target is still there");
+    let hold = json!({"metadata": {"finalizers": ["faultline.dev/test-hold"]}});
+    pods.patch(&second, &PatchParams::default(), &Patch::Merge(hold))
+        .await
+        .unwrap();
+    let graceful = DeleteParams {
+        grace_period_seconds: Some(30),
+        ..Default::default()
+    };
+    pods.delete(&second, &graceful).await.unwrap();
+    let terminating = pods.get(&second).await.unwrap().metadata;
+    assert!(terminating.deletion_timestamp.is_some(), "{terminating:?}");
+    assert_eq!(terminating.deletion_grace_period_seconds, Some(30));
+
+    h.crash_and_restart_controller().await;
+    let done = h.wait_phase("shop", "halfway", Phase::Succeeded).await;
+    let after = pods.get(&second).await.unwrap().metadata;
+    let release = json!({"metadata": {"finalizers": null}});
+    pods.patch(&second, &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        after.deletion_grace_period_seconds,
+        Some(0),
+        "the resumed kill asked for the fault's grace period: {after:?}"
+    );
+    let status = done.status.unwrap();
+    assert_eq!(
+        status.verdict,
+        Some(Verdict::Passed),
+        "{:?}",
+        status.message
+    );
+    let kills: Vec<&str> = status
+        .timeline
+        .iter()
+        .filter(|e| e.reason == "PodKilled")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(kills.len(), 2, "{kills:?}");
+    assert!(
+        kills.contains(&format!("deleted pod shop/{second}").as_str()),
+        "{kills:?}"
     );
     held.release();
     h.stop().await;

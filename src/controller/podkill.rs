@@ -27,16 +27,23 @@ pub enum KillOutcome {
     Gone,
 }
 
-/// Whether the kill recorded for this target already happened (the controller may have crashed
-/// between the kill and writing it down): the pod is gone, replaced, or terminating.
-pub async fn already_killed(pods: &Api<Pod>, record: &TargetRecord) -> Result<bool, kube::Error> {
-    Ok(match pods.get_opt(&record.name).await? {
-        None => true,
-        Some(pod) => {
-            pod.metadata.uid.as_deref() != Some(record.uid.as_str())
-                || pod.metadata.deletion_timestamp.is_some()
-        }
-    })
+/// Whether the kill recorded for this target is over (the controller may have stopped between
+/// the kill and writing it down): its pod is gone, or replaced under the same name.
+pub async fn kill_is_over(pods: &Api<Pod>, record: &TargetRecord) -> Result<bool, kube::Error> {
+    Ok(kill_is_over_for(
+        pods.get_opt(&record.name).await?.as_ref(),
+        record,
+    ))
+}
+
+/// [`kill_is_over`] once the pod is read. A pod still there under its UID is not done with,
+/// even terminating: the API server deletes in two steps (marks the pod, then removes it), so
+/// a kill cut off between them (its client killed) leaves the pod terminating with a grace
+/// period of 0, waiting for a kubelet that may never come, and a graceful delete by someone
+/// else may have a longer grace than the fault asks. Killing it again finishes the one and
+/// shortens the other; it never lengthens a grace period. Pure.
+pub fn kill_is_over_for(pod: Option<&Pod>, record: &TargetRecord) -> bool {
+    pod.is_none_or(|pod| pod.metadata.uid.as_deref() != Some(record.uid.as_str()))
 }
 
 /// Kills one target. `no_retry` must be a client without kube's default retry layer.
@@ -132,7 +139,7 @@ pub fn record_outcome(
 }
 
 /// Records a kill found done when the controller came back: it was under way when the
-/// controller stopped, and the pod is gone, replaced or terminating. Pure.
+/// controller stopped, and the pod is gone or replaced. Pure.
 pub fn record_resumed_kill(
     record: &mut TargetRecord,
     fault: &PodKillFault,
@@ -195,6 +202,30 @@ async fn evict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(uid: &str, terminating: bool) -> Pod {
+        serde_json::from_value(json!({"metadata": {
+            "name": "web-0", "namespace": "shop", "uid": uid,
+            "deletionTimestamp": terminating.then_some("2026-12-07T01:02:12Z"),
+            "deletionGracePeriodSeconds": terminating.then_some(0)}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_resumed_kill_is_over_only_when_its_pod_is_gone_or_replaced() {
+        let record = TargetRecord {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            uid: "uid-a".into(),
+            ..Default::default()
+        };
+        assert!(kill_is_over_for(None, &record));
+        assert!(kill_is_over_for(Some(&pod("uid-b", false)), &record));
+        assert!(kill_is_over_for(Some(&pod("uid-b", true)), &record));
+        assert!(!kill_is_over_for(Some(&pod("uid-a", false)), &record));
+        // Terminating under its UID: perhaps half deleted by the kill that was cut off.
+        assert!(!kill_is_over_for(Some(&pod("uid-a", true)), &record));
+    }
 
     #[test]
     fn a_refusal_quotes_the_budget() {

@@ -210,9 +210,9 @@ pub enum Decision {
     },
     /// A repeating pod kill is due: select targets afresh and kill them.
     KillAgain,
-    /// Pod kills were left under way: kill the recorded pods that are still there (one that
-    /// is gone, replaced or terminating was killed already) and record each kill, before the
-    /// injection counts as done.
+    /// Pod kills were left under way: kill the recorded pods that are still there, terminating
+    /// or not (one that is gone or replaced was killed already), and record each kill, before
+    /// the injection counts as done.
     FinishKills,
     /// Chaos is paused and nothing is injected yet: wait in Pending (targets are chosen
     /// afresh once chaos resumes).

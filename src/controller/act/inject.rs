@@ -513,8 +513,9 @@ async fn kill_recorded(
 
 /// Kills the `Injecting` records of the pod kills `due`, one at a time, and records each
 /// outcome in its record; returns the facts to publish. `resumed`: they were recorded by a
-/// reconcile that stopped, so a pod it may have killed already is looked at first and never
-/// killed twice.
+/// reconcile that stopped, so a pod it may have killed already is looked at first: one gone or
+/// replaced is recorded as killed, one still there (even terminating) is killed again, which
+/// finishes a deletion cut off halfway and never lengthens a grace period.
 async fn kill_each(
     ctx: &Context,
     experiment: &ChaosExperiment,
@@ -540,7 +541,7 @@ async fn kill_each(
         };
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &record.namespace);
         let fact = if resumed
-            && podkill::already_killed(&pods, record)
+            && podkill::kill_is_over(&pods, record)
                 .await
                 .map_err(Error::Observe)?
         {
