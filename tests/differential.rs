@@ -713,3 +713,141 @@ async fn fields_an_apply_stops_carrying_go_as_on_the_real_server() {
         real.shutdown().await;
     }
 }
+
+/// Server-side apply's conflicts, side by side, in the steps of leader election on a Lease: a
+/// second replica applying itself as holder is refused (409, a cause per field, the real
+/// server's message), an unchanged value is shared, a manager's own `Update` entry conflicts
+/// with its apply, fields a patch removed conflict with nobody, and a forced apply takes over.
+/// The sandbox answers each step as the real server does.
+// Multi-threaded: the embedded API server answers on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_changes_another_managers_field_is_refused_as_on_the_real_server() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+
+    let sandbox = sandbox_with_crds().await;
+    let mut clients = vec![("sandbox", sandbox.client().await)];
+    let real = if real_cluster_requested() {
+        let real = TestCluster::start().await;
+        clients.push(("real", real.client().await));
+        Some(real)
+    } else {
+        None
+    };
+    let holder = |who: &str, at: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "race"},
+               "spec": {"holderIdentity": who, "leaseDurationSeconds": 6,
+                        "acquireTime": at, "renewTime": at}})
+    };
+    let apply = |manager: &str| PatchParams::apply(manager);
+    let update = |manager: &str| PatchParams {
+        field_manager: Some(manager.into()),
+        ..Default::default()
+    };
+    let mut answers: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, client) in &clients {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+        let _ = leases.delete("race", &DeleteParams::default()).await;
+        let empty: Lease = serde_json::from_value(json!({"metadata": {"name": "race"}})).unwrap();
+        leases.create(&PostParams::default(), &empty).await.unwrap();
+        let steps: Vec<(PatchParams, Patch<Value>)> = vec![
+            (
+                apply("lm-a"),
+                Patch::Apply(holder("a", "2026-12-07T01:00:00.000000Z")),
+            ),
+            (
+                apply("lm-b"),
+                Patch::Apply(holder("b", "2026-12-07T01:00:01.000000Z")),
+            ),
+            (
+                apply("lm-b"),
+                Patch::Apply(
+                    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "race"}, "spec": {"leaseDurationSeconds": 6}}),
+                ),
+            ),
+            (
+                update("upd-a"),
+                Patch::Strategic(json!({"spec": {"renewTime": "2026-12-07T01:00:04.000000Z"}})),
+            ),
+            (
+                apply("lm-a"),
+                Patch::Apply(
+                    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "race"},
+                    "spec": {"renewTime": "2026-12-07T01:00:08.000000Z"}}),
+                ),
+            ),
+            (
+                update("lm-b"),
+                Patch::Strategic(json!({"spec": {"holderIdentity": null, "acquireTime": null,
+                    "renewTime": null}})),
+            ),
+            (
+                apply("lm-b"),
+                Patch::Apply(holder("b", "2026-12-07T01:00:09.000000Z")),
+            ),
+            (
+                apply("lm-a").force(),
+                Patch::Apply(holder("a", "2026-12-07T01:00:10.000000Z")),
+            ),
+        ];
+        let mut seen = Vec::new();
+        for (params, patch) in &steps {
+            seen.push(match leases.patch("race", params, patch).await {
+                Ok(lease) => format!(
+                    "ok: held by {:?}",
+                    lease.spec.and_then(|s| s.holder_identity)
+                ),
+                Err(kube::Error::Api(status)) => {
+                    // The real server lists the causes of several managers in any order.
+                    let mut causes: Vec<String> = status
+                        .details
+                        .map(|d| d.causes)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|c| format!("{} {} {}", c.reason, c.field, c.message))
+                        .collect();
+                    causes.sort();
+                    format!(
+                        "{} {}: {} {causes:?}",
+                        status.code, status.reason, status.message
+                    )
+                }
+                Err(other) => format!("error: {other}"),
+            });
+        }
+        leases
+            .delete("race", &DeleteParams::default())
+            .await
+            .unwrap();
+        answers.push((*name, seen));
+    }
+    let sandbox_answers = &answers[0].1;
+    assert!(sandbox_answers[0].starts_with("ok"), "{sandbox_answers:#?}");
+    assert!(
+        sandbox_answers[1].starts_with(
+            "409 Conflict: Apply failed with 3 conflicts: conflicts with \"lm-a\":\n\
+             - .spec.acquireTime\n- .spec.holderIdentity\n- .spec.renewTime"
+        ),
+        "{sandbox_answers:#?}"
+    );
+    assert!(sandbox_answers[2].starts_with("ok"), "{sandbox_answers:#?}");
+    assert!(
+        sandbox_answers[4].starts_with(
+            "409 Conflict: Apply failed with 1 conflict: conflict with \"upd-a\" using coordination.k8s.io/v1: .spec.renewTime"
+        ),
+        "{sandbox_answers:#?}"
+    );
+    assert_eq!(sandbox_answers[6], "ok: held by Some(\"b\")");
+    assert_eq!(sandbox_answers[7], "ok: held by Some(\"a\")");
+    if let [(_, sandbox_seen), (_, real_seen)] = answers.as_slice() {
+        assert_eq!(sandbox_seen, real_seen, "the sandbox, then the real server");
+    }
+    sandbox.shutdown().await;
+    if let Some(real) = real {
+        real.shutdown().await;
+    }
+}

@@ -21,6 +21,7 @@
 //! All state sits behind one mutex: requests are short and strictly serialised, which is what
 //! makes resourceVersion ordering and watch delivery trivially consistent.
 
+mod apply_conflicts;
 mod crd;
 mod defaults;
 mod discovery;
@@ -246,6 +247,7 @@ impl ApiServer {
                 validation: request::FieldValidation::Strict,
                 manager: "faultline-sandbox".into(),
                 apply: false,
+                force: false,
                 patched: false,
                 warnings: vec![],
             };

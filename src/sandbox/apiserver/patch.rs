@@ -12,7 +12,8 @@
 //!   for built-in kinds; the handler answers 415 for custom resources like the real server.
 //! * Server-side apply is simplified to merge semantics: the applied configuration is merged
 //!   into the live object (strategic rules for built-ins, merge-patch rules for custom
-//!   resources, except that `null` is kept out) and no ownership conflicts are detected.
+//!   resources, except that `null` is kept out). A non-forced apply that would change a
+//!   scalar field another manager owns is refused as on the real server (`apply_conflicts`).
 //!   managedFields entries are recorded (see `managed_fields`), with a simplified `fieldsV1` set
 //!   derived from the request body (object keys; a list is one field). On custom resources, a
 //!   field the manager applied before and leaves out now is removed unless another entry owns

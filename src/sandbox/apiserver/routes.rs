@@ -162,6 +162,7 @@ fn resource(
             validation: params.field_validation()?,
             manager: meta::update_manager(params.get("fieldManager"), Some(&header("user-agent"))),
             apply: false,
+            force: params.get("force") == Some("true"),
             patched: false,
             warnings: vec![],
         })

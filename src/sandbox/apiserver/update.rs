@@ -281,6 +281,7 @@ pub fn patch(
         }
         "strategic" => patch::strategic_merge(&mut doc, &patch_body).map_err(patch_failed)?,
         _ => {
+            let before = doc.clone();
             let checked = check_type_meta(t, patch_body.clone())?;
             patch::apply_merge(&mut doc, &checked, !t.def.is_custom()).map_err(patch_failed)?;
             if t.def.is_custom() {
@@ -299,6 +300,18 @@ pub fn patch(
                     scope,
                     &checked,
                 );
+            }
+            if !ctx.force {
+                let conflicts = super::apply_conflicts::find(
+                    &before,
+                    &doc,
+                    &old["metadata"]["managedFields"],
+                    &ctx.manager,
+                    t.sub.as_deref(),
+                );
+                if !conflicts.is_empty() {
+                    return Err(super::apply_conflicts::refusal(&conflicts));
+                }
             }
             // An apply never carries a precondition of its own unless it names a resourceVersion.
         }

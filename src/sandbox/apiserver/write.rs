@@ -27,6 +27,8 @@ pub struct WriteCtx {
     pub manager: String,
     /// Whether this write is a server-side apply (managedFields operation `Apply`).
     pub apply: bool,
+    /// A forced apply (`force=true`): it takes the fields other managers own.
+    pub force: bool,
     /// Whether the object came from a merge or JSON patch (an unknown field is then a 422 on
     /// `patch`, not a 400).
     pub patched: bool,
