@@ -49,7 +49,7 @@ impl Replica {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", identity)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_of(identity))
             .spawn()
             .expect("start faultline controller");
         Replica {
@@ -64,6 +64,21 @@ impl Replica {
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status();
     }
+}
+
+/// Where a replica's log goes: appended to `$FAULTLINE_REPLICA_LOGS/<identity>.log` when set
+/// (to find out afterwards what each replica believed), nowhere otherwise.
+fn log_of(identity: &str) -> Stdio {
+    let Some(dir) = std::env::var_os("FAULTLINE_REPLICA_LOGS") else {
+        return Stdio::null();
+    };
+    let path = Path::new(&dir).join(format!("{identity}.log"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map(Stdio::from)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Who holds the controllers' lease, if anyone.
