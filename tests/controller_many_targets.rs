@@ -32,14 +32,18 @@ async fn stored_status(h: &Harness, name: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_past_the_plain_list_runs_and_aborts_with_its_records_packed() {
-    let h = Harness::start().await;
+    // Production's injection timeout: on a loaded machine the stand-in agent once took over
+    // the tests' 5 s to apply 120 FaultInjections, and the experiment aborted.
+    let h = Harness::start_with_production_timeout().await;
     h.namespace("shop", true).await;
     for i in 0..PODS {
         let ip = format!("10.244.{}.{}", 1 + i / 200, 10 + i % 200);
         h.pod("shop", &format!("web-{i}"), "web", &ip).await;
     }
     h.create("shop", "wide", latency_spec("10m")).await;
-    let running = h.wait_phase("shop", "wide", Phase::Running).await;
+    let running = h
+        .wait_phase_within("shop", "wide", Phase::Running, Duration::from_secs(90))
+        .await;
     let status = running.status.unwrap();
     assert_eq!(status.target_count, PODS as i32);
     assert_eq!(status.targets.len(), PODS);

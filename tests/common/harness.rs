@@ -142,6 +142,14 @@ impl Harness {
         .await
     }
 
+    /// The controller with scripted probes and the injection timeout of production (30 s):
+    /// for an experiment of many targets, whose FaultInjections the stand-in agent of a loaded
+    /// machine may take longer than the tests' 5 s to apply.
+    pub async fn start_with_production_timeout() -> Harness {
+        let production = faultline::controller::Settings::default().injection_timeout;
+        Self::start_full(false, "faultline-system", true, None, production).await
+    }
+
     /// The controller with scripted probes, its clients made by `make` (e.g. with a layer
     /// that loses responses), and the injection timeout of production (30 s): its retries
     /// need the time a real controller has.
@@ -276,16 +284,24 @@ impl Harness {
     }
 
     pub async fn wait_phase(&self, namespace: &str, name: &str, phase: Phase) -> ChaosExperiment {
+        // Generous: a whole lifecycle on a real control plane beside another test run.
+        self.wait_phase_within(namespace, name, phase, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`Harness::wait_phase`], waiting up to `timeout`.
+    pub async fn wait_phase_within(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: Phase,
+        timeout: Duration,
+    ) -> ChaosExperiment {
         let api = self.experiments(namespace);
-        wait_for(
-            &format!("{name} to reach {phase:?}"),
-            // Generous: a whole lifecycle on a real control plane beside another test run.
-            Duration::from_secs(30),
-            || async {
-                let e = api.get_opt(name).await.ok().flatten()?;
-                (e.status.as_ref()?.phase == phase).then_some(e)
-            },
-        )
+        wait_for(&format!("{name} to reach {phase:?}"), timeout, || async {
+            let e = api.get_opt(name).await.ok().flatten()?;
+            (e.status.as_ref()?.phase == phase).then_some(e)
+        })
         .await
     }
 
