@@ -209,9 +209,10 @@ fn jitter_spreads_the_delay_within_its_range() {
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, h), &a| (l.min(a), h.max(a)));
     // Uniform in [20, 40] ms. Never below (nothing is released early); above only by what
-    // scheduling adds on a busy machine (CI runs suites side by side: a packet once took
-    // 47.8 ms), so the top is judged by the 90th percentile (38 ms when uniform; a delay
-    // applied twice would put it near 76), the maximum only against gross errors.
+    // scheduling adds on a busy machine (CI runs suites side by side: packets once took
+    // 47.8 and 134 ms), so the top is judged by the 90th percentile (38 ms when uniform; a
+    // delay applied twice would put it near 76), the maximum only against a delay in the
+    // wrong unit.
     // The floor is judged on raw round trips: a correct delay never gives one under 20 ms,
     // whatever the baseline measured beside it under another load.
     let fastest = during.iter().map(|d| ms(*d)).fold(f64::MAX, f64::min);
@@ -219,7 +220,7 @@ fn jitter_spreads_the_delay_within_its_range() {
         fastest >= 19.5,
         "a round trip took {fastest:.2} ms (added {low:.2} ms)"
     );
-    assert!(high <= 100.0, "a packet was delayed {high:.2} ms");
+    assert!(high <= 1000.0, "a packet was delayed {high:.2} ms");
     let p10 = ms(quantile(&during, 0.1)) - before;
     let p90 = ms(quantile(&during, 0.9)) - before;
     assert!(
