@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
-use super::{Context, Result, remove_finalizer};
+use super::{Context, Next, Result, Turn, finalizer::remove_finalizer, revert};
 use crate::{
     api::{
         ChaosExperiment, ChaosExperimentStatus, ConditionStatus, GoDuration, Phase, TargetRecord,
@@ -20,6 +20,21 @@ pub(super) struct Verdict {
     pub verdict: crate::api::Verdict,
     pub reason: &'static str,
     pub message: String,
+}
+
+/// Ends the experiment as decided.
+pub(super) async fn decided(turn: &mut Turn<'_>, verdict: Verdict) -> Result<Next> {
+    let status = &mut turn.status;
+    if let Some((cause, _)) = &turn.observed.abort_begun
+        && matches!(status.phase, Phase::Injecting | Phase::Running)
+    {
+        // An abort whose receipts came in before its Aborting status was written: the
+        // verdict's write carries both. Its Event went out when it began.
+        let begun = crate::lifecycle::abort_begun(&turn.observed, cause);
+        revert::mark_aborting(status, cause, &begun);
+    }
+    conclude(turn.ctx, turn.experiment, status, verdict, turn.now).await?;
+    Ok(Next::Continue(None))
 }
 
 /// Ends the experiment with `verdict`, stops its probes and releases its finalizer. Only for
@@ -38,7 +53,7 @@ pub(super) async fn conclude(
     // experiment that never reverted made none; one a restarted controller did not see
     // revert is cleaned up by the next reconcile, from the FaultInjections it finds.)
     if ctx.caches.reverts.get(&uid).is_some_and(|a| !a.deletion) {
-        super::delete_injections(ctx, experiment);
+        revert::delete_injections(ctx, experiment);
     }
     ctx.caches.probe_writes.remove(&uid);
     ctx.caches.status_writes.remove(&uid);

@@ -67,7 +67,7 @@ pub(super) async fn inject_all(
     facts.extend(created.facts);
     status::note_all(ctx, experiment, status, facts).await;
     if let Some(abort) = &created.abort {
-        super::revert_all_announcing(ctx, experiment, Some(abort)).await?;
+        super::revert::revert_all_announcing(ctx, experiment, Some(abort)).await?;
     }
     written_then(ctx, experiment, status, created.failure).await
 }
@@ -118,7 +118,7 @@ pub(super) async fn create_missing(
     let created = create_injections(ctx, experiment, status, missing, now).await;
     status::note_all(ctx, experiment, status, created.facts).await;
     if let Some(abort) = &created.abort {
-        super::revert_all_announcing(ctx, experiment, Some(abort)).await?;
+        super::revert::revert_all_announcing(ctx, experiment, Some(abort)).await?;
     }
     written_then(ctx, experiment, status, created.failure).await
 }
