@@ -5,12 +5,17 @@
 //! the background and returns once the API answers. The state file in the state directory
 //! (`.faultline/sandbox.json`) tells `down` and `status` where the sandbox is.
 //!
-//! Pods: as root, every pod is a real `faultline demo-app` process in its own network namespace
-//! on a bridge (see [`realpod`]), unless `--simulated-pods`; without root pods are simulated
-//! (nothing runs, network faults cannot be injected). Real pods use one of the machine's
-//! sandbox slots (slot 0: bridge `flsbx0`, 10.244.0.0/16, namespaces `flsbx-*`, cgroup
-//! `faultline-sandbox`), held with a lock for the life of `up`; `down` removes whatever an
-//! unheld slot left behind, so a crashed `up` leaves nothing once `down` ran.
+//! Pods (see `pods`): as root, every pod is a real `faultline demo-app` process in its own
+//! network namespace on a bridge (see [`crate::sandbox::workloads::realpod`]), unless
+//! `--simulated-pods`; without root pods are simulated (nothing runs, network faults cannot be
+//! injected). Real pods use one of the machine's sandbox slots (slot 0: bridge `flsbx0`,
+//! 10.244.0.0/16, namespaces `flsbx-*`, cgroup `faultline-sandbox`), held with a lock for the
+//! life of `up`; `down` removes whatever an unheld slot left behind, so a crashed `up` leaves
+//! nothing once `down` ran.
+
+mod api;
+mod manifests;
+mod pods;
 
 use std::{
     path::{Path, PathBuf},
@@ -26,12 +31,11 @@ use crate::{
     api::{NAMESPACE_OPT_IN_LABEL, NAMESPACE_OPT_IN_VALUE},
     controller::{self, probe_hub::ProbeHub},
     manifest,
-    sandbox::apiserver::{ApiServer, ApiServerOptions},
-    sandbox::workloads::{
-        ControlPlane, PodRuntime, WorkloadOptions, Workloads,
-        realpod::{self, RealPodConfig, RealPods, SlotLease},
-    },
+    sandbox::workloads::{ControlPlane, WorkloadOptions, Workloads, realpod::RealPodConfig},
 };
+use api::Api;
+use manifests::{APPLY_READY_WAIT, apply_in_order};
+use pods::{choose_pods, remove_leftover_pods, remove_own_slot_pods};
 
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
@@ -264,254 +268,6 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// The Kubernetes API the sandbox serves or attaches to.
-enum Api {
-    /// The embedded API server, started by the sandbox.
-    Embedded(ApiServer),
-    /// A running control plane, reached through its kubeconfig (boxed: a kube::Config is
-    /// over a kilobyte, the embedded server a handle).
-    Attached { config: Box<kube::Config> },
-}
-
-impl Api {
-    /// `pod_logs`: where real pods' output is, for `kubectl logs`.
-    async fn embedded(port: u16, pod_logs: Option<PathBuf>) -> anyhow::Result<Api> {
-        let server = ApiServer::start_with_options(ApiServerOptions {
-            port,
-            pod_logs,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("starting the API server on 127.0.0.1:{port}"))?;
-        Ok(Api::Embedded(server))
-    }
-
-    async fn attach(kubeconfig: &Path) -> anyhow::Result<Api> {
-        let kubeconfig_file =
-            kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| {
-                format!("reading the cluster's kubeconfig {}", kubeconfig.display())
-            })?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig_file, &Default::default())
-            .await
-            .with_context(|| format!("using the kubeconfig {}", kubeconfig.display()))?;
-        let client = kube::Client::try_from(config.clone())?;
-        let version = client.apiserver_version().await.with_context(|| {
-            format!(
-                "no API server answers at {} (is the cluster up? `scripts/cluster.sh up`)",
-                config.cluster_url
-            )
-        })?;
-        tracing::info!(version = %version.git_version, "attached to a running control plane");
-        Ok(Api::Attached {
-            config: Box::new(config),
-        })
-    }
-
-    fn control_plane(&self) -> ControlPlane {
-        match self {
-            Api::Embedded(_) => ControlPlane::Simulated,
-            Api::Attached { .. } => ControlPlane::Real,
-        }
-    }
-
-    async fn client(&self) -> anyhow::Result<kube::Client> {
-        match self {
-            Api::Embedded(server) => Ok(server.client().await),
-            Api::Attached { config } => Ok(kube::Client::try_from(config.as_ref().clone())?),
-        }
-    }
-
-    fn client_config(&self) -> anyhow::Result<kube::Config> {
-        match self {
-            Api::Embedded(server) => Ok(server.client_config()),
-            Api::Attached { config } => Ok(config.as_ref().clone()),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Api::Embedded(server) => server.url(),
-            Api::Attached { config } => config.cluster_url.to_string(),
-        }
-    }
-}
-
-/// How the sandbox runs its pods.
-enum Pods {
-    Simulated {
-        why: &'static str,
-    },
-    Real {
-        pods: std::sync::Arc<RealPods>,
-        /// Held until the sandbox ends: the slot's names are ours meanwhile.
-        lease: SlotLease,
-    },
-}
-
-/// Real pods as root unless asked otherwise (and a slot is free); simulated ones otherwise.
-async fn choose_pods(state_dir: &Path, simulated: bool) -> anyhow::Result<Pods> {
-    if simulated {
-        return Ok(Pods::Simulated {
-            why: "--simulated-pods",
-        });
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(Pods::Simulated { why: "not root" });
-    }
-    let Some(lease) = realpod::claim_slot().context("claiming a sandbox slot")? else {
-        return Ok(Pods::Simulated {
-            why: "every real-pod slot of this machine is in use",
-        });
-    };
-    let mut config = RealPodConfig::slot(
-        lease.slot(),
-        std::env::current_exe().context("finding the faultline binary")?,
-    );
-    config.log_dir = Some(state_dir.join("pods"));
-    config.hosts_file = Some(crate::sandbox::node_agent::hosts_file(state_dir));
-    // Whatever is left under our slot's names is from a sandbox that crashed: nobody held it.
-    let leftover = config.clone();
-    let cleaned = tokio::task::spawn_blocking(move || realpod::cleanup(&leftover))
-        .await?
-        .context("removing what an earlier sandbox left behind")?;
-    if !cleaned.is_empty() {
-        println!("removed what an earlier sandbox left behind: {cleaned}");
-    }
-    let pods = RealPods::new(config).context("starting the pod runtime")?;
-    Ok(Pods::Real { pods, lease })
-}
-
-impl Pods {
-    /// Where real pods' containers write their output; `None` for simulated pods.
-    fn log_dir(&self) -> Option<PathBuf> {
-        match self {
-            Pods::Simulated { .. } => None,
-            Pods::Real { pods, .. } => pods.config().log_dir.clone(),
-        }
-    }
-
-    /// The prefix of the real pods' network namespaces; `None` for simulated pods.
-    fn netns_prefix(&self) -> Option<String> {
-        match self {
-            Pods::Simulated { .. } => None,
-            Pods::Real { pods, .. } => Some(pods.config().netns_prefix.clone()),
-        }
-    }
-
-    fn runtime(&self) -> PodRuntime {
-        match self {
-            Pods::Simulated { .. } => PodRuntime::Simulated,
-            Pods::Real { pods, .. } => PodRuntime::Real(pods.clone()),
-        }
-    }
-
-    fn slot(&self) -> Option<u8> {
-        match self {
-            Pods::Simulated { .. } => None,
-            Pods::Real { lease, .. } => Some(lease.slot()),
-        }
-    }
-
-    fn describe(&self, state_dir: &Path) -> String {
-        match self {
-            Pods::Simulated { why } => format!(
-                "simulated ({why}): nothing runs in them, and network faults will be refused \
-                 (no node agent runs); run as root for real pods"
-            ),
-            Pods::Real { pods, .. } => {
-                let config = pods.config();
-                format!(
-                    "real: `faultline demo-app` processes in network namespaces {}*, on bridge \
-                     {} ({}; logs in {}); the node agent applies network faults in them",
-                    config.netns_prefix,
-                    config.bridge,
-                    config.pod_cidr(),
-                    state_dir.join("pods").display()
-                )
-            }
-        }
-    }
-
-    /// Removes the bridge and cgroups (the pods themselves are stopped by the simulator).
-    async fn clean_up(self) {
-        let Pods::Real { pods, lease } = self else {
-            return;
-        };
-        let config = pods.config().clone();
-        match tokio::task::spawn_blocking(move || realpod::cleanup(&config)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("warning: the pod network was not fully removed: {e}"),
-            Err(e) => eprintln!("warning: removing the pod network failed: {e}"),
-        }
-        drop(lease);
-    }
-}
-
-/// How long `--apply` waits for the Deployments it applied to be Ready before it applies the
-/// chaos resources.
-const APPLY_READY_WAIT: Duration = Duration::from_secs(30);
-
-/// Applies the manifests: workloads first, then, once the Deployments among them are Ready
-/// ([`APPLY_READY_WAIT`] at most), the chaos resources, so that an experiment applied together
-/// with its targets finds them. Deployments it did not apply (a real cluster's own) are not
-/// waited for.
-async fn apply_in_order(client: &kube::Client, paths: &[PathBuf]) -> anyhow::Result<()> {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use kube::ResourceExt;
-    use kube::api::Api;
-    let mut chaos = Vec::new();
-    let mut deployments: Vec<(String, String)> = Vec::new();
-    for path in paths {
-        for (name, text) in read_manifests(path)? {
-            let objects = manifest::parse_documents(&name, &text)?;
-            let (faultline, others): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| {
-                o.types
-                    .as_ref()
-                    .is_some_and(|t| t.api_version.starts_with("faultline.dev/"))
-            });
-            for applied in manifest::apply_all(client, &name, &others, "default").await? {
-                println!("applied {applied} ({name})");
-            }
-            deployments.extend(
-                others
-                    .iter()
-                    .filter(|o| {
-                        o.types
-                            .as_ref()
-                            .is_some_and(|t| t.api_version == "apps/v1" && t.kind == "Deployment")
-                    })
-                    .map(|o| {
-                        (
-                            o.namespace().unwrap_or_else(|| "default".into()),
-                            o.name_any(),
-                        )
-                    }),
-            );
-            chaos.push((name, faultline));
-        }
-    }
-    let deadline = tokio::time::Instant::now() + APPLY_READY_WAIT;
-    for (namespace, name) in deployments {
-        let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-        loop {
-            let ready = api.get_opt(&name).await?.is_none_or(|d| {
-                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                d.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= want
-            });
-            if ready || tokio::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    for (name, objects) in chaos {
-        for applied in manifest::apply_all(client, &name, &objects, "default").await? {
-            println!("applied {applied} ({name})");
-        }
-    }
-    Ok(())
-}
-
 /// The sandbox's `default` namespace is opted in to chaos so that the examples run as they are;
 /// `faultline-system` holds the controller's pause switch.
 async fn prepare_namespaces(client: &kube::Client) -> anyhow::Result<()> {
@@ -558,40 +314,6 @@ fn run_controller(
         stop,
     ))
 }
-
-/// Every manifest under `path`: the file itself, or the `.yaml`/`.yml` files of a directory
-/// (recursively, sorted, so the order is stable).
-pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let mut files = Vec::new();
-    collect_yaml_files(path, &mut files)?;
-    files.sort();
-    files
-        .into_iter()
-        .map(|file| {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            Ok((file.display().to_string(), text))
-        })
-        .collect()
-}
-
-fn collect_yaml_files(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            let entry = entry?.path();
-            let is_yaml = entry.extension().is_some_and(|e| e == "yaml" || e == "yml");
-            if entry.is_dir() || is_yaml {
-                collect_yaml_files(&entry, files)?;
-            }
-        }
-    } else {
-        files.push(path.to_path_buf());
-    }
-    Ok(())
-}
-
 fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(state_dir)?;
     let log_path = state_dir.join("sandbox.log");
@@ -692,40 +414,6 @@ fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     remove_leftover_pods()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// As root: removes what the stopped sandbox left in its own slot, waiting a little for a
-/// process that holds the slot for a moment (another `down` cleaning it, a check) to let go.
-fn remove_own_slot_pods(slot: u8) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    match realpod::cleanup_slot_when_free(slot, Duration::from_secs(10))
-        .with_context(|| format!("removing the pods of sandbox slot {slot}"))?
-    {
-        Some(cleaned) if !cleaned.is_empty() => {
-            println!("removed leftovers of sandbox slot {slot}: {cleaned}")
-        }
-        Some(_) => {}
-        None => println!(
-            "sandbox slot {slot} is in use by a sandbox started since; it cleaned the slot when it claimed it"
-        ),
-    }
-    Ok(())
-}
-
-/// As root: removes the namespaces, veths, bridges and cgroups of every slot no running sandbox
-/// holds (a sandbox that was killed, or crashed, leaves them). Idempotent.
-fn remove_leftover_pods() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    for (slot, cleaned) in
-        realpod::cleanup_unclaimed_slots().context("removing leftover sandbox pods")?
-    {
-        println!("removed leftovers of sandbox slot {slot}: {cleaned}");
-    }
-    Ok(())
 }
 
 fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
