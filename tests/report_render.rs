@@ -439,6 +439,44 @@ fn html_of_an_aborted_run_has_the_svg_timeline_the_abort_and_the_tables() {
     }
 }
 
+#[test]
+fn html_and_markdown_summaries_show_the_same_rows_with_the_same_times() {
+    let experiment = aborted();
+    let page = html::render(&experiment, t(8000));
+    let text = markdown::render(&experiment);
+    let html_rows: Vec<(&str, &str)> = page
+        .split("<dt>")
+        .skip(1)
+        .map(|rest| {
+            let (key, rest) = rest.split_once("</dt><dd>").unwrap();
+            (key, &rest[..rest.find("</dd>").unwrap()])
+        })
+        .collect();
+    let markdown_rows: Vec<(&str, &str)> = text
+        .lines()
+        .skip_while(|line| *line != "| --- | --- |")
+        .skip(1)
+        .take_while(|line| line.starts_with("| "))
+        .map(|line| {
+            let (key, value) = line[2..line.len() - 2].split_once(" | ").unwrap();
+            (key, value)
+        })
+        .collect();
+    let keys = |rows: &[(&str, &str)]| rows.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(keys(&html_rows), keys(&markdown_rows));
+    for row in [
+        "Started",
+        "Faults injected",
+        "Faults reverted",
+        "Abort started",
+    ] {
+        let value =
+            |rows: &[(&str, &str)]| rows.iter().find(|(k, _)| *k == row).unwrap().1.to_string();
+        assert_ne!(value(&html_rows), "-", "{row} has a time in {html_rows:?}");
+        assert_eq!(value(&html_rows), value(&markdown_rows), "{row}");
+    }
+}
+
 // A failover left no checks from +2s to +4.5s: the timeline shows a labelled band over the
 // probe lanes (its tooltip says why), and the summary says when and why.
 #[test]

@@ -100,47 +100,7 @@ fn write_experiment(out: &mut String, experiment: &ChaosExperiment, h: &str) {
 }
 
 fn write_summary(out: &mut String, s: &ExperimentSummary) {
-    let when = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "-".into(), time);
-    let mut rows: Vec<(&str, String)> = vec![
-        ("Verdict", verdict_text(s)),
-        ("Reason", or_dash(s.reason.as_deref()).into()),
-        ("Phase", format!("{:?}", s.phase)),
-        ("Duration", s.duration.clone()),
-        (
-            "Targets",
-            format!(
-                "{} selected, {} injected, {} skipped, {} failed{}{}",
-                s.target_count,
-                s.targets_injected,
-                s.targets_skipped,
-                s.targets_failed,
-                super::text::left_text(s),
-                super::text::rounds_text(s)
-            ),
-        ),
-        ("Started", when(s.started_at)),
-        ("Faults injected", when(s.injected_at)),
-        ("Faults reverted", when(s.reverted_at)),
-        ("Finished", when(s.finished_at)),
-        ("Elapsed", or_dash(s.elapsed.as_deref()).into()),
-        ("Fault window", or_dash(s.fault_window.as_deref()).into()),
-        ("Abort started", when(s.abort_started_at)),
-        ("Abort reason", or_dash(s.abort_reason.as_deref()).into()),
-        ("Abort latency", or_dash(s.abort_latency.as_deref()).into()),
-        ("Recovery time", or_dash(s.recovery_time.as_deref()).into()),
-    ];
-    for gap in &s.probe_gaps {
-        rows.push((
-            "Gap in the probe checks",
-            super::text::gap_text(gap, s.started_at),
-        ));
-    }
-    if s.dry_run {
-        rows.insert(1, ("Dry run", "yes: nothing was injected".into()));
-    }
-    if let Some(failure) = &s.failure {
-        rows.insert(1, ("Failure", failure.clone()));
-    }
+    let rows = super::text::summary_rows(s, verdict_text(s));
     out.push_str("| | |\n| --- | --- |\n");
     for (key, value) in rows {
         let _ = writeln!(out, "| {key} | {} |", cell(&value));

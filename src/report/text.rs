@@ -128,6 +128,49 @@ pub fn left_text(s: &super::ExperimentSummary) -> String {
     }
 }
 
+/// The summary's rows, in the order both reports show them; `verdict` as the format writes it.
+pub fn summary_rows(s: &super::ExperimentSummary, verdict: String) -> Vec<(&'static str, String)> {
+    let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".into(), time);
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Verdict", verdict),
+        ("Reason", or_dash(s.reason.as_deref()).into()),
+        ("Phase", format!("{:?}", s.phase)),
+        ("Duration", s.duration.clone()),
+        (
+            "Targets",
+            format!(
+                "{} selected, {} injected, {} skipped, {} failed{}{}",
+                s.target_count,
+                s.targets_injected,
+                s.targets_skipped,
+                s.targets_failed,
+                left_text(s),
+                rounds_text(s)
+            ),
+        ),
+        ("Started", when(s.started_at)),
+        ("Faults injected", when(s.injected_at)),
+        ("Faults reverted", when(s.reverted_at)),
+        ("Finished", when(s.finished_at)),
+        ("Elapsed", or_dash(s.elapsed.as_deref()).into()),
+        ("Fault window", or_dash(s.fault_window.as_deref()).into()),
+        ("Abort started", when(s.abort_started_at)),
+        ("Abort reason", or_dash(s.abort_reason.as_deref()).into()),
+        ("Abort latency", or_dash(s.abort_latency.as_deref()).into()),
+        ("Recovery time", or_dash(s.recovery_time.as_deref()).into()),
+    ];
+    for gap in &s.probe_gaps {
+        rows.push(("Gap in the probe checks", gap_text(gap, s.started_at)));
+    }
+    if s.dry_run {
+        rows.insert(1, ("Dry run", "yes: nothing was injected".into()));
+    }
+    if let Some(failure) = &s.failure {
+        rows.insert(1, ("Failure", failure.clone()));
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
