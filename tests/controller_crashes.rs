@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use common::{
     disturbed::Workload,
+    harness::Harness,
+    held_responses::HeldResponses,
     replicas::{Replica, ReplicaBed},
     wait_for,
 };
@@ -76,15 +78,13 @@ async fn a_crash_looping_controller_kills_each_target_once_and_leaves_no_fault()
     bed.shutdown().await;
 }
 
-// The worst moment, made on purpose: the answer to the first pod's delete is held back, so the
-// controller has killed it and recorded nothing, and then it dies. The next controller finds
-// both kills under way: it records the first as done (the pod is gone) and kills the second,
-// never a third pod.
-#[tokio::test]
-async fn a_controller_stopped_between_a_kill_and_its_record_finishes_the_kills_without_repeating_one()
- {
-    let held = common::held_responses::HeldResponses::new(&["/pods/"]);
-    let mut h = common::harness::Harness::start_holding(&held).await;
+/// The experiment `shop/halfway` (two of four `web` pods, grace 0) with its first kill done and
+/// not recorded: the controller's answers about single pods are held back, so its first delete
+/// reached the server and it still waits for the reply. The held answers come back with the
+/// harness and the shop's pods: dropped, they would let the reply through.
+async fn halfway_through_two_kills() -> (HeldResponses, Harness, Api<Pod>) {
+    let held = HeldResponses::new(&["/pods/"]);
+    let h = Harness::start_holding(&held).await;
     common::harness::shop_with_web_pods(&h, 4).await;
     h.create(
         "shop",
@@ -106,6 +106,17 @@ async fn a_controller_stopped_between_a_kill_and_its_record_finishes_the_kills_w
         },
     )
     .await;
+    (held, h, pods)
+}
+
+// The worst moment, made on purpose: the answer to the first pod's delete is held back, so the
+// controller has killed it and recorded nothing, and then it dies. The next controller finds
+// both kills under way: it records the first as done (the pod is gone) and kills the second,
+// never a third pod.
+#[tokio::test]
+async fn a_controller_stopped_between_a_kill_and_its_record_finishes_the_kills_without_repeating_one()
+ {
+    let (held, mut h, pods) = halfway_through_two_kills().await;
     let experiments = h.experiments("shop");
     let stopped = experiments.get("halfway").await.unwrap().status.unwrap();
     assert_eq!(stopped.phase, Phase::Injecting);
@@ -159,29 +170,7 @@ async fn a_controller_stopped_between_a_kill_and_its_record_finishes_the_kills_w
 // next controller must not take it for dead: it kills it as the fault asks (grace 0).
 #[tokio::test]
 async fn a_target_left_terminating_when_the_controller_stopped_is_killed_as_the_fault_asks() {
-    let held = common::held_responses::HeldResponses::new(&["/pods/"]);
-    let mut h = common::harness::Harness::start_holding(&held).await;
-    common::harness::shop_with_web_pods(&h, 4).await;
-    h.create(
-        "shop",
-        "halfway",
-        json!({
-            "duration": "2s",
-            "target": {"labelSelector": {"matchLabels": {"app": "web"}}, "mode": "Fixed", "value": 2},
-            "faults": [{"podKill": {"method": "delete", "gracePeriodSeconds": 0}}]
-        }),
-    )
-    .await;
-    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "shop");
-    wait_for(
-        "the first kill to go through",
-        Duration::from_secs(30),
-        || async {
-            let left = pods.list(&ListParams::default()).await.ok()?.items.len();
-            (left == 3).then_some(())
-        },
-    )
-    .await;
+    let (held, mut h, pods) = halfway_through_two_kills().await;
     let stopped = h.experiments("shop").get("halfway").await.unwrap();
     let mut second = None;
     for target in &stopped.status.unwrap().targets {
