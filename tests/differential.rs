@@ -317,28 +317,53 @@ async fn sandbox_with_crds() -> ApiServer {
     sandbox
 }
 
+/// A sandbox and, with `FAULTLINE_TEST_CLUSTER=real`, the real server after it: the same
+/// requests go to each, in that order.
+struct SideBySide {
+    servers: Vec<Server>,
+    sandbox: ApiServer,
+    real: Option<TestCluster>,
+}
+
+impl SideBySide {
+    async fn start(sandbox: ApiServer) -> SideBySide {
+        let mut servers = vec![Server {
+            name: "sandbox",
+            client: sandbox.client().await,
+        }];
+        let real = if real_cluster_requested() {
+            let real = TestCluster::start().await;
+            servers.push(Server {
+                name: "real",
+                client: real.client().await,
+            });
+            Some(real)
+        } else {
+            None
+        };
+        SideBySide {
+            servers,
+            sandbox,
+            real,
+        }
+    }
+
+    async fn shutdown(self) {
+        self.sandbox.shutdown().await;
+        if let Some(real) = self.real {
+            real.shutdown().await;
+        }
+    }
+}
+
 // Multi-threaded: the embedded API server answers on this runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_the_sandbox_and_the_real_server_agree_on_every_manifest() {
     let cases = corpus();
     assert!(cases.len() >= 100, "the corpus has {} cases", cases.len());
 
-    let sandbox = sandbox_with_crds().await;
-    let mut servers = vec![Server {
-        name: "sandbox",
-        client: sandbox.client().await,
-    }];
-    let real = if real_cluster_requested() {
-        let real = TestCluster::start().await;
-        servers.push(Server {
-            name: "real",
-            client: real.client().await,
-        });
-        Some(real)
-    } else {
-        None
-    };
-    for server in &servers {
+    let side_by_side = SideBySide::start(sandbox_with_crds().await).await;
+    for server in &side_by_side.servers {
         for ns in namespaces(&cases) {
             common::cluster::apply_namespace(&server.client, &ns, true).await;
         }
@@ -358,7 +383,7 @@ async fn validate_the_sandbox_and_the_real_server_agree_on_every_manifest() {
             continue;
         };
         let mut answers: Answers = BTreeMap::new();
-        for server in &servers {
+        for server in &side_by_side.servers {
             let created = server.create(&url, &case.object).await;
             answers
                 .entry("create")
@@ -378,7 +403,8 @@ async fn validate_the_sandbox_and_the_real_server_agree_on_every_manifest() {
     eprintln!(
         "differential: {} cases, {compared} sent to {}",
         cases.len(),
-        servers
+        side_by_side
+            .servers
             .iter()
             .map(|s| s.name)
             .collect::<Vec<_>>()
@@ -390,10 +416,7 @@ async fn validate_the_sandbox_and_the_real_server_agree_on_every_manifest() {
         problems.len(),
         problems.join("\n\n")
     );
-    sandbox.shutdown().await;
-    if let Some(real) = real {
-        real.shutdown().await;
-    }
+    side_by_side.shutdown().await;
 }
 
 fn judge(case: &Case, answers: &Answers, problems: &mut Vec<String>) {
@@ -529,20 +552,7 @@ async fn crds_either_side_of_the_cel_budget_are_judged_as_the_real_server_judges
     let sandbox = ApiServer::start(0)
         .await
         .expect("start the sandbox API server");
-    let mut servers = vec![Server {
-        name: "sandbox",
-        client: sandbox.client().await,
-    }];
-    let real = if real_cluster_requested() {
-        let real = TestCluster::start().await;
-        servers.push(Server {
-            name: "real",
-            client: real.client().await,
-        });
-        Some(real)
-    } else {
-        None
-    };
+    let side_by_side = SideBySide::start(sandbox).await;
     let dir = repo().join("tests/fixtures/celcost/budget");
     let mut problems = Vec::new();
     for side in ["rule", "total", "gameday"] {
@@ -553,7 +563,7 @@ async fn crds_either_side_of_the_cel_budget_are_judged_as_the_real_server_judges
             let crd: Value =
                 serde_yaml::from_str(&std::fs::read_to_string(dir.join(&file)).unwrap()).unwrap();
             let mut answers = Vec::new();
-            for server in &servers {
+            for server in &side_by_side.servers {
                 let answer = server
                     .create(
                         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
@@ -591,10 +601,7 @@ async fn crds_either_side_of_the_cel_budget_are_judged_as_the_real_server_judges
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
-    sandbox.shutdown().await;
-    if let Some(real) = real {
-        real.shutdown().await;
-    }
+    side_by_side.shutdown().await;
 }
 
 /// Server-side apply's removals, side by side: a field a manager applied before and leaves out
@@ -608,15 +615,7 @@ async fn fields_an_apply_stops_carrying_go_as_on_the_real_server() {
     use kube::api::{Api, DeleteParams, Patch, PatchParams};
     use serde_json::json;
 
-    let sandbox = sandbox_with_crds().await;
-    let mut clients = vec![("sandbox", sandbox.client().await)];
-    let real = if real_cluster_requested() {
-        let real = TestCluster::start().await;
-        clients.push(("real", real.client().await));
-        Some(real)
-    } else {
-        None
-    };
+    let side_by_side = SideBySide::start(sandbox_with_crds().await).await;
     let apply = |labels: Value, spec: Value| {
         json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosExperiment",
                "metadata": {"name": "ssa-removal", "labels": labels}, "spec": spec})
@@ -628,8 +627,8 @@ async fn fields_an_apply_stops_carrying_go_as_on_the_real_server() {
     let spec = json!({"duration": "60s", "faults": [{"podKill": {}}], "dryRun": true,
                       "abort": {"onHypothesisFailure": false}});
     let mut results = Vec::new();
-    for (name, client) in &clients {
-        let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), "default");
+    for server in &side_by_side.servers {
+        let api: Api<ChaosExperiment> = Api::namespaced(server.client.clone(), "default");
         let _ = api.delete("ssa-removal", &DeleteParams::default()).await;
         let owner = PatchParams::apply("owner").force();
         api.patch(
@@ -689,7 +688,7 @@ async fn fields_an_apply_stops_carrying_go_as_on_the_real_server() {
                    "abort": serde_json::to_value(&e.spec.abort).unwrap(),
                    "seed": status.seed, "message": status.message})
         };
-        results.push((*name, seen(&after_main), seen(&after_status)));
+        results.push((server.name, seen(&after_main), seen(&after_status)));
     }
     let (_, main, status) = &results[0];
     // Label b and the applied spec fields are gone (back to their defaults); the status the
@@ -708,10 +707,7 @@ async fn fields_an_apply_stops_carrying_go_as_on_the_real_server() {
         assert_eq!(s_main, r_main, "after the main-resource apply");
         assert_eq!(s_status, r_status, "after the status apply");
     }
-    sandbox.shutdown().await;
-    if let Some(real) = real {
-        real.shutdown().await;
-    }
+    side_by_side.shutdown().await;
 }
 
 /// Server-side apply's conflicts, side by side, in the steps of leader election on a Lease: a
@@ -726,15 +722,7 @@ async fn an_apply_that_changes_another_managers_field_is_refused_as_on_the_real_
     use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
     use serde_json::json;
 
-    let sandbox = sandbox_with_crds().await;
-    let mut clients = vec![("sandbox", sandbox.client().await)];
-    let real = if real_cluster_requested() {
-        let real = TestCluster::start().await;
-        clients.push(("real", real.client().await));
-        Some(real)
-    } else {
-        None
-    };
+    let side_by_side = SideBySide::start(sandbox_with_crds().await).await;
     let holder = |who: &str, at: &str| {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                "metadata": {"name": "race"},
@@ -747,8 +735,8 @@ async fn an_apply_that_changes_another_managers_field_is_refused_as_on_the_real_
         ..Default::default()
     };
     let mut answers: Vec<(&str, Vec<String>)> = Vec::new();
-    for (name, client) in &clients {
-        let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    for server in &side_by_side.servers {
+        let leases: Api<Lease> = Api::namespaced(server.client.clone(), "default");
         let _ = leases.delete("race", &DeleteParams::default()).await;
         let empty: Lease = serde_json::from_value(json!({"metadata": {"name": "race"}})).unwrap();
         leases.create(&PostParams::default(), &empty).await.unwrap();
@@ -823,7 +811,7 @@ async fn an_apply_that_changes_another_managers_field_is_refused_as_on_the_real_
             .delete("race", &DeleteParams::default())
             .await
             .unwrap();
-        answers.push((*name, seen));
+        answers.push((server.name, seen));
     }
     let sandbox_answers = &answers[0].1;
     assert!(sandbox_answers[0].starts_with("ok"), "{sandbox_answers:#?}");
@@ -846,8 +834,5 @@ async fn an_apply_that_changes_another_managers_field_is_refused_as_on_the_real_
     if let [(_, sandbox_seen), (_, real_seen)] = answers.as_slice() {
         assert_eq!(sandbox_seen, real_seen, "the sandbox, then the real server");
     }
-    sandbox.shutdown().await;
-    if let Some(real) = real {
-        real.shutdown().await;
-    }
+    side_by_side.shutdown().await;
 }
