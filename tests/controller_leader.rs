@@ -6,34 +6,25 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    replicas::{Replica, holder},
+    replicas::{Replica, ReplicaBed, holder},
     wait_for,
 };
-use faultline::api::{ChaosExperiment, ChaosExperimentSpec, Phase, TargetState, all_crds};
+use faultline::api::{ChaosExperiment, ChaosExperimentSpec, Phase, TargetState};
 use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::json;
 
-/// A replica with a short lease, for a quick takeover, yet with two seconds for a renewal on
-/// a loaded API server.
-fn replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
-    Replica::start(kubeconfig, identity, 6, 2)
-}
-
-async fn ready_pod(client: &Client, name: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let pod: Pod =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "web"}},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "demo"}]}}))
-        .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .unwrap();
+/// The replicas' bed with three ready `web` pods in `shop` for the experiments to kill.
+async fn bed_with_three_web_pods() -> ReplicaBed {
+    let bed = ReplicaBed::start().await;
+    for i in 0..3 {
+        let (name, ip) = (format!("web-{i}"), format!("10.244.0.{}", i + 10));
+        common::cluster::ready_pod(&bed.client, "shop", &name, "web", &ip, None).await;
+    }
+    bed
 }
 
 async fn run_experiment(client: &Client, name: &str) -> String {
@@ -81,24 +72,13 @@ async fn run_experiment(client: &Client, name: &str) -> String {
 // Multi-threaded: the controllers are separate processes talking to this runtime's server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
-    let cluster = common::TestCluster::start().await;
-    cluster.install_crds(&all_crds()).await;
-    let client = cluster.client().await;
-    common::cluster::apply_namespace(&client, "faultline-system", false).await;
-    common::cluster::apply_namespace(&client, "shop", true).await;
-    if cluster.is_real() {
-        common::cluster::cordoned_node(&client, "node-1").await;
-    }
-    for i in 0..3 {
-        ready_pod(&client, &format!("web-{i}")).await;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
-
+    let bed = bed_with_three_web_pods().await;
+    let client = bed.client.clone();
+    // A short lease, for a quick takeover, yet with two seconds for a renewal on a loaded API
+    // server.
     let mut replicas = vec![
-        ("replica-a", replica(&kubeconfig, "replica-a")),
-        ("replica-b", replica(&kubeconfig, "replica-b")),
+        Replica::start(&bed.kubeconfig, "replica-a", 6, 2),
+        Replica::start(&bed.kubeconfig, "replica-b", 6, 2),
     ];
     let leader = wait_for("a leader", Duration::from_secs(15), || holder(&client)).await;
     assert!(leader == "replica-a" || leader == "replica-b", "{leader}");
@@ -107,18 +87,18 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     assert_eq!(writer, leader, "only the lease holder acted");
 
     // Kill the leader outright: no lease release, so the standby waits for it to expire.
-    replicas.retain(|(name, _)| *name != leader.as_str());
-    let standby = replicas[0].0;
+    replicas.retain(|r| r.identity != leader);
+    let standby = replicas[0].identity.clone();
     let new_leader = wait_for(
         "the standby to take the lease",
         Duration::from_secs(20),
-        || async { holder(&client).await.filter(|h| h == standby) },
+        || async { holder(&client).await.filter(|h| *h == standby) },
     )
     .await;
     let writer = run_experiment(&client, "second").await;
     assert_eq!(writer, new_leader);
     drop(replicas);
-    cluster.shutdown().await;
+    bed.shutdown().await;
 }
 
 // The chart's lease (15 s, renewed 5 s early), a pod kill and a network fault in flight under a
@@ -129,28 +109,11 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
 // checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_a_fault() {
-    let cluster = common::TestCluster::start().await;
-    cluster.install_crds(&all_crds()).await;
-    let client = cluster.client().await;
-    common::cluster::apply_namespace(&client, "faultline-system", false).await;
-    common::cluster::apply_namespace(&client, "shop", true).await;
-    if cluster.is_real() {
-        common::cluster::cordoned_node(&client, "node-1").await;
-    }
-    for i in 0..3 {
-        ready_pod(&client, &format!("web-{i}")).await;
-    }
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(faultline::sandbox::testkit::stand_in_agent(
-        client.clone(),
-        agent_stopped,
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+    let bed = bed_with_three_web_pods().await;
+    let client = bed.client.clone();
     let mut replicas = vec![
-        ("replica-a", Replica::start(&kubeconfig, "replica-a", 15, 5)),
-        ("replica-b", Replica::start(&kubeconfig, "replica-b", 15, 5)),
+        Replica::start(&bed.kubeconfig, "replica-a", 15, 5),
+        Replica::start(&bed.kubeconfig, "replica-b", 15, 5),
     ];
     let leader = wait_for("a leader", Duration::from_secs(20), || holder(&client)).await;
 
@@ -199,14 +162,14 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
     .await;
     let samples_before = before.probes[0].samples.clone();
 
-    replicas.retain(|(name, _)| *name != leader.as_str());
+    replicas.retain(|r| r.identity != leader);
     let killed_at = chrono::Utc::now();
     let killed = std::time::Instant::now();
-    let standby = replicas[0].0;
+    let standby = replicas[0].identity.clone();
     wait_for(
         "the standby to take the lease",
         Duration::from_secs(40),
-        || async { holder(&client).await.filter(|h| h == standby) },
+        || async { holder(&client).await.filter(|h| *h == standby) },
     )
     .await;
     let takeover = killed.elapsed();
@@ -283,7 +246,5 @@ async fn a_leader_killed_mid_experiment_hands_over_without_repeating_or_leaving_
     })
     .await;
     drop(replicas);
-    let _ = stop_agent.send(());
-    let _ = agent.await;
-    cluster.shutdown().await;
+    bed.shutdown().await;
 }
