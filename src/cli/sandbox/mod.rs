@@ -366,9 +366,9 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         if let Some(state) = read_state(state_dir).filter(|s| s.pid == child.id()) {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             if log.contains("faultline sandbox is up") {
-                print!("{log}");
+                print!("{}", start_report(&log));
                 println!(
-                    "  (running in the background as pid {}, log: {})",
+                    "  (running in the background as pid {}, full log: {})",
                     state.pid,
                     log_path.display()
                 );
@@ -385,6 +385,24 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The background sandbox's start as a person reads it: what it printed, with its warnings and
+/// errors; its routine log records (INFO and below) stay in the log file.
+fn start_report(log: &str) -> String {
+    log.lines()
+        .filter(|line| !routine_record(line))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// A log record below WARN, as the logger writes it: `2026-12-07T05:49:51.580771Z  INFO ...`.
+fn routine_record(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let stamped = words
+        .next()
+        .is_some_and(|word| chrono::DateTime::parse_from_rfc3339(word).is_ok());
+    stamped && matches!(words.next(), Some("INFO" | "DEBUG" | "TRACE"))
 }
 
 fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -446,5 +464,35 @@ fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             println!("sandbox not running");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_report_keeps_what_was_printed_and_the_warnings_not_the_routine_records() {
+        let log = "\
+2026-12-07T05:49:51.580771Z  INFO faultline::sandbox::apiserver: sandbox API server listening addr=127.0.0.1:46745
+removed what an earlier sandbox left behind: 2 namespaces
+2026-12-07T05:49:52.249115Z DEBUG faultline::agent::runner: agent starting
+2026-12-07T05:49:52.259903Z  WARN faultline::agent::writeback: could not publish the node's capabilities
+applied deployment/web (experiments/workloads/demo-app.yaml)
+2026-12-07T05:49:52.307570Z ERROR faultline::controller: the lease cannot be read
+faultline sandbox is up at http://127.0.0.1:46745
+  pods:       simulated (not root)
+";
+        assert_eq!(
+            start_report(log),
+            "\
+removed what an earlier sandbox left behind: 2 namespaces
+2026-12-07T05:49:52.259903Z  WARN faultline::agent::writeback: could not publish the node's capabilities
+applied deployment/web (experiments/workloads/demo-app.yaml)
+2026-12-07T05:49:52.307570Z ERROR faultline::controller: the lease cannot be read
+faultline sandbox is up at http://127.0.0.1:46745
+  pods:       simulated (not root)
+"
+        );
     }
 }
