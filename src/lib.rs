@@ -8,8 +8,8 @@
 //! - [`probes`]: HTTP and Prometheus checks and the steady-state hypothesis built from them.
 //! - [`controller`]: reconciles ChaosExperiments: observe, decide, act, record.
 //! - [`gameday`], [`schedule`]: run GameDays (stages of experiments) and ChaosSchedules (cron);
-//!   [`owned_experiments`] is what both do to the experiments they own, [`calendar`] the cron
-//!   and window arithmetic (pure).
+//!   [`owned_experiments`] is what both do to the experiments they own, [`owner_controller`]
+//!   the controller loop they share, [`calendar`] the cron and window arithmetic (pure).
 //! - [`validate`]: offline checks behind `faultline validate` (pure).
 //! - [`crd_validation`]: how the real API server judges custom resources and CRDs (formats, CEL
 //!   rules, their cost), shared by `validate` and the sandbox API server (pure).
@@ -38,6 +38,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod metrics;
 pub mod owned_experiments;
+pub mod owner_controller;
 pub mod panics;
 pub mod probes;
 pub mod reference;

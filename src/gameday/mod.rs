@@ -6,35 +6,24 @@
 pub mod plan;
 pub mod stage;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::Utc;
-use futures::StreamExt;
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    core::DeserializeGuard,
-    runtime::{Controller, controller::Action, events::Recorder, watcher},
-};
+use kube::{Client, Resource, ResourceExt, runtime::controller::Action};
 use serde_json::json;
-use tracing::{info, instrument, warn};
 
 use crate::api::{
-    ABORT_ANNOTATION, APPROVE_STAGE_ANNOTATION, ChaosExperiment, GAMEDAY_LABEL, GAMEDAY_RUN_LABEL,
-    GameDay, STAGE_LABEL,
+    ABORT_ANNOTATION, APPROVE_STAGE_ANNOTATION, ChaosExperiment, Condition, GAMEDAY_LABEL,
+    GAMEDAY_RUN_LABEL, GameDay, STAGE_LABEL,
 };
 use crate::owned_experiments as owned;
-use crate::panics::{self, PANICKED_REASON};
+use crate::owner_controller::{self, Context, Owner};
+use crate::panics::PANICKED_REASON;
 use plan::{Child, Observed, Plan};
 
 /// How often a GameDay is looked at when nothing changes (a safety net; changes to it and to
 /// its experiments trigger a reconcile at once).
 const RESYNC: Duration = Duration::from_secs(300);
-
-struct Context {
-    client: Client,
-    recorder: Recorder,
-    paused: owned::PausedSwitch,
-}
 
 /// Runs the GameDay controller until `shutdown` resolves.
 pub async fn run(
@@ -42,70 +31,39 @@ pub async fn run(
     paused: owned::PausedSwitch,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context {
-        recorder: owned::recorder(&client),
-        client: client.clone(),
-        paused,
-    });
-    // Only the experiments GameDays created, each change mapped to its GameDay (reconcile lists
-    // them fresh). Guarded: one unreadable experiment must not stall the stream.
-    let children = owned::changes_of_labelled(&client, GAMEDAY_LABEL);
-    info!("game day controller starting");
-    Controller::new(
-        Api::<DeserializeGuard<GameDay>>::all(client),
-        watcher::Config::default(),
-    )
-    .owns_stream(children)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
-    info!("game day controller stopped");
+    owner_controller::run::<GameDay>(client, paused, shutdown).await;
 }
 
-#[instrument(skip(guarded, ctx), fields(gameday = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
-async fn reconcile(
-    guarded: Arc<DeserializeGuard<GameDay>>,
-    ctx: Arc<Context>,
-) -> Result<Action, owned::StepError> {
-    let gameday = match &guarded.0 {
-        Ok(gameday) => gameday,
-        Err(invalid) => {
-            let message = format!(
-                "the game day cannot be read, so nothing is started: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
-                invalid.error
-            );
-            let status = json!({ "status": {
-                "phase": "Failed", "verdict": "Error", "message": message,
-                "conditions": [{ "type": "Complete", "status": "True", "reason": "Error",
-                                  "message": message, "lastTransitionTime": Utc::now() }],
-            }});
-            return owned::report_unreadable::<GameDay>(&ctx.client, invalid, status).await;
-        }
-    };
-    let generation = gameday.metadata.generation;
-    let conditions = gameday.status.as_ref().map(|s| &s.conditions[..]);
-    if owned::panicked_before(conditions.unwrap_or_default(), generation) {
-        return Ok(Action::await_change());
+impl Owner for GameDay {
+    const WHAT: &'static str = "game day";
+    const CHILD_LABEL: &'static str = GAMEDAY_LABEL;
+    const WHILE_UNREADABLE: &'static str = "nothing is started";
+    const AFTER_PANIC: &'static str = "no further stage starts; experiments it created run to their end under their own hypothesis (faultline abort stops them)";
+
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions[..])
     }
-    // A panic stays with this GameDay: it is reported on it, the others go on.
-    match panics::catch(reconcile_readable(gameday, &ctx)).await {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = owned::panic_message(
-                "game day",
-                &panic,
-                "no further stage starts; experiments it created run to their end under their own hypothesis (faultline abort stops them)",
-            );
-            let status = json!({ "status": {
-                "phase": "Failed", "verdict": "Error", "message": message,
-                "observedGeneration": generation,
-                "conditions": [{ "type": "Complete", "status": "True", "reason": PANICKED_REASON,
-                                  "message": message, "lastTransitionTime": Utc::now(),
-                                  "observedGeneration": generation }],
-            }});
-            owned::report_panicked(&ctx.client, gameday, &panic, status).await
-        }
+
+    fn unreadable_status(message: &str) -> serde_json::Value {
+        json!({ "status": {
+            "phase": "Failed", "verdict": "Error", "message": message,
+            "conditions": [{ "type": "Complete", "status": "True", "reason": "Error",
+                              "message": message, "lastTransitionTime": Utc::now() }],
+        }})
+    }
+
+    fn panicked_status(message: &str, generation: Option<i64>) -> serde_json::Value {
+        json!({ "status": {
+            "phase": "Failed", "verdict": "Error", "message": message,
+            "observedGeneration": generation,
+            "conditions": [{ "type": "Complete", "status": "True", "reason": PANICKED_REASON,
+                              "message": message, "lastTransitionTime": Utc::now(),
+                              "observedGeneration": generation }],
+        }})
+    }
+
+    async fn reconcile_readable(&self, ctx: &Context) -> Result<Action, owned::StepError> {
+        reconcile_readable(self, ctx).await
     }
 }
 
@@ -212,13 +170,4 @@ async fn act(ctx: &Context, gameday: &GameDay, plan: &Plan) -> Result<(), owned:
         .map_err(owned::failed("write the status"))?;
     owned::publish_notes(&ctx.recorder, gameday, &plan.notes).await;
     Ok(())
-}
-
-fn error_policy(
-    gameday: Arc<DeserializeGuard<GameDay>>,
-    error: &owned::StepError,
-    _: Arc<Context>,
-) -> Action {
-    warn!(gameday = %gameday.name_any(), %error, "game day reconcile failed; retrying");
-    owned::retry_after(error)
 }

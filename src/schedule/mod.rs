@@ -3,30 +3,18 @@
 
 pub mod plan;
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    core::DeserializeGuard,
-    runtime::{Controller, controller::Action, events::Recorder, watcher},
-};
+use kube::{Client, Resource, ResourceExt, runtime::controller::Action};
 use serde_json::json;
-use tracing::{info, instrument, warn};
 
 use crate::api::{
-    ABORT_ANNOTATION, ChaosExperiment, ChaosSchedule, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION,
+    ABORT_ANNOTATION, ChaosExperiment, ChaosSchedule, Condition, SCHEDULE_LABEL,
+    SCHEDULED_AT_ANNOTATION,
 };
 use crate::owned_experiments as owned;
-use crate::panics::{self, PANICKED_REASON};
+use crate::owner_controller::{self, Context, Owner};
+use crate::panics::PANICKED_REASON;
 use plan::{Child, Observed, Plan};
-
-struct Context {
-    client: Client,
-    recorder: Recorder,
-    paused: owned::PausedSwitch,
-}
 
 /// Runs the ChaosSchedule controller until `shutdown` resolves.
 pub async fn run(
@@ -34,67 +22,38 @@ pub async fn run(
     paused: owned::PausedSwitch,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context {
-        recorder: owned::recorder(&client),
-        client: client.clone(),
-        paused,
-    });
-    // A run that finishes triggers its schedule at once (history, failure count).
-    let children = owned::changes_of_labelled(&client, SCHEDULE_LABEL);
-    info!("schedule controller starting");
-    Controller::new(
-        Api::<DeserializeGuard<ChaosSchedule>>::all(client),
-        watcher::Config::default(),
-    )
-    .owns_stream(children)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
-    info!("schedule controller stopped");
+    owner_controller::run::<ChaosSchedule>(client, paused, shutdown).await;
 }
 
-#[instrument(skip(guarded, ctx), fields(schedule = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
-async fn reconcile(
-    guarded: Arc<DeserializeGuard<ChaosSchedule>>,
-    ctx: Arc<Context>,
-) -> Result<Action, owned::StepError> {
-    let schedule = match &guarded.0 {
-        Ok(schedule) => schedule,
-        Err(invalid) => {
-            let message = format!(
-                "the schedule cannot be read, so no run starts: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
-                invalid.error
-            );
-            let status = json!({ "status": {
-                "conditions": [{ "type": "Active", "status": "False", "reason": "InvalidSpec",
-                                  "message": message, "lastTransitionTime": Utc::now() }],
-            }});
-            return owned::report_unreadable::<ChaosSchedule>(&ctx.client, invalid, status).await;
-        }
-    };
-    let generation = schedule.metadata.generation;
-    let conditions = schedule.status.as_ref().map(|s| &s.conditions[..]);
-    if owned::panicked_before(conditions.unwrap_or_default(), generation) {
-        return Ok(Action::await_change());
+impl Owner for ChaosSchedule {
+    const WHAT: &'static str = "schedule";
+    const CHILD_LABEL: &'static str = SCHEDULE_LABEL;
+    const WHILE_UNREADABLE: &'static str = "no run starts";
+    const AFTER_PANIC: &'static str =
+        "no run starts; a run already going ends under its own hypothesis";
+
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions[..])
     }
-    // A panic stays with this schedule: it is reported on it, the others go on.
-    match panics::catch(reconcile_readable(schedule, &ctx)).await {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = owned::panic_message(
-                "schedule",
-                &panic,
-                "no run starts; a run already going ends under its own hypothesis",
-            );
-            let status = json!({ "status": {
-                "observedGeneration": generation,
-                "conditions": [{ "type": "Active", "status": "False", "reason": PANICKED_REASON,
-                                  "message": message, "lastTransitionTime": Utc::now(),
-                                  "observedGeneration": generation }],
-            }});
-            owned::report_panicked(&ctx.client, schedule, &panic, status).await
-        }
+
+    fn unreadable_status(message: &str) -> serde_json::Value {
+        json!({ "status": {
+            "conditions": [{ "type": "Active", "status": "False", "reason": "InvalidSpec",
+                              "message": message, "lastTransitionTime": Utc::now() }],
+        }})
+    }
+
+    fn panicked_status(message: &str, generation: Option<i64>) -> serde_json::Value {
+        json!({ "status": {
+            "observedGeneration": generation,
+            "conditions": [{ "type": "Active", "status": "False", "reason": PANICKED_REASON,
+                              "message": message, "lastTransitionTime": Utc::now(),
+                              "observedGeneration": generation }],
+        }})
+    }
+
+    async fn reconcile_readable(&self, ctx: &Context) -> Result<Action, owned::StepError> {
+        reconcile_readable(self, ctx).await
     }
 }
 
@@ -204,13 +163,4 @@ async fn act(ctx: &Context, schedule: &ChaosSchedule, plan: &Plan) -> Result<(),
     }
     owned::publish_notes(&ctx.recorder, schedule, &plan.notes).await;
     Ok(())
-}
-
-fn error_policy(
-    schedule: Arc<DeserializeGuard<ChaosSchedule>>,
-    error: &owned::StepError,
-    _: Arc<Context>,
-) -> Action {
-    warn!(schedule = %schedule.name_any(), %error, "schedule reconcile failed; retrying");
-    owned::retry_after(error)
 }
