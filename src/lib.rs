@@ -46,4 +46,5 @@ pub mod report;
 pub mod sandbox;
 pub mod schedule;
 pub mod selection;
+pub mod unreadable;
 pub mod validate;

@@ -15,7 +15,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::api::Condition;
 use crate::owned_experiments::{self as owned, StepError};
-use crate::panics;
+use crate::{panics, unreadable};
 
 /// What an owner's reconcile works with.
 pub struct Context {
@@ -105,7 +105,7 @@ async fn reconcile<K: Owner>(
                     "the {} cannot be read, so {}: {}. Fix the manifest (faultline validate shows every problem) and apply it again",
                     K::WHAT,
                     K::WHILE_UNREADABLE,
-                    invalid.error
+                    unreadable::explain::<K>(&ctx.client, invalid).await
                 );
                 return owned::report_unreadable::<K>(
                     &ctx.client,

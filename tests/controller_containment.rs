@@ -2,7 +2,8 @@
 //! when it bypassed the schema the experiment fails naming the field; a panic in one object's
 //! reconcile quarantines that object (status says what and where, faults reverted, finalizer
 //! released) while every other experiment, GameDay and schedule goes on, and so does an
-//! experiment whose packed target records cannot be read. Against the embedded API server, with
+//! experiment whose packed target records cannot be read; a GameDay or schedule that cannot be
+//! read says why and starts nothing. Against the embedded API server, with
 //! the controllers as they run in production.
 
 mod common;
@@ -23,6 +24,7 @@ use common::{
 use faultline::api::{
     ChaosExperiment, ChaosSchedule, GameDay, Phase, TargetState, Verdict, all_crds,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
@@ -97,12 +99,12 @@ async fn the_api_server_refuses_the_poison_duration_naming_the_field() {
     h.stop().await;
 }
 
-/// A CRD whose spec is schemaless, as an old or hand-edited CRD would be: the controller is the
-/// last line.
-async fn install_schemaless_experiment_crd(h: &Harness) {
+/// The CRD of `kind` with a schemaless spec, as an old or hand-edited CRD would be: the
+/// controller is the last line.
+fn schemaless_spec_crd(kind: &str) -> CustomResourceDefinition {
     let mut crd = all_crds()
         .into_iter()
-        .find(|c| c.spec.names.kind == "ChaosExperiment")
+        .find(|c| c.spec.names.kind == kind)
         .unwrap();
     let schema = crd.spec.versions[0]
         .schema
@@ -111,6 +113,8 @@ async fn install_schemaless_experiment_crd(h: &Harness) {
         .open_api_v3_schema
         .as_mut()
         .unwrap();
+    // Rules on the whole object read the spec; an old CRD has none.
+    schema.x_kubernetes_validations = None;
     schema.properties.as_mut().unwrap().insert(
         "spec".into(),
         serde_json::from_value(
@@ -118,7 +122,13 @@ async fn install_schemaless_experiment_crd(h: &Harness) {
         )
         .unwrap(),
     );
-    h.cluster.install_crds(&[crd]).await;
+    crd
+}
+
+async fn install_schemaless_experiment_crd(h: &Harness) {
+    h.cluster
+        .install_crds(&[schemaless_spec_crd("ChaosExperiment")])
+        .await;
 }
 
 #[tokio::test]
@@ -317,6 +327,11 @@ async fn owner_condition(client: &Client, resource: &ApiResource, name: &str) ->
         .find(|c| c["reason"] == "ReconcilePanicked")
 }
 
+async fn status_of(client: &Client, resource: &ApiResource, name: &str) -> Value {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "shop", resource);
+    api.get(name).await.unwrap().data["status"].clone()
+}
+
 async fn owned_experiments(client: &Client, label: &str) -> usize {
     let api: Api<ChaosExperiment> = Api::namespaced(client.clone(), "shop");
     let list = api
@@ -443,5 +458,98 @@ async fn a_panicking_schedule_is_reported_and_the_next_one_runs() {
     );
     assert!(!controller.is_finished());
     controller.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_game_day_or_schedule_says_why_and_starts_nothing() {
+    let server = common::TestCluster::start().await;
+    server.install_crds(&all_crds()).await;
+    server
+        .install_crds(&[
+            schemaless_spec_crd("GameDay"),
+            schemaless_spec_crd("ChaosSchedule"),
+        ])
+        .await;
+    let client = server.client().await;
+    common::cluster::apply_namespace(&client, "shop", false).await;
+    let not_paused: faultline::owned_experiments::PausedSwitch = Arc::new(|| false);
+    let game_days = tokio::spawn(faultline::gameday::run(
+        client.clone(),
+        not_paused.clone(),
+        std::future::pending(),
+    ));
+    let schedules = tokio::spawn(faultline::schedule::run(
+        client.clone(),
+        not_paused,
+        std::future::pending(),
+    ));
+    let create = |resource: ApiResource, body: Value| {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "shop", &resource);
+        async move {
+            let object: DynamicObject = serde_json::from_value(body).unwrap();
+            api.create(&PostParams::default(), &object).await.unwrap();
+        }
+    };
+    let game_day = ApiResource::erase::<GameDay>(&());
+    let schedule = ApiResource::erase::<ChaosSchedule>(&());
+    create(
+        game_day.clone(),
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "GameDay",
+               "metadata": {"name": "garbled", "namespace": "shop"},
+               "spec": {"stages": "all of them"}}),
+    )
+    .await;
+    create(
+        schedule.clone(),
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "ChaosSchedule",
+               "metadata": {"name": "garbled", "namespace": "shop"},
+               "spec": {"schedule": 42,
+                        "experimentTemplate": {"spec": latency_spec("1m")}}}),
+    )
+    .await;
+
+    let day = wait_for("the game day's report", Duration::from_secs(10), || async {
+        let status = status_of(&client, &game_day, "garbled").await;
+        (status["phase"] == "Failed").then_some(status)
+    })
+    .await;
+    let message = day["message"].as_str().unwrap();
+    println!("game day: {message}");
+    assert!(
+        message.starts_with(
+            "the game day cannot be read, so nothing is started: spec.stages: invalid type: string \"all of them\", expected a sequence"
+        ),
+        "{message}"
+    );
+    assert_eq!(day["verdict"], "Error");
+    assert_eq!(day["conditions"][0]["type"], "Complete");
+
+    let condition = wait_for("the schedule's report", Duration::from_secs(10), || async {
+        let status = status_of(&client, &schedule, "garbled").await;
+        let condition = status["conditions"][0].clone();
+        (condition["reason"] == "InvalidSpec").then_some(condition)
+    })
+    .await;
+    let message = condition["message"].as_str().unwrap();
+    println!("schedule: {message}");
+    assert_eq!(condition["type"], "Active");
+    assert_eq!(condition["status"], "False");
+    assert!(
+        message.starts_with(
+            "the schedule cannot be read, so no run starts: spec.schedule: invalid type: integer `42`, expected a string"
+        ),
+        "{message}"
+    );
+
+    assert_eq!(
+        owned_experiments(&client, "faultline.dev/gameday").await
+            + owned_experiments(&client, "faultline.dev/schedule").await,
+        0,
+        "nothing started for an owner that cannot be read"
+    );
+    assert!(!game_days.is_finished() && !schedules.is_finished());
+    game_days.abort();
+    schedules.abort();
     server.shutdown().await;
 }

@@ -22,6 +22,7 @@ use crate::{
     },
     metrics::ReasonLabel,
     panics::{PANICKED_REASON, Panic},
+    unreadable,
 };
 
 /// `status.reason` of an experiment that cannot be read.
@@ -39,7 +40,7 @@ pub async fn reconcile_invalid(ctx: &Context, invalid: &InvalidObject) -> Result
     };
     let problem = format!(
         "the experiment cannot be read, so nothing new is injected{{reverting}}: {}{remedy}",
-        invalid.error
+        unreadable::explain::<ChaosExperiment>(&ctx.client, invalid).await
     );
     quarantine(ctx, &invalid.metadata, UNREADABLE_REASON, &problem).await
 }
