@@ -13,6 +13,8 @@
 # (`faultline sandbox kubelet`), which heartbeats its Nodes and runs the pods the real scheduler
 # binds to them. State (certificates, etcd data, logs, PID files, kubeconfigs) lives in
 # .faultline/cluster/ (FAULTLINE_CLUSTER_DIR), binaries in .tools/controlplane/<release>/bin.
+# FAULTLINE_CLUSTER_PROFILING=true serves the API server's /debug/pprof (to see where its CPU
+# goes: `go tool pprof -top` on a profile fetched with the admin certificate).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -181,7 +183,7 @@ up() {
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
         --authorization-mode Node,RBAC --allow-privileged \
-        --profiling=false
+        --profiling="${FAULTLINE_CLUSTER_PROFILING:-false}"
     wait_healthy kube-apiserver "https://127.0.0.1:$api_port/readyz" --cacert "$pki/ca.crt" \
         --cert "$pki/admin.crt" --key "$pki/admin.key"
 
