@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ExperimentSummary, summarize, svg,
-    text::{clock, escape_xml as esc, offset, or_dash, phases_text, time},
+    text::{clock, escape_xml as esc, first_violation, offset, or_dash, phases_text, time},
 };
 use crate::api::{ChaosExperiment, ChaosExperimentStatus, GameDay, Verdict};
 
@@ -176,14 +176,7 @@ fn write_probes(out: &mut String, s: &ExperimentSummary, h: &str) {
          <th>Passes</th><th>Failures</th><th>Last value</th><th>Last error</th><th>First violation</th></tr></thead><tbody>\n",
     );
     for p in &s.probes {
-        let violation = match p.first_violation_at {
-            Some(at) => format!(
-                "{} (value {})",
-                s.started_at.map_or_else(|| time(at), |o| offset(o, at)),
-                or_dash(p.violation_value.as_deref())
-            ),
-            None => "-".into(),
-        };
+        let violation = first_violation(s, p);
         let _ = writeln!(
             out,
             "<tr{}><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::{
     ExperimentSummary, summarize,
-    text::{clock, escape_cell, offset, or_dash, phases_text, time},
+    text::{clock, escape_cell, first_violation, offset, or_dash, phases_text},
 };
 use crate::api::{ChaosExperiment, ChaosExperimentStatus, GameDay};
 
@@ -119,14 +119,7 @@ fn write_probes(out: &mut String, s: &ExperimentSummary, h: &str) {
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for p in &s.probes {
-        let violation = match p.first_violation_at {
-            Some(at) => format!(
-                "{} (value {})",
-                s.started_at.map_or_else(|| time(at), |o| offset(o, at)),
-                or_dash(p.violation_value.as_deref())
-            ),
-            None => "-".into(),
-        };
+        let violation = first_violation(s, p);
         let name = if p.violated {
             format!("**{}** ✗", p.name)
         } else {

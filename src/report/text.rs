@@ -128,6 +128,19 @@ pub fn left_text(s: &super::ExperimentSummary) -> String {
     }
 }
 
+/// A probe's first violation as both reports show it: when (from the experiment's start) and
+/// the value then; `-` when it never failed.
+pub fn first_violation(s: &super::ExperimentSummary, p: &super::ProbeSummary) -> String {
+    match p.first_violation_at {
+        Some(at) => format!(
+            "{} (value {})",
+            s.started_at.map_or_else(|| time(at), |o| offset(o, at)),
+            or_dash(p.violation_value.as_deref())
+        ),
+        None => "-".into(),
+    }
+}
+
 /// The summary's rows, in the order both reports show them; `verdict` as the format writes it.
 pub fn summary_rows(s: &super::ExperimentSummary, verdict: String) -> Vec<(&'static str, String)> {
     let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".into(), time);
