@@ -116,6 +116,44 @@ async fn no_fault_is_applied_before_its_injection_carries_the_finalizer() {
     agent.abort();
 }
 
+/// Waits until the kernel has begun applying `injection`'s fault.
+async fn wait_begun(world: &World, injection: &FaultInjection) {
+    let tag = tag_of(injection);
+    let kernel = world.kernel.clone();
+    wait_for("the slow apply to begin", WAIT, || {
+        let (kernel, tag) = (kernel.clone(), tag.clone());
+        async move { kernel.begun().contains(&tag).then_some(()) }
+    })
+    .await;
+}
+
+/// An injection deleted while its apply is under way is reverted once the apply is done, and
+/// its finalizer released only then: a revert that ran beside the apply would find nothing and
+/// let a fault go in that nobody takes out. (An agent that plans new work while applies are
+/// under way, tried on 2026-12-07, fails here unless it holds back every plan for a busy pod.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injection_deleted_during_its_apply_is_reverted_after_it() {
+    let world = World::start(queueing_kernel()).await;
+    let agent = world.agent();
+    let pod = world.pod("target").await;
+    world.kernel.set_apply_delay(&pod, Duration::from_secs(2));
+    let injection = world.injection("lat", &pod, TimeDelta::minutes(5)).await;
+    wait_begun(&world, &injection).await;
+    world
+        .injections()
+        .delete("lat", &DeleteParams::default())
+        .await
+        .unwrap();
+    world.wait_gone("lat").await;
+    assert!(
+        world.kernel.rules().is_empty(),
+        "the finalizer was released with the fault still in the kernel: {:?}",
+        world.kernel.rules()
+    );
+    assert_eq!(world.kernel.apply_count(), 1, "applied once, then reverted");
+    agent.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_faults_applied_write_carries_its_counts_and_still_counters_cost_no_write() {
     let world = World::start(queueing_kernel()).await;

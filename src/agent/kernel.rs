@@ -313,6 +313,8 @@ struct RecordingState {
     apply_count: usize,
     /// Makes apply (and revert) take this long, as a slow kernel would.
     delay: std::time::Duration,
+    /// Applies on these pods take this long instead (one slow pod among fast ones).
+    pod_delays: BTreeMap<String, std::time::Duration>,
     /// Faults whose apply has begun (before the delay), applied or not.
     begun: BTreeSet<InjectionTag>,
     counts: BTreeMap<InjectionTag, QueueCounts>,
@@ -340,6 +342,15 @@ impl RecordingKernel {
     /// Faults whose apply has begun: the kernel is being changed for them, or was.
     pub fn begun(&self) -> Vec<InjectionTag> {
         self.state.lock().unwrap().begun.iter().cloned().collect()
+    }
+
+    /// Makes the applies on pod `pod_uid` take `delay` from now on.
+    pub fn set_apply_delay(&self, pod_uid: &str, delay: std::time::Duration) {
+        self.state
+            .lock()
+            .unwrap()
+            .pod_delays
+            .insert(pod_uid.to_string(), delay);
     }
 
     /// Makes every apply and revert take `delay`.
@@ -420,7 +431,11 @@ impl Kernel for RecordingKernel {
         let delay = {
             let mut state = self.state.lock().unwrap();
             state.begun.insert(tag.clone());
-            state.delay
+            state
+                .pod_delays
+                .get(pod_uid)
+                .copied()
+                .unwrap_or(state.delay)
         };
         std::thread::sleep(delay);
         if let Err(e) = deadline.remaining() {
