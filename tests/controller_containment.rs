@@ -3,10 +3,13 @@
 //! reconcile quarantines that object (status says what and where, faults reverted, finalizer
 //! released) while every other experiment, GameDay and schedule goes on, and so does an
 //! experiment whose packed target records cannot be read; a GameDay or schedule that cannot be
-//! read says why and starts nothing. Against the embedded API server, with
+//! read says why and starts nothing. On a real control plane the GameDay and schedule
+//! controllers run as the chart's controller ServiceAccount, so their reports need the chart's
+//! RBAC to allow them. Against the embedded API server, with
 //! the controllers as they run in production.
 
 mod common;
+mod k8s_objects;
 
 use std::{
     sync::{
@@ -341,6 +344,23 @@ async fn owned_experiments(client: &Client, label: &str) -> usize {
     list.items.len()
 }
 
+/// The client the GameDay and schedule controllers run with: on a real cluster the chart's
+/// controller ServiceAccount under the chart's RBAC (reporting on an owner is a write its role
+/// must allow), on the embedded server (no authorization) the admin's.
+async fn owners_controller_client(server: &common::TestCluster, admin: &Client) -> Client {
+    if !server.is_real() {
+        return admin.clone();
+    }
+    common::cluster::apply_namespace(admin, "faultline-system", false).await;
+    for object in k8s_objects::rendered_chart("faultline-system")
+        .into_iter()
+        .filter(k8s_objects::is_access_object)
+    {
+        common::cluster::apply_object(admin, &object, "faultline-system").await;
+    }
+    common::cluster::client_as(server, "faultline-system", "faultline-controller", None).await
+}
+
 #[tokio::test]
 async fn a_panicking_game_day_is_reported_and_the_next_one_runs() {
     let server = common::TestCluster::start().await;
@@ -348,7 +368,7 @@ async fn a_panicking_game_day_is_reported_and_the_next_one_runs() {
     let client = server.client().await;
     common::cluster::apply_namespace(&client, "shop", false).await;
     let controller = tokio::spawn(faultline::gameday::run(
-        client.clone(),
+        owners_controller_client(&server, &client).await,
         panics_once(),
         std::future::pending(),
     ));
@@ -408,7 +428,7 @@ async fn a_panicking_schedule_is_reported_and_the_next_one_runs() {
     let client = server.client().await;
     common::cluster::apply_namespace(&client, "shop", false).await;
     let controller = tokio::spawn(faultline::schedule::run(
-        client.clone(),
+        owners_controller_client(&server, &client).await,
         panics_once(),
         std::future::pending(),
     ));
@@ -473,14 +493,15 @@ async fn an_unreadable_game_day_or_schedule_says_why_and_starts_nothing() {
         .await;
     let client = server.client().await;
     common::cluster::apply_namespace(&client, "shop", false).await;
+    let controller_client = owners_controller_client(&server, &client).await;
     let not_paused: faultline::owned_experiments::PausedSwitch = Arc::new(|| false);
     let game_days = tokio::spawn(faultline::gameday::run(
-        client.clone(),
+        controller_client.clone(),
         not_paused.clone(),
         std::future::pending(),
     ));
     let schedules = tokio::spawn(faultline::schedule::run(
-        client.clone(),
+        controller_client,
         not_paused,
         std::future::pending(),
     ));
