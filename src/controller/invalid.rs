@@ -38,11 +38,15 @@ pub async fn reconcile_invalid(ctx: &Context, invalid: &InvalidObject) -> Result
     } else {
         ". Fix the manifest (faultline validate shows every problem) and apply it again"
     };
-    let problem = format!(
-        "the experiment cannot be read, so nothing new is injected{{reverting}}: {}{remedy}",
-        unreadable::explain::<ChaosExperiment>(&ctx.client, invalid).await
-    );
-    quarantine(ctx, &invalid.metadata, UNREADABLE_REASON, &problem).await
+    // Said from the object quarantine reads anyway, with the field's path where it has one.
+    let problem = |object: &DynamicObject| {
+        let what = unreadable::where_it_fails::<ChaosExperiment>(object)
+            .unwrap_or_else(|| invalid.error.clone());
+        format!(
+            "the experiment cannot be read, so nothing new is injected{{reverting}}: {what}{remedy}"
+        )
+    };
+    quarantine(ctx, &invalid.metadata, UNREADABLE_REASON, problem).await
 }
 
 /// An experiment whose reconcile panicked: reported, reverted, released. It is Failed from then
@@ -60,13 +64,8 @@ pub async fn reconcile_panicked(
         })
         .inc();
     ctx.hypotheses.forget(&experiment.uid().unwrap_or_default());
-    quarantine(
-        ctx,
-        &experiment.metadata,
-        PANICKED_REASON,
-        &panic_problem(panic),
-    )
-    .await
+    let problem = panic_problem(panic);
+    quarantine(ctx, &experiment.metadata, PANICKED_REASON, |_| problem).await
 }
 
 /// Whether an earlier reconcile panicked: the controller does not run the experiment again (it
@@ -84,7 +83,7 @@ pub async fn reconcile_quarantined(
     problem: &str,
 ) -> Result<Action> {
     let problem = problem.replace(REVERTING, "{reverting}");
-    quarantine(ctx, &experiment.metadata, PANICKED_REASON, &problem).await
+    quarantine(ctx, &experiment.metadata, PANICKED_REASON, |_| problem).await
 }
 
 /// What `{reverting}` in a problem becomes while FaultInjections are left.
@@ -96,13 +95,14 @@ fn panic_problem(panic: &Panic) -> String {
     )
 }
 
-/// Reports `problem` (with `{reverting}` filled in) in the status, deletes the experiment's
-/// FaultInjections and, once none is left, releases the finalizer.
+/// Reports the problem (`problem` of the experiment as stored, with `{reverting}` filled in)
+/// in the status, deletes the experiment's FaultInjections and, once none is left, releases
+/// the finalizer.
 async fn quarantine(
     ctx: &Context,
     metadata: &ObjectMeta,
     reason: &str,
-    problem: &str,
+    problem: impl FnOnce(&DynamicObject) -> String,
 ) -> Result<Action> {
     let name = metadata.name.clone().unwrap_or_default();
     let namespace = metadata.namespace.clone().unwrap_or_default();
@@ -127,14 +127,14 @@ async fn quarantine(
 
     let resource = ApiResource::erase::<ChaosExperiment>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
-    let reverting = if left.is_empty() { "" } else { REVERTING };
-    let message = problem.replace("{reverting}", reverting);
     // Written only when it says something new: our own status write triggers the next
     // reconcile, and an unconditional one (a fresh lastTransitionTime) would never settle.
-    let current = match api.get_opt(&name).await.map_err(Error::Observe)? {
-        Some(object) => object.data.get("status").cloned().unwrap_or_default(),
-        None => return Ok(Action::await_change()),
+    let Some(object) = api.get_opt(&name).await.map_err(Error::Observe)? else {
+        return Ok(Action::await_change());
     };
+    let current = object.data.get("status").cloned().unwrap_or_default();
+    let reverting = if left.is_empty() { "" } else { REVERTING };
+    let message = problem(&object).replace("{reverting}", reverting);
     let unchanged = current["reason"] == reason
         && current["message"] == message.as_str()
         && current["observedGeneration"] == json!(metadata.generation);
