@@ -194,6 +194,12 @@ fn by_index(path: &str, object: &Value) -> String {
             out.push_str(&format!("[{}]", &after[..end]));
             node = index.and_then(|i| node.and_then(|n| n.get(i)));
             rest = after.get(end + 1..).unwrap_or_default();
+        } else if let Some(key) = dotted_key(rest.trim_start_matches('.'), node) {
+            // A map key with dots (`fieldSelectors.spec.nodeName`): validate spells it
+            // `fieldSelectors[spec.nodeName]`.
+            out.push_str(&format!("[{key}]"));
+            node = node.and_then(|n| n.get(&key));
+            rest = &rest.trim_start_matches('.')[key.len()..];
         } else {
             let segment = rest.trim_start_matches('.');
             let end = segment.find(['.', '[']).unwrap_or(segment.len());
@@ -206,6 +212,16 @@ fn by_index(path: &str, object: &Value) -> String {
         }
     }
     out
+}
+
+/// The key of the map `node` with a '.' in it that `path` starts with, if any.
+fn dotted_key(path: &str, node: Option<&Value>) -> Option<String> {
+    node?
+        .as_object()?
+        .keys()
+        .filter(|key| key.contains('.') && path.starts_with(key.as_str()))
+        .find(|key| matches!(path[key.len()..].chars().next(), None | Some('.' | '[')))
+        .cloned()
 }
 
 /// A server the corpus is sent to.

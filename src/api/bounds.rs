@@ -77,9 +77,14 @@ pub fn field_selector_map(schema: &mut Schema) {
     schema.insert("maxProperties".into(), json!(3));
     schema.insert(
         "additionalProperties".into(),
-        json!({"type": "string", "maxLength": 253}),
+        json!({"type": "string", "maxLength": 253, "pattern": FIELD_SELECTOR_VALUE_PATTERN}),
     );
 }
+
+/// A value a pod's `spec.nodeName`, `status.phase` or `metadata.name` can hold: letters, digits,
+/// '-' and '.', starting and ending with a letter or digit. One value: `Running,Pending` or
+/// `web-0,web-1` could never match a pod, and would read as a selector's syntax.
+pub const FIELD_SELECTOR_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$";
 
 /// An RFC 1123 label (namespace names): 1-63 lowercase letters, digits and '-', starting and
 /// ending with a letter or digit. Kubernetes' own regex, anchored.

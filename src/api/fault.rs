@@ -214,23 +214,27 @@ pub struct LossFault {
 }
 
 /// Limit bandwidth: the pod's matching traffic goes through a capped htb class.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BandwidthFault {
     /// The rate, as `tc` writes it: a number and a unit of bit, kbit, mbit, gbit (bits per
-    /// second) or bps, kbps, mbps, gbps (bytes per second). For example `1mbit`.
+    /// second) or bps, kbps, mbps, gbps (bytes per second). For example `1mbit`. More than 0.
     #[schemars(
         length(max = 32),
         regex(pattern = r"^[0-9]+(\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
     )]
+    // A rate of 0 is no bandwidth at all; the kernel would refuse it only once the agent tried.
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^[0.]*[a-z]+$')").message("must be more than 0: to stop the traffic, use networkPartition (or networkLoss with percent 100)"))]
     pub rate: String,
-    /// Bucket size in bytes: how much may pass at full speed before the rate applies.
+    /// Bucket size in bytes: how much may pass at full speed before the rate applies. At
+    /// most 4294967295 (the kernel's field is 32 bits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4_294_967_295i64))]
     pub burst: Option<i64>,
-    /// Bytes that may wait in the queue before packets are dropped.
+    /// Bytes that may wait in the queue before packets are dropped. At most 4294967295 (the
+    /// kernel's field is 32 bits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4_294_967_295i64))]
     pub limit: Option<i64>,
     /// Only limit traffic to these destinations. Unset limits everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]

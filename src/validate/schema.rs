@@ -404,6 +404,10 @@ fn explain_pattern(pattern: &str, text: &str) -> String {
         ))
     } else if pattern == bounds::LABEL_VALUE_PATTERN {
         label_value_problem(text)
+    } else if pattern == bounds::FIELD_SELECTOR_VALUE_PATTERN {
+        Some(format!(
+            "{text:?} is no pod's node name, phase or name: one value of letters, digits, '-' and '.', starting and ending with a letter or digit (a field selector matches one value exactly)"
+        ))
     } else if pattern == rules::API_VERSION_PATTERN {
         Some(format!(
             "{text:?} is not an apiVersion (try apps/v1, or v1 for core kinds)"
