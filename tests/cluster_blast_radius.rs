@@ -34,9 +34,8 @@ const AGENT: &str = "faultline-agent";
 /// The chart's identities, permissions and (when `policies`) admission policies: every object
 /// but the workloads (no kubelet runs their pods here).
 fn chart_policies_and_rbac(policies: bool) -> Vec<Value> {
-    k8s_objects::rendered_chart(RELEASE_NS)
+    k8s_objects::chart_access_objects(RELEASE_NS)
         .into_iter()
-        .filter(k8s_objects::is_access_object)
         .filter(|o| {
             policies
                 || !o["kind"]

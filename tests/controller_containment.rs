@@ -352,10 +352,7 @@ async fn owners_controller_client(server: &common::TestCluster, admin: &Client) 
         return admin.clone();
     }
     common::cluster::apply_namespace(admin, "faultline-system", false).await;
-    for object in k8s_objects::rendered_chart("faultline-system")
-        .into_iter()
-        .filter(k8s_objects::is_access_object)
-    {
+    for object in k8s_objects::chart_access_objects("faultline-system") {
         common::cluster::apply_object(admin, &object, "faultline-system").await;
     }
     common::cluster::client_as(server, "faultline-system", "faultline-controller", None).await

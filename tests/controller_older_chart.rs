@@ -38,10 +38,7 @@ const CONTROLLER: &str = "faultline-controller";
 /// The chart's access objects with the controller's namespace rule as charts before the
 /// namespace watch had it: `get` only.
 fn older_chart_rbac() -> Vec<Value> {
-    let mut objects: Vec<Value> = k8s_objects::rendered_chart(RELEASE_NS)
-        .into_iter()
-        .filter(k8s_objects::is_access_object)
-        .collect();
+    let mut objects = k8s_objects::chart_access_objects(RELEASE_NS);
     let role = objects
         .iter_mut()
         .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == CONTROLLER)

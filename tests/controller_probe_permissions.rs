@@ -34,10 +34,7 @@ const CONTROLLER: &str = "faultline-controller";
 
 /// The chart's ServiceAccounts, RBAC and admission policies, with default values.
 fn chart_rbac() -> Vec<Value> {
-    k8s_objects::rendered_chart(RELEASE_NS)
-        .into_iter()
-        .filter(k8s_objects::is_access_object)
-        .collect()
+    k8s_objects::chart_access_objects(RELEASE_NS)
 }
 
 /// Server-side apply of any object, as an admin.

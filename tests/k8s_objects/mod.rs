@@ -42,6 +42,15 @@ pub fn rendered_chart(namespace: &str) -> Vec<Value> {
     parse_documents(&String::from_utf8_lossy(&out.stdout), "helm template")
 }
 
+/// The chart's identities, permissions and admission policies ([`is_access_object`]) as
+/// `helm template` renders them with default values in `namespace`.
+pub fn chart_access_objects(namespace: &str) -> Vec<Value> {
+    rendered_chart(namespace)
+        .into_iter()
+        .filter(is_access_object)
+        .collect()
+}
+
 /// Whether `object` is one of the chart's identities, permissions or admission policies, or
 /// the revert signal's ConfigMap, which the controller's permissions presuppose (it may write
 /// that one ConfigMap, not create it): what an admin applies before the workloads.
