@@ -137,7 +137,7 @@ fn a_directory_is_searched_recursively_and_summarised() {
         "{summary}"
     );
     assert!(
-        summary.contains("24 documents checked, 16 invalid"),
+        summary.contains("26 documents checked, 18 invalid"),
         "{summary}"
     );
 }

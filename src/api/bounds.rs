@@ -86,6 +86,24 @@ pub fn field_selector_map(schema: &mut Schema) {
 /// `web-0,web-1` could never match a pod, and would read as a selector's syntax.
 pub const FIELD_SELECTOR_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$";
 
+/// A bandwidth as `tc` writes it: a number and a unit of bits or bytes per second.
+pub const RATE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$";
+
+/// A probe's URL: http or https (the probes speak nothing else).
+pub const HTTP_URL_PATTERN: &str = r"^https?://";
+
+/// The HTTP methods a probe may send.
+pub const HTTP_METHOD_PATTERN: &str = r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$";
+
+/// A Kubernetes condition's status.
+pub const CONDITION_STATUS_PATTERN: &str = r"^(True|False|Unknown)$";
+
+/// A window's start: a time of day, `00:00` to `23:59`.
+pub const WINDOW_START_PATTERN: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]$";
+
+/// A window's end: a time of day, or `24:00` for the end of the day.
+pub const WINDOW_END_PATTERN: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$";
+
 /// An RFC 1123 label (namespace names): 1-63 lowercase letters, digits and '-', starting and
 /// ending with a letter or digit. Kubernetes' own regex, anchored.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";

@@ -221,7 +221,7 @@ pub struct BandwidthFault {
     /// second) or bps, kbps, mbps, gbps (bytes per second). For example `1mbit`. More than 0.
     #[schemars(
         length(max = 32),
-        regex(pattern = r"^[0-9]+(\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
+        regex(pattern = super::bounds::RATE_PATTERN)
     )]
     // A rate of 0 is no bandwidth at all; the kernel would refuse it only once the agent tried.
     #[x_kube(validation = kube::core::Rule::new("!self.matches('^[0.]*[a-z]+$')").message("must be more than 0: to stop the traffic, use networkPartition (or networkLoss with percent 100)"))]

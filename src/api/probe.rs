@@ -110,11 +110,11 @@ impl Probe {
 #[serde(rename_all = "camelCase")]
 pub struct HttpProbe {
     /// The URL, e.g. `http://checkout.shop.svc:8080/healthz`.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = super::bounds::HTTP_URL_PATTERN))]
     pub url: String,
     /// The HTTP method. Default GET.
     #[serde(default = "get")]
-    #[schemars(regex(pattern = r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$"))]
+    #[schemars(regex(pattern = super::bounds::HTTP_METHOD_PATTERN))]
     pub method: String,
     /// Request headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -230,7 +230,7 @@ pub struct ConditionCheck {
     pub type_: String,
     /// The status it must have. Default `True`.
     #[serde(default = "true_string")]
-    #[schemars(regex(pattern = r"^(True|False|Unknown)$"))]
+    #[schemars(regex(pattern = super::bounds::CONDITION_STATUS_PATTERN))]
     pub status: String,
 }
 
@@ -279,7 +279,7 @@ pub enum EmptyResultPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusProbe {
     /// The Prometheus server, e.g. `http://prometheus.monitoring.svc:9090`.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = super::bounds::HTTP_URL_PATTERN))]
     pub url: String,
     /// The PromQL query. It must return a scalar or a vector; every sample of a vector must
     /// pass.

@@ -133,12 +133,12 @@ pub struct AllowedWindow {
     #[schemars(length(max = 7))]
     pub days: Vec<Weekday>,
     /// Opening time, `HH:MM` (24 h).
-    #[schemars(length(max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    #[schemars(length(max = 5), regex(pattern = super::bounds::WINDOW_START_PATTERN))]
     pub start: String,
     /// Closing time, `HH:MM` (24 h), after `start`.
     #[schemars(
         length(max = 5),
-        regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
+        regex(pattern = super::bounds::WINDOW_END_PATTERN)
     )]
     pub end: String,
 }

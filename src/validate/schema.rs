@@ -408,6 +408,30 @@ fn explain_pattern(pattern: &str, text: &str) -> String {
         Some(format!(
             "{text:?} is no pod's node name, phase or name: one value of letters, digits, '-' and '.', starting and ending with a letter or digit (a field selector matches one value exactly)"
         ))
+    } else if pattern == bounds::RATE_PATTERN {
+        Some(format!(
+            "{text:?} is not a rate: a number and a unit, bit, kbit, mbit or gbit (bits per second) or bps, kbps, mbps or gbps (bytes per second), e.g. 1mbit or 500kbps"
+        ))
+    } else if pattern == bounds::HTTP_URL_PATTERN {
+        Some(format!(
+            "{text:?} is not an http:// or https:// URL (e.g. http://checkout.shop.svc:8080/healthz)"
+        ))
+    } else if pattern == bounds::HTTP_METHOD_PATTERN {
+        Some(format!(
+            "{text:?} is not an HTTP method a probe sends: GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS (in capitals)"
+        ))
+    } else if pattern == bounds::CONDITION_STATUS_PATTERN {
+        Some(format!(
+            "{text:?} is not a condition status: True, False or Unknown"
+        ))
+    } else if pattern == bounds::WINDOW_START_PATTERN {
+        Some(format!(
+            "{text:?} is not a time of day as HH:MM, 00:00 to 23:59 (e.g. 09:00)"
+        ))
+    } else if pattern == bounds::WINDOW_END_PATTERN {
+        Some(format!(
+            "{text:?} is not a time of day as HH:MM, 00:00 to 24:00 (e.g. 17:30, or 24:00 for midnight)"
+        ))
     } else if pattern == rules::API_VERSION_PATTERN {
         Some(format!(
             "{text:?} is not an apiVersion (try apps/v1, or v1 for core kinds)"
