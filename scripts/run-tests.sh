@@ -44,6 +44,7 @@ real_suites=(
     crd_deletion
     sandbox_restart
     api_server_outage
+    duration_limits
 )
 
 which="${FAULTLINE_TEST_CLUSTER:-both}"

@@ -1,19 +1,10 @@
-//! The duration rules against a real Kubernetes API server, the referee: the four CRDs install
-//! (their estimated CEL cost is within the server's budget), and for every bounded field the
-//! server accepts and rejects exactly what `faultline validate` does: at each limit, a
-//! nanosecond past it, the poison values, every unit spelling. Rejections name the field and
-//! are 422s, never 500s.
-//!
-//! Needs a control plane (`scripts/cluster.sh up`); ignored otherwise:
-//!
-//! ```text
-//! FAULTLINE_CLUSTER_PORT=17443 FAULTLINE_CLUSTER_ETCD_PORT=13379 \
-//!   FAULTLINE_CLUSTER_KCM_PORT=11257 FAULTLINE_CLUSTER_SCHEDULER_PORT=11259 scripts/cluster.sh up
-//! cargo test --test real_apiserver_durations -- --ignored
-//! ```
-//!
-//! `FAULTLINE_CLUSTER_KUBECONFIG` overrides the kubeconfig (default
-//! `.faultline/cluster/admin.kubeconfig`).
+//! The duration rules against the API server: the four CRDs install (on a real server, their
+//! estimated CEL cost is within its budget), and for every bounded field the server accepts and
+//! rejects exactly what `faultline validate` does: at each limit, a nanosecond past it, the
+//! poison values, every unit spelling. Rejections name the field and are 422s, never 500s.
+//! Runs against the sandbox and, in the real control plane's pass, against kube-apiserver.
+
+mod common;
 
 use std::time::Duration;
 
@@ -27,29 +18,14 @@ use faultline::{
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client,
+    Api,
     api::{ApiResource, DynamicObject, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::{Value, json};
 
-const NAMESPACE: &str = "faultline-duration-bounds";
+use common::cluster::TestCluster;
 
-async fn client() -> Client {
-    faultline::cli::install_crypto_provider();
-    let path = std::env::var("FAULTLINE_CLUSTER_KUBECONFIG").unwrap_or_else(|_| {
-        format!(
-            "{}/.faultline/cluster/admin.kubeconfig",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    });
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (is the cluster up? scripts/cluster.sh up)"));
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
+const NAMESPACE: &str = "faultline-duration-bounds";
 
 /// A valid experiment spec in which no cross-field check fires for any value of one field
 /// within its limits (a probe that does not run during the faults, so any duration fits its
@@ -208,13 +184,11 @@ fn validate_at(object: &Value, path: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-#[ignore = "needs a real control plane: scripts/cluster.sh up, then --ignored"]
-async fn the_real_api_server_and_faultline_validate_agree_on_every_duration_at_its_limits() {
-    let client = client().await;
+async fn the_api_server_and_faultline_validate_agree_on_every_duration_at_its_limits() {
+    let cluster = TestCluster::start().await;
     // All four CRDs install: the server refuses a CRD whose estimated CEL cost is over budget.
-    faultline::manifest::install_crds(&client, &all_crds(), Duration::from_secs(30))
-        .await
-        .expect("the real API server accepts the CRDs");
+    cluster.install_crds(&all_crds()).await;
+    let client = cluster.client().await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
     match namespaces.create(&PostParams::default(), &namespace).await {
@@ -286,4 +260,5 @@ async fn the_real_api_server_and_faultline_validate_agree_on_every_duration_at_i
         "{checked} values agree: {accepted} accepted, {} rejected",
         checked - accepted
     );
+    cluster.shutdown().await;
 }
