@@ -1,8 +1,10 @@
 //! End to end, what a user lives through, with N real target pods (root only):
 //!
 //! - **injection**: from the experiment's create (what `kubectl apply` sends) to every target's
-//!   fault reported applied by the real node agent, which reports after the kernel took the rule
-//!   (each pod's network namespace is checked for the rule afterwards);
+//!   fault reported applied by the real node agent (its node's applied receipt, or the
+//!   injection's own status), which reports after the kernel took the rule (each pod's network
+//!   namespace is checked for the rule afterwards); printed beside it, when the first and the
+//!   last FaultInjection were created;
 //! - **break → Aborted**: a real HTTP probe checks a service (an HTTP server in this process)
 //!   every 100 ms; the service starts failing at T; measured from T to the experiment Aborted,
 //!   which it says once every fault is confirmed reverted (by the agents' revert receipts, one
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 use faultline::api::{
     ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, InjectionPhase, Phase, REVERTING_LABEL,
 };
+use faultline::controller::applied_receipts::{applied_of, overlay};
 use faultline::controller::{REVERTING_CONFIGMAP, revert_signal::Signal};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -266,9 +269,10 @@ async fn scale(client: &Client, pods: usize) {
     );
 }
 
-/// A watch of `K` in the bench's namespace into a store, and its events.
+/// A watch of `K` in `namespace` into a store, and its events.
 fn reflected<K>(
     client: &Client,
+    namespace: &str,
     config: kube::runtime::watcher::Config,
 ) -> (reflector::Store<K>, futures::stream::BoxStream<'static, ()>)
 where
@@ -284,7 +288,7 @@ where
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let (store, writer) = reflector::store();
-    let events = watcher(Api::<K>::namespaced(client.clone(), NAMESPACE), config)
+    let events = watcher(Api::<K>::namespaced(client.clone(), namespace), config)
         .default_backoff()
         .reflect(writer)
         .map(|_| ())
@@ -292,10 +296,12 @@ where
     (store, events)
 }
 
-/// The experiment and its FaultInjections as the bench's own watches see them.
+/// The experiment, its FaultInjections and the agents' receipts (beside the revert signal) as
+/// the bench's own watches see them.
 struct Watched {
     experiment: reflector::Store<ChaosExperiment>,
     injections: reflector::Store<FaultInjection>,
+    signal: reflector::Store<ConfigMap>,
     events: futures::stream::BoxStream<'static, ()>,
 }
 
@@ -306,21 +312,34 @@ impl Watched {
         use kube::runtime::watcher::Config;
         let (experiment, experiments) = reflected::<ChaosExperiment>(
             client,
+            NAMESPACE,
             Config::default().fields(&format!("metadata.name={name}")),
         );
         let (injections, faults) = reflected::<FaultInjection>(
             client,
+            NAMESPACE,
             Config::default().labels(&format!("{EXPERIMENT_LABEL}={name}")),
+        );
+        let (signal, receipts) = reflected::<ConfigMap>(
+            client,
+            "faultline-system",
+            Config::default().fields(&format!("metadata.name={REVERTING_CONFIGMAP}")),
         );
         let mut watched = Watched {
             experiment,
             injections,
-            events: futures::stream::select(experiments, faults).boxed(),
+            signal,
+            events: futures::stream::select_all([experiments, faults, receipts]).boxed(),
         };
-        let (a, b) = (watched.experiment.clone(), watched.injections.clone());
+        let (a, b, c) = (
+            watched.experiment.clone(),
+            watched.injections.clone(),
+            watched.signal.clone(),
+        );
         let listed = async move {
             a.wait_until_ready().await.unwrap();
             b.wait_until_ready().await.unwrap();
+            c.wait_until_ready().await.unwrap();
         };
         tokio::select! {
             _ = listed => {}
@@ -337,9 +356,22 @@ impl Watched {
             .map(|s| s.phase)
     }
 
+    /// FaultInjections whose fault the agent reported in the kernel: by its own status, or
+    /// by its node's applied receipt (read as the controller reads it).
     fn applied(&self) -> usize {
-        self.injections
+        let uid = self
+            .experiment
             .state()
+            .first()
+            .and_then(|e| e.metadata.uid.clone())
+            .unwrap_or_default();
+        let receipts = self
+            .signal
+            .state()
+            .first()
+            .and_then(|map| map.data.as_ref().map(|data| applied_of(data, &uid)))
+            .unwrap_or_default();
+        overlay(self.injections.state(), &receipts)
             .iter()
             .filter(|i| {
                 i.status
@@ -503,6 +535,21 @@ async fn one_run(
         .create(&PostParams::default(), &experiment)
         .await
         .unwrap();
+    // Where the injection's time goes: before the first FaultInjection (selection, the
+    // hypothesis checked before injecting, the status writes between), the creates, the rest.
+    let over = |v: &Watched| v.phase().is_some_and(|p| p.is_terminal());
+    let first = view
+        .until("a FaultInjection", |v| {
+            !v.injections.state().is_empty() || over(v)
+        })
+        .await
+        - created;
+    let all_created = view
+        .until("every FaultInjection", |v| {
+            v.injections.state().len() >= pods || v.phase() == Some(Phase::Running) || over(v)
+        })
+        .await
+        - created;
     let injection = (view
         .until("every fault applied", |v| {
             // Fewer targets than pods when a pod was not Running at selection time (said below).
@@ -513,6 +560,12 @@ async fn one_run(
         .await
         - created)
         .as_secs_f64();
+    eprintln!(
+        "  {name}: first FaultInjection created at {:.0} ms, the last at {:.0} ms, every fault applied at {:.0} ms",
+        first.as_secs_f64() * 1e3,
+        all_created.as_secs_f64() * 1e3,
+        injection * 1e3
+    );
     // An abort that began before the break (the probe timed out under the injection's load)
     // would be measured from the wrong moment.
     if let Some(why) = view.aborting_or_over(client).await {

@@ -35,6 +35,7 @@ real_suites=(
     controller_older_chart
     controller_probe_permissions
     controller_revert_truth
+    controller_applied_receipts
     metadata_reads
     controller_abort_receipts
     controller_many_targets

@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
     /// Experiments whose faults are to come out, by UID and by `namespace/name`.
     pub ending: HashSet<String>,
+    /// Whether the revert signal's ConfigMap exists (receipts go there).
+    pub signal_exists: bool,
 }
 
 impl Snapshot {
@@ -250,7 +252,9 @@ impl FactWatches {
             })
             .collect();
         // By UID only: a name could come back as a new experiment while an old key lingers.
-        if let Some(map) = self.signal.get(&signal) {
+        let signal = self.signal.get(&signal);
+        let signal_exists = signal.is_some();
+        if let Some(map) = signal {
             // Its other keys are the agents' receipts (see `controller::signal_receipts`).
             ending.extend(map.data.iter().flat_map(|data| {
                 data.keys()
@@ -263,6 +267,7 @@ impl FactWatches {
             pods,
             namespaces,
             ending,
+            signal_exists,
         }
     }
 

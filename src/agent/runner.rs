@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
@@ -56,6 +56,7 @@ use super::telemetry::AgentMetrics;
 use super::writeback::{self, StatusChange, StatusWriter, key_of, live_injection, tag_of};
 use crate::api::{FaultInjection, InjectionPhase, NODE_LABEL};
 
+mod acknowledge;
 mod admit;
 mod apply;
 mod counts;
@@ -64,6 +65,7 @@ mod orphans;
 mod receipts;
 mod reverts;
 mod tamper;
+use acknowledge::Acknowledgements;
 use gone::PodScan;
 use receipts::Receipts;
 use reverts::{Report, RevertJob};
@@ -166,6 +168,7 @@ pub async fn run<K: Kernel>(
         last_scan: None,
         reporting: JoinSet::new(),
         receipts: Receipts::default(),
+        acknowledgements: Acknowledgements::default(),
         seen_in_kernel: BTreeSet::new(),
     };
     tracing::info!(
@@ -328,6 +331,8 @@ struct Agent<K> {
     /// Revert reports being written (see [`REPORTS_IN_FLIGHT`]).
     reporting: JoinSet<()>,
     receipts: Receipts,
+    /// Applied receipts written, and the injections' statuses held back meanwhile.
+    acknowledgements: Acknowledgements,
     /// Faults whose nftables table the tamper check found in the kernel (see `tamper`).
     seen_in_kernel: BTreeSet<InjectionTag>,
 }
@@ -440,8 +445,11 @@ impl<K: Kernel> Agent<K> {
             // All of it: new faults need the room now.
             backlog = self.drain_gone(stale.clone(), usize::MAX, &by_tag).await;
         }
+        let receipt = self
+            .acknowledgements
+            .usable(facts.is_some_and(|f| f.signal_exists));
         let reports = self
-            .per_pod(reverts, applies, &finalize_first, &by_tag)
+            .per_pod(reverts, applies, &finalize_first, &by_tag, receipt)
             .await;
         if let (Some(live), Some(facts)) = (live, facts) {
             self.receipts
@@ -459,6 +467,7 @@ impl<K: Kernel> Agent<K> {
         // status of each of its injections (500 writes at 500 targets) sent first held that
         // write up (0.44 s for the receipt of a 500-target abort on the real control plane).
         self.report(reports).await;
+        self.release_held_statuses(live);
         self.statuses.retry_unwritten().await;
         if !room_first {
             backlog = self.drain_gone(stale, DRAIN_CHUNK, &by_tag).await;
@@ -480,7 +489,40 @@ impl<K: Kernel> Agent<K> {
             // More of the backlog right away.
             return Some(Utc::now());
         }
-        plan.next_deadline
+        let held_due = self.acknowledgements.due().map(|at| {
+            let wait = at.saturating_duration_since(std::time::Instant::now());
+            Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()
+        });
+        match (plan.next_deadline, held_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Writes the injections' statuses held back behind the applied receipts, once due, in
+    /// the background; those of faults taken out meanwhile are left to the revert's report.
+    fn release_held_statuses(&mut self, live: Option<&[Arc<FaultInjection>]>) {
+        if let Some(live) = live {
+            let uids: BTreeSet<String> = live
+                .iter()
+                .filter_map(|i| i.spec.experiment.uid.clone())
+                .collect();
+            self.acknowledgements.retain_experiments(&uids);
+        }
+        let (confirmed, journal) = (&self.confirmed, &self.journal);
+        let due = self
+            .acknowledgements
+            .take_due(|tag| confirmed.contains(tag) && journal.head(tag).is_some());
+        if due.is_empty() {
+            return;
+        }
+        for held in &due {
+            if let Some(counts) = held.counts {
+                self.reported.insert(held.tag.clone(), counts);
+            }
+        }
+        self.reporting
+            .spawn(acknowledge::write_all(self.statuses.clone(), due).map(drop));
     }
 
     /// Reverts, every pod's in one pass, then applies, per pod, pods in parallel. Returns
@@ -491,6 +533,7 @@ impl<K: Kernel> Agent<K> {
         applies: Vec<Arc<FaultInjection>>,
         finalize_first: &BTreeSet<String>,
         by_tag: &BTreeMap<InjectionTag, &Arc<FaultInjection>>,
+        receipt: bool,
     ) -> Vec<Report> {
         let mut to_revert: BTreeMap<String, Vec<RevertJob>> = BTreeMap::new();
         for (tag, reason) in reverts {
@@ -527,7 +570,7 @@ impl<K: Kernel> Agent<K> {
                 self.receipts.note_residue(injection, residual);
             }
         }
-        self.apply_all(applies, finalize_first).await;
+        self.apply_all(applies, finalize_first, receipt).await;
         pass.reports
     }
 

@@ -268,8 +268,30 @@ impl StatusWriter {
         released.insert(uid, Instant::now());
     }
 
+    /// The version of the injection this writer knows to be the latest: its own last write's,
+    /// else the one `injection` carries.
+    pub fn known_version(&self, injection: &FaultInjection) -> Option<String> {
+        self.written(injection)
+            .map(|w| w.resource_version)
+            .or_else(|| injection.resource_version())
+    }
+
     /// Writes `change` to the injection's status. Returns whether it was written.
     pub async fn write(&self, injection: &FaultInjection, change: StatusChange) -> bool {
+        let version = self.known_version(injection);
+        self.write_since(injection, change, version).await
+    }
+
+    /// [`Self::write`] based on the object as it was at `version`: if anything wrote it since
+    /// (a revert's status, say), the object is read again and a change that would move its
+    /// phase backwards is dropped. For a status held back a while (see the runner's
+    /// `acknowledge`).
+    pub async fn write_since(
+        &self,
+        injection: &FaultInjection,
+        change: StatusChange,
+        version: Option<String>,
+    ) -> bool {
         // A change not written yet goes with this one.
         let change = match self.take_unwritten(injection) {
             Some(earlier) => earlier.then(change),
@@ -277,10 +299,9 @@ impl StatusWriter {
         };
         let api = api_for(&self.client, injection);
         let name = injection.name_any();
-        let cached = self.written(injection).map(|w| w.resource_version);
         // What we know of the object; the watch cache's copy may be behind, never ahead.
         let mut current: Option<FaultInjection> = Some(injection.clone());
-        let mut version = cached.or_else(|| injection.resource_version());
+        let mut version = version;
         for _ in 0..CONFLICT_RETRIES {
             if let Some(fresh) = &current
                 && change.goes_backwards(fresh)

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use super::PAUSE_CONFIGMAP;
 use super::revert_signal::{REVERTING_CONFIGMAP, Signal};
-use super::signal_receipts;
+use super::{applied_receipts, signal_receipts};
 use crate::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection, RevertReceipt};
 
 /// The watches whose first list must be in before anything is decided.
@@ -187,6 +187,16 @@ impl Caches {
         self.signal
             .get(&key)
             .and_then(|map| Some(signal_receipts::receipts_of(map.data.as_ref()?, uid)))
+            .unwrap_or_default()
+    }
+
+    /// The applied receipts the agents left for experiment `uid` in the signal's ConfigMap.
+    pub fn applied(&self, uid: &str) -> Vec<applied_receipts::AppliedReceipt> {
+        let key = kube::runtime::reflector::ObjectRef::new(REVERTING_CONFIGMAP)
+            .within(&self.controller_namespace);
+        self.signal
+            .get(&key)
+            .and_then(|map| Some(applied_receipts::applied_of(map.data.as_ref()?, uid)))
             .unwrap_or_default()
     }
 

@@ -34,6 +34,7 @@
 //! pods); before injecting, one SelfSubjectAccessReview per read a `kubernetes` probe makes.
 
 mod act;
+pub mod applied_receipts;
 mod caches;
 mod departures;
 pub mod events;
@@ -484,6 +485,12 @@ pub async fn run(
             readiness.set_caches_synced(true);
         }
     });
+    // The agents' applied receipts go beside the revert signal: its ConfigMap exists from the
+    // start (the chart makes it; the sandbox and older installs may not have).
+    tokio::spawn(revert_signal::ensure(
+        ctx.client.clone(),
+        ctx.settings.policy.controller_namespace.clone(),
+    ));
     info!(concurrency, "faultline controller starting");
     // GameDays and ChaosSchedules only create experiments; they run in the same process, on
     // the same lease, and stop with it.

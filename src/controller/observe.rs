@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{
-    Context, Error, Result,
+    Context, Error, Result, applied_receipts,
     departures::{self, Departure},
     pause_switch, probe_access,
     revert_progress::{revert_progress, unclaimed},
@@ -80,6 +80,8 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         // moment ago: confirm with the API server before believing it.
         injections = list_injections(ctx, &namespace, &name, &uid).await?;
     }
+    // Faults an agent's applied receipt counts in before their own statuses say so.
+    let injections = applied_receipts::overlay(injections, &ctx.caches.applied(&uid));
     let mut paused = ctx.caches.paused();
     if !paused && pause_switch::held(&status) {
         // A resume is confirmed before a held experiment starts (see `act::perform` for one

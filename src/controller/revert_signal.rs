@@ -99,6 +99,34 @@ pub async fn raise(
     Ok(())
 }
 
+/// Creates the signal's ConfigMap, empty, where it does not exist yet. Best effort: without it
+/// (no permission, say) the first signal creates it, and agents write each injection's status
+/// instead of an applied receipt (see `applied_receipts`).
+pub async fn ensure(client: Client, controller_namespace: String) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &controller_namespace);
+    if let Ok(Some(_)) = api.get_opt(REVERTING_CONFIGMAP).await {
+        return;
+    }
+    let map: ConfigMap = match serde_json::from_value(json!({
+        "metadata": {
+            "name": REVERTING_CONFIGMAP,
+            "labels": {"app.kubernetes.io/managed-by": "faultline"},
+        },
+    })) {
+        Ok(map) => map,
+        Err(_) => return,
+    };
+    match api.create(&PostParams::default(), &map).await {
+        Ok(_) => {
+            tracing::debug!(namespace = %controller_namespace, "created the revert signal's ConfigMap")
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => {
+            tracing::debug!(%error, "cannot create the revert signal's ConfigMap yet; the first signal will")
+        }
+    }
+}
+
 /// A JSON merge patch of the signal's ConfigMap (keys added, or removed with `null`).
 async fn merge(api: &Api<ConfigMap>, patch: &serde_json::Value) -> Result<ConfigMap, kube::Error> {
     api.patch(

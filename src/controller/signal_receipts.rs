@@ -73,8 +73,16 @@ pub fn receipts_of(data: &BTreeMap<String, String>, uid: &str) -> Vec<RevertRece
         .collect()
 }
 
+/// What every receipt's value names, revert and applied receipts alike (see
+/// `applied_receipts`).
+#[derive(Deserialize)]
+struct Names {
+    experiment: String,
+}
+
 /// Receipt keys whose values differ between two versions of the ConfigMap's data, with the
-/// experiment (`namespace/name`) each names: the experiments to reconcile now.
+/// experiment (`namespace/name`) each names: the experiments to reconcile now. Revert and
+/// applied receipts alike.
 pub fn arrived(
     before: &BTreeMap<String, String>,
     after: &BTreeMap<String, String>,
@@ -82,7 +90,7 @@ pub fn arrived(
     let mut experiments: Vec<(String, String)> = after
         .iter()
         .filter(|(key, value)| is_receipt(key) && before.get(*key) != Some(*value))
-        .filter_map(|(_, value)| serde_json::from_str::<Entry>(value).ok())
+        .filter_map(|(_, value)| serde_json::from_str::<Names>(value).ok())
         .filter_map(|entry| {
             let (namespace, name) = entry.experiment.split_once('/')?;
             Some((namespace.to_string(), name.to_string()))

@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::acknowledge::Acknowledged;
 use super::{Agent, PARALLEL_PODS};
 use crate::agent::converge::RevertReason;
 use crate::agent::deadline::Deadline;
@@ -19,6 +20,7 @@ use crate::agent::tag::InjectionTag;
 use crate::agent::telemetry::AgentMetrics;
 use crate::agent::writeback::{StatusChange, StatusWriter, key_of, tag_of};
 use crate::api::{FaultInjection, InjectionPhase};
+use crate::controller::applied_receipts::AppliedEntry;
 
 /// One injection to apply.
 struct ApplyJob {
@@ -44,15 +46,20 @@ struct PodOutcome {
     applied: Vec<JournalEntry>,
     /// Packet counts the Applied writes carried, per fault.
     counts_written: Vec<(InjectionTag, QueueCounts)>,
+    /// Applied, their statuses left to the step's receipt (see `acknowledge`).
+    acknowledged: Vec<Acknowledged>,
 }
 
 impl<K: Kernel> Agent<K> {
     /// Applies, per pod, pods in parallel (at most [`PARALLEL_PODS`]); each pod's task first
-    /// adds the finalizers of its injections in `finalize_first`.
+    /// adds the finalizers of its injections in `finalize_first`. With `receipt`, what went in
+    /// is said by one applied receipt per experiment and node, and the injections' statuses
+    /// follow later (see `acknowledge`); without, each status is written as its fault goes in.
     pub(super) async fn apply_all(
         &mut self,
         applies: Vec<Arc<FaultInjection>>,
         finalize_first: &BTreeSet<String>,
+        receipt: bool,
     ) {
         // Intent before action: every fault about to be applied is in the journal first.
         let mut intents = Vec::new();
@@ -160,9 +167,10 @@ impl<K: Kernel> Agent<K> {
                     .filter(|job| job.add_finalizer)
                     .map(|job| statuses.set_finalizer(&job.injection, true));
                 futures::future::join_all(finalizers).await;
-                apply_pod(kernel, statuses, metrics, names, jobs).await
+                apply_pod(kernel, statuses, metrics, names, jobs, receipt).await
             });
         }
+        let mut acknowledged = Vec::new();
         while let Some(done) = tasks.join_next().await {
             let outcome = match done {
                 Ok(outcome) => outcome,
@@ -173,6 +181,7 @@ impl<K: Kernel> Agent<K> {
             };
             self.forget(&outcome.forget, "a failed apply");
             self.reported.extend(outcome.counts_written);
+            acknowledged.extend(outcome.acknowledged);
             let confirmed: Vec<InjectionTag> = outcome
                 .applied
                 .iter()
@@ -183,6 +192,16 @@ impl<K: Kernel> Agent<K> {
             }
             self.confirmed.extend(confirmed);
         }
+        let counts = self
+            .acknowledgements
+            .receipt(
+                &self.client,
+                &self.policy.controller_namespace,
+                &self.statuses,
+                acknowledged,
+            )
+            .await;
+        self.reported.extend(counts);
     }
 }
 
@@ -193,10 +212,20 @@ async fn apply_pod<K: Kernel>(
     metrics: AgentMetrics,
     names: Arc<BTreeMap<InjectionTag, String>>,
     jobs: Vec<ApplyJob>,
+    receipt: bool,
 ) -> PodOutcome {
     let mut outcome = PodOutcome::default();
     for job in jobs {
-        apply_one(&kernel, &statuses, &metrics, &names, job, &mut outcome).await;
+        apply_one(
+            &kernel,
+            &statuses,
+            &metrics,
+            &names,
+            job,
+            receipt,
+            &mut outcome,
+        )
+        .await;
     }
     outcome
 }
@@ -207,6 +236,7 @@ async fn apply_one<K: Kernel>(
     metrics: &AgentMetrics,
     names: &BTreeMap<InjectionTag, String>,
     job: ApplyJob,
+    receipt: bool,
     outcome: &mut PodOutcome,
 ) {
     let ApplyJob {
@@ -277,7 +307,22 @@ async fn apply_one<K: Kernel>(
                     .set("matchedPackets", json!(counts_from.matched))
                     .set("bypassedPackets", json!(counts_from.bypassed));
             }
-            if statuses.write(&injection, change).await && applied.mechanism == Mechanism::Nfqueue {
+            let nfqueue = applied.mechanism == Mechanism::Nfqueue;
+            if receipt {
+                outcome.acknowledged.push(Acknowledged {
+                    entry: AppliedEntry {
+                        uid: injection.uid().unwrap_or_default(),
+                        generation,
+                        applied_at,
+                        mechanism: applied.mechanism.name().to_string(),
+                    },
+                    since: statuses.known_version(&injection),
+                    counts: nfqueue.then_some(counts_from),
+                    tag: tag.clone(),
+                    change,
+                    injection,
+                });
+            } else if statuses.write(&injection, change).await && nfqueue {
                 outcome.counts_written.push((tag.clone(), counts_from));
             }
         }

@@ -23,7 +23,11 @@ impl<K: Kernel> Agent<K> {
             let Some(tag) = tag_of(injection) else {
                 continue;
             };
-            if !self.confirmed.contains(&tag) || injection.metadata.deletion_timestamp.is_some() {
+            // One whose Applied status is still held back gets its counts with that write.
+            if !self.confirmed.contains(&tag)
+                || injection.metadata.deletion_timestamp.is_some()
+                || self.acknowledgements.holds(&tag)
+            {
                 continue;
             }
             let counted = self
