@@ -21,6 +21,11 @@
 //! the kubelets. The fault is 50 ms of latency towards 192.0.2.0/24 (TEST-NET-1: rules are
 //! installed in every target, no traffic of the bench is delayed by them).
 //!
+//! With `FAULTLINE_BENCH_SIDE_BY_SIDE` set, every other run goes without the agents' applied
+//! receipts (the revert signal's ConfigMap deleted before it: the agents then write each
+//! injection's status as its fault goes in, as before the receipts), and each size prints both
+//! sets' injection figures; the table holds the runs with receipts.
+//!
 //! `FAULTLINE_BENCH_PODS` (default `10,100,500`), `FAULTLINE_BENCH_RUNS` (default 3),
 //! `FAULTLINE_BENCH_CLUSTER` (`sandbox`, `real` or `both`, default: both when a control plane
 //! runs, else sandbox).
@@ -693,6 +698,8 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    // Runs with and without the agents' applied receipts, alternating (see the module doc).
+    let side_by_side = std::env::var_os("FAULTLINE_BENCH_SIDE_BY_SIDE").is_some();
     let real_kubeconfig = repo().join(".faultline/cluster/admin.kubeconfig");
     let control_plane_runs = real_kubeconfig.exists()
         && Command::new(repo().join("scripts/cluster.sh"))
@@ -745,16 +752,37 @@ async fn main() {
             scale(&client, pods).await;
             let memory = mib_per_pod(pods);
             let mut results = Vec::new();
+            let mut without = Vec::new();
             let mut attempt = 0;
-            while results.len() < runs {
+            while results.len() < runs || (side_by_side && without.len() < runs) {
                 assert!(
-                    attempt < runs * 3,
+                    attempt < runs * if side_by_side { 6 } else { 3 },
                     "{attempt} runs at {pods} targets, {} measured: the probe keeps failing before the service breaks",
                     results.len()
                 );
                 let name = format!("bench-{pods}-{attempt}");
                 attempt += 1;
-                results.extend(one_run(&client, &service, pods, &name, &prefix).await);
+                // Side by side: every other run without the applied receipts (the agents write
+                // each injection's status at once while the signal's ConfigMap is missing; the
+                // abort's signal makes it again).
+                let plain = side_by_side && results.len() > without.len();
+                if plain {
+                    without_the_signal_configmap(&client).await;
+                }
+                let run = one_run(&client, &service, pods, &name, &prefix).await;
+                if plain {
+                    without.extend(run);
+                } else {
+                    results.extend(run);
+                }
+            }
+            if side_by_side {
+                let pick = |runs: &[Run]| runs.iter().map(|r| r.injection).collect::<Vec<f64>>();
+                eprintln!(
+                    "  side by side, {pods} targets, create → every fault applied: with applied receipts {} ms, each status at once {} ms",
+                    min_median_max(&pick(&results)),
+                    min_median_max(&pick(&without))
+                );
             }
             let pick = |f: fn(&Run) -> f64| results.iter().map(f).collect::<Vec<f64>>();
             let row = vec![
@@ -785,6 +813,24 @@ async fn main() {
     for row in rows {
         println!("| {} |", row.join(" | "));
     }
+}
+
+/// Deletes the revert signal's ConfigMap and waits until the agents can have seen it gone.
+async fn without_the_signal_configmap(client: &Client) {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "faultline-system");
+    let _ = maps
+        .delete(REVERTING_CONFIGMAP, &DeleteParams::default())
+        .await;
+    while maps
+        .get_opt(REVERTING_CONFIGMAP)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Deletes the target Deployment and its pods (at once: no kubelet is left to confirm a
