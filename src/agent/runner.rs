@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
@@ -510,19 +510,15 @@ impl<K: Kernel> Agent<K> {
             self.acknowledgements.retain_experiments(&uids);
         }
         let (confirmed, journal) = (&self.confirmed, &self.journal);
-        let due = self
+        let still_applied =
+            |tag: &InjectionTag| confirmed.contains(tag) && journal.head(tag).is_some();
+        if let Some((writes, counts)) = self
             .acknowledgements
-            .take_due(|tag| confirmed.contains(tag) && journal.head(tag).is_some());
-        if due.is_empty() {
-            return;
+            .write_due(&self.statuses, still_applied)
+        {
+            self.reported.extend(counts);
+            self.reporting.spawn(writes);
         }
-        for held in &due {
-            if let Some(counts) = held.counts {
-                self.reported.insert(held.tag.clone(), counts);
-            }
-        }
-        self.reporting
-            .spawn(acknowledge::write_all(self.statuses.clone(), due).map(drop));
     }
 
     /// Reverts, every pod's in one pass, then applies, per pod, pods in parallel. Returns
@@ -604,5 +600,6 @@ impl<K: Kernel> Agent<K> {
             self.reported.remove(tag);
             self.count_base.remove(tag);
         }
+        self.acknowledgements.withdraw(tags);
     }
 }

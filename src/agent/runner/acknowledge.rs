@@ -1,6 +1,7 @@
 //! Saying that faults are in: one applied receipt per experiment and node after each step's
 //! applies (a key of the revert signal's ConfigMap, see `controller::applied_receipts`), and
-//! each injection's own `Applied` status once this node's applies have gone quiet.
+//! each injection's own `Applied` status once this node's applies have gone quiet, a few at a
+//! time.
 //!
 //! The injections' statuses used to be written as each fault went in: for 100 targets, 100
 //! writes of the API server between the faults and the experiment counting them in, while
@@ -13,7 +14,7 @@
 //! and receipts are not tried again for [`RETRY_AFTER`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -36,6 +37,11 @@ pub(super) const QUIET: Duration = Duration::from_millis(500);
 pub(super) const AT_MOST: Duration = Duration::from_secs(2);
 /// After a receipt could not be written, statuses go out at once for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Held statuses are written this many at once: bookkeeping, they trickle rather than burst.
+/// At 32 at once, 500 of them written in the sandbox (whose API server shares the process and
+/// its two cores with the controller) right after an injection timed out the controller's
+/// probe (a 90 ms timeout) in 8 of 10 runs of `benches/e2e_real_pods.rs`.
+const PARALLEL_HELD_WRITES: usize = 4;
 
 /// One fault the kernel took, and what its status is to say.
 pub(super) struct Acknowledged {
@@ -59,6 +65,9 @@ pub(super) struct Acknowledgements {
     first_held: Option<Instant>,
     last_apply: Option<Instant>,
     failed_at: Option<Instant>,
+    /// Faults whose held statuses are being written; a fault taken out meanwhile leaves it,
+    /// and its status is then not written.
+    writing: Arc<Mutex<BTreeSet<InjectionTag>>>,
 }
 
 impl Acknowledgements {
@@ -151,8 +160,9 @@ impl Acknowledgements {
     }
 
     /// The held statuses, once due, of the faults still applied (`still_applied`): one taken
-    /// out meanwhile has its own status written by the revert.
-    pub fn take_due(&mut self, still_applied: impl Fn(&InjectionTag) -> bool) -> Vec<Acknowledged> {
+    /// out meanwhile has its own status written by the revert (or, for an experiment ending,
+    /// its node's revert receipt speaks for it).
+    fn take_due(&mut self, still_applied: impl Fn(&InjectionTag) -> bool) -> Vec<Acknowledged> {
         if self.due().is_none_or(|at| at > Instant::now()) {
             return Vec::new();
         }
@@ -164,12 +174,66 @@ impl Acknowledgements {
             .collect()
     }
 
+    /// The writes of the held statuses that are due (see [`Self::take_due`]), to run in the
+    /// background, a few at once, each only while its fault is still in (see
+    /// [`Self::withdraw`]); with the packet counts they carry.
+    pub fn write_due(
+        &mut self,
+        statuses: &StatusWriter,
+        still_applied: impl Fn(&InjectionTag) -> bool,
+    ) -> Option<(
+        impl std::future::Future<Output = ()> + Send + 'static,
+        Vec<(InjectionTag, QueueCounts)>,
+    )> {
+        let due = self.take_due(still_applied);
+        if due.is_empty() {
+            return None;
+        }
+        let counts = due
+            .iter()
+            .filter_map(|a| Some((a.tag.clone(), a.counts?)))
+            .collect();
+        lock(&self.writing).extend(due.iter().map(|a| a.tag.clone()));
+        let writing = Arc::clone(&self.writing);
+        let statuses = statuses.clone();
+        let writes = async move {
+            futures::stream::iter(due.into_iter().map(|ack| {
+                let (statuses, writing) = (statuses.clone(), Arc::clone(&writing));
+                async move {
+                    if lock(&writing).remove(&ack.tag) {
+                        statuses
+                            .write_since(&ack.injection, ack.change, ack.since)
+                            .await;
+                    }
+                }
+            }))
+            .buffer_unordered(PARALLEL_HELD_WRITES)
+            .collect::<Vec<()>>()
+            .await;
+        };
+        Some((writes, counts))
+    }
+
+    /// Faults taken out: a held status of theirs still on its way is not written.
+    pub fn withdraw(&self, tags: &[InjectionTag]) {
+        let mut writing = lock(&self.writing);
+        for tag in tags {
+            writing.remove(tag);
+        }
+    }
+
     /// Forgets the receipts of experiments with no injection left for this agent (the signal's
     /// sweep removes their keys).
     pub fn retain_experiments(&mut self, live_uids: &BTreeSet<String>) {
         self.written
             .retain(|key, _| live_uids.contains(crate::controller::signal_receipts::uid_of(key)));
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One merge patch of the ConfigMap with the `changed` keys' values.
