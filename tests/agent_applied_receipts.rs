@@ -14,30 +14,10 @@ use common::wait_for;
 use faultline::api::{FaultInjection, InjectionPhase};
 use faultline::controller::REVERTING_CONFIGMAP;
 use faultline::controller::applied_receipts::{AppliedReceipt, applied_of, key};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-
-/// The controller's namespace and the signal's ConfigMap, empty, as the chart makes them.
-async fn signal_configmap(world: &World) -> Api<ConfigMap> {
-    let namespaces: Api<Namespace> = Api::all(world.client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "faultline-system"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let maps: Api<ConfigMap> = Api::namespaced(world.client.clone(), "faultline-system");
-    maps.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": REVERTING_CONFIGMAP}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    maps
-}
 
 /// The applied receipt for the experiment behind `injection` on this node, once it names it.
 async fn receipt_naming(maps: &Api<ConfigMap>, injection: &FaultInjection) -> AppliedReceipt {
@@ -63,7 +43,7 @@ async fn receipt_naming(maps: &Api<ConfigMap>, injection: &FaultInjection) -> Ap
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_receipt_says_the_fault_is_in_and_the_injections_own_status_follows() {
     let world = World::start(queueing_kernel()).await;
-    let maps = signal_configmap(&world).await;
+    let maps = world.signal_configmap(json!({})).await;
     let agent = world.agent();
     let pod = world.pod("target").await;
     let created = world.injection("lat", &pod, TimeDelta::minutes(5)).await;
@@ -105,7 +85,7 @@ async fn an_applied_receipt_says_the_fault_is_in_and_the_injections_own_status_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_held_back_never_lands_over_the_revert_that_came_first() {
     let world = World::start(queueing_kernel()).await;
-    let maps = signal_configmap(&world).await;
+    let maps = world.signal_configmap(json!({})).await;
     let agent = world.agent();
     let pod = world.pod("target").await;
     let created = world.injection("lat", &pod, TimeDelta::minutes(5)).await;

@@ -21,7 +21,7 @@ use faultline::api::{
     ObjectRef, PodRef, REVERTING_LABEL,
 };
 use faultline::sandbox::testkit;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -695,31 +695,13 @@ async fn the_revert_signal_alone_takes_an_experiments_faults_out() {
     world.wait_phase("lat-other", InjectionPhase::Applied).await;
     world.wait_rules(2).await;
 
-    let namespaces: Api<Namespace> = Api::all(world.client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "faultline-system"}})).unwrap(),
-        )
-        .await
-        .unwrap();
     let uid = named
         .spec
         .experiment
         .uid
         .clone()
         .expect("the experiment's UID");
-    let maps: Api<ConfigMap> = Api::namespaced(world.client.clone(), "faultline-system");
-    maps.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "metadata": {"name": faultline::controller::REVERTING_CONFIGMAP},
-            "data": {uid.clone(): "default/exp"},
-        }))
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    world.signal_configmap(json!({uid: "default/exp"})).await;
 
     let experiments: Api<ChaosExperiment> = Api::namespaced(world.client.clone(), "default");
     let (receipt, place) = world.receipt().await;

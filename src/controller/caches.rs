@@ -169,11 +169,16 @@ impl Caches {
             .is_some_and(|map| super::pause_switch::says_paused(&map))
     }
 
-    /// What the revert signal says of experiment `uid`, if it names it.
-    pub fn signalled(&self, uid: &str) -> Option<Signal> {
+    /// The signal's ConfigMap as the watch last saw it.
+    fn signal_map(&self) -> Option<Arc<ConfigMap>> {
         let key = kube::runtime::reflector::ObjectRef::new(REVERTING_CONFIGMAP)
             .within(&self.controller_namespace);
-        let map = self.signal.get(&key)?;
+        self.signal.get(&key)
+    }
+
+    /// What the revert signal says of experiment `uid`, if it names it.
+    pub fn signalled(&self, uid: &str) -> Option<Signal> {
+        let map = self.signal_map()?;
         map.data
             .as_ref()?
             .get(uid)
@@ -182,20 +187,14 @@ impl Caches {
 
     /// The revert receipts the agents left for experiment `uid` in the signal's ConfigMap.
     pub fn receipts(&self, uid: &str) -> Vec<RevertReceipt> {
-        let key = kube::runtime::reflector::ObjectRef::new(REVERTING_CONFIGMAP)
-            .within(&self.controller_namespace);
-        self.signal
-            .get(&key)
+        self.signal_map()
             .and_then(|map| Some(signal_receipts::receipts_of(map.data.as_ref()?, uid)))
             .unwrap_or_default()
     }
 
     /// The applied receipts the agents left for experiment `uid` in the signal's ConfigMap.
     pub fn applied(&self, uid: &str) -> Vec<applied_receipts::AppliedReceipt> {
-        let key = kube::runtime::reflector::ObjectRef::new(REVERTING_CONFIGMAP)
-            .within(&self.controller_namespace);
-        self.signal
-            .get(&key)
+        self.signal_map()
             .and_then(|map| Some(applied_receipts::applied_of(map.data.as_ref()?, uid)))
             .unwrap_or_default()
     }

@@ -211,6 +211,31 @@ impl World {
         .await
     }
 
+    /// The controller's namespace and the revert signal's ConfigMap with `data`, as the chart
+    /// and the controller make them.
+    pub async fn signal_configmap(&self, data: serde_json::Value) -> Api<ConfigMap> {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "faultline-system"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), "faultline-system");
+        maps.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": faultline::controller::REVERTING_CONFIGMAP},
+                "data": data,
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        maps
+    }
+
     /// The first revert receipt for experiment `exp`, once there, and where: beside the revert
     /// signal (in its ConfigMap) or, where that cannot be written, in the experiment's status.
     pub async fn receipt(&self) -> (faultline::api::RevertReceipt, ReceiptPlace) {

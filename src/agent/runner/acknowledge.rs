@@ -94,7 +94,9 @@ impl Acknowledgements {
         if applied.is_empty() {
             return Vec::new();
         }
-        let mut values = self.written.clone();
+        // Entries go in even when the write then fails: each names a fault that is in (its
+        // status is written at once instead), and the next receipt of that key says it too.
+        let values = &mut self.written;
         let mut changed = BTreeSet::new();
         let mut fits = true;
         for ack in &applied {
@@ -124,7 +126,7 @@ impl Acknowledgements {
         }
         let written = if fits {
             let started = Instant::now();
-            let result = deliver(client, controller_namespace, &values, &changed).await;
+            let result = deliver(client, controller_namespace, values, &changed).await;
             tracing::debug!(
                 took_ms = started.elapsed().as_millis() as u64,
                 keys = changed.len(),
@@ -141,7 +143,6 @@ impl Acknowledgements {
             false
         };
         if written {
-            self.written = values;
             let now = Instant::now();
             self.first_held.get_or_insert(now);
             self.last_apply = Some(now);
