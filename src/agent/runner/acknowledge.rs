@@ -196,23 +196,10 @@ impl Acknowledgements {
             .collect();
         lock(&self.writing).extend(due.iter().map(|a| a.tag.clone()));
         let writing = Arc::clone(&self.writing);
-        let statuses = statuses.clone();
-        let writes = async move {
-            futures::stream::iter(due.into_iter().map(|ack| {
-                let (statuses, writing) = (statuses.clone(), Arc::clone(&writing));
-                async move {
-                    if lock(&writing).remove(&ack.tag) {
-                        statuses
-                            .write_since(&ack.injection, ack.change, ack.since)
-                            .await;
-                    }
-                }
-            }))
-            .buffer_unordered(PARALLEL_HELD_WRITES)
-            .collect::<Vec<()>>()
-            .await;
-        };
-        Some((writes, counts))
+        let writes = write_statuses(statuses.clone(), due, PARALLEL_HELD_WRITES, move |tag| {
+            lock(&writing).remove(tag)
+        });
+        Some((async move { drop(writes.await) }, counts))
     }
 
     /// Faults taken out: a held status of theirs still on its way is not written.
@@ -264,9 +251,24 @@ pub(super) async fn write_all(
     statuses: StatusWriter,
     applied: Vec<Acknowledged>,
 ) -> Vec<(InjectionTag, QueueCounts)> {
-    futures::stream::iter(applied.into_iter().map(|ack| {
-        let statuses = statuses.clone();
+    write_statuses(statuses, applied, PARALLEL_WRITES, |_| true).await
+}
+
+/// Writes these statuses, `parallel` at once, each only if `still_wanted` says so when its turn
+/// comes. Returns the packet counts written.
+fn write_statuses(
+    statuses: StatusWriter,
+    acknowledged: Vec<Acknowledged>,
+    parallel: usize,
+    still_wanted: impl Fn(&InjectionTag) -> bool + Send + Sync + 'static,
+) -> impl std::future::Future<Output = Vec<(InjectionTag, QueueCounts)>> + Send + 'static {
+    let still_wanted = Arc::new(still_wanted);
+    futures::stream::iter(acknowledged.into_iter().map(move |ack| {
+        let (statuses, still_wanted) = (statuses.clone(), Arc::clone(&still_wanted));
         async move {
+            if !still_wanted(&ack.tag) {
+                return None;
+            }
             let written = statuses
                 .write_since(&ack.injection, ack.change, ack.since)
                 .await;
@@ -275,8 +277,7 @@ pub(super) async fn write_all(
                 .map(|counts| (ack.tag, counts))
         }
     }))
-    .buffer_unordered(PARALLEL_WRITES)
+    .buffer_unordered(parallel)
     .filter_map(|counts| async move { counts })
     .collect()
-    .await
 }
