@@ -17,7 +17,7 @@
 //!   costs nothing, where `self.matches(...)` on a label key of a GameDay's selector would cost
 //!   millions;
 //! - check the total: `cargo test --lib crd_validation::cost` estimates every CRD exactly as
-//!   the real server does (10,000,000 per rule, 100,000,000 per CRD); the GameDay is at 88.2M,
+//!   the real server does (10,000,000 per rule, 100,000,000 per CRD); the GameDay is at 91.4M,
 //!   its most expensive rule (`rules::day_probes_fit`) at 9.0M.
 
 use schemars::Schema;

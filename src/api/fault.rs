@@ -218,13 +218,13 @@ pub struct LossFault {
 #[serde(rename_all = "camelCase")]
 pub struct BandwidthFault {
     /// The rate, as `tc` writes it: a number and a unit of bit, kbit, mbit, gbit (bits per
-    /// second) or bps, kbps, mbps, gbps (bytes per second). For example `1mbit`. More than 0.
+    /// second) or bps, kbps, mbps, gbps (bytes per second). For example `1mbit`. At least one
+    /// byte per second (`8bit`, `1bps`): the kernel's shapers count whole bytes.
     #[schemars(
         length(max = 32),
         regex(pattern = super::bounds::RATE_PATTERN)
     )]
-    // A rate of 0 is no bandwidth at all; the kernel would refuse it only once the agent tried.
-    #[x_kube(validation = kube::core::Rule::new("!self.matches('^[0.]*[a-z]+$')").message("must be more than 0: to stop the traffic, use networkPartition (or networkLoss with percent 100)"))]
+    #[x_kube(validation = super::rules::rate_at_least_one_byte())]
     pub rate: String,
     /// Bucket size in bytes: how much may pass at full speed before the rate applies. At
     /// most 4294967295 (the kernel's field is 32 bits).

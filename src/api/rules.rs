@@ -31,6 +31,32 @@ pub const API_VERSION_PATTERN: &str =
 pub const FIELD_PATH_PATTERN: &str =
     r#"^\.[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+|\[('[^\]]*'|"[^\]]*"|[0-9]+)\])*$"#;
 
+/// A bandwidth `rate` (already in [`super::bounds::RATE_PATTERN`]'s shape) below one byte per
+/// second, zero included: the kernel's shapers count whole bytes, so the agent could only refuse
+/// it once the experiment had started. Exact in decimal, unit by unit: `bit` below 8, `bps`
+/// below 1, `kbit` below 0.008, `kbps` below 0.001, and so on for `m` and `g`.
+pub const SUB_BYTE_RATE_PATTERN: &str = concat!(
+    r"^(0*[0-7](\.[0-9]+)?bit",
+    r"|0+(\.[0-9]+)?bps",
+    r"|0+(\.(0{1,2}|00[0-7][0-9]*))?kbit",
+    r"|0+(\.(0{1,2}|000[0-9]*))?kbps",
+    r"|0+(\.(0{1,5}|0{5}[0-7][0-9]*))?mbit",
+    r"|0+(\.(0{1,5}|0{6}[0-9]*))?mbps",
+    r"|0+(\.(0{1,8}|0{8}[0-7][0-9]*))?gbit",
+    r"|0+(\.(0{1,8}|0{9}[0-9]*))?gbps)$",
+);
+
+/// A bandwidth `rate` of at least one byte per second (see [`SUB_BYTE_RATE_PATTERN`]).
+pub fn rate_at_least_one_byte() -> Rule {
+    Rule::new(format!(
+        "!self.matches('{}')",
+        SUB_BYTE_RATE_PATTERN.replace('\\', r"\\")
+    ))
+    .message(Message::Expression(
+        "'rate ' + self + ' is less than one byte per second; use at least 8bit (or 1bps); to stop the traffic, use networkPartition (or networkLoss with percent 100)'".into(),
+    ))
+}
+
 /// `networkLatency`: the jitter is at most the latency (a larger one would ask for negative
 /// delays).
 pub fn jitter_within_latency() -> Rule {

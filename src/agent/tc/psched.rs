@@ -149,38 +149,45 @@ pub(crate) fn rate_table(psched: &Psched, rate: u64, mtu: u32) -> (RateSpec, Vec
     (spec, table)
 }
 
-/// tc's rate units (case-insensitive): bits or bytes per second, SI or binary multiples.
-const RATE_UNITS: &[(&str, f64)] = &[
-    ("bit", 1.0),
-    ("kibit", 1024.0),
-    ("kbit", 1000.0),
-    ("mibit", 1024.0 * 1024.0),
-    ("mbit", 1_000_000.0),
-    ("gibit", 1024.0 * 1024.0 * 1024.0),
-    ("gbit", 1_000_000_000.0),
-    ("tibit", 1024.0 * 1024.0 * 1024.0 * 1024.0),
-    ("tbit", 1_000_000_000_000.0),
-    ("bps", 8.0),
-    ("kibps", 8.0 * 1024.0),
-    ("kbps", 8000.0),
-    ("mibps", 8.0 * 1024.0 * 1024.0),
-    ("mbps", 8_000_000.0),
-    ("gibps", 8.0 * 1024.0 * 1024.0 * 1024.0),
-    ("gbps", 8_000_000_000.0),
-    ("tibps", 8.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
-    ("tbps", 8_000_000_000_000.0),
+/// tc's rate units (case-insensitive), in bits per second: bits or bytes, SI or binary
+/// multiples.
+const RATE_UNITS: &[(&str, u128)] = &[
+    ("bit", 1),
+    ("kibit", 1 << 10),
+    ("kbit", 1_000),
+    ("mibit", 1 << 20),
+    ("mbit", 1_000_000),
+    ("gibit", 1 << 30),
+    ("gbit", 1_000_000_000),
+    ("tibit", 1 << 40),
+    ("tbit", 1_000_000_000_000),
+    ("bps", 8),
+    ("kibps", 8 << 10),
+    ("kbps", 8_000),
+    ("mibps", 8 << 20),
+    ("mbps", 8_000_000),
+    ("gibps", 8 << 30),
+    ("gbps", 8_000_000_000),
+    ("tibps", 8 << 40),
+    ("tbps", 8_000_000_000_000),
 ];
 
-/// A rate as `tc` reads it (`1mbit`, `100kbps`, `8.5mbit`), in bytes per second. Unlike tc, a
-/// unit is required: a bare number is ambiguous to a reader.
+/// A rate as `tc` reads it (`1mbit`, `100kbps`, `8.5mbit`), in bytes per second, truncated as tc
+/// truncates. Unlike tc, a unit is required (a bare number is ambiguous to a reader), and the
+/// number is read exactly in decimal, not as a float: the CRD refuses a rate below one byte per
+/// second by its digits (`api::rules::SUB_BYTE_RATE_PATTERN`), and `0.000008mbit`, which it
+/// accepts, must not become 0.99999 bytes here.
 pub(crate) fn parse_rate(text: &str) -> Result<u64, String> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("rate {text:?} does not start with a number (write it like 1mbit or 100kbps)")
-    })?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return Err(format!(
+            "rate {text:?} does not start with a number (write it like 1mbit or 100kbps)"
+        ));
+    }
     let scale = RATE_UNITS
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(unit))
@@ -188,8 +195,23 @@ pub(crate) fn parse_rate(text: &str) -> Result<u64, String> {
         .ok_or_else(|| {
             format!("rate {text:?} has no known unit (use bit, kbit, mbit, gbit, bps, kbps, mbps or gbps)")
         })?;
-    // As tc: scale, then bits to bytes, then truncate.
-    let bytes = (value * scale / 8.0) as u64;
+    let too_large =
+        || format!("rate {text:?} is too large: the kernel counts at most 2^64 bytes per second");
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    let bits_scaled: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u128>().map_err(|_| too_large())?
+    };
+    // number = bits_scaled / 10^fraction digits; bytes = number * scale / 8.
+    let denominator = u32::try_from(fraction.len())
+        .ok()
+        .and_then(|places| 10u128.checked_pow(places))
+        .and_then(|power| power.checked_mul(8))
+        .ok_or_else(too_large)?;
+    let bytes = bits_scaled.checked_mul(scale).ok_or_else(too_large)? / denominator;
+    let bytes = u64::try_from(bytes).map_err(|_| too_large())?;
     if bytes == 0 {
         return Err(format!("rate {text:?} is less than one byte per second"));
     }
@@ -238,6 +260,101 @@ mod tests {
                 .unwrap_err()
                 .contains("less than one byte")
         );
+        assert!(parse_rate("1.2.3mbit").unwrap_err().contains("number"));
+        assert!(
+            parse_rate("99999999999gbps")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            parse_rate("1000000000000000000000000000000000000000bit")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn rates_at_one_byte_per_second_are_read_exactly_in_decimal() {
+        for text in [
+            "8bit",
+            "1bps",
+            "0.008kbit",
+            "0.001kbps",
+            "0.000008mbit",
+            "0.000001mbps",
+        ] {
+            assert_eq!(parse_rate(text), Ok(1), "{text}");
+        }
+        for text in [
+            "7.999bit",
+            "0.9bps",
+            "0.0079kbit",
+            "0.0000079mbit",
+            "0.000000001gbit",
+        ] {
+            assert!(parse_rate(text).is_err(), "{text}");
+        }
+    }
+
+    /// The CRD refuses by a pattern on the text what this parser would refuse once the fault
+    /// is due: the two must draw the line at the same place.
+    #[test]
+    fn the_crd_rule_refuses_exactly_the_rates_below_one_byte_per_second() {
+        let sub_byte = regex::Regex::new(crate::api::rules::SUB_BYTE_RATE_PATTERN).unwrap();
+        let shape = regex::Regex::new(crate::api::bounds::RATE_PATTERN).unwrap();
+        let numbers = [
+            "0",
+            "00",
+            "0.0",
+            "1",
+            "7",
+            "07",
+            "7.9",
+            "8",
+            "08",
+            "8.0",
+            "9",
+            "10",
+            "0.5",
+            "0.9",
+            "1.0",
+            "0.1",
+            "0.01",
+            "0.001",
+            "0.0009",
+            "0.008",
+            "0.0079",
+            "0.0081",
+            "0.000001",
+            "0.0000009",
+            "0.000008",
+            "0.0000079",
+            "0.00000799999",
+            "0.000000001",
+            "0.0000000009",
+            "0.000000008",
+            "0.0000000079",
+            "0.00000001",
+            "0.0000001",
+            "12.345",
+            "0.000",
+            "0.00000000",
+            "0.000000000",
+            "0.0000000081",
+            "0.0000081",
+        ];
+        let units = ["bit", "kbit", "mbit", "gbit", "bps", "kbps", "mbps", "gbps"];
+        for number in numbers {
+            for unit in units {
+                let text = format!("{number}{unit}");
+                assert!(shape.is_match(&text), "{text}");
+                assert_eq!(
+                    sub_byte.is_match(&text),
+                    parse_rate(&text).is_err(),
+                    "{text}: the CRD and the agent disagree"
+                );
+            }
+        }
     }
 
     #[test]
