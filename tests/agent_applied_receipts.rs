@@ -104,8 +104,10 @@ async fn a_status_held_back_never_lands_over_the_revert_that_came_first() {
         world.kernel.rules().is_empty().then_some(())
     })
     .await;
-    // Past the longest hold: whatever was held has had its chance to be written.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past the hold (one apply: it ends when the node's applies have been quiet): whatever was
+    // held has had its chance to be written.
+    tokio::time::sleep(faultline::agent::runner::acknowledge::QUIET + Duration::from_millis(500))
+        .await;
     let phase = world
         .injections()
         .get("lat")

@@ -56,7 +56,7 @@ use super::telemetry::AgentMetrics;
 use super::writeback::{self, StatusChange, StatusWriter, key_of, live_injection, tag_of};
 use crate::api::{FaultInjection, InjectionPhase, NODE_LABEL};
 
-mod acknowledge;
+pub mod acknowledge;
 mod admit;
 mod apply;
 mod counts;
