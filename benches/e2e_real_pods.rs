@@ -28,7 +28,9 @@
 //!
 //! `FAULTLINE_BENCH_PODS` (default `10,100,500`), `FAULTLINE_BENCH_RUNS` (default 3),
 //! `FAULTLINE_BENCH_CLUSTER` (`sandbox`, `real` or `both`, default: both when a control plane
-//! runs, else sandbox).
+//! runs, else sandbox). `FAULTLINE_BENCH_BREAK_AFTER` (ms, default: at once) breaks the
+//! service that long after every fault is applied: to see an abort that meets the agents' held
+//! `Applied` statuses, which follow 3 s after a node's last apply.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -607,6 +609,10 @@ async fn one_run(
         all if all >= targets.len() => all,
         _ => holding(prefix, &targets, Look::AlsoIptables),
     };
+    if let Some(wait) = break_after() {
+        tokio::time::sleep_until((created + Duration::from_secs_f64(injection) + wait).into())
+            .await;
+    }
     view.catch_up();
     if let Some(why) = view.aborting_or_over(client).await {
         abandon(&experiments, &mut view, name, &why).await;
@@ -685,6 +691,15 @@ async fn one_run(
         break_to_gone,
         recorded,
     })
+}
+
+/// `FAULTLINE_BENCH_BREAK_AFTER` (milliseconds): how long after every fault is applied the
+/// service breaks; at once by default.
+fn break_after() -> Option<Duration> {
+    std::env::var("FAULTLINE_BENCH_BREAK_AFTER")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
 }
 
 fn min_median_max(values: &[f64]) -> String {
