@@ -43,10 +43,8 @@ pub const QUIET: Duration = Duration::from_secs(3);
 pub const AT_MOST: Duration = Duration::from_secs(10);
 /// After a receipt could not be written, statuses go out at once for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Held statuses are written this many at once: bookkeeping, they trickle rather than burst.
-/// At 32 at once, 500 of them written in the sandbox (whose API server shares the process and
-/// its two cores with the controller) right after an injection timed out the controller's
-/// probe (a 90 ms timeout) in 8 of 10 runs of `benches/e2e_real_pods.rs`.
+/// Held statuses are written this many at once: bookkeeping, they trickle rather than burst
+/// (each write is also a watch event and a reconcile of its experiment in the controller).
 const PARALLEL_HELD_WRITES: usize = 4;
 
 /// One fault the kernel took, and what its status is to say.
