@@ -38,6 +38,7 @@ real_suites=(
     controller_applied_receipts
     metadata_reads
     controller_abort_receipts
+    controller_packet_counts
     controller_many_targets
     controller_revert_signal
     object_size

@@ -79,8 +79,8 @@ pub async fn write_verdict(
 /// How long a verdict waits for a [`write_behind`] on its way.
 const WRITE_BEHIND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// [`write`] without waiting for it, for probe results alone while an experiment runs (about
-/// one write a second). Awaited, that write held the experiment's next reconcile: a probe
+/// [`write`] without waiting for it, for probe results and packet counts alone while an
+/// experiment runs (about one write a second). Awaited, that write held the experiment's next reconcile: a probe
 /// that failed while it was on its way (at 500 targets a write of the experiment takes
 /// 0.1-0.3 s of a loaded real API server) waited for it before the abort was decided, and did
 /// so in two of every five aborts measured. Still conditional on `experiment`'s version, so
@@ -114,7 +114,7 @@ pub fn write_behind(
             }
             Ok(()) => {}
             Err(error) => {
-                debug!(experiment = %experiment.name_any(), %error, "probe results not written; the next reconcile writes them");
+                debug!(experiment = %experiment.name_any(), %error, "probe results and counts not written; the next reconcile writes them");
             }
         }
     });

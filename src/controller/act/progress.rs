@@ -43,6 +43,54 @@ pub(super) fn hold_back_while_reverting(
     held_back(recorded, new, last_written, now, probe_results_only)
 }
 
+/// [`hold_back`] for a running experiment: a status that differs only in the packet counts
+/// of its faults (what the agents' NFQUEUE reports carry) waits, at most [`PUBLISH_INTERVAL`]
+/// after the last write, like progress does. At 500 targets the agents' Applied statuses,
+/// which come with the counts, arrive in batches for seconds after the injection; each batch
+/// was an awaited write of the whole experiment (0.06-0.17 s on the real control plane), and
+/// an abort decided meanwhile waited for it.
+pub(super) fn hold_back_running(
+    recorded: Option<&ChaosExperimentStatus>,
+    new: &ChaosExperimentStatus,
+    last_written: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    held_back(recorded, new, last_written, now, packet_counts_only)
+}
+
+/// Whether `new` differs from `recorded` in what is observed while faults run alone: probe
+/// results (see [`probe_results_only`]) and the packet counts of the faults. Neither decides
+/// anything; while an experiment runs, such a status is written behind
+/// (`status::write_behind`), so that a probe failing meanwhile is decided on at once.
+pub(super) fn observations_only(
+    recorded: &ChaosExperimentStatus,
+    new: &ChaosExperimentStatus,
+) -> bool {
+    with_counts_of(recorded, new).is_some_and(|rest| probe_results_only(recorded, &rest))
+}
+
+/// Whether `new` differs from `recorded` in the faults' packet counts alone.
+fn packet_counts_only(recorded: &ChaosExperimentStatus, new: &ChaosExperimentStatus) -> bool {
+    with_counts_of(recorded, new).is_some_and(|rest| rest == *recorded)
+}
+
+/// `new` with `recorded`'s packet counts, for the same targets (None when the targets differ
+/// in number, which counts cannot explain).
+fn with_counts_of(
+    recorded: &ChaosExperimentStatus,
+    new: &ChaosExperimentStatus,
+) -> Option<ChaosExperimentStatus> {
+    if recorded.targets.len() != new.targets.len() {
+        return None;
+    }
+    let mut rest = new.clone();
+    for (kept, before) in rest.targets.iter_mut().zip(&recorded.targets) {
+        kept.matched_packets = before.matched_packets;
+        kept.bypassed_packets = before.bypassed_packets;
+    }
+    Some(rest)
+}
+
 /// How long to hold back `new` when `news_only` says it can wait: until [`PUBLISH_INTERVAL`]
 /// after the last write.
 fn held_back(
@@ -61,10 +109,7 @@ fn held_back(
 
 /// Whether `new` differs from `recorded` in probe results alone: the probes' samples and
 /// counts, when they last checked, the hypothesis state and its `HypothesisHolding` condition.
-pub(super) fn probe_results_only(
-    recorded: &ChaosExperimentStatus,
-    new: &ChaosExperimentStatus,
-) -> bool {
+fn probe_results_only(recorded: &ChaosExperimentStatus, new: &ChaosExperimentStatus) -> bool {
     let recorded_condition = recorded
         .conditions
         .iter()
@@ -232,6 +277,88 @@ mod tests {
         moved_on.phase = Phase::Running;
         assert_eq!(
             hold_back(Some(&recorded), &moved_on, Some(t(0)), t(1)),
+            None
+        );
+    }
+
+    fn running_with_counts(matched: i64, bypassed: i64) -> ChaosExperimentStatus {
+        let mut status = applied(applied(injecting(2), 0), 1);
+        status.phase = Phase::Running;
+        for record in &mut status.targets {
+            record.matched_packets = Some(matched);
+            record.bypassed_packets = Some(bypassed);
+        }
+        status
+    }
+
+    #[test]
+    fn while_running_packet_counts_alone_wait_for_the_interval_since_the_last_write() {
+        let recorded = running_with_counts(0, 0);
+        let mut counted = recorded.clone();
+        counted.targets[1].matched_packets = Some(1200);
+        assert!(observations_only(&recorded, &counted));
+        assert_eq!(
+            hold_back_running(Some(&recorded), &counted, Some(t(0)), t(250)),
+            Some(Duration::from_millis(750))
+        );
+        assert_eq!(
+            hold_back_running(Some(&recorded), &counted, Some(t(0)), t(1000)),
+            None
+        );
+        // Counts that were not there at all before are counts too (the Applied status that
+        // an agent held back brings them).
+        let mut first = recorded.clone();
+        first.targets[0].matched_packets = None;
+        first.targets[0].bypassed_packets = None;
+        assert_eq!(
+            hold_back_running(Some(&first), &recorded, Some(t(0)), t(250)),
+            Some(Duration::from_millis(750))
+        );
+    }
+
+    #[test]
+    fn while_running_probe_results_go_out_behind_at_once_counts_with_them() {
+        let recorded = running_with_counts(0, 0);
+        let mut new = recorded.clone();
+        new.targets[0].matched_packets = Some(7);
+        new.checks = Some("12 passed, 0 failed".into());
+        new.last_checked_at = Some(t(900));
+        assert!(observations_only(&recorded, &new));
+        assert_eq!(
+            hold_back_running(Some(&recorded), &new, Some(t(0)), t(250)),
+            None,
+            "probe results are already held to their cadence where they are refreshed"
+        );
+    }
+
+    #[test]
+    fn while_running_anything_besides_observations_is_written_and_waited_for() {
+        let recorded = running_with_counts(0, 0);
+        let mut gone = running_with_counts(5, 0);
+        gone.targets[1].state = TargetState::Gone;
+        assert!(!observations_only(&recorded, &gone));
+        assert_eq!(
+            hold_back_running(Some(&recorded), &gone, Some(t(0)), t(1)),
+            None
+        );
+
+        let mut fact = running_with_counts(5, 2);
+        fact.timeline.push(TimelineEntry {
+            time: t(1),
+            reason: "FaultPartlyApplied".into(),
+            message: "pod shop/web-0: the fault was only partly in place".into(),
+        });
+        assert!(!observations_only(&recorded, &fact));
+        assert_eq!(
+            hold_back_running(Some(&recorded), &fact, Some(t(0)), t(1)),
+            None
+        );
+
+        let mut fewer = recorded.clone();
+        fewer.targets.pop();
+        assert!(!observations_only(&recorded, &fewer));
+        assert_eq!(
+            hold_back_running(Some(&recorded), &fewer, Some(t(0)), t(1)),
             None
         );
     }

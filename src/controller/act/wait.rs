@@ -55,19 +55,21 @@ pub(super) async fn wait_until(turn: &mut Turn<'_>, at: DateTime<Utc>) -> Result
         }
         longest = PEER_REFRESH;
     }
-    let results_only = status.phase == Phase::Running
-        && experiment
-            .status
-            .as_ref()
-            .is_some_and(|recorded| progress::probe_results_only(recorded, status));
-    if results_only {
+    let recorded = experiment.status.as_ref();
+    let observations_only = status.phase == Phase::Running
+        && recorded.is_some_and(|recorded| progress::observations_only(recorded, status));
+    let uid = experiment.uid().unwrap_or_default();
+    if !observations_only {
+        status::write(ctx, experiment, status).await?;
+    } else if let Some(wait) =
+        progress::hold_back_running(recorded, status, ctx.caches.status_writes.last(&uid), now)
+    {
+        // Packet counts alone: they go out with the next write, or when the interval is up.
+        longest = longest.min(wait);
+    } else if !status::write_behind(turn.ctx, experiment, status) {
         // Not waited for: a probe that fails while it is on its way is decided on at once
         // (see `status::write_behind`).
-        if !status::write_behind(turn.ctx, experiment, status) {
-            longest = longest.min(probe_hub::PUBLISH_INTERVAL);
-        }
-    } else {
-        status::write(ctx, experiment, status).await?;
+        longest = longest.min(probe_hub::PUBLISH_INTERVAL);
     }
     Ok(Next::Continue(Some(until(at, now).min(longest))))
 }
