@@ -12,8 +12,8 @@
 //!   real server does it through the `orphan` finalizer).
 //! * A dependent with several owners is deleted only when none of its owners remains; otherwise
 //!   only the reference to the deleted owner is dropped.
-//! * Namespace deletion is immediate: every object in the namespace is removed, ignoring its
-//!   finalizers, then the namespace itself (no `Terminating` phase).
+//! * A namespace's DELETE marks it `Terminating` and deletes its content through the rules
+//!   here, pods first (see `namespaces`); a CRD's DELETE its objects likewise (see `crd`).
 //! * Pods are deleted at once (no kubelet, so no graceful termination period), unless they carry
 //!   finalizers: then, as in the real server, a scheduled, non-terminal pod gets
 //!   `deletionTimestamp = now + grace` and `deletionGracePeriodSeconds = grace` (from the
