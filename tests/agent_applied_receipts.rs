@@ -106,7 +106,7 @@ async fn a_status_held_back_never_lands_over_the_revert_that_came_first() {
     .await;
     // Past the hold (one apply: it ends when the node's applies have been quiet): whatever was
     // held has had its chance to be written.
-    tokio::time::sleep(faultline::agent::runner::acknowledge::QUIET + Duration::from_millis(500))
+    tokio::time::sleep(faultline::agent::runner::HELD_STATUSES_QUIET + Duration::from_millis(500))
         .await;
     let phase = world
         .injections()

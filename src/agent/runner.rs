@@ -56,7 +56,7 @@ use super::telemetry::AgentMetrics;
 use super::writeback::{self, StatusChange, StatusWriter, key_of, live_injection, tag_of};
 use crate::api::{FaultInjection, InjectionPhase, NODE_LABEL};
 
-pub mod acknowledge;
+mod acknowledge;
 mod admit;
 mod apply;
 mod counts;
@@ -70,6 +70,9 @@ use gone::PodScan;
 use receipts::Receipts;
 use reverts::{Report, RevertJob};
 
+/// How long a node's applies must be quiet before the injections' own `Applied` statuses,
+/// held back behind the applied receipt, are written.
+pub use acknowledge::QUIET as HELD_STATUSES_QUIET;
 pub use counts::FULLY_APPLIED;
 
 /// How many pods the agent applies faults to at once (reverts go in one pass).

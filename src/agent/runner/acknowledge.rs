@@ -40,7 +40,7 @@ use crate::controller::applied_receipts::{self, AppliedEntry, AppliedReceipt};
 pub const QUIET: Duration = Duration::from_secs(3);
 /// ...but no longer than this after the first one held back (a long injection's first
 /// statuses do not wait for its last).
-pub const AT_MOST: Duration = Duration::from_secs(10);
+pub(super) const AT_MOST: Duration = Duration::from_secs(10);
 /// After a receipt could not be written, statuses go out at once for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Held statuses are written this many at once: bookkeeping, they trickle rather than burst
