@@ -197,6 +197,7 @@ pub async fn run<K: Kernel>(
         Api::all(client.clone()),
         selector,
         writer,
+        agent.statuses.clone(),
         changed.clone(),
         healthy_tx,
     ));
@@ -280,10 +281,15 @@ async fn refuse_injections(statuses: &StatusWriter, nodes: &[String], reason: &s
     }
 }
 
+/// Keeps `writer`'s store of the node's injections and wakes the agent on each change, but for
+/// the echoes of the agent's own writes: the store has them for the next step, and a step for
+/// each (500 at 500 targets, when the held `Applied` statuses go out, each a plan over every
+/// injection of the node) only kept a core busy while an abort might be on its way.
 async fn watch_injections(
     api: Api<FaultInjection>,
     selector: String,
     writer: reflector::store::Writer<FaultInjection>,
+    statuses: StatusWriter,
     changed: Arc<Notify>,
     healthy: watch::Sender<bool>,
 ) {
@@ -294,6 +300,10 @@ async fn watch_injections(
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(watcher::Event::Apply(injection)) if statuses.is_own_write(&injection) => {
+                healthy.send_replace(true);
+                continue;
+            }
             Ok(_) => {
                 healthy.send_replace(true);
             }

@@ -268,6 +268,17 @@ impl StatusWriter {
         released.insert(uid, Instant::now());
     }
 
+    /// Whether `seen` (an object as a watch event brings it) is exactly what this writer's
+    /// last write of it returned: the echo of the agent's own write, which tells it nothing
+    /// it does not know.
+    pub fn is_own_write(&self, seen: &FaultInjection) -> bool {
+        let Some(version) = seen.resource_version() else {
+            return false;
+        };
+        self.written(seen)
+            .is_some_and(|written| written.resource_version == version)
+    }
+
     /// The version of the injection this writer knows to be the latest: its own last write's,
     /// else the one `injection` carries.
     pub fn known_version(&self, injection: &FaultInjection) -> Option<String> {
@@ -460,6 +471,41 @@ pub(super) fn live_injection(
 mod tests {
     use super::*;
     use crate::api::FaultInjectionStatus;
+
+    #[tokio::test]
+    async fn only_the_version_of_its_own_last_write_is_an_echo() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let writer = StatusWriter::new(Client::try_from(config).unwrap());
+        let version = |uid: &str, rv: Option<&str>| -> FaultInjection {
+            let mut injection: FaultInjection = serde_json::from_value(json!({
+                "apiVersion": "faultline.dev/v1alpha1", "kind": "FaultInjection",
+                "metadata": {"name": "fi", "namespace": "shop", "uid": uid},
+                "spec": {"experiment": {"name": "e"}, "target": {"namespace": "shop", "name": "a", "uid": "p"},
+                         "nodeName": "node-1", "fault": {"partition": "both", "peerCidrs": ["10.0.0.0/8"]},
+                         "expiresAt": "2030-01-01T00:00:00Z"},
+            }))
+            .unwrap();
+            injection.metadata.resource_version = rv.map(String::from);
+            injection
+        };
+        assert!(
+            !writer.is_own_write(&version("u1", Some("5"))),
+            "nothing written yet"
+        );
+        writer.remember(&version("u1", Some("5")));
+        assert!(writer.is_own_write(&version("u1", Some("5"))));
+        assert!(
+            !writer.is_own_write(&version("u1", Some("6"))),
+            "someone wrote after us"
+        );
+        assert!(
+            !writer.is_own_write(&version("u2", Some("5"))),
+            "another injection"
+        );
+        assert!(!writer.is_own_write(&version("u1", None)));
+        writer.forget("u1");
+        assert!(!writer.is_own_write(&version("u1", Some("5"))));
+    }
 
     #[test]
     fn an_unwritten_change_followed_by_another_keeps_what_the_later_does_not_say() {
