@@ -136,3 +136,116 @@ async fn an_applied_receipt_counts_the_faults_in_before_their_own_statuses_say_s
     }
     h.stop().await;
 }
+
+/// The injections' own `Applied` statuses, written after the receipt counted them in (the
+/// agents hold them back a few seconds), say nothing new to the experiment: they do not
+/// reconcile it (at 500 targets, 500 reconciles of a 500-target experiment while an abort
+/// might be on its way). Counts that move still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_own_statuses_after_a_receipt_do_not_reconcile_the_experiment_again() {
+    const TARGETS: usize = 12;
+    let h = Harness::start_without_agent().await;
+    shop_with_web_pods(&h, TARGETS).await;
+    h.create("shop", "latency", latency_spec("10m")).await;
+    let injections = wait_for("every FaultInjection", Duration::from_secs(20), || async {
+        let items = h
+            .injections("shop")
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items;
+        (items.len() == TARGETS).then_some(items)
+    })
+    .await;
+    let experiment = h.experiments("shop").get("latency").await.unwrap();
+    let uid = experiment.uid().unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "faultline-system");
+    wait_for(
+        "the signal's ConfigMap",
+        Duration::from_secs(10),
+        || async { maps.get_opt(REVERTING_CONFIGMAP).await.ok()? },
+    )
+    .await;
+    let applied_at: chrono::DateTime<chrono::Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+    let receipt = AppliedReceipt {
+        experiment: "shop/latency".into(),
+        node: "node-1".into(),
+        applied: injections
+            .iter()
+            .map(|injection| {
+                let entry = AppliedEntry {
+                    uid: injection.uid().unwrap(),
+                    generation: injection.metadata.generation,
+                    applied_at,
+                    mechanism: "nfqueue".into(),
+                };
+                (injection.name_any(), entry)
+            })
+            .collect(),
+    };
+    let patch =
+        json!({"data": {key(&uid, "node-1").unwrap(): serde_json::to_string(&receipt).unwrap()}});
+    maps.patch(
+        REVERTING_CONFIGMAP,
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .unwrap();
+    h.wait_phase("shop", "latency", Phase::Running).await;
+    // Whatever the transition set going has settled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = h.metrics.reconciliations.get();
+    let api = h.injections("shop");
+    for injection in &injections {
+        let status = json!({"status": {
+            "phase": "Applied", "observedGeneration": injection.metadata.generation,
+            "appliedAt": "2026-12-07T12:00:01Z", "mechanism": "nfqueue",
+            "message": "latency 100ms via nfqueue, as the agent says it in its own words",
+            "matchedPackets": 0, "bypassedPackets": 0,
+        }});
+        api.patch_status(
+            &injection.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(status),
+        )
+        .await
+        .unwrap();
+        // One at a time, as reconciles would follow them one by one if they were news.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reconciled = h.metrics.reconciliations.get() - before;
+    // The experiment's own clock (a recheck of its targets every 2 s) may come in between.
+    assert!(
+        reconciled <= 3,
+        "{reconciled} reconciles for {TARGETS} statuses that said what the receipt said"
+    );
+
+    // Counts that moved are news: the record follows.
+    let first = injections[0].name_any();
+    api.patch_status(
+        &first,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"matchedPackets": 321}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the counts in the record",
+        Duration::from_secs(10),
+        || async {
+            let status = h.experiments("shop").get("latency").await.ok()?.status?;
+            status
+                .targets
+                .iter()
+                .any(|t| {
+                    t.injection.as_deref() == Some(first.as_str()) && t.matched_packets == Some(321)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    h.stop().await;
+}

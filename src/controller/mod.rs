@@ -39,6 +39,7 @@ mod caches;
 mod departures;
 pub mod events;
 pub mod fence;
+mod injection_news;
 mod injections;
 mod invalid;
 mod observe;
@@ -368,16 +369,48 @@ pub async fn run(
     let Telemetry { metrics, readiness } = telemetry;
     let listed = caches::Listed::default();
 
-    // Every FaultInjection, cached: observe reads them from here, and a change to one triggers
-    // its experiment's reconcile (what `owns` would do, but `owns` keeps no copy to read).
+    // The revert signal, cached (its watch is below): the agents' applied receipts in it tell
+    // which FaultInjection changes are news.
+    let (signal_store, signal_writer) = reflector::store::<ConfigMap>();
+    // Every FaultInjection, cached: observe reads them from here, and a change to one that is
+    // news to its experiment (see `injection_news`) triggers the experiment's reconcile (what
+    // `owns` would do, but `owns` keeps no copy to read).
     let (injection_store, injection_writer) = reflector::store();
+    let mut news = injection_news::InjectionNews::default();
+    let mut receipts_read = injection_news::ReceiptsRead::default();
+    let signal_for_news = signal_store.clone();
+    let signal_key = ObjectRef::<ConfigMap>::new(REVERTING_CONFIGMAP)
+        .within(&settings.policy.controller_namespace);
     let injection_events = watcher(
         Api::<FaultInjection>::all(client.clone()),
         watcher::Config::default(),
     )
     .reflect(injection_writer)
     .inspect(listed.marker(caches::Watch::Injections))
-    .touched_objects();
+    .filter_map(move |event| {
+        let news = match event {
+            Ok(watcher::Event::Apply(injection)) => {
+                let signal = signal_for_news.get(&signal_key);
+                news.is_news(&injection, |uid| receipts_read.of(signal.as_deref(), uid))
+                    .then_some(Ok(injection))
+            }
+            Ok(watcher::Event::Delete(injection)) => {
+                news.deleted(&injection);
+                Some(Ok(injection))
+            }
+            Ok(watcher::Event::Init) => {
+                news.relisting();
+                None
+            }
+            Ok(watcher::Event::InitApply(injection)) => {
+                news.listed(&injection);
+                Some(Ok(injection))
+            }
+            Ok(watcher::Event::InitDone) => None,
+            Err(error) => Some(Err(error)),
+        };
+        std::future::ready(news)
+    });
     // The pause switch, cached; flipping it must reach every running experiment at once, not
     // at its next requeue.
     let (pause_store, pause_writer) = reflector::store();
@@ -391,9 +424,8 @@ pub async fn run(
     .touched_objects()
     .filter_map(|event| async move { event.ok().map(|_| ()) });
 
-    // The revert signal, cached: an abort raised there is one under way (see revert_signal).
-    // A revert receipt an agent leaves there reconciles its experiment at once.
-    let (signal_store, signal_writer) = reflector::store();
+    // The revert signal: an abort raised there is one under way (see revert_signal). A revert
+    // receipt an agent leaves there reconciles its experiment at once.
     let mut receipts_seen = std::collections::BTreeMap::new();
     let receipt_arrivals = watcher(
         Api::<ConfigMap>::namespaced(client.clone(), &settings.policy.controller_namespace),

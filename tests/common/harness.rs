@@ -36,6 +36,8 @@ pub struct Harness {
     pub real_probes: bool,
     /// The controller's own namespace (its revert signal's home).
     pub controller_namespace: String,
+    /// The controller's metrics (a restarted controller counts on in the same).
+    pub metrics: faultline::metrics::Metrics,
     injection_timeout: Duration,
     controller: tokio::task::JoinHandle<()>,
     stop: Vec<oneshot::Sender<()>>,
@@ -51,6 +53,7 @@ fn spawn_controller(
     real_probes: bool,
     controller_namespace: &str,
     injection_timeout: Duration,
+    metrics: &faultline::metrics::Metrics,
 ) -> (
     mpsc::UnboundedSender<ObjectRef<ChaosExperiment>>,
     tokio::task::JoinHandle<()>,
@@ -77,7 +80,10 @@ fn spawn_controller(
         settings,
         hypotheses,
         triggers,
-        Default::default(),
+        controller::Telemetry {
+            metrics: metrics.clone(),
+            readiness: Default::default(),
+        },
         std::future::pending(),
     ));
     (trigger, task)
@@ -177,12 +183,14 @@ impl Harness {
             Some(make) => Clients::from_config_via(cluster.client_config(), |c| Ok(make(c))),
         }
         .expect("clients");
+        let metrics = faultline::metrics::Metrics::default();
         let (trigger, controller) = spawn_controller(
             clients,
             &probes,
             real_probes,
             controller_namespace,
             injection_timeout,
+            &metrics,
         );
         let (stop_agent, agent_stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(stand_in_agent(client.clone(), agent_stopped));
@@ -193,6 +201,7 @@ impl Harness {
             trigger,
             real_probes,
             controller_namespace: controller_namespace.to_string(),
+            metrics,
             injection_timeout,
             controller,
             stop: vec![stop_agent],
@@ -212,6 +221,7 @@ impl Harness {
             self.real_probes,
             &self.controller_namespace,
             self.injection_timeout,
+            &self.metrics,
         );
         self.trigger = trigger;
         self.controller = controller;
