@@ -13,7 +13,7 @@ use common::{
     harness::{Harness, assert_every_target, latency_spec, shop_with_web_pods},
     wait_for,
 };
-use faultline::api::{Phase, TargetState};
+use faultline::api::{FaultInjection, Phase, TargetState};
 use faultline::controller::REVERTING_CONFIGMAP;
 use faultline::controller::applied_receipts::{AppliedEntry, AppliedReceipt, key};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -21,25 +21,26 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_applied_receipt_counts_the_faults_in_before_their_own_statuses_say_so() {
-    let h = Harness::start_without_agent().await;
-    shop_with_web_pods(&h, 2).await;
+/// An experiment `latency` over `targets` pods with no agent: its FaultInjections as created,
+/// its UID, and the revert signal's ConfigMap (which the controller makes at its start, as the
+/// chart does in a cluster), where the test writes the receipts an agent would.
+async fn unapplied_experiment(
+    h: &Harness,
+    targets: usize,
+) -> (Vec<FaultInjection>, String, Api<ConfigMap>) {
+    shop_with_web_pods(h, targets).await;
     h.create("shop", "latency", latency_spec("10m")).await;
-    let injections = wait_for("both FaultInjections", Duration::from_secs(10), || async {
+    let injections = wait_for("every FaultInjection", Duration::from_secs(20), || async {
         let items = h
             .injections("shop")
             .list(&ListParams::default())
             .await
             .ok()?
             .items;
-        (items.len() == 2).then_some(items)
+        (items.len() == targets).then_some(items)
     })
     .await;
     let experiment = h.experiments("shop").get("latency").await.unwrap();
-    let uid = experiment.uid().unwrap();
-
-    // The controller made the ConfigMap at its start (the chart does in a cluster).
     let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "faultline-system");
     wait_for(
         "the signal's ConfigMap",
@@ -47,6 +48,31 @@ async fn an_applied_receipt_counts_the_faults_in_before_their_own_statuses_say_s
         || async { maps.get_opt(REVERTING_CONFIGMAP).await.ok()? },
     )
     .await;
+    (injections, experiment.uid().unwrap(), maps)
+}
+
+/// Node-1's applied receipt for experiment `uid`, as its agent writes it.
+async fn write_receipt(maps: &Api<ConfigMap>, uid: &str, entries: BTreeMap<String, AppliedEntry>) {
+    let receipt = AppliedReceipt {
+        experiment: "shop/latency".into(),
+        node: "node-1".into(),
+        applied: entries,
+    };
+    let value = serde_json::to_string(&receipt).unwrap();
+    let patch = json!({"data": {key(uid, "node-1").unwrap(): value}});
+    maps.patch(
+        REVERTING_CONFIGMAP,
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_receipt_counts_the_faults_in_before_their_own_statuses_say_so() {
+    let h = Harness::start_without_agent().await;
+    let (injections, uid, maps) = unapplied_experiment(&h, 2).await;
 
     // Node-1's agent says both are in: the first as it is, the second for an object of the
     // same name that no longer exists (another UID), which must not count.
@@ -69,26 +95,7 @@ async fn an_applied_receipt_counts_the_faults_in_before_their_own_statuses_say_s
             (injection.name_any(), entry)
         })
         .collect();
-    let write = |entries: BTreeMap<String, AppliedEntry>| {
-        let receipt = AppliedReceipt {
-            experiment: "shop/latency".into(),
-            node: "node-1".into(),
-            applied: entries,
-        };
-        let value = serde_json::to_string(&receipt).unwrap();
-        let patch = json!({"data": {key(&uid, "node-1").unwrap(): value}});
-        let maps = maps.clone();
-        async move {
-            maps.patch(
-                REVERTING_CONFIGMAP,
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await
-            .unwrap();
-        }
-    };
-    write(entries.clone()).await;
+    write_receipt(&maps, &uid, entries.clone()).await;
     let second = injections[1].name_any();
     let one_in = wait_for("one target injected", Duration::from_secs(10), || async {
         let status = h.experiments("shop").get("latency").await.ok()?.status?;
@@ -115,7 +122,7 @@ async fn an_applied_receipt_counts_the_faults_in_before_their_own_statuses_say_s
     // The receipt, corrected, names the second one too: every fault is in.
     let mut corrected = entries;
     corrected.get_mut(&second).unwrap().uid = injections[1].uid().unwrap();
-    write(corrected).await;
+    write_receipt(&maps, &uid, corrected).await;
     let running = h.wait_phase("shop", "latency", Phase::Running).await;
     let status = running.status.unwrap();
     assert_every_target(&status, TargetState::Injected);
@@ -145,53 +152,21 @@ async fn an_applied_receipt_counts_the_faults_in_before_their_own_statuses_say_s
 async fn the_own_statuses_after_a_receipt_do_not_reconcile_the_experiment_again() {
     const TARGETS: usize = 12;
     let h = Harness::start_without_agent().await;
-    shop_with_web_pods(&h, TARGETS).await;
-    h.create("shop", "latency", latency_spec("10m")).await;
-    let injections = wait_for("every FaultInjection", Duration::from_secs(20), || async {
-        let items = h
-            .injections("shop")
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items;
-        (items.len() == TARGETS).then_some(items)
-    })
-    .await;
-    let experiment = h.experiments("shop").get("latency").await.unwrap();
-    let uid = experiment.uid().unwrap();
-    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "faultline-system");
-    wait_for(
-        "the signal's ConfigMap",
-        Duration::from_secs(10),
-        || async { maps.get_opt(REVERTING_CONFIGMAP).await.ok()? },
-    )
-    .await;
+    let (injections, uid, maps) = unapplied_experiment(&h, TARGETS).await;
     let applied_at: chrono::DateTime<chrono::Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
-    let receipt = AppliedReceipt {
-        experiment: "shop/latency".into(),
-        node: "node-1".into(),
-        applied: injections
-            .iter()
-            .map(|injection| {
-                let entry = AppliedEntry {
-                    uid: injection.uid().unwrap(),
-                    generation: injection.metadata.generation,
-                    applied_at,
-                    mechanism: "nfqueue".into(),
-                };
-                (injection.name_any(), entry)
-            })
-            .collect(),
-    };
-    let patch =
-        json!({"data": {key(&uid, "node-1").unwrap(): serde_json::to_string(&receipt).unwrap()}});
-    maps.patch(
-        REVERTING_CONFIGMAP,
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .unwrap();
+    let entries = injections
+        .iter()
+        .map(|injection| {
+            let entry = AppliedEntry {
+                uid: injection.uid().unwrap(),
+                generation: injection.metadata.generation,
+                applied_at,
+                mechanism: "nfqueue".into(),
+            };
+            (injection.name_any(), entry)
+        })
+        .collect();
+    write_receipt(&maps, &uid, entries).await;
     h.wait_phase("shop", "latency", Phase::Running).await;
     // Whatever the transition set going has settled.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -89,16 +89,7 @@ pub fn overlay(
                 .status
                 .as_ref()
                 .is_none_or(|s| s.phase == InjectionPhase::Pending);
-            let name = injection.name_any();
-            let entry = receipts
-                .iter()
-                .filter(|r| r.node == injection.spec.node_name)
-                .find_map(|r| r.applied.get(&name))
-                .filter(|e| {
-                    injection.uid().as_deref() == Some(e.uid.as_str())
-                        && e.generation == injection.metadata.generation
-                });
-            match entry {
+            match entry_for(&injection, receipts) {
                 Some(entry) if waiting => {
                     let mut seen = (*injection).clone();
                     seen.status = Some(FaultInjectionStatus {
@@ -118,6 +109,23 @@ pub fn overlay(
             }
         })
         .collect()
+}
+
+/// What the receipt of the injection's node says of it, if it names this very object (UID)
+/// and generation: only then does it count the injection in.
+pub fn entry_for<'a>(
+    injection: &FaultInjection,
+    receipts: &'a [AppliedReceipt],
+) -> Option<&'a AppliedEntry> {
+    let name = injection.name_any();
+    receipts
+        .iter()
+        .filter(|r| r.node == injection.spec.node_name)
+        .find_map(|r| r.applied.get(&name))
+        .filter(|e| {
+            injection.uid().as_deref() == Some(e.uid.as_str())
+                && e.generation == injection.metadata.generation
+        })
 }
 
 /// The ConfigMap key of `node`'s receipt for the experiment with this UID, if it fits.

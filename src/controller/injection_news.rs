@@ -16,7 +16,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 
-use super::applied_receipts::{AppliedReceipt, applied_of};
+use super::applied_receipts::{AppliedReceipt, applied_of, entry_for};
 use crate::api::{Condition, FaultInjection, InjectionPhase};
 
 /// What the owning experiment sees of one injection.
@@ -77,7 +77,7 @@ impl InjectionNews {
                 read = Some(receipts(experiment));
             }
             read.as_deref()
-                .is_some_and(|receipts| counted_in(injection, receipts))
+                .is_some_and(|receipts| entry_for(injection, receipts).is_some())
         };
         seen(&before, &mut counted) != seen(injection, &mut counted)
     }
@@ -163,20 +163,6 @@ fn seen(injection: &FaultInjection, counted: &mut impl FnMut(&FaultInjection) ->
         annotations: injection.annotations().clone(),
         status,
     }
-}
-
-/// Whether a receipt of the injection's node names it, this very object and generation (what
-/// `applied_receipts::overlay` requires to count it in).
-fn counted_in(injection: &FaultInjection, receipts: &[AppliedReceipt]) -> bool {
-    let name = injection.name_any();
-    receipts
-        .iter()
-        .filter(|r| r.node == injection.spec.node_name)
-        .filter_map(|r| r.applied.get(&name))
-        .any(|entry| {
-            injection.uid().as_deref() == Some(entry.uid.as_str())
-                && entry.generation == injection.metadata.generation
-        })
 }
 
 #[cfg(test)]
