@@ -203,3 +203,66 @@ async fn a_receipt_left_beside_the_revert_signal_ends_the_abort_and_lands_in_sta
     assert_eq!(later.status.unwrap().revert_receipts, vec![receipt]);
     h.stop().await;
 }
+
+/// An experiment that ended deletes its FaultInjections as housekeeping, and the agents let go
+/// of them one after another: their going wakes the experiment for the last one only (it then
+/// forgets its revert), not twice for each (a 500-target abort was reconciled 289 times in
+/// the seconds after its verdict, each time for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_experiments_injections_going_do_not_wake_it_once_each() {
+    const PODS: usize = 60;
+    let h = Harness::start_with_production_timeout().await;
+    shop_with_web_pods(&h, PODS).await;
+    h.create("shop", "tidy", latency_spec("10m")).await;
+    let running = h.wait_phase("shop", "tidy", Phase::Running).await;
+    h.break_hypothesis(&running);
+    let (_, uid) = revert_signal_raised(&h, &running).await;
+    let receipt = RevertReceipt {
+        node: "node-1".into(),
+        reverted_at: Utc::now(),
+        injections: PODS as i32,
+        failed: None,
+    };
+    signal_receipts::write(
+        &h.client,
+        &h.controller_namespace,
+        &uid,
+        "shop/tidy",
+        std::slice::from_ref(&receipt),
+    )
+    .await
+    .unwrap();
+    h.wait_phase("shop", "tidy", Phase::Aborted).await;
+    let before = h.metrics.reconciliations.get();
+    let injections = h.injections("shop");
+    let left_at_the_verdict = injections
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    wait_for(
+        "every FaultInjection gone",
+        std::time::Duration::from_secs(30),
+        || async {
+            let left = injections.list(&Default::default()).await.ok()?.items;
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
+    // The last events' reconciles, if any were coming.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let reconciled = h.metrics.reconciliations.get() - before;
+    eprintln!(
+        "{left_at_the_verdict} FaultInjections left when the verdict was seen; {reconciled} reconciles while they went"
+    );
+    assert!(
+        left_at_the_verdict >= PODS / 2,
+        "the test needs the injections to go after the verdict: only {left_at_the_verdict} were left"
+    );
+    assert!(
+        reconciled <= 3,
+        "{reconciled} reconciles of a finished experiment while its {left_at_the_verdict} FaultInjections went"
+    );
+    h.stop().await;
+}

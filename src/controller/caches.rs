@@ -207,12 +207,26 @@ impl Caches {
         experiment: &str,
         uid: &str,
     ) -> Vec<Arc<FaultInjection>> {
-        self.injections.state_filter(|i| {
-            i.metadata.namespace.as_deref() == Some(namespace)
-                && i.labels().get(EXPERIMENT_LABEL).map(String::as_str) == Some(experiment)
-                && i.spec.experiment.uid.as_deref().is_none_or(|u| u == uid)
-        })
+        self.injections
+            .state_filter(|i| belongs_to(i, namespace, experiment, uid))
     }
+}
+
+/// Whether `injection` is one of the experiment `namespace/experiment` with UID `uid`.
+pub fn belongs_to(
+    injection: &FaultInjection,
+    namespace: &str,
+    experiment: &str,
+    uid: &str,
+) -> bool {
+    injection.metadata.namespace.as_deref() == Some(namespace)
+        && injection.labels().get(EXPERIMENT_LABEL).map(String::as_str) == Some(experiment)
+        && injection
+            .spec
+            .experiment
+            .uid
+            .as_deref()
+            .is_none_or(|u| u == uid)
 }
 
 /// Experiments (by UID) with a write on its way that nobody waits for (see

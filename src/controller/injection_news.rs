@@ -6,8 +6,8 @@
 //! that came then waited for CPU. An event is news when the injection as the experiment sees it
 //! (its status overlaid by the receipts, see `applied_receipts::overlay`) changed in anything
 //! a decision or the status reads; its own words for a fault the receipt counted in (when,
-//! how, in which sentence) are not. Deletions are always news. Pure but for the receipts it
-//! is handed.
+//! how, in which sentence) are not. Deletions are always news here (a finished experiment's
+//! are sorted out by `housekeeping`). Pure but for the receipts it is handed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;

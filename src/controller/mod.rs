@@ -39,6 +39,7 @@ mod caches;
 mod departures;
 pub mod events;
 pub mod fence;
+mod housekeeping;
 mod injection_news;
 mod injections;
 mod invalid;
@@ -376,6 +377,13 @@ pub async fn run(
     // news to its experiment (see `injection_news`) triggers the experiment's reconcile (what
     // `owns` would do, but `owns` keeps no copy to read).
     let (injection_store, injection_writer) = reflector::store();
+    // Through DeserializeGuard, so that one object that cannot be read does not stall the
+    // watcher for every other experiment. Made here: the injections' filter reads it too.
+    let (experiment_store, experiment_writer) = reflector::store();
+    let housekeeping = housekeeping::Housekeeping {
+        experiments: experiment_store.clone(),
+        injections: injection_store.clone(),
+    };
     let mut news = injection_news::InjectionNews::default();
     let mut receipts_read = injection_news::ReceiptsRead::default();
     let signal_for_news = signal_store.clone();
@@ -391,12 +399,15 @@ pub async fn run(
         let news = match event {
             Ok(watcher::Event::Apply(injection)) => {
                 let signal = signal_for_news.get(&signal_key);
-                news.is_news(&injection, |uid| receipts_read.of(signal.as_deref(), uid))
-                    .then_some(Ok(injection))
+                (news.is_news(&injection, |uid| receipts_read.of(signal.as_deref(), uid))
+                    && !housekeeping
+                        .is_only_housekeeping(&injection, housekeeping::going(&injection)))
+                .then_some(Ok(injection))
             }
             Ok(watcher::Event::Delete(injection)) => {
                 news.deleted(&injection);
-                Some(Ok(injection))
+                (!housekeeping.is_only_housekeeping(&injection, Some(housekeeping::Going::Deleted)))
+                    .then_some(Ok(injection))
             }
             Ok(watcher::Event::Init) => {
                 news.relisting();
@@ -478,9 +489,6 @@ pub async fn run(
         now: Utc::now,
         metrics,
     });
-    // Through DeserializeGuard, so that one object that cannot be read does not stall the
-    // watcher for every other experiment.
-    let (experiment_store, experiment_writer) = reflector::store();
     let sweep = revert_signal::sweep(
         ctx.client.clone(),
         ctx.settings.policy.controller_namespace.clone(),
