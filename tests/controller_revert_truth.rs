@@ -3,7 +3,9 @@
 //! agent's finalizer already on it), never applied, deleted at the injection timeout, and let go
 //! of by the controller once `abort.revertTimeout` passed without any agent taking it up. The
 //! verdict says what is unknown and what to check instead. And a fault whose agent reported it
-//! applied and then went silent ends the experiment Error at the revert timeout, naming it.
+//! applied and then went silent ends the experiment Error at the revert timeout, naming it; its
+//! FaultInjection is held until the kernel's deadline for the fault has passed, and then let
+//! go of by the controller (see `controller::expired_holds`), with a Warning Event.
 //! Through the API server (embedded, or the real control plane with
 //! `FAULTLINE_TEST_CLUSTER=real`).
 
@@ -18,8 +20,9 @@ use common::{
 use faultline::api::{
     AGENT_FINALIZER, ConditionStatus, FaultInjection, InjectionPhase, Phase, TargetState, Verdict,
 };
+use k8s_openapi::api::events::v1::Event;
 use kube::{
-    ResourceExt,
+    Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
@@ -117,7 +120,7 @@ async fn without_an_agent_the_revert_is_never_called_confirmed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fault_whose_agent_went_silent_after_applying_fails_the_revert_at_the_revert_timeout() {
+async fn a_fault_whose_agent_went_silent_fails_the_revert_and_is_let_go_of_after_its_deadline() {
     let h = Harness::start_without_agent().await;
     shop_with_web_pods(&h, 1).await;
     h.create(
@@ -160,14 +163,56 @@ async fn a_fault_whose_agent_went_silent_after_applying_fails_the_revert_at_the_
     assert!(left.metadata.deletion_timestamp.is_some());
     assert_eq!(left.finalizers(), [AGENT_FINALIZER]);
     assert_eq!(left.status.map(|s| s.phase), Some(InjectionPhase::Applied));
-    // The agent comes back and confirms: the object goes.
-    h.injections("shop")
-        .patch(
-            &injection.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
+    // The agent never comes back. The kernel ended the fault at `expiresAt`; past it by the
+    // margin for the node's clock (the harness's: 1 s), the controller lets go of the object
+    // and says so on the experiment.
+    let expires_at = left.spec.expires_at;
+    wait_for(
+        "the FaultInjection let go of after its deadline",
+        Duration::from_secs(60),
+        || async {
+            let gone = h
+                .injections("shop")
+                .get_opt(&injection.name_any())
+                .await
+                .ok()?
+                .is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+    let released_after = chrono::Utc::now() - expires_at;
+    assert!(
+        released_after >= chrono::TimeDelta::seconds(1),
+        "let go of {released_after} after expiresAt, before the margin"
+    );
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "shop");
+    let event = wait_for(
+        "the ExpiredHoldReleased Event",
+        Duration::from_secs(10),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("ExpiredHoldReleased"))
+        },
+    )
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.regarding.and_then(|r| r.name).as_deref(),
+        Some("latency")
+    );
+    let note = event.note.unwrap_or_default();
+    for words in [
+        "(shop/web-0) on node node-1",
+        "the kernel ended the fault at its deadline",
+        "Check the faultline agent on node-1",
+    ] {
+        assert!(note.contains(words), "{words:?} in {note}");
+    }
     h.stop().await;
 }

@@ -226,38 +226,23 @@ pub async fn delete_one(api: &Api<FaultInjection>, name: &str) -> Result<(), kub
 
 /// Lets go of the agent finalizer on deleted injections that no agent took up within the
 /// revert timeout (see `revert_progress::unclaimed`), so that a node without a running agent
-/// does not hold the experiment's revert forever. Each patch carries the resourceVersion it
-/// was decided on: an agent that wrote meanwhile wins, and the next reconcile looks again.
+/// does not hold the experiment's revert forever.
 pub async fn release_unclaimed(
     client: &kube::Client,
     experiment: &ChaosExperiment,
     unclaimed: &[Arc<FaultInjection>],
 ) {
-    let api: Api<FaultInjection> =
-        Api::namespaced(client.clone(), &experiment.namespace().unwrap_or_default());
     for injection in unclaimed {
-        let finalizers: Vec<&String> = injection
-            .finalizers()
-            .iter()
-            .filter(|f| *f != AGENT_FINALIZER)
-            .collect();
-        let patch = serde_json::json!({"metadata": {
-            "resourceVersion": injection.resource_version(),
-            "finalizers": finalizers,
-        }});
         let name = injection.name_any();
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => tracing::warn!(
+        match release_agent_finalizer(client, injection).await {
+            Ok(true) => tracing::warn!(
                 experiment = %experiment.name_any(),
                 injection = %name,
                 node = %injection.spec.node_name,
                 pod = %injection.spec.target.name,
                 "no agent took up this FaultInjection before the revert timeout; released its agent finalizer (its revert stays unconfirmed)"
             ),
-            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
+            Ok(false) => {}
             Err(error) => tracing::warn!(
                 experiment = %experiment.name_any(),
                 injection = %name,
@@ -265,6 +250,38 @@ pub async fn release_unclaimed(
                 "could not release the agent finalizer of an unclaimed FaultInjection; trying again at the next reconcile"
             ),
         }
+    }
+}
+
+/// Removes the agent's finalizer from `injection`, keeping any other. The patch carries the
+/// resourceVersion it was decided on: an agent that wrote meanwhile wins, and whoever decided
+/// looks again. Ok(false) when the object changed or went meanwhile.
+pub async fn release_agent_finalizer(
+    client: &kube::Client,
+    injection: &FaultInjection,
+) -> Result<bool, kube::Error> {
+    let api: Api<FaultInjection> =
+        Api::namespaced(client.clone(), &injection.namespace().unwrap_or_default());
+    let finalizers: Vec<&String> = injection
+        .finalizers()
+        .iter()
+        .filter(|f| *f != AGENT_FINALIZER)
+        .collect();
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": injection.resource_version(),
+        "finalizers": finalizers,
+    }});
+    match api
+        .patch(
+            &injection.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => Ok(false),
+        Err(error) => Err(error),
     }
 }
 

@@ -38,6 +38,7 @@ pub mod applied_receipts;
 mod caches;
 mod departures;
 pub mod events;
+mod expired_holds;
 pub mod fence;
 mod housekeeping;
 mod injection_news;
@@ -132,8 +133,12 @@ pub struct Settings {
     /// at once). Bounds the API calls in flight and the memory they hold when many experiments
     /// start together; 0 means no limit.
     pub concurrency: u16,
-    /// How often keys of the revert signal that nothing needs any more are removed.
+    /// How often keys of the revert signal that nothing needs any more are removed, and
+    /// FaultInjections held past their deadline are looked for (see `expired_holds`).
     pub signal_sweep_every: Duration,
+    /// How far past its `expiresAt` a deleted FaultInjection of an ended experiment may still
+    /// be held by its agent before the controller lets go (see `expired_holds`).
+    pub expired_hold_margin: Duration,
 }
 
 impl Default for Settings {
@@ -147,6 +152,7 @@ impl Default for Settings {
             expiry_grace: EXPIRY_GRACE,
             concurrency: 16,
             signal_sweep_every: revert_signal::SWEEP_EVERY,
+            expired_hold_margin: expired_holds::EXPIRED_HOLD_MARGIN,
         }
     }
 }
@@ -496,6 +502,11 @@ pub async fn run(
         experiment_store.clone(),
         ctx.settings.signal_sweep_every,
     );
+    let expired_holds = expired_holds::sweep(
+        ctx.clone(),
+        experiment_store.clone(),
+        ctx.settings.signal_sweep_every,
+    );
     let forget_ctx = ctx.clone();
     let experiment_events = watcher(
         Api::<DeserializeGuard<ChaosExperiment>>::all(client),
@@ -555,11 +566,12 @@ pub async fn run(
                 tracing::debug!(%error, "reconcile error");
             }
         });
-    // The signal's sweep and the namespace watch have no end of their own: they stop with the
+    // The sweeps and the namespace watch have no end of their own: they stop with the
     // controller.
     tokio::select! {
         _ = futures::future::join(experiments, owners) => {}
         () = sweep => {}
+        () = expired_holds => {}
         () = namespace_watch => {}
     }
     info!("faultline controller stopped");

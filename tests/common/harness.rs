@@ -71,6 +71,7 @@ fn spawn_controller(
     let settings = Settings {
         injection_timeout,
         signal_sweep_every: Duration::from_secs(1),
+        expired_hold_margin: Duration::from_secs(1),
         ..Settings::default()
     };
     let mut settings = settings;
