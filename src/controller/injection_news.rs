@@ -46,10 +46,11 @@ enum SeenStatus {
 
 /// The injections as last seen, by UID. Kept as objects, not as views: a receipt that came
 /// since (it comes through another watch, with no event of the injection's own) changes what
-/// the earlier object meant, so both are read with the receipts of now.
+/// the earlier object meant, so both are read with the receipts of now. Shared with the watch
+/// cache (the caller hands in the cache's copy), so that remembering costs no second copy.
 #[derive(Default)]
 pub struct InjectionNews {
-    seen: HashMap<String, FaultInjection>,
+    seen: HashMap<String, Arc<FaultInjection>>,
 }
 
 impl InjectionNews {
@@ -58,9 +59,10 @@ impl InjectionNews {
     /// and only when an injection still pending could be counted in by them).
     pub fn is_news<R: Deref<Target = [AppliedReceipt]>>(
         &mut self,
-        injection: &FaultInjection,
+        injection: impl Into<Arc<FaultInjection>>,
         receipts: impl FnOnce(&str) -> R,
     ) -> bool {
+        let injection = injection.into();
         let Some(uid) = injection.uid() else {
             return true;
         };
@@ -79,14 +81,15 @@ impl InjectionNews {
             read.as_deref()
                 .is_some_and(|receipts| entry_for(injection, receipts).is_some())
         };
-        seen(&before, &mut counted) != seen(injection, &mut counted)
+        seen(&before, &mut counted) != seen(&injection, &mut counted)
     }
 
     /// An injection as a listing brings it: news whatever it says, as every object listed is;
     /// remembered.
-    pub fn listed(&mut self, injection: &FaultInjection) {
+    pub fn listed(&mut self, injection: impl Into<Arc<FaultInjection>>) {
+        let injection = injection.into();
         if let Some(uid) = injection.uid() {
-            self.seen.insert(uid, injection.clone());
+            self.seen.insert(uid, injection);
         }
     }
 
@@ -221,14 +224,14 @@ mod tests {
     fn the_agents_own_applied_status_after_its_receipt_is_no_news() {
         let mut news = InjectionNews::default();
         let counted = |_: &str| receipt("node-1", "fi-uid", 1);
-        assert!(news.is_news(&injection(None), counted), "first seen");
+        assert!(news.is_news(injection(None), counted), "first seen");
         // Its own status, with no packets counted yet, says what the receipt said.
         let mut own = injection(applied(Some(0)));
         own.metadata.resource_version = Some("11".into());
-        assert!(!news.is_news(&own, counted));
+        assert!(!news.is_news(own.clone(), counted));
         // Counts that move are news (the target record shows them).
-        assert!(news.is_news(&injection(applied(Some(40))), counted));
-        assert!(!news.is_news(&injection(applied(Some(40))), counted));
+        assert!(news.is_news(injection(applied(Some(40))), counted));
+        assert!(!news.is_news(injection(applied(Some(40))), counted));
     }
 
     #[test]
@@ -236,9 +239,9 @@ mod tests {
         // As it goes: the injection is created (no receipt yet), the receipt comes through
         // the signal's watch, then the agent's own status.
         let mut news = InjectionNews::default();
-        assert!(news.is_news(&injection(None), |_: &str| Vec::new()));
+        assert!(news.is_news(injection(None), |_: &str| Vec::new()));
         assert!(
-            !news.is_news(&injection(applied(Some(0))), |_: &str| receipt(
+            !news.is_news(injection(applied(Some(0))), |_: &str| receipt(
                 "node-1", "fi-uid", 1
             ))
         );
@@ -248,8 +251,8 @@ mod tests {
     fn an_applied_status_no_receipt_said_before_is_news() {
         let mut news = InjectionNews::default();
         let none = |_: &str| Vec::new();
-        assert!(news.is_news(&injection(None), none));
-        assert!(news.is_news(&injection(applied(None)), none));
+        assert!(news.is_news(injection(None), none));
+        assert!(news.is_news(injection(applied(None)), none));
 
         // A receipt for another node, another object of the same name or another generation
         // does not count it in.
@@ -259,8 +262,8 @@ mod tests {
             receipt("node-1", "fi-uid", 2),
         ] {
             let mut news = InjectionNews::default();
-            assert!(news.is_news(&injection(None), |_| other.clone()));
-            assert!(news.is_news(&injection(applied(None)), |_| other.clone()));
+            assert!(news.is_news(injection(None), |_| other.clone()));
+            assert!(news.is_news(injection(applied(None)), |_| other.clone()));
         }
     }
 
@@ -309,8 +312,8 @@ mod tests {
         ];
         for (what, changed) in changes {
             let mut news = InjectionNews::default();
-            assert!(news.is_news(&base, counted));
-            assert!(news.is_news(&changed, counted), "{what}");
+            assert!(news.is_news(base.clone(), counted));
+            assert!(news.is_news(changed.clone(), counted), "{what}");
         }
         // A failure's words are news, each time they change.
         let failed = |message: &str| {
@@ -321,20 +324,20 @@ mod tests {
             }))
         };
         let mut news = InjectionNews::default();
-        assert!(news.is_news(&failed("no such pod"), counted));
-        assert!(news.is_news(&failed("no such pod, retried"), counted));
+        assert!(news.is_news(failed("no such pod"), counted));
+        assert!(news.is_news(failed("no such pod, retried"), counted));
     }
 
     #[test]
     fn the_receipts_are_read_only_for_an_injection_still_pending() {
         let mut news = InjectionNews::default();
         let mut asked = 0;
-        news.is_news(&injection(applied(None)), |_| {
+        news.is_news(injection(applied(None)), |_| {
             asked += 1;
             Vec::new()
         });
         assert_eq!(asked, 0);
-        news.is_news(&injection(None), |experiment| {
+        news.is_news(injection(None), |experiment| {
             assert_eq!(experiment, "exp-uid");
             asked += 1;
             Vec::new()
@@ -371,16 +374,16 @@ mod tests {
     fn a_deleted_or_relisted_injection_is_news_when_seen_again() {
         let mut news = InjectionNews::default();
         let i = injection(applied(None));
-        assert!(news.is_news(&i, |_| Vec::new()));
-        assert!(!news.is_news(&i, |_| Vec::new()));
+        assert!(news.is_news(i.clone(), |_| Vec::new()));
+        assert!(!news.is_news(i.clone(), |_| Vec::new()));
         news.deleted(&i);
-        assert!(news.is_news(&i, |_| Vec::new()));
+        assert!(news.is_news(i.clone(), |_| Vec::new()));
         news.relisting();
-        assert!(news.is_news(&i, |_| Vec::new()));
+        assert!(news.is_news(i.clone(), |_| Vec::new()));
         news.relisting();
-        news.listed(&i);
+        news.listed(i.clone());
         assert!(
-            !news.is_news(&i, |_| Vec::new()),
+            !news.is_news(i.clone(), |_| Vec::new()),
             "listed, then the same again"
         );
     }

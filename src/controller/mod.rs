@@ -391,6 +391,14 @@ pub async fn run(
         injections: injection_store.clone(),
     };
     let mut news = injection_news::InjectionNews::default();
+    // The watch cache's copy of an injection the watch just brought (it is written before the
+    // events are filtered): what the news filter remembers, shared rather than copied.
+    let injections_cached = injection_store.clone();
+    let cached = move |injection: &FaultInjection| {
+        injections_cached
+            .get(&ObjectRef::from_obj(injection))
+            .unwrap_or_else(|| Arc::new(injection.clone()))
+    };
     let mut receipts_read = injection_news::ReceiptsRead::default();
     let signal_for_news = signal_store.clone();
     let signal_key = ObjectRef::<ConfigMap>::new(REVERTING_CONFIGMAP)
@@ -399,15 +407,18 @@ pub async fn run(
         Api::<FaultInjection>::all(client.clone()),
         watcher::Config::default(),
     )
+    // Who wrote which field is nobody's business here, and it is most of a small object.
+    .modify(|injection| injection.metadata.managed_fields = None)
     .reflect(injection_writer)
     .inspect(listed.marker(caches::Watch::Injections))
     .filter_map(move |event| {
         let news = match event {
             Ok(watcher::Event::Apply(injection)) => {
                 let signal = signal_for_news.get(&signal_key);
-                (news.is_news(&injection, |uid| receipts_read.of(signal.as_deref(), uid))
-                    && !housekeeping
-                        .is_only_housekeeping(&injection, housekeeping::going(&injection)))
+                (news.is_news(cached(&injection), |uid| {
+                    receipts_read.of(signal.as_deref(), uid)
+                }) && !housekeeping
+                    .is_only_housekeeping(&injection, housekeeping::going(&injection)))
                 .then_some(Ok(injection))
             }
             Ok(watcher::Event::Delete(injection)) => {
@@ -420,7 +431,7 @@ pub async fn run(
                 None
             }
             Ok(watcher::Event::InitApply(injection)) => {
-                news.listed(&injection);
+                news.listed(cached(&injection));
                 Some(Ok(injection))
             }
             Ok(watcher::Event::InitDone) => None,
