@@ -76,6 +76,9 @@ pub async fn sweep(
     every: Duration,
 ) {
     let margin = TimeDelta::from_std(ctx.settings.expired_hold_margin).unwrap_or(TimeDelta::MAX);
+    // Before the experiments are listed, every hold would look like one of an experiment
+    // gone, and one still reverting would lose its injection before its revert was judged.
+    ctx.caches.synced().await;
     loop {
         tokio::time::sleep(every).await;
         let held = expired_holds(

@@ -93,6 +93,21 @@ impl InjectionNews {
         }
     }
 
+    /// The listing is done and in the watch cache: what `listed` remembered is swapped for
+    /// the cache's copy of the same version (`cached`), so that no second copy is kept.
+    pub fn listing_done(
+        &mut self,
+        cached: impl Fn(&FaultInjection) -> Option<Arc<FaultInjection>>,
+    ) {
+        for remembered in self.seen.values_mut() {
+            if let Some(shared) = cached(remembered)
+                && shared.resource_version() == remembered.resource_version()
+            {
+                *remembered = shared;
+            }
+        }
+    }
+
     /// An injection deleted: always news; forgotten.
     pub fn deleted(&mut self, injection: &FaultInjection) {
         if let Some(uid) = injection.uid() {
@@ -386,5 +401,26 @@ mod tests {
             !news.is_news(i.clone(), |_| Vec::new()),
             "listed, then the same again"
         );
+    }
+
+    #[test]
+    fn after_a_listing_the_caches_copies_are_kept_not_the_listings() {
+        let mut news = InjectionNews::default();
+        let listed = injection(None);
+        news.listed(listed.clone());
+        let cache_copy = Arc::new(listed.clone());
+        let mut newer = listed.clone();
+        newer.metadata.resource_version = Some("99".into());
+        // A cache that already holds a later version: the listed one is kept.
+        news.listing_done(|_| Some(Arc::new(newer.clone())));
+        assert!(!Arc::ptr_eq(&news.seen["fi-uid"], &cache_copy));
+        assert_eq!(
+            news.seen["fi-uid"].resource_version().as_deref(),
+            Some("10")
+        );
+        news.listing_done(|_| Some(cache_copy.clone()));
+        assert!(Arc::ptr_eq(&news.seen["fi-uid"], &cache_copy));
+        // And it reads the same: no news.
+        assert!(!news.is_news(listed, |_| Vec::new()));
     }
 }

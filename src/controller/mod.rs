@@ -391,14 +391,11 @@ pub async fn run(
         injections: injection_store.clone(),
     };
     let mut news = injection_news::InjectionNews::default();
-    // The watch cache's copy of an injection the watch just brought (it is written before the
-    // events are filtered): what the news filter remembers, shared rather than copied.
+    // The watch cache's copy of an injection the watch brought (the cache is written before
+    // the events are filtered): what the news filter remembers, shared rather than copied.
     let injections_cached = injection_store.clone();
-    let cached = move |injection: &FaultInjection| {
-        injections_cached
-            .get(&ObjectRef::from_obj(injection))
-            .unwrap_or_else(|| Arc::new(injection.clone()))
-    };
+    let cached =
+        move |injection: &FaultInjection| injections_cached.get(&ObjectRef::from_obj(injection));
     let mut receipts_read = injection_news::ReceiptsRead::default();
     let signal_for_news = signal_store.clone();
     let signal_key = ObjectRef::<ConfigMap>::new(REVERTING_CONFIGMAP)
@@ -415,10 +412,10 @@ pub async fn run(
         let news = match event {
             Ok(watcher::Event::Apply(injection)) => {
                 let signal = signal_for_news.get(&signal_key);
-                (news.is_news(cached(&injection), |uid| {
-                    receipts_read.of(signal.as_deref(), uid)
-                }) && !housekeeping
-                    .is_only_housekeeping(&injection, housekeeping::going(&injection)))
+                let shared = cached(&injection).unwrap_or_else(|| Arc::new(injection.clone()));
+                (news.is_news(shared, |uid| receipts_read.of(signal.as_deref(), uid))
+                    && !housekeeping
+                        .is_only_housekeeping(&injection, housekeeping::going(&injection)))
                 .then_some(Ok(injection))
             }
             Ok(watcher::Event::Delete(injection)) => {
@@ -430,11 +427,15 @@ pub async fn run(
                 news.relisting();
                 None
             }
+            // A listing goes into the cache only once it is complete (InitDone).
             Ok(watcher::Event::InitApply(injection)) => {
-                news.listed(cached(&injection));
+                news.listed(injection.clone());
                 Some(Ok(injection))
             }
-            Ok(watcher::Event::InitDone) => None,
+            Ok(watcher::Event::InitDone) => {
+                news.listing_done(&cached);
+                None
+            }
             Err(error) => Some(Err(error)),
         };
         std::future::ready(news)
