@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use common::{
     harness::{Harness, assert_every_target, latency_spec, shop_with_web_pods},
+    lost_responses::LostResponses,
     wait_for,
 };
 use faultline::{
@@ -264,5 +265,53 @@ async fn a_finished_experiments_injections_going_do_not_wake_it_once_each() {
         reconciled <= 3,
         "{reconciled} reconciles of a finished experiment while its {left_at_the_verdict} FaultInjections went"
     );
+    h.stop().await;
+}
+
+/// A finished experiment whose request to delete its FaultInjections failed asks again on its
+/// own: nothing about the injections changes, so no event of theirs would wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_experiments_failed_deletion_of_its_injections_is_asked_again() {
+    // Twice: the reconcile that follows the verdict (its own finalizer released) asks again
+    // at once, and that is refused too.
+    let refused = LostResponses::first(&["DELETE", "/faultinjections?"], 2);
+    let h = Harness::start_via(|config| refused.client_of(config)).await;
+    shop_with_web_pods(&h, 2).await;
+    h.create("shop", "refused", latency_spec("10m")).await;
+    let running = h.wait_phase("shop", "refused", Phase::Running).await;
+    h.break_hypothesis(&running);
+    let (_, uid) = revert_signal_raised(&h, &running).await;
+    let receipt = RevertReceipt {
+        node: "node-1".into(),
+        reverted_at: Utc::now(),
+        injections: 2,
+        failed: None,
+    };
+    signal_receipts::write(
+        &h.client,
+        &h.controller_namespace,
+        &uid,
+        "shop/refused",
+        std::slice::from_ref(&receipt),
+    )
+    .await
+    .unwrap();
+    h.wait_phase("shop", "refused", Phase::Aborted).await;
+    wait_for(
+        "the deletions refused",
+        std::time::Duration::from_secs(10),
+        || async { (refused.counts().0 == 2).then_some(()) },
+    )
+    .await;
+    let injections = h.injections("shop");
+    wait_for(
+        "the FaultInjections deleted all the same",
+        std::time::Duration::from_secs(40),
+        || async {
+            let left = injections.list(&Default::default()).await.ok()?.items;
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
     h.stop().await;
 }

@@ -18,13 +18,18 @@ use kube::Client;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Fails `percent` of the requests of the clients it makes (see the module doc).
+/// Fails `percent` of the requests of the clients it makes (see the module doc), or only the
+/// first few of one kind (see [`LostResponses::first`]).
 #[derive(Clone)]
 pub struct LostResponses {
     percent: u64,
     state: Arc<Mutex<u64>>,
     lost_before: Arc<AtomicU64>,
     lost_after: Arc<AtomicU64>,
+    /// When not empty: only requests whose method and URI contain every one of these fail,
+    /// before reaching the server, while `times_left` lasts.
+    only: Arc<Vec<String>>,
+    times_left: Arc<AtomicU64>,
 }
 
 impl LostResponses {
@@ -34,6 +39,20 @@ impl LostResponses {
             state: Arc::new(Mutex::new(seed | 1)),
             lost_before: Arc::default(),
             lost_after: Arc::default(),
+            only: Arc::default(),
+            times_left: Arc::default(),
+        }
+    }
+
+    /// Refuses the first `times` requests whose method and URI (`"DELETE https://..."`)
+    /// contain every one of `matching`, before they reach the server; every other goes
+    /// through.
+    pub fn first(matching: &[&str], times: u64) -> Self {
+        Self {
+            only: Arc::new(matching.iter().map(|m| m.to_string()).collect()),
+            times_left: Arc::new(AtomicU64::new(times)),
+            // A chosen request rolls 0, refused before it is sent; the others roll 100.
+            ..Self::new(2, 1)
         }
     }
 
@@ -99,8 +118,20 @@ where
             .uri()
             .query()
             .is_some_and(|q| q.contains("watch=true"));
-        let roll = if watch { 100 } else { self.losses.roll() };
         let what = format!("{} {}", request.method(), request.uri());
+        let roll = if watch {
+            100
+        } else if !self.losses.only.is_empty() {
+            let chosen = self.losses.only.iter().all(|m| what.contains(m.as_str()))
+                && self
+                    .losses
+                    .times_left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+            if chosen { 0 } else { 100 }
+        } else {
+            self.losses.roll()
+        };
         if roll < self.losses.percent / 2 {
             self.losses.lost_before.fetch_add(1, Ordering::Relaxed);
             return Box::pin(async move {

@@ -23,6 +23,9 @@ const PEER_REFRESH: Duration = Duration::from_secs(3);
 /// Nothing watches pods or namespaces, so this bounds how long such a fault outlives consent.
 const TARGET_CHECK: Duration = Duration::from_secs(2);
 
+/// How soon a finished experiment with FaultInjections not yet deleted looks again.
+const TIDY_AGAIN: Duration = Duration::from_secs(10);
+
 /// Nothing to do before `at` but keep the running faults current and status up to date.
 pub(super) async fn wait_until(turn: &mut Turn<'_>, at: DateTime<Utc>) -> Result<Next> {
     let (ctx, now) = (turn.ctx.as_ref(), turn.now);
@@ -174,6 +177,12 @@ async fn tidy_finished(turn: &mut Turn<'_>) -> Result<Next> {
         .any(|f| f == EXPERIMENT_FINALIZER);
     if held && turn.injections.is_empty() {
         remove_finalizer(ctx, experiment).await?;
+    }
+    // A deletion that failed is asked again by a later reconcile, and no event of the
+    // injections may bring one (nothing changes on them): back in a while for as long as
+    // some are not deleted.
+    if undeleted {
+        return Ok(Next::Return(Action::requeue(TIDY_AGAIN)));
     }
     Ok(Next::Return(Action::await_change()))
 }
