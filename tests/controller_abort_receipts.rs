@@ -53,6 +53,35 @@ async fn revert_signal_raised(
     (maps, uid)
 }
 
+/// Breaks the hypothesis of `running` (an experiment of `shop` with `injections` faults, all
+/// on node-1), waits for the revert signal, and leaves node-1's revert receipt beside it, as
+/// that node's agent would once every fault is out: the receipt, and the signal's ConfigMaps
+/// and the experiment's UID.
+async fn aborted_with_a_receipt(
+    h: &Harness,
+    running: &ChaosExperiment,
+    injections: i32,
+) -> (RevertReceipt, Api<ConfigMap>, String) {
+    h.break_hypothesis(running);
+    let (maps, uid) = revert_signal_raised(h, running).await;
+    let receipt = RevertReceipt {
+        node: "node-1".into(),
+        reverted_at: Utc::now(),
+        injections,
+        failed: None,
+    };
+    signal_receipts::write(
+        &h.client,
+        &h.controller_namespace,
+        &uid,
+        &format!("shop/{}", running.name_any()),
+        std::slice::from_ref(&receipt),
+    )
+    .await
+    .unwrap();
+    (receipt, maps, uid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_in_before_the_aborting_status_is_due_end_the_abort_in_one_write() {
     let h = Harness::start().await;
@@ -160,23 +189,7 @@ async fn a_receipt_left_beside_the_revert_signal_ends_the_abort_and_lands_in_sta
     shop_with_web_pods(&h, 2).await;
     h.create("shop", "beside", latency_spec("10m")).await;
     let running = h.wait_phase("shop", "beside", Phase::Running).await;
-    h.break_hypothesis(&running);
-    let (maps, uid) = revert_signal_raised(&h, &running).await;
-    let receipt = RevertReceipt {
-        node: "node-1".into(),
-        reverted_at: Utc::now(),
-        injections: 2,
-        failed: None,
-    };
-    signal_receipts::write(
-        &h.client,
-        &h.controller_namespace,
-        &uid,
-        "shop/beside",
-        std::slice::from_ref(&receipt),
-    )
-    .await
-    .unwrap();
+    let (receipt, maps, uid) = aborted_with_a_receipt(&h, &running, 2).await;
 
     let done = h.wait_phase("shop", "beside", Phase::Aborted).await;
     let status = done.status.unwrap();
@@ -216,23 +229,7 @@ async fn a_finished_experiments_injections_going_do_not_wake_it_once_each() {
     shop_with_web_pods(&h, PODS).await;
     h.create("shop", "tidy", latency_spec("10m")).await;
     let running = h.wait_phase("shop", "tidy", Phase::Running).await;
-    h.break_hypothesis(&running);
-    let (_, uid) = revert_signal_raised(&h, &running).await;
-    let receipt = RevertReceipt {
-        node: "node-1".into(),
-        reverted_at: Utc::now(),
-        injections: PODS as i32,
-        failed: None,
-    };
-    signal_receipts::write(
-        &h.client,
-        &h.controller_namespace,
-        &uid,
-        "shop/tidy",
-        std::slice::from_ref(&receipt),
-    )
-    .await
-    .unwrap();
+    aborted_with_a_receipt(&h, &running, PODS as i32).await;
     h.wait_phase("shop", "tidy", Phase::Aborted).await;
     let before = h.metrics.reconciliations.get();
     let injections = h.injections("shop");
@@ -279,23 +276,7 @@ async fn a_finished_experiments_failed_deletion_of_its_injections_is_asked_again
     shop_with_web_pods(&h, 2).await;
     h.create("shop", "refused", latency_spec("10m")).await;
     let running = h.wait_phase("shop", "refused", Phase::Running).await;
-    h.break_hypothesis(&running);
-    let (_, uid) = revert_signal_raised(&h, &running).await;
-    let receipt = RevertReceipt {
-        node: "node-1".into(),
-        reverted_at: Utc::now(),
-        injections: 2,
-        failed: None,
-    };
-    signal_receipts::write(
-        &h.client,
-        &h.controller_namespace,
-        &uid,
-        "shop/refused",
-        std::slice::from_ref(&receipt),
-    )
-    .await
-    .unwrap();
+    aborted_with_a_receipt(&h, &running, 2).await;
     h.wait_phase("shop", "refused", Phase::Aborted).await;
     wait_for(
         "the deletions refused",

@@ -17,7 +17,7 @@
 //!   opt-in label at target selection is read from the API server itself.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -210,6 +210,23 @@ impl Caches {
         self.injections
             .state_filter(|i| belongs_to(i, namespace, experiment, uid))
     }
+}
+
+/// The UIDs of the cached experiments that have not ended. One that cannot be read counts:
+/// nothing says it is over.
+pub fn not_ended(experiments: &Store<DeserializeGuard<ChaosExperiment>>) -> BTreeSet<String> {
+    experiments
+        .state()
+        .iter()
+        .filter(|guarded| match &guarded.0 {
+            Ok(experiment) => !experiment
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase.is_terminal()),
+            Err(_) => true,
+        })
+        .filter_map(|guarded| guarded.uid())
+        .collect()
 }
 
 /// Whether `injection` is one of the experiment `namespace/experiment` with UID `uid`.

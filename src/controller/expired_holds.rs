@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{ResourceExt, core::DeserializeGuard};
 
-use super::{Context, events::Fact, injections, object_reference};
+use super::{Context, caches::not_ended, events::Fact, injections, object_reference};
 use crate::api::{AGENT_FINALIZER, ChaosExperiment, FaultInjection};
 
 /// How far past `expiresAt` an injection must be before it is let go of: a node's clock may be
@@ -51,23 +51,6 @@ pub fn expired_holds(
         .collect()
 }
 
-/// The UIDs of the cached experiments that have not ended (an unreadable one counts: nothing
-/// says it is over).
-fn deciding(experiments: &Store<DeserializeGuard<ChaosExperiment>>) -> BTreeSet<String> {
-    experiments
-        .state()
-        .iter()
-        .filter(|guarded| match &guarded.0 {
-            Ok(experiment) => !experiment
-                .status
-                .as_ref()
-                .is_some_and(|s| s.phase.is_terminal()),
-            Err(_) => true,
-        })
-        .filter_map(|guarded| guarded.uid())
-        .collect()
-}
-
 /// Every `every`, lets go of the expired holds (see [`expired_holds`]) with a Warning Event on
 /// their experiment where it still exists; until the future is dropped.
 pub async fn sweep(
@@ -83,7 +66,7 @@ pub async fn sweep(
         tokio::time::sleep(every).await;
         let held = expired_holds(
             &ctx.caches.injections.state(),
-            &deciding(&experiments),
+            &not_ended(&experiments),
             (ctx.now)(),
             margin,
         );

@@ -28,6 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::caches::not_ended;
 use super::signal_receipts::uid_of;
 use crate::api::{AbortBegun, ChaosExperiment, FaultInjection};
 
@@ -198,19 +199,7 @@ pub async fn sweep(
             .iter()
             .filter_map(|i| i.spec.experiment.uid.clone())
             .collect();
-        let still_running: BTreeSet<String> = experiments
-            .state()
-            .iter()
-            .filter(|guarded| match &guarded.0 {
-                Ok(experiment) => !experiment
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.phase.is_terminal()),
-                // One that cannot be read is kept: nothing says it is over.
-                Err(_) => true,
-            })
-            .filter_map(|guarded| guarded.uid())
-            .collect();
+        let still_running = not_ended(&experiments);
         let done = settled(&keys, &with_injections, &still_running);
         if done.is_empty() {
             continue;
