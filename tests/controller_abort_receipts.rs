@@ -232,22 +232,9 @@ async fn a_finished_experiments_injections_going_do_not_wake_it_once_each() {
     aborted_with_a_receipt(&h, &running, PODS as i32).await;
     h.wait_phase("shop", "tidy", Phase::Aborted).await;
     let before = h.metrics.reconciliations.get();
-    let injections = h.injections("shop");
-    let left_at_the_verdict = injections
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .len();
-    wait_for(
-        "every FaultInjection gone",
-        std::time::Duration::from_secs(30),
-        || async {
-            let left = injections.list(&Default::default()).await.ok()?.items;
-            left.is_empty().then_some(())
-        },
-    )
-    .await;
+    let left_at_the_verdict = h.injection_count("shop").await;
+    h.wait_no_injections("shop", std::time::Duration::from_secs(30))
+        .await;
     // The last events' reconciles, if any were coming.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let reconciled = h.metrics.reconciliations.get() - before;
@@ -284,15 +271,8 @@ async fn a_finished_experiments_failed_deletion_of_its_injections_is_asked_again
         || async { (refused.counts().0 == 2).then_some(()) },
     )
     .await;
-    let injections = h.injections("shop");
-    wait_for(
-        "the FaultInjections deleted all the same",
-        std::time::Duration::from_secs(40),
-        || async {
-            let left = injections.list(&Default::default()).await.ok()?.items;
-            left.is_empty().then_some(())
-        },
-    )
-    .await;
+    // Deleted all the same.
+    h.wait_no_injections("shop", std::time::Duration::from_secs(40))
+        .await;
     h.stop().await;
 }

@@ -28,7 +28,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
-    runtime::{reflector::Store, watcher},
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use tokio::sync::watch;
 
@@ -227,6 +230,22 @@ pub fn not_ended(experiments: &Store<DeserializeGuard<ChaosExperiment>>) -> BTre
         })
         .filter_map(|guarded| guarded.uid())
         .collect()
+}
+
+/// What `read` makes of the cached experiment `injection` belongs to (see [`belongs_to`]):
+/// None when the injection names none, or that experiment is not cached, cannot be read, or
+/// is another one of the same name.
+pub fn with_owner<T>(
+    experiments: &Store<DeserializeGuard<ChaosExperiment>>,
+    injection: &FaultInjection,
+    read: impl FnOnce(&ChaosExperiment) -> T,
+) -> Option<T> {
+    let name = injection.labels().get(EXPERIMENT_LABEL)?;
+    let namespace = injection.namespace()?;
+    let cached = experiments.get(&ObjectRef::new(name).within(&namespace))?;
+    let experiment = cached.0.as_ref().ok()?;
+    let uid = experiment.uid().unwrap_or_default();
+    belongs_to(injection, &namespace, name, &uid).then(|| read(experiment))
 }
 
 /// Whether `injection` is one of the experiment `namespace/experiment` with UID `uid`.

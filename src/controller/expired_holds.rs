@@ -12,10 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{ResourceExt, core::DeserializeGuard};
 
-use super::{Context, caches::not_ended, events::Fact, injections, object_reference};
+use super::{
+    Context,
+    caches::{not_ended, with_owner},
+    events::Fact,
+    injections, object_reference,
+};
 use crate::api::{AGENT_FINALIZER, ChaosExperiment, FaultInjection};
 
 /// How far past `expiresAt` an injection must be before it is let go of: a node's clock may be
@@ -100,16 +105,9 @@ async fn release(
         .expires_at
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     tracing::warn!(%namespace, injection = %name, %node, %pod, %expires_at, "released the agent finalizer of a FaultInjection held past its deadline: its agent never confirmed the revert, and the kernel ended the fault at expiresAt");
-    let owner = ObjectRef::new(&injection.spec.experiment.name).within(&namespace);
-    let Some(experiment) = experiments.get(&owner) else {
+    let Some(regarding) = with_owner(experiments, injection, object_reference) else {
         return;
     };
-    let Ok(experiment) = &experiment.0 else {
-        return;
-    };
-    if experiment.uid() != injection.spec.experiment.uid {
-        return;
-    }
     let fact = Fact::warning(
         "ExpiredHoldReleased",
         "Release",
@@ -117,11 +115,7 @@ async fn release(
             "FaultInjection {name} ({pod}) on node {node}: its agent never confirmed the revert, and the kernel ended the fault at its deadline {expires_at}; the controller let go of the object. Check the faultline agent on {node}: it removes what is left of the fault's rules (inert after the deadline) when it starts"
         ),
     );
-    if let Err(error) = ctx
-        .recorder
-        .publish(&fact, &object_reference(experiment))
-        .await
-    {
+    if let Err(error) = ctx.recorder.publish(&fact, &regarding).await {
         tracing::debug!(%error, "could not publish the ExpiredHoldReleased Event");
     }
 }

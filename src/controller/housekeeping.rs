@@ -7,11 +7,11 @@
 //! still on their way out). Only the last one's going matters: then the experiment forgets its
 //! revert and lets go of its finalizer if it still holds it. Reads the watch caches only.
 
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{ResourceExt, core::DeserializeGuard};
 
-use super::caches::belongs_to;
-use crate::api::{ChaosExperiment, EXPERIMENT_LABEL, FaultInjection};
+use super::caches::{belongs_to, with_owner};
+use crate::api::{ChaosExperiment, FaultInjection};
 
 /// The watch caches the decision reads: the experiments, and the injections as they are
 /// after the event (the injection watch's cache is written before its events are filtered).
@@ -38,38 +38,22 @@ impl Housekeeping {
         let Some(going) = going else {
             return false;
         };
+        let owner = with_owner(&self.experiments, injection, |experiment| {
+            let finished = experiment
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase.is_terminal());
+            finished.then(|| (experiment.name_any(), experiment.uid().unwrap_or_default()))
+        });
+        let Some((name, uid)) = owner.flatten() else {
+            return false;
+        };
         let namespace = injection.namespace().unwrap_or_default();
-        let Some(name) = injection.labels().get(EXPERIMENT_LABEL) else {
-            return false;
-        };
-        let Some(cached) = self
-            .experiments
-            .get(&ObjectRef::new(name).within(&namespace))
-        else {
-            return false;
-        };
-        let Ok(experiment) = &cached.0 else {
-            return false;
-        };
-        let uid = experiment.uid().unwrap_or_default();
-        let finished = experiment
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase.is_terminal());
-        let same_experiment = injection
-            .spec
-            .experiment
-            .uid
-            .as_deref()
-            .is_none_or(|u| u == uid);
-        if !finished || !same_experiment {
-            return false;
-        }
         match going {
             Going::BeingDeleted => true,
             Going::Deleted => self
                 .injections
-                .find(|other| belongs_to(other, &namespace, name, &uid))
+                .find(|other| belongs_to(other, &namespace, &name, &uid))
                 .is_some(),
         }
     }

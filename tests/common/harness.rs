@@ -326,6 +326,20 @@ impl Harness {
             .len()
     }
 
+    /// Waits until no FaultInjection is left in `namespace`.
+    pub async fn wait_no_injections(&self, namespace: &str, within: Duration) {
+        let injections = self.injections(namespace);
+        wait_for(
+            &format!("every FaultInjection in {namespace} gone"),
+            within,
+            || async {
+                let left = injections.list(&ListParams::default()).await.ok()?.items;
+                left.is_empty().then_some(())
+            },
+        )
+        .await;
+    }
+
     /// A `web` Deployment in the opted-in namespace `shop` on the workload simulator, with
     /// `replicas` Ready pods; a killed pod is replaced after `replacement_delay`. (On a real
     /// control plane the ReplicaSet controller replaces a pod at once; the replacement then takes
