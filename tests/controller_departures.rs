@@ -55,23 +55,9 @@ async fn wait_target(h: &Harness, name: &str, pod: &str, state: TargetState) -> 
 
 /// The Event with `reason` about `pod` (its `related` object), once it is there.
 async fn event_about(h: &Harness, reason: &str, pod: &str) -> Event {
-    let events: Api<Event> = Api::namespaced(h.client.clone(), "shop");
-    wait_for(
-        &format!("a {reason} Event about {pod}"),
-        Duration::from_secs(10),
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
-                })
-        },
-    )
+    h.wait_event("shop", reason, |e| {
+        e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+    })
     .await
 }
 
@@ -420,25 +406,12 @@ async fn event_reason_after(
     reason: &str,
     after: chrono::DateTime<chrono::Utc>,
 ) -> String {
-    let events: Api<Event> = Api::namespaced(h.client.clone(), "shop");
-    wait_for(
-        &format!("a {reason} Event"),
-        Duration::from_secs(10),
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .find(|e| {
-                    e.event_time
-                        .as_ref()
-                        .is_some_and(|t| t.0.as_millisecond() >= after.timestamp_millis() - 1000)
-                })
-                .and_then(|e| e.note)
-        },
-    )
+    h.wait_event("shop", reason, |e| {
+        e.event_time
+            .as_ref()
+            .is_some_and(|t| t.0.as_millisecond() >= after.timestamp_millis() - 1000)
+    })
     .await
+    .note
+    .unwrap_or_default()
 }

@@ -5,7 +5,8 @@
 //! verdict says what is unknown and what to check instead. And a fault whose agent reported it
 //! applied and then went silent ends the experiment Error at the revert timeout, naming it; its
 //! FaultInjection is held until the kernel's deadline for the fault has passed, and then let
-//! go of by the controller (see `controller::expired_holds`), with a Warning Event.
+//! go of by the controller (see `controller::expired_holds`), with a Warning Event on the
+//! experiment, or on the pod when the experiment is gone.
 //! Through the API server (embedded, or the real control plane with
 //! `FAULTLINE_TEST_CLUSTER=real`).
 
@@ -20,9 +21,8 @@ use common::{
 use faultline::api::{
     AGENT_FINALIZER, ConditionStatus, FaultInjection, InjectionPhase, Phase, TargetState, Verdict,
 };
-use k8s_openapi::api::events::v1::Event;
 use kube::{
-    Api, ResourceExt,
+    ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
@@ -42,6 +42,20 @@ async fn the_injection(h: &Harness) -> FaultInjection {
             .pop()
     })
     .await
+}
+
+/// What an agent writes once the fault is in (the agent itself is not running).
+async fn report_applied(h: &Harness, injection: &FaultInjection) {
+    let applied = json!({"status": {"phase": "Applied", "mechanism": "nfqueue",
+        "appliedAt": chrono::Utc::now(), "observedGeneration": injection.metadata.generation}});
+    h.injections("shop")
+        .patch_status(
+            &injection.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(applied),
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,16 +145,7 @@ async fn a_fault_whose_agent_went_silent_fails_the_revert_and_is_let_go_of_after
     .await;
     // An agent reports the fault applied, then dies: nobody confirms the revert or lets go.
     let injection = the_injection(&h).await;
-    let applied = json!({"status": {"phase": "Applied", "mechanism": "nfqueue",
-        "appliedAt": chrono::Utc::now(), "observedGeneration": injection.metadata.generation}});
-    h.injections("shop")
-        .patch_status(
-            &injection.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(applied),
-        )
-        .await
-        .unwrap();
+    report_applied(&h, &injection).await;
     let done = h.wait_phase("shop", "latency", Phase::Failed).await;
     let status = done.status.unwrap();
     assert_eq!(status.verdict, Some(Verdict::Error), "{:?}", status.message);
@@ -186,21 +191,7 @@ async fn a_fault_whose_agent_went_silent_fails_the_revert_and_is_let_go_of_after
         released_after >= chrono::TimeDelta::seconds(1),
         "let go of {released_after} after expiresAt, before the margin"
     );
-    let events: Api<Event> = Api::namespaced(h.client.clone(), "shop");
-    let event = wait_for(
-        "the ExpiredHoldReleased Event",
-        Duration::from_secs(10),
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("ExpiredHoldReleased"))
-        },
-    )
-    .await;
+    let event = h.wait_event("shop", "ExpiredHoldReleased", |_| true).await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert_eq!(
         event.regarding.and_then(|r| r.name).as_deref(),
@@ -214,5 +205,54 @@ async fn a_fault_whose_agent_went_silent_fails_the_revert_and_is_let_go_of_after
     ] {
         assert!(note.contains(words), "{words:?} in {note}");
     }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_fault_whose_experiment_is_gone_is_let_go_of_with_an_event_on_its_pod() {
+    let h = Harness::start_without_agent().await;
+    shop_with_web_pods(&h, 1).await;
+    h.create("shop", "latency", latency_spec("3s")).await;
+    let injection = the_injection(&h).await;
+    report_applied(&h, &injection).await;
+    // The agent dies, and someone deletes the experiment and forces its finalizer off: the
+    // experiment is gone, its injection is deleted and still held by the silent agent.
+    let experiments = h.experiments("shop");
+    experiments
+        .delete("latency", &Default::default())
+        .await
+        .unwrap();
+    h.injections("shop")
+        .delete(&injection.name_any(), &Default::default())
+        .await
+        .unwrap();
+    experiments
+        .patch(
+            "latency",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the experiment gone", Duration::from_secs(10), || async {
+        experiments
+            .get_opt("latency")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    h.wait_no_injections("shop", Duration::from_secs(60)).await;
+    let event = h.wait_event("shop", "ExpiredHoldReleased", |_| true).await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let regarding = event.regarding.unwrap_or_default();
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Pod"), Some("web-0")),
+        "with the experiment gone, the Event is on the fault's pod"
+    );
+    let note = event.note.unwrap_or_default();
+    assert!(note.contains("(shop/web-0) on node node-1"), "{note}");
     h.stop().await;
 }

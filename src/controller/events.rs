@@ -61,6 +61,20 @@ pub struct PodOf {
     pub uid: String,
 }
 
+impl PodOf {
+    /// The pod as an Event's `regarding` or `related` object.
+    pub fn reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(self.namespace.clone()),
+            name: Some(self.name.clone()),
+            uid: Some(self.uid.clone()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        }
+    }
+}
+
 impl Fact {
     pub fn normal(reason: &str, action: &str, message: impl Into<String>) -> Fact {
         Fact {
@@ -211,14 +225,7 @@ impl EventRecorder {
             action: Some(fact.action.clone()),
             note: Some(note),
             regarding: Some(regarding.clone()),
-            related: fact.pod.as_ref().map(|pod| ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                namespace: Some(pod.namespace.clone()),
-                name: Some(pod.name.clone()),
-                uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
-                ..Default::default()
-            }),
+            related: fact.pod.as_ref().map(PodOf::reference),
             reporting_controller: Some(self.reporter.controller.clone()),
             reporting_instance: Some(
                 self.reporter

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::reflector::Store;
 use kube::{ResourceExt, core::DeserializeGuard};
 
 use super::{
     Context,
     caches::{not_ended, with_owner},
-    events::Fact,
+    events::{Fact, PodOf},
     injections, object_reference,
 };
 use crate::api::{AGENT_FINALIZER, ChaosExperiment, FaultInjection};
@@ -57,7 +58,8 @@ pub fn expired_holds(
 }
 
 /// Every `every`, lets go of the expired holds (see [`expired_holds`]) with a Warning Event on
-/// their experiment where it still exists; until the future is dropped.
+/// their experiment, or on the target pod when the experiment is gone; until the future is
+/// dropped.
 pub async fn sweep(
     ctx: Arc<Context>,
     experiments: Store<DeserializeGuard<ChaosExperiment>>,
@@ -105,9 +107,10 @@ async fn release(
         .expires_at
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     tracing::warn!(%namespace, injection = %name, %node, %pod, %expires_at, "released the agent finalizer of a FaultInjection held past its deadline: its agent never confirmed the revert, and the kernel ended the fault at expiresAt");
-    let Some(regarding) = with_owner(experiments, injection, object_reference) else {
-        return;
-    };
+    // An experiment gone before its injections (its finalizer let go of after the receipts,
+    // then deleted) leaves the fault's pod as the place a person looks.
+    let regarding = with_owner(experiments, injection, object_reference)
+        .unwrap_or_else(|| target_pod_reference(injection));
     let fact = Fact::warning(
         "ExpiredHoldReleased",
         "Release",
@@ -118,6 +121,16 @@ async fn release(
     if let Err(error) = ctx.recorder.publish(&fact, &regarding).await {
         tracing::debug!(%error, "could not publish the ExpiredHoldReleased Event");
     }
+}
+
+fn target_pod_reference(injection: &FaultInjection) -> ObjectReference {
+    let target = &injection.spec.target;
+    PodOf {
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+        uid: target.uid.clone(),
+    }
+    .reference()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use faultline::{
         workloads::{ControlPlane, WorkloadOptions, Workloads, deployment},
     },
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, events::v1::Event};
 use kube::{
     Api, Client,
     api::{ListParams, PostParams},
@@ -324,6 +324,31 @@ impl Harness {
             .unwrap()
             .items
             .len()
+    }
+
+    /// The first Event in `namespace` with `reason` that `matching` accepts, once there is one
+    /// (within 10 s).
+    pub async fn wait_event(
+        &self,
+        namespace: &str,
+        reason: &str,
+        matching: impl Fn(&Event) -> bool,
+    ) -> Event {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        wait_for(
+            &format!("a {reason} Event in {namespace}"),
+            Duration::from_secs(10),
+            || async {
+                events
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some(reason) && matching(e))
+            },
+        )
+        .await
     }
 
     /// Waits until no FaultInjection is left in `namespace`.

@@ -50,6 +50,8 @@ pub async fn report(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receive
                 reported.write_all(&ctx, latest_of_each_pod(batch)).await;
                 if lagged {
                     catch_up(&ctx, &mut updates, &mut reported).await;
+                } else if reported.outgrown() {
+                    reported.keep_only(&ctx.options.runtime.current_states());
                 }
             }
             // An update is about one pod: a later one does not stand for a missed one of
@@ -93,9 +95,18 @@ fn latest_of_each_pod(batch: Vec<PodUpdate>) -> Vec<PodUpdate> {
 
 /// What was last reported for each pod (by UID): an update that says the same again (a
 /// catch-up after missed updates says it for every pod) is not written twice, as a kubelet's
-/// status manager writes a pod's status only when it changed.
+/// status manager writes a pod's status only when it changed. Pods that stopped are forgotten
+/// at a catch-up, and whenever the record has doubled since it was last trimmed: a sandbox
+/// that kills a pod a minute for a week would otherwise remember 10,000 of them.
 #[derive(Default)]
-struct Reported(HashMap<String, Vec<ContainerStatus>>);
+struct Reported {
+    last: HashMap<String, Vec<ContainerStatus>>,
+    /// How many pods were left at the last trim.
+    kept: usize,
+}
+
+/// The fewest pods remembered before a trim is worth its listing of every running pod.
+const TRIM_FROM: usize = 64;
 
 impl Reported {
     /// Writes the updates that are news, [`PARALLEL_WRITES`] at a time (at most one per pod).
@@ -120,17 +131,24 @@ impl Reported {
     }
 
     fn is_news(&self, update: &PodUpdate) -> bool {
-        self.0.get(&update.uid) != Some(&update.containers)
+        self.last.get(&update.uid) != Some(&update.containers)
     }
 
     fn written(&mut self, update: &PodUpdate) {
-        self.0.insert(update.uid.clone(), update.containers.clone());
+        self.last
+            .insert(update.uid.clone(), update.containers.clone());
+    }
+
+    /// Whether the record has doubled since its last trim (see [`Reported`]).
+    fn outgrown(&self) -> bool {
+        self.last.len() > 2 * self.kept.max(TRIM_FROM)
     }
 
     /// Forgets the pods that no longer run.
     fn keep_only(&mut self, running: &[PodUpdate]) {
         let running: HashSet<&str> = running.iter().map(|u| u.uid.as_str()).collect();
-        self.0.retain(|uid, _| running.contains(uid.as_str()));
+        self.last.retain(|uid, _| running.contains(uid.as_str()));
+        self.kept = self.last.len();
     }
 }
 
@@ -204,6 +222,29 @@ mod tests {
             .map(|u| (u.uid.as_str(), u.containers[0].ready))
             .collect();
         assert_eq!(seen, [("a", true), ("b", true), ("c", false)]);
+    }
+
+    #[test]
+    fn the_record_is_trimmed_each_time_it_doubles() {
+        let mut reported = Reported::default();
+        let churned: Vec<PodUpdate> = (0..=2 * TRIM_FROM)
+            .map(|i| update(&i.to_string(), true, 0))
+            .collect();
+        for pod in &churned[..2 * TRIM_FROM] {
+            reported.written(pod);
+        }
+        assert!(!reported.outgrown());
+        reported.written(&churned[2 * TRIM_FROM]);
+        assert!(reported.outgrown(), "every pod ever started is remembered");
+        let running = &churned[..TRIM_FROM + 1];
+        reported.keep_only(running);
+        assert_eq!(reported.last.len(), TRIM_FROM + 1);
+        for pod in (0..=TRIM_FROM).map(|i| update(&format!("new-{i}"), true, 0)) {
+            reported.written(&pod);
+        }
+        assert!(!reported.outgrown(), "twice what was kept, not yet more");
+        reported.written(&update("one-more", true, 0));
+        assert!(reported.outgrown());
     }
 
     #[test]
