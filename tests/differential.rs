@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use common::cluster::{TestCluster, real_cluster_requested};
 use faultline::sandbox::apiserver::ApiServer;
 use faultline::validate::{Severity, check_text, yaml_lines};
+use serde::Deserialize;
 use serde_json::Value;
 
 fn repo() -> &'static Path {
@@ -616,6 +617,58 @@ async fn crds_either_side_of_the_cel_budget_are_judged_as_the_real_server_judges
             }
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    side_by_side.shutdown().await;
+}
+
+/// CRDs with a malformed `x-kubernetes-validations` entry (tests/fixtures/crd-rules/): a
+/// `fieldPath` the schema does not declare, a line break in a message, an unknown reason, an
+/// empty rule. The sandbox refuses each as the real server does, with the same causes, and
+/// accepts the paths the real server accepts (map keys, quoted names with dots).
+// Multi-threaded: the embedded API server answers on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_with_malformed_rule_entries_are_refused_as_the_real_server_refuses_them() {
+    let sandbox = ApiServer::start(0)
+        .await
+        .expect("start the sandbox API server");
+    let side_by_side = SideBySide::start(sandbox).await;
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/crd-rules/entries.yaml")).unwrap();
+    let mut problems = Vec::new();
+    let mut cases = 0;
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let case = Value::deserialize(document).unwrap();
+        let (why, refused, crd) = (&case["why"], case["refused"] == true, &case["crd"]);
+        cases += 1;
+        let mut answers = Vec::new();
+        for server in &side_by_side.servers {
+            let answer = server
+                .create(
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                    crd,
+                )
+                .await;
+            if answer.accepted() == refused {
+                problems.push(format!(
+                    "{why}: {} by the {}: {}",
+                    if refused { "accepted" } else { "refused" },
+                    server.name,
+                    describe(&answer)
+                ));
+            }
+            answers.push(answer.comparable());
+        }
+        if let [sandbox, real] = answers.as_slice()
+            && sandbox != real
+        {
+            problems.push(format!(
+                "{why}: the sandbox answers\n  {}\nthe real server\n  {}",
+                describe(sandbox),
+                describe(real)
+            ));
+        }
+    }
+    assert!(cases >= 8, "{cases} cases");
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
     side_by_side.shutdown().await;
 }

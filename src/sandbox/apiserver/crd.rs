@@ -6,12 +6,14 @@
 //! lets go, and goes with the last of them.
 //!
 //! A CRD whose CEL rules cost more than the real server's budget is refused as the real server
-//! refuses it (`crd_validation::cost`: the same estimate, the same limits, the same errors).
+//! refuses it (`crd_validation::cost`: the same estimate, the same limits, the same errors), and
+//! so is one with a malformed rule entry (`crd_rules`).
 //!
 //! Simplification: a CRD is Established at once (the real server takes a moment); name conflicts
 //! between CRDs are not detected.
 
 use super::State;
+use super::crd_rules;
 use super::errors::{ApiError, ApiResult, Cause};
 use super::meta;
 use super::resources::{ResKey, ResourceDef, def_from_crd};
@@ -21,13 +23,10 @@ pub fn is_crd(def: &ResourceDef) -> bool {
     def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions"
 }
 
-/// The real server's refusal of CRDs whose CEL rules cost more than its budget: one error per
-/// rule over the per-rule limit, and for a total over the CRD limit, the (up to) four rules
-/// that contribute most and the total. Paths as the server names them: `spec.validation` when
-/// every version has the same schema (the server then keeps one), `spec.versions[i].schema`
-/// otherwise.
-fn cel_budget(crd: &Value) -> Vec<Cause> {
-    use crate::crd_validation::cost;
+/// `check` run on each version's `openAPIV3Schema`, with fields under the path the real server
+/// names it by: `spec.validation` when every version has the same schema (the server then keeps
+/// one), `spec.versions[i].schema` otherwise.
+fn per_schema(crd: &Value, check: impl Fn(&Value, &str) -> Vec<Cause>) -> Vec<Cause> {
     let versions = crd["spec"]["versions"]
         .as_array()
         .cloned()
@@ -47,18 +46,25 @@ fn cel_budget(crd: &Value) -> Vec<Cause> {
         } else {
             format!("spec.versions[{i}].schema")
         };
-        let costs = cost::estimate_schema(schema);
-        causes.extend(
-            cost::budget_errors(&costs, &prefix)
-                .into_iter()
-                .map(|(field, message)| Cause {
-                    field,
-                    message,
-                    reason: "FieldValueForbidden".into(),
-                }),
-        );
+        causes.extend(check(schema, &prefix));
     }
     causes
+}
+
+/// The real server's refusal of CRDs whose CEL rules cost more than its budget: one error per
+/// rule over the per-rule limit, and for a total over the CRD limit, the (up to) four rules
+/// that contribute most and the total.
+fn cel_budget(schema: &Value, prefix: &str) -> Vec<Cause> {
+    use crate::crd_validation::cost;
+    let costs = cost::estimate_schema(schema);
+    cost::budget_errors(&costs, prefix)
+        .into_iter()
+        .map(|(field, message)| Cause {
+            field,
+            message,
+            reason: "FieldValueForbidden".into(),
+        })
+        .collect()
 }
 
 /// Validate a CRD and fill in its status.
@@ -67,13 +73,17 @@ pub fn prepare(crd: &mut Value) -> ApiResult<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let budget = cel_budget(crd);
-    if !budget.is_empty() {
+    // A malformed rule entry stops the real server before it costs any rule.
+    let mut refused = per_schema(crd, crd_rules::shape_errors);
+    if refused.is_empty() {
+        refused = per_schema(crd, cel_budget);
+    }
+    if !refused.is_empty() {
         return Err(ApiError::invalid(
             "apiextensions.k8s.io",
             "CustomResourceDefinition",
             &name,
-            budget,
+            refused,
         ));
     }
     let def = def_from_crd(crd).map_err(|errs| {

@@ -23,6 +23,7 @@
 
 mod apply_conflicts;
 mod crd;
+mod crd_rules;
 mod defaults;
 mod discovery;
 mod disruption;

@@ -372,6 +372,17 @@ pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
+    // The real server reads an apply patch with its YAML reader even when it is JSON, and that
+    // reader refuses a raw control character anywhere (JSON would take a DEL in a string).
+    if content_type.contains("yaml")
+        && String::from_utf8_lossy(body)
+            .chars()
+            .any(|c| !yaml_printable(c))
+    {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: error converting YAML to JSON: yaml: control characters are not allowed",
+        ));
+    }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
         Err(json_err) if content_type.contains("yaml") => serde_yaml::from_slice::<Value>(body)
@@ -382,6 +393,13 @@ pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
             "error decoding request body as JSON: {e}"
         ))),
     }
+}
+
+/// What YAML's reader takes as a character (the YAML 1.1 printable set, as go-yaml checks it).
+fn yaml_printable(c: char) -> bool {
+    matches!(c,
+        '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{85}' | '\u{a0}'..='\u{d7ff}'
+        | '\u{e000}'..='\u{fffd}' | '\u{10000}'..='\u{10ffff}')
 }
 
 #[cfg(test)]

@@ -115,3 +115,16 @@ fn protobuf_only_when_no_json_is_acceptable() {
     );
     assert_eq!(format("text/plain"), Err(406));
 }
+
+#[test]
+fn an_apply_patch_with_a_raw_control_character_is_refused_as_yaml_refuses_it() {
+    let with_del = b"{\"data\":{\"a\":\"x\x7fy\"}}";
+    let refused = decode_body(with_del, "application/apply-patch+yaml").unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("yaml: control characters are not allowed"),
+        "{refused:?}"
+    );
+    // JSON takes it (the schema judges the value), and so does an escaped one in YAML.
+    assert!(decode_body(with_del, "application/merge-patch+json").is_ok());
+    assert!(decode_body(b"{\"a\": \"x\\u007fy\"}", "application/apply-patch+yaml").is_ok());
+}

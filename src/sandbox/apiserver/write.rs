@@ -232,6 +232,7 @@ pub fn commit_create(
     ) {
         (Some(n), _) => n.to_string(),
         (None, Some(prefix)) if !prefix.is_empty() => {
+            let prefix = crate::crd_validation::generated_name_prefix(prefix);
             // Retry a few times on the (unlikely) collision, as the real server does.
             let mut candidate = format!("{prefix}{}", meta::name_suffix());
             for _ in 0..8 {
