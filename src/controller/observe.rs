@@ -29,7 +29,7 @@ use crate::{
         ChaosExperiment, ChaosExperimentStatus, EXPERIMENT_LABEL, FaultInjection, HypothesisState,
         InjectionPhase, Phase, ProbePhase, RevertReceipt, TargetState,
     },
-    lifecycle::{AbortCause, HypothesisView, Observed, ProgressView},
+    lifecycle::{AbortCause, HypothesisView, Observed, ProbedPhases, ProgressView},
 };
 
 /// What observe found, kept for the acting step.
@@ -68,9 +68,11 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
     // What the views below look at: `recorded` with the targets that left marked as such.
     let mut status = recorded.clone();
     let namespace = experiment.namespace().unwrap_or_default();
-    let times = spec_check::check_spec(&experiment.spec);
-
     let name = experiment.name_any();
+    // An experiment that bypassed the CRD's rules (created under an older CRD) is stopped here.
+    let times =
+        spec_check::check_name(&name).and_then(|()| spec_check::check_spec(&experiment.spec));
+
     let mut injections = ctx.caches.injections_of(&namespace, &name, &uid);
     if matches!(status.phase, Phase::Recovering | Phase::Aborting)
         && injections.is_empty()
@@ -231,6 +233,7 @@ pub async fn observe(ctx: &Context, experiment: &ChaosExperiment) -> Result<Worl
         abort_requested: experiment.abort_reason().map(str::to_string),
         paused,
         hypothesis,
+        probed: probed_phases(experiment),
         injection,
         revert,
         abort_cause,
@@ -515,6 +518,17 @@ fn injection_progress(
         ProgressView::Failed { message }
     } else {
         ProgressView::InProgress
+    }
+}
+
+/// Which phases some probe of the experiment checks.
+fn probed_phases(experiment: &ChaosExperiment) -> ProbedPhases {
+    let probes = experiment.spec.probes();
+    let any_in = |phase| probes.iter().any(|p| p.runs_in(phase));
+    ProbedPhases {
+        before: any_in(ProbePhase::Before),
+        during: any_in(ProbePhase::During),
+        after: any_in(ProbePhase::After),
     }
 }
 

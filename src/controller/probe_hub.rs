@@ -73,13 +73,9 @@ impl ProbeHub {
 
     fn runners(&self, experiment: &ChaosExperiment) -> Result<Vec<ProbeRunner>, String> {
         let namespace = experiment.namespace().unwrap_or_default();
-        let probes = experiment
+        experiment
             .spec
-            .steady_state
-            .as_ref()
-            .map(|s| s.probes.as_slice())
-            .unwrap_or_default();
-        probes
+            .probes()
             .iter()
             .map(|p| ProbeRunner::new(p, &namespace, Some(&self.client)).map_err(|e| e.to_string()))
             .collect()

@@ -7,11 +7,10 @@ use super::plan::{Child, NewExperiment, Note, Observed, Plan, current_run, stage
 use super::plan::{passed, worst};
 use crate::api::{
     ChaosExperimentSpec, GameDaySpec, GameDayStage, Verdict, duration_bounds::PAUSE_AFTER,
+    rules::NAME_LIMIT,
 };
 use crate::controller::spec_check;
 
-/// Kubernetes label values (the experiment's name is one on its FaultInjections) hold 63.
-const NAME_LIMIT: usize = 63;
 /// How often a paused GameDay looks whether chaos was resumed.
 pub(super) const PAUSED_RECHECK: Duration = Duration::from_secs(10);
 /// The name of the experiment created for `experiment` of `stage`.

@@ -21,6 +21,42 @@ pub enum HypothesisView {
     },
 }
 
+/// Which phases of an experiment some probe checks (`phases` of each probe; an experiment may
+/// have no `steadyState` at all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbedPhases {
+    pub before: bool,
+    pub during: bool,
+    pub after: bool,
+}
+
+impl ProbedPhases {
+    /// Every phase checked, as an experiment with probes in all three has.
+    pub const ALL: ProbedPhases = ProbedPhases {
+        before: true,
+        during: true,
+        after: true,
+    };
+
+    /// What a Passed verdict can say: only the phases some probe checked held.
+    fn passed_message(self) -> String {
+        let checked: Vec<&str> = [
+            (self.before, "before"),
+            (self.during, "during"),
+            (self.after, "after"),
+        ]
+        .into_iter()
+        .filter_map(|(checked, phase)| checked.then_some(phase))
+        .collect();
+        match checked.as_slice() {
+            [] => "every fault went in and was reverted; no probe checked a hypothesis (the experiment has no steadyState probes)".into(),
+            [one] => format!("the hypothesis held {one} the faults (no probe runs in the other phases)"),
+            [a, b] => format!("the hypothesis held {a} and {b} the faults (no probe runs in the other phase)"),
+            _ => "the hypothesis held before, during and after the faults".into(),
+        }
+    }
+}
+
 /// Whether every fault has reached the state asked of it (applied, or reverted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProgressView {
@@ -165,6 +201,8 @@ pub struct Observed {
     pub paused: bool,
     /// The hypothesis for the phase being checked (before, during or after).
     pub hypothesis: HypothesisView,
+    /// Which phases some probe checks: what "the hypothesis holds" can claim.
+    pub probed: ProbedPhases,
     /// Progress of applying faults (meaningful in Injecting).
     pub injection: ProgressView,
     /// Progress of reverting faults (meaningful in Recovering and Aborting, and while an abort
@@ -372,6 +410,11 @@ pub fn decide(o: &Observed) -> Decision {
                 "NoTargets",
                 "no pod matched and allowEmptyTargets is set; nothing was injected",
             ),
+            HypothesisView::Holding if !o.probed.before => to(
+                Phase::Injecting,
+                "Injecting",
+                "no probe runs before the faults; injecting faults",
+            ),
             HypothesisView::Holding => to(
                 Phase::Injecting,
                 "Injecting",
@@ -426,11 +469,9 @@ pub fn decide(o: &Observed) -> Decision {
             let deadline = after(reverted_at, o.recovery_timeout);
             match &o.hypothesis {
                 HypothesisView::Holding if o.nothing_injected.is_some() => inconclusive(o),
-                HypothesisView::Holding => finish(
-                    Verdict::Passed,
-                    "Passed",
-                    "the hypothesis held before, during and after the faults",
-                ),
+                HypothesisView::Holding => {
+                    finish(Verdict::Passed, "Passed", o.probed.passed_message())
+                }
                 _ if o.now >= deadline => {
                     let detail = match &o.hypothesis {
                         HypothesisView::Violated { message, .. } => message.clone(),

@@ -32,6 +32,7 @@ fn observed(phase: Phase) -> Observed {
         abort_requested: None,
         paused: false,
         hypothesis: HypothesisView::Holding,
+        probed: ProbedPhases::ALL,
         injection: ProgressView::InProgress,
         revert: ProgressView::InProgress,
         abort_cause: None,
@@ -618,4 +619,48 @@ fn kills_left_under_way_are_finished_before_the_injection_counts_as_done() {
     o.kills_interrupted = true;
     o.hypothesis = violated();
     assert!(matches!(decide(&o), Decision::Abort(_)));
+}
+
+fn message_of(d: &Decision) -> &str {
+    match d {
+        Decision::Finish { message, .. } | Decision::Transition { message, .. } => message,
+        _ => "",
+    }
+}
+
+#[test]
+fn the_hypothesis_is_said_to_hold_only_in_the_phases_a_probe_checks() {
+    let mut o = observed(Phase::Verifying);
+    o.probed = ProbedPhases {
+        before: false,
+        during: true,
+        after: false,
+    };
+    assert_eq!(
+        message_of(&decide(&o)),
+        "no probe runs before the faults; injecting faults"
+    );
+    o.injected_at = Some(t(0));
+    o.reverted_at = Some(t(60));
+    let passed = decide(&o);
+    assert_eq!(verdict_of(&passed), Some((Verdict::Passed, "Passed")));
+    assert_eq!(
+        message_of(&passed),
+        "the hypothesis held during the faults (no probe runs in the other phases)"
+    );
+    o.probed.after = true;
+    assert_eq!(
+        message_of(&decide(&o)),
+        "the hypothesis held during and after the faults (no probe runs in the other phase)"
+    );
+    o.probed = ProbedPhases::default();
+    assert!(
+        message_of(&decide(&o)).contains("no probe checked a hypothesis"),
+        "an experiment without probes claims no hypothesis"
+    );
+    o.probed = ProbedPhases::ALL;
+    assert_eq!(
+        message_of(&decide(&o)),
+        "the hypothesis held before, during and after the faults"
+    );
 }

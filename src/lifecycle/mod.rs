@@ -23,6 +23,6 @@ pub mod record;
 pub mod status_size;
 
 pub use decide::{
-    ABORTING_SHOWN_AFTER, AbortCause, Decision, HypothesisView, Observed, ProgressView,
-    abort_begun, aborting_shown_at, decide, unconfirmed_sentence,
+    ABORTING_SHOWN_AFTER, AbortCause, Decision, HypothesisView, Observed, ProbedPhases,
+    ProgressView, abort_begun, aborting_shown_at, decide, unconfirmed_sentence,
 };
