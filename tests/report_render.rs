@@ -534,6 +534,52 @@ fn html_escapes_what_probes_report() {
 }
 
 #[test]
+fn markdown_escapes_raw_html_and_control_characters_from_probes() {
+    // A status written by something other than faultline's probes (which escape control
+    // characters themselves) still renders inert: no tag, no terminal escape.
+    let hostile = "<img src=x onerror=alert(1)> \u{1b}[2J\u{1b}[31m\u{7}\0\u{8}|";
+    let mut e = aborted();
+    let status = e.status.as_mut().unwrap();
+    status.probes[0].last_error = Some(hostile.into());
+    status.probes[0].last_value = Some(hostile.into());
+    status.message = Some(format!("aborting: {hostile}"));
+    status.timeline.push(entry(4000, "ProbeFailed", hostile));
+    let text = markdown::render(&e);
+    assert!(!text.contains("<img"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(r"&lt;img src=x onerror=alert(1)&gt; \u{1b}[2J\u{1b}[31m\u{7}\u{0}\u{8}\|"),
+        "{text}"
+    );
+    assert!(text.contains("> aborting: &lt;img"), "{text}");
+}
+
+#[test]
+fn reports_show_probe_urls_without_their_secrets() {
+    let mut e = aborted();
+    let probe = &mut e.spec.steady_state.as_mut().unwrap().probes[0];
+    let http = probe.http.as_mut().unwrap();
+    http.url = "http://admin:s3cretPassw0rd@127.0.0.1:18001/healthz?token=TOPSECRETTOKEN".into();
+    http.headers
+        .insert("Authorization".into(), "Bearer TOPSECRETBEARER".into());
+    for format in [Format::Markdown, Format::Html, Format::Junit, Format::Json] {
+        let text = format.render("run", std::slice::from_ref(&e), t(8000));
+        for secret in ["s3cretPassw0rd", "TOPSECRETTOKEN", "TOPSECRETBEARER"] {
+            assert!(!text.contains(secret), "{format:?} shows {secret}");
+        }
+    }
+    // The HTML probe table names the check, by its redacted URL.
+    let html = html::render(&e, t(8000));
+    assert!(
+        html.contains("http://admin:xxxxx@127.0.0.1:18001/healthz?token=xxxxx"),
+        "{html}"
+    );
+}
+
+#[test]
 fn html_of_several_experiments_is_one_page_with_an_overview() {
     let page = html::render_all("faultline run all.yaml", &[passed(), aborted()], t(8000));
     assert_eq!(page.matches("<svg").count(), 2);

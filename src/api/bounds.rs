@@ -17,7 +17,7 @@
 //!   costs nothing, where `self.matches(...)` on a label key of a GameDay's selector would cost
 //!   millions;
 //! - check the total: `cargo test --lib crd_validation::cost` estimates every CRD exactly as
-//!   the real server does (10,000,000 per rule, 100,000,000 per CRD); the GameDay is at 91.4M,
+//!   the real server does (10,000,000 per rule, 100,000,000 per CRD); the GameDay is at 93.0M,
 //!   its most expensive rule (`rules::day_probes_fit`) at 9.0M.
 
 use schemars::Schema;
@@ -94,6 +94,50 @@ pub const HTTP_URL_PATTERN: &str = r"^https?://";
 
 /// The HTTP methods a probe may send.
 pub const HTTP_METHOD_PATTERN: &str = r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$";
+
+/// Items of a probe's `expectedStatus`: HTTP status codes, 100 to 599, checked by the schema
+/// (the controller's own check refuses the same for an object that bypassed the CRD).
+pub fn http_status_items(schema: &mut Schema) {
+    schema.insert(
+        "items".into(),
+        json!({"type": "integer", "format": "int32", "minimum": 100, "maximum": 599}),
+    );
+}
+
+/// How many headers a probe may send: far more than a health check needs, and the bound the
+/// header-name rule's cost is estimated with (it runs for every probe of every experiment of a
+/// GameDay).
+pub const HTTP_MAX_HEADERS: u64 = 16;
+/// The longest header value a probe may send (a long bearer token fits).
+pub const HTTP_HEADER_VALUE_MAX_LENGTH: u64 = 8192;
+/// A header name: an HTTP token (RFC 9110 `tchar`s), what the controller's HTTP client accepts.
+/// No `\` or `"` in it, so it goes into a CEL string as it is.
+pub const HTTP_HEADER_NAME_PATTERN: &str = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$";
+/// A header value: no control character but tab (a CR or LF would end the header and start
+/// another one the spec never named; the controller's HTTP client refuses exactly these).
+pub const HTTP_HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0a-\x1f\x7f]*$";
+
+/// A probe's `headers`: at most [`HTTP_MAX_HEADERS`], values bounded and free of control
+/// characters (a schema `pattern`, no CEL), names HTTP tokens. A CRD schema cannot constrain a
+/// map's keys (no `propertyNames` in a structural schema), so the names take a CEL rule.
+pub fn http_headers(schema: &mut Schema) {
+    schema.insert("maxProperties".into(), json!(HTTP_MAX_HEADERS));
+    schema.insert(
+        "additionalProperties".into(),
+        json!({
+            "type": "string",
+            "maxLength": HTTP_HEADER_VALUE_MAX_LENGTH,
+            "pattern": HTTP_HEADER_VALUE_PATTERN,
+        }),
+    );
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": format!("self.all(k, k.matches(\"{HTTP_HEADER_NAME_PATTERN}\"))"),
+            "message": "every header name must be an HTTP token: letters, digits and !#$%&'*+-.^_`|~, no spaces or colons (e.g. X-Request-Id)",
+        }]),
+    );
+}
 
 /// A Kubernetes condition's status.
 pub const CONDITION_STATUS_PATTERN: &str = r"^(True|False|Unknown)$";

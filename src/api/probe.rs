@@ -109,22 +109,32 @@ impl Probe {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpProbe {
-    /// The URL, e.g. `http://checkout.shop.svc:8080/healthz`.
+    /// The URL, e.g. `http://checkout.shop.svc:8080/healthz`. Messages, Events and reports show
+    /// it redacted: the password of `user:password@` and the values of query parameters named
+    /// like credentials, in any case and with or without `-` and `_` (among them `token`,
+    /// `access_token`, `key`, `api_key`, `apikey`, `secret`, `password`, `sig`, `signature`,
+    /// `X-Amz-Signature`, and names ending in `token`, `secret`, `password`, `apikey` or
+    /// `signature`) become `xxxxx`. The experiment itself holds the URL as written:
+    /// whoever can read the ChaosExperiment can read its secrets.
     #[schemars(length(min = 1, max = 2048), regex(pattern = super::bounds::HTTP_URL_PATTERN))]
     pub url: String,
     /// The HTTP method. Default GET.
     #[serde(default = "get")]
     #[schemars(regex(pattern = super::bounds::HTTP_METHOD_PATTERN))]
     pub method: String,
-    /// Request headers.
+    /// Request headers: at most 16; each name an HTTP token (letters, digits and
+    /// ``!#$%&'*+-.^_`|~``), each value at most 8192 characters with no control character but
+    /// tab (a CR or LF would smuggle in another header). The JSON report masks the values of
+    /// `Authorization`, `Cookie` and credential-like names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = super::bounds::http_headers)]
     pub headers: BTreeMap<String, String>,
     /// Request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Status codes that count as success. Empty means any 2xx.
+    /// Status codes that count as success, each 100 to 599. Empty means any 2xx.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), transform = super::bounds::http_status_items)]
     pub expected_status: Vec<i32>,
     /// A regular expression the response body must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,7 +274,9 @@ pub struct ReadyPodsCheck {
     pub min: i32,
 }
 
-/// What a Prometheus probe concludes from a query that returns no samples.
+/// What a Prometheus probe concludes from a query that returns no data: no samples, or a `NaN`
+/// sample (what a ratio such as `errors / requests` gives when there was no traffic: it says
+/// nothing about health, so it is judged like no data rather than compared).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum EmptyResultPolicy {
     /// No data is a failure (the default: a dead exporter must not look healthy).
@@ -278,7 +290,8 @@ pub enum EmptyResultPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusProbe {
-    /// The Prometheus server, e.g. `http://prometheus.monitoring.svc:9090`.
+    /// The Prometheus server, e.g. `http://prometheus.monitoring.svc:9090`. Messages and
+    /// reports show it redacted, as an HTTP probe's `url`.
     #[schemars(length(min = 1, max = 2048), regex(pattern = super::bounds::HTTP_URL_PATTERN))]
     pub url: String,
     /// The PromQL query. It must return a scalar or a vector; every sample of a vector must
@@ -289,7 +302,10 @@ pub struct PrometheusProbe {
     pub operator: ComparisonOperator,
     /// The number to compare the result with.
     pub value: f64,
-    /// `Fail` (default) or `Pass` when the query returns no samples.
+    /// `Fail` (default) or `Pass` when the query returns no data: no samples, or a `NaN`
+    /// sample (a ratio such as `errors / requests` is `NaN` when there was no traffic, which
+    /// says nothing about health, so it is not compared: `NaN != 1` would otherwise pass). A
+    /// sample that fails the comparison fails the check whatever `onEmpty` says.
     #[serde(default)]
     pub on_empty: EmptyResultPolicy,
 }

@@ -12,6 +12,7 @@ use reqwest::{
 };
 
 use super::body::{self, BodyError};
+use super::redact;
 use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client, millis};
 use crate::api::{GoDuration, HttpProbe, duration_bounds::HTTP_MAX_LATENCY};
 
@@ -29,6 +30,8 @@ pub struct HttpCheck {
     client: reqwest::Client,
     method: Method,
     url: Url,
+    /// `url` with its secrets masked: the only form of it a message may carry.
+    shown_url: String,
     headers: HeaderMap,
     body: Option<String>,
     expected_status: Vec<u16>,
@@ -39,18 +42,26 @@ pub struct HttpCheck {
 impl HttpCheck {
     /// Parses the spec; the error names the field that is wrong.
     pub fn new(spec: &HttpProbe) -> Result<Self, String> {
-        let url = Url::parse(&spec.url).map_err(|e| format!("http.url {:?}: {e}", spec.url))?;
+        let shown_url = redact::url_text(&spec.url);
+        let url = Url::parse(&spec.url).map_err(|e| format!("http.url {shown_url:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("http.url {:?}: must be http or https", spec.url));
+            return Err(format!("http.url {shown_url:?}: must be http or https"));
         }
         let method = Method::from_bytes(spec.method.as_bytes())
             .map_err(|_| format!("http.method {:?} is not an HTTP method", spec.method))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &spec.headers {
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("http.headers: {name:?} is not a valid header name"))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| format!("http.headers: the value of {name:?} is not valid"))?;
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                format!(
+                    "http.headers: {name:?} is not a valid header name: use an HTTP token (letters, digits and !#$%&'*+-.^_`|~, no spaces or colons)"
+                )
+            })?;
+            // The value itself stays out of the message: it may be a credential.
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                format!(
+                    "http.headers: the value of {name:?} has a control character (a CR or LF would start another header); only tab is allowed"
+                )
+            })?;
             headers.insert(header, value);
         }
         let expected_status = spec
@@ -81,6 +92,7 @@ impl HttpCheck {
             client: http_client(spec.insecure_skip_verify)?,
             method,
             url,
+            shown_url,
             headers,
             body: spec.body.clone(),
             expected_status,
@@ -112,14 +124,20 @@ impl HttpCheck {
                 "status {status}, response body exceeds {}; bodyRegex is only matched against bodies up to {} ({})",
                 body::size(cap),
                 body::size(cap),
-                self.url
+                self.shown_url
             )),
             Err(BodyError::Read(e)) => Err(format!("status {status}, {}", self.describe(&e))),
         }
     }
 
     fn describe(&self, error: &reqwest::Error) -> String {
-        describe_request_error(error, self.url.as_str())
+        let described = describe_request_error(error, &self.shown_url);
+        // The cause is reqwest's or hyper's text, which may quote the URL it was sent to.
+        if self.shown_url != self.url.as_str() {
+            described.replace(self.url.as_str(), &self.shown_url)
+        } else {
+            described
+        }
     }
 
     fn status_ok(&self, status: u16) -> bool {
@@ -142,7 +160,7 @@ impl HttpCheck {
 
 impl Check for HttpCheck {
     fn target(&self) -> String {
-        format!("{} {}", self.method, self.url)
+        format!("{} {}", self.method, self.shown_url)
     }
 
     async fn check(&self, _ctx: &CheckContext<'_>) -> CheckOutcome {
@@ -227,6 +245,77 @@ mod tests {
         crate::cli::install_crypto_provider();
         let spec = serde_yaml::from_str("{url: 'http://x/', expectedStatus: [99]}").unwrap();
         assert!(HttpCheck::new(&spec).unwrap_err().contains("99"));
+    }
+
+    #[test]
+    fn the_controller_refuses_what_the_crd_refuses_for_an_object_that_bypassed_it() {
+        // The same cases as tests/fixtures/differential/probes-hostile.yaml: the CRD's bounds
+        // (api::bounds::http_status_items, http_headers) and this check must agree.
+        crate::cli::install_crypto_provider();
+        let refused = [
+            (
+                "{url: 'http://x/', expectedStatus: [-1]}",
+                "expectedStatus: -1",
+            ),
+            (
+                "{url: 'http://x/', expectedStatus: [0]}",
+                "expectedStatus: 0",
+            ),
+            (
+                "{url: 'http://x/', expectedStatus: [600]}",
+                "expectedStatus: 600",
+            ),
+            (
+                "{url: 'http://x/', expectedStatus: [65536]}",
+                "expectedStatus: 65536",
+            ),
+            (
+                r#"{url: 'http://x/', headers: {X-Test: "a\r\nInjected: yes"}}"#,
+                "X-Test",
+            ),
+            (r#"{url: 'http://x/', headers: {X-Test: "a\0b"}}"#, "X-Test"),
+            (r#"{url: 'http://x/', headers: {X-Test: "a\eb"}}"#, "X-Test"),
+            (
+                r#"{url: 'http://x/', headers: {X-Test: "a\x7Fb"}}"#,
+                "X-Test",
+            ),
+            (
+                r#"{url: 'http://x/', headers: {"Bad Header:": x}}"#,
+                "Bad Header:",
+            ),
+            (r#"{url: 'http://x/', headers: {"X-Tëst": x}}"#, "X-Tëst"),
+            (r#"{url: 'http://x/', headers: {"": x}}"#, "header name"),
+        ];
+        for (yaml, piece) in refused {
+            let spec: HttpProbe = serde_yaml::from_str(yaml).unwrap();
+            let err = HttpCheck::new(&spec).unwrap_err();
+            assert!(err.contains(piece), "{yaml}: {err}");
+        }
+        let accepted = [
+            "{url: 'http://x/', expectedStatus: [100, 599]}",
+            r#"{url: 'http://x/', headers: {X-Tab: "a\tb  c", X-Empty: "", X-Utf8: "café"}}"#,
+            r#"{url: 'http://x/', headers: {"X-Weird!#$%&'*+.^_`|~": x}}"#,
+        ];
+        for yaml in accepted {
+            let spec: HttpProbe = serde_yaml::from_str(yaml).unwrap();
+            assert!(HttpCheck::new(&spec).is_ok(), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn an_unparsable_url_is_quoted_without_its_password() {
+        crate::cli::install_crypto_provider();
+        let spec: HttpProbe =
+            serde_yaml::from_str("{url: 'http://admin:s3cret@exa mple/?token=t'}").unwrap();
+        let err = HttpCheck::new(&spec).unwrap_err();
+        assert!(
+            !err.contains("s3cret") && err.contains("admin:xxxxx@"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("token=t'") && err.contains("token=xxxxx"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   [`ProbeStatus`](crate::api::ProbeStatus) and a
 //!   [`HypothesisView`](crate::lifecycle::HypothesisView) for the lifecycle.
 //! - [`scheduler`] runs every probe at its interval and sends the outcomes on a channel.
+//! - [`redact`] is what a probe message may carry: URLs without their secrets, and the
+//!   probed server's text without control characters.
 //!
 //! Kubernetes probes need a [`kube::Client`]; [`ProbeRunner::new`] refuses one without it
 //! ([`ProbeError::NoClient`]) rather than pretending to check anything.
@@ -17,6 +19,7 @@
 pub mod access;
 pub mod hosts;
 pub mod hypothesis;
+pub mod redact;
 pub mod scheduler;
 
 mod body;
@@ -255,10 +258,14 @@ impl ProbeRunner {
                 self.timeout,
             ),
         };
+        // Every probe message passes here on its way to status, Events, the CLI and reports:
+        // what the server sent (an error string, a label value, a body) is made printable once,
+        // for every kind of check. URLs were redacted by the checks, which know their secrets.
         CheckOutcome {
             error: outcome
                 .error
-                .map(|error| format!("probe {}: {error}", self.name)),
+                .map(|error| format!("probe {}: {}", self.name, redact::printable(&error))),
+            value: outcome.value.as_deref().map(redact::printable),
             ..outcome
         }
     }
@@ -320,6 +327,11 @@ pub(crate) fn describe_request_error(error: &reqwest::Error, url: &str) -> Strin
         Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
         Some(std::io::ErrorKind::ConnectionReset) => format!("connection reset: {cause}"),
         _ if cause.contains("certificate") => format!("TLS certificate rejected: {cause}"),
+        // rustls's words for a first answer that is not a TLS record, which is what an https://
+        // URL to a plain-HTTP port gets: say what it most likely means.
+        _ if cause.contains("InvalidContentType") || cause.contains("corrupt message") => format!(
+            "TLS handshake failed: {cause}; the server does not speak TLS on this port (use http://?)"
+        ),
         _ if error.is_body() || error.is_decode() => format!("reading the answer failed: {cause}"),
         _ if error.is_redirect() => format!("redirect failed: {cause}"),
         _ => format!("request failed: {cause}"),

@@ -7,7 +7,9 @@
 //! - A `NaN` sample (what `errors / requests` gives when there were no requests) carries no
 //!   information either, so it is judged by `onEmpty` too rather than by IEEE comparison,
 //!   where `NaN != 1` would pass and every other operator fail.
-//! - Prometheus's own error text (`bad_data: 1:5: parse error: ...`) is reported as is.
+//! - Prometheus's own error text (`bad_data: 1:5: parse error: ...`) is reported as it came,
+//!   but for control characters, which are escaped ([`redact::printable`]).
+//! - The server's URL is shown redacted ([`redact::url`]): it may carry a password.
 
 use std::{
     collections::BTreeMap,
@@ -18,6 +20,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::body::{self, BodyError};
+use super::redact;
 use super::{Check, CheckContext, CheckOutcome, describe_request_error, http_client};
 
 /// The longest answer to a query that is read. An instant-vector sample is 100 to 200 bytes of
@@ -76,12 +79,12 @@ struct Sample {
 
 impl PrometheusCheck {
     pub fn new(spec: &PrometheusProbe) -> Result<Self, String> {
+        let shown_url = redact::url_text(&spec.url);
         let mut url =
-            Url::parse(&spec.url).map_err(|e| format!("prometheus.url {:?}: {e}", spec.url))?;
+            Url::parse(&spec.url).map_err(|e| format!("prometheus.url {shown_url:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
-                "prometheus.url {:?}: must be http or https",
-                spec.url
+                "prometheus.url {shown_url:?}: must be http or https"
             ));
         }
         // Keep a path prefix (Prometheus behind `--web.route-prefix`, a proxy).
@@ -112,7 +115,7 @@ impl PrometheusCheck {
             .get(self.url.clone())
             .send()
             .await
-            .map_err(|e| describe_request_error(&e, &self.server()))?;
+            .map_err(|e| self.describe(&e))?;
         let status = response.status();
         let body = match body::read_capped(response, MAX_ANSWER_BYTES).await {
             Ok(body) => body,
@@ -124,7 +127,7 @@ impl PrometheusCheck {
                     self.server()
                 ));
             }
-            Err(BodyError::Read(e)) => return Err(describe_request_error(&e, &self.server())),
+            Err(BodyError::Read(e)) => return Err(self.describe(&e)),
         };
         let body = String::from_utf8_lossy(&body);
         match serde_json::from_str::<ApiResponse>(&body) {
@@ -138,8 +141,13 @@ impl PrometheusCheck {
             }) => Err(format!(
                 "Prometheus rejected query {:?}: {}{}",
                 self.query,
-                error_type.map(|t| format!("{t}: ")).unwrap_or_default(),
-                error.unwrap_or_else(|| format!("HTTP {status} with no error text"))
+                error_type
+                    .map(|t| format!("{}: ", redact::printable(&t)))
+                    .unwrap_or_default(),
+                error.map_or_else(
+                    || format!("HTTP {status} with no error text"),
+                    |e| redact::printable(&e)
+                )
             )),
             Err(_) => Err(format!(
                 "Prometheus answered HTTP {status} with something other than its JSON API ({}): {:?}",
@@ -149,11 +157,18 @@ impl PrometheusCheck {
         }
     }
 
-    /// The server part of the URL, for messages (the query is quoted separately).
+    fn describe(&self, error: &reqwest::Error) -> String {
+        let described = describe_request_error(error, &self.server());
+        // The cause is reqwest's or hyper's text, which may quote the URL it was sent to.
+        described.replace(self.url.as_str(), &redact::url(&self.url))
+    }
+
+    /// The server part of the URL, for messages (the query is quoted separately), its password
+    /// masked.
     fn server(&self) -> String {
         let mut server = self.url.clone();
         server.set_query(None);
-        server.to_string()
+        redact::url(&server)
     }
 
     /// Judges a successful answer.

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::text::{escape_cell, escape_xml as esc, or_dash};
+use super::text::{escape_cell, escape_markdown_line, escape_xml as esc, or_dash};
 use crate::api::{GameDay, Verdict};
 use kube::ResourceExt;
 
@@ -27,7 +27,7 @@ pub fn markdown(days: &[GameDay]) -> String {
                 .map_or_else(|| "no verdict yet".into(), |v| format!("{v:?}"))
         );
         if let Some(message) = &status.message {
-            let _ = writeln!(out, "> {message}\n");
+            let _ = writeln!(out, "> {}\n", escape_markdown_line(message));
         }
         let _ = writeln!(
             out,
@@ -131,7 +131,8 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| split | Failed | Aborted | drill-split-y | drill-split-y Aborted: probe up <failed> |"),
+            // `<failed>` would be an (invisible) HTML tag to a Markdown viewer: it is escaped.
+            md.contains("| split | Failed | Aborted | drill-split-y | drill-split-y Aborted: probe up &lt;failed&gt; |"),
             "{md}"
         );
 

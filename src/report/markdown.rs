@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use super::{
     ExperimentSummary, summarize,
-    text::{clock, escape_cell, first_violation, offset, or_dash, phases_text},
+    text::{
+        clock, escape_cell, escape_markdown_line, first_violation, offset, or_dash, phases_text,
+    },
 };
 use crate::api::{ChaosExperiment, ChaosExperimentStatus, GameDay};
 
@@ -23,7 +25,7 @@ pub fn render_run(title: &str, experiments: &[ChaosExperiment], gamedays: &[Game
     if let ([one], []) = (experiments, gamedays) {
         return render(one);
     }
-    let mut out = format!("# {}\n\n", title.trim());
+    let mut out = format!("# {}\n\n", escape_markdown_line(title.trim()));
     out.push_str(&super::gameday::markdown(gamedays));
     let _ = writeln!(
         out,
@@ -47,6 +49,7 @@ pub fn render_run(title: &str, experiments: &[ChaosExperiment], gamedays: &[Game
     out
 }
 
+/// Every cell may hold text a probed server or a status writer chose: see [`escape_cell`].
 fn cell(text: &str) -> String {
     escape_cell(text)
 }
@@ -69,10 +72,10 @@ fn write_experiment(out: &mut String, experiment: &ChaosExperiment, h: &str) {
         verdict_text(&s)
     );
     if let Some(message) = &s.message {
-        let _ = writeln!(out, "> {}\n", message.replace('\n', " "));
+        let _ = writeln!(out, "> {}\n", escape_markdown_line(message));
     }
     for partly in &s.partly_applied {
-        let _ = writeln!(out, "> **Warning:** {}\n", partly.replace('\n', " "));
+        let _ = writeln!(out, "> **Warning:** {}\n", escape_markdown_line(partly));
     }
     write_summary(out, &s);
     let status = experiment.status.clone().unwrap_or_default();

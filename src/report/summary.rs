@@ -91,12 +91,7 @@ pub struct ProbeSummary {
 pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
     let empty = ChaosExperimentStatus::default();
     let status = experiment.status.as_ref().unwrap_or(&empty);
-    let spec_probes: &[Probe] = experiment
-        .spec
-        .steady_state
-        .as_ref()
-        .map(|s| s.probes.as_slice())
-        .unwrap_or_default();
+    let spec_probes: &[Probe] = experiment.spec.probes();
     let mut probes: Vec<ProbeSummary> = spec_probes
         .iter()
         .map(|p| probe_summary(Some(p), status.probes.iter().find(|s| s.name == p.name)))
@@ -172,7 +167,12 @@ pub fn summarize(experiment: &ChaosExperiment) -> ExperimentSummary {
 
 fn probe_summary(spec: Option<&Probe>, seen: Option<&ProbeStatus>) -> ProbeSummary {
     let (kind, check) = match spec.and_then(Probe::check) {
-        Some(ProbeCheck::Http(h)) => ("http", format!("{} {}", h.method, h.url)),
+        // The spec's URL may carry a password or token; reports are passed around more widely
+        // than the experiment is readable.
+        Some(ProbeCheck::Http(h)) => (
+            "http",
+            format!("{} {}", h.method, crate::probes::redact::url_text(&h.url)),
+        ),
         Some(ProbeCheck::Prometheus(p)) => (
             "prometheus",
             format!("{} {} {}", p.query, p.operator.symbol(), p.value),

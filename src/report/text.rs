@@ -25,11 +25,34 @@ pub fn escape_xml(text: &str) -> String {
     out
 }
 
-/// Escapes a Markdown table cell: pipes would end the cell, newlines the row.
+/// Escapes a Markdown table cell: pipes would end the cell, newlines the row; the rest as
+/// [`escape_markdown`].
 pub fn escape_cell(text: &str) -> String {
-    text.replace('|', "\\|")
-        .replace("\r\n", " ")
-        .replace(['\n', '\r'], " ")
+    escape_markdown(&text.replace("\r\n", " ").replace(['\n', '\r'], " ")).replace('|', "\\|")
+}
+
+/// Escapes Markdown text that may come from a probed server or a status anyone could write:
+/// raw HTML (`<img src=x onerror=...>`) would be rendered by a viewer that allows it, so `<`,
+/// `>` and `&` become entities (a viewer shows the characters; a terminal shows the entity,
+/// never a tag); control characters, which would drive a terminal showing the file, become
+/// visible escapes (`\u{1b}`).
+pub fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in crate::probes::redact::printable(text).chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One line of Markdown text (a quoted message): its line breaks become spaces, the rest as
+/// [`escape_markdown`].
+pub fn escape_markdown_line(text: &str) -> String {
+    escape_markdown(&text.replace("\r\n", " ").replace(['\n', '\r'], " "))
 }
 
 /// `2025-05-01T12:00:03.120Z`: UTC, milliseconds, the same in every format.
@@ -197,6 +220,11 @@ mod tests {
             "a&lt;b &amp; &quot;c&quot; &#39;d&#39; "
         );
         assert_eq!(escape_cell("a|b\nc"), "a\\|b c");
+        assert_eq!(
+            escape_cell("<img src=x onerror=alert(1)> & \u{1b}[2J|"),
+            "&lt;img src=x onerror=alert(1)&gt; &amp; \\u{1b}[2J\\|"
+        );
+        assert_eq!(escape_markdown_line("a\nb\u{7}"), "a b\\u{7}");
     }
 
     #[test]
