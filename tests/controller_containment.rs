@@ -168,11 +168,33 @@ async fn a_poison_duration_past_the_schema_fails_by_field_injects_nothing_and_th
     );
     assert!(!has_injections(&h, "poison").await);
 
+    // A name too long for the label its FaultInjections carry: stopped before targets are
+    // chosen, not at the first FaultInjection's create.
+    let long = "l".repeat(70);
+    h.create("shop", &long, latency_spec("1m")).await;
+    let failed = h.wait_phase("shop", &long, Phase::Failed).await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("InvalidSpec"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("metadata.name: 70 characters, over the 63 a label value holds"),
+        "{message}"
+    );
+    assert!(status.targets.is_empty(), "nothing selected");
+    let all = h.injections("shop").list(&ListParams::default()).await;
+    assert!(
+        all.unwrap()
+            .items
+            .iter()
+            .all(|i| i.spec.experiment.name != long)
+    );
+
     // The other experiment is still in the controller's hands.
     abort(&h, "steady").await;
     h.wait_phase("shop", "steady", Phase::Aborted).await;
     assert_eq!(h.injection_count("shop").await, 0);
     delete_and_wait_gone(&h, "poison").await;
+    delete_and_wait_gone(&h, &long).await;
     assert!(h.controller_alive());
     h.stop().await;
 }

@@ -33,6 +33,7 @@ use super::{
         .message("spec cannot change once the experiment has started: its faults and targets are already chosen. Abort it (faultline abort NAME) and create a new experiment (faultline run creates a fresh one each time)")
         .reason(kube::core::Reason::FieldValueForbidden)
         .field_path(".spec"),
+    validation = super::rules::experiment_name_fits(),
     printcolumn(
         name = "Phase",
         type_ = "string",
@@ -181,6 +182,16 @@ fn yes() -> bool {
 
 fn default_revert_timeout() -> GoDuration {
     GoDuration::from("30s")
+}
+
+impl ChaosExperimentSpec {
+    /// The steady-state probes (none without `steadyState`).
+    pub fn probes(&self) -> &[Probe] {
+        self.steady_state
+            .as_ref()
+            .map(|s| s.probes.as_slice())
+            .unwrap_or_default()
+    }
 }
 
 impl ChaosExperiment {

@@ -131,6 +131,17 @@ pub fn day_probes_run() -> Rule {
     .message("a probe of the game day runs during the faults of every experiment, so its interval must not be longer than any experiment's duration (it would never run): shorten its interval, or run it only before and after (phases: [before, after])")
 }
 
+/// A ChaosExperiment's name is a label value on its FaultInjections (as a Job's is on its
+/// pods, which is why Job names have the same limit): a longer one would be accepted and then
+/// refused at the first FaultInjection's create, after the targets were chosen.
+pub fn experiment_name_fits() -> Rule {
+    Rule::new(format!("size(self.metadata.name) <= {NAME_LIMIT}")).message(Message::Message(
+        format!(
+            "metadata.name: at most {NAME_LIMIT} characters: the experiment's FaultInjections carry it as a label value. Choose a shorter name"
+        ),
+    ))
+}
+
 /// A ChaosSchedule's name leaves room for the Unix time its runs add.
 pub fn schedule_name_fits() -> Rule {
     Rule::new(format!(

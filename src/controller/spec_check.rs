@@ -12,6 +12,7 @@ use crate::{
             EXPERIMENT_DURATION, HTTP_MAX_LATENCY, JITTER, LATENCY, POD_KILL_INTERVAL,
             PROBE_INTERVAL, PROBE_TIMEOUT, RECOVERY_TIMEOUT, REVERT_TIMEOUT,
         },
+        rules::NAME_LIMIT,
     },
     selection::LabelMatcher,
 };
@@ -22,6 +23,17 @@ pub struct ParsedTimes {
     pub duration: Duration,
     pub recovery_timeout: Duration,
     pub revert_timeout: Duration,
+}
+
+/// Checks an experiment's name: its FaultInjections carry it as a label value.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.len() > NAME_LIMIT {
+        return Err(format!(
+            "metadata.name: {} characters, over the {NAME_LIMIT} a label value holds: the experiment's FaultInjections carry it as one. Create the experiment again under a shorter name",
+            name.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the spec; the error names the field and says what is wrong.
@@ -133,6 +145,19 @@ pub fn check_steady_state(steady: &SteadyState, path: &str) -> Result<Duration, 
         }
     }
     Ok(recovery_timeout)
+}
+
+#[cfg(test)]
+mod name_tests {
+    #[test]
+    fn a_name_longer_than_a_label_value_is_refused_naming_the_field() {
+        assert!(super::check_name(&"a".repeat(63)).is_ok());
+        let refused = super::check_name(&"a".repeat(64)).unwrap_err();
+        assert!(
+            refused.starts_with("metadata.name: 64 characters"),
+            "{refused}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -13,3 +13,23 @@
 pub mod cel;
 pub mod cost;
 pub mod formats;
+
+/// The part of `generateName` the API server keeps before its 5 random characters: at most 58
+/// characters, so that a generated name fits in 63 (Kubernetes' `SimpleNameGenerator`).
+pub fn generated_name_prefix(generate_name: &str) -> &str {
+    const MAX_PREFIX: usize = 58;
+    match generate_name.char_indices().nth(MAX_PREFIX) {
+        Some((cut, _)) => &generate_name[..cut],
+        None => generate_name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_generated_name_keeps_at_most_58_characters_of_its_prefix() {
+        let long = "g".repeat(70);
+        assert_eq!(super::generated_name_prefix(&long).len(), 58);
+        assert_eq!(super::generated_name_prefix("latency-"), "latency-");
+    }
+}

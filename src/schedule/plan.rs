@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 
+use crate::api::rules::NAME_LIMIT;
 use crate::api::{
     ChaosExperimentSpec, ChaosScheduleSpec, ChaosScheduleStatus, ConcurrencyPolicy,
     ConditionStatus, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, Verdict,
@@ -20,7 +21,6 @@ pub use crate::owned_experiments::Note;
 
 /// How late a run may start when `startingDeadlineSeconds` is not set.
 pub const DEFAULT_STARTING_DEADLINE: Duration = Duration::from_secs(300);
-const NAME_LIMIT: usize = 63;
 const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 /// How many occurrences ahead to look for one inside the allowed windows.
 const WINDOW_SEARCH_LIMIT: usize = 10_000;

@@ -90,10 +90,14 @@ mod tests {
         let Some(schema) = kind_schema("ChaosExperiment") else {
             panic!("no ChaosExperiment schema");
         };
-        let mut found: Vec<String> = check("ChaosExperiment", schema, &json!({ "spec": spec }))
-            .into_iter()
-            .map(|f| format!("{}: {}", f.path, f.message))
-            .collect();
+        let mut found: Vec<String> = check(
+            "ChaosExperiment",
+            schema,
+            &json!({"metadata": {"name": "e"}, "spec": spec}),
+        )
+        .into_iter()
+        .map(|f| format!("{}: {}", f.path, f.message))
+        .collect();
         found.sort();
         found
     }

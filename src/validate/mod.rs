@@ -339,15 +339,31 @@ fn check_document(value: &Value) -> Vec<Finding> {
     } else {
         None
     };
-    // Rules at the root see `metadata.name` and `metadata.generateName`, nothing else of it.
+    // Rules at the root see `metadata.name` and `metadata.generateName`, nothing else of it;
+    // the server has generated the name from `generateName` by then.
     let mut rule_input = body.clone();
-    if let Some(metadata) = object.get("metadata").and_then(Value::as_object) {
-        let visible: serde_json::Map<String, Value> = ["name", "generateName"]
-            .iter()
-            .filter_map(|k| Some((k.to_string(), metadata.get(*k)?.clone())))
-            .collect();
-        rule_input["metadata"] = Value::Object(visible);
+    let no_metadata = serde_json::Map::new();
+    let metadata = object
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&no_metadata);
+    let mut visible: serde_json::Map<String, Value> = ["name", "generateName"]
+        .iter()
+        .filter_map(|k| {
+            Some((
+                k.to_string(),
+                metadata.get(*k).filter(|v| v.is_string())?.clone(),
+            ))
+        })
+        .collect();
+    if !visible.contains_key("name") {
+        // A missing name is metadata's finding; the rules see an empty one rather than
+        // failing to read it.
+        let prefix = visible.get("generateName").and_then(Value::as_str);
+        let name = prefix.map(generated_name).unwrap_or_default();
+        visible.insert("name".into(), Value::String(name));
     }
+    rule_input["metadata"] = Value::Object(visible);
     for finding in cel::check(kind, schema, &rule_input) {
         // After a blocking schema violation the API server runs no rule: one that fails where
         // the schema already failed adds noise, not news, and one that cannot be evaluated on
@@ -412,6 +428,15 @@ fn drop_nulls(schema: &Value, value: &mut Value) {
 }
 
 /// Whether `path` is `ancestor` or below it.
+/// A name as the API server generates it from `generateName` (its five random characters'
+/// value does not matter to any rule here).
+fn generated_name(generate_name: &str) -> String {
+    format!(
+        "{}xxxxx",
+        crate::crd_validation::generated_name_prefix(generate_name)
+    )
+}
+
 fn is_within(path: &str, ancestor: &str) -> bool {
     ancestor.is_empty()
         || path == ancestor

@@ -416,6 +416,11 @@ fn explain_pattern(pattern: &str, text: &str) -> String {
         Some(format!(
             "{text:?} is not an http:// or https:// URL (e.g. http://checkout.shop.svc:8080/healthz)"
         ))
+    } else if pattern == bounds::HTTP_HEADER_VALUE_PATTERN {
+        // Not quoted: header values are often credentials.
+        Some(
+            "the header value has a control character (a CR or LF would end the header and start another one); only tab is allowed".into(),
+        )
     } else if pattern == bounds::HTTP_METHOD_PATTERN {
         Some(format!(
             "{text:?} is not an HTTP method a probe sends: GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS (in capitals)"

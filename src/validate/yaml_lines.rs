@@ -152,7 +152,21 @@ fn yaml_message(err: &serde_saphyr::Error) -> String {
         );
     }
     if let Some(rest) = text.strip_prefix("budget breached: ") {
-        return format!("too large or too many aliases to read safely ({rest})");
+        let limits = serde_saphyr::Budget::default();
+        let over = match rest.split([' ', '{']).next() {
+            Some("Documents") => format!("more than {} documents", limits.max_documents),
+            Some("Nodes") => format!(
+                "more than {} YAML nodes (keys, values and list items; an alias counts every node it repeats)",
+                limits.max_nodes
+            ),
+            Some("Aliases") => format!("more than {} aliases (*name)", limits.max_aliases),
+            Some("Anchors") => format!("more than {} anchors (&name)", limits.max_anchors),
+            Some("Events") => format!("more than {} YAML events", limits.max_events),
+            _ => "more YAML".to_string(),
+        };
+        return format!(
+            "{over}, more than faultline reads from one file: split it into several files"
+        );
     }
     format!("not valid YAML: {text}")
 }

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Context;
 
+use crate::cli::stdout::outln;
 use crate::manifest;
 
 /// How long `--apply` waits for the Deployments it applied to be Ready before it applies the
@@ -33,7 +34,7 @@ pub(super) async fn apply_in_order(client: &kube::Client, paths: &[PathBuf]) -> 
                     .is_some_and(|t| t.api_version.starts_with("faultline.dev/"))
             });
             for applied in manifest::apply_all(client, &name, &others, "default").await? {
-                println!("applied {applied} ({name})");
+                outln!("applied {applied} ({name})");
             }
             deployments.extend(
                 others
@@ -69,7 +70,7 @@ pub(super) async fn apply_in_order(client: &kube::Client, paths: &[PathBuf]) -> 
     }
     for (name, objects) in chaos {
         for applied in manifest::apply_all(client, &name, &objects, "default").await? {
-            println!("applied {applied} ({name})");
+            outln!("applied {applied} ({name})");
         }
     }
     Ok(())

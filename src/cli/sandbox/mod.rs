@@ -26,6 +26,7 @@ use std::{
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::stdout::{out, outln};
 use crate::{
     api::all_crds,
     api::{NAMESPACE_OPT_IN_LABEL, NAMESPACE_OPT_IN_VALUE},
@@ -222,38 +223,38 @@ async fn up_foreground(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCod
 
     apply_in_order(&client, &apply).await?;
 
-    println!("faultline sandbox is up at {}", api.url());
-    println!("  kubeconfig: {}", kubeconfig.display());
+    outln!("faultline sandbox is up at {}", api.url());
+    outln!("  kubeconfig: {}", kubeconfig.display());
     match api.control_plane() {
-        ControlPlane::Simulated => println!(
-            "  nodes:      {nodes} simulated (Deployments get Running, Ready pods on them)"
-        ),
-        ControlPlane::Real => println!(
+        ControlPlane::Simulated => {
+            outln!("  nodes:      {nodes} simulated (Deployments get Running, Ready pods on them)")
+        }
+        ControlPlane::Real => outln!(
             "  nodes:      {} (this sandbox plays their kubelets; the cluster's own controllers and scheduler do the rest)",
             node_names.join(", ")
         ),
     }
-    println!("  pods:       {}", pods.describe(state_dir));
+    outln!("  pods:       {}", pods.describe(state_dir));
     if no_agent {
-        println!(
+        outln!(
             "  agent:      not started here (--no-agent): run `faultline agent --node {}` as root",
             node_names.join(",")
         );
     }
     if no_controller {
-        println!(
+        outln!(
             "  controller: not started here (--no-controller); namespace `default` is opted in to chaos"
         );
     } else {
-        println!("  controller: running (namespace `default` is opted in to chaos)");
+        outln!("  controller: running (namespace `default` is opted in to chaos)");
     }
-    println!("  try:        export KUBECONFIG={}", kubeconfig.display());
-    println!("              kubectl get chaos            # every faultline resource");
-    println!("              kubectl get fex -o wide      # ChaosExperiments");
-    println!("  stop:       Ctrl-C (or `faultline sandbox down` when started with --detach)");
+    outln!("  try:        export KUBECONFIG={}", kubeconfig.display());
+    outln!("              kubectl get chaos            # every faultline resource");
+    outln!("              kubectl get fex -o wide      # ChaosExperiments");
+    outln!("  stop:       Ctrl-C (or `faultline sandbox down` when started with --detach)");
 
     super::shutdown_signal().await;
-    println!("stopping the sandbox");
+    outln!("stopping the sandbox");
     let _ = stop_controller.send(());
     if let Some(controller) = controller {
         let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
@@ -366,8 +367,8 @@ fn up_detached(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         if let Some(state) = read_state(state_dir).filter(|s| s.pid == child.id()) {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             if log.contains("faultline sandbox is up") {
-                print!("{}", start_report(&log));
-                println!(
+                out!("{}", start_report(&log));
+                outln!(
                     "  (running in the background as pid {}, full log: {})",
                     state.pid,
                     log_path.display()
@@ -407,7 +408,7 @@ fn routine_record(line: &str) -> bool {
 
 fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
     let Some(state) = read_state(state_dir) else {
-        println!(
+        outln!(
             "no sandbox is running (no {})",
             state_file(state_dir).display()
         );
@@ -426,7 +427,7 @@ fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let _ = std::fs::remove_file(state_file(state_dir));
-    println!("sandbox stopped (pid {})", state.pid);
+    outln!("sandbox stopped (pid {})", state.pid);
     if let Some(slot) = state.pod_slot {
         remove_own_slot_pods(slot)?;
     }
@@ -437,31 +438,31 @@ fn down(state_dir: &Path) -> anyhow::Result<ExitCode> {
 fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
     match read_state(state_dir) {
         Some(state) if process_alive(state.pid) => {
-            println!("sandbox running: pid {} at {}", state.pid, state.url);
-            println!("kubeconfig: {}", state.kubeconfig.display());
+            outln!("sandbox running: pid {} at {}", state.pid, state.url);
+            outln!("kubeconfig: {}", state.kubeconfig.display());
             match state.pod_slot {
                 Some(slot) => {
                     let config = RealPodConfig::slot(slot, PathBuf::new());
-                    println!(
+                    outln!(
                         "pods: real (slot {slot}: bridge {}, {}, namespaces {}*)",
                         config.bridge,
                         config.pod_cidr(),
                         config.netns_prefix
                     );
                 }
-                None => println!("pods: simulated"),
+                None => outln!("pods: simulated"),
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(state) => {
-            println!(
+            outln!(
                 "sandbox not running (stale state for pid {}; `faultline sandbox down` clears it)",
                 state.pid
             );
             Ok(ExitCode::from(1))
         }
         None => {
-            println!("sandbox not running");
+            outln!("sandbox not running");
             Ok(ExitCode::from(1))
         }
     }

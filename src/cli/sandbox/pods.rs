@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Context;
 
+use crate::cli::stdout::outln;
 use crate::sandbox::workloads::{
     PodRuntime,
     realpod::{self, RealPodConfig, RealPods, SlotLease},
@@ -52,7 +53,7 @@ pub(super) async fn choose_pods(state_dir: &Path, simulated: bool) -> anyhow::Re
         .await?
         .context("removing what an earlier sandbox left behind")?;
     if !cleaned.is_empty() {
-        println!("removed what an earlier sandbox left behind: {cleaned}");
+        outln!("removed what an earlier sandbox left behind: {cleaned}");
     }
     let pods = RealPods::new(config).context("starting the pod runtime")?;
     Ok(Pods::Real { pods, lease })
@@ -134,10 +135,10 @@ pub(super) fn remove_own_slot_pods(slot: u8) -> anyhow::Result<()> {
         .with_context(|| format!("removing the pods of sandbox slot {slot}"))?
     {
         Some(cleaned) if !cleaned.is_empty() => {
-            println!("removed leftovers of sandbox slot {slot}: {cleaned}")
+            outln!("removed leftovers of sandbox slot {slot}: {cleaned}")
         }
         Some(_) => {}
-        None => println!(
+        None => outln!(
             "sandbox slot {slot} is in use by a sandbox started since; it cleaned the slot when it claimed it"
         ),
     }
@@ -153,7 +154,7 @@ pub(super) fn remove_leftover_pods() -> anyhow::Result<()> {
     for (slot, cleaned) in
         realpod::cleanup_unclaimed_slots().context("removing leftover sandbox pods")?
     {
-        println!("removed leftovers of sandbox slot {slot}: {cleaned}");
+        outln!("removed leftovers of sandbox slot {slot}: {cleaned}");
     }
     Ok(())
 }
