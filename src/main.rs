@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    faultline::cli::Cli::parse().run()
+    faultline::cli::main()
 }

@@ -397,6 +397,83 @@ async fn a_dry_run_prints_the_targets_and_exits_0_without_injecting() {
     bed.h.stop().await;
 }
 
+// `run --wait | head -3`: the reader goes after a few lines; the run still follows the
+// experiment to its verdict and exits with it (it used to panic on the summary, exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_stdout_reader_has_gone_still_exits_with_the_verdict() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest("kill.yaml", &pod_kill("unread", "1s", &service.url));
+    let dry = bed.manifest("dry.yaml", &pod_kill("unread-dry", "1s", &service.url));
+    for args in [
+        ["run", "-f", &manifest, "-n", "shop", "--wait"],
+        ["run", "-f", &dry, "-n", "shop", "--dry-run"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = bed
+            .command(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        let (_, stderr) = assert_exit(&out, 0);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let ended = bed.h.experiments("shop").get("unread").await.unwrap();
+    assert_eq!(ended.status.unwrap().verdict, Some(Verdict::Passed));
+    bed.h.stop().await;
+}
+
+// The report's directory goes away during the run: the verdict is printed and is the exit
+// code, and the error says how to write the report again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_cannot_be_written_after_the_run_keeps_the_verdict_and_says_how_to_redo_it() {
+    let bed = Bed::start().await;
+    let service = Service::start(200).await;
+    let manifest = bed.manifest("kill.yaml", &pod_kill("unwritten", "2s", &service.url));
+    let gone = bed.path("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let report = gone.join("r.html");
+    let run = bed
+        .command(&[
+            "run",
+            "-f",
+            &manifest,
+            "-n",
+            "shop",
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let experiments = bed.h.experiments("shop");
+    common::wait_for("the experiment is created", Duration::from_secs(20), || {
+        let experiments = experiments.clone();
+        async move { experiments.get_opt("unwritten").await.ok().flatten() }
+    })
+    .await;
+    std::fs::remove_dir(&gone).unwrap();
+    let out = run.wait_with_output().await.unwrap();
+    let (stdout, stderr) = assert_exit(&out, 0);
+    assert!(
+        stdout.contains("shop/unwritten finished: Passed (Passed)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("error: cannot write {}", report.display()))
+            && stderr.contains(&format!(
+                "write the report again with: faultline report unwritten -n shop --output {}",
+                report.display()
+            )),
+        "{stderr}"
+    );
+    bed.h.stop().await;
+}
+
 /// A network latency fault on one web pod, 30 s, no hypothesis.
 fn latency(name: &str, dry_run: bool) -> String {
     format!(
@@ -825,6 +902,10 @@ async fn a_game_day_runs_its_stages_and_the_report_leads_with_them() {
     assert!(
         stdout.contains("gameday shop/drill finished: Passed: 2 of 2 stages passed"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("gameday shop/drill: Passed: 2 of 2 stages passed"),
+        "the summary leads with the day's verdict: {stdout}"
     );
     let md = std::fs::read_to_string(&report).unwrap();
     assert!(md.contains("## Game day shop/drill: **Passed**"), "{md}");

@@ -210,3 +210,58 @@ fn the_poison_durations_exit_1_naming_each_field_and_its_limit_instead_of_panick
     );
     assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
 }
+
+#[test]
+fn a_manifest_over_64_mib_is_a_usage_error_naming_the_file_and_the_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let big = dir.path().join("big.yaml");
+    // Sparse: one byte over the limit without writing 64 MiB.
+    std::fs::File::create(&big)
+        .expect("create")
+        .set_len(64 * 1024 * 1024 + 1)
+        .expect("set_len");
+    let exact = dir.path().join("exact.yaml");
+    std::fs::File::create(&exact)
+        .expect("create")
+        .set_len(64 * 1024 * 1024)
+        .expect("set_len");
+    let output = faultline(dir.path(), &["big.yaml"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(
+            "error: big.yaml is larger than 64 MiB, the most faultline reads from one manifest: split it into several files"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    // Exactly the limit is read (and found not to be a manifest), not refused for its size.
+    let output = faultline(dir.path(), &["exact.yaml"]);
+    assert!(
+        !stderr(&output).contains("larger than"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn an_endless_input_stops_at_the_limit_instead_of_filling_memory() {
+    let output = faultline(Path::new("/"), &["/dev/zero"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/dev/zero is larger than 64 MiB"),
+        "{}",
+        stderr(&output)
+    );
+    let endless = std::fs::File::open("/dev/zero").expect("/dev/zero");
+    let output = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["validate", "-"])
+        .stdin(endless)
+        .output()
+        .expect("run faultline");
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("<stdin> is larger than 64 MiB"),
+        "{}",
+        stderr(&output)
+    );
+}

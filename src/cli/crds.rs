@@ -1,10 +1,11 @@
 //! `faultline crds`: the CRDs generated from the Rust types, the only source of `crds/`.
 
-use std::{io::Write, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+use super::stdout::out;
 use crate::api::all_crds;
 
 #[derive(Debug, clap::Args)]
@@ -27,9 +28,8 @@ impl CrdsArgs {
         }
         match dir {
             None => {
-                let mut out = std::io::stdout().lock();
                 for crd in all_crds() {
-                    write!(out, "---\n{}", render_crd(&crd)?)?;
+                    out!("---\n{}", render_crd(&crd)?);
                 }
             }
             Some(dir) => {

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 
+use crate::cli::stdout::outln;
 use crate::demo_app::{DemoConfig, serve};
 
 #[derive(Debug, clap::Args)]
@@ -58,7 +59,7 @@ impl DemoAppArgs {
                 .with_context(|| format!("listening on {listen}"))?;
             let bound = listener.local_addr()?;
             // Tests and scripts read this line to learn the port when they asked for port 0.
-            println!("demo-app {} listening on {bound}", config.name);
+            outln!("demo-app {} listening on {bound}", config.name);
             tracing::info!(%bound, downstreams = ?config.downstreams, "demo-app serving");
             serve(listener, config, shutdown).await.context("serving")?;
             tracing::info!("demo-app stopped");

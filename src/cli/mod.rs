@@ -1,24 +1,64 @@
 //! The `faultline` command line. Each subcommand lives in its own module; this one only parses
 //! and dispatches.
+//!
+//! Exit codes are one contract across commands (each command's `--help` lists its own): 0
+//! success (`run`: passed), 1 hypothesis failed, 2 aborted, 3 usage error, invalid manifest,
+//! cluster error or timeout, 4 inconclusive, 5 could not run. Usage errors that clap finds are
+//! 3 too, not clap's 2, which would read as "aborted".
 
+// stdout goes through `stdout::out!`/`outln!`: `print!` panics when the reader has gone.
+#![deny(clippy::print_stdout)]
+
+mod abort;
 mod agent;
 mod controller;
 pub mod crds;
 mod demo_app;
+mod exit_codes;
+mod input;
 mod report;
 mod run;
 mod sandbox;
 mod status;
+mod stdout;
 mod stop;
+mod subject;
 mod validate;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use exit_codes::*;
+
+/// Usage errors, invalid manifests, cluster errors and timeouts.
+const USAGE: u8 = 3;
+
+/// Parses the command line and runs the command. A usage error exits 3 (see the module doc);
+/// `--help` and `--version` exit 0.
+pub fn main() -> ExitCode {
+    match Cli::try_parse() {
+        Ok(cli) => cli.run(),
+        Err(error) => {
+            // Help goes to stdout; a reader that has gone is no reason to fail (see `stdout`).
+            let _ = error.print();
+            if error.use_stderr() {
+                ExitCode::from(USAGE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
 
 /// faultline: chaos experiments for Kubernetes whose faults never outlive the experiment.
 #[derive(Debug, Parser)]
-#[command(name = "faultline", version, about, propagate_version = true)]
+#[command(
+    name = "faultline",
+    version,
+    about,
+    propagate_version = true,
+    after_help = TOP_EXIT_CODES
+)]
 pub struct Cli {
     /// Log filter, e.g. `faultline=debug,kube=info`.
     #[arg(
@@ -36,29 +76,41 @@ pub struct Cli {
 enum Command {
     /// Run the controller: reconciles ChaosExperiments (leader-elected; admin port for health and
     /// metrics).
+    #[command(after_help = SERVER_EXIT_CODES)]
     Controller(controller::ControllerArgs),
     /// Run the node agent: applies and reverts network faults in pod network namespaces on
     /// this node (a DaemonSet in production; needs root).
+    #[command(after_help = SERVER_EXIT_CODES)]
     Agent(agent::AgentArgs),
     /// Print every faultline CustomResourceDefinition as YAML (or write one file per CRD).
+    #[command(after_help = DONE_EXIT_CODES)]
     Crds(crds::CrdsArgs),
     /// A local Kubernetes API server with faultline's CRDs, to try faultline without a cluster.
+    #[command(after_help = SANDBOX_EXIT_CODES)]
     Sandbox(sandbox::SandboxArgs),
     /// The sandbox's demo HTTP service (/healthz, /work calling downstreams, /metrics).
+    #[command(after_help = SERVER_EXIT_CODES)]
     DemoApp(demo_app::DemoAppArgs),
-    /// Check manifests offline: CRD schema, CEL rules and semantic checks (exit 0 valid, 1 invalid, 3 usage).
+    /// Check manifests offline: CRD schema, CEL rules and semantic checks.
+    #[command(after_help = VALIDATE_EXIT_CODES)]
     Validate(validate::ValidateArgs),
-    /// Abort an experiment (or every running one): its faults are reverted at once.
-    Abort(stop::AbortArgs),
+    /// Abort an experiment or a game day (or every running one): faults are reverted at once.
+    #[command(after_help = ABORT_EXIT_CODES)]
+    Abort(abort::AbortArgs),
     /// Emergency stop for the whole cluster: running experiments abort, nothing new injects.
+    #[command(after_help = DONE_EXIT_CODES)]
     Pause(stop::PauseArgs),
     /// Lift `faultline pause`.
+    #[command(after_help = DONE_EXIT_CODES)]
     Resume(stop::PauseArgs),
-    /// Create the experiments of a manifest and (--wait) follow them to a verdict (exit 0 passed, 1 failed, 2 aborted, 3 usage/cluster/timeout).
+    /// Create the experiments of a manifest and (--wait) follow them to a verdict.
+    #[command(after_help = RUN_EXIT_CODES)]
     Run(run::RunArgs),
     /// Write the report (Markdown, HTML, JSON or JUnit) of an experiment, a game day (fgd/NAME) or a schedule's runs (fsched/NAME) from their status.
+    #[command(after_help = REPORT_EXIT_CODES)]
     Report(report::ReportArgs),
     /// List experiments, those still going first.
+    #[command(after_help = LISTED_EXIT_CODES)]
     Status(status::StatusArgs),
 }
 
@@ -82,13 +134,14 @@ impl Cli {
             Command::Report(args) => args.run(),
             Command::Status(args) => args.run(),
         };
-        match result {
+        let code = match result {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("error: {err:#}");
-                ExitCode::from(3)
+                ExitCode::from(USAGE)
             }
-        }
+        };
+        stdout::finish(code)
     }
 }
 

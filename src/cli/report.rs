@@ -11,7 +11,11 @@ use std::{path::PathBuf, process::ExitCode};
 use chrono::Utc;
 use kube::{Api, ResourceExt, api::ListParams};
 
-use super::run::{Cluster, connect, explain};
+use super::{
+    run::{Cluster, connect, explain},
+    subject::Subject,
+};
+use crate::cli::stdout::out;
 use crate::{
     api::{ChaosExperiment, ChaosSchedule, GameDay, SCHEDULE_LABEL},
     report::{Format, html, json, junit, markdown},
@@ -109,47 +113,9 @@ impl ReportArgs {
                     .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
-            None => print!("{text}"),
+            None => out!("{text}"),
         }
         Ok(())
-    }
-}
-
-/// What a report is of.
-#[derive(Debug, PartialEq, Eq)]
-enum Subject {
-    Experiment(String),
-    GameDay(String),
-    Schedule(String),
-}
-
-impl Subject {
-    /// `NAME` (an experiment) or `KIND/NAME`, KIND as kubectl takes it: singular, plural or
-    /// short name, with or without the group.
-    fn parse(arg: &str) -> Result<Subject, String> {
-        let Some((kind, name)) = arg.split_once('/') else {
-            return Ok(Subject::Experiment(arg.to_string()));
-        };
-        let kind = kind.to_ascii_lowercase();
-        let kind = kind.strip_suffix(".faultline.dev").unwrap_or(&kind);
-        let name = name.to_string();
-        if name.is_empty() || name.contains('/') {
-            return Err(format!(
-                "{arg}: expected NAME or KIND/NAME, e.g. gameday/quarterly"
-            ));
-        }
-        match kind {
-            "chaosexperiment" | "chaosexperiments" | "experiment" | "experiments" | "fex" => {
-                Ok(Subject::Experiment(name))
-            }
-            "gameday" | "gamedays" | "fgd" => Ok(Subject::GameDay(name)),
-            "chaosschedule" | "chaosschedules" | "schedule" | "schedules" | "fsched" => {
-                Ok(Subject::Schedule(name))
-            }
-            other => Err(format!(
-                "{arg}: faultline reports on experiments (fex/NAME), game days (fgd/NAME) and schedules (fsched/NAME), not {other}"
-            )),
-        }
     }
 }
 
@@ -251,40 +217,4 @@ async fn schedule_runs(
     }
     runs.sort_by_key(|run| (scheduled_at(run), run.name_any()));
     Ok(runs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Subject;
-
-    #[test]
-    fn a_subject_is_a_name_or_a_kind_and_a_name_as_kubectl_takes_them() {
-        let experiment = |n: &str| Ok(Subject::Experiment(n.into()));
-        assert_eq!(Subject::parse("kill-one"), experiment("kill-one"));
-        assert_eq!(Subject::parse("fex/kill-one"), experiment("kill-one"));
-        assert_eq!(
-            Subject::parse("chaosexperiments.faultline.dev/kill-one"),
-            experiment("kill-one")
-        );
-        assert_eq!(
-            Subject::parse("GameDay/drill"),
-            Ok(Subject::GameDay("drill".into()))
-        );
-        assert_eq!(
-            Subject::parse("fgd/drill"),
-            Ok(Subject::GameDay("drill".into()))
-        );
-        assert_eq!(
-            Subject::parse("fsched/weekly"),
-            Ok(Subject::Schedule("weekly".into()))
-        );
-        assert_eq!(
-            Subject::parse("chaosschedule.faultline.dev/weekly"),
-            Ok(Subject::Schedule("weekly".into()))
-        );
-        let refused = Subject::parse("pod/web-0").unwrap_err();
-        assert!(refused.contains("not pod"), "{refused}");
-        assert!(Subject::parse("fgd/").is_err());
-        assert!(Subject::parse("fgd/a/b").is_err());
-    }
 }

@@ -23,13 +23,18 @@
 //!   (through `generateName`), and the name is printed.
 //! - `metadata.name` taken by a run still going: nothing is created; exit 3 and say how to
 //!   follow or abort it.
+//!
+//! Refused before anything is created (exit 3): `-n` contradicting a namespace the manifest
+//! names, and a `--report`/`--junit` path that cannot be written. A report that still cannot
+//! be written after the run is an error on stderr, and the exit code stays the verdict's.
 
 mod create;
+mod destinations;
 mod follow;
 mod print;
 
 use std::{
-    io::{IsTerminal, Read},
+    io::IsTerminal,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -37,6 +42,10 @@ use std::{
 
 use kube::ResourceExt;
 
+use super::{
+    input::{self, ReadError},
+    stdout::outln,
+};
 use crate::{
     api::{ChaosExperiment, GameDay, GoDuration, Verdict},
     manifest::parse_documents,
@@ -44,8 +53,9 @@ use crate::{
     validate::{Severity, check_bytes},
 };
 
-pub(super) use create::{Cluster, Created, connect, explain};
+pub(super) use create::{Cluster, Created, TrackedKind, connect, explain};
 use create::{create, with_created};
+use destinations::{cannot_write, check_writable};
 
 /// Usage, validation, cluster errors and timeouts (and verdict Error).
 const USAGE: u8 = 3;
@@ -63,7 +73,8 @@ pub struct RunArgs {
     /// `-` reads stdin.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     file: PathBuf,
-    /// The namespace for objects that name none. Default: the kubeconfig's namespace.
+    /// The namespace for objects that name none. Default: the kubeconfig's namespace. An
+    /// object that names another namespace is refused, as kubectl does.
     #[arg(short, long)]
     namespace: Option<String>,
     /// Follow the experiments until each has a verdict; the exit code says how they ended.
@@ -128,6 +139,13 @@ impl RunArgs {
                 path.display()
             )));
         }
+        // Checked before anything is created: a report that cannot be written is otherwise
+        // found out only after the faults went in.
+        for (flag, path) in [("--junit", &junit), ("--report", &report)] {
+            if let Some(path) = path {
+                check_writable(flag, path)?;
+            }
+        }
         let timeout = match &timeout {
             Some(text) => Some(
                 GoDuration::from(text.as_str())
@@ -138,6 +156,9 @@ impl RunArgs {
         };
         let (source, bytes) = read_manifest(&file)?;
         let documents = load(&source, &bytes, dry_run)?;
+        if let Some(namespace) = &namespace {
+            check_namespaces(&source, &documents, namespace)?;
+        }
         let timeout = timeout.unwrap_or_else(|| default_timeout(&documents));
         let cluster = connect().await.map_err(Usage)?;
         let default_ns = namespace.unwrap_or_else(|| cluster.namespace.clone());
@@ -149,7 +170,7 @@ impl RunArgs {
             };
             match result {
                 Ok(one) => {
-                    println!("created {} {}/{}", one.kind.noun(), one.namespace, one.name);
+                    outln!("created {} {}/{}", one.kind.noun(), one.namespace, one.name);
                     created.push(one);
                 }
                 Err(message) => return Err(Usage(with_created(message, &created))),
@@ -157,7 +178,7 @@ impl RunArgs {
         }
         if !wait {
             for one in &created {
-                println!(
+                outln!(
                     "follow it with `faultline status -n {ns}`; its report: `faultline report {name} -n {ns}`",
                     ns = one.namespace,
                     name = one.name
@@ -165,6 +186,17 @@ impl RunArgs {
             }
             return Ok(0);
         }
+        // `faultline report` can write the report again from the objects' status.
+        let subjects: Vec<String> = created
+            .iter()
+            .map(|one| {
+                let kind = match one.kind {
+                    TrackedKind::Experiment => "",
+                    TrackedKind::GameDay => "fgd/",
+                };
+                format!("{kind}{} -n {}", one.name, one.namespace)
+            })
+            .collect();
         let options = follow::Options {
             timeout,
             tty: std::io::stdout().is_terminal(),
@@ -172,6 +204,7 @@ impl RunArgs {
         let outcome = follow::follow(&cluster.client, created, &options).await;
         let title = format!("faultline run {source}");
         let now = chrono::Utc::now();
+        let mut unwritten = Vec::new();
         for (path, format) in [
             (junit.as_ref(), Some(Format::Junit)),
             (
@@ -181,14 +214,46 @@ impl RunArgs {
         ] {
             if let (Some(path), Some(format)) = (path, format) {
                 let text = format.render_run(&title, &outcome.experiments, &outcome.gamedays, now);
-                std::fs::write(path, text)
-                    .map_err(|e| Usage(format!("cannot write {}: {e}", path.display())))?;
-                println!("wrote {}", path.display());
+                match std::fs::write(path, text) {
+                    Ok(()) => outln!("wrote {}", path.display()),
+                    Err(error) => unwritten.push(cannot_write(path, format, &error, &subjects)),
+                }
             }
         }
-        print::print_results(&outcome.experiments, dry_run);
+        print::print_results(&outcome.experiments, &outcome.gamedays, dry_run);
+        // The verdict's exit code stands when a report could not be written: the verdict is
+        // what a pipeline gates on, exit 3 would pass a failed hypothesis off as a tool error
+        // (or make a passed run look broken), and the report can be written again from the
+        // experiments' status. The error comes last, where it is seen.
+        for message in &unwritten {
+            eprintln!("error: {message}");
+        }
         Ok(outcome.exit_code())
     }
+}
+
+/// Refuses `-n` that contradicts a namespace the manifest names, as kubectl does: the user
+/// meant one of the two, and creating in the other could put chaos where nobody expects it.
+fn check_namespaces(source: &str, documents: &[Document], namespace: &str) -> Result<(), Usage> {
+    for document in documents {
+        let (kind, meta) = match document {
+            Document::Experiment(e) => ("chaosexperiment", &e.metadata),
+            Document::GameDay(g) => ("gameday", &g.metadata),
+        };
+        if let Some(named) = meta.namespace.as_deref()
+            && named != namespace
+        {
+            let name = meta
+                .name
+                .clone()
+                .or_else(|| meta.generate_name.clone())
+                .unwrap_or_default();
+            return Err(Usage(format!(
+                "{source}: {kind} {name}: the namespace from the provided object \"{named}\" does not match the namespace \"{namespace}\": pass -n {named} or remove it from the manifest"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The exit code of one outcome: its verdict (None: no verdict yet) and the verdict's reason.
@@ -225,20 +290,12 @@ pub(super) fn exit_code_for<'a>(
 }
 
 fn read_manifest(file: &Path) -> Result<(String, Vec<u8>), Usage> {
-    if file.as_os_str() == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .map_err(|e| Usage(format!("cannot read stdin: {e}")))?;
-        return Ok(("<stdin>".into(), bytes));
-    }
-    let bytes = std::fs::read(file).map_err(|e| {
-        Usage(format!(
-            "cannot read {}: {e}; pass the manifest with -f FILE (or -f - for stdin)",
-            file.display()
-        ))
-    })?;
-    Ok((file.display().to_string(), bytes))
+    input::read_manifest(file).map_err(|error| match error {
+        ReadError::Unreadable(message) => Usage(format!(
+            "{message}; pass the manifest with -f FILE (or -f - for stdin)"
+        )),
+        ReadError::TooLarge(message) => Usage(message),
+    })
 }
 
 /// Validates offline (the same checks as `faultline validate`), then reads the documents.

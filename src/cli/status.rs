@@ -9,6 +9,7 @@ use kube::{Api, Resource, api::ListParams, core::NamespaceResourceScope};
 use serde::de::DeserializeOwned;
 
 use super::run::{Cluster, connect, explain};
+use crate::cli::stdout::{out, outln};
 use crate::{
     api::{ChaosExperiment, ChaosSchedule, GameDay},
     report::table::{gameday_table, schedule_table, status_table},
@@ -55,15 +56,15 @@ impl StatusArgs {
             list(&cluster, namespace.as_deref(), "schedules", &scope).await?;
         let now = chrono::Utc::now();
         if experiments.is_empty() {
-            println!("no experiments in {scope}");
+            outln!("no experiments in {scope}");
         } else {
-            print!("{}", status_table(&experiments, now));
+            out!("{}", status_table(&experiments, now));
         }
         if !gamedays.is_empty() {
-            print!("\n{}", gameday_table(&gamedays, now));
+            out!("\n{}", gameday_table(&gamedays, now));
         }
         if !schedules.is_empty() {
-            print!("\n{}", schedule_table(&schedules, now));
+            out!("\n{}", schedule_table(&schedules, now));
         }
         Ok(())
     }

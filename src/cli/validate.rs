@@ -2,14 +2,15 @@
 //! semantic checks of `crate::validate`. This module only reads files and prints.
 //!
 //! Exit codes: 0 every document is valid; 1 at least one is not; 3 usage error (a path that
-//! does not exist, a directory without manifests, a file that cannot be read).
+//! does not exist, a directory without manifests, a file that cannot be read or is over
+//! `input::MAX_MANIFEST_BYTES`).
 
 use std::{
-    io::{Read, Write},
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
+use super::{input::read_manifest, stdout::outln};
 use crate::validate::{FileReport, check_bytes};
 
 /// How to print problems.
@@ -66,11 +67,10 @@ impl ValidateArgs {
         let documents: usize = reports.iter().map(|r| r.documents).sum();
         let invalid: usize = reports.iter().map(|r| r.invalid).sum();
         let skipped: usize = reports.iter().map(|r| r.skipped).sum();
-        let mut out = std::io::stdout().lock();
         match output {
             OutputFormat::Text => {
                 for problem in reports.iter().flat_map(|r| &r.problems) {
-                    writeln!(out, "{problem}")?;
+                    outln!("{problem}");
                 }
             }
             OutputFormat::Json => {
@@ -81,10 +81,9 @@ impl ValidateArgs {
                     "skipped": skipped,
                     "problems": problems,
                 });
-                writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+                outln!("{}", serde_json::to_string_pretty(&body)?);
             }
         }
-        out.flush()?;
         eprintln!("{}", summary(documents, invalid, skipped));
         Ok(if invalid > 0 {
             ExitCode::from(1)
@@ -161,18 +160,9 @@ fn walk(dir: &Path, inputs: &mut Vec<Input>, depth: usize) -> Result<(), String>
 }
 
 fn read_input(input: &Input) -> Result<(String, Vec<u8>), String> {
-    match input {
-        Input::Stdin => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| format!("cannot read stdin: {e}"))?;
-            Ok(("<stdin>".into(), bytes))
-        }
-        Input::File(path) => {
-            let bytes =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Ok((path.display().to_string(), bytes))
-        }
-    }
+    let path = match input {
+        Input::Stdin => Path::new("-"),
+        Input::File(path) => path,
+    };
+    read_manifest(path).map_err(|e| e.to_string())
 }

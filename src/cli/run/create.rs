@@ -8,6 +8,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::api::{ChaosExperiment, GameDay, Phase};
+use crate::cli::stdout::outln;
 
 /// What kind of object a run created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +170,7 @@ where
                     existing.phase_text()
                 ));
             }
-            println!(
+            outln!(
                 "{} {namespace}/{name} exists from an earlier run (phase {}); creating this run under a fresh name",
                 kind.noun(),
                 existing.phase_text()

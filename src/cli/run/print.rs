@@ -2,13 +2,15 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Write,
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{ChaosExperiment, GoDuration, Phase, Verdict};
+use kube::ResourceExt;
+
+use crate::api::{ChaosExperiment, GameDay, GoDuration, Phase, Verdict};
+use crate::cli::stdout::{self, out, outln};
 
 /// What has been printed about one experiment.
 pub(super) struct Seen {
@@ -46,18 +48,12 @@ impl Printer {
     /// A line stamped with when it happened (a probe's check, a timeline entry), which may be
     /// a moment before it is printed. Milliseconds when stdout is not a terminal (CI logs).
     pub fn line_at(&mut self, at: DateTime<Utc>, text: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = if self.tty {
-            write!(
-                out,
-                "\r\x1b[2K{} {text}\n{}",
-                at.format("%H:%M:%S"),
-                self.bar
-            )
+        if self.tty {
+            out!("\r\x1b[2K{} {text}\n{}", at.format("%H:%M:%S"), self.bar);
         } else {
-            writeln!(out, "{} {text}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
-        };
-        let _ = out.flush();
+            outln!("{} {text}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        }
+        stdout::flush();
     }
 
     pub fn bar(&mut self, bar: String) {
@@ -65,16 +61,15 @@ impl Printer {
             return;
         }
         self.bar = bar;
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "\r\x1b[2K{}", self.bar);
-        let _ = out.flush();
+        out!("\r\x1b[2K{}", self.bar);
+        stdout::flush();
     }
 
     pub fn clear(&mut self) {
         if self.tty && !self.bar.is_empty() {
             self.bar.clear();
-            print!("\r\x1b[2K");
-            let _ = std::io::stdout().flush();
+            out!("\r\x1b[2K");
+            stdout::flush();
         }
     }
 }
@@ -190,14 +185,41 @@ pub(super) fn news(
 }
 
 /// The closing lines: each experiment's verdict, numbers, and for a dry run the plan.
-pub(super) fn print_results(experiments: &[ChaosExperiment], dry_run: bool) {
+pub(super) fn print_results(experiments: &[ChaosExperiment], gamedays: &[GameDay], dry_run: bool) {
+    // A game day's verdict is the day's (its exit code counts with its experiments'): said
+    // first, or a day Aborted at its second stage reads as the first stage's Passed.
+    for gameday in gamedays {
+        let status = gameday.status.clone().unwrap_or_default();
+        let verdict = status.verdict.map_or_else(
+            || {
+                format!(
+                    "no verdict ({})",
+                    status.phase.as_deref().unwrap_or("not started")
+                )
+            },
+            |v| format!("{v:?}"),
+        );
+        outln!(
+            "gameday {}/{}: {verdict}: {}",
+            gameday.namespace().unwrap_or_default(),
+            gameday.name_any(),
+            status.message.as_deref().unwrap_or("")
+        );
+        if !matches!(status.verdict, Some(Verdict::Passed)) {
+            outln!(
+                "  the full story: faultline report fgd/{} -n {} -o html --output day.html",
+                gameday.name_any(),
+                gameday.namespace().unwrap_or_default()
+            );
+        }
+    }
     for experiment in experiments {
         let s = crate::report::summarize(experiment);
         let verdict = s.verdict.map_or_else(
             || format!("no verdict ({:?})", s.phase),
             |v| format!("{v:?}"),
         );
-        println!(
+        outln!(
             "{}/{}: {verdict} ({}) {}",
             s.namespace,
             s.name,
@@ -205,7 +227,7 @@ pub(super) fn print_results(experiments: &[ChaosExperiment], dry_run: bool) {
             s.message.as_deref().unwrap_or("")
         );
         if let Some(failure) = &s.failure {
-            println!("  {failure}");
+            outln!("  {failure}");
         }
         for (label, value) in [
             ("elapsed", &s.elapsed),
@@ -213,14 +235,14 @@ pub(super) fn print_results(experiments: &[ChaosExperiment], dry_run: bool) {
             ("recovery time", &s.recovery_time),
         ] {
             if let Some(value) = value {
-                println!("  {label}: {value}");
+                outln!("  {label}: {value}");
             }
         }
         if dry_run || s.dry_run {
             let status = experiment.status.clone().unwrap_or_default();
-            println!("  targets ({}):", status.target_count);
+            outln!("  targets ({}):", status.target_count);
             for t in &status.targets {
-                println!(
+                outln!(
                     "    {}/{} node {} ip {} fault {}",
                     t.namespace,
                     t.name,
@@ -230,10 +252,10 @@ pub(super) fn print_results(experiments: &[ChaosExperiment], dry_run: bool) {
                 );
             }
             for entry in status.timeline.iter().filter(|e| e.reason == "WouldInject") {
-                println!("  would inject: {}", entry.message);
+                outln!("  would inject: {}", entry.message);
             }
             for p in &s.probes {
-                println!(
+                outln!(
                     "  preflight probe {}: {} passes, {} failures, last value {}",
                     p.name,
                     p.passes,
@@ -243,9 +265,10 @@ pub(super) fn print_results(experiments: &[ChaosExperiment], dry_run: bool) {
             }
         }
         if !matches!(s.verdict, Some(Verdict::Passed | Verdict::DryRun)) {
-            println!(
+            outln!(
                 "  the full story: faultline report {} -n {} -o html --output report.html",
-                s.name, s.namespace
+                s.name,
+                s.namespace
             );
         }
     }
