@@ -27,6 +27,8 @@ etcd_port="${FAULTLINE_CLUSTER_ETCD_PORT:-12379}"
 kcm_port="${FAULTLINE_CLUSTER_KCM_PORT:-10257}"
 sched_port="${FAULTLINE_CLUSTER_SCHEDULER_PORT:-10259}"
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+# Where scripts/setup.sh --cluster-build-in-background writes the build's output.
+build_log="$repo_root/.tools/controlplane/build.log"
 
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: $*" >&2; exit 1; }
@@ -40,18 +42,26 @@ ensure_etcd() {
 }
 
 build() {
+    ensure_etcd
+    mkdir -p "$bin_dir"
+    # One build at a time: `make test` starts one in the background (scripts/setup.sh
+    # --cluster-build-in-background) and `up` waits here for it rather than starting a second.
+    exec {lock}>"$bin_dir/.build.lock"
+    if ! flock -n "$lock"; then
+        log "waiting for the control plane build already under way (log: $build_log)"
+        flock "$lock"
+    fi
     local missing=()
     for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
         [[ -x "$bin_dir/$cmd" ]] || missing+=("k8s.io/kubernetes/cmd/$cmd")
     done
-    ensure_etcd
     if ((${#missing[@]} == 0)); then
+        exec {lock}>&-
         return
     fi
     command -v go >/dev/null 2>&1 || die "Go is needed to build the control plane ($release) and is not installed"
-    log "building ${missing[*]##*/} from k8s.io/kubernetes $release (about 10 minutes on 2 cores the first time; the Go build cache makes later builds quick)"
+    log "building ${missing[*]##*/} from k8s.io/kubernetes $release (about 5 minutes on 2 cores the first time; the Go build cache makes later builds quick)"
     local started=$SECONDS
-    mkdir -p "$bin_dir"
     # The version the binaries report (`kubectl version`, discovery); Kubernetes' own build
     # stamps it the same way. Without it they say v0.0.0-master, which helm's kubeVersion check
     # and kubectl's version skew warning refuse.
@@ -64,6 +74,7 @@ build() {
     done
     (cd "$repo_root/scripts/controlplane" && GOFLAGS="-mod=mod -trimpath" go build -ldflags="$ldflags" -o "$bin_dir/" "${missing[@]}")
     log "built in $((SECONDS - started)) s into $bin_dir"
+    exec {lock}>&-
 }
 
 pid_of() {
